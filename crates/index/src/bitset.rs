@@ -1,0 +1,110 @@
+//! A fixed-length bitset over segment offsets: the currency between filters and indexes.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitset {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bitset {
+    /// All bits clear.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// All bits set.
+    pub fn ones(len: usize) -> Self {
+        let mut b = Self {
+            words: vec![u64::MAX; len.div_ceil(64)],
+            len,
+        };
+        b.clear_tail();
+        b
+    }
+
+    fn clear_tail(&mut self) {
+        let r = self.len % 64;
+        if r != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= (1u64 << r) - 1;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> bool {
+        debug_assert!(i < self.len);
+        self.words[i >> 6] & (1u64 << (i & 63)) != 0
+    }
+
+    #[inline]
+    pub fn set(&mut self, i: usize, v: bool) {
+        debug_assert!(i < self.len);
+        if v {
+            self.words[i >> 6] |= 1u64 << (i & 63);
+        } else {
+            self.words[i >> 6] &= !(1u64 << (i & 63));
+        }
+    }
+
+    /// In-place intersection; both sets must have the same length.
+    pub fn and_with(&mut self, other: &Bitset) {
+        assert_eq!(self.len, other.len, "bitset length mismatch");
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a &= b;
+        }
+    }
+
+    pub fn count_ones(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Offsets of the set bits, ascending.
+    pub fn iter_ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    None
+                } else {
+                    let t = w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    Some(wi * 64 + t)
+                }
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn matches_vec_bool(bits in prop::collection::vec(any::<bool>(), 0..300)) {
+            let mut b = Bitset::zeros(bits.len());
+            for (i, &v) in bits.iter().enumerate() { b.set(i, v); }
+            prop_assert_eq!(b.count_ones(), bits.iter().filter(|x| **x).count());
+            let ones: Vec<usize> = b.iter_ones().collect();
+            let want: Vec<usize> = bits.iter().enumerate().filter(|(_, v)| **v).map(|(i, _)| i).collect();
+            prop_assert_eq!(ones, want);
+            let mut all = Bitset::ones(bits.len());
+            prop_assert_eq!(all.count_ones(), bits.len());
+            all.and_with(&b);
+            prop_assert_eq!(all, b);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Vector indexes for Magpie.
+//!
+//! # Conventions
+//! * **Greater score = closer.** Every index ranks by an internal *score* where a larger
+//!   value means a closer vector: `-‖q-x‖²` for L2, `q·x` for IP, `cos(q,x)` for COSINE.
+//!   [`Metric::user_distance`] converts a score into the value Milvus reports (the squared
+//!   L2 distance, smaller is closer; IP and COSINE similarities, larger is closer). This is
+//!   the only place the conversion happens.
+//! * **Dense `u32` offsets.** Indexes address vectors by their row offset inside one
+//!   segment (`0..len`), never by user primary keys; the engine maps offsets to keys.
+//! * **Read and write traits.** [`VectorIndexRead`] searches, [`VectorIndexBuild`]
+//!   builds; [`AnyIndex`] is the enum the engine dispatches on.
+//! * Synchronous and cancellable (searches poll a [`Cancel`] flag); no I/O policy here.
+
+pub mod bitset;
+pub mod flat;
+pub mod metric;
+pub mod topk;
+
+pub use bitset::Bitset;
+pub use flat::FlatIndex;
+pub use metric::Metric;
+pub use topk::{Scored, TopK};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("query has dimension {got}, index expects {expected}")]
+    Dimension { expected: usize, got: usize },
+    #[error("search cancelled")]
+    Cancelled,
+    #[error("invalid index parameter: {0}")]
+    Param(String),
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// Cooperative cancellation flag, polled by long-running searches and builds.
+#[derive(Debug, Default)]
+pub struct Cancel(AtomicBool);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Contiguous row-major vectors: row `i` is `data[i*dim..(i+1)*dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct VectorSlice<'a> {
+    pub data: &'a [f32],
+    pub dim: usize,
+}
+
+impl<'a> VectorSlice<'a> {
+    pub fn new(data: &'a [f32], dim: usize) -> Self {
+        assert!(dim > 0 && data.len() % dim == 0, "vector slice shape");
+        Self { data, dim }
+    }
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    #[inline]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// What a search asks for.
+pub struct SearchParams<'a> {
+    /// Number of results wanted.
+    pub k: usize,
+    /// Offsets allowed (visibility, deletes, partition and filter already folded in).
+    /// `None` allows every row.
+    pub allow: Option<&'a Bitset>,
+    /// Inclusive lower bound on the internal score (range search), if any.
+    pub min_score: Option<f32>,
+    /// Exclusive upper bound on the internal score (range search), if any.
+    pub max_score: Option<f32>,
+    pub cancel: Option<&'a Cancel>,
+}
+
+impl<'a> SearchParams<'a> {
+    pub fn top_k(k: usize) -> Self {
+        Self {
+            k,
+            allow: None,
+            min_score: None,
+            max_score: None,
+            cancel: None,
+        }
+    }
+}
+
+/// Read side of an index: search over the vectors it was built for.
+pub trait VectorIndexRead {
+    /// Top-k offsets by descending score. `vectors` are the segment's raw vectors and
+    /// `inv_norms` their reciprocal norms (used by COSINE; may be empty otherwise).
+    fn search(
+        &self,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        query: &[f32],
+        params: &SearchParams<'_>,
+    ) -> Result<Vec<Scored>>;
+
+    /// Bytes held by the index itself, excluding the raw vectors.
+    fn memory_bytes(&self) -> usize;
+}
+
+/// Write side: build an index over a segment's vectors.
+pub trait VectorIndexBuild: Sized {
+    type Params;
+    fn build(
+        vectors: VectorSlice<'_>,
+        metric: Metric,
+        params: &Self::Params,
+        cancel: &Cancel,
+    ) -> Result<Self>;
+}
+
+/// Index types the engine knows, for dispatch.
+#[derive(Debug)]
+pub enum AnyIndex {
+    Flat(FlatIndex),
+}
+
+impl VectorIndexRead for AnyIndex {
+    fn search(
+        &self,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        query: &[f32],
+        params: &SearchParams<'_>,
+    ) -> Result<Vec<Scored>> {
+        match self {
+            AnyIndex::Flat(f) => f.search(vectors, inv_norms, query, params),
+        }
+    }
+    fn memory_bytes(&self) -> usize {
+        match self {
+            AnyIndex::Flat(f) => f.memory_bytes(),
+        }
+    }
+}

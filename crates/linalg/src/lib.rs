@@ -1,0 +1,182 @@
+//! Distance kernels for Magpie.
+//!
+//! This crate is the only place in the workspace that contains SIMD `unsafe`. Each
+//! instruction set lives in its own file (`x86_avx2.rs`), `scalar.rs` is the portable
+//! reference, and the functions exported here are the one safe dispatcher: the best
+//! implementation the CPU supports is picked once, at first use, by runtime feature
+//! detection, and cached in a function pointer.
+//!
+//! All kernels operate on `f32` slices of equal length; a length mismatch is a caller bug
+//! and panics (it is checked once, outside the hot loop).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+
+use std::sync::OnceLock;
+
+type Kernel = fn(&[f32], &[f32]) -> f32;
+
+struct Kernels {
+    dot: Kernel,
+    l2_sq: Kernel,
+    name: &'static str,
+}
+
+fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("MAGPIE_FORCE_SCALAR").is_none()
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Kernels {
+                    dot: x86_avx2::dot_checked,
+                    l2_sq: x86_avx2::l2_sq_checked,
+                    name: "avx2+fma",
+                };
+            }
+        }
+        Kernels {
+            dot: scalar::dot,
+            l2_sq: scalar::l2_sq,
+            name: "scalar",
+        }
+    })
+}
+
+/// Name of the kernel set in use ("avx2+fma" or "scalar"); reported by `magpie bench`
+/// and the server's `/metrics`.
+pub fn active_isa() -> &'static str {
+    kernels().name
+}
+
+/// Inner product `Σ aᵢ·bᵢ`.
+///
+/// # Panics
+/// If `a.len() != b.len()`.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    (kernels().dot)(a, b)
+}
+
+/// Squared Euclidean distance `Σ (aᵢ-bᵢ)²` (no square root, as Milvus and FAISS report L2).
+///
+/// # Panics
+/// If `a.len() != b.len()`.
+#[inline]
+pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "l2_sq: length mismatch");
+    (kernels().l2_sq)(a, b)
+}
+
+/// Euclidean norm `‖a‖`.
+#[inline]
+pub fn norm(a: &[f32]) -> f32 {
+    dot(a, a).sqrt()
+}
+
+/// Scales `a` to unit length in place; a zero vector is left unchanged. Returns the
+/// original norm.
+pub fn normalize(a: &mut [f32]) -> f32 {
+    let n = norm(a);
+    if n > 0.0 {
+        let inv = 1.0 / n;
+        a.iter_mut().for_each(|x| *x *= inv);
+    }
+    n
+}
+
+/// Cosine similarity; 0 when either vector is zero.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let na = norm(a);
+    let nb = norm(b);
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot(a, b) / (na * nb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ref_dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    }
+    fn ref_l2(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+            .sum()
+    }
+    fn close(got: f32, want: f64, scale: f64) -> bool {
+        (got as f64 - want).abs() <= 1e-4 * scale.max(1.0)
+    }
+    fn pair() -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
+        (0usize..300).prop_flat_map(|n| {
+            (
+                prop::collection::vec(-10.0f32..10.0, n),
+                prop::collection::vec(-10.0f32..10.0, n),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn dispatched_matches_f64_reference((a, b) in pair()) {
+            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+            prop_assert!(close(dot(&a, &b), ref_dot(&a, &b), scale));
+            let scale2: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+            prop_assert!(close(l2_sq(&a, &b), ref_l2(&a, &b), scale2));
+        }
+
+        #[test]
+        fn scalar_matches_f64_reference((a, b) in pair()) {
+            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+            prop_assert!(close(scalar::dot(&a, &b), ref_dot(&a, &b), scale));
+            let scale2: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+            prop_assert!(close(scalar::l2_sq(&a, &b), ref_l2(&a, &b), scale2));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    proptest! {
+        #[test]
+        fn avx2_matches_scalar((a, b) in pair()) {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+                let s = scalar::dot(&a, &b) as f64;
+                prop_assert!(close(x86_avx2::dot_checked(&a, &b), s, scale));
+                let scale2: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+                let s2 = scalar::l2_sq(&a, &b) as f64;
+                prop_assert!(close(x86_avx2::l2_sq_checked(&a, &b), s2, scale2));
+            }
+        }
+    }
+
+    #[test]
+    fn normalize_and_cosine() {
+        let mut v = vec![3.0, 4.0];
+        assert_eq!(normalize(&mut v), 5.0);
+        assert!((norm(&v) - 1.0).abs() < 1e-6);
+        assert_eq!(cosine(&[1.0, 0.0], &[0.0, 0.0]), 0.0);
+        assert!((cosine(&[1.0, 1.0], &[2.0, 2.0]) - 1.0).abs() < 1e-6);
+        let mut z = vec![0.0; 3];
+        assert_eq!(normalize(&mut z), 0.0);
+        assert_eq!(z, vec![0.0; 3]);
+    }
+
+    #[test]
+    #[should_panic(expected = "length mismatch")]
+    fn mismatch_panics() {
+        dot(&[1.0], &[1.0, 2.0]);
+    }
+}
