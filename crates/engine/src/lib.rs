@@ -1,1 +1,25 @@
-//! engine
+//! Magpie's storage engine: schema, write-ahead log, segments, filter language,
+//! collections and consistency. Synchronous; no HTTP and no models. See
+//! `docs/ARCHITECTURE.md` for the write path, flush, search and recovery.
+
+pub mod catalog;
+pub mod collection;
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod fsutil;
+pub mod schema;
+pub mod segment;
+pub mod types;
+pub mod wal;
+
+pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
+pub use collection::Hit;
+pub use engine::{
+    CollectionStats, Engine, EngineConfig, EngineStats, QueryRequest, SearchRequest, WriteResult,
+    MAX_TOPK,
+};
+pub use error::{EngineError, Result};
+pub use magpie_index::Metric;
+pub use schema::{CollectionSchema, DataType, FieldSchema};
+pub use types::{Consistency, PrimaryKey, Timestamp};

@@ -50,9 +50,8 @@ impl VectorIndexRead for FlatIndex {
             magpie_linalg::normalize(&mut q);
         }
         let mut top = TopK::new(p.k);
-        let in_range = |s: f32| {
-            p.min_score.is_none_or(|lo| s >= lo) && p.max_score.is_none_or(|hi| s < hi)
-        };
+        let in_range =
+            |s: f32| p.min_score.is_none_or(|lo| s > lo) && p.max_score.is_none_or(|hi| s <= hi);
         let mut visit = |i: usize| {
             let inv = if metric == Metric::COSINE {
                 inv_norms[i]
@@ -67,7 +66,7 @@ impl VectorIndexRead for FlatIndex {
         match p.allow {
             Some(bits) => {
                 for (n, i) in bits.iter_ones().enumerate() {
-                    if n % CANCEL_POLL == 0 && p.cancel.is_some_and(|c| c.is_cancelled()) {
+                    if n.is_multiple_of(CANCEL_POLL) && p.cancel.is_some_and(|c| c.is_cancelled()) {
                         return Err(IndexError::Cancelled);
                     }
                     visit(i);
@@ -75,7 +74,7 @@ impl VectorIndexRead for FlatIndex {
             }
             None => {
                 for i in 0..vectors.len() {
-                    if i % CANCEL_POLL == 0 && p.cancel.is_some_and(|c| c.is_cancelled()) {
+                    if i.is_multiple_of(CANCEL_POLL) && p.cancel.is_some_and(|c| c.is_cancelled()) {
                         return Err(IndexError::Cancelled);
                     }
                     visit(i);
@@ -107,7 +106,10 @@ mod tests {
         let r = idx
             .search(v, &[], &[0.9, 0.0], &SearchParams::top_k(3))
             .unwrap();
-        assert_eq!(r.iter().map(|s| s.offset).collect::<Vec<_>>(), vec![1, 0, 2]);
+        assert_eq!(
+            r.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            vec![1, 0, 2]
+        );
         assert!((Metric::L2.user_distance(r[0].score) - 0.01).abs() < 1e-6);
         let mut allow = Bitset::ones(4);
         allow.set(1, false);
@@ -134,7 +136,10 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert!(matches!(
             idx.search(v, &[], &[1.0], &SearchParams::top_k(1)),
-            Err(IndexError::Dimension { expected: 2, got: 1 })
+            Err(IndexError::Dimension {
+                expected: 2,
+                got: 1
+            })
         ));
         let c = Cancel::new();
         c.cancel();
@@ -152,7 +157,9 @@ mod tests {
     fn cosine_uses_inverse_norms() {
         let d = vec![10.0, 0.0, 1.0, 1.0];
         let v = VectorSlice::new(&d, 2);
-        let inv: Vec<f32> = (0..2).map(|i| 1.0 / magpie_linalg::norm(v.row(i))).collect();
+        let inv: Vec<f32> = (0..2)
+            .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+            .collect();
         let r = FlatIndex::new(Metric::COSINE)
             .search(v, &inv, &[1.0, 0.9], &SearchParams::top_k(2))
             .unwrap();

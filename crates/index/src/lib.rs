@@ -62,7 +62,10 @@ pub struct VectorSlice<'a> {
 
 impl<'a> VectorSlice<'a> {
     pub fn new(data: &'a [f32], dim: usize) -> Self {
-        assert!(dim > 0 && data.len() % dim == 0, "vector slice shape");
+        assert!(
+            dim > 0 && data.len().is_multiple_of(dim),
+            "vector slice shape"
+        );
         Self { data, dim }
     }
     pub fn len(&self) -> usize {
@@ -84,9 +87,9 @@ pub struct SearchParams<'a> {
     /// Offsets allowed (visibility, deletes, partition and filter already folded in).
     /// `None` allows every row.
     pub allow: Option<&'a Bitset>,
-    /// Inclusive lower bound on the internal score (range search), if any.
+    /// Range search: keep only scores `> min_score` (exclusive), if set.
     pub min_score: Option<f32>,
-    /// Exclusive upper bound on the internal score (range search), if any.
+    /// Range search: keep only scores `<= max_score` (inclusive), if set.
     pub max_score: Option<f32>,
     pub cancel: Option<&'a Cancel>,
 }

@@ -81,7 +81,10 @@ mod tests {
         assert!(Metric::COSINE.score(&q, &near, inv) > Metric::COSINE.score(&q, &far, 1.0));
         assert_eq!(Metric::L2.user_distance(-4.0), 4.0);
         assert_eq!(Metric::IP.user_distance(0.5), 0.5);
-        assert_eq!(Metric::L2.score_from_user(Metric::L2.user_distance(-3.0)), -3.0);
+        assert_eq!(
+            Metric::L2.score_from_user(Metric::L2.user_distance(-3.0)),
+            -3.0
+        );
         assert_eq!(Metric::parse("cosine"), Some(Metric::COSINE));
         assert_eq!(Metric::parse("hamming"), None);
     }

@@ -90,7 +90,10 @@ unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     while i + 32 <= n {
         unsafe {
             let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            let d1 = _mm256_sub_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
             let d2 = _mm256_sub_ps(
                 _mm256_loadu_ps(pa.add(i + 16)),
                 _mm256_loadu_ps(pb.add(i + 16)),

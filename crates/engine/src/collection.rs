@@ -1,0 +1,725 @@
+//! One collection in memory: its segments, primary-key map, and the operations that run
+//! under the collection's lock (apply a logged write, flush, compact, read).
+
+use crate::catalog::{CollectionMeta, Manifest, ManifestSegment};
+use crate::error::{invalid, EngineError, Result};
+use crate::filter::Filter;
+use crate::schema::{DataType, RowBatch};
+use crate::segment::{SegState, Segment, LIVE};
+use crate::types::{PrimaryKey, Timestamp};
+use magpie_index::{Bitset, FlatIndex, Metric, SearchParams, VectorIndexRead};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Sealing thresholds and other per-engine tunables.
+#[derive(Clone, Debug)]
+pub struct SealPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age_ms: u64,
+}
+
+/// A logged write. What the WAL stores (MessagePack) and replay re-applies.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WalOp {
+    Insert { partition: u64, batch: RowBatch },
+    Upsert { partition: u64, batch: RowBatch },
+    Delete { pks: Vec<PrimaryKey> },
+}
+
+pub struct Collection {
+    pub meta: CollectionMeta,
+    pub dir: PathBuf,
+    pub segments: Vec<Segment>,
+    /// Live version of each primary key: (segment id, row offset).
+    pub pk_index: HashMap<PrimaryKey, (u64, u32)>,
+    pub flushed_ts: Timestamp,
+    pub applied_ts: Timestamp,
+    pub next_segment_id: u64,
+}
+
+/// Which fields a read returns.
+pub struct OutputSpec {
+    pk_name: String,
+    scalars: Vec<(String, usize)>,
+    vectors: Vec<(String, usize)>,
+    dynamic_all: bool,
+    dynamic_keys: Vec<String>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: PrimaryKey,
+    /// Milvus semantics: squared L2 distance, or IP / cosine similarity.
+    pub distance: f32,
+    pub fields: Map<String, Value>,
+}
+
+/// What a search needs once names are resolved (built by the engine).
+pub struct ResolvedSearch<'a> {
+    pub vector_field: usize,
+    pub metric: Metric,
+    pub queries: &'a [Vec<f32>],
+    pub filter: Option<&'a Filter>,
+    pub partitions: Option<&'a HashSet<u64>>,
+    pub limit: usize,
+    pub offset: usize,
+    pub radius: Option<f32>,
+    pub range_filter: Option<f32>,
+    pub group_by: Option<usize>,
+    pub group_size: usize,
+    pub output: &'a OutputSpec,
+    pub snapshot: Timestamp,
+}
+
+impl Collection {
+    pub fn segments_dir(&self) -> PathBuf {
+        self.dir.join("segments")
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    /// Opens a collection from its directory (manifest + flushed segments). Segments of
+    /// partitions that no longer exist, and directories the manifest does not list
+    /// (left by a crash mid-flush or mid-compaction), are removed.
+    pub fn open(meta: CollectionMeta, dir: &Path) -> Result<Collection> {
+        let manifest = Manifest::load(&dir.join("manifest.json"))?;
+        let parts: HashSet<u64> = meta.partitions.iter().map(|p| p.id).collect();
+        let segdir = dir.join("segments");
+        let mut segments = Vec::new();
+        let mut listed = HashSet::new();
+        for ms in &manifest.segments {
+            if !parts.contains(&ms.partition) {
+                continue;
+            }
+            listed.insert(ms.id.to_string());
+            segments.push(Segment::load(&segdir, ms.id, ms.deletes_gen)?);
+            Segment::remove_old_deletes(&segdir, ms.id, ms.deletes_gen);
+        }
+        if let Ok(rd) = std::fs::read_dir(&segdir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !listed.contains(&name) {
+                    tracing::info!(path = %e.path().display(), "removing segment directory not in the manifest");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        segments.sort_by_key(|s| s.id);
+        let mut c = Collection {
+            meta,
+            dir: dir.to_path_buf(),
+            segments,
+            pk_index: HashMap::new(),
+            flushed_ts: manifest.flushed_ts,
+            applied_ts: manifest.flushed_ts,
+            next_segment_id: manifest.next_segment_id.max(1),
+        };
+        c.rebuild_pk_index();
+        Ok(c)
+    }
+
+    pub fn rebuild_pk_index(&mut self) {
+        self.pk_index.clear();
+        for s in &self.segments {
+            for (i, pk) in s.pks.iter().enumerate() {
+                if s.deleted_at[i] == LIVE {
+                    self.pk_index.insert(pk.clone(), (s.id, i as u32));
+                }
+            }
+        }
+    }
+
+    fn seg_pos(&self, id: u64) -> Option<usize> {
+        self.segments.binary_search_by_key(&id, |s| s.id).ok()
+    }
+
+    pub fn partition_id(&self, name: Option<&str>) -> Result<u64> {
+        let name = name.filter(|n| !n.is_empty()).unwrap_or("_default");
+        self.meta
+            .partitions
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.id)
+            .ok_or_else(|| EngineError::PartitionNotFound {
+                collection: self.meta.name.clone(),
+                partition: name.to_string(),
+            })
+    }
+
+    /// Resolves partition names (empty = all partitions).
+    pub fn partition_set(&self, names: &[String]) -> Result<Option<HashSet<u64>>> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        names
+            .iter()
+            .map(|n| self.partition_id(Some(n)))
+            .collect::<Result<HashSet<_>>>()
+            .map(Some)
+    }
+
+    /// Applies a logged write at `ts`. Never fails: everything was validated before the
+    /// write was logged, and replay re-applies exactly what was logged.
+    pub fn apply(&mut self, op: &WalOp, ts: Timestamp, policy: &SealPolicy) {
+        match op {
+            WalOp::Insert { partition, batch } => self.apply_insert(*partition, batch, ts, policy),
+            WalOp::Upsert { partition, batch } => {
+                self.apply_delete(&batch.pks, ts);
+                self.apply_insert(*partition, batch, ts, policy);
+            }
+            WalOp::Delete { pks } => self.apply_delete(pks, ts),
+        }
+        self.applied_ts = self.applied_ts.max(ts);
+    }
+
+    fn apply_insert(
+        &mut self,
+        partition: u64,
+        batch: &RowBatch,
+        ts: Timestamp,
+        policy: &SealPolicy,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let pos = match self
+            .segments
+            .iter()
+            .position(|s| s.state == SegState::Growing && s.partition == partition)
+        {
+            Some(p) => p,
+            None => {
+                let dims: Vec<usize> = self
+                    .meta
+                    .schema
+                    .vector_fields()
+                    .map(|f| f.dim.unwrap_or(0))
+                    .collect();
+                let n_scalars = self.meta.schema.scalar_fields().count();
+                let id = self.next_segment_id;
+                self.next_segment_id += 1;
+                self.segments
+                    .push(Segment::new_growing(id, partition, &dims, n_scalars));
+                self.segments.len() - 1
+            }
+        };
+        let dynamic = self.meta.schema.enable_dynamic_field;
+        let seg = &mut self.segments[pos];
+        let start = seg.append(batch, ts, dynamic);
+        let sid = seg.id;
+        if seg.len() >= policy.max_rows || seg.approx_bytes() >= policy.max_bytes {
+            seg.state = SegState::Sealed;
+        }
+        for (i, pk) in batch.pks.iter().enumerate() {
+            self.pk_index.insert(pk.clone(), (sid, start + i as u32));
+        }
+    }
+
+    fn apply_delete(&mut self, pks: &[PrimaryKey], ts: Timestamp) {
+        for pk in pks {
+            if let Some((sid, off)) = self.pk_index.remove(pk) {
+                if let Some(p) = self.seg_pos(sid) {
+                    let s = &mut self.segments[p];
+                    s.deleted_at[off as usize] = ts;
+                    s.deletes_dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Seals segments older than the age limit; true if any segment awaits a flush.
+    pub fn needs_flush(&mut self, policy: &SealPolicy, now_ms: u64) -> bool {
+        let mut need = false;
+        for s in &mut self.segments {
+            if s.state == SegState::Growing
+                && !s.is_empty()
+                && now_ms.saturating_sub(s.created_ms) >= policy.max_age_ms
+            {
+                s.state = SegState::Sealed;
+            }
+            need |=
+                s.state == SegState::Sealed || (s.state == SegState::Flushed && s.deletes_dirty);
+        }
+        need
+    }
+
+    /// Seals every growing segment and persists all segments and tombstones not yet on
+    /// disk, then replaces the manifest. On return, every write applied so far is durable
+    /// in segment files and `flushed_ts == applied_ts`.
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_inner(false)
+    }
+
+    fn flush_inner(&mut self, force_manifest: bool) -> Result<()> {
+        let segdir = self.segments_dir();
+        std::fs::create_dir_all(&segdir).map_err(|e| EngineError::Io {
+            path: segdir.clone(),
+            source: e,
+        })?;
+        self.segments
+            .retain(|s| !(s.state == SegState::Growing && s.is_empty()));
+        let mut changed = force_manifest;
+        for s in &mut self.segments {
+            if s.state != SegState::Flushed {
+                s.write(&segdir)?;
+                s.state = SegState::Flushed;
+                s.deletes_dirty = s.deleted_at.iter().any(|d| *d != LIVE);
+                s.remap(&segdir)?;
+                changed = true;
+            }
+            if s.deletes_dirty {
+                s.write_deletes(&segdir, s.deletes_gen + 1)?;
+                s.deletes_gen += 1;
+                s.deletes_dirty = false;
+                changed = true;
+            }
+        }
+        if changed || self.applied_ts > self.flushed_ts {
+            self.save_manifest(self.applied_ts)?;
+            for s in &self.segments {
+                Segment::remove_old_deletes(&segdir, s.id, s.deletes_gen);
+            }
+        }
+        Ok(())
+    }
+
+    fn save_manifest(&mut self, flushed_ts: Timestamp) -> Result<()> {
+        let m = Manifest {
+            format: 1,
+            flushed_ts,
+            next_segment_id: self.next_segment_id,
+            segments: self
+                .segments
+                .iter()
+                .filter(|s| s.state == SegState::Flushed)
+                .map(|s| ManifestSegment {
+                    id: s.id,
+                    partition: s.partition,
+                    rows: s.len(),
+                    deletes_gen: s.deletes_gen,
+                })
+                .collect(),
+        };
+        m.save(&self.manifest_path())?;
+        self.flushed_ts = flushed_ts;
+        Ok(())
+    }
+
+    /// Drops a partition's segments (after the catalog no longer lists it).
+    pub fn drop_partition_data(&mut self, partition: u64) -> Result<()> {
+        let segdir = self.segments_dir();
+        let gone: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|s| s.partition == partition)
+            .map(|s| s.id)
+            .collect();
+        self.segments.retain(|s| s.partition != partition);
+        self.rebuild_pk_index();
+        // A full flush: the manifest's flushed_ts may only advance once every other
+        // partition's growing rows are on disk too.
+        self.flush_inner(true)?;
+        for id in gone {
+            let _ = std::fs::remove_dir_all(segdir.join(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Compaction: rewrites flushed segments whose deleted fraction exceeds
+    /// `delete_ratio`, and merges small flushed segments of the same partition, keeping
+    /// only live rows. Flushes first, so every tombstone dropped is already durable.
+    /// Returns (segments removed, segments written).
+    pub fn compact(&mut self, delete_ratio: f64, small_rows: usize) -> Result<(usize, usize)> {
+        self.flush()?;
+        let segdir = self.segments_dir();
+        let mut by_part: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            if s.state != SegState::Flushed || s.is_empty() {
+                continue;
+            }
+            let dead = s.len() - s.live_count();
+            if dead as f64 > delete_ratio * s.len() as f64 || s.len() < small_rows {
+                by_part.entry(s.partition).or_default().push(i);
+            }
+        }
+        let mut removed_ids = Vec::new();
+        let mut written = Vec::new();
+        for (part, idxs) in by_part {
+            let any_dead = idxs
+                .iter()
+                .any(|&i| self.segments[i].live_count() < self.segments[i].len());
+            if idxs.len() < 2 && !any_dead {
+                continue;
+            }
+            let dims: Vec<usize> = self
+                .meta
+                .schema
+                .vector_fields()
+                .map(|f| f.dim.unwrap_or(0))
+                .collect();
+            let n_scalars = self.meta.schema.scalar_fields().count();
+            let dynamic = self.meta.schema.enable_dynamic_field;
+            let id = self.next_segment_id;
+            self.next_segment_id += 1;
+            let mut out = Segment::new_growing(id, part, &dims, n_scalars);
+            for &i in &idxs {
+                let s = &self.segments[i];
+                for r in 0..s.len() {
+                    if s.deleted_at[r] != LIVE {
+                        continue;
+                    }
+                    let b = RowBatch {
+                        pks: vec![s.pks[r].clone()],
+                        vectors: s
+                            .vectors
+                            .iter()
+                            .map(|c| c.slice().row(r).to_vec())
+                            .collect(),
+                        scalars: s.scalars.iter().map(|c| vec![c[r].clone()]).collect(),
+                        dynamic: if dynamic {
+                            vec![s.dynamic.get(r).cloned().unwrap_or(Value::Null)]
+                        } else {
+                            vec![]
+                        },
+                    };
+                    out.append(&b, s.ts[r], dynamic);
+                }
+                removed_ids.push(s.id);
+            }
+            if !out.is_empty() {
+                out.write(&segdir)?;
+                out.state = SegState::Flushed;
+                out.remap(&segdir)?;
+                written.push(out);
+            }
+        }
+        if removed_ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let n_written = written.len();
+        self.segments.retain(|s| !removed_ids.contains(&s.id));
+        self.segments.extend(written);
+        self.segments.sort_by_key(|s| s.id);
+        self.rebuild_pk_index();
+        self.save_manifest(self.flushed_ts)?;
+        for id in &removed_ids {
+            let p = segdir.join(id.to_string());
+            std::fs::remove_dir_all(&p).map_err(|e| EngineError::Io { path: p, source: e })?;
+        }
+        crate::fsutil::sync_dir(&segdir)?;
+        Ok((removed_ids.len(), n_written))
+    }
+
+    /// Resolves output field names. `*` selects every field (vectors included) and all
+    /// dynamic keys; other names are schema fields or, with dynamic fields on, dynamic keys.
+    pub fn output_spec(&self, names: &[String]) -> Result<OutputSpec> {
+        let schema = &self.meta.schema;
+        let mut spec = OutputSpec {
+            pk_name: schema.pk().name.clone(),
+            scalars: Vec::new(),
+            vectors: Vec::new(),
+            dynamic_all: false,
+            dynamic_keys: Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        for n in names {
+            if !seen.insert(n.as_str()) {
+                continue;
+            }
+            if n == "*" {
+                spec.scalars = schema
+                    .scalar_fields()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.clone(), i))
+                    .collect();
+                spec.vectors = schema
+                    .vector_fields()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.clone(), i))
+                    .collect();
+                spec.dynamic_all = schema.enable_dynamic_field;
+                continue;
+            }
+            if let Some(f) = schema.field(n) {
+                if f.is_primary {
+                    continue;
+                }
+                if f.is_vector() {
+                    spec.vectors
+                        .push((n.clone(), schema.vector_index(n).unwrap()));
+                } else {
+                    spec.scalars
+                        .push((n.clone(), schema.scalar_index(n).unwrap()));
+                }
+            } else if n == crate::schema::DYNAMIC_FIELD && schema.enable_dynamic_field {
+                spec.dynamic_all = true;
+            } else if schema.enable_dynamic_field {
+                spec.dynamic_keys.push(n.clone());
+            } else {
+                return Err(EngineError::FieldNotFound {
+                    collection: self.meta.name.clone(),
+                    field: n.clone(),
+                });
+            }
+        }
+        spec.scalars.dedup();
+        spec.vectors.dedup();
+        Ok(spec)
+    }
+
+    fn render(
+        &self,
+        seg: &Segment,
+        i: usize,
+        spec: &OutputSpec,
+        with_pk: bool,
+    ) -> Map<String, Value> {
+        let mut m = Map::new();
+        if with_pk {
+            m.insert(spec.pk_name.clone(), seg.pks[i].to_json());
+        }
+        for (name, si) in &spec.scalars {
+            m.insert(name.clone(), seg.scalars[*si][i].clone());
+        }
+        for (name, vi) in &spec.vectors {
+            let row = seg.vectors[*vi].slice().row(i);
+            m.insert(
+                name.clone(),
+                Value::Array(row.iter().map(|x| Value::from(*x as f64)).collect()),
+            );
+        }
+        let dynv = seg.dynamic.get(i);
+        if spec.dynamic_all {
+            if let Some(Value::Object(d)) = dynv {
+                for (k, v) in d {
+                    m.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        } else if let Some(Value::Object(d)) = dynv {
+            for k in &spec.dynamic_keys {
+                if let Some(v) = d.get(k) {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        m
+    }
+
+    /// Rows visible at `snap`, in the given partitions, matching `filter` and `ids`.
+    pub fn allowed(
+        &self,
+        seg: &Segment,
+        snap: Timestamp,
+        filter: Option<&Filter>,
+        ids: Option<&HashSet<PrimaryKey>>,
+    ) -> Bitset {
+        let mut b = seg.visible(snap);
+        if filter.is_some() || ids.is_some() {
+            let ones: Vec<usize> = b.iter_ones().collect();
+            for i in ones {
+                let keep = ids.is_none_or(|s| s.contains(&seg.pks[i]))
+                    && filter.is_none_or(|f| f.eval(&seg.row(i)));
+                if !keep {
+                    b.set(i, false);
+                }
+            }
+        }
+        b
+    }
+
+    /// Query: rows matching the filter/ids, in segment order, with limit/offset.
+    #[allow(clippy::too_many_arguments)]
+    pub fn query(
+        &self,
+        snap: Timestamp,
+        filter: Option<&Filter>,
+        ids: Option<&HashSet<PrimaryKey>>,
+        parts: Option<&HashSet<u64>>,
+        spec: &OutputSpec,
+        limit: Option<usize>,
+        offset: usize,
+    ) -> Vec<Map<String, Value>> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for seg in &self.segments {
+            if parts.is_some_and(|p| !p.contains(&seg.partition)) {
+                continue;
+            }
+            for i in self.allowed(seg, snap, filter, ids).iter_ones() {
+                if skipped < offset {
+                    skipped += 1;
+                    continue;
+                }
+                if limit.is_some_and(|l| out.len() >= l) {
+                    return out;
+                }
+                out.push(self.render(seg, i, spec, true));
+            }
+        }
+        out
+    }
+
+    /// Number of rows matching (for `count(*)`).
+    pub fn count(
+        &self,
+        snap: Timestamp,
+        filter: Option<&Filter>,
+        ids: Option<&HashSet<PrimaryKey>>,
+        parts: Option<&HashSet<u64>>,
+    ) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| parts.is_none_or(|p| p.contains(&s.partition)))
+            .map(|s| self.allowed(s, snap, filter, ids).count_ones())
+            .sum()
+    }
+
+    /// Vectors of the given primary keys (visible at `snap`), in the order given.
+    pub fn vectors_of(
+        &self,
+        pks: &[PrimaryKey],
+        field: usize,
+        snap: Timestamp,
+    ) -> Result<Vec<Vec<f32>>> {
+        pks.iter()
+            .map(|pk| {
+                for s in &self.segments {
+                    for (i, p) in s.pks.iter().enumerate() {
+                        if p == pk && s.ts[i] <= snap && s.deleted_at[i] > snap {
+                            return Ok(s.vectors[field].slice().row(i).to_vec());
+                        }
+                    }
+                }
+                Err(invalid(format!(
+                    "no entity with primary key {pk} to search by"
+                )))
+            })
+            .collect()
+    }
+
+    /// Exact search over every segment, merged. One result list per query.
+    pub fn search(&self, r: &ResolvedSearch<'_>) -> Result<Vec<Vec<Hit>>> {
+        let flat = FlatIndex::new(r.metric);
+        let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
+        let allows: Vec<(&Segment, Bitset)> = self
+            .segments
+            .iter()
+            .filter(|s| r.partitions.is_none_or(|p| p.contains(&s.partition)) && !s.is_empty())
+            .map(|s| (s, self.allowed(s, r.snapshot, r.filter, None)))
+            .collect();
+        let want = r.limit + r.offset;
+        let mut results = Vec::with_capacity(r.queries.len());
+        for q in r.queries {
+            let mut cands: Vec<(&Segment, u32, f32)> = Vec::new();
+            for (seg, allow) in &allows {
+                let k = if r.group_by.is_some() {
+                    allow.count_ones()
+                } else {
+                    want
+                };
+                let col = &seg.vectors[r.vector_field];
+                let params = SearchParams {
+                    k,
+                    allow: Some(allow),
+                    min_score,
+                    max_score,
+                    cancel: None,
+                };
+                for s in flat.search(col.slice(), &col.inv_norms, q, &params)? {
+                    cands.push((seg, s.offset, s.score));
+                }
+            }
+            cands.sort_by(|a, b| {
+                b.2.total_cmp(&a.2)
+                    .then_with(|| a.0.pks[a.1 as usize].cmp(&b.0.pks[b.1 as usize]))
+            });
+            let chosen: Vec<(&Segment, u32, f32)> = match r.group_by {
+                None => cands.into_iter().skip(r.offset).take(r.limit).collect(),
+                Some(gi) => {
+                    let mut groups: Vec<(Value, usize)> = Vec::new();
+                    let mut out = Vec::new();
+                    for c in cands {
+                        let key = c.0.scalars[gi][c.1 as usize].clone();
+                        match groups.iter().position(|(k, _)| *k == key) {
+                            Some(gi) if groups[gi].1 < r.group_size => {
+                                groups[gi].1 += 1;
+                                out.push((c, gi));
+                            }
+                            Some(_) => {}
+                            None if groups.len() < want => {
+                                groups.push((key, 1));
+                                out.push((c, groups.len() - 1));
+                            }
+                            None => {}
+                        }
+                    }
+                    out.into_iter()
+                        .filter(|(_, g)| *g >= r.offset)
+                        .map(|(c, _)| c)
+                        .collect()
+                }
+            };
+            results.push(
+                chosen
+                    .into_iter()
+                    .map(|(seg, off, score)| Hit {
+                        id: seg.pks[off as usize].clone(),
+                        distance: r.metric.user_distance(score),
+                        fields: self.render(seg, off as usize, r.output, false),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(results)
+    }
+
+    pub fn group_by_field(&self, name: &str) -> Result<usize> {
+        let f = self
+            .meta
+            .schema
+            .field(name)
+            .ok_or_else(|| EngineError::FieldNotFound {
+                collection: self.meta.name.clone(),
+                field: name.to_string(),
+            })?;
+        if f.is_primary
+            || f.is_vector()
+            || matches!(
+                f.data_type,
+                DataType::JSON | DataType::Array | DataType::Float | DataType::Double
+            )
+        {
+            return Err(invalid(format!(
+                "cannot group by '{name}' ({:?}); group by a Bool, Int or VarChar scalar field",
+                f.data_type
+            )));
+        }
+        Ok(self.meta.schema.scalar_index(name).unwrap())
+    }
+
+    pub fn row_count(&self, snap: Timestamp) -> usize {
+        self.segments
+            .iter()
+            .map(|s| s.visible(snap).count_ones())
+            .sum()
+    }
+}
+
+/// Converts Milvus range-search parameters into internal score bounds:
+/// L2 keeps `range_filter <= d < radius`, IP/COSINE keep `radius < s <= range_filter`.
+fn range_bounds(
+    metric: Metric,
+    radius: Option<f32>,
+    range_filter: Option<f32>,
+) -> (Option<f32>, Option<f32>) {
+    match metric {
+        Metric::L2 => (radius.map(|r| -r), range_filter.map(|f| -f)),
+        _ => (radius, range_filter),
+    }
+}

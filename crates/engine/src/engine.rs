@@ -1,0 +1,959 @@
+//! The engine: every collection, the shared WAL, the catalog.
+//!
+//! # Write path
+//! `insert`/`upsert`/`delete` take the collection's write lock, validate the whole batch,
+//! append one WAL record (which assigns the timestamp), apply it to the growing segment,
+//! release the lock, and then wait for the record to be fsynced (group commit) before
+//! returning. Log order is timestamp order, and per collection it is also apply order.
+//!
+//! # Read path and consistency
+//! A read picks a snapshot timestamp by its consistency level (see [`Consistency`]), takes
+//! the collection's read lock, and sees rows with `insert_ts <= snapshot < delete_ts`.
+
+use crate::catalog::{CatalogFile, CollectionMeta, IndexMeta, PartitionMeta};
+use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
+use crate::error::{invalid, EngineError, IoContext, Result};
+use crate::filter::Filter;
+use crate::schema::CollectionSchema;
+use crate::types::{now_ms, ts_from_ms, Consistency, PrimaryKey, Timestamp};
+use crate::wal::Wal;
+use magpie_index::Metric;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest `limit + offset` of a search or query (Milvus's bound).
+pub const MAX_TOPK: usize = 16384;
+/// Most partitions per collection.
+pub const MAX_PARTITIONS: usize = 1024;
+
+/// Engine tunables.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A growing segment seals at this many rows...
+    pub seal_rows: usize,
+    /// ...or this many bytes of row data...
+    pub seal_bytes: usize,
+    /// ...or this age (seconds); sealed segments are flushed by [`Engine::maintain`].
+    pub seal_age_secs: u64,
+    /// Staleness bound of the Bounded consistency level, milliseconds.
+    pub bounded_staleness_ms: u64,
+    /// Compaction rewrites a segment once more than this fraction of it is deleted.
+    pub compact_delete_ratio: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            seal_rows: 100_000,
+            seal_bytes: 64 << 20,
+            seal_age_secs: 300,
+            bounded_staleness_ms: 5_000,
+            compact_delete_ratio: 0.2,
+        }
+    }
+}
+
+impl EngineConfig {
+    fn policy(&self) -> SealPolicy {
+        SealPolicy {
+            max_rows: self.seal_rows.max(1),
+            max_bytes: self.seal_bytes.max(1),
+            max_age_ms: self.seal_age_secs * 1000,
+        }
+    }
+}
+
+type CollRef = Arc<RwLock<Collection>>;
+
+pub struct Engine {
+    root: PathBuf,
+    config: EngineConfig,
+    wal: Wal,
+    /// Serialises DDL and catalog rewrites.
+    catalog: Mutex<CatalogFile>,
+    collections: RwLock<HashMap<String, CollRef>>,
+}
+
+/// Result of an insert or upsert.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub count: usize,
+    pub ids: Vec<PrimaryKey>,
+    pub ts: Timestamp,
+}
+
+/// Per-collection figures for `get_stats` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionStats {
+    pub row_count: usize,
+    pub segments_growing: usize,
+    pub segments_sealed: usize,
+    pub segments_flushed: usize,
+    pub disk_bytes: u64,
+}
+
+/// Engine-wide figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub collections: usize,
+    pub rows: usize,
+    pub segments: usize,
+    pub wal_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// A search request with names unresolved.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest {
+    pub anns_field: Option<String>,
+    pub vectors: Vec<Vec<f32>>,
+    /// Search by the stored vectors of these primary keys instead of `vectors`.
+    pub ids: Option<Vec<Value>>,
+    pub filter: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+    pub output_fields: Vec<String>,
+    pub partitions: Vec<String>,
+    pub metric: Option<Metric>,
+    pub radius: Option<f32>,
+    pub range_filter: Option<f32>,
+    pub group_by: Option<String>,
+    pub group_size: Option<usize>,
+    pub consistency: Option<Consistency>,
+}
+
+/// A query (or get) request.
+#[derive(Debug, Clone, Default)]
+pub struct QueryRequest {
+    pub filter: Option<String>,
+    pub ids: Option<Vec<Value>>,
+    pub output_fields: Vec<String>,
+    pub partitions: Vec<String>,
+    pub limit: Option<usize>,
+    pub offset: usize,
+    pub consistency: Option<Consistency>,
+}
+
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.chars().next().is_some_and(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid {kind} name '{name}': use 1-255 ASCII letters, digits or '_', not starting with a digit"
+        )))
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) a database in `root` and recovers it: the catalog, every
+    /// collection's flushed segments, then the WAL records newer than each collection's
+    /// flushed timestamp.
+    pub fn open(root: &Path, config: EngineConfig) -> Result<Engine> {
+        std::fs::create_dir_all(root.join("collections")).at(root)?;
+        let catalog_path = root.join("catalog.json");
+        let catalog = CatalogFile::load(&catalog_path)?;
+        let mut by_id: HashMap<u64, Collection> = HashMap::new();
+        let mut min_ts = 0;
+        let live: HashSet<String> = catalog
+            .collections
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        for e in std::fs::read_dir(root.join("collections"))
+            .at(root)?
+            .flatten()
+        {
+            if !live.contains(&e.file_name().to_string_lossy().to_string()) {
+                tracing::info!(path = %e.path().display(), "removing data of a dropped collection");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        for meta in &catalog.collections {
+            let dir = root.join("collections").join(meta.id.to_string());
+            let c = Collection::open(meta.clone(), &dir)?;
+            min_ts = min_ts.max(c.flushed_ts);
+            for s in &c.segments {
+                min_ts = min_ts.max(s.ts.iter().copied().max().unwrap_or(0));
+            }
+            by_id.insert(meta.id, c);
+        }
+        let (wal, replay) = Wal::open(&root.join("wal"), min_ts)?;
+        let policy = config.policy();
+        let mut replayed = 0usize;
+        for rec in replay.records {
+            let Some(c) = by_id.get_mut(&rec.collection) else {
+                continue;
+            };
+            if rec.ts <= c.flushed_ts {
+                continue;
+            }
+            let op: WalOp = match rmp_serde::from_slice(&rec.op) {
+                Ok(op) => op,
+                Err(e) => {
+                    tracing::error!(
+                        ts = rec.ts,
+                        "WAL record with a valid checksum did not decode ({e}); skipped"
+                    );
+                    continue;
+                }
+            };
+            let part_ok = match &op {
+                WalOp::Insert { partition, .. } | WalOp::Upsert { partition, .. } => {
+                    c.meta.partitions.iter().any(|p| p.id == *partition)
+                }
+                WalOp::Delete { .. } => true,
+            };
+            if part_ok {
+                c.apply(&op, rec.ts, &policy);
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(records = replayed, "replayed WAL");
+        }
+        let collections = by_id
+            .into_values()
+            .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
+            .collect();
+        Ok(Engine {
+            root: root.to_path_buf(),
+            config,
+            wal,
+            catalog: Mutex::new(catalog),
+            collections: RwLock::new(collections),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn coll(&self, name: &str) -> Result<CollRef> {
+        self.collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::CollectionNotFound(name.to_string()))
+    }
+
+    fn save_catalog(&self, cat: &CatalogFile) -> Result<()> {
+        cat.save(&self.root.join("catalog.json"))
+    }
+
+    /// Updates a collection's catalog entry (under the catalog lock) and persists it.
+    fn update_meta(
+        &self,
+        c: &mut Collection,
+        f: impl FnOnce(&mut CollectionMeta) -> Result<()>,
+    ) -> Result<()> {
+        let mut cat = self.catalog.lock();
+        let mut meta = c.meta.clone();
+        f(&mut meta)?;
+        if let Some(m) = cat.collections.iter_mut().find(|m| m.id == meta.id) {
+            *m = meta.clone();
+        }
+        self.save_catalog(&cat)?;
+        c.meta = meta;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- collections
+
+    /// Creates a collection. `indexes` may declare the metric per vector field.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        schema: CollectionSchema,
+        indexes: Vec<IndexMeta>,
+        consistency: Consistency,
+        description: &str,
+    ) -> Result<()> {
+        check_name("collection", name)?;
+        schema.check()?;
+        for ix in &indexes {
+            Self::check_index(&schema, ix)?;
+        }
+        let mut cat = self.catalog.lock();
+        let mut colls = self.collections.write();
+        if colls.contains_key(name) {
+            return Err(EngineError::CollectionExists(name.to_string()));
+        }
+        let id = cat.next_id;
+        cat.next_id += 2;
+        let meta = CollectionMeta {
+            id,
+            name: name.to_string(),
+            schema,
+            partitions: vec![PartitionMeta {
+                id: id + 1,
+                name: "_default".into(),
+            }],
+            indexes,
+            consistency,
+            created_ms: now_ms(),
+            loaded: true,
+            description: description.to_string(),
+        };
+        let dir = self.root.join("collections").join(id.to_string());
+        std::fs::create_dir_all(dir.join("segments")).at(&dir)?;
+        cat.collections.push(meta.clone());
+        if let Err(e) = self.save_catalog(&cat) {
+            cat.collections.pop();
+            return Err(e);
+        }
+        let c = Collection::open(meta, &dir)?;
+        colls.insert(name.to_string(), Arc::new(RwLock::new(c)));
+        Ok(())
+    }
+
+    pub fn drop_collection(&self, name: &str) -> Result<()> {
+        let mut cat = self.catalog.lock();
+        let c = self.coll(name)?;
+        let id = c.read().meta.id;
+        cat.collections.retain(|m| m.id != id);
+        self.save_catalog(&cat)?;
+        self.collections.write().remove(name);
+        let dir = self.root.join("collections").join(id.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    pub fn rename_collection(&self, old: &str, new: &str) -> Result<()> {
+        check_name("collection", new)?;
+        let mut cat = self.catalog.lock();
+        let mut colls = self.collections.write();
+        let c = colls
+            .get(old)
+            .cloned()
+            .ok_or_else(|| EngineError::CollectionNotFound(old.to_string()))?;
+        if colls.contains_key(new) {
+            return Err(EngineError::CollectionExists(new.to_string()));
+        }
+        let mut g = c.write();
+        let id = g.meta.id;
+        if let Some(m) = cat.collections.iter_mut().find(|m| m.id == id) {
+            m.name = new.to_string();
+        }
+        self.save_catalog(&cat)?;
+        g.meta.name = new.to_string();
+        drop(g);
+        colls.remove(old);
+        colls.insert(new.to_string(), c);
+        Ok(())
+    }
+
+    pub fn has_collection(&self, name: &str) -> bool {
+        self.collections.read().contains_key(name)
+    }
+
+    pub fn list_collections(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.collections.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn describe_collection(&self, name: &str) -> Result<CollectionMeta> {
+        Ok(self.coll(name)?.read().meta.clone())
+    }
+
+    pub fn collection_stats(&self, name: &str) -> Result<CollectionStats> {
+        let c = self.coll(name)?;
+        let g = c.read();
+        let mut st = CollectionStats {
+            row_count: g.row_count(Timestamp::MAX - 1),
+            disk_bytes: crate::fsutil::dir_bytes(&g.dir),
+            ..Default::default()
+        };
+        for s in &g.segments {
+            match s.state {
+                crate::segment::SegState::Growing => st.segments_growing += 1,
+                crate::segment::SegState::Sealed => st.segments_sealed += 1,
+                crate::segment::SegState::Flushed => st.segments_flushed += 1,
+            }
+        }
+        Ok(st)
+    }
+
+    pub fn set_loaded(&self, name: &str, loaded: bool) -> Result<()> {
+        let c = self.coll(name)?;
+        let mut g = c.write();
+        self.update_meta(&mut g, |m| {
+            m.loaded = loaded;
+            Ok(())
+        })
+    }
+
+    // ---------------------------------------------------------------- partitions
+
+    pub fn create_partition(&self, coll: &str, name: &str) -> Result<()> {
+        check_name("partition", name)?;
+        let c = self.coll(coll)?;
+        let mut g = c.write();
+        if g.meta.partitions.iter().any(|p| p.name == name) {
+            return Err(EngineError::PartitionExists(name.to_string()));
+        }
+        if g.meta.partitions.len() >= MAX_PARTITIONS {
+            return Err(invalid(format!(
+                "a collection holds at most {MAX_PARTITIONS} partitions"
+            )));
+        }
+        let id = {
+            let mut cat = self.catalog.lock();
+            let id = cat.next_id;
+            cat.next_id += 1;
+            self.save_catalog(&cat)?;
+            id
+        };
+        self.update_meta(&mut g, |m| {
+            m.partitions.push(PartitionMeta {
+                id,
+                name: name.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    pub fn drop_partition(&self, coll: &str, name: &str) -> Result<()> {
+        if name == "_default" {
+            return Err(invalid("the _default partition cannot be dropped"));
+        }
+        let c = self.coll(coll)?;
+        let mut g = c.write();
+        let id = g.partition_id(Some(name))?;
+        self.update_meta(&mut g, |m| {
+            m.partitions.retain(|p| p.id != id);
+            Ok(())
+        })?;
+        g.drop_partition_data(id)
+    }
+
+    pub fn list_partitions(&self, coll: &str) -> Result<Vec<String>> {
+        Ok(self
+            .coll(coll)?
+            .read()
+            .meta
+            .partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect())
+    }
+
+    pub fn has_partition(&self, coll: &str, name: &str) -> Result<bool> {
+        Ok(self
+            .coll(coll)?
+            .read()
+            .meta
+            .partitions
+            .iter()
+            .any(|p| p.name == name))
+    }
+
+    // ---------------------------------------------------------------- indexes
+
+    fn check_index(schema: &CollectionSchema, ix: &IndexMeta) -> Result<()> {
+        let f = schema
+            .field(&ix.field_name)
+            .ok_or_else(|| invalid(format!("index field '{}' does not exist", ix.field_name)))?;
+        if !f.is_vector() {
+            return Err(invalid(format!(
+                "field '{}' is not a vector field; only vector fields can be indexed",
+                ix.field_name
+            )));
+        }
+        match ix.index_type.to_ascii_uppercase().as_str() {
+            "FLAT" | "AUTOINDEX" => Ok(()),
+            other => Err(invalid(format!(
+                "index type '{other}' is not supported yet; use FLAT or AUTOINDEX"
+            ))),
+        }
+    }
+
+    pub fn create_index(&self, coll: &str, mut ix: IndexMeta) -> Result<()> {
+        let c = self.coll(coll)?;
+        let mut g = c.write();
+        Self::check_index(&g.meta.schema, &ix)?;
+        if ix.index_name.is_empty() {
+            ix.index_name = ix.field_name.clone();
+        }
+        if g.meta
+            .indexes
+            .iter()
+            .any(|i| i.field_name == ix.field_name || i.index_name == ix.index_name)
+        {
+            return Err(invalid(format!(
+                "an index already exists on field '{}' (drop it first)",
+                ix.field_name
+            )));
+        }
+        ix.index_type = ix.index_type.to_ascii_uppercase();
+        self.update_meta(&mut g, |m| {
+            m.indexes.push(ix);
+            Ok(())
+        })
+    }
+
+    pub fn drop_index(&self, coll: &str, index_name: &str) -> Result<()> {
+        let c = self.coll(coll)?;
+        let mut g = c.write();
+        if !g.meta.indexes.iter().any(|i| i.index_name == index_name) {
+            return Err(invalid(format!("index '{index_name}' does not exist")));
+        }
+        self.update_meta(&mut g, |m| {
+            m.indexes.retain(|i| i.index_name != index_name);
+            Ok(())
+        })
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    fn log_and_apply(&self, g: &mut Collection, op: WalOp) -> Result<(u64, Timestamp)> {
+        let bytes =
+            rmp_serde::to_vec(&op).map_err(|e| invalid(format!("cannot encode write: {e}")))?;
+        let (seq, ts) = self.wal.append(g.meta.id, &bytes)?;
+        g.apply(&op, ts, &self.config.policy());
+        Ok((seq, ts))
+    }
+
+    /// Inserts rows. The batch is validated whole (schema, dimensions, NaN/Inf, duplicate
+    /// and existing primary keys) before anything is written; returns once durable.
+    pub fn insert(
+        &self,
+        coll: &str,
+        partition: Option<&str>,
+        rows: &[Value],
+    ) -> Result<WriteResult> {
+        self.write_rows(coll, partition, rows, false)
+    }
+
+    /// Inserts rows, replacing any live rows with the same primary keys.
+    pub fn upsert(
+        &self,
+        coll: &str,
+        partition: Option<&str>,
+        rows: &[Value],
+    ) -> Result<WriteResult> {
+        self.write_rows(coll, partition, rows, true)
+    }
+
+    fn write_rows(
+        &self,
+        coll: &str,
+        partition: Option<&str>,
+        rows: &[Value],
+        upsert: bool,
+    ) -> Result<WriteResult> {
+        if rows.is_empty() {
+            return Err(invalid("no rows given: 'data' must hold at least one row"));
+        }
+        let c = self.coll(coll)?;
+        let (seq, res) = {
+            let mut g = c.write();
+            let part = g.partition_id(partition)?;
+            let schema = &g.meta.schema;
+            let batch = if schema.pk().auto_id && !upsert {
+                let start = self.wal.alloc_ts(rows.len() as u64) as i64;
+                let mut ids = start..;
+                schema.validate_batch(rows, Some(&mut ids), false)?
+            } else {
+                schema.validate_batch(rows, None, upsert)?
+            };
+            if !upsert {
+                if let Some((i, pk)) = batch
+                    .pks
+                    .iter()
+                    .enumerate()
+                    .find(|(_, pk)| g.pk_index.contains_key(pk))
+                {
+                    return Err(EngineError::Row {
+                        row: i,
+                        field: schema.pk().name.clone(),
+                        msg: format!("primary key {pk} already exists; use upsert to replace it"),
+                    });
+                }
+            }
+            let ids = batch.pks.clone();
+            let op = if upsert {
+                WalOp::Upsert {
+                    partition: part,
+                    batch,
+                }
+            } else {
+                WalOp::Insert {
+                    partition: part,
+                    batch,
+                }
+            };
+            let (seq, ts) = self.log_and_apply(&mut g, op)?;
+            (
+                seq,
+                WriteResult {
+                    count: ids.len(),
+                    ids,
+                    ts,
+                },
+            )
+        };
+        self.wal.sync_to(seq)?;
+        Ok(res)
+    }
+
+    /// Deletes by primary keys and/or filter; returns the number of rows deleted.
+    pub fn delete(
+        &self,
+        coll: &str,
+        partition: Option<&str>,
+        ids: Option<&[Value]>,
+        filter: Option<&str>,
+    ) -> Result<usize> {
+        let c = self.coll(coll)?;
+        let (seq, n) = {
+            let mut g = c.write();
+            let parts = match partition.filter(|p| !p.is_empty()) {
+                Some(p) => Some(HashSet::from([g.partition_id(Some(p))?])),
+                None => None,
+            };
+            let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
+                Some(f) => Some(Filter::compile(f, &g.meta.schema)?),
+                None => None,
+            };
+            let idset = match ids {
+                Some(ids) => Some(self.parse_ids(&g, ids)?),
+                None => None,
+            };
+            if filter.is_none() && idset.is_none() {
+                return Err(invalid(
+                    "delete needs 'filter' or 'ids' (to delete everything, drop the collection)",
+                ));
+            }
+            let mut pks = Vec::new();
+            for s in &g.segments {
+                if parts.as_ref().is_some_and(|p| !p.contains(&s.partition)) {
+                    continue;
+                }
+                for i in g
+                    .allowed(s, Timestamp::MAX - 1, filter.as_ref(), idset.as_ref())
+                    .iter_ones()
+                {
+                    pks.push(s.pks[i].clone());
+                }
+            }
+            if pks.is_empty() {
+                return Ok(0);
+            }
+            let n = pks.len();
+            let (seq, _) = self.log_and_apply(&mut g, WalOp::Delete { pks })?;
+            (seq, n)
+        };
+        self.wal.sync_to(seq)?;
+        Ok(n)
+    }
+
+    fn parse_ids(&self, g: &Collection, ids: &[Value]) -> Result<HashSet<PrimaryKey>> {
+        let pkf = g.meta.schema.pk();
+        ids.iter()
+            .map(|v| {
+                PrimaryKey::from_json(v, pkf).map_err(|m| invalid(format!("invalid id {v}: {m}")))
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// The snapshot timestamp a read at `level` uses (may wait, for Strong).
+    pub fn snapshot(&self, level: Consistency) -> Result<Timestamp> {
+        Ok(match level {
+            Consistency::Strong => {
+                self.wal.sync_all()?;
+                self.wal.durable_ts()
+            }
+            Consistency::Session => self.wal.durable_ts(),
+            Consistency::Bounded => self.wal.durable_ts().min(ts_from_ms(
+                now_ms().saturating_sub(self.config.bounded_staleness_ms),
+            )),
+            Consistency::Eventually => Timestamp::MAX - 1,
+        })
+    }
+
+    fn read_snapshot(&self, c: &CollRef, level: Option<Consistency>) -> Result<Timestamp> {
+        let level = level.unwrap_or_else(|| c.read().meta.consistency);
+        self.snapshot(level)
+    }
+
+    fn check_loaded(g: &Collection) -> Result<()> {
+        if g.meta.loaded {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "collection '{}' is released; load it before searching or querying",
+                g.meta.name
+            )))
+        }
+    }
+
+    /// Query by filter and/or ids. `output_fields == ["count(*)"]` returns the count.
+    pub fn query(&self, coll: &str, q: &QueryRequest) -> Result<Vec<Map<String, Value>>> {
+        let c = self.coll(coll)?;
+        let snap = self.read_snapshot(&c, q.consistency)?;
+        let g = c.read();
+        Self::check_loaded(&g)?;
+        let filter = match q.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+            Some(f) => Some(Filter::compile(f, &g.meta.schema)?),
+            None => None,
+        };
+        let ids = match &q.ids {
+            Some(ids) => Some(self.parse_ids(&g, ids)?),
+            None => None,
+        };
+        let parts = g.partition_set(&q.partitions)?;
+        let is_count = q
+            .output_fields
+            .iter()
+            .any(|f| f.replace(' ', "").eq_ignore_ascii_case("count(*)"));
+        if is_count {
+            if q.output_fields.len() > 1 {
+                return Err(invalid(
+                    "count(*) cannot be combined with other output fields",
+                ));
+            }
+            let n = g.count(snap, filter.as_ref(), ids.as_ref(), parts.as_ref());
+            let mut m = Map::new();
+            m.insert("count(*)".into(), Value::from(n));
+            return Ok(vec![m]);
+        }
+        if filter.is_none() && ids.is_none() && q.limit.is_none() {
+            return Err(invalid("query needs a 'filter', 'ids' or a 'limit'"));
+        }
+        if let Some(l) = q.limit {
+            if l + q.offset > MAX_TOPK {
+                return Err(invalid(format!(
+                    "limit + offset must be at most {MAX_TOPK}, got {}",
+                    l + q.offset
+                )));
+            }
+        }
+        let spec = g.output_spec(&q.output_fields)?;
+        Ok(g.query(
+            snap,
+            filter.as_ref(),
+            ids.as_ref(),
+            parts.as_ref(),
+            &spec,
+            q.limit,
+            q.offset,
+        ))
+    }
+
+    /// The metric of a vector field: from its index, else the request's, else COSINE
+    /// (Milvus's AUTOINDEX default). A request metric that contradicts the index is an error.
+    fn metric_for(g: &Collection, field: &str, requested: Option<Metric>) -> Result<Metric> {
+        match (
+            g.meta.indexes.iter().find(|i| i.field_name == field),
+            requested,
+        ) {
+            (Some(ix), Some(m)) if ix.metric_type != m => Err(invalid(format!(
+                "metric type mismatch: field '{field}' is indexed with {}, the search asked for {}",
+                ix.metric_type.as_str(),
+                m.as_str()
+            ))),
+            (Some(ix), _) => Ok(ix.metric_type),
+            (None, Some(m)) => Ok(m),
+            (None, None) => Ok(Metric::COSINE),
+        }
+    }
+
+    /// Vector search (exact). One list of hits per query vector.
+    pub fn search(&self, coll: &str, r: &SearchRequest) -> Result<Vec<Vec<Hit>>> {
+        let c = self.coll(coll)?;
+        let snap = self.read_snapshot(&c, r.consistency)?;
+        let g = c.read();
+        Self::check_loaded(&g)?;
+        let schema = &g.meta.schema;
+        if r.limit == 0 {
+            return Err(invalid("limit must be at least 1"));
+        }
+        if r.limit + r.offset > MAX_TOPK {
+            return Err(invalid(format!(
+                "limit + offset must be at most {MAX_TOPK}, got {}",
+                r.limit + r.offset
+            )));
+        }
+        let field = match &r.anns_field {
+            Some(f) if !f.is_empty() => {
+                let fs = schema.field(f).ok_or_else(|| EngineError::FieldNotFound {
+                    collection: g.meta.name.clone(),
+                    field: f.clone(),
+                })?;
+                if !fs.is_vector() {
+                    return Err(invalid(format!("annsField '{f}' is not a vector field")));
+                }
+                fs
+            }
+            _ => {
+                let v: Vec<_> = schema.vector_fields().collect();
+                if v.len() != 1 {
+                    return Err(invalid(format!(
+                        "the collection has {} vector fields ({}); name one in 'annsField'",
+                        v.len(),
+                        v.iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                v[0]
+            }
+        };
+        let vi = schema.vector_index(&field.name).unwrap();
+        let dim = field.dim.unwrap_or(0);
+        let metric = Self::metric_for(&g, &field.name, r.metric)?;
+        let queries = match &r.ids {
+            Some(ids) => {
+                let pks: Vec<PrimaryKey> = ids
+                    .iter()
+                    .map(|v| {
+                        PrimaryKey::from_json(v, schema.pk())
+                            .map_err(|m| invalid(format!("invalid id {v}: {m}")))
+                    })
+                    .collect::<Result<_>>()?;
+                g.vectors_of(&pks, vi, snap)?
+            }
+            None => {
+                if r.vectors.is_empty() {
+                    return Err(invalid("'data' must hold at least one query vector"));
+                }
+                for (i, q) in r.vectors.iter().enumerate() {
+                    if q.len() != dim {
+                        return Err(invalid(format!(
+                            "query vector {i} has dimension {}, field '{}' expects {dim}",
+                            q.len(),
+                            field.name
+                        )));
+                    }
+                    if let Some(j) = q.iter().position(|x| !x.is_finite()) {
+                        return Err(invalid(format!(
+                            "query vector {i} has a non-finite value at position {j}"
+                        )));
+                    }
+                }
+                r.vectors.clone()
+            }
+        };
+        let filter = match r.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+            Some(f) => Some(Filter::compile(f, schema)?),
+            None => None,
+        };
+        let parts = g.partition_set(&r.partitions)?;
+        let group_by = match &r.group_by {
+            Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
+            _ => None,
+        };
+        let group_size = r.group_size.unwrap_or(1);
+        if group_size == 0 || group_size > 1024 {
+            return Err(invalid("groupSize must be in 1..=1024"));
+        }
+        let spec = g.output_spec(&r.output_fields)?;
+        g.search(&ResolvedSearch {
+            vector_field: vi,
+            metric,
+            queries: &queries,
+            filter: filter.as_ref(),
+            partitions: parts.as_ref(),
+            limit: r.limit,
+            offset: r.offset,
+            radius: r.radius,
+            range_filter: r.range_filter,
+            group_by,
+            group_size,
+            output: &spec,
+            snapshot: snap,
+        })
+    }
+
+    // ---------------------------------------------------------------- maintenance
+
+    /// Seals and persists everything in the collection, then trims the WAL.
+    pub fn flush(&self, coll: &str) -> Result<()> {
+        let c = self.coll(coll)?;
+        c.write().flush()?;
+        self.trim_wal()
+    }
+
+    /// Flushes every collection and trims the WAL (used at shutdown).
+    pub fn flush_all(&self) -> Result<()> {
+        let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
+        for c in all {
+            c.write().flush()?;
+        }
+        self.trim_wal()
+    }
+
+    /// Compacts a collection; returns (segments removed, segments written).
+    pub fn compact(&self, coll: &str) -> Result<(usize, usize)> {
+        let c = self.coll(coll)?;
+        let r = c
+            .write()
+            .compact(self.config.compact_delete_ratio, self.config.seal_rows / 4)?;
+        self.trim_wal()?;
+        Ok(r)
+    }
+
+    fn trim_wal(&self) -> Result<()> {
+        let flushed: HashMap<u64, Timestamp> = self
+            .collections
+            .read()
+            .values()
+            .map(|c| {
+                let g = c.read();
+                (g.meta.id, g.flushed_ts)
+            })
+            .collect();
+        self.wal
+            .trim(|id, ts| flushed.get(&id).is_none_or(|f| ts <= *f))?;
+        Ok(())
+    }
+
+    /// Periodic work: seal aged segments, flush sealed ones, trim the WAL.
+    pub fn maintain(&self) -> Result<()> {
+        let policy = self.config.policy();
+        let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
+        let mut flushed = false;
+        for c in all {
+            let need = c.write().needs_flush(&policy, now_ms());
+            if need {
+                c.write().flush()?;
+                flushed = true;
+            }
+        }
+        if flushed {
+            self.trim_wal()?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
+        let mut st = EngineStats {
+            collections: all.len(),
+            wal_bytes: self.wal.bytes(),
+            disk_bytes: crate::fsutil::dir_bytes(&self.root),
+            ..Default::default()
+        };
+        for c in all {
+            let g = c.read();
+            st.rows += g.pk_index.len();
+            st.segments += g.segments.len();
+        }
+        st
+    }
+}

@@ -1,0 +1,1126 @@
+//! Milvus boolean filter expressions.
+//!
+//! `parse` turns text into an [`Expr`]; [`Filter::compile`] resolves names against a
+//! schema (schema fields first, then dynamic fields by bare name when the collection has
+//! them); [`Filter::eval`] evaluates one row. The engine evaluates a filter per segment
+//! into a [`magpie_index::Bitset`], which indexes consume.
+//!
+//! Grammar (lowest precedence first):
+//! ```text
+//! or      := and (("or" | "||") and)*
+//! and     := not (("and" | "&&") not)*
+//! not     := ("not" | "!") not | cmp
+//! cmp     := sum ( (cmpop sum)+            -- chained: 10 < a < 20
+//!                | ["not"] "in" list | ["not"] "like" STRING
+//!                | "is" ["not"] "null" )?
+//! sum     := prod (("+" | "-") prod)*
+//! prod    := unary (("*" | "/" | "%") unary)*
+//! unary   := "-" unary | postfix
+//! postfix := primary ("[" (STRING | INT) "]")*
+//! primary := NUMBER | STRING | true | false | null | "(" or ")" | list
+//!          | IDENT "(" args ")" | IDENT
+//! ```
+//! Comparisons involving null or a missing value are false (so `not (x == 1)` is true for
+//! a row without `x`); `is null` matches null and missing values.
+
+use crate::schema::{CollectionSchema, DataType, DYNAMIC_FIELD};
+use crate::types::PrimaryKey;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A parse or name-resolution error, with the byte position in the expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterError {
+    pub pos: usize,
+    pub msg: String,
+    pub expr: String,
+}
+
+impl fmt::Display for FilterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at position {} in `{}` (near `{}`)",
+            self.msg,
+            self.pos,
+            self.expr,
+            self.expr
+                .get(self.pos..)
+                .unwrap_or("")
+                .chars()
+                .take(16)
+                .collect::<String>()
+        )
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Punct(&'static str),
+    Eof,
+}
+
+const PUNCTS: [&str; 19] = [
+    "==", "!=", "<=", ">=", "&&", "||", "<", ">", "(", ")", "[", "]", ",", "+", "-", "*", "/", "%",
+    "!",
+];
+
+fn lex(src: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
+    let err = |pos: usize, msg: String| FilterError {
+        pos,
+        msg,
+        expr: src.to_string(),
+    };
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    'outer: while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
+                i += 1;
+            }
+            out.push((Tok::Ident(src[start..i].to_string()), start));
+            continue;
+        }
+        if c.is_ascii_digit() || (c == b'.' && i + 1 < b.len() && b[i + 1].is_ascii_digit()) {
+            let mut is_float = false;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                is_float |= b[i] == b'.';
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+                is_float = true;
+                i += 1;
+                if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+                    i += 1;
+                }
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            let text = &src[start..i];
+            let tok = if is_float {
+                Tok::Float(
+                    text.parse()
+                        .map_err(|_| err(start, format!("invalid number '{text}'")))?,
+                )
+            } else {
+                match text.parse::<i64>() {
+                    Ok(v) => Tok::Int(v),
+                    Err(_) => Tok::Float(
+                        text.parse()
+                            .map_err(|_| err(start, format!("invalid number '{text}'")))?,
+                    ),
+                }
+            };
+            out.push((tok, start));
+            continue;
+        }
+        if c == b'"' || c == b'\'' {
+            let quote = c as char;
+            i += 1;
+            let mut s = String::new();
+            let mut chars = src[i..].char_indices();
+            while let Some((off, ch)) = chars.next() {
+                if ch == quote {
+                    i += off + 1;
+                    out.push((Tok::Str(s), start));
+                    continue 'outer;
+                }
+                if ch == '\\' {
+                    match chars.next() {
+                        Some((_, 'n')) => s.push('\n'),
+                        Some((_, 't')) => s.push('\t'),
+                        Some((_, 'r')) => s.push('\r'),
+                        Some((_, '\\')) => s.push_str("\\\\"),
+                        // Kept escaped so `like` can tell a literal % or _ from a wildcard.
+                        Some((_, '%')) => s.push_str("\\%"),
+                        Some((_, '_')) => s.push_str("\\_"),
+                        Some((_, other)) => s.push(other),
+                        None => break,
+                    }
+                    continue;
+                }
+                s.push(ch);
+            }
+            return Err(err(start, "unterminated string".into()));
+        }
+        for p in PUNCTS {
+            if src[i..].starts_with(p) {
+                out.push((Tok::Punct(p), start));
+                i += p.len();
+                continue 'outer;
+            }
+        }
+        if c == b'=' {
+            return Err(err(
+                start,
+                "'=' is not an operator; use '==' to compare".into(),
+            ));
+        }
+        let ch = src[i..].chars().next().unwrap_or('?');
+        return Err(err(start, format!("unexpected character '{ch}'")));
+    }
+    out.push((Tok::Eof, src.len()));
+    Ok(out)
+}
+
+/// Binary operators.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// Parsed expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Lit(Value),
+    Ident {
+        name: String,
+        pos: usize,
+    },
+    Index(Box<Expr>, Value),
+    List(Vec<Expr>),
+    Neg(Box<Expr>),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    In {
+        e: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
+    Like {
+        e: Box<Expr>,
+        pattern: String,
+        negated: bool,
+    },
+    IsNull {
+        e: Box<Expr>,
+        negated: bool,
+    },
+    Call {
+        name: String,
+        args: Vec<Expr>,
+        pos: usize,
+    },
+}
+
+struct Parser<'s> {
+    src: &'s str,
+    toks: Vec<(Tok, usize)>,
+    i: usize,
+}
+
+fn kw(t: &Tok, k: &str) -> bool {
+    matches!(t, Tok::Ident(s) if s.eq_ignore_ascii_case(k))
+}
+
+impl<'s> Parser<'s> {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.i].0
+    }
+    fn peek2(&self) -> &Tok {
+        &self.toks[(self.i + 1).min(self.toks.len() - 1)].0
+    }
+    fn pos(&self) -> usize {
+        self.toks[self.i].1
+    }
+    fn bump(&mut self) -> Tok {
+        let t = self.toks[self.i].0.clone();
+        if self.i < self.toks.len() - 1 {
+            self.i += 1;
+        }
+        t
+    }
+    fn err<T>(&self, msg: impl Into<String>) -> Result<T, FilterError> {
+        Err(FilterError {
+            pos: self.pos(),
+            msg: msg.into(),
+            expr: self.src.to_string(),
+        })
+    }
+    fn eat_punct(&mut self, p: &str) -> bool {
+        if matches!(self.peek(), Tok::Punct(q) if *q == p) {
+            self.bump();
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_punct(&mut self, p: &str) -> Result<(), FilterError> {
+        if self.eat_punct(p) {
+            Ok(())
+        } else {
+            self.err(format!("expected '{p}'"))
+        }
+    }
+    fn eat_kw(&mut self, k: &str) -> bool {
+        if kw(self.peek(), k) {
+            self.bump();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, FilterError> {
+        let mut v = vec![self.and()?];
+        while self.eat_kw("or") || self.eat_punct("||") {
+            v.push(self.and()?);
+        }
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::Or(v)
+        })
+    }
+    fn and(&mut self) -> Result<Expr, FilterError> {
+        let mut v = vec![self.not()?];
+        while self.eat_kw("and") || self.eat_punct("&&") {
+            v.push(self.not()?);
+        }
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::And(v)
+        })
+    }
+    fn not(&mut self) -> Result<Expr, FilterError> {
+        if self.eat_kw("not") || self.eat_punct("!") {
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        self.cmp()
+    }
+    fn cmp_op(&self) -> Option<BinOp> {
+        match self.peek() {
+            Tok::Punct("==") => Some(BinOp::Eq),
+            Tok::Punct("!=") => Some(BinOp::Ne),
+            Tok::Punct("<") => Some(BinOp::Lt),
+            Tok::Punct("<=") => Some(BinOp::Le),
+            Tok::Punct(">") => Some(BinOp::Gt),
+            Tok::Punct(">=") => Some(BinOp::Ge),
+            _ => None,
+        }
+    }
+    fn cmp(&mut self) -> Result<Expr, FilterError> {
+        let left = self.sum()?;
+        if self.cmp_op().is_some() {
+            let mut parts = Vec::new();
+            let mut prev = left;
+            while let Some(op) = self.cmp_op() {
+                self.bump();
+                let right = self.sum()?;
+                parts.push(Expr::Bin(op, Box::new(prev), Box::new(right.clone())));
+                prev = right;
+            }
+            return Ok(if parts.len() == 1 {
+                parts.pop().unwrap()
+            } else {
+                Expr::And(parts)
+            });
+        }
+        let negated =
+            kw(self.peek(), "not") && (kw(self.peek2(), "in") || kw(self.peek2(), "like"));
+        if negated {
+            self.bump();
+        }
+        if self.eat_kw("in") {
+            let pos = self.pos();
+            let list = match self.primary()? {
+                Expr::List(l) => l,
+                _ => {
+                    return Err(FilterError {
+                        pos,
+                        msg: "expected a list like [1, 2] after 'in'".into(),
+                        expr: self.src.to_string(),
+                    })
+                }
+            };
+            return Ok(Expr::In {
+                e: Box::new(left),
+                list,
+                negated,
+            });
+        }
+        if self.eat_kw("like") {
+            return match self.bump() {
+                Tok::Str(pattern) => Ok(Expr::Like {
+                    e: Box::new(left),
+                    pattern,
+                    negated,
+                }),
+                _ => {
+                    self.i -= 1;
+                    self.err("expected a string pattern after 'like'")
+                }
+            };
+        }
+        if self.eat_kw("is") {
+            let negated = self.eat_kw("not");
+            if !self.eat_kw("null") {
+                return self.err("expected 'null' after 'is'");
+            }
+            return Ok(Expr::IsNull {
+                e: Box::new(left),
+                negated,
+            });
+        }
+        Ok(left)
+    }
+    fn sum(&mut self) -> Result<Expr, FilterError> {
+        let mut l = self.prod()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Punct("+") => BinOp::Add,
+                Tok::Punct("-") => BinOp::Sub,
+                _ => return Ok(l),
+            };
+            self.bump();
+            l = Expr::Bin(op, Box::new(l), Box::new(self.prod()?));
+        }
+    }
+    fn prod(&mut self) -> Result<Expr, FilterError> {
+        let mut l = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Punct("*") => BinOp::Mul,
+                Tok::Punct("/") => BinOp::Div,
+                Tok::Punct("%") => BinOp::Mod,
+                _ => return Ok(l),
+            };
+            self.bump();
+            l = Expr::Bin(op, Box::new(l), Box::new(self.unary()?));
+        }
+    }
+    fn unary(&mut self) -> Result<Expr, FilterError> {
+        if self.eat_punct("-") {
+            return Ok(match self.unary()? {
+                Expr::Lit(Value::Number(n)) if n.is_i64() => {
+                    Expr::Lit(Value::from(-n.as_i64().unwrap()))
+                }
+                Expr::Lit(Value::Number(n)) => Expr::Lit(num(-n.as_f64().unwrap_or(0.0))),
+                e => Expr::Neg(Box::new(e)),
+            });
+        }
+        let mut e = self.primary()?;
+        while self.eat_punct("[") {
+            let key = match self.bump() {
+                Tok::Str(s) => Value::String(s),
+                Tok::Int(i) => Value::from(i),
+                _ => {
+                    self.i -= 1;
+                    return self.err("expected a string key or an integer index inside [ ]");
+                }
+            };
+            self.expect_punct("]")?;
+            e = Expr::Index(Box::new(e), key);
+        }
+        Ok(e)
+    }
+    fn primary(&mut self) -> Result<Expr, FilterError> {
+        let pos = self.pos();
+        match self.bump() {
+            Tok::Int(i) => Ok(Expr::Lit(Value::from(i))),
+            Tok::Float(f) => Ok(Expr::Lit(num(f))),
+            Tok::Str(s) => Ok(Expr::Lit(Value::String(unescape_like(&s)))),
+            Tok::Punct("(") => {
+                let e = self.or()?;
+                self.expect_punct(")")?;
+                Ok(e)
+            }
+            Tok::Punct("[") => {
+                let mut items = Vec::new();
+                if !self.eat_punct("]") {
+                    loop {
+                        items.push(self.or()?);
+                        if self.eat_punct("]") {
+                            break;
+                        }
+                        self.expect_punct(",")?;
+                    }
+                }
+                Ok(Expr::List(items))
+            }
+            Tok::Ident(name) => {
+                if name.eq_ignore_ascii_case("true") {
+                    return Ok(Expr::Lit(Value::Bool(true)));
+                }
+                if name.eq_ignore_ascii_case("false") {
+                    return Ok(Expr::Lit(Value::Bool(false)));
+                }
+                if name.eq_ignore_ascii_case("null") {
+                    return Ok(Expr::Lit(Value::Null));
+                }
+                for k in ["and", "or", "not", "in", "like", "is"] {
+                    if name.eq_ignore_ascii_case(k) {
+                        self.i -= 1;
+                        return self.err(format!("unexpected keyword '{name}'"));
+                    }
+                }
+                if self.eat_punct("(") {
+                    let mut args = Vec::new();
+                    if !self.eat_punct(")") {
+                        loop {
+                            args.push(self.or()?);
+                            if self.eat_punct(")") {
+                                break;
+                            }
+                            self.expect_punct(",")?;
+                        }
+                    }
+                    return Ok(Expr::Call {
+                        name: name.to_ascii_lowercase(),
+                        args,
+                        pos,
+                    });
+                }
+                Ok(Expr::Ident { name, pos })
+            }
+            Tok::Eof => {
+                self.i = self.toks.len() - 1;
+                self.err("unexpected end of expression")
+            }
+            t => {
+                self.i -= 1;
+                self.err(format!("unexpected {}", describe(&t)))
+            }
+        }
+    }
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Punct(p) => format!("'{p}'"),
+        Tok::Ident(s) => format!("'{s}'"),
+        Tok::Int(i) => format!("number {i}"),
+        Tok::Float(f) => format!("number {f}"),
+        Tok::Str(s) => format!("string {s:?}"),
+        Tok::Eof => "end of expression".into(),
+    }
+}
+
+/// String literals outside `like` lose the escapes kept for like patterns.
+fn unescape_like(s: &str) -> String {
+    s.replace("\\%", "%")
+        .replace("\\_", "_")
+        .replace("\\\\", "\\")
+}
+
+fn num(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+/// Parses a filter expression.
+pub fn parse(src: &str) -> Result<Expr, FilterError> {
+    let toks = lex(src)?;
+    let mut p = Parser { src, toks, i: 0 };
+    if matches!(p.peek(), Tok::Eof) {
+        return p.err("empty expression");
+    }
+    let e = p.or()?;
+    if !matches!(p.peek(), Tok::Eof) {
+        let t = p.peek().clone();
+        return p.err(format!(
+            "unexpected {} after a complete expression",
+            describe(&t)
+        ));
+    }
+    Ok(e)
+}
+
+/// A row as the filter sees it.
+pub trait RowAccess {
+    fn pk(&self) -> &PrimaryKey;
+    /// Value of the i-th scalar field (schema order of non-pk, non-vector fields).
+    fn scalar(&self, i: usize) -> &Value;
+    /// The dynamic-field object (or Null).
+    fn dynamic(&self) -> &Value;
+}
+
+#[derive(Debug, Clone)]
+enum C {
+    Lit(Value),
+    Pk,
+    Scalar(usize),
+    Dyn(String),
+    DynAll,
+    Index(Box<C>, Value),
+    Neg(Box<C>),
+    Not(Box<C>),
+    And(Vec<C>),
+    Or(Vec<C>),
+    Bin(BinOp, Box<C>, Box<C>),
+    In(Box<C>, Vec<Value>, bool),
+    Like(Box<C>, Vec<LikeTok>, bool),
+    IsNull(Box<C>, bool),
+    Contains(Box<C>, Box<C>),
+    ContainsAny(Box<C>, Vec<Value>, bool),
+    Length(Box<C>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum LikeTok {
+    Char(char),
+    Any,
+    One,
+}
+
+fn like_tokens(p: &str) -> Vec<LikeTok> {
+    let mut out = Vec::new();
+    let mut it = p.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => match it.next() {
+                Some('\\') => out.push(LikeTok::Char('\\')),
+                Some(n) => out.push(LikeTok::Char(n)),
+                None => out.push(LikeTok::Char('\\')),
+            },
+            '%' => out.push(LikeTok::Any),
+            '_' => out.push(LikeTok::One),
+            c => out.push(LikeTok::Char(c)),
+        }
+    }
+    out
+}
+
+fn like_match(p: &[LikeTok], s: &[char]) -> bool {
+    // Iterative wildcard match with backtracking to the last '%'.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(LikeTok::Any) => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(LikeTok::One) => {
+                pi += 1;
+                si += 1;
+            }
+            Some(LikeTok::Char(c)) if *c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|t| *t == LikeTok::Any)
+}
+
+/// A compiled filter, bound to one schema.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    root: C,
+    pub text: String,
+}
+
+impl Filter {
+    /// Parses and resolves `src` against `schema`.
+    pub fn compile(src: &str, schema: &CollectionSchema) -> Result<Filter, FilterError> {
+        let e = parse(src)?;
+        let root = compile(&e, schema, src)?;
+        Ok(Filter {
+            root,
+            text: src.to_string(),
+        })
+    }
+
+    /// Evaluates the filter on one row.
+    pub fn eval(&self, row: &dyn RowAccess) -> bool {
+        truthy(&ev(&self.root, row))
+    }
+}
+
+fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> {
+    let err = |pos: usize, msg: String| FilterError {
+        pos,
+        msg,
+        expr: src.to_string(),
+    };
+    let lits = |list: &[Expr]| -> Result<Vec<Value>, FilterError> {
+        list.iter()
+            .map(|x| match compile(x, s, src)? {
+                C::Lit(v) => Ok(v),
+                _ => Err(err(0, "list elements must be literals".into())),
+            })
+            .collect()
+    };
+    Ok(match e {
+        Expr::Lit(v) => C::Lit(v.clone()),
+        Expr::Ident { name, pos } => {
+            if let Some(f) = s.field(name) {
+                if f.is_primary {
+                    C::Pk
+                } else if f.is_vector() {
+                    return Err(err(
+                        *pos,
+                        format!("vector field '{name}' cannot be used in a filter"),
+                    ));
+                } else {
+                    C::Scalar(s.scalar_index(name).expect("scalar field"))
+                }
+            } else if name == DYNAMIC_FIELD && s.enable_dynamic_field {
+                C::DynAll
+            } else if s.enable_dynamic_field {
+                C::Dyn(name.clone())
+            } else {
+                return Err(err(*pos, format!("unknown field '{name}'")));
+            }
+        }
+        Expr::Index(b, k) => {
+            let inner = compile(b, s, src)?;
+            if let C::Scalar(i) = &inner {
+                let f = s.scalar_fields().nth(*i).expect("scalar");
+                if !matches!(f.data_type, DataType::JSON | DataType::Array) {
+                    return Err(err(0, format!("field '{}' is {:?}; only JSON and Array fields can be indexed with [ ]", f.name, f.data_type)));
+                }
+            }
+            C::Index(Box::new(inner), k.clone())
+        }
+        Expr::List(items) => C::Lit(Value::Array(lits(items)?)),
+        Expr::Neg(b) => C::Neg(Box::new(compile(b, s, src)?)),
+        Expr::Not(b) => C::Not(Box::new(compile(b, s, src)?)),
+        Expr::And(v) => C::And(
+            v.iter()
+                .map(|x| compile(x, s, src))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Or(v) => C::Or(
+            v.iter()
+                .map(|x| compile(x, s, src))
+                .collect::<Result<_, _>>()?,
+        ),
+        Expr::Bin(op, a, b) => C::Bin(
+            *op,
+            Box::new(compile(a, s, src)?),
+            Box::new(compile(b, s, src)?),
+        ),
+        Expr::In { e, list, negated } => {
+            C::In(Box::new(compile(e, s, src)?), lits(list)?, *negated)
+        }
+        Expr::Like {
+            e,
+            pattern,
+            negated,
+        } => C::Like(
+            Box::new(compile(e, s, src)?),
+            like_tokens(pattern),
+            *negated,
+        ),
+        Expr::IsNull { e, negated } => C::IsNull(Box::new(compile(e, s, src)?), *negated),
+        Expr::Call { name, args, pos } => {
+            let arity = |n: usize| {
+                if args.len() == n {
+                    Ok(())
+                } else {
+                    Err(err(
+                        *pos,
+                        format!("{name}() takes {n} argument(s), got {}", args.len()),
+                    ))
+                }
+            };
+            match name.as_str() {
+                "array_contains" | "json_contains" => {
+                    arity(2)?;
+                    C::Contains(
+                        Box::new(compile(&args[0], s, src)?),
+                        Box::new(compile(&args[1], s, src)?),
+                    )
+                }
+                "array_contains_any" | "json_contains_any" | "array_contains_all"
+                | "json_contains_all" => {
+                    arity(2)?;
+                    let list = match compile(&args[1], s, src)? {
+                        C::Lit(Value::Array(a)) => a,
+                        _ => {
+                            return Err(err(
+                                *pos,
+                                format!("the second argument of {name}() must be a list"),
+                            ))
+                        }
+                    };
+                    C::ContainsAny(
+                        Box::new(compile(&args[0], s, src)?),
+                        list,
+                        name.ends_with("_all"),
+                    )
+                }
+                "array_length" => {
+                    arity(1)?;
+                    C::Length(Box::new(compile(&args[0], s, src)?))
+                }
+                _ => return Err(err(*pos, format!("unknown function '{name}'"))),
+            }
+        }
+    })
+}
+
+fn truthy(v: &Value) -> bool {
+    matches!(v, Value::Bool(true))
+}
+
+fn ev<'a>(c: &'a C, row: &'a dyn RowAccess) -> Cow<'a, Value> {
+    match c {
+        C::Lit(v) => Cow::Borrowed(v),
+        C::Pk => Cow::Owned(row.pk().to_json()),
+        C::Scalar(i) => Cow::Borrowed(row.scalar(*i)),
+        C::DynAll => Cow::Borrowed(row.dynamic()),
+        C::Dyn(k) => match row.dynamic().get(k) {
+            Some(v) => Cow::Borrowed(v),
+            None => Cow::Owned(Value::Null),
+        },
+        C::Index(b, k) => {
+            let base = ev(b, row);
+            let got = match (&*base, k) {
+                (Value::Object(m), Value::String(s)) => m.get(s).cloned(),
+                (Value::Array(a), Value::Number(n)) => {
+                    n.as_u64().and_then(|i| a.get(i as usize)).cloned()
+                }
+                _ => None,
+            };
+            Cow::Owned(got.unwrap_or(Value::Null))
+        }
+        C::Neg(b) => Cow::Owned(match &*ev(b, row) {
+            Value::Number(n) if n.is_i64() => Value::from(n.as_i64().unwrap().wrapping_neg()),
+            Value::Number(n) => num(-n.as_f64().unwrap_or(0.0)),
+            _ => Value::Null,
+        }),
+        C::Not(b) => Cow::Owned(Value::Bool(!truthy(&ev(b, row)))),
+        C::And(v) => Cow::Owned(Value::Bool(v.iter().all(|x| truthy(&ev(x, row))))),
+        C::Or(v) => Cow::Owned(Value::Bool(v.iter().any(|x| truthy(&ev(x, row))))),
+        C::Bin(op, a, b) => {
+            let (x, y) = (ev(a, row), ev(b, row));
+            Cow::Owned(binop(*op, &x, &y))
+        }
+        C::In(e, list, neg) => {
+            let v = ev(e, row);
+            if v.is_null() {
+                return Cow::Owned(Value::Bool(false));
+            }
+            let hit = list.iter().any(|x| val_cmp(&v, x) == Some(Ordering::Equal));
+            Cow::Owned(Value::Bool(hit != *neg))
+        }
+        C::Like(e, pat, neg) => {
+            let v = ev(e, row);
+            Cow::Owned(Value::Bool(match v.as_str() {
+                Some(s) => like_match(pat, &s.chars().collect::<Vec<_>>()) != *neg,
+                None => false,
+            }))
+        }
+        C::IsNull(e, neg) => Cow::Owned(Value::Bool(ev(e, row).is_null() != *neg)),
+        C::Contains(a, x) => {
+            let arr = ev(a, row);
+            let x = ev(x, row);
+            Cow::Owned(Value::Bool(match &*arr {
+                Value::Array(items) => items
+                    .iter()
+                    .any(|i| val_cmp(i, &x) == Some(Ordering::Equal)),
+                _ => false,
+            }))
+        }
+        C::ContainsAny(a, list, all) => {
+            let arr = ev(a, row);
+            Cow::Owned(Value::Bool(match &*arr {
+                Value::Array(items) => {
+                    let has =
+                        |x: &Value| items.iter().any(|i| val_cmp(i, x) == Some(Ordering::Equal));
+                    if *all {
+                        list.iter().all(has)
+                    } else {
+                        list.iter().any(has)
+                    }
+                }
+                _ => false,
+            }))
+        }
+        C::Length(a) => Cow::Owned(match &*ev(a, row) {
+            Value::Array(items) => Value::from(items.len() as i64),
+            _ => Value::Null,
+        }),
+    }
+}
+
+/// Compares two values: numbers with numbers, strings with strings, booleans with
+/// booleans, arrays element-wise for equality. `None` when incomparable (or null).
+fn val_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => Some(i.cmp(&j)),
+            _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        },
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Array(x), Value::Array(y)) => {
+            if x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(p, q)| val_cmp(p, q) == Some(Ordering::Equal))
+            {
+                Some(Ordering::Equal)
+            } else {
+                None
+            }
+        }
+        (Value::Object(_), Value::Object(_)) if a == b => Some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+fn binop(op: BinOp, x: &Value, y: &Value) -> Value {
+    use BinOp::*;
+    match op {
+        Eq | Ne | Lt | Le | Gt | Ge => {
+            let o = val_cmp(x, y);
+            let r = match (op, o) {
+                (_, None) => {
+                    op == Ne
+                        && !x.is_null()
+                        && !y.is_null()
+                        && o.is_none()
+                        && !matches!((x, y), (Value::Number(_), Value::Number(_)))
+                }
+                (Eq, Some(o)) => o == Ordering::Equal,
+                (Ne, Some(o)) => o != Ordering::Equal,
+                (Lt, Some(o)) => o == Ordering::Less,
+                (Le, Some(o)) => o != Ordering::Greater,
+                (Gt, Some(o)) => o == Ordering::Greater,
+                (Ge, Some(o)) => o != Ordering::Less,
+                _ => false,
+            };
+            Value::Bool(r)
+        }
+        Add | Sub | Mul | Div | Mod => {
+            let (Value::Number(a), Value::Number(b)) = (x, y) else {
+                return Value::Null;
+            };
+            if let (Some(i), Some(j)) = (a.as_i64(), b.as_i64()) {
+                return match op {
+                    Add => i.checked_add(j).map(Value::from),
+                    Sub => i.checked_sub(j).map(Value::from),
+                    Mul => i.checked_mul(j).map(Value::from),
+                    Div => (j != 0).then(|| num(i as f64 / j as f64)),
+                    Mod => i.checked_rem(j).map(Value::from),
+                    _ => None,
+                }
+                .unwrap_or(Value::Null);
+            }
+            let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) else {
+                return Value::Null;
+            };
+            let r = match op {
+                Add => a + b,
+                Sub => a - b,
+                Mul => a * b,
+                Div => a / b,
+                _ => a % b,
+            };
+            num(r)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::FieldSchema;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    struct R {
+        pk: PrimaryKey,
+        s: Vec<Value>,
+        d: Value,
+    }
+    impl RowAccess for R {
+        fn pk(&self) -> &PrimaryKey {
+            &self.pk
+        }
+        fn scalar(&self, i: usize) -> &Value {
+            &self.s[i]
+        }
+        fn dynamic(&self) -> &Value {
+            &self.d
+        }
+    }
+
+    fn schema() -> CollectionSchema {
+        CollectionSchema {
+            fields: vec![
+                FieldSchema::new("id", DataType::Int64).primary(false),
+                FieldSchema::new("v", DataType::FloatVector).with_dim(2),
+                FieldSchema::new("age", DataType::Int32),
+                FieldSchema::new("name", DataType::VarChar)
+                    .with_max_length(64)
+                    .nullable(),
+                FieldSchema::new("meta", DataType::JSON),
+                FieldSchema::new("tags", DataType::Array).array_of(DataType::Int64, 8),
+            ],
+            enable_dynamic_field: true,
+            description: String::new(),
+        }
+    }
+
+    fn row() -> R {
+        R {
+            pk: PrimaryKey::Int(7),
+            s: vec![
+                json!(15),
+                json!("Alice 50%"),
+                json!({"color": "red", "n": [1, 2]}),
+                json!([1, 2, 3]),
+            ],
+            d: json!({"city": "Oslo", "rank": 2.5}),
+        }
+    }
+
+    fn t(src: &str) -> bool {
+        Filter::compile(src, &schema())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .eval(&row())
+    }
+
+    #[test]
+    fn operators() {
+        let yes = [
+            "age == 15",
+            "age != 16",
+            "10 < age < 20",
+            "age >= 15 && age <= 15",
+            "id in [1, 7]",
+            "id not in [1, 2]",
+            "name like \"Ali%\"",
+            "name like '%50\\%'",
+            "name like '%ce%'",
+            "name like 'A_ice%'",
+            "meta[\"color\"] == 'red'",
+            "meta['n'][1] == 2",
+            "city == 'Oslo'",
+            "rank > 2",
+            "array_contains(tags, 2)",
+            "array_contains_any(tags, [9, 3])",
+            "array_contains_all(tags, [1, 3])",
+            "array_length(tags) == 3",
+            "missing is null",
+            "name is not null",
+            "age * 2 + 1 == 31",
+            "age % 4 == 3",
+            "age / 2 == 7.5",
+            "-age < 0",
+            "not (age > 20)",
+            "!(age > 20) and (age > 1 or age < 0)",
+            "NOT age in [1]",
+            "$meta['city'] == 'Oslo'",
+            "json_contains(meta['n'], 1)",
+            "age == 15.0",
+            "(age - 5) * 2 == 20",
+            "TRUE",
+            "name == 'Alice 50%'",
+        ];
+        for q in yes {
+            assert!(t(q), "{q} should match");
+        }
+        let no = [
+            "age > 15",
+            "20 < age < 30",
+            "id in []",
+            "name like 'li%'",
+            "missing == 1",
+            "missing > 0",
+            "array_contains(tags, 9)",
+            "array_contains_all(tags, [1, 9])",
+            "name is null",
+            "city != 'Oslo'",
+            "meta['nope'] == 1",
+            "age == 'fifteen'",
+        ];
+        for q in no {
+            assert!(!t(q), "{q} should not match");
+        }
+    }
+
+    #[test]
+    fn errors_point_at_position() {
+        let s = schema();
+        let cases = [
+            ("age >", 5, "end of expression"),
+            ("age = 1", 4, "'=='"),
+            ("age == 'x", 7, "unterminated"),
+            ("age == 1 age", 9, "after a complete"),
+            ("(age == 1", 9, "')'"),
+            ("nosuch(age)", 0, "unknown function"),
+            ("v == 1", 0, "vector field"),
+            ("age in 5", 7, "list"),
+            ("age # 3", 4, "unexpected character"),
+            ("", 0, "empty"),
+        ];
+        for (src, pos, frag) in cases {
+            let e = Filter::compile(src, &s).unwrap_err();
+            assert_eq!(e.pos, pos, "{src}: {e}");
+            assert!(e.to_string().contains(frag), "{src}: {e}");
+        }
+        let mut strict = schema();
+        strict.enable_dynamic_field = false;
+        assert!(Filter::compile("city == 'x'", &strict)
+            .unwrap_err()
+            .msg
+            .contains("unknown field"));
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,40}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn int_comparisons_agree_with_rust(a in -1000i64..1000, b in -1000i64..1000) {
+            let r = R { pk: PrimaryKey::Int(0), s: vec![json!(a), Value::Null, Value::Null, json!([])], d: Value::Null };
+            let s = schema();
+            for (op, want) in [("<", a < b), ("<=", a <= b), (">", a > b), (">=", a >= b), ("==", a == b), ("!=", a != b)] {
+                let f = Filter::compile(&format!("age {op} {b}"), &s).unwrap();
+                prop_assert_eq!(f.eval(&r), want);
+            }
+        }
+
+        #[test]
+        fn like_prefix_matches_starts_with(s in "[a-c]{0,6}", p in "[a-c]{0,3}") {
+            let toks = like_tokens(&format!("{p}%"));
+            prop_assert_eq!(like_match(&toks, &s.chars().collect::<Vec<_>>()), s.starts_with(&p));
+            let toks = like_tokens(&format!("%{p}%"));
+            prop_assert_eq!(like_match(&toks, &s.chars().collect::<Vec<_>>()), s.contains(&p));
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Small durable-file helpers. Every function documents what is durable when it returns.
+
+use crate::error::{IoContext, Result};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temporary sibling is written and fsynced,
+/// renamed over `path`, and the parent directory is fsynced. When this returns `Ok`, a
+/// crash leaves either the old or the new content, never a mix, and the new content is
+/// durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    fs::rename(&tmp, path).at(path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes a new file and fsyncs it (not its directory entry; see [`sync_dir`]).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).at(path)?;
+    f.write_all(bytes).at(path)?;
+    f.sync_all().at(path)
+}
+
+/// Fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+/// Total bytes of the regular files under `dir` (0 if it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    for e in rd.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+/// Reads a file, naming the path on error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).at(path)
+}

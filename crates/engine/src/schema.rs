@@ -1,0 +1,746 @@
+//! Collection schemas and row validation.
+//!
+//! Rows arrive as JSON objects (the REST API's shape). [`CollectionSchema::validate_batch`]
+//! checks a whole batch before anything is written and turns it into a columnar
+//! [`RowBatch`]; the first bad row rejects the batch with an error naming the row index
+//! and the field.
+
+use crate::error::{EngineError, Result};
+use crate::types::PrimaryKey;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+/// Name of the hidden JSON column holding dynamic fields.
+pub const DYNAMIC_FIELD: &str = "$meta";
+/// Largest vector dimension accepted.
+pub const MAX_DIM: usize = 32768;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataType {
+    Bool,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Float,
+    Double,
+    VarChar,
+    JSON,
+    Array,
+    FloatVector,
+}
+
+impl DataType {
+    /// Parses Milvus's type names (case-insensitive; "String" is accepted for VarChar).
+    pub fn parse(s: &str) -> Option<DataType> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "bool" => DataType::Bool,
+            "int8" => DataType::Int8,
+            "int16" => DataType::Int16,
+            "int32" => DataType::Int32,
+            "int64" => DataType::Int64,
+            "float" => DataType::Float,
+            "double" => DataType::Double,
+            "varchar" | "string" => DataType::VarChar,
+            "json" => DataType::JSON,
+            "array" => DataType::Array,
+            "floatvector" => DataType::FloatVector,
+            _ => return None,
+        })
+    }
+
+    pub fn is_integer(&self) -> bool {
+        matches!(
+            self,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64
+        )
+    }
+}
+
+/// One field of a collection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldSchema {
+    pub name: String,
+    pub data_type: DataType,
+    #[serde(default)]
+    pub is_primary: bool,
+    #[serde(default)]
+    pub auto_id: bool,
+    #[serde(default)]
+    pub nullable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_value: Option<Value>,
+    /// VarChar (and VarChar array elements): maximum length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// FloatVector: dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    /// Array: element type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_type: Option<DataType>,
+    /// Array: maximum number of elements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<usize>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl FieldSchema {
+    pub fn new(name: &str, data_type: DataType) -> Self {
+        Self {
+            name: name.to_string(),
+            data_type,
+            is_primary: false,
+            auto_id: false,
+            nullable: false,
+            default_value: None,
+            max_length: None,
+            dim: None,
+            element_type: None,
+            max_capacity: None,
+            description: String::new(),
+        }
+    }
+    pub fn primary(mut self, auto_id: bool) -> Self {
+        self.is_primary = true;
+        self.auto_id = auto_id;
+        self
+    }
+    pub fn with_dim(mut self, dim: usize) -> Self {
+        self.dim = Some(dim);
+        self
+    }
+    pub fn with_max_length(mut self, n: usize) -> Self {
+        self.max_length = Some(n);
+        self
+    }
+    pub fn nullable(mut self) -> Self {
+        self.nullable = true;
+        self
+    }
+    pub fn with_default(mut self, v: Value) -> Self {
+        self.default_value = Some(v);
+        self
+    }
+    pub fn array_of(mut self, elem: DataType, capacity: usize) -> Self {
+        self.element_type = Some(elem);
+        self.max_capacity = Some(capacity);
+        self
+    }
+    pub fn is_vector(&self) -> bool {
+        self.data_type == DataType::FloatVector
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectionSchema {
+    pub fields: Vec<FieldSchema>,
+    #[serde(default)]
+    pub enable_dynamic_field: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A validated batch in columnar form: what the WAL stores and segments append.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowBatch {
+    pub pks: Vec<PrimaryKey>,
+    /// One entry per vector field, in schema order: `rows × dim` floats.
+    pub vectors: Vec<Vec<f32>>,
+    /// One entry per scalar (non-pk, non-vector) field, in schema order.
+    pub scalars: Vec<Vec<Value>>,
+    /// Dynamic fields per row (`Value::Null` when none); empty when dynamic is off.
+    pub dynamic: Vec<Value>,
+}
+
+impl RowBatch {
+    pub fn len(&self) -> usize {
+        self.pks.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pks.is_empty()
+    }
+}
+
+impl CollectionSchema {
+    /// Checks the schema itself: one primary key of type Int64 or VarChar, at least one
+    /// vector field, unique names, sane dimensions and lengths.
+    pub fn check(&self) -> Result<()> {
+        let err = |m: String| Err(EngineError::Schema(m));
+        let mut names = HashSet::new();
+        let mut pks = 0;
+        let mut vecs = 0;
+        if self.fields.is_empty() {
+            return err("a schema needs fields".into());
+        }
+        for f in &self.fields {
+            if f.name.is_empty()
+                || f.name.len() > 255
+                || !f
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || f.name.chars().next().is_some_and(|c| c.is_ascii_digit())
+            {
+                return err(format!(
+                    "field name '{}' must be 1-255 ASCII letters, digits or '_', not starting with a digit",
+                    f.name
+                ));
+            }
+            if !names.insert(f.name.as_str()) {
+                return err(format!("duplicate field name '{}'", f.name));
+            }
+            if f.is_primary {
+                pks += 1;
+                if !matches!(f.data_type, DataType::Int64 | DataType::VarChar) {
+                    return err(format!(
+                        "primary key '{}' must be Int64 or VarChar, not {:?}",
+                        f.name, f.data_type
+                    ));
+                }
+                if f.nullable || f.default_value.is_some() {
+                    return err(format!(
+                        "primary key '{}' cannot be nullable or have a default",
+                        f.name
+                    ));
+                }
+                if f.auto_id && f.data_type != DataType::Int64 {
+                    return err("autoId needs an Int64 primary key".into());
+                }
+            } else if f.auto_id {
+                return err(format!(
+                    "autoId is only valid on the primary key, not '{}'",
+                    f.name
+                ));
+            }
+            match f.data_type {
+                DataType::FloatVector => {
+                    vecs += 1;
+                    match f.dim {
+                        Some(d) if (1..=MAX_DIM).contains(&d) => {}
+                        Some(d) => {
+                            return err(format!(
+                                "vector field '{}' has dim {d}; it must be 1..={MAX_DIM}",
+                                f.name
+                            ))
+                        }
+                        None => return err(format!("vector field '{}' needs a dim", f.name)),
+                    }
+                    if f.nullable || f.default_value.is_some() {
+                        return err(format!(
+                            "vector field '{}' cannot be nullable or have a default",
+                            f.name
+                        ));
+                    }
+                }
+                DataType::VarChar => match f.max_length {
+                    Some(n) if (1..=65535).contains(&n) => {}
+                    _ => {
+                        return err(format!(
+                            "VarChar field '{}' needs max_length in 1..=65535",
+                            f.name
+                        ))
+                    }
+                },
+                DataType::Array => {
+                    let et = f.element_type.ok_or_else(|| {
+                        EngineError::Schema(format!(
+                            "Array field '{}' needs an elementDataType",
+                            f.name
+                        ))
+                    })?;
+                    if matches!(et, DataType::Array | DataType::JSON | DataType::FloatVector) {
+                        return err(format!("Array field '{}' cannot hold {et:?}", f.name));
+                    }
+                    if et == DataType::VarChar && f.max_length.is_none() {
+                        return err(format!(
+                            "Array of VarChar '{}' needs max_length for its elements",
+                            f.name
+                        ));
+                    }
+                    match f.max_capacity {
+                        Some(c) if (1..=4096).contains(&c) => {}
+                        _ => {
+                            return err(format!(
+                                "Array field '{}' needs max_capacity in 1..=4096",
+                                f.name
+                            ))
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(d) = &f.default_value {
+                if !f.is_vector() {
+                    check_scalar(f, d).map_err(|m| {
+                        EngineError::Schema(format!("default of '{}' is invalid: {m}", f.name))
+                    })?;
+                }
+            }
+        }
+        if pks != 1 {
+            return err(format!(
+                "a schema needs exactly one primary key field, found {pks}"
+            ));
+        }
+        if vecs == 0 {
+            return err("a schema needs at least one FloatVector field".into());
+        }
+        Ok(())
+    }
+
+    pub fn pk(&self) -> &FieldSchema {
+        self.fields
+            .iter()
+            .find(|f| f.is_primary)
+            .expect("checked schema")
+    }
+
+    pub fn field(&self, name: &str) -> Option<&FieldSchema> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Vector fields in schema order.
+    pub fn vector_fields(&self) -> impl Iterator<Item = &FieldSchema> {
+        self.fields.iter().filter(|f| f.is_vector())
+    }
+
+    /// Scalar (non-pk, non-vector) fields in schema order.
+    pub fn scalar_fields(&self) -> impl Iterator<Item = &FieldSchema> {
+        self.fields
+            .iter()
+            .filter(|f| !f.is_vector() && !f.is_primary)
+    }
+
+    pub fn vector_index(&self, name: &str) -> Option<usize> {
+        self.vector_fields().position(|f| f.name == name)
+    }
+
+    pub fn scalar_index(&self, name: &str) -> Option<usize> {
+        self.scalar_fields().position(|f| f.name == name)
+    }
+
+    /// Validates rows and converts them into a [`RowBatch`]. `auto_ids` supplies primary
+    /// keys for an auto-id collection (one per row); `require_pk` forces the key to be
+    /// present even with auto-id (upsert).
+    pub fn validate_batch(
+        &self,
+        rows: &[Value],
+        auto_ids: Option<&mut dyn Iterator<Item = i64>>,
+        require_pk: bool,
+    ) -> Result<RowBatch> {
+        let pkf = self.pk();
+        let vfields: Vec<&FieldSchema> = self.vector_fields().collect();
+        let sfields: Vec<&FieldSchema> = self.scalar_fields().collect();
+        let mut batch = RowBatch {
+            pks: Vec::with_capacity(rows.len()),
+            vectors: vfields
+                .iter()
+                .map(|f| Vec::with_capacity(rows.len() * f.dim.unwrap_or(0)))
+                .collect(),
+            scalars: sfields
+                .iter()
+                .map(|_| Vec::with_capacity(rows.len()))
+                .collect(),
+            dynamic: Vec::new(),
+        };
+        let mut seen = HashSet::with_capacity(rows.len());
+        let mut auto_ids = auto_ids;
+        let use_auto = pkf.auto_id && !require_pk;
+        for (ri, row) in rows.iter().enumerate() {
+            let obj = row.as_object().ok_or_else(|| EngineError::Row {
+                row: ri,
+                field: String::new(),
+                msg: format!("a row must be a JSON object, got {}", json_kind(row)),
+            })?;
+            let rerr = |field: &str, msg: String| EngineError::Row {
+                row: ri,
+                field: field.to_string(),
+                msg,
+            };
+            // Primary key.
+            let pk = if use_auto {
+                if obj.contains_key(&pkf.name) {
+                    return Err(rerr(
+                        &pkf.name,
+                        "the primary key is auto-generated (autoId); do not supply it".into(),
+                    ));
+                }
+                let it = auto_ids
+                    .as_mut()
+                    .ok_or_else(|| rerr(&pkf.name, "no auto id available".into()))?;
+                PrimaryKey::Int(it.next().expect("one auto id per row"))
+            } else {
+                let v = obj
+                    .get(&pkf.name)
+                    .ok_or_else(|| rerr(&pkf.name, "missing primary key".into()))?;
+                PrimaryKey::from_json(v, pkf).map_err(|m| rerr(&pkf.name, m))?
+            };
+            if !seen.insert(pk.clone()) {
+                return Err(rerr(
+                    &pkf.name,
+                    format!("duplicate primary key {pk} in the batch"),
+                ));
+            }
+            batch.pks.push(pk);
+            for (vi, f) in vfields.iter().enumerate() {
+                let v = obj
+                    .get(&f.name)
+                    .ok_or_else(|| rerr(&f.name, "missing vector".into()))?;
+                parse_vector(v, f.dim.unwrap_or(0), &mut batch.vectors[vi])
+                    .map_err(|m| rerr(&f.name, m))?;
+            }
+            for (si, f) in sfields.iter().enumerate() {
+                let v = match obj.get(&f.name) {
+                    None | Some(Value::Null) => {
+                        if let Some(d) = &f.default_value {
+                            d.clone()
+                        } else if f.nullable {
+                            Value::Null
+                        } else if obj.contains_key(&f.name) {
+                            return Err(rerr(
+                                &f.name,
+                                "null given for a non-nullable field".into(),
+                            ));
+                        } else {
+                            return Err(rerr(
+                                &f.name,
+                                "missing field (it is not nullable and has no default)".into(),
+                            ));
+                        }
+                    }
+                    Some(v) => {
+                        check_scalar(f, v).map_err(|m| rerr(&f.name, m))?;
+                        normalize_scalar(f, v)
+                    }
+                };
+                batch.scalars[si].push(v);
+            }
+            let mut dynamic = Map::new();
+            for (k, v) in obj {
+                if self.field(k).is_some() {
+                    continue;
+                }
+                if !self.enable_dynamic_field {
+                    return Err(rerr(
+                        k,
+                        "unknown field (the collection has no dynamic field; add it to the schema or enable dynamic fields)".into(),
+                    ));
+                }
+                if k == DYNAMIC_FIELD {
+                    // Milvus clients may send dynamic keys nested under $meta.
+                    if let Value::Object(m) = v {
+                        for (k2, v2) in m {
+                            dynamic.insert(k2.clone(), v2.clone());
+                        }
+                        continue;
+                    }
+                }
+                check_json_finite(v).map_err(|m| rerr(k, m))?;
+                dynamic.insert(k.clone(), v.clone());
+            }
+            if self.enable_dynamic_field {
+                batch.dynamic.push(if dynamic.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(dynamic)
+                });
+            }
+        }
+        Ok(batch)
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_vector(v: &Value, dim: usize, out: &mut Vec<f32>) -> std::result::Result<(), String> {
+    let arr = v.as_array().ok_or_else(|| {
+        format!(
+            "a FloatVector must be an array of numbers, got {}",
+            json_kind(v)
+        )
+    })?;
+    if arr.len() != dim {
+        return Err(format!(
+            "vector has dimension {}, the field expects {dim}",
+            arr.len()
+        ));
+    }
+    for (i, x) in arr.iter().enumerate() {
+        let f = x.as_f64().ok_or_else(|| {
+            format!(
+                "element {i} of the vector is {}, not a number",
+                json_kind(x)
+            )
+        })?;
+        let f32v = f as f32;
+        if !f32v.is_finite() {
+            return Err(format!("element {i} of the vector is not a finite float32"));
+        }
+        out.push(f32v);
+    }
+    Ok(())
+}
+
+fn check_json_finite(v: &Value) -> std::result::Result<(), String> {
+    // serde_json cannot represent NaN/Inf, so any parsed JSON is finite; this guards depth.
+    fn depth(v: &Value, d: usize) -> bool {
+        if d > 64 {
+            return false;
+        }
+        match v {
+            Value::Array(a) => a.iter().all(|x| depth(x, d + 1)),
+            Value::Object(o) => o.values().all(|x| depth(x, d + 1)),
+            _ => true,
+        }
+    }
+    if depth(v, 0) {
+        Ok(())
+    } else {
+        Err("JSON nested deeper than 64 levels".into())
+    }
+}
+
+fn int_range(t: DataType) -> (i64, i64) {
+    match t {
+        DataType::Int8 => (i8::MIN as i64, i8::MAX as i64),
+        DataType::Int16 => (i16::MIN as i64, i16::MAX as i64),
+        DataType::Int32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
+fn check_elem(t: DataType, max_len: Option<usize>, v: &Value) -> std::result::Result<(), String> {
+    match t {
+        DataType::Bool => v
+            .as_bool()
+            .map(|_| ())
+            .ok_or_else(|| format!("expected a boolean, got {}", json_kind(v))),
+        t if t.is_integer() => {
+            let i = v
+                .as_i64()
+                .ok_or_else(|| format!("expected an integer ({t:?}), got {v}"))?;
+            let (lo, hi) = int_range(t);
+            if i < lo || i > hi {
+                return Err(format!("{i} is out of range for {t:?} ({lo}..={hi})"));
+            }
+            Ok(())
+        }
+        DataType::Float | DataType::Double => {
+            let f = v
+                .as_f64()
+                .ok_or_else(|| format!("expected a number, got {}", json_kind(v)))?;
+            if t == DataType::Float && !(f as f32).is_finite() {
+                return Err(format!("{f} is not a finite float32"));
+            }
+            Ok(())
+        }
+        DataType::VarChar => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("expected a string, got {}", json_kind(v)))?;
+            let max = max_len.unwrap_or(65535);
+            if s.len() > max {
+                return Err(format!(
+                    "string of {} bytes exceeds max_length {max}",
+                    s.len()
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks one non-null scalar value against its field.
+pub(crate) fn check_scalar(f: &FieldSchema, v: &Value) -> std::result::Result<(), String> {
+    match f.data_type {
+        DataType::JSON => check_json_finite(v),
+        DataType::Array => {
+            let a = v
+                .as_array()
+                .ok_or_else(|| format!("expected an array, got {}", json_kind(v)))?;
+            let cap = f.max_capacity.unwrap_or(4096);
+            if a.len() > cap {
+                return Err(format!(
+                    "array of {} elements exceeds max_capacity {cap}",
+                    a.len()
+                ));
+            }
+            let et = f.element_type.unwrap_or(DataType::Int64);
+            for (i, x) in a.iter().enumerate() {
+                check_elem(et, f.max_length, x).map_err(|m| format!("element {i}: {m}"))?;
+            }
+            Ok(())
+        }
+        t => check_elem(t, f.max_length, v),
+    }
+}
+
+/// Canonical stored form: Float is rounded to f32 precision so that what is read back
+/// equals what a float32 column would hold.
+fn normalize_scalar(f: &FieldSchema, v: &Value) -> Value {
+    match f.data_type {
+        DataType::Float => {
+            let x = v.as_f64().unwrap_or(0.0) as f32;
+            serde_json::Number::from_f64(x as f64).map_or(Value::Null, Value::Number)
+        }
+        _ => v.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> CollectionSchema {
+        CollectionSchema {
+            fields: vec![
+                FieldSchema::new("id", DataType::Int64).primary(false),
+                FieldSchema::new("v", DataType::FloatVector).with_dim(2),
+                FieldSchema::new("age", DataType::Int8),
+                FieldSchema::new("name", DataType::VarChar)
+                    .with_max_length(4)
+                    .nullable(),
+                FieldSchema::new("score", DataType::Float).with_default(json!(1.5)),
+                FieldSchema::new("tags", DataType::Array).array_of(DataType::Int32, 2),
+            ],
+            enable_dynamic_field: true,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn valid_batch_is_columnar() {
+        let s = schema();
+        s.check().unwrap();
+        let rows = vec![
+            json!({"id": 1, "v": [0.5, 1], "age": 3, "name": "ab", "tags": [1], "color": "red"}),
+            json!({"id": 2, "v": [1, 2], "age": -3, "tags": []}),
+        ];
+        let b = s.validate_batch(&rows, None, false).unwrap();
+        assert_eq!(b.pks, vec![PrimaryKey::Int(1), PrimaryKey::Int(2)]);
+        assert_eq!(b.vectors[0], vec![0.5, 1.0, 1.0, 2.0]);
+        assert_eq!(b.scalars[1], vec![json!("ab"), Value::Null]);
+        assert_eq!(b.scalars[2], vec![json!(1.5), json!(1.5)]);
+        assert_eq!(b.dynamic, vec![json!({"color": "red"}), Value::Null]);
+    }
+
+    #[test]
+    fn errors_name_row_and_field() {
+        let s = schema();
+        let cases = [
+            (
+                json!({"id": 1, "v": [1.0], "age": 1, "tags": []}),
+                "v",
+                "dimension 1",
+            ),
+            (
+                json!({"id": 1, "v": [1.0, "x"], "age": 1, "tags": []}),
+                "v",
+                "not a number",
+            ),
+            (
+                json!({"id": 1, "v": [1.0, 1e39], "age": 1, "tags": []}),
+                "v",
+                "finite",
+            ),
+            (
+                json!({"id": 1, "v": [1, 2], "age": 300, "tags": []}),
+                "age",
+                "out of range",
+            ),
+            (
+                json!({"id": 1, "v": [1, 2], "tags": []}),
+                "age",
+                "missing field",
+            ),
+            (
+                json!({"id": 1, "v": [1, 2], "age": 1, "name": "toolong", "tags": []}),
+                "name",
+                "max_length",
+            ),
+            (
+                json!({"id": 1, "v": [1, 2], "age": 1, "tags": [1, 2, 3]}),
+                "tags",
+                "max_capacity",
+            ),
+            (
+                json!({"id": "x", "v": [1, 2], "age": 1, "tags": []}),
+                "id",
+                "Int64",
+            ),
+            (
+                json!({"v": [1, 2], "age": 1, "tags": []}),
+                "id",
+                "missing primary key",
+            ),
+        ];
+        for (row, field, frag) in cases {
+            let rows = vec![json!({"id": 0, "v": [0, 0], "age": 0, "tags": []}), row];
+            match s.validate_batch(&rows, None, false) {
+                Err(EngineError::Row { row, field: f, msg }) => {
+                    assert_eq!(row, 1);
+                    assert_eq!(f, field, "{msg}");
+                    assert!(msg.contains(frag), "{msg} should contain {frag}");
+                }
+                other => panic!("expected row error for {field}, got {other:?}"),
+            }
+        }
+        let dup = vec![
+            json!({"id": 7, "v": [0, 0], "age": 0, "tags": []}),
+            json!({"id": 7, "v": [0, 0], "age": 0, "tags": []}),
+        ];
+        assert!(s
+            .validate_batch(&dup, None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+    }
+
+    #[test]
+    fn schema_checks() {
+        let mut s = schema();
+        s.fields[1].dim = Some(MAX_DIM + 1);
+        assert!(s.check().is_err());
+        let mut s = schema();
+        s.fields.retain(|f| !f.is_vector());
+        assert!(s.check().unwrap_err().to_string().contains("FloatVector"));
+        let mut s = schema();
+        s.fields[0].data_type = DataType::Float;
+        assert!(s.check().is_err());
+        let mut s = schema();
+        s.enable_dynamic_field = false;
+        let rows = vec![json!({"id": 1, "v": [0, 0], "age": 0, "tags": [], "extra": 1})];
+        assert!(s
+            .validate_batch(&rows, None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("extra"));
+    }
+
+    #[test]
+    fn auto_id_assigns_and_rejects_supplied_keys() {
+        let mut s = schema();
+        s.fields[0].auto_id = true;
+        let rows = vec![json!({"v": [0, 0], "age": 0, "tags": []})];
+        let mut ids = 100..;
+        let b = s.validate_batch(&rows, Some(&mut ids), false).unwrap();
+        assert_eq!(b.pks, vec![PrimaryKey::Int(100)]);
+        let rows = vec![json!({"id": 5, "v": [0, 0], "age": 0, "tags": []})];
+        let mut ids = 100..;
+        assert!(s.validate_batch(&rows, Some(&mut ids), false).is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! Segments: the unit of storage, indexing and search.
+//!
+//! A segment holds rows of one partition in columnar form. It is *growing* while rows are
+//! appended (in memory, searchable at once), *sealed* when it reaches the configured row
+//! count or byte size (no more appends), and *flushed* once written to immutable files.
+//!
+//! # On-disk format (directory `segments/<id>/`, format 1)
+//! | file | content |
+//! |---|---|
+//! | `meta.json` | id, partition, row count, vector dims, CRC32C of each data file |
+//! | `vector_<k>.f32` | vector field k (schema order): rows × dim little-endian f32, contiguous; memory-mapped on load |
+//! | `rows.mpk` | MessagePack: primary keys, insert timestamps, scalar columns (schema order), dynamic-field objects |
+//! | `deletes-<gen>.mpk` | MessagePack list of (row offset, delete timestamp) tombstones; rewritten under a new generation when deletes are added, referenced by the collection manifest |
+//!
+//! Everything but the tombstones is immutable once written. The directory is written
+//! as `<id>.tmp`, each file fsynced, then renamed and the parent fsynced.
+
+use crate::error::{EngineError, Result};
+use crate::filter::RowAccess;
+use crate::fsutil;
+use crate::schema::RowBatch;
+use crate::types::{PrimaryKey, Timestamp};
+use magpie_index::{Bitset, VectorSlice};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// `deleted_at` of a live row.
+pub const LIVE: Timestamp = u64::MAX;
+static NULL: Value = Value::Null;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SegState {
+    Growing,
+    Sealed,
+    Flushed,
+}
+
+/// Vector storage: owned while growing, memory-mapped once flushed.
+pub enum VecData {
+    Owned(Vec<f32>),
+    Mapped(Mmap),
+}
+
+impl VecData {
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            VecData::Owned(v) => v,
+            VecData::Mapped(m) => {
+                let bytes: &[u8] = m;
+                // SAFETY: the file was validated to hold a whole number of f32 (len % 4
+                // == 0 checked on load), mmap memory is page-aligned (so 4-aligned), and
+                // the platform is little-endian (checked at compile time below), which
+                // is the file's byte order.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("Magpie's segment files are little-endian and memory-mapped as-is");
+
+pub struct VecColumn {
+    pub dim: usize,
+    pub data: VecData,
+    /// 1/‖x‖ per row (0 for a zero vector), for COSINE.
+    pub inv_norms: Vec<f32>,
+}
+
+impl VecColumn {
+    pub fn slice(&self) -> VectorSlice<'_> {
+        VectorSlice::new(self.data.as_slice(), self.dim)
+    }
+    fn push_rows(&mut self, data: &[f32]) {
+        for row in data.chunks_exact(self.dim) {
+            let n = magpie_linalg::norm(row);
+            self.inv_norms.push(if n > 0.0 { 1.0 / n } else { 0.0 });
+        }
+        match &mut self.data {
+            VecData::Owned(v) => v.extend_from_slice(data),
+            VecData::Mapped(_) => unreachable!("appending to a flushed segment"),
+        }
+    }
+}
+
+pub struct Segment {
+    pub id: u64,
+    pub partition: u64,
+    pub state: SegState,
+    pub pks: Vec<PrimaryKey>,
+    pub ts: Vec<Timestamp>,
+    pub deleted_at: Vec<Timestamp>,
+    pub vectors: Vec<VecColumn>,
+    pub scalars: Vec<Vec<Value>>,
+    pub dynamic: Vec<Value>,
+    pub created_ms: u64,
+    /// Tombstones changed since they were last written.
+    pub deletes_dirty: bool,
+    /// Current tombstone file generation (0 = none written).
+    pub deletes_gen: u64,
+    approx_bytes: usize,
+}
+
+/// A row of a segment, as filters see it.
+pub struct SegRow<'a> {
+    pub seg: &'a Segment,
+    pub i: usize,
+}
+
+impl RowAccess for SegRow<'_> {
+    fn pk(&self) -> &PrimaryKey {
+        &self.seg.pks[self.i]
+    }
+    fn scalar(&self, i: usize) -> &Value {
+        &self.seg.scalars[i][self.i]
+    }
+    fn dynamic(&self) -> &Value {
+        self.seg.dynamic.get(self.i).unwrap_or(&NULL)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RowsFile {
+    pks: Vec<PrimaryKey>,
+    ts: Vec<Timestamp>,
+    scalars: Vec<Vec<Value>>,
+    dynamic: Vec<Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetaFile {
+    format: u32,
+    id: u64,
+    partition: u64,
+    rows: usize,
+    dims: Vec<usize>,
+    crc_rows: u32,
+    crc_vectors: Vec<u32>,
+}
+
+impl Segment {
+    pub fn new_growing(id: u64, partition: u64, dims: &[usize], n_scalars: usize) -> Segment {
+        Segment {
+            id,
+            partition,
+            state: SegState::Growing,
+            pks: Vec::new(),
+            ts: Vec::new(),
+            deleted_at: Vec::new(),
+            vectors: dims
+                .iter()
+                .map(|&dim| VecColumn {
+                    dim,
+                    data: VecData::Owned(Vec::new()),
+                    inv_norms: Vec::new(),
+                })
+                .collect(),
+            scalars: vec![Vec::new(); n_scalars],
+            dynamic: Vec::new(),
+            created_ms: crate::types::now_ms(),
+            deletes_dirty: false,
+            deletes_gen: 0,
+            approx_bytes: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pks.is_empty()
+    }
+
+    /// Approximate in-memory bytes of the row data (for seal-by-size).
+    pub fn approx_bytes(&self) -> usize {
+        self.approx_bytes
+    }
+
+    /// Appends a validated batch at timestamp `ts`; returns the first new offset.
+    pub fn append(&mut self, b: &RowBatch, ts: Timestamp, dynamic_enabled: bool) -> u32 {
+        debug_assert_eq!(self.state, SegState::Growing);
+        let start = self.pks.len() as u32;
+        self.pks.extend_from_slice(&b.pks);
+        self.ts.extend(std::iter::repeat_n(ts, b.len()));
+        self.deleted_at.extend(std::iter::repeat_n(LIVE, b.len()));
+        for (col, data) in self.vectors.iter_mut().zip(&b.vectors) {
+            col.push_rows(data);
+            self.approx_bytes += data.len() * 4;
+        }
+        for (col, data) in self.scalars.iter_mut().zip(&b.scalars) {
+            col.extend_from_slice(data);
+        }
+        if dynamic_enabled {
+            self.dynamic.extend_from_slice(&b.dynamic);
+        }
+        self.approx_bytes += b.len() * (16 + 16 * self.scalars.len());
+        start
+    }
+
+    /// Rows visible at snapshot `snap`: inserted at or before it and not deleted by then.
+    pub fn visible(&self, snap: Timestamp) -> Bitset {
+        let mut b = Bitset::zeros(self.len());
+        for i in 0..self.len() {
+            if self.ts[i] <= snap && self.deleted_at[i] > snap {
+                b.set(i, true);
+            }
+        }
+        b
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.deleted_at.iter().filter(|d| **d == LIVE).count()
+    }
+
+    pub fn row(&self, i: usize) -> SegRow<'_> {
+        SegRow { seg: self, i }
+    }
+
+    /// Writes this segment under `segments_dir/<id>/` (see module docs). On return the
+    /// files and the directory entry are durable.
+    pub fn write(&self, segments_dir: &Path) -> Result<()> {
+        let final_dir = segments_dir.join(self.id.to_string());
+        let tmp = segments_dir.join(format!("{}.tmp", self.id));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::Io {
+                path: tmp.clone(),
+                source: e,
+            })?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| EngineError::Io {
+            path: tmp.clone(),
+            source: e,
+        })?;
+        let mut crc_vectors = Vec::new();
+        for (k, col) in self.vectors.iter().enumerate() {
+            let data = col.data.as_slice();
+            let mut bytes = Vec::with_capacity(data.len() * 4);
+            for x in data {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            crc_vectors.push(crc32c::crc32c(&bytes));
+            fsutil::write_synced(&tmp.join(format!("vector_{k}.f32")), &bytes)?;
+        }
+        let rows = RowsFile {
+            pks: self.pks.clone(),
+            ts: self.ts.clone(),
+            scalars: self.scalars.clone(),
+            dynamic: self.dynamic.clone(),
+        };
+        let rows_bytes = rmp_serde::to_vec(&rows).map_err(|e| EngineError::Corrupt {
+            path: tmp.join("rows.mpk"),
+            msg: e.to_string(),
+        })?;
+        fsutil::write_synced(&tmp.join("rows.mpk"), &rows_bytes)?;
+        let meta = MetaFile {
+            format: 1,
+            id: self.id,
+            partition: self.partition,
+            rows: self.len(),
+            dims: self.vectors.iter().map(|c| c.dim).collect(),
+            crc_rows: crc32c::crc32c(&rows_bytes),
+            crc_vectors,
+        };
+        fsutil::write_synced(
+            &tmp.join("meta.json"),
+            &serde_json::to_vec_pretty(&meta).expect("meta"),
+        )?;
+        fsutil::sync_dir(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| EngineError::Io {
+                path: final_dir.clone(),
+                source: e,
+            })?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| EngineError::Io {
+            path: final_dir.clone(),
+            source: e,
+        })?;
+        fsutil::sync_dir(segments_dir)
+    }
+
+    /// Writes the tombstones as generation `gen` (`deletes-<gen>.mpk`). Durable on return.
+    pub fn write_deletes(&self, segments_dir: &Path, gen: u64) -> Result<()> {
+        let dir = segments_dir.join(self.id.to_string());
+        let list: Vec<(u32, Timestamp)> = self
+            .deleted_at
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != LIVE)
+            .map(|(i, d)| (i as u32, *d))
+            .collect();
+        let bytes = rmp_serde::to_vec(&list).expect("tombstones serialize");
+        let path = dir.join(format!("deletes-{gen}.mpk"));
+        fsutil::write_synced(&path, &bytes)?;
+        fsutil::sync_dir(&dir)
+    }
+
+    /// Loads a flushed segment; vectors are memory-mapped. `deletes_gen` names the
+    /// tombstone file to apply (0 = none).
+    pub fn load(segments_dir: &Path, id: u64, deletes_gen: u64) -> Result<Segment> {
+        let dir = segments_dir.join(id.to_string());
+        let corrupt = |path: &Path, msg: String| EngineError::Corrupt {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let meta_path = dir.join("meta.json");
+        let meta: MetaFile = serde_json::from_slice(&fsutil::read(&meta_path)?)
+            .map_err(|e| corrupt(&meta_path, e.to_string()))?;
+        if meta.format != 1 {
+            return Err(corrupt(
+                &meta_path,
+                format!("unknown segment format {}", meta.format),
+            ));
+        }
+        let rows_path = dir.join("rows.mpk");
+        let rows_bytes = fsutil::read(&rows_path)?;
+        if crc32c::crc32c(&rows_bytes) != meta.crc_rows {
+            return Err(corrupt(&rows_path, "checksum mismatch".into()));
+        }
+        let rows: RowsFile =
+            rmp_serde::from_slice(&rows_bytes).map_err(|e| corrupt(&rows_path, e.to_string()))?;
+        if rows.pks.len() != meta.rows || rows.ts.len() != meta.rows {
+            return Err(corrupt(
+                &rows_path,
+                "row count does not match meta.json".into(),
+            ));
+        }
+        let mut vectors = Vec::new();
+        for (k, &dim) in meta.dims.iter().enumerate() {
+            let path = dir.join(format!("vector_{k}.f32"));
+            let f = std::fs::File::open(&path).map_err(|e| EngineError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            let len = f
+                .metadata()
+                .map_err(|e| EngineError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?
+                .len() as usize;
+            if len != meta.rows * dim * 4 {
+                return Err(corrupt(
+                    &path,
+                    format!("expected {} bytes, found {len}", meta.rows * dim * 4),
+                ));
+            }
+            let data = if len == 0 {
+                VecData::Owned(Vec::new())
+            } else {
+                // SAFETY: segment files are immutable once written (never modified in
+                // place; compaction writes new segments and removes whole directories
+                // only after no reader can reach them).
+                let m = unsafe { Mmap::map(&f) }.map_err(|e| EngineError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                if crc32c::crc32c(&m) != meta.crc_vectors.get(k).copied().unwrap_or(0) {
+                    return Err(corrupt(&path, "checksum mismatch".into()));
+                }
+                VecData::Mapped(m)
+            };
+            let mut col = VecColumn {
+                dim,
+                data,
+                inv_norms: Vec::with_capacity(meta.rows),
+            };
+            for row in col.data.as_slice().chunks_exact(dim) {
+                let n = magpie_linalg::norm(row);
+                col.inv_norms.push(if n > 0.0 { 1.0 / n } else { 0.0 });
+            }
+            vectors.push(col);
+        }
+        let mut deleted_at = vec![LIVE; meta.rows];
+        if deletes_gen > 0 {
+            let path = dir.join(format!("deletes-{deletes_gen}.mpk"));
+            let list: Vec<(u32, Timestamp)> = rmp_serde::from_slice(&fsutil::read(&path)?)
+                .map_err(|e| corrupt(&path, e.to_string()))?;
+            for (off, ts) in list {
+                *deleted_at.get_mut(off as usize).ok_or_else(|| {
+                    corrupt(
+                        &path,
+                        format!("tombstone for row {off} beyond {} rows", meta.rows),
+                    )
+                })? = ts;
+            }
+        }
+        Ok(Segment {
+            id,
+            partition: meta.partition,
+            state: SegState::Flushed,
+            pks: rows.pks,
+            ts: rows.ts,
+            deleted_at,
+            vectors,
+            scalars: rows.scalars,
+            dynamic: rows.dynamic,
+            created_ms: crate::types::now_ms(),
+            deletes_dirty: false,
+            deletes_gen,
+            approx_bytes: 0,
+        })
+    }
+
+    /// Removes tombstone files other than generation `keep`.
+    pub fn remove_old_deletes(segments_dir: &Path, id: u64, keep: u64) {
+        let dir = segments_dir.join(id.to_string());
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(g) = name
+                    .strip_prefix("deletes-")
+                    .and_then(|s| s.strip_suffix(".mpk"))
+                {
+                    if g.parse::<u64>().ok() != Some(keep) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces owned vectors with the memory-mapped copies just written.
+    pub fn remap(&mut self, segments_dir: &Path) -> Result<()> {
+        let dir = segments_dir.join(self.id.to_string());
+        for (k, col) in self.vectors.iter_mut().enumerate() {
+            let path = dir.join(format!("vector_{k}.f32"));
+            let f = std::fs::File::open(&path).map_err(|e| EngineError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+                continue;
+            }
+            // SAFETY: as in `load`: the file is immutable.
+            let m = unsafe { Mmap::map(&f) }.map_err(|e| EngineError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            if m.len() != col.data.as_slice().len() * 4 {
+                return Err(EngineError::Corrupt {
+                    path,
+                    msg: "size changed after write".into(),
+                });
+            }
+            col.data = VecData::Mapped(m);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,583 @@
+//! Integration tests of the engine through its public API.
+
+use magpie_engine::*;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+fn schema(dim: usize) -> CollectionSchema {
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("vec", DataType::FloatVector).with_dim(dim),
+            FieldSchema::new("age", DataType::Int32),
+            FieldSchema::new("name", DataType::VarChar)
+                .with_max_length(32)
+                .nullable(),
+        ],
+        enable_dynamic_field: true,
+        description: String::new(),
+    }
+}
+
+fn l2_index() -> Vec<IndexMeta> {
+    vec![IndexMeta {
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "FLAT".into(),
+        metric_type: Metric::L2,
+        params: Default::default(),
+    }]
+}
+
+fn open(dir: &Path) -> Engine {
+    Engine::open(dir, EngineConfig::default()).unwrap()
+}
+
+fn rows(range: std::ops::Range<i64>, dim: usize) -> Vec<Value> {
+    range
+        .map(|i| {
+            let v: Vec<f32> = (0..dim).map(|d| (i as f32) + d as f32 * 0.001).collect();
+            json!({"id": i, "vec": v, "age": i % 50, "name": format!("n{i}"), "color": if i % 2 == 0 {"red"} else {"blue"}})
+        })
+        .collect()
+}
+
+fn count(e: &Engine, c: &str, filter: &str) -> u64 {
+    let q = QueryRequest {
+        filter: Some(filter.into()),
+        output_fields: vec!["count(*)".into()],
+        ..Default::default()
+    };
+    e.query(c, &q).unwrap()[0]["count(*)"].as_u64().unwrap()
+}
+
+fn search1(e: &Engine, c: &str, q: Vec<f32>, limit: usize, filter: Option<&str>) -> Vec<Hit> {
+    let r = SearchRequest {
+        vectors: vec![q],
+        limit,
+        filter: filter.map(String::from),
+        output_fields: vec!["age".into(), "color".into()],
+        ..Default::default()
+    };
+    e.search(c, &r).unwrap().remove(0)
+}
+
+#[test]
+fn crud_search_query_and_restart() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let e = open(d.path());
+        e.create_collection("c", schema(4), l2_index(), Consistency::Session, "")
+            .unwrap();
+        e.insert("c", None, &rows(0..100, 4)).unwrap();
+        assert_eq!(count(&e, "c", ""), 100);
+        assert_eq!(count(&e, "c", "age < 10"), 20);
+        assert_eq!(count(&e, "c", "color == 'red' and age < 10"), 10);
+        let hits = search1(&e, "c", vec![42.0; 4], 3, None);
+        assert_eq!(hits[0].id, PrimaryKey::Int(42));
+        assert_eq!(hits[0].fields["color"], json!("red"));
+        assert!(hits[0].distance < hits[1].distance, "L2 distances ascend");
+        let hits = search1(&e, "c", vec![42.0; 4], 3, Some("color == 'blue'"));
+        assert!(hits.iter().all(|h| h.fields["color"] == json!("blue")));
+        assert_eq!(e.delete("c", None, None, Some("age >= 40")).unwrap(), 20);
+        assert_eq!(count(&e, "c", ""), 80);
+        e.upsert(
+            "c",
+            None,
+            &rows(5..6, 4)
+                .into_iter()
+                .map(|mut r| {
+                    r["age"] = json!(999);
+                    r
+                })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(count(&e, "c", "age == 999"), 1);
+        assert_eq!(count(&e, "c", ""), 80);
+        // Existing keys are rejected on insert, naming the row and the field.
+        let err = e.insert("c", None, &rows(7..8, 4)).unwrap_err().to_string();
+        assert!(
+            err.contains("row 0") && err.contains("already exists"),
+            "{err}"
+        );
+        // A bad batch writes nothing.
+        let mut bad = rows(200..210, 4);
+        bad[7]["vec"] = json!([1, 2]);
+        assert!(e
+            .insert("c", None, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("row 7"));
+        assert_eq!(count(&e, "c", ""), 80);
+    }
+    // Restart without flush: everything comes back from the WAL.
+    let e = open(d.path());
+    assert_eq!(count(&e, "c", ""), 80);
+    assert_eq!(count(&e, "c", "age == 999"), 1);
+    e.flush("c").unwrap();
+    drop(e);
+    // Restart after flush: from segments (and an emptied WAL).
+    let e = open(d.path());
+    assert_eq!(count(&e, "c", ""), 80);
+    assert_eq!(count(&e, "c", "age >= 40 and age < 999"), 0);
+    let hits = search1(&e, "c", vec![5.0; 4], 1, None);
+    assert_eq!(hits[0].fields["age"], json!(999));
+    // Writes after a flush, then restart: segments + WAL tail.
+    e.delete("c", None, Some(&[json!(5)]), None).unwrap();
+    e.insert("c", None, &rows(500..510, 4)).unwrap();
+    drop(e);
+    let e = open(d.path());
+    assert_eq!(count(&e, "c", ""), 89);
+    assert_eq!(count(&e, "c", "id == 5"), 0);
+    let st = e.collection_stats("c").unwrap();
+    assert_eq!(st.row_count, 89);
+}
+
+#[test]
+fn torn_wal_tail_loses_only_the_torn_batch() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let e = open(d.path());
+        e.create_collection("c", schema(2), l2_index(), Consistency::Strong, "")
+            .unwrap();
+        for b in 0..5 {
+            e.insert("c", None, &rows(b * 10..b * 10 + 10, 2)).unwrap();
+        }
+    }
+    let wal_dir = d.path().join("wal");
+    let f = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let e = open(d.path());
+    assert_eq!(
+        count(&e, "c", ""),
+        40,
+        "the torn last batch is dropped whole"
+    );
+    // And the database keeps working after the repair.
+    e.insert("c", None, &rows(40..50, 2)).unwrap();
+    drop(e);
+    assert_eq!(count(&open(d.path()), "c", ""), 50);
+}
+
+#[test]
+fn compaction_reclaims_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("c", schema(64), l2_index(), Consistency::Session, "")
+        .unwrap();
+    for b in 0..4 {
+        e.insert("c", None, &rows(b * 500..(b + 1) * 500, 64))
+            .unwrap();
+        e.flush("c").unwrap();
+    }
+    let before = e.collection_stats("c").unwrap();
+    assert_eq!(before.segments_flushed, 4);
+    assert_eq!(
+        e.delete("c", None, None, Some("id % 2 == 0")).unwrap(),
+        1000
+    );
+    let (removed, written) = e.compact("c").unwrap();
+    assert_eq!((removed, written), (4, 1));
+    let after = e.collection_stats("c").unwrap();
+    assert!(
+        after.disk_bytes * 10 < before.disk_bytes * 6,
+        "disk {} -> {}",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    assert_eq!(after.row_count, 1000);
+    drop(e);
+    let e = open(d.path());
+    assert_eq!(count(&e, "c", ""), 1000);
+    assert_eq!(count(&e, "c", "id % 2 == 0"), 0);
+    assert_eq!(
+        search1(&e, "c", vec![777.0; 64], 1, None)[0].id,
+        PrimaryKey::Int(777)
+    );
+}
+
+#[test]
+fn sealing_by_rows_and_search_across_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        seal_rows: 30,
+        ..Default::default()
+    };
+    let e = Engine::open(d.path(), cfg.clone()).unwrap();
+    e.create_collection("c", schema(3), l2_index(), Consistency::Session, "")
+        .unwrap();
+    for b in 0..10 {
+        e.insert("c", None, &rows(b * 10..b * 10 + 10, 3)).unwrap();
+    }
+    let st = e.collection_stats("c").unwrap();
+    assert!(st.segments_sealed >= 3, "{st:?}");
+    e.maintain().unwrap();
+    let st = e.collection_stats("c").unwrap();
+    assert_eq!(st.segments_sealed, 0);
+    assert!(st.segments_flushed >= 3);
+    let hits = search1(&e, "c", vec![55.0; 3], 5, None);
+    let ids: Vec<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids[0], PrimaryKey::Int(55));
+    assert_eq!(hits.len(), 5);
+    drop(e);
+    let e = Engine::open(d.path(), cfg).unwrap();
+    assert_eq!(count(&e, "c", ""), 100);
+}
+
+#[test]
+fn partitions_and_dynamic_fields() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("c", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    e.create_partition("c", "p1").unwrap();
+    assert!(e.create_partition("c", "p1").is_err());
+    e.insert("c", Some("p1"), &rows(0..10, 2)).unwrap();
+    e.insert("c", None, &rows(10..20, 2)).unwrap();
+    let q = |parts: Vec<&str>| {
+        let r = QueryRequest {
+            filter: Some("color == 'red'".into()),
+            partitions: parts.into_iter().map(String::from).collect(),
+            output_fields: vec!["count(*)".into()],
+            ..Default::default()
+        };
+        e.query("c", &r).unwrap()[0]["count(*)"].as_u64().unwrap()
+    };
+    assert_eq!(q(vec![]), 10);
+    assert_eq!(q(vec!["p1"]), 5);
+    assert!(e
+        .insert("c", Some("nope"), &rows(30..31, 2))
+        .unwrap_err()
+        .to_string()
+        .contains("nope"));
+    let r = QueryRequest {
+        ids: Some(vec![json!(3)]),
+        output_fields: vec!["*".into()],
+        ..Default::default()
+    };
+    let got = e.query("c", &r).unwrap();
+    assert_eq!(got[0]["color"], json!("blue"));
+    assert_eq!(got[0]["vec"].as_array().unwrap().len(), 2);
+    e.drop_partition("c", "p1").unwrap();
+    assert_eq!(q(vec![]), 5);
+    drop(e);
+    let e = open(d.path());
+    assert_eq!(e.list_partitions("c").unwrap(), vec!["_default"]);
+    assert_eq!(count(&e, "c", ""), 10);
+}
+
+#[test]
+fn consistency_levels() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        bounded_staleness_ms: 60_000,
+        ..Default::default()
+    };
+    let e = Engine::open(d.path(), cfg).unwrap();
+    e.create_collection("c", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    e.insert("c", None, &rows(0..10, 2)).unwrap();
+    let at = |level| {
+        let q = QueryRequest {
+            output_fields: vec!["count(*)".into()],
+            consistency: Some(level),
+            ..Default::default()
+        };
+        e.query("c", &q).unwrap()[0]["count(*)"].as_u64().unwrap()
+    };
+    assert_eq!(at(Consistency::Strong), 10);
+    assert_eq!(
+        at(Consistency::Session),
+        10,
+        "a caller sees its own acknowledged writes"
+    );
+    assert_eq!(at(Consistency::Eventually), 10);
+    assert_eq!(
+        at(Consistency::Bounded),
+        0,
+        "bounded (60 s) reads a snapshot older than these writes"
+    );
+    assert!(Consistency::parse("sometimes").is_none());
+}
+
+#[test]
+fn group_by_range_search_and_search_by_id() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("c", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    e.insert("c", None, &rows(0..100, 2)).unwrap();
+    let r = SearchRequest {
+        vectors: vec![vec![10.0, 10.0]],
+        limit: 3,
+        group_by: Some("age".into()),
+        group_size: Some(2),
+        output_fields: vec!["age".into()],
+        ..Default::default()
+    };
+    let hits = e.search("c", &r).unwrap().remove(0);
+    // ages 10, 11, 9 (and 60, 61, 59 fill the second slot of each group)
+    assert_eq!(hits.len(), 6);
+    let mut ages: Vec<i64> = hits
+        .iter()
+        .map(|h| h.fields["age"].as_i64().unwrap())
+        .collect();
+    ages.sort();
+    ages.dedup();
+    assert_eq!(ages, vec![9, 10, 11]);
+    let r = SearchRequest {
+        vectors: vec![vec![10.0, 10.0]],
+        limit: 100,
+        radius: Some(8.5),
+        range_filter: Some(1.0),
+        ..Default::default()
+    };
+    let hits = e.search("c", &r).unwrap().remove(0);
+    assert!(
+        hits.iter().all(|h| h.distance >= 1.0 && h.distance < 8.5),
+        "{hits:?}"
+    );
+    assert_eq!(
+        hits.len(),
+        4,
+        "ids 8, 9, 11, 12 lie at squared distance 2..8"
+    );
+    let r = SearchRequest {
+        ids: Some(vec![json!(33)]),
+        limit: 2,
+        ..Default::default()
+    };
+    let hits = e.search("c", &r).unwrap().remove(0);
+    assert_eq!(hits[0].id, PrimaryKey::Int(33));
+    assert_eq!(hits[0].distance, 0.0);
+    // Errors name the problem.
+    let bad = SearchRequest {
+        vectors: vec![vec![1.0]],
+        limit: 1,
+        ..Default::default()
+    };
+    assert!(e
+        .search("c", &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("dimension 1"));
+    let bad = SearchRequest {
+        vectors: vec![vec![1.0, 1.0]],
+        limit: 1,
+        metric: Some(Metric::IP),
+        ..Default::default()
+    };
+    assert!(e
+        .search("c", &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("mismatch"));
+    let bad = SearchRequest {
+        vectors: vec![vec![1.0, 1.0]],
+        limit: 1,
+        filter: Some("age >".into()),
+        ..Default::default()
+    };
+    assert!(e
+        .search("c", &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("position 5"));
+    assert!(matches!(
+        e.search("zzz", &bad),
+        Err(EngineError::CollectionNotFound(_))
+    ));
+}
+
+#[test]
+fn cosine_and_ip_scores_follow_milvus() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    let mut s = schema(2);
+    s.fields[0] = FieldSchema::new("id", DataType::Int64).primary(true);
+    let ix = vec![IndexMeta {
+        index_name: "v".into(),
+        field_name: "vec".into(),
+        index_type: "AUTOINDEX".into(),
+        metric_type: Metric::COSINE,
+        params: Default::default(),
+    }];
+    e.create_collection("c", s, ix, Consistency::Session, "")
+        .unwrap();
+    let res = e
+        .insert(
+            "c",
+            None,
+            &[
+                json!({"vec": [3.0, 4.0], "age": 1}),
+                json!({"vec": [-1.0, 0.0], "age": 2}),
+            ],
+        )
+        .unwrap();
+    assert_eq!(res.ids.len(), 2);
+    assert_ne!(res.ids[0], res.ids[1]);
+    let hits = search1(&e, "c", vec![6.0, 8.0], 2, None);
+    assert!((hits[0].distance - 1.0).abs() < 1e-6);
+    assert!((hits[1].distance + 0.6).abs() < 1e-6);
+    // Stored vectors are returned as inserted (cosine normalises at search time).
+    let got = e
+        .query(
+            "c",
+            &QueryRequest {
+                filter: Some("age == 1".into()),
+                output_fields: vec!["vec".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got[0]["vec"], json!([3.0, 4.0]));
+}
+
+#[test]
+fn concurrent_writers_share_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Arc::new(open(d.path()));
+    e.create_collection("c", schema(8), l2_index(), Consistency::Session, "")
+        .unwrap();
+    let hs: Vec<_> = (0..4)
+        .map(|t| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for b in 0..25 {
+                    let base = t * 10_000 + b * 10;
+                    e.insert("c", None, &rows(base..base + 10, 8)).unwrap();
+                    let _ = search1(&e, "c", vec![base as f32; 8], 1, None);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(count(&e, "c", ""), 1000);
+    drop(e);
+    assert_eq!(count(&open(d.path()), "c", ""), 1000);
+}
+
+#[test]
+fn ddl_rename_drop_and_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("a", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    assert!(matches!(
+        e.create_collection("a", schema(2), vec![], Consistency::Session, ""),
+        Err(EngineError::CollectionExists(_))
+    ));
+    assert!(e
+        .create_collection("bad name", schema(2), vec![], Consistency::Session, "")
+        .is_err());
+    e.insert("a", None, &rows(0..5, 2)).unwrap();
+    e.rename_collection("a", "b").unwrap();
+    assert_eq!(e.list_collections(), vec!["b"]);
+    drop(e);
+    let e = open(d.path());
+    assert_eq!(count(&e, "b", ""), 5);
+    e.drop_collection("b").unwrap();
+    e.create_collection("b", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    drop(e);
+    let e = open(d.path());
+    assert_eq!(
+        count(&e, "b", ""),
+        0,
+        "a dropped collection's WAL records stay dropped"
+    );
+    assert!(e
+        .create_index(
+            "b",
+            IndexMeta {
+                index_name: "x".into(),
+                field_name: "vec".into(),
+                index_type: "IVF_PQ".into(),
+                metric_type: Metric::L2,
+                params: Default::default()
+            }
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("not supported yet"));
+}
+
+fn read_vecs(path: &Path) -> (usize, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    let dim = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    for rec in b.chunks_exact(4 + dim * 4) {
+        out.extend(
+            rec[4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        );
+    }
+    (dim, out)
+}
+
+/// FLAT search over ../shared/bench/synth-clustered has recall@10 = 1.0 (the set is
+/// optional: the test passes vacuously, saying so, when it is absent).
+#[test]
+fn flat_recall_on_synth_clustered() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/synth-clustered");
+    if !base.join("base.fvecs").exists() {
+        eprintln!("skipping: {} not present", base.display());
+        return;
+    }
+    let (dim, data) = read_vecs(&base.join("base.fvecs"));
+    let (_, queries) = read_vecs(&base.join("query.fvecs"));
+    let gt = std::fs::read(base.join("groundtruth.ivecs")).unwrap();
+    let gt_k = i32::from_le_bytes(gt[0..4].try_into().unwrap()) as usize;
+    let n = data.len() / dim;
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("b", schema(dim), l2_index(), Consistency::Session, "")
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for start in (0..n).step_by(10_000) {
+        let batch: Vec<Value> = (start..(start + 10_000).min(n))
+            .map(|i| json!({"id": i as i64, "vec": &data[i * dim..(i + 1) * dim], "age": rng.gen_range(0..100)}))
+            .collect();
+        e.insert("b", None, &batch).unwrap();
+    }
+    let nq = 200;
+    let mut hit = 0;
+    for qi in 0..nq {
+        let q = queries[qi * dim..(qi + 1) * dim].to_vec();
+        let r = SearchRequest {
+            vectors: vec![q],
+            limit: 10,
+            ..Default::default()
+        };
+        let got: Vec<i64> = e.search("b", &r).unwrap()[0]
+            .iter()
+            .map(|h| match h.id {
+                PrimaryKey::Int(i) => i,
+                _ => -1,
+            })
+            .collect();
+        let row = &gt[qi * (4 + gt_k * 4) + 4..];
+        let truth: Vec<i64> = (0..10)
+            .map(|j| i32::from_le_bytes(row[j * 4..j * 4 + 4].try_into().unwrap()) as i64)
+            .collect();
+        hit += got.iter().filter(|g| truth.contains(g)).count();
+    }
+    let recall = hit as f64 / (nq * 10) as f64;
+    assert_eq!(recall, 1.0, "FLAT recall@10 = {recall}");
+}
