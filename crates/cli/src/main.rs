@@ -1,1 +1,236 @@
-fn main() {}
+//! The `magpie` binary.
+
+mod client;
+mod vecfile;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use magpie_server::ServerConfig;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "magpie",
+    version,
+    about = "Magpie: a vector database with a Milvus-shaped REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (REST API at /v2/vectordb, web UI at /, metrics at /metrics).
+    Serve(ServeArgs),
+    /// List collections with their row counts (against a running server).
+    Collections(ClientArgs),
+    /// Import vectors from .fvecs, .npy or JSON lines into a collection.
+    Import(ImportArgs),
+    /// Search a collection by a vector or by an existing id.
+    Search(SearchArgs),
+}
+
+/// Settings come from, in increasing precedence: built-in defaults, the TOML file given
+/// with --config, MAGPIE_* environment variables, and flags.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (keys as the long flags, with '_' for '-').
+    #[arg(long, env = "MAGPIE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:19530].
+    #[arg(long, env = "MAGPIE_LISTEN")]
+    listen: Option<String>,
+    /// Data directory [default: ./magpie-data].
+    #[arg(long, env = "MAGPIE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Require 'Authorization: Bearer TOKEN' on the API [default: no auth].
+    #[arg(long, env = "MAGPIE_TOKEN")]
+    token: Option<String>,
+    /// Largest request body in bytes [default: 67108864].
+    #[arg(long, env = "MAGPIE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seal a growing segment at this many rows [default: 100000].
+    #[arg(long, env = "MAGPIE_SEAL_ROWS")]
+    seal_rows: Option<usize>,
+    /// Seal a growing segment at this many bytes [default: 67108864].
+    #[arg(long, env = "MAGPIE_SEAL_BYTES")]
+    seal_bytes: Option<usize>,
+    /// Seal a growing segment at this age in seconds [default: 300].
+    #[arg(long, env = "MAGPIE_SEAL_AGE_SECS")]
+    seal_age_secs: Option<u64>,
+    /// Staleness bound of the Bounded consistency level, ms [default: 5000].
+    #[arg(long, env = "MAGPIE_BOUNDED_STALENESS_MS")]
+    bounded_staleness_ms: Option<u64>,
+    /// Period of the background seal/flush/WAL-trim task, ms [default: 1000].
+    #[arg(long, env = "MAGPIE_MAINTENANCE_INTERVAL_MS")]
+    maintenance_interval_ms: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "MAGPIE_URL", default_value = "http://127.0.0.1:19530")]
+    url: String,
+    /// Bearer token, if the server requires one.
+    #[arg(long, env = "MAGPIE_TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Target collection; created with quick setup (id + vector) if it does not exist.
+    #[arg(long)]
+    collection: String,
+    /// Input file: .fvecs, .npy (float32, 2-D) or .jsonl (one row object per line).
+    file: PathBuf,
+    /// Metric for a newly created collection.
+    #[arg(long, default_value = "L2")]
+    metric: String,
+    /// Rows per insert request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// First id for .fvecs/.npy rows (row i gets id start + i).
+    #[arg(long, default_value_t = 0)]
+    id_start: i64,
+    /// Stop after this many rows.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long)]
+    collection: String,
+    /// Query vector as a JSON list, e.g. '[0.1, 0.2]'.
+    #[arg(long, conflicts_with = "id")]
+    vector: Option<String>,
+    /// Search by the stored vector of this id ("more like this").
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    filter: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Comma-separated output fields.
+    #[arg(long, value_delimiter = ',')]
+    output_fields: Vec<String>,
+    /// Print the raw JSON response.
+    #[arg(long)]
+    json: bool,
+}
+
+fn server_config(a: ServeArgs) -> Result<ServerConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f { cfg.$f = v; } )* };
+    }
+    set!(
+        listen,
+        data_dir,
+        max_body_bytes,
+        seal_rows,
+        seal_bytes,
+        seal_age_secs,
+        bounded_staleness_ms,
+        maintenance_interval_ms
+    );
+    if a.token.is_some() {
+        cfg.token = a.token.filter(|t| !t.is_empty());
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAGPIE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match cli.cmd {
+        Cmd::Serve(a) => run_serve(a),
+        Cmd::Collections(c) => client::collections(&c.url, c.token.as_deref()),
+        Cmd::Import(a) => client::import(
+            &a.client.url,
+            a.client.token.as_deref(),
+            &a.collection,
+            &a.file,
+            &a.metric,
+            a.batch,
+            a.id_start,
+            a.limit,
+        ),
+        Cmd::Search(a) => run_search(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        let code = if e.downcast_ref::<client::Unreachable>().is_some() {
+            2
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let cfg = server_config(a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(magpie_server::serve(cfg, shutdown_signal()))?;
+    Ok(())
+}
+
+fn run_search(a: SearchArgs) -> Result<()> {
+    let mut body = serde_json::json!({"collectionName": a.collection, "limit": a.limit, "outputFields": a.output_fields});
+    match (&a.vector, &a.id) {
+        (Some(v), None) => {
+            let v: serde_json::Value =
+                serde_json::from_str(v).context("--vector must be a JSON list of numbers")?;
+            body["data"] = serde_json::json!([v]);
+        }
+        (None, Some(id)) => {
+            let id: serde_json::Value = id
+                .parse::<i64>()
+                .map(Into::into)
+                .unwrap_or_else(|_| id.clone().into());
+            body["ids"] = serde_json::json!([id]);
+        }
+        _ => bail!("give --vector or --id"),
+    }
+    if let Some(f) = a.filter {
+        body["filter"] = f.into();
+    }
+    client::search(&a.client.url, a.client.token.as_deref(), &body, a.json)
+}

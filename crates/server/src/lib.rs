@@ -1,1 +1,241 @@
-//! server
+//! Magpie's HTTP server: a REST API shaped like Milvus's RESTful v2, health and
+//! Prometheus endpoints, optional bearer-token auth, a body limit, a periodic maintenance
+//! task (seal/flush/WAL trim) and a graceful shutdown that flushes.
+//!
+//! Engine errors map to HTTP in exactly one place ([`error`]); blocking engine work runs
+//! on tokio's blocking pool.
+
+pub mod api;
+pub mod error;
+pub mod metrics;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use magpie_engine::{Engine, EngineConfig};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Server configuration (TOML file, environment, flags; see `magpie serve --help`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Bearer token required on /v2 endpoints when set.
+    pub token: Option<String>,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// Growing segments seal at this many rows.
+    pub seal_rows: usize,
+    /// ...or this many bytes.
+    pub seal_bytes: usize,
+    /// ...or this age in seconds.
+    pub seal_age_secs: u64,
+    /// Staleness bound of the Bounded consistency level, milliseconds.
+    pub bounded_staleness_ms: u64,
+    /// Period of the maintenance task (seal by age, flush sealed segments, trim the WAL).
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            listen: "127.0.0.1:19530".into(),
+            data_dir: PathBuf::from("magpie-data"),
+            token: None,
+            max_body_bytes: 64 << 20,
+            seal_rows: e.seal_rows,
+            seal_bytes: e.seal_bytes,
+            seal_age_secs: e.seal_age_secs,
+            bounded_staleness_ms: e.bounded_staleness_ms,
+            maintenance_interval_ms: 1000,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            seal_rows: self.seal_rows,
+            seal_bytes: self.seal_bytes,
+            seal_age_secs: self.seal_age_secs,
+            bounded_staleness_ms: self.bounded_staleness_ms,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: metrics::Metrics,
+    pub token: Option<String>,
+}
+
+async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(tok) = &st.token {
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if got != Some(tok.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                1800,
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .observe(&path, resp.status().as_u16(), t.elapsed().as_secs_f64());
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
+    let e = st.engine.clone();
+    let stats = tokio::task::spawn_blocking(move || e.stats())
+        .await
+        .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&stats),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        404,
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn index_page() -> Html<&'static str> {
+    Html(include_str!("ui/index.html"))
+}
+
+/// Builds the router over an opened engine.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    use api::*;
+    let v2 = Router::new()
+        .route("/v2/vectordb/collections/create", post(create_collection))
+        .route(
+            "/v2/vectordb/collections/describe",
+            post(describe_collection),
+        )
+        .route("/v2/vectordb/collections/list", post(list_collections))
+        .route("/v2/vectordb/collections/has", post(has_collection))
+        .route("/v2/vectordb/collections/drop", post(drop_collection))
+        .route("/v2/vectordb/collections/rename", post(rename_collection))
+        .route("/v2/vectordb/collections/get_stats", post(get_stats))
+        .route("/v2/vectordb/collections/load", post(load_collection))
+        .route("/v2/vectordb/collections/release", post(release_collection))
+        .route(
+            "/v2/vectordb/collections/get_load_state",
+            post(get_load_state),
+        )
+        .route("/v2/vectordb/collections/flush", post(flush))
+        .route("/v2/vectordb/collections/compact", post(compact))
+        .route("/v2/vectordb/partitions/create", post(create_partition))
+        .route("/v2/vectordb/partitions/drop", post(drop_partition))
+        .route("/v2/vectordb/partitions/list", post(list_partitions))
+        .route("/v2/vectordb/partitions/has", post(has_partition))
+        .route("/v2/vectordb/entities/insert", post(insert))
+        .route("/v2/vectordb/entities/upsert", post(upsert))
+        .route("/v2/vectordb/entities/delete", post(delete))
+        .route("/v2/vectordb/entities/get", post(get_entities))
+        .route("/v2/vectordb/entities/query", post(query))
+        .route("/v2/vectordb/entities/search", post(search))
+        .route("/v2/vectordb/indexes/create", post(create_index))
+        .route("/v2/vectordb/indexes/describe", post(describe_index))
+        .route("/v2/vectordb/indexes/list", post(list_indexes))
+        .route("/v2/vectordb/indexes/drop", post(drop_index))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v2)
+        .route("/", get(index_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+        .route("/metrics", get(metrics_handler))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Opens the engine, serves until `shutdown` resolves, then flushes everything.
+pub async fn serve(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let data_dir = cfg.data_dir.clone();
+    let ecfg = cfg.engine_config();
+    let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, ecfg))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(format!("cannot open data directory: {e}")))?;
+    let engine = Arc::new(engine);
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        metrics: Default::default(),
+        token: cfg.token.clone(),
+    });
+    let app = router(state, cfg.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
+        })?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), simd = magpie_linalg::active_isa(), "magpie listening");
+    // Machine-readable line for scripts and tests that start the server on port 0.
+    println!("listening on http://{}", listener.local_addr()?);
+    let maint_engine = engine.clone();
+    let period = Duration::from_millis(cfg.maintenance_interval_ms.max(50));
+    let maint = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let e = maint_engine.clone();
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || e.maintain()).await {
+                tracing::error!("maintenance failed: {err}");
+            }
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    maint.abort();
+    tracing::info!("shutting down: flushing");
+    tokio::task::spawn_blocking(move || engine.flush_all())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(format!("flush at shutdown failed: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,778 @@
+//! Handlers of the Milvus-shaped REST API (`/v2/vectordb/...`).
+//!
+//! Requests use Milvus RESTful v2 field names; responses use its envelope
+//! `{"code": 0, "data": ...}`. Engine work runs on the blocking pool.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{FromRequest, Request, State};
+use axum::Json;
+use magpie_engine::{
+    CollectionSchema, Consistency, DataType, Engine, FieldSchema, IndexMeta, Metric, QueryRequest,
+    SearchRequest,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// JSON body extractor whose failures (malformed JSON, wrong types, oversized body) are
+/// reported in the API's error envelope.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, 1100, "request body is larger than the server's limit (max_body_bytes); split the batch")
+            } else {
+                ApiError::new(status, 1100, format!("cannot read request body: {e}"))
+            }
+        })?;
+        let bytes = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            &b"{}"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))
+    }
+}
+
+fn ok(data: Value) -> ApiResult {
+    Ok(Json(json!({"code": 0, "data": data})))
+}
+
+/// Runs engine work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&Engine) -> Result<T, magpie_engine::EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let e = st.engine.clone();
+    tokio::task::spawn_blocking(move || f(&e))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                65535,
+                format!("internal task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn consistency(s: &Option<String>) -> Result<Option<Consistency>, ApiError> {
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(x) => Consistency::parse(x).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown consistencyLevel '{x}'; use Strong, Session, Bounded or Eventually"
+            ))
+        }),
+    }
+}
+
+fn metric(s: &str) -> Result<Metric, ApiError> {
+    Metric::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!("unknown metricType '{s}'; use L2, IP or COSINE"))
+    })
+}
+
+fn need(name: &Option<String>) -> Result<String, ApiError> {
+    match name {
+        Some(n) if !n.is_empty() => Ok(n.clone()),
+        _ => Err(ApiError::bad_request("missing 'collectionName'")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CollReq {
+    collection_name: Option<String>,
+    new_collection_name: Option<String>,
+    partition_name: Option<String>,
+    index_name: Option<String>,
+}
+
+// ------------------------------------------------------------------ collections
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FieldReq {
+    field_name: String,
+    data_type: String,
+    element_data_type: Option<String>,
+    is_primary: bool,
+    #[serde(alias = "autoID")]
+    auto_id: Option<bool>,
+    nullable: bool,
+    default_value: Option<Value>,
+    element_type_params: Map<String, Value>,
+    description: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SchemaReq {
+    #[serde(alias = "autoID")]
+    auto_id: bool,
+    enable_dynamic_field: Option<bool>,
+    fields: Vec<FieldReq>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IndexParamReq {
+    field_name: String,
+    index_name: String,
+    metric_type: Option<String>,
+    index_type: Option<String>,
+    params: Map<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreateReq {
+    collection_name: Option<String>,
+    dimension: Option<usize>,
+    metric_type: Option<String>,
+    id_type: Option<String>,
+    #[serde(alias = "autoID")]
+    auto_id: Option<bool>,
+    primary_field_name: Option<String>,
+    vector_field_name: Option<String>,
+    schema: Option<SchemaReq>,
+    index_params: Vec<IndexParamReq>,
+    params: Map<String, Value>,
+    description: String,
+}
+
+/// A number given as a JSON number or a numeric string (Milvus accepts both).
+fn num_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|x| Some(x as usize))
+            .ok_or_else(|| ApiError::bad_request(format!("'{key}' must be a positive integer"))),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!("'{key}' must be a positive integer, got '{s}'"))
+        }),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "'{key}' must be a positive integer, got {v}"
+        ))),
+    }
+}
+
+fn index_meta(p: &IndexParamReq) -> Result<IndexMeta, ApiError> {
+    let index_type = p
+        .index_type
+        .clone()
+        .or_else(|| {
+            p.params
+                .get("index_type")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "AUTOINDEX".into());
+    let m = p
+        .metric_type
+        .as_deref()
+        .or_else(|| p.params.get("metric_type").and_then(|v| v.as_str()))
+        .unwrap_or("COSINE");
+    if p.field_name.is_empty() {
+        return Err(ApiError::bad_request("index parameters need a 'fieldName'"));
+    }
+    Ok(IndexMeta {
+        index_name: if p.index_name.is_empty() {
+            p.field_name.clone()
+        } else {
+            p.index_name.clone()
+        },
+        field_name: p.field_name.clone(),
+        index_type,
+        metric_type: metric(m)?,
+        params: p.params.clone(),
+    })
+}
+
+fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), ApiError> {
+    let mut indexes = r
+        .index_params
+        .iter()
+        .map(index_meta)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(s) = &r.schema {
+        let mut fields = Vec::new();
+        for f in &s.fields {
+            let dt = DataType::parse(&f.data_type).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "field '{}': unknown dataType '{}'",
+                    f.field_name, f.data_type
+                ))
+            })?;
+            let mut fs = FieldSchema::new(&f.field_name, dt);
+            fs.is_primary = f.is_primary;
+            fs.auto_id = f.is_primary && f.auto_id.unwrap_or(s.auto_id);
+            fs.nullable = f.nullable;
+            fs.default_value = f.default_value.clone();
+            fs.description = f.description.clone();
+            fs.dim = num_param(&f.element_type_params, "dim")?;
+            fs.max_length = num_param(&f.element_type_params, "max_length")?;
+            fs.max_capacity = num_param(&f.element_type_params, "max_capacity")?;
+            if let Some(et) = &f.element_data_type {
+                fs.element_type = Some(DataType::parse(et).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "field '{}': unknown elementDataType '{et}'",
+                        f.field_name
+                    ))
+                })?);
+            }
+            fields.push(fs);
+        }
+        let schema = CollectionSchema {
+            fields,
+            enable_dynamic_field: s.enable_dynamic_field.unwrap_or(false),
+            description: r.description.clone(),
+        };
+        return Ok((schema, indexes));
+    }
+    // Quick setup: id + vector + dynamic field, indexed with the given metric.
+    let dim = r.dimension.ok_or_else(|| {
+        ApiError::bad_request("give either 'schema' or 'dimension' (quick setup)")
+    })?;
+    let pk_name = r.primary_field_name.clone().unwrap_or_else(|| "id".into());
+    let vec_name = r
+        .vector_field_name
+        .clone()
+        .unwrap_or_else(|| "vector".into());
+    let pk = match r
+        .id_type
+        .as_deref()
+        .unwrap_or("Int64")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "int64" => FieldSchema::new(&pk_name, DataType::Int64).primary(r.auto_id.unwrap_or(false)),
+        "varchar" | "string" => {
+            let max = num_param(&r.params, "max_length")?.unwrap_or(65535);
+            FieldSchema::new(&pk_name, DataType::VarChar)
+                .primary(false)
+                .with_max_length(max)
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "idType must be Int64 or VarChar, not '{other}'"
+            )))
+        }
+    };
+    let schema = CollectionSchema {
+        fields: vec![
+            pk,
+            FieldSchema::new(&vec_name, DataType::FloatVector).with_dim(dim),
+        ],
+        enable_dynamic_field: true,
+        description: r.description.clone(),
+    };
+    if indexes.is_empty() {
+        indexes.push(IndexMeta {
+            index_name: vec_name.clone(),
+            field_name: vec_name,
+            index_type: "AUTOINDEX".into(),
+            metric_type: metric(r.metric_type.as_deref().unwrap_or("COSINE"))?,
+            params: Map::new(),
+        });
+    }
+    Ok((schema, indexes))
+}
+
+pub async fn create_collection(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CreateReq>,
+) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let (schema, indexes) = build_schema(&r)?;
+    let cons = consistency(
+        &r.params
+            .get("consistencyLevel")
+            .and_then(|v| v.as_str())
+            .map(String::from),
+    )?
+    .unwrap_or_default();
+    let desc = r.description.clone();
+    blocking(&st, move |e| {
+        e.create_collection(&name, schema, indexes, cons, &desc)
+    })
+    .await?;
+    ok(json!({}))
+}
+
+fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
+    let fields: Vec<Value> = m
+        .schema
+        .fields
+        .iter()
+        .map(|f| {
+            let mut params = Vec::new();
+            if let Some(d) = f.dim {
+                params.push(json!({"key": "dim", "value": d.to_string()}));
+            }
+            if let Some(l) = f.max_length {
+                params.push(json!({"key": "max_length", "value": l.to_string()}));
+            }
+            if let Some(c) = f.max_capacity {
+                params.push(json!({"key": "max_capacity", "value": c.to_string()}));
+            }
+            let mut o = json!({
+                "name": f.name, "type": format!("{:?}", f.data_type), "primaryKey": f.is_primary,
+                "autoId": f.auto_id, "nullable": f.nullable, "params": params, "description": f.description,
+            });
+            if let Some(et) = f.element_type {
+                o["elementType"] = json!(format!("{et:?}"));
+            }
+            if let Some(d) = &f.default_value {
+                o["defaultValue"] = d.clone();
+            }
+            o
+        })
+        .collect();
+    json!({
+        "collectionName": m.name,
+        "collectionID": m.id,
+        "description": m.description,
+        "autoId": m.schema.pk().auto_id,
+        "enableDynamicField": m.schema.enable_dynamic_field,
+        "fields": fields,
+        "indexes": m.indexes.iter().map(|i| json!({"fieldName": i.field_name, "indexName": i.index_name, "metricType": i.metric_type.as_str()})).collect::<Vec<_>>(),
+        "load": if m.loaded { "LoadStateLoaded" } else { "LoadStateNotLoad" },
+        "partitionsNum": m.partitions.len(),
+        "consistencyLevel": m.consistency.as_str(),
+        "shardsNum": 1,
+        "createdTime": m.created_ms,
+        "properties": [],
+    })
+}
+
+pub async fn describe_collection(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CollReq>,
+) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let m = blocking(&st, move |e| e.describe_collection(&name)).await?;
+    ok(describe_json(&m))
+}
+
+pub async fn list_collections(
+    State(st): State<Arc<AppState>>,
+    Body(_r): Body<CollReq>,
+) -> ApiResult {
+    let v = blocking(&st, |e| Ok(e.list_collections())).await?;
+    ok(json!(v))
+}
+
+pub async fn has_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let has = blocking(&st, move |e| Ok(e.has_collection(&name))).await?;
+    ok(json!({"has": has}))
+}
+
+pub async fn drop_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    blocking(&st, move |e| e.drop_collection(&name)).await?;
+    ok(json!({}))
+}
+
+pub async fn rename_collection(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CollReq>,
+) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let new = r
+        .new_collection_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing 'newCollectionName'"))?;
+    blocking(&st, move |e| e.rename_collection(&name, &new)).await?;
+    ok(json!({}))
+}
+
+pub async fn get_stats(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let s = blocking(&st, move |e| e.collection_stats(&name)).await?;
+    ok(
+        json!({"rowCount": s.row_count, "segments": {"growing": s.segments_growing, "sealed": s.segments_sealed, "flushed": s.segments_flushed}, "diskBytes": s.disk_bytes}),
+    )
+}
+
+pub async fn load_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    blocking(&st, move |e| e.set_loaded(&name, true)).await?;
+    ok(json!({}))
+}
+
+pub async fn release_collection(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CollReq>,
+) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    blocking(&st, move |e| e.set_loaded(&name, false)).await?;
+    ok(json!({}))
+}
+
+pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let m = blocking(&st, move |e| e.describe_collection(&name)).await?;
+    let loaded = m.loaded;
+    ok(
+        json!({"loadState": if loaded { "LoadStateLoaded" } else { "LoadStateNotLoad" }, "loadProgress": if loaded { 100 } else { 0 }}),
+    )
+}
+
+pub async fn flush(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    blocking(&st, move |e| e.flush(&name)).await?;
+    ok(json!({}))
+}
+
+pub async fn compact(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let (removed, written) = blocking(&st, move |e| e.compact(&name)).await?;
+    ok(json!({"segmentsRemoved": removed, "segmentsWritten": written}))
+}
+
+// ------------------------------------------------------------------ partitions
+
+fn need_partition(r: &CollReq) -> Result<String, ApiError> {
+    r.partition_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing 'partitionName'"))
+}
+
+pub async fn create_partition(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CollReq>,
+) -> ApiResult {
+    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    blocking(&st, move |e| e.create_partition(&c, &p)).await?;
+    ok(json!({}))
+}
+
+pub async fn drop_partition(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    blocking(&st, move |e| e.drop_partition(&c, &p)).await?;
+    ok(json!({}))
+}
+
+pub async fn list_partitions(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    ok(json!(blocking(&st, move |e| e.list_partitions(&c)).await?))
+}
+
+pub async fn has_partition(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    ok(json!({"has": blocking(&st, move |e| e.has_partition(&c, &p)).await?}))
+}
+
+// ------------------------------------------------------------------ entities
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WriteReq {
+    collection_name: Option<String>,
+    partition_name: Option<String>,
+    data: Value,
+}
+
+fn rows_of(data: Value) -> Result<Vec<Value>, ApiError> {
+    match data {
+        Value::Array(a) => Ok(a),
+        Value::Object(_) => Ok(vec![data]),
+        Value::Null => Err(ApiError::bad_request("missing 'data': give a list of rows")),
+        _ => Err(ApiError::bad_request(
+            "'data' must be a list of row objects",
+        )),
+    }
+}
+
+pub async fn insert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let rows = rows_of(r.data)?;
+    let p = r.partition_name;
+    let res = blocking(&st, move |e| e.insert(&c, p.as_deref(), &rows)).await?;
+    ok(
+        json!({"insertCount": res.count, "insertIds": res.ids.iter().map(|i| i.to_json()).collect::<Vec<_>>()}),
+    )
+}
+
+pub async fn upsert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let rows = rows_of(r.data)?;
+    let p = r.partition_name;
+    let res = blocking(&st, move |e| e.upsert(&c, p.as_deref(), &rows)).await?;
+    ok(
+        json!({"upsertCount": res.count, "upsertIds": res.ids.iter().map(|i| i.to_json()).collect::<Vec<_>>()}),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeleteReq {
+    collection_name: Option<String>,
+    partition_name: Option<String>,
+    filter: Option<String>,
+    ids: Option<Value>,
+}
+
+fn id_list(v: Option<Value>) -> Option<Vec<Value>> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(a),
+        Some(x) => Some(vec![x]),
+    }
+}
+
+pub async fn delete(State(st): State<Arc<AppState>>, Body(r): Body<DeleteReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let ids = id_list(r.ids);
+    let (p, f) = (r.partition_name, r.filter);
+    let n = blocking(&st, move |e| {
+        e.delete(&c, p.as_deref(), ids.as_deref(), f.as_deref())
+    })
+    .await?;
+    ok(json!({"deleteCount": n}))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct QueryReq {
+    collection_name: Option<String>,
+    filter: Option<String>,
+    #[serde(alias = "ids")]
+    id: Option<Value>,
+    output_fields: Vec<String>,
+    partition_names: Vec<String>,
+    limit: Option<usize>,
+    offset: usize,
+    consistency_level: Option<String>,
+}
+
+async fn run_query(st: Arc<AppState>, r: QueryReq, is_get: bool) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let ids = id_list(r.id);
+    if is_get && ids.is_none() {
+        return Err(ApiError::bad_request(
+            "get needs 'id': one primary key or a list",
+        ));
+    }
+    let q = QueryRequest {
+        filter: r.filter,
+        ids,
+        output_fields: r.output_fields,
+        partitions: r.partition_names,
+        limit: r.limit,
+        offset: r.offset,
+        consistency: consistency(&r.consistency_level)?,
+    };
+    let rows = blocking(&st, move |e| e.query(&c, &q)).await?;
+    ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
+}
+
+pub async fn query(State(st): State<Arc<AppState>>, Body(r): Body<QueryReq>) -> ApiResult {
+    run_query(st, r, false).await
+}
+
+pub async fn get_entities(State(st): State<Arc<AppState>>, Body(r): Body<QueryReq>) -> ApiResult {
+    run_query(st, r, true).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SearchReq {
+    collection_name: Option<String>,
+    data: Option<Value>,
+    ids: Option<Value>,
+    anns_field: Option<String>,
+    filter: Option<String>,
+    limit: Option<usize>,
+    offset: usize,
+    output_fields: Vec<String>,
+    partition_names: Vec<String>,
+    search_params: Map<String, Value>,
+    metric_type: Option<String>,
+    grouping_field: Option<String>,
+    group_size: Option<usize>,
+    consistency_level: Option<String>,
+}
+
+fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| ApiError::bad_request(format!("'{key}' must be a number"))),
+    }
+}
+
+fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
+    let arr = match data {
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "'data' must be a list of query vectors",
+            ))
+        }
+    };
+    arr.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let a = v.as_array().ok_or_else(|| {
+                ApiError::bad_request(format!("query {i} in 'data' must be a list of numbers"))
+            })?;
+            a.iter()
+                .enumerate()
+                .map(|(j, x)| {
+                    x.as_f64().map(|f| f as f32).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "query {i}, element {j} is not a number: {x}"
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let sp = &r.search_params;
+    let inner = sp
+        .get("params")
+        .and_then(|v| v.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let metric_s = r.metric_type.clone().or_else(|| {
+        sp.get("metricType")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    });
+    let req = SearchRequest {
+        anns_field: r.anns_field,
+        vectors: query_vectors(r.data)?,
+        ids: id_list(r.ids),
+        filter: r.filter,
+        limit: r.limit.unwrap_or(100),
+        offset: r.offset,
+        output_fields: r.output_fields,
+        partitions: r.partition_names,
+        metric: metric_s.as_deref().map(metric).transpose()?,
+        radius: f32_param(&inner, "radius")?.or(f32_param(sp, "radius")?),
+        range_filter: f32_param(&inner, "range_filter")?.or(f32_param(sp, "range_filter")?),
+        group_by: r.grouping_field,
+        group_size: r.group_size,
+        consistency: consistency(&r.consistency_level)?,
+    };
+    let (pk_name, results) = blocking(&st, move |e| {
+        let pk = e.describe_collection(&c)?.schema.pk().name.clone();
+        Ok((pk, e.search(&c, &req)?))
+    })
+    .await?;
+    let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
+    let mut flat = Vec::new();
+    for hits in results {
+        for h in hits {
+            let mut o = Map::new();
+            o.insert(pk_name.clone(), h.id.to_json());
+            o.insert("distance".into(), json!(h.distance));
+            for (k, v) in h.fields {
+                o.entry(k).or_insert(v);
+            }
+            flat.push(Value::Object(o));
+        }
+    }
+    Ok(Json(json!({"code": 0, "data": flat, "topks": topks})))
+}
+
+// ------------------------------------------------------------------ indexes
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreateIndexReq {
+    collection_name: Option<String>,
+    index_params: Vec<IndexParamReq>,
+}
+
+pub async fn create_index(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CreateIndexReq>,
+) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    if r.index_params.is_empty() {
+        return Err(ApiError::bad_request("missing 'indexParams'"));
+    }
+    let metas = r
+        .index_params
+        .iter()
+        .map(index_meta)
+        .collect::<Result<Vec<_>, _>>()?;
+    blocking(&st, move |e| {
+        for m in metas {
+            e.create_index(&c, m)?;
+        }
+        Ok(())
+    })
+    .await?;
+    ok(json!({}))
+}
+
+pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let name = r.index_name.clone();
+    let (meta, stats) = blocking(&st, move |e| {
+        Ok((e.describe_collection(&c)?, e.collection_stats(&c)?))
+    })
+    .await?;
+    let list: Vec<Value> = meta
+        .indexes
+        .iter()
+        .filter(|i| name.as_deref().is_none_or(|n| n.is_empty() || n == i.index_name))
+        .map(|i| {
+            json!({"indexName": i.index_name, "fieldName": i.field_name, "indexType": i.index_type, "metricType": i.metric_type.as_str(),
+                   "indexState": "Finished", "totalRows": stats.row_count, "indexedRows": stats.row_count, "pendingRows": 0, "failReason": "", "params": i.params})
+        })
+        .collect();
+    if list.is_empty() {
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            return Err(ApiError::bad_request(format!("index '{n}' does not exist")));
+        }
+    }
+    ok(Value::Array(list))
+}
+
+pub async fn list_indexes(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let meta = blocking(&st, move |e| e.describe_collection(&c)).await?;
+    ok(json!(meta
+        .indexes
+        .iter()
+        .map(|i| i.index_name.clone())
+        .collect::<Vec<_>>()))
+}
+
+pub async fn drop_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let c = need(&r.collection_name)?;
+    let n = r
+        .index_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing 'indexName'"))?;
+    blocking(&st, move |e| e.drop_index(&c, &n)).await?;
+    ok(json!({}))
+}

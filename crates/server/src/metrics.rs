@@ -1,0 +1,129 @@
+//! Prometheus text metrics: request counts and latency histograms per endpoint, plus
+//! engine gauges (rows, segments, WAL bytes, disk bytes) and resident memory.
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+const BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+#[derive(Default)]
+struct Series {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    total: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// (path, status) -> request count; path -> latency histogram.
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Series>>,
+}
+
+impl Metrics {
+    pub fn observe(&self, path: &str, status: u16, secs: f64) {
+        *self
+            .requests
+            .lock()
+            .entry((path.to_string(), status))
+            .or_default() += 1;
+        let mut l = self.latency.lock();
+        let s = l.entry(path.to_string()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                s.counts[i] += 1;
+            }
+        }
+        s.sum += secs;
+        s.total += 1;
+    }
+
+    pub fn render(&self, engine: &magpie_engine::EngineStats) -> String {
+        let mut o = String::new();
+        o.push_str("# HELP magpie_http_requests_total HTTP requests by endpoint and status.\n# TYPE magpie_http_requests_total counter\n");
+        for ((p, s), n) in self.requests.lock().iter() {
+            let _ = writeln!(
+                o,
+                "magpie_http_requests_total{{path=\"{p}\",status=\"{s}\"}} {n}"
+            );
+        }
+        o.push_str("# HELP magpie_http_request_duration_seconds Request latency by endpoint.\n# TYPE magpie_http_request_duration_seconds histogram\n");
+        for (p, s) in self.latency.lock().iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "magpie_http_request_duration_seconds_bucket{{path=\"{p}\",le=\"{b}\"}} {}",
+                    s.counts[i]
+                );
+            }
+            let _ = writeln!(
+                o,
+                "magpie_http_request_duration_seconds_bucket{{path=\"{p}\",le=\"+Inf\"}} {}",
+                s.total
+            );
+            let _ = writeln!(
+                o,
+                "magpie_http_request_duration_seconds_sum{{path=\"{p}\"}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                o,
+                "magpie_http_request_duration_seconds_count{{path=\"{p}\"}} {}",
+                s.total
+            );
+        }
+        let gauges = [
+            (
+                "magpie_collections",
+                "Collections.",
+                engine.collections as u64,
+            ),
+            (
+                "magpie_rows",
+                "Live rows across collections.",
+                engine.rows as u64,
+            ),
+            (
+                "magpie_segments",
+                "Segments (growing, sealed and flushed).",
+                engine.segments as u64,
+            ),
+            (
+                "magpie_wal_bytes",
+                "Bytes held by write-ahead log files.",
+                engine.wal_bytes,
+            ),
+            (
+                "magpie_disk_bytes",
+                "Bytes on disk under the data directory.",
+                engine.disk_bytes,
+            ),
+            (
+                "magpie_resident_memory_bytes",
+                "Resident set size of the process.",
+                resident_bytes(),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let _ = writeln!(o, "# HELP magpie_simd_info Distance kernel set in use.\n# TYPE magpie_simd_info gauge\nmagpie_simd_info{{isa=\"{}\"}} 1", magpie_linalg::active_isa());
+        o
+    }
+}
+
+/// Resident set size from /proc (0 where unavailable).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
