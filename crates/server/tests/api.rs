@@ -1,0 +1,537 @@
+//! Every endpoint through the router, plus the bad-input classes: each gets a JSON error
+//! with a 4xx status, and /healthz still answers afterwards.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use magpie_engine::{Engine, EngineConfig};
+use magpie_server::{router, AppState};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct T {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(token: Option<&str>, max_body: usize) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let st = Arc::new(AppState {
+        engine,
+        metrics: Default::default(),
+        token: token.map(String::from),
+    });
+    T {
+        app: router(st, max_body),
+        _dir: dir,
+    }
+}
+
+impl T {
+    async fn raw(&self, path: &str, body: Vec<u8>, auth: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::post(path).header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+    async fn post(&self, ep: &str, body: Value) -> (StatusCode, Value) {
+        self.raw(
+            &format!("/v2/vectordb/{ep}"),
+            serde_json::to_vec(&body).unwrap(),
+            None,
+        )
+        .await
+    }
+    async fn ok(&self, ep: &str, body: Value) -> Value {
+        let (s, v) = self.post(ep, body).await;
+        assert_eq!(s, StatusCode::OK, "{ep}: {v}");
+        assert_eq!(v["code"], json!(0), "{ep}: {v}");
+        v["data"].clone()
+    }
+    async fn healthy(&self) {
+        let resp = self
+            .app
+            .clone()
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}
+
+fn rows(n: i64) -> Value {
+    Value::Array((0..n).map(|i| json!({"id": i, "vector": [i as f32, 1.0, 0.0, 0.5], "age": i % 10, "tag": format!("t{}", i % 3)})).collect())
+}
+
+#[tokio::test]
+async fn every_endpoint() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 4, "metricType": "L2"}),
+    )
+    .await;
+    assert_eq!(t.ok("collections/list", json!({})).await, json!(["c"]));
+    assert_eq!(
+        t.ok("collections/has", json!({"collectionName": "c"}))
+            .await["has"],
+        json!(true)
+    );
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "c"}))
+        .await;
+    assert_eq!(d["fields"][1]["params"][0]["value"], json!("4"));
+    assert_eq!(d["indexes"][0]["metricType"], json!("L2"));
+    t.ok(
+        "partitions/create",
+        json!({"collectionName": "c", "partitionName": "p"}),
+    )
+    .await;
+    assert_eq!(
+        t.ok("partitions/list", json!({"collectionName": "c"}))
+            .await,
+        json!(["_default", "p"])
+    );
+    assert_eq!(
+        t.ok(
+            "partitions/has",
+            json!({"collectionName": "c", "partitionName": "p"})
+        )
+        .await["has"],
+        json!(true)
+    );
+    let ins = t
+        .ok(
+            "entities/insert",
+            json!({"collectionName": "c", "data": rows(30)}),
+        )
+        .await;
+    assert_eq!(ins["insertCount"], json!(30));
+    t.ok("entities/insert", json!({"collectionName": "c", "partitionName": "p", "data": [{"id": 100, "vector": [0, 0, 0, 0], "age": 1}]})).await;
+    let up = t.ok("entities/upsert", json!({"collectionName": "c", "data": [{"id": 1, "vector": [1, 1, 0, 0.5], "age": 77}]})).await;
+    assert_eq!(up["upsertCount"], json!(1));
+    let got = t
+        .ok(
+            "entities/get",
+            json!({"collectionName": "c", "id": [1, 2], "outputFields": ["age"]}),
+        )
+        .await;
+    assert_eq!(got.as_array().unwrap().len(), 2);
+    assert!(got
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["age"] == json!(77)));
+    let q = t.ok("entities/query", json!({"collectionName": "c", "filter": "age < 3 and tag like 't%'", "outputFields": ["age", "tag"], "limit": 100})).await;
+    assert!(q
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["age"].as_i64().unwrap() < 3));
+    let cnt = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "c", "filter": "", "outputFields": ["count(*)"]}),
+        )
+        .await;
+    assert_eq!(cnt[0]["count(*)"], json!(31));
+    let cnt = t.ok("entities/query", json!({"collectionName": "c", "filter": "", "outputFields": ["count(*)"], "partitionNames": ["p"]})).await;
+    assert_eq!(cnt[0]["count(*)"], json!(1));
+    let (_, s) = t.post("entities/search", json!({"collectionName": "c", "data": [[5, 1, 0, 0.5], [9, 1, 0, 0.5]], "limit": 3, "outputFields": ["tag"], "filter": "age >= 0", "consistencyLevel": "Strong"})).await;
+    assert_eq!(s["topks"], json!([3, 3]));
+    assert_eq!(s["data"][0]["id"], json!(5));
+    assert_eq!(s["data"][0]["distance"], json!(0.0));
+    assert_eq!(s["data"][3]["id"], json!(9));
+    assert!(s["data"][0]["tag"].is_string());
+    let s = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "c", "ids": [7], "limit": 1}),
+        )
+        .await;
+    assert_eq!(s[0]["id"], json!(7));
+    let s = t.ok("entities/search", json!({"collectionName": "c", "data": [[5, 1, 0, 0.5]], "limit": 50, "searchParams": {"params": {"radius": 4.5, "range_filter": 0.5}}})).await;
+    let ds: Vec<f64> = s
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["distance"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ds, vec![1.0, 1.0, 4.0, 4.0]);
+    // Grouping needs a schema scalar field (a dynamic key is refused by name).
+    let (st, v) = t.post("entities/search", json!({"collectionName": "c", "data": [[5, 1, 0, 0.5]], "limit": 2, "groupingField": "tag", "groupSize": 2})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("'tag'"));
+    let del = t
+        .ok(
+            "entities/delete",
+            json!({"collectionName": "c", "filter": "age == 0"}),
+        )
+        .await;
+    assert_eq!(del["deleteCount"], json!(3));
+    let del = t
+        .ok(
+            "entities/delete",
+            json!({"collectionName": "c", "ids": [29]}),
+        )
+        .await;
+    assert_eq!(del["deleteCount"], json!(1));
+    assert_eq!(
+        t.ok("collections/get_stats", json!({"collectionName": "c"}))
+            .await["rowCount"],
+        json!(27)
+    );
+    t.ok("collections/flush", json!({"collectionName": "c"}))
+        .await;
+    t.ok("collections/compact", json!({"collectionName": "c"}))
+        .await;
+    assert_eq!(
+        t.ok("collections/get_stats", json!({"collectionName": "c"}))
+            .await["rowCount"],
+        json!(27)
+    );
+    assert_eq!(
+        t.ok("indexes/list", json!({"collectionName": "c"})).await,
+        json!(["vector"])
+    );
+    let di = t
+        .ok(
+            "indexes/describe",
+            json!({"collectionName": "c", "indexName": "vector"}),
+        )
+        .await;
+    assert_eq!(di[0]["indexState"], json!("Finished"));
+    t.ok(
+        "indexes/drop",
+        json!({"collectionName": "c", "indexName": "vector"}),
+    )
+    .await;
+    t.ok("indexes/create", json!({"collectionName": "c", "indexParams": [{"fieldName": "vector", "indexName": "v2", "metricType": "IP", "params": {"index_type": "FLAT"}}]})).await;
+    assert_eq!(
+        t.ok("indexes/list", json!({"collectionName": "c"})).await,
+        json!(["v2"])
+    );
+    t.ok("collections/release", json!({"collectionName": "c"}))
+        .await;
+    assert_eq!(
+        t.ok("collections/get_load_state", json!({"collectionName": "c"}))
+            .await["loadState"],
+        json!("LoadStateNotLoad")
+    );
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 1, 1, 1]]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("released"));
+    t.ok("collections/load", json!({"collectionName": "c"}))
+        .await;
+    t.ok(
+        "partitions/drop",
+        json!({"collectionName": "c", "partitionName": "p"}),
+    )
+    .await;
+    t.ok(
+        "collections/rename",
+        json!({"collectionName": "c", "newCollectionName": "d"}),
+    )
+    .await;
+    t.ok("collections/drop", json!({"collectionName": "d"}))
+        .await;
+    assert_eq!(t.ok("collections/list", json!({})).await, json!([]));
+    // Custom schema with every scalar type.
+    t.ok("collections/create", json!({"collectionName": "s", "schema": {"autoId": true, "enableDynamicField": false, "fields": [
+        {"fieldName": "pk", "dataType": "Int64", "isPrimary": true},
+        {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": "2"}},
+        {"fieldName": "b", "dataType": "Bool"}, {"fieldName": "i8", "dataType": "Int8"},
+        {"fieldName": "f", "dataType": "Float", "nullable": true}, {"fieldName": "d", "dataType": "Double", "defaultValue": 2.5},
+        {"fieldName": "s", "dataType": "VarChar", "elementTypeParams": {"max_length": 8}},
+        {"fieldName": "j", "dataType": "JSON"},
+        {"fieldName": "a", "dataType": "Array", "elementDataType": "VarChar", "elementTypeParams": {"max_capacity": 4, "max_length": 4}}]},
+        "indexParams": [{"fieldName": "v", "metricType": "COSINE", "indexType": "AUTOINDEX"}]})).await;
+    let ins = t.ok("entities/insert", json!({"collectionName": "s", "data": [{"v": [1, 0], "b": true, "i8": 5, "s": "hey", "j": {"k": [1, 2]}, "a": ["x", "y"]}]})).await;
+    assert_eq!(ins["insertIds"].as_array().unwrap().len(), 1);
+    let q = t.ok("entities/query", json!({"collectionName": "s", "filter": "j['k'][0] == 1 and array_contains(a, 'y') and d == 2.5 and f is null", "outputFields": ["*"]})).await;
+    assert_eq!(q.as_array().unwrap().len(), 1, "{q}");
+    assert_eq!(q[0]["d"], json!(2.5));
+}
+
+#[tokio::test]
+async fn bad_inputs_get_clear_4xx_errors() {
+    let t = setup(None, 4096);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 4, "metricType": "L2"}),
+    )
+    .await;
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "c", "data": rows(5)}),
+    )
+    .await;
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "data": [{"id": 9, "vector": [1, 2]}]}),
+            StatusCode::BAD_REQUEST,
+            "dimension 2",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "data": [{"id": 9, "vector": [1, 2, 3, "NaN"]}]}),
+            StatusCode::BAD_REQUEST,
+            "not a number",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "data": [{"id": 9, "vector": [1, 2, 3, 1e39]}]}),
+            StatusCode::BAD_REQUEST,
+            "finite",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "data": [{"vector": [1, 2, 3, 4]}]}),
+            StatusCode::BAD_REQUEST,
+            "missing primary key",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "data": [{"id": 1, "vector": [1, 2, 3, 4]}]}),
+            StatusCode::BAD_REQUEST,
+            "already exists",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "nope", "data": rows(1)}),
+            StatusCode::NOT_FOUND,
+            "'nope' does not exist",
+        ),
+        (
+            "entities/insert",
+            json!({"collectionName": "c", "partitionName": "zz", "data": rows(1)}),
+            StatusCode::NOT_FOUND,
+            "partition 'zz'",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3]]}),
+            StatusCode::BAD_REQUEST,
+            "dimension 3",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "filter": "age >"}),
+            StatusCode::BAD_REQUEST,
+            "position 5",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "limit": 20000}),
+            StatusCode::BAD_REQUEST,
+            "16384",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "annsField": "nofield"}),
+            StatusCode::BAD_REQUEST,
+            "'nofield' does not exist",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "consistencyLevel": "Sometimes"}),
+            StatusCode::BAD_REQUEST,
+            "consistencyLevel",
+        ),
+        (
+            "entities/search",
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "searchParams": {"metricType": "HAMMING"}}),
+            StatusCode::BAD_REQUEST,
+            "metricType",
+        ),
+        (
+            "entities/query",
+            json!({"collectionName": "c", "filter": "age in 5"}),
+            StatusCode::BAD_REQUEST,
+            "list",
+        ),
+        (
+            "entities/query",
+            json!({"collectionName": "c", "filter": "id > 0", "outputFields": ["vector", "nosuch"]}),
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "entities/query",
+            json!({"collectionName": "c"}),
+            StatusCode::BAD_REQUEST,
+            "filter",
+        ),
+        (
+            "entities/delete",
+            json!({"collectionName": "c"}),
+            StatusCode::BAD_REQUEST,
+            "filter",
+        ),
+        (
+            "collections/create",
+            json!({"collectionName": "c", "dimension": 4}),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            "collections/create",
+            json!({"collectionName": "x", "dimension": 40000}),
+            StatusCode::BAD_REQUEST,
+            "dim",
+        ),
+        (
+            "collections/create",
+            json!({"collectionName": "../etc", "dimension": 4}),
+            StatusCode::BAD_REQUEST,
+            "invalid collection name",
+        ),
+        (
+            "collections/create",
+            json!({"collectionName": "y", "schema": {"fields": [{"fieldName": "a", "dataType": "Quaternion"}]}}),
+            StatusCode::BAD_REQUEST,
+            "Quaternion",
+        ),
+        (
+            "collections/describe",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "collectionName",
+        ),
+        (
+            "collections/describe",
+            json!({"collectionName": 5}),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "indexes/create",
+            json!({"collectionName": "c", "indexParams": [{"fieldName": "vector", "indexName": "h", "metricType": "L2", "indexType": "HNSW"}]}),
+            StatusCode::BAD_REQUEST,
+            "not supported yet",
+        ),
+    ];
+    for (ep, body, status, frag) in cases {
+        let (s, v) = t.post(ep, body.clone()).await;
+        assert_eq!(s, status, "{ep} {body}: {v}");
+        if status != StatusCode::OK {
+            assert_ne!(v["code"], json!(0));
+            assert!(
+                v["message"].as_str().unwrap().contains(frag),
+                "{ep}: '{}' should mention '{frag}'",
+                v["message"]
+            );
+        }
+        t.healthy().await;
+    }
+    // Malformed JSON, oversized body, unknown endpoint.
+    let (s, v) = t
+        .raw(
+            "/v2/vectordb/entities/insert",
+            b"{\"collectionName\": ".to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("malformed"));
+    let big = serde_json::to_vec(&json!({"collectionName": "c", "data": rows(200)})).unwrap();
+    let (s, v) = t.raw("/v2/vectordb/entities/insert", big, None).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(v["message"].as_str().unwrap().contains("limit"));
+    let (s, v) = t
+        .raw("/v2/vectordb/entities/nothing", b"{}".to_vec(), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["message"].as_str().unwrap().contains("no such endpoint"));
+    t.healthy().await;
+    // Nothing was lost by all of that.
+    assert_eq!(
+        t.ok("collections/get_stats", json!({"collectionName": "c"}))
+            .await["rowCount"],
+        json!(5)
+    );
+}
+
+#[tokio::test]
+async fn bearer_token_and_metrics() {
+    let t = setup(Some("s3cret"), 1 << 20);
+    let (s, v) = t.post("collections/list", json!({})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["message"].as_str().unwrap().contains("Bearer"));
+    let (s, _) = t
+        .raw(
+            "/v2/vectordb/collections/list",
+            b"{}".to_vec(),
+            Some("wrong"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = t
+        .raw(
+            "/v2/vectordb/collections/list",
+            b"{}".to_vec(),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    t.healthy().await;
+    let resp = t
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains(
+            "magpie_http_requests_total{path=\"/v2/vectordb/collections/list\",status=\"401\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        "magpie_http_request_duration_seconds_count{path=\"/v2/vectordb/collections/list\"} 3"
+    ));
+    for g in [
+        "magpie_rows",
+        "magpie_segments",
+        "magpie_wal_bytes",
+        "magpie_disk_bytes",
+        "magpie_resident_memory_bytes",
+    ] {
+        assert!(text.contains(&format!("\n{g} ")), "{g} missing");
+    }
+    let resp = t
+        .app
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
