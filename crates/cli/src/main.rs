@@ -1,5 +1,6 @@
 //! The `magpie` binary.
 
+mod bench;
 mod client;
 mod vecfile;
 
@@ -29,6 +30,24 @@ enum Cmd {
     Import(ImportArgs),
     /// Search a collection by a vector or by an existing id.
     Search(SearchArgs),
+    /// Benchmark exact search in-process on a .fvecs dataset with ground truth
+    /// (the layout of shared/bench/*: manifest.json, base/query.fvecs, groundtruth.ivecs).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Dataset directory.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Number of queries to run (default: all).
+    #[arg(long)]
+    queries: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Print JSON instead of a markdown row.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Settings come from, in increasing precedence: built-in defaults, the TOML file given
@@ -191,6 +210,7 @@ fn main() {
             a.limit,
         ),
         Cmd::Search(a) => run_search(a),
+        Cmd::Bench(a) => bench::run(&a.dataset, a.queries, a.k, a.json),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
