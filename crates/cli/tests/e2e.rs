@@ -241,3 +241,67 @@ fn sigkill_during_concurrent_inserts_loses_nothing_acknowledged() {
         s.kill();
     }
 }
+
+#[test]
+fn cli_import_collections_search_and_unreachable_server() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("v.fvecs");
+    let mut b = Vec::new();
+    for i in 0..500 {
+        b.extend_from_slice(&8i32.to_le_bytes());
+        for j in 0..8 {
+            b.extend_from_slice(&((i * 8 + j) as f32).to_le_bytes());
+        }
+    }
+    std::fs::write(&file, &b).unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let magpie = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .args(args)
+            .env("MAGPIE_URL", &s.url)
+            .env("MAGPIE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = magpie(&[
+        "import",
+        "--collection",
+        "v",
+        "--batch",
+        "128",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 500 vectors of dimension 8"));
+    assert_eq!(s.count("v", ""), 500);
+    let out = magpie(&["collections"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("v ") && l.trim_end().ends_with("500")),
+        "{text}"
+    );
+    let out = magpie(&["search", "--collection", "v", "--id", "3", "--limit", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(&first[..3], &["1", "3", "0.0"], "{text}");
+    let out = magpie(&["search", "--collection", "nope", "--vector", "[1,2]"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'nope' does not exist"));
+    s.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["collections", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach magpie"));
+}
