@@ -254,3 +254,44 @@ fn run_search(a: SearchArgs) -> Result<()> {
     }
     client::search(&a.client.url, a.client.token.as_deref(), &body, a.json)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_then_env_and_flags() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.toml");
+        std::fs::write(
+            &p,
+            "listen = \"0.0.0.0:1\"\nseal_rows = 5\ntoken = \"abc\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "magpie",
+            "serve",
+            "--config",
+            p.to_str().unwrap(),
+            "--seal-rows",
+            "7",
+        ])
+        .unwrap();
+        let Cmd::Serve(a) = cli.cmd else {
+            panic!("serve")
+        };
+        let cfg = server_config(a).unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:1");
+        assert_eq!(cfg.seal_rows, 7, "flags override the file");
+        assert_eq!(cfg.token.as_deref(), Some("abc"));
+        assert_eq!(cfg.max_body_bytes, ServerConfig::default().max_body_bytes);
+        std::fs::write(&p, "sael_rows = 5\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["magpie", "serve", "--config", p.to_str().unwrap()]).unwrap();
+        let Cmd::Serve(a) = cli.cmd else {
+            panic!("serve")
+        };
+        let err = format!("{:#}", server_config(a).unwrap_err());
+        assert!(err.contains("sael_rows") && err.contains("m.toml"), "{err}");
+    }
+}

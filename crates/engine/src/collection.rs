@@ -587,13 +587,21 @@ impl Collection {
         field: usize,
         snap: Timestamp,
     ) -> Result<Vec<Vec<f32>>> {
+        let visible = |s: &Segment, i: usize| s.ts[i] <= snap && s.deleted_at[i] > snap;
         pks.iter()
             .map(|pk| {
-                for s in &self.segments {
-                    for (i, p) in s.pks.iter().enumerate() {
-                        if p == pk && s.ts[i] <= snap && s.deleted_at[i] > snap {
-                            return Ok(s.vectors[field].slice().row(i).to_vec());
+                // Fast path: the live version, through the pk map.
+                if let Some(&(sid, off)) = self.pk_index.get(pk) {
+                    if let Some(s) = self.seg_pos(sid).map(|p| &self.segments[p]) {
+                        if visible(s, off as usize) {
+                            return Ok(s.vectors[field].slice().row(off as usize).to_vec());
                         }
+                    }
+                }
+                // An older version visible at an older snapshot.
+                for s in &self.segments {
+                    if let Some(i) = (0..s.len()).find(|&i| &s.pks[i] == pk && visible(s, i)) {
+                        return Ok(s.vectors[field].slice().row(i).to_vec());
                     }
                 }
                 Err(invalid(format!(

@@ -581,3 +581,75 @@ fn flat_recall_on_synth_clustered() {
     let recall = hit as f64 / (nq * 10) as f64;
     assert_eq!(recall, 1.0, "FLAT recall@10 = {recall}");
 }
+
+#[test]
+fn multiple_vector_fields_need_anns_field() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    let mut s = schema(2);
+    s.fields
+        .push(FieldSchema::new("img", DataType::FloatVector).with_dim(3));
+    let ix = vec![
+        IndexMeta {
+            index_name: "a".into(),
+            field_name: "vec".into(),
+            index_type: "FLAT".into(),
+            metric_type: Metric::L2,
+            params: Default::default(),
+        },
+        IndexMeta {
+            index_name: "b".into(),
+            field_name: "img".into(),
+            index_type: "FLAT".into(),
+            metric_type: Metric::IP,
+            params: Default::default(),
+        },
+    ];
+    e.create_collection("m", s, ix, Consistency::Session, "")
+        .unwrap();
+    let rows: Vec<Value> = (0..10)
+        .map(|i| json!({"id": i, "vec": [i, 0], "img": [0, 0, i], "age": i}))
+        .collect();
+    e.insert("m", None, &rows).unwrap();
+    let r = SearchRequest {
+        vectors: vec![vec![3.0, 0.0]],
+        limit: 1,
+        ..Default::default()
+    };
+    let err = e.search("m", &r).unwrap_err().to_string();
+    assert!(
+        err.contains("annsField") && err.contains("vec, img"),
+        "{err}"
+    );
+    let r = SearchRequest {
+        anns_field: Some("vec".into()),
+        vectors: vec![vec![3.0, 0.0]],
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("m", &r).unwrap()[0][0].id, PrimaryKey::Int(3));
+    // IP on the second field: the largest third coordinate wins.
+    let r = SearchRequest {
+        anns_field: Some("img".into()),
+        vectors: vec![vec![0.0, 0.0, 1.0]],
+        limit: 1,
+        ..Default::default()
+    };
+    let h = &e.search("m", &r).unwrap()[0][0];
+    assert_eq!((h.id.clone(), h.distance), (PrimaryKey::Int(9), 9.0));
+    // Search by id uses the named field's stored vector.
+    let r = SearchRequest {
+        anns_field: Some("img".into()),
+        ids: Some(vec![json!(2)]),
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("m", &r).unwrap()[0][0].id, PrimaryKey::Int(9));
+    let r = SearchRequest {
+        ids: Some(vec![json!(77)]),
+        anns_field: Some("vec".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    assert!(e.search("m", &r).unwrap_err().to_string().contains("77"));
+}
