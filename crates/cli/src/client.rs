@@ -46,6 +46,16 @@ pub fn call(url: &str, token: Option<&str>, endpoint: &str, body: &Value) -> Res
     Ok(v)
 }
 
+/// Name of the primary-key field in a `collections/describe` reply.
+fn pk_name(desc: &Value) -> String {
+    desc["data"]["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["primaryKey"] == json!(true)))
+        .and_then(|f| f["name"].as_str())
+        .unwrap_or("id")
+        .to_string()
+}
+
 pub fn collections(url: &str, token: Option<&str>) -> Result<()> {
     let list = call(url, token, "collections/list", &json!({}))?;
     let names: Vec<String> = list["data"]
@@ -175,12 +185,7 @@ pub fn import(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let pk = fields
-        .iter()
-        .find(|f| f["primaryKey"] == json!(true))
-        .and_then(|f| f["name"].as_str())
-        .unwrap_or("id")
-        .to_string();
+    let pk = pk_name(&desc);
     let auto = desc["data"]["autoId"] == json!(true);
     let vecs: Vec<&Value> = fields
         .iter()
@@ -235,12 +240,7 @@ pub fn search(url: &str, token: Option<&str>, body: &Value, raw: bool) -> Result
         "collections/describe",
         &json!({"collectionName": coll}),
     )?;
-    let pk = desc["data"]["fields"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["primaryKey"] == json!(true)))
-        .and_then(|f| f["name"].as_str())
-        .unwrap_or("id")
-        .to_string();
+    let pk = pk_name(&desc);
     let hits = v["data"].as_array().cloned().unwrap_or_default();
     if hits.is_empty() {
         println!("no results");

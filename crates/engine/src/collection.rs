@@ -124,6 +124,16 @@ impl Collection {
         Ok(c)
     }
 
+    /// A new, empty growing segment of `partition` with the next segment id.
+    fn new_segment(&mut self, partition: u64) -> Segment {
+        let schema = &self.meta.schema;
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let n_scalars = schema.scalar_fields().count();
+        let id = self.next_segment_id;
+        self.next_segment_id += 1;
+        Segment::new_growing(id, partition, &dims, n_scalars)
+    }
+
     pub fn rebuild_pk_index(&mut self) {
         self.pk_index.clear();
         for s in &self.segments {
@@ -195,17 +205,8 @@ impl Collection {
         {
             Some(p) => p,
             None => {
-                let dims: Vec<usize> = self
-                    .meta
-                    .schema
-                    .vector_fields()
-                    .map(|f| f.dim.unwrap_or(0))
-                    .collect();
-                let n_scalars = self.meta.schema.scalar_fields().count();
-                let id = self.next_segment_id;
-                self.next_segment_id += 1;
-                self.segments
-                    .push(Segment::new_growing(id, partition, &dims, n_scalars));
+                let seg = self.new_segment(partition);
+                self.segments.push(seg);
                 self.segments.len() - 1
             }
         };
@@ -357,17 +358,8 @@ impl Collection {
             if idxs.len() < 2 && !any_dead {
                 continue;
             }
-            let dims: Vec<usize> = self
-                .meta
-                .schema
-                .vector_fields()
-                .map(|f| f.dim.unwrap_or(0))
-                .collect();
-            let n_scalars = self.meta.schema.scalar_fields().count();
             let dynamic = self.meta.schema.enable_dynamic_field;
-            let id = self.next_segment_id;
-            self.next_segment_id += 1;
-            let mut out = Segment::new_growing(id, part, &dims, n_scalars);
+            let mut out = self.new_segment(part);
             for &i in &idxs {
                 let s = &self.segments[i];
                 for r in 0..s.len() {

@@ -137,6 +137,14 @@ pub struct QueryRequest {
     pub consistency: Option<Consistency>,
 }
 
+/// Compiles an optional filter; empty or blank text means no filter.
+fn compile_filter(text: Option<&str>, schema: &CollectionSchema) -> Result<Option<Filter>> {
+    match text.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(f) => Ok(Some(Filter::compile(f, schema)?)),
+        None => Ok(None),
+    }
+}
+
 fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 255
@@ -623,14 +631,8 @@ impl Engine {
                 Some(p) => Some(HashSet::from([g.partition_id(Some(p))?])),
                 None => None,
             };
-            let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
-                Some(f) => Some(Filter::compile(f, &g.meta.schema)?),
-                None => None,
-            };
-            let idset = match ids {
-                Some(ids) => Some(self.parse_ids(&g, ids)?),
-                None => None,
-            };
+            let filter = compile_filter(filter, &g.meta.schema)?;
+            let idset = ids.map(|ids| self.parse_ids(&g, ids)).transpose()?;
             if filter.is_none() && idset.is_none() {
                 return Err(invalid(
                     "delete needs 'filter' or 'ids' (to delete everything, drop the collection)",
@@ -707,14 +709,12 @@ impl Engine {
         let snap = self.read_snapshot(&c, q.consistency)?;
         let g = c.read();
         Self::check_loaded(&g)?;
-        let filter = match q.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
-            Some(f) => Some(Filter::compile(f, &g.meta.schema)?),
-            None => None,
-        };
-        let ids = match &q.ids {
-            Some(ids) => Some(self.parse_ids(&g, ids)?),
-            None => None,
-        };
+        let filter = compile_filter(q.filter.as_deref(), &g.meta.schema)?;
+        let ids = q
+            .ids
+            .as_deref()
+            .map(|ids| self.parse_ids(&g, ids))
+            .transpose()?;
         let parts = g.partition_set(&q.partitions)?;
         let is_count = q
             .output_fields
@@ -849,10 +849,7 @@ impl Engine {
                 r.vectors.clone()
             }
         };
-        let filter = match r.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
-            Some(f) => Some(Filter::compile(f, schema)?),
-            None => None,
-        };
+        let filter = compile_filter(r.filter.as_deref(), schema)?;
         let parts = g.partition_set(&r.partitions)?;
         let group_by = match &r.group_by {
             Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
