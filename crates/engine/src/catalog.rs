@@ -8,8 +8,30 @@ use crate::fsutil;
 use crate::schema::CollectionSchema;
 use crate::types::{Consistency, Timestamp};
 use magpie_index::Metric;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Reads a JSON metadata file, or `None` if it does not exist.
+fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&fsutil::read(path)?)
+        .map(Some)
+        .map_err(|e| EngineError::Corrupt {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+}
+
+/// Replaces a JSON metadata file atomically (see [`fsutil::write_atomic`]).
+fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    fsutil::write_atomic(
+        path,
+        &serde_json::to_vec_pretty(v).expect("metadata serializes"),
+    )
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PartitionMeta {
@@ -56,24 +78,16 @@ pub struct CatalogFile {
 }
 
 impl CatalogFile {
+    /// The catalog at `path`, or an empty one if none exists yet.
     pub fn load(path: &Path) -> Result<CatalogFile> {
-        if !path.exists() {
-            return Ok(CatalogFile {
-                format: 1,
-                next_id: 1,
-                collections: Vec::new(),
-            });
-        }
-        serde_json::from_slice(&fsutil::read(path)?).map_err(|e| EngineError::Corrupt {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+        Ok(load_json(path)?.unwrap_or(CatalogFile {
+            format: 1,
+            next_id: 1,
+            collections: Vec::new(),
+        }))
     }
     pub fn save(&self, path: &Path) -> Result<()> {
-        fsutil::write_atomic(
-            path,
-            &serde_json::to_vec_pretty(self).expect("catalog serializes"),
-        )
+        save_json(path, self)
     }
 }
 
@@ -99,23 +113,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest at `path`, or an empty one (no segments) if none exists yet.
     pub fn load(path: &Path) -> Result<Manifest> {
-        if !path.exists() {
-            return Ok(Manifest {
-                format: 1,
-                next_segment_id: 1,
-                ..Default::default()
-            });
-        }
-        serde_json::from_slice(&fsutil::read(path)?).map_err(|e| EngineError::Corrupt {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+        Ok(load_json(path)?.unwrap_or(Manifest {
+            format: 1,
+            next_segment_id: 1,
+            ..Default::default()
+        }))
     }
     pub fn save(&self, path: &Path) -> Result<()> {
-        fsutil::write_atomic(
-            path,
-            &serde_json::to_vec_pretty(self).expect("manifest serializes"),
-        )
+        save_json(path, self)
     }
 }

@@ -664,6 +664,16 @@ impl Filter {
     }
 }
 
+/// Source position of an expression, where it carries one (names and calls).
+fn pos_of(e: &Expr) -> usize {
+    match e {
+        Expr::Ident { pos, .. } | Expr::Call { pos, .. } => *pos,
+        Expr::Index(b, _) | Expr::Neg(b) | Expr::Not(b) => pos_of(b),
+        Expr::Bin(_, a, _) => pos_of(a),
+        _ => 0,
+    }
+}
+
 fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> {
     let err = |pos: usize, msg: String| FilterError {
         pos,
@@ -674,7 +684,7 @@ fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> 
         list.iter()
             .map(|x| match compile(x, s, src)? {
                 C::Lit(v) => Ok(v),
-                _ => Err(err(0, "list elements must be literals".into())),
+                _ => Err(err(pos_of(x), "list elements must be literals".into())),
             })
             .collect()
     };
@@ -705,7 +715,7 @@ fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> 
             if let C::Scalar(i) = &inner {
                 let f = s.scalar_fields().nth(*i).expect("scalar");
                 if !matches!(f.data_type, DataType::JSON | DataType::Array) {
-                    return Err(err(0, format!("field '{}' is {:?}; only JSON and Array fields can be indexed with [ ]", f.name, f.data_type)));
+                    return Err(err(pos_of(b), format!("field '{}' is {:?}; only JSON and Array fields can be indexed with [ ]", f.name, f.data_type)));
                 }
             }
             C::Index(Box::new(inner), k.clone())
@@ -905,13 +915,10 @@ fn binop(op: BinOp, x: &Value, y: &Value) -> Value {
         Eq | Ne | Lt | Le | Gt | Ge => {
             let o = val_cmp(x, y);
             let r = match (op, o) {
-                (_, None) => {
-                    op == Ne
-                        && !x.is_null()
-                        && !y.is_null()
-                        && o.is_none()
-                        && !matches!((x, y), (Value::Number(_), Value::Number(_)))
-                }
+                // Non-null values of different types are unequal; any comparison
+                // with null (or a missing value) is false.
+                (Ne, None) => !x.is_null() && !y.is_null(),
+                (_, None) => false,
                 (Eq, Some(o)) => o == Ordering::Equal,
                 (Ne, Some(o)) => o != Ordering::Equal,
                 (Lt, Some(o)) => o == Ordering::Less,
@@ -1085,6 +1092,8 @@ mod tests {
             ("age in 5", 7, "list"),
             ("age # 3", 4, "unexpected character"),
             ("", 0, "empty"),
+            ("age in [1, name]", 11, "literals"),
+            ("age == 1 and name['x'] == 1", 13, "only JSON and Array"),
         ];
         for (src, pos, frag) in cases {
             let e = Filter::compile(src, &s).unwrap_err();
