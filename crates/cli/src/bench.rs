@@ -71,6 +71,7 @@ pub fn run(dataset: &Path, queries: Option<usize>, k: usize, json_out: bool) -> 
         description: String::new(),
     };
     let ix = IndexMeta {
+        id: 0,
         index_name: "vector".into(),
         field_name: "vector".into(),
         index_type: "FLAT".into(),

@@ -41,6 +41,10 @@ pub struct PartitionMeta {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct IndexMeta {
+    /// Unique id, part of every index file name of this index (0 for FLAT indexes made
+    /// before ids existed; FLAT has no files).
+    #[serde(default)]
+    pub id: u64,
     pub index_name: String,
     pub field_name: String,
     pub index_type: String,
@@ -98,6 +102,22 @@ pub struct ManifestSegment {
     pub rows: usize,
     #[serde(default)]
     pub deletes_gen: u64,
+    /// Index files of this segment (see [`ManifestIndex`]).
+    #[serde(default)]
+    pub indexes: Vec<ManifestIndex>,
+}
+
+/// A built index of one segment's vector field, stored as `segments/<id>/<file>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ManifestIndex {
+    /// Vector field, by position among the schema's vector fields.
+    pub field: usize,
+    /// [`IndexMeta::id`] of the index definition it was built for.
+    pub index_id: u64,
+    pub file: String,
+    pub crc: u32,
+    pub bytes: u64,
+    pub build_ms: u64,
 }
 
 /// A collection's manifest: which flushed segments exist and up to which timestamp the

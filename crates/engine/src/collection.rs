@@ -4,14 +4,18 @@
 use crate::catalog::{CollectionMeta, Manifest, ManifestSegment};
 use crate::error::{invalid, EngineError, Result};
 use crate::filter::Filter;
+use crate::indexspec;
 use crate::schema::{DataType, RowBatch};
+use crate::segment::SegIndex;
 use crate::segment::{SegState, Segment, LIVE};
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{Bitset, FlatIndex, Metric, SearchParams, VectorIndexRead};
+use magpie_index::AnyIndex;
+use magpie_index::{Bitset, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Sealing thresholds and other per-engine tunables.
 #[derive(Clone, Debug)]
@@ -58,8 +62,31 @@ pub struct Hit {
     pub fields: Map<String, Value>,
 }
 
+/// Per-request index knobs (Milvus `searchParams.params`): `ef`, `nprobe`, and Magpie's
+/// `recall` target; `refine` for quantized indexes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SearchKnobs {
+    pub ef: Option<usize>,
+    pub nprobe: Option<usize>,
+    pub recall: Option<f32>,
+    pub refine: Option<usize>,
+}
+
+/// Hits plus how the search was carried out.
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    /// One list per query.
+    pub hits: Vec<Vec<Hit>>,
+    /// Segments searched through a built index, and exactly.
+    pub indexed_segments: usize,
+    pub exact_segments: usize,
+    /// The knob the (first) indexed segment resolved the request to.
+    pub knob: Option<Knob>,
+}
+
 /// What a search needs once names are resolved (built by the engine).
 pub struct ResolvedSearch<'a> {
+    pub knobs: SearchKnobs,
     pub vector_field: usize,
     pub metric: Metric,
     pub queries: &'a [Vec<f32>],
@@ -98,8 +125,10 @@ impl Collection {
                 continue;
             }
             listed.insert(ms.id.to_string());
-            segments.push(Segment::load(&segdir, ms.id, ms.deletes_gen)?);
+            let mut seg = Segment::load(&segdir, ms.id, ms.deletes_gen)?;
             Segment::remove_old_deletes(&segdir, ms.id, ms.deletes_gen);
+            load_indexes(&meta, &segdir, &mut seg, &ms.indexes);
+            segments.push(seg);
         }
         if let Ok(rd) = std::fs::read_dir(&segdir) {
             for e in rd.flatten() {
@@ -227,8 +256,7 @@ impl Collection {
             if let Some((sid, off)) = self.pk_index.remove(pk) {
                 if let Some(p) = self.seg_pos(sid) {
                     let s = &mut self.segments[p];
-                    s.deleted_at[off as usize] = ts;
-                    s.deletes_dirty = true;
+                    s.mark_deleted(off as usize, ts);
                 }
             }
         }
@@ -290,7 +318,9 @@ impl Collection {
         Ok(())
     }
 
-    fn save_manifest(&mut self, flushed_ts: Timestamp) -> Result<()> {
+    /// Replaces the manifest: every flushed segment, its tombstone generation and its
+    /// index files, with `flushed_ts`. Durable on return.
+    pub(crate) fn save_manifest(&mut self, flushed_ts: Timestamp) -> Result<()> {
         let m = Manifest {
             format: 1,
             flushed_ts,
@@ -304,6 +334,7 @@ impl Collection {
                     partition: s.partition,
                     rows: s.len(),
                     deletes_gen: s.deletes_gen,
+                    indexes: s.indexes.iter().flatten().map(|i| i.file.clone()).collect(),
                 })
                 .collect(),
         };
@@ -603,35 +634,69 @@ impl Collection {
             .collect()
     }
 
-    /// Exact search over every segment, merged. One result list per query.
-    pub fn search(&self, r: &ResolvedSearch<'_>) -> Result<Vec<Vec<Hit>>> {
+    /// Search over every segment, merged: a segment with a built index for the field is
+    /// searched through it, others (growing, small, or not yet indexed) exactly. Group-by
+    /// and range searches scan exactly, since they need every candidate. One result list
+    /// per query.
+    pub fn search(&self, r: &ResolvedSearch<'_>) -> Result<SearchOutcome> {
         let flat = FlatIndex::new(r.metric);
         let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
-        let allows: Vec<(&Segment, Bitset)> = self
+        let exact_only = r.group_by.is_some();
+        let allows: Vec<(&Segment, Option<Bitset>)> = self
             .segments
             .iter()
             .filter(|s| r.partitions.is_none_or(|p| p.contains(&s.partition)) && !s.is_empty())
-            .map(|s| (s, self.allowed(s, r.snapshot, r.filter, None)))
+            .map(|s| {
+                let allow = if r.filter.is_none() && s.all_visible(r.snapshot) {
+                    None
+                } else {
+                    Some(self.allowed(s, r.snapshot, r.filter, None))
+                };
+                (s, allow)
+            })
             .collect();
         let want = r.limit + r.offset;
-        let mut results = Vec::with_capacity(r.queries.len());
+        let mut outcome = SearchOutcome::default();
+        for (seg, _) in &allows {
+            match seg.indexes.get(r.vector_field).and_then(|i| i.as_ref()) {
+                Some(_) if !exact_only => outcome.indexed_segments += 1,
+                _ => outcome.exact_segments += 1,
+            }
+        }
         for q in r.queries {
             let mut cands: Vec<(&Segment, u32, f32)> = Vec::new();
             for (seg, allow) in &allows {
-                let k = if r.group_by.is_some() {
-                    allow.count_ones()
+                let k = if exact_only {
+                    allow.as_ref().map_or(seg.len(), |a| a.count_ones())
                 } else {
                     want
                 };
                 let col = &seg.vectors[r.vector_field];
                 let params = SearchParams {
-                    k,
-                    allow: Some(allow),
+                    allow: allow.as_ref(),
                     min_score,
                     max_score,
-                    cancel: None,
+                    ef: r.knobs.ef,
+                    nprobe: r.knobs.nprobe,
+                    recall: r.knobs.recall,
+                    refine: r.knobs.refine,
+                    ..SearchParams::top_k(k)
                 };
-                for s in flat.search(col.slice(), &col.inv_norms, q, &params)? {
+                let index = seg
+                    .indexes
+                    .get(r.vector_field)
+                    .and_then(|i| i.as_ref())
+                    .filter(|_| !exact_only);
+                let found = match index {
+                    Some(ix) => {
+                        if outcome.knob.is_none() {
+                            outcome.knob = ix.index.knob(&params);
+                        }
+                        ix.index.search(col.slice(), &col.inv_norms, q, &params)?
+                    }
+                    None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
+                };
+                for s in found {
                     cands.push((seg, s.offset, s.score));
                 }
             }
@@ -665,7 +730,7 @@ impl Collection {
                         .collect()
                 }
             };
-            results.push(
+            outcome.hits.push(
                 chosen
                     .into_iter()
                     .map(|(seg, off, score)| Hit {
@@ -676,7 +741,7 @@ impl Collection {
                     .collect(),
             );
         }
-        Ok(results)
+        Ok(outcome)
     }
 
     pub fn group_by_field(&self, name: &str) -> Result<usize> {
@@ -721,5 +786,59 @@ fn range_bounds(
     match metric {
         Metric::L2 => (radius.map(|r| -r), range_filter.map(|f| -f)),
         _ => (radius, range_filter),
+    }
+}
+
+/// Attaches the index files a manifest lists for `seg`. An index is derived data: a
+/// missing, corrupt or orphaned file is logged and dropped (the builder makes a new one),
+/// never a reason to refuse to open. Index files the manifest does not list (left by a
+/// crash between writing the file and the manifest) are removed.
+fn load_indexes(
+    meta: &CollectionMeta,
+    segdir: &Path,
+    seg: &mut Segment,
+    listed: &[crate::catalog::ManifestIndex],
+) {
+    let dir = segdir.join(seg.id.to_string());
+    let mut keep = HashSet::new();
+    for mi in listed {
+        let path = dir.join(&mi.file);
+        let def = meta.indexes.iter().find(|i| i.id == mi.index_id);
+        let Some(def) = def else {
+            continue;
+        };
+        let dim = seg.vectors.get(mi.field).map_or(0, |c| c.dim);
+        let loaded = (|| -> std::result::Result<Arc<AnyIndex>, String> {
+            if mi.field >= seg.indexes.len() {
+                return Err("field out of range".into());
+            }
+            let kind = indexspec::parse(def, dim, 0).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            if crc32c::crc32c(&bytes) != mi.crc {
+                return Err("checksum mismatch".into());
+            }
+            let ix = indexspec::from_bytes(&kind, &bytes).map_err(|e| e.to_string())?;
+            Ok(Arc::new(ix))
+        })();
+        match loaded {
+            Ok(index) => {
+                keep.insert(mi.file.clone());
+                seg.indexes[mi.field] = Some(SegIndex {
+                    file: mi.clone(),
+                    index,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "index file not loaded ({e}); it will be rebuilt")
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("index_") && !keep.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }

@@ -10,11 +10,15 @@
 //! A read picks a snapshot timestamp by its consistency level (see [`Consistency`]), takes
 //! the collection's read lock, and sees rows with `insert_ts <= snapshot < delete_ts`.
 
+use crate::builder::{Builder, CollRef, Job, JobKey};
 use crate::catalog::{CatalogFile, CollectionMeta, IndexMeta, PartitionMeta};
 use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
+use crate::collection::{SearchKnobs, SearchOutcome};
 use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::filter::Filter;
+use crate::indexspec;
 use crate::schema::CollectionSchema;
+use crate::segment::SegState;
 use crate::types::{now_ms, ts_from_ms, Consistency, PrimaryKey, Timestamp};
 use crate::wal::Wal;
 use magpie_index::Metric;
@@ -42,6 +46,11 @@ pub struct EngineConfig {
     pub bounded_staleness_ms: u64,
     /// Compaction rewrites a segment once more than this fraction of it is deleted.
     pub compact_delete_ratio: f64,
+    /// Flushed segments with fewer rows are searched exactly instead of getting an index
+    /// (Milvus's `minSegmentNumRowsToEnableIndex`).
+    pub index_min_rows: usize,
+    /// Threads per index build (0 = every core).
+    pub index_build_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +61,8 @@ impl Default for EngineConfig {
             seal_age_secs: 300,
             bounded_staleness_ms: 5_000,
             compact_delete_ratio: 0.2,
+            index_min_rows: 1024,
+            index_build_threads: 0,
         }
     }
 }
@@ -66,8 +77,6 @@ impl EngineConfig {
     }
 }
 
-type CollRef = Arc<RwLock<Collection>>;
-
 pub struct Engine {
     root: PathBuf,
     config: EngineConfig,
@@ -75,6 +84,51 @@ pub struct Engine {
     /// Serialises DDL and catalog rewrites.
     catalog: Mutex<CatalogFile>,
     collections: RwLock<HashMap<String, CollRef>>,
+    builder: Builder,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.builder.shutdown();
+    }
+}
+
+/// Build progress of one index definition (`describe_index`).
+#[derive(Debug, Clone)]
+pub struct IndexProgress {
+    pub meta: IndexMeta,
+    /// Rows in flushed segments large enough to be indexed.
+    pub total_rows: usize,
+    pub indexed_rows: usize,
+    /// Rows searched exactly for now: growing, sealed, or awaiting a build.
+    pub pending_rows: usize,
+    /// "Finished", "InProgress" or "Failed" (Milvus's names); FLAT is always finished.
+    pub state: &'static str,
+    pub fail_reason: String,
+    pub segments: Vec<SegmentIndexState>,
+}
+
+/// One segment's index state.
+#[derive(Debug, Clone)]
+pub struct SegmentIndexState {
+    pub segment: u64,
+    pub rows: usize,
+    /// "indexed", "building", "pending", "growing" or "small" (below `index_min_rows`).
+    pub state: &'static str,
+    pub index_bytes: u64,
+    pub build_ms: u64,
+}
+
+/// A fresh, process-unique index definition id (time-based, so also unique across
+/// restarts).
+fn fresh_index_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let _ = NEXT.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
 }
 
 /// Result of an insert or upsert.
@@ -123,6 +177,8 @@ pub struct SearchRequest {
     pub group_by: Option<String>,
     pub group_size: Option<usize>,
     pub consistency: Option<Consistency>,
+    /// `ef`, `nprobe`, `recall` target, `refine`.
+    pub knobs: SearchKnobs,
 }
 
 /// A query (or get) request.
@@ -230,13 +286,143 @@ impl Engine {
             .into_values()
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
-        Ok(Engine {
+        let builder = Builder::start(config.index_build_threads);
+        let e = Engine {
             root: root.to_path_buf(),
             config,
             wal,
             catalog: Mutex::new(catalog),
             collections: RwLock::new(collections),
-        })
+            builder,
+        };
+        e.schedule_all();
+        Ok(e)
+    }
+
+    /// Queues an index build for every flushed segment that lacks one.
+    fn schedule(&self, c: &CollRef) {
+        let g = c.read();
+        for def in &g.meta.indexes {
+            let Some(field) = g.meta.schema.vector_index(&def.field_name) else {
+                continue;
+            };
+            let dim = g.meta.schema.field(&def.field_name).and_then(|f| f.dim);
+            match indexspec::parse(def, dim.unwrap_or(0), 0) {
+                Ok(k) if k.is_built() => {}
+                _ => continue,
+            }
+            for s in &g.segments {
+                if s.state == SegState::Flushed
+                    && s.len() >= self.config.index_min_rows.max(1)
+                    && s.indexes.get(field).is_some_and(|i| i.is_none())
+                {
+                    self.builder.enqueue(Job {
+                        key: JobKey {
+                            coll: g.meta.id,
+                            segment: s.id,
+                            index: def.id,
+                        },
+                        coll: c.clone(),
+                        field,
+                    });
+                }
+            }
+        }
+    }
+
+    fn schedule_all(&self) {
+        let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
+        for c in all {
+            self.schedule(&c);
+        }
+    }
+
+    /// Blocks until no index build of `coll` is queued or running, or `timeout` passes.
+    /// Returns true when the collection's indexes are complete. Builds run in the
+    /// background regardless; this is for tools and tests that need a settled index.
+    pub fn wait_for_indexes(&self, coll: &str, timeout: std::time::Duration) -> Result<bool> {
+        let c = self.coll(coll)?;
+        self.schedule(&c);
+        let id = c.read().meta.id;
+        Ok(self
+            .builder
+            .wait_idle(id, std::time::Instant::now() + timeout))
+    }
+
+    /// Build progress of each index of a collection (optionally one, by name).
+    pub fn index_progress(&self, coll: &str, name: Option<&str>) -> Result<Vec<IndexProgress>> {
+        let c = self.coll(coll)?;
+        let g = c.read();
+        let pending_jobs = self.builder.pending(g.meta.id);
+        let mut out = Vec::new();
+        for def in &g.meta.indexes {
+            if name.is_some_and(|n| !n.is_empty() && n != def.index_name) {
+                continue;
+            }
+            let field = g.meta.schema.vector_index(&def.field_name).unwrap_or(0);
+            let dim = g.meta.schema.field(&def.field_name).and_then(|f| f.dim);
+            let built = indexspec::parse(def, dim.unwrap_or(0), 0).is_ok_and(|k| k.is_built());
+            let mut p = IndexProgress {
+                meta: def.clone(),
+                total_rows: 0,
+                indexed_rows: 0,
+                pending_rows: 0,
+                state: "Finished",
+                fail_reason: String::new(),
+                segments: Vec::new(),
+            };
+            let snap = u64::MAX - 1;
+            for s in &g.segments {
+                let live = s.visible(snap).count_ones();
+                let ix = s.indexes.get(field).and_then(|i| i.as_ref());
+                let state = if !built {
+                    "indexed"
+                } else if s.state != SegState::Flushed {
+                    "growing"
+                } else if ix.is_some() {
+                    "indexed"
+                } else if s.len() < self.config.index_min_rows.max(1) {
+                    "small"
+                } else if pending_jobs > 0 {
+                    "building"
+                } else {
+                    "pending"
+                };
+                match state {
+                    "indexed" => {
+                        p.total_rows += live;
+                        p.indexed_rows += live;
+                    }
+                    "building" | "pending" => {
+                        p.total_rows += live;
+                        p.pending_rows += live;
+                    }
+                    _ => p.pending_rows += live,
+                }
+                p.segments.push(SegmentIndexState {
+                    segment: s.id,
+                    rows: s.len(),
+                    state,
+                    index_bytes: ix.map_or(0, |i| i.file.bytes),
+                    build_ms: ix.map_or(0, |i| i.file.build_ms),
+                });
+            }
+            let failure = self.builder.failure(g.meta.id, def.id);
+            p.state = if failure.is_some() {
+                "Failed"
+            } else if p
+                .segments
+                .iter()
+                .any(|s| matches!(s.state, "building" | "pending"))
+            {
+                "InProgress"
+            } else {
+                "Finished"
+            };
+            p.fail_reason = failure.unwrap_or_default();
+            out.push(p);
+        }
+        Ok(out)
     }
 
     pub fn root(&self) -> &Path {
@@ -289,8 +475,11 @@ impl Engine {
     ) -> Result<()> {
         check_name("collection", name)?;
         schema.check()?;
-        for ix in &indexes {
+        let mut indexes = indexes;
+        for ix in &mut indexes {
             Self::check_index(&schema, ix)?;
+            ix.id = fresh_index_id();
+            ix.index_type = ix.index_type.to_ascii_uppercase();
         }
         let mut cat = self.catalog.lock();
         let mut colls = self.collections.write();
@@ -329,6 +518,7 @@ impl Engine {
         let mut cat = self.catalog.lock();
         let c = self.coll(name)?;
         let id = c.read().meta.id;
+        self.builder.cancel_where(|k| k.coll == id);
         cat.collections.retain(|m| m.id != id);
         self.save_catalog(&cat)?;
         self.collections.write().remove(name);
@@ -479,12 +669,7 @@ impl Engine {
                 ix.field_name
             )));
         }
-        match ix.index_type.to_ascii_uppercase().as_str() {
-            "FLAT" | "AUTOINDEX" => Ok(()),
-            other => Err(invalid(format!(
-                "index type '{other}' is not supported yet; use FLAT or AUTOINDEX"
-            ))),
-        }
+        indexspec::parse(ix, f.dim.unwrap_or(0), 0).map(|_| ())
     }
 
     pub fn create_index(&self, coll: &str, mut ix: IndexMeta) -> Result<()> {
@@ -505,22 +690,55 @@ impl Engine {
             )));
         }
         ix.index_type = ix.index_type.to_ascii_uppercase();
+        ix.id = fresh_index_id();
         self.update_meta(&mut g, |m| {
             m.indexes.push(ix);
             Ok(())
-        })
+        })?;
+        drop(g);
+        self.schedule(&c);
+        Ok(())
     }
 
     pub fn drop_index(&self, coll: &str, index_name: &str) -> Result<()> {
         let c = self.coll(coll)?;
         let mut g = c.write();
-        if !g.meta.indexes.iter().any(|i| i.index_name == index_name) {
+        let Some(def) = g
+            .meta
+            .indexes
+            .iter()
+            .find(|i| i.index_name == index_name)
+            .cloned()
+        else {
             return Err(invalid(format!("index '{index_name}' does not exist")));
-        }
+        };
+        let coll_id = g.meta.id;
+        self.builder
+            .cancel_where(|k| k.coll == coll_id && k.index == def.id);
         self.update_meta(&mut g, |m| {
             m.indexes.retain(|i| i.index_name != index_name);
             Ok(())
-        })
+        })?;
+        // Detach the built indexes, then forget their files: the manifest first, so a
+        // crash in between leaves only orphan files (removed on open).
+        let segdir = g.segments_dir();
+        let mut files = Vec::new();
+        for s in &mut g.segments {
+            for slot in &mut s.indexes {
+                if slot.as_ref().is_some_and(|i| i.file.index_id == def.id) {
+                    let ix = slot.take().unwrap();
+                    files.push(segdir.join(s.id.to_string()).join(ix.file.file));
+                }
+            }
+        }
+        if !files.is_empty() {
+            let ts = g.flushed_ts;
+            g.save_manifest(ts)?;
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- writes
@@ -772,8 +990,14 @@ impl Engine {
         }
     }
 
-    /// Vector search (exact). One list of hits per query vector.
+    /// Vector search. One list of hits per query vector.
     pub fn search(&self, coll: &str, r: &SearchRequest) -> Result<Vec<Vec<Hit>>> {
+        Ok(self.search_ex(coll, r)?.hits)
+    }
+
+    /// Vector search, also reporting how it ran (indexed vs exact segments, the knob a
+    /// recall target resolved to).
+    pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {
         let c = self.coll(coll)?;
         let snap = self.read_snapshot(&c, r.consistency)?;
         let g = c.read();
@@ -860,7 +1084,21 @@ impl Engine {
             return Err(invalid("groupSize must be in 1..=1024"));
         }
         let spec = g.output_spec(&r.output_fields)?;
+        let k = r.knobs;
+        if k.ef.is_some_and(|e| e == 0 || e > 32768) {
+            return Err(invalid("'ef' must be in 1..=32768"));
+        }
+        if k.nprobe.is_some_and(|e| e == 0 || e > 65536) {
+            return Err(invalid("'nprobe' must be in 1..=65536"));
+        }
+        if k.recall.is_some_and(|x| !(x > 0.0 && x <= 1.0)) {
+            return Err(invalid("'recall' must be a target in (0, 1], e.g. 0.95"));
+        }
+        if k.refine.is_some_and(|e| e == 0 || e > 1000) {
+            return Err(invalid("'refine' must be in 1..=1000"));
+        }
         g.search(&ResolvedSearch {
+            knobs: r.knobs,
             vector_field: vi,
             metric,
             queries: &queries,
@@ -883,6 +1121,7 @@ impl Engine {
     pub fn flush(&self, coll: &str) -> Result<()> {
         let c = self.coll(coll)?;
         c.write().flush()?;
+        self.schedule(&c);
         self.trim_wal()
     }
 
@@ -901,6 +1140,7 @@ impl Engine {
         let r = c
             .write()
             .compact(self.config.compact_delete_ratio, self.config.seal_rows / 4)?;
+        self.schedule(&c);
         self.trim_wal()?;
         Ok(r)
     }
@@ -931,6 +1171,7 @@ impl Engine {
                 c.write().flush()?;
                 flushed = true;
             }
+            self.schedule(&c);
         }
         if flushed {
             self.trim_wal()?;

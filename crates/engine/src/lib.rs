@@ -2,24 +2,27 @@
 //! collections and consistency. Synchronous; no HTTP and no models. See
 //! `docs/ARCHITECTURE.md` for the write path, flush, search and recovery.
 
+mod builder;
 pub mod catalog;
 pub mod collection;
 pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod indexspec;
 pub mod schema;
 pub mod segment;
 pub mod types;
 pub mod wal;
 
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
-pub use collection::Hit;
+pub use collection::{Hit, SearchKnobs, SearchOutcome};
 pub use engine::{
-    CollectionStats, Engine, EngineConfig, EngineStats, QueryRequest, SearchRequest, WriteResult,
-    MAX_TOPK,
+    CollectionStats, Engine, EngineConfig, EngineStats, IndexProgress, QueryRequest, SearchRequest,
+    SegmentIndexState, WriteResult, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
+pub use magpie_index::Knob;
 pub use magpie_index::Metric;
 pub use schema::{CollectionSchema, DataType, FieldSchema};
 pub use types::{Consistency, PrimaryKey, Timestamp};

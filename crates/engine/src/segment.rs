@@ -15,16 +15,18 @@
 //! Everything but the tombstones is immutable once written. The directory is written
 //! as `<id>.tmp`, each file fsynced, then renamed and the parent fsynced.
 
+use crate::catalog::ManifestIndex;
 use crate::error::{EngineError, Result};
 use crate::filter::RowAccess;
 use crate::fsutil;
 use crate::schema::RowBatch;
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{Bitset, VectorSlice};
+use magpie_index::{AnyIndex, Bitset, VectorSlice};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `deleted_at` of a live row.
 pub const LIVE: Timestamp = u64::MAX;
@@ -37,26 +39,54 @@ pub enum SegState {
     Flushed,
 }
 
-/// Vector storage: owned while growing, memory-mapped once flushed.
+/// Vector storage: owned while growing, memory-mapped once flushed. The map is shared
+/// (`Arc`) so an index build can read a flushed segment's vectors without holding the
+/// collection lock.
 pub enum VecData {
     Owned(Vec<f32>),
-    Mapped(Mmap),
+    Mapped(Arc<Mmap>),
+}
+
+/// Read-only view of a memory-mapped vector file, shareable across threads.
+#[derive(Clone)]
+pub struct SharedVectors(Arc<Mmap>);
+
+impl SharedVectors {
+    pub fn as_slice(&self) -> &[f32] {
+        mmap_f32(&self.0)
+    }
+}
+
+fn mmap_f32(m: &Mmap) -> &[f32] {
+    let bytes: &[u8] = m;
+    // SAFETY: the file was validated to hold a whole number of f32 (len % 4 == 0 checked
+    // on load), mmap memory is page-aligned (so 4-aligned), and the platform is
+    // little-endian (checked at compile time below), which is the file's byte order.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
 }
 
 impl VecData {
     pub fn as_slice(&self) -> &[f32] {
         match self {
             VecData::Owned(v) => v,
-            VecData::Mapped(m) => {
-                let bytes: &[u8] = m;
-                // SAFETY: the file was validated to hold a whole number of f32 (len % 4
-                // == 0 checked on load), mmap memory is page-aligned (so 4-aligned), and
-                // the platform is little-endian (checked at compile time below), which
-                // is the file's byte order.
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
-            }
+            VecData::Mapped(m) => mmap_f32(m),
         }
     }
+
+    /// The shared map of a flushed column (`None` while growing or when empty).
+    pub fn share(&self) -> Option<SharedVectors> {
+        match self {
+            VecData::Mapped(m) => Some(SharedVectors(m.clone())),
+            VecData::Owned(_) => None,
+        }
+    }
+}
+
+/// A built index attached to one vector field of a flushed segment.
+pub struct SegIndex {
+    /// The [`ManifestIndex`] entry describing its file.
+    pub file: ManifestIndex,
+    pub index: Arc<AnyIndex>,
 }
 
 #[cfg(not(target_endian = "little"))]
@@ -100,6 +130,13 @@ pub struct Segment {
     pub deletes_dirty: bool,
     /// Current tombstone file generation (0 = none written).
     pub deletes_gen: u64,
+    /// Built index per vector field (flushed segments only).
+    pub indexes: Vec<Option<SegIndex>>,
+    /// Largest insert timestamp and number of tombstones: a snapshot at or after
+    /// `max_ts` of a segment without tombstones sees every row, so searches can skip
+    /// building a visibility bitset.
+    max_ts: Timestamp,
+    n_deleted: usize,
     approx_bytes: usize,
 }
 
@@ -162,8 +199,25 @@ impl Segment {
             created_ms: crate::types::now_ms(),
             deletes_dirty: false,
             deletes_gen: 0,
+            indexes: dims.iter().map(|_| None).collect(),
+            max_ts: 0,
+            n_deleted: 0,
             approx_bytes: 0,
         }
+    }
+
+    /// Marks row `i` deleted at `ts`.
+    pub fn mark_deleted(&mut self, i: usize, ts: Timestamp) {
+        if self.deleted_at[i] == LIVE {
+            self.n_deleted += 1;
+        }
+        self.deleted_at[i] = ts;
+        self.deletes_dirty = true;
+    }
+
+    /// True when every row is visible at `snap` (no tombstones, nothing newer).
+    pub fn all_visible(&self, snap: Timestamp) -> bool {
+        self.n_deleted == 0 && snap >= self.max_ts
     }
 
     pub fn len(&self) -> usize {
@@ -185,6 +239,7 @@ impl Segment {
         let start = self.pks.len() as u32;
         self.pks.extend_from_slice(&b.pks);
         self.ts.extend(std::iter::repeat_n(ts, b.len()));
+        self.max_ts = self.max_ts.max(ts);
         self.deleted_at.extend(std::iter::repeat_n(LIVE, b.len()));
         for (col, data) in self.vectors.iter_mut().zip(&b.vectors) {
             col.push_rows(data);
@@ -361,7 +416,7 @@ impl Segment {
                 if crc32c::crc32c(&m) != meta.crc_vectors.get(k).copied().unwrap_or(0) {
                     return Err(corrupt(&path, "checksum mismatch".into()));
                 }
-                VecData::Mapped(m)
+                VecData::Mapped(Arc::new(m))
             };
             let mut col = VecColumn {
                 dim,
@@ -388,7 +443,12 @@ impl Segment {
                 })? = ts;
             }
         }
+        let n_deleted = deleted_at.iter().filter(|d| **d != LIVE).count();
+        let max_ts = rows.ts.iter().copied().max().unwrap_or(0);
         Ok(Segment {
+            indexes: meta.dims.iter().map(|_| None).collect(),
+            max_ts,
+            n_deleted,
             id,
             partition: meta.partition,
             state: SegState::Flushed,
@@ -446,7 +506,7 @@ impl Segment {
                     msg: "size changed after write".into(),
                 });
             }
-            col.data = VecData::Mapped(m);
+            col.data = VecData::Mapped(Arc::new(m));
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ fn schema(dim: usize) -> CollectionSchema {
 
 fn l2_index() -> Vec<IndexMeta> {
     vec![IndexMeta {
+        id: 0,
         index_name: "vec".into(),
         field_name: "vec".into(),
         index_type: "FLAT".into(),
@@ -409,6 +410,7 @@ fn cosine_and_ip_scores_follow_milvus() {
     let mut s = schema(2);
     s.fields[0] = FieldSchema::new("id", DataType::Int64).primary(true);
     let ix = vec![IndexMeta {
+        id: 0,
         index_name: "v".into(),
         field_name: "vec".into(),
         index_type: "AUTOINDEX".into(),
@@ -505,16 +507,17 @@ fn ddl_rename_drop_and_errors() {
         .create_index(
             "b",
             IndexMeta {
+                id: 0,
                 index_name: "x".into(),
                 field_name: "vec".into(),
-                index_type: "IVF_PQ".into(),
+                index_type: "DISKANN".into(),
                 metric_type: Metric::L2,
                 params: Default::default()
             }
         )
         .unwrap_err()
         .to_string()
-        .contains("not supported yet"));
+        .contains("not supported"));
 }
 
 fn read_vecs(path: &Path) -> (usize, Vec<f32>) {
@@ -591,6 +594,7 @@ fn multiple_vector_fields_need_anns_field() {
         .push(FieldSchema::new("img", DataType::FloatVector).with_dim(3));
     let ix = vec![
         IndexMeta {
+            id: 0,
             index_name: "a".into(),
             field_name: "vec".into(),
             index_type: "FLAT".into(),
@@ -598,6 +602,7 @@ fn multiple_vector_fields_need_anns_field() {
             params: Default::default(),
         },
         IndexMeta {
+            id: 0,
             index_name: "b".into(),
             field_name: "img".into(),
             index_type: "FLAT".into(),
@@ -652,4 +657,322 @@ fn multiple_vector_fields_need_anns_field() {
         ..Default::default()
     };
     assert!(e.search("m", &r).unwrap_err().to_string().contains("77"));
+}
+
+// ------------------------------------------------------------------ ANN indexes
+
+/// Clustered vectors: `n` rows of `dim` around 20 fixed centres.
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut c = rand::rngs::StdRng::seed_from_u64(4242);
+    let centres: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..dim).map(|_| c.gen_range(-5.0..5.0)).collect())
+        .collect();
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let ce = &centres[r.gen_range(0..20)];
+            ce.iter().map(|x| x + r.gen_range(-1.0..1.0)).collect()
+        })
+        .collect()
+}
+
+fn metric_score(m: Metric, q: &[f32], x: &[f32]) -> f32 {
+    let dot: f32 = q.iter().zip(x).map(|(a, b)| a * b).sum();
+    match m {
+        Metric::L2 => -q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
+        Metric::IP => dot,
+        Metric::COSINE => {
+            let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            dot / (n(q) * n(x))
+        }
+    }
+}
+
+/// Exact top-k ids among `rows` (id = position) passing `keep`.
+fn exact_ids(
+    m: Metric,
+    rows: &[Vec<f32>],
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<i64> {
+    let mut s: Vec<(f32, i64)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(i, x)| (metric_score(m, q, x), i as i64))
+        .collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0));
+    s.into_iter().take(k).map(|x| x.1).collect()
+}
+
+fn ids(h: &[Hit]) -> Vec<i64> {
+    h.iter()
+        .map(|h| match h.id {
+            PrimaryKey::Int(i) => i,
+            _ => -1,
+        })
+        .collect()
+}
+
+fn ann_engine(dir: &Path) -> Engine {
+    Engine::open(
+        dir,
+        EngineConfig {
+            seal_rows: 3000,
+            index_min_rows: 1000,
+            index_build_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for c in std::fs::read_dir(dir.join("collections"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(segs) = std::fs::read_dir(c.path().join("segments")) {
+            for s in segs.flatten() {
+                for f in std::fs::read_dir(s.path()).unwrap().flatten() {
+                    if f.file_name().to_string_lossy().starts_with("index_") {
+                        out.push(f.path());
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The whole life of one index type and metric: background build after flush, recall
+/// against exact search, filtered search at 1/10/50 % selectivity, deletes, restart
+/// (loaded, not rebuilt, same answers), corruption (rebuilt), drop (files removed).
+fn ann_lifecycle(index_type: &str, params: Value, metric: Metric, floor: f64) {
+    let dim = 24;
+    let d = tempfile::tempdir().unwrap();
+    let data = clustered(6500, dim, 1);
+    let queries = clustered(40, dim, 2);
+    let ix = vec![IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: index_type.into(),
+        metric_type: metric,
+        params: params.as_object().unwrap().clone(),
+    }];
+    let row = |i: usize| json!({"id": i as i64, "vec": data[i], "age": (i % 100) as i64});
+    let search = |e: &Engine, q: &[f32], filter: Option<&str>, knobs: SearchKnobs| {
+        let r = SearchRequest {
+            vectors: vec![q.to_vec()],
+            limit: 10,
+            filter: filter.map(String::from),
+            knobs,
+            ..Default::default()
+        };
+        e.search_ex("c", &r).unwrap()
+    };
+    let tag = format!("{index_type}/{metric:?}");
+    let before: Vec<Vec<i64>>;
+    {
+        let e = ann_engine(d.path());
+        e.create_collection("c", schema(dim), ix.clone(), Consistency::Strong, "")
+            .unwrap();
+        for chunk in (0..6000).collect::<Vec<_>>().chunks(1000) {
+            e.insert(
+                "c",
+                None,
+                &chunk.iter().map(|&i| row(i)).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        }
+        e.flush("c").unwrap();
+        e.insert("c", None, &(6000..6500).map(row).collect::<Vec<_>>())
+            .unwrap();
+        assert!(e
+            .wait_for_indexes("c", std::time::Duration::from_secs(120))
+            .unwrap());
+        let p = &e.index_progress("c", None).unwrap()[0];
+        assert_eq!(p.state, "Finished", "{tag}: {p:?}");
+        assert_eq!((p.indexed_rows, p.pending_rows), (6000, 500), "{tag}");
+        assert_eq!(
+            p.segments.iter().filter(|s| s.state == "indexed").count(),
+            2,
+            "{tag}"
+        );
+        assert_eq!(index_files(d.path()).len(), 2, "{tag}");
+
+        // Recall against exact search, unfiltered and at three selectivities.
+        for (filter, keep) in [
+            (None, 100usize),
+            (Some("age < 1"), 1),
+            (Some("age < 10"), 10),
+            (Some("age < 50"), 50),
+        ] {
+            let mut hit = 0;
+            for q in queries.chunks(1).map(|q| &q[0]) {
+                let o = search(&e, q, filter, SearchKnobs::default());
+                assert_eq!(o.indexed_segments, 2, "{tag}");
+                let got = ids(&o.hits[0]);
+                assert!(
+                    got.iter().all(|&i| (i as usize % 100) < keep),
+                    "{tag}: filter {filter:?} let through a non-matching row"
+                );
+                let want = exact_ids(metric, &data, q, 10, |i| i % 100 < keep);
+                hit += got.iter().filter(|g| want.contains(g)).count();
+            }
+            let r = hit as f64 / (queries.len() * 10) as f64;
+            assert!(r >= floor, "{tag}: filter {filter:?}: recall {r} < {floor}");
+        }
+        // A recall target is resolved to a knob and reported.
+        let o = search(
+            &e,
+            &queries[0],
+            None,
+            SearchKnobs {
+                recall: Some(0.95),
+                ..Default::default()
+            },
+        );
+        let k = o.knob.expect("indexed search reports its knob");
+        assert!(k.value >= 1 && k.expected_recall.is_some(), "{tag}: {k:?}");
+
+        // Deleted rows are never returned.
+        let victims = ids(&search(&e, &queries[0], None, SearchKnobs::default()).hits[0]);
+        let list = victims
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        e.delete("c", None, None, Some(&format!("id in [{list}]")))
+            .unwrap();
+        let after = ids(&search(&e, &queries[0], None, SearchKnobs::default()).hits[0]);
+        assert_eq!(after.len(), 10, "{tag}");
+        assert!(after.iter().all(|i| !victims.contains(i)), "{tag}");
+        e.flush("c").unwrap();
+        before = queries
+            .iter()
+            .map(|q| ids(&search(&e, q, None, SearchKnobs::default()).hits[0]))
+            .collect();
+    }
+    // Restart: the indexes are loaded from their files (no rebuild), same answers.
+    {
+        let e = ann_engine(d.path());
+        let p = &e.index_progress("c", None).unwrap()[0];
+        assert_eq!(p.indexed_rows + p.pending_rows, 6490, "{tag}: {p:?}");
+        assert_eq!(
+            p.segments.iter().filter(|s| s.state == "indexed").count(),
+            2,
+            "{tag}: indexes loaded on open: {p:?}"
+        );
+        let again: Vec<Vec<i64>> = queries
+            .iter()
+            .map(|q| ids(&search(&e, q, None, SearchKnobs::default()).hits[0]))
+            .collect();
+        assert_eq!(again, before, "{tag}: identical answers after restart");
+    }
+    // A corrupt index file is dropped and rebuilt, never fatal.
+    let files = index_files(d.path());
+    let mut b = std::fs::read(&files[0]).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xFF;
+    std::fs::write(&files[0], b).unwrap();
+    {
+        let e = ann_engine(d.path());
+        assert!(e
+            .wait_for_indexes("c", std::time::Duration::from_secs(120))
+            .unwrap());
+        let p = &e.index_progress("c", None).unwrap()[0];
+        assert_eq!(
+            p.segments.iter().filter(|s| s.state == "indexed").count(),
+            2,
+            "{tag}: rebuilt after corruption"
+        );
+        e.drop_index("c", "vec").unwrap();
+        assert!(index_files(d.path()).is_empty(), "{tag}: files removed");
+        let o = search(&e, &queries[0], None, SearchKnobs::default());
+        assert_eq!(o.indexed_segments, 0);
+        assert_eq!(ids(&o.hits[0]).len(), 10);
+    }
+}
+
+#[test]
+fn hnsw_lifecycle_per_metric() {
+    for m in [Metric::L2, Metric::IP, Metric::COSINE] {
+        ann_lifecycle("HNSW", json!({"M": 12, "efConstruction": 100}), m, 0.95);
+    }
+}
+
+#[test]
+fn index_build_concurrent_with_inserts_and_searches() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Arc::new(ann_engine(d.path()));
+    let dim = 16;
+    let ix = vec![IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "HNSW".into(),
+        metric_type: Metric::L2,
+        params: json!({"M": 8, "efConstruction": 64})
+            .as_object()
+            .unwrap()
+            .clone(),
+    }];
+    e.create_collection("c", schema(dim), ix, Consistency::Strong, "")
+        .unwrap();
+    let data = clustered(12000, dim, 9);
+    let writer = {
+        let e = e.clone();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            for (b, chunk) in data.chunks(500).enumerate() {
+                let rows: Vec<Value> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| json!({"id": (b * 500 + j) as i64, "vec": v, "age": 1}))
+                    .collect();
+                e.insert("c", None, &rows).unwrap();
+                if b % 6 == 5 {
+                    e.flush("c").unwrap();
+                }
+            }
+        })
+    };
+    let mut searches = 0;
+    while !writer.is_finished() {
+        let r = SearchRequest {
+            vectors: vec![data[searches % 100].clone()],
+            limit: 5,
+            ..Default::default()
+        };
+        let hits = e.search("c", &r).unwrap();
+        assert!(hits[0].len() <= 5);
+        searches += 1;
+    }
+    writer.join().unwrap();
+    e.flush("c").unwrap();
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(120))
+        .unwrap());
+    assert_eq!(count(&e, "c", ""), 12000);
+    let p = &e.index_progress("c", None).unwrap()[0];
+    assert_eq!(p.state, "Finished");
+    assert_eq!(p.indexed_rows, 12000, "{p:?}");
+    // Every row is findable by its own vector.
+    for i in (0..12000).step_by(997) {
+        let r = SearchRequest {
+            vectors: vec![data[i].clone()],
+            limit: 1,
+            knobs: SearchKnobs {
+                ef: Some(64),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(ids(&e.search("c", &r).unwrap()[0]), vec![i as i64]);
+    }
 }

@@ -13,13 +13,21 @@
 //! * Synchronous and cancellable (searches poll a [`Cancel`] flag); no I/O policy here.
 
 pub mod bitset;
+pub mod codec;
 pub mod flat;
+pub mod hnsw;
 pub mod metric;
+pub mod recall;
+mod space;
+#[cfg(test)]
+mod testutil;
 pub mod topk;
 
 pub use bitset::Bitset;
 pub use flat::FlatIndex;
+pub use hnsw::{HnswIndex, HnswParams};
 pub use metric::Metric;
+pub use recall::{Knob, RecallCurve};
 pub use topk::{Scored, TopK};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +41,8 @@ pub enum IndexError {
     Cancelled,
     #[error("invalid index parameter: {0}")]
     Param(String),
+    #[error("corrupt index data: {0}")]
+    Corrupt(String),
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;
@@ -92,6 +102,15 @@ pub struct SearchParams<'a> {
     /// Range search: keep only scores `<= max_score` (inclusive), if set.
     pub max_score: Option<f32>,
     pub cancel: Option<&'a Cancel>,
+    /// Graph indexes: size of the dynamic candidate list (at least `k` is used).
+    pub ef: Option<usize>,
+    /// IVF indexes: number of lists probed.
+    pub nprobe: Option<usize>,
+    /// Recall@10 target in (0, 1]: the index picks its knob from its build-time curve
+    /// (see [`recall`]). An explicit `ef` / `nprobe` wins over a target.
+    pub recall: Option<f32>,
+    /// IVF_PQ / HNSW_SQ: rescore `refine · k` candidates with the raw vectors.
+    pub refine: Option<usize>,
 }
 
 impl<'a> SearchParams<'a> {
@@ -102,6 +121,10 @@ impl<'a> SearchParams<'a> {
             min_score: None,
             max_score: None,
             cancel: None,
+            ef: None,
+            nprobe: None,
+            recall: None,
+            refine: None,
         }
     }
 }
@@ -120,6 +143,12 @@ pub trait VectorIndexRead {
 
     /// Bytes held by the index itself, excluding the raw vectors.
     fn memory_bytes(&self) -> usize;
+
+    /// The search knob these parameters resolve to (e.g. `ef` for a recall target), for
+    /// reporting. `None` for indexes without a knob.
+    fn knob(&self, _p: &SearchParams<'_>) -> Option<Knob> {
+        None
+    }
 }
 
 /// Write side: build an index over a segment's vectors.
@@ -133,10 +162,13 @@ pub trait VectorIndexBuild: Sized {
     ) -> Result<Self>;
 }
 
-/// Index types the engine knows, for dispatch.
+/// Index types the engine knows, for dispatch. (Variants differ in size; an index is
+/// created once per segment and held behind an `Arc`, so boxing would buy nothing.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum AnyIndex {
     Flat(FlatIndex),
+    Hnsw(HnswIndex),
 }
 
 impl VectorIndexRead for AnyIndex {
@@ -149,11 +181,19 @@ impl VectorIndexRead for AnyIndex {
     ) -> Result<Vec<Scored>> {
         match self {
             AnyIndex::Flat(f) => f.search(vectors, inv_norms, query, params),
+            AnyIndex::Hnsw(h) => h.search(vectors, inv_norms, query, params),
         }
     }
     fn memory_bytes(&self) -> usize {
         match self {
             AnyIndex::Flat(f) => f.memory_bytes(),
+            AnyIndex::Hnsw(h) => h.memory_bytes(),
+        }
+    }
+    fn knob(&self, p: &SearchParams<'_>) -> Option<Knob> {
+        match self {
+            AnyIndex::Flat(f) => f.knob(p),
+            AnyIndex::Hnsw(h) => h.knob(p),
         }
     }
 }

@@ -22,6 +22,8 @@ type Kernel = fn(&[f32], &[f32]) -> f32;
 struct Kernels {
     dot: Kernel,
     l2_sq: Kernel,
+    sq8_l2: fn(&[f32], &[f32], &[u8]) -> f32,
+    sq8_dot: fn(&[f32], &[u8]) -> f32,
     name: &'static str,
 }
 
@@ -37,6 +39,8 @@ fn kernels() -> &'static Kernels {
                 return Kernels {
                     dot: x86_avx2::dot_checked,
                     l2_sq: x86_avx2::l2_sq_checked,
+                    sq8_l2: x86_avx2::sq8_l2_checked,
+                    sq8_dot: x86_avx2::sq8_dot_checked,
                     name: "avx2+fma",
                 };
             }
@@ -44,6 +48,8 @@ fn kernels() -> &'static Kernels {
         Kernels {
             dot: scalar::dot,
             l2_sq: scalar::l2_sq,
+            sq8_l2: scalar::sq8_l2,
+            sq8_dot: scalar::sq8_dot,
             name: "scalar",
         }
     })
@@ -73,6 +79,64 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "l2_sq: length mismatch");
     (kernels().l2_sq)(a, b)
+}
+
+/// SQ8 squared distance `Σ (aᵢ − cᵢ·sᵢ)²` between a query already shifted by the
+/// per-dimension minimum (`a`) and 8-bit codes `c` with per-dimension steps `s`.
+///
+/// # Panics
+/// If the three lengths differ.
+#[inline]
+pub fn sq8_l2(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
+    assert!(
+        a.len() == s.len() && a.len() == c.len(),
+        "sq8_l2: length mismatch"
+    );
+    (kernels().sq8_l2)(a, s, c)
+}
+
+/// SQ8 code inner product `Σ aᵢ·cᵢ` (steps folded into `a` by the caller).
+///
+/// # Panics
+/// If `a.len() != c.len()`.
+#[inline]
+pub fn sq8_dot(a: &[f32], c: &[u8]) -> f32 {
+    assert_eq!(a.len(), c.len(), "sq8_dot: length mismatch");
+    (kernels().sq8_dot)(a, c)
+}
+
+/// Product-quantizer asymmetric distance: the sum over sub-spaces `j` of
+/// `table[j·256 + codes[j]]`. Table lookups do not vectorise profitably on AVX2, so
+/// this is the portable kernel on every CPU.
+///
+/// # Panics
+/// If `table` is shorter than `codes.len() · 256`.
+#[inline]
+pub fn pq_adc(table: &[f32], codes: &[u8]) -> f32 {
+    assert!(table.len() >= codes.len() * 256, "pq_adc: table too short");
+    scalar::pq_adc(table, codes)
+}
+
+/// Hints the CPU to start loading the first cache lines of `data` (at most `lines`
+/// 64-byte lines). A no-op where no prefetch instruction is available.
+#[inline(always)]
+pub fn prefetch<T>(data: &[T], lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let p = data.as_ptr() as *const u8;
+        let mut off = 0;
+        let mut n = 0;
+        while off < bytes && n < lines {
+            x86_avx2::prefetch(p.wrapping_add(off));
+            off += 64;
+            n += 1;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (data, lines);
+    }
 }
 
 /// Euclidean norm `‖a‖`.
@@ -158,6 +222,53 @@ mod tests {
                 let scale2: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
                 let s2 = scalar::l2_sq(&a, &b) as f64;
                 prop_assert!(close(x86_avx2::l2_sq_checked(&a, &b), s2, scale2));
+            }
+        }
+    }
+
+    fn sq8_triple() -> impl Strategy<Value = (Vec<f32>, Vec<f32>, Vec<u8>)> {
+        (0usize..300).prop_flat_map(|n| {
+            (
+                prop::collection::vec(-10.0f32..10.0, n),
+                prop::collection::vec(0.0f32..0.1, n),
+                prop::collection::vec(any::<u8>(), n),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn sq8_kernels_match_f64_reference((a, s, c) in sq8_triple()) {
+            let want_l2: f64 = (0..a.len())
+                .map(|i| (a[i] as f64 - c[i] as f64 * s[i] as f64).powi(2))
+                .sum();
+            let want_dot: f64 = (0..a.len()).map(|i| a[i] as f64 * c[i] as f64).sum();
+            let scale_dot: f64 = (0..a.len()).map(|i| (a[i] as f64 * c[i] as f64).abs()).sum();
+            prop_assert!(close(sq8_l2(&a, &s, &c), want_l2, want_l2));
+            prop_assert!(close(scalar::sq8_l2(&a, &s, &c), want_l2, want_l2));
+            prop_assert!(close(sq8_dot(&a, &c), want_dot, scale_dot));
+            prop_assert!(close(scalar::sq8_dot(&a, &c), want_dot, scale_dot));
+        }
+
+        #[test]
+        fn pq_adc_is_a_sum_of_lookups(codes in prop::collection::vec(any::<u8>(), 0..40)) {
+            let table: Vec<f32> = (0..codes.len() * 256).map(|i| (i % 97) as f32 * 0.5).collect();
+            let want: f64 = codes.iter().enumerate().map(|(j, &c)| table[j * 256 + c as usize] as f64).sum();
+            prop_assert!(close(pq_adc(&table, &codes), want, want));
+            prefetch(&table, 4);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    proptest! {
+        #[test]
+        fn avx2_sq8_matches_scalar((a, s, c) in sq8_triple()) {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let r = scalar::sq8_l2(&a, &s, &c) as f64;
+                prop_assert!(close(x86_avx2::sq8_l2_checked(&a, &s, &c), r, r));
+                let scale: f64 = (0..a.len()).map(|i| (a[i] as f64 * c[i] as f64).abs()).sum();
+                let r = scalar::sq8_dot(&a, &c) as f64;
+                prop_assert!(close(x86_avx2::sq8_dot_checked(&a, &c), r, scale));
             }
         }
     }

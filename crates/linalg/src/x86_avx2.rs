@@ -18,6 +18,107 @@ pub(crate) fn l2_sq_checked(a: &[f32], b: &[f32]) -> f32 {
     unsafe { l2_sq(a, b) }
 }
 
+/// Safe entry point; the dispatcher selects it only when AVX2 and FMA are present.
+pub(crate) fn sq8_l2_checked(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
+    assert!(a.len() == s.len() && a.len() == c.len());
+    // SAFETY: as for `dot_checked`; the three lengths are equal.
+    unsafe { sq8_l2(a, s, c) }
+}
+
+/// Safe entry point; the dispatcher selects it only when AVX2 and FMA are present.
+pub(crate) fn sq8_dot_checked(a: &[f32], c: &[u8]) -> f32 {
+    assert_eq!(a.len(), c.len());
+    // SAFETY: as for `dot_checked`.
+    unsafe { sq8_dot(a, c) }
+}
+
+/// Hints the CPU to pull the cache line holding `p` into all cache levels. Prefetching
+/// never faults, whatever the address; SSE is part of the x86_64 baseline.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    // SAFETY: `_mm_prefetch` is a hint that cannot fault or read memory observably.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+}
+
+/// Eight codes widened to f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_u8x8(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable bytes at `p`.
+    let v = unsafe { _mm_loadl_epi64(p as *const __m128i) };
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq8_l2(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
+    let n = a.len();
+    let (pa, ps, pc) = (a.as_ptr(), s.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): i + 16 <= n (resp. i + 8 <= n) bounds every load of the three
+    // equal-length slices.
+    while i + 16 <= n {
+        unsafe {
+            let x0 = _mm256_mul_ps(load_u8x8(pc.add(i)), _mm256_loadu_ps(ps.add(i)));
+            let x1 = _mm256_mul_ps(load_u8x8(pc.add(i + 8)), _mm256_loadu_ps(ps.add(i + 8)));
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), x0);
+            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), x1);
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+            acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+        }
+        i += 16;
+    }
+    while i + 8 <= n {
+        unsafe {
+            let x0 = _mm256_mul_ps(load_u8x8(pc.add(i)), _mm256_loadu_ps(ps.add(i)));
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), x0);
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        }
+        i += 8;
+    }
+    let mut r = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    while i < n {
+        let d = a[i] - c[i] as f32 * s[i];
+        r += d * d;
+        i += 1;
+    }
+    r
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq8_dot(a: &[f32], c: &[u8]) -> f32 {
+    let n = a.len();
+    let (pa, pc) = (a.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): bounded as in `sq8_l2`.
+    while i + 16 <= n {
+        unsafe {
+            acc0 = _mm256_fmadd_ps(load_u8x8(pc.add(i)), _mm256_loadu_ps(pa.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                load_u8x8(pc.add(i + 8)),
+                _mm256_loadu_ps(pa.add(i + 8)),
+                acc1,
+            );
+        }
+        i += 16;
+    }
+    while i + 8 <= n {
+        unsafe {
+            acc0 = _mm256_fmadd_ps(load_u8x8(pc.add(i)), _mm256_loadu_ps(pa.add(i)), acc0);
+        }
+        i += 8;
+    }
+    let mut r = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    while i < n {
+        r += a[i] * c[i] as f32;
+        i += 1;
+    }
+    r
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: __m256) -> f32 {

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::Json;
 use magpie_engine::{
     CollectionSchema, Consistency, DataType, Engine, FieldSchema, IndexMeta, Metric, QueryRequest,
-    SearchRequest,
+    SearchKnobs, SearchRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -189,6 +189,7 @@ fn index_meta(p: &IndexParamReq) -> Result<IndexMeta, ApiError> {
         return Err(ApiError::bad_request("index parameters need a 'fieldName'"));
     }
     Ok(IndexMeta {
+        id: 0,
         index_name: if p.index_name.is_empty() {
             p.field_name.clone()
         } else {
@@ -281,6 +282,7 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
     };
     if indexes.is_empty() {
         indexes.push(IndexMeta {
+            id: 0,
             index_name: vec_name.clone(),
             field_name: vec_name,
             index_type: "AUTOINDEX".into(),
@@ -620,6 +622,15 @@ fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError>
     }
 }
 
+fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+            ApiError::bad_request(format!("'{key}' must be a non-negative integer, got {v}"))
+        }),
+    }
+}
+
 fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
     let arr = match data {
         Some(Value::Array(a)) => a,
@@ -678,12 +689,28 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
         group_by: r.grouping_field,
         group_size: r.group_size,
         consistency: consistency(&r.consistency_level)?,
+        knobs: SearchKnobs {
+            ef: usize_param(&inner, "ef")?,
+            nprobe: usize_param(&inner, "nprobe")?,
+            recall: f32_param(&inner, "recall")?.or(f32_param(sp, "recall")?),
+            refine: usize_param(&inner, "refine")?.or(usize_param(&inner, "refine_k")?),
+        },
     };
-    let (pk_name, results) = blocking(&st, move |e| {
+    let (pk_name, outcome) = blocking(&st, move |e| {
         let pk = e.describe_collection(&c)?.schema.pk().name.clone();
-        Ok((pk, e.search(&c, &req)?))
+        Ok((pk, e.search_ex(&c, &req)?))
     })
     .await?;
+    let mut info = Map::new();
+    info.insert("indexedSegments".into(), json!(outcome.indexed_segments));
+    info.insert("exactSegments".into(), json!(outcome.exact_segments));
+    if let Some(k) = outcome.knob {
+        info.insert(k.name.into(), json!(k.value));
+        if let Some(r) = k.expected_recall {
+            info.insert("expectedRecall".into(), json!(r));
+        }
+    }
+    let results = outcome.hits;
     let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
     let mut flat = Vec::new();
     for hits in results {
@@ -697,7 +724,9 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             flat.push(Value::Object(o));
         }
     }
-    Ok(Json(json!({"code": 0, "data": flat, "topks": topks})))
+    Ok(Json(
+        json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}),
+    ))
 }
 
 // ------------------------------------------------------------------ indexes
@@ -735,17 +764,20 @@ pub async fn create_index(
 pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
     let c = need(&r.collection_name)?;
     let name = r.index_name.clone();
-    let (meta, stats) = blocking(&st, move |e| {
-        Ok((e.describe_collection(&c)?, e.collection_stats(&c)?))
-    })
-    .await?;
-    let list: Vec<Value> = meta
-        .indexes
+    let n2 = name.clone();
+    let progress = blocking(&st, move |e| e.index_progress(&c, n2.as_deref())).await?;
+    let list: Vec<Value> = progress
         .iter()
-        .filter(|i| name.as_deref().is_none_or(|n| n.is_empty() || n == i.index_name))
-        .map(|i| {
+        .map(|p| {
+            let i = &p.meta;
+            let segs: Vec<Value> = p
+                .segments
+                .iter()
+                .map(|s| json!({"segmentID": s.segment, "rows": s.rows, "state": s.state, "indexBytes": s.index_bytes, "buildMs": s.build_ms}))
+                .collect();
             json!({"indexName": i.index_name, "fieldName": i.field_name, "indexType": i.index_type, "metricType": i.metric_type.as_str(),
-                   "indexState": "Finished", "totalRows": stats.row_count, "indexedRows": stats.row_count, "pendingRows": 0, "failReason": "", "params": i.params})
+                   "indexState": p.state, "totalRows": p.total_rows, "indexedRows": p.indexed_rows, "pendingRows": p.pending_rows,
+                   "failReason": p.fail_reason, "params": i.params, "segments": segs})
         })
         .collect();
     if list.is_empty() {

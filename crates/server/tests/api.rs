@@ -427,9 +427,9 @@ async fn bad_inputs_get_clear_4xx_errors() {
         ),
         (
             "indexes/create",
-            json!({"collectionName": "c", "indexParams": [{"fieldName": "vector", "indexName": "h", "metricType": "L2", "indexType": "HNSW"}]}),
+            json!({"collectionName": "c", "indexParams": [{"fieldName": "vector", "indexName": "h", "metricType": "L2", "indexType": "DISKANN"}]}),
             StatusCode::BAD_REQUEST,
-            "not supported yet",
+            "not supported",
         ),
     ];
     for (ep, body, status, frag) in cases {

@@ -1,0 +1,153 @@
+//! Raw-index sweep on a `.fvecs` dataset directory (the layout of `../shared/bench/*`),
+//! without the engine: `cargo run --release -p magpie-index --example sweep -- DIR [hnsw|ivf] [threads]`.
+//! The user-facing benchmark is `magpie bench`; this is the developer's microscope.
+
+use magpie_index::*;
+use std::time::Instant;
+
+fn read_fvecs(p: &std::path::Path) -> (usize, Vec<f32>) {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let dim = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    for rec in b.chunks_exact(4 + dim * 4) {
+        out.extend(
+            rec[4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        );
+    }
+    (dim, out)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::Path::new(&args[1]);
+    let kind = args.get(2).map_or("hnsw", |s| s.as_str());
+    let threads: usize = args.get(3).map_or(2, |s| s.parse().unwrap());
+    let man = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let metric = if man.contains("\"metric\": \"ip\"") {
+        Metric::IP
+    } else {
+        Metric::L2
+    };
+    let (dim, base) = read_fvecs(&dir.join("base.fvecs"));
+    let (_, qs) = read_fvecs(&dir.join("query.fvecs"));
+    let (gk, gt) = read_fvecs(&dir.join("groundtruth.ivecs"));
+    let gt: Vec<u32> = gt.iter().map(|f| f.to_bits()).collect();
+    let v = VectorSlice::new(&base, dim);
+    let inv: Vec<f32> = (0..v.len())
+        .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+        .collect();
+    let t = Instant::now();
+    if kind == "filter" {
+        return filter_sweep(v, &inv, metric, &qs, threads);
+    }
+    let idx: Box<dyn VectorIndexRead + Sync> = match kind {
+        "hnsw" => Box::new(
+            HnswIndex::build_with(
+                v,
+                &inv,
+                metric,
+                &HnswParams {
+                    threads,
+                    ..Default::default()
+                },
+                &Cancel::new(),
+            )
+            .unwrap(),
+        ),
+        other => panic!("unknown kind {other}"),
+    };
+    eprintln!(
+        "build {:.2}s, index bytes {}, raw {}",
+        t.elapsed().as_secs_f64(),
+        idx.memory_bytes(),
+        base.len() * 4
+    );
+    let nq = qs.len() / dim;
+    for knob in [16usize, 24, 32, 48, 64, 96, 128] {
+        let p = SearchParams {
+            ef: Some(knob),
+            nprobe: Some(knob),
+            ..SearchParams::top_k(10)
+        };
+        let t = Instant::now();
+        let mut hit = 0;
+        for qi in 0..nq {
+            let q = &qs[qi * dim..(qi + 1) * dim];
+            let r = idx.search(v, &inv, q, &p).unwrap();
+            let truth = &gt[qi * gk..qi * gk + 10];
+            hit += r.iter().filter(|s| truth.contains(&s.offset)).count();
+        }
+        let el = t.elapsed().as_secs_f64();
+        println!(
+            "{kind} knob={knob:4} recall@10={:.4} qps={:.0}",
+            hit as f64 / (nq * 10) as f64,
+            nq as f64 / el
+        );
+    }
+}
+
+/// Filtered search: graph walk (forced) vs exact scan of the passing rows, per
+/// selectivity, at the ef that reaches recall 0.95 unfiltered.
+fn filter_sweep(v: VectorSlice<'_>, inv: &[f32], metric: Metric, qs: &[f32], threads: usize) {
+    let mut idx = HnswIndex::build_with(
+        v,
+        inv,
+        metric,
+        &HnswParams {
+            threads,
+            ..Default::default()
+        },
+        &Cancel::new(),
+    )
+    .unwrap();
+    idx.set_exact_below(0);
+    let flat = FlatIndex::new(metric);
+    let dim = v.dim;
+    let nq = 300.min(qs.len() / dim);
+    for frac in [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8] {
+        let mut allow = Bitset::zeros(v.len());
+        let mut x = 12345u64;
+        for i in 0..v.len() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (x % 10_000) as f64 / 10_000.0 < frac {
+                allow.set(i, true);
+            }
+        }
+        let mut truth = Vec::new();
+        let t = Instant::now();
+        for qi in 0..nq {
+            let q = &qs[qi * dim..(qi + 1) * dim];
+            let p = SearchParams {
+                allow: Some(&allow),
+                ..SearchParams::top_k(10)
+            };
+            truth.push(flat.search(v, inv, q, &p).unwrap());
+        }
+        let exact_qps = nq as f64 / t.elapsed().as_secs_f64();
+        for ef in [32usize, 64, 128, 256] {
+            let t = Instant::now();
+            let mut hit = 0;
+            for qi in 0..nq {
+                let q = &qs[qi * dim..(qi + 1) * dim];
+                let p = SearchParams {
+                    allow: Some(&allow),
+                    ef: Some(ef),
+                    ..SearchParams::top_k(10)
+                };
+                let r = idx.search(v, inv, q, &p).unwrap();
+                let want: Vec<u32> = truth[qi].iter().map(|s| s.offset).collect();
+                hit += r.iter().filter(|s| want.contains(&s.offset)).count();
+            }
+            let qps = nq as f64 / t.elapsed().as_secs_f64();
+            println!(
+                "frac={frac:5} passing={:6} exact_qps={exact_qps:7.0} ef={ef:3} graph_qps={qps:7.0} recall={:.4}",
+                allow.count_ones(),
+                hit as f64 / (nq * 10) as f64
+            );
+        }
+    }
+}

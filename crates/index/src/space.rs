@@ -1,0 +1,166 @@
+//! Distance evaluation shared by the graph and IVF indexes: a segment's vectors plus the
+//! metric, expressed as a *distance* (smaller = closer) because graph search is written
+//! that way. `distance = -score` for every metric, so the crate-wide "greater score =
+//! closer" convention is recovered by negating once at the API boundary.
+
+use crate::{Metric, VectorSlice};
+use std::cmp::Ordering;
+
+#[derive(Clone, Copy)]
+pub(crate) struct Space<'a> {
+    pub v: VectorSlice<'a>,
+    pub inv: &'a [f32],
+    pub metric: Metric,
+}
+
+impl<'a> Space<'a> {
+    pub fn new(v: VectorSlice<'a>, inv: &'a [f32], metric: Metric) -> Self {
+        Self { v, inv, metric }
+    }
+
+    #[inline(always)]
+    pub fn row(&self, i: u32) -> &'a [f32] {
+        self.v.row(i as usize)
+    }
+
+    /// Distance from a prepared query (see [`Space::prepare`]) to row `i`.
+    #[inline(always)]
+    pub fn dist(&self, q: &[f32], i: u32) -> f32 {
+        let x = self.row(i);
+        match self.metric {
+            Metric::L2 => magpie_linalg::l2_sq(q, x),
+            Metric::IP => -magpie_linalg::dot(q, x),
+            Metric::COSINE => -magpie_linalg::dot(q, x) * self.inv[i as usize],
+        }
+    }
+
+    /// Distance between two stored rows.
+    #[inline]
+    pub fn dist_nodes(&self, a: u32, b: u32) -> f32 {
+        let (x, y) = (self.row(a), self.row(b));
+        match self.metric {
+            Metric::L2 => magpie_linalg::l2_sq(x, y),
+            Metric::IP => -magpie_linalg::dot(x, y),
+            Metric::COSINE => {
+                -magpie_linalg::dot(x, y) * self.inv[a as usize] * self.inv[b as usize]
+            }
+        }
+    }
+
+    /// A query ready for [`Space::dist`]: unit length for COSINE, as given otherwise.
+    pub fn prepare(&self, q: &[f32]) -> Vec<f32> {
+        let mut q = q.to_vec();
+        if self.metric == Metric::COSINE {
+            magpie_linalg::normalize(&mut q);
+        }
+        q
+    }
+
+    /// Row `i` as a prepared query.
+    pub fn node_query(&self, i: u32) -> Vec<f32> {
+        let mut q = self.row(i).to_vec();
+        if self.metric == Metric::COSINE {
+            let s = self.inv[i as usize];
+            q.iter_mut().for_each(|x| *x *= s);
+        }
+        q
+    }
+}
+
+/// A candidate during graph or list search: distance (smaller = closer) and row offset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Cand {
+    pub d: f32,
+    pub id: u32,
+}
+
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    #[inline]
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.d
+            .partial_cmp(&o.d)
+            .unwrap_or(Ordering::Equal)
+            .then(self.id.cmp(&o.id))
+    }
+}
+
+/// Visited marks with an epoch, so clearing between searches is O(1).
+pub(crate) struct Visited {
+    marks: Vec<u16>,
+    epoch: u16,
+}
+
+impl Visited {
+    pub fn new(n: usize) -> Self {
+        Self {
+            marks: vec![0; n],
+            epoch: 0,
+        }
+    }
+    pub fn reset(&mut self, n: usize) {
+        if self.marks.len() != n {
+            self.marks = vec![0; n];
+            self.epoch = 0;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+    }
+    /// Marks `i`; true if it was already marked in this epoch.
+    #[inline(always)]
+    pub fn check_set(&mut self, i: u32) -> bool {
+        let m = &mut self.marks[i as usize];
+        if *m == self.epoch {
+            true
+        } else {
+            *m = self.epoch;
+            false
+        }
+    }
+    #[inline(always)]
+    pub fn prefetch(&self, i: u32) {
+        if let Some(m) = self.marks.get(i as usize..i as usize + 1) {
+            magpie_linalg::prefetch(m, 1);
+        }
+    }
+}
+
+/// A pool of [`Visited`] buffers so concurrent searches on one index do not allocate.
+#[derive(Default)]
+pub(crate) struct VisitedPool(parking_lot::Mutex<Vec<Visited>>);
+
+impl VisitedPool {
+    pub fn get(&self, n: usize) -> Visited {
+        let mut v = self.0.lock().pop().unwrap_or_else(|| Visited::new(n));
+        v.reset(n);
+        v
+    }
+    pub fn put(&self, v: Visited) {
+        let mut g = self.0.lock();
+        if g.len() < 64 {
+            g.push(v);
+        }
+    }
+}
+
+/// splitmix64: a small deterministic generator for level draws and sampling.
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in (0, 1].
+pub(crate) fn unit(x: u64) -> f64 {
+    ((splitmix64(x) >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
