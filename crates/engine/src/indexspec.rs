@@ -5,7 +5,9 @@
 
 use crate::catalog::IndexMeta;
 use crate::error::{invalid, Result};
-use magpie_index::{AnyIndex, Cancel, HnswIndex, HnswParams, Metric, VectorSlice};
+use magpie_index::{
+    AnyIndex, Cancel, CodecKind, HnswIndex, HnswParams, IvfIndex, IvfParams, Metric, VectorSlice,
+};
 use serde_json::{Map, Value};
 
 /// A validated index definition.
@@ -14,6 +16,8 @@ pub enum IndexKind {
     /// Exact scan; nothing is built.
     Flat,
     Hnsw(HnswParams),
+    /// IVF_FLAT, IVF_SQ8, IVF_PQ.
+    Ivf(IvfParams),
 }
 
 impl IndexKind {
@@ -57,10 +61,10 @@ fn ranged(p: &Map<String, Value>, name: &str, default: u64, lo: u64, hi: u64) ->
 }
 
 /// Index types accepted by `create_index`.
-pub const SUPPORTED: &[&str] = &["FLAT", "AUTOINDEX", "HNSW"];
+pub const SUPPORTED: &[&str] = &["FLAT", "AUTOINDEX", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ"];
 
 /// Parses and validates an index definition for a vector field of dimension `dim`.
-pub fn parse(ix: &IndexMeta, _dim: usize, build_threads: usize) -> Result<IndexKind> {
+pub fn parse(ix: &IndexMeta, dim: usize, build_threads: usize) -> Result<IndexKind> {
     let p = &ix.params;
     let hnsw = |m_default: u64| -> Result<IndexKind> {
         Ok(IndexKind::Hnsw(HnswParams {
@@ -74,6 +78,37 @@ pub fn parse(ix: &IndexMeta, _dim: usize, build_threads: usize) -> Result<IndexK
         "FLAT" => Ok(IndexKind::Flat),
         // AUTOINDEX: the graph index with the parameters that measured best here.
         "AUTOINDEX" | "HNSW" => hnsw(16),
+        t @ ("IVF_FLAT" | "IVF_SQ8" | "IVF_PQ") => {
+            // Milvus's default nlist is 128.
+            let nlist = ranged(p, "nlist", 128, 1, 65536)?;
+            let codec = match t {
+                "IVF_FLAT" => CodecKind::Flat,
+                "IVF_SQ8" => CodecKind::Sq8,
+                _ => {
+                    let nbits = ranged(p, "nbits", 8, 1, 64)?;
+                    if nbits != 8 {
+                        return Err(invalid(format!(
+                            "IVF_PQ supports nbits = 8 only, got {nbits}"
+                        )));
+                    }
+                    let m = param(p, "m")?.ok_or_else(|| {
+                        invalid("IVF_PQ needs 'm', the number of sub-quantizers (it must divide the dimension)")
+                    })? as usize;
+                    if m == 0 || (dim > 0 && !dim.is_multiple_of(m)) {
+                        return Err(invalid(format!(
+                            "IVF_PQ: 'm' must divide the dimension {dim}, got {m}"
+                        )));
+                    }
+                    CodecKind::Pq { m }
+                }
+            };
+            Ok(IndexKind::Ivf(IvfParams {
+                nlist,
+                codec,
+                threads: build_threads,
+                ..Default::default()
+            }))
+        }
         other => Err(invalid(format!(
             "index type '{other}' is not supported; use one of {}",
             SUPPORTED.join(", ")
@@ -94,6 +129,9 @@ pub fn build(
         IndexKind::Hnsw(p) => Ok(AnyIndex::Hnsw(HnswIndex::build_with(
             v, inv_norms, metric, p, cancel,
         )?)),
+        IndexKind::Ivf(p) => Ok(AnyIndex::Ivf(IvfIndex::build_with(
+            v, inv_norms, metric, p, cancel,
+        )?)),
     }
 }
 
@@ -102,6 +140,7 @@ pub fn to_bytes(ix: &AnyIndex) -> Vec<u8> {
     match ix {
         AnyIndex::Flat(_) => Vec::new(),
         AnyIndex::Hnsw(h) => h.to_bytes(),
+        AnyIndex::Ivf(i) => i.to_bytes(),
     }
 }
 
@@ -112,6 +151,7 @@ pub fn from_bytes(kind: &IndexKind, b: &[u8]) -> magpie_index::Result<AnyIndex> 
             "FLAT indexes have no file".into(),
         )),
         IndexKind::Hnsw(_) => Ok(AnyIndex::Hnsw(HnswIndex::from_bytes(b)?)),
+        IndexKind::Ivf(_) => Ok(AnyIndex::Ivf(IvfIndex::from_bytes(b)?)),
     }
 }
 
@@ -147,11 +187,26 @@ mod tests {
             parse(&meta("AUTOINDEX", json!({})), 8, 0).unwrap(),
             IndexKind::Hnsw(_)
         ));
+        match parse(&meta("ivf_pq", json!({"nlist": "256", "m": 4})), 8, 0).unwrap() {
+            IndexKind::Ivf(p) => {
+                assert_eq!(p.nlist, 256);
+                assert_eq!(p.codec, CodecKind::Pq { m: 4 });
+            }
+            k => panic!("{k:?}"),
+        }
         for (t, p, frag) in [
             ("HNSW", json!({"M": 1}), "'M' must be in 2..=128, got 1"),
             ("HNSW", json!({"M": "x"}), "positive integer"),
             ("HNSW", json!({"efConstruction": -3}), "positive integer"),
             ("DISKANN", json!({}), "not supported"),
+            ("IVF_PQ", json!({"nlist": 64}), "needs 'm'"),
+            ("IVF_PQ", json!({"m": 3}), "must divide the dimension 8"),
+            ("IVF_PQ", json!({"m": 4, "nbits": 4}), "nbits = 8 only"),
+            (
+                "IVF_FLAT",
+                json!({"nlist": 0}),
+                "'nlist' must be in 1..=65536",
+            ),
         ] {
             let e = parse(&meta(t, p), 8, 0).unwrap_err().to_string();
             assert!(e.contains(frag), "{e}");

@@ -976,3 +976,12 @@ fn index_build_concurrent_with_inserts_and_searches() {
         assert_eq!(ids(&e.search("c", &r).unwrap()[0]), vec![i as i64]);
     }
 }
+
+#[test]
+fn ivf_family_lifecycle() {
+    ann_lifecycle("IVF_FLAT", json!({"nlist": 32}), Metric::L2, 0.95);
+    ann_lifecycle("IVF_FLAT", json!({"nlist": 32}), Metric::COSINE, 0.95);
+    ann_lifecycle("IVF_SQ8", json!({"nlist": 32}), Metric::IP, 0.85);
+    // 6 bytes per 24-d row without refine: PQ trades recall for memory.
+    ann_lifecycle("IVF_PQ", json!({"nlist": 32, "m": 6}), Metric::L2, 0.7);
+}

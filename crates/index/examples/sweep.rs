@@ -56,6 +56,25 @@ fn main() {
             )
             .unwrap(),
         ),
+        "ivf_flat" | "ivf_sq8" | "ivf_pq" => Box::new(
+            IvfIndex::build_with(
+                v,
+                &inv,
+                metric,
+                &IvfParams {
+                    nlist: 1024,
+                    threads,
+                    codec: match kind {
+                        "ivf_flat" => CodecKind::Flat,
+                        "ivf_sq8" => CodecKind::Sq8,
+                        _ => CodecKind::Pq { m: dim / 4 },
+                    },
+                    ..Default::default()
+                },
+                &Cancel::new(),
+            )
+            .unwrap(),
+        ),
         other => panic!("unknown kind {other}"),
     };
     eprintln!(
@@ -65,10 +84,17 @@ fn main() {
         base.len() * 4
     );
     let nq = qs.len() / dim;
-    for knob in [16usize, 24, 32, 48, 64, 96, 128] {
+    let knobs: Vec<usize> = if kind == "hnsw" {
+        vec![16, 24, 32, 48, 64, 96, 128]
+    } else {
+        vec![2, 4, 8, 16, 32, 64, 128]
+    };
+    let refine = std::env::var("REFINE").ok().map(|r| r.parse().unwrap());
+    for knob in knobs {
         let p = SearchParams {
             ef: Some(knob),
             nprobe: Some(knob),
+            refine,
             ..SearchParams::top_k(10)
         };
         let t = Instant::now();

@@ -16,7 +16,10 @@ pub mod bitset;
 pub mod codec;
 pub mod flat;
 pub mod hnsw;
+pub mod ivf;
+pub mod kmeans;
 pub mod metric;
+pub mod quant;
 pub mod recall;
 mod space;
 #[cfg(test)]
@@ -26,6 +29,7 @@ pub mod topk;
 pub use bitset::Bitset;
 pub use flat::FlatIndex;
 pub use hnsw::{HnswIndex, HnswParams};
+pub use ivf::{CodecKind, IvfIndex, IvfParams};
 pub use metric::Metric;
 pub use recall::{Knob, RecallCurve};
 pub use topk::{Scored, TopK};
@@ -169,6 +173,7 @@ pub trait VectorIndexBuild: Sized {
 pub enum AnyIndex {
     Flat(FlatIndex),
     Hnsw(HnswIndex),
+    Ivf(IvfIndex),
 }
 
 impl VectorIndexRead for AnyIndex {
@@ -182,18 +187,21 @@ impl VectorIndexRead for AnyIndex {
         match self {
             AnyIndex::Flat(f) => f.search(vectors, inv_norms, query, params),
             AnyIndex::Hnsw(h) => h.search(vectors, inv_norms, query, params),
+            AnyIndex::Ivf(i) => i.search(vectors, inv_norms, query, params),
         }
     }
     fn memory_bytes(&self) -> usize {
         match self {
             AnyIndex::Flat(f) => f.memory_bytes(),
             AnyIndex::Hnsw(h) => h.memory_bytes(),
+            AnyIndex::Ivf(i) => i.memory_bytes(),
         }
     }
     fn knob(&self, p: &SearchParams<'_>) -> Option<Knob> {
         match self {
             AnyIndex::Flat(f) => f.knob(p),
             AnyIndex::Hnsw(h) => h.knob(p),
+            AnyIndex::Ivf(i) => i.knob(p),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! CPUs without AVX2/FMA and the oracle for the SIMD tests.
 
 /// Inner product.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; 4];
@@ -20,6 +21,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Squared Euclidean distance.
+#[inline]
 pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; 4];
@@ -78,6 +80,7 @@ pub fn sq8_dot(a: &[f32], c: &[u8]) -> f32 {
 }
 
 /// Product-quantizer asymmetric distance: `Σⱼ table[j·256 + codes[j]]`.
+#[inline]
 pub fn pq_adc(table: &[f32], codes: &[u8]) -> f32 {
     debug_assert!(table.len() >= codes.len() * 256);
     let mut acc = [0.0f32; 4];

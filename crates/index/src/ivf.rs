@@ -1,0 +1,692 @@
+//! IVF: an inverted file over k-means cells, composed with a per-row codec.
+//!
+//! One type serves IVF_FLAT, IVF_SQ8 and IVF_PQ (as lance composes IVF with a quantizer):
+//! the coarse quantizer (centroids) partitions rows into `nlist` lists stored contiguously
+//! in list order (`ids`), and the codec decides what is scanned per row:
+//! * `Flat`: nothing stored; the segment's raw vectors are read by offset (no copy).
+//! * `Sq8`: 8-bit per dimension codes of the row (its unit version for COSINE).
+//! * `Pq`: `m` bytes per row, encoding the residual to the row's centroid; distances come
+//!   from asymmetric tables (per probed list for L2, one table plus a per-list offset
+//!   for IP/COSINE).
+//!
+//! Quantized codecs may `refine`: take `refine · k` candidates by code distance and
+//! rescore them with the raw vectors.
+//!
+//! Filters: a filter passing few rows is answered by an exact scan of those rows;
+//! otherwise `nprobe` is scaled by 1/selectivity so the number of passing rows scanned
+//! stays what an unfiltered search would scan.
+
+use crate::codec::{self, Reader, Writer};
+use crate::kmeans::{self, KMeansMetric, KMeansParams};
+use crate::quant::{Pq, Sq8};
+use crate::recall::{self, Knob, RecallCurve};
+use crate::space::{splitmix64, Space};
+use crate::{
+    Bitset, Cancel, FlatIndex, IndexError, Metric, Result, Scored, SearchParams, TopK,
+    VectorIndexBuild, VectorIndexRead, VectorSlice,
+};
+
+const MAGIC: &[u8; 8] = b"MPIVF001";
+
+/// What each row is stored as inside its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecKind {
+    Flat,
+    Sq8,
+    /// `m` sub-quantizers × 8 bits.
+    Pq {
+        m: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct IvfParams {
+    pub nlist: usize,
+    pub codec: CodecKind,
+    /// Build threads; 0 = every core.
+    pub threads: usize,
+    pub seed: u64,
+    pub measure_recall: bool,
+}
+
+impl Default for IvfParams {
+    fn default() -> Self {
+        Self {
+            nlist: 1024,
+            codec: CodecKind::Flat,
+            threads: 0,
+            seed: 0x1f1f,
+            measure_recall: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Codec {
+    Flat,
+    Sq8(Sq8),
+    Pq(Pq),
+}
+
+/// Below this many passing rows a filtered search scans them exactly.
+pub const EXACT_BELOW_ROWS: usize = 4096;
+
+const CURVE_NPROBES: [u32; 16] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+
+/// Default `nprobe` when a search names neither `nprobe` nor a recall target and no curve
+/// exists (Milvus's default is 8).
+pub const DEFAULT_NPROBE: usize = 8;
+
+#[derive(Debug)]
+pub struct IvfIndex {
+    metric: Metric,
+    dim: usize,
+    n: usize,
+    nlist: usize,
+    centroids: Vec<f32>,
+    list_start: Vec<u32>,
+    ids: Vec<u32>,
+    codec: Codec,
+    code_len: usize,
+    codes: Vec<u8>,
+    curve: RecallCurve,
+}
+
+fn threads(t: usize) -> usize {
+    if t == 0 {
+        std::thread::available_parallelism().map_or(1, |x| x.get())
+    } else {
+        t
+    }
+}
+
+impl IvfIndex {
+    pub fn nlist(&self) -> usize {
+        self.nlist
+    }
+    pub fn curve(&self) -> &RecallCurve {
+        &self.curve
+    }
+    pub fn codec_kind(&self) -> CodecKind {
+        match &self.codec {
+            Codec::Flat => CodecKind::Flat,
+            Codec::Sq8(_) => CodecKind::Sq8,
+            Codec::Pq(p) => CodecKind::Pq { m: p.m },
+        }
+    }
+
+    fn kmetric(&self) -> KMeansMetric {
+        kmetric(self.metric)
+    }
+
+    /// The row as encoded: unit length for COSINE, raw otherwise.
+    fn encoded_row(sp: &Space<'_>, i: u32) -> Vec<f32> {
+        sp.node_query(i)
+    }
+
+    pub fn build_with(
+        v: VectorSlice<'_>,
+        inv_norms: &[f32],
+        metric: Metric,
+        p: &IvfParams,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        let n = v.len();
+        let dim = v.dim;
+        if p.nlist == 0 || p.nlist > 65536 {
+            return Err(IndexError::Param(format!(
+                "nlist must be in 1..=65536, got {}",
+                p.nlist
+            )));
+        }
+        if let CodecKind::Pq { m } = p.codec {
+            if m == 0 || !dim.is_multiple_of(m) {
+                return Err(IndexError::Param(format!(
+                    "IVF_PQ: m must divide the dimension {dim}, got m = {m}"
+                )));
+            }
+        }
+        if metric == Metric::COSINE && inv_norms.len() != n {
+            return Err(IndexError::Param(
+                "COSINE needs the rows' inverse norms".into(),
+            ));
+        }
+        if n == 0 {
+            return Err(IndexError::Param("IVF needs at least one row".into()));
+        }
+        let sp = Space::new(v, inv_norms, metric);
+        // Fewer rows than a useful training set: shrink nlist (at least 8 rows per list).
+        let nlist = p.nlist.min((n / 8).max(1));
+        let km = kmetric(metric);
+        // Training sample (unit rows for COSINE).
+        let want = (nlist * 40).min(n);
+        let sample_ids: Vec<u32> = sample(n, want, p.seed);
+        let mut train = Vec::with_capacity(want * dim);
+        for &i in &sample_ids {
+            train.extend_from_slice(&Self::encoded_row(&sp, i));
+        }
+        let kp = KMeansParams {
+            k: nlist,
+            iters: 10,
+            per_centroid: usize::MAX / (nlist + 1),
+            seed: p.seed,
+            threads: p.threads,
+        };
+        let centroids = kmeans::train(&train, dim, km, &kp, cancel)?;
+        let assign = kmeans::assign(km, &centroids, dim, v.data, p.threads);
+        if cancel.is_cancelled() {
+            return Err(IndexError::Cancelled);
+        }
+        let mut counts = vec![0u32; nlist + 1];
+        for &a in &assign {
+            counts[a as usize + 1] += 1;
+        }
+        for i in 1..=nlist {
+            counts[i] += counts[i - 1];
+        }
+        let list_start = counts.clone();
+        let mut fill = counts;
+        let mut ids = vec![0u32; n];
+        for (i, &a) in assign.iter().enumerate() {
+            ids[fill[a as usize] as usize] = i as u32;
+            fill[a as usize] += 1;
+        }
+        let codec = match p.codec {
+            CodecKind::Flat => Codec::Flat,
+            CodecKind::Sq8 => Codec::Sq8(Sq8::train(&train, dim)),
+            CodecKind::Pq { m } => {
+                // Train on the sample's residuals to their own centroids.
+                let sa = kmeans::assign(km, &centroids, dim, &train, p.threads);
+                let mut res = train.clone();
+                for (r, &a) in res.chunks_exact_mut(dim).zip(&sa) {
+                    let c = &centroids[a as usize * dim..(a as usize + 1) * dim];
+                    r.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
+                }
+                Codec::Pq(Pq::train(&res, dim, m, p.threads, cancel)?)
+            }
+        };
+        let code_len = match &codec {
+            Codec::Flat => 0,
+            Codec::Sq8(_) => dim,
+            Codec::Pq(pq) => pq.m,
+        };
+        let mut codes = vec![0u8; n * code_len];
+        if code_len > 0 {
+            let t = threads(p.threads).clamp(1, n);
+            let per = n.div_ceil(t);
+            let (codec_ref, ids_ref, assign_ref, cent_ref) = (&codec, &ids, &assign, &centroids);
+            std::thread::scope(|s| {
+                for (ci, chunk) in codes.chunks_mut(per * code_len).enumerate() {
+                    s.spawn(move || {
+                        for (j, out) in chunk.chunks_exact_mut(code_len).enumerate() {
+                            let id = ids_ref[ci * per + j];
+                            let mut x = Self::encoded_row(&sp, id);
+                            match codec_ref {
+                                Codec::Sq8(q) => q.encode(&x, out),
+                                Codec::Pq(q) => {
+                                    let a = assign_ref[id as usize] as usize;
+                                    let c = &cent_ref[a * dim..(a + 1) * dim];
+                                    x.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
+                                    q.encode(&x, out)
+                                }
+                                Codec::Flat => {}
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        let mut idx = IvfIndex {
+            metric,
+            dim,
+            n,
+            nlist,
+            centroids,
+            list_start,
+            ids,
+            codec,
+            code_len,
+            codes,
+            curve: RecallCurve::default(),
+        };
+        if p.measure_recall {
+            let knobs: Vec<u32> = CURVE_NPROBES
+                .iter()
+                .copied()
+                .filter(|&k| k as usize <= nlist)
+                .collect();
+            idx.curve = recall::measure(&sp, &knobs, p.seed, |q, ex, nprobe, k| {
+                idx.search_prepared(&sp, q, k, nprobe as usize, None, None, Some(ex))
+                    .iter()
+                    .map(|s| s.offset)
+                    .collect()
+            });
+        }
+        Ok(idx)
+    }
+
+    /// The `nprobe` a search will use and the recall the curve predicts for it.
+    pub fn choose_nprobe(&self, p: &SearchParams<'_>) -> Knob {
+        let (np, exp) = match (p.nprobe, p.recall) {
+            (Some(np), _) => (np, self.curve.recall_at(np)),
+            (None, Some(t)) => match self.curve.choose(t) {
+                Some((np, r)) => (np as usize, Some(r)),
+                None => (DEFAULT_NPROBE, None),
+            },
+            (None, None) => match self.curve.choose(0.95) {
+                Some((np, r)) => (np as usize, Some(r)),
+                None => (DEFAULT_NPROBE, None),
+            },
+        };
+        Knob {
+            name: "nprobe",
+            value: np.clamp(1, self.nlist),
+            expected_recall: exp,
+        }
+    }
+
+    /// Lists to probe: the `nprobe` nearest centroids.
+    fn probes(&self, q: &[f32], nprobe: usize) -> Vec<(f32, u32)> {
+        let km = self.kmetric();
+        let mut cd: Vec<(f32, u32)> = self
+            .centroids
+            .chunks_exact(self.dim)
+            .enumerate()
+            .map(|(c, cv)| {
+                let d = match km {
+                    KMeansMetric::L2 => magpie_linalg::l2_sq(q, cv),
+                    KMeansMetric::Spherical => -magpie_linalg::dot(q, cv),
+                };
+                (d, c as u32)
+            })
+            .collect();
+        let np = nprobe.clamp(1, self.nlist);
+        if np < cd.len() {
+            cd.select_nth_unstable_by(np - 1, |a, b| a.0.total_cmp(&b.0));
+            cd.truncate(np);
+        }
+        cd
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn search_prepared(
+        &self,
+        sp: &Space<'_>,
+        q: &[f32],
+        k: usize,
+        nprobe: usize,
+        allow: Option<&Bitset>,
+        refine: Option<usize>,
+        exclude: Option<u32>,
+    ) -> Vec<Scored> {
+        let probes = self.probes(q, nprobe);
+        let refine = refine.filter(|_| self.code_len > 0).map(|r| r.max(1));
+        let keep = refine.map_or(k, |r| r.saturating_mul(k));
+        let mut top = TopK::new(keep);
+        let pass = |id: u32| allow.is_none_or(|b| b.get(id as usize)) && Some(id) != exclude;
+        match &self.codec {
+            Codec::Flat => {
+                for &(_, l) in &probes {
+                    let (a, b) = (
+                        self.list_start[l as usize] as usize,
+                        self.list_start[l as usize + 1] as usize,
+                    );
+                    let ids = &self.ids[a..b];
+                    for (j, &id) in ids.iter().enumerate() {
+                        if let Some(&nx) = ids.get(j + 2) {
+                            magpie_linalg::prefetch(sp.row(nx), 4);
+                        }
+                        if pass(id) {
+                            top.push(id, -sp.dist(q, id));
+                        }
+                    }
+                }
+            }
+            Codec::Sq8(sq) => {
+                let sqq = sq.prepare(self.metric, q);
+                for &(_, l) in &probes {
+                    let (a, b) = (
+                        self.list_start[l as usize] as usize,
+                        self.list_start[l as usize + 1] as usize,
+                    );
+                    for pos in a..b {
+                        let id = self.ids[pos];
+                        if pass(id) {
+                            let code = &self.codes[pos * self.code_len..(pos + 1) * self.code_len];
+                            top.push(id, -sq.dist(&sqq, code));
+                        }
+                    }
+                }
+            }
+            Codec::Pq(pq) => {
+                let l2 = self.metric == Metric::L2;
+                let mut table = Vec::with_capacity(pq.m * 256);
+                if !l2 {
+                    pq.table(false, q, &mut table);
+                }
+                let mut resid = vec![0f32; self.dim];
+                for &(cd, l) in &probes {
+                    let c = &self.centroids[l as usize * self.dim..(l as usize + 1) * self.dim];
+                    let base = if l2 {
+                        for d in 0..self.dim {
+                            resid[d] = q[d] - c[d];
+                        }
+                        pq.table(true, &resid, &mut table);
+                        0.0
+                    } else {
+                        // Spherical coarse distance is −q·c: the IP part of the centroid.
+                        cd
+                    };
+                    let (a, b) = (
+                        self.list_start[l as usize] as usize,
+                        self.list_start[l as usize + 1] as usize,
+                    );
+                    for pos in a..b {
+                        let id = self.ids[pos];
+                        if pass(id) {
+                            let code = &self.codes[pos * self.code_len..(pos + 1) * self.code_len];
+                            top.push(id, -(base + magpie_linalg::pq_adc(&table, code)));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = top.into_sorted();
+        if refine.is_some() {
+            let mut t = TopK::new(k);
+            for s in &out {
+                t.push(s.offset, -sp.dist(q, s.offset));
+            }
+            out = t.into_sorted();
+        }
+        out
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(MAGIC);
+        w.u8(codec::metric_code(self.metric));
+        w.u64(self.n as u64);
+        w.u32(self.dim as u32);
+        w.u32(self.nlist as u32);
+        w.f32s(&self.centroids);
+        w.u32s(self.list_start.iter().copied());
+        w.u32s(self.ids.iter().copied());
+        match &self.codec {
+            Codec::Flat => w.u8(0),
+            Codec::Sq8(q) => {
+                w.u8(1);
+                q.write(&mut w)
+            }
+            Codec::Pq(q) => {
+                w.u8(2);
+                q.write(&mut w)
+            }
+        }
+        w.bytes(&self.codes);
+        self.curve.write(&mut w);
+        w.buf
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b, MAGIC)?;
+        let metric = codec::metric_from_code(r.u8()?)?;
+        let n = r.u64()? as usize;
+        let dim = r.u32()? as usize;
+        let nlist = r.u32()? as usize;
+        let centroids = r.f32s()?;
+        let list_start = r.u32s()?;
+        let ids = r.u32s()?;
+        let codec = match r.u8()? {
+            0 => Codec::Flat,
+            1 => Codec::Sq8(Sq8::read(&mut r)?),
+            2 => Codec::Pq(Pq::read(&mut r)?),
+            c => return Err(IndexError::Corrupt(format!("IVF: unknown codec {c}"))),
+        };
+        let codes = r.bytes()?;
+        let curve = RecallCurve::read(&mut r)?;
+        r.finish()?;
+        let bad = |m: &str| IndexError::Corrupt(format!("IVF: {m}"));
+        let code_len = match &codec {
+            Codec::Flat => 0,
+            Codec::Sq8(q) => {
+                if q.dim() != dim {
+                    return Err(bad("SQ8 dimension"));
+                }
+                dim
+            }
+            Codec::Pq(q) => {
+                if q.m * q.dsub != dim {
+                    return Err(bad("PQ dimension"));
+                }
+                q.m
+            }
+        };
+        if dim == 0
+            || nlist == 0
+            || centroids.len() != nlist * dim
+            || list_start.len() != nlist + 1
+            || ids.len() != n
+            || codes.len() != n * code_len
+            || list_start[0] != 0
+            || list_start[nlist] as usize != n
+            || list_start.windows(2).any(|w| w[0] > w[1])
+            || ids.iter().any(|&i| i as usize >= n)
+        {
+            return Err(bad("inconsistent shapes"));
+        }
+        Ok(IvfIndex {
+            metric,
+            dim,
+            n,
+            nlist,
+            centroids,
+            list_start,
+            ids,
+            codec,
+            code_len,
+            codes,
+            curve,
+        })
+    }
+}
+
+fn kmetric(m: Metric) -> KMeansMetric {
+    match m {
+        Metric::L2 => KMeansMetric::L2,
+        Metric::IP | Metric::COSINE => KMeansMetric::Spherical,
+    }
+}
+
+/// `want` distinct row offsets out of `n`, deterministic in `seed`.
+fn sample(n: usize, want: usize, seed: u64) -> Vec<u32> {
+    if want >= n {
+        return (0..n as u32).collect();
+    }
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    for i in 0..want {
+        let j = i + (splitmix64(seed ^ i as u64) % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(want);
+    idx
+}
+
+impl VectorIndexBuild for IvfIndex {
+    type Params = IvfParams;
+    fn build(v: VectorSlice<'_>, metric: Metric, p: &IvfParams, cancel: &Cancel) -> Result<Self> {
+        let inv: Vec<f32> = (0..v.len())
+            .map(|i| {
+                let n = magpie_linalg::norm(v.row(i));
+                if n > 0.0 {
+                    1.0 / n
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Self::build_with(v, &inv, metric, p, cancel)
+    }
+}
+
+impl VectorIndexRead for IvfIndex {
+    fn search(
+        &self,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        query: &[f32],
+        p: &SearchParams<'_>,
+    ) -> Result<Vec<Scored>> {
+        if query.len() != self.dim || vectors.dim != self.dim {
+            return Err(IndexError::Dimension {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        if vectors.len() != self.n {
+            return Err(IndexError::Corrupt(format!(
+                "IVF built over {} rows, searched over {}",
+                self.n,
+                vectors.len()
+            )));
+        }
+        if p.cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(IndexError::Cancelled);
+        }
+        if p.min_score.is_some() || p.max_score.is_some() {
+            return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
+        }
+        let mut nprobe = self.choose_nprobe(p).value;
+        let allow = match p.allow {
+            Some(b) => {
+                let c = b.count_ones();
+                if c == 0 {
+                    return Ok(Vec::new());
+                }
+                if c < EXACT_BELOW_ROWS.min(self.n) {
+                    return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
+                }
+                if c < self.n {
+                    let f = c as f64 / self.n as f64;
+                    nprobe = ((nprobe as f64 / f).ceil() as usize).min(self.nlist);
+                    Some(b)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let sp = Space::new(vectors, inv_norms, self.metric);
+        let q = sp.prepare(query);
+        Ok(self.search_prepared(&sp, &q, p.k, nprobe, allow, p.refine, None))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.centroids.len() * 4
+            + self.list_start.len() * 4
+            + self.ids.len() * 4
+            + self.codes.len()
+            + match &self.codec {
+                Codec::Flat => 0,
+                Codec::Sq8(q) => q.dim() * 8,
+                Codec::Pq(q) => q.codebooks.len() * 4,
+            }
+    }
+
+    fn knob(&self, p: &SearchParams<'_>) -> Option<Knob> {
+        Some(self.choose_nprobe(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{clustered, exact_topk, recall_of};
+
+    fn build(codec: CodecKind, metric: Metric) -> (Vec<f32>, Vec<f32>, IvfIndex) {
+        let (n, dim) = (4000, 16);
+        let data = clustered(n, dim, 20, 11);
+        let v = VectorSlice::new(&data, dim);
+        let inv: Vec<f32> = (0..n)
+            .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+            .collect();
+        let p = IvfParams {
+            nlist: 64,
+            codec,
+            threads: 2,
+            ..Default::default()
+        };
+        let idx = IvfIndex::build_with(v, &inv, metric, &p, &Cancel::new()).unwrap();
+        (data, inv, idx)
+    }
+
+    #[test]
+    fn recall_per_codec_and_metric() {
+        for (codec, refine, floor) in [
+            (CodecKind::Flat, None, 0.95),
+            (CodecKind::Sq8, None, 0.8),
+            (CodecKind::Sq8, Some(4), 0.95),
+            (CodecKind::Pq { m: 8 }, Some(10), 0.9),
+        ] {
+            for metric in [Metric::L2, Metric::IP, Metric::COSINE] {
+                let (data, inv, idx) = build(codec, metric);
+                let v = VectorSlice::new(&data, 16);
+                let queries = clustered(50, 16, 20, 77);
+                let r = recall_of(&idx, v, &inv, metric, &queries, 10, |k| SearchParams {
+                    nprobe: Some(16),
+                    refine,
+                    ..SearchParams::top_k(k)
+                });
+                assert!(
+                    r >= floor,
+                    "{codec:?} {metric:?} refine {refine:?}: recall {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn filters_recall_target_and_round_trip() {
+        let (data, inv, idx) = build(CodecKind::Sq8, Metric::L2);
+        let v = VectorSlice::new(&data, 16);
+        let queries = clustered(40, 16, 20, 5);
+        let mut allow = Bitset::zeros(4000);
+        for i in (0..4000).step_by(3) {
+            allow.set(i, true);
+        }
+        for q in queries.chunks_exact(16) {
+            let p = SearchParams {
+                allow: Some(&allow),
+                refine: Some(4),
+                ..SearchParams::top_k(10)
+            };
+            let got = idx.search(v, &inv, q, &p).unwrap();
+            assert!(got.iter().all(|s| allow.get(s.offset as usize)));
+            let want = exact_topk(v, &inv, Metric::L2, q, 10, Some(&allow));
+            assert!(got.iter().filter(|g| want.contains(&g.offset)).count() >= 8);
+        }
+        let r = recall_of(&idx, v, &inv, Metric::L2, &queries, 10, |k| SearchParams {
+            recall: Some(0.9),
+            ..SearchParams::top_k(k)
+        });
+        assert!(r >= 0.89, "recall target 0.9 gave {r}");
+        let back = IvfIndex::from_bytes(&idx.to_bytes()).unwrap();
+        let p = SearchParams {
+            nprobe: Some(4),
+            ..SearchParams::top_k(5)
+        };
+        assert_eq!(
+            idx.search(v, &inv, &data[..16], &p).unwrap(),
+            back.search(v, &inv, &data[..16], &p).unwrap()
+        );
+        let b = idx.to_bytes();
+        assert!(IvfIndex::from_bytes(&b[..b.len() - 1]).is_err());
+        let bad = IvfParams {
+            codec: CodecKind::Pq { m: 5 },
+            ..Default::default()
+        };
+        assert!(matches!(
+            IvfIndex::build(v, Metric::L2, &bad, &Cancel::new()),
+            Err(IndexError::Param(_))
+        ));
+    }
+}
