@@ -1,17 +1,96 @@
-//! `magpie bench`: exact (FLAT) search through the engine on a .fvecs dataset with
-//! ground truth, reported beside the memory-bandwidth bound measured in the same run.
-//! (ANN index sweeps and peers join this command with the index issue.)
+//! `magpie bench`: build an index over a `.fvecs` dataset with ground truth (the layout of
+//! `shared/bench/*`: manifest.json, base.fvecs, query.fvecs, groundtruth.ivecs) and sweep
+//! its search knob, in-process through the engine or against a running server over HTTP.
+//!
+//! Reported per knob value: recall@k against the ground truth, QPS with one and with two
+//! threads (queries one at a time per thread), p50/p99 latency of the one-thread run; per
+//! index: build seconds and vectors/s, index bytes and process RSS. Recall-target rows
+//! ask for `recall` instead of a knob and report the knob the index chose. FLAT rows add
+//! the memory-bandwidth bound measured in the same run. Output: a markdown table, and
+//! JSON rows (the same shape `bench/peers/peers.py` writes) with `--json`.
 
 use crate::vecfile::read_fvecs;
 use anyhow::{bail, Context, Result};
-use magpie_engine::{Consistency, Engine, EngineConfig, IndexMeta, Metric, SearchRequest};
-use serde_json::{json, Value};
-use std::path::Path;
-use std::time::Instant;
+use magpie_engine::{
+    Consistency, Engine, EngineConfig, IndexMeta, Metric, SearchKnobs, SearchRequest,
+};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-fn read_ivecs(path: &Path) -> Result<(usize, Vec<i32>)> {
-    let (k, raw) = read_fvecs(path)?;
-    Ok((k, raw.into_iter().map(|f| f.to_bits() as i32).collect()))
+pub struct BenchOpts {
+    pub dataset: PathBuf,
+    pub index: String,
+    pub params: Option<String>,
+    pub sweep: Option<String>,
+    pub recall_targets: Vec<f32>,
+    pub queries: Option<usize>,
+    pub k: usize,
+    pub build_threads: usize,
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub json_out: Option<PathBuf>,
+}
+
+struct Dataset {
+    name: String,
+    metric: Metric,
+    dim: usize,
+    base: Vec<f32>,
+    queries: Vec<f32>,
+    gt: Vec<i32>,
+    gt_k: usize,
+}
+
+impl Dataset {
+    fn n(&self) -> usize {
+        self.base.len() / self.dim
+    }
+    fn nq(&self) -> usize {
+        self.queries.len() / self.dim
+    }
+    fn query(&self, i: usize) -> &[f32] {
+        &self.queries[i * self.dim..(i + 1) * self.dim]
+    }
+    fn truth(&self, i: usize, k: usize) -> &[i32] {
+        &self.gt[i * self.gt_k..i * self.gt_k + k]
+    }
+}
+
+fn load(dir: &Path, queries: Option<usize>, k: usize) -> Result<Dataset> {
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json"))
+            .with_context(|| format!("{}: no manifest.json", dir.display()))?,
+    )
+    .with_context(|| format!("{}: manifest.json is not JSON", dir.display()))?;
+    let metric = match manifest["metric"].as_str().unwrap_or("l2") {
+        "l2" => Metric::L2,
+        "ip" => Metric::IP,
+        "cosine" => Metric::COSINE,
+        m => bail!("unknown metric '{m}' in the manifest"),
+    };
+    let (dim, base) = read_fvecs(&dir.join("base.fvecs"))?;
+    let (qdim, mut qs) = read_fvecs(&dir.join("query.fvecs"))?;
+    let (gt_k, raw) = read_fvecs(&dir.join("groundtruth.ivecs"))?;
+    let gt: Vec<i32> = raw.into_iter().map(|f| f.to_bits() as i32).collect();
+    if qdim != dim || gt_k < k {
+        bail!("dataset shapes disagree (dim {dim} vs {qdim}, ground truth k {gt_k} < {k})");
+    }
+    if let Some(q) = queries {
+        qs.truncate(q.min(qs.len() / dim) * dim);
+    }
+    Ok(Dataset {
+        name: manifest["name"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| dir.display().to_string()),
+        metric,
+        dim,
+        base,
+        queries: qs,
+        gt,
+        gt_k,
+    })
 }
 
 /// Best of three sequential read passes over a 256 MiB buffer, in bytes/second.
@@ -33,98 +112,482 @@ fn measure_bandwidth() -> f64 {
     best
 }
 
-pub fn run(dataset: &Path, queries: Option<usize>, k: usize, json_out: bool) -> Result<()> {
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(dataset.join("manifest.json"))
-            .with_context(|| format!("{}: no manifest.json", dataset.display()))?,
-    )?;
-    let metric = match manifest["metric"].as_str().unwrap_or("l2") {
-        "l2" => Metric::L2,
-        "ip" => Metric::IP,
-        "cosine" => Metric::COSINE,
-        m => bail!("unknown metric '{m}' in the manifest"),
-    };
-    let (dim, base) = read_fvecs(&dataset.join("base.fvecs"))?;
-    let (qdim, qs) = read_fvecs(&dataset.join("query.fvecs"))?;
-    let (gt_k, gt) = read_ivecs(&dataset.join("groundtruth.ivecs"))?;
-    if qdim != dim || gt_k < k {
-        bail!("dataset shapes disagree (dim {dim} vs {qdim}, ground truth k {gt_k} < {k})");
+/// Resident set size of this process, bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The knob an index type sweeps, and its default sweep.
+fn knob_of(index: &str) -> Option<(&'static str, Vec<usize>)> {
+    match index {
+        "HNSW" | "HNSW_SQ" | "AUTOINDEX" => Some(("ef", vec![16, 24, 32, 48, 64, 96, 128])),
+        "IVF_FLAT" | "IVF_SQ8" | "IVF_PQ" => Some(("nprobe", vec![1, 2, 4, 8, 16, 32, 64])),
+        _ => None,
     }
-    let n = base.len() / dim;
-    let nq = queries.unwrap_or(qs.len() / dim).min(qs.len() / dim);
-    let dir = std::env::temp_dir().join(format!("magpie-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open(
-        &dir,
-        EngineConfig {
-            seal_rows: n + 1,
-            ..Default::default()
-        },
-    )?;
-    let schema = magpie_engine::CollectionSchema {
-        fields: vec![
-            magpie_engine::FieldSchema::new("id", magpie_engine::DataType::Int64).primary(false),
-            magpie_engine::FieldSchema::new("vector", magpie_engine::DataType::FloatVector)
-                .with_dim(dim),
-        ],
-        enable_dynamic_field: false,
-        description: String::new(),
+}
+
+fn default_params(index: &str, dim: usize) -> Map<String, Value> {
+    let v = match index {
+        "HNSW" | "HNSW_SQ" | "AUTOINDEX" => json!({"M": 16, "efConstruction": 200}),
+        "IVF_FLAT" | "IVF_SQ8" => json!({"nlist": 1024}),
+        "IVF_PQ" => json!({"nlist": 1024, "m": (dim / 4).max(1), "nbits": 8}),
+        _ => json!({}),
     };
-    let ix = IndexMeta {
-        id: 0,
-        index_name: "vector".into(),
-        field_name: "vector".into(),
-        index_type: "FLAT".into(),
-        metric_type: metric,
-        params: Default::default(),
-    };
-    engine.create_collection("bench", schema, vec![ix], Consistency::Session, "")?;
-    let t = Instant::now();
-    for start in (0..n).step_by(10_000) {
-        let rows: Vec<Value> = (start..(start + 10_000).min(n))
-            .map(|i| json!({"id": i, "vector": &base[i * dim..(i + 1) * dim]}))
-            .collect();
-        engine.insert("bench", None, &rows)?;
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Where searches go: the engine in this process, or a server.
+enum Target {
+    Local(Box<Engine>, PathBuf),
+    Http {
+        url: String,
+        token: Option<String>,
+        agent: ureq::Agent,
+    },
+}
+
+const COLL: &str = "magpie_bench";
+
+impl Target {
+    fn search(&self, q: &[f32], k: usize, knobs: SearchKnobs) -> Result<(Vec<i64>, Option<Value>)> {
+        match self {
+            Target::Local(e, _) => {
+                let req = SearchRequest {
+                    vectors: vec![q.to_vec()],
+                    limit: k,
+                    knobs,
+                    consistency: Some(Consistency::Eventually),
+                    ..Default::default()
+                };
+                let o = e.search_ex(COLL, &req)?;
+                let ids = o.hits[0]
+                    .iter()
+                    .map(|h| match h.id {
+                        magpie_engine::PrimaryKey::Int(i) => i,
+                        _ => -1,
+                    })
+                    .collect();
+                Ok((ids, o.knob.map(|k| json!({k.name: k.value}))))
+            }
+            Target::Http { url, token, agent } => {
+                let mut params = Map::new();
+                if let Some(ef) = knobs.ef {
+                    params.insert("ef".into(), json!(ef));
+                }
+                if let Some(np) = knobs.nprobe {
+                    params.insert("nprobe".into(), json!(np));
+                }
+                if let Some(r) = knobs.recall {
+                    params.insert("recall".into(), json!(r));
+                }
+                let body = json!({"collectionName": COLL, "data": [q], "limit": k,
+                    "searchParams": {"params": params}, "consistencyLevel": "Eventually"});
+                let mut req = agent.post(&format!(
+                    "{}/v2/vectordb/entities/search",
+                    url.trim_end_matches('/')
+                ));
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let v: Value = req.send_json(&body)?.into_json()?;
+                if v["code"].as_i64() != Some(0) {
+                    bail!("search: {}", v["message"]);
+                }
+                let ids = v["data"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|h| h["id"].as_i64()).collect())
+                    .unwrap_or_default();
+                let info = v["searchInfo"].clone();
+                let knob = info.as_object().and_then(|o| {
+                    ["ef", "nprobe"]
+                        .iter()
+                        .find_map(|k| o.get(*k).map(|v| json!({*k: v})))
+                });
+                Ok((ids, knob))
+            }
+        }
     }
-    engine.flush("bench")?;
-    let load_s = t.elapsed().as_secs_f64();
+}
+
+fn http_call(t: &Target, ep: &str, body: &Value) -> Result<Value> {
+    let Target::Http { url, token, .. } = t else {
+        unreachable!()
+    };
+    crate::client::call(url, token.as_deref(), ep, body)
+}
+
+/// Creates the collection, loads the vectors, flushes, waits for the index. Returns
+/// (load seconds, build seconds, index bytes).
+fn prepare(
+    t: &Target,
+    ds: &Dataset,
+    index: &str,
+    params: &Map<String, Value>,
+) -> Result<(f64, f64, u64)> {
+    let n = ds.n();
+    let dim = ds.dim;
+    match t {
+        Target::Local(e, _) => {
+            let schema = magpie_engine::CollectionSchema {
+                fields: vec![
+                    magpie_engine::FieldSchema::new("id", magpie_engine::DataType::Int64)
+                        .primary(false),
+                    magpie_engine::FieldSchema::new("vector", magpie_engine::DataType::FloatVector)
+                        .with_dim(dim),
+                ],
+                enable_dynamic_field: false,
+                description: String::new(),
+            };
+            let ix = IndexMeta {
+                id: 0,
+                index_name: "vector".into(),
+                field_name: "vector".into(),
+                index_type: index.into(),
+                metric_type: ds.metric,
+                params: params.clone(),
+            };
+            e.create_collection(COLL, schema, vec![ix], Consistency::Session, "")?;
+            let t0 = Instant::now();
+            for start in (0..n).step_by(10_000) {
+                let rows: Vec<Value> = (start..(start + 10_000).min(n))
+                    .map(|i| json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]}))
+                    .collect();
+                e.insert(COLL, None, &rows)?;
+            }
+            e.flush(COLL)?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            if !e.wait_for_indexes(COLL, Duration::from_secs(3600))? {
+                bail!("index build did not finish within an hour");
+            }
+            let wall = t1.elapsed().as_secs_f64();
+            let p = &e.index_progress(COLL, None)?[0];
+            if p.state == "Failed" {
+                bail!("index build failed: {}", p.fail_reason);
+            }
+            let bytes: u64 = p.segments.iter().map(|s| s.index_bytes).sum();
+            let build_ms: u64 = p.segments.iter().map(|s| s.build_ms).sum();
+            let build_s = if build_ms > 0 {
+                build_ms as f64 / 1e3
+            } else {
+                wall
+            };
+            Ok((load_s, build_s, bytes))
+        }
+        Target::Http { .. } => {
+            let _ = http_call(t, "collections/drop", &json!({"collectionName": COLL}));
+            let mut ip = params.clone();
+            ip.insert("index_type".into(), json!(index));
+            http_call(
+                t,
+                "collections/create",
+                &json!({"collectionName": COLL,
+                    "schema": {"autoId": false, "enableDynamicField": false, "fields": [
+                        {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+                        {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": dim}}]},
+                    "indexParams": [{"fieldName": "vector", "indexName": "vector", "metricType": ds.metric.as_str(), "params": ip}]}),
+            )?;
+            let t0 = Instant::now();
+            for start in (0..n).step_by(2_000) {
+                let rows: Vec<Value> = (start..(start + 2_000).min(n))
+                    .map(|i| json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]}))
+                    .collect();
+                http_call(
+                    t,
+                    "entities/insert",
+                    &json!({"collectionName": COLL, "data": rows}),
+                )?;
+            }
+            http_call(t, "collections/flush", &json!({"collectionName": COLL}))?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            loop {
+                let d = http_call(
+                    t,
+                    "indexes/describe",
+                    &json!({"collectionName": COLL, "indexName": "vector"}),
+                )?;
+                let ix = &d["data"][0];
+                match ix["indexState"].as_str() {
+                    Some("Finished") => {
+                        let segs = ix["segments"].as_array().cloned().unwrap_or_default();
+                        let bytes: u64 = segs.iter().filter_map(|s| s["indexBytes"].as_u64()).sum();
+                        let ms: u64 = segs.iter().filter_map(|s| s["buildMs"].as_u64()).sum();
+                        let build_s = if ms > 0 {
+                            ms as f64 / 1e3
+                        } else {
+                            t1.elapsed().as_secs_f64()
+                        };
+                        return Ok((load_s, build_s, bytes));
+                    }
+                    Some("Failed") => bail!("index build failed: {}", ix["failReason"]),
+                    _ => {}
+                }
+                if t1.elapsed() > Duration::from_secs(3600) {
+                    bail!("index build did not finish within an hour");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+struct RunStats {
+    recall: f64,
+    qps1: f64,
+    qps2: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    knob: Option<Value>,
+}
+
+fn run_queries(t: &Target, ds: &Dataset, k: usize, knobs: SearchKnobs) -> Result<RunStats> {
+    let nq = ds.nq();
+    // Warm-up: touch the index and vectors once.
+    for i in 0..nq.min(50) {
+        t.search(ds.query(i), k, knobs)?;
+    }
     let mut lat = Vec::with_capacity(nq);
     let mut hits = 0usize;
-    let t = Instant::now();
-    for qi in 0..nq {
-        let req = SearchRequest {
-            vectors: vec![qs[qi * dim..(qi + 1) * dim].to_vec()],
-            limit: k,
-            ..Default::default()
-        };
+    let mut knob = None;
+    let t0 = Instant::now();
+    for i in 0..nq {
         let t1 = Instant::now();
-        let res = engine.search("bench", &req)?;
+        let (ids, kn) = t.search(ds.query(i), k, knobs)?;
         lat.push(t1.elapsed().as_secs_f64());
-        let truth = &gt[qi * gt_k..qi * gt_k + k];
-        hits += res[0].iter().filter(|h| matches!(h.id, magpie_engine::PrimaryKey::Int(i) if truth.contains(&(i as i32)))).count();
+        let truth = ds.truth(i, k);
+        hits += ids
+            .iter()
+            .filter(|id| truth.contains(&(**id as i32)))
+            .count();
+        if knob.is_none() {
+            knob = kn;
+        }
     }
-    let total = t.elapsed().as_secs_f64();
-    drop(engine);
-    let _ = std::fs::remove_dir_all(&dir);
+    let qps1 = nq as f64 / t0.elapsed().as_secs_f64();
+    // Two threads, each running half the queries one at a time.
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..2)
+            .map(|w| {
+                s.spawn(move || -> Result<()> {
+                    for i in (w..nq).step_by(2) {
+                        t.search(ds.query(i), k, knobs)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("bench thread")?;
+        }
+        Ok(())
+    })?;
+    let qps2 = nq as f64 / t0.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
-    let qps = nq as f64 / total;
-    let recall = hits as f64 / (nq * k) as f64;
-    let bw = measure_bandwidth();
-    let bytes_per_query = (n * dim * 4) as f64;
-    let bound = bw / bytes_per_query;
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] * 1e3;
-    let out = json!({
-        "dataset": dataset.display().to_string(), "n": n, "dim": dim, "metric": metric.as_str(), "queries": nq, "k": k,
-        "index": "FLAT", "threads": 1, "simd": magpie_linalg::active_isa(), "load_seconds": load_s,
-        "qps": qps, "p50_ms": p(0.5), "p99_ms": p(0.99), "recall_at_k": recall,
-        "bandwidth_gb_s": bw / 1e9, "bytes_scanned_per_query": bytes_per_query, "bandwidth_bound_qps": bound,
-    });
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(RunStats {
+        recall: hits as f64 / (nq * k) as f64,
+        qps1,
+        qps2,
+        p50_ms: p(0.5),
+        p99_ms: p(0.99),
+        knob,
+    })
+}
+
+pub fn run(o: BenchOpts) -> Result<()> {
+    let ds = load(&o.dataset, o.queries, o.k)?;
+    let index = o.index.to_ascii_uppercase();
+    let mut params = default_params(&index, ds.dim);
+    if let Some(p) = &o.params {
+        let extra: Value = serde_json::from_str(p).context("--params must be a JSON object")?;
+        let Value::Object(m) = extra else {
+            bail!("--params must be a JSON object, e.g. '{{\"M\": 16}}'")
+        };
+        params.extend(m);
+    }
+    let system = if o.url.is_some() {
+        "magpie (HTTP)"
     } else {
-        println!("| dataset | index | threads | QPS | p50 ms | p99 ms | recall@{k} | bound QPS (bandwidth {:.1} GB/s) |", bw / 1e9);
-        println!("|---|---|---|---|---|---|---|---|");
-        println!("| {} ({n}×{dim}, {}) | FLAT ({}) | 1 | {qps:.1} | {:.2} | {:.2} | {recall:.4} | {bound:.1} |", dataset.file_name().and_then(|s| s.to_str()).unwrap_or("?"), metric.as_str(), magpie_linalg::active_isa(), p(0.5), p(0.99));
+        "magpie"
+    };
+    let target = match &o.url {
+        Some(u) => Target::Http {
+            url: u.clone(),
+            token: o.token.clone(),
+            agent: ureq::AgentBuilder::new().build(),
+        },
+        None => {
+            let dir = std::env::temp_dir().join(format!("magpie-bench-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let e = Engine::open(
+                &dir,
+                EngineConfig {
+                    seal_rows: ds.n() + 1,
+                    seal_bytes: usize::MAX,
+                    seal_age_secs: 1 << 30,
+                    index_min_rows: 1,
+                    index_build_threads: o.build_threads,
+                    ..Default::default()
+                },
+            )?;
+            Target::Local(Box::new(e), dir)
+        }
+    };
+    eprintln!(
+        "{}: {} rows × {} ({}), {} queries; building {index} {} with {} thread(s)…",
+        ds.name,
+        ds.n(),
+        ds.dim,
+        ds.metric.as_str(),
+        ds.nq(),
+        Value::Object(params.clone()),
+        o.build_threads
+    );
+    let (load_s, build_s, index_bytes) = prepare(&target, &ds, &index, &params)?;
+    let rss = if o.url.is_none() { rss_bytes() } else { 0 };
+    let raw = (ds.n() * ds.dim * 4) as u64;
+    let mut rows = Vec::new();
+    let base = json!({
+        "system": system, "dataset": ds.name, "n": ds.n(), "dim": ds.dim, "metric": ds.metric.as_str(),
+        "k": o.k, "queries": ds.nq(), "index": index, "params": params, "build_threads": o.build_threads,
+        "load_s": load_s, "build_s": build_s, "build_vectors_per_s": ds.n() as f64 / build_s.max(1e-9),
+        "index_bytes": index_bytes, "raw_vector_bytes": raw, "rss_bytes": rss, "simd": magpie_linalg::active_isa(),
+    });
+    let mut runs: Vec<(Option<f32>, SearchKnobs)> = Vec::new();
+    if let Some((name, default_sweep)) = knob_of(&index) {
+        let sweep: Vec<usize> = match &o.sweep {
+            Some(s) => s
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<std::result::Result<_, _>>()
+                .context("--sweep must be a comma-separated list of integers")?,
+            None => default_sweep,
+        };
+        for v in sweep {
+            let mut k = SearchKnobs::default();
+            if name == "ef" {
+                k.ef = Some(v);
+            } else {
+                k.nprobe = Some(v);
+            }
+            runs.push((None, k));
+        }
+        for &r in &o.recall_targets {
+            runs.push((
+                Some(r),
+                SearchKnobs {
+                    recall: Some(r),
+                    ..Default::default()
+                },
+            ));
+        }
+    } else {
+        runs.push((None, SearchKnobs::default()));
+    }
+    for (target_recall, knobs) in runs {
+        let s = run_queries(&target, &ds, o.k, knobs)?;
+        let mut row = base.clone();
+        let m = row.as_object_mut().unwrap();
+        m.insert("knob".into(), s.knob.clone().unwrap_or(Value::Null));
+        m.insert("recall_target".into(), json!(target_recall));
+        m.insert("recall".into(), json!(s.recall));
+        m.insert("qps_1t".into(), json!(s.qps1));
+        m.insert("qps_2t".into(), json!(s.qps2));
+        m.insert("p50_ms".into(), json!(s.p50_ms));
+        m.insert("p99_ms".into(), json!(s.p99_ms));
+        eprintln!(
+            "  {} recall@{}={:.4} qps(1t)={:.0} qps(2t)={:.0} p50={:.3}ms p99={:.3}ms",
+            s.knob.map_or("exact".into(), |k| k.to_string()),
+            o.k,
+            s.recall,
+            s.qps1,
+            s.qps2,
+            s.p50_ms,
+            s.p99_ms
+        );
+        rows.push(row);
+    }
+    if index == "FLAT" {
+        let bw = measure_bandwidth();
+        for r in &mut rows {
+            r["bandwidth_gb_s"] = json!(bw / 1e9);
+            r["bandwidth_bound_qps"] = json!(bw / raw as f64);
+        }
+    }
+    if let Target::Local(e, dir) = target {
+        drop(e);
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        let _ = http_call(
+            &target,
+            "collections/drop",
+            &json!({"collectionName": COLL}),
+        );
+    }
+    println!("{}", markdown(&rows));
+    if let Some(p) = &o.json_out {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)? + "\n")
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// The markdown table of result rows (shared with the peers' rows: same keys).
+pub fn markdown(rows: &[Value]) -> String {
+    let mut s = String::from(
+        "| system | index | params | knob | recall@10 | QPS 1 thread | QPS 2 threads | p50 ms | p99 ms | build s | index MB | RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let knob = match (&r["knob"], &r["recall_target"]) {
+            (k, Value::Number(t)) => {
+                format!("recall≥{:.2} → {}", t.as_f64().unwrap_or(0.0), compact(k))
+            }
+            (Value::Null, _) => "exact".into(),
+            (k, _) => compact(k),
+        };
+        let mb = |v: &Value| v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1e6));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.4} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} |\n",
+            r["system"].as_str().unwrap_or("?"),
+            r["index"].as_str().unwrap_or("?"),
+            compact(&r["params"]),
+            knob,
+            r["recall"].as_f64().unwrap_or(0.0),
+            r["qps_1t"].as_f64().unwrap_or(0.0),
+            r["qps_2t"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["build_s"].as_f64().unwrap_or(0.0),
+            mb(&r["index_bytes"]),
+            if r["rss_bytes"].as_u64().unwrap_or(0) == 0 {
+                "-".into()
+            } else {
+                mb(&r["rss_bytes"])
+            },
+        ));
+    }
+    s
+}
+
+fn compact(v: &Value) -> String {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
 }

@@ -30,8 +30,9 @@ enum Cmd {
     Import(ImportArgs),
     /// Search a collection by a vector or by an existing id.
     Search(SearchArgs),
-    /// Benchmark exact search in-process on a .fvecs dataset with ground truth
-    /// (the layout of shared/bench/*: manifest.json, base/query.fvecs, groundtruth.ivecs).
+    /// Benchmark an index on a .fvecs dataset with ground truth (the layout of
+    /// shared/bench/*: manifest.json, base/query.fvecs, groundtruth.ivecs): build time,
+    /// memory, and a sweep of ef / nprobe with recall, QPS (1 and 2 threads) and latency.
     Bench(BenchArgs),
 }
 
@@ -40,14 +41,35 @@ struct BenchArgs {
     /// Dataset directory.
     #[arg(long)]
     dataset: PathBuf,
+    /// Index type: HNSW, IVF_FLAT, IVF_SQ8, IVF_PQ or FLAT.
+    #[arg(long, default_value = "HNSW")]
+    index: String,
+    /// Index parameters as JSON, merged over the defaults
+    /// (HNSW: {"M":16,"efConstruction":200}; IVF: {"nlist":1024}; IVF_PQ adds m=dim/4).
+    #[arg(long)]
+    params: Option<String>,
+    /// Comma-separated ef (HNSW) or nprobe (IVF) values to sweep.
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Recall targets to run as `searchParams.recall` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95,0.99")]
+    recall_targets: Vec<f32>,
     /// Number of queries to run (default: all).
     #[arg(long)]
     queries: Option<usize>,
     #[arg(long, default_value_t = 10)]
     k: usize,
-    /// Print JSON instead of a markdown row.
+    /// Threads for the index build.
+    #[arg(long, default_value_t = 2)]
+    build_threads: usize,
+    /// Benchmark a running server over HTTP instead of in-process.
     #[arg(long)]
-    json: bool,
+    url: Option<String>,
+    #[arg(long, env = "MAGPIE_TOKEN")]
+    token: Option<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Settings come from, in increasing precedence: built-in defaults, the TOML file given
@@ -84,6 +106,13 @@ struct ServeArgs {
     /// Period of the background seal/flush/WAL-trim task, ms [default: 1000].
     #[arg(long, env = "MAGPIE_MAINTENANCE_INTERVAL_MS")]
     maintenance_interval_ms: Option<u64>,
+    /// Flushed segments with fewer rows are searched exactly, without an index
+    /// [default: 1024].
+    #[arg(long, env = "MAGPIE_INDEX_MIN_ROWS")]
+    index_min_rows: Option<usize>,
+    /// Threads per background index build; 0 = every core [default: 0].
+    #[arg(long, env = "MAGPIE_INDEX_BUILD_THREADS")]
+    index_build_threads: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -163,7 +192,9 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig> {
         seal_bytes,
         seal_age_secs,
         bounded_staleness_ms,
-        maintenance_interval_ms
+        maintenance_interval_ms,
+        index_min_rows,
+        index_build_threads
     );
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
@@ -210,7 +241,19 @@ fn main() {
             a.limit,
         ),
         Cmd::Search(a) => run_search(a),
-        Cmd::Bench(a) => bench::run(&a.dataset, a.queries, a.k, a.json),
+        Cmd::Bench(a) => bench::run(bench::BenchOpts {
+            dataset: a.dataset,
+            index: a.index,
+            params: a.params,
+            sweep: a.sweep,
+            recall_targets: a.recall_targets,
+            queries: a.queries,
+            k: a.k,
+            build_threads: a.build_threads,
+            url: a.url,
+            token: a.token,
+            json_out: a.json,
+        }),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -985,3 +985,13 @@ fn ivf_family_lifecycle() {
     // 6 bytes per 24-d row without refine: PQ trades recall for memory.
     ann_lifecycle("IVF_PQ", json!({"nlist": 32, "m": 6}), Metric::L2, 0.7);
 }
+
+#[test]
+fn hnsw_sq_lifecycle() {
+    ann_lifecycle(
+        "HNSW_SQ",
+        json!({"M": 12, "efConstruction": 100}),
+        Metric::COSINE,
+        0.93,
+    );
+}

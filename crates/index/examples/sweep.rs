@@ -43,13 +43,14 @@ fn main() {
         return filter_sweep(v, &inv, metric, &qs, threads);
     }
     let idx: Box<dyn VectorIndexRead + Sync> = match kind {
-        "hnsw" => Box::new(
+        "hnsw" | "hnsw_sq" => Box::new(
             HnswIndex::build_with(
                 v,
                 &inv,
                 metric,
                 &HnswParams {
                     threads,
+                    sq8: kind == "hnsw_sq",
                     ..Default::default()
                 },
                 &Cancel::new(),
@@ -84,7 +85,7 @@ fn main() {
         base.len() * 4
     );
     let nq = qs.len() / dim;
-    let knobs: Vec<usize> = if kind == "hnsw" {
+    let knobs: Vec<usize> = if kind.starts_with("hnsw") {
         vec![16, 24, 32, 48, 64, 96, 128]
     } else {
         vec![2, 4, 8, 16, 32, 64, 128]

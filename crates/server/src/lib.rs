@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub bounded_staleness_ms: u64,
     /// Period of the maintenance task (seal by age, flush sealed segments, trim the WAL).
     pub maintenance_interval_ms: u64,
+    /// Flushed segments with fewer rows are searched exactly, without an index.
+    pub index_min_rows: usize,
+    /// Threads per background index build (0 = every core).
+    pub index_build_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +63,8 @@ impl Default for ServerConfig {
             seal_age_secs: e.seal_age_secs,
             bounded_staleness_ms: e.bounded_staleness_ms,
             maintenance_interval_ms: 1000,
+            index_min_rows: e.index_min_rows,
+            index_build_threads: e.index_build_threads,
         }
     }
 }
@@ -70,6 +76,8 @@ impl ServerConfig {
             seal_bytes: self.seal_bytes,
             seal_age_secs: self.seal_age_secs,
             bounded_staleness_ms: self.bounded_staleness_ms,
+            index_min_rows: self.index_min_rows,
+            index_build_threads: self.index_build_threads,
             ..EngineConfig::default()
         }
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command, one table: Magpie's indexes and the peers (hnswlib, faiss, usearch from
+# PyPI, in a virtual environment) on the same dataset files with the same parameters
+# (HNSW M=16 efConstruction=200, IVF nlist=1024, build with 2 threads, queries one at a
+# time).
+#
+#   bench/peers/run.sh ../shared/bench/synth-clustered ../shared/bench/minilm-real
+#
+# Environment: PEERS_VENV (default target/peers-venv), OUT (default target/bench).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+venv=${PEERS_VENV:-$root/target/peers-venv}
+out=${OUT:-$root/target/bench}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q numpy hnswlib faiss-cpu usearch
+fi
+(cd "$root" && cargo build --release -p magpie-cli)
+mkdir -p "$out"
+for ds in "$@"; do
+  name=$(basename "$ds")
+  for ix in HNSW IVF_FLAT IVF_SQ8 FLAT; do
+    "$root/target/release/magpie" bench --dataset "$ds" --index "$ix" \
+      --json "$out/$name-magpie-$ix.json" >/dev/null
+  done
+  "$venv/bin/python" "$here/peers.py" "$ds" --out "$out/$name-peers.json"
+done
+"$venv/bin/python" "$here/table.py" "$out"/*.json
