@@ -20,7 +20,7 @@ fi
 mkdir -p "$out"
 for ds in "$@"; do
   name=$(basename "$ds")
-  for ix in HNSW IVF_FLAT IVF_SQ8 FLAT; do
+  for ix in HNSW_SQ HNSW IVF_FLAT IVF_SQ8 IVF_PQ FLAT; do
     "$root/target/release/magpie" bench --dataset "$ds" --index "$ix" \
       --json "$out/$name-magpie-$ix.json" >/dev/null
   done
