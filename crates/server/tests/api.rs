@@ -535,3 +535,129 @@ async fn bearer_token_and_metrics() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// ANN indexes over REST: create with Milvus params, background build visible in
+/// describe, search knobs and recall targets reported in `searchInfo`, bad knobs refused.
+#[tokio::test]
+async fn ann_index_over_rest() {
+    let t = setup(None, 1 << 20);
+    let dim = 8;
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "c", "schema": {"autoId": false, "fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": dim}}]},
+          "indexParams": [{"fieldName": "vector", "indexName": "vector", "metricType": "L2",
+                           "params": {"index_type": "HNSW", "M": "8", "efConstruction": 64}}]}),
+    )
+    .await;
+    let vec_of = |i: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|d| ((i * 7919 + d * 104729) % 1000) as f32 / 100.0)
+            .collect()
+    };
+    for start in (0..2000).step_by(500) {
+        let rows: Vec<Value> = (start..start + 500)
+            .map(|i| json!({"id": i, "vector": vec_of(i)}))
+            .collect();
+        t.ok(
+            "entities/insert",
+            json!({"collectionName": "c", "data": rows}),
+        )
+        .await;
+    }
+    t.ok("collections/flush", json!({"collectionName": "c"}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let d = loop {
+        let d = t
+            .ok(
+                "indexes/describe",
+                json!({"collectionName": "c", "indexName": "vector"}),
+            )
+            .await;
+        if d[0]["indexState"] == json!("Finished") {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "index never finished: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(d[0]["indexType"], json!("HNSW"));
+    assert_eq!(d[0]["indexedRows"], json!(2000));
+    assert_eq!(d[0]["segments"][0]["state"], json!("indexed"));
+    assert!(d[0]["segments"][0]["indexBytes"].as_u64().unwrap() > 0);
+
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "c", "data": [vec_of(7)], "limit": 3,
+                   "searchParams": {"params": {"ef": 32}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["id"], json!(7));
+    assert_eq!(v["searchInfo"]["ef"], json!(32));
+    assert_eq!(v["searchInfo"]["indexedSegments"], json!(1));
+    let (_, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "c", "data": [vec_of(9)], "limit": 3,
+                   "searchParams": {"params": {"recall": 0.95}}}),
+        )
+        .await;
+    assert_eq!(v["data"][0]["id"], json!(9), "{v}");
+    assert!(v["searchInfo"]["ef"].as_u64().unwrap() >= 3, "{v}");
+    assert!(
+        v["searchInfo"]["expectedRecall"].as_f64().unwrap() >= 0.95,
+        "{v}"
+    );
+
+    for (params, frag) in [
+        (json!({"ef": 0}), "'ef' must be in"),
+        (json!({"ef": "abc"}), "'ef' must be a non-negative integer"),
+        (json!({"recall": 1.5}), "'recall' must be a target"),
+        (
+            json!({"nprobe": -1}),
+            "'nprobe' must be a non-negative integer",
+        ),
+    ] {
+        let (s, v) = t
+            .post(
+                "entities/search",
+                json!({"collectionName": "c", "data": [vec_of(1)], "limit": 3,
+                       "searchParams": {"params": params}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(frag), "{v}");
+    }
+    let (s, v) = t
+        .post(
+            "indexes/create",
+            json!({"collectionName": "c", "indexParams": [{"fieldName": "vector", "indexName": "pq",
+                   "metricType": "L2", "params": {"index_type": "IVF_PQ", "m": 3}}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("must divide"),
+        "{v}"
+    );
+    t.ok(
+        "indexes/drop",
+        json!({"collectionName": "c", "indexName": "vector"}),
+    )
+    .await;
+    let (_, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "c", "data": [vec_of(7)], "limit": 1}),
+        )
+        .await;
+    assert_eq!(v["data"][0]["id"], json!(7));
+    assert_eq!(v["searchInfo"]["indexedSegments"], json!(0));
+    t.healthy().await;
+}
