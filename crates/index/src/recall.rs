@@ -31,15 +31,17 @@ pub struct Knob {
 }
 
 impl RecallCurve {
-    /// Smallest measured knob whose recall is at least `target + CURVE_MARGIN`; the
-    /// largest measured knob when none is (the target is then out of reach).
+    /// Smallest measured knob whose recall is at least `target + CURVE_MARGIN`. When no
+    /// knob reaches it (the target is out of reach, e.g. for quantized codes), the
+    /// smallest knob within 0.001 of the best measured recall: the start of the plateau,
+    /// not a full scan that buys nothing. The returned recall says what to expect.
     pub fn choose(&self, target: f32) -> Option<(u32, f32)> {
         let want = (target + CURVE_MARGIN).min(1.0);
-        self.points
-            .iter()
-            .find(|p| p.1 >= want)
-            .or(self.points.last())
-            .copied()
+        if let Some(p) = self.points.iter().find(|p| p.1 >= want) {
+            return Some(*p);
+        }
+        let best = self.points.iter().map(|p| p.1).fold(f32::NEG_INFINITY, f32::max);
+        self.points.iter().find(|p| p.1 >= best - 0.001).copied()
     }
 
     /// The recall measured for `knob`, interpolating between neighbours.
@@ -138,6 +140,10 @@ mod tests {
         assert_eq!(c.choose(0.9), Some((20, 0.93)));
         assert_eq!(c.choose(0.95), Some((40, 0.97)));
         assert_eq!(c.choose(0.999), Some((80, 0.995)));
+        let plateau = RecallCurve {
+            points: vec![(1, 0.8), (2, 0.97), (4, 0.9805), (8, 0.981), (1024, 0.981)],
+        };
+        assert_eq!(plateau.choose(0.99), Some((4, 0.9805)));
         assert!((c.recall_at(30).unwrap() - 0.95).abs() < 1e-6);
         assert_eq!(c.recall_at(5), Some(0.8));
         assert_eq!(RecallCurve::default().choose(0.9), None);

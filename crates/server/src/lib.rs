@@ -236,6 +236,11 @@ pub async fn serve(
             }
         }
     });
+    // Small JSON replies must not wait for Nagle's algorithm.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
