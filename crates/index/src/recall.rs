@@ -40,7 +40,11 @@ impl RecallCurve {
         if let Some(p) = self.points.iter().find(|p| p.1 >= want) {
             return Some(*p);
         }
-        let best = self.points.iter().map(|p| p.1).fold(f32::NEG_INFINITY, f32::max);
+        let best = self
+            .points
+            .iter()
+            .map(|p| p.1)
+            .fold(f32::NEG_INFINITY, f32::max);
         self.points.iter().find(|p| p.1 >= best - 0.001).copied()
     }
 
