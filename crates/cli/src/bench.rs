@@ -245,6 +245,7 @@ fn prepare(
                 ],
                 enable_dynamic_field: false,
                 description: String::new(),
+                functions: Vec::new(),
             };
             let ix = IndexMeta {
                 id: 0,

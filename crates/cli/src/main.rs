@@ -183,6 +183,9 @@ struct ServeArgs {
     /// Threads per background index build; 0 = every core [default: 0].
     #[arg(long, env = "MAGPIE_INDEX_BUILD_THREADS")]
     index_build_threads: Option<usize>,
+    /// Directory of built-in models [default: DATA_DIR/models].
+    #[arg(long, env = "MAGPIE_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -268,6 +271,9 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig> {
     );
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
+    }
+    if a.models_dir.is_some() {
+        cfg.models_dir = a.models_dir;
     }
     Ok(cfg)
 }

@@ -16,6 +16,7 @@ use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
 use crate::collection::{SearchKnobs, SearchOutcome};
 use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::filter::Filter;
+use crate::function::{Embedder, FunctionKind};
 use crate::indexspec;
 use crate::schema::CollectionSchema;
 use crate::segment::SegState;
@@ -85,6 +86,7 @@ pub struct Engine {
     catalog: Mutex<CatalogFile>,
     collections: RwLock<HashMap<String, CollRef>>,
     builder: Builder,
+    embedder: RwLock<Option<Arc<dyn Embedder>>>,
 }
 
 impl Drop for Engine {
@@ -166,6 +168,8 @@ pub struct SearchRequest {
     pub vectors: Vec<Vec<f32>>,
     /// Search by the stored vectors of these primary keys instead of `vectors`.
     pub ids: Option<Vec<Value>>,
+    /// Search by texts, embedded by the anns field's TextEmbedding function.
+    pub texts: Vec<String>,
     pub filter: Option<String>,
     pub limit: usize,
     pub offset: usize,
@@ -294,9 +298,106 @@ impl Engine {
             catalog: Mutex::new(catalog),
             collections: RwLock::new(collections),
             builder,
+            embedder: RwLock::new(None),
         };
         e.schedule_all();
         Ok(e)
+    }
+
+    /// Installs the embedding models that schema functions call (the server does this).
+    pub fn set_embedder(&self, e: Arc<dyn Embedder>) {
+        *self.embedder.write() = Some(e);
+    }
+
+    fn embedder(&self) -> Result<Arc<dyn Embedder>> {
+        self.embedder.read().clone().ok_or_else(|| {
+            invalid("this collection has embedding functions, but no embedding models are available in this process")
+        })
+    }
+
+    /// Checks each function's model against its output field (exists, right dimension).
+    fn check_functions(&self, schema: &CollectionSchema) -> Result<()> {
+        for f in &schema.functions {
+            let model = f.model().unwrap_or_default();
+            let dim = self
+                .embedder()?
+                .dim(f.kind, model)
+                .map_err(|m| invalid(format!("function '{}': {m}", f.name)))?;
+            let want = schema.field(f.output()).and_then(|x| x.dim).unwrap_or(0);
+            if dim != want {
+                return Err(invalid(format!(
+                    "function '{}': model '{model}' makes {dim}-d vectors, but field '{}' has dim {want}",
+                    f.name,
+                    f.output()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills function outputs into `rows` (computing embeddings in one batch per
+    /// function). Rows must not supply an output field themselves.
+    fn apply_functions(
+        &self,
+        schema: &CollectionSchema,
+        rows: &[Value],
+    ) -> Result<Option<Vec<Value>>> {
+        if schema.functions.is_empty() {
+            return Ok(None);
+        }
+        let mut out: Vec<Value> = rows.to_vec();
+        for f in &schema.functions {
+            let mut texts = Vec::with_capacity(rows.len());
+            for (i, r) in rows.iter().enumerate() {
+                let obj = r.as_object().ok_or_else(|| EngineError::Row {
+                    row: i,
+                    field: String::new(),
+                    msg: "a row must be a JSON object".into(),
+                })?;
+                if obj.get(f.output()).is_some_and(|v| !v.is_null()) {
+                    return Err(EngineError::Row {
+                        row: i,
+                        field: f.output().to_string(),
+                        msg: format!("is computed by function '{}'; do not supply it", f.name),
+                    });
+                }
+                match obj.get(f.input()) {
+                    Some(Value::String(t)) => texts.push(t.as_str()),
+                    _ => {
+                        return Err(EngineError::Row {
+                            row: i,
+                            field: f.input().to_string(),
+                            msg: format!("must be a string: function '{}' embeds it", f.name),
+                        })
+                    }
+                }
+            }
+            if f.kind != FunctionKind::TextEmbedding {
+                return Err(invalid(format!(
+                    "function '{}': {} inserts are not supported yet",
+                    f.name,
+                    f.kind.as_str()
+                )));
+            }
+            let vecs = self
+                .embedder()?
+                .embed_texts(f.model().unwrap_or_default(), &texts)
+                .map_err(|m| invalid(format!("function '{}': {m}", f.name)))?;
+            if vecs.len() != rows.len() {
+                return Err(invalid(format!(
+                    "function '{}': the model returned {} vectors for {} rows",
+                    f.name,
+                    vecs.len(),
+                    rows.len()
+                )));
+            }
+            for (r, v) in out.iter_mut().zip(vecs) {
+                r.as_object_mut()
+                    .unwrap()
+                    .insert(f.output().to_string(), Value::from(v));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Queues an index build for every flushed segment that lacks one.
@@ -475,6 +576,7 @@ impl Engine {
     ) -> Result<()> {
         check_name("collection", name)?;
         schema.check()?;
+        self.check_functions(&schema)?;
         let mut indexes = indexes;
         for ix in &mut indexes {
             Self::check_index(&schema, ix)?;
@@ -783,6 +885,10 @@ impl Engine {
             return Err(invalid("no rows given: 'data' must hold at least one row"));
         }
         let c = self.coll(coll)?;
+        // Embedding is slow: done before the collection's write lock is taken.
+        let schema_now = c.read().meta.schema.clone();
+        let filled = self.apply_functions(&schema_now, rows)?;
+        let rows: &[Value] = filled.as_deref().unwrap_or(rows);
         let (seq, res) = {
             let mut g = c.write();
             let part = g.partition_id(partition)?;
@@ -1042,6 +1148,29 @@ impl Engine {
         let dim = field.dim.unwrap_or(0);
         let metric = Self::metric_for(&g, &field.name, r.metric)?;
         let queries = match &r.ids {
+            None if !r.texts.is_empty() => {
+                let f = schema
+                    .function_for_output(&field.name)
+                    .filter(|f| f.kind == FunctionKind::TextEmbedding)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "field '{}' of collection '{}' has no TextEmbedding function, so it cannot be searched by text; search with vectors",
+                            field.name, g.meta.name
+                        ))
+                    })?;
+                let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+                let model = f.model().unwrap_or_default().to_string();
+                let name = f.name.clone();
+                let emb = self.embedder()?;
+                drop(g);
+                let v = emb
+                    .embed_texts(&model, &texts)
+                    .map_err(|m| invalid(format!("function '{name}': {m}")))?;
+                let mut r2 = r.clone();
+                r2.texts.clear();
+                r2.vectors = v;
+                return self.search_ex(coll, &r2);
+            }
             Some(ids) => {
                 let pks: Vec<PrimaryKey> = ids
                     .iter()

@@ -997,6 +997,7 @@ mod tests {
             ],
             enable_dynamic_field: true,
             description: String::new(),
+            functions: Vec::new(),
         }
     }
 

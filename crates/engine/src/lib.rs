@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod fsutil;
+pub mod function;
 pub mod indexspec;
 pub mod schema;
 pub mod segment;
@@ -22,6 +23,7 @@ pub use engine::{
     SegmentIndexState, WriteResult, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
+pub use function::{Embedder, FunctionKind, FunctionSchema};
 pub use magpie_index::Knob;
 pub use magpie_index::Metric;
 pub use schema::{CollectionSchema, DataType, FieldSchema};

@@ -6,6 +6,7 @@
 //! and the field.
 
 use crate::error::{EngineError, Result};
+use crate::function::FunctionSchema;
 use crate::types::PrimaryKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -141,6 +142,9 @@ pub struct CollectionSchema {
     pub enable_dynamic_field: bool,
     #[serde(default)]
     pub description: String,
+    /// Embedding functions (see [`crate::function`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionSchema>,
 }
 
 /// A validated batch in columnar form: what the WAL stores and segments append.
@@ -167,7 +171,74 @@ impl RowBatch {
 impl CollectionSchema {
     /// Checks the schema itself: one primary key of type Int64 or VarChar, at least one
     /// vector field, unique names, sane dimensions and lengths.
+    /// The function whose output is `field`, if any.
+    pub fn function_for_output(&self, field: &str) -> Option<&FunctionSchema> {
+        self.functions.iter().find(|f| f.output() == field)
+    }
+
+    fn check_functions(&self) -> Result<()> {
+        let err = |m: String| Err(EngineError::Schema(m));
+        let mut names = HashSet::new();
+        let mut outputs = HashSet::new();
+        for f in &self.functions {
+            if f.name.is_empty() || !names.insert(f.name.as_str()) {
+                return err(format!("function name '{}' is empty or repeated", f.name));
+            }
+            if f.input_field_names.len() != 1 || f.output_field_names.len() != 1 {
+                return err(format!(
+                    "function '{}' needs exactly one input and one output field",
+                    f.name
+                ));
+            }
+            match self.field(f.input()) {
+                Some(x) if x.data_type == DataType::VarChar && !x.is_primary => {}
+                Some(x) => {
+                    return err(format!(
+                        "function '{}': input field '{}' must be a VarChar field, not {:?}",
+                        f.name, x.name, x.data_type
+                    ))
+                }
+                None => {
+                    return err(format!(
+                        "function '{}': input field '{}' does not exist",
+                        f.name,
+                        f.input()
+                    ))
+                }
+            }
+            match self.field(f.output()) {
+                Some(x) if x.is_vector() => {}
+                _ => {
+                    return err(format!(
+                        "function '{}': output field '{}' must be a FloatVector field",
+                        f.name,
+                        f.output()
+                    ))
+                }
+            }
+            if !outputs.insert(f.output()) {
+                return err(format!(
+                    "field '{}' is the output of more than one function",
+                    f.output()
+                ));
+            }
+            if f.model().is_none_or(|m| m.trim().is_empty()) {
+                return err(format!(
+                    "function '{}' needs params.model (e.g. \"all-minilm-l6-v2\")",
+                    f.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates field definitions, then functions.
     pub fn check(&self) -> Result<()> {
+        self.check_fields()?;
+        self.check_functions()
+    }
+
+    fn check_fields(&self) -> Result<()> {
         let err = |m: String| Err(EngineError::Schema(m));
         let mut names = HashSet::new();
         let mut pks = 0;
@@ -619,6 +690,7 @@ mod tests {
             ],
             enable_dynamic_field: true,
             description: String::new(),
+            functions: Vec::new(),
         }
     }
 

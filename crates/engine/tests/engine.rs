@@ -18,6 +18,7 @@ fn schema(dim: usize) -> CollectionSchema {
         ],
         enable_dynamic_field: true,
         description: String::new(),
+        functions: Vec::new(),
     }
 }
 
@@ -994,4 +995,162 @@ fn hnsw_sq_lifecycle() {
         Metric::COSINE,
         0.93,
     );
+}
+
+// ------------------------------------------------------------------ embedding functions
+
+/// A toy text model: bag of hashed words in 16 dimensions, unit length. "toy8" is 8-d.
+struct ToyEmbedder;
+
+impl Embedder for ToyEmbedder {
+    fn dim(&self, kind: FunctionKind, model: &str) -> std::result::Result<usize, String> {
+        match (kind, model) {
+            (FunctionKind::TextEmbedding, "toy") => Ok(16),
+            (FunctionKind::TextEmbedding, "toy8") => Ok(8),
+            _ => Err(format!("model '{model}' is not installed")),
+        }
+    }
+    fn embed_texts(&self, _: &str, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = [0.0f32; 16];
+                for w in t.split_whitespace() {
+                    let h = w
+                        .bytes()
+                        .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+                    v[(h % 16) as usize] += 1.0;
+                }
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect())
+    }
+}
+
+fn text_schema(model: &str) -> CollectionSchema {
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("text", DataType::VarChar).with_max_length(200),
+            FieldSchema::new("vec", DataType::FloatVector).with_dim(16),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: vec![serde_json::from_value(json!({
+            "name": "embed", "type": "TextEmbedding", "inputFieldNames": ["text"],
+            "outputFieldNames": ["vec"], "params": {"model": model}
+        }))
+        .unwrap()],
+    }
+}
+
+#[test]
+fn text_embedding_functions_fill_vectors_and_search_by_text() {
+    let d = tempfile::tempdir().unwrap();
+    let ix = || {
+        vec![IndexMeta {
+            id: 0,
+            index_name: "vec".into(),
+            field_name: "vec".into(),
+            index_type: "FLAT".into(),
+            metric_type: Metric::COSINE,
+            params: Default::default(),
+        }]
+    };
+    let docs = [
+        "red apple pie",
+        "green pear tart",
+        "blue sky today",
+        "fast red car",
+    ];
+    {
+        let e = open(d.path());
+        let err = e
+            .create_collection("t", text_schema("toy"), ix(), Consistency::Strong, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no embedding models"), "{err}");
+        e.set_embedder(Arc::new(ToyEmbedder));
+        let err = e
+            .create_collection("t", text_schema("toy8"), ix(), Consistency::Strong, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("8-d") && err.contains("dim 16"), "{err}");
+        let err = e
+            .create_collection("t", text_schema("nope"), ix(), Consistency::Strong, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'nope' is not installed"), "{err}");
+        e.create_collection("t", text_schema("toy"), ix(), Consistency::Strong, "")
+            .unwrap();
+        let rows: Vec<Value> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"id": i, "text": t}))
+            .collect();
+        e.insert("t", None, &rows).unwrap();
+        let err = e
+            .insert(
+                "t",
+                None,
+                &[json!({"id": 9, "text": "x", "vec": vec![0.0f32; 16]})],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("computed by function 'embed'"), "{err}");
+        let err = e
+            .insert("t", None, &[json!({"id": 9, "text": 5})])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be a string"), "{err}");
+        let r = SearchRequest {
+            texts: vec!["apple pie".into()],
+            limit: 2,
+            output_fields: vec!["text".into()],
+            ..Default::default()
+        };
+        let hits = e.search("t", &r).unwrap();
+        assert_eq!(hits[0][0].id, PrimaryKey::Int(0), "{:?}", hits[0]);
+        assert_eq!(hits[0][0].fields["text"], json!("red apple pie"));
+        // The stored vector is the model's.
+        let got = e
+            .query(
+                "t",
+                &QueryRequest {
+                    ids: Some(vec![json!(2)]),
+                    output_fields: vec!["vec".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let want = ToyEmbedder.embed_texts("toy", &["blue sky today"]).unwrap();
+        let v: Vec<f32> = serde_json::from_value(got[0]["vec"].clone()).unwrap();
+        assert!(v.iter().zip(&want[0]).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+    // Recovery replays the logged vectors: no model is needed to read them back.
+    let e = open(d.path());
+    assert_eq!(count(&e, "t", ""), 4);
+    let r = SearchRequest {
+        vectors: vec![ToyEmbedder
+            .embed_texts("toy", &["fast car"])
+            .unwrap()
+            .remove(0)],
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("t", &r).unwrap()[0][0].id, PrimaryKey::Int(3));
+    let r = SearchRequest {
+        texts: vec!["fast car".into()],
+        limit: 1,
+        ..Default::default()
+    };
+    let err = e.search("t", &r).unwrap_err().to_string();
+    assert!(err.contains("no embedding models"), "{err}");
+    // Text search on a collection without a function is refused clearly.
+    e.create_collection("plain", schema(4), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    e.insert("plain", None, &rows(0..3, 4)).unwrap();
+    let err = e.search("plain", &r).unwrap_err().to_string();
+    assert!(err.contains("has no TextEmbedding function"), "{err}");
 }

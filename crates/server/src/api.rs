@@ -123,6 +123,8 @@ pub struct SchemaReq {
     auto_id: bool,
     enable_dynamic_field: Option<bool>,
     fields: Vec<FieldReq>,
+    /// Embedding functions, in Milvus 2.6's shape.
+    functions: Vec<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -236,10 +238,23 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
             }
             fields.push(fs);
         }
+        let functions = s
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                serde_json::from_value::<magpie_engine::FunctionSchema>(f.clone()).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "schema.functions[{i}]: {e} (expected {{\"name\", \"type\": \"TextEmbedding\", \"inputFieldNames\", \"outputFieldNames\", \"params\": {{\"model\": ...}}}})"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let schema = CollectionSchema {
             fields,
             enable_dynamic_field: s.enable_dynamic_field.unwrap_or(false),
             description: r.description.clone(),
+            functions,
         };
         return Ok((schema, indexes));
     }
@@ -279,6 +294,7 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
         ],
         enable_dynamic_field: true,
         description: r.description.clone(),
+        functions: Vec::new(),
     };
     if indexes.is_empty() {
         indexes.push(IndexMeta {
@@ -350,6 +366,7 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
         "autoId": m.schema.pk().auto_id,
         "enableDynamicField": m.schema.enable_dynamic_field,
         "fields": fields,
+        "functions": m.schema.functions,
         "indexes": m.indexes.iter().map(|i| json!({"fieldName": i.field_name, "indexName": i.index_name, "metricType": i.metric_type.as_str()})).collect::<Vec<_>>(),
         "load": if m.loaded { "LoadStateLoaded" } else { "LoadStateNotLoad" },
         "partitionsNum": m.partitions.len(),
@@ -631,6 +648,22 @@ fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiEr
     }
 }
 
+/// Search `data`: query vectors, or query texts (for a TextEmbedding function), not mixed.
+fn query_data(data: Option<Value>) -> Result<(Vec<Vec<f32>>, Vec<String>), ApiError> {
+    if let Some(Value::Array(a)) = &data {
+        if !a.is_empty() && a.iter().all(|v| v.is_string()) {
+            let texts = a.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            return Ok((Vec::new(), texts));
+        }
+        if a.iter().any(|v| v.is_object()) {
+            return Err(ApiError::bad_request(
+                "image queries ({\"image\": ...}) need an ImageEmbedding function, which is not available yet; send vectors or texts",
+            ));
+        }
+    }
+    Ok((query_vectors(data)?, Vec::new()))
+}
+
 fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
     let arr = match data {
         Some(Value::Array(a)) => a,
@@ -674,9 +707,11 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             .and_then(|v| v.as_str())
             .map(String::from)
     });
+    let (vectors, texts) = query_data(r.data)?;
     let req = SearchRequest {
         anns_field: r.anns_field,
-        vectors: query_vectors(r.data)?,
+        vectors,
+        texts,
         ids: id_list(r.ids),
         filter: r.filter,
         limit: r.limit.unwrap_or(100),

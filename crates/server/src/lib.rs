@@ -6,6 +6,7 @@
 //! on tokio's blocking pool.
 
 pub mod api;
+pub mod embedder;
 pub mod error;
 pub mod metrics;
 
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub index_min_rows: usize,
     /// Threads per background index build (0 = every core).
     pub index_build_threads: usize,
+    /// Directory of built-in models (`magpie models fetch`); default `<data_dir>/models`.
+    pub models_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             maintenance_interval_ms: 1000,
             index_min_rows: e.index_min_rows,
             index_build_threads: e.index_build_threads,
+            models_dir: None,
         }
     }
 }
@@ -210,6 +214,13 @@ pub async fn serve(
         .map_err(std::io::Error::other)?
         .map_err(|e| std::io::Error::other(format!("cannot open data directory: {e}")))?;
     let engine = Arc::new(engine);
+    let models_dir = cfg
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("models"));
+    engine.set_embedder(Arc::new(embedder::ModelEmbedder::new(
+        magpie_embed::models::ModelStore::new(models_dir),
+    )));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         metrics: Default::default(),

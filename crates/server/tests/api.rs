@@ -661,3 +661,92 @@ async fn ann_index_over_rest() {
     assert_eq!(v["searchInfo"]["indexedSegments"], json!(0));
     t.healthy().await;
 }
+
+/// A TextEmbedding function over REST with the real all-MiniLM-L6-v2 (installed with
+/// `magpie models fetch all-minilm-l6-v2 --dir target/magpie-models`; skipped, saying
+/// so, when absent): inserts carry text, searches carry text.
+#[tokio::test]
+async fn text_embedding_function_with_minilm() {
+    let models = std::env::var_os("MAGPIE_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/magpie-models")
+        });
+    let store = magpie_embed::models::ModelStore::new(models);
+    if let Err(e) = store.require("all-minilm-l6-v2") {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let t = setup(None, 1 << 20);
+    let create = json!({"collectionName": "docs", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 500}},
+            {"fieldName": "vec", "dataType": "FloatVector", "elementTypeParams": {"dim": 384}}],
+          "functions": [{"name": "minilm", "type": "TextEmbedding", "inputFieldNames": ["text"],
+                         "outputFieldNames": ["vec"], "params": {"model": "sentence-transformers/all-MiniLM-L6-v2"}}]},
+        "indexParams": [{"fieldName": "vec", "metricType": "COSINE", "indexType": "FLAT"}]});
+    // Without models in the process the definition is refused with a clear message.
+    let (s, v) = t.post("collections/create", create.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no embedding models"),
+        "{v}"
+    );
+    let t = setup_with_models(store);
+    t.ok("collections/create", create).await;
+    let docs = [
+        "The weather is lovely today.",
+        "He drove to the stadium.",
+        "A recipe for apple pie with cinnamon.",
+    ];
+    let rows: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"id": i, "text": d}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "docs", "data": rows}),
+    )
+    .await;
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "docs"}))
+        .await;
+    assert_eq!(d["functions"][0]["type"], json!("TextEmbedding"));
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "docs", "data": ["It's so sunny outside!"], "limit": 3, "outputFields": ["text"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["id"], json!(0), "{v}");
+    let top = v["data"][0]["distance"].as_f64().unwrap();
+    assert!((top - 0.6660).abs() < 1e-3, "cosine {top}");
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "docs", "data": [{"image": "AAAA"}], "limit": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    t.healthy().await;
+}
+
+fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    engine.set_embedder(Arc::new(magpie_server::embedder::ModelEmbedder::new(store)));
+    let st = Arc::new(AppState {
+        engine,
+        metrics: Default::default(),
+        token: None,
+    });
+    T {
+        app: router(st, 1 << 20),
+        _dir: dir,
+    }
+}
