@@ -119,6 +119,9 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
             batch,
             threads,
         } => {
+            if texts == 0 {
+                anyhow::bail!("--texts must be at least 1");
+            }
             if threads > 0 {
                 // Before any model code runs: candle sizes its thread pool from this.
                 std::env::set_var("RAYON_NUM_THREADS", threads.to_string());

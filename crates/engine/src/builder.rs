@@ -191,7 +191,7 @@ fn worker(sh: Arc<Shared>) {
 /// segment was compacted away, the index dropped, the build cancelled).
 fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
     let field = job.field;
-    let (data, dim, metric, kind, dir) = {
+    let (data, inv, dim, metric, kind, dir) = {
         let g = job.coll.read();
         let Some(seg) = g.segments.iter().find(|s| s.id == job.key.segment) else {
             return Ok(());
@@ -207,8 +207,10 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         let Some(data) = col.data.share() else {
             return Ok(());
         };
+        // The segment already holds 1/‖x‖ per row; copy it rather than recompute.
         (
             data,
+            col.inv_norms.clone(),
             col.dim,
             def.metric_type,
             kind,
@@ -216,16 +218,6 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         )
     };
     let v = VectorSlice::new(data.as_slice(), dim);
-    let inv: Vec<f32> = (0..v.len())
-        .map(|i| {
-            let n = magpie_linalg::norm(v.row(i));
-            if n > 0.0 {
-                1.0 / n
-            } else {
-                0.0
-            }
-        })
-        .collect();
     let t = Instant::now();
     let ix = match indexspec::build(&kind, v, &inv, metric, cancel) {
         Ok(ix) => ix,

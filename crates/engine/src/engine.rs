@@ -337,14 +337,7 @@ impl Engine {
 
     /// Fills function outputs into `rows` (computing embeddings in one batch per
     /// function). Rows must not supply an output field themselves.
-    fn apply_functions(
-        &self,
-        schema: &CollectionSchema,
-        rows: &[Value],
-    ) -> Result<Option<Vec<Value>>> {
-        if schema.functions.is_empty() {
-            return Ok(None);
-        }
+    fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = rows.to_vec();
         for f in &schema.functions {
             let mut texts = Vec::with_capacity(rows.len());
@@ -397,7 +390,7 @@ impl Engine {
                     .insert(f.output().to_string(), Value::from(v));
             }
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     /// Queues an index build for every flushed segment that lacks one.
@@ -472,9 +465,8 @@ impl Engine {
                 fail_reason: String::new(),
                 segments: Vec::new(),
             };
-            let snap = u64::MAX - 1;
             for s in &g.segments {
-                let live = s.visible(snap).count_ones();
+                let live = s.live_count();
                 let ix = s.indexes.get(field).and_then(|i| i.as_ref());
                 let state = if !built {
                     "indexed"
@@ -885,9 +877,16 @@ impl Engine {
             return Err(invalid("no rows given: 'data' must hold at least one row"));
         }
         let c = self.coll(coll)?;
-        // Embedding is slow: done before the collection's write lock is taken.
-        let schema_now = c.read().meta.schema.clone();
-        let filled = self.apply_functions(&schema_now, rows)?;
+        // Embedding is slow: done before the collection's write lock is taken. The schema
+        // is copied only for collections that have functions (not on every insert).
+        let with_functions = {
+            let g = c.read();
+            (!g.meta.schema.functions.is_empty()).then(|| g.meta.schema.clone())
+        };
+        let filled = match &with_functions {
+            Some(schema) => Some(self.apply_functions(schema, rows)?),
+            None => None,
+        };
         let rows: &[Value] = filled.as_deref().unwrap_or(rows);
         let (seq, res) = {
             let mut g = c.write();

@@ -104,10 +104,8 @@ impl VecColumn {
         VectorSlice::new(self.data.as_slice(), self.dim)
     }
     fn push_rows(&mut self, data: &[f32]) {
-        for row in data.chunks_exact(self.dim) {
-            let n = magpie_linalg::norm(row);
-            self.inv_norms.push(if n > 0.0 { 1.0 / n } else { 0.0 });
-        }
+        self.inv_norms
+            .extend(data.chunks_exact(self.dim).map(magpie_linalg::inv_norm));
         match &mut self.data {
             VecData::Owned(v) => v.extend_from_slice(data),
             VecData::Mapped(_) => unreachable!("appending to a flushed segment"),
@@ -418,16 +416,12 @@ impl Segment {
                 }
                 VecData::Mapped(Arc::new(m))
             };
-            let mut col = VecColumn {
+            let inv_norms = VectorSlice::new(data.as_slice(), dim).inv_norms();
+            vectors.push(VecColumn {
                 dim,
                 data,
-                inv_norms: Vec::with_capacity(meta.rows),
-            };
-            for row in col.data.as_slice().chunks_exact(dim) {
-                let n = magpie_linalg::norm(row);
-                col.inv_norms.push(if n > 0.0 { 1.0 / n } else { 0.0 });
-            }
-            vectors.push(col);
+                inv_norms,
+            });
         }
         let mut deleted_at = vec![LIVE; meta.rows];
         if deletes_gen > 0 {

@@ -495,12 +495,7 @@ impl HnswIndex {
             locks: (0..n).map(|_| Mutex::new(())).collect(),
             global: Mutex::new((0, idx.max_level)),
         };
-        let threads = if p.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |t| t.get())
-        } else {
-            p.threads
-        }
-        .clamp(1, n);
+        let threads = crate::space::resolve_threads(p.threads).clamp(1, n);
         let next = AtomicUsize::new(1);
         let cancelled = AtomicBool::new(false);
         let efc = p.ef_construction.max(m);
@@ -773,17 +768,8 @@ impl VectorIndexBuild for HnswIndex {
     type Params = HnswParams;
     /// Builds without inverse norms; use [`HnswIndex::build_with`] for COSINE.
     fn build(v: VectorSlice<'_>, metric: Metric, p: &HnswParams, cancel: &Cancel) -> Result<Self> {
-        let inv: Vec<f32> = if metric == Metric::COSINE {
-            (0..v.len())
-                .map(|i| {
-                    let n = magpie_linalg::norm(v.row(i));
-                    if n > 0.0 {
-                        1.0 / n
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
+        let inv = if metric == Metric::COSINE {
+            v.inv_norms()
         } else {
             Vec::new()
         };
@@ -799,22 +785,7 @@ impl VectorIndexRead for HnswIndex {
         query: &[f32],
         p: &SearchParams<'_>,
     ) -> Result<Vec<Scored>> {
-        if query.len() != vectors.dim || vectors.dim != self.dim {
-            return Err(IndexError::Dimension {
-                expected: self.dim,
-                got: query.len(),
-            });
-        }
-        if vectors.len() != self.n {
-            return Err(IndexError::Corrupt(format!(
-                "HNSW built over {} rows, searched over {}",
-                self.n,
-                vectors.len()
-            )));
-        }
-        if p.cancel.is_some_and(|c| c.is_cancelled()) {
-            return Err(IndexError::Cancelled);
-        }
+        crate::check_search("HNSW", self.dim, self.n, vectors, query, p)?;
         let allow = match p.allow {
             Some(b) => {
                 let c = b.count_ones();

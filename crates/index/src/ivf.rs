@@ -20,7 +20,7 @@ use crate::codec::{self, Reader, Writer};
 use crate::kmeans::{self, KMeansMetric, KMeansParams};
 use crate::quant::{Pq, Sq8};
 use crate::recall::{self, Knob, RecallCurve};
-use crate::space::{splitmix64, Space};
+use crate::space::{resolve_threads, sample, Space};
 use crate::{
     Bitset, Cancel, FlatIndex, IndexError, Metric, Result, Scored, SearchParams, TopK,
     VectorIndexBuild, VectorIndexRead, VectorSlice,
@@ -97,14 +97,6 @@ pub struct IvfIndex {
     code_len: usize,
     codes: Vec<u8>,
     curve: RecallCurve,
-}
-
-fn threads(t: usize) -> usize {
-    if t == 0 {
-        std::thread::available_parallelism().map_or(1, |x| x.get())
-    } else {
-        t
-    }
 }
 
 impl IvfIndex {
@@ -227,7 +219,7 @@ impl IvfIndex {
         };
         let mut codes = vec![0u8; n * code_len];
         if code_len > 0 {
-            let t = threads(p.threads).clamp(1, n);
+            let t = resolve_threads(p.threads).clamp(1, n);
             let per = n.div_ceil(t);
             let (codec_ref, ids_ref, assign_ref, cent_ref) = (&codec, &ids, &assign, &centroids);
             std::thread::scope(|s| {
@@ -513,34 +505,10 @@ fn kmetric(m: Metric) -> KMeansMetric {
     }
 }
 
-/// `want` distinct row offsets out of `n`, deterministic in `seed`.
-fn sample(n: usize, want: usize, seed: u64) -> Vec<u32> {
-    if want >= n {
-        return (0..n as u32).collect();
-    }
-    let mut idx: Vec<u32> = (0..n as u32).collect();
-    for i in 0..want {
-        let j = i + (splitmix64(seed ^ i as u64) % (n - i) as u64) as usize;
-        idx.swap(i, j);
-    }
-    idx.truncate(want);
-    idx
-}
-
 impl VectorIndexBuild for IvfIndex {
     type Params = IvfParams;
     fn build(v: VectorSlice<'_>, metric: Metric, p: &IvfParams, cancel: &Cancel) -> Result<Self> {
-        let inv: Vec<f32> = (0..v.len())
-            .map(|i| {
-                let n = magpie_linalg::norm(v.row(i));
-                if n > 0.0 {
-                    1.0 / n
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Self::build_with(v, &inv, metric, p, cancel)
+        Self::build_with(v, &v.inv_norms(), metric, p, cancel)
     }
 }
 
@@ -552,22 +520,7 @@ impl VectorIndexRead for IvfIndex {
         query: &[f32],
         p: &SearchParams<'_>,
     ) -> Result<Vec<Scored>> {
-        if query.len() != self.dim || vectors.dim != self.dim {
-            return Err(IndexError::Dimension {
-                expected: self.dim,
-                got: query.len(),
-            });
-        }
-        if vectors.len() != self.n {
-            return Err(IndexError::Corrupt(format!(
-                "IVF built over {} rows, searched over {}",
-                self.n,
-                vectors.len()
-            )));
-        }
-        if p.cancel.is_some_and(|c| c.is_cancelled()) {
-            return Err(IndexError::Cancelled);
-        }
+        crate::check_search("IVF", self.dim, self.n, vectors, query, p)?;
         if p.min_score.is_some() || p.max_score.is_some() {
             return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
         }

@@ -2,7 +2,7 @@
 //! Vassilvitskii 2007) on a training sample, Lloyd iterations on every core, and repair of
 //! empty clusters by splitting the largest one (as FAISS does).
 
-use crate::space::{splitmix64, unit};
+use crate::space::{resolve_threads, sample, splitmix64, unit};
 use crate::{Cancel, IndexError, Result};
 
 /// How points are compared to centroids.
@@ -33,14 +33,6 @@ impl Default for KMeansParams {
             seed: 0x6b6d_6561_6e73,
             threads: 0,
         }
-    }
-}
-
-fn threads(t: usize) -> usize {
-    if t == 0 {
-        std::thread::available_parallelism().map_or(1, |x| x.get())
-    } else {
-        t
     }
 }
 
@@ -81,7 +73,7 @@ pub fn assign(
 ) -> Vec<u32> {
     let n = data.len() / dim;
     let mut out = vec![0u32; n];
-    let t = threads(nthreads).clamp(1, n.max(1));
+    let t = resolve_threads(nthreads).clamp(1, n.max(1));
     let per = n.div_ceil(t).max(1);
     std::thread::scope(|s| {
         for (ci, chunk) in out.chunks_mut(per).enumerate() {
@@ -117,14 +109,9 @@ pub fn train(
     let sample: Vec<f32> = if want == n {
         data.to_vec()
     } else {
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..want {
-            let j = i + (splitmix64(p.seed ^ i as u64) % (n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
         let mut s = Vec::with_capacity(want * dim);
-        for &i in &idx[..want] {
-            s.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+        for i in sample(n, want, p.seed) {
+            s.extend_from_slice(&data[i as usize * dim..(i as usize + 1) * dim]);
         }
         s
     };

@@ -92,6 +92,42 @@ impl<'a> VectorSlice<'a> {
     pub fn row(&self, i: usize) -> &'a [f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// `1/‖x‖` of every row (0 for a zero row), as COSINE search expects.
+    pub fn inv_norms(&self) -> Vec<f32> {
+        self.data
+            .chunks_exact(self.dim)
+            .map(magpie_linalg::inv_norm)
+            .collect()
+    }
+}
+
+/// Checks a search's inputs against an index built over `n` rows of `dim`, and the
+/// cancel flag: the common preamble of every built index's `search`.
+pub(crate) fn check_search(
+    kind: &str,
+    dim: usize,
+    n: usize,
+    vectors: VectorSlice<'_>,
+    query: &[f32],
+    p: &SearchParams<'_>,
+) -> Result<()> {
+    if query.len() != dim || vectors.dim != dim {
+        return Err(IndexError::Dimension {
+            expected: dim,
+            got: query.len(),
+        });
+    }
+    if vectors.len() != n {
+        return Err(IndexError::Corrupt(format!(
+            "{kind} built over {n} rows, searched over {}",
+            vectors.len()
+        )));
+    }
+    if p.cancel.is_some_and(|c| c.is_cancelled()) {
+        return Err(IndexError::Cancelled);
+    }
+    Ok(())
 }
 
 /// What a search asks for.

@@ -160,6 +160,30 @@ pub(crate) fn splitmix64(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `t` build threads, 0 meaning every available core.
+pub(crate) fn resolve_threads(t: usize) -> usize {
+    if t == 0 {
+        std::thread::available_parallelism().map_or(1, |x| x.get())
+    } else {
+        t
+    }
+}
+
+/// `want` distinct row offsets out of `n` (all of them when `want >= n`), deterministic
+/// in `seed` (a partial Fisher–Yates shuffle).
+pub(crate) fn sample(n: usize, want: usize, seed: u64) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..n as u32).collect();
+    if want >= n {
+        return idx;
+    }
+    for i in 0..want {
+        let j = i + (splitmix64(seed ^ i as u64) % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(want);
+    idx
+}
+
 /// Uniform in (0, 1].
 pub(crate) fn unit(x: u64) -> f64 {
     ((splitmix64(x) >> 11) as f64 + 1.0) / (1u64 << 53) as f64

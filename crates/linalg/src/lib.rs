@@ -145,6 +145,17 @@ pub fn norm(a: &[f32]) -> f32 {
     dot(a, a).sqrt()
 }
 
+/// `1/‖a‖`, or 0 for a zero vector (the per-row factor COSINE search multiplies by).
+#[inline]
+pub fn inv_norm(a: &[f32]) -> f32 {
+    let n = norm(a);
+    if n > 0.0 {
+        1.0 / n
+    } else {
+        0.0
+    }
+}
+
 /// Scales `a` to unit length in place; a zero vector is left unchanged. Returns the
 /// original norm.
 pub fn normalize(a: &mut [f32]) -> f32 {
