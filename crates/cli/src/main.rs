@@ -95,8 +95,13 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
             let store = d.store();
             println!("models directory: {}", store.dir.display());
             for m in magpie_embed::models::MODELS {
+                let source = if m.pypi.is_empty() {
+                    format!("built from {}", m.needs.join(" + "))
+                } else {
+                    format!("PyPI {}=={}", m.pypi, m.version)
+                };
                 println!(
-                    "{:<20} {:<6} {:>5}-d  {:<10} PyPI {}=={}  {}",
+                    "{:<20} {:<10} {:>5}-d  {:<10} {source}  {}",
                     m.name,
                     m.kind,
                     m.dim,
@@ -105,8 +110,6 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
                     } else {
                         "missing"
                     },
-                    m.pypi,
-                    m.version,
                     m.description
                 );
             }

