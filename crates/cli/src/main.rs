@@ -51,7 +51,8 @@ enum ModelsCmd {
         #[command(flatten)]
         dir: ModelsDir,
     },
-    /// Measure a text model's throughput (texts/s) on generated sentences.
+    /// Measure a model's throughput: texts/s on generated sentences for text models;
+    /// images/s including decoding on a folder of images (--images) for image models.
     Bench {
         /// Model name (see `magpie models list`).
         name: String,
@@ -63,9 +64,14 @@ enum ModelsCmd {
         /// Sentences per batch.
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Inference threads (sets RAYON_NUM_THREADS for this process; 0 = every core).
+        /// Inference threads (text: sets RAYON_NUM_THREADS for this process; images:
+        /// worker threads, one image each; 0 = every core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Image models: a folder of images to decode and embed (its files, not
+        /// recursive).
+        #[arg(long)]
+        images: Option<PathBuf>,
     },
 }
 
@@ -121,7 +127,15 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
             texts,
             batch,
             threads,
+            images,
         } => {
+            let spec = magpie_embed::models::spec(&name)?;
+            if spec.kind != "text" {
+                let dir_path = images.ok_or_else(|| {
+                    anyhow::anyhow!("{name} is an image model: pass --images DIR")
+                })?;
+                return bench_images(&dir.store(), spec.name, &dir_path, threads);
+            }
             if texts == 0 {
                 anyhow::bail!("--texts must be at least 1");
             }
@@ -167,6 +181,63 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Decodes and embeds every image of a folder with `threads` workers (one image per
+/// worker at a time) and prints images/s.
+fn bench_images(
+    store: &magpie_embed::models::ModelStore,
+    name: &str,
+    dir: &std::path::Path,
+    threads: usize,
+) -> anyhow::Result<()> {
+    use magpie_embed::image::{decode_file, DecodeLimits};
+    use magpie_embed::vision::{default_threads, par_map, ImageEncoder};
+    let lite0 = store.require("efficientnet-lite0")?;
+    let enc = ImageEncoder::load(&lite0)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "webp" | "gif"
+                )
+            })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!(
+            "{}: no images (jpg, png, webp, gif) in this folder",
+            dir.display()
+        );
+    }
+    let threads = if threads == 0 {
+        default_threads()
+    } else {
+        threads
+    };
+    let lim = DecodeLimits::default();
+    // Warm-up on one image (page in the weights).
+    enc.run(&decode_file(&files[0], &lim)?.rgb);
+    let t = std::time::Instant::now();
+    let res = par_map(&files, threads, |f| {
+        decode_file(f, &lim).map(|d| enc.run(&d.rgb).feature.len())
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let failed = res.iter().filter(|r| r.is_err()).count();
+    println!(
+        "{name}: {} images from {} (decode + preprocess + forward), {threads} worker thread(s): {:.1} images/s ({:.1} ms/image/thread){}",
+        files.len(),
+        dir.display(),
+        files.len() as f64 / secs,
+        secs * 1e3 * threads as f64 / files.len() as f64,
+        if failed > 0 { format!(", {failed} failed to decode") } else { String::new() }
+    );
+    Ok(())
 }
 
 #[derive(Args)]

@@ -180,10 +180,13 @@ impl Depthwise {
         let (oh, pt) = same_pad(x.h, k, s);
         let (ow, pl) = same_pad(x.w, k, s);
         let mut out = vec![0f32; oh * ow * c];
+        let empty: &[f32] = &[];
+        let mut xs = [empty; 25];
+        let mut ws = [empty; 25];
+        assert!(k * k <= xs.len(), "kernel {k}×{k} is larger than 5×5");
         for oy in 0..oh {
             for ox in 0..ow {
-                let acc = &mut out[(oy * ow + ox) * c..][..c];
-                acc.copy_from_slice(&self.b);
+                let mut t = 0;
                 for ky in 0..k {
                     let iy = (oy * s + ky) as isize - pt as isize;
                     if iy < 0 || iy >= x.h as isize {
@@ -194,14 +197,13 @@ impl Depthwise {
                         if ix < 0 || ix >= x.w as isize {
                             continue;
                         }
-                        let row = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
-                        let w = &self.w[(ky * k + kx) * c..][..c];
-                        for ((a, &v), &wv) in acc.iter_mut().zip(row).zip(w) {
-                            *a += v * wv;
-                        }
+                        xs[t] = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
+                        ws[t] = &self.w[(ky * k + kx) * c..][..c];
+                        t += 1;
                     }
                 }
-                relu6(acc);
+                let acc = &mut out[(oy * ow + ox) * c..][..c];
+                magpie_linalg::weighted_taps(acc, &self.b, &xs[..t], &ws[..t], 0.0, 6.0);
             }
         }
         Fm {

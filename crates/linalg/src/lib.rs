@@ -18,12 +18,14 @@ mod x86_avx2;
 use std::sync::OnceLock;
 
 type Kernel = fn(&[f32], &[f32]) -> f32;
+type TapsKernel = fn(&mut [f32], &[f32], &[&[f32]], &[&[f32]], f32, f32);
 
 struct Kernels {
     dot: Kernel,
     l2_sq: Kernel,
     sq8_l2: fn(&[f32], &[f32], &[u8]) -> f32,
     sq8_dot: fn(&[f32], &[u8]) -> f32,
+    weighted_taps: TapsKernel,
     name: &'static str,
 }
 
@@ -41,6 +43,7 @@ fn kernels() -> &'static Kernels {
                     l2_sq: x86_avx2::l2_sq_checked,
                     sq8_l2: x86_avx2::sq8_l2_checked,
                     sq8_dot: x86_avx2::sq8_dot_checked,
+                    weighted_taps: x86_avx2::weighted_taps_checked,
                     name: "avx2+fma",
                 };
             }
@@ -50,6 +53,7 @@ fn kernels() -> &'static Kernels {
             l2_sq: scalar::l2_sq,
             sq8_l2: scalar::sq8_l2,
             sq8_dot: scalar::sq8_dot,
+            weighted_taps: scalar::weighted_taps,
             name: "scalar",
         }
     })
@@ -176,6 +180,35 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     } else {
         dot(a, b) / (na * nb)
     }
+}
+
+/// One output pixel of a depthwise convolution in channels-last layout:
+/// `out[c] = clamp(bias[c] + Σₜ xs[t][c]·ws[t][c], lo, hi)`, where `xs` are the input
+/// pixels under the kernel and `ws` their per-channel weights (pass ±∞ for no clamp).
+///
+/// # Panics
+/// If `xs` and `ws` differ in length, or `bias` or any tap is shorter than `out`.
+#[inline]
+pub fn weighted_taps(
+    out: &mut [f32],
+    bias: &[f32],
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    lo: f32,
+    hi: f32,
+) {
+    let n = out.len();
+    assert!(
+        xs.len() == ws.len(),
+        "weighted_taps: {} inputs, {} weights",
+        xs.len(),
+        ws.len()
+    );
+    assert!(
+        bias.len() >= n && xs.iter().chain(ws).all(|s| s.len() >= n),
+        "weighted_taps: a slice is shorter than the output"
+    );
+    (kernels().weighted_taps)(out, bias, xs, ws, lo, hi)
 }
 
 /// Row-major matrix product `c = a · b` (or `c += a · b` with `accumulate`), where `a` is
@@ -368,6 +401,35 @@ mod tests {
                     prop_assert!((c[i * n + j] as f64 - want).abs() < 1e-4 * (k as f64).max(1.0));
                 }
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn weighted_taps_simd_matches_scalar(n in 0usize..70, taps in 0usize..26, seed in any::<u64>()) {
+            let mut x = seed | 1;
+            let mut r = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % 2000) as f32 / 500.0 - 2.0 };
+            let bias: Vec<f32> = (0..n).map(|_| r()).collect();
+            let xs: Vec<Vec<f32>> = (0..taps).map(|_| (0..n).map(|_| r()).collect()).collect();
+            let ws: Vec<Vec<f32>> = (0..taps).map(|_| (0..n).map(|_| r()).collect()).collect();
+            let xr: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+            let wr: Vec<&[f32]> = ws.iter().map(|v| v.as_slice()).collect();
+            let mut want = vec![0f32; n];
+            scalar::weighted_taps(&mut want, &bias, &xr, &wr, 0.0, 6.0);
+            for c in 0..n {
+                let mut acc = bias[c] as f64;
+                for t in 0..taps { acc += xs[t][c] as f64 * ws[t][c] as f64; }
+                prop_assert!((want[c] as f64 - acc.clamp(0.0, 6.0)).abs() < 1e-4);
+            }
+            let mut got = vec![0f32; n];
+            weighted_taps(&mut got, &bias, &xr, &wr, 0.0, 6.0);
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut simd = vec![0f32; n];
+                x86_avx2::weighted_taps_checked(&mut simd, &bias, &xr, &wr, 0.0, 6.0);
+                for c in 0..n { prop_assert!((simd[c] - want[c]).abs() < 1e-4); }
+            }
+            for c in 0..n { prop_assert!((got[c] - want[c]).abs() < 1e-4); }
         }
     }
 }

@@ -97,3 +97,39 @@ pub fn pq_adc(table: &[f32], codes: &[u8]) -> f32 {
     }
     r
 }
+
+/// `out[c] = clamp(bias[c] + Σₜ xs[t][c]·ws[t][c], lo, hi)`: one output pixel of a
+/// depthwise convolution in channels-last layout (the taps are the input pixels under the
+/// kernel and their per-channel weights).
+pub fn weighted_taps(
+    out: &mut [f32],
+    bias: &[f32],
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    lo: f32,
+    hi: f32,
+) {
+    let n = out.len();
+    let mut c = 0;
+    while c + 8 <= n {
+        let mut acc = [0f32; 8];
+        acc.copy_from_slice(&bias[c..c + 8]);
+        for (x, w) in xs.iter().zip(ws) {
+            let (x, w) = (&x[c..c + 8], &w[c..c + 8]);
+            for j in 0..8 {
+                acc[j] += x[j] * w[j];
+            }
+        }
+        for j in 0..8 {
+            out[c + j] = acc[j].clamp(lo, hi);
+        }
+        c += 8;
+    }
+    for c in c..n {
+        let mut acc = bias[c];
+        for (x, w) in xs.iter().zip(ws) {
+            acc += x[c] * w[c];
+        }
+        out[c] = acc.clamp(lo, hi);
+    }
+}

@@ -226,3 +226,80 @@ unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// Safe entry point of [`weighted_taps`]; the dispatcher selects it only when AVX2 and
+/// FMA are present.
+pub(crate) fn weighted_taps_checked(
+    out: &mut [f32],
+    bias: &[f32],
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    lo: f32,
+    hi: f32,
+) {
+    let n = out.len();
+    assert!(bias.len() >= n && xs.len() == ws.len());
+    assert!(xs.iter().chain(ws).all(|s| s.len() >= n));
+    // SAFETY: AVX2 and FMA were detected at run time; every slice holds at least n floats.
+    unsafe { weighted_taps(out, bias, xs, ws, lo, hi) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_taps(
+    out: &mut [f32],
+    bias: &[f32],
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    lo: f32,
+    hi: f32,
+) {
+    let n = out.len();
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let mut c = 0;
+    // SAFETY (all loads and stores): c + 16 <= n (resp. c + 8 <= n) and every slice holds
+    // at least n floats (checked by the caller).
+    while c + 16 <= n {
+        let mut a0 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c)) };
+        let mut a1 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c + 8)) };
+        for (x, w) in xs.iter().zip(ws) {
+            let (px, pw) = (x.as_ptr(), w.as_ptr());
+            unsafe {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(c)), _mm256_loadu_ps(pw.add(c)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(px.add(c + 8)),
+                    _mm256_loadu_ps(pw.add(c + 8)),
+                    a1,
+                );
+            }
+        }
+        a0 = _mm256_min_ps(_mm256_max_ps(a0, vlo), vhi);
+        a1 = _mm256_min_ps(_mm256_max_ps(a1, vlo), vhi);
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), a0);
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8), a1);
+        }
+        c += 16;
+    }
+    while c + 8 <= n {
+        let mut a0 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c)) };
+        for (x, w) in xs.iter().zip(ws) {
+            unsafe {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(x.as_ptr().add(c)),
+                    _mm256_loadu_ps(w.as_ptr().add(c)),
+                    a0,
+                );
+            }
+        }
+        a0 = _mm256_min_ps(_mm256_max_ps(a0, vlo), vhi);
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), a0) };
+        c += 8;
+    }
+    for c in c..n {
+        let mut acc = bias[c];
+        for (x, w) in xs.iter().zip(ws) {
+            acc = x[c].mul_add(w[c], acc);
+        }
+        out[c] = acc.clamp(lo, hi);
+    }
+}
