@@ -16,7 +16,7 @@ use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
 use crate::collection::{SearchKnobs, SearchOutcome};
 use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::filter::Filter;
-use crate::function::{Embedder, FunctionKind};
+use crate::function::{Embedder, FunctionKind, ImageInput};
 use crate::indexspec;
 use crate::schema::CollectionSchema;
 use crate::segment::SegState;
@@ -79,6 +79,8 @@ impl EngineConfig {
 }
 
 pub struct Engine {
+    /// Held (locked) for the engine's lifetime; see [`Engine::open`].
+    _lock: std::fs::File,
     root: PathBuf,
     config: EngineConfig,
     wal: Wal,
@@ -168,8 +170,11 @@ pub struct SearchRequest {
     pub vectors: Vec<Vec<f32>>,
     /// Search by the stored vectors of these primary keys instead of `vectors`.
     pub ids: Option<Vec<Value>>,
-    /// Search by texts, embedded by the anns field's TextEmbedding function.
+    /// Search by texts, embedded by the anns field's function (a TextEmbedding function,
+    /// or an ImageEmbedding function whose model embeds text, such as ConSE).
     pub texts: Vec<String>,
+    /// Search by encoded images, embedded by the anns field's ImageEmbedding function.
+    pub images: Vec<Vec<u8>>,
     pub filter: Option<String>,
     pub limit: usize,
     pub offset: usize,
@@ -223,8 +228,31 @@ impl Engine {
     /// Opens (or creates) a database in `root` and recovers it: the catalog, every
     /// collection's flushed segments, then the WAL records newer than each collection's
     /// flushed timestamp.
+    ///
+    /// One process at a time: the directory's `LOCK` file is locked exclusively for the
+    /// engine's lifetime (the OS releases it when the process dies), so a second opener
+    /// gets an error instead of corrupting the data.
     pub fn open(root: &Path, config: EngineConfig) -> Result<Engine> {
         std::fs::create_dir_all(root.join("collections")).at(root)?;
+        let lock_path = root.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        if let Err(e) = lock.try_lock() {
+            let msg = match e {
+                std::fs::TryLockError::WouldBlock => {
+                    "the data directory is in use by another Magpie process (stop it, or point this one at another --data-dir)".to_string()
+                }
+                std::fs::TryLockError::Error(e) => e.to_string(),
+            };
+            return Err(EngineError::Io {
+                path: root.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::WouldBlock, msg),
+            });
+        }
         let catalog_path = root.join("catalog.json");
         let catalog = CatalogFile::load(&catalog_path)?;
         let mut by_id: HashMap<u64, Collection> = HashMap::new();
@@ -299,6 +327,7 @@ impl Engine {
             collections: RwLock::new(collections),
             builder,
             embedder: RwLock::new(None),
+            _lock: lock,
         };
         e.schedule_all();
         Ok(e)
@@ -365,17 +394,30 @@ impl Engine {
                     }
                 }
             }
-            if f.kind != FunctionKind::TextEmbedding {
-                return Err(invalid(format!(
-                    "function '{}': {} inserts are not supported yet",
-                    f.name,
-                    f.kind.as_str()
-                )));
-            }
-            let vecs = self
-                .embedder()?
-                .embed_texts(f.model().unwrap_or_default(), &texts)
-                .map_err(|m| invalid(format!("function '{}': {m}", f.name)))?;
+            let model = f.model().unwrap_or_default();
+            let fail = |m: String| invalid(format!("function '{}': {m}", f.name));
+            let vecs = match f.kind {
+                FunctionKind::TextEmbedding => {
+                    self.embedder()?.embed_texts(model, &texts).map_err(fail)?
+                }
+                FunctionKind::ImageEmbedding => {
+                    let inputs: Vec<ImageInput> =
+                        texts.iter().map(|t| ImageInput::Stored(t)).collect();
+                    let res = self
+                        .embedder()?
+                        .embed_images(model, &inputs)
+                        .map_err(fail)?;
+                    let mut v = Vec::with_capacity(res.len());
+                    for (i, r) in res.into_iter().enumerate() {
+                        v.push(r.map_err(|msg| EngineError::Row {
+                            row: i,
+                            field: f.input().to_string(),
+                            msg,
+                        })?);
+                    }
+                    v
+                }
+            };
             if vecs.len() != rows.len() {
                 return Err(invalid(format!(
                     "function '{}': the model returned {} vectors for {} rows",
@@ -1147,26 +1189,46 @@ impl Engine {
         let dim = field.dim.unwrap_or(0);
         let metric = Self::metric_for(&g, &field.name, r.metric)?;
         let queries = match &r.ids {
-            None if !r.texts.is_empty() => {
-                let f = schema
-                    .function_for_output(&field.name)
-                    .filter(|f| f.kind == FunctionKind::TextEmbedding)
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "field '{}' of collection '{}' has no TextEmbedding function, so it cannot be searched by text; search with vectors",
-                            field.name, g.meta.name
-                        ))
-                    })?;
-                let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+            None if !r.texts.is_empty() || !r.images.is_empty() => {
+                if !r.texts.is_empty() && !r.images.is_empty() {
+                    return Err(invalid("'data' holds both texts and images; send one kind"));
+                }
+                let by_text = !r.texts.is_empty();
+                let f = schema.function_for_output(&field.name).ok_or_else(|| {
+                    invalid(format!(
+                        "field '{}' of collection '{}' has no embedding function, so it cannot be searched by {}; search with vectors",
+                        field.name,
+                        g.meta.name,
+                        if by_text { "text" } else { "image" }
+                    ))
+                })?;
+                if !by_text && f.kind != FunctionKind::ImageEmbedding {
+                    return Err(invalid(format!(
+                        "field '{}' is filled by the TextEmbedding function '{}', so it cannot be searched by image",
+                        field.name, f.name
+                    )));
+                }
                 let model = f.model().unwrap_or_default().to_string();
                 let name = f.name.clone();
                 let emb = self.embedder()?;
                 drop(g);
-                let v = emb
-                    .embed_texts(&model, &texts)
-                    .map_err(|m| invalid(format!("function '{name}': {m}")))?;
+                let fail = |m: String| invalid(format!("function '{name}': {m}"));
+                let v = if by_text {
+                    let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+                    emb.embed_texts(&model, &texts).map_err(fail)?
+                } else {
+                    let inputs: Vec<ImageInput> =
+                        r.images.iter().map(|b| ImageInput::Bytes(b)).collect();
+                    emb.embed_images(&model, &inputs)
+                        .map_err(fail)?
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, x)| x.map_err(|m| invalid(format!("query image {i}: {m}"))))
+                        .collect::<Result<Vec<_>>>()?
+                };
                 let mut r2 = r.clone();
                 r2.texts.clear();
+                r2.images.clear();
                 r2.vectors = v;
                 return self.search_ex(coll, &r2);
             }

@@ -56,11 +56,34 @@ impl FunctionSchema {
     }
 }
 
+/// An image given to an ImageEmbedding function.
+#[derive(Clone, Copy, Debug)]
+pub enum ImageInput<'a> {
+    /// The input field's stored value: a file path (which the embedder resolves against
+    /// the image roots it allows) or a `data:image/...;base64,...` URI.
+    Stored(&'a str),
+    /// Encoded image bytes (an uploaded query image).
+    Bytes(&'a [u8]),
+}
+
 /// Embedding models, as the engine sees them. Errors are messages for the user: they
 /// name the model and, when it is missing, how to install it.
 pub trait Embedder: Send + Sync {
     /// Output dimension of `model` for functions of `kind`.
     fn dim(&self, kind: FunctionKind, model: &str) -> Result<usize, String>;
-    /// Unit-length vectors of `texts`, in order.
+    /// Unit-length vectors of `texts`, in order. For an image model this embeds text
+    /// queries into the model's image space (ConSE, CLIP), or explains that the model
+    /// cannot.
     fn embed_texts(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+    /// Vectors of `images`, in order: the outer error is about the model (not installed,
+    /// not an image model), the inner ones about single images (unreadable, corrupt,
+    /// outside the allowed roots), so that a caller can tell which row failed.
+    fn embed_images(
+        &self,
+        model: &str,
+        images: &[ImageInput<'_>],
+    ) -> Result<Vec<Result<Vec<f32>, String>>, String> {
+        let _ = images;
+        Err(format!("model '{model}' cannot embed images"))
+    }
 }

@@ -23,7 +23,7 @@ pub use engine::{
     SegmentIndexState, WriteResult, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
-pub use function::{Embedder, FunctionKind, FunctionSchema};
+pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};
 pub use magpie_index::Knob;
 pub use magpie_index::Metric;
 pub use schema::{CollectionSchema, DataType, FieldSchema};

@@ -1007,10 +1007,42 @@ impl Embedder for ToyEmbedder {
         match (kind, model) {
             (FunctionKind::TextEmbedding, "toy") => Ok(16),
             (FunctionKind::TextEmbedding, "toy8") => Ok(8),
+            (FunctionKind::ImageEmbedding, "toyimg" | "pixels") => Ok(16),
             _ => Err(format!("model '{model}' is not installed")),
         }
     }
-    fn embed_texts(&self, _: &str, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+    fn embed_images(
+        &self,
+        model: &str,
+        images: &[ImageInput<'_>],
+    ) -> std::result::Result<Vec<std::result::Result<Vec<f32>, String>>, String> {
+        // A toy image model: the "image" is its words, embedded like text.
+        Ok(images
+            .iter()
+            .map(|im| {
+                let s = match im {
+                    ImageInput::Stored(s) => s.to_string(),
+                    ImageInput::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                };
+                if s.contains("corrupt") {
+                    return Err(format!("{s}: cannot decode image"));
+                }
+                Ok(self.embed_texts("toy", &[&s]).unwrap().remove(0))
+            })
+            .collect::<Vec<_>>())
+        .map(|v| {
+            let _ = model;
+            v
+        })
+    }
+    fn embed_texts(
+        &self,
+        model: &str,
+        texts: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
+        if model == "pixels" {
+            return Err("model 'pixels' cannot embed text".into());
+        }
         Ok(texts
             .iter()
             .map(|t| {
@@ -1152,5 +1184,119 @@ fn text_embedding_functions_fill_vectors_and_search_by_text() {
         .unwrap();
     e.insert("plain", None, &rows(0..3, 4)).unwrap();
     let err = e.search("plain", &r).unwrap_err().to_string();
-    assert!(err.contains("has no TextEmbedding function"), "{err}");
+    assert!(err.contains("has no embedding function"), "{err}");
+}
+
+/// ImageEmbedding: inserts carry an image reference in a VarChar field, the embedder
+/// fills the vector; a bad image fails with its row and field named and nothing is
+/// written; searches by image bytes, and by text when the model embeds text (ConSE).
+#[test]
+fn image_embedding_functions_fill_vectors_and_search_by_image_and_text() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.set_embedder(Arc::new(ToyEmbedder));
+    let ix = || {
+        vec![IndexMeta {
+            id: 0,
+            index_name: "vec".into(),
+            field_name: "vec".into(),
+            index_type: "FLAT".into(),
+            metric_type: Metric::COSINE,
+            params: Default::default(),
+        }]
+    };
+    let schema = |model: &str| CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("file", DataType::VarChar).with_max_length(200),
+            FieldSchema::new("vec", DataType::FloatVector).with_dim(16),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: vec![serde_json::from_value(json!({
+            "name": "img", "type": "ImageEmbedding", "inputFieldNames": ["file"],
+            "outputFieldNames": ["vec"], "params": {"model": model}
+        }))
+        .unwrap()],
+    };
+    e.create_collection("im", schema("toyimg"), ix(), Consistency::Strong, "")
+        .unwrap();
+    e.create_collection("px", schema("pixels"), ix(), Consistency::Strong, "")
+        .unwrap();
+    let files = ["red apple", "green tree", "blue sea", "red car"];
+    let rows: Vec<Value> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({"id": i, "file": f}))
+        .collect();
+    e.insert("im", None, &rows).unwrap();
+    e.insert("px", None, &rows).unwrap();
+    // One corrupt image: the error names row and field; the batch is not written.
+    let err = e
+        .insert(
+            "im",
+            None,
+            &[
+                json!({"id": 10, "file": "fine"}),
+                json!({"id": 11, "file": "corrupt"}),
+            ],
+        )
+        .unwrap_err();
+    match &err {
+        EngineError::Row { row, field, msg } => {
+            assert_eq!((*row, field.as_str()), (1, "file"));
+            assert!(msg.contains("cannot decode"), "{msg}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(count(&e, "im", ""), 4);
+    // By image bytes.
+    let r = SearchRequest {
+        images: vec![b"blue sea".to_vec()],
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("im", &r).unwrap()[0][0].id, PrimaryKey::Int(2));
+    // By text, when the model embeds text.
+    let r = SearchRequest {
+        texts: vec!["green tree".into()],
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("im", &r).unwrap()[0][0].id, PrimaryKey::Int(1));
+    let err = e.search("px", &r).unwrap_err().to_string();
+    assert!(err.contains("cannot embed text"), "{err}");
+    // Images and texts together are refused; image search on a text function too.
+    let both = SearchRequest {
+        texts: vec!["x".into()],
+        images: vec![b"x".to_vec()],
+        limit: 1,
+        ..Default::default()
+    };
+    let err = e.search("im", &both).unwrap_err().to_string();
+    assert!(err.contains("both texts and images"), "{err}");
+    e.create_collection("t", text_schema("toy"), ix(), Consistency::Strong, "")
+        .unwrap();
+    let by_img = SearchRequest {
+        images: vec![b"x".to_vec()],
+        limit: 1,
+        ..Default::default()
+    };
+    let err = e.search("t", &by_img).unwrap_err().to_string();
+    assert!(err.contains("cannot be searched by image"), "{err}");
+}
+
+/// A second engine on the same directory is refused while the first is open, and can
+/// open once the first is gone.
+#[test]
+fn data_directory_is_locked_by_one_engine() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    let err = Engine::open(d.path(), EngineConfig::default())
+        .err()
+        .expect("second open must fail")
+        .to_string();
+    assert!(err.contains("in use by another Magpie process"), "{err}");
+    drop(e);
+    let _again = open(d.path());
 }

@@ -648,20 +648,54 @@ fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiEr
     }
 }
 
-/// Search `data`: query vectors, or query texts (for a TextEmbedding function), not mixed.
-fn query_data(data: Option<Value>) -> Result<(Vec<Vec<f32>>, Vec<String>), ApiError> {
+/// What a search's `data` holds: query vectors, texts (for an embedding function), or
+/// images as `{"image": "<base64>"}` objects (for an ImageEmbedding function); one kind
+/// per request.
+struct QueryData {
+    vectors: Vec<Vec<f32>>,
+    texts: Vec<String>,
+    images: Vec<Vec<u8>>,
+}
+
+fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
+    use base64::Engine as _;
+    let mut q = QueryData {
+        vectors: Vec::new(),
+        texts: Vec::new(),
+        images: Vec::new(),
+    };
     if let Some(Value::Array(a)) = &data {
         if !a.is_empty() && a.iter().all(|v| v.is_string()) {
-            let texts = a.iter().map(|v| v.as_str().unwrap().to_string()).collect();
-            return Ok((Vec::new(), texts));
+            q.texts = a.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            return Ok(q);
         }
         if a.iter().any(|v| v.is_object()) {
-            return Err(ApiError::bad_request(
-                "image queries ({\"image\": ...}) need an ImageEmbedding function, which is not available yet; send vectors or texts",
-            ));
+            for (i, v) in a.iter().enumerate() {
+                let b64 = v
+                    .as_object()
+                    .and_then(|o| o.get("image"))
+                    .and_then(|x| x.as_str())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "query {i} in 'data' must be {{\"image\": \"<base64>\"}} like the others"
+                        ))
+                    })?;
+                // Accept a bare base64 string or a data: URI.
+                let b64 = b64.split_once(',').map_or(b64, |(_, d)| d);
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "query {i}: 'image' is not valid base64: {e}"
+                        ))
+                    })?;
+                q.images.push(bytes);
+            }
+            return Ok(q);
         }
     }
-    Ok((query_vectors(data)?, Vec::new()))
+    q.vectors = query_vectors(data)?;
+    Ok(q)
 }
 
 fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
@@ -707,11 +741,16 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             .and_then(|v| v.as_str())
             .map(String::from)
     });
-    let (vectors, texts) = query_data(r.data)?;
+    let QueryData {
+        vectors,
+        texts,
+        images,
+    } = query_data(r.data)?;
     let req = SearchRequest {
         anns_field: r.anns_field,
         vectors,
         texts,
+        images,
         ids: id_list(r.ids),
         filter: r.filter,
         limit: r.limit.unwrap_or(100),

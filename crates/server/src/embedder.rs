@@ -1,17 +1,45 @@
 //! The [`Embedder`] the server gives the engine: built-in models from the model store,
 //! loaded on first use and kept. Model names are matched case-insensitively, with or
 //! without the `sentence-transformers/` prefix.
+//!
+//! Image models: `efficientnet-lite0` (pooled 1280-d features, image ↔ image) and
+//! `conse` (384-d, in MiniLM's space, so text can search images). Both come from one
+//! Lite0 forward pass, which is cached per image so that a collection with both
+//! functions runs the network once per image. Stored image references are paths, read
+//! only when they lie under an allowed image root (symlinks resolved first), or `data:`
+//! URIs.
 
+use base64::Engine as _;
+use magpie_embed::effnet::Lite0Output;
+use magpie_embed::image::{decode_bytes, DecodeLimits};
 use magpie_embed::models::{self, ModelStore};
 use magpie_embed::text::TextEncoder;
-use magpie_engine::{Embedder, FunctionKind};
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use magpie_embed::vision::{default_threads, par_map, Conse, ImageEncoder};
+use magpie_engine::{Embedder, FunctionKind, ImageInput};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Forward passes kept for reuse by a second function on the same image.
+const CACHE_ENTRIES: usize = 512;
+
+pub const LITE0: &str = "efficientnet-lite0";
+pub const CONSE: &str = "conse";
+const MINILM: &str = "all-minilm-l6-v2";
+
+/// Recent forward passes by image key, with their insertion order for eviction.
+type OutputCache = (HashMap<String, Arc<Lite0Output>>, VecDeque<String>);
 
 pub struct ModelEmbedder {
     store: ModelStore,
     text: Mutex<HashMap<String, Arc<TextEncoder>>>,
+    lite0: Mutex<Option<Arc<ImageEncoder>>>,
+    conse: Mutex<Option<Arc<Conse>>>,
+    cache: Mutex<OutputCache>,
+    roots: RwLock<Vec<PathBuf>>,
+    limits: DecodeLimits,
+    threads: usize,
 }
 
 impl ModelEmbedder {
@@ -19,49 +47,275 @@ impl ModelEmbedder {
         Self {
             store,
             text: Mutex::new(HashMap::new()),
+            lite0: Mutex::new(None),
+            conse: Mutex::new(None),
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            roots: RwLock::new(Vec::new()),
+            limits: DecodeLimits::default(),
+            threads: default_threads(),
+        }
+    }
+
+    /// Worker threads for image inference (one image per thread; 0 = every core).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        };
+        self
+    }
+
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    /// Allows image paths under `root` (canonicalised; must be a directory).
+    pub fn add_root(&self, root: &Path) -> std::io::Result<PathBuf> {
+        let c = root.canonicalize()?;
+        if !c.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        let mut r = self.roots.write();
+        if !r.contains(&c) {
+            r.push(c.clone());
+        }
+        Ok(c)
+    }
+
+    pub fn roots(&self) -> Vec<PathBuf> {
+        self.roots.read().clone()
+    }
+
+    /// `path` canonicalised, if it lies under an allowed root; else an error naming it.
+    pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
+        let p = Path::new(path);
+        let roots = self.roots.read();
+        if roots.is_empty() {
+            return Err(format!(
+                "{path}: image paths are not readable: no image roots are configured (index a folder with `magpie images index`)"
+            ));
+        }
+        let c = p.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        if roots.iter().any(|r| c.starts_with(r)) {
+            Ok(c)
+        } else {
+            Err(format!("{path}: outside the image roots"))
         }
     }
 
     fn canonical(model: &str) -> String {
         let m = model.trim().to_ascii_lowercase();
-        m.strip_prefix("sentence-transformers/")
-            .unwrap_or(&m)
-            .to_string()
+        let m = m.strip_prefix("sentence-transformers/").unwrap_or(&m);
+        match m {
+            "lite0" | "efficientnet_lite0" => LITE0.to_string(),
+            _ => m.to_string(),
+        }
     }
 
-    fn text_model(&self, model: &str) -> Result<Arc<TextEncoder>, String> {
-        let name = Self::canonical(model);
-        if let Some(e) = self.text.lock().get(&name) {
+    fn text_model(&self, name: &str) -> Result<Arc<TextEncoder>, String> {
+        if let Some(e) = self.text.lock().get(name) {
             return Ok(e.clone());
         }
-        let spec = models::spec(&name).map_err(|e| e.to_string())?;
-        if spec.kind != "text" {
-            return Err(format!("model '{name}' is not a text model"));
-        }
-        let dir = self.store.require(&name).map_err(|e| e.to_string())?;
-        let enc = Arc::new(TextEncoder::load(&name, &dir).map_err(|e| e.to_string())?);
-        self.text.lock().insert(name, enc.clone());
+        let dir = self.store.require(name).map_err(|e| e.to_string())?;
+        let enc = Arc::new(TextEncoder::load(name, &dir).map_err(|e| e.to_string())?);
+        self.text.lock().insert(name.to_string(), enc.clone());
         Ok(enc)
     }
+
+    fn lite0(&self) -> Result<Arc<ImageEncoder>, String> {
+        let mut g = self.lite0.lock();
+        if let Some(e) = &*g {
+            return Ok(e.clone());
+        }
+        let dir = self.store.require(LITE0).map_err(|e| e.to_string())?;
+        let e = Arc::new(ImageEncoder::load(&dir).map_err(|e| e.to_string())?);
+        *g = Some(e.clone());
+        Ok(e)
+    }
+
+    fn conse(&self) -> Result<Arc<Conse>, String> {
+        let mut g = self.conse.lock();
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        self.store.require(CONSE).map_err(|e| e.to_string())?;
+        let text = self.text_model(MINILM)?;
+        let cache = self
+            .store
+            .dir
+            .join(".cache")
+            .join("conse-prompts-minilm.f32");
+        let c = Arc::new(Conse::build(&text, Some(&cache)).map_err(|e| e.to_string())?);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Loads (or waits for) every model of `names`; used to warm up before serving.
+    pub fn preload(&self, names: &[&str]) -> Result<(), String> {
+        for n in names {
+            match Self::canonical(n).as_str() {
+                LITE0 => drop(self.lite0()?),
+                CONSE => {
+                    self.lite0()?;
+                    self.conse()?;
+                }
+                other => drop(self.text_model(other)?),
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of an image reference and a cache key for its forward pass.
+    fn load_input(&self, im: &ImageInput<'_>) -> Result<(Vec<u8>, String, String), String> {
+        match im {
+            ImageInput::Bytes(b) => Ok((b.to_vec(), digest(b), "uploaded image".into())),
+            ImageInput::Stored(s) if s.starts_with("data:") => {
+                let (_, b64) = s
+                    .split_once(',')
+                    .ok_or("a data: URI without a ',' before its data")?;
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| format!("data: URI: bad base64: {e}"))?;
+                let k = digest(&b);
+                Ok((b, k, "data: URI".into()))
+            }
+            ImageInput::Stored(s) => {
+                let p = self.resolve(s)?;
+                let meta = std::fs::metadata(&p).map_err(|e| format!("{s}: {e}"))?;
+                if meta.len() > self.limits.max_file_bytes {
+                    return Err(format!(
+                        "{s}: {} bytes is over the {}-byte limit",
+                        meta.len(),
+                        self.limits.max_file_bytes
+                    ));
+                }
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                let key = format!("{}\u{0}{}\u{0}{mtime}", p.display(), meta.len());
+                let b = std::fs::read(&p).map_err(|e| format!("{s}: {e}"))?;
+                Ok((b, key, s.to_string()))
+            }
+        }
+    }
+
+    /// Lite0 outputs of `images` (cached), decoded and run on the worker threads.
+    pub fn lite0_outputs(
+        &self,
+        images: &[ImageInput<'_>],
+    ) -> Result<Vec<Result<Arc<Lite0Output>, String>>, String> {
+        let enc = self.lite0()?;
+        Ok(par_map(images, self.threads, |im| {
+            let (bytes, key, name) = self.load_input(im)?;
+            if let Some(o) = self.cache.lock().0.get(&key) {
+                return Ok(o.clone());
+            }
+            let d = decode_bytes(&bytes, &name, &self.limits).map_err(|e| e.to_string())?;
+            let out = Arc::new(enc.run(&d.rgb));
+            let mut c = self.cache.lock();
+            if c.0.insert(key.clone(), out.clone()).is_none() {
+                c.1.push_back(key);
+                while c.1.len() > CACHE_ENTRIES {
+                    if let Some(old) = c.1.pop_front() {
+                        c.0.remove(&old);
+                    }
+                }
+            }
+            Ok(out)
+        }))
+    }
+}
+
+fn digest(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(b))
 }
 
 impl Embedder for ModelEmbedder {
     fn dim(&self, kind: FunctionKind, model: &str) -> Result<usize, String> {
-        match kind {
-            FunctionKind::TextEmbedding => Ok(self.text_model(model)?.dim()),
-            FunctionKind::ImageEmbedding => Err(format!(
-                "ImageEmbedding functions are not available yet (model '{model}')"
+        let name = Self::canonical(model);
+        let spec = models::spec(&name).map_err(|e| e.to_string())?;
+        match (kind, spec.kind) {
+            (FunctionKind::TextEmbedding, "text") => Ok(self.text_model(&name)?.dim()),
+            (FunctionKind::TextEmbedding, _) => Err(format!(
+                "model '{name}' is an image model; use it in an ImageEmbedding function"
             )),
+            (FunctionKind::ImageEmbedding, "text") => Err(format!(
+                "model '{name}' is a text model; ImageEmbedding functions take {LITE0} or {CONSE}"
+            )),
+            (FunctionKind::ImageEmbedding, _) => {
+                self.store.require(&name).map_err(|e| e.to_string())?;
+                Ok(spec.dim)
+            }
         }
     }
 
     fn embed_texts(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
-        let enc = self.text_model(model)?;
+        let name = Self::canonical(model);
+        let enc = match name.as_str() {
+            // ConSE queries are sentence vectors in MiniLM's space.
+            CONSE => {
+                self.store.require(CONSE).map_err(|e| e.to_string())?;
+                self.text_model(MINILM)?
+            }
+            LITE0 => {
+                return Err(format!(
+                    "model '{LITE0}' embeds images only and cannot embed text: search this field by image or by id (more like this), or search a '{CONSE}' field by text"
+                ))
+            }
+            _ => {
+                let spec = models::spec(&name).map_err(|e| e.to_string())?;
+                if spec.kind != "text" {
+                    return Err(format!("model '{name}' cannot embed text"));
+                }
+                self.text_model(&name)?
+            }
+        };
         let mut out = Vec::with_capacity(texts.len());
         // Batches of 32 keep per-batch padding short.
         for chunk in texts.chunks(32) {
             out.extend(enc.embed(chunk).map_err(|e| e.to_string())?);
         }
         Ok(out)
+    }
+
+    fn embed_images(
+        &self,
+        model: &str,
+        images: &[ImageInput<'_>],
+    ) -> Result<Vec<Result<Vec<f32>, String>>, String> {
+        let name = Self::canonical(model);
+        let spec = models::spec(&name).map_err(|e| e.to_string())?;
+        match name.as_str() {
+            LITE0 => Ok(self
+                .lite0_outputs(images)?
+                .into_iter()
+                .map(|r| {
+                    r.map(|o| {
+                        let mut f = o.feature.clone();
+                        magpie_linalg::normalize(&mut f);
+                        f
+                    })
+                })
+                .collect()),
+            CONSE => {
+                let conse = self.conse()?;
+                Ok(self
+                    .lite0_outputs(images)?
+                    .into_iter()
+                    .map(|r| r.map(|o| conse.image_vector(&o.logits)))
+                    .collect())
+            }
+            _ => Err(format!(
+                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0} or {CONSE}",
+                spec.name, spec.kind
+            )),
+        }
     }
 }
