@@ -1030,9 +1030,12 @@ impl Embedder for ToyEmbedder {
                 Ok(self.embed_texts("toy", &[&s]).unwrap().remove(0))
             })
             .collect::<Vec<_>>())
-        .map(|v| {
-            let _ = model;
-            v
+        .and_then(|v| {
+            if model == "toyimg" || model == "pixels" {
+                Ok(v)
+            } else {
+                Err(format!("model '{model}' cannot embed images"))
+            }
         })
     }
     fn embed_texts(
