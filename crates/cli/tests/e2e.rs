@@ -341,3 +341,278 @@ fn models_list_and_missing_model_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown model 'no-such-model'"), "{err}");
 }
+
+// ---- The image app (needs the real models and ../shared; skipped without them) ----
+
+fn models_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("MAGPIE_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/magpie-models")
+        });
+    let ok = [
+        "efficientnet-lite0/efficientnet-lite0.pth",
+        "all-minilm-l6-v2/model.safetensors",
+    ]
+    .iter()
+    .all(|f| dir.join(f).is_file());
+    if ok {
+        Some(dir)
+    } else {
+        eprintln!("skipping: models are not installed in {} (magpie models fetch efficientnet-lite0 / all-minilm-l6-v2 --dir ...)", dir.display());
+        None
+    }
+}
+
+fn flags_dir() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/flags/svg-country-flags-png250px");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("skipping: {} is absent", p.display());
+        None
+    }
+}
+
+/// A folder with some flags in two subfolders, plus the files an image indexer must
+/// survive: a corrupt JPEG, an empty PNG, a PNG whose header claims 60000×60000 pixels,
+/// a text file, and a symlink loop.
+fn image_folder(flags: &Path, dir: &Path) {
+    let sub = |s: &str| {
+        let p = dir.join(s);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (a, b) = (sub("oceania"), sub("europe"));
+    for c in ["au", "hm", "nz", "td", "ro", "ml", "fr", "ie", "ng"] {
+        std::fs::copy(flags.join(format!("{c}.png")), a.join(format!("{c}.png"))).unwrap();
+    }
+    for c in ["no", "sj", "bv", "is", "be"] {
+        std::fs::copy(flags.join(format!("{c}.png")), b.join(format!("{c}.png"))).unwrap();
+    }
+    std::fs::write(
+        dir.join("corrupt.jpg"),
+        b"\xff\xd8\xff\xe0 this is not a jpeg",
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    let mut bomb = Vec::new();
+    bomb.extend_from_slice(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR");
+    bomb.extend_from_slice(&60000u32.to_be_bytes());
+    bomb.extend_from_slice(&60000u32.to_be_bytes());
+    bomb.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+    std::fs::write(dir.join("bomb.png"), bomb).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"not an image").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(dir, b.join("loop")).unwrap();
+}
+
+fn magpie(args: &[&str], data: &Path, models: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--models-dir")
+        .arg(models)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `magpie images index|search|dupes` on a folder with good and bad files; incremental
+/// re-indexing after a change and a deletion.
+#[test]
+fn images_cli_index_search_dupes_incremental() {
+    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    image_folder(&flags, &pics);
+    let data = d.path().join("data");
+    let dir = pics.to_str().unwrap();
+    let (ok, out, err) = magpie(
+        &["images", "index", dir, "--collection", "pics"],
+        &data,
+        &models,
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("17 images found: 14 added, 0 updated, 0 unchanged, 0 removed, 3 failed"),
+        "{out}\n{err}"
+    );
+    for bad in ["corrupt.jpg", "empty.png", "bomb.png"] {
+        assert!(err.contains(&format!("skipped {bad}")), "{bad}: {err}");
+    }
+    assert!(err.contains("warning:") && err.contains("loop"), "{err}");
+    // More like Chad: Mali and Romania.
+    let (ok, out, err) = magpie(
+        &[
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--like",
+            "oceania/td.png",
+            "--limit",
+            "2",
+            "--json",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    let hits: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| ["ml.png", "ro.png"].contains(n))
+            .count(),
+        2,
+        "{names:?}"
+    );
+    // By image file, with a folder filter.
+    let (ok, out, err) = magpie(
+        &[
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--image",
+            flags.join("au.png").to_str().unwrap(),
+            "--filter",
+            "folder == \"oceania\"",
+            "--limit",
+            "3",
+            "--json",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    let hits: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names[..2].contains(&"au.png") && names[..2].contains(&"hm.png"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"nz.png"), "{names:?}");
+    assert!(hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["folder"] == "oceania"));
+    // By text (ConSE).
+    let (ok, _, err) = magpie(
+        &[
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--text",
+            "a flag",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    // Identical flags are duplicate groups, best copy first.
+    let (ok, out, err) = magpie(
+        &["images", "dupes", "--collection", "pics", "--json"],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    let groups: Value = serde_json::from_str(&out).unwrap();
+    let sets: Vec<Vec<String>> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let mut v: Vec<String> = g["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    assert!(
+        sets.contains(&vec!["au.png".to_string(), "hm.png".to_string()]),
+        "{sets:?}"
+    );
+    assert!(
+        sets.contains(&vec![
+            "bv.png".to_string(),
+            "no.png".to_string(),
+            "sj.png".to_string()
+        ]),
+        "{sets:?}"
+    );
+    assert!(
+        !sets.iter().any(|s| s.contains(&"ie.png".to_string())),
+        "Ireland is not Nigeria: {sets:?}"
+    );
+    // Incremental: one file changed (Iceland's bytes replaced by Belgium's, a newer
+    // mtime), one deleted, the rest untouched.
+    std::thread::sleep(Duration::from_millis(1100)); // mtime has 1 s resolution
+    std::fs::copy(flags.join("be.png"), pics.join("europe/is.png")).unwrap();
+    std::fs::remove_file(pics.join("oceania/nz.png")).unwrap();
+    let (ok, out, err) = magpie(
+        &["images", "index", dir, "--collection", "pics"],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("16 images found: 0 added, 1 updated, 12 unchanged, 1 removed, 3 failed"),
+        "{out}"
+    );
+    let (ok, out, _) = magpie(
+        &[
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--like",
+            "europe/be.png",
+            "--limit",
+            "1",
+            "--json",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok);
+    let hits: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        hits[0]["name"], "is.png",
+        "the changed file was re-embedded: {hits}"
+    );
+    // A second process cannot open a data directory that is in use.
+    let held = magpie_engine::Engine::open(&data, Default::default()).unwrap();
+    let (ok, _, err) = magpie(&["images", "dupes", "--collection", "pics"], &data, &models);
+    assert!(
+        !ok && err.contains("in use by another Magpie process"),
+        "{err}"
+    );
+    drop(held);
+}

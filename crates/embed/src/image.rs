@@ -133,6 +133,132 @@ pub fn decode_file(path: &Path, lim: &DecodeLimits) -> Result<Decoded> {
     decode_bytes(&bytes, &name, lim)
 }
 
+/// What the image app stores about a file without decoding its pixels.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageMeta {
+    /// Width and height as displayed (EXIF orientation applied).
+    pub width: u32,
+    pub height: u32,
+    /// EXIF DateTimeOriginal (else DateTime) as "YYYY-MM-DD HH:MM:SS".
+    pub taken: Option<String>,
+    /// EXIF GPS position in decimal degrees (latitude, longitude).
+    pub gps: Option<(f64, f64)>,
+    /// EXIF camera make and model, joined.
+    pub camera: Option<String>,
+}
+
+impl ImageMeta {
+    /// How many EXIF facts the file carries (the duplicate finder prefers richer copies).
+    pub fn exif_richness(&self) -> usize {
+        self.taken.is_some() as usize + self.gps.is_some() as usize + self.camera.is_some() as usize
+    }
+}
+
+/// Reads an image's dimensions from its header and its EXIF block, without decoding the
+/// pixels. A missing or unreadable EXIF block is not an error; an unreadable header is.
+pub fn read_meta(path: &Path) -> Result<ImageMeta> {
+    let name = path.display().to_string();
+    let bad = |msg: String| EmbedError::Image {
+        name: name.clone(),
+        msg,
+    };
+    let io = |e: std::io::Error| EmbedError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let (mut width, mut height) = ImageReader::open(path)
+        .map_err(io)?
+        .with_guessed_format()
+        .map_err(io)?
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut meta = ImageMeta::default();
+    let file = std::fs::File::open(path).map_err(io)?;
+    if let Ok(ex) = exif::Reader::new().read_from_container(&mut std::io::BufReader::new(file)) {
+        use exif::{In, Tag, Value};
+        let ascii = |tag: Tag| -> Option<String> {
+            match &ex.get_field(tag, In::PRIMARY)?.value {
+                Value::Ascii(v) => v
+                    .first()
+                    .map(|b| {
+                        String::from_utf8_lossy(b)
+                            .trim()
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
+                    .filter(|s| !s.is_empty()),
+                _ => None,
+            }
+        };
+        meta.taken = ascii(Tag::DateTimeOriginal)
+            .or_else(|| ascii(Tag::DateTime))
+            .and_then(|d| exif_date(&d));
+        let make = ascii(Tag::Make);
+        let model = ascii(Tag::Model);
+        meta.camera = match (make, model) {
+            (Some(a), Some(b)) if b.starts_with(&a) => Some(b),
+            (Some(a), Some(b)) => Some(format!("{a} {b}")),
+            (a, b) => a.or(b),
+        };
+        let dms = |tag: Tag, reft: Tag, neg: &str| -> Option<f64> {
+            let Value::Rational(v) = &ex.get_field(tag, In::PRIMARY)?.value else {
+                return None;
+            };
+            if v.len() < 3 || v.iter().any(|r| r.denom == 0) {
+                return None;
+            }
+            let deg = v[0].to_f64() + v[1].to_f64() / 60.0 + v[2].to_f64() / 3600.0;
+            let sign = match ascii(reft) {
+                Some(r) if r.eq_ignore_ascii_case(neg) => -1.0,
+                _ => 1.0,
+            };
+            Some(sign * deg)
+        };
+        if let (Some(lat), Some(lon)) = (
+            dms(Tag::GPSLatitude, Tag::GPSLatitudeRef, "S"),
+            dms(Tag::GPSLongitude, Tag::GPSLongitudeRef, "W"),
+        ) {
+            meta.gps = Some((lat, lon));
+        }
+        if let Some(o) = ex
+            .get_field(Tag::Orientation, In::PRIMARY)
+            .and_then(|f| f.value.get_uint(0))
+        {
+            if (5..=8).contains(&o) {
+                std::mem::swap(&mut width, &mut height);
+            }
+        }
+    }
+    meta.width = width;
+    meta.height = height;
+    Ok(meta)
+}
+
+/// "YYYY:MM:DD HH:MM:SS" (EXIF) → "YYYY-MM-DD HH:MM:SS"; None when malformed or zero.
+fn exif_date(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    if b.len() < 19
+        || !b[..19].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b':' || *c == b'-',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+    {
+        return None;
+    }
+    if &s[..4] == "0000" {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}{}",
+        &s[..4],
+        &s[5..7],
+        &s[8..10],
+        &s[10..19]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +388,32 @@ mod tests {
             }
         }
         !c
+    }
+
+    #[test]
+    fn exif_dates_are_normalised() {
+        assert_eq!(
+            exif_date("2021:07:04 12:30:00").as_deref(),
+            Some("2021-07-04 12:30:00")
+        );
+        assert_eq!(exif_date("0000:00:00 00:00:00"), None);
+        assert_eq!(exif_date("July 4th"), None);
+    }
+
+    #[test]
+    fn meta_reads_dimensions_without_exif() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.png");
+        image::RgbImage::new(30, 20).save(&p).unwrap();
+        let m = read_meta(&p).unwrap();
+        assert_eq!(
+            (m.width, m.height, m.taken.clone(), m.gps),
+            (30, 20, None, None)
+        );
+        assert_eq!(m.exif_richness(), 0);
+        let bad = d.path().join("bad.jpg");
+        std::fs::write(&bad, b"\xff\xd8 not really").unwrap();
+        let e = read_meta(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.jpg"), "{e}");
     }
 }

@@ -8,6 +8,8 @@
 pub mod api;
 pub mod embedder;
 pub mod error;
+pub mod images;
+pub mod images_api;
 pub mod metrics;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -51,6 +53,12 @@ pub struct ServerConfig {
     pub index_build_threads: usize,
     /// Directory of built-in models (`magpie models fetch`); default `<data_dir>/models`.
     pub models_dir: Option<PathBuf>,
+    /// A folder of images to index (incrementally) into `images_collection` at start.
+    pub images_folder: Option<PathBuf>,
+    /// The image collection `images_folder` goes into.
+    pub images_collection: String,
+    /// Image inference worker threads (one image each; 0 = every core).
+    pub embed_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +77,9 @@ impl Default for ServerConfig {
             index_min_rows: e.index_min_rows,
             index_build_threads: e.index_build_threads,
             models_dir: None,
+            images_folder: None,
+            images_collection: "images".into(),
+            embed_threads: 0,
         }
     }
 }
@@ -91,6 +102,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: metrics::Metrics,
     pub token: Option<String>,
+    /// The image app (models, roots, indexing jobs); `None` serves the database only.
+    pub images: Option<Arc<images_api::ImageService>>,
 }
 
 async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -99,8 +112,17 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if got != Some(tok.as_str()) {
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(String::from)
+            // <img src> cannot send headers: the web UI adds `?token=` to image URLs.
+            .or_else(|| {
+                req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("token="))
+                        .map(String::from)
+                })
+            });
+        if got.as_deref() != Some(tok.as_str()) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 1800,
@@ -150,6 +172,10 @@ async fn not_found(req: Request) -> ApiError {
 }
 
 async fn index_page() -> Html<&'static str> {
+    Html(include_str!("ui/images.html"))
+}
+
+async fn console_page() -> Html<&'static str> {
     Html(include_str!("ui/index.html"))
 }
 
@@ -189,10 +215,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/vectordb/indexes/describe", post(describe_index))
         .route("/v2/vectordb/indexes/list", post(list_indexes))
         .route("/v2/vectordb/indexes/drop", post(drop_index))
+        .route("/v2/images/collections", post(images_api::list))
+        .route("/v2/images/index", post(images_api::index))
+        .route("/v2/images/status", post(images_api::status))
+        .route("/v2/images/search", post(images_api::search))
+        .route("/v2/images/dupes", post(images_api::dupes))
+        .route("/images/{coll}/{id}/thumb", get(images_api::thumb))
+        .route("/images/{coll}/{id}/file", get(images_api::file))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v2)
         .route("/", get(index_page))
+        .route("/console", get(console_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
         .route("/metrics", get(metrics_handler))
@@ -218,13 +252,27 @@ pub async fn serve(
         .models_dir
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join("models"));
-    engine.set_embedder(Arc::new(embedder::ModelEmbedder::new(
-        magpie_embed::models::ModelStore::new(models_dir),
-    )));
+    let emb = Arc::new(
+        embedder::ModelEmbedder::new(magpie_embed::models::ModelStore::new(models_dir))
+            .with_threads(cfg.embed_threads),
+    );
+    engine.set_embedder(emb.clone());
+    let images = Arc::new(images_api::ImageService::new(emb, cfg.data_dir.clone()));
+    if let Some(folder) = &cfg.images_folder {
+        images
+            .start_index(
+                engine.clone(),
+                cfg.images_collection.clone(),
+                folder.clone(),
+            )
+            .map_err(|e| std::io::Error::other(e.message))?;
+        tracing::info!(folder = %folder.display(), collection = %cfg.images_collection, "indexing images in the background");
+    }
     let state = Arc::new(AppState {
         engine: engine.clone(),
         metrics: Default::default(),
         token: cfg.token.clone(),
+        images: Some(images.clone()),
     });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -256,6 +304,10 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     maint.abort();
+    // Stop image indexing between batches; what it wrote is in the WAL.
+    images
+        .cancel
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("shutting down: flushing");
     tokio::task::spawn_blocking(move || engine.flush_all())
         .await

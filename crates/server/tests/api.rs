@@ -21,6 +21,7 @@ fn setup(token: Option<&str>, max_body: usize) -> T {
         engine,
         metrics: Default::default(),
         token: token.map(String::from),
+        images: None,
     });
     T {
         app: router(st, max_body),
@@ -744,6 +745,7 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
         engine,
         metrics: Default::default(),
         token: None,
+        images: None,
     });
     T {
         app: router(st, 1 << 20),

@@ -1,0 +1,443 @@
+//! `magpie images ...`: the image app from the terminal, on a data directory opened in
+//! process (stop a server that uses the same directory first; the directory is locked).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use magpie_embed::image::{decode_file, DecodeLimits};
+use magpie_embed::models::ModelStore;
+use magpie_embed::vision::{default_threads, par_map};
+use magpie_engine::{Engine, ImageInput};
+use magpie_server::embedder::{ModelEmbedder, CONSE, LITE0};
+use magpie_server::images::{self, ImageHit, ImageQuery};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum ImagesCmd {
+    /// Index a folder tree (incremental: unchanged files are skipped, changed ones
+    /// re-embedded, deleted ones removed; safe to interrupt and run again).
+    Index {
+        /// Folder to index.
+        dir: PathBuf,
+        #[arg(long, default_value = "images")]
+        collection: String,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Search by text, by an image file, or by an indexed image ("more like this").
+    Search {
+        #[arg(long, default_value = "images")]
+        collection: String,
+        #[arg(long, conflicts_with_all = ["image", "like"])]
+        text: Option<String>,
+        #[arg(long, conflicts_with = "like")]
+        image: Option<PathBuf>,
+        /// An indexed image's id or relative path.
+        #[arg(long)]
+        like: Option<String>,
+        /// Filter expression over path, name, folder, size, width, height, date.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Groups of near-duplicate images, best copy first (largest file, then most EXIF).
+    Dupes {
+        #[arg(long, default_value = "images")]
+        collection: String,
+        /// Cosine similarity of Lite0 features at which images count as duplicates.
+        #[arg(long, default_value_t = images::DEFAULT_DUP_THRESHOLD)]
+        threshold: f32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Compare image models on a folder: each model's top-k neighbours of the query
+    /// images side by side, in the terminal and as an HTML report.
+    Compare {
+        /// Folder of images (not recursive).
+        dir: PathBuf,
+        /// Comma-separated models (efficientnet-lite0, conse).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "efficientnet-lite0,conse"
+        )]
+        models: Vec<String>,
+        /// Query image(s); default: the first 5 images of the folder.
+        #[arg(long)]
+        query: Vec<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// Where to write the HTML report.
+        #[arg(long, default_value = "magpie-compare.html")]
+        html: PathBuf,
+        #[command(flatten)]
+        local: Local,
+    },
+}
+
+#[derive(Args)]
+pub struct Local {
+    /// Data directory.
+    #[arg(long, env = "MAGPIE_DATA_DIR", default_value = "magpie-data")]
+    data_dir: PathBuf,
+    /// Models directory [default: DATA_DIR/models].
+    #[arg(long, env = "MAGPIE_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Image inference threads (one image each); 0 = every core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl Local {
+    fn embedder(&self) -> Arc<ModelEmbedder> {
+        let dir = self
+            .models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"));
+        Arc::new(ModelEmbedder::new(ModelStore::new(dir)).with_threads(self.threads))
+    }
+
+    fn open(&self) -> Result<(Engine, Arc<ModelEmbedder>)> {
+        let engine = Engine::open(&self.data_dir, Default::default())
+            .with_context(|| format!("cannot open {}", self.data_dir.display()))?;
+        let emb = self.embedder();
+        engine.set_embedder(emb.clone());
+        images::register_roots(&self.data_dir, &emb);
+        Ok((engine, emb))
+    }
+}
+
+fn api(e: magpie_server::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!(e.message)
+}
+
+fn print_hits(hits: &[ImageHit], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(hits).unwrap());
+        return;
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let f = |k: &str| h.fields.get(k).map(|v| v.to_string()).unwrap_or_default();
+        println!(
+            "{:>3}. {:.4}  {:<40} {}x{}  {}  id {}",
+            i + 1,
+            h.score,
+            h.fields.get("path").and_then(|v| v.as_str()).unwrap_or(""),
+            f("width"),
+            f("height"),
+            h.fields.get("date").and_then(|v| v.as_str()).unwrap_or(""),
+            h.id
+        );
+    }
+}
+
+pub fn run(c: ImagesCmd) -> Result<()> {
+    match c {
+        ImagesCmd::Index {
+            dir,
+            collection,
+            local,
+        } => {
+            let (engine, emb) = local.open()?;
+            emb.preload(&[LITE0, CONSE]).map_err(anyhow::Error::msg)?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+                )
+                .unwrap(),
+            );
+            let mut progress = |p: images::Progress| {
+                bar.set_length(p.total as u64);
+                bar.set_position(p.done as u64);
+            };
+            let t = std::time::Instant::now();
+            let rep = images::index_folder(
+                &engine,
+                &emb,
+                &local.data_dir,
+                &collection,
+                &dir,
+                &mut progress,
+                &AtomicBool::new(false),
+            )
+            .map_err(api)?;
+            bar.finish_and_clear();
+            for w in &rep.warnings {
+                eprintln!("warning: {w}");
+            }
+            for (p, why) in &rep.failed {
+                eprintln!("skipped {p}: {why}");
+            }
+            println!(
+                "{}: {} images found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
+                collection,
+                rep.found,
+                rep.added,
+                rep.updated,
+                rep.unchanged,
+                rep.removed,
+                rep.failed.len(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        ImagesCmd::Search {
+            collection,
+            text,
+            image,
+            like,
+            filter,
+            limit,
+            json,
+            local,
+        } => {
+            let (engine, _emb) = local.open()?;
+            let q = match (text, image, like) {
+                (Some(t), None, None) => ImageQuery::Text(t),
+                (None, Some(f), None) => ImageQuery::Image(
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                ),
+                (None, None, Some(l)) => ImageQuery::Like(match l.parse::<i64>() {
+                    Ok(id) => id,
+                    Err(_) => images::path_id(l.trim_start_matches("./")),
+                }),
+                _ => bail!("give one of --text, --image FILE or --like ID"),
+            };
+            let hits =
+                images::search(&engine, &collection, &q, filter.as_deref(), limit).map_err(api)?;
+            print_hits(&hits, json);
+            Ok(())
+        }
+        ImagesCmd::Dupes {
+            collection,
+            threshold,
+            json,
+            local,
+        } => {
+            let (engine, _emb) = local.open()?;
+            let groups = images::dupes(&engine, &collection, threshold).map_err(api)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&groups).unwrap());
+                return Ok(());
+            }
+            for (i, g) in groups.iter().enumerate() {
+                println!("group {} ({} images):", i + 1, g.members.len());
+                for (j, m) in g.members.iter().enumerate() {
+                    println!(
+                        "  {} {:.4}  {}  {} bytes",
+                        if j == 0 { "keep" } else { "    " },
+                        m.score,
+                        m.fields.get("path").and_then(|v| v.as_str()).unwrap_or(""),
+                        m.fields
+                            .get("size")
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            println!(
+                "{} duplicate groups at similarity >= {threshold}",
+                groups.len()
+            );
+            Ok(())
+        }
+        ImagesCmd::Compare {
+            dir,
+            models,
+            query,
+            k,
+            html,
+            local,
+        } => compare(&dir, &models, &query, k, &html, &local),
+    }
+}
+
+fn compare(
+    dir: &Path,
+    models: &[String],
+    queries: &[PathBuf],
+    k: usize,
+    html: &Path,
+    local: &Local,
+) -> Result<()> {
+    let emb = local.embedder();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| images::EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no images", dir.display());
+    }
+    let queries: Vec<PathBuf> = if queries.is_empty() {
+        files.iter().take(5).cloned().collect()
+    } else {
+        queries.to_vec()
+    };
+    // Embed every file with every model (by bytes: no roots needed).
+    let lim = DecodeLimits::default();
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).with_context(|| format!("cannot read {}", f.display())))
+        .collect::<Result<_>>()?;
+    let threads = if local.threads == 0 {
+        default_threads()
+    } else {
+        local.threads
+    };
+    // Skip undecodable files up front, naming them.
+    let ok: Vec<bool> = par_map(&files, threads, |f| decode_file(f, &lim).is_ok());
+    for (f, good) in files.iter().zip(&ok) {
+        if !good {
+            eprintln!("skipping {}: cannot decode", f.display());
+        }
+    }
+    let keep: Vec<usize> = (0..files.len()).filter(|&i| ok[i]).collect();
+    let mut per_model: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    for m in models {
+        let inputs: Vec<ImageInput> = keep.iter().map(|&i| ImageInput::Bytes(&bytes[i])).collect();
+        let vecs = magpie_engine::Embedder::embed_images(&*emb, m, &inputs)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        per_model.push((m.clone(), vecs));
+    }
+    let name = |i: usize| {
+        files[keep[i]]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string()
+    };
+    let mut report = String::from(
+        "<!doctype html><meta charset=utf-8><title>Magpie model comparison</title>\
+         <style>body{font:14px system-ui;margin:1rem}td{vertical-align:top;padding:4px}\
+         img{max-width:120px;max-height:90px;display:block}.s{color:#666;font-size:12px}</style>\
+         <h1>Model comparison</h1>",
+    );
+    for q in &queries {
+        let qb = std::fs::read(q).with_context(|| format!("cannot read {}", q.display()))?;
+        println!("query {}", q.display());
+        report.push_str(&format!(
+            "<h2>{}</h2><img src=\"file://{}\"><table>",
+            esc(&q.display().to_string()),
+            esc(&q.canonicalize().unwrap_or(q.clone()).display().to_string())
+        ));
+        for (m, vecs) in &per_model {
+            let qv = magpie_engine::Embedder::embed_images(&*emb, m, &[ImageInput::Bytes(&qb)])
+                .map_err(anyhow::Error::msg)?
+                .remove(0)
+                .map_err(anyhow::Error::msg)?;
+            let mut s: Vec<(usize, f32)> = vecs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, magpie_linalg::dot(&qv, v)))
+                .filter(|(i, _)| files[keep[*i]].canonicalize().ok() != q.canonicalize().ok())
+                .collect();
+            s.sort_by(|a, b| b.1.total_cmp(&a.1));
+            s.truncate(k);
+            println!(
+                "  {:<20} {}",
+                m,
+                s.iter()
+                    .map(|(i, x)| format!("{} {:.3}", name(*i), x))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            report.push_str(&format!("<tr><th>{}</th>", esc(m)));
+            for (i, x) in &s {
+                report.push_str(&format!(
+                    "<td><img src=\"file://{}\"><span class=s>{} {:.3}</span></td>",
+                    esc(&files[keep[*i]]
+                        .canonicalize()
+                        .unwrap_or_default()
+                        .display()
+                        .to_string()),
+                    esc(&name(*i)),
+                    x
+                ));
+            }
+            report.push_str("</tr>");
+        }
+        report.push_str("</table>");
+    }
+    std::fs::write(html, report).with_context(|| format!("cannot write {}", html.display()))?;
+    println!("report: {}", html.display());
+    Ok(())
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Fetches the public-domain sample set (the country flags of npm `svg-country-flags`,
+/// 250 px PNGs) with `npm pack` into `dest`, unless it is already there.
+pub fn fetch_flags(dest: &Path) -> Result<()> {
+    if dest.join("fr.png").is_file() {
+        return Ok(());
+    }
+    let tmp = dest.with_extension("download");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    eprintln!("fetching the flags sample (npm pack svg-country-flags@1.2.10) …");
+    let out = std::process::Command::new("npm")
+        .args(["pack", "svg-country-flags@1.2.10", "--pack-destination"])
+        .arg(&tmp)
+        .output()
+        .context("cannot run npm (needed to fetch the sample images; or pass --images DIR)")?;
+    if !out.status.success() {
+        bail!(
+            "npm pack svg-country-flags@1.2.10 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let tgz = tmp.join("svg-country-flags-1.2.10.tgz");
+    let f = std::fs::File::open(&tgz).with_context(|| format!("cannot open {}", tgz.display()))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let staged = tmp.join("flags");
+    std::fs::create_dir_all(&staged)?;
+    let mut n = 0;
+    for e in ar.entries()? {
+        let mut e = e?;
+        let p = e.path()?.into_owned();
+        let Ok(rest) = p.strip_prefix("package/png250px") else {
+            continue;
+        };
+        // Flat file names only: nothing in the archive can write outside `staged`.
+        let Some(name) = rest.file_name().filter(|_| rest.components().count() == 1) else {
+            continue;
+        };
+        e.unpack(staged.join(name))?;
+        n += 1;
+    }
+    if n == 0 {
+        bail!("{}: no png250px/ images in the package", tgz.display());
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::rename(&staged, dest)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    eprintln!("{n} flag images in {}", dest.display());
+    Ok(())
+}

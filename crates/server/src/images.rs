@@ -1,0 +1,700 @@
+//! The image search app on top of the engine: index a folder tree into a collection
+//! whose vectors come from ImageEmbedding functions, search it by text, by image or by
+//! an existing id ("more like this"), and group near-duplicates.
+//!
+//! An image collection has two vector fields filled from the `file` field (the image's
+//! canonical path): `image_vec`, Lite0's pooled feature (image ↔ image), and `text_vec`,
+//! its ConSE vector in MiniLM's space (text → image). Both come from one forward pass.
+//! Which folder a collection indexes is kept in `<data dir>/images.json`; files are only
+//! read (embedded, thumbnailed, served) when they lie under such a root.
+//!
+//! Indexing is incremental and resumable: every batch is an acknowledged upsert (in the
+//! WAL before it returns), rows carry size, mtime and a content hash, so a second run
+//! skips unchanged files, re-embeds changed ones, and deletes rows of vanished files.
+
+use crate::embedder::{ModelEmbedder, CONSE, LITE0};
+use crate::error::ApiError;
+use magpie_embed::image::read_meta;
+use magpie_engine::{
+    CollectionSchema, Consistency, DataType, Engine, EngineError, FieldSchema, Hit, IndexMeta,
+    Metric, PrimaryKey, QueryRequest, SearchRequest,
+};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const IMAGE_VEC: &str = "image_vec";
+pub const TEXT_VEC: &str = "text_vec";
+/// Files with these extensions are indexed.
+pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
+/// Scalar fields returned with every hit.
+pub const OUTPUT_FIELDS: [&str; 9] = [
+    "path", "name", "folder", "size", "width", "height", "date", "exif", "exif_n",
+];
+const BATCH: usize = 16;
+/// Default cosine similarity at which two images count as near-duplicates.
+pub const DEFAULT_DUP_THRESHOLD: f32 = 0.99;
+const MAX_PATH: usize = 4096;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The schema of an image collection.
+pub fn schema() -> CollectionSchema {
+    let f = |name: &str, model: &str, out: &str| {
+        serde_json::from_value(json!({
+            "name": name, "type": "ImageEmbedding", "inputFieldNames": ["file"],
+            "outputFieldNames": [out], "params": {"model": model}
+        }))
+        .expect("static function schema")
+    };
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("file", DataType::VarChar).with_max_length(MAX_PATH),
+            FieldSchema::new("path", DataType::VarChar).with_max_length(MAX_PATH),
+            FieldSchema::new("name", DataType::VarChar).with_max_length(1024),
+            FieldSchema::new("folder", DataType::VarChar).with_max_length(MAX_PATH),
+            FieldSchema::new("size", DataType::Int64),
+            FieldSchema::new("mtime", DataType::Int64),
+            FieldSchema::new("hash", DataType::VarChar).with_max_length(64),
+            FieldSchema::new("width", DataType::Int64),
+            FieldSchema::new("height", DataType::Int64),
+            FieldSchema::new("date", DataType::VarChar).with_max_length(32),
+            FieldSchema::new("exif", DataType::JSON),
+            FieldSchema::new("exif_n", DataType::Int64),
+            FieldSchema::new(IMAGE_VEC, DataType::FloatVector).with_dim(1280),
+            FieldSchema::new(TEXT_VEC, DataType::FloatVector).with_dim(384),
+        ],
+        enable_dynamic_field: false,
+        description: "Magpie image collection".into(),
+        functions: vec![f("lite0", LITE0, IMAGE_VEC), f("conse", CONSE, TEXT_VEC)],
+    }
+}
+
+fn indexes() -> Vec<IndexMeta> {
+    [IMAGE_VEC, TEXT_VEC]
+        .iter()
+        .map(|f| IndexMeta {
+            id: 0,
+            index_name: f.to_string(),
+            field_name: f.to_string(),
+            index_type: "AUTOINDEX".into(),
+            metric_type: Metric::COSINE,
+            params: Default::default(),
+        })
+        .collect()
+}
+
+/// Which folder each image collection indexes: `<data dir>/images.json`.
+pub fn load_roots(data_dir: &Path) -> BTreeMap<String, PathBuf> {
+    std::fs::read(data_dir.join("images.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_root(data_dir: &Path, coll: &str, root: &Path) -> Result<()> {
+    let mut roots = load_roots(data_dir);
+    roots.insert(coll.to_string(), root.to_path_buf());
+    let path = data_dir.join("images.json");
+    let tmp = data_dir.join("images.json.partial");
+    let io = |e: std::io::Error| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            65535,
+            format!("{}: {e}", path.display()),
+        )
+    };
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&roots).unwrap()).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// Registers every saved root with the embedder (at server start).
+pub fn register_roots(data_dir: &Path, emb: &ModelEmbedder) {
+    for (coll, root) in load_roots(data_dir) {
+        if let Err(e) = emb.add_root(&root) {
+            tracing::warn!(collection = %coll, root = %root.display(), "image root unavailable: {e}");
+        }
+    }
+}
+
+/// The root of an image collection, or a 404-style error.
+pub fn root_of(data_dir: &Path, coll: &str) -> Result<PathBuf> {
+    load_roots(data_dir).remove(coll).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            100,
+            format!("'{coll}' is not an image collection (index a folder into it with `magpie images index`)"),
+        )
+    })
+}
+
+/// A stable id for a relative path (FNV-1a folded to 53 bits, so that JavaScript numbers
+/// hold it exactly), so re-indexing a changed file replaces its row.
+pub fn path_id(rel: &str) -> i64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in rel.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h & ((1u64 << 53) - 1)) as i64
+}
+
+fn file_hash(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let b = std::fs::read(path)?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&b))[..16].to_string())
+}
+
+/// Seconds since the epoch → "YYYY-MM-DD HH:MM:SS" (UTC), by the civil-from-days
+/// algorithm (Howard Hinnant's).
+pub fn format_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Counters of one indexing run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IndexReport {
+    pub found: usize,
+    pub added: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+    /// (relative path, reason) of files that could not be indexed.
+    pub failed: Vec<(String, String)>,
+    /// Problems of the walk itself (symlink loops, unreadable folders).
+    pub warnings: Vec<String>,
+    pub cancelled: bool,
+}
+
+/// Progress of a run: files handled so far out of those to (re-)embed.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+struct Known {
+    size: i64,
+    mtime: i64,
+    hash: String,
+}
+
+fn known_rows(engine: &Engine, coll: &str) -> Result<HashMap<String, Known>> {
+    let rows = engine.query(
+        coll,
+        &QueryRequest {
+            filter: Some("id >= 0".into()),
+            output_fields: vec!["path".into(), "size".into(), "mtime".into(), "hash".into()],
+            consistency: Some(Consistency::Strong),
+            ..Default::default()
+        },
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some((
+                r.get("path")?.as_str()?.to_string(),
+                Known {
+                    size: r.get("size")?.as_i64()?,
+                    mtime: r.get("mtime")?.as_i64()?,
+                    hash: r.get("hash")?.as_str()?.to_string(),
+                },
+            ))
+        })
+        .collect())
+}
+
+fn rel_path(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Creates the image collection if needed (checking the models are installed).
+pub fn ensure_collection(engine: &Engine, coll: &str) -> Result<()> {
+    if engine.has_collection(coll) {
+        let meta = engine.describe_collection(coll)?;
+        if meta.schema.field(IMAGE_VEC).is_none() || meta.schema.field("file").is_none() {
+            return Err(ApiError::bad_request(format!(
+                "collection '{coll}' exists and is not an image collection; pick another name"
+            )));
+        }
+        return Ok(());
+    }
+    engine.create_collection(coll, schema(), indexes(), Consistency::Strong, "")?;
+    Ok(())
+}
+
+/// Indexes the image files under `root` into `coll` (see the module docs). Stops between
+/// batches when `cancel` is set; what was written stays written.
+pub fn index_folder(
+    engine: &Engine,
+    emb: &ModelEmbedder,
+    data_dir: &Path,
+    coll: &str,
+    root: &Path,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<IndexReport> {
+    let root = emb.add_root(root).map_err(|e| {
+        ApiError::bad_request(format!("{}: cannot index this folder: {e}", root.display()))
+    })?;
+    if let Ok(prev) = root_of(data_dir, coll) {
+        if prev != root {
+            return Err(ApiError::bad_request(format!(
+                "collection '{coll}' indexes {}, not {}; use another collection name",
+                prev.display(),
+                root.display()
+            )));
+        }
+    }
+    ensure_collection(engine, coll)?;
+    save_root(data_dir, coll, &root)?;
+    let mut rep = IndexReport::default();
+    let known = known_rows(engine, coll)?;
+    // Walk (following symlinks; loops and unreadable entries are reported, not fatal).
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(&root)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
+        match entry {
+            Ok(e) if e.file_type().is_file() => {
+                let ok = e
+                    .path()
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+                if ok {
+                    files.push(e.into_path());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => rep.warnings.push(e.to_string()),
+        }
+    }
+    rep.found = files.len();
+    // Decide per file: unchanged (size+mtime, else same hash), or to embed.
+    let mut todo = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in files {
+        let rel = rel_path(&root, &p);
+        seen.insert(rel.clone());
+        let meta = match std::fs::metadata(&p) {
+            Ok(m) => m,
+            Err(e) => {
+                rep.failed.push((rel, e.to_string()));
+                continue;
+            }
+        };
+        let size = meta.len() as i64;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let hash = match known.get(&rel) {
+            Some(k) if k.size == size && k.mtime == mtime => {
+                rep.unchanged += 1;
+                continue;
+            }
+            Some(k) => match file_hash(&p) {
+                Ok(h) if h == k.hash => {
+                    rep.unchanged += 1;
+                    continue;
+                }
+                Ok(h) => h,
+                Err(e) => {
+                    rep.failed.push((rel, e.to_string()));
+                    continue;
+                }
+            },
+            None => match file_hash(&p) {
+                Ok(h) => h,
+                Err(e) => {
+                    rep.failed.push((rel, e.to_string()));
+                    continue;
+                }
+            },
+        };
+        todo.push((p, rel, size, mtime, hash));
+    }
+    let total = todo.len();
+    progress(Progress { done: 0, total });
+    let mut done = 0;
+    for chunk in todo.chunks(BATCH) {
+        if cancel.load(Ordering::Relaxed) {
+            rep.cancelled = true;
+            break;
+        }
+        let mut rows = Vec::new();
+        let mut rels = Vec::new();
+        for (p, rel, size, mtime, hash) in chunk {
+            let m = match read_meta(p) {
+                Ok(m) => m,
+                Err(e) => {
+                    rep.failed.push((rel.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let mut exif = Map::new();
+            if let Some(t) = &m.taken {
+                exif.insert("taken".into(), json!(t));
+            }
+            if let Some((lat, lon)) = m.gps {
+                exif.insert("lat".into(), json!(lat));
+                exif.insert("lon".into(), json!(lon));
+            }
+            if let Some(c) = &m.camera {
+                exif.insert("camera".into(), json!(c));
+            }
+            let (folder, name) = match rel.rsplit_once('/') {
+                Some((f, n)) => (f.to_string(), n.to_string()),
+                None => (String::new(), rel.clone()),
+            };
+            rows.push(json!({
+                "id": path_id(rel),
+                "file": p.to_string_lossy(),
+                "path": rel,
+                "name": name,
+                "folder": folder,
+                "size": size,
+                "mtime": mtime,
+                "hash": hash,
+                "width": m.width,
+                "height": m.height,
+                "date": m.taken.clone().unwrap_or_else(|| format_time(*mtime)),
+                "exif_n": m.exif_richness(),
+                "exif": Value::Object(exif),
+            }));
+            rels.push(rel.clone());
+        }
+        // A row whose image fails to embed is dropped and the rest retried.
+        while !rows.is_empty() {
+            match engine.upsert(coll, None, &rows) {
+                Ok(_) => {
+                    for r in &rels {
+                        if known.contains_key(r) {
+                            rep.updated += 1;
+                        } else {
+                            rep.added += 1;
+                        }
+                    }
+                    break;
+                }
+                Err(EngineError::Row { row, msg, .. }) if row < rows.len() => {
+                    rep.failed.push((rels.remove(row), msg));
+                    rows.remove(row);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        done += chunk.len();
+        progress(Progress { done, total });
+    }
+    if !rep.cancelled {
+        let gone: Vec<Value> = known
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .map(|k| json!(path_id(k)))
+            .collect();
+        if !gone.is_empty() {
+            rep.removed = engine.delete(coll, None, Some(&gone), None)?;
+        }
+        engine.flush(coll)?;
+    }
+    Ok(rep)
+}
+
+/// What to search by.
+#[derive(Debug, Clone)]
+pub enum ImageQuery {
+    /// Words, embedded into ConSE's space (`text_vec`).
+    Text(String),
+    /// An encoded image, compared by Lite0 features (`image_vec`).
+    Image(Vec<u8>),
+    /// The stored image with this id ("more like this").
+    Like(i64),
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageHit {
+    pub id: i64,
+    /// Cosine similarity (greater = closer).
+    pub score: f32,
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+fn hit(h: Hit) -> ImageHit {
+    ImageHit {
+        id: match h.id {
+            PrimaryKey::Int(i) => i,
+            PrimaryKey::Str(_) => -1,
+        },
+        score: h.distance,
+        fields: h.fields,
+    }
+}
+
+/// Searches an image collection. `filter` is a boolean expression over the scalar fields
+/// (e.g. `folder == "europe" and date >= "2020"`).
+pub fn search(
+    engine: &Engine,
+    coll: &str,
+    q: &ImageQuery,
+    filter: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ImageHit>> {
+    let mut r = SearchRequest {
+        limit: limit.clamp(1, 1000),
+        filter: filter.map(String::from),
+        output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    match q {
+        ImageQuery::Text(t) => {
+            if t.trim().is_empty() {
+                return Err(ApiError::bad_request("the text query is empty"));
+            }
+            r.anns_field = Some(TEXT_VEC.into());
+            r.texts = vec![t.clone()];
+        }
+        ImageQuery::Image(b) => {
+            r.anns_field = Some(IMAGE_VEC.into());
+            r.images = vec![b.clone()];
+        }
+        ImageQuery::Like(id) => {
+            r.anns_field = Some(IMAGE_VEC.into());
+            r.ids = Some(vec![json!(id)]);
+            // The image itself is not "like" itself.
+            r.limit += 1;
+        }
+    }
+    let mut hits: Vec<ImageHit> = engine
+        .search(coll, &r)?
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+        .into_iter()
+        .map(hit)
+        .collect();
+    if let ImageQuery::Like(id) = q {
+        hits.retain(|h| h.id != *id);
+        hits.truncate(limit);
+    }
+    Ok(hits)
+}
+
+/// A group of near-duplicates, best copy first (largest file, then most EXIF, then path).
+#[derive(Debug, Clone, Serialize)]
+pub struct DupGroup {
+    pub members: Vec<ImageHit>,
+}
+
+/// Groups images whose Lite0 cosine similarity is at least `threshold` (connected
+/// components of the "at least threshold" graph over each image's nearest neighbours).
+pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup>> {
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(ApiError::bad_request(format!(
+            "threshold must be between 0 and 1, got {threshold}"
+        )));
+    }
+    let rows = engine.query(
+        coll,
+        &QueryRequest {
+            filter: Some("id >= 0".into()),
+            output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+            consistency: Some(Consistency::Strong),
+            ..Default::default()
+        },
+    )?;
+    let ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.get("id").and_then(|v| v.as_i64()))
+        .collect();
+    let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut parent: Vec<usize> = (0..ids.len()).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    for chunk in ids.chunks(64) {
+        let r = SearchRequest {
+            anns_field: Some(IMAGE_VEC.into()),
+            ids: Some(chunk.iter().map(|i| json!(i)).collect()),
+            limit: 16,
+            ..Default::default()
+        };
+        for (q, hs) in chunk.iter().zip(engine.search(coll, &r)?) {
+            for h in hs {
+                if h.distance < threshold {
+                    continue;
+                }
+                if let (PrimaryKey::Int(o), Some(&a)) = (h.id, at.get(q)) {
+                    if let Some(&b) = at.get(&o) {
+                        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+                        if ra != rb {
+                            parent[ra] = rb;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..ids.len() {
+        let r = find(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+    let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    let mut out: Vec<DupGroup> = groups
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort_by(|&a, &b| {
+                let (ra, rb) = (&rows[a], &rows[b]);
+                num(rb, "size")
+                    .cmp(&num(ra, "size"))
+                    .then(num(rb, "exif_n").cmp(&num(ra, "exif_n")))
+                    .then_with(|| {
+                        let p = |r: &Map<String, Value>| {
+                            r.get("path")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or("")
+                                .to_string()
+                        };
+                        p(ra).cmp(&p(rb))
+                    })
+            });
+            DupGroup {
+                members: g
+                    .into_iter()
+                    .map(|i| {
+                        let mut f = rows[i].clone();
+                        f.remove("id");
+                        ImageHit {
+                            id: ids[i],
+                            score: 1.0,
+                            fields: f,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    // Score each member against the group's best copy.
+    for g in &mut out {
+        let best = g.members[0].id;
+        let r = SearchRequest {
+            anns_field: Some(IMAGE_VEC.into()),
+            ids: Some(vec![json!(best)]),
+            limit: (g.members.len() + 16).min(1000),
+            ..Default::default()
+        };
+        let scores: HashMap<i64, f32> = engine
+            .search(coll, &r)?
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|h| match h.id {
+                PrimaryKey::Int(i) => Some((i, h.distance)),
+                _ => None,
+            })
+            .collect();
+        for m in g.members.iter_mut().skip(1) {
+            m.score = scores.get(&m.id).copied().unwrap_or(threshold);
+        }
+    }
+    out.sort_by(|a, b| {
+        b.members.len().cmp(&a.members.len()).then_with(|| {
+            let p = |g: &DupGroup| {
+                g.members[0]
+                    .fields
+                    .get("path")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            p(a).cmp(&p(b))
+        })
+    });
+    Ok(out)
+}
+
+/// The stored file of image `id`, checked to lie under the collection's root.
+pub fn file_of(engine: &Engine, emb: &ModelEmbedder, coll: &str, id: i64) -> Result<PathBuf> {
+    let rows = engine.query(
+        coll,
+        &QueryRequest {
+            ids: Some(vec![json!(id)]),
+            output_fields: vec!["file".into()],
+            ..Default::default()
+        },
+    )?;
+    let file = rows
+        .first()
+        .and_then(|r| r.get("file"))
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                100,
+                format!("no image with id {id} in '{coll}'"),
+            )
+        })?;
+    emb.resolve(file)
+        .map_err(|m| ApiError::new(axum::http::StatusCode::FORBIDDEN, 403, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_utc_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn path_ids_are_stable_and_positive() {
+        assert_eq!(path_id("a/b.jpg"), path_id("a/b.jpg"));
+        assert_ne!(path_id("a/b.jpg"), path_id("a/c.jpg"));
+        assert!(path_id("x") >= 0);
+        assert!(path_id("some/long/path/IMG_0001.JPG") < 1 << 53);
+    }
+
+    #[test]
+    fn schema_is_valid() {
+        schema().check().unwrap();
+    }
+}

@@ -1,0 +1,354 @@
+//! HTTP endpoints of the image app (`/v2/images/...` JSON, `/images/{collection}/{id}/...`
+//! thumbnails and files) over [`crate::images`].
+
+use crate::api::Body;
+use crate::embedder::ModelEmbedder;
+use crate::error::ApiError;
+use crate::images::{self, ImageQuery, IndexReport, Progress};
+use crate::AppState;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Largest thumbnail side, pixels.
+pub const THUMB: u32 = 256;
+
+/// An indexing job's state, as `/v2/images/status` reports it.
+#[derive(Default, Clone, serde::Serialize)]
+pub struct Job {
+    pub running: bool,
+    pub folder: String,
+    pub progress: Progress,
+    pub report: Option<IndexReport>,
+    pub error: Option<String>,
+}
+
+/// What the image app needs besides the engine.
+pub struct ImageService {
+    pub embedder: Arc<ModelEmbedder>,
+    pub data_dir: PathBuf,
+    pub jobs: Mutex<HashMap<String, Job>>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl ImageService {
+    pub fn new(embedder: Arc<ModelEmbedder>, data_dir: PathBuf) -> Self {
+        images::register_roots(&data_dir, &embedder);
+        Self {
+            embedder,
+            data_dir,
+            jobs: Mutex::new(HashMap::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Starts indexing `folder` into `coll` on a blocking thread; one job per collection.
+    pub fn start_index(
+        self: &Arc<Self>,
+        engine: Arc<magpie_engine::Engine>,
+        coll: String,
+        folder: PathBuf,
+    ) -> Result<(), ApiError> {
+        {
+            let mut jobs = self.jobs.lock();
+            let j = jobs.entry(coll.clone()).or_default();
+            if j.running {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    65535,
+                    format!("collection '{coll}' is already being indexed"),
+                ));
+            }
+            *j = Job {
+                running: true,
+                folder: folder.display().to_string(),
+                ..Default::default()
+            };
+        }
+        let svc = self.clone();
+        std::thread::Builder::new()
+            .name(format!("index-{coll}"))
+            .spawn(move || {
+                let mut progress = |p: Progress| {
+                    if let Some(j) = svc.jobs.lock().get_mut(&coll) {
+                        j.progress = p;
+                    }
+                };
+                let res = images::index_folder(
+                    &engine,
+                    &svc.embedder,
+                    &svc.data_dir,
+                    &coll,
+                    &folder,
+                    &mut progress,
+                    &svc.cancel,
+                );
+                let mut jobs = svc.jobs.lock();
+                let j = jobs.entry(coll.clone()).or_default();
+                j.running = false;
+                match res {
+                    Ok(r) => {
+                        tracing::info!(collection = %coll, added = r.added, updated = r.updated, unchanged = r.unchanged, removed = r.removed, failed = r.failed.len(), "image indexing finished");
+                        j.report = Some(r)
+                    }
+                    Err(e) => {
+                        tracing::error!(collection = %coll, "image indexing failed: {}", e.message);
+                        j.error = Some(e.message)
+                    }
+                }
+            })
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn service(st: &AppState) -> Result<Arc<ImageService>, ApiError> {
+    st.images.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            65535,
+            "the image app is not enabled in this server",
+        )
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string()))?
+}
+
+fn ok(data: Value) -> Response {
+    Json(json!({"code": 0, "data": data})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollReq {
+    collection_name: String,
+}
+
+/// Image collections with their folders, sizes and indexing jobs.
+pub async fn list(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    let engine = st.engine.clone();
+    blocking(move || {
+        let jobs = svc.jobs.lock().clone();
+        let mut out = Vec::new();
+        for (name, root) in images::load_roots(&svc.data_dir) {
+            if !engine.has_collection(&name) {
+                continue;
+            }
+            let count = engine
+                .query(
+                    &name,
+                    &magpie_engine::QueryRequest {
+                        output_fields: vec!["count(*)".into()],
+                        ..Default::default()
+                    },
+                )
+                .ok()
+                .and_then(|r| r.first().and_then(|m| m.get("count(*)").cloned()))
+                .unwrap_or(Value::Null);
+            out.push(json!({"name": name, "folder": root, "count": count, "job": jobs.get(&name)}));
+        }
+        Ok(ok(Value::from(out)))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IndexReq {
+    collection_name: String,
+    folder: PathBuf,
+}
+
+pub async fn index(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<IndexReq>,
+) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    if !r.folder.is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "{}: not a folder on the server",
+            r.folder.display()
+        )));
+    }
+    svc.start_index(st.engine.clone(), r.collection_name, r.folder)?;
+    Ok(ok(json!({"started": true})))
+}
+
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<CollReq>,
+) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    let job = svc.jobs.lock().get(&r.collection_name).cloned();
+    Ok(ok(serde_json::to_value(job).unwrap()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchReq {
+    collection_name: String,
+    text: Option<String>,
+    /// Base64 (or a data: URI) of an uploaded image.
+    image: Option<String>,
+    like: Option<i64>,
+    filter: Option<String>,
+    /// Only images in this folder (relative to the root) or below it.
+    folder: Option<String>,
+    /// Dates as "YYYY-MM-DD" (inclusive bounds on the EXIF or file date).
+    date_from: Option<String>,
+    date_to: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A double-quoted filter string literal.
+fn lit(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub async fn search(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<SearchReq>,
+) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    service(&st)?;
+    let q = match (&r.text, &r.image, r.like) {
+        (Some(t), None, None) => ImageQuery::Text(t.clone()),
+        (None, Some(b), None) => {
+            let b64 = b.split_once(',').map_or(b.as_str(), |(_, d)| d);
+            ImageQuery::Image(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        ApiError::bad_request(format!("'image' is not valid base64: {e}"))
+                    })?,
+            )
+        }
+        (None, None, Some(id)) => ImageQuery::Like(id),
+        _ => {
+            return Err(ApiError::bad_request(
+                "send exactly one of 'text', 'image' (base64) or 'like' (an image id)",
+            ))
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some(f) = r.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        parts.push(format!("({f})"));
+    }
+    if let Some(f) = r.folder.as_deref().filter(|f| !f.is_empty()) {
+        let f = f.trim_matches('/');
+        parts.push(format!(
+            "(folder == {} or folder like {})",
+            lit(f),
+            lit(&format!("{f}/%"))
+        ));
+    }
+    if let Some(d) = r.date_from.as_deref().filter(|d| !d.is_empty()) {
+        parts.push(format!("date >= {}", lit(d)));
+    }
+    if let Some(d) = r.date_to.as_deref().filter(|d| !d.is_empty()) {
+        parts.push(format!("date <= {}", lit(&format!("{d} 99"))));
+    }
+    let filter = (!parts.is_empty()).then(|| parts.join(" and "));
+    let engine = st.engine.clone();
+    let limit = r.limit.unwrap_or(24);
+    let coll = r.collection_name;
+    let hits =
+        blocking(move || images::search(&engine, &coll, &q, filter.as_deref(), limit)).await?;
+    Ok(ok(serde_json::to_value(hits).unwrap()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DupesReq {
+    collection_name: String,
+    threshold: Option<f32>,
+}
+
+pub async fn dupes(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<DupesReq>,
+) -> Result<Response, ApiError> {
+    service(&st)?;
+    let engine = st.engine.clone();
+    let t = r.threshold.unwrap_or(images::DEFAULT_DUP_THRESHOLD);
+    let groups = blocking(move || images::dupes(&engine, &r.collection_name, t)).await?;
+    Ok(ok(serde_json::to_value(groups).unwrap()))
+}
+
+fn content_type(p: &std::path::Path) -> &'static str {
+    match p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The original file of an indexed image (only ever a path stored by the indexer and
+/// re-checked against the roots; the URL carries an id, never a path).
+pub async fn file(
+    State(st): State<Arc<AppState>>,
+    UrlPath((coll, id)): UrlPath<(String, i64)>,
+) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    let engine = st.engine.clone();
+    let (p, bytes) = blocking(move || {
+        let p = images::file_of(&engine, &svc.embedder, &coll, id)?;
+        let b = std::fs::read(&p).map_err(|e| {
+            ApiError::new(StatusCode::NOT_FOUND, 404, format!("{}: {e}", p.display()))
+        })?;
+        Ok((p, b))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, content_type(&p))], bytes).into_response())
+}
+
+/// A JPEG thumbnail (longest side [`THUMB`]) of an indexed image.
+pub async fn thumb(
+    State(st): State<Arc<AppState>>,
+    UrlPath((coll, id)): UrlPath<(String, i64)>,
+) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    let engine = st.engine.clone();
+    let bytes = blocking(move || {
+        let p = images::file_of(&engine, &svc.embedder, &coll, id)?;
+        let d = magpie_embed::image::decode_file(&p, &Default::default())
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 1100, e.to_string()))?;
+        let img = image::DynamicImage::ImageRgb8(d.rgb).thumbnail(THUMB, THUMB);
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.to_rgb8()
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string()))?;
+        Ok(out.into_inner())
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
