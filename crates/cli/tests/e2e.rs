@@ -616,3 +616,275 @@ fn images_cli_index_search_dupes_incremental() {
     );
     drop(held);
 }
+
+/// A minimal W3C WebDriver client (chromedriver) over HTTP.
+struct Browser {
+    base: String,
+    driver: Child,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    fn start() -> Option<Browser> {
+        let (driver, chromium) = (
+            Path::new("/usr/bin/chromedriver"),
+            Path::new("/usr/bin/chromium"),
+        );
+        if !driver.exists() || !chromium.exists() {
+            eprintln!("skipping: needs Debian's chromium and chromium-driver");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{url}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}}}});
+        let v: Value = ureq::post(&format!("{url}/session"))
+            .send_json(caps)
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let sid = v["value"]["sessionId"].as_str().unwrap().to_string();
+        Some(Browser {
+            base: format!("{url}/session/{sid}"),
+            driver: child,
+        })
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        match ureq::post(&format!("{}{path}", self.base)).send_json(body) {
+            Ok(r) => r.into_json::<Value>().unwrap()["value"].take(),
+            Err(ureq::Error::Status(_, r)) => {
+                panic!("webdriver {path}: {}", r.into_string().unwrap())
+            }
+            Err(e) => panic!("webdriver {path}: {e}"),
+        }
+    }
+
+    fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url }));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.post("/element", json!({"using": "css selector", "value": css}));
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("{css}: {v}"))
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.find(css);
+        self.post(&format!("/element/{e}/click"), json!({}));
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css);
+        self.post(&format!("/element/{e}/value"), json!({ "text": text }));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": []}))
+    }
+
+    /// Polls `script` (which returns a truthy value when done) until it holds.
+    fn wait(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.js(script);
+            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, dir: &Path, name: &str) {
+        use base64::Engine as _;
+        let v = ureq::get(&format!("{}/screenshot", self.base))
+            .call()
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["value"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    fn names(&self, css: &str) -> Vec<String> {
+        serde_json::from_value(self.js(&format!(
+            "return [...document.querySelectorAll('{css}')].map(c => c.dataset.name)"
+        )))
+        .unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&self.base).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The web UI in real headless Chromium: type a query and see results, upload an image,
+/// click a result for more like it (twice), a corrupt upload's error, the folder filter,
+/// and the duplicates view. Screenshots go to target/tmp/ui-screenshots/.
+#[test]
+fn web_ui_in_headless_chromium() {
+    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+        return;
+    };
+    let Some(b) = Browser::start() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    image_folder(&flags, &pics);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--images"])
+        .arg(&pics)
+        .arg("--data-dir")
+        .arg(d.path().join("data"))
+        .arg("--models-dir")
+        .arg(&models)
+        .env("MAGPIE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let server = Server {
+        child,
+        url: url.clone(),
+    };
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    b.goto(&url);
+    // The background index finishes: 14 good images, 3 bad files reported.
+    let status = b.wait(
+        "indexing to finish",
+        "const s = document.getElementById('status'); return s.dataset.ready === 'yes' && s.textContent.includes('14 images') && s.textContent",
+    );
+    assert!(
+        status.as_str().unwrap().contains("3 files skipped"),
+        "{status}"
+    );
+
+    // Type a query, see results with loaded thumbnails.
+    b.type_into("#q", "a photo of a flag\u{E007}");
+    b.wait(
+        "text results",
+        "return document.querySelectorAll('#results .card').length >= 12",
+    );
+    let title = b.js("return document.getElementById('title').textContent");
+    assert!(
+        title.as_str().unwrap().contains("a photo of a flag"),
+        "{title}"
+    );
+    b.wait(
+        "thumbnails",
+        "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)",
+    );
+    b.screenshot(&shots, "1-text-search.png");
+
+    // Upload an image: Australia finds itself and Heard Island first, New Zealand next.
+    let file = b.find("#file");
+    b.post(
+        &format!("/element/{file}/value"),
+        json!({"text": pics.join("oceania/au.png").to_str().unwrap()}),
+    );
+    b.wait(
+        "upload results",
+        "return document.getElementById('title').textContent.startsWith('Similar to au.png')",
+    );
+    let names = b.names("#results .card");
+    let mut first2 = names[..2].to_vec();
+    first2.sort();
+    assert_eq!(first2, ["au.png", "hm.png"], "{names:?}");
+    assert_eq!(names[2], "nz.png", "{names:?}");
+    b.screenshot(&shots, "2-upload.png");
+
+    // Click a result: more like it, without itself; then again from the new results.
+    b.click("#results .card[data-name='nz.png']");
+    b.wait("more like nz", "return document.getElementById('title').textContent.startsWith('More like oceania/nz.png')");
+    let names = b.names("#results .card");
+    assert!(
+        !names.is_empty() && !names.contains(&"nz.png".to_string()),
+        "{names:?}"
+    );
+    assert!(names[..2].contains(&"au.png".to_string()), "{names:?}");
+    b.click("#results .card[data-name='td.png']");
+    b.wait("more like td", "return document.getElementById('title').textContent.startsWith('More like oceania/td.png')");
+    let names = b.names("#results .card");
+    assert!(
+        names[..2].contains(&"ml.png".to_string()) && names[..2].contains(&"ro.png".to_string()),
+        "{names:?}"
+    );
+    b.screenshot(&shots, "3-more-like-this.png");
+
+    // Folder filter.
+    b.type_into("#folder", "europe");
+    b.type_into("#q", "a photo of a flag");
+    b.click("#form button[type=submit]");
+    b.wait("filtered results", "return document.getElementById('title').textContent.includes('a photo of a flag') && [...document.querySelectorAll('#results .card')].length > 0 && [...document.querySelectorAll('#results .card .name')].every(n => n.textContent.startsWith('europe/'))");
+    let n = b.js("return document.querySelectorAll('#results .card').length");
+    assert_eq!(n, json!(5), "europe holds 5 images");
+
+    // A corrupt upload: a clear error, the server keeps serving.
+    let file = b.find("#file");
+    b.post(
+        &format!("/element/{file}/value"),
+        json!({"text": pics.join("corrupt.jpg").to_str().unwrap()}),
+    );
+    let err = b.wait("error banner", "const e = document.getElementById('error'); return e.style.display === 'block' && e.textContent");
+    assert!(err.as_str().unwrap().contains("cannot decode"), "{err}");
+    b.screenshot(&shots, "4-bad-upload.png");
+
+    // Duplicates view.
+    b.click("#tab-dupes");
+    b.wait(
+        "duplicate groups",
+        "return document.querySelectorAll('#groups .group').length > 0",
+    );
+    let groups: Vec<Vec<String>> = serde_json::from_value(b.js(
+        "return [...document.querySelectorAll('#groups .group')].map(g => [...g.querySelectorAll('.card')].map(c => c.dataset.name).sort())",
+    ))
+    .unwrap();
+    assert!(
+        groups.contains(&vec!["au.png".into(), "hm.png".into()]),
+        "{groups:?}"
+    );
+    assert!(
+        groups.contains(&vec!["bv.png".into(), "no.png".into(), "sj.png".into()]),
+        "{groups:?}"
+    );
+    b.screenshot(&shots, "5-duplicates.png");
+    eprintln!("screenshots in {}", shots.display());
+    assert_eq!(server.count("images", ""), 14);
+    server.stop();
+}

@@ -752,3 +752,266 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
         _dir: dir,
     }
 }
+
+fn models_store() -> magpie_embed::models::ModelStore {
+    magpie_embed::models::ModelStore::new(
+        std::env::var_os("MAGPIE_MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../target/magpie-models")
+            }),
+    )
+}
+
+/// A server with the image app over `store`, data in a temp dir.
+fn setup_images(
+    store: magpie_embed::models::ModelStore,
+) -> (T, Arc<magpie_server::images_api::ImageService>, Arc<Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(store));
+    engine.set_embedder(emb.clone());
+    let svc = Arc::new(magpie_server::images_api::ImageService::new(
+        emb,
+        dir.path().to_path_buf(),
+    ));
+    let st = Arc::new(AppState {
+        engine: engine.clone(),
+        metrics: Default::default(),
+        token: None,
+        images: Some(svc.clone()),
+    });
+    (
+        T {
+            app: router(st, 1 << 20),
+            _dir: dir,
+        },
+        svc,
+        engine,
+    )
+}
+
+fn image_fn_collection(model: &str) -> Value {
+    json!({"collectionName": "pics", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "file", "dataType": "VarChar", "elementTypeParams": {"max_length": 4096}},
+            {"fieldName": "vec", "dataType": "FloatVector", "elementTypeParams": {"dim": 1280}}],
+          "functions": [{"name": "lite0", "type": "ImageEmbedding", "inputFieldNames": ["file"],
+                         "outputFieldNames": ["vec"], "params": {"model": model}}]},
+        "indexParams": [{"fieldName": "vec", "metricType": "COSINE", "indexType": "FLAT"}]})
+}
+
+/// Without the weights: an ImageEmbedding function names the missing model and the
+/// command that fetches it; unknown and text-only models are refused; the image
+/// endpoints answer clearly for unknown collections and missing ids.
+#[tokio::test]
+async fn image_functions_and_endpoints_without_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let (t, _svc, _) = setup_images(magpie_embed::models::ModelStore::new(d.path()));
+    for (model, want) in [
+        (
+            "efficientnet-lite0",
+            "magpie models fetch efficientnet-lite0",
+        ),
+        ("no-such-model", "unknown model 'no-such-model'"),
+        ("all-minilm-l6-v2", "is a text model"),
+    ] {
+        let (s, v) = t
+            .post("collections/create", image_fn_collection(model))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(want),
+            "{model}: {v}"
+        );
+    }
+    let (s, v) = t
+        .raw(
+            "/v2/images/search",
+            br#"{"collectionName": "nope", "text": "dog"}"#.to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = t
+        .raw(
+            "/v2/images/search",
+            br#"{"collectionName": "nope", "text": "dog", "like": 3}"#.to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("exactly one of"),
+        "{v}"
+    );
+    let (s, v) = t
+        .raw(
+            "/v2/images/search",
+            br#"{"collectionName": "x", "image": "***"}"#.to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not valid base64"),
+        "{v}"
+    );
+    let (s, v) = t
+        .raw(
+            "/v2/images/index",
+            br#"{"collectionName": "x", "folder": "/no/such/folder"}"#.to_vec(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not a folder"),
+        "{v}"
+    );
+    let resp = t
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/images/nope/1/thumb")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Image queries against a collection without an image function.
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "plain", "dimension": 4}),
+    )
+    .await;
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "plain", "data": [{"image": "aGVsbG8="}], "limit": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no embedding function"),
+        "{v}"
+    );
+    t.healthy().await;
+}
+
+/// With the weights: inserts embed image paths only under the allowed roots (no path
+/// traversal), data: URIs work, a corrupt image fails its row without harming the rest,
+/// and search takes {"image": base64}; thumbnails and files are served by id only.
+#[tokio::test]
+async fn image_functions_with_lite0() {
+    use base64::Engine as _;
+    let store = models_store();
+    if let Err(e) = store.require("efficientnet-lite0") {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let (t, svc, _) = setup_images(store);
+    t.ok(
+        "collections/create",
+        image_fn_collection("efficientnet-lite0"),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let red = |w: u32| {
+        let img = image::RgbImage::from_fn(w, w, |x, _| image::Rgb([200, (x % 50) as u8, 30]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    std::fs::write(root.path().join("red.png"), red(64)).unwrap();
+    std::fs::write(outside.path().join("secret.png"), red(64)).unwrap();
+    std::fs::write(root.path().join("broken.jpg"), b"\xff\xd8\xff garbage").unwrap();
+    // No roots yet: paths are refused.
+    let file = root.path().join("red.png").to_str().unwrap().to_string();
+    let (s, v) = t
+        .post(
+            "entities/insert",
+            json!({"collectionName": "pics", "data": [{"id": 1, "file": file}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no image roots"),
+        "{v}"
+    );
+    svc.embedder.add_root(root.path()).unwrap();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "pics", "data": [{"id": 1, "file": file}]}),
+    )
+    .await;
+    let traversal = format!(
+        "{}/../{}/secret.png",
+        root.path().display(),
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
+    for (bad, want) in [
+        (
+            outside
+                .path()
+                .join("secret.png")
+                .to_str()
+                .unwrap()
+                .to_string(),
+            "outside the image roots",
+        ),
+        (traversal, "outside the image roots"),
+        (
+            root.path().join("broken.jpg").to_str().unwrap().to_string(),
+            "cannot decode",
+        ),
+        ("data:image/png;base64,@@@".to_string(), "bad base64"),
+    ] {
+        let (s, v) = t
+            .post("entities/insert", json!({"collectionName": "pics", "data": [{"id": 2, "file": "data:image/png;base64,".to_string() + &base64::engine::general_purpose::STANDARD.encode(red(32))}, {"id": 3, "file": bad}]}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains(want) && m.contains("row 1"), "{want}: {v}");
+    }
+    // Nothing of the failed batches was written.
+    let n = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "pics", "filter": "id >= 0", "outputFields": ["count(*)"]}),
+        )
+        .await;
+    assert_eq!(n[0]["count(*)"], json!(1));
+    // Search by an uploaded image (bytes of the same picture): itself, similarity ~1.
+    let q = base64::engine::general_purpose::STANDARD.encode(red(64));
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "pics", "data": [{"image": q}], "limit": 1}),
+        )
+        .await;
+    assert_eq!(hits[0]["id"], json!(1), "{hits}");
+    assert!(hits[0]["distance"].as_f64().unwrap() > 0.999, "{hits}");
+    // Text cannot search a Lite0 field: the message says what can.
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "pics", "data": ["a red square"], "limit": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("embeds images only"),
+        "{v}"
+    );
+    t.healthy().await;
+}
