@@ -175,6 +175,18 @@ fn lite0_and_conse_quality_on_imagenet_sample() {
     eprintln!("same-superclass P@1 = {p1:.3} (reference 0.567)");
     assert!(p1 >= 0.55, "P@1 {p1}");
 
+    // Top-1 over the 1000 classes (file order = class index). onnxruntime running the
+    // same weights through an ONNX graph built independently (bench/peers/lite0_onnx.py)
+    // with Pillow's preprocessing measured 0.850.
+    let top1 = out
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, l))| top_classes(l, 1)[0].0 == *i)
+        .count() as f64
+        / n as f64;
+    eprintln!("ImageNet top-1 = {top1:.3} (onnxruntime reference 0.850)");
+    assert!((top1 - 0.850).abs() <= 0.02, "top-1 {top1}");
+
     let conse = Conse::build(&text, None).unwrap();
     let img_vecs: Vec<Vec<f32>> = out.iter().map(|(_, l)| conse.image_vector(l)).collect();
     // Files are sorted by class index, one per class.
