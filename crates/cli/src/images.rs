@@ -22,6 +22,11 @@ pub enum ImagesCmd {
         dir: PathBuf,
         #[arg(long, default_value = "images")]
         collection: String,
+        /// Model for text search (`text_vec`) of a new collection: conse, or a CLIP
+        /// model whose files you have (clip-vit-base-patch32, clip-vit-base-patch16).
+        /// Image-to-image search and duplicates always use efficientnet-lite0.
+        #[arg(long)]
+        model: Option<String>,
         #[command(flatten)]
         local: Local,
     },
@@ -144,10 +149,12 @@ pub fn run(c: ImagesCmd) -> Result<()> {
         ImagesCmd::Index {
             dir,
             collection,
+            model,
             local,
         } => {
             let (engine, emb) = local.open()?;
-            emb.preload(&[LITE0, CONSE]).map_err(anyhow::Error::msg)?;
+            emb.preload(&[LITE0, model.as_deref().unwrap_or(CONSE)])
+                .map_err(anyhow::Error::msg)?;
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -166,6 +173,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 &local.data_dir,
                 &collection,
                 &dir,
+                model.as_deref(),
                 &mut progress,
                 &AtomicBool::new(false),
             )

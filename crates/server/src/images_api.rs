@@ -88,6 +88,7 @@ impl ImageService {
                     &svc.data_dir,
                     &coll,
                     &folder,
+                    None,
                     &mut progress,
                     &svc.cancel,
                 );

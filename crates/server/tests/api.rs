@@ -795,7 +795,7 @@ fn setup_images(
 fn image_fn_collection(model: &str) -> Value {
     json!({"collectionName": "pics", "schema": {"fields": [
             {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
-            {"fieldName": "file", "dataType": "VarChar", "elementTypeParams": {"max_length": 4096}},
+            {"fieldName": "file", "dataType": "VarChar", "elementTypeParams": {"max_length": 65535}},
             {"fieldName": "vec", "dataType": "FloatVector", "elementTypeParams": {"dim": 1280}}],
           "functions": [{"name": "lite0", "type": "ImageEmbedding", "inputFieldNames": ["file"],
                          "outputFieldNames": ["vec"], "params": {"model": model}}]},
@@ -1014,4 +1014,76 @@ async fn image_functions_with_lite0() {
         "{v}"
     );
     t.healthy().await;
+}
+
+/// CLIP through the whole stack, with the tiny generated CLIP of the embed crate's test
+/// fixtures installed as `clip-vit-base-patch32`: an ImageEmbedding function embeds
+/// inserted images, and searches by text and by image use the same model.
+#[tokio::test]
+async fn clip_image_function_with_generated_weights() {
+    use base64::Engine as _;
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../embed/tests/fixtures/clip-tiny");
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().join("clip-vit-base-patch32");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in magpie_embed::clip::FILES {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    let (t, _svc, _) = setup_images(magpie_embed::models::ModelStore::new(models.path()));
+    let mut create = image_fn_collection("openai/clip-vit-base-patch32");
+    create["schema"]["fields"][2]["elementTypeParams"]["dim"] = json!(24);
+    t.ok("collections/create", create).await;
+    let png = |seed: u8| {
+        let img =
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, seed]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+    };
+    let fixture_png = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(fixture.join("image.png")).unwrap());
+    let rows = json!([
+        {"id": 1, "file": format!("data:image/png;base64,{fixture_png}")},
+        {"id": 2, "file": format!("data:image/png;base64,{}", png(0))},
+        {"id": 3, "file": format!("data:image/png;base64,{}", png(255))},
+    ]);
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "pics", "data": rows}),
+    )
+    .await;
+    // The stored vector of the fixture image is the numpy reference's.
+    let got = t
+        .ok(
+            "entities/get",
+            json!({"collectionName": "pics", "id": [1], "outputFields": ["vec"]}),
+        )
+        .await;
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        serde_json::from_value(got[0]["vec"].clone()).unwrap(),
+        serde_json::from_value(expected["image"].clone()).unwrap(),
+    );
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4),
+        "{a:?} vs {b:?}"
+    );
+    // By image: each finds itself.
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "pics", "data": [{"image": png(255)}], "limit": 1}),
+        )
+        .await;
+    assert_eq!(hits[0]["id"], json!(3), "{hits}");
+    // By text: the score is the cosine of the reference text and image vectors.
+    let hits = t.ok("entities/search", json!({"collectionName": "pics", "data": ["a photo of a dog"], "limit": 3, "filter": "id == 1"})).await;
+    let tv: Vec<f32> =
+        serde_json::from_value(expected["texts"]["a photo of a dog"].clone()).unwrap();
+    let want: f32 = tv.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let score = hits[0]["distance"].as_f64().unwrap() as f32;
+    assert!((score - want).abs() < 1e-4, "{score} vs {want}");
 }
