@@ -888,3 +888,69 @@ fn web_ui_in_headless_chromium() {
     assert_eq!(server.count("images", ""), 14);
     server.stop();
 }
+
+/// `magpie images compare`: both models' neighbours of a query, in the terminal and in
+/// an HTML report; an unknown model is a clear error.
+#[test]
+fn images_compare_models_side_by_side() {
+    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    image_folder(&flags, &pics);
+    let europe = pics.join("europe");
+    let html = d.path().join("report.html");
+    let q = europe.join("no.png");
+    let (ok, out, err) = magpie(
+        &[
+            "images",
+            "compare",
+            europe.to_str().unwrap(),
+            "--models",
+            "efficientnet-lite0,conse",
+            "--query",
+            q.to_str().unwrap(),
+            "--k",
+            "2",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        &d.path().join("data"),
+        &models,
+    );
+    assert!(ok, "{err}");
+    let lite0 = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("efficientnet-lite0"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        lite0.contains("bv.png 1.000") && lite0.contains("sj.png 1.000"),
+        "{out}"
+    );
+    assert!(
+        !lite0.contains("no.png"),
+        "the query is not its own neighbour: {out}"
+    );
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("conse")),
+        "{out}"
+    );
+    let report = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        report.contains("<th>conse</th>") && report.contains("bv.png"),
+        "{report}"
+    );
+    let (ok, _, err) = magpie(
+        &[
+            "images",
+            "compare",
+            europe.to_str().unwrap(),
+            "--models",
+            "efficientnet-lite0,nope",
+        ],
+        &d.path().join("data"),
+        &models,
+    );
+    assert!(!ok && err.contains("unknown model 'nope'"), "{err}");
+}

@@ -1087,3 +1087,81 @@ async fn clip_image_function_with_generated_weights() {
     let score = hits[0]["distance"].as_f64().unwrap() as f32;
     assert!((score - want).abs() < 1e-4, "{score} vs {want}");
 }
+
+/// Indexing stopped part-way (as by Ctrl-C between batches) keeps what it wrote; the next
+/// run adds only the rest and leaves no duplicates. Needs the flags of ../shared.
+#[test]
+fn image_indexing_resumes_after_an_interruption() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let store = models_store();
+    if let Err(e) = store.require("conse") {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let flags = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/flags/svg-country-flags-png250px");
+    if !flags.is_dir() {
+        eprintln!("skipping: {} is absent", flags.display());
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let count = |e: &Engine| {
+        e.query(
+            "f",
+            &magpie_engine::QueryRequest {
+                output_fields: vec!["count(*)".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap()[0]["count(*)"]
+            .as_u64()
+            .unwrap()
+    };
+    {
+        let engine = Engine::open(data.path(), EngineConfig::default()).unwrap();
+        let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(models_store()));
+        engine.set_embedder(emb.clone());
+        let cancel = AtomicBool::new(false);
+        let mut progress = |p: magpie_server::images::Progress| {
+            if p.done >= 48 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        };
+        let rep = magpie_server::images::index_folder(
+            &engine,
+            &emb,
+            data.path(),
+            "f",
+            &flags,
+            None,
+            &mut progress,
+            &cancel,
+        )
+        .unwrap();
+        assert!(rep.cancelled);
+        assert_eq!(rep.added, 48);
+        assert_eq!(count(&engine), 48);
+        // The engine is dropped without a flush: the rows live only in the WAL.
+    }
+    let engine = Engine::open(data.path(), EngineConfig::default()).unwrap();
+    let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(models_store()));
+    engine.set_embedder(emb.clone());
+    assert_eq!(count(&engine), 48, "recovered from the WAL");
+    let rep = magpie_server::images::index_folder(
+        &engine,
+        &emb,
+        data.path(),
+        "f",
+        &flags,
+        None,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(
+        (rep.found, rep.added, rep.unchanged, rep.removed),
+        (256, 208, 48, 0),
+        "{rep:?}"
+    );
+    assert_eq!(count(&engine), 256);
+}
