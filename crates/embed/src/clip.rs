@@ -13,7 +13,6 @@ use crate::{EmbedError, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip::{text_model, vision_model, ClipConfig, ClipModel};
-use image::imageops::FilterType;
 use image::RgbImage;
 use serde_json::Value;
 use std::path::Path;
@@ -97,21 +96,14 @@ impl ClipPreprocess {
         let s = self.shortest_edge as f64 / w.min(h).max(1) as f64;
         let nw = ((w as f64 * s).round() as u32).max(self.crop.1);
         let nh = ((h as f64 * s).round() as u32).max(self.crop.0);
-        let r = if (nw, nh) == (w, h) {
-            img.clone()
-        } else {
-            image::imageops::resize(img, nw, nh, FilterType::CatmullRom)
-        };
         let (ch, cw) = self.crop;
         let (x0, y0) = ((nw - cw) / 2, (nh - ch) / 2);
-        let mut out = vec![0f32; 3 * (ch * cw) as usize];
-        for y in 0..ch {
-            for x in 0..cw {
-                let p = r.get_pixel(x0 + x, y0 + y);
-                for c in 0..3 {
-                    out[(c * ch as usize + y as usize) * cw as usize + x as usize] =
-                        (p[c] as f32 * self.rescale - self.mean[c]) / self.std[c];
-                }
+        let px = crate::resize::resize_crop(img, nw, nh, x0, y0, cw, ch);
+        let plane = (ch * cw) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, p) in px.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (p[c] as f32 * self.rescale - self.mean[c]) / self.std[c];
             }
         }
         out

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod effnet;
 pub mod image;
 pub mod models;
+pub mod resize;
 pub mod text;
 pub mod torch;
 pub mod vision;

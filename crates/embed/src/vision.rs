@@ -4,7 +4,6 @@
 use crate::effnet::{softmax, Lite0, Lite0Output, CLASSES, INPUT};
 use crate::text::TextEncoder;
 use crate::{EmbedError, Result};
-use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -32,23 +31,10 @@ pub fn lite0_input(img: &RgbImage) -> Vec<f32> {
     let scale = INPUT as f64 / short;
     let nw = ((w as f64 * scale).round() as u32).max(INPUT as u32);
     let nh = ((h as f64 * scale).round() as u32).max(INPUT as u32);
-    let resized = if (nw, nh) == (w, h) {
-        img.clone()
-    } else {
-        image::imageops::resize(img, nw, nh, FilterType::CatmullRom)
-    };
     let x0 = (nw - INPUT as u32) / 2;
     let y0 = (nh - INPUT as u32) / 2;
-    let mut out = Vec::with_capacity(INPUT * INPUT * 3);
-    for y in 0..INPUT as u32 {
-        for x in 0..INPUT as u32 {
-            let p = resized.get_pixel(x0 + x, y0 + y);
-            for c in 0..3 {
-                out.push((p[c] as f32 - 127.0) / 128.0);
-            }
-        }
-    }
-    out
+    let px = crate::resize::resize_crop(img, nw, nh, x0, y0, INPUT as u32, INPUT as u32);
+    px.iter().map(|&v| (v as f32 - 127.0) / 128.0).collect()
 }
 
 /// EfficientNet-Lite0 with its preprocessing.
