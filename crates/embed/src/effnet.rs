@@ -298,6 +298,81 @@ impl Lite0 {
         })
     }
 
+    /// A network of the right shape with pseudo-random weights (for benchmarks and
+    /// tests that need the cost of a forward pass, not its meaning).
+    pub fn random(seed: u64) -> Self {
+        let mut x = seed | 1;
+        let mut t = |name: String, shape: Vec<usize>, base: f32, scale: f32| {
+            let n: usize = shape.iter().product();
+            let data = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    base + scale * ((x % 2001) as f32 / 1000.0 - 1.0)
+                })
+                .collect();
+            (name, TensorF32 { shape, data })
+        };
+        let mut sd = Vec::new();
+        type Gen<'a> = dyn FnMut(String, Vec<usize>, f32, f32) -> (String, TensorF32) + 'a;
+        let bn = |sd: &mut Vec<(String, TensorF32)>, t: &mut Gen, name: &str, c: usize| {
+            sd.push(t(format!("{name}.weight"), vec![c], 1.0, 0.1));
+            sd.push(t(format!("{name}.bias"), vec![c], 0.0, 0.1));
+            sd.push(t(format!("{name}.running_mean"), vec![c], 0.0, 0.1));
+            sd.push(t(format!("{name}.running_var"), vec![c], 1.0, 0.1));
+        };
+        sd.push(t("_conv_stem.weight".into(), vec![32, 3, 3, 3], 0.0, 0.1));
+        bn(&mut sd, &mut t, "_bn0", 32);
+        let mut i = 0;
+        for &(repeats, k, _, expand, cin0, cout) in &STAGES {
+            for r in 0..repeats {
+                let cin = if r == 0 { cin0 } else { cout };
+                let mid = cin * expand;
+                let p = format!("_blocks.{i}");
+                if expand != 1 {
+                    sd.push(t(
+                        format!("{p}._expand_conv.weight"),
+                        vec![mid, cin, 1, 1],
+                        0.0,
+                        0.1,
+                    ));
+                    bn(&mut sd, &mut t, &format!("{p}._bn0"), mid);
+                }
+                sd.push(t(
+                    format!("{p}._depthwise_conv.weight"),
+                    vec![mid, 1, k, k],
+                    0.0,
+                    0.1,
+                ));
+                bn(&mut sd, &mut t, &format!("{p}._bn1"), mid);
+                sd.push(t(
+                    format!("{p}._project_conv.weight"),
+                    vec![cout, mid, 1, 1],
+                    0.0,
+                    0.1,
+                ));
+                bn(&mut sd, &mut t, &format!("{p}._bn2"), cout);
+                i += 1;
+            }
+        }
+        sd.push(t(
+            "_conv_head.weight".into(),
+            vec![FEATURE_DIM, 320, 1, 1],
+            0.0,
+            0.1,
+        ));
+        bn(&mut sd, &mut t, "_bn1", FEATURE_DIM);
+        sd.push(t(
+            "_fc.weight".into(),
+            vec![CLASSES, FEATURE_DIM],
+            0.0,
+            0.05,
+        ));
+        sd.push(t("_fc.bias".into(), vec![CLASSES], 0.0, 0.05));
+        Self::from_state_dict(sd).expect("random weights have every tensor")
+    }
+
     /// Loads `efficientnet-lite0.pth` (legacy `torch.save` format).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| EmbedError::Io {
@@ -479,5 +554,17 @@ mod tests {
         let p = softmax(&[1.0, 2.0, 3.0, 1000.0]);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(p[3] > 0.99);
+    }
+
+    #[test]
+    fn random_network_runs_and_is_deterministic() {
+        let net = Lite0::random(3);
+        let x = vec![0.25f32; INPUT * INPUT * 3];
+        let a = net.forward(&x);
+        let b = Lite0::random(3).forward(&x);
+        assert_eq!(a.feature.len(), FEATURE_DIM);
+        assert_eq!(a.logits.len(), CLASSES);
+        assert!(a.feature.iter().all(|v| v.is_finite()));
+        assert_eq!(a.logits, b.logits);
     }
 }
