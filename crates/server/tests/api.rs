@@ -826,50 +826,51 @@ async fn image_functions_and_endpoints_without_weights() {
             "{model}: {v}"
         );
     }
-    let (s, v) = t
-        .raw(
-            "/v2/images/search",
-            br#"{"collectionName": "nope", "text": "dog"}"#.to_vec(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    let (s, v) = t
-        .raw(
-            "/v2/images/search",
-            br#"{"collectionName": "nope", "text": "dog", "like": 3}"#.to_vec(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["message"].as_str().unwrap().contains("exactly one of"),
-        "{v}"
-    );
-    let (s, v) = t
-        .raw(
-            "/v2/images/search",
-            br#"{"collectionName": "x", "image": "***"}"#.to_vec(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["message"].as_str().unwrap().contains("not valid base64"),
-        "{v}"
-    );
-    let (s, v) = t
-        .raw(
-            "/v2/images/index",
-            br#"{"collectionName": "x", "folder": "/no/such/folder"}"#.to_vec(),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(
-        v["message"].as_str().unwrap().contains("not a folder"),
-        "{v}"
-    );
+    for (ep, body, status, want) in [
+        (
+            "search",
+            r#"{"collectionName": "nope", "text": "dog"}"#,
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "search",
+            r#"{"collectionName": "nope", "text": "dog", "like": 3}"#,
+            StatusCode::BAD_REQUEST,
+            "exactly one of",
+        ),
+        (
+            "search",
+            r#"{"collectionName": "x", "image": "***"}"#,
+            StatusCode::BAD_REQUEST,
+            "not valid base64",
+        ),
+        (
+            "search",
+            r#"{"collectionName": "x", "text": "dog", "bogus": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "bogus",
+        ),
+        (
+            "index",
+            r#"{"collectionName": "x", "folder": "/no/such/folder"}"#,
+            StatusCode::BAD_REQUEST,
+            "not a folder",
+        ),
+        (
+            "dupes",
+            r#"{"collectionName": "x", "threshold": 7}"#,
+            StatusCode::BAD_REQUEST,
+            "between 0 and 1",
+        ),
+    ] {
+        let (s, v) = t
+            .raw(&format!("/v2/images/{ep}"), body.as_bytes().to_vec(), None)
+            .await;
+        assert_eq!(s, status, "{body}: {v}");
+        let m = v["message"].as_str().unwrap().to_lowercase();
+        assert!(m.contains(want), "{body}: {v}");
+    }
     let resp = t
         .app
         .clone()
