@@ -1064,16 +1064,21 @@ impl Embedder for ToyEmbedder {
 }
 
 fn text_schema(model: &str) -> CollectionSchema {
+    function_schema("TextEmbedding", "text", model)
+}
+
+/// id, a VarChar `input`, a 16-d `vec` filled from it by a function of `kind`.
+fn function_schema(kind: &str, input: &str, model: &str) -> CollectionSchema {
     CollectionSchema {
         fields: vec![
             FieldSchema::new("id", DataType::Int64).primary(false),
-            FieldSchema::new("text", DataType::VarChar).with_max_length(200),
+            FieldSchema::new(input, DataType::VarChar).with_max_length(200),
             FieldSchema::new("vec", DataType::FloatVector).with_dim(16),
         ],
         enable_dynamic_field: false,
         description: String::new(),
         functions: vec![serde_json::from_value(json!({
-            "name": "embed", "type": "TextEmbedding", "inputFieldNames": ["text"],
+            "name": "embed", "type": kind, "inputFieldNames": [input],
             "outputFieldNames": ["vec"], "params": {"model": model}
         }))
         .unwrap()],
@@ -1208,20 +1213,7 @@ fn image_embedding_functions_fill_vectors_and_search_by_image_and_text() {
             params: Default::default(),
         }]
     };
-    let schema = |model: &str| CollectionSchema {
-        fields: vec![
-            FieldSchema::new("id", DataType::Int64).primary(false),
-            FieldSchema::new("file", DataType::VarChar).with_max_length(200),
-            FieldSchema::new("vec", DataType::FloatVector).with_dim(16),
-        ],
-        enable_dynamic_field: false,
-        description: String::new(),
-        functions: vec![serde_json::from_value(json!({
-            "name": "img", "type": "ImageEmbedding", "inputFieldNames": ["file"],
-            "outputFieldNames": ["vec"], "params": {"model": model}
-        }))
-        .unwrap()],
-    };
+    let schema = |model: &str| function_schema("ImageEmbedding", "file", model);
     e.create_collection("im", schema("toyimg"), ix(), Consistency::Strong, "")
         .unwrap();
     e.create_collection("px", schema("pixels"), ix(), Consistency::Strong, "")
