@@ -10,8 +10,7 @@
 //! fixture in `tests/fixtures/clip-tiny`, made by its `make.py`).
 
 use crate::{EmbedError, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::clip::{text_model, vision_model, ClipConfig, ClipModel};
 use image::RgbImage;
 use serde_json::Value;
@@ -211,24 +210,11 @@ impl Clip {
             )));
         }
         let weights = dir.join("model.safetensors");
-        // SAFETY: the weights file is memory-mapped read-only and not modified while the
-        // model lives (model directories are replaced whole, never edited in place).
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }
-                .map_err(|e| err(format!("{}: {e}", weights.display())))?;
+        let vb = crate::mmap_weights(name, &weights)?;
         let model =
             ClipModel::new(vb, &config).map_err(|e| err(format!("{}: {e}", weights.display())))?;
-        let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| err(format!("{}: {e}", tok_path.display())))?;
-        tokenizer.with_padding(None);
         let max_tokens = config.text_config.max_position_embeddings;
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_tokens,
-                ..Default::default()
-            }))
-            .map_err(|e| err(e.to_string()))?;
+        let tokenizer = crate::load_tokenizer(name, &dir.join("tokenizer.json"), max_tokens)?;
         Ok(Self {
             name: name.to_string(),
             model,
@@ -242,10 +228,6 @@ impl Clip {
 
     pub fn dim(&self) -> usize {
         self.dim
-    }
-
-    pub fn preprocess(&self) -> &ClipPreprocess {
-        &self.pre
     }
 
     fn err(&self, e: impl std::fmt::Display) -> EmbedError {

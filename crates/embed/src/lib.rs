@@ -42,3 +42,45 @@ pub enum EmbedError {
 }
 
 pub type Result<T> = std::result::Result<T, EmbedError>;
+
+/// Memory-maps a safetensors file as F32 weights on the CPU.
+pub(crate) fn mmap_weights(
+    name: &str,
+    path: &std::path::Path,
+) -> Result<candle_nn::VarBuilder<'static>> {
+    // SAFETY: the weights file is memory-mapped read-only and not modified while the
+    // model lives (the model store replaces directories, never files in place).
+    unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[path],
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+    }
+    .map_err(|e| EmbedError::Model {
+        name: name.to_string(),
+        msg: format!("{}: {e}", path.display()),
+    })
+}
+
+/// Loads `tokenizer.json` without its padding (batches are padded to their own longest
+/// input, or not at all) and truncating at `max_tokens`.
+pub(crate) fn load_tokenizer(
+    name: &str,
+    path: &std::path::Path,
+    max_tokens: usize,
+) -> Result<tokenizers::Tokenizer> {
+    let err = |msg: String| EmbedError::Model {
+        name: name.to_string(),
+        msg,
+    };
+    let mut tok = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    tok.with_padding(None);
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: max_tokens,
+        ..Default::default()
+    }))
+    .map_err(|e| err(e.to_string()))?;
+    Ok(tok)
+}

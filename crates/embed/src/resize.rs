@@ -1,9 +1,9 @@
 //! Bicubic resize (Keys' cubic, a = −0.5: Catmull-Rom) fused with the centre crop: only
 //! the output window that survives the crop is computed. The sampling is the usual
 //! antialiased convention: pixel centres at +0.5, and when shrinking the kernel is
-//! widened by the scale factor so that every source pixel contributes. Columns are
-//! filtered first (to f32), then rows, rounding to u8 at the end, the order and rounding
-//! of the `image` crate's `resize`, whose output this reproduces (tested) at a fraction
+//! widened by the scale factor so that every source pixel contributes. Rows are
+//! filtered first (the vertical pass, to f32), then columns, rounding to u8 at the end:
+//! the order and rounding of the `image` crate's `resize`, whose output this reproduces (tested) at a fraction
 //! of the cost for the typical 256→224 case.
 
 use image::RgbImage;

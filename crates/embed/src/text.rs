@@ -6,10 +6,9 @@
 
 use crate::{EmbedError, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use std::path::Path;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 /// Longest input in tokens (sentence-transformers' `max_seq_length` for this model).
 pub const MAX_TOKENS: usize = 256;
@@ -37,22 +36,9 @@ impl TextEncoder {
         let config: Config = serde_json::from_str(&cfg_text)
             .map_err(|e| err(format!("{}: {e}", cfg_path.display())))?;
         let device = Device::Cpu;
-        let weights = dir.join("model.safetensors");
-        // SAFETY: the weights file is memory-mapped read-only and not modified while the
-        // encoder lives (the model store replaces directories, never files in place).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .map_err(|e| err(format!("{}: {e}", weights.display())))?;
+        let vb = crate::mmap_weights(name, &dir.join("model.safetensors"))?;
         let model = BertModel::load(vb, &config).map_err(|e| err(e.to_string()))?;
-        let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| err(format!("{}: {e}", tok_path.display())))?;
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
-            .map_err(|e| err(e.to_string()))?;
+        let tokenizer = crate::load_tokenizer(name, &dir.join("tokenizer.json"), MAX_TOKENS)?;
         Ok(Self {
             name: name.to_string(),
             model,

@@ -50,10 +50,6 @@ impl ImageEncoder {
         })
     }
 
-    pub fn from_net(net: Lite0) -> Self {
-        Self { net }
-    }
-
     /// Pooled feature and class logits of one decoded image (on the calling thread).
     pub fn run(&self, img: &RgbImage) -> Lite0Output {
         self.net.forward(&lite0_input(img))

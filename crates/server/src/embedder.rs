@@ -18,6 +18,7 @@ use magpie_embed::text::TextEncoder;
 use magpie_embed::vision::{default_threads, par_map, Conse, ImageEncoder};
 use magpie_engine::{Embedder, FunctionKind, ImageInput};
 use parking_lot::{Mutex, RwLock};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,10 +70,6 @@ impl ModelEmbedder {
         self
     }
 
-    pub fn store(&self) -> &ModelStore {
-        &self.store
-    }
-
     /// Allows image paths under `root` (canonicalised; must be a directory).
     pub fn add_root(&self, root: &Path) -> std::io::Result<PathBuf> {
         let c = root.canonicalize()?;
@@ -87,10 +84,6 @@ impl ModelEmbedder {
             r.push(c.clone());
         }
         Ok(c)
-    }
-
-    pub fn roots(&self) -> Vec<PathBuf> {
-        self.roots.read().clone()
     }
 
     /// `path` canonicalised, if it lies under an allowed root; else an error naming it.
@@ -185,10 +178,16 @@ impl ModelEmbedder {
         Ok(())
     }
 
-    /// The bytes of an image reference and a cache key for its forward pass.
-    fn load_input(&self, im: &ImageInput<'_>) -> Result<(Vec<u8>, String, String), String> {
+    /// Where an image reference's bytes come from, the key its forward pass is cached
+    /// under, and a name for errors. Files are not read here: a cached pass needs only
+    /// their metadata.
+    fn source<'a>(&self, im: &ImageInput<'a>) -> Result<Source<'a>, String> {
         match im {
-            ImageInput::Bytes(b) => Ok((b.to_vec(), digest(b), "uploaded image".into())),
+            ImageInput::Bytes(b) => Ok(Source {
+                key: digest(b),
+                name: "uploaded image".into(),
+                data: Data::Mem(Cow::Borrowed(b)),
+            }),
             ImageInput::Stored(s) if s.starts_with("data:") => {
                 let (_, b64) = s
                     .split_once(',')
@@ -196,8 +195,11 @@ impl ModelEmbedder {
                 let b = base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
                     .map_err(|e| format!("data: URI: bad base64: {e}"))?;
-                let k = digest(&b);
-                Ok((b, k, "data: URI".into()))
+                Ok(Source {
+                    key: digest(&b),
+                    name: "data: URI".into(),
+                    data: Data::Mem(Cow::Owned(b)),
+                })
             }
             ImageInput::Stored(s) => {
                 let p = self.resolve(s)?;
@@ -214,11 +216,24 @@ impl ModelEmbedder {
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_nanos());
-                let key = format!("{}\u{0}{}\u{0}{mtime}", p.display(), meta.len());
-                let b = std::fs::read(&p).map_err(|e| format!("{s}: {e}"))?;
-                Ok((b, key, s.to_string()))
+                Ok(Source {
+                    key: format!("{}\u{0}{}\u{0}{mtime}", p.display(), meta.len()),
+                    name: s.to_string(),
+                    data: Data::File(p),
+                })
             }
         }
+    }
+
+    /// Decodes a source (reading its file, if it is one).
+    fn decode(&self, src: Source<'_>) -> Result<magpie_embed::image::Decoded, String> {
+        let bytes = match src.data {
+            Data::Mem(b) => b,
+            Data::File(p) => {
+                Cow::Owned(std::fs::read(&p).map_err(|e| format!("{}: {e}", src.name))?)
+            }
+        };
+        decode_bytes(&bytes, &src.name, &self.limits).map_err(|e| e.to_string())
     }
 
     /// Lite0 outputs of `images` (cached), decoded and run on the worker threads.
@@ -228,11 +243,12 @@ impl ModelEmbedder {
     ) -> Result<Vec<Result<Arc<Lite0Output>, String>>, String> {
         let enc = self.lite0()?;
         Ok(par_map(images, self.threads, |im| {
-            let (bytes, key, name) = self.load_input(im)?;
+            let src = self.source(im)?;
+            let key = src.key.clone();
             if let Some(o) = self.cache.lock().0.get(&key) {
                 return Ok(o.clone());
             }
-            let d = decode_bytes(&bytes, &name, &self.limits).map_err(|e| e.to_string())?;
+            let d = self.decode(src)?;
             let out = Arc::new(enc.run(&d.rgb));
             let mut c = self.cache.lock();
             if c.0.insert(key.clone(), out.clone()).is_none() {
@@ -246,6 +262,18 @@ impl ModelEmbedder {
             Ok(out)
         }))
     }
+}
+
+/// An image reference resolved by [`ModelEmbedder::source`].
+struct Source<'a> {
+    key: String,
+    name: String,
+    data: Data<'a>,
+}
+
+enum Data<'a> {
+    Mem(Cow<'a, [u8]>),
+    File(PathBuf),
 }
 
 fn digest(b: &[u8]) -> String {
@@ -341,8 +369,7 @@ impl Embedder for ModelEmbedder {
                 Ok(images
                     .iter()
                     .map(|im| {
-                        let (bytes, _, name) = self.load_input(im)?;
-                        let d = decode_bytes(&bytes, &name, &self.limits).map_err(|e| e.to_string())?;
+                        let d = self.decode(self.source(im)?)?;
                         c.embed_images(&[&d.rgb])
                             .map(|mut v| v.remove(0))
                             .map_err(|e| e.to_string())

@@ -221,6 +221,13 @@ fn lit(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// A `like` pattern matching every path below folder `f`: its own `%` and `_` are
+/// escaped so they match only themselves.
+fn below(f: &str) -> String {
+    let esc = lit(f).replace('%', "\\%").replace('_', "\\_");
+    format!("{}/%\"", &esc[..esc.len() - 1])
+}
+
 pub async fn search(
     State(st): State<Arc<AppState>>,
     Body(r): Body<SearchReq>,
@@ -255,7 +262,7 @@ pub async fn search(
         parts.push(format!(
             "(folder == {} or folder like {})",
             lit(f),
-            lit(&format!("{f}/%"))
+            below(f)
         ));
     }
     if let Some(d) = r.date_from.as_deref().filter(|d| !d.is_empty()) {
@@ -352,4 +359,16 @@ pub async fn thumb(
         bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_patterns_escape_wildcards_and_quotes() {
+        assert_eq!(lit(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(below("2023_trip%"), r#""2023\_trip\%/%""#);
+        assert_eq!(below("plain"), r#""plain/%""#);
+    }
 }
