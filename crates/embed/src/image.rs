@@ -400,6 +400,55 @@ mod tests {
         assert_eq!(exif_date("July 4th"), None);
     }
 
+    /// The fixtures are written by Pillow (`tests/fixtures/exif/make.py`), a writer
+    /// independent of our reader; the expected values are the ones make.py put in.
+    #[test]
+    fn meta_reads_exif_written_by_pillow() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exif");
+        let se = read_meta(&dir.join("gps-south-east.jpg")).unwrap();
+        assert_eq!(
+            (se.width, se.height),
+            (20, 40),
+            "orientation 6 swaps the sides"
+        );
+        assert_eq!(se.taken.as_deref(), Some("2024-03-09 14:05:33"));
+        assert_eq!(
+            se.camera.as_deref(),
+            Some("Canon EOS R6"),
+            "make not repeated"
+        );
+        let (lat, lon) = se.gps.unwrap();
+        assert!(
+            (lat - -(33.0 + 51.0 / 60.0 + 24.6 / 3600.0)).abs() < 1e-6,
+            "{lat}"
+        );
+        assert!(
+            (lon - (151.0 + 12.0 / 60.0 + 54.4 / 3600.0)).abs() < 1e-6,
+            "{lon}"
+        );
+        assert_eq!(se.exif_richness(), 3);
+        let d = decode_file(&dir.join("gps-south-east.jpg"), &DecodeLimits::default()).unwrap();
+        assert_eq!(d.rgb.dimensions(), (20, 40), "pixels rotated upright too");
+
+        let nw = read_meta(&dir.join("gps-north-west.jpg")).unwrap();
+        assert_eq!((nw.width, nw.height), (16, 16));
+        assert_eq!(
+            nw.taken.as_deref(),
+            Some("2021-07-04 09:30:00"),
+            "DateTime fallback"
+        );
+        assert_eq!(nw.camera.as_deref(), Some("Pixel 7"));
+        let (lat, lon) = nw.gps.unwrap();
+        assert!(
+            (lat - (40.0 + 41.0 / 60.0 + 21.4 / 3600.0)).abs() < 1e-6,
+            "{lat}"
+        );
+        assert!(
+            (lon - -(74.0 + 2.0 / 60.0 + 40.2 / 3600.0)).abs() < 1e-6,
+            "{lon}"
+        );
+    }
+
     #[test]
     fn meta_reads_dimensions_without_exif() {
         let d = tempfile::tempdir().unwrap();
