@@ -22,9 +22,17 @@ impl std::fmt::Display for Unreachable {
 }
 impl std::error::Error for Unreachable {}
 
-/// POSTs to `/v2/vectordb/{endpoint}` and returns `data`, or the server's error message.
+/// POSTs to `/v2/vectordb/{endpoint}` and returns the reply (its `data` holds the result),
+/// or the server's error message.
 pub fn call(url: &str, token: Option<&str>, endpoint: &str, body: &Value) -> Result<Value> {
-    let full = format!("{}/v2/vectordb/{endpoint}", url.trim_end_matches('/'));
+    post(url, token, &format!("/v2/vectordb/{endpoint}"), body)
+}
+
+/// POSTs JSON to `path` (e.g. `/v2/images/search`) and returns the reply, or an error
+/// carrying the server's message (or [`Unreachable`] when there is no server).
+pub fn post(url: &str, token: Option<&str>, path: &str, body: &Value) -> Result<Value> {
+    let endpoint = path.trim_start_matches('/');
+    let full = format!("{}/{endpoint}", url.trim_end_matches('/'));
     let mut req = ureq::post(&full).set("Content-Type", "application/json");
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));

@@ -1,5 +1,6 @@
-//! `magpie images ...`: the image app from the terminal, on a data directory opened in
-//! process (stop a server that uses the same directory first; the directory is locked).
+//! `magpie images ...`: the image app from the terminal, either on a data directory opened
+//! in process (the directory is locked, so not while a server uses it) or, with `--url`,
+//! through a running server's `/v2/images/...` endpoints.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -9,8 +10,9 @@ use magpie_embed::vision::{default_threads, par_map};
 use magpie_engine::{Engine, ImageInput};
 use magpie_server::embedder::{ModelEmbedder, CONSE, LITE0};
 use magpie_server::images::{self, ImageHit, ImageQuery};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Subcommand)]
@@ -90,6 +92,13 @@ pub enum ImagesCmd {
 
 #[derive(Args)]
 pub struct Local {
+    /// Work through the server running at this URL instead of opening DATA_DIR (which
+    /// a running server keeps locked). Paths given to `index` are the server's.
+    #[arg(long, env = "MAGPIE_URL")]
+    url: Option<String>,
+    /// Bearer token, if the server requires one (with --url).
+    #[arg(long, env = "MAGPIE_TOKEN")]
+    token: Option<String>,
     /// Data directory.
     #[arg(long, env = "MAGPIE_DATA_DIR", default_value = "magpie-data")]
     data_dir: PathBuf,
@@ -111,12 +120,139 @@ impl Local {
     }
 
     fn open(&self) -> Result<(Engine, Arc<ModelEmbedder>)> {
-        let engine = Engine::open(&self.data_dir, Default::default())
-            .with_context(|| format!("cannot open {}", self.data_dir.display()))?;
+        let engine = Engine::open(&self.data_dir, Default::default()).with_context(|| {
+            format!(
+                "cannot open {} (if `magpie serve` is using it, add --url http://HOST:PORT)",
+                self.data_dir.display()
+            )
+        })?;
         let emb = self.embedder();
         engine.set_embedder(emb.clone());
         images::register_roots(&self.data_dir, &emb);
         Ok((engine, emb))
+    }
+}
+
+/// A running server, for `--url`.
+struct Remote<'a> {
+    url: &'a str,
+    token: Option<&'a str>,
+}
+
+impl Remote<'_> {
+    /// POSTs to `/v2/images/{endpoint}` and returns the reply's `data`.
+    fn call(&self, endpoint: &str, body: Value) -> Result<Value> {
+        let mut v = crate::client::post(
+            self.url,
+            self.token,
+            &format!("/v2/images/{endpoint}"),
+            &body,
+        )?;
+        Ok(v["data"].take())
+    }
+}
+
+impl Local {
+    fn remote(&self) -> Option<Remote<'_>> {
+        self.url.as_deref().map(|url| Remote {
+            url,
+            token: self.token.as_deref().filter(|t| !t.is_empty()),
+        })
+    }
+}
+
+/// Sets `flag` at the first Ctrl-C (indexing then stops after the batch in flight, which
+/// the WAL keeps) and exits at the second. The handler is in place when this returns.
+fn cancel_on_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut sig = {
+        let _guard = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot install the Ctrl-C handler")?
+    };
+    std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            rt.block_on(async {
+                sig.recv().await;
+                eprintln!("\ninterrupted: stopping after the current batch (Ctrl-C again to quit now; nothing written is lost)");
+                flag.store(true, Ordering::SeqCst);
+                sig.recv().await;
+                std::process::exit(130);
+            })
+        })?;
+    Ok(())
+}
+
+/// Exit status of an indexing run that Ctrl-C stopped (128 + SIGINT, as shells report it).
+const INTERRUPTED: i32 = 130;
+
+fn print_report(collection: &str, rep: &images::IndexReport, secs: f64) {
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    for (p, why) in &rep.failed {
+        eprintln!("skipped {p}: {why}");
+    }
+    println!(
+        "{}: {} images found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
+        collection,
+        rep.found,
+        rep.added,
+        rep.updated,
+        rep.unchanged,
+        rep.removed,
+        rep.failed.len(),
+        secs
+    );
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+        )
+        .unwrap(),
+    );
+    bar
+}
+
+/// `images index --url`: starts the job on the server and follows its status.
+fn index_remote(
+    r: &Remote,
+    collection: &str,
+    dir: &Path,
+    model: Option<&str>,
+) -> Result<images::IndexReport> {
+    // The server resolves the folder on its own file system; send an absolute path when
+    // this one exists here (same machine), else the path as given.
+    let folder = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    r.call(
+        "index",
+        json!({"collectionName": collection, "folder": folder, "model": model}),
+    )?;
+    let bar = progress_bar();
+    loop {
+        let job = r.call("status", json!({"collectionName": collection}))?;
+        if let (Some(d), Some(t)) = (
+            job["progress"]["done"].as_u64(),
+            job["progress"]["total"].as_u64(),
+        ) {
+            bar.set_length(t);
+            bar.set_position(d);
+        }
+        if job["running"] == json!(false) {
+            bar.finish_and_clear();
+            if let Some(e) = job["error"].as_str() {
+                bail!("indexing {} failed on the server: {e}", folder.display());
+            }
+            return serde_json::from_value(job["report"].clone())
+                .context("the server's status reply has no report");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -152,21 +288,22 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             model,
             local,
         } => {
+            let t = std::time::Instant::now();
+            if let Some(r) = local.remote() {
+                let rep = index_remote(&r, &collection, &dir, model.as_deref())?;
+                print_report(&collection, &rep, t.elapsed().as_secs_f64());
+                return Ok(());
+            }
             let (engine, emb) = local.open()?;
             emb.preload(&[LITE0, model.as_deref().unwrap_or(CONSE)])
                 .map_err(anyhow::Error::msg)?;
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
-                )
-                .unwrap(),
-            );
+            let cancel = Arc::new(AtomicBool::new(false));
+            cancel_on_ctrl_c(cancel.clone())?;
+            let bar = progress_bar();
             let mut progress = |p: images::Progress| {
                 bar.set_length(p.total as u64);
                 bar.set_position(p.done as u64);
             };
-            let t = std::time::Instant::now();
             let rep = images::index_folder(
                 &engine,
                 &emb,
@@ -175,27 +312,16 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 &dir,
                 model.as_deref(),
                 &mut progress,
-                &AtomicBool::new(false),
+                &cancel,
             )
             .map_err(api)?;
             bar.finish_and_clear();
-            for w in &rep.warnings {
-                eprintln!("warning: {w}");
+            print_report(&collection, &rep, t.elapsed().as_secs_f64());
+            if rep.cancelled {
+                println!("interrupted: run the same command again to index the rest");
+                drop(engine);
+                std::process::exit(INTERRUPTED);
             }
-            for (p, why) in &rep.failed {
-                eprintln!("skipped {p}: {why}");
-            }
-            println!(
-                "{}: {} images found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
-                collection,
-                rep.found,
-                rep.added,
-                rep.updated,
-                rep.unchanged,
-                rep.removed,
-                rep.failed.len(),
-                t.elapsed().as_secs_f64()
-            );
             Ok(())
         }
         ImagesCmd::Search {
@@ -208,7 +334,6 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             json,
             local,
         } => {
-            let (engine, _emb) = local.open()?;
             let q = match (text, image, like) {
                 (Some(t), None, None) => ImageQuery::Text(t),
                 (None, Some(f), None) => ImageQuery::Image(
@@ -220,8 +345,28 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 }),
                 _ => bail!("give one of --text, --image FILE or --like ID"),
             };
-            let hits =
-                images::search(&engine, &collection, &q, filter.as_deref(), limit).map_err(api)?;
+            let hits = match local.remote() {
+                Some(r) => {
+                    use base64::Engine as _;
+                    let mut body =
+                        json!({"collectionName": collection, "filter": filter, "limit": limit});
+                    match q {
+                        ImageQuery::Text(t) => body["text"] = json!(t),
+                        ImageQuery::Image(b) => {
+                            body["image"] =
+                                json!(base64::engine::general_purpose::STANDARD.encode(b))
+                        }
+                        ImageQuery::Like(id) => body["like"] = json!(id),
+                    }
+                    serde_json::from_value(r.call("search", body)?)
+                        .context("the server's search reply is not a list of hits")?
+                }
+                None => {
+                    let (engine, _emb) = local.open()?;
+                    images::search(&engine, &collection, &q, filter.as_deref(), limit)
+                        .map_err(api)?
+                }
+            };
             print_hits(&hits, json);
             Ok(())
         }
@@ -231,8 +376,17 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             json,
             local,
         } => {
-            let (engine, _emb) = local.open()?;
-            let groups = images::dupes(&engine, &collection, threshold).map_err(api)?;
+            let groups: Vec<images::DupGroup> = match local.remote() {
+                Some(r) => serde_json::from_value(r.call(
+                    "dupes",
+                    json!({"collectionName": collection, "threshold": threshold}),
+                )?)
+                .context("the server's dupes reply is not a list of groups")?,
+                None => {
+                    let (engine, _emb) = local.open()?;
+                    images::dupes(&engine, &collection, threshold).map_err(api)?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&groups).unwrap());
                 return Ok(());

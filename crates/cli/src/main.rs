@@ -521,7 +521,7 @@ fn main() {
         }),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         let code = if e.downcast_ref::<client::Unreachable>().is_some() {
             2
         } else {
@@ -529,6 +529,23 @@ fn main() {
         };
         std::process::exit(code);
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message
+/// already carries (our library errors print their I/O source themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {
@@ -566,6 +583,17 @@ fn run_search(a: SearchArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_leaves_out_repeated_causes() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io)
+            .context("data: disk on fire")
+            .context("cannot open data");
+        assert_eq!(error_chain(&e), "cannot open data: data: disk on fire");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
+    }
 
     #[test]
     fn config_file_then_env_and_flags() {

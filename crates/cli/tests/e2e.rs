@@ -15,6 +15,11 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
+        Self::start_with(dir, &[])
+    }
+
+    /// `magpie serve` on `dir` with `extra` flags.
+    fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
             .args([
                 "serve",
@@ -25,6 +30,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(extra)
             .env("MAGPIE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -304,6 +310,72 @@ fn cli_import_collections_search_and_unreachable_server() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach magpie"));
+}
+
+/// `magpie images ... --url` against a server without the models: every error reaches
+/// the terminal with the server's words and the right exit code.
+#[test]
+fn images_cli_over_url_reports_server_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    std::fs::write(pics.join("a.png"), b"").unwrap();
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &[
+            "--models-dir".as_ref(),
+            d.path().join("no-models").as_os_str(),
+        ],
+    );
+    let url = s.url.clone();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .arg("images")
+            .args(args)
+            .args(["--url", &url])
+            .env("MAGPIE_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The job starts on the server and fails there; the CLI follows it and reports why.
+    let (code, err) = run(&["index", pics.to_str().unwrap(), "--collection", "p"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("failed on the server") && err.contains("magpie models fetch"),
+        "{err}"
+    );
+    let missing = d.path().join("nowhere");
+    let (code, err) = run(&["index", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a folder on the server"), "{err}");
+    let (code, err) = run(&["dupes", "--collection", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("'nope'"), "{err}");
+    let (code, err) = run(&["search", "--collection", "nope", "--like", "3"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("'nope'"), "{err}");
+    // Without --url, the locked data directory is a clear error that points to --url.
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["images", "search", "--text", "a cat", "--data-dir"])
+        .arg(d.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("add --url"), "{err}");
+    assert_eq!(
+        err.matches("in use by another Magpie process").count(),
+        1,
+        "{err}"
+    );
+    s.stop();
+    let (code, err) = run(&["search", "--text", "a cat"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot reach magpie"), "{err}");
 }
 
 /// `magpie models`: list shows the built-in models and whether each is installed; a
@@ -930,4 +1002,181 @@ fn images_compare_models_side_by_side() {
         &models,
     );
     assert!(!ok && err.contains("unknown model 'nope'"), "{err}");
+}
+
+/// `magpie images index|search|dupes --url` through a running server give what the same
+/// commands give in process on the same data directory once the server has stopped.
+#[test]
+fn images_cli_over_url_matches_in_process() {
+    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    image_folder(&flags, &pics);
+    let data = d.path().join("data");
+    let s = Server::start_with(&data, &["--models-dir".as_ref(), models.as_os_str()]);
+    let remote = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .arg("images")
+            .args(args)
+            .args(["--url", &s.url])
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?}: {o}\n{e}");
+        (o, e)
+    };
+    let dir = pics.to_str().unwrap();
+    let (out, err) = remote(&["index", dir, "--collection", "pics"]);
+    assert!(
+        out.contains("17 images found: 14 added, 0 updated, 0 unchanged, 0 removed, 3 failed"),
+        "{out}"
+    );
+    assert!(err.contains("skipped corrupt.jpg"), "{err}");
+    let (out, _) = remote(&["index", dir, "--collection", "pics"]);
+    assert!(out.contains("0 added, 0 updated, 14 unchanged"), "{out}");
+    let like = [
+        "--collection",
+        "pics",
+        "--like",
+        "oceania/td.png",
+        "--limit",
+        "4",
+    ];
+    let au = flags.join("au.png");
+    let by_image = [
+        "--collection",
+        "pics",
+        "--image",
+        au.to_str().unwrap(),
+        "--filter",
+        "folder == \"oceania\"",
+        "--limit",
+        "3",
+    ];
+    let text = ["--collection", "pics", "--text", "a flag with a red cross"];
+    let queries: [&[&str]; 3] = [&like, &by_image, &text];
+    let hits = |run: &dyn Fn(&[&str]) -> String, q: &[&str]| -> Value {
+        let mut args = vec!["search", "--json"];
+        args.extend_from_slice(q);
+        serde_json::from_str(&run(&args)).unwrap()
+    };
+    let over_http: Vec<Value> = queries
+        .iter()
+        .map(|q| hits(&|a: &[&str]| remote(a).0, q))
+        .collect();
+    let dupes_http: Value =
+        serde_json::from_str(&remote(&["dupes", "--json", "--collection", "pics"]).0).unwrap();
+    s.stop();
+    let local = |args: &[&str]| {
+        let mut all = vec!["images"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = magpie(&all, &data, &models);
+        assert!(ok, "{err}");
+        out
+    };
+    for (q, h) in queries.iter().zip(&over_http) {
+        assert!(!h.as_array().unwrap().is_empty(), "{q:?}");
+        assert_eq!(&hits(&local, q), h, "{q:?}");
+    }
+    let mut names: Vec<&str> = over_http[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    names.truncate(2);
+    names.sort();
+    assert_eq!(names, ["ml.png", "ro.png"], "more like Chad");
+    let dupes_local: Value =
+        serde_json::from_str(&local(&["dupes", "--json", "--collection", "pics"])).unwrap();
+    assert_eq!(dupes_local, dupes_http);
+    assert_eq!(dupes_http.as_array().unwrap().len(), 2, "{dupes_http}");
+}
+
+/// Ctrl-C during `magpie images index` stops after the batch in flight (exit 130, saying
+/// so) and the next run indexes exactly the rest. Wherever the signal lands, the two runs
+/// together add every image once.
+#[test]
+fn images_index_ctrl_c_then_resume() {
+    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let n = std::fs::read_dir(&flags).unwrap().count();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["images", "index"])
+        .arg(&flags)
+        .args(["--collection", "flags", "--threads", "1", "--data-dir"])
+        .arg(&data)
+        .arg("--models-dir")
+        .arg(&models)
+        .env("MAGPIE_LOG", "magpie_server=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first batch has been written (the indexer logs each batch).
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no batch logged: {log}"
+        );
+        log.push_str(&line);
+        if line.contains("batch written") {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let added = |s: &str| -> usize {
+        let i = s.find(" added").unwrap_or_else(|| panic!("{s}"));
+        s[..i].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let first = added(&stdout);
+    eprintln!("interrupted after {first} of {n} images");
+    if first < n {
+        assert_eq!(out.status.code(), Some(130), "{stdout}\n{rest}");
+        assert!(
+            stdout.contains("interrupted: run the same command again"),
+            "{stdout}"
+        );
+        assert!(rest.contains("stopping after the current batch"), "{rest}");
+    } else {
+        assert!(out.status.success(), "{stdout}\n{rest}");
+    }
+    assert!(
+        first > 0,
+        "the first batch was written before the signal: {stdout}"
+    );
+    let (ok, out, err) = magpie(
+        &[
+            "images",
+            "index",
+            flags.to_str().unwrap(),
+            "--collection",
+            "flags",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "{n} images found: {} added, 0 updated, {first} unchanged, 0 removed, 0 failed",
+            n - first
+        )),
+        "{out}"
+    );
 }

@@ -19,7 +19,7 @@ use magpie_engine::{
     CollectionSchema, Consistency, DataType, Engine, EngineError, FieldSchema, Hit, IndexMeta,
     Metric, PrimaryKey, QueryRequest, SearchRequest,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -175,7 +175,7 @@ pub fn format_time(secs: i64) -> String {
 }
 
 /// Counters of one indexing run.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct IndexReport {
     pub found: usize,
     pub added: usize,
@@ -190,7 +190,7 @@ pub struct IndexReport {
 }
 
 /// Progress of a run: files handled so far out of those to (re-)embed.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Progress {
     pub done: usize,
     pub total: usize,
@@ -440,6 +440,7 @@ pub fn index_folder(
             }
         }
         done += chunk.len();
+        tracing::debug!(collection = coll, done, total, "batch written");
         progress(Progress { done, total });
     }
     if !rep.cancelled {
@@ -468,7 +469,7 @@ pub enum ImageQuery {
 }
 
 /// One search result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageHit {
     pub id: i64,
     /// Cosine similarity (greater = closer).
@@ -538,7 +539,7 @@ pub fn search(
 }
 
 /// A group of near-duplicates, best copy first (largest file, then most EXIF, then path).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DupGroup {
     pub members: Vec<ImageHit>,
 }

@@ -56,6 +56,7 @@ impl ImageService {
         engine: Arc<magpie_engine::Engine>,
         coll: String,
         folder: PathBuf,
+        model: Option<String>,
     ) -> Result<(), ApiError> {
         {
             let mut jobs = self.jobs.lock();
@@ -88,7 +89,7 @@ impl ImageService {
                     &svc.data_dir,
                     &coll,
                     &folder,
-                    None,
+                    model.as_deref(),
                     &mut progress,
                     &svc.cancel,
                 );
@@ -173,6 +174,8 @@ pub async fn list(State(st): State<Arc<AppState>>) -> Result<Response, ApiError>
 pub struct IndexReq {
     collection_name: String,
     folder: PathBuf,
+    /// Text model of a new collection (see `magpie images index --model`).
+    model: Option<String>,
 }
 
 pub async fn index(
@@ -186,7 +189,7 @@ pub async fn index(
             r.folder.display()
         )));
     }
-    svc.start_index(st.engine.clone(), r.collection_name, r.folder)?;
+    svc.start_index(st.engine.clone(), r.collection_name, r.folder, r.model)?;
     Ok(ok(json!({"started": true})))
 }
 

@@ -264,6 +264,7 @@ pub async fn serve(
                 engine.clone(),
                 cfg.images_collection.clone(),
                 folder.clone(),
+                None,
             )
             .map_err(|e| std::io::Error::other(e.message))?;
         tracing::info!(folder = %folder.display(), collection = %cfg.images_collection, "indexing images in the background");
