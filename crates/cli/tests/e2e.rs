@@ -628,6 +628,67 @@ fn images_cli_index_search_dupes_incremental() {
         !sets.iter().any(|s| s.contains(&"ie.png".to_string())),
         "Ireland is not Nigeria: {sets:?}"
     );
+    // Each member's score is its similarity to the best copy: the same number a "more
+    // like this" search from the best copy reports. At 0.95 Ireland and Nigeria (0.987)
+    // and Mali and Chad join, with scores below 1.
+    let (ok, out, err) = magpie(
+        &[
+            "images",
+            "dupes",
+            "--collection",
+            "pics",
+            "--json",
+            "--threshold",
+            "0.95",
+        ],
+        &data,
+        &models,
+    );
+    assert!(ok, "{err}");
+    let loose: Value = serde_json::from_str(&out).unwrap();
+    let ie = loose
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["members"][0]["name"] == json!("ie.png"))
+        .unwrap_or_else(|| panic!("{loose}"));
+    let s = ie["members"][1]["score"].as_f64().unwrap();
+    assert!(s > 0.95 && s < 0.99, "{ie}");
+    for g in loose.as_array().unwrap() {
+        let m = g["members"].as_array().unwrap();
+        let best = m[0]["path"].as_str().unwrap();
+        let out = magpie(
+            &[
+                "images",
+                "search",
+                "--json",
+                "--collection",
+                "pics",
+                "--like",
+                best,
+                "--limit",
+                "8",
+            ],
+            &data,
+            &models,
+        )
+        .1;
+        let hits: Value = serde_json::from_str(&out).unwrap();
+        for x in &m[1..] {
+            let s = x["score"].as_f64().unwrap();
+            assert!((0.95..=1.0001).contains(&s), "{x}");
+            let h = hits
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["id"] == x["id"])
+                .unwrap_or_else(|| panic!("{x} not near {best}: {hits}"));
+            assert!(
+                (h["score"].as_f64().unwrap() - s).abs() < 1e-4,
+                "{h} vs {x}"
+            );
+        }
+    }
     // Incremental: one file changed (Iceland's bytes replaced by Belgium's, a newer
     // mtime), one deleted, the rest untouched.
     std::thread::sleep(Duration::from_millis(1100)); // mtime has 1 s resolution

@@ -638,28 +638,43 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
             }
         })
         .collect();
-    // Score each member against the group's best copy.
+    // Score each member against the group's best copy exactly: one query fetches the
+    // vectors of every member of every group.
+    let member_ids: Vec<Value> = out
+        .iter()
+        .flat_map(|g| g.members.iter().map(|m| json!(m.id)))
+        .collect();
+    let mut vecs: HashMap<i64, Vec<f32>> = HashMap::new();
+    if !member_ids.is_empty() {
+        for r in engine.query(
+            coll,
+            &QueryRequest {
+                ids: Some(member_ids),
+                output_fields: vec![IMAGE_VEC.into()],
+                consistency: Some(Consistency::Strong),
+                ..Default::default()
+            },
+        )? {
+            if let (Some(id), Some(Value::Array(v))) =
+                (r.get("id").and_then(|v| v.as_i64()), r.get(IMAGE_VEC))
+            {
+                let v: Vec<f32> = v
+                    .iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect();
+                vecs.insert(id, v);
+            }
+        }
+    }
     for g in &mut out {
-        let best = g.members[0].id;
-        let r = SearchRequest {
-            anns_field: Some(IMAGE_VEC.into()),
-            ids: Some(vec![json!(best)]),
-            limit: (g.members.len() + 16).min(1000),
-            ..Default::default()
+        let Some(best) = vecs.get(&g.members[0].id) else {
+            continue;
         };
-        let scores: HashMap<i64, f32> = engine
-            .search(coll, &r)?
-            .into_iter()
-            .next()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|h| match h.id {
-                PrimaryKey::Int(i) => Some((i, h.distance)),
-                _ => None,
-            })
-            .collect();
         for m in g.members.iter_mut().skip(1) {
-            m.score = scores.get(&m.id).copied().unwrap_or(threshold);
+            if let Some(v) = vecs.get(&m.id).filter(|v| v.len() == best.len()) {
+                m.score = magpie_linalg::cosine(best, v);
+            }
         }
     }
     out.sort_by(|a, b| {
