@@ -36,13 +36,48 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-/// A channels-last feature map.
+/// A channels-last feature map. `data` may be longer than `h·w·c` (a recycled buffer);
+/// the map is its first `h·w·c` values.
 #[derive(Clone, Debug)]
 struct Fm {
     h: usize,
     w: usize,
     c: usize,
     data: Vec<f32>,
+}
+
+impl Fm {
+    fn px(&self) -> &[f32] {
+        &self.data[..self.h * self.w * self.c]
+    }
+}
+
+thread_local! {
+    /// Feature-map buffers of this thread's earlier passes, reused so that a pass neither
+    /// allocates nor zero-fills its large maps (every layer overwrites its whole output).
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of at least `n` floats with unspecified contents: the smallest recycled one
+/// that is large enough, else the largest grown to `n`.
+fn scratch(n: usize) -> Vec<f32> {
+    let mut v = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let fit = (0..s.len())
+            .filter(|&i| s[i].len() >= n)
+            .min_by_key(|&i| s[i].len())
+            .or_else(|| (0..s.len()).max_by_key(|&i| s[i].len()));
+        fit.map(|i| s.swap_remove(i)).unwrap_or_default()
+    });
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    v
+}
+
+/// Returns a map's buffer to this thread's pool.
+fn recycle(x: Fm) {
+    SCRATCH.with(|s| s.borrow_mut().push(x.data));
 }
 
 /// 1×1 convolution with folded BatchNorm: `w` is `cin × cout` (row-major).
@@ -92,13 +127,6 @@ fn same_pad(input: usize, k: usize, stride: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);
     let total = ((out - 1) * stride + k).saturating_sub(input);
     (out, total / 2)
-}
-
-#[inline]
-fn relu6(x: &mut [f32]) {
-    for v in x {
-        *v = v.clamp(0.0, 6.0);
-    }
 }
 
 struct Weights(HashMap<String, TensorF32>);
@@ -157,13 +185,17 @@ impl Pointwise {
     fn forward(&self, x: &Fm, act: bool) -> Fm {
         debug_assert_eq!(x.c, self.cin);
         let hw = x.h * x.w;
-        let mut out = Vec::with_capacity(hw * self.cout);
-        for _ in 0..hw {
-            out.extend_from_slice(&self.b);
-        }
-        magpie_linalg::matmul(&x.data, &self.w, &mut out, hw, self.cin, self.cout, true);
-        if act {
-            relu6(&mut out);
+        let mut out = scratch(hw * self.cout);
+        // Without accumulate the product overwrites the recycled contents.
+        magpie_linalg::matmul(x.px(), &self.w, &mut out, hw, self.cin, self.cout, false);
+        // Bias (and ReLU6) in one pass over the product.
+        for px in out[..hw * self.cout].chunks_exact_mut(self.cout) {
+            for (v, b) in px.iter_mut().zip(&self.b) {
+                *v += b;
+                if act {
+                    *v = v.clamp(0.0, 6.0);
+                }
+            }
         }
         Fm {
             h: x.h,
@@ -179,32 +211,29 @@ impl Depthwise {
         let (c, k, s) = (self.c, self.k, self.stride);
         let (oh, pt) = same_pad(x.h, k, s);
         let (ow, pl) = same_pad(x.w, k, s);
-        let mut out = vec![0f32; oh * ow * c];
-        let empty: &[f32] = &[];
-        let mut xs = [empty; 25];
-        let mut ws = [empty; 25];
-        assert!(k * k <= xs.len(), "kernel {k}×{k} is larger than 5×5");
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut t = 0;
-                for ky in 0..k {
-                    let iy = (oy * s + ky) as isize - pt as isize;
-                    if iy < 0 || iy >= x.h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * s + kx) as isize - pl as isize;
-                        if ix < 0 || ix >= x.w as isize {
-                            continue;
-                        }
-                        xs[t] = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
-                        ws[t] = &self.w[(ky * k + kx) * c..][..c];
-                        t += 1;
-                    }
-                }
-                let acc = &mut out[(oy * ow + ox) * c..][..c];
-                magpie_linalg::weighted_taps(acc, &self.b, &xs[..t], &ws[..t], 0.0, 6.0);
+        // depthwise_row writes every output value (bias first), so recycled contents go.
+        let mut out = scratch(oh * ow * c);
+        let g = magpie_linalg::DepthwiseRow {
+            c,
+            k,
+            stride: s,
+            pad_left: pl,
+            in_w: x.w,
+            out_w: ow,
+            lo: 0.0,
+            hi: 6.0,
+        };
+        let mut rows: [Option<&[f32]>; 7] = [None; 7];
+        assert!(k <= rows.len(), "kernel {k}×{k} is larger than 7×7");
+        let row_len = x.w * c;
+        for (oy, o) in out[..oh * ow * c].chunks_exact_mut(ow * c).enumerate() {
+            for (ky, r) in rows[..k].iter_mut().enumerate() {
+                *r = (oy * s + ky)
+                    .checked_sub(pt)
+                    .filter(|&iy| iy < x.h)
+                    .map(|iy| &x.data[iy * row_len..][..row_len]);
             }
+            magpie_linalg::depthwise_row(&g, o, &self.b, &rows[..k], &self.w);
         }
         Fm {
             h: oh,
@@ -417,12 +446,13 @@ impl Lite0 {
                 }
             }
         }
-        let mut stem = Vec::with_capacity(oh * ow * 32);
-        for _ in 0..oh * ow {
-            stem.extend_from_slice(&self.stem_b);
+        let mut stem = scratch(oh * ow * 32);
+        magpie_linalg::matmul(&cols, &self.stem_w, &mut stem, oh * ow, 27, 32, false);
+        for px in stem[..oh * ow * 32].chunks_exact_mut(32) {
+            for (v, b) in px.iter_mut().zip(&self.stem_b) {
+                *v = (*v + b).clamp(0.0, 6.0);
+            }
         }
-        magpie_linalg::matmul(&cols, &self.stem_w, &mut stem, oh * ow, 27, 32, true);
-        relu6(&mut stem);
         let mut x = Fm {
             h: oh,
             w: ow,
@@ -431,25 +461,34 @@ impl Lite0 {
         };
         for b in &self.blocks {
             let h = match &b.expand {
-                Some(e) => b.dw.forward(&e.forward(&x, true)),
+                Some(e) => {
+                    let wide = e.forward(&x, true);
+                    let h = b.dw.forward(&wide);
+                    recycle(wide);
+                    h
+                }
                 None => b.dw.forward(&x),
             };
             let mut y = b.project.forward(&h, false);
+            recycle(h);
             if b.residual {
-                for (o, i) in y.data.iter_mut().zip(&x.data) {
+                let n = y.px().len();
+                for (o, i) in y.data[..n].iter_mut().zip(x.px()) {
                     *o += i;
                 }
             }
-            x = y;
+            recycle(std::mem::replace(&mut x, y));
         }
-        let x = self.head.forward(&x, true);
-        let hw = x.h * x.w;
+        let head = self.head.forward(&x, true);
+        recycle(x);
+        let hw = head.h * head.w;
         let mut feature = vec![0f32; FEATURE_DIM];
-        for px in x.data.chunks_exact(FEATURE_DIM) {
+        for px in head.px().chunks_exact(FEATURE_DIM) {
             for (f, v) in feature.iter_mut().zip(px) {
                 *f += v;
             }
         }
+        recycle(head);
         feature.iter_mut().for_each(|f| *f /= hw as f32);
         let mut logits = self.fc_b.clone();
         magpie_linalg::matmul(
@@ -526,7 +565,7 @@ mod tests {
                             }
                         }
                     }
-                    let got = y.data[(oy * ow + ox) * c + ch];
+                    let got = y.px()[(oy * ow + ox) * c + ch];
                     assert!((got - acc.clamp(0.0, 6.0)).abs() < 1e-5, "{got} vs {acc}");
                 }
             }
@@ -566,5 +605,32 @@ mod tests {
         assert_eq!(a.logits.len(), CLASSES);
         assert!(a.feature.iter().all(|v| v.is_finite()));
         assert_eq!(a.logits, b.logits);
+    }
+
+    /// Recycled buffers hold whatever the last pass left: fill the pool with NaN and
+    /// check that a pass gives exactly what a pass on a fresh thread gives.
+    #[test]
+    fn recycled_buffers_do_not_leak_into_results() {
+        let net = std::sync::Arc::new(Lite0::random(5));
+        let x: Vec<f32> = (0..INPUT * INPUT * 3)
+            .map(|i| ((i * 37) % 255) as f32 / 128.0 - 1.0)
+            .collect();
+        let fresh = {
+            let (net, x) = (net.clone(), x.clone());
+            std::thread::spawn(move || net.forward(&x).logits)
+                .join()
+                .unwrap()
+        };
+        for n in [1usize << 22, 1 << 21, 1 << 20, 1 << 16, 1 << 12] {
+            SCRATCH.with(|s| s.borrow_mut().push(vec![f32::NAN; n]));
+        }
+        let again = net.forward(&x);
+        assert!(again.feature.iter().all(|v| v.is_finite()));
+        assert_eq!(again.logits, fresh);
+        assert_eq!(
+            net.forward(&x).logits,
+            fresh,
+            "and a second pass on the same pool"
+        );
     }
 }

@@ -18,14 +18,14 @@ mod x86_avx2;
 use std::sync::OnceLock;
 
 type Kernel = fn(&[f32], &[f32]) -> f32;
-type TapsKernel = fn(&mut [f32], &[f32], &[&[f32]], &[&[f32]], f32, f32);
+type RowKernel = fn(&DepthwiseRow, &mut [f32], &[f32], &[Option<&[f32]>], &[f32]);
 
 struct Kernels {
     dot: Kernel,
     l2_sq: Kernel,
     sq8_l2: fn(&[f32], &[f32], &[u8]) -> f32,
     sq8_dot: fn(&[f32], &[u8]) -> f32,
-    weighted_taps: TapsKernel,
+    depthwise_row: RowKernel,
     name: &'static str,
 }
 
@@ -43,7 +43,7 @@ fn kernels() -> &'static Kernels {
                     l2_sq: x86_avx2::l2_sq_checked,
                     sq8_l2: x86_avx2::sq8_l2_checked,
                     sq8_dot: x86_avx2::sq8_dot_checked,
-                    weighted_taps: x86_avx2::weighted_taps_checked,
+                    depthwise_row: x86_avx2::depthwise_row_checked,
                     name: "avx2+fma",
                 };
             }
@@ -53,7 +53,7 @@ fn kernels() -> &'static Kernels {
             l2_sq: scalar::l2_sq,
             sq8_l2: scalar::sq8_l2,
             sq8_dot: scalar::sq8_dot,
-            weighted_taps: scalar::weighted_taps,
+            depthwise_row: scalar::depthwise_row,
             name: "scalar",
         }
     })
@@ -182,40 +182,67 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// One output pixel of a depthwise convolution in channels-last layout:
-/// `out[c] = clamp(bias[c] + Σₜ xs[t][c]·ws[t][c], lo, hi)`, where `xs` are the input
-/// pixels under the kernel and `ws` their per-channel weights (pass ±∞ for no clamp).
+/// The shape of one output row of a depthwise convolution in channels-last layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DepthwiseRow {
+    /// Channels (each convolved with its own k×k kernel).
+    pub c: usize,
+    /// Kernel side.
+    pub k: usize,
+    pub stride: usize,
+    /// Input columns before the first one (zero padding on the left).
+    pub pad_left: usize,
+    /// Input row width in pixels.
+    pub in_w: usize,
+    /// Output row width in pixels.
+    pub out_w: usize,
+    /// Output clamp (ReLU6: 0 and 6; ±∞ for none).
+    pub lo: f32,
+    pub hi: f32,
+}
+
+/// One output row of a depthwise convolution in channels-last layout:
+/// `out[ox][ch] = clamp(bias[ch] + Σ_{ky,kx} rows[ky][ix][ch]·w[ky·k+kx][ch], lo, hi)`
+/// with `ix = ox·stride + kx − pad_left`, where a tap outside `0..in_w` or on a `None`
+/// row (padding above or below) counts as zero. `rows` are the `k` input rows under the
+/// output row (`in_w × c` each), `w` is tap-major (`k·k × c`), `out` is `out_w × c`.
+///
+/// The SIMD kernel keeps one kernel row's weights in registers while it sweeps the
+/// output row, so each multiply-add loads one input value, not an input and a weight.
 ///
 /// # Panics
-/// If `xs` and `ws` differ in length, or `bias` or any tap is shorter than `out`.
-#[inline]
-pub fn weighted_taps(
+/// If `rows` does not hold `k` rows or a slice is shorter than its shape requires.
+pub fn depthwise_row(
+    g: &DepthwiseRow,
     out: &mut [f32],
     bias: &[f32],
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    lo: f32,
-    hi: f32,
+    rows: &[Option<&[f32]>],
+    w: &[f32],
 ) {
-    let n = out.len();
-    assert!(
-        xs.len() == ws.len(),
-        "weighted_taps: {} inputs, {} weights",
-        xs.len(),
-        ws.len()
+    assert_eq!(
+        rows.len(),
+        g.k,
+        "depthwise_row: {} rows for a {}×{} kernel",
+        rows.len(),
+        g.k,
+        g.k
     );
     assert!(
-        bias.len() >= n && xs.iter().chain(ws).all(|s| s.len() >= n),
-        "weighted_taps: a slice is shorter than the output"
+        out.len() >= g.out_w * g.c
+            && bias.len() >= g.c
+            && w.len() >= g.k * g.k * g.c
+            && rows.iter().flatten().all(|r| r.len() >= g.in_w * g.c),
+        "depthwise_row: a slice is shorter than its shape {g:?}"
     );
-    (kernels().weighted_taps)(out, bias, xs, ws, lo, hi)
+    (kernels().depthwise_row)(g, out, bias, rows, w)
 }
 
 /// Row-major matrix product `c = a · b` (or `c += a · b` with `accumulate`), where `a` is
 /// `m × k`, `b` is `k × n` and `c` is `m × n`, on the calling thread only (callers
 /// parallelise across independent work, e.g. one image per thread, which measured far
 /// better than splitting each product on a small machine). Uses the `gemm` crate's
-/// runtime-dispatched micro-kernels.
+/// runtime-dispatched micro-kernels. Without `accumulate`, the previous contents of `c`
+/// are never read (a recycled buffer holding anything, NaN included, is fine).
 ///
 /// # Panics
 /// If a slice is shorter than its dimensions require.
@@ -391,7 +418,8 @@ mod tests {
             let mut r = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % 2000) as f32 / 1000.0 - 1.0 };
             let a: Vec<f32> = (0..m * k).map(|_| r()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| r()).collect();
-            let init: Vec<f32> = (0..m * n).map(|_| r()).collect();
+            // Without accumulate the destination must not be read: start it at NaN.
+            let init: Vec<f32> = (0..m * n).map(|_| if acc { r() } else { f32::NAN }).collect();
             let mut c = init.clone();
             matmul(&a, &b, &mut c, m, k, n, acc);
             for i in 0..m {
@@ -405,31 +433,51 @@ mod tests {
     }
 
     proptest! {
+        /// The scalar row kernel against a direct convolution (f64), and the SIMD one
+        /// against scalar, over odd widths, strides, paddings and channel counts (tails).
         #[test]
-        fn weighted_taps_simd_matches_scalar(n in 0usize..70, taps in 0usize..26, seed in any::<u64>()) {
+        fn depthwise_row_simd_matches_scalar(
+            c in 1usize..40, k in prop::sample::select(vec![1usize, 2, 3, 5, 7]),
+            stride in 1usize..3, in_w in 1usize..20, pad in 0usize..4, skip in any::<u8>(),
+            seed in any::<u64>(),
+        ) {
+            let pad_left = pad.min(k - 1);
+            let out_w = (in_w + 2 * pad_left).saturating_sub(k) / stride + 1;
+            let g = DepthwiseRow { c, k, stride, pad_left, in_w, out_w, lo: 0.0, hi: 6.0 };
             let mut x = seed | 1;
             let mut r = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % 2000) as f32 / 500.0 - 2.0 };
-            let bias: Vec<f32> = (0..n).map(|_| r()).collect();
-            let xs: Vec<Vec<f32>> = (0..taps).map(|_| (0..n).map(|_| r()).collect()).collect();
-            let ws: Vec<Vec<f32>> = (0..taps).map(|_| (0..n).map(|_| r()).collect()).collect();
-            let xr: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
-            let wr: Vec<&[f32]> = ws.iter().map(|v| v.as_slice()).collect();
-            let mut want = vec![0f32; n];
-            scalar::weighted_taps(&mut want, &bias, &xr, &wr, 0.0, 6.0);
-            for c in 0..n {
-                let mut acc = bias[c] as f64;
-                for t in 0..taps { acc += xs[t][c] as f64 * ws[t][c] as f64; }
-                prop_assert!((want[c] as f64 - acc.clamp(0.0, 6.0)).abs() < 1e-4);
+            let bias: Vec<f32> = (0..c).map(|_| r()).collect();
+            let w: Vec<f32> = (0..k * k * c).map(|_| r()).collect();
+            let data: Vec<Vec<f32>> = (0..k).map(|_| (0..in_w * c).map(|_| r()).collect()).collect();
+            // Some rows are padding (bit ky of `skip`).
+            let rows: Vec<Option<&[f32]>> = data.iter().enumerate()
+                .map(|(ky, d)| (skip >> ky & 1 == 0).then_some(d.as_slice())).collect();
+            let mut want = vec![0f32; out_w * c];
+            scalar::depthwise_row(&g, &mut want, &bias, &rows, &w);
+            for ox in 0..out_w {
+                for ch in 0..c {
+                    let mut acc = bias[ch] as f64;
+                    for (ky, row) in rows.iter().enumerate() {
+                        let Some(row) = row else { continue };
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad_left as isize;
+                            if ix >= 0 && (ix as usize) < in_w {
+                                acc += row[ix as usize * c + ch] as f64 * w[(ky * k + kx) * c + ch] as f64;
+                            }
+                        }
+                    }
+                    prop_assert!((want[ox * c + ch] as f64 - acc.clamp(0.0, 6.0)).abs() < 1e-4);
+                }
             }
-            let mut got = vec![0f32; n];
-            weighted_taps(&mut got, &bias, &xr, &wr, 0.0, 6.0);
+            let mut got = vec![f32::NAN; out_w * c];
+            depthwise_row(&g, &mut got, &bias, &rows, &w);
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                let mut simd = vec![0f32; n];
-                x86_avx2::weighted_taps_checked(&mut simd, &bias, &xr, &wr, 0.0, 6.0);
-                for c in 0..n { prop_assert!((simd[c] - want[c]).abs() < 1e-4); }
+                let mut simd = vec![f32::NAN; out_w * c];
+                x86_avx2::depthwise_row_checked(&g, &mut simd, &bias, &rows, &w);
+                for i in 0..simd.len() { prop_assert!((simd[i] - want[i]).abs() < 1e-4, "{i}: {} vs {}", simd[i], want[i]); }
             }
-            for c in 0..n { prop_assert!((got[c] - want[c]).abs() < 1e-4); }
+            for i in 0..got.len() { prop_assert!((got[i] - want[i]).abs() < 1e-4); }
         }
     }
 }

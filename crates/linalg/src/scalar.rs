@@ -98,38 +98,48 @@ pub fn pq_adc(table: &[f32], codes: &[u8]) -> f32 {
     r
 }
 
-/// `out[c] = clamp(bias[c] + Σₜ xs[t][c]·ws[t][c], lo, hi)`: one output pixel of a
-/// depthwise convolution in channels-last layout (the taps are the input pixels under the
-/// kernel and their per-channel weights).
-pub fn weighted_taps(
+/// One output row of a depthwise convolution (see [`crate::DepthwiseRow`]).
+pub fn depthwise_row(
+    g: &crate::DepthwiseRow,
     out: &mut [f32],
     bias: &[f32],
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    lo: f32,
-    hi: f32,
+    rows: &[Option<&[f32]>],
+    w: &[f32],
 ) {
-    let n = out.len();
-    let mut c = 0;
-    while c + 8 <= n {
-        let mut acc = [0f32; 8];
-        acc.copy_from_slice(&bias[c..c + 8]);
-        for (x, w) in xs.iter().zip(ws) {
-            let (x, w) = (&x[c..c + 8], &w[c..c + 8]);
-            for j in 0..8 {
-                acc[j] += x[j] * w[j];
+    depthwise_row_channels(g, out, bias, rows, w, 0, g.c);
+}
+
+/// [`depthwise_row`] on channels `c0..c1` only (the SIMD kernels finish their tail here).
+pub(crate) fn depthwise_row_channels(
+    g: &crate::DepthwiseRow,
+    out: &mut [f32],
+    bias: &[f32],
+    rows: &[Option<&[f32]>],
+    w: &[f32],
+    c0: usize,
+    c1: usize,
+) {
+    let (c, k) = (g.c, g.k);
+    for ox in 0..g.out_w {
+        let o = &mut out[ox * c..][..c];
+        o[c0..c1].copy_from_slice(&bias[c0..c1]);
+        for (ky, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            for kx in 0..k {
+                let Some(ix) = (ox * g.stride + kx).checked_sub(g.pad_left) else {
+                    continue;
+                };
+                if ix >= g.in_w {
+                    continue;
+                }
+                let (x, wt) = (&row[ix * c..][..c], &w[(ky * k + kx) * c..][..c]);
+                for ch in c0..c1 {
+                    o[ch] += x[ch] * wt[ch];
+                }
             }
         }
-        for j in 0..8 {
-            out[c + j] = acc[j].clamp(lo, hi);
+        for v in &mut o[c0..c1] {
+            *v = v.clamp(g.lo, g.hi);
         }
-        c += 8;
-    }
-    for c in c..n {
-        let mut acc = bias[c];
-        for (x, w) in xs.iter().zip(ws) {
-            acc += x[c] * w[c];
-        }
-        out[c] = acc.clamp(lo, hi);
     }
 }

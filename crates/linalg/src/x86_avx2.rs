@@ -227,79 +227,143 @@ unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Safe entry point of [`weighted_taps`]; the dispatcher selects it only when AVX2 and
-/// FMA are present.
-pub(crate) fn weighted_taps_checked(
+/// Safe entry point of [`crate::depthwise_row`]; the dispatcher selects it only when AVX2
+/// and FMA are present. Kernel sides 1, 3, 5 and 7 are vectorised, others go to scalar.
+pub(crate) fn depthwise_row_checked(
+    g: &crate::DepthwiseRow,
     out: &mut [f32],
     bias: &[f32],
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    lo: f32,
-    hi: f32,
+    rows: &[Option<&[f32]>],
+    w: &[f32],
 ) {
-    let n = out.len();
-    assert!(bias.len() >= n && xs.len() == ws.len());
-    assert!(xs.iter().chain(ws).all(|s| s.len() >= n));
-    // SAFETY: AVX2 and FMA were detected at run time; every slice holds at least n floats.
-    unsafe { weighted_taps(out, bias, xs, ws, lo, hi) }
+    assert!(rows.len() == g.k);
+    assert!(out.len() >= g.out_w * g.c && bias.len() >= g.c && w.len() >= g.k * g.k * g.c);
+    assert!(rows.iter().flatten().all(|r| r.len() >= g.in_w * g.c));
+    // SAFETY: AVX2 and FMA were detected at run time; the asserts above are the shape
+    // contract that `depthwise_row_k` relies on.
+    unsafe {
+        match g.k {
+            1 => depthwise_row_k::<1>(g, out, bias, rows, w),
+            3 => depthwise_row_k::<3>(g, out, bias, rows, w),
+            5 => depthwise_row_k::<5>(g, out, bias, rows, w),
+            7 => depthwise_row_k::<7>(g, out, bias, rows, w),
+            _ => crate::scalar::depthwise_row(g, out, bias, rows, w),
+        }
+    }
 }
 
+/// # Safety
+/// AVX2 and FMA are available, `g.k == K`, and the slices satisfy the shape contract of
+/// [`crate::depthwise_row`] (checked by [`depthwise_row_checked`]).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_taps(
+unsafe fn depthwise_row_k<const K: usize>(
+    g: &crate::DepthwiseRow,
     out: &mut [f32],
     bias: &[f32],
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    lo: f32,
-    hi: f32,
+    rows: &[Option<&[f32]>],
+    w: &[f32],
 ) {
-    let n = out.len();
-    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let mut c = 0;
-    // SAFETY (all loads and stores): c + 16 <= n (resp. c + 8 <= n) and every slice holds
-    // at least n floats (checked by the caller).
-    while c + 16 <= n {
-        let mut a0 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c)) };
-        let mut a1 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c + 8)) };
-        for (x, w) in xs.iter().zip(ws) {
-            let (px, pw) = (x.as_ptr(), w.as_ptr());
-            unsafe {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(c)), _mm256_loadu_ps(pw.add(c)), a0);
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(px.add(c + 8)),
-                    _mm256_loadu_ps(pw.add(c + 8)),
-                    a1,
-                );
+    let c = g.c;
+    let mut cb = 0;
+    // SAFETY: each block stays inside channels cb..cb + 8·V <= c (the caller's contract
+    // covers the rest).
+    while cb + 16 <= c {
+        unsafe { depthwise_block::<K, 2>(g, out, bias, rows, w, cb) };
+        cb += 16;
+    }
+    while cb + 8 <= c {
+        unsafe { depthwise_block::<K, 1>(g, out, bias, rows, w, cb) };
+        cb += 8;
+    }
+    if cb < c {
+        crate::scalar::depthwise_row_channels(g, out, bias, rows, w, cb, c);
+    }
+}
+
+/// Channels `cb..cb + 8·V` of one depthwise output row: the weights of one kernel row
+/// stay in registers while the output row is swept.
+///
+/// # Safety
+/// As [`depthwise_row_k`], and `cb + 8·V <= g.c`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn depthwise_block<const K: usize, const V: usize>(
+    g: &crate::DepthwiseRow,
+    out: &mut [f32],
+    bias: &[f32],
+    rows: &[Option<&[f32]>],
+    w: &[f32],
+    cb: usize,
+) {
+    let (c, s, pl) = (g.c, g.stride, g.pad_left);
+    let po = out.as_mut_ptr();
+    // Every pointer below is p + i·c + cb + 8·v with i < out_w (out), i < in_w (a row) or
+    // i < K·K (w), and v < V; with cb + 8·V <= c that stays inside the slice.
+    let mut b = [_mm256_setzero_ps(); V];
+    for (v, bv) in b.iter_mut().enumerate() {
+        *bv = unsafe { _mm256_loadu_ps(bias.as_ptr().add(cb + 8 * v)) };
+    }
+    for ox in 0..g.out_w {
+        for (v, bv) in b.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(po.add(ox * c + cb + 8 * v), *bv) };
+        }
+    }
+    // Output columns whose K taps all lie inside the input row.
+    let first_full = pl.div_ceil(s);
+    let end_full = if g.in_w + pl >= K {
+        ((g.in_w + pl - K) / s + 1).min(g.out_w)
+    } else {
+        0
+    };
+    for (ky, row) in rows.iter().enumerate() {
+        let Some(row) = row else { continue };
+        let pr = row.as_ptr();
+        let mut wv = [[_mm256_setzero_ps(); V]; K];
+        for (kx, wk) in wv.iter_mut().enumerate() {
+            for (v, x) in wk.iter_mut().enumerate() {
+                *x = unsafe { _mm256_loadu_ps(w.as_ptr().add((ky * K + kx) * c + cb + 8 * v)) };
             }
         }
-        a0 = _mm256_min_ps(_mm256_max_ps(a0, vlo), vhi);
-        a1 = _mm256_min_ps(_mm256_max_ps(a1, vlo), vhi);
-        unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr().add(c), a0);
-            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8), a1);
-        }
-        c += 16;
-    }
-    while c + 8 <= n {
-        let mut a0 = unsafe { _mm256_loadu_ps(bias.as_ptr().add(c)) };
-        for (x, w) in xs.iter().zip(ws) {
-            unsafe {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(x.as_ptr().add(c)),
-                    _mm256_loadu_ps(w.as_ptr().add(c)),
-                    a0,
-                );
+        for ox in 0..g.out_w {
+            let pout = unsafe { po.add(ox * c + cb) };
+            let mut acc = [_mm256_setzero_ps(); V];
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = unsafe { _mm256_loadu_ps(pout.add(8 * v)) };
+            }
+            if ox >= first_full && ox < end_full {
+                // ox·s − pl + K − 1 < in_w here.
+                let base = unsafe { pr.add((ox * s - pl) * c + cb) };
+                for (kx, wk) in wv.iter().enumerate() {
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        let x = unsafe { _mm256_loadu_ps(base.add(kx * c + 8 * v)) };
+                        *a = _mm256_fmadd_ps(x, wk[v], *a);
+                    }
+                }
+            } else {
+                for (kx, wk) in wv.iter().enumerate() {
+                    let ix = ox * s + kx;
+                    if ix < pl || ix - pl >= g.in_w {
+                        continue;
+                    }
+                    let base = unsafe { pr.add((ix - pl) * c + cb) };
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        let x = unsafe { _mm256_loadu_ps(base.add(8 * v)) };
+                        *a = _mm256_fmadd_ps(x, wk[v], *a);
+                    }
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(pout.add(8 * v), *a) };
             }
         }
-        a0 = _mm256_min_ps(_mm256_max_ps(a0, vlo), vhi);
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), a0) };
-        c += 8;
     }
-    for c in c..n {
-        let mut acc = bias[c];
-        for (x, w) in xs.iter().zip(ws) {
-            acc = x[c].mul_add(w[c], acc);
+    let (lo, hi) = (_mm256_set1_ps(g.lo), _mm256_set1_ps(g.hi));
+    for ox in 0..g.out_w {
+        for v in 0..V {
+            let p = unsafe { po.add(ox * c + cb + 8 * v) };
+            unsafe {
+                _mm256_storeu_ps(p, _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(p), lo), hi))
+            };
         }
-        out[c] = acc.clamp(lo, hi);
     }
 }
