@@ -348,6 +348,17 @@ fn images_cli_over_url_reports_server_errors() {
         err.contains("failed on the server") && err.contains("magpie models fetch"),
         "{err}"
     );
+    // The text model travels with the request.
+    let (code, err) = run(&[
+        "index",
+        pics.to_str().unwrap(),
+        "--collection",
+        "q",
+        "--model",
+        "no-such-model",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no-such-model"), "{err}");
     let missing = d.path().join("nowhere");
     let (code, err) = run(&["index", missing.to_str().unwrap()]);
     assert_eq!(code, Some(1));
