@@ -94,7 +94,9 @@ pub fn resize_crop(
                 acc[1] += p[1] * wt;
                 acc[2] += p[2] * wt;
             }
-            out.extend(acc.iter().map(|v| v.clamp(0.0, 255.0).round() as u8));
+            // Round half up: for values in 0..=255, truncating v + 0.5 is `round()` without
+            // the libm call (it profiled at over 1 % of an image's embedding).
+            out.extend(acc.iter().map(|v| (v.clamp(0.0, 255.0) + 0.5) as u8));
         }
     }
     out

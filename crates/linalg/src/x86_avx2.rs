@@ -303,10 +303,18 @@ unsafe fn depthwise_block<const K: usize, const V: usize>(
     for (v, bv) in b.iter_mut().enumerate() {
         *bv = unsafe { _mm256_loadu_ps(bias.as_ptr().add(cb + 8 * v)) };
     }
-    for ox in 0..g.out_w {
-        for (v, bv) in b.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(po.add(ox * c + cb + 8 * v), *bv) };
+    let (lo, hi) = (_mm256_set1_ps(g.lo), _mm256_set1_ps(g.hi));
+    // The first input row's sweep starts from the bias and the last one's clamps, so the
+    // output is written once per input row and never needs a pass of its own.
+    let valid = rows.iter().filter(|r| r.is_some()).count();
+    if valid == 0 {
+        for ox in 0..g.out_w {
+            for (v, bv) in b.iter().enumerate() {
+                let y = _mm256_min_ps(_mm256_max_ps(*bv, lo), hi);
+                unsafe { _mm256_storeu_ps(po.add(ox * c + cb + 8 * v), y) };
+            }
         }
+        return;
     }
     // Output columns whose K taps all lie inside the input row.
     let first_full = pl.div_ceil(s);
@@ -315,8 +323,11 @@ unsafe fn depthwise_block<const K: usize, const V: usize>(
     } else {
         0
     };
+    let mut seen = 0;
     for (ky, row) in rows.iter().enumerate() {
         let Some(row) = row else { continue };
+        seen += 1;
+        let (first, last) = (seen == 1, seen == valid);
         let pr = row.as_ptr();
         let mut wv = [[_mm256_setzero_ps(); V]; K];
         for (kx, wk) in wv.iter_mut().enumerate() {
@@ -326,9 +337,11 @@ unsafe fn depthwise_block<const K: usize, const V: usize>(
         }
         for ox in 0..g.out_w {
             let pout = unsafe { po.add(ox * c + cb) };
-            let mut acc = [_mm256_setzero_ps(); V];
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = unsafe { _mm256_loadu_ps(pout.add(8 * v)) };
+            let mut acc = b;
+            if !first {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = unsafe { _mm256_loadu_ps(pout.add(8 * v)) };
+                }
             }
             if ox >= first_full && ox < end_full {
                 // ox·s − pl + K − 1 < in_w here.
@@ -353,17 +366,13 @@ unsafe fn depthwise_block<const K: usize, const V: usize>(
                 }
             }
             for (v, a) in acc.iter().enumerate() {
-                unsafe { _mm256_storeu_ps(pout.add(8 * v), *a) };
+                let y = if last {
+                    _mm256_min_ps(_mm256_max_ps(*a, lo), hi)
+                } else {
+                    *a
+                };
+                unsafe { _mm256_storeu_ps(pout.add(8 * v), y) };
             }
-        }
-    }
-    let (lo, hi) = (_mm256_set1_ps(g.lo), _mm256_set1_ps(g.hi));
-    for ox in 0..g.out_w {
-        for v in 0..V {
-            let p = unsafe { po.add(ox * c + cb + 8 * v) };
-            unsafe {
-                _mm256_storeu_ps(p, _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(p), lo), hi))
-            };
         }
     }
 }
