@@ -491,6 +491,31 @@ fn image_folder(flags: &Path, dir: &Path) {
     std::os::unix::fs::symlink(dir, b.join("loop")).unwrap();
 }
 
+/// What the image tests start from: the installed models, the flags, and a temporary
+/// directory holding `pics/` (see [`image_folder`]) and the path `data/`. None (the test
+/// skips, saying why) without the models or ../shared.
+struct ImageEnv {
+    models: std::path::PathBuf,
+    flags: std::path::PathBuf,
+    pics: std::path::PathBuf,
+    data: std::path::PathBuf,
+    tmp: tempfile::TempDir,
+}
+
+fn image_env() -> Option<ImageEnv> {
+    let (models, flags) = (models_dir()?, flags_dir()?);
+    let tmp = tempfile::tempdir().unwrap();
+    let pics = tmp.path().join("pics");
+    image_folder(&flags, &pics);
+    Some(ImageEnv {
+        models,
+        flags,
+        data: tmp.path().join("data"),
+        pics,
+        tmp,
+    })
+}
+
 fn magpie(args: &[&str], data: &Path, models: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(args)
@@ -525,13 +550,16 @@ fn search_names(args: &[&str], data: &Path, models: &Path) -> Vec<String> {
 /// re-indexing after a change and a deletion.
 #[test]
 fn images_cli_index_search_dupes_incremental() {
-    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+    let Some(ImageEnv {
+        models,
+        flags,
+        pics,
+        data,
+        tmp: _tmp,
+    }) = image_env()
+    else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let pics = d.path().join("pics");
-    image_folder(&flags, &pics);
-    let data = d.path().join("data");
     let dir = pics.to_str().unwrap();
     let (ok, out, err) = magpie(
         &["images", "index", dir, "--collection", "pics"],
@@ -870,13 +898,17 @@ impl Drop for Browser {
 /// and the duplicates view. Screenshots go to target/tmp/ui-screenshots/.
 #[test]
 fn web_ui_in_headless_chromium() {
-    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+    let Some(ImageEnv {
+        models,
+        flags: _,
+        pics,
+        data: _,
+        tmp: d,
+    }) = image_env()
+    else {
         return;
     };
     let Some(b) = Browser::start() else { return };
-    let d = tempfile::tempdir().unwrap();
-    let pics = d.path().join("pics");
-    image_folder(&flags, &pics);
     let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["serve", "--listen", "127.0.0.1:0", "--images"])
         .arg(&pics)
@@ -1014,12 +1046,16 @@ fn web_ui_in_headless_chromium() {
 /// an HTML report; an unknown model is a clear error.
 #[test]
 fn images_compare_models_side_by_side() {
-    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+    let Some(ImageEnv {
+        models,
+        flags: _,
+        pics,
+        data: _,
+        tmp: d,
+    }) = image_env()
+    else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let pics = d.path().join("pics");
-    image_folder(&flags, &pics);
     let europe = pics.join("europe");
     let html = d.path().join("report.html");
     let q = europe.join("no.png");
@@ -1080,13 +1116,16 @@ fn images_compare_models_side_by_side() {
 /// commands give in process on the same data directory once the server has stopped.
 #[test]
 fn images_cli_over_url_matches_in_process() {
-    let (Some(models), Some(flags)) = (models_dir(), flags_dir()) else {
+    let Some(ImageEnv {
+        models,
+        flags,
+        pics,
+        data,
+        tmp: _tmp,
+    }) = image_env()
+    else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let pics = d.path().join("pics");
-    image_folder(&flags, &pics);
-    let data = d.path().join("data");
     let s = Server::start_with(&data, &["--models-dir".as_ref(), models.as_os_str()]);
     let remote = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
