@@ -237,6 +237,9 @@ fn index_remote(
     let bar = progress_bar();
     loop {
         let job = r.call("status", json!({"collectionName": collection}))?;
+        if job.is_null() {
+            bail!("the server has no indexing job for '{collection}' any more (was it restarted?); run the command again to resume");
+        }
         if let (Some(d), Some(t)) = (
             job["progress"]["done"].as_u64(),
             job["progress"]["total"].as_u64(),

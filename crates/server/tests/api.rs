@@ -1118,47 +1118,46 @@ fn image_indexing_resumes_after_an_interruption() {
             .as_u64()
             .unwrap()
     };
-    {
+    // Opens the engine with the models, and indexes the flags into "f".
+    let open = || {
         let engine = Engine::open(data.path(), EngineConfig::default()).unwrap();
         let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(models_store()));
         engine.set_embedder(emb.clone());
+        (engine, emb)
+    };
+    let index = |engine: &Engine,
+                 emb: &magpie_server::embedder::ModelEmbedder,
+                 progress: &mut dyn FnMut(magpie_server::images::Progress),
+                 cancel: &AtomicBool| {
+        magpie_server::images::index_folder(
+            engine,
+            emb,
+            data.path(),
+            "f",
+            &flags,
+            None,
+            progress,
+            cancel,
+        )
+        .unwrap()
+    };
+    {
+        let (engine, emb) = open();
         let cancel = AtomicBool::new(false);
         let mut progress = |p: magpie_server::images::Progress| {
             if p.done >= 48 {
                 cancel.store(true, Ordering::Relaxed);
             }
         };
-        let rep = magpie_server::images::index_folder(
-            &engine,
-            &emb,
-            data.path(),
-            "f",
-            &flags,
-            None,
-            &mut progress,
-            &cancel,
-        )
-        .unwrap();
+        let rep = index(&engine, &emb, &mut progress, &cancel);
         assert!(rep.cancelled);
         assert_eq!(rep.added, 48);
         assert_eq!(count(&engine), 48);
         // The engine is dropped without a flush: the rows live only in the WAL.
     }
-    let engine = Engine::open(data.path(), EngineConfig::default()).unwrap();
-    let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(models_store()));
-    engine.set_embedder(emb.clone());
+    let (engine, emb) = open();
     assert_eq!(count(&engine), 48, "recovered from the WAL");
-    let rep = magpie_server::images::index_folder(
-        &engine,
-        &emb,
-        data.path(),
-        "f",
-        &flags,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let rep = index(&engine, &emb, &mut |_| {}, &AtomicBool::new(false));
     assert_eq!(
         (rep.found, rep.added, rep.unchanged, rep.removed),
         (256, 208, 48, 0),
