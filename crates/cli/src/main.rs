@@ -340,6 +340,27 @@ struct ServeArgs {
     /// Image inference threads (one image each); 0 = every core [default: 0].
     #[arg(long, env = "MAGPIE_EMBED_THREADS")]
     embed_threads: Option<usize>,
+    /// Folders (comma-separated) that clients may ask the server to index, with their
+    /// subfolders [default: the --images folder, DATA_DIR/images, DATA_DIR/samples].
+    #[arg(long, env = "MAGPIE_IMAGE_ROOTS", value_delimiter = ',')]
+    image_roots: Option<Vec<PathBuf>>,
+    /// Memory decoded images may take at once, all requests together, bytes
+    /// [default: 1073741824].
+    #[arg(long, env = "MAGPIE_DECODE_MEMORY_BYTES")]
+    decode_memory_bytes: Option<u64>,
+    /// Accepted Host header names (comma-separated; '*' = any) [default: loopback names
+    /// when listening on loopback, else any].
+    #[arg(long, env = "MAGPIE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Option<Vec<String>>,
+    /// Listen beyond loopback without a token (refused otherwise).
+    #[arg(long, env = "MAGPIE_ALLOW_INSECURE")]
+    allow_insecure: bool,
+    /// Most query vectors in one search [default: 1024].
+    #[arg(long, env = "MAGPIE_MAX_NQ")]
+    max_nq: Option<usize>,
+    /// Most hits of one search, nq × (limit + offset) [default: 65536].
+    #[arg(long, env = "MAGPIE_MAX_RESULT_ROWS")]
+    max_result_rows: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -425,8 +446,16 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         bounded_staleness_ms,
         maintenance_interval_ms,
         index_min_rows,
-        index_build_threads
+        index_build_threads,
+        image_roots,
+        decode_memory_bytes,
+        allowed_hosts,
+        max_nq,
+        max_result_rows
     );
+    if a.allow_insecure {
+        cfg.allow_insecure = true;
+    }
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
     }

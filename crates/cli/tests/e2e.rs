@@ -325,6 +325,8 @@ fn images_cli_over_url_reports_server_errors() {
         &[
             "--models-dir".as_ref(),
             d.path().join("no-models").as_os_str(),
+            "--image-roots".as_ref(),
+            d.path().join("pics").as_os_str(),
         ],
     );
     let url = s.url.clone();
@@ -341,6 +343,10 @@ fn images_cli_over_url_reports_server_errors() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // A folder outside --image-roots is refused before any job starts.
+    let (code, err) = run(&["index", d.path().to_str().unwrap(), "--collection", "p"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not under an image root"), "{err}");
     // The job starts on the server and fails there; the CLI follows it and reports why.
     let (code, err) = run(&["index", pics.to_str().unwrap(), "--collection", "p"]);
     assert_eq!(code, Some(1), "{err}");
@@ -359,10 +365,15 @@ fn images_cli_over_url_reports_server_errors() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no-such-model"), "{err}");
-    let missing = d.path().join("nowhere");
+    // Inside the allowed root a missing folder is named as such; outside it, the answer
+    // is the same whether the folder exists or not.
+    let missing = pics.join("nowhere");
     let (code, err) = run(&["index", missing.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains("not a folder on the server"), "{err}");
+    let (code, err) = run(&["index", d.path().join("nowhere").to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not under an image root"), "{err}");
     let (code, err) = run(&["dupes", "--collection", "nope"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("'nope'"), "{err}");
@@ -428,11 +439,7 @@ fn models_list_and_missing_model_errors() {
 // ---- The image app (needs the real models and ../shared; skipped without them) ----
 
 fn models_dir() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("MAGPIE_MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/magpie-models")
-        });
+    let dir = magpie_testkit::models_dir();
     let ok = [
         "efficientnet-lite0/efficientnet-lite0.pth",
         "all-minilm-l6-v2/model.safetensors",
@@ -442,20 +449,13 @@ fn models_dir() -> Option<std::path::PathBuf> {
     if ok {
         Some(dir)
     } else {
-        eprintln!("skipping: models are not installed in {} (magpie models fetch efficientnet-lite0 / all-minilm-l6-v2 --dir ...)", dir.display());
+        magpie_testkit::skip("models", format!("models are not installed in {} (magpie models fetch efficientnet-lite0 / all-minilm-l6-v2 --dir ...)", dir.display()));
         None
     }
 }
 
 fn flags_dir() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/flags/svg-country-flags-png250px");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent", p.display());
-        None
-    }
+    magpie_testkit::shared("data/flags/svg-country-flags-png250px")
 }
 
 /// A folder with some flags in two subfolders, plus the files an image indexer must
@@ -781,7 +781,10 @@ impl Browser {
             Path::new("/usr/bin/chromium"),
         );
         if !driver.exists() || !chromium.exists() {
-            eprintln!("skipping: needs Debian's chromium and chromium-driver");
+            magpie_testkit::skip(
+                "chromium",
+                "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+            );
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1126,7 +1129,15 @@ fn images_cli_over_url_matches_in_process() {
     else {
         return;
     };
-    let s = Server::start_with(&data, &["--models-dir".as_ref(), models.as_os_str()]);
+    let s = Server::start_with(
+        &data,
+        &[
+            "--models-dir".as_ref(),
+            models.as_os_str(),
+            "--image-roots".as_ref(),
+            pics.as_os_str(),
+        ],
+    );
     let remote = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
             .arg("images")

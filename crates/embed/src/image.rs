@@ -40,6 +40,74 @@ pub struct Decoded {
     pub format: &'static str,
     /// Width and height as stored, before the EXIF orientation was applied.
     pub stored_size: (u32, u32),
+    /// This image's share of the process-wide decode budget, returned when it is dropped.
+    _permit: Permit,
+}
+
+/// Peak bytes a decode of one pixel may hold: the decoder's RGBA output (4) plus the
+/// RGB copy made from it (3), rounded up.
+const BYTES_PER_PIXEL: u64 = 8;
+
+/// The memory that decoded pixels may take in the whole process at once. Every decode
+/// reserves `width × height × 8` bytes from it (read from the header, before any pixel
+/// is decoded) and holds them until its [`Decoded`] is dropped; a decode that does not
+/// fit waits for others to finish, and one larger than the whole budget is refused. So
+/// many concurrent uploads of large images queue instead of exhausting memory.
+struct Budget {
+    used: parking_lot::Mutex<u64>,
+    freed: parking_lot::Condvar,
+    total: std::sync::atomic::AtomicU64,
+}
+
+static BUDGET: Budget = Budget {
+    used: parking_lot::Mutex::new(0),
+    freed: parking_lot::Condvar::new(),
+    total: std::sync::atomic::AtomicU64::new(DEFAULT_DECODE_BUDGET),
+};
+
+/// Default of [`set_decode_budget`]: 1 GiB.
+pub const DEFAULT_DECODE_BUDGET: u64 = 1 << 30;
+
+/// Sets the process-wide decode memory budget in bytes (see `Budget`).
+pub fn set_decode_budget(bytes: u64) {
+    BUDGET
+        .total
+        .store(bytes.max(1 << 20), std::sync::atomic::Ordering::Relaxed);
+    BUDGET.freed.notify_all();
+}
+
+/// Bytes of the decode budget held right now (for tests and metrics).
+pub fn decode_budget_in_use() -> u64 {
+    *BUDGET.used.lock()
+}
+
+#[derive(Debug)]
+struct Permit(u64);
+
+impl Permit {
+    fn acquire(bytes: u64) -> std::result::Result<Permit, String> {
+        let total = BUDGET.total.load(std::sync::atomic::Ordering::Relaxed);
+        if bytes > total {
+            return Err(format!(
+                "decoding needs {} MB, more than the server's whole decode budget of {} MB",
+                bytes >> 20,
+                total >> 20
+            ));
+        }
+        let mut used = BUDGET.used.lock();
+        while *used + bytes > BUDGET.total.load(std::sync::atomic::Ordering::Relaxed) {
+            BUDGET.freed.wait(&mut used);
+        }
+        *used += bytes;
+        Ok(Permit(bytes))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *BUDGET.used.lock() -= self.0;
+        BUDGET.freed.notify_all();
+    }
 }
 
 fn format_name(f: image::ImageFormat) -> Option<&'static str> {
@@ -96,6 +164,7 @@ pub fn decode_bytes(bytes: &[u8], name: &str, lim: &DecodeLimits) -> Result<Deco
             lim.max_pixels
         )));
     }
+    let permit = Permit::acquire(w as u64 * h as u64 * BYTES_PER_PIXEL).map_err(bad)?;
     // An unreadable EXIF block is not fatal: the image is used as stored.
     let orientation = dec
         .orientation()
@@ -106,6 +175,7 @@ pub fn decode_bytes(bytes: &[u8], name: &str, lim: &DecodeLimits) -> Result<Deco
         rgb: img.into_rgb8(),
         format,
         stored_size: (w, h),
+        _permit: permit,
     })
 }
 

@@ -8,12 +8,7 @@ use magpie_embed::text::TextEncoder;
 use std::path::PathBuf;
 
 fn store() -> ModelStore {
-    let dir = std::env::var_os("MAGPIE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/magpie-models")
-        });
-    ModelStore::new(dir)
+    ModelStore::new(magpie_testkit::models_dir())
 }
 
 fn minilm() -> Option<TextEncoder> {
@@ -21,7 +16,7 @@ fn minilm() -> Option<TextEncoder> {
     match s.require("all-minilm-l6-v2") {
         Ok(dir) => Some(TextEncoder::load("all-minilm-l6-v2", &dir).unwrap()),
         Err(e) => {
-            eprintln!("skipping: {e}");
+            magpie_testkit::skip("models", e);
             None
         }
     }
@@ -83,22 +78,14 @@ fn lite0() -> Option<ImageEncoder> {
     match store().require("efficientnet-lite0") {
         Ok(dir) => Some(ImageEncoder::load(&dir).unwrap()),
         Err(e) => {
-            eprintln!("skipping: {e}");
+            magpie_testkit::skip("models", e);
             None
         }
     }
 }
 
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent", p.display());
-        None
-    }
+    magpie_testkit::shared(rel)
 }
 
 fn threads() -> usize {

@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) type CollRef = Arc<RwLock<Collection>>;
 
@@ -38,13 +38,58 @@ pub(crate) struct Job {
     pub field: usize,
 }
 
+/// A failed build and when it may be tried again.
+struct Failure {
+    msg: String,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// Wait before the next try after `attempts` failures: 5 s, doubling, at most 10 min. A
+/// failure may be transient (a full disk, memory pressure); a permanent one costs one
+/// build every 10 minutes.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << attempts.saturating_sub(1).min(7)))
+        .min(Duration::from_secs(600))
+}
+
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
     queued: HashSet<JobKey>,
     running: Option<(JobKey, Arc<Cancel>)>,
-    failed: HashMap<JobKey, String>,
+    failed: HashMap<JobKey, Failure>,
     shutdown: bool,
+}
+
+impl State {
+    /// Whether a job for `key` may be queued now: not queued or running already, and
+    /// not failed recently (see [`backoff`]).
+    fn admits(&self, key: &JobKey, now: Instant) -> bool {
+        !(self.shutdown
+            || self.queued.contains(key)
+            || self.failed.get(key).is_some_and(|f| now < f.retry_at)
+            || self.running.as_ref().is_some_and(|r| r.0 == *key))
+    }
+
+    fn record_failure(&mut self, key: JobKey, msg: String, now: Instant) {
+        let attempts = self.failed.get(&key).map_or(0, |f| f.attempts) + 1;
+        let wait = backoff(attempts);
+        tracing::warn!(
+            segment = key.segment,
+            attempts,
+            retry_in_s = wait.as_secs(),
+            "index build failed: {msg}"
+        );
+        self.failed.insert(
+            key,
+            Failure {
+                msg,
+                attempts,
+                retry_at: now + wait,
+            },
+        );
+    }
 }
 
 struct Shared {
@@ -79,14 +124,10 @@ impl Builder {
         }
     }
 
-    /// Queues a job unless it is queued, running, or failed before.
+    /// Queues a job unless it is queued, running, or failed too recently to retry.
     pub fn enqueue(&self, job: Job) {
         let mut st = self.shared.state.lock();
-        if st.shutdown
-            || st.queued.contains(&job.key)
-            || st.failed.contains_key(&job.key)
-            || st.running.as_ref().is_some_and(|r| r.0 == job.key)
-        {
+        if !st.admits(&job.key, Instant::now()) {
             return;
         }
         st.queued.insert(job.key);
@@ -107,7 +148,12 @@ impl Builder {
         st.failed
             .iter()
             .find(|(k, _)| k.coll == coll && k.index == index)
-            .map(|(k, m)| format!("segment {}: {m}", k.segment))
+            .map(|(k, f)| {
+                format!(
+                    "segment {}: {} ({} attempt(s); retried with backoff)",
+                    k.segment, f.msg, f.attempts
+                )
+            })
     }
 
     /// Blocks until no job of `coll` is queued or running, or `deadline` passes; true if
@@ -179,9 +225,11 @@ fn worker(sh: Arc<Shared>) {
         let r = run(&job, &cancel, sh.threads);
         let mut st = sh.state.lock();
         st.running = None;
-        if let Err(msg) = r {
-            tracing::warn!(segment = job.key.segment, "index build failed: {msg}");
-            st.failed.insert(job.key, msg);
+        match r {
+            Err(msg) => st.record_failure(job.key, msg, Instant::now()),
+            Ok(()) => {
+                st.failed.remove(&job.key);
+            }
         }
         sh.done.notify_all();
     }
@@ -272,4 +320,33 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         "index built"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_builds_are_retried_with_growing_backoff() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(30), Duration::from_secs(600));
+        let key = JobKey {
+            coll: 1,
+            segment: 2,
+            index: 3,
+        };
+        let mut st = State::default();
+        let t0 = Instant::now();
+        assert!(st.admits(&key, t0));
+        st.record_failure(key, "disk full".into(), t0);
+        // Not before the backoff, then again (a failure used to be final).
+        assert!(!st.admits(&key, t0 + Duration::from_secs(4)));
+        assert!(st.admits(&key, t0 + Duration::from_secs(5)));
+        st.record_failure(key, "disk full".into(), t0 + Duration::from_secs(5));
+        assert_eq!(st.failed[&key].attempts, 2);
+        assert!(!st.admits(&key, t0 + Duration::from_secs(14)));
+        assert!(st.admits(&key, t0 + Duration::from_secs(15)));
+    }
 }

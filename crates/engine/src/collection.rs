@@ -272,10 +272,44 @@ impl Collection {
             {
                 s.state = SegState::Sealed;
             }
-            need |=
-                s.state == SegState::Sealed || (s.state == SegState::Flushed && s.deletes_dirty);
+            need |= s.state == SegState::Sealed;
         }
-        need
+        // New tombstones alone do not seal growing rows into a tiny segment: they are
+        // durable in the WAL and reach segment files with the next flush. Only when no
+        // growing rows wait (so the flush makes no segment) are they written now.
+        let dirty = self
+            .segments
+            .iter()
+            .any(|s| s.state == SegState::Flushed && s.deletes_dirty);
+        let growing = self
+            .segments
+            .iter()
+            .any(|s| s.state == SegState::Growing && !s.is_empty());
+        need || (dirty && !growing)
+    }
+
+    /// Whether [`Collection::compact`] would find work: two or more small flushed
+    /// segments in one partition, or a flushed segment with more than `delete_ratio`
+    /// of its rows deleted.
+    pub fn wants_compaction(&self, delete_ratio: f64, small_rows: usize) -> bool {
+        let mut small: HashMap<u64, usize> = HashMap::new();
+        for s in &self.segments {
+            if s.state != SegState::Flushed || s.is_empty() {
+                continue;
+            }
+            let dead = s.len() - s.live_count();
+            if dead as f64 > delete_ratio * s.len() as f64 {
+                return true;
+            }
+            if s.len() < small_rows {
+                let n = small.entry(s.partition).or_default();
+                *n += 1;
+                if *n >= 2 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Seals every growing segment and persists all segments and tombstones not yet on
@@ -365,10 +399,20 @@ impl Collection {
 
     /// Compaction: rewrites flushed segments whose deleted fraction exceeds
     /// `delete_ratio`, and merges small flushed segments of the same partition, keeping
-    /// only live rows. Flushes first, so every tombstone dropped is already durable.
-    /// Returns (segments removed, segments written).
-    pub fn compact(&mut self, delete_ratio: f64, small_rows: usize) -> Result<(usize, usize)> {
-        self.flush()?;
+    /// only live rows. With `flush_first` (a user's `compact`) everything is flushed first;
+    /// without (automatic compaction) growing rows stay growing. Either way the caller has
+    /// synced the WAL, so every tombstone dropped is durable in the log; the manifest keeps
+    /// its `flushed_ts`, and replaying a delete of a row compaction already dropped is a
+    /// no-op. Returns (segments removed, segments written).
+    pub fn compact(
+        &mut self,
+        delete_ratio: f64,
+        small_rows: usize,
+        flush_first: bool,
+    ) -> Result<(usize, usize)> {
+        if flush_first {
+            self.flush()?;
+        }
         let segdir = self.segments_dir();
         let mut by_part: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, s) in self.segments.iter().enumerate() {

@@ -52,6 +52,14 @@ pub struct EngineConfig {
     pub index_min_rows: usize,
     /// Threads per index build (0 = every core).
     pub index_build_threads: usize,
+    /// Most query vectors (or texts, images, ids) in one search.
+    pub max_nq: usize,
+    /// Most hits one search may produce, all queries together: nq × (limit + offset).
+    /// Bounds a search's memory whatever its shape.
+    pub max_result_rows: usize,
+    /// [`Engine::maintain`] compacts a collection on its own (small segments, heavily
+    /// deleted ones) at most once per this many seconds; 0 turns it off.
+    pub auto_compact_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +72,9 @@ impl Default for EngineConfig {
             compact_delete_ratio: 0.2,
             index_min_rows: 1024,
             index_build_threads: 0,
+            max_nq: 1024,
+            max_result_rows: 65_536,
+            auto_compact_secs: 60,
         }
     }
 }
@@ -89,6 +100,8 @@ pub struct Engine {
     collections: RwLock<HashMap<String, CollRef>>,
     builder: Builder,
     embedder: RwLock<Option<Arc<dyn Embedder>>>,
+    /// When [`Engine::maintain`] last compacted each collection (ms; rate limit).
+    last_compact: Mutex<HashMap<u64, u64>>,
 }
 
 impl Drop for Engine {
@@ -203,6 +216,16 @@ pub struct QueryRequest {
 }
 
 /// Compiles an optional filter; empty or blank text means no filter.
+/// `limit + offset`, checked against [`MAX_TOPK`] without overflowing.
+fn check_topk(limit: usize, offset: usize) -> Result<usize> {
+    match limit.checked_add(offset) {
+        Some(n) if n <= MAX_TOPK => Ok(n),
+        _ => Err(invalid(format!(
+            "limit + offset must be at most {MAX_TOPK}, got {limit} + {offset}"
+        ))),
+    }
+}
+
 fn compile_filter(text: Option<&str>, schema: &CollectionSchema) -> Result<Option<Filter>> {
     match text.map(str::trim).filter(|f| !f.is_empty()) {
         Some(f) => Ok(Some(Filter::compile(f, schema)?)),
@@ -327,6 +350,7 @@ impl Engine {
             collections: RwLock::new(collections),
             builder,
             embedder: RwLock::new(None),
+            last_compact: Mutex::new(HashMap::new()),
             _lock: lock,
         };
         e.schedule_all();
@@ -384,7 +408,25 @@ impl Engine {
                     });
                 }
                 match obj.get(f.input()) {
-                    Some(Value::String(t)) => texts.push(t.as_str()),
+                    Some(Value::String(t)) => {
+                        // The input's own limit is checked before any model sees it, so
+                        // an oversized text or data: URI costs nothing to refuse.
+                        let max = schema
+                            .field(f.input())
+                            .and_then(|x| x.max_length)
+                            .unwrap_or(usize::MAX);
+                        if t.len() > max {
+                            return Err(EngineError::Row {
+                                row: i,
+                                field: f.input().to_string(),
+                                msg: format!(
+                                    "is {} bytes long; the field's max_length is {max}",
+                                    t.len()
+                                ),
+                            });
+                        }
+                        texts.push(t.as_str())
+                    }
                     _ => {
                         return Err(EngineError::Row {
                             row: i,
@@ -1100,12 +1142,7 @@ impl Engine {
             return Err(invalid("query needs a 'filter', 'ids' or a 'limit'"));
         }
         if let Some(l) = q.limit {
-            if l + q.offset > MAX_TOPK {
-                return Err(invalid(format!(
-                    "limit + offset must be at most {MAX_TOPK}, got {}",
-                    l + q.offset
-                )));
-            }
+            check_topk(l, q.offset)?;
         }
         let spec = g.output_spec(&q.output_fields)?;
         Ok(g.query(
@@ -1153,10 +1190,22 @@ impl Engine {
         if r.limit == 0 {
             return Err(invalid("limit must be at least 1"));
         }
-        if r.limit + r.offset > MAX_TOPK {
+        let topk = check_topk(r.limit, r.offset)?;
+        let nq = match &r.ids {
+            Some(ids) => ids.len(),
+            None => r.vectors.len().max(r.texts.len()).max(r.images.len()),
+        };
+        if nq > self.config.max_nq {
             return Err(invalid(format!(
-                "limit + offset must be at most {MAX_TOPK}, got {}",
-                r.limit + r.offset
+                "a search may carry at most {} queries (max_nq), got {nq}; split it",
+                self.config.max_nq
+            )));
+        }
+        if nq.saturating_mul(topk) > self.config.max_result_rows {
+            return Err(invalid(format!(
+                "{nq} queries × (limit + offset) {topk} = {} hits is over the {}-hit limit of one search (max_result_rows); lower the limit or split the queries",
+                nq.saturating_mul(topk),
+                self.config.max_result_rows
             )));
         }
         let field = match &r.anns_field {
@@ -1259,6 +1308,8 @@ impl Engine {
                             "query vector {i} has a non-finite value at position {j}"
                         )));
                     }
+                    crate::schema::check_magnitude(q)
+                        .map_err(|m| invalid(format!("query vector {i}: {m}")))?;
                 }
                 r.vectors.clone()
             }
@@ -1307,10 +1358,46 @@ impl Engine {
 
     // ---------------------------------------------------------------- maintenance
 
+    /// Runs `f` (a flush or compaction of `g`) once every write applied to memory is
+    /// durable in the log: under the collection's write lock every applied batch has been
+    /// appended, so one sync covers them, and a batch whose log write then fails is never
+    /// persisted from memory.
+    fn persist<T>(
+        &self,
+        g: &mut Collection,
+        f: impl FnOnce(&mut Collection) -> Result<T>,
+    ) -> Result<T> {
+        self.check_log()?;
+        self.wal.sync_all()?;
+        f(g)
+    }
+
+    /// Refuses to persist memory while the log is poisoned: memory may then hold a
+    /// batch the log does not (its write failed after it was applied), and segment files
+    /// must never hold a write that was reported as failed.
+    fn check_log(&self) -> Result<()> {
+        match self.wal.poisoned() {
+            Some(p) => Err(EngineError::WalPoisoned(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// The WAL's failure, if a write or fsync failed (the server must restart to
+    /// recover: the next open rebuilds memory from segments and the log).
+    pub fn wal_failure(&self) -> Option<String> {
+        self.wal.poisoned()
+    }
+
+    /// Makes the WAL's next write fail (tests of the failure path).
+    #[doc(hidden)]
+    pub fn inject_wal_failure(&self) {
+        self.wal.inject_failure();
+    }
+
     /// Seals and persists everything in the collection, then trims the WAL.
     pub fn flush(&self, coll: &str) -> Result<()> {
         let c = self.coll(coll)?;
-        c.write().flush()?;
+        self.persist(&mut c.write(), |g| g.flush())?;
         self.schedule(&c);
         self.trim_wal()
     }
@@ -1319,7 +1406,7 @@ impl Engine {
     pub fn flush_all(&self) -> Result<()> {
         let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
         for c in all {
-            c.write().flush()?;
+            self.persist(&mut c.write(), |g| g.flush())?;
         }
         self.trim_wal()
     }
@@ -1327,9 +1414,13 @@ impl Engine {
     /// Compacts a collection; returns (segments removed, segments written).
     pub fn compact(&self, coll: &str) -> Result<(usize, usize)> {
         let c = self.coll(coll)?;
-        let r = c
-            .write()
-            .compact(self.config.compact_delete_ratio, self.config.seal_rows / 4)?;
+        let r = self.persist(&mut c.write(), |g| {
+            g.compact(
+                self.config.compact_delete_ratio,
+                self.config.seal_rows / 4,
+                true,
+            )
+        })?;
         self.schedule(&c);
         self.trim_wal()?;
         Ok(r)
@@ -1352,15 +1443,40 @@ impl Engine {
 
     /// Periodic work: seal aged segments, flush sealed ones, trim the WAL.
     pub fn maintain(&self) -> Result<()> {
+        if self.wal.poisoned().is_some() {
+            // Logged when it happened; nothing may be flushed until a restart.
+            return Ok(());
+        }
         let policy = self.config.policy();
         let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
         let mut flushed = false;
+        let small = self.config.seal_rows / 4;
         for c in all {
-            let need = c.write().needs_flush(&policy, now_ms());
-            if need {
-                c.write().flush()?;
+            let mut g = c.write();
+            if g.needs_flush(&policy, now_ms()) {
+                self.persist(&mut g, |g| g.flush())?;
                 flushed = true;
             }
+            let every = self.config.auto_compact_secs * 1000;
+            let due = every > 0 && {
+                let mut last = self.last_compact.lock();
+                let t = last.entry(g.meta.id).or_insert(0);
+                let due = now_ms().saturating_sub(*t) >= every
+                    && g.wants_compaction(self.config.compact_delete_ratio, small);
+                if due {
+                    *t = now_ms();
+                }
+                due
+            };
+            if due {
+                // Without a flush first: growing rows stay growing (no tiny segment).
+                let (removed, written) = self.persist(&mut g, |g| {
+                    g.compact(self.config.compact_delete_ratio, small, false)
+                })?;
+                tracing::info!(collection = %g.meta.name, removed, written, "compacted");
+                flushed = true;
+            }
+            drop(g);
             self.schedule(&c);
         }
         if flushed {

@@ -22,6 +22,13 @@
 //! ```
 //! Comparisons involving null or a missing value are false (so `not (x == 1)` is true for
 //! a row without `x`); `is null` matches null and missing values.
+//!
+//! Bounds: an expression is at most [`MAX_FILTER_BYTES`] long and its tree at most
+//! [`MAX_FILTER_DEPTH`] levels deep (parentheses, `not`, unary minus, `[ ]` paths and
+//! nested lists count, and so does each operator of a chain like `a + b + c`). The parser
+//! checks both while it builds the tree, so parsing, name resolution, evaluation and the
+//! tree's drop, which all recurse, stay far from the end of a thread's stack whatever a
+//! client sends. `and`/`or` chains and `in` lists are flat and may be long.
 
 use crate::schema::{CollectionSchema, DataType, DYNAMIC_FIELD};
 use crate::types::PrimaryKey;
@@ -38,21 +45,37 @@ pub struct FilterError {
     pub expr: String,
 }
 
+/// Longest accepted filter expression, bytes.
+pub const MAX_FILTER_BYTES: usize = 256 << 10;
+/// Deepest accepted expression tree (see the module docs).
+pub const MAX_FILTER_DEPTH: usize = 64;
+
 impl fmt::Display for FilterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at position {} in `{}` (near `{}`)",
-            self.msg,
-            self.pos,
-            self.expr,
-            self.expr
-                .get(self.pos..)
-                .unwrap_or("")
-                .chars()
-                .take(16)
-                .collect::<String>()
-        )
+        let near: String = self
+            .expr
+            .get(self.pos..)
+            .unwrap_or("")
+            .chars()
+            .take(16)
+            .collect();
+        // A long expression is not echoed whole: the position and the text near it say
+        // where the problem is.
+        if self.expr.len() <= 200 {
+            write!(
+                f,
+                "{} at position {} in `{}` (near `{near}`)",
+                self.msg, self.pos, self.expr
+            )
+        } else {
+            write!(
+                f,
+                "{} at position {} of a {}-byte expression (near `{near}`)",
+                self.msg,
+                self.pos,
+                self.expr.len()
+            )
+        }
     }
 }
 
@@ -235,6 +258,25 @@ struct Parser<'s> {
     src: &'s str,
     toks: Vec<(Tok, usize)>,
     i: usize,
+    /// Current recursion depth of the descent (see [`Parser::enter`]).
+    depth: usize,
+}
+
+/// Height of an expression tree. Called on every node the parser builds, whose children
+/// were checked already, so the recursion is at most [`MAX_FILTER_DEPTH`] deep.
+fn height(e: &Expr) -> usize {
+    let max = |v: &[Expr]| v.iter().map(height).max().unwrap_or(0);
+    1 + match e {
+        Expr::Lit(_) | Expr::Ident { .. } => 0,
+        Expr::Index(b, _)
+        | Expr::Neg(b)
+        | Expr::Not(b)
+        | Expr::Like { e: b, .. }
+        | Expr::IsNull { e: b, .. } => height(b),
+        Expr::List(v) | Expr::And(v) | Expr::Or(v) | Expr::Call { args: v, .. } => max(v),
+        Expr::Bin(_, a, b) => height(a).max(height(b)),
+        Expr::In { e, list, .. } => height(e).max(max(list)),
+    }
 }
 
 fn kw(t: &Tok, k: &str) -> bool {
@@ -257,6 +299,29 @@ impl<'s> Parser<'s> {
             self.i += 1;
         }
         t
+    }
+    /// Enters one level of recursive descent, refusing to go past [`MAX_FILTER_DEPTH`].
+    fn enter(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_FILTER_DEPTH {
+            return self.too_deep();
+        }
+        Ok(())
+    }
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+    fn too_deep<T>(&self) -> Result<T, FilterError> {
+        self.err(format!(
+            "the filter nests deeper than {MAX_FILTER_DEPTH} levels; flatten it (use 'in [...]', and/or chains)"
+        ))
+    }
+    /// A node the parser built, checked against [`MAX_FILTER_DEPTH`].
+    fn node(&self, e: Expr) -> Result<Expr, FilterError> {
+        if height(&e) > MAX_FILTER_DEPTH {
+            return self.too_deep();
+        }
+        Ok(e)
     }
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, FilterError> {
         Err(FilterError {
@@ -294,26 +359,27 @@ impl<'s> Parser<'s> {
         while self.eat_kw("or") || self.eat_punct("||") {
             v.push(self.and()?);
         }
-        Ok(if v.len() == 1 {
-            v.pop().unwrap()
-        } else {
-            Expr::Or(v)
-        })
+        if v.len() == 1 {
+            return Ok(v.pop().unwrap());
+        }
+        self.node(Expr::Or(v))
     }
     fn and(&mut self) -> Result<Expr, FilterError> {
         let mut v = vec![self.not()?];
         while self.eat_kw("and") || self.eat_punct("&&") {
             v.push(self.not()?);
         }
-        Ok(if v.len() == 1 {
-            v.pop().unwrap()
-        } else {
-            Expr::And(v)
-        })
+        if v.len() == 1 {
+            return Ok(v.pop().unwrap());
+        }
+        self.node(Expr::And(v))
     }
     fn not(&mut self) -> Result<Expr, FilterError> {
         if self.eat_kw("not") || self.eat_punct("!") {
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let inner = self.not()?;
+            self.leave();
+            return self.node(Expr::Not(Box::new(inner)));
         }
         self.cmp()
     }
@@ -336,14 +402,14 @@ impl<'s> Parser<'s> {
             while let Some(op) = self.cmp_op() {
                 self.bump();
                 let right = self.sum()?;
-                parts.push(Expr::Bin(op, Box::new(prev), Box::new(right.clone())));
+                parts.push(self.node(Expr::Bin(op, Box::new(prev), Box::new(right.clone())))?);
                 prev = right;
             }
-            return Ok(if parts.len() == 1 {
-                parts.pop().unwrap()
+            return if parts.len() == 1 {
+                Ok(parts.pop().unwrap())
             } else {
-                Expr::And(parts)
-            });
+                self.node(Expr::And(parts))
+            };
         }
         let negated =
             kw(self.peek(), "not") && (kw(self.peek2(), "in") || kw(self.peek2(), "like"));
@@ -362,7 +428,7 @@ impl<'s> Parser<'s> {
                     })
                 }
             };
-            return Ok(Expr::In {
+            return self.node(Expr::In {
                 e: Box::new(left),
                 list,
                 negated,
@@ -370,7 +436,7 @@ impl<'s> Parser<'s> {
         }
         if self.eat_kw("like") {
             return match self.bump() {
-                Tok::Str(pattern) => Ok(Expr::Like {
+                Tok::Str(pattern) => self.node(Expr::Like {
                     e: Box::new(left),
                     pattern,
                     negated,
@@ -386,7 +452,7 @@ impl<'s> Parser<'s> {
             if !self.eat_kw("null") {
                 return self.err("expected 'null' after 'is'");
             }
-            return Ok(Expr::IsNull {
+            return self.node(Expr::IsNull {
                 e: Box::new(left),
                 negated,
             });
@@ -402,7 +468,8 @@ impl<'s> Parser<'s> {
                 _ => return Ok(l),
             };
             self.bump();
-            l = Expr::Bin(op, Box::new(l), Box::new(self.prod()?));
+            let r = self.prod()?;
+            l = self.node(Expr::Bin(op, Box::new(l), Box::new(r)))?;
         }
     }
     fn prod(&mut self) -> Result<Expr, FilterError> {
@@ -415,18 +482,26 @@ impl<'s> Parser<'s> {
                 _ => return Ok(l),
             };
             self.bump();
-            l = Expr::Bin(op, Box::new(l), Box::new(self.unary()?));
+            let r = self.unary()?;
+            l = self.node(Expr::Bin(op, Box::new(l), Box::new(r)))?;
         }
     }
     fn unary(&mut self) -> Result<Expr, FilterError> {
         if self.eat_punct("-") {
-            return Ok(match self.unary()? {
+            self.enter()?;
+            let inner = self.unary()?;
+            self.leave();
+            return match inner {
                 Expr::Lit(Value::Number(n)) if n.is_i64() => {
-                    Expr::Lit(Value::from(-n.as_i64().unwrap()))
+                    let i = n.as_i64().unwrap();
+                    Ok(Expr::Lit(
+                        i.checked_neg()
+                            .map_or_else(|| num(-(i as f64)), Value::from),
+                    ))
                 }
-                Expr::Lit(Value::Number(n)) => Expr::Lit(num(-n.as_f64().unwrap_or(0.0))),
-                e => Expr::Neg(Box::new(e)),
-            });
+                Expr::Lit(Value::Number(n)) => Ok(Expr::Lit(num(-n.as_f64().unwrap_or(0.0)))),
+                e => self.node(Expr::Neg(Box::new(e))),
+            };
         }
         let mut e = self.primary()?;
         while self.eat_punct("[") {
@@ -439,7 +514,7 @@ impl<'s> Parser<'s> {
                 }
             };
             self.expect_punct("]")?;
-            e = Expr::Index(Box::new(e), key);
+            e = self.node(Expr::Index(Box::new(e), key))?;
         }
         Ok(e)
     }
@@ -450,11 +525,14 @@ impl<'s> Parser<'s> {
             Tok::Float(f) => Ok(Expr::Lit(num(f))),
             Tok::Str(s) => Ok(Expr::Lit(Value::String(unescape_like(&s)))),
             Tok::Punct("(") => {
+                self.enter()?;
                 let e = self.or()?;
+                self.leave();
                 self.expect_punct(")")?;
                 Ok(e)
             }
             Tok::Punct("[") => {
+                self.enter()?;
                 let mut items = Vec::new();
                 if !self.eat_punct("]") {
                     loop {
@@ -465,7 +543,8 @@ impl<'s> Parser<'s> {
                         self.expect_punct(",")?;
                     }
                 }
-                Ok(Expr::List(items))
+                self.leave();
+                self.node(Expr::List(items))
             }
             Tok::Ident(name) => {
                 if name.eq_ignore_ascii_case("true") {
@@ -484,6 +563,7 @@ impl<'s> Parser<'s> {
                     }
                 }
                 if self.eat_punct("(") {
+                    self.enter()?;
                     let mut args = Vec::new();
                     if !self.eat_punct(")") {
                         loop {
@@ -494,7 +574,8 @@ impl<'s> Parser<'s> {
                             self.expect_punct(",")?;
                         }
                     }
-                    return Ok(Expr::Call {
+                    self.leave();
+                    return self.node(Expr::Call {
                         name: name.to_ascii_lowercase(),
                         args,
                         pos,
@@ -538,8 +619,23 @@ fn num(f: f64) -> Value {
 
 /// Parses a filter expression.
 pub fn parse(src: &str) -> Result<Expr, FilterError> {
+    if src.len() > MAX_FILTER_BYTES {
+        return Err(FilterError {
+            pos: 0,
+            msg: format!(
+                "the filter is {} bytes long; the limit is {MAX_FILTER_BYTES}",
+                src.len()
+            ),
+            expr: String::new(),
+        });
+    }
     let toks = lex(src)?;
-    let mut p = Parser { src, toks, i: 0 };
+    let mut p = Parser {
+        src,
+        toks,
+        i: 0,
+        depth: 0,
+    };
     if matches!(p.peek(), Tok::Eof) {
         return p.err("empty expression");
     }
@@ -1107,6 +1203,58 @@ mod tests {
             .unwrap_err()
             .msg
             .contains("unknown field"));
+    }
+
+    /// Every shape that once recursed without bound: each is refused with an error that
+    /// names the limit (before, each overflowed the stack and aborted the process), and
+    /// the same shape at the limit still parses, compiles and evaluates.
+    #[test]
+    fn deep_expressions_are_refused_not_fatal() {
+        let n = 5000;
+        let deep = [
+            format!("{}age > 1{}", "(".repeat(n), ")".repeat(n)),
+            format!("{}age > 1", "not ".repeat(n)),
+            format!("{}age > 1", "!".repeat(n)),
+            format!("{}1 < age", "-".repeat(n)),
+            format!("age > {}", vec!["1"; n].join(" + ")),
+            format!("age < {}", vec!["2"; n].join(" * ")),
+            format!("meta{} == 1", "[0]".repeat(n)),
+            format!("age in {}1{}", "[".repeat(n), "]".repeat(n)),
+            format!(
+                "array_length({}tags{}) > 0",
+                "array_length(".repeat(n),
+                ")".repeat(n)
+            ),
+        ];
+        for src in &deep {
+            let e = Filter::compile(src, &schema()).unwrap_err();
+            assert!(e.msg.contains("deeper than 64 levels"), "{e}");
+            // A long expression is not echoed back whole.
+            assert!(e.to_string().len() < 400, "{}", e.to_string().len());
+        }
+        // At the limit: 62 parentheses around a comparison and a 60-term sum.
+        let ok = format!("{}age > 1{}", "(".repeat(62), ")".repeat(62));
+        assert!(t(&ok));
+        let sum = format!("age > {}", vec!["0"; 60].join(" + "));
+        assert!(t(&sum));
+        // Long flat chains are not nesting.
+        let ors = vec!["age == 1"; 20_000].join(" or ");
+        assert!(!t(&ors));
+        let list = format!(
+            "age in [{}]",
+            (0..20_000)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(t(&list));
+    }
+
+    #[test]
+    fn overlong_filters_are_refused() {
+        let src = format!("age > 1 or {}", vec!["age == 2"; 40_000].join(" or "));
+        let e = parse(&src).unwrap_err();
+        assert!(e.msg.contains("limit is 262144"), "{e}");
     }
 
     proptest! {

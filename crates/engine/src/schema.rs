@@ -561,6 +561,22 @@ fn parse_vector(v: &Value, dim: usize, out: &mut Vec<f32>) -> std::result::Resul
         }
         out.push(f32v);
     }
+    check_magnitude(&out[out.len() - dim..])
+}
+
+/// Largest accepted squared norm of a vector: a quarter of `f32::MAX`, so that every
+/// squared L2 distance (at most 2‖q‖² + 2‖x‖²) and inner product between two accepted
+/// vectors is a finite float32.
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 4.0;
+
+/// Refuses a vector whose distances to other vectors could overflow float32.
+pub fn check_magnitude(v: &[f32]) -> std::result::Result<(), String> {
+    let n2: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+    if n2 > MAX_SQUARED_NORM {
+        return Err(format!(
+            "the vector's squared norm {n2:.3e} is over {MAX_SQUARED_NORM:.3e}; its distances would overflow float32 (scale it down)"
+        ));
+    }
     Ok(())
 }
 

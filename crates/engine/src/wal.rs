@@ -20,6 +20,11 @@
 //!   which covers everything buffered by then.
 //! * A write or fsync error poisons the log: later appends fail with
 //!   [`EngineError::WalPoisoned`] (the state of a file after a failed fsync is unknown).
+//!   The active file is then cut back to its last durable size (what the failed round
+//!   wrote, whole or torn, is removed; best effort, logged when it fails), so that the
+//!   writes reported as failed do not come back at the next open. The engine never
+//!   flushes memory while the log is poisoned (memory may hold batches that the log does
+//!   not), so after a restart the state is exactly the acknowledged writes.
 //! * On open, records are read until the first one that is truncated or fails its CRC;
 //!   the file is cut there with a warning (a torn tail from a crash), never a crash loop.
 //! * [`Wal::trim`] deletes whole files once every record in them is covered by a flushed
@@ -132,6 +137,8 @@ pub struct Wal {
     bytes_total: AtomicU64,
     /// Last timestamp handed out (TSO).
     tso_last: AtomicU64,
+    /// Test hook: fail the next write round ([`Wal::inject_failure`]).
+    fail_next: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Wal::open`] found.
@@ -246,6 +253,7 @@ impl Wal {
             synced: Condvar::new(),
             bytes_total: AtomicU64::new(total),
             tso_last: AtomicU64::new(max_ts),
+            fail_next: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((wal, Replay { records, max_ts }))
     }
@@ -325,7 +333,17 @@ impl Wal {
             }
             st.syncing = true;
             drop(st);
-            let res = self.write_and_sync();
+            let res = if self.fail_next.swap(false, Ordering::SeqCst) {
+                Err(EngineError::Io {
+                    path: self.dir.clone(),
+                    source: std::io::Error::other("injected WAL failure (test)"),
+                })
+            } else {
+                self.write_and_sync()
+            };
+            if res.is_err() {
+                self.cut_to_durable();
+            }
             st = self.sync.lock();
             st.syncing = false;
             match res {
@@ -340,6 +358,42 @@ impl Wal {
             }
             self.synced.notify_all();
         }
+    }
+
+    /// After a failed round: truncates the active file to the size its durable records
+    /// end at, and drops what is still buffered (it will never be acknowledged).
+    fn cut_to_durable(&self) {
+        let active = self.active.lock();
+        let path = &active.info.path;
+        let res = active
+            .file
+            .set_len(active.size)
+            .and_then(|_| active.file.sync_all());
+        match res {
+            Ok(()) => tracing::warn!(
+                "WAL: cut {} back to its last durable size ({} bytes)",
+                path.display(),
+                active.size
+            ),
+            Err(e) => tracing::error!(
+                "WAL: cannot cut {} back to {} bytes: {e}; a failed write may be replayed at the next open",
+                path.display(),
+                active.size
+            ),
+        }
+        self.buf.lock().bytes.clear();
+    }
+
+    /// Whether a failed write or fsync has poisoned the log (see the module docs).
+    pub fn poisoned(&self) -> Option<String> {
+        self.sync.lock().poisoned.clone()
+    }
+
+    /// Makes the next write round fail as an I/O error would (for tests of the failure
+    /// path; a full disk cannot be made on demand).
+    #[doc(hidden)]
+    pub fn inject_failure(&self) {
+        self.fail_next.store(true, Ordering::SeqCst);
     }
 
     /// Syncs everything appended so far.

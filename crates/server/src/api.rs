@@ -25,6 +25,21 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // A JSON content type is required: a web page may POST text/plain or a form to
+        // this server from another site without the browser asking first, but not JSON.
+        let ct = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let json_ct = ct.as_deref().is_some_and(|c| {
+            let m = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -35,6 +50,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         })?;
         let bytes = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             &b"{}"[..]
+        } else if !json_ct {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                1100,
+                format!(
+                    "send the body as JSON with 'Content-Type: application/json' (got {})",
+                    ct.as_deref()
+                        .map_or("no Content-Type".to_string(), |c| format!("'{c}'"))
+                ),
+            ));
         } else {
             &bytes[..]
         };

@@ -87,19 +87,26 @@ impl ModelEmbedder {
     }
 
     /// `path` canonicalised, if it lies under an allowed root; else an error naming it.
+    /// A path that is not under a root even as written is refused before the file system
+    /// is asked anything, so the answer never tells whether a file outside exists.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
-        let p = Path::new(path);
         let roots = self.roots.read();
         if roots.is_empty() {
             return Err(format!(
                 "{path}: image paths are not readable: no image roots are configured (index a folder with `magpie images index`)"
             ));
         }
-        let c = p.canonicalize().map_err(|e| format!("{path}: {e}"))?;
+        let outside = || format!("{path}: outside the image roots");
+        let lexical = lexical_absolute(Path::new(path)).ok_or_else(outside)?;
+        if !roots.iter().any(|r| lexical.starts_with(r)) {
+            return Err(outside());
+        }
+        let c = lexical.canonicalize().map_err(|e| format!("{path}: {e}"))?;
         if roots.iter().any(|r| c.starts_with(r)) {
             Ok(c)
         } else {
-            Err(format!("{path}: outside the image roots"))
+            // A symlink inside a root that leads out of every root.
+            Err(outside())
         }
     }
 
@@ -262,6 +269,30 @@ impl ModelEmbedder {
             Ok(out)
         }))
     }
+}
+
+/// `p` made absolute (against the working directory) with `.` and `..` removed as text,
+/// without touching the file system; `None` when `..` climbs above the file-system root.
+pub fn lexical_absolute(p: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// An image reference resolved by [`ModelEmbedder::source`].

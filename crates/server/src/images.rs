@@ -286,9 +286,11 @@ pub fn index_folder(
     progress: &mut dyn FnMut(Progress),
     cancel: &AtomicBool,
 ) -> Result<IndexReport> {
-    let root = emb.add_root(root).map_err(|e| {
-        ApiError::bad_request(format!("{}: cannot index this folder: {e}", root.display()))
-    })?;
+    let root = root
+        .canonicalize()
+        .ok()
+        .filter(|c| c.is_dir())
+        .ok_or_else(|| ApiError::bad_request(format!("{}: not a folder", root.display())))?;
     if let Ok(prev) = root_of(data_dir, coll) {
         if prev != root {
             return Err(ApiError::bad_request(format!(
@@ -299,7 +301,12 @@ pub fn index_folder(
         }
     }
     ensure_collection(engine, emb, coll, text_model)?;
+    // Only now, with the folder and the collection checked, does the root become
+    // readable (a failed job leaves nothing behind that widens what can be read).
     save_root(data_dir, coll, &root)?;
+    emb.add_root(&root).map_err(|e| {
+        ApiError::bad_request(format!("{}: cannot index this folder: {e}", root.display()))
+    })?;
     let mut rep = IndexReport::default();
     let known = known_rows(engine, coll)?;
     // Walk (following symlinks; loops and unreadable entries are reported, not fatal).
@@ -693,8 +700,45 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
     Ok(out)
 }
 
-/// The stored file of image `id`, checked to lie under the collection's root.
-pub fn file_of(engine: &Engine, emb: &ModelEmbedder, coll: &str, id: i64) -> Result<PathBuf> {
+/// An image file that may be served: its canonical path and its content type.
+pub struct ServedFile {
+    pub path: PathBuf,
+    pub content_type: &'static str,
+    pub size: u64,
+    pub mtime_ns: u128,
+}
+
+/// The stored file of image `id` of image collection `coll`, if it may be served: the
+/// collection must be an image collection (registered root, image schema), and the row's
+/// `file` must resolve (symlinks followed) to a regular file under *that collection's*
+/// root, with an image extension and image content (JPEG, PNG, WebP or GIF by its first
+/// bytes). Every refusal is the same 404, so a reply never tells whether some path
+/// exists; the reason goes to the server log.
+pub fn file_of(engine: &Engine, data_dir: &Path, coll: &str, id: i64) -> Result<ServedFile> {
+    let not_found = || {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            404,
+            format!("no image with id {id} in '{coll}'"),
+        )
+    };
+    let refuse = |why: String| {
+        tracing::warn!(collection = coll, id, "image file refused: {why}");
+        not_found()
+    };
+    let root = root_of(data_dir, coll)
+        .map_err(|_| refuse("not an image collection".into()))?
+        .canonicalize()
+        .map_err(|e| refuse(format!("root unavailable: {e}")))?;
+    let meta = engine.describe_collection(coll).map_err(|_| not_found())?;
+    let is_image_coll = meta
+        .schema
+        .field("file")
+        .is_some_and(|f| f.data_type == DataType::VarChar)
+        && meta.schema.field(IMAGE_VEC).is_some();
+    if !is_image_coll {
+        return Err(refuse("no image schema".into()));
+    }
     let rows = engine.query(
         coll,
         &QueryRequest {
@@ -707,15 +751,56 @@ pub fn file_of(engine: &Engine, emb: &ModelEmbedder, coll: &str, id: i64) -> Res
         .first()
         .and_then(|r| r.get("file"))
         .and_then(|v| v.as_str())
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                100,
-                format!("no image with id {id} in '{coll}'"),
-            )
-        })?;
-    emb.resolve(file)
-        .map_err(|m| ApiError::new(axum::http::StatusCode::FORBIDDEN, 403, m))
+        .ok_or_else(not_found)?;
+    let path = Path::new(file)
+        .canonicalize()
+        .map_err(|e| refuse(format!("{file}: {e}")))?;
+    if !path.starts_with(&root) {
+        return Err(refuse(format!(
+            "{} is outside the collection's root {}",
+            path.display(),
+            root.display()
+        )));
+    }
+    let ext_ok = path
+        .extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+    if !ext_ok {
+        return Err(refuse(format!(
+            "{}: not an image extension",
+            path.display()
+        )));
+    }
+    let md = std::fs::metadata(&path).map_err(|e| refuse(format!("{file}: {e}")))?;
+    if !md.is_file() {
+        return Err(refuse(format!("{}: not a regular file", path.display())));
+    }
+    let mut head = [0u8; 32];
+    let n = {
+        use std::io::Read;
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|e| refuse(format!("{file}: {e}")))?
+    };
+    let content_type = match image::guess_format(&head[..n]) {
+        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
+        Ok(image::ImageFormat::Png) => "image/png",
+        Ok(image::ImageFormat::WebP) => "image/webp",
+        Ok(image::ImageFormat::Gif) => "image/gif",
+        _ => return Err(refuse(format!("{}: not image content", path.display()))),
+    };
+    let mtime_ns = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(ServedFile {
+        path,
+        content_type,
+        size: md.len(),
+        mtime_ns,
+    })
 }
 
 #[cfg(test)]

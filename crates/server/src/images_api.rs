@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -37,16 +37,84 @@ pub struct ImageService {
     pub data_dir: PathBuf,
     pub jobs: Mutex<HashMap<String, Job>>,
     pub cancel: Arc<AtomicBool>,
+    /// Folders under which `/v2/images/index` may index (`image_roots`), as configured.
+    pub allowed: Vec<PathBuf>,
+}
+
+/// The default `image_roots`: the `--images` folder (if any) and the data directory's
+/// own `images/` and `samples/` folders (where `--demo` puts its sample set).
+pub fn default_image_roots(data_dir: &Path, images_folder: Option<&Path>) -> Vec<PathBuf> {
+    images_folder
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain([data_dir.join("images"), data_dir.join("samples")])
+        .collect()
 }
 
 impl ImageService {
-    pub fn new(embedder: Arc<ModelEmbedder>, data_dir: PathBuf) -> Self {
+    /// `allowed` lists the folders a client may ask the server to index (and their
+    /// subfolders); roots saved by earlier jobs (`images.json`) stay readable.
+    pub fn new(embedder: Arc<ModelEmbedder>, data_dir: PathBuf, allowed: Vec<PathBuf>) -> Self {
         images::register_roots(&data_dir, &embedder);
         Self {
             embedder,
             data_dir,
             jobs: Mutex::new(HashMap::new()),
             cancel: Arc::new(AtomicBool::new(false)),
+            allowed,
+        }
+    }
+
+    /// Checks that a client may have `folder` indexed into `coll`: it must lie under an
+    /// allowed image root (as written and after symlinks are resolved), or be the root
+    /// `coll` already indexes. A folder outside gets the same 403 whether it exists or
+    /// not.
+    pub fn check_folder(&self, coll: &str, folder: &Path) -> Result<PathBuf, ApiError> {
+        let refuse = || {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                1800,
+                format!(
+                    "{}: not under an image root this server allows indexing (image_roots: {}); start the server with --image-roots to allow it",
+                    folder.display(),
+                    self.allowed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        };
+        let lexical = crate::embedder::lexical_absolute(folder).ok_or_else(refuse)?;
+        let allowed: Vec<PathBuf> = self
+            .allowed
+            .iter()
+            .filter_map(|r| crate::embedder::lexical_absolute(r))
+            .collect();
+        let canon_allowed: Vec<PathBuf> = self
+            .allowed
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .collect();
+        let prev = images::root_of(&self.data_dir, coll).ok();
+        let under = |p: &Path, roots: &[PathBuf]| roots.iter().any(|r| p.starts_with(r));
+        let lexically_ok = under(&lexical, &allowed)
+            || under(&lexical, &canon_allowed)
+            || prev.as_deref() == Some(lexical.as_path());
+        if !lexically_ok {
+            return Err(refuse());
+        }
+        let c = lexical
+            .canonicalize()
+            .ok()
+            .filter(|c| c.is_dir())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{}: not a folder on the server", folder.display()))
+            })?;
+        if under(&c, &canon_allowed) || prev.as_deref() == Some(c.as_path()) {
+            Ok(c)
+        } else {
+            Err(refuse())
         }
     }
 
@@ -183,13 +251,8 @@ pub async fn index(
     Body(r): Body<IndexReq>,
 ) -> Result<Response, ApiError> {
     let svc = service(&st)?;
-    if !r.folder.is_dir() {
-        return Err(ApiError::bad_request(format!(
-            "{}: not a folder on the server",
-            r.folder.display()
-        )));
-    }
-    svc.start_index(st.engine.clone(), r.collection_name, r.folder, r.model)?;
+    let folder = svc.check_folder(&r.collection_name, &r.folder)?;
+    svc.start_index(st.engine.clone(), r.collection_name, folder, r.model)?;
     Ok(ok(json!({"started": true})))
 }
 
@@ -301,41 +364,47 @@ pub async fn dupes(
     Ok(ok(serde_json::to_value(groups).unwrap()))
 }
 
-fn content_type(p: &std::path::Path) -> &'static str {
-    match p
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("webp") => "image/webp",
-        Some("gif") => "image/gif",
-        _ => "application/octet-stream",
-    }
-}
-
-/// The original file of an indexed image (only ever a path stored by the indexer and
-/// re-checked against the roots; the URL carries an id, never a path).
+/// The original file of an indexed image (see [`images::file_of`] for what may be
+/// served; the URL carries an id, never a path).
 pub async fn file(
     State(st): State<Arc<AppState>>,
     UrlPath((coll, id)): UrlPath<(String, i64)>,
 ) -> Result<Response, ApiError> {
     let svc = service(&st)?;
     let engine = st.engine.clone();
-    let (p, bytes) = blocking(move || {
-        let p = images::file_of(&engine, &svc.embedder, &coll, id)?;
-        let b = std::fs::read(&p).map_err(|e| {
-            ApiError::new(StatusCode::NOT_FOUND, 404, format!("{}: {e}", p.display()))
+    let (ct, bytes) = blocking(move || {
+        let f = images::file_of(&engine, &svc.data_dir, &coll, id)?;
+        if f.size > magpie_embed::image::DecodeLimits::default().max_file_bytes {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                404,
+                format!("no image with id {id} in '{coll}'"),
+            ));
+        }
+        let b = std::fs::read(&f.path).map_err(|e| {
+            tracing::warn!("{}: {e}", f.path.display());
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                404,
+                format!("no image with id {id} in '{coll}'"),
+            )
         })?;
-        Ok((p, b))
+        Ok((f.content_type, b))
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, content_type(&p))], bytes).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
-/// A JPEG thumbnail (longest side [`THUMB`]) of an indexed image.
+/// A JPEG thumbnail (longest side [`THUMB`]) of an indexed image. Thumbnails are cached
+/// in `<data dir>/thumbs/`, keyed by the file's path, size and mtime, so an image is
+/// decoded once, not on every request; a changed file gets a new thumbnail.
 pub async fn thumb(
     State(st): State<Arc<AppState>>,
     UrlPath((coll, id)): UrlPath<(String, i64)>,
@@ -343,15 +412,38 @@ pub async fn thumb(
     let svc = service(&st)?;
     let engine = st.engine.clone();
     let bytes = blocking(move || {
-        let p = images::file_of(&engine, &svc.embedder, &coll, id)?;
-        let d = magpie_embed::image::decode_file(&p, &Default::default())
+        let f = images::file_of(&engine, &svc.data_dir, &coll, id)?;
+        let key = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(f.path.as_os_str().as_encoded_bytes());
+            h.update(f.size.to_le_bytes());
+            h.update(f.mtime_ns.to_le_bytes());
+            format!("{:x}", h.finalize())
+        };
+        let dir = svc.data_dir.join("thumbs").join(&key[..2]);
+        let cached = dir.join(format!("{}.jpg", &key[2..32]));
+        if let Ok(b) = std::fs::read(&cached) {
+            return Ok(b);
+        }
+        let d = magpie_embed::image::decode_file(&f.path, &Default::default())
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 1100, e.to_string()))?;
         let img = image::DynamicImage::ImageRgb8(d.rgb).thumbnail(THUMB, THUMB);
         let mut out = std::io::Cursor::new(Vec::new());
         img.to_rgb8()
             .write_to(&mut out, image::ImageFormat::Jpeg)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string()))?;
-        Ok(out.into_inner())
+        let out = out.into_inner();
+        // A cache write that fails (disk full) only costs a decode next time.
+        let tmp = dir.join(format!("{}.{}.partial", &key[2..32], std::process::id()));
+        let stored = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&tmp, &out))
+            .and_then(|_| std::fs::rename(&tmp, &cached));
+        if let Err(e) = stored {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("thumbnail cache {}: {e}", cached.display());
+        }
+        Ok(out)
     })
     .await?;
     Ok((

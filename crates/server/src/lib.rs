@@ -59,6 +59,21 @@ pub struct ServerConfig {
     pub images_collection: String,
     /// Image inference worker threads (one image each; 0 = every core).
     pub embed_threads: usize,
+    /// Folders that clients may ask to index (`POST /v2/images/index`), with their
+    /// subfolders. Empty = the `images_folder` and `<data_dir>/{images,samples}`.
+    pub image_roots: Vec<PathBuf>,
+    /// Memory that decoded images may take at once, all requests together (bytes).
+    pub decode_memory_bytes: u64,
+    /// Host header values accepted (names or IPs, without port; "*" = any). Empty: any
+    /// when listening beyond loopback, else only loopback names (DNS-rebinding guard).
+    pub allowed_hosts: Vec<String>,
+    /// Allow listening beyond loopback without a token (anyone who reaches the port then
+    /// has full access).
+    pub allow_insecure: bool,
+    /// Most query vectors (texts, images) in one search.
+    pub max_nq: usize,
+    /// Most hits one search may return, all queries together: nq × (limit + offset).
+    pub max_result_rows: usize,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +95,12 @@ impl Default for ServerConfig {
             images_folder: None,
             images_collection: "images".into(),
             embed_threads: 0,
+            image_roots: Vec::new(),
+            decode_memory_bytes: magpie_embed::image::DEFAULT_DECODE_BUDGET,
+            allowed_hosts: Vec::new(),
+            allow_insecure: false,
+            max_nq: e.max_nq,
+            max_result_rows: e.max_result_rows,
         }
     }
 }
@@ -93,6 +114,8 @@ impl ServerConfig {
             bounded_staleness_ms: self.bounded_staleness_ms,
             index_min_rows: self.index_min_rows,
             index_build_threads: self.index_build_threads,
+            max_nq: self.max_nq,
+            max_result_rows: self.max_result_rows,
             ..EngineConfig::default()
         }
     }
@@ -104,29 +127,104 @@ pub struct AppState {
     pub token: Option<String>,
     /// The image app (models, roots, indexing jobs); `None` serves the database only.
     pub images: Option<Arc<images_api::ImageService>>,
+    /// Accepted Host header values; `None` accepts any (see [`ServerConfig::allowed_hosts`]).
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
-async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(tok) = &st.token {
-        let got = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(String::from)
-            // <img src> cannot send headers: the web UI adds `?token=` to image URLs.
-            .or_else(|| {
-                req.uri().query().and_then(|q| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix("token="))
-                        .map(String::from)
-                })
-            });
-        if got.as_deref() != Some(tok.as_str()) {
-            return ApiError::new(
+/// Compares in time independent of where the inputs differ (only of their lengths), so
+/// response timing does not reveal a token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn check_token(st: &AppState, got: Option<&str>) -> Result<(), ApiError> {
+    match &st.token {
+        Some(tok) if !got.is_some_and(|g| constant_time_eq(g.as_bytes(), tok.as_bytes())) => {
+            Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 1800,
                 "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The API's auth: a bearer token in the Authorization header, nothing else.
+async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Err(e) = check_token(&st, bearer(&req)) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Auth of the image file routes: `<img src>` cannot send headers, so the web UI adds
+/// `?token=` to image URLs; these GET routes (and only these) accept it.
+async fn auth_images(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let query_token = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(String::from)
+    });
+    if let Err(e) = check_token(&st, bearer(&req).or(query_token.as_deref())) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Loopback host names and addresses (with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let h = host_name(host);
+    h.eq_ignore_ascii_case("localhost")
+        || h.to_ascii_lowercase().ends_with(".localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The name part of a Host header: without the port, and without brackets for IPv6.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// DNS-rebinding guard: a page on another site whose name resolves to this server still
+/// sends its own name in Host, which is refused.
+async fn check_host(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(allowed) = &st.allowed_hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let ok = if allowed.is_empty() {
+            is_loopback_host(host)
+        } else {
+            let name = host_name(host);
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+        };
+        if !ok {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                1800,
+                format!("Host '{host}' is not allowed; add it to allowed_hosts (--allowed-hosts)"),
             )
             .into_response();
         }
@@ -149,6 +247,19 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Ready unless the WAL failed (then writes fail until a restart, which recovers every
+/// acknowledged write from the log; an orchestrator watching this restarts the process).
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match st.engine.wal_failure() {
+        None => "ok".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the write-ahead log failed ({why}); restart the server to recover (no acknowledged write is lost)"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
@@ -220,17 +331,21 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/images/status", post(images_api::status))
         .route("/v2/images/search", post(images_api::search))
         .route("/v2/images/dupes", post(images_api::dupes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let image_files = Router::new()
         .route("/images/{coll}/{id}/thumb", get(images_api::thumb))
         .route("/images/{coll}/{id}/file", get(images_api::file))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth_images));
     Router::new()
         .merge(v2)
+        .merge(image_files)
         .route("/", get(index_page))
         .route("/console", get(console_page))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -241,6 +356,26 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let addr: Option<std::net::SocketAddr> = tokio::net::lookup_host(&cfg.listen)
+        .await
+        .ok()
+        .and_then(|mut a| a.next());
+    let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+    if !loopback && cfg.token.is_none() {
+        if !cfg.allow_insecure {
+            return Err(std::io::Error::other(format!(
+                "refusing to listen on {} without a token: anyone who reaches it could read, change and delete all data. Set --token (or MAGPIE_TOKEN), listen on 127.0.0.1, or pass --allow-insecure if the network is trusted",
+                cfg.listen
+            )));
+        }
+        tracing::warn!(listen = %cfg.listen, "listening beyond loopback without a token (--allow-insecure): every client has full access");
+    }
+    let allowed_hosts = if cfg.allowed_hosts.is_empty() && !loopback {
+        None
+    } else {
+        Some(cfg.allowed_hosts.clone())
+    };
+    magpie_embed::image::set_decode_budget(cfg.decode_memory_bytes);
     let data_dir = cfg.data_dir.clone();
     let ecfg = cfg.engine_config();
     let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, ecfg))
@@ -257,7 +392,16 @@ pub async fn serve(
             .with_threads(cfg.embed_threads),
     );
     engine.set_embedder(emb.clone());
-    let images = Arc::new(images_api::ImageService::new(emb, cfg.data_dir.clone()));
+    let roots = if cfg.image_roots.is_empty() {
+        images_api::default_image_roots(&cfg.data_dir, cfg.images_folder.as_deref())
+    } else {
+        cfg.image_roots.clone()
+    };
+    let images = Arc::new(images_api::ImageService::new(
+        emb,
+        cfg.data_dir.clone(),
+        roots,
+    ));
     if let Some(folder) = &cfg.images_folder {
         images
             .start_index(
@@ -274,6 +418,7 @@ pub async fn serve(
         metrics: Default::default(),
         token: cfg.token.clone(),
         images: Some(images.clone()),
+        allowed_hosts,
     });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -310,9 +455,19 @@ pub async fn serve(
         .cancel
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("shutting down: flushing");
-    tokio::task::spawn_blocking(move || engine.flush_all())
+    match tokio::task::spawn_blocking(move || engine.flush_all())
         .await
         .map_err(std::io::Error::other)?
-        .map_err(|e| std::io::Error::other(format!("flush at shutdown failed: {e}")))?;
-    Ok(())
+    {
+        Ok(()) => Ok(()),
+        // Every acknowledged write is in the log, which the next start replays; memory
+        // (which may hold a write that failed) is deliberately not flushed.
+        Err(magpie_engine::EngineError::WalPoisoned(why)) => {
+            tracing::error!("not flushing at shutdown: the WAL failed earlier ({why}); the next start recovers every acknowledged write from the log");
+            Ok(())
+        }
+        Err(e) => Err(std::io::Error::other(format!(
+            "flush at shutdown failed: {e}"
+        ))),
+    }
 }

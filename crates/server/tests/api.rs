@@ -22,6 +22,7 @@ fn setup(token: Option<&str>, max_body: usize) -> T {
         metrics: Default::default(),
         token: token.map(String::from),
         images: None,
+        allowed_hosts: None,
     });
     T {
         app: router(st, max_body),
@@ -668,14 +669,10 @@ async fn ann_index_over_rest() {
 /// so, when absent): inserts carry text, searches carry text.
 #[tokio::test]
 async fn text_embedding_function_with_minilm() {
-    let models = std::env::var_os("MAGPIE_MODELS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/magpie-models")
-        });
+    let models = magpie_testkit::models_dir();
     let store = magpie_embed::models::ModelStore::new(models);
     if let Err(e) = store.require("all-minilm-l6-v2") {
-        eprintln!("skipping: {e}");
+        magpie_testkit::skip("models", e);
         return;
     }
     let t = setup(None, 1 << 20);
@@ -746,6 +743,7 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
         metrics: Default::default(),
         token: None,
         images: None,
+        allowed_hosts: None,
     });
     T {
         app: router(st, 1 << 20),
@@ -754,14 +752,7 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
 }
 
 fn models_store() -> magpie_embed::models::ModelStore {
-    magpie_embed::models::ModelStore::new(
-        std::env::var_os("MAGPIE_MODELS_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../target/magpie-models")
-            }),
-    )
+    magpie_embed::models::ModelStore::new(magpie_testkit::models_dir())
 }
 
 /// A server with the image app over `store`, data in a temp dir.
@@ -775,12 +766,14 @@ fn setup_images(
     let svc = Arc::new(magpie_server::images_api::ImageService::new(
         emb,
         dir.path().to_path_buf(),
+        vec![],
     ));
     let st = Arc::new(AppState {
         engine: engine.clone(),
         metrics: Default::default(),
         token: None,
         images: Some(svc.clone()),
+        allowed_hosts: None,
     });
     (
         T {
@@ -913,7 +906,7 @@ async fn image_functions_with_lite0() {
     use base64::Engine as _;
     let store = models_store();
     if let Err(e) = store.require("efficientnet-lite0") {
-        eprintln!("skipping: {e}");
+        magpie_testkit::skip("models", e);
         return;
     }
     let (t, svc, _) = setup_images(store);
@@ -1096,13 +1089,13 @@ fn image_indexing_resumes_after_an_interruption() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let store = models_store();
     if let Err(e) = store.require("conse") {
-        eprintln!("skipping: {e}");
+        magpie_testkit::skip("models", e);
         return;
     }
     let flags = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/data/flags/svg-country-flags-png250px");
     if !flags.is_dir() {
-        eprintln!("skipping: {} is absent", flags.display());
+        magpie_testkit::skip("shared", format!("{} is absent", flags.display()));
         return;
     }
     let data = tempfile::tempdir().unwrap();
