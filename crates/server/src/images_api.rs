@@ -77,11 +77,15 @@ impl ImageService {
                 format!(
                     "{}: not under an image root this server allows indexing (image_roots: {}); start the server with --image-roots to allow it",
                     folder.display(),
-                    self.allowed
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    if self.allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.allowed
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
                 ),
             )
         };

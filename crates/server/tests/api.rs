@@ -847,8 +847,8 @@ async fn image_functions_and_endpoints_without_weights() {
         (
             "index",
             r#"{"collectionName": "x", "folder": "/no/such/folder"}"#,
-            StatusCode::BAD_REQUEST,
-            "not a folder",
+            StatusCode::FORBIDDEN,
+            "not under an image root",
         ),
         (
             "dupes",
