@@ -393,6 +393,10 @@ impl Engine {
     fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = rows.to_vec();
         for f in &schema.functions {
+            let max = schema
+                .field(f.input())
+                .and_then(|x| x.max_length)
+                .unwrap_or(usize::MAX);
             let mut texts = Vec::with_capacity(rows.len());
             for (i, r) in rows.iter().enumerate() {
                 let obj = r.as_object().ok_or_else(|| EngineError::Row {
@@ -411,10 +415,6 @@ impl Engine {
                     Some(Value::String(t)) => {
                         // The input's own limit is checked before any model sees it, so
                         // an oversized text or data: URI costs nothing to refuse.
-                        let max = schema
-                            .field(f.input())
-                            .and_then(|x| x.max_length)
-                            .unwrap_or(usize::MAX);
                         if t.len() > max {
                             return Err(EngineError::Row {
                                 row: i,
