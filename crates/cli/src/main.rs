@@ -361,6 +361,9 @@ struct ServeArgs {
     /// Most hits of one search, nq × (limit + offset) [default: 65536].
     #[arg(long, env = "MAGPIE_MAX_RESULT_ROWS")]
     max_result_rows: Option<usize>,
+    /// Most bytes (as JSON) one query or search may return [default: 67108864].
+    #[arg(long, env = "MAGPIE_MAX_OUTPUT_BYTES")]
+    max_output_bytes: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -451,7 +454,8 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         decode_memory_bytes,
         allowed_hosts,
         max_nq,
-        max_result_rows
+        max_result_rows,
+        max_output_bytes
     );
     if a.allow_insecure {
         cfg.allow_insecure = true;

@@ -465,88 +465,89 @@ pub fn read_legacy_state_dict(buf: &[u8]) -> Result<Vec<(String, TensorF32)>, St
     Ok(out)
 }
 
+/// Writes a legacy torch file the way `torch.save` (protocol 2) lays it out, for
+/// tensors of f32 data: the inverse of [`read_legacy_state_dict`], for tests and fuzz
+/// seeds.
+pub fn write_legacy_state_dict(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let long1 = |b: &mut Vec<u8>, v: u128| {
+        let bytes = v.to_le_bytes();
+        let mut n = 16;
+        while n > 1 && bytes[n - 1] == 0 {
+            n -= 1;
+        }
+        if bytes[n - 1] & 0x80 != 0 {
+            n += 1;
+        }
+        b.extend([0x80, 2, 0x8a, n as u8]);
+        b.extend(&bytes[..n]);
+        b.push(b'.');
+    };
+    long1(&mut b, LEGACY_MAGIC);
+    b.extend([0x80, 2, b'M', 0xe9, 0x03, b'.']); // protocol 1001
+    b.extend([0x80, 2, b'}', b'.']); // sys info
+    b.extend([0x80, 2, b'c']);
+    b.extend(b"collections\nOrderedDict\n");
+    b.extend([b')', b'R', b'(']);
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.push(b'X');
+        b.extend((x.len() as u32).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    for (i, (name, shape, _)) in tensors.iter().enumerate() {
+        s(&mut b, name);
+        b.push(b'c');
+        b.extend(b"torch._utils\n_rebuild_tensor_v2\n");
+        b.extend([b'(', b'(']);
+        s(&mut b, "storage");
+        b.push(b'c');
+        b.extend(b"torch\nFloatStorage\n");
+        s(&mut b, &format!("k{i}"));
+        s(&mut b, "cpu");
+        b.extend([b'J']);
+        b.extend((shape.iter().product::<usize>() as u32).to_le_bytes());
+        b.extend([b'N', b't', b'Q', b'K', 0, b'(']);
+        for d in shape.iter() {
+            b.extend([b'J']);
+            b.extend((*d as u32).to_le_bytes());
+        }
+        b.extend([b't', b'(']);
+        let mut st = 1usize;
+        let mut strides = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            strides[d] = st;
+            st *= shape[d];
+        }
+        for d in strides {
+            b.extend([b'J']);
+            b.extend((d as u32).to_le_bytes());
+        }
+        b.extend([b't', 0x89, b'c']);
+        b.extend(b"collections\nOrderedDict\n");
+        b.extend([b')', b'R', b't', b'R']);
+    }
+    b.extend([b'u', b'.']);
+    b.extend([0x80, 2, b'(']);
+    for i in 0..tensors.len() {
+        s(&mut b, &format!("k{i}"));
+    }
+    b.extend([b'l', b'.']);
+    for (_, _, data) in tensors {
+        b.extend((data.len() as u64).to_le_bytes());
+        for x in data.iter() {
+            b.extend(x.to_le_bytes());
+        }
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Writes a legacy torch file the way `torch.save` (protocol 2) lays it out, for
-    /// tensors of f32 data.
-    pub(crate) fn legacy_file(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
-        let mut b = Vec::new();
-        let long1 = |b: &mut Vec<u8>, v: u128| {
-            let bytes = v.to_le_bytes();
-            let mut n = 16;
-            while n > 1 && bytes[n - 1] == 0 {
-                n -= 1;
-            }
-            if bytes[n - 1] & 0x80 != 0 {
-                n += 1;
-            }
-            b.extend([0x80, 2, 0x8a, n as u8]);
-            b.extend(&bytes[..n]);
-            b.push(b'.');
-        };
-        long1(&mut b, LEGACY_MAGIC);
-        b.extend([0x80, 2, b'M', 0xe9, 0x03, b'.']); // protocol 1001
-        b.extend([0x80, 2, b'}', b'.']); // sys info
-        b.extend([0x80, 2, b'c']);
-        b.extend(b"collections\nOrderedDict\n");
-        b.extend([b')', b'R', b'(']);
-        let s = |b: &mut Vec<u8>, x: &str| {
-            b.push(b'X');
-            b.extend((x.len() as u32).to_le_bytes());
-            b.extend(x.as_bytes());
-        };
-        for (i, (name, shape, _)) in tensors.iter().enumerate() {
-            s(&mut b, name);
-            b.push(b'c');
-            b.extend(b"torch._utils\n_rebuild_tensor_v2\n");
-            b.extend([b'(', b'(']);
-            s(&mut b, "storage");
-            b.push(b'c');
-            b.extend(b"torch\nFloatStorage\n");
-            s(&mut b, &format!("k{i}"));
-            s(&mut b, "cpu");
-            b.extend([b'J']);
-            b.extend((shape.iter().product::<usize>() as u32).to_le_bytes());
-            b.extend([b'N', b't', b'Q', b'K', 0, b'(']);
-            for d in shape.iter() {
-                b.extend([b'J']);
-                b.extend((*d as u32).to_le_bytes());
-            }
-            b.extend([b't', b'(']);
-            let mut st = 1usize;
-            let mut strides = vec![0; shape.len()];
-            for d in (0..shape.len()).rev() {
-                strides[d] = st;
-                st *= shape[d];
-            }
-            for d in strides {
-                b.extend([b'J']);
-                b.extend((d as u32).to_le_bytes());
-            }
-            b.extend([b't', 0x89, b'c']);
-            b.extend(b"collections\nOrderedDict\n");
-            b.extend([b')', b'R', b't', b'R']);
-        }
-        b.extend([b'u', b'.']);
-        b.extend([0x80, 2, b'(']);
-        for i in 0..tensors.len() {
-            s(&mut b, &format!("k{i}"));
-        }
-        b.extend([b'l', b'.']);
-        for (_, _, data) in tensors {
-            b.extend((data.len() as u64).to_le_bytes());
-            for x in data.iter() {
-                b.extend(x.to_le_bytes());
-            }
-        }
-        b
-    }
-
     #[test]
     fn reads_a_legacy_state_dict() {
-        let file = legacy_file(&[
+        let file = write_legacy_state_dict(&[
             ("a.weight", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
             ("b", &[1], &[-0.5]),
         ]);
@@ -566,7 +567,7 @@ mod tests {
         assert!(read_legacy_state_dict(b"PK\x03\x04....")
             .unwrap_err()
             .contains("opcode"));
-        let mut f = legacy_file(&[("w", &[4], &[1.0, 2.0, 3.0, 4.0])]);
+        let mut f = write_legacy_state_dict(&[("w", &[4], &[1.0, 2.0, 3.0, 4.0])]);
         f.truncate(f.len() - 3);
         let e = read_legacy_state_dict(&f).unwrap_err();
         assert!(e.contains("truncated"), "{e}");

@@ -5,7 +5,7 @@ use crate::catalog::{CollectionMeta, Manifest, ManifestSegment};
 use crate::error::{invalid, EngineError, Result};
 use crate::filter::Filter;
 use crate::indexspec;
-use crate::schema::{DataType, RowBatch};
+use crate::schema::{CollectionSchema, DataType, RowBatch};
 use crate::segment::SegIndex;
 use crate::segment::{SegState, Segment, LIVE};
 use crate::types::{PrimaryKey, Timestamp};
@@ -31,6 +31,59 @@ pub enum WalOp {
     Insert { partition: u64, batch: RowBatch },
     Upsert { partition: u64, batch: RowBatch },
     Delete { pks: Vec<PrimaryKey> },
+}
+
+impl WalOp {
+    /// Checks that a decoded record fits `schema`: one primary key of the right type
+    /// per row, every vector column `rows × dim` long, one value per row in every scalar
+    /// column, dynamic fields only where enabled. Replay runs this on every record, so a
+    /// log written by another version, or damaged in a way its checksum cannot see, is
+    /// skipped with an error instead of corrupting a segment (fuzzed: `fuzz/`, `wal`).
+    pub fn check(&self, schema: &CollectionSchema) -> std::result::Result<(), String> {
+        let batch = match self {
+            WalOp::Insert { batch, .. } | WalOp::Upsert { batch, .. } => batch,
+            WalOp::Delete { pks } => return check_pks(pks, schema),
+        };
+        let n = batch.len();
+        check_pks(&batch.pks, schema)?;
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        if batch.vectors.len() != dims.len() {
+            return Err(format!(
+                "{} vector columns, the schema has {}",
+                batch.vectors.len(),
+                dims.len()
+            ));
+        }
+        for (col, dim) in batch.vectors.iter().zip(&dims) {
+            if n.checked_mul(*dim) != Some(col.len()) {
+                return Err(format!(
+                    "a vector column holds {} floats for {n} rows of dim {dim}",
+                    col.len()
+                ));
+            }
+        }
+        let scalars = schema.scalar_fields().count();
+        if batch.scalars.len() != scalars || batch.scalars.iter().any(|c| c.len() != n) {
+            return Err("scalar columns do not match the schema or the row count".into());
+        }
+        let dynamic_ok = if schema.enable_dynamic_field {
+            batch.dynamic.len() == n
+        } else {
+            batch.dynamic.is_empty()
+        };
+        if !dynamic_ok {
+            return Err("dynamic fields do not match the schema or the row count".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_pks(pks: &[PrimaryKey], schema: &CollectionSchema) -> std::result::Result<(), String> {
+    let int = schema.pk().data_type == DataType::Int64;
+    if pks.iter().any(|pk| matches!(pk, PrimaryKey::Int(_)) != int) {
+        return Err("a primary key has the wrong type".into());
+    }
+    Ok(())
 }
 
 pub struct Collection {
@@ -100,6 +153,63 @@ pub struct ResolvedSearch<'a> {
     pub group_size: usize,
     pub output: &'a OutputSpec,
     pub snapshot: Timestamp,
+    /// Most bytes of output fields the hits may carry (see [`OutputBudget`]).
+    pub max_output_bytes: usize,
+}
+
+/// Bounds what one read returns: rows are charged their approximate JSON size as they
+/// are rendered, and the read fails with a 400 naming the limit once the total passes
+/// it (Milvus's `maxOutputSize`), instead of building an unbounded response.
+pub struct OutputBudget {
+    max: usize,
+    used: usize,
+}
+
+impl OutputBudget {
+    pub fn new(max: usize) -> Self {
+        Self { max, used: 0 }
+    }
+
+    pub fn charge(&mut self, row: &Map<String, Value>) -> Result<()> {
+        self.used += row
+            .iter()
+            .map(|(k, v)| k.len() + 4 + json_bytes(v))
+            .sum::<usize>()
+            + 2;
+        if self.used > self.max {
+            return Err(invalid(format!(
+                "the result is over {} bytes (max_output_bytes); add a limit, page with offset, or ask for fewer output fields",
+                self.max
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Approximate size of a value as JSON text (numbers count as ~10 bytes). Iterative, so
+/// any depth is safe.
+pub fn json_bytes(v: &Value) -> usize {
+    let mut total = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 10,
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a.iter());
+                2 + a.len()
+            }
+            Value::Object(o) => {
+                for (k, v) in o {
+                    total += k.len() + 4;
+                    stack.push(v);
+                }
+                2
+            }
+        };
+    }
+    total
 }
 
 impl Collection {
@@ -126,6 +236,7 @@ impl Collection {
             }
             listed.insert(ms.id.to_string());
             let mut seg = Segment::load(&segdir, ms.id, ms.deletes_gen)?;
+            seg.check_schema(&meta.schema, &segdir)?;
             Segment::remove_old_deletes(&segdir, ms.id, ms.deletes_gen);
             load_indexes(&meta, &segdir, &mut seg, &ms.indexes);
             segments.push(seg);
@@ -611,7 +722,8 @@ impl Collection {
         spec: &OutputSpec,
         limit: Option<usize>,
         offset: usize,
-    ) -> Vec<Map<String, Value>> {
+        budget: &mut OutputBudget,
+    ) -> Result<Vec<Map<String, Value>>> {
         let mut out = Vec::new();
         let mut skipped = 0;
         for seg in &self.segments {
@@ -624,12 +736,14 @@ impl Collection {
                     continue;
                 }
                 if limit.is_some_and(|l| out.len() >= l) {
-                    return out;
+                    return Ok(out);
                 }
-                out.push(self.render(seg, i, spec, true));
+                let row = self.render(seg, i, spec, true);
+                budget.charge(&row)?;
+                out.push(row);
             }
         }
-        out
+        Ok(out)
     }
 
     /// Number of rows matching (for `count(*)`).
@@ -683,6 +797,7 @@ impl Collection {
     /// and range searches scan exactly, since they need every candidate. One result list
     /// per query.
     pub fn search(&self, r: &ResolvedSearch<'_>) -> Result<SearchOutcome> {
+        let mut budget = OutputBudget::new(r.max_output_bytes);
         let flat = FlatIndex::new(r.metric);
         let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
         let exact_only = r.group_by.is_some();
@@ -774,16 +889,17 @@ impl Collection {
                         .collect()
                 }
             };
-            outcome.hits.push(
-                chosen
-                    .into_iter()
-                    .map(|(seg, off, score)| Hit {
-                        id: seg.pks[off as usize].clone(),
-                        distance: r.metric.user_distance(score),
-                        fields: self.render(seg, off as usize, r.output, false),
-                    })
-                    .collect(),
-            );
+            let mut hits = Vec::with_capacity(chosen.len());
+            for (seg, off, score) in chosen {
+                let fields = self.render(seg, off as usize, r.output, false);
+                budget.charge(&fields)?;
+                hits.push(Hit {
+                    id: seg.pks[off as usize].clone(),
+                    distance: r.metric.user_distance(score),
+                    fields,
+                });
+            }
+            outcome.hits.push(hits);
         }
         Ok(outcome)
     }
@@ -862,6 +978,14 @@ fn load_indexes(
                 return Err("checksum mismatch".into());
             }
             let ix = indexspec::from_bytes(&kind, &bytes).map_err(|e| e.to_string())?;
+            if let Some((rows, d)) = ix.shape() {
+                if (rows, d) != (seg.len(), dim) {
+                    return Err(format!(
+                        "the index covers {rows} rows of dim {d}; the segment has {} rows of dim {dim}",
+                        seg.len()
+                    ));
+                }
+            }
             Ok(Arc::new(ix))
         })();
         match loaded {

@@ -13,7 +13,7 @@
 use crate::builder::{Builder, CollRef, Job, JobKey};
 use crate::catalog::{CatalogFile, CollectionMeta, IndexMeta, PartitionMeta};
 use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
-use crate::collection::{SearchKnobs, SearchOutcome};
+use crate::collection::{OutputBudget, SearchKnobs, SearchOutcome};
 use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::filter::Filter;
 use crate::function::{Embedder, FunctionKind, ImageInput};
@@ -60,6 +60,9 @@ pub struct EngineConfig {
     /// [`Engine::maintain`] compacts a collection on its own (small segments, heavily
     /// deleted ones) at most once per this many seconds; 0 turns it off.
     pub auto_compact_secs: u64,
+    /// Most bytes (as JSON, approximately) one query or search may return; a read past
+    /// it fails with a 400 (Milvus's `maxOutputSize`).
+    pub max_output_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             max_nq: 1024,
             max_result_rows: 65_536,
             auto_compact_secs: 60,
+            max_output_bytes: 64 << 20,
         }
     }
 }
@@ -323,6 +327,14 @@ impl Engine {
                     continue;
                 }
             };
+            if let Err(e) = op.check(&c.meta.schema) {
+                tracing::error!(
+                    ts = rec.ts,
+                    collection = %c.meta.name,
+                    "WAL record does not fit the collection's schema ({e}); skipped"
+                );
+                continue;
+            }
             let part_ok = match &op {
                 WalOp::Insert { partition, .. } | WalOp::Upsert { partition, .. } => {
                     c.meta.partitions.iter().any(|p| p.id == *partition)
@@ -1145,7 +1157,7 @@ impl Engine {
             check_topk(l, q.offset)?;
         }
         let spec = g.output_spec(&q.output_fields)?;
-        Ok(g.query(
+        g.query(
             snap,
             filter.as_ref(),
             ids.as_ref(),
@@ -1153,7 +1165,8 @@ impl Engine {
             &spec,
             q.limit,
             q.offset,
-        ))
+            &mut OutputBudget::new(self.config.max_output_bytes),
+        )
     }
 
     /// The metric of a vector field: from its index, else the request's, else COSINE
@@ -1350,6 +1363,7 @@ impl Engine {
             radius: r.radius,
             range_filter: r.range_filter,
             group_by,
+            max_output_bytes: self.config.max_output_bytes,
             group_size,
             output: &spec,
             snapshot: snap,

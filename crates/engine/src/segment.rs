@@ -19,13 +19,13 @@ use crate::catalog::ManifestIndex;
 use crate::error::{EngineError, Result};
 use crate::filter::RowAccess;
 use crate::fsutil;
-use crate::schema::RowBatch;
+use crate::schema::{CollectionSchema, RowBatch};
 use crate::types::{PrimaryKey, Timestamp};
 use magpie_index::{AnyIndex, Bitset, VectorSlice};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// `deleted_at` of a live row.
@@ -162,6 +162,29 @@ struct RowsFile {
     ts: Vec<Timestamp>,
     scalars: Vec<Vec<Value>>,
     dynamic: Vec<Value>,
+}
+
+/// Parses and checks `meta.json` (format 1).
+fn parse_meta(dir: &Path, bytes: &[u8]) -> Result<MetaFile> {
+    let path = dir.join("meta.json");
+    let meta: MetaFile = serde_json::from_slice(bytes).map_err(|e| EngineError::Corrupt {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    if meta.format != 1 {
+        return Err(EngineError::Corrupt {
+            path,
+            msg: format!("unknown segment format {}", meta.format),
+        });
+    }
+    Ok(meta)
+}
+
+/// The bytes of little-endian f32s as stored (this crate targets little-endian machines).
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is
+    // the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -352,110 +375,169 @@ impl Segment {
     }
 
     /// Loads a flushed segment; vectors are memory-mapped. `deletes_gen` names the
-    /// tombstone file to apply (0 = none).
+    /// tombstone file to apply (0 = none). Everything read is checked by
+    /// [`Segment::from_parts`].
     pub fn load(segments_dir: &Path, id: u64, deletes_gen: u64) -> Result<Segment> {
         let dir = segments_dir.join(id.to_string());
-        let corrupt = |path: &Path, msg: String| EngineError::Corrupt {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let meta_path = dir.join("meta.json");
-        let meta: MetaFile = serde_json::from_slice(&fsutil::read(&meta_path)?)
-            .map_err(|e| corrupt(&meta_path, e.to_string()))?;
-        if meta.format != 1 {
-            return Err(corrupt(
-                &meta_path,
-                format!("unknown segment format {}", meta.format),
-            ));
-        }
-        let rows_path = dir.join("rows.mpk");
-        let rows_bytes = fsutil::read(&rows_path)?;
-        if crc32c::crc32c(&rows_bytes) != meta.crc_rows {
-            return Err(corrupt(&rows_path, "checksum mismatch".into()));
-        }
-        let rows: RowsFile =
-            rmp_serde::from_slice(&rows_bytes).map_err(|e| corrupt(&rows_path, e.to_string()))?;
-        if rows.pks.len() != meta.rows || rows.ts.len() != meta.rows {
-            return Err(corrupt(
-                &rows_path,
-                "row count does not match meta.json".into(),
-            ));
-        }
-        let mut vectors = Vec::new();
-        for (k, &dim) in meta.dims.iter().enumerate() {
+        let meta_bytes = fsutil::read(&dir.join("meta.json"))?;
+        let meta = parse_meta(&dir, &meta_bytes)?;
+        let rows = fsutil::read(&dir.join("rows.mpk"))?;
+        let mut vectors = Vec::with_capacity(meta.dims.len());
+        for k in 0..meta.dims.len() {
             let path = dir.join(format!("vector_{k}.f32"));
-            let f = std::fs::File::open(&path).map_err(|e| EngineError::Io {
+            let io = |e| EngineError::Io {
                 path: path.clone(),
                 source: e,
-            })?;
-            let len = f
-                .metadata()
-                .map_err(|e| EngineError::Io {
-                    path: path.clone(),
-                    source: e,
-                })?
-                .len() as usize;
-            if len != meta.rows * dim * 4 {
-                return Err(corrupt(
-                    &path,
-                    format!("expected {} bytes, found {len}", meta.rows * dim * 4),
-                ));
+            };
+            let f = std::fs::File::open(&path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            if len % 4 != 0 {
+                return Err(EngineError::Corrupt {
+                    path,
+                    msg: format!("{len} bytes is not a whole number of f32 values"),
+                });
             }
-            let data = if len == 0 {
+            vectors.push(if len == 0 {
                 VecData::Owned(Vec::new())
             } else {
                 // SAFETY: segment files are immutable once written (never modified in
                 // place; compaction writes new segments and removes whole directories
                 // only after no reader can reach them).
-                let m = unsafe { Mmap::map(&f) }.map_err(|e| EngineError::Io {
-                    path: path.clone(),
-                    source: e,
-                })?;
-                if crc32c::crc32c(&m) != meta.crc_vectors.get(k).copied().unwrap_or(0) {
-                    return Err(corrupt(&path, "checksum mismatch".into()));
-                }
-                VecData::Mapped(Arc::new(m))
-            };
+                VecData::Mapped(Arc::new(unsafe { Mmap::map(&f) }.map_err(io)?))
+            });
+        }
+        let deletes = if deletes_gen > 0 {
+            let path = dir.join(format!("deletes-{deletes_gen}.mpk"));
+            Some((deletes_gen, fsutil::read(&path)?))
+        } else {
+            None
+        };
+        Segment::from_parts(&dir, &meta_bytes, &rows, vectors, deletes)
+    }
+
+    /// Builds a flushed segment from the contents of its files (see the module docs),
+    /// checking everything: format, checksums, and that every column has one entry per
+    /// row. `dir` only names the files in errors. Corrupt input is an
+    /// [`EngineError::Corrupt`], never a panic (fuzzed: `fuzz/`, target `segment`).
+    pub fn from_parts(
+        dir: &Path,
+        meta_bytes: &[u8],
+        rows_bytes: &[u8],
+        vectors: Vec<VecData>,
+        deletes: Option<(u64, Vec<u8>)>,
+    ) -> Result<Segment> {
+        let corrupt = |path: PathBuf, msg: String| EngineError::Corrupt { path, msg };
+        let meta = parse_meta(dir, meta_bytes)?;
+        let rows_path = dir.join("rows.mpk");
+        if crc32c::crc32c(rows_bytes) != meta.crc_rows {
+            return Err(corrupt(rows_path, "checksum mismatch".into()));
+        }
+        let rows: RowsFile = rmp_serde::from_slice(rows_bytes)
+            .map_err(|e| corrupt(rows_path.clone(), e.to_string()))?;
+        let n = meta.rows;
+        if rows.pks.len() != n || rows.ts.len() != n {
+            return Err(corrupt(
+                rows_path,
+                "row count does not match meta.json".into(),
+            ));
+        }
+        if rows.scalars.iter().any(|c| c.len() != n)
+            || !(rows.dynamic.is_empty() || rows.dynamic.len() == n)
+        {
+            return Err(corrupt(
+                rows_path,
+                "a scalar column does not have one value per row".into(),
+            ));
+        }
+        if vectors.len() != meta.dims.len() || meta.crc_vectors.len() != meta.dims.len() {
+            return Err(corrupt(
+                dir.join("meta.json"),
+                "vector file count does not match meta.json".into(),
+            ));
+        }
+        let mut cols = Vec::with_capacity(vectors.len());
+        for (k, (data, &dim)) in vectors.into_iter().zip(&meta.dims).enumerate() {
+            let path = dir.join(format!("vector_{k}.f32"));
+            let want = n.checked_mul(dim).filter(|_| dim > 0);
+            let found = data.as_slice().len();
+            if want != Some(found) {
+                return Err(corrupt(
+                    path,
+                    format!("expected {n} rows of dim {dim}, found {} bytes", found * 4),
+                ));
+            }
+            if crc32c::crc32c(bytemuck_f32(data.as_slice())) != meta.crc_vectors[k] {
+                return Err(corrupt(path, "checksum mismatch".into()));
+            }
             let inv_norms = VectorSlice::new(data.as_slice(), dim).inv_norms();
-            vectors.push(VecColumn {
+            cols.push(VecColumn {
                 dim,
                 data,
                 inv_norms,
             });
         }
-        let mut deleted_at = vec![LIVE; meta.rows];
-        if deletes_gen > 0 {
-            let path = dir.join(format!("deletes-{deletes_gen}.mpk"));
-            let list: Vec<(u32, Timestamp)> = rmp_serde::from_slice(&fsutil::read(&path)?)
-                .map_err(|e| corrupt(&path, e.to_string()))?;
-            for (off, ts) in list {
-                *deleted_at.get_mut(off as usize).ok_or_else(|| {
-                    corrupt(
-                        &path,
-                        format!("tombstone for row {off} beyond {} rows", meta.rows),
-                    )
-                })? = ts;
+        let mut deleted_at = vec![LIVE; n];
+        let deletes_gen = match deletes {
+            None => 0,
+            Some((gen, bytes)) => {
+                let path = dir.join(format!("deletes-{gen}.mpk"));
+                let list: Vec<(u32, Timestamp)> = rmp_serde::from_slice(&bytes)
+                    .map_err(|e| corrupt(path.clone(), e.to_string()))?;
+                for (off, ts) in list {
+                    *deleted_at.get_mut(off as usize).ok_or_else(|| {
+                        corrupt(
+                            path.clone(),
+                            format!("tombstone for row {off} beyond {n} rows"),
+                        )
+                    })? = ts;
+                }
+                gen
             }
-        }
+        };
         let n_deleted = deleted_at.iter().filter(|d| **d != LIVE).count();
         let max_ts = rows.ts.iter().copied().max().unwrap_or(0);
         Ok(Segment {
             indexes: meta.dims.iter().map(|_| None).collect(),
             max_ts,
             n_deleted,
-            id,
+            id: meta.id,
             partition: meta.partition,
             state: SegState::Flushed,
             pks: rows.pks,
             ts: rows.ts,
             deleted_at,
-            vectors,
+            vectors: cols,
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),
             deletes_dirty: false,
             deletes_gen,
             approx_bytes: 0,
+        })
+    }
+
+    /// Checks that this segment's columns are the ones `schema` describes (vector
+    /// dimensions, scalar column count, dynamic fields), so that reads by schema position
+    /// cannot go out of range. `segments_dir` names the segment in the error.
+    pub fn check_schema(&self, schema: &CollectionSchema, segments_dir: &Path) -> Result<()> {
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let have: Vec<usize> = self.vectors.iter().map(|c| c.dim).collect();
+        let scalars = schema.scalar_fields().count();
+        let msg = if dims != have {
+            format!("vector dimensions {have:?}, the schema has {dims:?}")
+        } else if self.scalars.len() != scalars {
+            format!(
+                "{} scalar columns, the schema has {scalars}",
+                self.scalars.len()
+            )
+        } else if !self.dynamic.is_empty() && !schema.enable_dynamic_field {
+            "dynamic fields in a collection without them".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(EngineError::Corrupt {
+            path: segments_dir.join(self.id.to_string()).join("meta.json"),
+            msg,
         })
     }
 

@@ -190,6 +190,10 @@ impl HnswIndex {
     pub fn len(&self) -> usize {
         self.n
     }
+    /// Rows and dimension the index was built over.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.dim)
+    }
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }

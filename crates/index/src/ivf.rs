@@ -100,6 +100,10 @@ pub struct IvfIndex {
 }
 
 impl IvfIndex {
+    /// Rows and dimension the index was built over.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.dim)
+    }
     pub fn nlist(&self) -> usize {
         self.nlist
     }

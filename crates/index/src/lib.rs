@@ -212,6 +212,18 @@ pub enum AnyIndex {
     Ivf(IvfIndex),
 }
 
+impl AnyIndex {
+    /// Rows and dimension a file-backed index covers (`None` for FLAT, which has no
+    /// state). Loading checks this against the segment before any search runs.
+    pub fn shape(&self) -> Option<(usize, usize)> {
+        match self {
+            AnyIndex::Flat(_) => None,
+            AnyIndex::Hnsw(h) => Some(h.shape()),
+            AnyIndex::Ivf(i) => Some(i.shape()),
+        }
+    }
+}
+
 impl VectorIndexRead for AnyIndex {
     fn search(
         &self,

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub max_nq: usize,
     /// Most hits one search may return, all queries together: nq × (limit + offset).
     pub max_result_rows: usize,
+    /// Most bytes of rows one query or search may return (approximate JSON size).
+    pub max_output_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             allow_insecure: false,
             max_nq: e.max_nq,
             max_result_rows: e.max_result_rows,
+            max_output_bytes: e.max_output_bytes,
         }
     }
 }
@@ -116,6 +119,7 @@ impl ServerConfig {
             index_build_threads: self.index_build_threads,
             max_nq: self.max_nq,
             max_result_rows: self.max_result_rows,
+            max_output_bytes: self.max_output_bytes,
             ..EngineConfig::default()
         }
     }

@@ -418,6 +418,67 @@ async fn request_budgets_and_checked_limits() {
     t.healthy().await;
 }
 
+/// A query with a filter and no limit returned every matching row, whatever their size;
+/// reads are now bounded in bytes too (max_output_bytes), with a 400 naming the limit.
+#[tokio::test]
+async fn reads_are_bounded_in_bytes() {
+    let t = setup(Opts {
+        engine: EngineConfig {
+            max_output_bytes: 64 << 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    t.ok(
+        &format!("{V}/collections/create"),
+        json!({"collectionName": "c", "dimension": 2, "metricType": "L2"}),
+    )
+    .await;
+    let text = "x".repeat(1000);
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"id": i, "vector": [i as f32, 1.0], "text": text}))
+        .collect();
+    t.ok(
+        &format!("{V}/entities/insert"),
+        json!({"collectionName": "c", "data": rows}),
+    )
+    .await;
+    // ~200 KB of rows: over the 64 KiB limit, whether asked by query or by search.
+    for (ep, body) in [
+        (
+            "query",
+            json!({"collectionName": "c", "filter": "id >= 0", "outputFields": ["*"]}),
+        ),
+        (
+            "search",
+            json!({"collectionName": "c", "data": [[0, 1]], "limit": 200, "outputFields": ["text"]}),
+        ),
+    ] {
+        let (s, v) = t.post(&format!("{V}/entities/{ep}"), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{ep}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("max_output_bytes"),
+            "{v}"
+        );
+    }
+    // Pages under the limit work, and so do reads without the large field.
+    let page = t
+        .ok(
+            &format!("{V}/entities/query"),
+            json!({"collectionName": "c", "filter": "id >= 0", "outputFields": ["*"], "limit": 50}),
+        )
+        .await;
+    assert_eq!(page.as_array().unwrap().len(), 50);
+    let ids = t
+        .ok(
+            &format!("{V}/entities/query"),
+            json!({"collectionName": "c", "filter": "id >= 0", "outputFields": ["id"]}),
+        )
+        .await;
+    assert_eq!(ids.as_array().unwrap().len(), 200);
+    t.healthy().await;
+}
+
 /// Finding 7: bodies must be JSON by Content-Type (a cross-site form or text/plain POST
 /// needs no preflight); the token is compared in the header only, except on image URLs.
 #[tokio::test]
