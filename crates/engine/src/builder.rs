@@ -11,7 +11,6 @@
 
 use crate::catalog::ManifestIndex;
 use crate::collection::Collection;
-use crate::fsutil;
 use crate::indexspec;
 use crate::segment::{SegIndex, SegState};
 use magpie_index::{Cancel, IndexError, VectorSlice};
@@ -239,7 +238,7 @@ fn worker(sh: Arc<Shared>) {
 /// segment was compacted away, the index dropped, the build cancelled).
 fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
     let field = job.field;
-    let (data, inv, dim, metric, kind, dir) = {
+    let (data, inv, dim, metric, kind, store, prefix) = {
         let g = job.coll.read();
         let Some(seg) = g.segments.iter().find(|s| s.id == job.key.segment) else {
             return Ok(());
@@ -262,7 +261,8 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
             col.dim,
             def.metric_type,
             kind,
-            g.segments_dir().join(seg.id.to_string()),
+            g.store.clone(),
+            g.seg_prefix(seg.id),
         )
     };
     let v = VectorSlice::new(data.as_slice(), dim);
@@ -275,10 +275,10 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
     let build_ms = t.elapsed().as_millis() as u64;
     let bytes = indexspec::to_bytes(&ix);
     let file = format!("index_{field}_{}.bin", job.key.index);
-    let path = dir.join(&file);
-    if let Err(e) = fsutil::write_synced(&path, &bytes).and_then(|_| fsutil::sync_dir(&dir)) {
-        // The segment directory may have been removed by compaction or a drop meanwhile.
-        if !dir.exists() {
+    let key = format!("{prefix}{file}");
+    if let Err(e) = store.put(&key, &bytes) {
+        // The segment may have been removed by compaction or a drop meanwhile.
+        if !store.exists(&format!("{prefix}meta.json")).unwrap_or(true) {
             return Ok(());
         }
         return Err(e.to_string());
@@ -291,7 +291,7 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         .find(|s| s.id == job.key.segment)
         .filter(|_| def_ok)
     else {
-        let _ = std::fs::remove_file(&path);
+        let _ = store.delete(&key);
         return Ok(());
     };
     seg.indexes[field] = Some(SegIndex {
@@ -310,7 +310,7 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         if let Some(seg) = g.segments.iter_mut().find(|s| s.id == job.key.segment) {
             seg.indexes[field] = None;
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = store.delete(&key);
         return Err(e.to_string());
     }
     tracing::info!(

@@ -1,34 +1,36 @@
 //! Persisted metadata: the catalog (all collections) and each collection's manifest.
 //!
-//! Both files are JSON replaced atomically (temp file, fsync, rename, fsync of the
-//! directory), so a crash leaves the old or the new version.
+//! Both are JSON values of the engine's [`Storage`] (`catalog.json`,
+//! `collections/<id>/manifest.json`), replaced atomically by `put`, so a crash leaves the
+//! old or the new version.
 
 use crate::error::{EngineError, Result};
-use crate::fsutil;
 use crate::schema::CollectionSchema;
+use crate::storage::{is_not_found, Storage};
 use crate::types::{Consistency, Timestamp};
 use magpie_index::Metric;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
-/// Reads a JSON metadata file, or `None` if it does not exist.
-fn load_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&fsutil::read(path)?)
+/// Reads a JSON metadata value, or `None` if the key does not exist.
+fn load_json<T: DeserializeOwned>(store: &dyn Storage, key: &str) -> Result<Option<T>> {
+    let bytes = match store.get(key) {
+        Ok(b) => b,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| EngineError::Corrupt {
-            path: path.to_path_buf(),
+            path: store.locate(key),
             msg: e.to_string(),
         })
 }
 
-/// Replaces a JSON metadata file atomically (see [`fsutil::write_atomic`]).
-fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    fsutil::write_atomic(
-        path,
+/// Replaces a JSON metadata value atomically and durably ([`Storage::put`]).
+fn save_json<T: Serialize>(store: &dyn Storage, key: &str, v: &T) -> Result<()> {
+    store.put(
+        key,
         &serde_json::to_vec_pretty(v).expect("metadata serializes"),
     )
 }
@@ -82,16 +84,16 @@ pub struct CatalogFile {
 }
 
 impl CatalogFile {
-    /// The catalog at `path`, or an empty one if none exists yet.
-    pub fn load(path: &Path) -> Result<CatalogFile> {
-        Ok(load_json(path)?.unwrap_or(CatalogFile {
+    /// The catalog at `key`, or an empty one if none exists yet.
+    pub fn load(store: &dyn Storage, key: &str) -> Result<CatalogFile> {
+        Ok(load_json(store, key)?.unwrap_or(CatalogFile {
             format: 1,
             next_id: 1,
             collections: Vec::new(),
         }))
     }
-    pub fn save(&self, path: &Path) -> Result<()> {
-        save_json(path, self)
+    pub fn save(&self, store: &dyn Storage, key: &str) -> Result<()> {
+        save_json(store, key, self)
     }
 }
 
@@ -133,15 +135,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The manifest at `path`, or an empty one (no segments) if none exists yet.
-    pub fn load(path: &Path) -> Result<Manifest> {
-        Ok(load_json(path)?.unwrap_or(Manifest {
+    /// The manifest at `key`, or an empty one (no segments) if none exists yet.
+    pub fn load(store: &dyn Storage, key: &str) -> Result<Manifest> {
+        Ok(load_json(store, key)?.unwrap_or(Manifest {
             format: 1,
             next_segment_id: 1,
             ..Default::default()
         }))
     }
-    pub fn save(&self, path: &Path) -> Result<()> {
-        save_json(path, self)
+    pub fn save(&self, store: &dyn Storage, key: &str) -> Result<()> {
+        save_json(store, key, self)
     }
 }

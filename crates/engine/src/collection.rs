@@ -8,13 +8,14 @@ use crate::indexspec;
 use crate::schema::{CollectionSchema, DataType, RowBatch};
 use crate::segment::SegIndex;
 use crate::segment::{SegState, Segment, LIVE};
+use crate::storage::Storage;
 use crate::types::{PrimaryKey, Timestamp};
 use magpie_index::AnyIndex;
 use magpie_index::{Bitset, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 /// Sealing thresholds and other per-engine tunables.
@@ -88,7 +89,10 @@ fn check_pks(pks: &[PrimaryKey], schema: &CollectionSchema) -> std::result::Resu
 
 pub struct Collection {
     pub meta: CollectionMeta,
-    pub dir: PathBuf,
+    /// Where the collection's manifest and segments live, and its key prefix there
+    /// (`collections/<id>/`).
+    pub store: Arc<dyn Storage>,
+    pub prefix: String,
     pub segments: Vec<Segment>,
     /// Live version of each primary key: (segment id, row offset).
     pub pk_index: HashMap<PrimaryKey, (u64, u32)>,
@@ -213,21 +217,21 @@ pub fn json_bytes(v: &Value) -> usize {
 }
 
 impl Collection {
-    pub fn segments_dir(&self) -> PathBuf {
-        self.dir.join("segments")
+    /// Key prefix of segment `id`'s files.
+    pub fn seg_prefix(&self, id: u64) -> String {
+        format!("{}segments/{id}/", self.prefix)
     }
 
-    fn manifest_path(&self) -> PathBuf {
-        self.dir.join("manifest.json")
+    fn manifest_key(&self) -> String {
+        format!("{}manifest.json", self.prefix)
     }
 
-    /// Opens a collection from its directory (manifest + flushed segments). Segments of
-    /// partitions that no longer exist, and directories the manifest does not list
-    /// (left by a crash mid-flush or mid-compaction), are removed.
-    pub fn open(meta: CollectionMeta, dir: &Path) -> Result<Collection> {
-        let manifest = Manifest::load(&dir.join("manifest.json"))?;
+    /// Opens a collection from its storage prefix (manifest + flushed segments).
+    /// Segments of partitions that no longer exist, and segment files the manifest does
+    /// not list (left by a crash mid-flush or mid-compaction), are removed.
+    pub fn open(meta: CollectionMeta, store: Arc<dyn Storage>, prefix: &str) -> Result<Collection> {
+        let manifest = Manifest::load(&*store, &format!("{prefix}manifest.json"))?;
         let parts: HashSet<u64> = meta.partitions.iter().map(|p| p.id).collect();
-        let segdir = dir.join("segments");
         let mut segments = Vec::new();
         let mut listed = HashSet::new();
         for ms in &manifest.segments {
@@ -235,25 +239,31 @@ impl Collection {
                 continue;
             }
             listed.insert(ms.id.to_string());
-            let mut seg = Segment::load(&segdir, ms.id, ms.deletes_gen)?;
-            seg.check_schema(&meta.schema, &segdir)?;
-            Segment::remove_old_deletes(&segdir, ms.id, ms.deletes_gen);
-            load_indexes(&meta, &segdir, &mut seg, &ms.indexes);
+            let sp = format!("{prefix}segments/{}/", ms.id);
+            let mut seg = Segment::load(&*store, &sp, ms.deletes_gen)?;
+            seg.check_schema(&meta.schema, &store.locate(&sp))?;
+            Segment::remove_old_deletes(&*store, &sp, ms.deletes_gen);
+            load_indexes(&meta, &*store, &sp, &mut seg, &ms.indexes);
             segments.push(seg);
         }
-        if let Ok(rd) = std::fs::read_dir(&segdir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if !listed.contains(&name) {
-                    tracing::info!(path = %e.path().display(), "removing segment directory not in the manifest");
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        let seg_root = format!("{prefix}segments/");
+        let mut unlisted = HashSet::new();
+        for key in store.list(&seg_root)? {
+            let id = key[seg_root.len()..].split('/').next().unwrap_or("");
+            if !listed.contains(id) {
+                unlisted.insert(id.to_string());
             }
+        }
+        for id in unlisted {
+            let p = format!("{seg_root}{id}/");
+            tracing::info!(path = %store.locate(&p).display(), "removing segment files not in the manifest");
+            let _ = store.delete_prefix(&p);
         }
         segments.sort_by_key(|s| s.id);
         let mut c = Collection {
             meta,
-            dir: dir.to_path_buf(),
+            store,
+            prefix: prefix.to_string(),
             segments,
             pk_index: HashMap::new(),
             flushed_ts: manifest.flushed_ts,
@@ -431,24 +441,22 @@ impl Collection {
     }
 
     fn flush_inner(&mut self, force_manifest: bool) -> Result<()> {
-        let segdir = self.segments_dir();
-        std::fs::create_dir_all(&segdir).map_err(|e| EngineError::Io {
-            path: segdir.clone(),
-            source: e,
-        })?;
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        let sp = |id: u64| format!("{prefix}segments/{id}/");
         self.segments
             .retain(|s| !(s.state == SegState::Growing && s.is_empty()));
         let mut changed = force_manifest;
         for s in &mut self.segments {
             if s.state != SegState::Flushed {
-                s.write(&segdir)?;
+                s.write(&*store, &sp(s.id))?;
                 s.state = SegState::Flushed;
                 s.deletes_dirty = s.deleted_at.iter().any(|d| *d != LIVE);
-                s.remap(&segdir)?;
+                s.remap(&*store, &sp(s.id))?;
                 changed = true;
             }
             if s.deletes_dirty {
-                s.write_deletes(&segdir, s.deletes_gen + 1)?;
+                s.write_deletes(&*store, &sp(s.id), s.deletes_gen + 1)?;
                 s.deletes_gen += 1;
                 s.deletes_dirty = false;
                 changed = true;
@@ -457,7 +465,7 @@ impl Collection {
         if changed || self.applied_ts > self.flushed_ts {
             self.save_manifest(self.applied_ts)?;
             for s in &self.segments {
-                Segment::remove_old_deletes(&segdir, s.id, s.deletes_gen);
+                Segment::remove_old_deletes(&*store, &sp(s.id), s.deletes_gen);
             }
         }
         Ok(())
@@ -483,14 +491,13 @@ impl Collection {
                 })
                 .collect(),
         };
-        m.save(&self.manifest_path())?;
+        m.save(&*self.store, &self.manifest_key())?;
         self.flushed_ts = flushed_ts;
         Ok(())
     }
 
     /// Drops a partition's segments (after the catalog no longer lists it).
     pub fn drop_partition_data(&mut self, partition: u64) -> Result<()> {
-        let segdir = self.segments_dir();
         let gone: Vec<u64> = self
             .segments
             .iter()
@@ -503,7 +510,7 @@ impl Collection {
         // partition's growing rows are on disk too.
         self.flush_inner(true)?;
         for id in gone {
-            let _ = std::fs::remove_dir_all(segdir.join(id.to_string()));
+            let _ = self.store.delete_prefix(&self.seg_prefix(id));
         }
         Ok(())
     }
@@ -524,7 +531,6 @@ impl Collection {
         if flush_first {
             self.flush()?;
         }
-        let segdir = self.segments_dir();
         let mut by_part: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, s) in self.segments.iter().enumerate() {
             if s.state != SegState::Flushed || s.is_empty() {
@@ -571,9 +577,10 @@ impl Collection {
                 removed_ids.push(s.id);
             }
             if !out.is_empty() {
-                out.write(&segdir)?;
+                let sp = self.seg_prefix(out.id);
+                out.write(&*self.store, &sp)?;
                 out.state = SegState::Flushed;
-                out.remap(&segdir)?;
+                out.remap(&*self.store, &sp)?;
                 written.push(out);
             }
         }
@@ -587,10 +594,8 @@ impl Collection {
         self.rebuild_pk_index();
         self.save_manifest(self.flushed_ts)?;
         for id in &removed_ids {
-            let p = segdir.join(id.to_string());
-            std::fs::remove_dir_all(&p).map_err(|e| EngineError::Io { path: p, source: e })?;
+            self.store.delete_prefix(&self.seg_prefix(*id))?;
         }
-        crate::fsutil::sync_dir(&segdir)?;
         Ok((removed_ids.len(), n_written))
     }
 
@@ -955,14 +960,14 @@ fn range_bounds(
 /// crash between writing the file and the manifest) are removed.
 fn load_indexes(
     meta: &CollectionMeta,
-    segdir: &Path,
+    store: &dyn Storage,
+    prefix: &str,
     seg: &mut Segment,
     listed: &[crate::catalog::ManifestIndex],
 ) {
-    let dir = segdir.join(seg.id.to_string());
     let mut keep = HashSet::new();
     for mi in listed {
-        let path = dir.join(&mi.file);
+        let key = format!("{prefix}{}", mi.file);
         let def = meta.indexes.iter().find(|i| i.id == mi.index_id);
         let Some(def) = def else {
             continue;
@@ -973,7 +978,7 @@ fn load_indexes(
                 return Err("field out of range".into());
             }
             let kind = indexspec::parse(def, dim, 0).map_err(|e| e.to_string())?;
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let bytes = store.get(&key).map_err(|e| e.to_string())?;
             if crc32c::crc32c(&bytes) != mi.crc {
                 return Err("checksum mismatch".into());
             }
@@ -990,22 +995,21 @@ fn load_indexes(
         })();
         match loaded {
             Ok(index) => {
-                keep.insert(mi.file.clone());
+                keep.insert(key.clone());
                 seg.indexes[mi.field] = Some(SegIndex {
                     file: mi.clone(),
                     index,
                 });
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), "index file not loaded ({e}); it will be rebuilt")
+                tracing::warn!(path = %store.locate(&key).display(), "index file not loaded ({e}); it will be rebuilt")
             }
         }
     }
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with("index_") && !keep.contains(&name) {
-                let _ = std::fs::remove_file(e.path());
+    if let Ok(keys) = store.list(&format!("{prefix}index_")) {
+        for key in keys {
+            if !keep.contains(&key) {
+                let _ = store.delete(&key);
             }
         }
     }

@@ -20,6 +20,7 @@ use crate::function::{Embedder, FunctionKind, ImageInput};
 use crate::indexspec;
 use crate::schema::CollectionSchema;
 use crate::segment::SegState;
+use crate::storage::{LocalStorage, Storage};
 use crate::types::{now_ms, ts_from_ms, Consistency, PrimaryKey, Timestamp};
 use crate::wal::Wal;
 use magpie_index::Metric;
@@ -97,6 +98,8 @@ pub struct Engine {
     /// Held (locked) for the engine's lifetime; see [`Engine::open`].
     _lock: std::fs::File,
     root: PathBuf,
+    /// Catalog, manifests, segments and index files (the WAL stays under `root`).
+    store: Arc<dyn Storage>,
     config: EngineConfig,
     wal: Wal,
     /// Serialises DDL and catalog rewrites.
@@ -219,6 +222,14 @@ pub struct QueryRequest {
     pub consistency: Option<Consistency>,
 }
 
+/// The catalog's key in the engine's storage.
+const CATALOG_KEY: &str = "catalog.json";
+
+/// Key prefix of collection `id`'s manifest and segments.
+fn coll_prefix(id: u64) -> String {
+    format!("collections/{id}/")
+}
+
 /// Compiles an optional filter; empty or blank text means no filter.
 /// `limit + offset`, checked against [`MAX_TOPK`] without overflowing.
 fn check_topk(limit: usize, offset: usize) -> Result<usize> {
@@ -260,7 +271,17 @@ impl Engine {
     /// engine's lifetime (the OS releases it when the process dies), so a second opener
     /// gets an error instead of corrupting the data.
     pub fn open(root: &Path, config: EngineConfig) -> Result<Engine> {
-        std::fs::create_dir_all(root.join("collections")).at(root)?;
+        Self::open_with_storage(root, config, Arc::new(LocalStorage::new(root)))
+    }
+
+    /// As [`Engine::open`], with the catalog, manifests, segments and index files in
+    /// `store` (see [`crate::storage`]); `root` keeps the WAL and the `LOCK` file.
+    pub fn open_with_storage(
+        root: &Path,
+        config: EngineConfig,
+        store: Arc<dyn Storage>,
+    ) -> Result<Engine> {
+        std::fs::create_dir_all(root).at(root)?;
         let lock_path = root.join("LOCK");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -280,8 +301,7 @@ impl Engine {
                 source: std::io::Error::new(std::io::ErrorKind::WouldBlock, msg),
             });
         }
-        let catalog_path = root.join("catalog.json");
-        let catalog = CatalogFile::load(&catalog_path)?;
+        let catalog = CatalogFile::load(&*store, CATALOG_KEY)?;
         let mut by_id: HashMap<u64, Collection> = HashMap::new();
         let mut min_ts = 0;
         let live: HashSet<String> = catalog
@@ -289,18 +309,20 @@ impl Engine {
             .iter()
             .map(|c| c.id.to_string())
             .collect();
-        for e in std::fs::read_dir(root.join("collections"))
-            .at(root)?
-            .flatten()
-        {
-            if !live.contains(&e.file_name().to_string_lossy().to_string()) {
-                tracing::info!(path = %e.path().display(), "removing data of a dropped collection");
-                let _ = std::fs::remove_dir_all(e.path());
+        let mut dropped = HashSet::new();
+        for key in store.list("collections/")? {
+            let id = key["collections/".len()..].split('/').next().unwrap_or("");
+            if !live.contains(id) {
+                dropped.insert(id.to_string());
             }
         }
+        for id in dropped {
+            let p = format!("collections/{id}/");
+            tracing::info!(path = %store.locate(&p).display(), "removing data of a dropped collection");
+            let _ = store.delete_prefix(&p);
+        }
         for meta in &catalog.collections {
-            let dir = root.join("collections").join(meta.id.to_string());
-            let c = Collection::open(meta.clone(), &dir)?;
+            let c = Collection::open(meta.clone(), store.clone(), &coll_prefix(meta.id))?;
             min_ts = min_ts.max(c.flushed_ts);
             for s in &c.segments {
                 min_ts = min_ts.max(s.ts.iter().copied().max().unwrap_or(0));
@@ -356,6 +378,7 @@ impl Engine {
         let builder = Builder::start(config.index_build_threads);
         let e = Engine {
             root: root.to_path_buf(),
+            store,
             config,
             wal,
             catalog: Mutex::new(catalog),
@@ -631,7 +654,7 @@ impl Engine {
     }
 
     fn save_catalog(&self, cat: &CatalogFile) -> Result<()> {
-        cat.save(&self.root.join("catalog.json"))
+        cat.save(&*self.store, CATALOG_KEY)
     }
 
     /// Updates a collection's catalog entry (under the catalog lock) and persists it.
@@ -692,14 +715,12 @@ impl Engine {
             loaded: true,
             description: description.to_string(),
         };
-        let dir = self.root.join("collections").join(id.to_string());
-        std::fs::create_dir_all(dir.join("segments")).at(&dir)?;
         cat.collections.push(meta.clone());
         if let Err(e) = self.save_catalog(&cat) {
             cat.collections.pop();
             return Err(e);
         }
-        let c = Collection::open(meta, &dir)?;
+        let c = Collection::open(meta, self.store.clone(), &coll_prefix(id))?;
         colls.insert(name.to_string(), Arc::new(RwLock::new(c)));
         Ok(())
     }
@@ -712,8 +733,7 @@ impl Engine {
         cat.collections.retain(|m| m.id != id);
         self.save_catalog(&cat)?;
         self.collections.write().remove(name);
-        let dir = self.root.join("collections").join(id.to_string());
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = self.store.delete_prefix(&coll_prefix(id));
         Ok(())
     }
 
@@ -760,7 +780,7 @@ impl Engine {
         let g = c.read();
         let mut st = CollectionStats {
             row_count: g.row_count(Timestamp::MAX - 1),
-            disk_bytes: crate::fsutil::dir_bytes(&g.dir),
+            disk_bytes: g.store.bytes_under(&g.prefix).unwrap_or(0),
             ..Default::default()
         };
         for s in &g.segments {
@@ -911,13 +931,13 @@ impl Engine {
         })?;
         // Detach the built indexes, then forget their files: the manifest first, so a
         // crash in between leaves only orphan files (removed on open).
-        let segdir = g.segments_dir();
         let mut files = Vec::new();
+        let prefix = g.prefix.clone();
         for s in &mut g.segments {
             for slot in &mut s.indexes {
                 if slot.as_ref().is_some_and(|i| i.file.index_id == def.id) {
                     let ix = slot.take().unwrap();
-                    files.push(segdir.join(s.id.to_string()).join(ix.file.file));
+                    files.push(format!("{prefix}segments/{}/{}", s.id, ix.file.file));
                 }
             }
         }
@@ -925,7 +945,7 @@ impl Engine {
             let ts = g.flushed_ts;
             g.save_manifest(ts)?;
             for f in files {
-                let _ = std::fs::remove_file(f);
+                let _ = g.store.delete(&f);
             }
         }
         Ok(())

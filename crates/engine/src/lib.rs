@@ -13,6 +13,7 @@ pub mod function;
 pub mod indexspec;
 pub mod schema;
 pub mod segment;
+pub mod storage;
 pub mod types;
 pub mod wal;
 

@@ -12,14 +12,17 @@
 //! | `rows.mpk` | MessagePack: primary keys, insert timestamps, scalar columns (schema order), dynamic-field objects |
 //! | `deletes-<gen>.mpk` | MessagePack list of (row offset, delete timestamp) tombstones; rewritten under a new generation when deletes are added, referenced by the collection manifest |
 //!
-//! Everything but the tombstones is immutable once written. The directory is written
-//! as `<id>.tmp`, each file fsynced, then renamed and the parent fsynced.
+//! The files are keys of the collection's [`Storage`] (`collections/<c>/segments/<id>/…`;
+//! on local storage, a directory). Everything but the tombstones is immutable once
+//! written. Each file is put atomically and durably (meta.json last); the segment exists
+//! for readers only once a manifest naming it has been put, and files of a segment no
+//! manifest names (a crash mid-flush) are removed when the collection opens.
 
 use crate::catalog::ManifestIndex;
 use crate::error::{EngineError, Result};
 use crate::filter::RowAccess;
-use crate::fsutil;
 use crate::schema::{CollectionSchema, RowBatch};
+use crate::storage::{Blob, Storage};
 use crate::types::{PrimaryKey, Timestamp};
 use magpie_index::{AnyIndex, Bitset, VectorSlice};
 use memmap2::Mmap;
@@ -39,21 +42,28 @@ pub enum SegState {
     Flushed,
 }
 
-/// Vector storage: owned while growing, memory-mapped once flushed. The map is shared
-/// (`Arc`) so an index build can read a flushed segment's vectors without holding the
-/// collection lock.
+/// Vector storage: owned while growing; once flushed, memory-mapped (local storage) or
+/// shared in memory (other stores). Flushed data is behind an `Arc`, so an index build
+/// can read a flushed segment's vectors without holding the collection lock.
 pub enum VecData {
     Owned(Vec<f32>),
     Mapped(Arc<Mmap>),
+    Shared(Arc<Vec<f32>>),
 }
 
-/// Read-only view of a memory-mapped vector file, shareable across threads.
+/// Read-only view of a flushed vector column, shareable across threads.
 #[derive(Clone)]
-pub struct SharedVectors(Arc<Mmap>);
+pub enum SharedVectors {
+    Mapped(Arc<Mmap>),
+    Shared(Arc<Vec<f32>>),
+}
 
 impl SharedVectors {
     pub fn as_slice(&self) -> &[f32] {
-        mmap_f32(&self.0)
+        match self {
+            SharedVectors::Mapped(m) => mmap_f32(m),
+            SharedVectors::Shared(v) => v,
+        }
     }
 }
 
@@ -65,19 +75,37 @@ fn mmap_f32(m: &Mmap) -> &[f32] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
 }
 
+/// Little-endian f32s from bytes (a whole number of them; checked by the caller).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
 impl VecData {
     pub fn as_slice(&self) -> &[f32] {
         match self {
             VecData::Owned(v) => v,
             VecData::Mapped(m) => mmap_f32(m),
+            VecData::Shared(v) => v,
         }
     }
 
-    /// The shared map of a flushed column (`None` while growing or when empty).
+    /// The shared data of a flushed column (`None` while growing or when empty).
     pub fn share(&self) -> Option<SharedVectors> {
         match self {
-            VecData::Mapped(m) => Some(SharedVectors(m.clone())),
+            VecData::Mapped(m) => Some(SharedVectors::Mapped(m.clone())),
+            VecData::Shared(v) => Some(SharedVectors::Shared(v.clone())),
             VecData::Owned(_) => None,
+        }
+    }
+
+    /// Flushed data as read back from storage.
+    fn from_blob(b: Blob) -> VecData {
+        match b {
+            Blob::Mapped(m) => VecData::Mapped(m),
+            Blob::Owned(v) => VecData::Shared(Arc::new(f32s(&v))),
         }
     }
 }
@@ -108,7 +136,9 @@ impl VecColumn {
             .extend(data.chunks_exact(self.dim).map(magpie_linalg::inv_norm));
         match &mut self.data {
             VecData::Owned(v) => v.extend_from_slice(data),
-            VecData::Mapped(_) => unreachable!("appending to a flushed segment"),
+            VecData::Mapped(_) | VecData::Shared(_) => {
+                unreachable!("appending to a flushed segment")
+            }
         }
     }
 }
@@ -295,30 +325,16 @@ impl Segment {
         SegRow { seg: self, i }
     }
 
-    /// Writes this segment under `segments_dir/<id>/` (see module docs). On return the
-    /// files and the directory entry are durable.
-    pub fn write(&self, segments_dir: &Path) -> Result<()> {
-        let final_dir = segments_dir.join(self.id.to_string());
-        let tmp = segments_dir.join(format!("{}.tmp", self.id));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::Io {
-                path: tmp.clone(),
-                source: e,
-            })?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| EngineError::Io {
-            path: tmp.clone(),
-            source: e,
-        })?;
+    /// Writes this segment's files under `prefix` (`…/segments/<id>/`, see the module
+    /// docs), replacing anything a crash left there. On return every file is durable;
+    /// the segment becomes part of the collection only when a manifest naming it is put.
+    pub fn write(&self, store: &dyn Storage, prefix: &str) -> Result<()> {
+        store.delete_prefix(prefix)?;
         let mut crc_vectors = Vec::new();
         for (k, col) in self.vectors.iter().enumerate() {
-            let data = col.data.as_slice();
-            let mut bytes = Vec::with_capacity(data.len() * 4);
-            for x in data {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-            crc_vectors.push(crc32c::crc32c(&bytes));
-            fsutil::write_synced(&tmp.join(format!("vector_{k}.f32")), &bytes)?;
+            let bytes = bytemuck_f32(col.data.as_slice());
+            crc_vectors.push(crc32c::crc32c(bytes));
+            store.put(&format!("{prefix}vector_{k}.f32"), bytes)?;
         }
         let rows = RowsFile {
             pks: self.pks.clone(),
@@ -327,10 +343,10 @@ impl Segment {
             dynamic: self.dynamic.clone(),
         };
         let rows_bytes = rmp_serde::to_vec(&rows).map_err(|e| EngineError::Corrupt {
-            path: tmp.join("rows.mpk"),
+            path: store.locate(&format!("{prefix}rows.mpk")),
             msg: e.to_string(),
         })?;
-        fsutil::write_synced(&tmp.join("rows.mpk"), &rows_bytes)?;
+        store.put(&format!("{prefix}rows.mpk"), &rows_bytes)?;
         let meta = MetaFile {
             format: 1,
             id: self.id,
@@ -340,27 +356,14 @@ impl Segment {
             crc_rows: crc32c::crc32c(&rows_bytes),
             crc_vectors,
         };
-        fsutil::write_synced(
-            &tmp.join("meta.json"),
+        store.put(
+            &format!("{prefix}meta.json"),
             &serde_json::to_vec_pretty(&meta).expect("meta"),
-        )?;
-        fsutil::sync_dir(&tmp)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir).map_err(|e| EngineError::Io {
-                path: final_dir.clone(),
-                source: e,
-            })?;
-        }
-        std::fs::rename(&tmp, &final_dir).map_err(|e| EngineError::Io {
-            path: final_dir.clone(),
-            source: e,
-        })?;
-        fsutil::sync_dir(segments_dir)
+        )
     }
 
     /// Writes the tombstones as generation `gen` (`deletes-<gen>.mpk`). Durable on return.
-    pub fn write_deletes(&self, segments_dir: &Path, gen: u64) -> Result<()> {
-        let dir = segments_dir.join(self.id.to_string());
+    pub fn write_deletes(&self, store: &dyn Storage, prefix: &str, gen: u64) -> Result<()> {
         let list: Vec<(u32, Timestamp)> = self
             .deleted_at
             .iter()
@@ -369,46 +372,32 @@ impl Segment {
             .map(|(i, d)| (i as u32, *d))
             .collect();
         let bytes = rmp_serde::to_vec(&list).expect("tombstones serialize");
-        let path = dir.join(format!("deletes-{gen}.mpk"));
-        fsutil::write_synced(&path, &bytes)?;
-        fsutil::sync_dir(&dir)
+        store.put(&format!("{prefix}deletes-{gen}.mpk"), &bytes)
     }
 
-    /// Loads a flushed segment; vectors are memory-mapped. `deletes_gen` names the
-    /// tombstone file to apply (0 = none). Everything read is checked by
-    /// [`Segment::from_parts`].
-    pub fn load(segments_dir: &Path, id: u64, deletes_gen: u64) -> Result<Segment> {
-        let dir = segments_dir.join(id.to_string());
-        let meta_bytes = fsutil::read(&dir.join("meta.json"))?;
+    /// Loads a flushed segment from `prefix`; vectors are memory-mapped where the store
+    /// is local. `deletes_gen` names the tombstone file to apply (0 = none). Everything
+    /// read is checked by [`Segment::from_parts`].
+    pub fn load(store: &dyn Storage, prefix: &str, deletes_gen: u64) -> Result<Segment> {
+        let meta_bytes = store.get(&format!("{prefix}meta.json"))?;
+        let dir = store.locate(prefix);
         let meta = parse_meta(&dir, &meta_bytes)?;
-        let rows = fsutil::read(&dir.join("rows.mpk"))?;
+        let rows = store.get(&format!("{prefix}rows.mpk"))?;
         let mut vectors = Vec::with_capacity(meta.dims.len());
         for k in 0..meta.dims.len() {
-            let path = dir.join(format!("vector_{k}.f32"));
-            let io = |e| EngineError::Io {
-                path: path.clone(),
-                source: e,
-            };
-            let f = std::fs::File::open(&path).map_err(io)?;
-            let len = f.metadata().map_err(io)?.len();
-            if len % 4 != 0 {
+            let key = format!("{prefix}vector_{k}.f32");
+            let blob = store.get_mapped(&key)?;
+            if blob.len() % 4 != 0 {
                 return Err(EngineError::Corrupt {
-                    path,
-                    msg: format!("{len} bytes is not a whole number of f32 values"),
+                    path: store.locate(&key),
+                    msg: format!("{} bytes is not a whole number of f32 values", blob.len()),
                 });
             }
-            vectors.push(if len == 0 {
-                VecData::Owned(Vec::new())
-            } else {
-                // SAFETY: segment files are immutable once written (never modified in
-                // place; compaction writes new segments and removes whole directories
-                // only after no reader can reach them).
-                VecData::Mapped(Arc::new(unsafe { Mmap::map(&f) }.map_err(io)?))
-            });
+            vectors.push(VecData::from_blob(blob));
         }
         let deletes = if deletes_gen > 0 {
-            let path = dir.join(format!("deletes-{deletes_gen}.mpk"));
-            Some((deletes_gen, fsutil::read(&path)?))
+            let key = format!("{prefix}deletes-{deletes_gen}.mpk");
+            Some((deletes_gen, store.get(&key)?))
         } else {
             None
         };
@@ -542,47 +531,45 @@ impl Segment {
     }
 
     /// Removes tombstone files other than generation `keep`.
-    pub fn remove_old_deletes(segments_dir: &Path, id: u64, keep: u64) {
-        let dir = segments_dir.join(id.to_string());
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if let Some(g) = name
-                    .strip_prefix("deletes-")
-                    .and_then(|s| s.strip_suffix(".mpk"))
-                {
-                    if g.parse::<u64>().ok() != Some(keep) {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
+    pub fn remove_old_deletes(store: &dyn Storage, prefix: &str, keep: u64) {
+        let Ok(keys) = store.list(&format!("{prefix}deletes-")) else {
+            return;
+        };
+        for key in keys {
+            let gen = key[prefix.len()..]
+                .strip_prefix("deletes-")
+                .and_then(|s| s.strip_suffix(".mpk"))
+                .and_then(|g| g.parse::<u64>().ok());
+            if gen.is_some_and(|g| g != keep) {
+                let _ = store.delete(&key);
             }
         }
     }
 
-    /// Replaces owned vectors with the memory-mapped copies just written.
-    pub fn remap(&mut self, segments_dir: &Path) -> Result<()> {
-        let dir = segments_dir.join(self.id.to_string());
+    /// Replaces owned vectors with the stored copies just written: memory-mapped from
+    /// local storage; elsewhere the owned data becomes the shared copy.
+    pub fn remap(&mut self, store: &dyn Storage, prefix: &str) -> Result<()> {
         for (k, col) in self.vectors.iter_mut().enumerate() {
-            let path = dir.join(format!("vector_{k}.f32"));
-            let f = std::fs::File::open(&path).map_err(|e| EngineError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+            if col.data.as_slice().is_empty() {
                 continue;
             }
-            // SAFETY: as in `load`: the file is immutable.
-            let m = unsafe { Mmap::map(&f) }.map_err(|e| EngineError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            if m.len() != col.data.as_slice().len() * 4 {
-                return Err(EngineError::Corrupt {
-                    path,
-                    msg: "size changed after write".into(),
-                });
+            let key = format!("{prefix}vector_{k}.f32");
+            match store.get_mapped(&key)? {
+                Blob::Mapped(m) => {
+                    if m.len() != col.data.as_slice().len() * 4 {
+                        return Err(EngineError::Corrupt {
+                            path: store.locate(&key),
+                            msg: "size changed after write".into(),
+                        });
+                    }
+                    col.data = VecData::Mapped(m);
+                }
+                Blob::Owned(_) => {
+                    if let VecData::Owned(v) = &mut col.data {
+                        col.data = VecData::Shared(Arc::new(std::mem::take(v)));
+                    }
+                }
             }
-            col.data = VecData::Mapped(Arc::new(m));
         }
         Ok(())
     }

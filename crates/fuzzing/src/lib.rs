@@ -30,7 +30,7 @@ use magpie_engine::segment::{SegRow, Segment, VecData};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A target's body.
 pub type Target = fn(&[u8]);
@@ -166,7 +166,8 @@ fn collection(schema: CollectionSchema) -> Collection {
             loaded: true,
             description: String::new(),
         },
-        dir: PathBuf::from("/nonexistent/fuzz"),
+        store: std::sync::Arc::new(magpie_engine::storage::MemoryStorage::new()),
+        prefix: "collections/1/".into(),
         segments: Vec::new(),
         pk_index: HashMap::new(),
         flushed_ts: 0,

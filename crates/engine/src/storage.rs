@@ -1,0 +1,425 @@
+//! The storage seam: where a collection's segments, index files and manifests live.
+//!
+//! Everything the engine persists besides the WAL goes through [`Storage`], a flat
+//! key → bytes store with `/`-separated keys relative to its root (e.g.
+//! `collections/7/segments/12/rows.mpk`). Two implementations:
+//!
+//! - [`LocalStorage`]: files under a directory (the default; today's layout and
+//!   durability rules);
+//! - [`MemoryStorage`]: a map in memory, for tests (engine tests run against it too).
+//!
+//! An object-store implementation (S3-compatible, on the `object_store` crate) is the
+//! next step; the contract below is written so that it can keep it: no rename, no
+//! directories, no partial writes.
+//!
+//! # Contract
+//!
+//! | method | guarantee when it returns `Ok` |
+//! |---|---|
+//! | [`put`](Storage::put) | the key holds exactly `data`, durably; a reader (or a crash) sees the old value or the new, never a mix |
+//! | [`get`](Storage::get) | the whole value as last put; a missing key is an error whose kind is `NotFound` |
+//! | [`get_mapped`](Storage::get_mapped) | as `get`, memory-mapped where the store is local (the value must never be rewritten while mapped: segment files are immutable) |
+//! | [`list`](Storage::list) | every key that starts with `prefix`, sorted; keys put before the call are listed |
+//! | [`delete`](Storage::delete) / [`delete_prefix`](Storage::delete_prefix) | the keys are gone, durably; deleting a missing key is not an error |
+//!
+//! Atomicity across keys comes from the manifest: new objects are written under new
+//! keys, then the manifest that names them is put; a crash in between leaves objects no
+//! manifest names, which opening removes.
+
+use crate::error::{EngineError, Result};
+use crate::fsutil;
+use memmap2::Mmap;
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A value read from storage: owned bytes, or a read-only map of a local file.
+#[derive(Clone)]
+pub enum Blob {
+    Owned(Arc<Vec<u8>>),
+    Mapped(Arc<Mmap>),
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Blob::Owned(v) => v,
+            Blob::Mapped(m) => m,
+        }
+    }
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.len())
+    }
+}
+
+/// A key → bytes store; see the module docs for the contract of each method.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Writes `key` whole, atomically and durably.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Reads `key` whole.
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Reads `key` whole, memory-mapped where the store can.
+    fn get_mapped(&self, key: &str) -> Result<Blob> {
+        Ok(Blob::Owned(Arc::new(self.get(key)?)))
+    }
+    /// Whether `key` exists.
+    fn exists(&self, key: &str) -> Result<bool>;
+    /// Keys starting with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Removes `key` (absent is fine).
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Removes every key starting with `prefix`.
+    fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        for k in self.list(prefix)? {
+            self.delete(&k)?;
+        }
+        Ok(())
+    }
+    /// Total bytes of the values under `prefix`.
+    fn bytes_under(&self, prefix: &str) -> Result<u64>;
+    /// Where a key lives, for error messages and logs (a path or a URL).
+    fn locate(&self, key: &str) -> PathBuf;
+}
+
+/// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts.
+fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != ".." && !p.contains('\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Io {
+            path: PathBuf::from(key),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid storage key"),
+        })
+    }
+}
+
+fn not_found(path: PathBuf) -> EngineError {
+    EngineError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such key"),
+    }
+}
+
+/// Whether an error is a missing key.
+pub fn is_not_found(e: &EngineError) -> bool {
+    matches!(e, EngineError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Files under a root directory. `put` writes a temporary sibling, fsyncs it, renames it
+/// over the key and fsyncs the directory (creating and fsyncing missing parents first).
+#[derive(Debug)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl LocalStorage {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// Creates `dir` and any missing parents, fsyncing each parent whose entries changed.
+    fn make_dirs(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.make_dirs(parent)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => fsutil::sync_dir(dir.parent().unwrap_or(Path::new("."))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+
+    fn walk(&self, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => self.walk(&p, out),
+                Ok(t) if t.is_file() => {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.contains(".tmp-") {
+                        continue; // a put in flight, or left by a crash
+                    }
+                    if let Ok(rel) = p.strip_prefix(&self.root) {
+                        out.push(rel.to_string_lossy().replace('\\', "/"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Storage for LocalStorage {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("a key has a parent").to_path_buf();
+        self.make_dirs(&dir)?;
+        let name = path
+            .file_name()
+            .expect("a key has a name")
+            .to_string_lossy();
+        let tmp = dir.join(format!(
+            "{name}.tmp-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        if let Err(e) = fsutil::write_synced(&tmp, data) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            EngineError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        })?;
+        fsutil::sync_dir(&dir)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        fsutil::read(&self.path(key)?)
+    }
+
+    fn get_mapped(&self, key: &str) -> Result<Blob> {
+        let path = self.path(key)?;
+        let io = |e| EngineError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let f = std::fs::File::open(&path).map_err(io)?;
+        if f.metadata().map_err(io)?.len() == 0 {
+            return Ok(Blob::Owned(Arc::new(Vec::new())));
+        }
+        // SAFETY: values behind mapped keys are never rewritten in place (the contract:
+        // a put replaces the file by rename, so an existing map keeps the old inode).
+        let m = unsafe { Mmap::map(&f) }.map_err(io)?;
+        Ok(Blob::Mapped(Arc::new(m)))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.path(key)?.is_file())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        // Walk the deepest directory the prefix names, then filter.
+        let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        let mut out = Vec::new();
+        self.walk(&start, &mut out);
+        out.retain(|k| k.starts_with(prefix));
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::sync_dir(path.parent().expect("a key has a parent")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EngineError::Io { path, source: e }),
+        }
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        // A prefix that names a directory is removed whole (with files a crash left).
+        if let Some(dir) = prefix.strip_suffix('/') {
+            let path = self.path(dir)?;
+            return match std::fs::remove_dir_all(&path) {
+                Ok(()) => fsutil::sync_dir(path.parent().unwrap_or(&self.root)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(EngineError::Io { path, source: e }),
+            };
+        }
+        for k in self.list(prefix)? {
+            self.delete(&k)?;
+        }
+        Ok(())
+    }
+
+    fn bytes_under(&self, prefix: &str) -> Result<u64> {
+        match prefix.strip_suffix('/') {
+            Some(dir) => Ok(fsutil::dir_bytes(&self.path(dir)?)),
+            None => {
+                let mut total = 0;
+                for k in self.list(prefix)? {
+                    total += std::fs::metadata(self.path(&k)?).map_or(0, |m| m.len());
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    fn locate(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+/// Values in memory, for tests. Durable for the life of the value (clones share it), so
+/// a test can drop an engine and open another over the same store.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStorage {
+    map: Arc<RwLock<BTreeMap<String, Arc<Vec<u8>>>>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        check_key(key)?;
+        self.map
+            .write()
+            .insert(key.to_string(), Arc::new(data.to_vec()));
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        check_key(key)?;
+        self.map
+            .read()
+            .get(key)
+            .map(|v| v.to_vec())
+            .ok_or_else(|| not_found(self.locate(key)))
+    }
+
+    fn get_mapped(&self, key: &str) -> Result<Blob> {
+        check_key(key)?;
+        self.map
+            .read()
+            .get(key)
+            .map(|v| Blob::Owned(v.clone()))
+            .ok_or_else(|| not_found(self.locate(key)))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        check_key(key)?;
+        Ok(self.map.read().contains_key(key))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .map
+            .read()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        self.map.write().remove(key);
+        Ok(())
+    }
+
+    fn bytes_under(&self, prefix: &str) -> Result<u64> {
+        Ok(self
+            .map
+            .read()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.len() as u64)
+            .sum())
+    }
+
+    fn locate(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("memory:/{key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract, run against every implementation.
+    fn contract(s: &dyn Storage) {
+        assert!(is_not_found(&s.get("a/b").unwrap_err()));
+        assert!(!s.exists("a/b").unwrap());
+        s.put("a/b", b"one").unwrap();
+        s.put("a/c/d", b"two").unwrap();
+        s.put("ab", b"three").unwrap();
+        assert_eq!(s.get("a/b").unwrap(), b"one");
+        assert_eq!(&*s.get_mapped("a/c/d").unwrap(), b"two");
+        s.put("a/b", b"replaced").unwrap();
+        assert_eq!(s.get("a/b").unwrap(), b"replaced");
+        assert_eq!(s.list("a/").unwrap(), vec!["a/b", "a/c/d"]);
+        assert_eq!(s.list("a").unwrap(), vec!["a/b", "a/c/d", "ab"]);
+        assert_eq!(s.list("a/c/").unwrap(), vec!["a/c/d"]);
+        assert!(s.list("zz/").unwrap().is_empty());
+        assert_eq!(s.bytes_under("a/").unwrap(), 8 + 3);
+        s.put("e/empty", b"").unwrap();
+        assert!(s.get_mapped("e/empty").unwrap().is_empty());
+        s.delete("a/b").unwrap();
+        s.delete("a/b").unwrap();
+        assert!(!s.exists("a/b").unwrap());
+        s.delete_prefix("a/").unwrap();
+        assert_eq!(s.list("").unwrap(), vec!["ab", "e/empty"]);
+        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b"] {
+            assert!(s.put(bad, b"x").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn memory_keeps_the_contract() {
+        contract(&MemoryStorage::new());
+    }
+
+    #[test]
+    fn local_keeps_the_contract_and_leaves_no_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path());
+        contract(&s);
+        // A temporary left by a crash mid-put is not a key.
+        std::fs::write(d.path().join("ab.tmp-1-1"), b"torn").unwrap();
+        assert_eq!(s.list("").unwrap(), vec!["ab", "e/empty"]);
+    }
+
+    #[test]
+    fn a_mapped_value_survives_a_put_over_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(d.path());
+        s.put("seg/v", b"old bytes").unwrap();
+        let m = s.get_mapped("seg/v").unwrap();
+        s.put("seg/v", b"new").unwrap();
+        assert_eq!(&*m, b"old bytes");
+        assert_eq!(s.get("seg/v").unwrap(), b"new");
+    }
+}
