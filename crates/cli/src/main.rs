@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (REST API at /v2/vectordb, web UI at /, metrics at /metrics).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List collections with their row counts (against a running server).
     Collections(ClientArgs),
     /// Import vectors from .fvecs, .npy or JSON lines into a collection.
@@ -364,6 +364,16 @@ struct ServeArgs {
     /// Most bytes (as JSON) one query or search may return [default: 67108864].
     #[arg(long, env = "MAGPIE_MAX_OUTPUT_BYTES")]
     max_output_bytes: Option<usize>,
+    /// Keep segments, indexes and manifests in object storage: s3://bucket/prefix
+    /// (credentials, region, endpoint from AWS_* variables; the WAL stays in --data-dir).
+    #[arg(long, env = "MAGPIE_STORAGE")]
+    storage: Option<String>,
+    /// Local cache of the object store's vector files [default: DATA_DIR/cache].
+    #[arg(long, env = "MAGPIE_STORAGE_CACHE_DIR")]
+    storage_cache_dir: Option<PathBuf>,
+    /// Size limit of that cache, bytes [default: 8589934592].
+    #[arg(long, env = "MAGPIE_STORAGE_CACHE_BYTES")]
+    storage_cache_bytes: Option<u64>,
 }
 
 #[derive(Args, Clone)]
@@ -460,6 +470,15 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
     if a.allow_insecure {
         cfg.allow_insecure = true;
     }
+    if a.storage.is_some() {
+        cfg.storage = a.storage.filter(|s| !s.is_empty());
+    }
+    if a.storage_cache_dir.is_some() {
+        cfg.storage_cache_dir = a.storage_cache_dir;
+    }
+    if let Some(b) = a.storage_cache_bytes {
+        cfg.storage_cache_bytes = b;
+    }
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
     }
@@ -524,7 +543,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let res = match cli.cmd {
-        Cmd::Serve(a) => run_serve(a),
+        Cmd::Serve(a) => run_serve(*a),
         Cmd::Collections(c) => client::collections(&c.url, c.token.as_deref()),
         Cmd::Import(a) => client::import(
             &a.client.url,
@@ -649,7 +668,7 @@ mod tests {
         let Cmd::Serve(a) = cli.cmd else {
             panic!("serve")
         };
-        let cfg = server_config(a).unwrap();
+        let cfg = server_config(*a).unwrap();
         assert_eq!(cfg.listen, "0.0.0.0:1");
         assert_eq!(cfg.seal_rows, 7, "flags override the file");
         assert_eq!(cfg.token.as_deref(), Some("abc"));
@@ -660,7 +679,7 @@ mod tests {
         let Cmd::Serve(a) = cli.cmd else {
             panic!("serve")
         };
-        let err = format!("{:#}", server_config(a).unwrap_err());
+        let err = format!("{:#}", server_config(*a).unwrap_err());
         assert!(err.contains("sael_rows") && err.contains("m.toml"), "{err}");
     }
 }

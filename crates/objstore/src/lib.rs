@@ -1,0 +1,503 @@
+//! The engine's [`Storage`] on S3-compatible object storage (AWS S3, MinIO, SeaweedFS,
+//! Ceph RGW), through the `object_store` crate.
+//!
+//! `magpie serve --storage s3://bucket/prefix` puts the catalog, manifests, segments and
+//! index files under `prefix/` in the bucket; the WAL and the lock stay in the local data
+//! directory. Credentials, region and endpoint come from the usual `AWS_*` environment
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
+//!
+//! # How it keeps the storage contract
+//!
+//! - `put` is one PUT of the whole object: S3 never shows a partial object, and a PUT
+//!   acknowledged by the server is durable. There is no rename; the engine never needs
+//!   one (new segments are new keys, made visible by the manifest put after them).
+//! - `get_mapped` (vector files) goes through a local cache directory with a size limit:
+//!   a miss downloads the object into the cache and memory-maps it; entries are evicted
+//!   least recently used once the cache is over its limit (a mapped file that is evicted
+//!   stays valid until its segment is dropped: unlinking does not unmap). A value larger
+//!   than the whole cache, or a cache that cannot be written, is served from memory
+//!   instead, with a warning. The cache is emptied at start, so it never serves an
+//!   object another process changed.
+//! - Transient errors are retried by `object_store` (3 times, within 30 s); what still
+//!   fails is an [`EngineError::Io`] naming the object's URL.
+//! - The prefix must be empty or hold a Magpie database (its `magpie.json` marker):
+//!   foreign objects are refused at start, because opening deletes what no manifest
+//!   names.
+//!
+//! One process at a time may use a prefix (as with a local data directory; the lock file
+//! is local, so running two servers on one prefix is the operator's mistake to avoid).
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use magpie_engine::storage::{Blob, Storage};
+use magpie_engine::EngineError;
+use memmap2::Mmap;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+type EResult<T> = std::result::Result<T, EngineError>;
+
+/// Errors opening an object store.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjStoreError {
+    #[error("storage URL '{url}': {msg}")]
+    BadUrl { url: String, msg: String },
+    #[error("cannot reach {url}: {msg}")]
+    Unreachable { url: String, msg: String },
+    #[error("{url} holds objects that are not a Magpie database (no magpie.json), e.g. '{example}'; use an empty bucket or prefix")]
+    Foreign { url: String, example: String },
+    #[error("cache directory {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where and how much to cache locally.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// The marker object that says a prefix holds a Magpie database.
+const MARKER: &str = "magpie.json";
+
+struct CacheState {
+    used: u64,
+    tick: u64,
+    /// key → (bytes, last use)
+    entries: HashMap<String, (u64, u64)>,
+}
+
+struct Cache {
+    cfg: CacheConfig,
+    state: Mutex<CacheState>,
+}
+
+impl Cache {
+    fn path(&self, key: &str) -> PathBuf {
+        self.cfg.dir.join(key)
+    }
+
+    /// A cached copy of `key`, mapped, if there is one.
+    fn hit(&self, key: &str) -> Option<Blob> {
+        let mut st = self.state.lock();
+        st.tick += 1;
+        let tick = st.tick;
+        let e = st.entries.get_mut(key)?;
+        e.1 = tick;
+        let f = std::fs::File::open(self.path(key)).ok()?;
+        if f.metadata().ok()?.len() == 0 {
+            return Some(Blob::Owned(Arc::new(Vec::new())));
+        }
+        // SAFETY: cache files are written once (temp file + rename) and never modified;
+        // eviction unlinks them, which leaves existing maps valid.
+        let m = unsafe { Mmap::map(&f) }.ok()?;
+        Some(Blob::Mapped(Arc::new(m)))
+    }
+
+    /// Stores `data` as `key` and maps it, evicting least recently used entries first.
+    /// `None` when it does not fit or the directory cannot be written.
+    fn insert(&self, key: &str, data: &[u8]) -> Option<Blob> {
+        let size = data.len() as u64;
+        if size > self.cfg.max_bytes {
+            tracing::warn!(
+                key,
+                size,
+                limit = self.cfg.max_bytes,
+                "object larger than the whole cache; held in memory"
+            );
+            return None;
+        }
+        let mut st = self.state.lock();
+        while st.used + size > self.cfg.max_bytes {
+            let Some(victim) = st
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            let (bytes, _) = st.entries.remove(&victim).expect("present");
+            st.used -= bytes;
+            let _ = std::fs::remove_file(self.path(&victim));
+        }
+        let path = self.path(key);
+        let tmp = path.with_extension("cache-tmp");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&tmp, data))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), "cannot write the storage cache ({e}); held in memory");
+            return None;
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        if let Some((old, _)) = st.entries.insert(key.to_string(), (size, tick)) {
+            st.used -= old;
+        }
+        st.used += size;
+        drop(st);
+        self.hit(key)
+    }
+
+    fn forget(&self, key: &str) {
+        let mut st = self.state.lock();
+        if let Some((bytes, _)) = st.entries.remove(key) {
+            st.used -= bytes;
+        }
+        let _ = std::fs::remove_file(self.path(key));
+    }
+}
+
+/// The engine's storage in a bucket (see the crate docs).
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket ("" or "a/b").
+    prefix: String,
+    /// How objects are named in errors: `s3://bucket/prefix`.
+    url: String,
+    cache: Option<Cache>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectStorage({})", self.url)
+    }
+}
+
+impl Drop for ObjectStorage {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Allowed from any context, async ones included.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Splits `s3://bucket/some/prefix` into the bucket URL and the prefix.
+pub fn parse_url(url: &str) -> Result<(String, String), ObjStoreError> {
+    let bad = |msg: &str| ObjStoreError::BadUrl {
+        url: url.to_string(),
+        msg: msg.to_string(),
+    };
+    let rest = url
+        .strip_prefix("s3://")
+        .or_else(|| url.strip_prefix("s3a://"))
+        .ok_or_else(|| bad("expected s3://bucket[/prefix]"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty()
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Err(bad(
+            "the bucket name must be lowercase letters, digits, '-' and '.'",
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == "." || p == "..") {
+        return Err(bad("the prefix may not contain '.' or '..'"));
+    }
+    Ok((format!("s3://{bucket}"), prefix.to_string()))
+}
+
+impl ObjectStorage {
+    /// Opens `s3://bucket/prefix` with settings from the `AWS_*` environment, checks
+    /// that the bucket answers and that the prefix is empty or a Magpie database (writing
+    /// the marker into an empty one).
+    /// `options` are `object_store` S3 settings that override the environment, by their
+    /// `aws_*` names (e.g. `("aws_endpoint", "http://127.0.0.1:8333")`).
+    pub fn open_s3(
+        url: &str,
+        options: &[(&str, &str)],
+        cache: Option<CacheConfig>,
+    ) -> Result<Self, ObjStoreError> {
+        let (bucket_url, prefix) = parse_url(url)?;
+        // Timeouts first: `with_client_options` replaces every client setting, so the
+        // environment and `options` (e.g. `aws_allow_http`) are applied after it.
+        let mut builder = AmazonS3Builder::new()
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120)),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+                ..Default::default()
+            });
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        for (k, v) in &env {
+            if let Ok(key) = k.parse::<object_store::aws::AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        for (k, v) in options {
+            let key = k
+                .parse()
+                .map_err(|e: object_store::Error| ObjStoreError::BadUrl {
+                    url: url.to_string(),
+                    msg: format!("option '{k}': {e}"),
+                })?;
+            builder = builder.with_config(key, *v);
+        }
+        let store = builder
+            .with_url(&bucket_url)
+            .build()
+            .map_err(|e| ObjStoreError::BadUrl {
+                url: url.to_string(),
+                msg: e.to_string(),
+            })?;
+        Self::with_store(Arc::new(store), url, &prefix, cache)
+    }
+
+    /// Over any `object_store` implementation (tests use its in-memory store).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        prefix: &str,
+        cache: Option<CacheConfig>,
+    ) -> Result<Self, ObjStoreError> {
+        let cache = match cache {
+            None => None,
+            Some(cfg) => {
+                let err = |source| ObjStoreError::Cache {
+                    path: cfg.dir.clone(),
+                    source,
+                };
+                if cfg.dir.exists() {
+                    std::fs::remove_dir_all(&cfg.dir).map_err(err)?;
+                }
+                std::fs::create_dir_all(&cfg.dir).map_err(err)?;
+                Some(Cache {
+                    cfg,
+                    state: Mutex::new(CacheState {
+                        used: 0,
+                        tick: 0,
+                        entries: HashMap::new(),
+                    }),
+                })
+            }
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("magpie-objstore")
+            .enable_all()
+            .build()
+            .map_err(|e| ObjStoreError::Unreachable {
+                url: url.to_string(),
+                msg: format!("cannot start the I/O runtime: {e}"),
+            })?;
+        let s = ObjectStorage {
+            store,
+            prefix: prefix.trim_matches('/').to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            cache,
+            rt: Some(rt),
+        };
+        s.check_prefix()?;
+        Ok(s)
+    }
+
+    fn check_prefix(&self) -> Result<(), ObjStoreError> {
+        let unreachable = |e: EngineError| ObjStoreError::Unreachable {
+            url: self.url.clone(),
+            msg: e.to_string(),
+        };
+        if self.exists(MARKER).map_err(unreachable)? {
+            return Ok(());
+        }
+        let keys = self.list("").map_err(unreachable)?;
+        if let Some(example) = keys.first() {
+            return Err(ObjStoreError::Foreign {
+                url: self.url.clone(),
+                example: example.clone(),
+            });
+        }
+        self.put(MARKER, br#"{"magpie": 1}"#).map_err(unreachable)
+    }
+
+    fn full(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn err(&self, key: &str, e: object_store::Error) -> EngineError {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+            _ => std::io::ErrorKind::Other,
+        };
+        // The whole chain: "HTTP error: builder error" alone does not say what to fix.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            let part = s.to_string();
+            if !msg.contains(&part) {
+                msg = format!("{msg}: {part}");
+            }
+            src = s.source();
+        }
+        EngineError::Io {
+            path: self.locate(key),
+            source: std::io::Error::new(kind, msg),
+        }
+    }
+
+    /// Runs `f` on this store's runtime and waits for it, from any thread (the engine
+    /// is synchronous and may be called from inside another runtime's blocking pool).
+    fn block<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.as_ref().expect("running").spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .expect("the storage runtime runs until the storage is dropped")
+    }
+
+    fn fetch(&self, key: &str) -> EResult<Bytes> {
+        let store = self.store.clone();
+        let path = self.full(key);
+        self.block(async move { store.get(&path).await?.bytes().await })
+            .map_err(|e| self.err(key, e))
+    }
+}
+
+/// Keys are checked by the engine's own stores; here the same rule keeps a key from
+/// escaping the prefix.
+fn check_key(key: &str) -> EResult<()> {
+    if key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\'))
+    {
+        return Err(EngineError::Io {
+            path: PathBuf::from(key),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid storage key"),
+        });
+    }
+    Ok(())
+}
+
+impl Storage for ObjectStorage {
+    fn put(&self, key: &str, data: &[u8]) -> EResult<()> {
+        check_key(key)?;
+        if let Some(c) = &self.cache {
+            c.forget(key);
+        }
+        let store = self.store.clone();
+        let path = self.full(key);
+        let payload = Bytes::copy_from_slice(data);
+        self.block(async move { store.put(&path, payload.into()).await })
+            .map(|_| ())
+            .map_err(|e| self.err(key, e))
+    }
+
+    fn get(&self, key: &str) -> EResult<Vec<u8>> {
+        check_key(key)?;
+        Ok(self.fetch(key)?.to_vec())
+    }
+
+    fn get_mapped(&self, key: &str) -> EResult<Blob> {
+        check_key(key)?;
+        let Some(c) = &self.cache else {
+            return Ok(Blob::Owned(Arc::new(self.fetch(key)?.to_vec())));
+        };
+        if let Some(b) = c.hit(key) {
+            return Ok(b);
+        }
+        let bytes = self.fetch(key)?;
+        Ok(c.insert(key, &bytes)
+            .unwrap_or_else(|| Blob::Owned(Arc::new(bytes.to_vec()))))
+    }
+
+    fn exists(&self, key: &str) -> EResult<bool> {
+        check_key(key)?;
+        let store = self.store.clone();
+        let path = self.full(key);
+        match self.block(async move { store.head(&path).await }) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> EResult<Vec<String>> {
+        let store = self.store.clone();
+        // List under the deepest "directory" of the prefix, then filter by the rest.
+        let dir = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let list_root = if dir.is_empty() {
+            (!self.prefix.is_empty()).then(|| ObjPath::from(self.prefix.as_str()))
+        } else {
+            Some(self.full(dir))
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block(async move { store.list(list_root.as_ref()).try_collect().await })
+            .map_err(|e| self.err(prefix, e))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut keys: Vec<String> = metas
+            .into_iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(String::from))
+            .filter(|k| k.starts_with(prefix) && k != MARKER)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> EResult<()> {
+        check_key(key)?;
+        if let Some(c) = &self.cache {
+            c.forget(key);
+        }
+        let store = self.store.clone();
+        let path = self.full(key);
+        match self.block(async move { store.delete(&path).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn bytes_under(&self, prefix: &str) -> EResult<u64> {
+        let store = self.store.clone();
+        let root = if self.prefix.is_empty() && prefix.is_empty() {
+            None
+        } else {
+            Some(self.full(prefix.trim_end_matches('/')))
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block(async move { store.list(root.as_ref()).try_collect().await })
+            .map_err(|e| self.err(prefix, e))?;
+        Ok(metas.iter().map(|m| m.size).sum())
+    }
+
+    fn locate(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{key}", self.url))
+    }
+}
