@@ -42,6 +42,43 @@ enum Cmd {
     /// model comparison.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// Backups: create and list them through a running server; restore one offline into
+    /// an empty data directory (or bucket prefix).
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Back up collections (all unless --collections) into the server's backup store
+    /// (`magpie serve --backup-storage`, default DATA_DIR/backups).
+    Create {
+        /// Backup name: letters, digits, '_', '-', '.'.
+        name: String,
+        /// Comma-separated collection names.
+        #[arg(long, value_delimiter = ',')]
+        collections: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The complete backups in the server's backup store.
+    List(ClientArgs),
+    /// Restore a backup into an empty database (no server needed; start one on it after).
+    Restore {
+        name: String,
+        /// Where the backup is: a directory or s3://bucket/prefix.
+        #[arg(long)]
+        from: String,
+        /// The new database's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new database's storage, if not the data directory: s3://bucket/prefix.
+        #[arg(long)]
+        storage: Option<String>,
+        /// Comma-separated collection names (default: all in the backup).
+        #[arg(long, value_delimiter = ',')]
+        collections: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -374,6 +411,10 @@ struct ServeArgs {
     /// Size limit of that cache, bytes [default: 8589934592].
     #[arg(long, env = "MAGPIE_STORAGE_CACHE_BYTES")]
     storage_cache_bytes: Option<u64>,
+    /// Where `magpie backup create` writes: a directory or s3://bucket/prefix
+    /// [default: DATA_DIR/backups].
+    #[arg(long, env = "MAGPIE_BACKUP_STORAGE")]
+    backup_storage: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -479,6 +520,9 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
     if let Some(b) = a.storage_cache_bytes {
         cfg.storage_cache_bytes = b;
     }
+    if a.backup_storage.is_some() {
+        cfg.backup_storage = a.backup_storage;
+    }
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
     }
@@ -558,6 +602,7 @@ fn main() {
         Cmd::Search(a) => run_search(a),
         Cmd::Models(c) => run_models(c),
         Cmd::Images(c) => images::run(c),
+        Cmd::Backup(c) => run_backup(c),
         Cmd::Bench(a) => bench::run(bench::BenchOpts {
             dataset: a.dataset,
             index: a.index,
@@ -598,6 +643,67 @@ fn error_chain(e: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out
+}
+
+fn run_backup(c: BackupCmd) -> Result<()> {
+    match c {
+        BackupCmd::Create {
+            name,
+            collections,
+            client,
+        } => {
+            let v = client::post(
+                &client.url,
+                client.token.as_deref(),
+                "/v2/admin/backups/create",
+                &serde_json::json!({"backupName": name, "collectionNames": collections}),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v["data"])?);
+        }
+        BackupCmd::List(client) => {
+            let v = client::post(
+                &client.url,
+                client.token.as_deref(),
+                "/v2/admin/backups/list",
+                &serde_json::json!({}),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v["data"])?);
+        }
+        BackupCmd::Restore {
+            name,
+            from,
+            data_dir,
+            storage,
+            collections,
+        } => {
+            let src = magpie_server::open_backup_storage(Some(&from), &data_dir)
+                .with_context(|| format!("cannot open the backup store {from}"))?;
+            let target: std::sync::Arc<dyn magpie_engine::storage::Storage> = match &storage {
+                None => {
+                    std::fs::create_dir_all(&data_dir)
+                        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+                    std::sync::Arc::new(magpie_engine::storage::LocalStorage::new(&data_dir))
+                }
+                Some(url) => std::sync::Arc::new(
+                    magpie_objstore::ObjectStorage::open_s3(url, &[], None)
+                        .with_context(|| format!("cannot open {url}"))?,
+                ),
+            };
+            let info = magpie_engine::backup::restore(&name, &*src, &*target, &collections)
+                .with_context(|| format!("cannot restore backup '{name}'"))?;
+            for c in &info.collections {
+                println!("restored {} ({} rows)", c.meta.name, c.rows);
+            }
+            let extra = storage
+                .map(|s| format!(" --storage {s}"))
+                .unwrap_or_default();
+            println!(
+                "start it with: magpie serve --data-dir {}{extra}",
+                data_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {

@@ -155,6 +155,97 @@ fn quickstart_survives_restart_with_identical_answers() {
     s.stop();
 }
 
+fn magpie_cli(args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `magpie backup create|list` through a running server, then `magpie backup restore`
+/// into a new data directory: the restored server answers as the original did when the
+/// backup was taken (later writes are not in it).
+#[test]
+fn backup_create_list_and_restore_through_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path());
+    s.ok(
+        "collections/create",
+        json!({"collectionName": "quick", "dimension": 8, "metricType": "L2"}),
+    );
+    let rows: Vec<Value> = (0..500).map(|i| row(i, 8)).collect();
+    s.ok(
+        "entities/insert",
+        json!({"collectionName": "quick", "data": rows}),
+    );
+    s.ok(
+        "entities/delete",
+        json!({"collectionName": "quick", "filter": "age < 10"}),
+    );
+    let q: Vec<f32> = (0..8).map(|d| d as f32 / 8.0).collect();
+    let search =
+        json!({"collectionName": "quick", "data": [q], "limit": 5, "outputFields": ["city"]});
+    let before = s.ok("entities/search", search.clone())["data"].clone();
+    let (ok, out, err) = magpie_cli(&["backup", "create", "first", "--url", &s.url], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"rows\": 450"), "{out}");
+    let rows: Vec<Value> = (1000..1100).map(|i| row(i, 8)).collect();
+    s.ok(
+        "entities/insert",
+        json!({"collectionName": "quick", "data": rows}),
+    );
+    let (ok, out, err) = magpie_cli(&["backup", "list", "--url", &s.url], &[]);
+    assert!(
+        ok && out.contains("\"backupName\": \"first\""),
+        "{out}{err}"
+    );
+    let (ok, _, err) = magpie_cli(&["backup", "create", "../up", "--url", &s.url], &[]);
+    assert!(!ok && err.contains("invalid backup name"), "{err}");
+    s.stop();
+    let d2 = tempfile::tempdir().unwrap();
+    let from = d.path().join("backups");
+    let target = d2.path().join("db");
+    let (ok, out, err) = magpie_cli(
+        &[
+            "backup",
+            "restore",
+            "first",
+            "--from",
+            from.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        ok && out.contains("restored quick (450 rows)"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = magpie_cli(
+        &[
+            "backup",
+            "restore",
+            "first",
+            "--from",
+            from.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("already holds a database"), "{err}");
+    let s = Server::start(&target);
+    assert_eq!(s.count("quick", ""), 450);
+    assert_eq!(s.ok("entities/search", search)["data"], before);
+    s.stop();
+}
+
 /// `magpie serve --storage s3://…` on a real S3 server (SeaweedFS): the quickstart, kill -9
 /// during concurrent inserts (nothing acknowledged lost), and a fresh data directory on
 /// the same bucket after a flush opens the same collection with identical answers.
@@ -205,6 +296,47 @@ fn serve_on_s3_quickstart_crashes_and_a_fresh_machine() {
     let d2 = tempfile::tempdir().unwrap();
     let s = start(d2.path());
     assert_eq!(s.count("crash", ""), n, "a fresh machine sees every row");
+    assert_eq!(s.ok("entities/search", search.clone())["data"], before);
+    s.stop();
+    // Backups into the bucket, restored into another prefix.
+    let mut bflags = flags(&d2.path().join("s3cache"));
+    bflags.extend(["--backup-storage".into(), "s3://magpie-e2e/backups".into()]);
+    let bflags: Vec<&std::ffi::OsStr> = bflags.iter().map(|x| x.as_os_str()).collect();
+    let s = Server::start_env(d2.path(), &bflags, &env);
+    let (ok, _, err) = magpie_cli(&["backup", "create", "b1", "--url", &s.url], &env);
+    assert!(ok, "{err}");
+    s.stop();
+    let d3 = tempfile::tempdir().unwrap();
+    let (ok, out, err) = magpie_cli(
+        &[
+            "backup",
+            "restore",
+            "b1",
+            "--from",
+            "s3://magpie-e2e/backups",
+            "--data-dir",
+            d3.path().to_str().unwrap(),
+            "--storage",
+            "s3://magpie-e2e/restored",
+        ],
+        &env,
+    );
+    assert!(ok, "{out}{err}");
+    let f = {
+        let mut f = vec![
+            "--storage".into(),
+            "s3://magpie-e2e/restored".into(),
+            "--storage-cache-dir".into(),
+        ];
+        f.push(d3.path().join("s3cache").into_os_string());
+        f
+    };
+    let f: Vec<&std::ffi::OsStr> = f
+        .iter()
+        .map(|x: &std::ffi::OsString| x.as_os_str())
+        .collect();
+    let s = Server::start_env(d3.path(), &f, &env);
+    assert_eq!(s.count("crash", ""), n);
     assert_eq!(s.ok("entities/search", search)["data"], before);
     s.stop();
     // A bad URL is a clear error at start.

@@ -433,15 +433,32 @@ pub fn read_legacy_state_dict(buf: &[u8]) -> Result<Vec<(String, TensorF32)>, St
         let s = storages
             .get(&t.key)
             .ok_or_else(|| format!("{name}: storage {} is missing", t.key))?;
-        let numel: usize = t.size.iter().product();
         if t.stride.len() != t.size.len() {
             return Err(format!("{name}: stride and size ranks differ"));
         }
+        // A weight has no more elements than its storage holds (no broadcast views):
+        // this bounds the allocation below by the file's size (an unchecked product of
+        // the sizes once asked for 9.9 GB; found by fuzzing).
+        let numel = t
+            .size
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= s.len())
+            .ok_or_else(|| {
+                format!(
+                    "{name}: shape {:?} has more elements than its storage ({})",
+                    t.size,
+                    s.len()
+                )
+            })?;
         // Gather through the strides (contiguous tensors are the common case).
         let mut data = Vec::with_capacity(numel);
         let mut idx = vec![0usize; t.size.len()];
         for _ in 0..numel {
-            let off = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+            let off = idx
+                .iter()
+                .zip(&t.stride)
+                .fold(t.offset, |a, (i, s)| a.saturating_add(i.saturating_mul(*s)));
             data.push(
                 *s.get(off)
                     .ok_or_else(|| format!("{name}: element {off} is outside its storage"))?,

@@ -109,6 +109,9 @@ pub struct Engine {
     embedder: RwLock<Option<Arc<dyn Embedder>>>,
     /// When [`Engine::maintain`] last compacted each collection (ms; rate limit).
     last_compact: Mutex<HashMap<u64, u64>>,
+    /// Held for reading by whatever deletes live segment objects (compaction, drops),
+    /// for writing by a backup while it copies them.
+    gc: RwLock<()>,
 }
 
 impl Drop for Engine {
@@ -386,6 +389,7 @@ impl Engine {
             builder,
             embedder: RwLock::new(None),
             last_compact: Mutex::new(HashMap::new()),
+            gc: RwLock::new(()),
             _lock: lock,
         };
         e.schedule_all();
@@ -645,6 +649,19 @@ impl Engine {
         &self.config
     }
 
+    pub(crate) fn collection_ref(&self, name: &str) -> Result<CollRef> {
+        self.coll(name)
+    }
+
+    pub(crate) fn gc_lock(&self) -> &RwLock<()> {
+        &self.gc
+    }
+
+    /// The storage holding the catalog, manifests, segments and index files.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.store.clone()
+    }
+
     fn coll(&self, name: &str) -> Result<CollRef> {
         self.collections
             .read()
@@ -726,6 +743,7 @@ impl Engine {
     }
 
     pub fn drop_collection(&self, name: &str) -> Result<()> {
+        let _gc = self.gc.read();
         let mut cat = self.catalog.lock();
         let c = self.coll(name)?;
         let id = c.read().meta.id;
@@ -833,6 +851,7 @@ impl Engine {
     }
 
     pub fn drop_partition(&self, coll: &str, name: &str) -> Result<()> {
+        let _gc = self.gc.read();
         if name == "_default" {
             return Err(invalid("the _default partition cannot be dropped"));
         }
@@ -911,6 +930,7 @@ impl Engine {
     }
 
     pub fn drop_index(&self, coll: &str, index_name: &str) -> Result<()> {
+        let _gc = self.gc.read();
         let c = self.coll(coll)?;
         let mut g = c.write();
         let Some(def) = g
@@ -1448,6 +1468,7 @@ impl Engine {
     /// Compacts a collection; returns (segments removed, segments written).
     pub fn compact(&self, coll: &str) -> Result<(usize, usize)> {
         let c = self.coll(coll)?;
+        let _gc = self.gc.read();
         let r = self.persist(&mut c.write(), |g| {
             g.compact(
                 self.config.compact_delete_ratio,
@@ -1502,8 +1523,10 @@ impl Engine {
                 }
                 due
             };
-            if due {
+            let gc = if due { self.gc.try_read() } else { None };
+            if gc.is_some() {
                 // Without a flush first: growing rows stay growing (no tiny segment).
+                // (Skipped while a backup copies; the next tick retries.)
                 let (removed, written) = self.persist(&mut g, |g| {
                     g.compact(self.config.compact_delete_ratio, small, false)
                 })?;

@@ -460,6 +460,7 @@ mod request_target {
                 token: None,
                 images: Some(images),
                 allowed_hosts: None,
+                backups: None,
             });
             let s = Server {
                 rt: tokio::runtime::Builder::new_current_thread()

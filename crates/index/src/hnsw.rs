@@ -727,6 +727,26 @@ impl HnswIndex {
         };
         check(&links0, m0 + 1)?;
         check(&upper, m + 1)?;
+        // A walk on level l only reaches nodes that exist on level l: the entry point is
+        // on the top level, and every upper-level link points to a node at least that
+        // high (a damaged file broke this and sent the greedy descent out of bounds;
+        // found by fuzzing).
+        if n > 0 && (levels[entry as usize] as usize) < max_level {
+            return Err(bad("the entry point is below the top level"));
+        }
+        for i in 0..n {
+            for l in 1..=levels[i] as usize {
+                let s = upper_start[i] as usize + (l - 1) * (m + 1);
+                let block = &upper[s..s + m + 1];
+                let c = block[0] as usize;
+                if block[1..=c]
+                    .iter()
+                    .any(|&x| (levels[x as usize] as usize) < l)
+                {
+                    return Err(bad("an upper-level link points below its level"));
+                }
+            }
+        }
         Ok(HnswIndex {
             metric,
             n,

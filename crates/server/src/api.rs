@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-type ApiResult = Result<Json<Value>, ApiError>;
+pub(crate) type ApiResult = Result<Json<Value>, ApiError>;
 
 /// JSON body extractor whose failures (malformed JSON, wrong types, oversized body) are
 /// reported in the API's error envelope.
@@ -69,12 +69,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-fn ok(data: Value) -> ApiResult {
+pub(crate) fn ok(data: Value) -> ApiResult {
     Ok(Json(json!({"code": 0, "data": data})))
 }
 
 /// Runs engine work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     st: &AppState,
     f: impl FnOnce(&Engine) -> Result<T, magpie_engine::EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {

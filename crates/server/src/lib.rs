@@ -6,6 +6,7 @@
 //! on tokio's blocking pool.
 
 pub mod api;
+pub mod backups;
 pub mod embedder;
 pub mod error;
 pub mod images;
@@ -84,6 +85,8 @@ pub struct ServerConfig {
     pub storage_cache_dir: Option<PathBuf>,
     /// Size limit of that cache.
     pub storage_cache_bytes: u64,
+    /// Where backups go: a directory (default `DATA_DIR/backups`) or `s3://bucket/prefix`.
+    pub backup_storage: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +118,7 @@ impl Default for ServerConfig {
             storage: None,
             storage_cache_dir: None,
             storage_cache_bytes: 8 << 30,
+            backup_storage: None,
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct AppState {
     pub images: Option<Arc<images_api::ImageService>>,
     /// Accepted Host header values; `None` accepts any (see [`ServerConfig::allowed_hosts`]).
     pub allowed_hosts: Option<Vec<String>>,
+    /// Where `/v2/admin/backups/*` writes and lists backups; `None` turns them off.
+    pub backups: Option<Arc<dyn magpie_engine::storage::Storage>>,
 }
 
 /// Compares in time independent of where the inputs differ (only of their lengths), so
@@ -305,6 +311,26 @@ async fn console_page() -> Html<&'static str> {
     Html(include_str!("ui/index.html"))
 }
 
+/// The store backups go to: `s3://…` (settings from `AWS_*`) or a directory (default
+/// `DATA_DIR/backups`).
+pub fn open_backup_storage(
+    location: Option<&str>,
+    data_dir: &std::path::Path,
+) -> std::io::Result<Arc<dyn magpie_engine::storage::Storage>> {
+    Ok(match location {
+        Some(url) if url.starts_with("s3://") || url.starts_with("s3a://") => Arc::new(
+            magpie_objstore::ObjectStorage::open_s3(url, &[], None)
+                .map_err(|e| std::io::Error::other(format!("backup storage: {e}")))?,
+        ),
+        Some(dir) => Arc::new(magpie_engine::storage::LocalStorage::new(
+            std::path::Path::new(dir),
+        )),
+        None => Arc::new(magpie_engine::storage::LocalStorage::new(
+            &data_dir.join("backups"),
+        )),
+    })
+}
+
 /// Builds the router over an opened engine.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     use api::*;
@@ -341,6 +367,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/vectordb/indexes/describe", post(describe_index))
         .route("/v2/vectordb/indexes/list", post(list_indexes))
         .route("/v2/vectordb/indexes/drop", post(drop_index))
+        .route("/v2/admin/backups/create", post(backups::create))
+        .route("/v2/admin/backups/list", post(backups::list))
         .route("/v2/images/collections", post(images_api::list))
         .route("/v2/images/index", post(images_api::index))
         .route("/v2/images/status", post(images_api::status))
@@ -453,6 +481,10 @@ pub async fn serve(
         token: cfg.token.clone(),
         images: Some(images.clone()),
         allowed_hosts,
+        backups: Some(open_backup_storage(
+            cfg.backup_storage.as_deref(),
+            &cfg.data_dir,
+        )?),
     });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -23,6 +23,7 @@ fn setup(token: Option<&str>, max_body: usize) -> T {
         token: token.map(String::from),
         images: None,
         allowed_hosts: None,
+        backups: None,
     });
     T {
         app: router(st, max_body),
@@ -744,6 +745,7 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
         token: None,
         images: None,
         allowed_hosts: None,
+        backups: None,
     });
     T {
         app: router(st, 1 << 20),
@@ -774,6 +776,7 @@ fn setup_images(
         token: None,
         images: Some(svc.clone()),
         allowed_hosts: None,
+        backups: None,
     });
     (
         T {

@@ -44,6 +44,7 @@ fn setup(o: Opts) -> T {
         token: o.token.map(String::from),
         images: Some(svc.clone()),
         allowed_hosts: o.hosts,
+        backups: None,
     });
     T {
         app: router(st, 8 << 20),
