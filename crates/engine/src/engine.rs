@@ -225,6 +225,48 @@ pub struct QueryRequest {
     pub consistency: Option<Consistency>,
 }
 
+/// Ties a data directory to one store. Its WAL holds writes of the store's collections
+/// that may not be flushed yet; replayed against another store's catalog they would be
+/// skipped and then trimmed as covered, i.e. lost. So `STORAGE` records the store's
+/// identity on first open, and any other store is refused with what to pass instead.
+fn check_storage_identity(root: &Path, store: &dyn Storage) -> Result<()> {
+    let path = root.join("STORAGE");
+    let want = store.identity();
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have.trim() == want => Ok(()),
+        Ok(have) => Err(EngineError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "this data directory belongs to the storage '{}', not '{want}' (its log may hold writes not yet in that storage); {}",
+                    have.trim(),
+                    if have.trim() == "local" {
+                        "start without --storage".to_string()
+                    } else {
+                        format!("start with --storage {}", have.trim())
+                    }
+                ),
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A data directory from before this file existed held a local database.
+            let local_db = root.join("catalog.json").exists();
+            if local_db && want != "local" {
+                return Err(EngineError::Io {
+                    path: root.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("this data directory holds a local database; use an empty data directory with '{want}' (or back up and restore into it)"),
+                    ),
+                });
+            }
+            crate::fsutil::write_atomic(&path, format!("{want}\n").as_bytes())
+        }
+        Err(e) => Err(EngineError::Io { path, source: e }),
+    }
+}
+
 /// The catalog's key in the engine's storage.
 const CATALOG_KEY: &str = "catalog.json";
 
@@ -304,6 +346,7 @@ impl Engine {
                 source: std::io::Error::new(std::io::ErrorKind::WouldBlock, msg),
             });
         }
+        check_storage_identity(root, &*store)?;
         let catalog = CatalogFile::load(&*store, CATALOG_KEY)?;
         let mut by_id: HashMap<u64, Collection> = HashMap::new();
         let mut min_ts = 0;

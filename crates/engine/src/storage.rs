@@ -86,6 +86,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn bytes_under(&self, prefix: &str) -> Result<u64>;
     /// Where a key lives, for error messages and logs (a path or a URL).
     fn locate(&self, key: &str) -> PathBuf;
+    /// Which store this is, as recorded in a data directory's `STORAGE` file so that the
+    /// directory's WAL is never replayed against another store's catalog: `local` for
+    /// the data directory itself, else the store's URL.
+    fn identity(&self) -> String;
 }
 
 /// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts.
@@ -287,6 +291,10 @@ impl Storage for LocalStorage {
     fn locate(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
+
+    fn identity(&self) -> String {
+        "local".into()
+    }
 }
 
 /// Values in memory, for tests. Durable for the life of the value (clones share it), so
@@ -362,6 +370,11 @@ impl Storage for MemoryStorage {
 
     fn locate(&self, key: &str) -> PathBuf {
         PathBuf::from(format!("memory:/{key}"))
+    }
+
+    fn identity(&self) -> String {
+        // One identity per map, so two memory stores are never mistaken for each other.
+        format!("memory:{:p}", Arc::as_ptr(&self.map))
     }
 }
 

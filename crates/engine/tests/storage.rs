@@ -146,13 +146,14 @@ fn memory_and_local_storage_give_the_same_answers() {
     let mem = MemoryStorage::new();
     let in_memory = workload(d2.path(), Arc::new(mem.clone()));
     assert_eq!(local, in_memory);
-    // In memory, the data directory holds only the log and the lock.
+    // In memory, the data directory holds only the log, the lock and the store it
+    // belongs to.
     let mut names: Vec<String> = std::fs::read_dir(d2.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["LOCK", "wal"]);
+    assert_eq!(names, vec!["LOCK", "STORAGE", "wal"]);
     // ...and the store holds the catalog, the manifest, segments and index files.
     let keys = mem.list("").unwrap();
     assert!(keys.contains(&"catalog.json".to_string()), "{keys:?}");
@@ -266,6 +267,9 @@ impl Storage for Faulty {
     }
     fn locate(&self, key: &str) -> std::path::PathBuf {
         self.inner.locate(key)
+    }
+    fn identity(&self) -> String {
+        self.inner.identity()
     }
 }
 
@@ -413,4 +417,39 @@ fn backup_and_restore_give_the_same_answers() {
             .to_string();
         assert!(err.contains(want), "{err}");
     }
+}
+
+/// A data directory's WAL belongs to one store: opening it with another (forgetting
+/// `--storage`, or pointing a local database at a bucket) is refused with what to do,
+/// instead of replaying the log against the wrong catalog and trimming it (which lost
+/// the writes not yet flushed).
+#[test]
+fn a_data_directory_is_tied_to_its_storage() {
+    let d = tempfile::tempdir().unwrap();
+    let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    {
+        let e = open(d.path(), &mem);
+        e.create_collection("c", schema(), Vec::new(), Consistency::Strong, "")
+            .unwrap();
+        e.insert("c", None, &rows(0..10)).unwrap(); // only in the WAL so far
+    }
+    let err = Engine::open(d.path(), config()).err().unwrap().to_string();
+    assert!(err.contains("belongs to the storage 'memory:"), "{err}");
+    let other: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    assert!(Engine::open_with_storage(d.path(), config(), other).is_err());
+    // The right store still has every write.
+    let e = open(d.path(), &mem);
+    assert_eq!(e.collection_stats("c").unwrap().row_count, 10);
+    drop(e);
+    // A local database is not silently opened against a bucket either.
+    let l = tempfile::tempdir().unwrap();
+    drop(Engine::open(l.path(), config()).unwrap());
+    let err = Engine::open_with_storage(l.path(), config(), mem.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("belongs to the storage 'local'") && err.contains("without --storage"),
+        "{err}"
+    );
 }

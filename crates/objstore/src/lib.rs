@@ -500,4 +500,8 @@ impl Storage for ObjectStorage {
     fn locate(&self, key: &str) -> PathBuf {
         PathBuf::from(format!("{}/{key}", self.url))
     }
+
+    fn identity(&self) -> String {
+        self.url.clone()
+    }
 }
