@@ -192,10 +192,11 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 /// Auth of the image file routes: `<img src>` cannot send headers, so the web UI adds
 /// `?token=` to image URLs; these GET routes (and only these) accept it.
 async fn auth_images(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    // Percent-decoded: the UI writes the token with encodeURIComponent.
     let query_token = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(String::from)
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
     });
     if let Err(e) = check_token(&st, bearer(&req).or(query_token.as_deref())) {
         return e.into_response();

@@ -562,6 +562,20 @@ async fn content_type_token_and_host() {
     };
     assert_eq!(t.send(img("?token=nope")).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(t.send(img("?token=s3cret")).await.0, StatusCode::NOT_FOUND);
+    // A token with characters the UI percent-encodes (encodeURIComponent) is decoded.
+    let t = setup(Opts {
+        token: Some("a+b/c=&d é"),
+        ..Default::default()
+    });
+    let enc = "a%2Bb%2Fc%3D%26d%20%C3%A9";
+    assert_eq!(
+        t.send(img(&format!("?x=1&token={enc}"))).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        t.send(img("?token=a+b/c=&d")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// Finding 3: a `data:` URI longer than its field's max_length is refused before it is
