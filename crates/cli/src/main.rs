@@ -579,12 +579,22 @@ async fn shutdown_signal() {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        // A command piped into `head` stops quietly when the reader goes away, as other
+        // Unix tools do (Rust ignores SIGPIPE, so println! panicked with "Broken pipe").
+        // Not for `serve`, where a client closing its socket must not end the process.
+        // SAFETY: restoring a signal's default disposition at start, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAGPIE_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.cmd {
         Cmd::Serve(a) => run_serve(*a),

@@ -168,6 +168,28 @@ fn magpie_cli(args: &[&str], env: &[(String, String)]) -> (bool, String, String)
     )
 }
 
+/// Output into a pipe whose reader is gone (`magpie … | head`) ends the command quietly
+/// instead of a panic ("failed printing to stdout: Broken pipe"). The reader is closed
+/// before the command starts, so its first write always fails.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["models", "list"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
 /// `magpie backup create|list` through a running server, then `magpie backup restore`
 /// into a new data directory: the restored server answers as the original did when the
 /// backup was taken (later writes are not in it).
