@@ -325,6 +325,11 @@ pub async fn search(
     };
     let mut parts = Vec::new();
     if let Some(f) = r.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        // Checked alone first, so an error's position is in the user's own text (not
+        // in the combined filter with the parentheses and clauses added below).
+        let schema = st.engine.describe_collection(&r.collection_name)?.schema;
+        magpie_engine::filter::Filter::compile(f, &schema)
+            .map_err(magpie_engine::EngineError::from)?;
         parts.push(format!("({f})"));
     }
     if let Some(f) = r.folder.as_deref().filter(|f| !f.is_empty()) {

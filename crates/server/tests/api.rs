@@ -1161,3 +1161,30 @@ fn image_indexing_resumes_after_an_interruption() {
     );
     assert_eq!(count(&engine), 256);
 }
+
+/// An image search's filter error points into the user's own text: the app adds
+/// parentheses and folder/date clauses around it, and positions used to count those.
+#[tokio::test]
+async fn image_search_filter_errors_point_into_the_users_text() {
+    let (t, _svc, _engine) = setup_images(models_store());
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "pics", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "folder", "dataType": "VarChar", "elementTypeParams": {"max_length": 256}},
+            {"fieldName": "vec", "dataType": "FloatVector", "elementTypeParams": {"dim": 4}}]}}),
+    )
+    .await;
+    let (s, v) = t
+        .raw(
+            "/v2/images/search",
+            serde_json::to_vec(&json!({"collectionName": "pics", "like": 1, "filter": "folder like", "folder": "a/b"}))
+                .unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(m.contains("in `folder like`"), "{m}");
+    assert!(m.contains("position 7"), "{m}");
+}
