@@ -18,6 +18,7 @@
 //! |---|---|
 //! | [`put`](Storage::put) | the key holds exactly `data`, durably; a reader (or a crash) sees the old value or the new, never a mix |
 //! | [`get`](Storage::get) | the whole value as last put; a missing key is an error whose kind is `NotFound` |
+//! | [`get_range`](Storage::get_range) | bytes of that value, the range clamped to its end |
 //! | [`get_mapped`](Storage::get_mapped) | as `get`, memory-mapped where the store is local (the value must never be rewritten while mapped: segment files are immutable) |
 //! | [`list`](Storage::list) | every key that starts with `prefix`, sorted; keys put before the call are listed |
 //! | [`delete`](Storage::delete) / [`delete_prefix`](Storage::delete_prefix) | the keys are gone, durably; deleting a missing key is not an error |
@@ -68,6 +69,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Reads `key` whole, memory-mapped where the store can.
     fn get_mapped(&self, key: &str) -> Result<Blob> {
         Ok(Blob::Owned(Arc::new(self.get(key)?)))
+    }
+    /// Bytes `range` of `key` (clamped to its end; a start past the end is empty).
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let all = self.get(key)?;
+        let end = (range.end.min(all.len() as u64)) as usize;
+        let start = (range.start as usize).min(end);
+        Ok(all[start..end].to_vec())
     }
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool>;
@@ -231,6 +239,23 @@ impl Storage for LocalStorage {
         Ok(Blob::Mapped(Arc::new(m)))
     }
 
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key)?;
+        let io = |e| EngineError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let end = range.end.min(len);
+        let start = range.start.min(end);
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
+        let mut out = vec![0u8; (end - start) as usize];
+        f.read_exact(&mut out).map_err(io)?;
+        Ok(out)
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.path(key)?.is_file())
     }
@@ -388,6 +413,10 @@ pub fn conformance(s: &dyn Storage) {
     s.put("a/c/d", b"two").unwrap();
     s.put("ab", b"three").unwrap();
     assert_eq!(s.get("a/b").unwrap(), b"one");
+    assert_eq!(s.get_range("a/b", 1..2).unwrap(), b"n");
+    assert_eq!(s.get_range("a/b", 1..99).unwrap(), b"ne");
+    assert!(s.get_range("a/b", 7..9).unwrap().is_empty());
+    assert!(is_not_found(&s.get_range("zz", 0..1).unwrap_err()));
     assert_eq!(&*s.get_mapped("a/c/d").unwrap(), b"two");
     s.put("a/b", b"replaced").unwrap();
     assert_eq!(s.get("a/b").unwrap(), b"replaced");

@@ -434,6 +434,22 @@ impl Storage for ObjectStorage {
             .unwrap_or_else(|| Blob::Owned(Arc::new(bytes.to_vec()))))
     }
 
+    fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> EResult<Vec<u8>> {
+        check_key(key)?;
+        let store = self.store.clone();
+        let path = self.full(key);
+        let got = self.block(async move {
+            let size = store.head(&path).await?.size;
+            let end = range.end.min(size);
+            let start = range.start.min(end);
+            if start == end {
+                return Ok(Bytes::new());
+            }
+            store.get_range(&path, start..end).await
+        });
+        got.map(|b| b.to_vec()).map_err(|e| self.err(key, e))
+    }
+
     fn exists(&self, key: &str) -> EResult<bool> {
         check_key(key)?;
         let store = self.store.clone();
