@@ -218,11 +218,7 @@ impl ModelEmbedder {
                         self.limits.max_file_bytes
                     ));
                 }
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
+                let mtime = crate::images::modified_since_epoch(&meta).as_nanos();
                 Ok(Source {
                     key: format!("{}\u{0}{}\u{0}{mtime}", p.display(), meta.len()),
                     name: s.to_string(),

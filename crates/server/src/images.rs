@@ -345,11 +345,7 @@ pub fn index_folder(
             }
         };
         let size = meta.len() as i64;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
+        let mtime = modified_since_epoch(&meta).as_secs() as i64;
         let hash = match known.get(&rel) {
             Some(k) if k.size == size && k.mtime == mtime => {
                 rep.unchanged += 1;
@@ -790,17 +786,22 @@ pub fn file_of(engine: &Engine, data_dir: &Path, coll: &str, id: i64) -> Result<
         Ok(image::ImageFormat::Gif) => "image/gif",
         _ => return Err(refuse(format!("{}: not image content", path.display()))),
     };
-    let mtime_ns = md
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    let mtime_ns = modified_since_epoch(&md).as_nanos();
     Ok(ServedFile {
         path,
         content_type,
         size: md.len(),
         mtime_ns,
     })
+}
+
+/// A file's modification time since the Unix epoch (zero where the platform or the file
+/// system does not record one).
+pub(crate) fn modified_since_epoch(meta: &std::fs::Metadata) -> std::time::Duration {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
