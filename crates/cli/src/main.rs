@@ -686,19 +686,14 @@ fn run_backup(c: BackupCmd) -> Result<()> {
             storage,
             collections,
         } => {
-            let src = magpie_server::open_backup_storage(Some(&from), &data_dir)
+            let src = magpie_server::open_store(&from)
                 .with_context(|| format!("cannot open the backup store {from}"))?;
-            let target: std::sync::Arc<dyn magpie_engine::storage::Storage> = match &storage {
-                None => {
-                    std::fs::create_dir_all(&data_dir)
-                        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-                    std::sync::Arc::new(magpie_engine::storage::LocalStorage::new(&data_dir))
-                }
-                Some(url) => std::sync::Arc::new(
-                    magpie_objstore::ObjectStorage::open_s3(url, &[], None)
-                        .with_context(|| format!("cannot open {url}"))?,
-                ),
-            };
+            // The new database: its bucket prefix, or the data directory itself.
+            let target_at = storage
+                .clone()
+                .unwrap_or_else(|| data_dir.to_string_lossy().into_owned());
+            let target = magpie_server::open_store(&target_at)
+                .with_context(|| format!("cannot open {target_at}"))?;
             let info = magpie_engine::backup::restore(&name, &*src, &*target, &collections)
                 .with_context(|| format!("cannot restore backup '{name}'"))?;
             for c in &info.collections {

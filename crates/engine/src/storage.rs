@@ -100,8 +100,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn identity(&self) -> String;
 }
 
-/// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts.
-fn check_key(key: &str) -> Result<()> {
+/// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts, no backslash. Every
+/// implementation calls it before touching its backing store.
+pub fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key

@@ -30,7 +30,7 @@
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use magpie_engine::storage::{Blob, Storage};
+use magpie_engine::storage::{check_key, Blob, Storage};
 use magpie_engine::EngineError;
 use memmap2::Mmap;
 use object_store::aws::AmazonS3Builder;
@@ -383,23 +383,6 @@ impl ObjectStorage {
         self.block(async move { store.get(&path).await?.bytes().await })
             .map_err(|e| self.err(key, e))
     }
-}
-
-/// Keys are checked by the engine's own stores; here the same rule keeps a key from
-/// escaping the prefix.
-fn check_key(key: &str) -> EResult<()> {
-    if key.is_empty()
-        || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\'))
-    {
-        return Err(EngineError::Io {
-            path: PathBuf::from(key),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid storage key"),
-        });
-    }
-    Ok(())
 }
 
 impl Storage for ObjectStorage {

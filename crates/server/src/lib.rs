@@ -312,24 +312,21 @@ async fn console_page() -> Html<&'static str> {
     Html(include_str!("ui/index.html"))
 }
 
-/// The store backups go to: `s3://…` (settings from `AWS_*`) or a directory (default
-/// `DATA_DIR/backups`).
-pub fn open_backup_storage(
-    location: Option<&str>,
-    data_dir: &std::path::Path,
-) -> std::io::Result<Arc<dyn magpie_engine::storage::Storage>> {
-    Ok(match location {
-        Some(url) if url.starts_with("s3://") || url.starts_with("s3a://") => Arc::new(
-            magpie_objstore::ObjectStorage::open_s3(url, &[], None)
-                .map_err(|e| std::io::Error::other(format!("backup storage: {e}")))?,
-        ),
-        Some(dir) => Arc::new(magpie_engine::storage::LocalStorage::new(
-            std::path::Path::new(dir),
-        )),
-        None => Arc::new(magpie_engine::storage::LocalStorage::new(
-            &data_dir.join("backups"),
-        )),
-    })
+/// A store named by a location: `s3://bucket/prefix` (settings from `AWS_*`, no cache)
+/// or a directory. Backups and `magpie backup restore` use it.
+pub fn open_store(location: &str) -> std::io::Result<Arc<dyn magpie_engine::storage::Storage>> {
+    Ok(
+        if location.starts_with("s3://") || location.starts_with("s3a://") {
+            Arc::new(
+                magpie_objstore::ObjectStorage::open_s3(location, &[], None)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            )
+        } else {
+            Arc::new(magpie_engine::storage::LocalStorage::new(
+                std::path::Path::new(location),
+            ))
+        },
+    )
 }
 
 /// Builds the router over an opened engine.
@@ -476,17 +473,20 @@ pub async fn serve(
             .map_err(|e| std::io::Error::other(e.message))?;
         tracing::info!(folder = %folder.display(), collection = %cfg.images_collection, "indexing images in the background");
     }
-    let state = Arc::new(AppState {
-        engine: engine.clone(),
-        metrics: Default::default(),
-        token: cfg.token.clone(),
-        images: Some(images.clone()),
-        allowed_hosts,
-        backups: Some(open_backup_storage(
-            cfg.backup_storage.as_deref(),
-            &cfg.data_dir,
-        )?),
-    });
+    let state =
+        Arc::new(AppState {
+            engine: engine.clone(),
+            metrics: Default::default(),
+            token: cfg.token.clone(),
+            images: Some(images.clone()),
+            allowed_hosts,
+            backups: Some(
+                open_store(&cfg.backup_storage.clone().unwrap_or_else(|| {
+                    cfg.data_dir.join("backups").to_string_lossy().into_owned()
+                }))
+                .map_err(|e| std::io::Error::other(format!("backup storage: {e}")))?,
+            ),
+        });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
