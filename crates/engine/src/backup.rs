@@ -141,7 +141,7 @@ impl Engine {
                 let sp = format!("{prefix}segments/{}/", ms.id);
                 for key in store.list(&sp)? {
                     let file = &key[sp.len()..];
-                    let wanted = matches!(file, "meta.json" | "rows.mpk")
+                    let wanted = matches!(file, "meta.json" | "columns.bin" | "rows.mpk")
                         || (file.starts_with("vector_") && file.ends_with(".f32"))
                         || ms.indexes.iter().any(|i| i.file == file);
                     if wanted {

@@ -449,6 +449,7 @@ impl Collection {
         let mut changed = force_manifest;
         for s in &mut self.segments {
             if s.state != SegState::Flushed {
+                s.seal_columns();
                 s.write(&*store, &sp(s.id))?;
                 s.state = SegState::Flushed;
                 s.deletes_dirty = s.deleted_at.iter().any(|d| *d != LIVE);
@@ -516,8 +517,8 @@ impl Collection {
     }
 
     /// Compaction: rewrites flushed segments whose deleted fraction exceeds
-    /// `delete_ratio`, and merges small flushed segments of the same partition, keeping
-    /// only live rows. With `flush_first` (a user's `compact`) everything is flushed first;
+    /// `delete_ratio` or that are in an older segment format, and merges small flushed
+    /// segments of the same partition, keeping only live rows. With `flush_first` (a user's `compact`) everything is flushed first;
     /// without (automatic compaction) growing rows stay growing. Either way the caller has
     /// synced the WAL, so every tombstone dropped is durable in the log; the manifest keeps
     /// its `flushed_ts`, and replaying a delete of a row compaction already dropped is a
@@ -537,7 +538,10 @@ impl Collection {
                 continue;
             }
             let dead = s.len() - s.live_count();
-            if dead as f64 > delete_ratio * s.len() as f64 || s.len() < small_rows {
+            if dead as f64 > delete_ratio * s.len() as f64
+                || s.len() < small_rows
+                || s.format < crate::segment::FORMAT
+            {
                 by_part.entry(s.partition).or_default().push(i);
             }
         }
@@ -547,7 +551,10 @@ impl Collection {
             let any_dead = idxs
                 .iter()
                 .any(|&i| self.segments[i].live_count() < self.segments[i].len());
-            if idxs.len() < 2 && !any_dead {
+            let any_old = idxs
+                .iter()
+                .any(|&i| self.segments[i].format < crate::segment::FORMAT);
+            if idxs.len() < 2 && !any_dead && !any_old {
                 continue;
             }
             let dynamic = self.meta.schema.enable_dynamic_field;
@@ -565,9 +572,13 @@ impl Collection {
                             .iter()
                             .map(|c| c.slice().row(r).to_vec())
                             .collect(),
-                        scalars: s.scalars.iter().map(|c| vec![c[r].clone()]).collect(),
+                        scalars: s
+                            .scalars
+                            .iter()
+                            .map(|c| vec![c.get(r).into_owned()])
+                            .collect(),
                         dynamic: if dynamic {
-                            vec![s.dynamic.get(r).cloned().unwrap_or(Value::Null)]
+                            vec![s.dynamic.get(r).into_owned()]
                         } else {
                             vec![]
                         },
@@ -578,6 +589,7 @@ impl Collection {
             }
             if !out.is_empty() {
                 let sp = self.seg_prefix(out.id);
+                out.seal_columns();
                 out.write(&*self.store, &sp)?;
                 out.state = SegState::Flushed;
                 out.remap(&*self.store, &sp)?;
@@ -668,7 +680,7 @@ impl Collection {
             m.insert(spec.pk_name.clone(), seg.pks[i].to_json());
         }
         for (name, si) in &spec.scalars {
-            m.insert(name.clone(), seg.scalars[*si][i].clone());
+            m.insert(name.clone(), seg.scalars[*si].get(i).into_owned());
         }
         for (name, vi) in &spec.vectors {
             let row = seg.vectors[*vi].slice().row(i);
@@ -677,17 +689,16 @@ impl Collection {
                 Value::Array(row.iter().map(|x| Value::from(*x as f64)).collect()),
             );
         }
-        let dynv = seg.dynamic.get(i);
         if spec.dynamic_all {
-            if let Some(Value::Object(d)) = dynv {
+            if let Value::Object(d) = seg.dynamic.get(i).into_owned() {
                 for (k, v) in d {
-                    m.entry(k.clone()).or_insert_with(|| v.clone());
+                    m.entry(k).or_insert(v);
                 }
             }
-        } else if let Some(Value::Object(d)) = dynv {
+        } else {
             for k in &spec.dynamic_keys {
-                if let Some(v) = d.get(k) {
-                    m.insert(k.clone(), v.clone());
+                if let Some(v) = seg.dynamic.get_key(i, k) {
+                    m.insert(k.clone(), v.into_owned());
                 }
             }
         }
@@ -703,15 +714,16 @@ impl Collection {
         ids: Option<&HashSet<PrimaryKey>>,
     ) -> Bitset {
         let mut b = seg.visible(snap);
-        if filter.is_some() || ids.is_some() {
+        if let Some(ids) = ids {
             let ones: Vec<usize> = b.iter_ones().collect();
             for i in ones {
-                let keep = ids.is_none_or(|s| s.contains(&seg.pks[i]))
-                    && filter.is_none_or(|f| f.eval(&seg.row(i)));
-                if !keep {
+                if !ids.contains(&seg.pks[i]) {
                     b.set(i, false);
                 }
             }
+        }
+        if let Some(f) = filter {
+            f.eval_columns(&seg.columns(), &mut b);
         }
         b
     }
@@ -874,7 +886,7 @@ impl Collection {
                     let mut groups: Vec<(Value, usize)> = Vec::new();
                     let mut out = Vec::new();
                     for c in cands {
-                        let key = c.0.scalars[gi][c.1 as usize].clone();
+                        let key = c.0.scalars[gi].get(c.1 as usize).into_owned();
                         match groups.iter().position(|(k, _)| *k == key) {
                             Some(gi) if groups[gi].1 < r.group_size => {
                                 groups[gi].1 += 1;

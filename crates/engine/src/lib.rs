@@ -6,6 +6,7 @@ pub mod backup;
 mod builder;
 pub mod catalog;
 pub mod collection;
+pub mod column;
 pub mod engine;
 pub mod error;
 pub mod filter;

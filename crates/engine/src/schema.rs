@@ -676,13 +676,19 @@ pub(crate) fn check_scalar(f: &FieldSchema, v: &Value) -> std::result::Result<()
 }
 
 /// Canonical stored form: Float is rounded to f32 precision so that what is read back
-/// equals what a float32 column would hold.
+/// equals what a float32 column would hold; Double is always a float (an integer sent
+/// for a Double field is stored and returned as `2.0`), so the field seals into one
+/// typed float column.
 fn normalize_scalar(f: &FieldSchema, v: &Value) -> Value {
     match f.data_type {
         DataType::Float => {
             let x = v.as_f64().unwrap_or(0.0) as f32;
             serde_json::Number::from_f64(x as f64).map_or(Value::Null, Value::Number)
         }
+        DataType::Double => v
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number),
         _ => v.clone(),
     }
 }

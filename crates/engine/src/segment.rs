@@ -4,13 +4,25 @@
 //! appended (in memory, searchable at once), *sealed* when it reaches the configured row
 //! count or byte size (no more appends), and *flushed* once written to immutable files.
 //!
-//! # On-disk format (directory `segments/<id>/`, format 1)
+//! # On-disk format (directory `segments/<id>/`, format 2)
 //! | file | content |
 //! |---|---|
-//! | `meta.json` | id, partition, row count, vector dims, CRC32C of each data file |
+//! | `meta.json` | format, id, partition, row count, vector dims, CRC32C of each data file |
 //! | `vector_<k>.f32` | vector field k (schema order): rows × dim little-endian f32, contiguous; memory-mapped on load |
-//! | `rows.mpk` | MessagePack: primary keys, insert timestamps, scalar columns (schema order), dynamic-field objects |
+//! | `columns.bin` | primary keys, insert timestamps, scalar columns (schema order) and the dynamic field as typed, encoded columns (layout below) |
 //! | `deletes-<gen>.mpk` | MessagePack list of (row offset, delete timestamp) tombstones; rewritten under a new generation when deletes are added, referenced by the collection manifest |
+//!
+//! `columns.bin` (little-endian; the column encodings are in [`crate::column`]):
+//! ```text
+//! "MGC2" | rows: u64 | pk kind: u8 (1 = Int64, 2 = VarChar) | pks: packed ints or strings
+//!        | insert timestamps: packed ints
+//!        | scalar column count: u32 | each column (tag, validity, data)
+//!        | dynamic: u8 (0 = none, 1 = a column follows) [| column]
+//! ```
+//! Format 1 (before typed columns) had `rows.mpk` instead: MessagePack of the primary
+//! keys, timestamps, scalar values per column and dynamic objects. It still opens (its
+//! values are sealed into typed columns in memory) and compaction rewrites it as
+//! format 2.
 //!
 //! The files are keys of the collection's [`Storage`] (`collections/<c>/segments/<id>/…`;
 //! on local storage, a directory). Everything but the tombstones is immutable once
@@ -19,8 +31,9 @@
 //! manifest names (a crash mid-flush) are removed when the collection opens.
 
 use crate::catalog::ManifestIndex;
+use crate::column::{Column, Reader, Writer};
 use crate::error::{EngineError, Result};
-use crate::filter::RowAccess;
+use crate::filter::{ColumnRow, Columns};
 use crate::schema::{CollectionSchema, RowBatch};
 use crate::storage::{Blob, Storage};
 use crate::types::{PrimaryKey, Timestamp};
@@ -33,7 +46,9 @@ use std::sync::Arc;
 
 /// `deleted_at` of a live row.
 pub const LIVE: Timestamp = u64::MAX;
-static NULL: Value = Value::Null;
+/// Segment format written by [`Segment::write`].
+pub const FORMAT: u32 = 2;
+const COLUMNS_MAGIC: &[u8; 4] = b"MGC2";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SegState {
@@ -151,9 +166,15 @@ pub struct Segment {
     pub ts: Vec<Timestamp>,
     pub deleted_at: Vec<Timestamp>,
     pub vectors: Vec<VecColumn>,
-    pub scalars: Vec<Vec<Value>>,
-    pub dynamic: Vec<Value>,
+    /// Scalar fields (schema order of non-pk, non-vector fields); values while growing,
+    /// typed once flushed ([`crate::column`]).
+    pub scalars: Vec<Column>,
+    /// The dynamic field (empty when the collection has none).
+    pub dynamic: Column,
     pub created_ms: u64,
+    /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
+    /// compaction rewrites older ones.
+    pub format: u32,
     /// Tombstones changed since they were last written.
     pub deletes_dirty: bool,
     /// Current tombstone file generation (0 = none written).
@@ -168,24 +189,6 @@ pub struct Segment {
     approx_bytes: usize,
 }
 
-/// A row of a segment, as filters see it.
-pub struct SegRow<'a> {
-    pub seg: &'a Segment,
-    pub i: usize,
-}
-
-impl RowAccess for SegRow<'_> {
-    fn pk(&self) -> &PrimaryKey {
-        &self.seg.pks[self.i]
-    }
-    fn scalar(&self, i: usize) -> &Value {
-        &self.seg.scalars[i][self.i]
-    }
-    fn dynamic(&self) -> &Value {
-        self.seg.dynamic.get(self.i).unwrap_or(&NULL)
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct RowsFile {
     pks: Vec<PrimaryKey>,
@@ -194,14 +197,103 @@ struct RowsFile {
     dynamic: Vec<Value>,
 }
 
-/// Parses and checks `meta.json` (format 1).
+/// The row data of a segment file, decoded and checked.
+struct Rows {
+    pks: Vec<PrimaryKey>,
+    ts: Vec<Timestamp>,
+    scalars: Vec<Column>,
+    dynamic: Column,
+}
+
+fn rows_file(format: u32) -> &'static str {
+    if format == 1 {
+        "rows.mpk"
+    } else {
+        "columns.bin"
+    }
+}
+
+/// Format 1 `rows.mpk`; its values are sealed into typed columns.
+fn decode_rows_v1(b: &[u8], n: usize) -> std::result::Result<Rows, String> {
+    let rows: RowsFile = rmp_serde::from_slice(b).map_err(|e| e.to_string())?;
+    if rows.pks.len() != n || rows.ts.len() != n {
+        return Err("row count does not match meta.json".into());
+    }
+    if rows.scalars.iter().any(|c| c.len() != n)
+        || !(rows.dynamic.is_empty() || rows.dynamic.len() == n)
+    {
+        return Err("a scalar column does not have one value per row".into());
+    }
+    Ok(Rows {
+        pks: rows.pks,
+        ts: rows.ts,
+        scalars: rows.scalars.into_iter().map(Column::from_values).collect(),
+        dynamic: Column::from_values(rows.dynamic),
+    })
+}
+
+/// Format 2 `columns.bin` (module docs). Decoding may allocate at most 256 times the
+/// file's size plus 256 MiB (constant columns pack to nothing), so damaged lengths
+/// cannot ask for unbounded memory.
+fn decode_columns(b: &[u8], n: usize) -> std::result::Result<Rows, String> {
+    let budget = b.len().saturating_mul(256).saturating_add(256 << 20);
+    let mut r = Reader::new(b, budget);
+    if r.take(4)? != COLUMNS_MAGIC {
+        return Err("not a columns file (bad magic)".into());
+    }
+    if r.u64()? != n as u64 {
+        return Err("row count does not match meta.json".into());
+    }
+    if n > budget / 64 {
+        return Err(format!("{n} rows cannot fit in {} bytes", b.len()));
+    }
+    let pks = match r.u8()? {
+        1 => r.ints(n)?.into_iter().map(PrimaryKey::Int).collect(),
+        2 => {
+            let d = r.str_data(n)?;
+            let c = crate::column::StrCol {
+                data: d,
+                valid: None,
+            };
+            (0..n)
+                .map(|i| PrimaryKey::Str(c.get(i).to_string()))
+                .collect()
+        }
+        t => return Err(format!("unknown primary key kind {t}")),
+    };
+    let ts = r.ints(n)?.into_iter().map(|t| t as u64).collect();
+    let k = r.u32()? as usize;
+    if k > r.remaining() {
+        return Err(format!("{k} scalar columns cannot fit the file"));
+    }
+    let mut scalars = Vec::with_capacity(k);
+    for i in 0..k {
+        scalars.push(Column::decode(&mut r, n).map_err(|m| format!("scalar column {i}: {m}"))?);
+    }
+    let dynamic = match r.u8()? {
+        0 => Column::default(),
+        1 => Column::decode(&mut r, n).map_err(|m| format!("dynamic field: {m}"))?,
+        t => return Err(format!("unknown dynamic tag {t}")),
+    };
+    if r.remaining() != 0 {
+        return Err(format!("{} trailing bytes", r.remaining()));
+    }
+    Ok(Rows {
+        pks,
+        ts,
+        scalars,
+        dynamic,
+    })
+}
+
+/// Parses and checks `meta.json` (format 1 or 2).
 fn parse_meta(dir: &Path, bytes: &[u8]) -> Result<MetaFile> {
     let path = dir.join("meta.json");
     let meta: MetaFile = serde_json::from_slice(bytes).map_err(|e| EngineError::Corrupt {
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    if meta.format != 1 {
+    if meta.format != 1 && meta.format != FORMAT {
         return Err(EngineError::Corrupt {
             path,
             msg: format!("unknown segment format {}", meta.format),
@@ -245,9 +337,10 @@ impl Segment {
                     inv_norms: Vec::new(),
                 })
                 .collect(),
-            scalars: vec![Vec::new(); n_scalars],
-            dynamic: Vec::new(),
+            scalars: (0..n_scalars).map(|_| Column::default()).collect(),
+            dynamic: Column::default(),
             created_ms: crate::types::now_ms(),
+            format: FORMAT,
             deletes_dirty: false,
             deletes_gen: 0,
             indexes: dims.iter().map(|_| None).collect(),
@@ -297,10 +390,10 @@ impl Segment {
             self.approx_bytes += data.len() * 4;
         }
         for (col, data) in self.scalars.iter_mut().zip(&b.scalars) {
-            col.extend_from_slice(data);
+            col.push(data);
         }
         if dynamic_enabled {
-            self.dynamic.extend_from_slice(&b.dynamic);
+            self.dynamic.push(&b.dynamic);
         }
         self.approx_bytes += b.len() * (16 + 16 * self.scalars.len());
         start
@@ -321,14 +414,98 @@ impl Segment {
         self.deleted_at.iter().filter(|d| **d == LIVE).count()
     }
 
-    pub fn row(&self, i: usize) -> SegRow<'_> {
-        SegRow { seg: self, i }
+    /// The columns a filter reads.
+    pub fn columns(&self) -> Columns<'_> {
+        Columns {
+            pks: &self.pks,
+            scalars: &self.scalars,
+            dynamic: &self.dynamic,
+        }
+    }
+
+    /// A row, as filters see it.
+    pub fn row(&self, i: usize) -> ColumnRow<'_> {
+        self.columns().row(i)
+    }
+
+    /// Seals the scalar columns into their typed form (done when the segment is
+    /// flushed; reads return the same values).
+    pub fn seal_columns(&mut self) {
+        for c in &mut self.scalars {
+            c.seal();
+        }
+        self.dynamic.seal();
+    }
+
+    /// The encoded `columns.bin` (module docs).
+    fn encode_columns(&self, path: impl Fn() -> PathBuf) -> Result<Vec<u8>> {
+        let mut w = Writer::default();
+        w.buf.extend_from_slice(COLUMNS_MAGIC);
+        w.u64(self.len() as u64);
+        let ints: Option<Vec<i64>> = self
+            .pks
+            .iter()
+            .map(|p| match p {
+                PrimaryKey::Int(i) => Some(*i),
+                PrimaryKey::Str(_) => None,
+            })
+            .collect();
+        let strs: Option<Vec<Value>> = self
+            .pks
+            .iter()
+            .map(|p| match p {
+                PrimaryKey::Str(s) => Some(Value::String(s.clone())),
+                PrimaryKey::Int(_) => None,
+            })
+            .collect();
+        match (ints, strs) {
+            (Some(ints), _) => {
+                w.u8(1);
+                w.ints(&ints);
+            }
+            (None, Some(strs)) => match Column::from_values(strs) {
+                Column::Str(c) => {
+                    w.u8(2);
+                    w.str_data(&c.data);
+                }
+                _ => {
+                    return Err(EngineError::Corrupt {
+                        path: path(),
+                        msg: "primary keys exceed 4 GiB".into(),
+                    })
+                }
+            },
+            (None, None) => {
+                return Err(EngineError::Corrupt {
+                    path: path(),
+                    msg: "primary keys of two types in one segment".into(),
+                })
+            }
+        }
+        w.ints(&self.ts.iter().map(|t| *t as i64).collect::<Vec<_>>());
+        w.u32(self.scalars.len() as u32);
+        for c in &self.scalars {
+            c.encode(&mut w);
+        }
+        if self.dynamic.is_empty() {
+            w.u8(0);
+        } else {
+            w.u8(1);
+            self.dynamic.encode(&mut w);
+        }
+        Ok(w.buf)
     }
 
     /// Writes this segment's files under `prefix` (`…/segments/<id>/`, see the module
     /// docs), replacing anything a crash left there. On return every file is durable;
     /// the segment becomes part of the collection only when a manifest naming it is put.
     pub fn write(&self, store: &dyn Storage, prefix: &str) -> Result<()> {
+        self.write_format(store, prefix, FORMAT)
+    }
+
+    /// [`Segment::write`] in a given format: 2 (current) or 1 (kept so that tests can
+    /// check that format-1 segments still open).
+    pub fn write_format(&self, store: &dyn Storage, prefix: &str, format: u32) -> Result<()> {
         store.delete_prefix(prefix)?;
         let mut crc_vectors = Vec::new();
         for (k, col) in self.vectors.iter().enumerate() {
@@ -336,19 +513,32 @@ impl Segment {
             crc_vectors.push(crc32c::crc32c(bytes));
             store.put(&format!("{prefix}vector_{k}.f32"), bytes)?;
         }
-        let rows = RowsFile {
-            pks: self.pks.clone(),
-            ts: self.ts.clone(),
-            scalars: self.scalars.clone(),
-            dynamic: self.dynamic.clone(),
+        let (name, rows_bytes) = if format == 1 {
+            let n = self.len();
+            let rows = RowsFile {
+                pks: self.pks.clone(),
+                ts: self.ts.clone(),
+                scalars: self
+                    .scalars
+                    .iter()
+                    .map(|c| (0..n).map(|i| c.get(i).into_owned()).collect())
+                    .collect(),
+                dynamic: (0..self.dynamic.len())
+                    .map(|i| self.dynamic.get(i).into_owned())
+                    .collect(),
+            };
+            let bytes = rmp_serde::to_vec(&rows).map_err(|e| EngineError::Corrupt {
+                path: store.locate(&format!("{prefix}rows.mpk")),
+                msg: e.to_string(),
+            })?;
+            ("rows.mpk", bytes)
+        } else {
+            let bytes = self.encode_columns(|| store.locate(&format!("{prefix}columns.bin")))?;
+            ("columns.bin", bytes)
         };
-        let rows_bytes = rmp_serde::to_vec(&rows).map_err(|e| EngineError::Corrupt {
-            path: store.locate(&format!("{prefix}rows.mpk")),
-            msg: e.to_string(),
-        })?;
-        store.put(&format!("{prefix}rows.mpk"), &rows_bytes)?;
+        store.put(&format!("{prefix}{name}"), &rows_bytes)?;
         let meta = MetaFile {
-            format: 1,
+            format,
             id: self.id,
             partition: self.partition,
             rows: self.len(),
@@ -382,7 +572,7 @@ impl Segment {
         let meta_bytes = store.get(&format!("{prefix}meta.json"))?;
         let dir = store.locate(prefix);
         let meta = parse_meta(&dir, &meta_bytes)?;
-        let rows = store.get(&format!("{prefix}rows.mpk"))?;
+        let rows = store.get(&format!("{prefix}{}", rows_file(meta.format)))?;
         let mut vectors = Vec::with_capacity(meta.dims.len());
         for k in 0..meta.dims.len() {
             let key = format!("{prefix}vector_{k}.f32");
@@ -417,27 +607,17 @@ impl Segment {
     ) -> Result<Segment> {
         let corrupt = |path: PathBuf, msg: String| EngineError::Corrupt { path, msg };
         let meta = parse_meta(dir, meta_bytes)?;
-        let rows_path = dir.join("rows.mpk");
+        let rows_path = dir.join(rows_file(meta.format));
         if crc32c::crc32c(rows_bytes) != meta.crc_rows {
             return Err(corrupt(rows_path, "checksum mismatch".into()));
         }
-        let rows: RowsFile = rmp_serde::from_slice(rows_bytes)
-            .map_err(|e| corrupt(rows_path.clone(), e.to_string()))?;
         let n = meta.rows;
-        if rows.pks.len() != n || rows.ts.len() != n {
-            return Err(corrupt(
-                rows_path,
-                "row count does not match meta.json".into(),
-            ));
+        let rows = if meta.format == 1 {
+            decode_rows_v1(rows_bytes, n)
+        } else {
+            decode_columns(rows_bytes, n)
         }
-        if rows.scalars.iter().any(|c| c.len() != n)
-            || !(rows.dynamic.is_empty() || rows.dynamic.len() == n)
-        {
-            return Err(corrupt(
-                rows_path,
-                "a scalar column does not have one value per row".into(),
-            ));
-        }
+        .map_err(|m| corrupt(rows_path, m))?;
         if vectors.len() != meta.dims.len() || meta.crc_vectors.len() != meta.dims.len() {
             return Err(corrupt(
                 dir.join("meta.json"),
@@ -499,6 +679,7 @@ impl Segment {
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),
+            format: meta.format,
             deletes_dirty: false,
             deletes_gen,
             approx_bytes: 0,

@@ -2,7 +2,7 @@
 //!
 //! Everything the engine persists besides the WAL goes through [`Storage`], a flat
 //! key → bytes store with `/`-separated keys relative to its root (e.g.
-//! `collections/7/segments/12/rows.mpk`). Two implementations:
+//! `collections/7/segments/12/columns.bin`). Two implementations:
 //!
 //! - [`LocalStorage`]: files under a directory (the default; today's layout and
 //!   durability rules);

@@ -161,7 +161,7 @@ fn memory_and_local_storage_give_the_same_answers() {
         keys.iter().any(|k| k.ends_with("manifest.json")),
         "{keys:?}"
     );
-    assert!(keys.iter().any(|k| k.ends_with("rows.mpk")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("columns.bin")), "{keys:?}");
     assert!(keys.iter().any(|k| k.contains("/index_")), "{keys:?}");
 }
 
@@ -180,7 +180,7 @@ fn objects_no_manifest_names_are_removed_on_open() {
     };
     // A crash mid-flush (segment files, no manifest naming them), and a dropped
     // collection whose objects outlived the catalog.
-    mem.put(&format!("{prefix}segments/99/rows.mpk"), b"torn")
+    mem.put(&format!("{prefix}segments/99/columns.bin"), b"torn")
         .unwrap();
     mem.put("collections/12345/manifest.json", b"{}").unwrap();
     let e = open(d.path(), &store);
@@ -209,7 +209,7 @@ fn a_damaged_object_is_a_clear_error_naming_it() {
         .list("")
         .unwrap()
         .into_iter()
-        .find(|k| k.ends_with("rows.mpk"))
+        .find(|k| k.ends_with("columns.bin"))
         .unwrap();
     let mut bytes = mem.get(&key).unwrap();
     bytes[3] ^= 0xff;

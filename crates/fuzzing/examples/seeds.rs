@@ -127,22 +127,24 @@ fn segments(coll_dir: &Path) {
             }
         }
         let mut b = Vec::new();
-        for part in [read("meta.json"), read("rows.mpk"), deletes] {
+        // Format 2 (`columns.bin`); the format-1 seeds (`rows.mpk`) of earlier runs stay
+        // in the corpus under their old names.
+        for part in [read("meta.json"), read("columns.bin"), deletes] {
             b.extend((part.len() as u32).to_le_bytes());
             b.extend(part);
         }
         b.extend(read("vector_0.f32"));
-        put("segment", &format!("segment-{n}"), &b);
+        put("segment", &format!("segment-v2-{n}"), &b);
         // The same without tombstones (an empty deletes part).
         let meta = read("meta.json");
-        let rows = read("rows.mpk");
+        let rows = read("columns.bin");
         let mut b = Vec::new();
         for part in [meta, rows, Vec::new()] {
             b.extend((part.len() as u32).to_le_bytes());
             b.extend(part);
         }
         b.extend(read("vector_0.f32"));
-        put("segment", &format!("segment-{n}-live"), &b);
+        put("segment", &format!("segment-v2-{n}-live"), &b);
         n += 1;
     }
     assert!(n >= 1, "no flushed segment under {}", segdir.display());

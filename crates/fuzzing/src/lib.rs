@@ -25,10 +25,13 @@
 
 use magpie_engine::catalog::{CollectionMeta, PartitionMeta};
 use magpie_engine::collection::{Collection, SealPolicy, WalOp};
-use magpie_engine::filter::{parse, Filter, RowAccess};
-use magpie_engine::segment::{SegRow, Segment, VecData};
+use magpie_engine::column::Column;
+use magpie_engine::filter::{parse, Columns, Filter, RowAccess};
+use magpie_engine::segment::{Segment, VecData};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
+use magpie_index::Bitset;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -80,11 +83,26 @@ impl RowAccess for Row {
     fn pk(&self) -> &PrimaryKey {
         &self.pk
     }
-    fn scalar(&self, i: usize) -> &Value {
-        &self.s[i]
+    fn scalar(&self, i: usize) -> Cow<'_, Value> {
+        Cow::Borrowed(&self.s[i])
     }
-    fn dynamic(&self) -> &Value {
-        &self.d
+    fn dynamic(&self) -> Cow<'_, Value> {
+        Cow::Borrowed(&self.d)
+    }
+}
+
+/// Checks that column-wise evaluation over `cols` agrees with row-wise evaluation.
+fn agree(f: &Filter, cols: &Columns<'_>) {
+    let n = cols.pks.len();
+    let mut mask = Bitset::ones(n);
+    f.eval_columns(cols, &mut mask);
+    for i in 0..n {
+        assert_eq!(
+            mask.get(i),
+            f.eval(&cols.row(i)),
+            "row {i}: column-wise and row-wise evaluation of {:?} differ",
+            f.text
+        );
     }
 }
 
@@ -138,8 +156,32 @@ pub fn filter(data: &[u8]) {
     match Filter::compile(src, &schema()) {
         Ok(f) => {
             assert!(parsed.is_ok(), "compiled what does not parse: {src:?}");
-            for r in rows() {
-                let _ = f.eval(&r);
+            let rows = rows();
+            let mut want = Vec::new();
+            for r in &rows {
+                want.push(f.eval(r));
+            }
+            // The same rows as a segment's columns, growing (values) and sealed (typed):
+            // both evaluations give the row-by-row answer.
+            let pks: Vec<PrimaryKey> = rows.iter().map(|r| r.pk.clone()).collect();
+            for sealed in [false, true] {
+                let mut scalars: Vec<Column> = (0..rows[0].s.len())
+                    .map(|k| Column::Values(rows.iter().map(|r| r.s[k].clone()).collect()))
+                    .collect();
+                let mut dynamic = Column::Values(rows.iter().map(|r| r.d.clone()).collect());
+                if sealed {
+                    scalars.iter_mut().for_each(Column::seal);
+                    dynamic.seal();
+                }
+                let cols = Columns {
+                    pks: &pks,
+                    scalars: &scalars,
+                    dynamic: &dynamic,
+                };
+                for (i, w) in want.iter().enumerate() {
+                    assert_eq!(f.eval(&cols.row(i)), *w, "row {i} of {src:?}");
+                }
+                agree(&f, &cols);
             }
         }
         Err(e) => {
@@ -180,8 +222,9 @@ fn collection(schema: CollectionSchema) -> Collection {
 fn read_back(c: &Collection, f: &Filter) {
     for s in &c.segments {
         let visible = s.visible(u64::MAX);
+        agree(f, &s.columns());
         for i in 0..s.len() {
-            let row = SegRow { seg: s, i };
+            let row = s.row(i);
             let _ = (row.pk(), row.dynamic(), visible.get(i));
             let _ = f.eval(&row);
             for k in 0..s.scalars.len() {
@@ -261,7 +304,8 @@ fn take<'a>(data: &mut &'a [u8]) -> &'a [u8] {
     out
 }
 
-/// Segment files: `[len][meta.json][len][rows.mpk][len][deletes.mpk][vector bytes]`.
+/// Segment files: `[len][meta.json][len][columns.bin or rows.mpk][len][deletes.mpk][vector
+/// bytes]` (the meta's `format` says which of the two row files it is).
 /// The harness writes the right checksums into the meta (when it is a JSON object) so
 /// that the decoder gets past them; a wrong checksum is tested by the unit tests.
 pub fn segment(mut data: &[u8]) {

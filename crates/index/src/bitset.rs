@@ -66,6 +66,40 @@ impl Bitset {
         }
     }
 
+    /// In-place union; both sets must have the same length.
+    pub fn or_with(&mut self, other: &Bitset) {
+        assert_eq!(self.len, other.len, "bitset length mismatch");
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a |= b;
+        }
+    }
+
+    /// In-place difference (`self & !other`); both sets must have the same length.
+    pub fn and_not_with(&mut self, other: &Bitset) {
+        assert_eq!(self.len, other.len, "bitset length mismatch");
+        for (a, b) in self.words.iter_mut().zip(&other.words) {
+            *a &= !b;
+        }
+    }
+
+    /// The 64-bit words, bit `i` of the set in bit `i % 64` of word `i / 64` (bits past
+    /// `len` are zero).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// A set from its words (the layout of [`Bitset::words`]); `None` when the word
+    /// count does not fit `len` or a bit past `len` is set.
+    pub fn from_words(words: Vec<u64>, len: usize) -> Option<Bitset> {
+        if words.len() != len.div_ceil(64) {
+            return None;
+        }
+        let mut b = Bitset { words, len };
+        let before = b.words.last().copied();
+        b.clear_tail();
+        (b.words.last().copied() == before).then_some(b)
+    }
+
     pub fn count_ones(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -104,7 +138,13 @@ mod tests {
             let mut all = Bitset::ones(bits.len());
             prop_assert_eq!(all.count_ones(), bits.len());
             all.and_with(&b);
-            prop_assert_eq!(all, b);
+            prop_assert_eq!(&all, &b);
+            let back = Bitset::from_words(b.words().to_vec(), bits.len()).unwrap();
+            prop_assert_eq!(&back, &b);
+            let mut none = Bitset::ones(bits.len());
+            none.and_not_with(&b);
+            none.or_with(&b);
+            prop_assert_eq!(none.count_ones(), bits.len());
         }
     }
 }

@@ -1,0 +1,90 @@
+//! Filter evaluation over one segment of 1M rows: row by row over the values a growing
+//! (or format-1) segment holds, against column-wise over the sealed typed columns of
+//! format 2. Results in docs/BENCHMARKS.md ("Typed columns").
+//!
+//! `cargo bench -p magpie-engine --bench filter`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use magpie_engine::column::Column;
+use magpie_engine::filter::{Columns, Filter};
+use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
+use magpie_index::Bitset;
+use serde_json::{json, Value};
+use std::hint::black_box;
+
+const N: usize = 1_000_000;
+
+fn schema() -> CollectionSchema {
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("vector", DataType::FloatVector).with_dim(4),
+            FieldSchema::new("price", DataType::Int64),
+            FieldSchema::new("title", DataType::VarChar).with_max_length(64),
+        ],
+        enable_dynamic_field: true,
+        description: String::new(),
+        functions: Vec::new(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let colors = ["red", "green", "blue", "yellow", "purple"];
+    // A deterministic spread (an LCG), so every run sees the same rows.
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = move || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as usize
+    };
+    let mut price = Vec::with_capacity(N);
+    let mut title = Vec::with_capacity(N);
+    let mut dynamic = Vec::with_capacity(N);
+    for i in 0..N {
+        price.push(json!(next() % 1000));
+        title.push(json!(format!("item {i} {}", colors[next() % 5])));
+        dynamic.push(json!({"color": colors[next() % 5], "age": next() % 90 + 5}));
+    }
+    let pks: Vec<PrimaryKey> = (0..N as i64).map(PrimaryKey::Int).collect();
+    let values = vec![Column::Values(price), Column::Values(title)];
+    let dyn_values = Column::Values(dynamic);
+    let mut sealed = values.clone();
+    sealed.iter_mut().for_each(Column::seal);
+    let mut dyn_sealed = dyn_values.clone();
+    dyn_sealed.seal();
+    let rows = Columns {
+        pks: &pks,
+        scalars: &values,
+        dynamic: &dyn_values,
+    };
+    let typed = Columns {
+        pks: &pks,
+        scalars: &sealed,
+        dynamic: &dyn_sealed,
+    };
+    let schema = schema();
+    let mut g = c.benchmark_group("filter_1M");
+    g.sample_size(10);
+    for (name, src) in [
+        ("price<10", "price < 10"),
+        ("age<10_dynamic", "age < 10"),
+        ("quickstart", "color == \"blue\" and 10 < age < 20"),
+        ("in_list", "price in [1, 2, 3, 500, 999]"),
+        ("like_prefix", "title like \"item 12%\""),
+    ] {
+        let f = Filter::compile(src, &schema).unwrap();
+        let run = |cols: &Columns<'_>| {
+            let mut m = Bitset::ones(N);
+            f.eval_columns(cols, &mut m);
+            m.count_ones()
+        };
+        assert_eq!(run(&rows), run(&typed), "{src}");
+        g.bench_function(format!("{name}/rows"), |b| b.iter(|| black_box(run(&rows))));
+        g.bench_function(format!("{name}/columns"), |b| {
+            b.iter(|| black_box(run(&typed)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
