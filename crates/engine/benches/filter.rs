@@ -33,7 +33,9 @@ fn bench(c: &mut Criterion) {
     // A deterministic spread (an LCG), so every run sees the same rows.
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut next = move || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (x >> 33) as usize
     };
     let mut price = Vec::with_capacity(N);

@@ -449,6 +449,10 @@ impl Collection {
         let mut changed = force_manifest;
         for s in &mut self.segments {
             if s.state != SegState::Flushed {
+                // Sealed first: its columns become typed, so if the write fails (the
+                // store is unreachable) new rows go to a new growing segment and this
+                // one is written by the next flush.
+                s.state = SegState::Sealed;
                 s.seal_columns();
                 s.write(&*store, &sp(s.id))?;
                 s.state = SegState::Flushed;

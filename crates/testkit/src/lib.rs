@@ -7,6 +7,8 @@
 //! `<what>` is listed in `MAGPIE_ALLOW_SKIP` (comma-separated; `.ci/run` lists only what
 //! it tried and failed to provide, and says so in its log).
 
+pub mod faults;
+
 use std::fmt::Display;
 use std::path::PathBuf;
 
