@@ -9,7 +9,7 @@ use magpie_engine::column::Column;
 use magpie_engine::filter::{Columns, Filter};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
 use magpie_index::Bitset;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::hint::black_box;
 
 const N: usize = 1_000_000;
