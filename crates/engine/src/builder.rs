@@ -251,6 +251,7 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         };
         let col = &seg.vectors[field];
         let kind = indexspec::parse(def, col.dim, threads).map_err(|e| e.to_string())?;
+        let col = col.get().map_err(|e| e.to_string())?;
         let Some(data) = col.data.share() else {
             return Ok(());
         };
@@ -294,8 +295,8 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         let _ = store.delete(&key);
         return Ok(());
     };
-    seg.indexes[field] = Some(SegIndex {
-        file: ManifestIndex {
+    seg.indexes[field] = Some(SegIndex::ready(
+        ManifestIndex {
             field,
             index_id: job.key.index,
             file,
@@ -303,8 +304,8 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
             bytes: bytes.len() as u64,
             build_ms,
         },
-        index: Arc::new(ix),
-    });
+        Arc::new(ix),
+    ));
     let ts = g.flushed_ts;
     if let Err(e) = g.save_manifest(ts) {
         if let Some(seg) = g.segments.iter_mut().find(|s| s.id == job.key.segment) {

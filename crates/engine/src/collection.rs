@@ -10,7 +10,6 @@ use crate::segment::SegIndex;
 use crate::segment::{SegState, Segment, LIVE};
 use crate::storage::Storage;
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::AnyIndex;
 use magpie_index::{Bitset, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -240,10 +239,10 @@ impl Collection {
             }
             listed.insert(ms.id.to_string());
             let sp = format!("{prefix}segments/{}/", ms.id);
-            let mut seg = Segment::load(&*store, &sp, ms.deletes_gen)?;
+            let mut seg = Segment::load(&store, &sp, ms.deletes_gen)?;
             seg.check_schema(&meta.schema, &store.locate(&sp))?;
             Segment::remove_old_deletes(&*store, &sp, ms.deletes_gen);
-            load_indexes(&meta, &*store, &sp, &mut seg, &ms.indexes);
+            load_indexes(&meta, &store, &sp, &mut seg, &ms.indexes);
             segments.push(seg);
         }
         let seg_root = format!("{prefix}segments/");
@@ -565,17 +564,18 @@ impl Collection {
             let mut out = self.new_segment(part);
             for &i in &idxs {
                 let s = &self.segments[i];
+                let vecs = s
+                    .vectors
+                    .iter()
+                    .map(|c| c.get())
+                    .collect::<Result<Vec<_>>>()?;
                 for r in 0..s.len() {
                     if s.deleted_at[r] != LIVE {
                         continue;
                     }
                     let b = RowBatch {
                         pks: vec![s.pks[r].clone()],
-                        vectors: s
-                            .vectors
-                            .iter()
-                            .map(|c| c.slice().row(r).to_vec())
-                            .collect(),
+                        vectors: vecs.iter().map(|c| c.slice().row(r).to_vec()).collect(),
                         scalars: s
                             .scalars
                             .iter()
@@ -678,7 +678,7 @@ impl Collection {
         i: usize,
         spec: &OutputSpec,
         with_pk: bool,
-    ) -> Map<String, Value> {
+    ) -> Result<Map<String, Value>> {
         let mut m = Map::new();
         if with_pk {
             m.insert(spec.pk_name.clone(), seg.pks[i].to_json());
@@ -687,7 +687,7 @@ impl Collection {
             m.insert(name.clone(), seg.scalars[*si].get(i).into_owned());
         }
         for (name, vi) in &spec.vectors {
-            let row = seg.vectors[*vi].slice().row(i);
+            let row = seg.vectors[*vi].get()?.slice().row(i);
             m.insert(
                 name.clone(),
                 Value::Array(row.iter().map(|x| Value::from(*x as f64)).collect()),
@@ -706,7 +706,7 @@ impl Collection {
                 }
             }
         }
-        m
+        Ok(m)
     }
 
     /// Rows visible at `snap`, in the given partitions, matching `filter` and `ids`.
@@ -759,7 +759,7 @@ impl Collection {
                 if limit.is_some_and(|l| out.len() >= l) {
                     return Ok(out);
                 }
-                let row = self.render(seg, i, spec, true);
+                let row = self.render(seg, i, spec, true)?;
                 budget.charge(&row)?;
                 out.push(row);
             }
@@ -796,14 +796,14 @@ impl Collection {
                 if let Some(&(sid, off)) = self.pk_index.get(pk) {
                     if let Some(s) = self.seg_pos(sid).map(|p| &self.segments[p]) {
                         if visible(s, off as usize) {
-                            return Ok(s.vectors[field].slice().row(off as usize).to_vec());
+                            return Ok(s.vectors[field].get()?.slice().row(off as usize).to_vec());
                         }
                     }
                 }
                 // An older version visible at an older snapshot.
                 for s in &self.segments {
                     if let Some(i) = (0..s.len()).find(|&i| &s.pks[i] == pk && visible(s, i)) {
-                        return Ok(s.vectors[field].slice().row(i).to_vec());
+                        return Ok(s.vectors[field].get()?.slice().row(i).to_vec());
                     }
                 }
                 Err(invalid(format!(
@@ -851,7 +851,7 @@ impl Collection {
                 } else {
                     want
                 };
-                let col = &seg.vectors[r.vector_field];
+                let col = seg.vectors[r.vector_field].get()?;
                 let params = SearchParams {
                     allow: allow.as_ref(),
                     min_score,
@@ -866,13 +866,14 @@ impl Collection {
                     .indexes
                     .get(r.vector_field)
                     .and_then(|i| i.as_ref())
-                    .filter(|_| !exact_only);
+                    .filter(|_| !exact_only)
+                    .and_then(|i| i.get());
                 let found = match index {
                     Some(ix) => {
                         if outcome.knob.is_none() {
-                            outcome.knob = ix.index.knob(&params);
+                            outcome.knob = ix.knob(&params);
                         }
-                        ix.index.search(col.slice(), &col.inv_norms, q, &params)?
+                        ix.search(col.slice(), &col.inv_norms, q, &params)?
                     }
                     None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
                 };
@@ -912,7 +913,7 @@ impl Collection {
             };
             let mut hits = Vec::with_capacity(chosen.len());
             for (seg, off, score) in chosen {
-                let fields = self.render(seg, off as usize, r.output, false);
+                let fields = self.render(seg, off as usize, r.output, false)?;
                 budget.charge(&fields)?;
                 hits.push(Hit {
                     id: seg.pks[off as usize].clone(),
@@ -976,7 +977,7 @@ fn range_bounds(
 /// crash between writing the file and the manifest) are removed.
 fn load_indexes(
     meta: &CollectionMeta,
-    store: &dyn Storage,
+    store: &Arc<dyn Storage>,
     prefix: &str,
     seg: &mut Segment,
     listed: &[crate::catalog::ManifestIndex],
@@ -989,33 +990,30 @@ fn load_indexes(
             continue;
         };
         let dim = seg.vectors.get(mi.field).map_or(0, |c| c.dim);
-        let loaded = (|| -> std::result::Result<Arc<AnyIndex>, String> {
+        let shape = (seg.len(), dim);
+        let loaded = (|| -> std::result::Result<SegIndex, String> {
             if mi.field >= seg.indexes.len() {
                 return Err("field out of range".into());
             }
             let kind = indexspec::parse(def, dim, 0).map_err(|e| e.to_string())?;
+            if store.is_remote() {
+                // Fetched on first use (and checked then).
+                return Ok(SegIndex::lazy(
+                    mi.clone(),
+                    store.clone(),
+                    key.clone(),
+                    kind,
+                    shape,
+                ));
+            }
             let bytes = store.get(&key).map_err(|e| e.to_string())?;
-            if crc32c::crc32c(&bytes) != mi.crc {
-                return Err("checksum mismatch".into());
-            }
-            let ix = indexspec::from_bytes(&kind, &bytes).map_err(|e| e.to_string())?;
-            if let Some((rows, d)) = ix.shape() {
-                if (rows, d) != (seg.len(), dim) {
-                    return Err(format!(
-                        "the index covers {rows} rows of dim {d}; the segment has {} rows of dim {dim}",
-                        seg.len()
-                    ));
-                }
-            }
-            Ok(Arc::new(ix))
+            let ix = crate::segment::check_index(&kind, &bytes, mi.crc, shape)?;
+            Ok(SegIndex::ready(mi.clone(), Arc::new(ix)))
         })();
         match loaded {
             Ok(index) => {
                 keep.insert(key.clone());
-                seg.indexes[mi.field] = Some(SegIndex {
-                    file: mi.clone(),
-                    index,
-                });
+                seg.indexes[mi.field] = Some(index);
             }
             Err(e) => {
                 tracing::warn!(path = %store.locate(&key).display(), "index file not loaded ({e}); it will be rebuilt")

@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// Most bytes (as JSON, approximately) one query or search may return; a read past
     /// it fails with a 400 (Milvus's `maxOutputSize`).
     pub max_output_bytes: usize,
+    /// On a remote store, fetch the vector and index files of loaded collections in the
+    /// background after open (otherwise each is fetched by the first search that needs
+    /// it, or by `collections/load`).
+    pub prefetch_on_open: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             max_result_rows: 65_536,
             auto_compact_secs: 60,
             max_output_bytes: 64 << 20,
+            prefetch_on_open: true,
         }
     }
 }
@@ -174,6 +179,8 @@ pub struct CollectionStats {
     pub segments_sealed: usize,
     pub segments_flushed: usize,
     pub disk_bytes: u64,
+    /// Vector and index files on a remote store not fetched into memory yet.
+    pub files_unfetched: usize,
 }
 
 /// Engine-wide figures for `/metrics`.
@@ -436,6 +443,27 @@ impl Engine {
             _lock: lock,
         };
         e.schedule_all();
+        if e.store.is_remote() && e.config.prefetch_on_open {
+            let loaded: Vec<CollRef> = e
+                .collections
+                .read()
+                .values()
+                .filter(|c| c.read().meta.loaded)
+                .cloned()
+                .collect();
+            let spawned = std::thread::Builder::new()
+                .name("magpie-prefetch".into())
+                .spawn(move || {
+                    for c in loaded {
+                        if let Err(err) = prefetch(&c) {
+                            tracing::warn!("prefetch of '{}' failed ({err}); its files are fetched on first use", c.read().meta.name);
+                        }
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::warn!("no prefetch thread ({err}); files are fetched on first use");
+            }
+        }
         Ok(e)
     }
 
@@ -845,6 +873,8 @@ impl Engine {
             ..Default::default()
         };
         for s in &g.segments {
+            let (v, i) = s.unfetched();
+            st.files_unfetched += v.len() + i.len();
             match s.state {
                 crate::segment::SegState::Growing => st.segments_growing += 1,
                 crate::segment::SegState::Sealed => st.segments_sealed += 1,
@@ -854,13 +884,25 @@ impl Engine {
         Ok(st)
     }
 
+    /// `collections/load` (true) and `release` (false). Loading fetches what a search
+    /// needs from a remote store (vector and index files) before it returns; releasing
+    /// drops what was fetched from memory.
     pub fn set_loaded(&self, name: &str, loaded: bool) -> Result<()> {
         let c = self.coll(name)?;
-        let mut g = c.write();
-        self.update_meta(&mut g, |m| {
-            m.loaded = loaded;
-            Ok(())
-        })
+        {
+            let mut g = c.write();
+            self.update_meta(&mut g, |m| {
+                m.loaded = loaded;
+                Ok(())
+            })?;
+            if !loaded {
+                g.segments.iter_mut().for_each(|s| s.evict());
+            }
+        }
+        if loaded {
+            prefetch(&c)?;
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- partitions
@@ -1600,4 +1642,20 @@ impl Engine {
         }
         st
     }
+}
+
+/// Fetches the vector and index files of a collection's segments that are not in memory
+/// yet (segments on a remote store), one at a time and without holding the collection's
+/// lock while fetching. An index that fails to fetch is logged and searched exactly.
+fn prefetch(c: &CollRef) -> Result<()> {
+    let parts: Vec<_> = c.read().segments.iter().map(|s| s.unfetched()).collect();
+    for (vectors, indexes) in parts {
+        for v in vectors {
+            v.get()?;
+        }
+        for i in indexes {
+            i.get();
+        }
+    }
+    Ok(())
 }

@@ -39,6 +39,7 @@ use crate::storage::{Blob, Storage};
 use crate::types::{PrimaryKey, Timestamp};
 use magpie_index::{AnyIndex, Bitset, VectorSlice};
 use memmap2::Mmap;
+use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -125,37 +126,267 @@ impl VecData {
     }
 }
 
-/// A built index attached to one vector field of a flushed segment.
+/// A built index attached to one vector field of a flushed segment: in memory, or (on
+/// a remote store) fetched on first use.
 pub struct SegIndex {
     /// The [`ManifestIndex`] entry describing its file.
     pub file: ManifestIndex,
-    pub index: Arc<AnyIndex>,
+    state: IndexState,
+}
+
+enum IndexState {
+    Ready(Arc<AnyIndex>),
+    Lazy(Arc<LazyIndex>),
+}
+
+/// An index file fetched, checked and parsed on first use.
+pub struct LazyIndex {
+    store: Arc<dyn Storage>,
+    key: String,
+    kind: crate::indexspec::IndexKind,
+    crc: u32,
+    shape: (usize, usize),
+    /// `None` once a fetch failed: the segment is then searched exactly.
+    cell: OnceCell<Option<Arc<AnyIndex>>>,
+}
+
+impl LazyIndex {
+    /// Fetches, checks and parses the file once; a failure is logged and the segment
+    /// is searched exactly from then on (the file is rebuilt at the next open).
+    pub fn get(&self) -> Option<&Arc<AnyIndex>> {
+        self.cell
+            .get_or_init(|| match self.fetch() {
+                Ok(ix) => Some(ix),
+                Err(e) => {
+                    tracing::warn!(path = %self.store.locate(&self.key).display(),
+                        "index file not loaded ({e}); the segment is searched exactly");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn fetch(&self) -> std::result::Result<Arc<AnyIndex>, String> {
+        let bytes = self.store.get(&self.key).map_err(|e| e.to_string())?;
+        check_index(&self.kind, &bytes, self.crc, self.shape).map(Arc::new)
+    }
+
+    pub fn is_fetched(&self) -> bool {
+        self.cell.get().is_some()
+    }
+}
+
+/// Parses an index file's bytes, checking its checksum and that it covers `shape`
+/// (rows, dim) of its segment.
+pub fn check_index(
+    kind: &crate::indexspec::IndexKind,
+    bytes: &[u8],
+    crc: u32,
+    shape: (usize, usize),
+) -> std::result::Result<AnyIndex, String> {
+    if crc32c::crc32c(bytes) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let ix = crate::indexspec::from_bytes(kind, bytes).map_err(|e| e.to_string())?;
+    if let Some((rows, d)) = ix.shape() {
+        if (rows, d) != shape {
+            return Err(format!(
+                "the index covers {rows} rows of dim {d}; the segment has {} rows of dim {}",
+                shape.0, shape.1
+            ));
+        }
+    }
+    Ok(ix)
+}
+
+impl SegIndex {
+    /// An index in memory (just built, or loaded at open).
+    pub fn ready(file: ManifestIndex, index: Arc<AnyIndex>) -> SegIndex {
+        SegIndex {
+            file,
+            state: IndexState::Ready(index),
+        }
+    }
+
+    /// An index fetched from `store` on first use.
+    pub fn lazy(
+        file: ManifestIndex,
+        store: Arc<dyn Storage>,
+        key: String,
+        kind: crate::indexspec::IndexKind,
+        shape: (usize, usize),
+    ) -> SegIndex {
+        let crc = file.crc;
+        SegIndex {
+            file,
+            state: IndexState::Lazy(Arc::new(LazyIndex {
+                store,
+                key,
+                kind,
+                crc,
+                shape,
+                cell: OnceCell::new(),
+            })),
+        }
+    }
+
+    /// The index, fetching it first where it is lazy; `None` when that failed.
+    pub fn get(&self) -> Option<&Arc<AnyIndex>> {
+        match &self.state {
+            IndexState::Ready(ix) => Some(ix),
+            IndexState::Lazy(l) => l.get(),
+        }
+    }
+
+    fn lazy_part(&self) -> Option<&Arc<LazyIndex>> {
+        match &self.state {
+            IndexState::Lazy(l) => Some(l),
+            IndexState::Ready(_) => None,
+        }
+    }
 }
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("Magpie's segment files are little-endian and memory-mapped as-is");
 
+/// A vector field's rows: in memory (growing segments, and every segment on a local or
+/// in-memory store), or on a remote store fetched on first use.
 pub struct VecColumn {
+    pub dim: usize,
+    state: VecState,
+}
+
+enum VecState {
+    Ready(Vectors),
+    Lazy(Arc<LazyVectors>),
+}
+
+/// A vector column's data and norms.
+pub struct Vectors {
     pub dim: usize,
     pub data: VecData,
     /// 1/‖x‖ per row (0 for a zero vector), for COSINE.
     pub inv_norms: Vec<f32>,
 }
 
-impl VecColumn {
+impl Vectors {
     pub fn slice(&self) -> VectorSlice<'_> {
         VectorSlice::new(self.data.as_slice(), self.dim)
     }
+}
+
+/// A flushed vector file fetched (into the store's cache, memory-mapped from there),
+/// checked and normalised on first use.
+pub struct LazyVectors {
+    store: Arc<dyn Storage>,
+    key: String,
+    rows: usize,
+    dim: usize,
+    crc: u32,
+    cell: OnceCell<Vectors>,
+}
+
+impl LazyVectors {
+    pub fn get(&self) -> Result<&Vectors> {
+        self.cell.get_or_try_init(|| {
+            let blob = self.store.get_mapped(&self.key)?;
+            let path = self.store.locate(&self.key);
+            let data = checked_vectors(&path, blob, self.rows, self.dim, self.crc)?;
+            let inv_norms = VectorSlice::new(data.as_slice(), self.dim).inv_norms();
+            Ok(Vectors {
+                dim: self.dim,
+                data,
+                inv_norms,
+            })
+        })
+    }
+
+    pub fn is_fetched(&self) -> bool {
+        self.cell.get().is_some()
+    }
+}
+
+/// Vector data read back from a file, checked: a whole number of f32, `rows × dim` of
+/// them, and the checksum.
+fn checked_vectors(path: &Path, blob: Blob, rows: usize, dim: usize, crc: u32) -> Result<VecData> {
+    let corrupt = |msg: String| EngineError::Corrupt {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if !blob.len().is_multiple_of(4) {
+        return Err(corrupt(format!(
+            "{} bytes is not a whole number of f32 values",
+            blob.len()
+        )));
+    }
+    let data = VecData::from_blob(blob);
+    check_vec_data(path, &data, rows, dim, crc)?;
+    Ok(data)
+}
+
+fn check_vec_data(path: &Path, data: &VecData, rows: usize, dim: usize, crc: u32) -> Result<()> {
+    let corrupt = |msg: String| EngineError::Corrupt {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let want = rows.checked_mul(dim).filter(|_| dim > 0);
+    let found = data.as_slice().len();
+    if want != Some(found) {
+        return Err(corrupt(format!(
+            "expected {rows} rows of dim {dim}, found {} bytes",
+            found * 4
+        )));
+    }
+    if crc32c::crc32c(bytemuck_f32(data.as_slice())) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(())
+}
+
+impl VecColumn {
+    /// The rows, fetching them first where they are lazy (an error when that fails).
+    pub fn get(&self) -> Result<&Vectors> {
+        match &self.state {
+            VecState::Ready(v) => Ok(v),
+            VecState::Lazy(l) => l.get(),
+        }
+    }
+
+    /// The lazy part, for prefetching without holding the collection's lock.
+    pub fn lazy_part(&self) -> Option<&Arc<LazyVectors>> {
+        match &self.state {
+            VecState::Lazy(l) => Some(l),
+            VecState::Ready(_) => None,
+        }
+    }
+
+    fn ready_mut(&mut self) -> &mut Vectors {
+        match &mut self.state {
+            VecState::Ready(v) => v,
+            VecState::Lazy(_) => unreachable!("appending to a flushed segment"),
+        }
+    }
+
     fn push_rows(&mut self, data: &[f32]) {
-        self.inv_norms
-            .extend(data.chunks_exact(self.dim).map(magpie_linalg::inv_norm));
-        match &mut self.data {
-            VecData::Owned(v) => v.extend_from_slice(data),
+        let v = self.ready_mut();
+        v.inv_norms
+            .extend(data.chunks_exact(v.dim).map(magpie_linalg::inv_norm));
+        match &mut v.data {
+            VecData::Owned(o) => o.extend_from_slice(data),
             VecData::Mapped(_) | VecData::Shared(_) => {
                 unreachable!("appending to a flushed segment")
             }
         }
     }
+}
+
+/// Vector data for [`Segment::from_parts`]: read already, or fetched on first use.
+pub enum VecSource {
+    Data(VecData),
+    Lazy {
+        store: Arc<dyn Storage>,
+        key: String,
+    },
 }
 
 pub struct Segment {
@@ -333,8 +564,11 @@ impl Segment {
                 .iter()
                 .map(|&dim| VecColumn {
                     dim,
-                    data: VecData::Owned(Vec::new()),
-                    inv_norms: Vec::new(),
+                    state: VecState::Ready(Vectors {
+                        dim,
+                        data: VecData::Owned(Vec::new()),
+                        inv_norms: Vec::new(),
+                    }),
                 })
                 .collect(),
             scalars: (0..n_scalars).map(|_| Column::default()).collect(),
@@ -509,7 +743,7 @@ impl Segment {
         store.delete_prefix(prefix)?;
         let mut crc_vectors = Vec::new();
         for (k, col) in self.vectors.iter().enumerate() {
-            let bytes = bytemuck_f32(col.data.as_slice());
+            let bytes = bytemuck_f32(col.get()?.data.as_slice());
             crc_vectors.push(crc32c::crc32c(bytes));
             store.put(&format!("{prefix}vector_{k}.f32"), bytes)?;
         }
@@ -566,9 +800,10 @@ impl Segment {
     }
 
     /// Loads a flushed segment from `prefix`; vectors are memory-mapped where the store
-    /// is local. `deletes_gen` names the tombstone file to apply (0 = none). Everything
-    /// read is checked by [`Segment::from_parts`].
-    pub fn load(store: &dyn Storage, prefix: &str, deletes_gen: u64) -> Result<Segment> {
+    /// is local, and fetched on first use where it is remote ([`Storage::is_remote`]).
+    /// `deletes_gen` names the tombstone file to apply (0 = none). Everything read is
+    /// checked by [`Segment::from_parts`] (lazy vectors when they are fetched).
+    pub fn load(store: &Arc<dyn Storage>, prefix: &str, deletes_gen: u64) -> Result<Segment> {
         let meta_bytes = store.get(&format!("{prefix}meta.json"))?;
         let dir = store.locate(prefix);
         let meta = parse_meta(&dir, &meta_bytes)?;
@@ -576,6 +811,13 @@ impl Segment {
         let mut vectors = Vec::with_capacity(meta.dims.len());
         for k in 0..meta.dims.len() {
             let key = format!("{prefix}vector_{k}.f32");
+            if store.is_remote() {
+                vectors.push(VecSource::Lazy {
+                    store: store.clone(),
+                    key,
+                });
+                continue;
+            }
             let blob = store.get_mapped(&key)?;
             if blob.len() % 4 != 0 {
                 return Err(EngineError::Corrupt {
@@ -583,7 +825,7 @@ impl Segment {
                     msg: format!("{} bytes is not a whole number of f32 values", blob.len()),
                 });
             }
-            vectors.push(VecData::from_blob(blob));
+            vectors.push(VecSource::Data(VecData::from_blob(blob)));
         }
         let deletes = if deletes_gen > 0 {
             let key = format!("{prefix}deletes-{deletes_gen}.mpk");
@@ -602,7 +844,7 @@ impl Segment {
         dir: &Path,
         meta_bytes: &[u8],
         rows_bytes: &[u8],
-        vectors: Vec<VecData>,
+        vectors: Vec<VecSource>,
         deletes: Option<(u64, Vec<u8>)>,
     ) -> Result<Segment> {
         let corrupt = |path: PathBuf, msg: String| EngineError::Corrupt { path, msg };
@@ -625,25 +867,37 @@ impl Segment {
             ));
         }
         let mut cols = Vec::with_capacity(vectors.len());
-        for (k, (data, &dim)) in vectors.into_iter().zip(&meta.dims).enumerate() {
-            let path = dir.join(format!("vector_{k}.f32"));
-            let want = n.checked_mul(dim).filter(|_| dim > 0);
-            let found = data.as_slice().len();
-            if want != Some(found) {
-                return Err(corrupt(
-                    path,
-                    format!("expected {n} rows of dim {dim}, found {} bytes", found * 4),
-                ));
-            }
-            if crc32c::crc32c(bytemuck_f32(data.as_slice())) != meta.crc_vectors[k] {
-                return Err(corrupt(path, "checksum mismatch".into()));
-            }
-            let inv_norms = VectorSlice::new(data.as_slice(), dim).inv_norms();
-            cols.push(VecColumn {
-                dim,
-                data,
-                inv_norms,
-            });
+        for (k, (src, &dim)) in vectors.into_iter().zip(&meta.dims).enumerate() {
+            let crc = meta.crc_vectors[k];
+            let state = match src {
+                VecSource::Data(data) => {
+                    let path = dir.join(format!("vector_{k}.f32"));
+                    check_vec_data(&path, &data, n, dim, crc)?;
+                    let inv_norms = VectorSlice::new(data.as_slice(), dim).inv_norms();
+                    VecState::Ready(Vectors {
+                        dim,
+                        data,
+                        inv_norms,
+                    })
+                }
+                VecSource::Lazy { store, key } => {
+                    if dim == 0 || n.checked_mul(dim).is_none() {
+                        return Err(corrupt(
+                            dir.join("meta.json"),
+                            format!("{n} rows of dim {dim}"),
+                        ));
+                    }
+                    VecState::Lazy(Arc::new(LazyVectors {
+                        store,
+                        key,
+                        rows: n,
+                        dim,
+                        crc,
+                        cell: OnceCell::new(),
+                    }))
+                }
+            };
+            cols.push(VecColumn { dim, state });
         }
         let mut deleted_at = vec![LIVE; n];
         let deletes_gen = match deletes {
@@ -731,6 +985,10 @@ impl Segment {
     /// local storage; elsewhere the owned data becomes the shared copy.
     pub fn remap(&mut self, store: &dyn Storage, prefix: &str) -> Result<()> {
         for (k, col) in self.vectors.iter_mut().enumerate() {
+            if col.lazy_part().is_some() {
+                continue;
+            }
+            let col = col.ready_mut();
             if col.data.as_slice().is_empty() {
                 continue;
             }
@@ -753,5 +1011,59 @@ impl Segment {
             }
         }
         Ok(())
+    }
+
+    /// What is still to be fetched of a segment on a remote store (vector files and
+    /// index files), shareable so that a prefetch can run without the collection's lock.
+    pub fn unfetched(&self) -> (Vec<Arc<LazyVectors>>, Vec<Arc<LazyIndex>>) {
+        let v = self
+            .vectors
+            .iter()
+            .filter_map(|c| c.lazy_part())
+            .filter(|l| !l.is_fetched())
+            .cloned()
+            .collect();
+        let i = self
+            .indexes
+            .iter()
+            .flatten()
+            .filter_map(|i| i.lazy_part())
+            .filter(|l| !l.is_fetched())
+            .cloned()
+            .collect();
+        (v, i)
+    }
+
+    /// Drops fetched vectors and indexes of a segment on a remote store from memory
+    /// (`collections/release`); they are fetched again on next use.
+    pub fn evict(&mut self) {
+        for c in &mut self.vectors {
+            if let VecState::Lazy(l) = &c.state {
+                if l.is_fetched() {
+                    c.state = VecState::Lazy(Arc::new(LazyVectors {
+                        store: l.store.clone(),
+                        key: l.key.clone(),
+                        rows: l.rows,
+                        dim: l.dim,
+                        crc: l.crc,
+                        cell: OnceCell::new(),
+                    }));
+                }
+            }
+        }
+        for ix in self.indexes.iter_mut().flatten() {
+            if let IndexState::Lazy(l) = &ix.state {
+                if l.is_fetched() {
+                    ix.state = IndexState::Lazy(Arc::new(LazyIndex {
+                        store: l.store.clone(),
+                        key: l.key.clone(),
+                        kind: l.kind.clone(),
+                        crc: l.crc,
+                        shape: l.shape,
+                        cell: OnceCell::new(),
+                    }));
+                }
+            }
+        }
     }
 }

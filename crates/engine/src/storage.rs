@@ -98,6 +98,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// directory's WAL is never replayed against another store's catalog: `local` for
     /// the data directory itself, else the store's URL.
     fn identity(&self) -> String;
+
+    /// True when fetching is slow or costly (a network store). Segments on such a store
+    /// keep only their row data (keys, timestamps, scalar columns) in memory at open and
+    /// fetch vector and index files on first use or on `collections/load`.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts, no backslash. Every

@@ -271,7 +271,7 @@ fn format_1_segments_open_and_compaction_rewrites_them() {
     let prefixes = segment_prefixes(&*store);
     assert!(prefixes.len() >= 3, "{prefixes:?}");
     for p in &prefixes {
-        let seg = Segment::load(&*store, p, 0).unwrap();
+        let seg = Segment::load(&store, p, 0).unwrap();
         seg.write_format(&*store, p, 1).unwrap();
         assert!(store.exists(&format!("{p}rows.mpk")).unwrap());
         assert!(!store.exists(&format!("{p}columns.bin")).unwrap());
@@ -333,7 +333,7 @@ fn format_2_scalar_data_is_at_most_a_third_of_format_1_on_disk() {
     e.flush("demo").unwrap();
     let p = &segment_prefixes(&*store)[0];
     let v2 = store.get(&format!("{p}columns.bin")).unwrap().len();
-    let seg = Segment::load(&*store, p, 0).unwrap();
+    let seg = Segment::load(&store, p, 0).unwrap();
     assert_eq!(seg.len(), 10_000);
     seg.write_format(&*store, p, 1).unwrap();
     let v1 = store.get(&format!("{p}rows.mpk")).unwrap().len();

@@ -457,3 +457,133 @@ fn a_data_directory_is_tied_to_its_storage() {
         "{err}"
     );
 }
+
+/// A store that says it is remote and records which objects were read, wrapping another.
+#[derive(Debug, Default)]
+struct Remote {
+    inner: MemoryStorage,
+    reads: parking_lot::Mutex<Vec<String>>,
+}
+
+impl Remote {
+    /// Vector and index files read since the last call.
+    fn take_file_reads(&self) -> Vec<String> {
+        let mut r = std::mem::take(&mut *self.reads.lock());
+        r.retain(|k| k.contains("/vector_") || k.contains("/index_"));
+        r.sort();
+        r
+    }
+}
+
+impl Storage for Remote {
+    fn put(&self, key: &str, data: &[u8]) -> magpie_engine::Result<()> {
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> magpie_engine::Result<Vec<u8>> {
+        self.reads.lock().push(key.to_string());
+        self.inner.get(key)
+    }
+    fn exists(&self, key: &str) -> magpie_engine::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn list(&self, prefix: &str) -> magpie_engine::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> magpie_engine::Result<()> {
+        self.inner.delete(key)
+    }
+    fn bytes_under(&self, prefix: &str) -> magpie_engine::Result<u64> {
+        self.inner.bytes_under(prefix)
+    }
+    fn locate(&self, key: &str) -> std::path::PathBuf {
+        self.inner.locate(key)
+    }
+    fn identity(&self) -> String {
+        "remote-test".into()
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+/// On a remote store, opening reads only the row data; vector and index files are
+/// fetched by the first search that needs them, by `collections/load`, or in the
+/// background after open; `release` drops them and a load fetches them again. Answers
+/// are the same throughout.
+#[test]
+fn segments_on_a_remote_store_are_fetched_on_first_use_or_at_load() {
+    let d = tempfile::tempdir().unwrap();
+    let remote = Arc::new(Remote::default());
+    let store: Arc<dyn Storage> = remote.clone();
+    let lazy = EngineConfig {
+        prefetch_on_open: false,
+        ..config()
+    };
+    let hnsw = vec![IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "HNSW".into(),
+        metric_type: Metric::L2,
+        params: Default::default(),
+    }];
+    let before = {
+        let e = Engine::open_with_storage(d.path(), lazy.clone(), store.clone()).unwrap();
+        e.create_collection("c", schema(), hnsw, Consistency::Strong, "")
+            .unwrap();
+        for b in 0..3 {
+            e.insert("c", None, &rows(b * 400..(b + 1) * 400)).unwrap();
+        }
+        e.flush("c").unwrap();
+        assert!(e.wait_for_indexes("c", Duration::from_secs(60)).unwrap());
+        answers(&e)
+    };
+    let unfetched = |e: &Engine| e.collection_stats("c").unwrap().files_unfetched;
+    remote.take_file_reads();
+    let e = Engine::open_with_storage(d.path(), lazy.clone(), store.clone()).unwrap();
+    let segments = e.collection_stats("c").unwrap().segments_flushed;
+    assert!(segments >= 2, "{segments} segments");
+    assert_eq!(
+        unfetched(&e),
+        2 * segments,
+        "a vector and an index file each"
+    );
+    // Queries read the row data only.
+    let n = e
+        .query(
+            "c",
+            &QueryRequest {
+                filter: Some("age < 10".into()),
+                output_fields: vec!["count(*)".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(n[0]["count(*)"], json!(240));
+    assert_eq!(remote.take_file_reads(), Vec::<String>::new());
+    // A search fetches what it needs, once.
+    assert_eq!(answers(&e), before);
+    assert_eq!(unfetched(&e), 0);
+    assert_eq!(remote.take_file_reads().len(), 2 * segments);
+    assert_eq!(answers(&e), before);
+    assert_eq!(remote.take_file_reads(), Vec::<String>::new());
+    // Release drops them; load fetches them before it returns.
+    e.set_loaded("c", false).unwrap();
+    assert_eq!(unfetched(&e), 2 * segments);
+    e.set_loaded("c", true).unwrap();
+    assert_eq!(unfetched(&e), 0);
+    assert_eq!(remote.take_file_reads().len(), 2 * segments);
+    assert_eq!(answers(&e), before);
+    drop(e);
+    // By default a loaded collection is fetched in the background after open.
+    let e = Engine::open_with_storage(d.path(), config(), store.clone()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while unfetched(&e) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background prefetch did not finish"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(answers(&e), before);
+}

@@ -27,7 +27,7 @@ use magpie_engine::catalog::{CollectionMeta, PartitionMeta};
 use magpie_engine::collection::{Collection, SealPolicy, WalOp};
 use magpie_engine::column::Column;
 use magpie_engine::filter::{parse, Columns, Filter, RowAccess};
-use magpie_engine::segment::{Segment, VecData};
+use magpie_engine::segment::{Segment, VecData, VecSource};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
 use magpie_index::Bitset;
 use serde_json::{json, Value};
@@ -231,7 +231,8 @@ fn read_back(c: &Collection, f: &Filter) {
                 let _ = row.scalar(k);
             }
             for col in &s.vectors {
-                assert_eq!(col.data.as_slice().len(), s.len() * col.dim);
+                let v = col.get().expect("vectors in memory");
+                assert_eq!(v.data.as_slice().len(), s.len() * col.dim);
             }
         }
     }
@@ -331,7 +332,7 @@ pub fn segment(mut data: &[u8]) {
         rest = r;
         let bytes: Vec<u8> = col.iter().flat_map(|x| x.to_le_bytes()).collect();
         crcs.push(crc32c::crc32c(&bytes));
-        vectors.push(VecData::Owned(col.to_vec()));
+        vectors.push(VecSource::Data(VecData::Owned(col.to_vec())));
     }
     if let Some(o) = meta_v.as_object_mut() {
         o.insert("crc_rows".into(), json!(crc32c::crc32c(rows)));

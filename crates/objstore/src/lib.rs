@@ -500,6 +500,10 @@ impl Storage for ObjectStorage {
         PathBuf::from(format!("{}/{key}", self.url))
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn identity(&self) -> String {
         self.url.clone()
     }
