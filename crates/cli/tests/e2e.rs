@@ -319,6 +319,29 @@ fn serve_on_s3_quickstart_crashes_and_a_fresh_machine() {
     let s = start(d2.path());
     assert_eq!(s.count("crash", ""), n, "a fresh machine sees every row");
     assert_eq!(s.ok("entities/search", search.clone())["data"], before);
+    // Vector files are fetched on first use or in the background; either way the load
+    // state reaches Loaded, and release / load fetch them again.
+    let state = |s: &Server| {
+        s.ok(
+            "collections/get_load_state",
+            json!({"collectionName": "crash"}),
+        )["data"]
+            .clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while state(&s)["loadState"] != "LoadStateLoaded" {
+        assert!(std::time::Instant::now() < deadline, "{}", state(&s));
+        std::thread::yield_now();
+    }
+    assert_eq!(state(&s)["loadProgress"], 100);
+    s.ok("collections/release", json!({"collectionName": "crash"}));
+    assert_eq!(state(&s)["loadState"], "LoadStateNotLoad");
+    s.ok("collections/load", json!({"collectionName": "crash"}));
+    assert_eq!(
+        state(&s),
+        json!({"loadState": "LoadStateLoaded", "loadProgress": 100})
+    );
+    assert_eq!(s.ok("entities/search", search.clone())["data"], before);
     s.stop();
     // Backups into the bucket, restored into another prefix.
     let mut bflags = flags(&d2.path().join("s3cache"));

@@ -179,7 +179,9 @@ pub struct CollectionStats {
     pub segments_sealed: usize,
     pub segments_flushed: usize,
     pub disk_bytes: u64,
-    /// Vector and index files on a remote store not fetched into memory yet.
+    /// Vector and index files on a remote store, and how many of them are not fetched
+    /// into memory yet.
+    pub files_remote: usize,
     pub files_unfetched: usize,
 }
 
@@ -875,6 +877,7 @@ impl Engine {
         for s in &g.segments {
             let (v, i) = s.unfetched();
             st.files_unfetched += v.len() + i.len();
+            st.files_remote += s.remote_files();
             match s.state {
                 crate::segment::SegState::Growing => st.segments_growing += 1,
                 crate::segment::SegState::Sealed => st.segments_sealed += 1,

@@ -1034,6 +1034,20 @@ impl Segment {
         (v, i)
     }
 
+    /// Number of vector and index files this segment fetches from a remote store.
+    pub fn remote_files(&self) -> usize {
+        self.vectors
+            .iter()
+            .filter(|c| c.lazy_part().is_some())
+            .count()
+            + self
+                .indexes
+                .iter()
+                .flatten()
+                .filter(|i| i.lazy_part().is_some())
+                .count()
+    }
+
     /// Drops fetched vectors and indexes of a segment on a remote store from memory
     /// (`collections/release`); they are fetched again on next use.
     pub fn evict(&mut self) {

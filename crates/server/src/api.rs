@@ -470,11 +470,22 @@ pub async fn release_collection(
 
 pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
     let name = need(&r.collection_name)?;
-    let m = blocking(&st, move |e| e.describe_collection(&name)).await?;
-    let loaded = m.loaded;
-    ok(
-        json!({"loadState": if loaded { "LoadStateLoaded" } else { "LoadStateNotLoad" }, "loadProgress": if loaded { 100 } else { 0 }}),
-    )
+    let (m, stats) = blocking(&st, move |e| {
+        Ok((e.describe_collection(&name)?, e.collection_stats(&name)?))
+    })
+    .await?;
+    // On a remote store a loaded collection is "loading" until every vector and index
+    // file has been fetched (in the background after a restart, or on first use).
+    let (state, progress) = if !m.loaded {
+        ("LoadStateNotLoad", 0)
+    } else if stats.files_unfetched > 0 {
+        let total = stats.files_remote.max(1);
+        let done = total.saturating_sub(stats.files_unfetched);
+        ("LoadStateLoading", (done * 100 / total).min(99))
+    } else {
+        ("LoadStateLoaded", 100)
+    };
+    ok(json!({"loadState": state, "loadProgress": progress}))
 }
 
 pub async fn flush(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
