@@ -6,8 +6,11 @@
 //! threads (queries one at a time per thread), p50/p99 latency of the one-thread run; per
 //! index: build seconds and vectors/s, index bytes and process RSS. Recall-target rows
 //! ask for `recall` instead of a knob and report the knob the index chose. FLAT rows add
-//! the memory-bandwidth bound measured in the same run. Output: a markdown table, and
-//! JSON rows (the same shape `bench/peers/peers.py` writes) with `--json`.
+//! the memory-bandwidth bound measured in the same run. With `--filter-selectivity`,
+//! rows also carry an Int64 field `sel` (row i gets `i * 7919 % 100`, so `sel < P` passes
+//! exactly P % of the rows, spread over the whole set) and filtered rows are measured
+//! against an exact filtered ground truth computed in this process. Output: a markdown
+//! table, and JSON rows (the same shape `bench/peers/peers.py` writes) with `--json`.
 
 use crate::vecfile::read_fvecs;
 use anyhow::{bail, Context, Result};
@@ -25,6 +28,7 @@ pub struct BenchOpts {
     pub sweep: Option<String>,
     pub recall_targets: Vec<f32>,
     pub queries: Option<usize>,
+    pub filter_selectivity: Vec<u32>,
     pub k: usize,
     pub build_threads: usize,
     pub url: Option<String>,
@@ -157,13 +161,20 @@ enum Target {
 const COLL: &str = "magpie_bench";
 
 impl Target {
-    fn search(&self, q: &[f32], k: usize, knobs: SearchKnobs) -> Result<(Vec<i64>, Option<Value>)> {
+    fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        knobs: SearchKnobs,
+        filter: Option<&str>,
+    ) -> Result<(Vec<i64>, Option<Value>)> {
         match self {
             Target::Local(e, _) => {
                 let req = SearchRequest {
                     vectors: vec![q.to_vec()],
                     limit: k,
                     knobs,
+                    filter: filter.map(str::to_string),
                     consistency: Some(Consistency::Eventually),
                     ..Default::default()
                 };
@@ -188,8 +199,11 @@ impl Target {
                 if let Some(r) = knobs.recall {
                     params.insert("recall".into(), json!(r));
                 }
-                let body = json!({"collectionName": COLL, "data": [q], "limit": k,
+                let mut body = json!({"collectionName": COLL, "data": [q], "limit": k,
                     "searchParams": {"params": params}, "consistencyLevel": "Eventually"});
+                if let Some(f) = filter {
+                    body["filter"] = json!(f);
+                }
                 let mut req = agent.post(&format!(
                     "{}/v2/vectordb/entities/search",
                     url.trim_end_matches('/')
@@ -231,18 +245,33 @@ fn prepare(
     ds: &Dataset,
     index: &str,
     params: &Map<String, Value>,
+    with_sel: bool,
 ) -> Result<(f64, f64, u64)> {
     let n = ds.n();
     let dim = ds.dim;
+    let row = |i: usize| {
+        let mut r = json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]});
+        if with_sel {
+            r["sel"] = json!(sel_of(i));
+        }
+        r
+    };
     match t {
         Target::Local(e, _) => {
+            let mut fields = vec![
+                magpie_engine::FieldSchema::new("id", magpie_engine::DataType::Int64)
+                    .primary(false),
+                magpie_engine::FieldSchema::new("vector", magpie_engine::DataType::FloatVector)
+                    .with_dim(dim),
+            ];
+            if with_sel {
+                fields.push(magpie_engine::FieldSchema::new(
+                    "sel",
+                    magpie_engine::DataType::Int64,
+                ));
+            }
             let schema = magpie_engine::CollectionSchema {
-                fields: vec![
-                    magpie_engine::FieldSchema::new("id", magpie_engine::DataType::Int64)
-                        .primary(false),
-                    magpie_engine::FieldSchema::new("vector", magpie_engine::DataType::FloatVector)
-                        .with_dim(dim),
-                ],
+                fields,
                 enable_dynamic_field: false,
                 description: String::new(),
                 functions: Vec::new(),
@@ -258,9 +287,7 @@ fn prepare(
             e.create_collection(COLL, schema, vec![ix], Consistency::Session, "")?;
             let t0 = Instant::now();
             for start in (0..n).step_by(10_000) {
-                let rows: Vec<Value> = (start..(start + 10_000).min(n))
-                    .map(|i| json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]}))
-                    .collect();
+                let rows: Vec<Value> = (start..(start + 10_000).min(n)).map(row).collect();
                 e.insert(COLL, None, &rows)?;
             }
             e.flush(COLL)?;
@@ -287,20 +314,23 @@ fn prepare(
             let _ = http_call(t, "collections/drop", &json!({"collectionName": COLL}));
             let mut ip = params.clone();
             ip.insert("index_type".into(), json!(index));
+            let mut fields = vec![
+                json!({"fieldName": "id", "dataType": "Int64", "isPrimary": true}),
+                json!({"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": dim}}),
+            ];
+            if with_sel {
+                fields.push(json!({"fieldName": "sel", "dataType": "Int64"}));
+            }
             http_call(
                 t,
                 "collections/create",
                 &json!({"collectionName": COLL,
-                    "schema": {"autoId": false, "enableDynamicField": false, "fields": [
-                        {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
-                        {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": dim}}]},
+                    "schema": {"autoId": false, "enableDynamicField": false, "fields": fields},
                     "indexParams": [{"fieldName": "vector", "indexName": "vector", "metricType": ds.metric.as_str(), "params": ip}]}),
             )?;
             let t0 = Instant::now();
             for start in (0..n).step_by(2_000) {
-                let rows: Vec<Value> = (start..(start + 2_000).min(n))
-                    .map(|i| json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]}))
-                    .collect();
+                let rows: Vec<Value> = (start..(start + 2_000).min(n)).map(row).collect();
                 http_call(
                     t,
                     "entities/insert",
@@ -350,11 +380,80 @@ struct RunStats {
     knob: Option<Value>,
 }
 
-fn run_queries(t: &Target, ds: &Dataset, k: usize, knobs: SearchKnobs) -> Result<RunStats> {
+/// The `sel` value of row `i`: 0..100, spread so that every range of rows has each
+/// value about equally often.
+fn sel_of(i: usize) -> i64 {
+    (i * 7919 % 100) as i64
+}
+
+/// Exact top-`k` ids of every query among the rows with `sel < pass` (two threads).
+fn filtered_truth(ds: &Dataset, k: usize, pass: u32) -> Vec<Vec<i32>> {
+    let dim = ds.dim;
+    let rows: Vec<usize> = (0..ds.n()).filter(|&i| sel_of(i) < pass as i64).collect();
+    let score = |q: &[f32], x: &[f32]| -> f32 {
+        match ds.metric {
+            Metric::L2 => -q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
+            Metric::IP => q.iter().zip(x).map(|(a, b)| a * b).sum(),
+            Metric::COSINE => {
+                let dot: f32 = q.iter().zip(x).map(|(a, b)| a * b).sum();
+                let n = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+                if n > 0.0 {
+                    dot / n
+                } else {
+                    0.0
+                }
+            }
+        }
+    };
+    let one = |qi: usize| -> Vec<i32> {
+        let q = ds.query(qi);
+        let mut best: Vec<(f32, usize)> = rows
+            .iter()
+            .map(|&i| (score(q, &ds.base[i * dim..(i + 1) * dim]), i))
+            .collect();
+        let k = k.min(best.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        best.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        best.truncate(k);
+        best.sort_by(|a, b| b.0.total_cmp(&a.0));
+        best.into_iter().map(|(_, i)| i as i32).collect()
+    };
     let nq = ds.nq();
+    let mut out = vec![Vec::new(); nq];
+    let half = nq / 2;
+    let one = &one;
+    std::thread::scope(|s| {
+        let (a, b) = out.split_at_mut(half);
+        s.spawn(move || a.iter_mut().enumerate().for_each(|(i, t)| *t = one(i)));
+        s.spawn(move || {
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(i, t)| *t = one(half + i))
+        });
+    });
+    out
+}
+
+fn run_queries(
+    t: &Target,
+    ds: &Dataset,
+    k: usize,
+    knobs: SearchKnobs,
+    filter: Option<(&str, &[Vec<i32>])>,
+) -> Result<RunStats> {
+    let nq = ds.nq();
+    let f = filter.map(|x| x.0);
+    let truth = |i: usize| -> &[i32] {
+        match filter {
+            Some((_, gt)) => &gt[i][..k.min(gt[i].len())],
+            None => ds.truth(i, k),
+        }
+    };
     // Warm-up: touch the index and vectors once.
     for i in 0..nq.min(50) {
-        t.search(ds.query(i), k, knobs)?;
+        t.search(ds.query(i), k, knobs, f)?;
     }
     let mut lat = Vec::with_capacity(nq);
     let mut hits = 0usize;
@@ -362,9 +461,9 @@ fn run_queries(t: &Target, ds: &Dataset, k: usize, knobs: SearchKnobs) -> Result
     let t0 = Instant::now();
     for i in 0..nq {
         let t1 = Instant::now();
-        let (ids, kn) = t.search(ds.query(i), k, knobs)?;
+        let (ids, kn) = t.search(ds.query(i), k, knobs, f)?;
         lat.push(t1.elapsed().as_secs_f64());
-        let truth = ds.truth(i, k);
+        let truth = truth(i);
         hits += ids
             .iter()
             .filter(|id| truth.contains(&(**id as i32)))
@@ -381,7 +480,7 @@ fn run_queries(t: &Target, ds: &Dataset, k: usize, knobs: SearchKnobs) -> Result
             .map(|w| {
                 s.spawn(move || -> Result<()> {
                     for i in (w..nq).step_by(2) {
-                        t.search(ds.query(i), k, knobs)?;
+                        t.search(ds.query(i), k, knobs, f)?;
                     }
                     Ok(())
                 })
@@ -454,7 +553,11 @@ pub fn run(o: BenchOpts) -> Result<()> {
         Value::Object(params.clone()),
         o.build_threads
     );
-    let (load_s, build_s, index_bytes) = prepare(&target, &ds, &index, &params)?;
+    let with_sel = !o.filter_selectivity.is_empty();
+    if let Some(p) = o.filter_selectivity.iter().find(|p| **p == 0 || **p > 100) {
+        bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
+    }
+    let (load_s, build_s, index_bytes) = prepare(&target, &ds, &index, &params, with_sel)?;
     let rss = if o.url.is_none() { rss_bytes() } else { 0 };
     let raw = (ds.n() * ds.dim * 4) as u64;
     let mut rows = Vec::new();
@@ -464,7 +567,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
         "load_s": load_s, "build_s": build_s, "build_vectors_per_s": ds.n() as f64 / build_s.max(1e-9),
         "index_bytes": index_bytes, "raw_vector_bytes": raw, "rss_bytes": rss, "simd": magpie_linalg::active_isa(),
     });
-    let mut runs: Vec<(Option<f32>, SearchKnobs)> = Vec::new();
+    let mut runs: Vec<(Option<f32>, SearchKnobs, Option<u32>)> = Vec::new();
     if let Some((name, default_sweep)) = knob_of(&index) {
         let sweep: Vec<usize> = match &o.sweep {
             Some(s) => s
@@ -481,7 +584,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
             } else {
                 k.nprobe = Some(v);
             }
-            runs.push((None, k));
+            runs.push((None, k, None));
         }
         for &r in &o.recall_targets {
             runs.push((
@@ -490,17 +593,38 @@ pub fn run(o: BenchOpts) -> Result<()> {
                     recall: Some(r),
                     ..Default::default()
                 },
+                None,
             ));
         }
     } else {
-        runs.push((None, SearchKnobs::default()));
+        runs.push((None, SearchKnobs::default(), None));
     }
-    for (target_recall, knobs) in runs {
-        let s = run_queries(&target, &ds, o.k, knobs)?;
+    // The filtered sweep, at the first recall target (exact search for FLAT).
+    let target_knobs = runs
+        .iter()
+        .find(|r| r.0.is_some())
+        .map_or((None, SearchKnobs::default()), |r| (r.0, r.1));
+    for &p in &o.filter_selectivity {
+        runs.push((target_knobs.0, target_knobs.1, Some(p)));
+    }
+    for (target_recall, knobs, pass) in runs {
+        let gt;
+        let text;
+        let filter = match pass {
+            Some(p) => {
+                eprintln!("  exact ground truth for sel < {p}…");
+                gt = filtered_truth(&ds, o.k, p);
+                text = format!("sel < {p}");
+                Some((text.as_str(), gt.as_slice()))
+            }
+            None => None,
+        };
+        let s = run_queries(&target, &ds, o.k, knobs, filter)?;
         let mut row = base.clone();
         let m = row.as_object_mut().unwrap();
         m.insert("knob".into(), s.knob.clone().unwrap_or(Value::Null));
         m.insert("recall_target".into(), json!(target_recall));
+        m.insert("filter_pass_pct".into(), json!(pass));
         m.insert("recall".into(), json!(s.recall));
         m.insert("qps_1t".into(), json!(s.qps1));
         m.insert("qps_2t".into(), json!(s.qps2));
@@ -550,13 +674,16 @@ pub fn markdown(rows: &[Value]) -> String {
         "| system | index | params | knob | recall@10 | QPS 1 thread | QPS 2 threads | p50 ms | p99 ms | build s | index MB | RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let knob = match (&r["knob"], &r["recall_target"]) {
+        let mut knob = match (&r["knob"], &r["recall_target"]) {
             (k, Value::Number(t)) => {
                 format!("recall≥{:.2} → {}", t.as_f64().unwrap_or(0.0), compact(k))
             }
             (Value::Null, _) => "exact".into(),
             (k, _) => compact(k),
         };
+        if let Some(p) = r["filter_pass_pct"].as_u64() {
+            knob = format!("filter {p} % · {knob}");
+        }
         let mb = |v: &Value| v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1e6));
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.4} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} |\n",

@@ -303,6 +303,12 @@ struct BenchArgs {
     /// Number of queries to run (default: all).
     #[arg(long)]
     queries: Option<usize>,
+    /// Filtered-search sweep: percentages of rows passing (comma-separated, e.g.
+    /// 1,10,50,90). Rows get an Int64 field `sel` spread over 0..100; each value P runs
+    /// the queries with `sel < P` at the first recall target, against an exact filtered
+    /// ground truth computed here, next to an unfiltered run at the same target.
+    #[arg(long, value_delimiter = ',')]
+    filter_selectivity: Vec<u32>,
     #[arg(long, default_value_t = 10)]
     k: usize,
     /// Threads for the index build.
@@ -620,6 +626,7 @@ fn main() {
             sweep: a.sweep,
             recall_targets: a.recall_targets,
             queries: a.queries,
+            filter_selectivity: a.filter_selectivity,
             k: a.k,
             build_threads: a.build_threads,
             url: a.url,
