@@ -1647,18 +1647,53 @@ impl Engine {
     }
 }
 
+/// Files fetched at once by [`prefetch`]: fetching is bound by the network's latency
+/// and bandwidth, not by this machine's cores.
+const PREFETCH_WORKERS: usize = 4;
+
 /// Fetches the vector and index files of a collection's segments that are not in memory
-/// yet (segments on a remote store), one at a time and without holding the collection's
-/// lock while fetching. An index that fails to fetch is logged and searched exactly.
+/// yet (segments on a remote store), [`PREFETCH_WORKERS`] at a time and without holding
+/// the collection's lock while fetching. An index that fails to fetch is logged and
+/// searched exactly; the first vector file that fails is the error.
 fn prefetch(c: &CollRef) -> Result<()> {
-    let parts: Vec<_> = c.read().segments.iter().map(|s| s.unfetched()).collect();
-    for (vectors, indexes) in parts {
-        for v in vectors {
-            v.get()?;
-        }
-        for i in indexes {
-            i.get();
-        }
+    enum Part {
+        V(Arc<crate::segment::LazyVectors>),
+        I(Arc<crate::segment::LazyIndex>),
     }
-    Ok(())
+    let parts: Vec<Part> = c
+        .read()
+        .segments
+        .iter()
+        .flat_map(|s| {
+            let (v, i) = s.unfetched();
+            v.into_iter()
+                .map(Part::V)
+                .chain(i.into_iter().map(Part::I))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_err: Mutex<Option<EngineError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PREFETCH_WORKERS.min(parts.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = parts.get(i) else { break };
+                match p {
+                    Part::V(v) => {
+                        if let Err(e) = v.get() {
+                            first_err.lock().get_or_insert(e);
+                        }
+                    }
+                    Part::I(ix) => {
+                        ix.get();
+                    }
+                }
+            });
+        }
+    });
+    match first_err.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
