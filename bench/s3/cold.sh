@@ -42,7 +42,11 @@ print(f"{n * copies} x {dim}")
 PY
 weed server -dir=$W/sw -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port=29333 -volume.port=28080 -filer.port=28888 -s3 -s3.port=28333 -s3.port.iceberg=0 -s3.port.lance=0 -master.volumeSizeLimitMB=256 -volume.max=64 > $W/weed.log 2>&1 &
 WPID=$!
-for i in $(seq 1 60); do code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT http://127.0.0.1:28333/bench || true); [ "$code" = 200 ] && break; sleep 0.5; done
+for i in $(seq 1 60); do code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT http://127.0.0.1:28333/bench || true); [ "$code" = 200 ] || [ "$code" = 409 ] && break; sleep 0.5; done
+if [ -n "${REUSE:-}" ]; then
+  # A restarted SeaweedFS answers 500 until its volumes are back: wait for an object.
+  for i in $(seq 1 120); do code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:28333/bench/cold/magpie.json || true); [ "$code" = 200 ] && break; sleep 0.5; done
+fi
 export AWS_ENDPOINT_URL=http://127.0.0.1:28333 AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_REGION=us-east-1
 if [ -z "${REUSE:-}" ]; then
 MAGPIE_LOG=warn $M serve --listen 127.0.0.1:29603 --data-dir $W/imp --storage s3://bench/cold --storage-cache-dir $W/imp-cache > $W/imp.out 2>&1 &
@@ -70,7 +74,7 @@ for k in 1 2 3; do
   t0=$(date +%s.%N)
   MAGPIE_LOG=warn $M serve --listen 127.0.0.1:29602 --data-dir $W/fresh$k --storage s3://bench/cold --storage-cache-dir $W/fresh$k-cache > $W/fresh$k.out 2>&1 &
   pid=$!
-  for i in $(seq 1 30000); do curl -s http://127.0.0.1:29602/healthz >/dev/null && break; sleep 0.02; done
+  for i in $(seq 1 30000); do curl -s http://127.0.0.1:29602/healthz >/dev/null && break; kill -0 $pid 2>/dev/null || { cat $W/fresh$k.out; exit 1; }; sleep 0.02; done
   t1=$(date +%s.%N)
   r=$(curl -s -H 'Content-Type: application/json' -d "$Q" http://127.0.0.1:29602/v2/vectordb/entities/search)
   t2=$(date +%s.%N)
