@@ -1,14 +1,15 @@
 //! Filter evaluation over one segment of 1M rows: row by row over the values a growing
 //! (or format-1) segment holds, against column-wise over the sealed typed columns of
-//! format 2. Results in docs/BENCHMARKS.md ("Typed columns").
+//! format 2, and with scalar indexes on `price` and `title`. Results in docs/BENCHMARKS.md ("Typed columns").
 //!
 //! `cargo bench -p magpie-engine --bench filter`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use magpie_engine::column::Column;
+use magpie_engine::column::{Column, SortedIndex};
 use magpie_engine::filter::{Columns, Filter};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
 use magpie_index::Bitset;
+use once_cell::sync::OnceCell;
 use serde_json::json;
 use std::hint::black_box;
 
@@ -53,15 +54,18 @@ fn bench(c: &mut Criterion) {
     sealed.iter_mut().for_each(Column::seal);
     let mut dyn_sealed = dyn_values.clone();
     dyn_sealed.seal();
-    let rows = Columns {
-        pks: &pks,
-        scalars: &values,
-        dynamic: &dyn_values,
-    };
-    let typed = Columns {
-        pks: &pks,
-        scalars: &sealed,
-        dynamic: &dyn_sealed,
+    let rows = Columns::new(&pks, &values, &dyn_values);
+    let typed = Columns::new(&pks, &sealed, &dyn_sealed);
+    // The same with scalar indexes on price and title (built before timing).
+    let slots: Vec<OnceCell<Option<SortedIndex>>> = sealed
+        .iter()
+        .map(|c| OnceCell::with_value(SortedIndex::build(c)))
+        .collect();
+    let indexed_fields = [true, true];
+    let indexed = Columns {
+        indexed: &indexed_fields,
+        sorted: &slots,
+        ..typed
     };
     let schema = schema();
     let mut g = c.benchmark_group("filter_1M");
@@ -72,6 +76,8 @@ fn bench(c: &mut Criterion) {
         ("quickstart", "color == \"blue\" and 10 < age < 20"),
         ("in_list", "price in [1, 2, 3, 500, 999]"),
         ("like_prefix", "title like \"item 12%\""),
+        ("price==7", "price == 7"),
+        ("price<500", "price < 500"),
     ] {
         let f = Filter::compile(src, &schema).unwrap();
         let run = |cols: &Columns<'_>| {
@@ -80,9 +86,13 @@ fn bench(c: &mut Criterion) {
             m.count_ones()
         };
         assert_eq!(run(&rows), run(&typed), "{src}");
+        assert_eq!(run(&rows), run(&indexed), "{src}");
         g.bench_function(format!("{name}/rows"), |b| b.iter(|| black_box(run(&rows))));
         g.bench_function(format!("{name}/columns"), |b| {
             b.iter(|| black_box(run(&typed)))
+        });
+        g.bench_function(format!("{name}/indexed"), |b| {
+            b.iter(|| black_box(run(&indexed)))
         });
     }
     g.finish();

@@ -709,6 +709,15 @@ impl Collection {
         Ok(m)
     }
 
+    /// Per scalar field (schema order): whether it has a scalar index.
+    pub fn scalar_indexed(&self) -> Vec<bool> {
+        self.meta
+            .schema
+            .scalar_fields()
+            .map(|f| self.meta.indexes.iter().any(|i| i.field_name == f.name))
+            .collect()
+    }
+
     /// Rows visible at `snap`, in the given partitions, matching `filter` and `ids`.
     pub fn allowed(
         &self,
@@ -727,7 +736,8 @@ impl Collection {
             }
         }
         if let Some(f) = filter {
-            f.eval_columns(&seg.columns(), &mut b);
+            let indexed = self.scalar_indexed();
+            f.eval_columns(&seg.columns_indexed(&indexed), &mut b);
         }
         b
     }

@@ -129,6 +129,8 @@ impl Drop for Engine {
 #[derive(Debug, Clone)]
 pub struct IndexProgress {
     pub meta: IndexMeta,
+    /// A scalar index (no metric; served by a sorted order per segment).
+    pub scalar: bool,
     /// Rows in flushed segments large enough to be indexed.
     pub total_rows: usize,
     pub indexed_rows: usize,
@@ -649,11 +651,14 @@ impl Engine {
             if name.is_some_and(|n| !n.is_empty() && n != def.index_name) {
                 continue;
             }
-            let field = g.meta.schema.vector_index(&def.field_name).unwrap_or(0);
+            let field = g.meta.schema.vector_index(&def.field_name);
+            let scalar = g.meta.schema.scalar_index(&def.field_name);
             let dim = g.meta.schema.field(&def.field_name).and_then(|f| f.dim);
-            let built = indexspec::parse(def, dim.unwrap_or(0), 0).is_ok_and(|k| k.is_built());
+            let built = field.is_some()
+                && indexspec::parse(def, dim.unwrap_or(0), 0).is_ok_and(|k| k.is_built());
             let mut p = IndexProgress {
                 meta: def.clone(),
+                scalar: scalar.is_some(),
                 total_rows: 0,
                 indexed_rows: 0,
                 pending_rows: 0,
@@ -663,7 +668,15 @@ impl Engine {
             };
             for s in &g.segments {
                 let live = s.live_count();
-                let ix = s.indexes.get(field).and_then(|i| i.as_ref());
+                let ix = field
+                    .and_then(|f| s.indexes.get(f))
+                    .and_then(|i| i.as_ref());
+                // A scalar index: the bytes of its sorted order, once a filter built it.
+                let scalar_bytes = scalar
+                    .and_then(|si| s.sorted.get(si))
+                    .and_then(|c| c.get())
+                    .and_then(|x| x.as_ref())
+                    .map_or(0, |x| x.bytes() as u64);
                 let state = if !built {
                     "indexed"
                 } else if s.state != SegState::Flushed {
@@ -692,7 +705,7 @@ impl Engine {
                     segment: s.id,
                     rows: s.len(),
                     state,
-                    index_bytes: ix.map_or(0, |i| i.file.bytes),
+                    index_bytes: ix.map_or(scalar_bytes, |i| i.file.bytes),
                     build_ms: ix.map_or(0, |i| i.file.build_ms),
                 });
             }
@@ -981,9 +994,14 @@ impl Engine {
             .field(&ix.field_name)
             .ok_or_else(|| invalid(format!("index field '{}' does not exist", ix.field_name)))?;
         if !f.is_vector() {
+            return indexspec::check_scalar(f, &ix.index_type);
+        }
+        let t = ix.index_type.to_ascii_uppercase();
+        if indexspec::SCALAR_TYPES.contains(&t.as_str()) && t != "AUTOINDEX" {
             return Err(invalid(format!(
-                "field '{}' is not a vector field; only vector fields can be indexed",
-                ix.field_name
+                "index type '{t}' is for scalar fields; vector field '{}' takes one of {}",
+                ix.field_name,
+                indexspec::SUPPORTED.join(", ")
             )));
         }
         indexspec::parse(ix, f.dim.unwrap_or(0), 0).map(|_| ())
@@ -1037,6 +1055,14 @@ impl Engine {
             m.indexes.retain(|i| i.index_name != index_name);
             Ok(())
         })?;
+        // A scalar index: its in-memory sorted orders go.
+        if let Some(si) = g.meta.schema.scalar_index(&def.field_name) {
+            for s in &mut g.segments {
+                if let Some(slot) = s.sorted.get_mut(si) {
+                    *slot = once_cell::sync::OnceCell::new();
+                }
+            }
+        }
         // Detach the built indexes, then forget their files: the manifest first, so a
         // crash in between leaves only orphan files (removed on open).
         let mut files = Vec::new();

@@ -5,6 +5,7 @@
 
 use crate::catalog::IndexMeta;
 use crate::error::{invalid, Result};
+use crate::schema::DataType;
 use magpie_index::{
     AnyIndex, Cancel, CodecKind, HnswIndex, HnswParams, IvfIndex, IvfParams, Metric, VectorSlice,
 };
@@ -70,6 +71,63 @@ pub const SUPPORTED: &[&str] = &[
     "IVF_SQ8",
     "IVF_PQ",
 ];
+
+/// Index types of scalar fields (Milvus's names). All are served by a
+/// [`crate::column::SortedIndex`] per sealed segment, built in memory on first use.
+pub const SCALAR_TYPES: &[&str] = &["INVERTED", "BITMAP", "STL_SORT", "TRIE", "AUTOINDEX"];
+
+/// Checks a scalar index type against its field, with Milvus's rules of which type
+/// suits which field.
+pub fn check_scalar(f: &crate::schema::FieldSchema, index_type: &str) -> Result<()> {
+    let t = index_type.to_ascii_uppercase();
+    let name = &f.name;
+    if f.is_primary {
+        return Err(invalid(format!(
+            "field '{name}' is the primary key, which is always indexed"
+        )));
+    }
+    if !SCALAR_TYPES.contains(&t.as_str()) {
+        return Err(invalid(if SUPPORTED.contains(&t.as_str()) {
+            format!(
+                "index type '{t}' is for vector fields; scalar field '{name}' takes one of {}",
+                SCALAR_TYPES.join(", ")
+            )
+        } else {
+            format!(
+                "index type '{t}' is not supported; scalar field '{name}' takes one of {}",
+                SCALAR_TYPES.join(", ")
+            )
+        }));
+    }
+    let dt = f.data_type;
+    let ok = match dt {
+        DataType::JSON => {
+            return Err(invalid(format!(
+                "JSON field '{name}': a scalar index on a JSON path (json_path, json_cast_type) is not supported yet; filters on JSON keys read their typed sub-columns"
+            )))
+        }
+        DataType::Array => {
+            return Err(invalid(format!(
+                "Array field '{name}': scalar indexes on arrays are not supported yet"
+            )))
+        }
+        _ => match t.as_str() {
+            "TRIE" => dt == DataType::VarChar,
+            "BITMAP" => dt == DataType::Bool || dt == DataType::VarChar || dt.is_integer(),
+            "STL_SORT" => {
+                dt.is_integer() || matches!(dt, DataType::Float | DataType::Double | DataType::VarChar)
+            }
+            _ => true,
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "index type '{t}' does not apply to field '{name}' of type {dt:?}"
+        )))
+    }
+}
 
 /// Parses and validates an index definition for a vector field of dimension `dim`.
 pub fn parse(ix: &IndexMeta, dim: usize, build_threads: usize) -> Result<IndexKind> {

@@ -402,6 +402,9 @@ pub struct Segment {
     pub scalars: Vec<Column>,
     /// The dynamic field (empty when the collection has none).
     pub dynamic: Column,
+    /// Scalar index slot per scalar column, built on first use by a filter on a field
+    /// that has a scalar index ([`crate::column::SortedIndex`]).
+    pub sorted: Vec<OnceCell<Option<crate::column::SortedIndex>>>,
     pub created_ms: u64,
     /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
     /// compaction rewrites older ones.
@@ -573,6 +576,7 @@ impl Segment {
                 .collect(),
             scalars: (0..n_scalars).map(|_| Column::default()).collect(),
             dynamic: Column::default(),
+            sorted: (0..n_scalars).map(|_| OnceCell::new()).collect(),
             created_ms: crate::types::now_ms(),
             format: FORMAT,
             deletes_dirty: false,
@@ -650,11 +654,25 @@ impl Segment {
 
     /// The columns a filter reads.
     pub fn columns(&self) -> Columns<'_> {
+        Columns::new(&self.pks, &self.scalars, &self.dynamic)
+    }
+
+    /// The columns with the scalar indexes of the fields flagged in `indexed`.
+    pub fn columns_indexed<'a>(&'a self, indexed: &'a [bool]) -> Columns<'a> {
         Columns {
-            pks: &self.pks,
-            scalars: &self.scalars,
-            dynamic: &self.dynamic,
+            indexed,
+            sorted: &self.sorted,
+            ..self.columns()
         }
+    }
+
+    /// Heap bytes of the scalar indexes built so far.
+    pub fn scalar_index_bytes(&self) -> usize {
+        self.sorted
+            .iter()
+            .filter_map(|c| c.get().and_then(|x| x.as_ref()))
+            .map(|x| x.bytes())
+            .sum()
     }
 
     /// A row, as filters see it.
@@ -930,6 +948,7 @@ impl Segment {
             ts: rows.ts,
             deleted_at,
             vectors: cols,
+            sorted: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),

@@ -151,8 +151,13 @@ proptest! {
         sealed.iter_mut().for_each(Column::seal);
         let mut dyn_sealed = dyn_values.clone();
         dyn_sealed.seal();
-        let grow = Columns { pks: &pks, scalars: &values, dynamic: &dyn_values };
-        let typed = Columns { pks: &pks, scalars: &sealed, dynamic: &dyn_sealed };
+        let grow = Columns::new(&pks, &values, &dyn_values);
+        let typed = Columns::new(&pks, &sealed, &dyn_sealed);
+        // Scalar indexes on every field, used whenever one applies.
+        let slots: Vec<once_cell::sync::OnceCell<Option<magpie_engine::column::SortedIndex>>> =
+            sealed.iter().map(|_| Default::default()).collect();
+        let all = vec![true; sealed.len()];
+        let indexed = Columns { indexed: &all, sorted: &slots, always_use_indexes: true, ..typed };
         for i in 0..n {
             for k in 0..5 {
                 prop_assert_eq!(sealed[k].get(i), values[k].get(i));
@@ -172,10 +177,13 @@ proptest! {
             f.eval_columns(&typed, &mut by_cols);
             let mut by_vals = mask.clone();
             f.eval_columns(&grow, &mut by_vals);
+            let mut by_index = mask.clone();
+            f.eval_columns(&indexed, &mut by_index);
             for (i, r) in rows.iter().enumerate() {
                 let want = mask.get(i) && f.eval(&grow.row(i));
                 prop_assert_eq!(by_cols.get(i), want, "typed, row {} of {:?}: {:?}", i, src, r);
                 prop_assert_eq!(by_vals.get(i), want, "values, row {} of {:?}", i, src);
+                prop_assert_eq!(by_index.get(i), want, "indexed, row {} of {:?}", i, src);
                 prop_assert_eq!(f.eval(&typed.row(i)), f.eval(&grow.row(i)));
             }
         }

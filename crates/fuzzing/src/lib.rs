@@ -173,15 +173,21 @@ pub fn filter(data: &[u8]) {
                     scalars.iter_mut().for_each(Column::seal);
                     dynamic.seal();
                 }
-                let cols = Columns {
-                    pks: &pks,
-                    scalars: &scalars,
-                    dynamic: &dynamic,
-                };
+                let cols = Columns::new(&pks, &scalars, &dynamic);
                 for (i, w) in want.iter().enumerate() {
                     assert_eq!(f.eval(&cols.row(i)), *w, "row {i} of {src:?}");
                 }
                 agree(&f, &cols);
+                // And through scalar indexes on every field, whenever one applies.
+                let slots: Vec<_> = scalars.iter().map(|_| Default::default()).collect();
+                let all = vec![true; scalars.len()];
+                let indexed = Columns {
+                    indexed: &all,
+                    sorted: &slots,
+                    always_use_indexes: true,
+                    ..cols
+                };
+                agree(&f, &indexed);
             }
         }
         Err(e) => {

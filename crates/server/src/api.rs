@@ -392,7 +392,10 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
         "enableDynamicField": m.schema.enable_dynamic_field,
         "fields": fields,
         "functions": m.schema.functions,
-        "indexes": m.indexes.iter().map(|i| json!({"fieldName": i.field_name, "indexName": i.index_name, "metricType": i.metric_type.as_str()})).collect::<Vec<_>>(),
+        "indexes": m.indexes.iter().map(|i| {
+            let scalar = m.schema.field(&i.field_name).is_some_and(|f| !f.is_vector());
+            json!({"fieldName": i.field_name, "indexName": i.index_name, "metricType": if scalar { "" } else { i.metric_type.as_str() }})
+        }).collect::<Vec<_>>(),
         "load": if m.loaded { "LoadStateLoaded" } else { "LoadStateNotLoad" },
         "partitionsNum": m.partitions.len(),
         "consistencyLevel": m.consistency.as_str(),
@@ -885,7 +888,8 @@ pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollR
                 .iter()
                 .map(|s| json!({"segmentID": s.segment, "rows": s.rows, "state": s.state, "indexBytes": s.index_bytes, "buildMs": s.build_ms}))
                 .collect();
-            json!({"indexName": i.index_name, "fieldName": i.field_name, "indexType": i.index_type, "metricType": i.metric_type.as_str(),
+            let metric = if p.scalar { "" } else { i.metric_type.as_str() };
+            json!({"indexName": i.index_name, "fieldName": i.field_name, "indexType": i.index_type, "metricType": metric,
                    "indexState": p.state, "totalRows": p.total_rows, "indexedRows": p.indexed_rows, "pendingRows": p.pending_rows,
                    "failReason": p.fail_reason, "params": i.params, "segments": segs})
         })
