@@ -102,6 +102,9 @@ impl EngineConfig {
 pub struct Engine {
     /// Held (locked) for the engine's lifetime; see [`Engine::open`].
     _lock: std::fs::File,
+    /// The background prefetch after open (remote stores): told to stop and joined when
+    /// the engine is dropped, so nothing of it outlives the engine.
+    prefetcher: Mutex<Option<Prefetcher>>,
     root: PathBuf,
     /// Catalog, manifests, segments and index files (the WAL stays under `root`).
     store: Arc<dyn Storage>,
@@ -119,8 +122,18 @@ pub struct Engine {
     gc: RwLock<()>,
 }
 
+/// The background prefetch thread and its stop flag.
+type Prefetcher = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
+
 impl Drop for Engine {
     fn drop(&mut self) {
+        if let Some((stop, handle)) = self.prefetcher.lock().take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = handle.join();
+        }
         self.builder.shutdown();
     }
 }
@@ -445,6 +458,7 @@ impl Engine {
             last_compact: Mutex::new(HashMap::new()),
             gc: RwLock::new(()),
             _lock: lock,
+            prefetcher: Mutex::new(None),
         };
         e.schedule_all();
         if e.store.is_remote() && e.config.prefetch_on_open {
@@ -455,17 +469,22 @@ impl Engine {
                 .filter(|c| c.read().meta.loaded)
                 .cloned()
                 .collect();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
             let spawned = std::thread::Builder::new()
                 .name("magpie-prefetch".into())
                 .spawn(move || {
                     for c in loaded {
-                        if let Err(err) = prefetch(&c) {
+                        if let Err(err) = prefetch(&c, Some(&flag)) {
                             tracing::warn!("prefetch of '{}' failed ({err}); its files are fetched on first use", c.read().meta.name);
                         }
                     }
                 });
-            if let Err(err) = spawned {
-                tracing::warn!("no prefetch thread ({err}); files are fetched on first use");
+            match spawned {
+                Ok(h) => *e.prefetcher.lock() = Some((stop, h)),
+                Err(err) => {
+                    tracing::warn!("no prefetch thread ({err}); files are fetched on first use")
+                }
             }
         }
         Ok(e)
@@ -916,7 +935,7 @@ impl Engine {
             }
         }
         if loaded {
-            prefetch(&c)?;
+            prefetch(&c, None)?;
         }
         Ok(())
     }
@@ -1681,7 +1700,7 @@ const PREFETCH_WORKERS: usize = 4;
 /// yet (segments on a remote store), [`PREFETCH_WORKERS`] at a time and without holding
 /// the collection's lock while fetching. An index that fails to fetch is logged and
 /// searched exactly; the first vector file that fails is the error.
-fn prefetch(c: &CollRef) -> Result<()> {
+fn prefetch(c: &CollRef, stop: Option<&std::sync::atomic::AtomicBool>) -> Result<()> {
     enum Part {
         V(Arc<crate::segment::LazyVectors>),
         I(Arc<crate::segment::LazyIndex>),
@@ -1703,6 +1722,9 @@ fn prefetch(c: &CollRef) -> Result<()> {
     std::thread::scope(|s| {
         for _ in 0..PREFETCH_WORKERS.min(parts.len()) {
             s.spawn(|| loop {
+                if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                    break;
+                }
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(p) = parts.get(i) else { break };
                 match p {
