@@ -337,6 +337,8 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             json,
             local,
         } => {
+            // A path given to --like: name it (not its hashed id) if nothing has it.
+            let like_path = like.clone().filter(|l| l.parse::<i64>().is_err());
             let q = match (text, image, like) {
                 (Some(t), None, None) => ImageQuery::Text(t),
                 (None, Some(f), None) => ImageQuery::Image(
@@ -348,7 +350,8 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 }),
                 _ => bail!("give one of --text, --image FILE or --like ID"),
             };
-            let hits = match local.remote() {
+            let hits = (|| -> Result<Vec<_>> {
+                Ok(match local.remote() {
                 Some(r) => {
                     use base64::Engine as _;
                     let mut body =
@@ -369,7 +372,14 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                     images::search(&engine, &collection, &q, filter.as_deref(), limit)
                         .map_err(api)?
                 }
-            };
+                })
+            })()
+            .map_err(|e| match &like_path {
+                Some(p) if format!("{e:#}").contains("no entity with primary key") => anyhow::anyhow!(
+                    "no indexed image has the path '{p}' in collection '{collection}' (give it as `images search` prints it, relative to the indexed folder)"
+                ),
+                _ => e,
+            })?;
             print_hits(&hits, json);
             Ok(())
         }

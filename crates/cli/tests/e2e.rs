@@ -1018,6 +1018,23 @@ fn images_cli_index_search_dupes_incremental() {
         &models,
     );
     assert_eq!(names, ["is.png"], "the changed file was re-embedded");
+    // A path nothing was indexed under is named in the error (not its hashed id).
+    let (ok, _, err) = magpie(
+        &[
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--like",
+            "europe/nosuch.png",
+        ],
+        &data,
+        &models,
+    );
+    assert!(
+        !ok && err.contains("no indexed image has the path 'europe/nosuch.png'"),
+        "{err}"
+    );
     // A second process cannot open a data directory that is in use.
     let held = magpie_engine::Engine::open(&data, Default::default()).unwrap();
     let (ok, _, err) = magpie(&["images", "dupes", "--collection", "pics"], &data, &models);
