@@ -219,7 +219,19 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
             let store = dir.store();
             eprintln!("fetching {name} into {} …", store.dir.display());
             let path = store.fetch(&name)?;
-            println!("installed {name} in {}", path.display());
+            let spec = magpie_embed::models::spec(&name)?;
+            if spec.files.is_empty() {
+                // A composite model (ConSE): it has no files of its own; say where its
+                // parts went.
+                let parts: Vec<String> = spec
+                    .needs
+                    .iter()
+                    .map(|n| format!("{n} in {}", store.model_dir(n).display()))
+                    .collect();
+                println!("installed {name}: {}", parts.join(", "));
+            } else {
+                println!("installed {name} in {}", path.display());
+            }
             Ok(())
         }
     }

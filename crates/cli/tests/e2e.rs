@@ -716,6 +716,37 @@ fn models_dir() -> Option<std::path::PathBuf> {
     }
 }
 
+/// ConSE has no files of its own: fetching it reports where its two parts are (they
+/// exist), not a `conse` directory that does not.
+#[test]
+fn models_fetch_conse_names_the_directories_of_its_parts() {
+    let Some(models) = models_dir() else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["models", "fetch", "conse", "--dir"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in ["efficientnet-lite0", "all-minilm-l6-v2"] {
+        let dir = models.join(part);
+        assert!(
+            dir.is_dir() && text.contains(&dir.display().to_string()),
+            "{text}"
+        );
+    }
+    assert!(
+        !text.contains(&models.join("conse").display().to_string()),
+        "{text}"
+    );
+}
+
 fn flags_dir() -> Option<std::path::PathBuf> {
     magpie_testkit::shared("data/flags/svg-country-flags-png250px")
 }
