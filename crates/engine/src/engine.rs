@@ -1370,6 +1370,11 @@ impl Engine {
     pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {
         let c = self.coll(coll)?;
         let snap = self.read_snapshot(&c, r.consistency)?;
+        if self.store.is_remote() && c.read().meta.loaded {
+            // Fetch what is not in memory yet before taking the lock for the search, so
+            // that writers never wait for the network (a no-op once all is fetched).
+            prefetch(&c, None)?;
+        }
         let g = c.read();
         Self::check_loaded(&g)?;
         let schema = &g.meta.schema;

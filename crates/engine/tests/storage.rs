@@ -587,3 +587,121 @@ fn segments_on_a_remote_store_are_fetched_on_first_use_or_at_load() {
     }
     assert_eq!(answers(&e), before);
 }
+
+/// A remote store whose vector-file reads wait at a gate until it is opened.
+#[derive(Default)]
+struct Gated {
+    inner: MemoryStorage,
+    open: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Gated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gated")
+    }
+}
+
+impl Storage for Gated {
+    fn put(&self, key: &str, data: &[u8]) -> magpie_engine::Result<()> {
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> magpie_engine::Result<Vec<u8>> {
+        if key.contains("/vector_") {
+            self.waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.lock();
+            while !*open {
+                self.cv.wait(&mut open);
+            }
+        }
+        self.inner.get(key)
+    }
+    fn exists(&self, key: &str) -> magpie_engine::Result<bool> {
+        self.inner.exists(key)
+    }
+    fn list(&self, prefix: &str) -> magpie_engine::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> magpie_engine::Result<()> {
+        self.inner.delete(key)
+    }
+    fn bytes_under(&self, prefix: &str) -> magpie_engine::Result<u64> {
+        self.inner.bytes_under(prefix)
+    }
+    fn locate(&self, key: &str) -> std::path::PathBuf {
+        self.inner.locate(key)
+    }
+    fn identity(&self) -> String {
+        "gated-test".into()
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+/// While a search waits for a vector file from a (slow) remote store, writes to the same
+/// collection are not held up: the fetch happens before the search takes the lock.
+#[test]
+fn writes_do_not_wait_for_a_search_that_is_fetching() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let d = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated::default());
+    *gated.open.lock() = true;
+    let store: Arc<dyn Storage> = gated.clone();
+    let cfg = EngineConfig {
+        prefetch_on_open: false,
+        ..config()
+    };
+    {
+        let e = Engine::open_with_storage(d.path(), cfg.clone(), store.clone()).unwrap();
+        e.create_collection("c", schema(), Vec::new(), Consistency::Strong, "")
+            .unwrap();
+        e.insert("c", None, &rows(0..300)).unwrap();
+        e.flush("c").unwrap();
+    }
+    *gated.open.lock() = false;
+    let e = Arc::new(Engine::open_with_storage(d.path(), cfg, store.clone()).unwrap());
+    let searcher = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            e.search(
+                "c",
+                &SearchRequest {
+                    vectors: vec![vec![0.5; 8]],
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gated.waiting.load(SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the search never fetched"
+        );
+        std::thread::yield_now();
+    }
+    // The search is now blocked in the fetch. A write must still go through.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            e.insert("c", None, &rows(300..310)).unwrap();
+            tx.send(()).unwrap();
+        });
+    }
+    let done = rx.recv_timeout(Duration::from_secs(10));
+    *gated.open.lock() = true;
+    gated.cv.notify_all();
+    assert!(
+        done.is_ok(),
+        "the insert waited for the search's fetch from the store"
+    );
+    let hits = searcher.join().unwrap();
+    assert_eq!(hits[0].len(), 3);
+    assert_eq!(e.collection_stats("c").unwrap().row_count, 310);
+}
