@@ -138,6 +138,12 @@ pub struct SearchOutcome {
     pub exact_segments: usize,
     /// The knob the (first) indexed segment resolved the request to.
     pub knob: Option<Knob>,
+    /// With a filter: rows that passed it (and were visible) over rows searched, and how
+    /// many segments each plan served (`exact`, `walk`, `twoHopWalk`, `widerProbe`,
+    /// `unfiltered`; see the indexes' `filter_plan`).
+    pub filter_passed: usize,
+    pub filter_rows: usize,
+    pub filter_plans: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// What a search needs once names are resolved (built by the engine).
@@ -847,10 +853,21 @@ impl Collection {
             .collect();
         let want = r.limit + r.offset;
         let mut outcome = SearchOutcome::default();
-        for (seg, _) in &allows {
-            match seg.indexes.get(r.vector_field).and_then(|i| i.as_ref()) {
+        for (seg, allow) in &allows {
+            let ix = seg.indexes.get(r.vector_field).and_then(|i| i.as_ref());
+            match ix {
                 Some(_) if !exact_only => outcome.indexed_segments += 1,
                 _ => outcome.exact_segments += 1,
+            }
+            if r.filter.is_some() {
+                let passed = allow.as_ref().map_or(seg.len(), |a| a.count_ones());
+                outcome.filter_passed += passed;
+                outcome.filter_rows += seg.len();
+                let plan = match ix.and_then(|i| i.get()) {
+                    Some(i) if !exact_only => i.filter_plan(passed),
+                    _ => "exact",
+                };
+                *outcome.filter_plans.entry(plan).or_default() += 1;
             }
         }
         for q in r.queries {

@@ -211,6 +211,22 @@ impl HnswIndex {
 
     /// Overrides the passing-row count below which filtered searches scan exactly
     /// (benchmarks and tests use it to force the graph paths).
+    /// The plan [`VectorIndexRead::search`] follows for `allowed` passing rows:
+    /// `exact` (few pass: scan them), `walk` (at least [`TWO_HOP_BELOW`] pass: navigate
+    /// through every node, collect passing ones), `twoHopWalk` (in between: expand
+    /// passing nodes, look through failing neighbours), `unfiltered` (all pass).
+    pub fn filter_plan(&self, allowed: usize) -> &'static str {
+        if allowed >= self.n {
+            "unfiltered"
+        } else if allowed < self.exact_below.min(self.n) {
+            "exact"
+        } else if allowed as f64 >= TWO_HOP_BELOW * self.n as f64 {
+            "walk"
+        } else {
+            "twoHopWalk"
+        }
+    }
+
     pub fn set_exact_below(&mut self, rows: usize) {
         self.exact_below = rows;
     }
@@ -958,6 +974,18 @@ mod tests {
         // Keep the fraction rule but drop the absolute floor, so this small index takes
         // the graph paths (two-hop below 50 %, navigate above) where a big one would.
         idx.set_exact_below((4000.0 * EXACT_BELOW_FRACTION) as usize);
+        // The plan searchInfo reports for each passing count.
+        for (allowed, plan) in [
+            (0, "exact"),
+            (159, "exact"),
+            (160, "twoHopWalk"),
+            (1999, "twoHopWalk"),
+            (2000, "walk"),
+            (3999, "walk"),
+            (4000, "unfiltered"),
+        ] {
+            assert_eq!(idx.filter_plan(allowed), plan, "{allowed} of 4000");
+        }
         let v = VectorSlice::new(&data, 16);
         let queries = clustered(30, 16, 20, 5);
         for frac in [0.01, 0.06, 0.1, 0.3, 0.5, 0.9] {

@@ -100,6 +100,19 @@ pub struct IvfIndex {
 }
 
 impl IvfIndex {
+    /// The plan [`VectorIndexRead::search`] follows for `allowed` passing rows: `exact`
+    /// (fewer than [`EXACT_BELOW_ROWS`]: scan them), `widerProbe` (some filtered out:
+    /// nprobe divided by the passing fraction), `unfiltered` (all pass).
+    pub fn filter_plan(&self, allowed: usize) -> &'static str {
+        if allowed >= self.n {
+            "unfiltered"
+        } else if allowed < EXACT_BELOW_ROWS.min(self.n) {
+            "exact"
+        } else {
+            "widerProbe"
+        }
+    }
+
     /// Rows and dimension the index was built over.
     pub fn shape(&self) -> (usize, usize) {
         (self.n, self.dim)
@@ -627,6 +640,9 @@ mod tests {
         for i in (0..4000).step_by(3) {
             allow.set(i, true);
         }
+        // Under EXACT_BELOW_ROWS passing rows the filtered search is an exact scan.
+        assert_eq!(idx.filter_plan(allow.count_ones()), "exact");
+        assert_eq!(idx.filter_plan(4000), "unfiltered");
         for q in queries.chunks_exact(16) {
             let p = SearchParams {
                 allow: Some(&allow),

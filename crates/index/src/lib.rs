@@ -213,6 +213,17 @@ pub enum AnyIndex {
 }
 
 impl AnyIndex {
+    /// How a search that may return `allowed` of the index's rows (a filter, deletes,
+    /// visibility) is carried out; the names `searchInfo` reports. Mirrors the choice
+    /// each index's `search` makes.
+    pub fn filter_plan(&self, allowed: usize) -> &'static str {
+        match self {
+            AnyIndex::Flat(_) => "exact",
+            AnyIndex::Hnsw(h) => h.filter_plan(allowed),
+            AnyIndex::Ivf(i) => i.filter_plan(allowed),
+        }
+    }
+
     /// Rows and dimension a file-backed index covers (`None` for FLAT, which has no
     /// state). Loading checks this against the segment before any search runs.
     pub fn shape(&self) -> Option<(usize, usize)> {

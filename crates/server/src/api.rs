@@ -823,6 +823,13 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             info.insert("expectedRecall".into(), json!(r));
         }
     }
+    if outcome.filter_rows > 0 {
+        info.insert(
+            "filterPassRatio".into(),
+            json!(outcome.filter_passed as f64 / outcome.filter_rows as f64),
+        );
+        info.insert("filterPlans".into(), json!(outcome.filter_plans));
+    }
     let results = outcome.hits;
     let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
     let mut flat = Vec::new();

@@ -617,6 +617,24 @@ async fn ann_index_over_rest() {
         v["searchInfo"]["expectedRecall"].as_f64().unwrap() >= 0.95,
         "{v}"
     );
+    // Filtered searches say what passed and which plan each segment used (the graph
+    // plans start at 4096 passing rows; index unit tests cover them).
+    for (filter, ratio, plan) in [
+        ("id < 10", 0.005, "exact"),
+        ("id < 1500", 0.75, "exact"),
+        ("id >= 0", 1.0, "unfiltered"),
+    ] {
+        let (_, v) = t
+            .post(
+                "entities/search",
+                json!({"collectionName": "c", "data": [vec_of(5)], "limit": 3, "filter": filter}),
+            )
+            .await;
+        assert_eq!(v["data"][0]["id"], json!(5), "{v}");
+        let info = &v["searchInfo"];
+        assert_eq!(info["filterPassRatio"], json!(ratio), "{filter}: {v}");
+        assert_eq!(info["filterPlans"], json!({plan: 1}), "{filter}: {v}");
+    }
 
     for (params, frag) in [
         (json!({"ef": 0}), "'ef' must be in"),
