@@ -724,13 +724,15 @@ impl Collection {
             .collect()
     }
 
-    /// Rows visible at `snap`, in the given partitions, matching `filter` and `ids`.
+    /// Rows of `seg` visible at `snap` matching `filter` and `ids`; `indexed` is
+    /// [`Collection::scalar_indexed`], computed once per request by the caller.
     pub fn allowed(
         &self,
         seg: &Segment,
         snap: Timestamp,
         filter: Option<&Filter>,
         ids: Option<&HashSet<PrimaryKey>>,
+        indexed: &[bool],
     ) -> Bitset {
         let mut b = seg.visible(snap);
         if let Some(ids) = ids {
@@ -742,8 +744,7 @@ impl Collection {
             }
         }
         if let Some(f) = filter {
-            let indexed = self.scalar_indexed();
-            f.eval_columns(&seg.columns_indexed(&indexed), &mut b);
+            f.eval_columns(&seg.columns_indexed(indexed), &mut b);
         }
         b
     }
@@ -763,11 +764,12 @@ impl Collection {
     ) -> Result<Vec<Map<String, Value>>> {
         let mut out = Vec::new();
         let mut skipped = 0;
+        let indexed = self.scalar_indexed();
         for seg in &self.segments {
             if parts.is_some_and(|p| !p.contains(&seg.partition)) {
                 continue;
             }
-            for i in self.allowed(seg, snap, filter, ids).iter_ones() {
+            for i in self.allowed(seg, snap, filter, ids, &indexed).iter_ones() {
                 if skipped < offset {
                     skipped += 1;
                     continue;
@@ -791,10 +793,11 @@ impl Collection {
         ids: Option<&HashSet<PrimaryKey>>,
         parts: Option<&HashSet<u64>>,
     ) -> usize {
+        let indexed = self.scalar_indexed();
         self.segments
             .iter()
             .filter(|s| parts.is_none_or(|p| p.contains(&s.partition)))
-            .map(|s| self.allowed(s, snap, filter, ids).count_ones())
+            .map(|s| self.allowed(s, snap, filter, ids, &indexed).count_ones())
             .sum()
     }
 
@@ -838,6 +841,7 @@ impl Collection {
         let flat = FlatIndex::new(r.metric);
         let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
         let exact_only = r.group_by.is_some();
+        let indexed = self.scalar_indexed();
         let allows: Vec<(&Segment, Option<Bitset>)> = self
             .segments
             .iter()
@@ -846,7 +850,7 @@ impl Collection {
                 let allow = if r.filter.is_none() && s.all_visible(r.snapshot) {
                     None
                 } else {
-                    Some(self.allowed(s, r.snapshot, r.filter, None))
+                    Some(self.allowed(s, r.snapshot, r.filter, None, &indexed))
                 };
                 (s, allow)
             })

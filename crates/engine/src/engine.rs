@@ -1231,12 +1231,19 @@ impl Engine {
                 ));
             }
             let mut pks = Vec::new();
+            let indexed = g.scalar_indexed();
             for s in &g.segments {
                 if parts.as_ref().is_some_and(|p| !p.contains(&s.partition)) {
                     continue;
                 }
                 for i in g
-                    .allowed(s, Timestamp::MAX - 1, filter.as_ref(), idset.as_ref())
+                    .allowed(
+                        s,
+                        Timestamp::MAX - 1,
+                        filter.as_ref(),
+                        idset.as_ref(),
+                        &indexed,
+                    )
                     .iter_ones()
                 {
                     pks.push(s.pks[i].clone());

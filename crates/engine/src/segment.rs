@@ -666,15 +666,6 @@ impl Segment {
         }
     }
 
-    /// Heap bytes of the scalar indexes built so far.
-    pub fn scalar_index_bytes(&self) -> usize {
-        self.sorted
-            .iter()
-            .filter_map(|c| c.get().and_then(|x| x.as_ref()))
-            .map(|x| x.bytes())
-            .sum()
-    }
-
     /// A row, as filters see it.
     pub fn row(&self, i: usize) -> ColumnRow<'_> {
         self.columns().row(i)

@@ -201,11 +201,13 @@ fn quickstart_rows(range: std::ops::Range<i64>) -> Vec<Value> {
         .collect()
 }
 
-fn quickstart(root: &Path, store: &Arc<dyn Storage>) -> Engine {
+/// The README quickstart's collection (`id`, a 4-d vector, dynamic fields), segments
+/// sealed at `seal_rows`.
+fn quickstart(root: &Path, store: &Arc<dyn Storage>, seal_rows: usize) -> Engine {
     let e = Engine::open_with_storage(
         root,
         EngineConfig {
-            seal_rows: 300,
+            seal_rows,
             index_min_rows: 1_000_000,
             ..Default::default()
         },
@@ -267,7 +269,7 @@ fn format_1_segments_open_and_compaction_rewrites_them() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let before = {
-        let e = quickstart(dir.path(), &store);
+        let e = quickstart(dir.path(), &store, 300);
         for b in 0..5 {
             e.insert("demo", None, &quickstart_rows(b * 200..(b + 1) * 200))
                 .unwrap();
@@ -284,7 +286,7 @@ fn format_1_segments_open_and_compaction_rewrites_them() {
         assert!(store.exists(&format!("{p}rows.mpk")).unwrap());
         assert!(!store.exists(&format!("{p}columns.bin")).unwrap());
     }
-    let e = quickstart(dir.path(), &store);
+    let e = quickstart(dir.path(), &store, 300);
     assert_eq!(
         answers(&e),
         before,
@@ -303,7 +305,7 @@ fn format_1_segments_open_and_compaction_rewrites_them() {
         assert!(!store.exists(&format!("{p}rows.mpk")).unwrap());
     }
     drop(e);
-    let e = quickstart(dir.path(), &store);
+    let e = quickstart(dir.path(), &store, 300);
     assert_eq!(answers(&e), after_delete, "after a restart");
 }
 
@@ -313,27 +315,7 @@ fn format_1_segments_open_and_compaction_rewrites_them() {
 fn format_2_scalar_data_is_at_most_a_third_of_format_1_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let e = Engine::open_with_storage(
-        dir.path(),
-        EngineConfig {
-            seal_rows: 100_000,
-            index_min_rows: 1_000_000,
-            ..Default::default()
-        },
-        store.clone(),
-    )
-    .unwrap();
-    let schema = CollectionSchema {
-        fields: vec![
-            FieldSchema::new("id", DataType::Int64).primary(false),
-            FieldSchema::new("vector", DataType::FloatVector).with_dim(4),
-        ],
-        enable_dynamic_field: true,
-        description: String::new(),
-        functions: Vec::new(),
-    };
-    e.create_collection("demo", schema, vec![], Consistency::Strong, "")
-        .unwrap();
+    let e = quickstart(dir.path(), &store, 100_000);
     for b in 0..10 {
         e.insert("demo", None, &quickstart_rows(b * 1000..(b + 1) * 1000))
             .unwrap();

@@ -458,11 +458,21 @@ fn a_data_directory_is_tied_to_its_storage() {
     );
 }
 
-/// A store that says it is remote and records which objects were read, wrapping another.
-#[derive(Debug, Default)]
+/// A store that says it is remote and records which objects were read, wrapping another;
+/// while `closed` is set, reads of vector files wait (a slow network).
+#[derive(Default)]
 struct Remote {
     inner: MemoryStorage,
     reads: parking_lot::Mutex<Vec<String>>,
+    closed: parking_lot::Mutex<bool>,
+    cv: parking_lot::Condvar,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remote")
+    }
 }
 
 impl Remote {
@@ -481,6 +491,16 @@ impl Storage for Remote {
     }
     fn get(&self, key: &str) -> magpie_engine::Result<Vec<u8>> {
         self.reads.lock().push(key.to_string());
+        if key.contains("/vector_") {
+            let mut closed = self.closed.lock();
+            if *closed {
+                self.waiting
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            while *closed {
+                self.cv.wait(&mut closed);
+            }
+        }
         self.inner.get(key)
     }
     fn exists(&self, key: &str) -> magpie_engine::Result<bool> {
@@ -588,67 +608,13 @@ fn segments_on_a_remote_store_are_fetched_on_first_use_or_at_load() {
     assert_eq!(answers(&e), before);
 }
 
-/// A remote store whose vector-file reads wait at a gate until it is opened.
-#[derive(Default)]
-struct Gated {
-    inner: MemoryStorage,
-    open: parking_lot::Mutex<bool>,
-    cv: parking_lot::Condvar,
-    waiting: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Debug for Gated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Gated")
-    }
-}
-
-impl Storage for Gated {
-    fn put(&self, key: &str, data: &[u8]) -> magpie_engine::Result<()> {
-        self.inner.put(key, data)
-    }
-    fn get(&self, key: &str) -> magpie_engine::Result<Vec<u8>> {
-        if key.contains("/vector_") {
-            self.waiting
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            let mut open = self.open.lock();
-            while !*open {
-                self.cv.wait(&mut open);
-            }
-        }
-        self.inner.get(key)
-    }
-    fn exists(&self, key: &str) -> magpie_engine::Result<bool> {
-        self.inner.exists(key)
-    }
-    fn list(&self, prefix: &str) -> magpie_engine::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> magpie_engine::Result<()> {
-        self.inner.delete(key)
-    }
-    fn bytes_under(&self, prefix: &str) -> magpie_engine::Result<u64> {
-        self.inner.bytes_under(prefix)
-    }
-    fn locate(&self, key: &str) -> std::path::PathBuf {
-        self.inner.locate(key)
-    }
-    fn identity(&self) -> String {
-        "gated-test".into()
-    }
-    fn is_remote(&self) -> bool {
-        true
-    }
-}
-
 /// While a search waits for a vector file from a (slow) remote store, writes to the same
 /// collection are not held up: the fetch happens before the search takes the lock.
 #[test]
 fn writes_do_not_wait_for_a_search_that_is_fetching() {
     use std::sync::atomic::Ordering::SeqCst;
     let d = tempfile::tempdir().unwrap();
-    let gated = Arc::new(Gated::default());
-    *gated.open.lock() = true;
+    let gated = Arc::new(Remote::default());
     let store: Arc<dyn Storage> = gated.clone();
     let cfg = EngineConfig {
         prefetch_on_open: false,
@@ -661,7 +627,7 @@ fn writes_do_not_wait_for_a_search_that_is_fetching() {
         e.insert("c", None, &rows(0..300)).unwrap();
         e.flush("c").unwrap();
     }
-    *gated.open.lock() = false;
+    *gated.closed.lock() = true;
     let e = Arc::new(Engine::open_with_storage(d.path(), cfg, store.clone()).unwrap());
     let searcher = {
         let e = e.clone();
@@ -695,7 +661,7 @@ fn writes_do_not_wait_for_a_search_that_is_fetching() {
         });
     }
     let done = rx.recv_timeout(Duration::from_secs(10));
-    *gated.open.lock() = true;
+    *gated.closed.lock() = false;
     gated.cv.notify_all();
     assert!(
         done.is_ok(),
