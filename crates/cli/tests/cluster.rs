@@ -1,0 +1,534 @@
+//! Cluster mode end to end: real etcd, NATS JetStream and SeaweedFS (S3), and `magpie
+//! serve --role ...` processes, started on free ports and stopped by the test.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Deps {
+    etcd: magpie_testkit::Service,
+    nats: magpie_testkit::Service,
+    s3: magpie_testkit::S3Server,
+    dir: tempfile::TempDir,
+}
+
+fn deps() -> Option<Deps> {
+    let etcd = magpie_testkit::etcd()?;
+    let nats = magpie_testkit::nats()?;
+    let s3 = magpie_testkit::seaweedfs("cluster")?;
+    Some(Deps {
+        etcd,
+        nats,
+        s3,
+        dir: tempfile::tempdir().unwrap(),
+    })
+}
+
+struct Proc {
+    child: Child,
+    url: String,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Deps {
+    fn env(&self) -> Vec<(String, String)> {
+        self.s3
+            .options()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect()
+    }
+
+    /// A cluster process with `roles`, named `name` (its node id and data directory).
+    fn node(&self, name: &str, roles: &str) -> Proc {
+        let data: PathBuf = self.dir.path().join(name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--role", roles])
+            .args(["--etcd", &self.etcd.url, "--log", &self.nats.url])
+            .args(["--storage", &format!("s3://{}/magpie", self.s3.bucket)])
+            .args([
+                "--node-id",
+                name,
+                "--lease-ttl",
+                "2",
+                "--checkpoint-secs",
+                "0.5",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .envs(self.env())
+            .env("MAGPIE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("spawn magpie");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}: unexpected first line {line:?}; log:\n{}",
+                    self.log(name)
+                )
+            })
+            .to_string();
+        Proc {
+            child,
+            url,
+            name: name.to_string(),
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+fn call(url: &str, ep: &str, body: &Value) -> Result<Value, String> {
+    let r = ureq::post(&format!("{url}/v2/vectordb/{ep}"))
+        .timeout(Duration::from_secs(60))
+        .send_json(body.clone());
+    let v: Value = match r {
+        Ok(r) => r.into_json().map_err(|e| e.to_string())?,
+        Err(ureq::Error::Status(s, r)) => {
+            let v: Value = r.into_json().map_err(|e| e.to_string())?;
+            return Err(format!("{s}: {}", v["message"]));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if v["code"] == json!(0) {
+        Ok(v)
+    } else {
+        Err(v["message"].to_string())
+    }
+}
+
+fn ok(url: &str, ep: &str, body: Value) -> Value {
+    call(url, ep, &body).unwrap_or_else(|e| panic!("{ep} {body}: {e}"))
+}
+
+/// Waits until `f` holds (30 s at most).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(p: &Proc) -> bool {
+    ureq::get(&format!("{}/readyz", p.url))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .is_ok()
+}
+
+fn vector(i: u64) -> Vec<f32> {
+    // Deterministic pseudo-random vectors.
+    let mut x = i.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..8)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1000) as f32 / 1000.0 - 0.5
+        })
+        .collect()
+}
+
+fn schema(shards: u32) -> Value {
+    json!({
+        "collectionName": "docs",
+        "shardsNum": shards,
+        "schema": {"autoId": false, "enableDynamicField": true, "fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 8}},
+            {"fieldName": "color", "dataType": "VarChar", "elementTypeParams": {"max_length": 16}},
+            {"fieldName": "n", "dataType": "Int64"}
+        ]},
+        "indexParams": [{"fieldName": "v", "indexName": "v", "metricType": "L2", "indexType": "HNSW", "params": {"M": 8, "efConstruction": 64}}]
+    })
+}
+
+fn rows(range: std::ops::Range<u64>) -> Value {
+    let colors = ["red", "green", "blue"];
+    json!(range
+        .map(|i| json!({"id": i, "v": vector(i), "color": colors[(i % 3) as usize], "n": i, "extra": format!("e{i}")}))
+        .collect::<Vec<_>>())
+}
+
+/// Runs the same workload on `url` and returns every answer it got.
+fn workload(url: &str) -> Vec<Value> {
+    ok(url, "collections/create", schema(3));
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "docs", "data": rows(0..600)}),
+    );
+    ok(
+        url,
+        "entities/upsert",
+        json!({"collectionName": "docs", "data": rows(590..620)}),
+    );
+    let del = ok(
+        url,
+        "entities/delete",
+        json!({"collectionName": "docs", "ids": [1, 2, 3, 9999]}),
+    );
+    let del_f = ok(
+        url,
+        "entities/delete",
+        json!({"collectionName": "docs", "filter": "n >= 100 and n < 110"}),
+    );
+    ok(
+        url,
+        "partitions/create",
+        json!({"collectionName": "docs", "partitionName": "p1"}),
+    );
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "docs", "partitionName": "p1", "data": rows(1000..1010)}),
+    );
+    let strong = |mut b: Value| {
+        b["collectionName"] = json!("docs");
+        b["consistencyLevel"] = json!("Strong");
+        b
+    };
+    let mut out = vec![del["data"].clone(), del_f["data"].clone()];
+    out.push(
+        ok(
+            url,
+            "entities/query",
+            strong(json!({"filter": "", "outputFields": ["count(*)"]})),
+        )["data"]
+            .clone(),
+    );
+    out.push(
+        ok(
+            url,
+            "entities/query",
+            strong(json!({"filter": "color == \"red\" and n < 300", "outputFields": ["count(*)"]})),
+        )["data"]
+            .clone(),
+    );
+    let mut q = ok(
+        url,
+        "entities/query",
+        strong(json!({"filter": "n >= 590 and n < 625", "outputFields": ["id", "color", "extra"]})),
+    )["data"]
+        .clone();
+    q.as_array_mut().unwrap().sort_by_key(|r| r["id"].as_i64());
+    out.push(q);
+    let mut g = ok(
+        url,
+        "entities/get",
+        strong(json!({"id": [0, 1, 5, 1005], "outputFields": ["id", "n"]})),
+    )["data"]
+        .clone();
+    g.as_array_mut().unwrap().sort_by_key(|r| r["id"].as_i64());
+    out.push(g);
+    for (i, f) in ["", "color == \"blue\"", "n > 500"].iter().enumerate() {
+        let s = ok(
+            url,
+            "entities/search",
+            strong(
+                json!({"data": [vector(7 + i as u64), vector(400)], "annsField": "v", "limit": 10, "filter": f, "outputFields": ["color"]}),
+            ),
+        );
+        out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    }
+    let s = ok(
+        url,
+        "entities/search",
+        strong(json!({"data": [vector(3)], "limit": 5, "offset": 5})),
+    );
+    out.push(json!({"data": s["data"]}));
+    let s = ok(
+        url,
+        "entities/search",
+        strong(json!({"ids": [42], "limit": 3, "partitionNames": ["p1"]})),
+    );
+    out.push(json!({"data": s["data"]}));
+    out.push(ok(url, "partitions/list", json!({"collectionName": "docs"}))["data"].clone());
+    // Distances are rounded so that float summation order cannot differ.
+    for v in out.iter_mut() {
+        round(v);
+    }
+    out
+}
+
+fn round(v: &mut Value) {
+    match v {
+        Value::Array(a) => a.iter_mut().for_each(round),
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == "distance" {
+                    *x = json!((x.as_f64().unwrap_or(0.0) * 1e4).round() / 1e4);
+                } else {
+                    round(x);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn a_cluster_answers_as_standalone_does() {
+    let Some(d) = deps() else { return };
+    let proxy = d.node("p1", "proxy,coordinator");
+    let _data = [d.node("d1", "data"), d.node("d2", "data")];
+    let query = [
+        d.node("q1", "query"),
+        d.node("q2", "query"),
+        d.node("q3", "query"),
+    ];
+    let got = workload(&proxy.url);
+    // The same on a standalone server.
+    let sdir = d.dir.path().join("standalone");
+    let mut standalone = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&sdir)
+        .env("MAGPIE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(standalone.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let surl = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let want = workload(&surl);
+    let _ = standalone.kill();
+    let _ = standalone.wait();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g, w,
+            "answer {i} differs between the cluster and standalone"
+        );
+    }
+    assert_eq!(got.len(), want.len());
+    // Shards are spread: every query node serves one of the 3 shards.
+    for q in &query {
+        wait_for("query nodes to be ready", || ready(q));
+        let st: Value = ureq::get(&format!("{}/node/status", q.url))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let shards = st["shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 1, "{}: {st}", q.name);
+        assert_eq!(shards[0]["mode"], "replica");
+    }
+    let m = ureq::get(&format!("{}/metrics", query[0].url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(m.contains("magpie_node_shards{mode=\"replica\"} 1"), "{m}");
+    // Bad input is refused by the proxy before anything is logged.
+    let e = call(
+        &proxy.url,
+        "entities/insert",
+        &json!({"collectionName": "docs", "data": [{"id": 1, "v": [1.0]}]}),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("400") && e.contains("dim"), "{e}");
+    let e = call(
+        &proxy.url,
+        "entities/query",
+        &json!({"collectionName": "docs", "filter": "nope >"}),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("400"), "{e}");
+    let e = call(
+        &proxy.url,
+        "entities/search",
+        &json!({"collectionName": "nosuch", "data": [vector(1)]}),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("404"), "{e}");
+    let e = call(
+        &proxy.url,
+        "collections/create",
+        &json!({"collectionName": "x", "dimension": 4, "shardsNum": 1000}),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("400") && e.contains("shardsNum"), "{e}");
+    // Dropping removes it everywhere; the name can be used again.
+    ok(
+        &proxy.url,
+        "collections/drop",
+        json!({"collectionName": "docs"}),
+    );
+    let has = ok(
+        &proxy.url,
+        "collections/has",
+        json!({"collectionName": "docs"}),
+    );
+    assert_eq!(has["data"]["has"], false);
+    ok(
+        &proxy.url,
+        "collections/create",
+        json!({"collectionName": "docs", "dimension": 8, "shardsNum": 2}),
+    );
+    let c = ok(
+        &proxy.url,
+        "entities/query",
+        json!({"collectionName": "docs", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
+    );
+    assert_eq!(
+        c["data"][0]["count(*)"], 0,
+        "a dropped collection's rows came back"
+    );
+}
+
+#[test]
+fn nodes_die_and_nothing_acknowledged_is_lost() {
+    let Some(d) = deps() else { return };
+    // Two proxies that are both coordinator candidates.
+    let mut p1 = d.node("p1", "proxy,coordinator");
+    let p2 = d.node("p2", "proxy,coordinator");
+    let mut d1 = d.node("d1", "data");
+    let _d2 = d.node("d2", "data");
+    let mut q1 = d.node("q1", "query");
+    let _q2 = d.node("q2", "query");
+    let url = p2.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 2, "metricType": "L2"}),
+    );
+    ok(
+        &url,
+        "collections/load",
+        json!({"collectionName": "c", "replicaNumber": 2}),
+    );
+    ok(
+        &url,
+        "entities/insert",
+        json!({"collectionName": "c", "data": (0..200u64).map(|i| json!({"id": i, "vector": vector(i)})).collect::<Vec<_>>()}),
+    );
+    wait_for("replicas on both query nodes", || {
+        [&q1, &_q2].iter().all(|q| {
+            ureq::get(&format!("{}/node/status", q.url))
+                .call()
+                .ok()
+                .and_then(|r| r.into_json::<Value>().ok())
+                .is_some_and(|s| s["shards"].as_array().is_some_and(|a| a.len() == 2))
+        })
+    });
+    // Load: searches and inserts from two threads while nodes are killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let acked = Arc::new(AtomicU64::new(200));
+    let searcher = {
+        let (stop, failed, url) = (stop.clone(), failed.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let b = json!({"collectionName": "c", "data": [vector(n)], "limit": 5, "consistencyLevel": "Eventually"});
+                match call(&url, "entities/search", &b) {
+                    Ok(v) if v["data"].as_array().is_some_and(|a| a.len() == 5) => {}
+                    Ok(v) => failed.lock().unwrap().push(format!("short answer {v}")),
+                    Err(e) => failed.lock().unwrap().push(e),
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let writer = {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), url.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let start = acked.load(Ordering::SeqCst);
+                let b = json!({"collectionName": "c", "data": (start..start + 20).map(|i| json!({"id": i, "vector": vector(i)})).collect::<Vec<_>>()});
+                if call(&url, "entities/insert", &b).is_ok() {
+                    acked.fetch_add(20, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    // kill -9 a query node: searches go on on the other replica.
+    q1.child.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // kill -9 the coordinator if p1 leads (p2 takes over), and a data node: its shards move.
+    p1.child.kill().unwrap();
+    d1.child.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    stop.store(true, Ordering::SeqCst);
+    let searches = searcher.join().unwrap();
+    writer.join().unwrap();
+    let failed = failed.lock().unwrap().clone();
+    assert!(searches > 10, "only {searches} searches ran");
+    assert!(
+        failed.is_empty(),
+        "{} of {searches} searches failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let total = acked.load(Ordering::SeqCst);
+    assert!(total > 200, "no insert was acknowledged during the faults");
+    // Every acknowledged row is there (the surviving data node replayed the dead one's log).
+    let count = || {
+        call(&url, "entities/query", &json!({"collectionName": "c", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}))
+            .ok()
+            .and_then(|v| v["data"][0]["count(*)"].as_u64())
+    };
+    wait_for("every acknowledged row to be counted", || {
+        count() == Some(total)
+    });
+    let m = ureq::get(&format!("{}/metrics", p2.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        m.contains("magpie_cluster_coordinator_leader 1"),
+        "p2 did not take over: {m}"
+    );
+    // Restart everything: the same answers.
+    let probe = json!({"collectionName": "c", "data": [vector(5)], "limit": 10, "consistencyLevel": "Strong"});
+    let before = ok(&url, "entities/search", probe.clone())["data"].clone();
+    drop((p1, p2, d1, _d2, q1, _q2));
+    let p = d.node("p3", "proxy,coordinator");
+    let _n = [d.node("d3", "data"), d.node("q3", "query")];
+    wait_for("the restarted cluster to answer", || {
+        call(&p.url, "entities/search", &probe).is_ok()
+    });
+    let after = ok(&p.url, "entities/search", probe)["data"].clone();
+    assert_eq!(before, after);
+    let c = ok(
+        &p.url,
+        "entities/query",
+        json!({"collectionName": "c", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
+    );
+    assert_eq!(c["data"][0]["count(*)"], total);
+    let _ = Path::new("");
+}

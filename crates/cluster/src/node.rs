@@ -1,0 +1,578 @@
+//! Data and query nodes: each hosts engines for the shards assigned to it.
+//!
+//! A hosted shard is a whole Magpie engine for one collection's shard:
+//! - on its **data node** (the shard's primary) the engine's storage is the shard's
+//!   prefix in S3 (`STORAGE/c{id}/s{k}`); it consumes the shard's log, and every
+//!   `checkpoint_secs` it pauses, flushes everything to S3 and records in etcd the log
+//!   sequence that the flushed data covers;
+//! - on a **query node** (a replica) the engine reads the same prefix through an
+//!   [`Overlay`] (its own writes stay in memory) and follows the log from the checkpoint.
+//!
+//! Both apply the same records in the same order. A record is a REST request
+//! (`{"path", "body"}`) replayed into the shard's engine through the standalone server's
+//! own router, so there is no second implementation of any engine logic. Records are
+//! idempotent when replayed over state that already contains them (inserts are logged as
+//! upserts with their primary keys; deletes are by key or filter), which is what makes
+//! "open the flushed state, replay from the checkpoint" correct even when the flushed
+//! state is newer than the checkpoint.
+
+use crate::error::{ClusterError, Result};
+use crate::log::{Log, ShardId};
+use crate::meta::{Assignment, CollectionRecord, Meta, Role};
+use crate::overlay::Overlay;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures_util::StreamExt;
+use magpie_engine::storage::Storage;
+use magpie_engine::{Engine, EngineConfig};
+use magpie_server::AppState;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+/// Header of a forwarded read: the log sequence the shard must have applied first.
+pub const MIN_SEQ_HEADER: &str = "x-magpie-min-seq";
+/// How long a read waits for its shard to catch up with [`MIN_SEQ_HEADER`].
+const CATCH_UP_WAIT: Duration = Duration::from_secs(15);
+
+/// One record of a shard's log.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub path: String,
+    pub body: Value,
+}
+
+pub struct ShardHost {
+    pub id: ShardId,
+    pub name: String,
+    pub primary: bool,
+    engine: Arc<Engine>,
+    router: Router,
+    applied: tokio::sync::watch::Sender<u64>,
+    /// The sequence the last checkpoint covers.
+    ckpt: Mutex<u64>,
+    stop: Arc<AtomicBool>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Why applying is stuck (a record that fails with a server error), if it is.
+    stalled: Mutex<Option<String>>,
+}
+
+pub struct Node {
+    pub id: String,
+    pub roles: Vec<Role>,
+    meta: Meta,
+    log: Arc<dyn Log>,
+    storage: String,
+    data_dir: PathBuf,
+    engine_cfg: EngineConfig,
+    checkpoint_every: Duration,
+    shards: Mutex<HashMap<ShardId, Arc<ShardHost>>>,
+    opening: Mutex<HashSet<ShardId>>,
+    errors: Mutex<BTreeMap<ShardId, String>>,
+    /// Assigned shards (as of the last reconcile), opened or not.
+    assigned: Mutex<HashSet<ShardId>>,
+}
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        roles: Vec<Role>,
+        meta: Meta,
+        log: Arc<dyn Log>,
+        storage: String,
+        data_dir: PathBuf,
+        engine_cfg: EngineConfig,
+        checkpoint_every: Duration,
+    ) -> Arc<Node> {
+        Arc::new(Node {
+            id,
+            roles,
+            meta,
+            log,
+            storage: storage.trim_end_matches('/').to_string(),
+            data_dir,
+            engine_cfg,
+            checkpoint_every,
+            shards: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashSet::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            assigned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<Arc<ShardHost>> {
+        self.shards.lock().get(&id).cloned()
+    }
+
+    /// Ready when every assigned shard is open and applying.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        let assigned = self.assigned.lock().clone();
+        let shards = self.shards.lock();
+        for id in assigned {
+            match shards.get(&id) {
+                None => {
+                    let why = self.errors.lock().get(&id).cloned();
+                    return Err(format!(
+                        "shard {id} is assigned here and not open yet{}",
+                        why.map(|w| format!(" ({w})")).unwrap_or_default()
+                    ));
+                }
+                Some(h) => {
+                    if let Some(why) = h.stalled.lock().clone() {
+                        return Err(format!("shard {id} is stalled: {why}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the hosted shards in line with the assignments in etcd: opens new ones,
+    /// stops those moved away (a data node flushes and checkpoints first) and drops the
+    /// data of dropped collections.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let colls: BTreeMap<String, CollectionRecord> = self.meta.list("collections/").await?;
+        let by_id: HashMap<u64, &CollectionRecord> = colls.values().map(|c| (c.id, c)).collect();
+        let assigns: BTreeMap<String, Assignment> = self.meta.list("assign/").await?;
+        let mut want: HashMap<ShardId, (bool, CollectionRecord)> = HashMap::new();
+        for (k, a) in &assigns {
+            let Some(id) = parse_shard_key(k) else {
+                continue;
+            };
+            let Some(rec) = by_id.get(&id.collection) else {
+                continue;
+            };
+            if a.primary.as_deref() == Some(&self.id) && self.roles.contains(&Role::Data) {
+                want.insert(id, (true, (*rec).clone()));
+            } else if a.replicas.iter().any(|r| r == &self.id) && self.roles.contains(&Role::Query)
+            {
+                want.insert(id, (false, (*rec).clone()));
+            }
+        }
+        *self.assigned.lock() = want.keys().copied().collect();
+        // Stop what is no longer ours (or changed mode).
+        let hosted: Vec<Arc<ShardHost>> = self.shards.lock().values().cloned().collect();
+        for h in hosted {
+            let keep = want.get(&h.id).is_some_and(|(p, _)| *p == h.primary);
+            if !keep {
+                let dropped = !by_id.contains_key(&h.id.collection);
+                self.shards.lock().remove(&h.id);
+                tracing::info!(shard = %h.id, dropped, "stopping shard");
+                stop_shard(&h, &self.meta, !dropped).await;
+                if dropped && h.primary {
+                    let (e, name) = (h.engine.clone(), h.name.clone());
+                    let _ = tokio::task::spawn_blocking(move || e.drop_collection(&name)).await;
+                }
+            }
+        }
+        for (id, (primary, rec)) in want {
+            if self.shards.lock().contains_key(&id) || !self.opening.lock().insert(id) {
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                match node.open_shard(id, primary, &rec).await {
+                    Ok(h) => {
+                        node.errors.lock().remove(&id);
+                        node.shards.lock().insert(id, h);
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = %id, "cannot open shard: {e}");
+                        node.errors.lock().insert(id, e.to_string());
+                    }
+                }
+                node.opening.lock().remove(&id);
+            });
+        }
+        Ok(())
+    }
+
+    async fn open_shard(
+        self: &Arc<Self>,
+        id: ShardId,
+        primary: bool,
+        rec: &CollectionRecord,
+    ) -> Result<Arc<ShardHost>> {
+        let mode = if primary { "primary" } else { "replica" };
+        let dir = self
+            .data_dir
+            .join("shards")
+            .join(format!("c{}-s{}-{mode}", id.collection, id.shard));
+        let url = format!("{}/c{}/s{}", self.storage, id.collection, id.shard);
+        let cfg = self.engine_cfg.clone();
+        let (ckpt, _) = self
+            .meta
+            .get::<u64>(&format!("ckpt/{}/{}", id.collection, id.shard))
+            .await?;
+        let ckpt = ckpt.unwrap_or(0);
+        let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+            // The local directory holds only the engine's WAL and a cache: what is durable
+            // is in S3 and in the log. It starts empty so that nothing older than the
+            // checkpoint is replayed over newer flushed data.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                ClusterError::Invalid(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let cache = magpie_objstore::CacheConfig {
+                dir: dir.join("cache"),
+                max_bytes: 4 << 30,
+            };
+            let base = magpie_objstore::ObjectStorage::open_s3(&url, &[], Some(cache))
+                .map_err(|e| ClusterError::Unavailable(format!("storage {url}: {e}")))?;
+            let store: Arc<dyn Storage> = if primary {
+                Arc::new(base)
+            } else {
+                Arc::new(Overlay::new(Arc::new(base)))
+            };
+            Ok(Engine::open_with_storage(&dir.join("engine"), cfg, store)?)
+        })
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("opening shard {id}: {e}")))??;
+        let engine = Arc::new(engine);
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            metrics: Default::default(),
+            token: None,
+            images: None,
+            allowed_hosts: None,
+            backups: None,
+        });
+        let router = magpie_server::router(state, usize::MAX >> 1);
+        let name = rec
+            .create
+            .get("collectionName")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&rec.name)
+            .to_string();
+        if !engine.has_collection(&name) {
+            let (st, body) = call(&router, "/v2/vectordb/collections/create", &rec.create).await;
+            if !st.is_success() {
+                return Err(ClusterError::Invalid(format!(
+                    "creating collection '{name}' in shard {id}: {body}"
+                )));
+            }
+        }
+        let (applied, _) = tokio::sync::watch::channel(ckpt);
+        let (stop_tx, _) = tokio::sync::watch::channel(false);
+        let host = Arc::new(ShardHost {
+            id,
+            name,
+            primary,
+            engine,
+            router,
+            applied,
+            ckpt: Mutex::new(ckpt),
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_tx,
+            task: Mutex::new(None),
+            stalled: Mutex::new(None),
+        });
+        tracing::info!(shard = %id, mode, from = ckpt + 1, "shard open; following its log");
+        let task = tokio::spawn(consume(
+            host.clone(),
+            self.log.clone(),
+            self.meta.clone(),
+            self.checkpoint_every,
+        ));
+        *host.task.lock() = Some(task);
+        Ok(host)
+    }
+
+    /// Stops every shard (data nodes flush and checkpoint).
+    pub async fn shutdown(&self) {
+        let hosted: Vec<Arc<ShardHost>> = self.shards.lock().drain().map(|(_, h)| h).collect();
+        for h in hosted {
+            stop_shard(&h, &self.meta, true).await;
+        }
+    }
+
+    /// Runs the engines' maintenance (seal by age, flush, index builds, compaction).
+    pub async fn maintain(&self) {
+        let hosted: Vec<Arc<ShardHost>> = self.shards.lock().values().cloned().collect();
+        for h in hosted {
+            let e = h.engine.clone();
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || e.maintain()).await {
+                tracing::warn!(shard = %h.id, "maintenance failed: {err}");
+            }
+        }
+    }
+
+    /// What this node hosts, for `/node/status` and `/metrics`.
+    pub fn status(&self) -> Value {
+        let mut shards: Vec<Value> = Vec::new();
+        let mut hosted: Vec<Arc<ShardHost>> = self.shards.lock().values().cloned().collect();
+        hosted.sort_by_key(|h| h.id);
+        for h in hosted {
+            let st = h.engine.collection_stats(&h.name).unwrap_or_default();
+            shards.push(json!({
+                "collection": h.name,
+                "collectionId": h.id.collection,
+                "shard": h.id.shard,
+                "mode": if h.primary { "primary" } else { "replica" },
+                "applied": *h.applied.borrow(),
+                "checkpoint": *h.ckpt.lock(),
+                "rows": st.row_count,
+                "segments": st.segments_growing + st.segments_sealed + st.segments_flushed,
+                "segmentsFlushed": st.segments_flushed,
+            }));
+        }
+        json!({"node": self.id, "roles": self.roles, "shards": shards})
+    }
+
+    pub fn metrics(&self) -> String {
+        let st = self.status();
+        let mut out = String::new();
+        out.push_str("# HELP magpie_node_shards Shards hosted by this node.\n# TYPE magpie_node_shards gauge\n");
+        let shards = st["shards"].as_array().cloned().unwrap_or_default();
+        for mode in ["primary", "replica"] {
+            let n = shards.iter().filter(|s| s["mode"] == mode).count();
+            out.push_str(&format!("magpie_node_shards{{mode=\"{mode}\"}} {n}\n"));
+        }
+        out.push_str("# HELP magpie_node_shard_rows Rows of each hosted shard.\n# TYPE magpie_node_shard_rows gauge\n");
+        for s in &shards {
+            out.push_str(&format!(
+                "magpie_node_shard_rows{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
+                s["collection"].as_str().unwrap_or(""),
+                s["shard"],
+                s["mode"].as_str().unwrap_or(""),
+                s["rows"]
+            ));
+        }
+        out.push_str("# HELP magpie_node_shard_segments Segments of each hosted shard.\n# TYPE magpie_node_shard_segments gauge\n");
+        for s in &shards {
+            out.push_str(&format!(
+                "magpie_node_shard_segments{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
+                s["collection"].as_str().unwrap_or(""),
+                s["shard"],
+                s["mode"].as_str().unwrap_or(""),
+                s["segments"]
+            ));
+        }
+        out.push_str("# HELP magpie_node_shard_applied_seq Log sequence applied by each hosted shard.\n# TYPE magpie_node_shard_applied_seq gauge\n");
+        for s in &shards {
+            out.push_str(&format!(
+                "magpie_node_shard_applied_seq{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
+                s["collection"].as_str().unwrap_or(""),
+                s["shard"],
+                s["mode"].as_str().unwrap_or(""),
+                s["applied"]
+            ));
+        }
+        out
+    }
+}
+
+fn parse_shard_key(k: &str) -> Option<ShardId> {
+    let (c, s) = k.split_once('/')?;
+    Some(ShardId {
+        collection: c.parse().ok()?,
+        shard: s.parse().ok()?,
+    })
+}
+
+async fn stop_shard(h: &Arc<ShardHost>, meta: &Meta, checkpoint_now: bool) {
+    h.stop.store(true, Ordering::SeqCst);
+    h.stop_tx.send_replace(true);
+    let task = h.task.lock().take();
+    if let Some(t) = task {
+        let _ = t.await;
+    }
+    if h.primary && checkpoint_now {
+        if let Err(e) = checkpoint(h, meta).await {
+            tracing::warn!(shard = %h.id, "final checkpoint failed: {e}");
+        }
+    }
+}
+
+/// Calls the shard's REST router in-process.
+async fn call(router: &Router, path: &str, body: &Value) -> (StatusCode, Value) {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .header("host", "127.0.0.1")
+        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
+        .expect("request");
+    match router.clone().oneshot(req).await {
+        Ok(resp) => {
+            let st = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"message": e.to_string()}),
+        ),
+    }
+}
+
+/// Flushes everything the shard applied and records that in etcd.
+async fn checkpoint(h: &Arc<ShardHost>, meta: &Meta) -> Result<()> {
+    let seq = *h.applied.borrow();
+    if seq <= *h.ckpt.lock() {
+        return Ok(());
+    }
+    let e = h.engine.clone();
+    tokio::task::spawn_blocking(move || e.flush_all())
+        .await
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))??;
+    meta.put(
+        &format!("ckpt/{}/{}", h.id.collection, h.id.shard),
+        &seq,
+        None,
+    )
+    .await?;
+    *h.ckpt.lock() = seq;
+    tracing::debug!(shard = %h.id, seq, "checkpoint");
+    Ok(())
+}
+
+/// Applies one record; retries server errors (they are not the record's fault) until it
+/// applies or the shard stops. A client error is deterministic (every replica rejects the
+/// record the same way) and is skipped with a warning.
+async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
+    let rec: Record = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(shard = %h.id, seq, "log record does not decode ({e}); skipped");
+            return;
+        }
+    };
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let (st, body) = call(&h.router, &rec.path, &rec.body).await;
+        if st.is_success() {
+            *h.stalled.lock() = None;
+            return;
+        }
+        if st.is_client_error() {
+            tracing::warn!(shard = %h.id, seq, path = %rec.path, "log record rejected ({st}: {body}); skipped");
+            return;
+        }
+        let why = format!("record {seq} ({}) failed: {st}: {body}", rec.path);
+        tracing::error!(shard = %h.id, "{why}; retrying");
+        *h.stalled.lock() = Some(why);
+        if h.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn consume(h: Arc<ShardHost>, log: Arc<dyn Log>, meta: Meta, every: Duration) {
+    let mut stop_rx = h.stop_tx.subscribe();
+    let mut last_ckpt = Instant::now();
+    'outer: while !h.stop.load(Ordering::SeqCst) {
+        let from = *h.applied.borrow() + 1;
+        let mut stream = match log.read(h.id, from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = %h.id, "cannot read the log ({e}); retrying");
+                tokio::select! {
+                    _ = stop_rx.changed() => break 'outer,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'outer,
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        loop {
+            tokio::select! {
+                _ = stop_rx.changed() => break 'outer,
+                _ = tick.tick(), if h.primary => {
+                    if last_ckpt.elapsed() >= every {
+                        if let Err(e) = checkpoint(&h, &meta).await {
+                            tracing::warn!(shard = %h.id, "checkpoint failed: {e}");
+                        }
+                        last_ckpt = Instant::now();
+                    }
+                }
+                m = stream.next() => match m {
+                    None => continue 'outer,
+                    Some(Err(e)) => {
+                        tracing::warn!(shard = %h.id, "reading the log: {e}; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue 'outer;
+                    }
+                    Some(Ok((seq, bytes))) => {
+                        if seq <= *h.applied.borrow() {
+                            continue;
+                        }
+                        apply(&h, seq, &bytes).await;
+                        if h.stop.load(Ordering::SeqCst) && h.stalled.lock().is_some() {
+                            break 'outer;
+                        }
+                        h.applied.send_replace(seq);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `POST /shard/{cid}/{k}/{*rest}`: a request forwarded by a proxy into a hosted shard.
+pub async fn forward(
+    State(node): State<Arc<Node>>,
+    UrlPath((cid, k, rest)): UrlPath<(u64, u32, String)>,
+    req: Request,
+) -> Response {
+    let id = ShardId {
+        collection: cid,
+        shard: k,
+    };
+    let Some(h) = node.shard(id) else {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            axum::Json(json!({"code": 421, "message": format!("shard {id} is not served by node {}", node.id)})),
+        )
+            .into_response();
+    };
+    let min_seq: u64 = req
+        .headers()
+        .get(MIN_SEQ_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if min_seq > *h.applied.borrow() {
+        let mut rx = h.applied.subscribe();
+        let waited = tokio::time::timeout(CATCH_UP_WAIT, rx.wait_for(|s| *s >= min_seq)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"code": 503, "message": format!(
+                    "shard {id} on node {} has applied its log up to {} and did not reach {min_seq} within {} s",
+                    node.id, *h.applied.borrow(), CATCH_UP_WAIT.as_secs())})),
+            )
+                .into_response();
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = format!("/{rest}");
+    parts.uri = match path.parse() {
+        Ok(u) => u,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    match h
+        .router
+        .clone()
+        .oneshot(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+pub async fn status(State(node): State<Arc<Node>>) -> Response {
+    axum::Json(node.status()).into_response()
+}
