@@ -124,7 +124,9 @@ fn etcd_metadata_cas_allocation_and_leases() {
         return;
     };
     rt().block_on(async {
-        let m = Meta::connect(&[etcd.url.clone()], "t").await.unwrap();
+        let m = Meta::connect(std::slice::from_ref(&etcd.url), "t")
+            .await
+            .unwrap();
         assert!(m.put_if("k", &1u64, 0, None).await.unwrap());
         assert!(
             !m.put_if("k", &2u64, 0, None).await.unwrap(),
