@@ -68,7 +68,9 @@ pub struct ClusterConfig {
 struct Shared {
     node: Option<Arc<node::Node>>,
     meta: meta::Meta,
-    lease: Arc<meta::Lease>,
+    /// The current registration lease (replaced when a lost one is re-established).
+    lease: parking_lot::Mutex<Arc<meta::Lease>>,
+    proxy: Option<Arc<proxy::Proxy>>,
     id: String,
     roles: Vec<Role>,
     leader: std::sync::atomic::AtomicBool,
@@ -80,8 +82,13 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     let mut why = Vec::new();
-    if s.lease.is_lost() {
-        why.push("the etcd lease is lost".to_string());
+    if s.lease.lock().is_lost() {
+        why.push("the etcd lease is lost (etcd unreachable); re-registering".to_string());
+    }
+    if let Some(p) = &s.proxy {
+        if let Err(e) = p.ready() {
+            why.push(e);
+        }
     }
     if let Some(n) = &s.node {
         if let Err(e) = n.ready() {
@@ -142,7 +149,12 @@ async fn check_token(
     next.run(req).await
 }
 
-/// Runs a cluster process until `shutdown` resolves (or its etcd lease is lost).
+/// Runs a cluster process until `shutdown` resolves.
+///
+/// When the node's etcd lease is lost (etcd unreachable for longer than the TTL, so the
+/// coordinator may have moved its shards), it stops its shards, reports not ready, and
+/// registers again with a new lease once etcd answers; the shards assigned to it then
+/// open again.
 pub async fn run(
     cfg: ClusterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -210,10 +222,21 @@ pub async fn run(
             cfg.checkpoint_every,
         )
     });
+    let proxy = if is(Role::Proxy) {
+        let dir = cfg.data_dir.join("proxy-catalog");
+        let p = tokio::task::block_in_place(|| {
+            proxy::Proxy::new(meta.clone(), log.clone(), dir, cfg.token.clone())
+        })?;
+        let _ = p.refresh_routes().await;
+        Some(p)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         node: node.clone(),
         meta: meta.clone(),
-        lease: lease.clone(),
+        lease: parking_lot::Mutex::new(lease.clone()),
+        proxy: proxy.clone(),
         id: id.clone(),
         roles: cfg.roles.clone(),
         leader: std::sync::atomic::AtomicBool::new(false),
@@ -255,12 +278,7 @@ pub async fn run(
             }
         }));
     }
-    if is(Role::Proxy) {
-        let dir = cfg.data_dir.join("proxy-catalog");
-        let p = tokio::task::block_in_place(|| {
-            proxy::Proxy::new(meta.clone(), log.clone(), dir, cfg.token.clone())
-        })?;
-        let _ = p.refresh_routes().await;
+    if let Some(p) = proxy {
         let p2 = p.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -283,12 +301,17 @@ pub async fn run(
         );
     }
     if is(Role::Coordinator) {
-        let (m, me, l, sh) = (meta.clone(), id.clone(), lease.clone(), shared.clone());
+        let (m, me, sh) = (meta.clone(), id.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                match coord::round(&m, &me, l.id).await {
+                let lease = sh.lease.lock().clone();
+                if lease.is_lost() {
+                    sh.leader.store(false, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                match coord::round(&m, &me, lease.id).await {
                     Ok(lead) => sh.leader.store(lead, std::sync::atomic::Ordering::Relaxed),
                     Err(e) => tracing::warn!("coordinator: {e}"),
                 }
@@ -297,40 +320,54 @@ pub async fn run(
     }
     tracing::info!(node = %id, roles = ?cfg.roles, addr = %addr, "cluster node up");
     println!("listening on http://{local}");
-    let lost = lease.clone();
-    let lease_watch = async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if lost.is_lost() {
-                return;
+    // Re-registration after a lost lease.
+    {
+        let (sh, m, ttl) = (shared.clone(), meta.clone(), cfg.lease_ttl.max(2));
+        let key = format!("nodes/{id}");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if !sh.lease.lock().is_lost() {
+                    continue;
+                }
+                tracing::error!("etcd lease lost (etcd unreachable for longer than the lease TTL): stopping this node's shards until it is registered again");
+                sh.leader.store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Some(n) = &sh.node {
+                    n.shutdown().await;
+                }
+                loop {
+                    let again = async {
+                        let l = m.lease(ttl).await?;
+                        m.put(&key, &info, Some(l.id)).await?;
+                        Ok::<_, ClusterError>(l)
+                    };
+                    match again.await {
+                        Ok(l) => {
+                            *sh.lease.lock() = Arc::new(l);
+                            tracing::info!("registered again in etcd");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("re-registering: {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
             }
-        }
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
-    let stop = async move {
-        let why = tokio::select! {
-            _ = shutdown => "shutdown",
-            _ = lease_watch => "lease lost",
-        };
-        let _ = tx.send(why);
-    };
+        }));
+    }
     axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
+        .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ClusterError::Invalid(format!("server: {e}")))?;
     for t in tasks {
         t.abort();
     }
-    let why = rx.await.unwrap_or("shutdown");
     if let Some(n) = &node {
         tracing::info!("stopping shards (data nodes flush and checkpoint)");
         n.shutdown().await;
     }
+    let lease = shared.lease.lock().clone();
     shared.meta.revoke(&lease).await;
-    if why == "lease lost" {
-        return Err(ClusterError::Unavailable(
-            "this node lost its etcd lease (etcd unreachable for longer than the lease TTL); its shards were stopped and moved".into(),
-        ));
-    }
     Ok(())
 }

@@ -51,6 +51,8 @@ pub trait Log: Send + Sync {
     fn append(&self, shard: ShardId, record: Vec<u8>) -> BoxFuture<'_, Result<u64>>;
     /// The newest durable sequence (0 when empty).
     fn last_seq(&self, shard: ShardId) -> BoxFuture<'_, Result<u64>>;
+    /// Whether the broker is reachable right now (for readiness).
+    fn connected(&self) -> bool;
     /// Records with sequence ≥ `from`, in order, then new ones as they come.
     fn read(&self, shard: ShardId, from: u64) -> BoxFuture<'_, Result<Records>>;
 }
@@ -166,6 +168,10 @@ impl Log for JetStreamLog {
                 .map_err(|e| self.err(format!("appending to {shard} (not acknowledged): {e}")))?;
             Ok(ack.sequence)
         })
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn last_seq(&self, shard: ShardId) -> BoxFuture<'_, Result<u64>> {

@@ -77,6 +77,11 @@ pub struct Proxy {
     /// The last sequence this proxy wrote per shard (Session consistency).
     session: Mutex<HashMap<ShardId, u64>>,
     rr: AtomicUsize,
+    /// The last routing refresh's etcd failure, if it failed.
+    etcd_error: Mutex<Option<String>>,
+    /// The last record read of each collection: reads and writes go on with it while
+    /// etcd is unreachable (DDL does not).
+    records: Mutex<HashMap<String, CollectionRecord>>,
     /// Sent to the nodes (they require the cluster's token too).
     token: Option<String>,
     /// Keeps the mirror's WAL directory alive.
@@ -184,15 +189,34 @@ impl Proxy {
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?,
             session: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
+            etcd_error: Mutex::new(None),
+            records: Mutex::new(HashMap::new()),
             token,
             _dir: tempfile_dir::TempDir(dir),
         }))
     }
 
+    /// Ready when the broker is connected and etcd answered the last routing refresh.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        if !self.log.connected() {
+            return Err("the log broker is unreachable: writes are refused".into());
+        }
+        if let Some(e) = self.etcd_error.lock().clone() {
+            return Err(format!("etcd: {e}"));
+        }
+        Ok(())
+    }
+
     /// Re-reads nodes and assignments from etcd.
     pub async fn refresh_routes(&self) -> Result<(), ClusterError> {
-        let nodes: BTreeMap<String, NodeInfo> = self.meta.list("nodes/").await?;
-        let assigns: BTreeMap<String, Assignment> = self.meta.list("assign/").await?;
+        let got = async {
+            let nodes: BTreeMap<String, NodeInfo> = self.meta.list("nodes/").await?;
+            let assigns: BTreeMap<String, Assignment> = self.meta.list("assign/").await?;
+            Ok::<_, ClusterError>((nodes, assigns))
+        }
+        .await;
+        *self.etcd_error.lock() = got.as_ref().err().map(|e| e.to_string());
+        let (nodes, assigns) = got?;
         let mut r = Routes::default();
         for n in nodes.into_values() {
             r.nodes.insert(n.id, n.addr);
@@ -241,11 +265,27 @@ impl Proxy {
 
     /// The collection's record, with the catalog mirror brought up to date with it.
     async fn collection(&self, name: &str) -> Result<CollectionRecord, ApiError> {
-        let (rec, _) = self
+        let rec = match self
             .meta
             .get::<CollectionRecord>(&format!("collections/{name}"))
             .await
-            .map_err(api)?;
+        {
+            Ok((rec, _)) => {
+                let mut cache = self.records.lock();
+                match &rec {
+                    Some(r) => cache.insert(name.to_string(), r.clone()),
+                    None => cache.remove(name),
+                };
+                rec
+            }
+            Err(e) => match self.records.lock().get(name).cloned() {
+                Some(r) => {
+                    tracing::warn!("etcd unreachable ({e}); using the cached record of '{name}'");
+                    Some(r)
+                }
+                None => return Err(api(e)),
+            },
+        };
         let mut mirrored = self.mirrored.lock().await;
         let Some(rec) = rec else {
             if mirrored.remove(name).is_some() {
