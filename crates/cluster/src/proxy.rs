@@ -1045,7 +1045,7 @@ impl Proxy {
                 &rec,
                 &Self::all_shards(&rec, &body),
                 "/v2/vectordb/collections/get_stats",
-                Consistency::Eventually,
+                Consistency::Session,
             )
             .await?;
         let sum = |p: &str| -> u64 {
