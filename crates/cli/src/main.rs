@@ -466,6 +466,10 @@ struct ClusterArgs {
     /// Data nodes flush each shard and record its log checkpoint this often, seconds.
     #[arg(long, env = "MAGPIE_CHECKPOINT_SECS", default_value_t = 10.0)]
     checkpoint_secs: f64,
+    /// Query nodes reopen a shard on its data node's newer flushed segments and indexes
+    /// at most this often, seconds.
+    #[arg(long, env = "MAGPIE_REPLICA_REFRESH_SECS", default_value_t = 30.0)]
+    replica_refresh_secs: f64,
     /// Seconds a node's registration outlives its last heartbeat to etcd.
     #[arg(long, env = "MAGPIE_LEASE_TTL", default_value_t = 5)]
     lease_ttl: i64,
@@ -800,6 +804,9 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             data_dir: cfg.data_dir.clone(),
             engine: cfg.engine_config(),
             checkpoint_every: std::time::Duration::from_secs_f64(cluster.checkpoint_secs.max(0.1)),
+            refresh_every: std::time::Duration::from_secs_f64(
+                cluster.replica_refresh_secs.max(0.1),
+            ),
             lease_ttl: cluster.lease_ttl,
             max_body_bytes: cfg.max_body_bytes,
             token: cfg.token.clone(),

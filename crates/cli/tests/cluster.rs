@@ -63,6 +63,10 @@ impl Deps {
 
     /// A cluster process with `roles`, named `name` (its node id and data directory).
     fn node(&self, name: &str, roles: &str) -> Proc {
+        self.node_with(name, roles, &[])
+    }
+
+    fn node_with(&self, name: &str, roles: &str, extra: &[&str]) -> Proc {
         let data: PathBuf = self.dir.path().join(name);
         let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
             .args(["serve", "--listen", "127.0.0.1:0", "--role", roles])
@@ -78,6 +82,7 @@ impl Deps {
             ])
             .arg("--data-dir")
             .arg(&data)
+            .args(extra)
             .envs(self.env())
             .env("MAGPIE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -188,7 +193,11 @@ fn rows(range: std::ops::Range<u64>) -> Value {
 
 /// Row count and flushed segments from `collections/get_stats`.
 fn wait_rows(url: &str) -> (u64, u64) {
-    let v = ok(url, "collections/get_stats", json!({"collectionName": "docs"}));
+    let v = ok(
+        url,
+        "collections/get_stats",
+        json!({"collectionName": "docs"}),
+    );
     (
         v["data"]["rowCount"].as_u64().unwrap_or(0),
         v["data"]["segments"]["flushed"].as_u64().unwrap_or(0),
@@ -290,34 +299,119 @@ fn workload(url: &str) -> Vec<Value> {
     out.push(json!({"data": s["data"]}));
     out.push(ok(url, "partitions/list", json!({"collectionName": "docs"}))["data"].clone());
     // Pages of a query, a range search, the description and the statistics.
-    out.push(ok(url, "entities/query", strong(json!({"filter": "n >= 0", "outputFields": ["id"], "limit": 7, "offset": 20})))["data"].clone());
-    let s = ok(url, "entities/search", strong(json!({"data": [vector(11)], "limit": 50, "searchParams": {"params": {"radius": 0.5, "range_filter": 0.05}}})));
+    out.push(
+        ok(
+            url,
+            "entities/query",
+            strong(json!({"filter": "n >= 0", "outputFields": ["id"], "limit": 7, "offset": 20})),
+        )["data"]
+            .clone(),
+    );
+    let s = ok(
+        url,
+        "entities/search",
+        strong(
+            json!({"data": [vector(11)], "limit": 50, "searchParams": {"params": {"radius": 0.5, "range_filter": 0.05}}}),
+        ),
+    );
     out.push(json!({"data": s["data"]}));
-    let d = ok(url, "collections/describe", json!({"collectionName": "docs"}))["data"].clone();
-    out.push(json!([d["fields"], d["indexes"], d["load"], d["consistencyLevel"], d["autoId"], d["enableDynamicField"], d["partitionsNum"]]));
-    out.push(ok(url, "partitions/has", json!({"collectionName": "docs", "partitionName": "p1"}))["data"].clone());
+    let d = ok(
+        url,
+        "collections/describe",
+        json!({"collectionName": "docs"}),
+    )["data"]
+        .clone();
+    out.push(json!([
+        d["fields"],
+        d["indexes"],
+        d["load"],
+        d["consistencyLevel"],
+        d["autoId"],
+        d["enableDynamicField"],
+        d["partitionsNum"]
+    ]));
+    out.push(
+        ok(
+            url,
+            "partitions/has",
+            json!({"collectionName": "docs", "partitionName": "p1"}),
+        )["data"]
+            .clone(),
+    );
     out.push(ok(url, "indexes/list", json!({"collectionName": "docs"}))["data"].clone());
     ok(url, "collections/flush", json!({"collectionName": "docs"}));
-    ok(url, "collections/compact", json!({"collectionName": "docs"}));
+    ok(
+        url,
+        "collections/compact",
+        json!({"collectionName": "docs"}),
+    );
     let idx = ok(url, "indexes/describe", strong(json!({"indexName": "v"})))["data"][0].clone();
-    out.push(json!([idx["indexName"], idx["fieldName"], idx["indexType"], idx["metricType"], idx["totalRows"]]));
+    out.push(json!([
+        idx["indexName"],
+        idx["fieldName"],
+        idx["indexType"],
+        idx["metricType"],
+        idx["totalRows"]
+    ]));
     let (rows_, _) = wait_rows(url);
     out.push(json!(rows_));
     // Release refuses searches, load brings them back; a dropped partition's rows go.
-    ok(url, "collections/release", json!({"collectionName": "docs"}));
-    out.push(ok(url, "collections/get_load_state", json!({"collectionName": "docs"}))["data"]["loadState"].clone());
-    let e = call(url, "entities/search", &strong(json!({"data": [vector(1)], "limit": 1}))).unwrap_err();
+    ok(
+        url,
+        "collections/release",
+        json!({"collectionName": "docs"}),
+    );
+    out.push(
+        ok(
+            url,
+            "collections/get_load_state",
+            json!({"collectionName": "docs"}),
+        )["data"]["loadState"]
+            .clone(),
+    );
+    let e = call(
+        url,
+        "entities/search",
+        &strong(json!({"data": [vector(1)], "limit": 1})),
+    )
+    .unwrap_err();
     out.push(json!(e));
     ok(url, "collections/load", json!({"collectionName": "docs"}));
-    ok(url, "partitions/drop", json!({"collectionName": "docs", "partitionName": "p1"}));
-    out.push(ok(url, "entities/query", strong(json!({"filter": "", "outputFields": ["count(*)"]})))["data"].clone());
+    ok(
+        url,
+        "partitions/drop",
+        json!({"collectionName": "docs", "partitionName": "p1"}),
+    );
+    out.push(
+        ok(
+            url,
+            "entities/query",
+            strong(json!({"filter": "", "outputFields": ["count(*)"]})),
+        )["data"]
+            .clone(),
+    );
     // Another index, another metric.
-    ok(url, "indexes/drop", json!({"collectionName": "docs", "indexName": "v"}));
-    ok(url, "indexes/create", json!({"collectionName": "docs", "indexParams": [{"fieldName": "v", "indexName": "v2", "metricType": "IP", "params": {"index_type": "FLAT"}}]}));
-    let s = ok(url, "entities/search", strong(json!({"data": [vector(21)], "limit": 4})));
+    ok(
+        url,
+        "indexes/drop",
+        json!({"collectionName": "docs", "indexName": "v"}),
+    );
+    ok(
+        url,
+        "indexes/create",
+        json!({"collectionName": "docs", "indexParams": [{"fieldName": "v", "indexName": "v2", "metricType": "IP", "params": {"index_type": "FLAT"}}]}),
+    );
+    let s = ok(
+        url,
+        "entities/search",
+        strong(json!({"data": [vector(21)], "limit": 4})),
+    );
     out.push(json!({"data": s["data"]}));
     // Every scalar type, auto ids (their values differ between the two; the rows do not).
-    ok(url, "collections/create", json!({"collectionName": "s", "shardsNum": 2, "schema": {"autoId": true, "enableDynamicField": false, "fields": [
+    ok(
+        url,
+        "collections/create",
+        json!({"collectionName": "s", "shardsNum": 2, "schema": {"autoId": true, "enableDynamicField": false, "fields": [
         {"fieldName": "pk", "dataType": "Int64", "isPrimary": true},
         {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": "2"}},
         {"fieldName": "b", "dataType": "Bool"}, {"fieldName": "i8", "dataType": "Int8"},
@@ -325,9 +419,14 @@ fn workload(url: &str) -> Vec<Value> {
         {"fieldName": "s", "dataType": "VarChar", "elementTypeParams": {"max_length": 8}},
         {"fieldName": "j", "dataType": "JSON"},
         {"fieldName": "a", "dataType": "Array", "elementDataType": "VarChar", "elementTypeParams": {"max_capacity": 4, "max_length": 4}}]},
-        "indexParams": [{"fieldName": "v", "metricType": "COSINE", "indexType": "AUTOINDEX"}]}));
+        "indexParams": [{"fieldName": "v", "metricType": "COSINE", "indexType": "AUTOINDEX"}]}),
+    );
     let data: Vec<Value> = (0..40).map(|i| json!({"v": [1, i], "b": i % 2 == 0, "i8": i % 7, "s": format!("s{i}"), "j": {"k": [i % 3, 2]}, "a": ["x", if i % 4 == 0 {"y"} else {"z"}]})).collect();
-    let ins = ok(url, "entities/insert", json!({"collectionName": "s", "data": data}));
+    let ins = ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "s", "data": data}),
+    );
     let ids = ins["data"]["insertIds"].as_array().unwrap().clone();
     assert_eq!(ids.len(), 40);
     let uniq: std::collections::HashSet<String> = ids.iter().map(|v| v.to_string()).collect();
@@ -336,7 +435,9 @@ fn workload(url: &str) -> Vec<Value> {
     for r in q.as_array_mut().unwrap() {
         r.as_object_mut().unwrap().remove("pk");
     }
-    q.as_array_mut().unwrap().sort_by_key(|r| r["s"].as_str().unwrap().to_string());
+    q.as_array_mut()
+        .unwrap()
+        .sort_by_key(|r| r["s"].as_str().unwrap().to_string());
     out.push(q);
     // Distances are rounded so that float summation order cannot differ.
     for v in out.iter_mut() {
@@ -729,4 +830,50 @@ fn etcd_the_broker_and_s3_go_away_and_come_back() {
         "partitions/create",
         json!({"collectionName": "c", "partitionName": "p"}),
     );
+}
+
+#[test]
+fn query_nodes_serve_the_data_nodes_segments_and_indexes() {
+    let Some(d) = deps() else { return };
+    let fast = ["--replica-refresh-secs", "0.5", "--index-min-rows", "100"];
+    let p = d.node_with("p1", "proxy,coordinator", &fast);
+    let _d1 = d.node_with("d1", "data", &fast);
+    let q1 = d.node_with("q1", "query", &fast);
+    let url = p.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 1, "metricType": "L2"}),
+    );
+    insert(&url, 0..1500).unwrap();
+    let probe = json!({"collectionName": "c", "data": [vector(77)], "limit": 5, "consistencyLevel": "Strong"});
+    let exact = ok(&url, "entities/search", probe.clone());
+    assert_eq!(exact["data"][0]["id"], 77);
+    ok(&url, "collections/flush", json!({"collectionName": "c"}));
+    // The replica builds no index of its own (it is configured not to): an indexed
+    // segment in its answer is the data node's, loaded from S3 after a reopen.
+    wait_for(
+        "the replica to search an index built by the data node",
+        || {
+            call(&url, "entities/search", &probe)
+                .is_ok_and(|v| v["searchInfo"]["indexedSegments"].as_u64() >= Some(1))
+        },
+    );
+    let st: Value = ureq::get(&format!("{}/node/status", q1.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(
+        st["shards"][0]["openedAtCheckpoint"].as_u64() > Some(0),
+        "{st}"
+    );
+    let after = ok(&url, "entities/search", probe);
+    assert_eq!(
+        after["data"], exact["data"],
+        "the reopened replica answers differently"
+    );
+    // Writes after the reopen are there too.
+    insert(&url, 2000..2010).unwrap();
+    assert_eq!(count(&url, "c"), Some(1510));
 }

@@ -56,6 +56,8 @@ pub struct ClusterConfig {
     pub engine: EngineConfig,
     /// Data nodes flush and checkpoint each shard this often.
     pub checkpoint_every: Duration,
+    /// Query nodes reopen a shard on its data node's newer checkpoint at most this often.
+    pub refresh_every: Duration,
     /// Seconds a node's registration outlives its last heartbeat.
     pub lease_ttl: i64,
     pub max_body_bytes: usize,
@@ -220,6 +222,7 @@ pub async fn run(
             cfg.data_dir.clone(),
             cfg.engine.clone(),
             cfg.checkpoint_every,
+            cfg.refresh_every,
         )
     });
     let proxy = if is(Role::Proxy) {
@@ -275,6 +278,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 n3.maintain().await;
+                n3.refresh_replicas().await;
             }
         }));
     }

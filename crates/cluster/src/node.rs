@@ -64,6 +64,13 @@ pub struct ShardHost {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Why applying is stuck (a record that fails with a server error), if it is.
     stalled: Mutex<Option<String>>,
+    /// The checkpoint the shard was opened at (a replica reopens when its data node's
+    /// checkpoint moves past it).
+    opened_ckpt: u64,
+    opened_at: Instant,
+    /// Its local directory (engine WAL, cache), removed after it stops.
+    dir: PathBuf,
+    refreshing: AtomicBool,
 }
 
 pub struct Node {
@@ -75,7 +82,11 @@ pub struct Node {
     data_dir: PathBuf,
     engine_cfg: EngineConfig,
     checkpoint_every: Duration,
+    /// Query nodes reopen a shard on the data node's newer flushed state (segments and
+    /// indexes built there) at most this often.
+    refresh_every: Duration,
     shards: Mutex<HashMap<ShardId, Arc<ShardHost>>>,
+    generation: std::sync::atomic::AtomicU64,
     opening: Mutex<HashSet<ShardId>>,
     errors: Mutex<BTreeMap<ShardId, String>>,
     /// Assigned shards (as of the last reconcile), opened or not.
@@ -93,6 +104,7 @@ impl Node {
         data_dir: PathBuf,
         engine_cfg: EngineConfig,
         checkpoint_every: Duration,
+        refresh_every: Duration,
     ) -> Arc<Node> {
         Arc::new(Node {
             id,
@@ -103,7 +115,9 @@ impl Node {
             data_dir,
             engine_cfg,
             checkpoint_every,
+            refresh_every,
             shards: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             opening: Mutex::new(HashSet::new()),
             errors: Mutex::new(BTreeMap::new()),
             assigned: Mutex::new(HashSet::new()),
@@ -173,6 +187,7 @@ impl Node {
                     let (e, name) = (h.engine.clone(), h.name.clone());
                     let _ = tokio::task::spawn_blocking(move || e.drop_collection(&name)).await;
                 }
+                remove_dir_later(h);
             }
         }
         for (id, (primary, rec)) in want {
@@ -204,18 +219,27 @@ impl Node {
         rec: &CollectionRecord,
     ) -> Result<Arc<ShardHost>> {
         let mode = if primary { "primary" } else { "replica" };
+        let gen = self.generation.fetch_add(1, Ordering::Relaxed);
         let dir = self
             .data_dir
             .join("shards")
-            .join(format!("c{}-s{}-{mode}", id.collection, id.shard));
+            .join(format!("c{}-s{}-{mode}-{gen}", id.collection, id.shard));
         let url = format!("{}/c{}/s{}", self.storage, id.collection, id.shard);
-        let cfg = self.engine_cfg.clone();
+        let mut cfg = self.engine_cfg.clone();
+        if !primary {
+            // A replica searches the data node's segments and indexes (it reopens on them
+            // as they come); it builds no index and compacts nothing of its own.
+            cfg.index_min_rows = usize::MAX;
+            cfg.auto_compact_secs = 0;
+        }
         let (ckpt, _) = self
             .meta
             .get::<u64>(&format!("ckpt/{}/{}", id.collection, id.shard))
             .await?;
         let ckpt = ckpt.unwrap_or(0);
+        let engine_dir = dir.clone();
         let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+            let dir = engine_dir;
             // The local directory holds only the engine's WAL and a cache: what is durable
             // is in S3 and in the log. It starts empty so that nothing older than the
             // checkpoint is replayed over newer flushed data.
@@ -276,6 +300,10 @@ impl Node {
             stop_tx,
             task: Mutex::new(None),
             stalled: Mutex::new(None),
+            opened_ckpt: ckpt,
+            opened_at: Instant::now(),
+            dir,
+            refreshing: AtomicBool::new(false),
         });
         tracing::info!(shard = %id, mode, from = ckpt + 1, "shard open; following its log");
         let task = tokio::spawn(consume(
@@ -293,6 +321,7 @@ impl Node {
         let hosted: Vec<Arc<ShardHost>> = self.shards.lock().drain().map(|(_, h)| h).collect();
         for h in hosted {
             stop_shard(&h, &self.meta, true).await;
+            remove_dir_later(h);
         }
     }
 
@@ -304,6 +333,74 @@ impl Node {
             if let Ok(Err(err)) = tokio::task::spawn_blocking(move || e.maintain()).await {
                 tracing::warn!(shard = %h.id, "maintenance failed: {err}");
             }
+        }
+    }
+
+    /// Reopens replicas whose data node has checkpointed past what they opened on, so
+    /// that they serve its flushed segments and indexes instead of their own growing
+    /// copy. The new engine catches up with the old one before it takes over; the old
+    /// one serves until then.
+    pub async fn refresh_replicas(self: &Arc<Self>) {
+        let replicas: Vec<Arc<ShardHost>> = self
+            .shards
+            .lock()
+            .values()
+            .filter(|h| !h.primary && h.opened_at.elapsed() >= self.refresh_every)
+            .cloned()
+            .collect();
+        for old in replicas {
+            let key = format!("ckpt/{}/{}", old.id.collection, old.id.shard);
+            let Ok((Some(ckpt), _)) = self.meta.get::<u64>(&key).await else {
+                continue;
+            };
+            if ckpt <= old.opened_ckpt || old.refreshing.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                let id = old.id;
+                let colls: BTreeMap<String, CollectionRecord> =
+                    match node.meta.list("collections/").await {
+                        Ok(c) => c,
+                        Err(_) => {
+                            old.refreshing.store(false, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                let Some(rec) = colls.values().find(|c| c.id == id.collection).cloned() else {
+                    return;
+                };
+                let new = match node.open_shard(id, false, &rec).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(shard = %id, "refresh: cannot reopen ({e})");
+                        old.refreshing.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                };
+                let target = *old.applied.borrow();
+                let mut rx = new.applied.subscribe();
+                let caught_up = matches!(
+                    tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|s| *s >= target))
+                        .await,
+                    Ok(Ok(_))
+                );
+                let current = node
+                    .shards
+                    .lock()
+                    .get(&id)
+                    .is_some_and(|h| Arc::ptr_eq(h, &old));
+                if caught_up && current {
+                    node.shards.lock().insert(id, new.clone());
+                    tracing::info!(shard = %id, checkpoint = new.opened_ckpt, "replica reopened on the data node's newer segments");
+                    stop_shard(&old, &node.meta, false).await;
+                    remove_dir_later(old);
+                } else {
+                    stop_shard(&new, &node.meta, false).await;
+                    remove_dir_later(new);
+                    old.refreshing.store(false, Ordering::SeqCst);
+                }
+            });
         }
     }
 
@@ -321,6 +418,7 @@ impl Node {
                 "mode": if h.primary { "primary" } else { "replica" },
                 "applied": *h.applied.borrow(),
                 "checkpoint": *h.ckpt.lock(),
+                "openedAtCheckpoint": h.opened_ckpt,
                 "rows": st.row_count,
                 "segments": st.segments_growing + st.segments_sealed + st.segments_flushed,
                 "segmentsFlushed": st.segments_flushed,
@@ -392,6 +490,22 @@ async fn stop_shard(h: &Arc<ShardHost>, meta: &Meta, checkpoint_now: bool) {
             tracing::warn!(shard = %h.id, "final checkpoint failed: {e}");
         }
     }
+}
+
+/// Removes a stopped shard's local directory once nothing uses its engine any more.
+fn remove_dir_later(h: Arc<ShardHost>) {
+    tokio::spawn(async move {
+        // In-flight requests hold the host; wait for them (bounded).
+        for _ in 0..600 {
+            if Arc::strong_count(&h) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dir = h.dir.clone();
+        drop(h);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    });
 }
 
 /// Calls the shard's REST router in-process.
