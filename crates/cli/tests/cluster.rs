@@ -877,3 +877,40 @@ fn query_nodes_serve_the_data_nodes_segments_and_indexes() {
     insert(&url, 2000..2010).unwrap();
     assert_eq!(count(&url, "c"), Some(1510));
 }
+
+fn replica_shards(p: &Proc) -> usize {
+    ureq::get(&format!("{}/node/status", p.url))
+        .call()
+        .ok()
+        .and_then(|r| r.into_json::<Value>().ok())
+        .and_then(|s| s["shards"].as_array().map(|a| a.len()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_joining_query_node_takes_its_share() {
+    let Some(d) = deps() else { return };
+    let p = d.node("p1", "proxy,coordinator");
+    let _d1 = d.node("d1", "data");
+    let q: Vec<Proc> = (1..=3).map(|i| d.node(&format!("q{i}"), "query")).collect();
+    let url = p.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 8, "metricType": "L2"}),
+    );
+    insert(&url, 0..400).unwrap();
+    wait_for("8 shards over 3 query nodes (3/3/2)", || {
+        let mut n: Vec<usize> = q.iter().map(replica_shards).collect();
+        n.sort();
+        n == vec![2, 3, 3]
+    });
+    let probe = json!({"collectionName": "c", "data": [vector(9)], "limit": 5, "consistencyLevel": "Strong"});
+    let before = ok(&url, "entities/search", probe.clone())["data"].clone();
+    let q4 = d.node("q4", "query");
+    wait_for("the 4th node to take two shards (2/2/2/2)", || {
+        q.iter().chain([&q4]).all(|n| replica_shards(n) == 2)
+    });
+    assert_eq!(ok(&url, "entities/search", probe)["data"], before);
+    assert_eq!(count(&url, "c"), Some(400));
+}
