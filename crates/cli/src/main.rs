@@ -331,6 +331,12 @@ struct BenchArgs {
     url: Option<String>,
     #[arg(long, env = "MAGPIE_TOKEN")]
     token: Option<String>,
+    /// With --url: the collection's shardsNum (a cluster spreads the shards over nodes).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// With --url: load the collection with this replicaNumber (query nodes per shard).
+    #[arg(long)]
+    replicas: Option<u32>,
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -470,6 +476,10 @@ struct ClusterArgs {
     /// at most this often, seconds.
     #[arg(long, env = "MAGPIE_REPLICA_REFRESH_SECS", default_value_t = 30.0)]
     replica_refresh_secs: f64,
+    /// Log records are trimmed this long after a data node's checkpoint covers them,
+    /// seconds (a query node that falls further behind reopens from the checkpoint).
+    #[arg(long, env = "MAGPIE_LOG_RETENTION_SECS", default_value_t = 600.0)]
+    log_retention_secs: f64,
     /// Seconds a node's registration outlives its last heartbeat to etcd.
     #[arg(long, env = "MAGPIE_LEASE_TTL", default_value_t = 5)]
     lease_ttl: i64,
@@ -683,6 +693,8 @@ fn main() {
             build_threads: a.build_threads,
             url: a.url,
             token: a.token,
+            shards: a.shards,
+            replicas: a.replicas,
             json_out: a.json,
         }),
     };
@@ -807,6 +819,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             refresh_every: std::time::Duration::from_secs_f64(
                 cluster.replica_refresh_secs.max(0.1),
             ),
+            log_retention: std::time::Duration::from_secs_f64(cluster.log_retention_secs.max(0.0)),
             lease_ttl: cluster.lease_ttl,
             max_body_bytes: cfg.max_body_bytes,
             token: cfg.token.clone(),

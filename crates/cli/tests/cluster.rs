@@ -914,3 +914,77 @@ fn a_joining_query_node_takes_its_share() {
     assert_eq!(ok(&url, "entities/search", probe)["data"], before);
     assert_eq!(count(&url, "c"), Some(400));
 }
+
+/// First and last sequence of every stream, from NATS's monitoring endpoint.
+fn streams(d: &Deps) -> Vec<(String, u64, u64)> {
+    let v: Value = ureq::get(&format!("{}/jsz?streams=true", d.nats.http))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let mut out = Vec::new();
+    for acc in v["account_details"].as_array().into_iter().flatten() {
+        for st in acc["stream_detail"].as_array().into_iter().flatten() {
+            out.push((
+                st["name"].as_str().unwrap_or("").to_string(),
+                st["state"]["first_seq"].as_u64().unwrap_or(0),
+                st["state"]["last_seq"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_log_is_trimmed_behind_checkpoints_and_late_replicas_reopen() {
+    let Some(d) = deps() else { return };
+    let fast = ["--replica-refresh-secs", "0.5", "--log-retention-secs", "0"];
+    let p = d.node_with("p1", "proxy,coordinator", &fast);
+    let _d1 = d.node_with("d1", "data", &fast);
+    let mut q1 = d.node_with("q1", "query", &fast);
+    let url = p.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 1, "metricType": "L2"}),
+    );
+    for b in 0..10u64 {
+        insert(&url, b * 50..(b + 1) * 50).unwrap();
+    }
+    ok(
+        &url,
+        "entities/delete",
+        json!({"collectionName": "c", "ids": [3, 4]}),
+    );
+    wait_for("the log to be trimmed behind a checkpoint", || {
+        streams(&d)
+            .iter()
+            .any(|(_, first, last)| *last >= 11 && *first > 1)
+    });
+    // A query node that joins now cannot replay from the start: it opens the data
+    // node's flushed segments and the rest of the log.
+    ok(
+        &url,
+        "collections/load",
+        json!({"collectionName": "c", "replicaNumber": 2}),
+    );
+    let q2 = d.node_with("q2", "query", &fast);
+    wait_for("q2 to serve the shard", || {
+        replica_shards(&q2) == 1 && ready(&q2)
+    });
+    q1.child.kill().unwrap();
+    insert(&url, 1000..1010).unwrap();
+    wait_for("every row through q2", || count(&url, "c") == Some(508));
+    let got = ok(
+        &url,
+        "entities/get",
+        json!({"collectionName": "c", "id": [3, 5, 1009], "consistencyLevel": "Strong"}),
+    );
+    let ids: Vec<i64> = got["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![5, 1009]);
+}

@@ -58,6 +58,8 @@ pub struct ClusterConfig {
     pub checkpoint_every: Duration,
     /// Query nodes reopen a shard on its data node's newer checkpoint at most this often.
     pub refresh_every: Duration,
+    /// Log records are trimmed this long after a checkpoint covers them.
+    pub log_retention: Duration,
     /// Seconds a node's registration outlives its last heartbeat.
     pub lease_ttl: i64,
     pub max_body_bytes: usize,
@@ -223,6 +225,7 @@ pub async fn run(
             cfg.engine.clone(),
             cfg.checkpoint_every,
             cfg.refresh_every,
+            cfg.log_retention,
         )
     });
     let proxy = if is(Role::Proxy) {

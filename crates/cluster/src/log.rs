@@ -17,6 +17,8 @@
 //!   for new ones; each reader gets the same sequence of records.
 //! - [`Log::last_seq`] is the sequence of the newest durable record (0: none), which the
 //!   proxy uses as the read barrier of Strong consistency.
+//! - [`Log::trim`] drops old records; sequences are never reused, so a reader detects
+//!   what it missed as a jump in the sequence.
 
 use crate::error::{ClusterError, Result};
 use async_nats::jetstream;
@@ -51,6 +53,10 @@ pub trait Log: Send + Sync {
     fn append(&self, shard: ShardId, record: Vec<u8>) -> BoxFuture<'_, Result<u64>>;
     /// The newest durable sequence (0 when empty).
     fn last_seq(&self, shard: ShardId) -> BoxFuture<'_, Result<u64>>;
+    /// Drops the records with sequence < `below` (they are in flushed segments). A reader
+    /// that still needed them sees a jump in the sequence and must reopen from a newer
+    /// checkpoint.
+    fn trim(&self, shard: ShardId, below: u64) -> BoxFuture<'_, Result<()>>;
     /// Whether the broker is reachable right now (for readiness).
     fn connected(&self) -> bool;
     /// Records with sequence ≥ `from`, in order, then new ones as they come.
@@ -167,6 +173,21 @@ impl Log for JetStreamLog {
                 .await
                 .map_err(|e| self.err(format!("appending to {shard} (not acknowledged): {e}")))?;
             Ok(ack.sequence)
+        })
+    }
+
+    fn trim(&self, shard: ShardId, below: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let st = self
+                .js
+                .get_stream(self.stream_name(shard))
+                .await
+                .map_err(|e| self.err(format!("stream of {shard}: {e}")))?;
+            st.purge()
+                .sequence(below)
+                .await
+                .map_err(|e| self.err(format!("trimming {shard} below {below}: {e}")))?;
+            Ok(())
         })
     }
 

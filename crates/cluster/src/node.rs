@@ -71,6 +71,11 @@ pub struct ShardHost {
     /// Its local directory (engine WAL, cache), removed after it stops.
     dir: PathBuf,
     refreshing: AtomicBool,
+    /// Set when the log jumped past records this copy had not applied (they were
+    /// trimmed): it must be reopened from a newer checkpoint.
+    gap: AtomicBool,
+    /// Checkpoints written and when, for trimming the log after the retention.
+    ckpt_history: Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
 
 pub struct Node {
@@ -85,6 +90,8 @@ pub struct Node {
     /// Query nodes reopen a shard on the data node's newer flushed state (segments and
     /// indexes built there) at most this often.
     refresh_every: Duration,
+    /// Log records stay this long after a checkpoint covers them, then are trimmed.
+    retention: Duration,
     shards: Mutex<HashMap<ShardId, Arc<ShardHost>>>,
     generation: std::sync::atomic::AtomicU64,
     opening: Mutex<HashSet<ShardId>>,
@@ -105,6 +112,7 @@ impl Node {
         engine_cfg: EngineConfig,
         checkpoint_every: Duration,
         refresh_every: Duration,
+        retention: Duration,
     ) -> Arc<Node> {
         Arc::new(Node {
             id,
@@ -116,6 +124,7 @@ impl Node {
             engine_cfg,
             checkpoint_every,
             refresh_every,
+            retention,
             shards: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             opening: Mutex::new(HashSet::new()),
@@ -174,10 +183,12 @@ impl Node {
             }
         }
         *self.assigned.lock() = want.keys().copied().collect();
-        // Stop what is no longer ours (or changed mode).
+        // Stop what is no longer ours (or changed mode), and copies that fell behind a
+        // trimmed log (they open again below, from the newest checkpoint).
         let hosted: Vec<Arc<ShardHost>> = self.shards.lock().values().cloned().collect();
         for h in hosted {
-            let keep = want.get(&h.id).is_some_and(|(p, _)| *p == h.primary);
+            let keep = want.get(&h.id).is_some_and(|(p, _)| *p == h.primary)
+                && !h.gap.load(Ordering::SeqCst);
             if !keep {
                 let dropped = !by_id.contains_key(&h.id.collection);
                 self.shards.lock().remove(&h.id);
@@ -304,6 +315,8 @@ impl Node {
             opened_at: Instant::now(),
             dir,
             refreshing: AtomicBool::new(false),
+            gap: AtomicBool::new(false),
+            ckpt_history: Mutex::new(std::collections::VecDeque::new()),
         });
         tracing::info!(shard = %id, mode, from = ckpt + 1, "shard open; following its log");
         let task = tokio::spawn(consume(
@@ -311,6 +324,7 @@ impl Node {
             self.log.clone(),
             self.meta.clone(),
             self.checkpoint_every,
+            self.retention,
         ));
         *host.task.lock() = Some(task);
         Ok(host)
@@ -547,8 +561,27 @@ async fn checkpoint(h: &Arc<ShardHost>, meta: &Meta) -> Result<()> {
     )
     .await?;
     *h.ckpt.lock() = seq;
+    h.ckpt_history.lock().push_back((Instant::now(), seq));
     tracing::debug!(shard = %h.id, seq, "checkpoint");
     Ok(())
+}
+
+/// Trims the shard's log below the newest checkpoint older than `retention`.
+async fn trim(h: &Arc<ShardHost>, log: &Arc<dyn Log>, retention: Duration) {
+    let below = {
+        let mut hist = h.ckpt_history.lock();
+        let mut below = None;
+        while hist.front().is_some_and(|(t, _)| t.elapsed() >= retention) {
+            below = hist.pop_front().map(|(_, s)| s + 1);
+        }
+        below
+    };
+    if let Some(b) = below {
+        match log.trim(h.id, b).await {
+            Ok(()) => tracing::debug!(shard = %h.id, below = b, "log trimmed"),
+            Err(e) => tracing::warn!(shard = %h.id, "trimming the log: {e}"),
+        }
+    }
 }
 
 /// Applies one record; retries server errors (they are not the record's fault) until it
@@ -584,7 +617,13 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
     }
 }
 
-async fn consume(h: Arc<ShardHost>, log: Arc<dyn Log>, meta: Meta, every: Duration) {
+async fn consume(
+    h: Arc<ShardHost>,
+    log: Arc<dyn Log>,
+    meta: Meta,
+    every: Duration,
+    retention: Duration,
+) {
     let mut stop_rx = h.stop_tx.subscribe();
     let mut last_ckpt = Instant::now();
     'outer: while !h.stop.load(Ordering::SeqCst) {
@@ -608,6 +647,7 @@ async fn consume(h: Arc<ShardHost>, log: Arc<dyn Log>, meta: Meta, every: Durati
                         if let Err(e) = checkpoint(&h, &meta).await {
                             tracing::warn!(shard = %h.id, "checkpoint failed: {e}");
                         }
+                        trim(&h, &log, retention).await;
                         last_ckpt = Instant::now();
                     }
                 }
@@ -619,8 +659,18 @@ async fn consume(h: Arc<ShardHost>, log: Arc<dyn Log>, meta: Meta, every: Durati
                         continue 'outer;
                     }
                     Some(Ok((seq, bytes))) => {
-                        if seq <= *h.applied.borrow() {
+                        let applied = *h.applied.borrow();
+                        if seq <= applied {
                             continue;
+                        }
+                        if seq > applied + 1 {
+                            // Records between were trimmed (they are in a newer checkpoint's
+                            // flushed data): this copy cannot apply them any more.
+                            let why = format!("the log jumped from {applied} to {seq}: records it had not applied were trimmed; reopening from the newest checkpoint");
+                            tracing::warn!(shard = %h.id, "{why}");
+                            *h.stalled.lock() = Some(why);
+                            h.gap.store(true, Ordering::SeqCst);
+                            break 'outer;
                         }
                         apply(&h, seq, &bytes).await;
                         if h.stop.load(Ordering::SeqCst) && h.stalled.lock().is_some() {

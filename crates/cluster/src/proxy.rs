@@ -1122,6 +1122,21 @@ impl Proxy {
                         ix[key] = json!(n);
                     }
                 }
+                // Each shard's segments, with the shard they belong to.
+                let mut segs = Vec::new();
+                for (k, p) in parts.iter().enumerate() {
+                    for mut seg in p["data"][i]["segments"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        seg["shard"] = json!(k);
+                        segs.push(seg);
+                    }
+                }
+                if ix.get("segments").is_some() {
+                    ix["segments"] = json!(segs);
+                }
                 if parts
                     .iter()
                     .any(|p| p["data"][i]["indexState"] != ix["indexState"])

@@ -212,6 +212,8 @@ pub struct Service {
     health_path: &'static str,
     /// The URL clients use (`http://127.0.0.1:<port>` for etcd, `nats://...` for NATS).
     pub url: String,
+    /// Its HTTP health/monitoring endpoint (`http://127.0.0.1:<port>`).
+    pub http: String,
 }
 
 impl Service {
@@ -341,7 +343,8 @@ pub fn etcd() -> Option<Service> {
         child: None,
         health_port: client,
         health_path: "/health",
-        url: c,
+        url: c.clone(),
+        http: c,
     };
     s.start();
     Some(s)
@@ -380,6 +383,7 @@ pub fn nats() -> Option<Service> {
         health_port: http,
         health_path: "/healthz?js-enabled-only=true",
         url: format!("nats://127.0.0.1:{port}"),
+        http: format!("http://127.0.0.1:{http}"),
     };
     s.start();
     Some(s)
