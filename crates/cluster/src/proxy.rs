@@ -38,6 +38,8 @@ use tower::ServiceExt;
 /// Largest log record the proxy writes (rows are split across records above it).
 const RECORD_BYTES: usize = 256 << 10;
 const MAX_SHARDS: u64 = 64;
+/// Reads and writes use collection records this fresh from the routing refresh.
+const RECORD_TTL: Duration = Duration::from_secs(1);
 /// How long a read waits for a shard that no node serves yet.
 const SHARD_WAIT: Duration = Duration::from_secs(15);
 
@@ -82,6 +84,11 @@ pub struct Proxy {
     /// The last record read of each collection: reads and writes go on with it while
     /// etcd is unreachable (DDL does not).
     records: Mutex<HashMap<String, CollectionRecord>>,
+    /// When `records` was last read whole from etcd (by the routing refresh).
+    records_at: Mutex<Option<std::time::Instant>>,
+    /// Bumped by this proxy's own DDL, so that a refresh that read etcd before it does
+    /// not overwrite what it wrote.
+    records_gen: AtomicUsize,
     /// Sent to the nodes (they require the cluster's token too).
     token: Option<String>,
     /// Keeps the mirror's WAL directory alive.
@@ -191,6 +198,8 @@ impl Proxy {
             rr: AtomicUsize::new(0),
             etcd_error: Mutex::new(None),
             records: Mutex::new(HashMap::new()),
+            records_at: Mutex::new(None),
+            records_gen: AtomicUsize::new(0),
             token,
             _dir: tempfile_dir::TempDir(dir),
         }))
@@ -207,16 +216,26 @@ impl Proxy {
         Ok(())
     }
 
-    /// Re-reads nodes and assignments from etcd.
+    /// Re-reads nodes, assignments and collection records from etcd.
     pub async fn refresh_routes(&self) -> Result<(), ClusterError> {
+        let gen = self.records_gen.load(Ordering::SeqCst);
         let got = async {
+            let t0 = std::time::Instant::now();
             let nodes: BTreeMap<String, NodeInfo> = self.meta.list("nodes/").await?;
             let assigns: BTreeMap<String, Assignment> = self.meta.list("assign/").await?;
-            Ok::<_, ClusterError>((nodes, assigns))
+            let colls: BTreeMap<String, CollectionRecord> = self.meta.list("collections/").await?;
+            Ok::<_, ClusterError>((nodes, assigns, colls, t0))
         }
         .await;
         *self.etcd_error.lock() = got.as_ref().err().map(|e| e.to_string());
-        let (nodes, assigns) = got?;
+        let (nodes, assigns, colls, t0) = got?;
+        {
+            let mut records = self.records.lock();
+            if self.records_gen.load(Ordering::SeqCst) == gen {
+                *records = colls.into_iter().collect();
+                *self.records_at.lock() = Some(t0);
+            }
+        }
         let mut r = Routes::default();
         for n in nodes.into_values() {
             r.nodes.insert(n.id, n.addr);
@@ -263,8 +282,25 @@ impl Proxy {
         v
     }
 
-    /// The collection's record, with the catalog mirror brought up to date with it.
+    /// The collection's record, with the catalog mirror brought up to date with it: as
+    /// of the last routing refresh when that is under [`RECORD_TTL`] old (reads and
+    /// writes), else read from etcd.
     async fn collection(&self, name: &str) -> Result<CollectionRecord, ApiError> {
+        let recent = self
+            .records_at
+            .lock()
+            .is_some_and(|t| t.elapsed() < RECORD_TTL);
+        let cached = recent
+            .then(|| self.records.lock().get(name).cloned())
+            .flatten();
+        match cached {
+            Some(rec) => self.mirror_to(name, Some(rec)).await,
+            None => self.collection_fresh(name).await,
+        }
+    }
+
+    /// As [`Proxy::collection`], always read from etcd (DDL).
+    async fn collection_fresh(&self, name: &str) -> Result<CollectionRecord, ApiError> {
         let rec = match self
             .meta
             .get::<CollectionRecord>(&format!("collections/{name}"))
@@ -286,6 +322,14 @@ impl Proxy {
                 None => return Err(api(e)),
             },
         };
+        self.mirror_to(name, rec).await
+    }
+
+    async fn mirror_to(
+        &self,
+        name: &str,
+        rec: Option<CollectionRecord>,
+    ) -> Result<CollectionRecord, ApiError> {
         let mut mirrored = self.mirrored.lock().await;
         let Some(rec) = rec else {
             if mirrored.remove(name).is_some() {
@@ -508,6 +552,8 @@ impl Proxy {
                 magpie_engine::EngineError::CollectionExists(name),
             ));
         }
+        self.records_gen.fetch_add(1, Ordering::SeqCst);
+        self.records.lock().insert(name.clone(), rec);
         self.mirrored.lock().await.insert(name, (id, 0));
         Ok(v)
     }
@@ -551,6 +597,8 @@ impl Proxy {
                 })
                 .await;
         }
+        self.records_gen.fetch_add(1, Ordering::SeqCst);
+        self.records.lock().remove(&name);
         let mut mirrored = self.mirrored.lock().await;
         mirrored.remove(&name);
         let _ = self.mirror.drop_collection(&name);
@@ -562,7 +610,7 @@ impl Proxy {
     async fn ddl(&self, path: &str, body: Value, record: bool) -> ApiResult {
         let name = need(&body, "collectionName")?;
         for _ in 0..20 {
-            let rec = self.collection(&name).await?;
+            let rec = self.collection_fresh(&name).await?;
             let (cur, rev) = self
                 .meta
                 .get::<CollectionRecord>(&format!("collections/{name}"))
@@ -599,6 +647,8 @@ impl Proxy {
                     .lock()
                     .await
                     .insert(name.clone(), (next.id, next.ddl.len()));
+                self.records_gen.fetch_add(1, Ordering::SeqCst);
+                self.records.lock().insert(name.clone(), next.clone());
             }
             let r = Record {
                 path: path.to_string(),
