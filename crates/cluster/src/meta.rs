@@ -11,6 +11,7 @@
 //! | `P/nodes/{node}` | [`NodeInfo`], attached to the node's lease | each node |
 //! | `P/assign/{cid}/{shard}` | [`Assignment`] | coordinator |
 //! | `P/ckpt/{cid}/{shard}` | log sequence covered by the shard's flushed data in S3 | the shard's data node |
+//! | `P/indexes/{cid}/{shard}` | rows the shard's flushed segments have indexed (query nodes reopen when it changes) | the shard's data node |
 //! | `P/coordinator` | the leader's node id, attached to its lease | coordinator election |
 //!
 //! A node's key vanishes when its lease expires (it died or lost etcd for longer than the

@@ -67,6 +67,8 @@ pub struct ShardHost {
     /// The checkpoint the shard was opened at (a replica reopens when its data node's
     /// checkpoint moves past it).
     opened_ckpt: u64,
+    /// The data node's published index state when this copy opened (see [`publish_indexes`]).
+    opened_indexes: u64,
     opened_at: Instant,
     /// Its local directory (engine WAL, cache), removed after it stops.
     dir: PathBuf,
@@ -76,6 +78,8 @@ pub struct ShardHost {
     gap: AtomicBool,
     /// Checkpoints written and when, for trimming the log after the retention.
     ckpt_history: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    /// What [`publish_indexes`] last wrote.
+    published_indexes: Mutex<Option<u64>>,
 }
 
 pub struct Node {
@@ -248,6 +252,11 @@ impl Node {
             .get::<u64>(&format!("ckpt/{}/{}", id.collection, id.shard))
             .await?;
         let ckpt = ckpt.unwrap_or(0);
+        let (indexes, _) = self
+            .meta
+            .get::<u64>(&format!("indexes/{}/{}", id.collection, id.shard))
+            .await?;
+        let indexes = indexes.unwrap_or(0);
         let engine_dir = dir.clone();
         let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
             let dir = engine_dir;
@@ -312,11 +321,13 @@ impl Node {
             task: Mutex::new(None),
             stalled: Mutex::new(None),
             opened_ckpt: ckpt,
+            opened_indexes: indexes,
             opened_at: Instant::now(),
             dir,
             refreshing: AtomicBool::new(false),
             gap: AtomicBool::new(false),
             ckpt_history: Mutex::new(std::collections::VecDeque::new()),
+            published_indexes: Mutex::new(None),
         });
         tracing::info!(shard = %id, mode, from = ckpt + 1, "shard open; following its log");
         let task = tokio::spawn(consume(
@@ -367,7 +378,10 @@ impl Node {
             let Ok((Some(ckpt), _)) = self.meta.get::<u64>(&key).await else {
                 continue;
             };
-            if ckpt <= old.opened_ckpt || old.refreshing.swap(true, Ordering::SeqCst) {
+            let key = format!("indexes/{}/{}", old.id.collection, old.id.shard);
+            let indexes = self.meta.get::<u64>(&key).await.ok().and_then(|(v, _)| v);
+            let newer = ckpt > old.opened_ckpt || indexes.is_some_and(|i| i != old.opened_indexes);
+            if !newer || old.refreshing.swap(true, Ordering::SeqCst) {
                 continue;
             }
             let node = self.clone();
@@ -566,6 +580,24 @@ async fn checkpoint(h: &Arc<ShardHost>, meta: &Meta) -> Result<()> {
     Ok(())
 }
 
+/// Publishes how many rows the data node's flushed segments have indexed, so that query
+/// nodes reopen on indexes finished after the checkpoint that flushed their segments.
+async fn publish_indexes(h: &Arc<ShardHost>, meta: &Meta) {
+    let (e, name) = (h.engine.clone(), h.name.clone());
+    let Ok(Ok(progress)) = tokio::task::spawn_blocking(move || e.index_progress(&name, None)).await
+    else {
+        return;
+    };
+    let indexed: u64 = progress.iter().map(|p| p.indexed_rows as u64).sum();
+    if *h.published_indexes.lock() == Some(indexed) {
+        return;
+    }
+    let key = format!("indexes/{}/{}", h.id.collection, h.id.shard);
+    if meta.put(&key, &indexed, None).await.is_ok() {
+        *h.published_indexes.lock() = Some(indexed);
+    }
+}
+
 /// Trims the shard's log below the newest checkpoint older than `retention`.
 async fn trim(h: &Arc<ShardHost>, log: &Arc<dyn Log>, retention: Duration) {
     let below = {
@@ -648,6 +680,7 @@ async fn consume(
                             tracing::warn!(shard = %h.id, "checkpoint failed: {e}");
                         }
                         trim(&h, &log, retention).await;
+                        publish_indexes(&h, &meta).await;
                         last_ckpt = Instant::now();
                     }
                 }

@@ -588,6 +588,10 @@ impl Proxy {
             .delete(&format!("ckpt/{}/", rec.id), true)
             .await
             .map_err(api)?;
+        self.meta
+            .delete(&format!("indexes/{}/", rec.id), true)
+            .await
+            .map_err(api)?;
         for s in 0..rec.shards {
             let _ = self
                 .log
