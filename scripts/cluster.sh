@@ -18,7 +18,23 @@ port=${MAGPIE_PORT:-19530}
 data_nodes=${DATA_NODES:-2}
 query_nodes=${QUERY_NODES:-2}
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free loopback port below 55000 whose +10000 neighbour is free too (SeaweedFS binds
+# its gRPC ports there).
+free_port() {
+    python3 - <<'PY'
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p >= 55000:
+        s.close(); continue
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", p + 10000))
+    except OSError:
+        s.close(); t.close(); continue
+    s.close(); t.close(); print(p); break
+PY
+}
 need() { command -v "$1" >/dev/null 2>&1 || { echo "cluster.sh: '$1' not found: $2" >&2; exit 1; }; }
 wait_http() { # url what
     for _ in $(seq 1 150); do
@@ -64,10 +80,17 @@ up() {
         -s3.port.iceberg=0 -s3.port.lance=0
     wait_http "http://127.0.0.1:$ec/health" etcd
     wait_http "http://127.0.0.1:$nm/healthz?js-enabled-only=true" nats-server
+    local bucket=
     for _ in $(seq 1 150); do
-        curl -fsS -X PUT -o /dev/null "http://127.0.0.1:$s3/magpie" 2>/dev/null && break
+        if curl -fsS -X PUT -o /dev/null "http://127.0.0.1:$s3/magpie" 2>/dev/null; then bucket=ok; break; fi
         sleep 0.2
     done
+    if [ -z "$bucket" ]; then
+        echo "cluster.sh: SeaweedFS did not accept the bucket on port $s3; its log ends with:" >&2
+        tail -5 "$dir/logs/s3.log" >&2
+        down
+        exit 1
+    fi
     export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
         AWS_ACCESS_KEY_ID=magpie AWS_SECRET_ACCESS_KEY=magpie
     local common=(--etcd "http://127.0.0.1:$ec" --log "nats://127.0.0.1:$np" --storage s3://magpie/cluster)

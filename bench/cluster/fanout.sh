@@ -40,7 +40,7 @@ rss standalone "$pid"
 kill -TERM "$pid"; wait "$pid" || true
 
 # 2 and 3: clusters
-export MAGPIE_CHECKPOINT_SECS=2 MAGPIE_REPLICA_REFRESH_SECS=2 MAGPIE_LOG=warn MAGPIE_BIN=$M
+export MAGPIE_CHECKPOINT_SECS=${MAGPIE_CHECKPOINT_SECS:-30} MAGPIE_REPLICA_REFRESH_SECS=2 MAGPIE_LOG=warn MAGPIE_BIN=$M
 cluster() { # name shards query_nodes
     local name=$1 shards=$2 q=$3
     MAGPIE_CLUSTER_DIR="$W/$name" MAGPIE_PORT=29622 DATA_NODES=1 QUERY_NODES=$q scripts/cluster.sh up > "$W/$name.up" 2>&1

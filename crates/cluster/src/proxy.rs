@@ -1081,6 +1081,12 @@ impl Proxy {
         }
         let mut info = Map::new();
         info.insert("shards".into(), json!(rec.shards));
+        // The search knob the shards chose (the same rule on each).
+        for key in ["ef", "nprobe", "expectedRecall"] {
+            if let Some(v) = parts.first().and_then(|p| p["searchInfo"].get(key)) {
+                info.insert(key.into(), v.clone());
+            }
+        }
         for key in ["indexedSegments", "exactSegments"] {
             let n: u64 = parts
                 .iter()
