@@ -988,3 +988,56 @@ fn the_log_is_trimmed_behind_checkpoints_and_late_replicas_reopen() {
         .collect();
     assert_eq!(ids, vec![5, 1009]);
 }
+
+#[test]
+fn a_joining_data_node_takes_shards_over_without_losing_writes() {
+    let Some(d) = deps() else { return };
+    let p = d.node("p1", "proxy,coordinator");
+    let d1 = d.node("d1", "data");
+    let url = p.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 4, "metricType": "L2"}),
+    );
+    insert(&url, 0..100).unwrap();
+    wait_for("d1 to hold the 4 shards", || replica_shards(&d1) == 4);
+    // Inserts go on while two shards move to d2 (d1 flushes, checkpoints and releases
+    // each before d2 opens it).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(100));
+    let writer = {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), url.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let start = acked.load(Ordering::SeqCst);
+                if insert(&url, start..start + 10).is_ok() {
+                    acked.fetch_add(10, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let d2 = d.node("d2", "data");
+    wait_for("d2 to take two shards", || {
+        replica_shards(&d2) == 2 && replica_shards(&d1) == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let total = acked.load(Ordering::SeqCst);
+    assert!(total > 100);
+    wait_for("every acknowledged row", || count(&url, "c") == Some(total));
+    let st: Value = ureq::get(&format!("{}/node/status", d2.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["mode"] == "primary"),
+        "{st}"
+    );
+}

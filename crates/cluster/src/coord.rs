@@ -119,6 +119,19 @@ pub fn plan(
             a.replicas.push(q.to_string());
         }
     }
+    // Balance primaries the same way: one shard per round moves to the least loaded data
+    // node (the new one opens it once the old one has flushed, checkpointed and released
+    // its ownership key).
+    if let (Some(max), Some(min)) = (most(&pload), least(&pload, |_| true)) {
+        if pload[max] > pload[min] + 1 {
+            for a in out.values_mut() {
+                if a.primary.as_deref() == Some(max) && !a.replicas.iter().any(|r| r == min) {
+                    a.primary = Some(min.to_string());
+                    break;
+                }
+            }
+        }
+    }
     // Balance: one move per round from the most to the least loaded query node.
     if let (Some(max), Some(min)) = (most(&qload), least(&qload, |_| true)) {
         if qload[max] > qload[min] + 1 {
@@ -218,6 +231,21 @@ mod tests {
         }
         assert!(per_q.get("q3").copied().unwrap_or(0) >= 1, "{per_q:?}");
         assert!(per_q.values().all(|&n| n <= 2), "{per_q:?}");
+    }
+
+    #[test]
+    fn a_joining_data_node_takes_primaries() {
+        let colls: BTreeMap<_, _> = [coll(1, 4, 0)].into_iter().collect();
+        let mut p = plan(&["d1"], &[], &colls, &BTreeMap::new());
+        assert!(p.values().all(|a| a.primary.as_deref() == Some("d1")));
+        for _ in 0..4 {
+            p = plan(&["d1", "d2"], &[], &colls, &p);
+        }
+        let on_d2 = p
+            .values()
+            .filter(|a| a.primary.as_deref() == Some("d2"))
+            .count();
+        assert_eq!(on_d2, 2, "{p:?}");
     }
 
     #[test]

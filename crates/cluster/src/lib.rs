@@ -238,6 +238,10 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(n) = &node {
+        n.lease_id
+            .store(lease.id, std::sync::atomic::Ordering::SeqCst);
+    }
     let shared = Arc::new(Shared {
         node: node.clone(),
         meta: meta.clone(),
@@ -350,6 +354,9 @@ pub async fn run(
                     };
                     match again.await {
                         Ok(l) => {
+                            if let Some(n) = &sh.node {
+                                n.lease_id.store(l.id, std::sync::atomic::Ordering::SeqCst);
+                            }
                             *sh.lease.lock() = Arc::new(l);
                             tracing::info!("registered again in etcd");
                             break;

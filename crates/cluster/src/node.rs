@@ -98,6 +98,8 @@ pub struct Node {
     retention: Duration,
     shards: Mutex<HashMap<ShardId, Arc<ShardHost>>>,
     generation: std::sync::atomic::AtomicU64,
+    /// The node's current etcd lease (shard ownership keys hang on it).
+    pub lease_id: std::sync::atomic::AtomicI64,
     opening: Mutex<HashSet<ShardId>>,
     errors: Mutex<BTreeMap<ShardId, String>>,
     /// Assigned shards (as of the last reconcile), opened or not.
@@ -131,6 +133,7 @@ impl Node {
             retention,
             shards: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            lease_id: std::sync::atomic::AtomicI64::new(0),
             opening: Mutex::new(HashSet::new()),
             errors: Mutex::new(BTreeMap::new()),
             assigned: Mutex::new(HashSet::new()),
@@ -202,7 +205,7 @@ impl Node {
                     let (e, name) = (h.engine.clone(), h.name.clone());
                     let _ = tokio::task::spawn_blocking(move || e.drop_collection(&name)).await;
                 }
-                remove_dir_later(h);
+                remove_dir_later(h, Some((self.meta.clone(), self.id.clone())));
             }
         }
         for (id, (primary, rec)) in want {
@@ -247,6 +250,46 @@ impl Node {
             cfg.index_min_rows = usize::MAX;
             cfg.auto_compact_secs = 0;
         }
+        if primary {
+            // One writer per shard prefix: the data node that holds `owner/{cid}/{k}` (on its
+            // lease). The previous one releases it after its engine is gone, or its lease
+            // expires; until then this open fails and is retried.
+            let key = owner_key(id);
+            let lease = self.lease_id.load(Ordering::SeqCst);
+            let (holder, rev) = self.meta.get::<String>(&key).await?;
+            match holder {
+                Some(h) if h == self.id => {}
+                Some(h) => {
+                    return Err(ClusterError::Unavailable(format!(
+                        "shard {id} is still owned by data node {h} (it releases it once stopped, or its lease expires)"
+                    )))
+                }
+                None => {
+                    if !self.meta.put_if(&key, &self.id, rev, Some(lease)).await? {
+                        return Err(ClusterError::Unavailable(format!(
+                            "shard {id} was just taken by another data node"
+                        )));
+                    }
+                }
+            }
+        }
+        let opened = self.open_engine(id, primary, rec, dir, url, cfg).await;
+        if opened.is_err() && primary {
+            release_owner(&self.meta, id, &self.id).await;
+        }
+        opened
+    }
+
+    async fn open_engine(
+        self: &Arc<Self>,
+        id: ShardId,
+        primary: bool,
+        rec: &CollectionRecord,
+        dir: PathBuf,
+        url: String,
+        cfg: EngineConfig,
+    ) -> Result<Arc<ShardHost>> {
+        let mode = if primary { "primary" } else { "replica" };
         let (ckpt, _) = self
             .meta
             .get::<u64>(&format!("ckpt/{}/{}", id.collection, id.shard))
@@ -346,7 +389,7 @@ impl Node {
         let hosted: Vec<Arc<ShardHost>> = self.shards.lock().drain().map(|(_, h)| h).collect();
         for h in hosted {
             stop_shard(&h, &self.meta, true).await;
-            remove_dir_later(h);
+            remove_dir_later(h, Some((self.meta.clone(), self.id.clone())));
         }
     }
 
@@ -422,10 +465,10 @@ impl Node {
                     node.shards.lock().insert(id, new.clone());
                     tracing::info!(shard = %id, checkpoint = new.opened_ckpt, "replica reopened on the data node's newer segments");
                     stop_shard(&old, &node.meta, false).await;
-                    remove_dir_later(old);
+                    remove_dir_later(old, None);
                 } else {
                     stop_shard(&new, &node.meta, false).await;
-                    remove_dir_later(new);
+                    remove_dir_later(new, None);
                     old.refreshing.store(false, Ordering::SeqCst);
                 }
             });
@@ -520,8 +563,23 @@ async fn stop_shard(h: &Arc<ShardHost>, meta: &Meta, checkpoint_now: bool) {
     }
 }
 
-/// Removes a stopped shard's local directory once nothing uses its engine any more.
-fn remove_dir_later(h: Arc<ShardHost>) {
+pub(crate) fn owner_key(id: ShardId) -> String {
+    format!("owner/{}/{}", id.collection, id.shard)
+}
+
+/// Deletes the shard's ownership key if this node holds it.
+async fn release_owner(meta: &Meta, id: ShardId, me: &str) {
+    let key = owner_key(id);
+    if let Ok((Some(holder), _)) = meta.get::<String>(&key).await {
+        if holder == me {
+            let _ = meta.delete(&key, false).await;
+        }
+    }
+}
+
+/// Removes a stopped shard's local directory once nothing uses its engine any more, and
+/// then (a data node) gives up the shard's ownership.
+fn remove_dir_later(h: Arc<ShardHost>, release: Option<(Meta, String)>) {
     tokio::spawn(async move {
         // In-flight requests hold the host; wait for them (bounded).
         for _ in 0..600 {
@@ -530,9 +588,13 @@ fn remove_dir_later(h: Arc<ShardHost>) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let dir = h.dir.clone();
-        drop(h);
+        let (dir, id, primary) = (h.dir.clone(), h.id, h.primary);
+        // The last reference: the engine (and its index builders) stops here.
+        let _ = tokio::task::spawn_blocking(move || drop(h)).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        if let (true, Some((meta, me))) = (primary, release) {
+            release_owner(&meta, id, &me).await;
+        }
     });
 }
 
