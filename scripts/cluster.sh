@@ -2,7 +2,8 @@
 # A local Magpie cluster in one command, for development and tests:
 #
 #   scripts/cluster.sh up      # etcd, NATS JetStream, SeaweedFS (S3) and 5 Magpie nodes
-#   scripts/cluster.sh status  # what runs, and the endpoint
+#   scripts/cluster.sh status  # what runs, the nodes' URLs, and the endpoint
+#   scripts/cluster.sh add query|data NAME   # one more node
 #   scripts/cluster.sh down    # stops exactly what `up` started (and keeps the data)
 #   scripts/cluster.sh clean   # down, then removes the data
 #
@@ -94,6 +95,8 @@ up() {
     export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
         AWS_ACCESS_KEY_ID=magpie AWS_SECRET_ACCESS_KEY=magpie
     local common=(--etcd "http://127.0.0.1:$ec" --log "nats://127.0.0.1:$np" --storage s3://magpie/cluster)
+    printf '%s\n' "${common[@]}" > "$dir/common"
+    echo "$s3" > "$dir/s3port"
     start proxy "$magpie" serve --role proxy,coordinator --node-id proxy \
         --listen "127.0.0.1:$port" --data-dir "$dir/nodes/proxy" "${common[@]}"
     for i in $(seq 1 "$data_nodes"); do
@@ -124,18 +127,35 @@ down() {
     rm -f "$dir/pids" "$dir/endpoint"
 }
 
+add() { # role name
+    [ -s "$dir/pids" ] || { echo "cluster.sh: no cluster running from $dir" >&2; exit 1; }
+    local role=$1 name=$2 magpie=${MAGPIE_BIN:-target/release/magpie} common=()
+    mapfile -t common < "$dir/common"
+    export AWS_ENDPOINT="http://127.0.0.1:$(cat "$dir/s3port")" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
+        AWS_ACCESS_KEY_ID=magpie AWS_SECRET_ACCESS_KEY=magpie
+    start "$name" "$magpie" serve --role "$role" --node-id "$name" \
+        --listen 127.0.0.1:0 --data-dir "$dir/nodes/$name" "${common[@]}"
+    for _ in $(seq 1 100); do
+        grep -q "listening on" "$dir/logs/$name.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "started $name: $(grep -o 'http://[0-9.:]*' "$dir/logs/$name.log" | head -1)"
+}
+
 status() {
     [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return 0; }
     while read -r pid name; do
-        if kill -0 "$pid" 2>/dev/null; then echo "running  $name ($pid)"; else echo "DEAD     $name ($pid)"; fi
+        url=$(grep -o 'listening on http://[0-9.:]*' "$dir/logs/$name.log" 2>/dev/null | head -1 | cut -d' ' -f3)
+        if kill -0 "$pid" 2>/dev/null; then echo "running  $name ($pid) $url"; else echo "DEAD     $name ($pid)"; fi
     done <"$dir/pids"
     echo "endpoint: $(cat "$dir/endpoint" 2>/dev/null || echo '?')"
 }
 
 case "${1:-}" in
     up) up ;;
+    add) add "${2:?role}" "${3:?name}" ;;
     down) down ;;
     status) status ;;
     clean) down; rm -rf "$dir" ;;
-    *) echo "usage: scripts/cluster.sh up|status|down|clean" >&2; exit 2 ;;
+    *) echo "usage: scripts/cluster.sh up|status|add ROLE NAME|down|clean" >&2; exit 2 ;;
 esac
