@@ -145,7 +145,7 @@ add() { # role name
 status() {
     [ -s "$dir/pids" ] || { echo "no cluster running from $dir"; return 0; }
     while read -r pid name; do
-        url=$(grep -o 'listening on http://[0-9.:]*' "$dir/logs/$name.log" 2>/dev/null | head -1 | cut -d' ' -f3)
+        url=$(grep -o 'listening on http://[0-9.:]*' "$dir/logs/$name.log" 2>/dev/null | head -1 | cut -d' ' -f3 || true)
         if kill -0 "$pid" 2>/dev/null; then echo "running  $name ($pid) $url"; else echo "DEAD     $name ($pid)"; fi
     done <"$dir/pids"
     echo "endpoint: $(cat "$dir/endpoint" 2>/dev/null || echo '?')"
