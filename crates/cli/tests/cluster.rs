@@ -439,6 +439,33 @@ fn workload(url: &str) -> Vec<Value> {
         .unwrap()
         .sort_by_key(|r| r["s"].as_str().unwrap().to_string());
     out.push(q);
+    // Rename: the rows follow, writes under the new name land, the old name is free.
+    ok(
+        url,
+        "collections/rename",
+        json!({"collectionName": "s", "newCollectionName": "s2"}),
+    );
+    out.push(ok(url, "collections/has", json!({"collectionName": "s"}))["data"].clone());
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "s2", "data": [{"v": [2, 1], "b": true, "i8": 1, "s": "late", "j": {}, "a": []}]}),
+    );
+    out.push(ok(url, "entities/query", json!({"collectionName": "s2", "filter": "i8 >= 0", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}))["data"].clone());
+    let e = call(
+        url,
+        "collections/rename",
+        &json!({"collectionName": "s2", "newCollectionName": "docs"}),
+    )
+    .unwrap_err();
+    out.push(json!(e));
+    out.push(json!(ok(url, "collections/list", json!({}))["data"]
+        .as_array()
+        .map(|a| {
+            let mut v: Vec<String> = a.iter().map(|x| x.as_str().unwrap().to_string()).collect();
+            v.sort();
+            v
+        })));
     // Distances are rounded so that float summation order cannot differ.
     for v in out.iter_mut() {
         round(v);

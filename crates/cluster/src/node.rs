@@ -52,7 +52,6 @@ pub struct Record {
 
 pub struct ShardHost {
     pub id: ShardId,
-    pub name: String,
     pub primary: bool,
     engine: Arc<Engine>,
     router: Router,
@@ -104,6 +103,17 @@ pub struct Node {
     errors: Mutex<BTreeMap<ShardId, String>>,
     /// Assigned shards (as of the last reconcile), opened or not.
     assigned: Mutex<HashSet<ShardId>>,
+}
+
+impl ShardHost {
+    /// The shard's collection as its engine names it now (it follows renames from the log).
+    pub fn name(&self) -> String {
+        self.engine
+            .list_collections()
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
 }
 
 impl Node {
@@ -202,7 +212,7 @@ impl Node {
                 tracing::info!(shard = %h.id, dropped, "stopping shard");
                 stop_shard(&h, &self.meta, !dropped).await;
                 if dropped && h.primary {
-                    let (e, name) = (h.engine.clone(), h.name.clone());
+                    let (e, name) = (h.engine.clone(), h.name());
                     let _ = tokio::task::spawn_blocking(move || e.drop_collection(&name)).await;
                 }
                 remove_dir_later(h, Some((self.meta.clone(), self.id.clone())));
@@ -335,17 +345,15 @@ impl Node {
             backups: None,
         });
         let router = magpie_server::router(state, usize::MAX >> 1);
-        let name = rec
-            .create
-            .get("collectionName")
-            .and_then(|v| v.as_str())
-            .unwrap_or(&rec.name)
-            .to_string();
-        if !engine.has_collection(&name) {
+        // A shard engine holds exactly its collection: created from the record's create
+        // request when the shard is new (under the name it had then; renames come from
+        // the log).
+        if engine.list_collections().is_empty() {
             let (st, body) = call(&router, "/v2/vectordb/collections/create", &rec.create).await;
             if !st.is_success() {
                 return Err(ClusterError::Invalid(format!(
-                    "creating collection '{name}' in shard {id}: {body}"
+                    "creating collection '{}' in shard {id}: {body}",
+                    rec.name
                 )));
             }
         }
@@ -353,7 +361,6 @@ impl Node {
         let (stop_tx, _) = tokio::sync::watch::channel(false);
         let host = Arc::new(ShardHost {
             id,
-            name,
             primary,
             engine,
             router,
@@ -481,9 +488,10 @@ impl Node {
         let mut hosted: Vec<Arc<ShardHost>> = self.shards.lock().values().cloned().collect();
         hosted.sort_by_key(|h| h.id);
         for h in hosted {
-            let st = h.engine.collection_stats(&h.name).unwrap_or_default();
+            let name = h.name();
+            let st = h.engine.collection_stats(&name).unwrap_or_default();
             shards.push(json!({
-                "collection": h.name,
+                "collection": name,
                 "collectionId": h.id.collection,
                 "shard": h.id.shard,
                 "mode": if h.primary { "primary" } else { "replica" },
@@ -645,7 +653,7 @@ async fn checkpoint(h: &Arc<ShardHost>, meta: &Meta) -> Result<()> {
 /// Publishes how many rows the data node's flushed segments have indexed, so that query
 /// nodes reopen on indexes finished after the checkpoint that flushed their segments.
 async fn publish_indexes(h: &Arc<ShardHost>, meta: &Meta) {
-    let (e, name) = (h.engine.clone(), h.name.clone());
+    let (e, name) = (h.engine.clone(), h.name());
     let Ok(Ok(progress)) = tokio::task::spawn_blocking(move || e.index_progress(&name, None)).await
     else {
         return;
@@ -682,13 +690,20 @@ async fn trim(h: &Arc<ShardHost>, log: &Arc<dyn Log>, retention: Duration) {
 /// applies or the shard stops. A client error is deterministic (every replica rejects the
 /// record the same way) and is skipped with a warning.
 async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
-    let rec: Record = match serde_json::from_slice(bytes) {
+    let mut rec: Record = match serde_json::from_slice(bytes) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(shard = %h.id, seq, "log record does not decode ({e}); skipped");
             return;
         }
     };
+    // The engine holds exactly this shard's collection: a record names it as the proxy
+    // knew it, which may be the name before a rename that was logged just before.
+    if let (Some(o), name) = (rec.body.as_object_mut(), h.name()) {
+        if !name.is_empty() {
+            o.insert("collectionName".into(), json!(name));
+        }
+    }
     let mut delay = Duration::from_millis(50);
     loop {
         let (st, body) = call(&h.router, &rec.path, &rec.body).await;

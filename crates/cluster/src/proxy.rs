@@ -343,17 +343,26 @@ impl Proxy {
             if self.mirror.has_collection(name) {
                 let _ = self.mirror.drop_collection(name);
             }
+            // Under its current name: renames are skipped, and every DDL request is
+            // replayed with that name.
+            let mut create = rec.create.clone();
+            create["collectionName"] = json!(name);
             let (st, v) = call(
                 &self.mirror_router,
                 "/v2/vectordb/collections/create",
-                &rec.create,
+                &create,
             )
             .await;
             if !st.is_success() {
                 return Err(err_of(st, &v));
             }
             for (path, body) in &rec.ddl {
-                call(&self.mirror_router, path, body).await;
+                if path.ends_with("collections/rename") {
+                    continue;
+                }
+                let mut body = body.clone();
+                body["collectionName"] = json!(name);
+                call(&self.mirror_router, path, &body).await;
             }
             mirrored.insert(name.to_string(), (rec.id, rec.ddl.len()));
         }
@@ -464,7 +473,15 @@ impl Proxy {
                 shard: *s,
             };
             let min = self.barrier(id, level).await?;
-            self.shard_call(id, path, body, min).await
+            match self.shard_call(id, path, body, min).await {
+                // A node that has not applied a rename (or a new partition, index...)
+                // yet: ask again once it has applied everything logged.
+                Err(e) if e.status == StatusCode::NOT_FOUND && level != Consistency::Strong => {
+                    let min = self.barrier(id, Consistency::Strong).await?;
+                    self.shard_call(id, path, body, min).await
+                }
+                r => r,
+            }
         });
         futures_util::future::join_all(futs)
             .await
@@ -607,6 +624,100 @@ impl Proxy {
         mirrored.remove(&name);
         let _ = self.mirror.drop_collection(&name);
         Ok(json!({"code": 0, "data": {}}))
+    }
+
+    /// `collections/rename`: the record moves to the new name in one etcd transaction,
+    /// then every shard renames its engine's collection in log order.
+    async fn rename_collection(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let new = need(&body, "newCollectionName")?;
+        let rec = self.collection_fresh(&name).await?;
+        let (cur, rev) = self
+            .meta
+            .get::<CollectionRecord>(&format!("collections/{name}"))
+            .await
+            .map_err(api)?;
+        if cur.as_ref() != Some(&rec) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                65535,
+                format!("collection '{name}' changed during the rename; try again"),
+            ));
+        }
+        let (taken, _) = self
+            .meta
+            .get::<CollectionRecord>(&format!("collections/{new}"))
+            .await
+            .map_err(api)?;
+        if taken.is_some() {
+            return Err(ApiError::from(
+                magpie_engine::EngineError::CollectionExists(new),
+            ));
+        }
+        // Validate the new name (the engine's rules) on the mirror.
+        let (st, v) = call(
+            &self.mirror_router,
+            "/v2/vectordb/collections/rename",
+            &body,
+        )
+        .await;
+        if !st.is_success() {
+            self.mirrored.lock().await.remove(&name);
+            return Err(err_of(st, &v));
+        }
+        let mut next = rec.clone();
+        next.name = new.clone();
+        next.ddl
+            .push(("/v2/vectordb/collections/rename".into(), body.clone()));
+        let moved = self
+            .meta
+            .rename(
+                &format!("collections/{name}"),
+                rev,
+                &format!("collections/{new}"),
+                &next,
+            )
+            .await
+            .map_err(api)?;
+        {
+            let mut mirrored = self.mirrored.lock().await;
+            mirrored.remove(&name);
+            if moved {
+                mirrored.insert(new.clone(), (next.id, next.ddl.len()));
+            } else {
+                // Undo on the mirror: it is rebuilt from etcd on next use.
+                mirrored.remove(&new);
+                let _ = self.mirror.drop_collection(&new);
+            }
+        }
+        if !moved {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                65535,
+                format!("collection '{name}' or '{new}' changed during the rename; try again"),
+            ));
+        }
+        self.records_gen.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut records = self.records.lock();
+            records.remove(&name);
+            records.insert(new.clone(), next.clone());
+        }
+        let r = Record {
+            path: "/v2/vectordb/collections/rename".into(),
+            body,
+        };
+        for s in 0..rec.shards {
+            self.append(
+                ShardId {
+                    collection: rec.id,
+                    shard: s,
+                },
+                &r,
+            )
+            .await?;
+        }
+        Ok(v)
     }
 
     /// A schema or state change: validated on the mirror, recorded in etcd (when
@@ -1267,9 +1378,7 @@ impl Proxy {
             "entities/query" => self.query(body, false).await,
             "entities/get" => self.query(body, true).await,
             "entities/search" => self.search(body).await,
-            "collections/rename" => Err(ApiError::bad_request(
-                "collections/rename is not supported in cluster mode yet",
-            )),
+            "collections/rename" => self.rename_collection(body).await,
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 404,
