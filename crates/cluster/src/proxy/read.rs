@@ -1,0 +1,366 @@
+//! Reads through the proxy: one node per shard, merged here (top-k by distance, rows by
+//! primary key, sums).
+
+use super::{api, call, err_of, need, pk_order, ApiResult, Proxy};
+use crate::meta::{shard_of, CollectionRecord};
+use axum::http::StatusCode;
+use magpie_engine::{Consistency, Metric, PrimaryKey};
+use magpie_server::error::ApiError;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+impl Proxy {
+    pub(super) async fn query(&self, body: Value, is_get: bool) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let level = self.level(&name, &body)?;
+        let meta = self.mirror.describe_collection(&name)?;
+        let pkf = meta.schema.pk().clone();
+        let ids = body.get("id").or_else(|| body.get("ids")).cloned();
+        let ids: Option<Vec<Value>> = match ids {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => Some(a),
+            Some(x) => Some(vec![x]),
+        };
+        if is_get && ids.is_none() {
+            return Err(ApiError::bad_request(
+                "get needs 'id': one primary key or a list",
+            ));
+        }
+        // Checked on the mirror first: a bad filter or field is a 400 from here.
+        let (st, v) = call(&self.mirror_router, "/v2/vectordb/entities/query", &body).await;
+        if !st.is_success() {
+            return Err(err_of(st, &v));
+        }
+        let limit = body.get("limit").and_then(|v| v.as_u64());
+        let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut fwd = body.clone();
+        fwd["offset"] = json!(0);
+        if let Some(l) = limit {
+            fwd["limit"] = json!(l + offset);
+        }
+        let targets: Vec<(u32, Value)> = match &ids {
+            Some(ids) => {
+                let mut per: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+                for v in ids {
+                    let pk = PrimaryKey::from_json(v, &pkf)
+                        .map_err(|m| ApiError::bad_request(format!("invalid id {v}: {m}")))?
+                        .to_json();
+                    per.entry(shard_of(&pk, rec.shards)).or_default().push(pk);
+                }
+                per.into_iter()
+                    .map(|(s, ids)| {
+                        let mut b = fwd.clone();
+                        let o = b.as_object_mut().expect("object");
+                        o.remove("id");
+                        o.insert("ids".into(), json!(ids));
+                        (s, b)
+                    })
+                    .collect()
+            }
+            None => Self::all_shards(&rec, &fwd),
+        };
+        let parts = self
+            .fan_out(&rec, &targets, "/v2/vectordb/entities/query", level)
+            .await?;
+        let counting = body
+            .get("outputFields")
+            .and_then(|v| v.as_array())
+            .is_some_and(|f| f.iter().any(|x| x == "count(*)"));
+        if counting {
+            let n: u64 = parts
+                .iter()
+                .map(|v| v["data"][0]["count(*)"].as_u64().unwrap_or(0))
+                .sum();
+            return Ok(json!({"code": 0, "data": [{"count(*)": n}]}));
+        }
+        let mut rows: Vec<Value> = parts
+            .into_iter()
+            .flat_map(|v| v["data"].as_array().cloned().unwrap_or_default())
+            .collect();
+        rows.sort_by(|a, b| pk_order(&a[&pkf.name], &b[&pkf.name]));
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit.map_or(usize::MAX, |l| l as usize))
+            .collect();
+        Ok(json!({"code": 0, "data": rows}))
+    }
+
+    pub(super) async fn search(&self, mut body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let level = self.level(&name, &body)?;
+        let meta = self.mirror.describe_collection(&name)?;
+        if body.get("groupingField").is_some_and(|g| !g.is_null()) {
+            return Err(ApiError::bad_request(
+                "groupingField is not supported in cluster mode yet",
+            ));
+        }
+        let anns = match body.get("annsField").and_then(|v| v.as_str()) {
+            Some(a) if !a.is_empty() => a.to_string(),
+            _ => meta
+                .schema
+                .vector_fields()
+                .next()
+                .map(|f| f.name.clone())
+                .unwrap_or_default(),
+        };
+        // Search by ids: the vectors come from the shards that hold them.
+        if let Some(ids) = body.get("ids").filter(|v| !v.is_null()).cloned() {
+            let ids = match ids {
+                Value::Array(a) => a,
+                x => vec![x],
+            };
+            let got = self
+                .query(
+                    json!({"collectionName": name, "id": ids, "outputFields": [anns], "consistencyLevel": level.as_str()}),
+                    true,
+                )
+                .await?;
+            let pk = meta.schema.pk().name.clone();
+            let mut vecs = Vec::new();
+            for id in &ids {
+                let norm = PrimaryKey::from_json(id, meta.schema.pk())
+                    .map_err(|m| ApiError::bad_request(format!("invalid id {id}: {m}")))?
+                    .to_json();
+                let row = got["data"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().find(|r| r[&pk] == norm))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            65535,
+                            format!("no entity with primary key {id}"),
+                        )
+                    })?;
+                vecs.push(row[&anns].clone());
+            }
+            let o = body.as_object_mut().expect("object");
+            o.remove("ids");
+            o.insert("data".into(), json!(vecs));
+        }
+        // Check the request on the mirror (fields, filter, vector sizes).
+        let (st, v) = call(&self.mirror_router, "/v2/vectordb/entities/search", &body).await;
+        if !st.is_success() {
+            return Err(err_of(st, &v));
+        }
+        let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100);
+        let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0);
+        let metric_s = body
+            .get("metricType")
+            .or_else(|| body.pointer("/searchParams/metricType"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let metric = metric_s
+            .as_deref()
+            .and_then(Metric::parse)
+            .or_else(|| {
+                meta.indexes
+                    .iter()
+                    .find(|i| i.field_name == anns)
+                    .map(|i| i.metric_type)
+            })
+            .unwrap_or(Metric::COSINE);
+        let ascending = metric == Metric::L2;
+        let mut fwd = body.clone();
+        fwd["limit"] = json!(limit + offset);
+        fwd["offset"] = json!(0);
+        let parts = self
+            .fan_out(
+                &rec,
+                &Self::all_shards(&rec, &fwd),
+                "/v2/vectordb/entities/search",
+                level,
+            )
+            .await?;
+        let nq = parts
+            .first()
+            .and_then(|p| p["topks"].as_array().map(|t| t.len()))
+            .unwrap_or(0);
+        let mut per_query: Vec<Vec<Value>> = vec![Vec::new(); nq];
+        for p in &parts {
+            let data = p["data"].as_array().cloned().unwrap_or_default();
+            let mut it = data.into_iter();
+            for (q, k) in p["topks"].as_array().into_iter().flatten().enumerate() {
+                for _ in 0..k.as_u64().unwrap_or(0) {
+                    if let (Some(h), Some(slot)) = (it.next(), per_query.get_mut(q)) {
+                        slot.push(h);
+                    }
+                }
+            }
+        }
+        let mut flat = Vec::new();
+        let mut topks = Vec::new();
+        for mut hits in per_query {
+            hits.sort_by(|a, b| {
+                let (x, y) = (
+                    a["distance"].as_f64().unwrap_or(0.0),
+                    b["distance"].as_f64().unwrap_or(0.0),
+                );
+                let o = x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+                if ascending {
+                    o
+                } else {
+                    o.reverse()
+                }
+            });
+            let kept: Vec<Value> = hits
+                .into_iter()
+                .skip(offset as usize)
+                .take(limit as usize)
+                .collect();
+            topks.push(kept.len());
+            flat.extend(kept);
+        }
+        let mut info = Map::new();
+        info.insert("shards".into(), json!(rec.shards));
+        // The search knob the shards chose (the same rule on each).
+        for key in ["ef", "nprobe", "expectedRecall"] {
+            if let Some(v) = parts.first().and_then(|p| p["searchInfo"].get(key)) {
+                info.insert(key.into(), v.clone());
+            }
+        }
+        for key in ["indexedSegments", "exactSegments"] {
+            let n: u64 = parts
+                .iter()
+                .map(|p| p["searchInfo"][key].as_u64().unwrap_or(0))
+                .sum();
+            info.insert(key.into(), json!(n));
+        }
+        Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}))
+    }
+
+    pub(super) async fn stats(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let parts = self
+            .fan_out(
+                &rec,
+                &Self::all_shards(&rec, &body),
+                "/v2/vectordb/collections/get_stats",
+                Consistency::Session,
+            )
+            .await?;
+        let sum = |p: &str| -> u64 {
+            parts
+                .iter()
+                .map(|v| v.pointer(p).and_then(|x| x.as_u64()).unwrap_or(0))
+                .sum()
+        };
+        Ok(json!({"code": 0, "data": {
+            "rowCount": sum("/data/rowCount"),
+            "segments": {"growing": sum("/data/segments/growing"), "sealed": sum("/data/segments/sealed"), "flushed": sum("/data/segments/flushed")},
+            "diskBytes": sum("/data/diskBytes"),
+            "shards": rec.shards,
+        }}))
+    }
+
+    pub(super) async fn load_state(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let parts = self
+            .fan_out(
+                &rec,
+                &Self::all_shards(&rec, &body),
+                "/v2/vectordb/collections/get_load_state",
+                Consistency::Session,
+            )
+            .await?;
+        let states: Vec<&str> = parts
+            .iter()
+            .map(|p| {
+                p["data"]["loadState"]
+                    .as_str()
+                    .unwrap_or("LoadStateNotLoad")
+            })
+            .collect();
+        let progress = parts
+            .iter()
+            .map(|p| p["data"]["loadProgress"].as_u64().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let state = if states.iter().all(|s| *s == "LoadStateLoaded") {
+            "LoadStateLoaded"
+        } else if states.iter().all(|s| *s == "LoadStateNotLoad") {
+            "LoadStateNotLoad"
+        } else {
+            "LoadStateLoading"
+        };
+        Ok(json!({"code": 0, "data": {"loadState": state, "loadProgress": progress}}))
+    }
+
+    pub(super) async fn describe_index(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let parts = self
+            .fan_out(
+                &rec,
+                &Self::all_shards(&rec, &body),
+                "/v2/vectordb/indexes/describe",
+                Consistency::Session,
+            )
+            .await?;
+        let mut out = parts
+            .first()
+            .cloned()
+            .unwrap_or(json!({"code": 0, "data": []}));
+        if let Some(first) = out["data"].as_array_mut() {
+            for (i, ix) in first.iter_mut().enumerate() {
+                for key in ["totalRows", "indexedRows", "pendingRows"] {
+                    let n: u64 = parts
+                        .iter()
+                        .map(|p| p["data"][i][key].as_u64().unwrap_or(0))
+                        .sum();
+                    if ix.get(key).is_some() {
+                        ix[key] = json!(n);
+                    }
+                }
+                // Each shard's segments, with the shard they belong to.
+                let mut segs = Vec::new();
+                for (k, p) in parts.iter().enumerate() {
+                    for mut seg in p["data"][i]["segments"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        seg["shard"] = json!(k);
+                        segs.push(seg);
+                    }
+                }
+                if ix.get("segments").is_some() {
+                    ix["segments"] = json!(segs);
+                }
+                if parts
+                    .iter()
+                    .any(|p| p["data"][i]["indexState"] != ix["indexState"])
+                {
+                    ix["indexState"] = json!("InProgress");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn mirror_read(&self, path: &str, body: Value) -> ApiResult {
+        if let Ok(name) = need(&body, "collectionName") {
+            let rec = self.collection(&name).await?;
+            let (st, mut v) = call(&self.mirror_router, path, &body).await;
+            if !st.is_success() {
+                return Err(err_of(st, &v));
+            }
+            if path.ends_with("collections/describe") {
+                v["data"]["shardsNum"] = json!(rec.shards);
+                v["data"]["collectionID"] = json!(rec.id);
+                v["data"]["replicaNumber"] = json!(rec.replicas);
+            }
+            return Ok(v);
+        }
+        if path.ends_with("collections/list") {
+            let colls: BTreeMap<String, CollectionRecord> =
+                self.meta.list("collections/").await.map_err(api)?;
+            return Ok(json!({"code": 0, "data": colls.keys().collect::<Vec<_>>()}));
+        }
+        Err(ApiError::bad_request("missing 'collectionName'"))
+    }
+}

@@ -1,0 +1,209 @@
+//! Writes through the proxy: validated against the schema, auto ids assigned, split by
+//! primary-key hash and appended to the shards' logs.
+
+use super::{api, call, err_of, need, ApiResult, Proxy, RECORD_BYTES};
+use crate::log::ShardId;
+use crate::meta::shard_of;
+use crate::node::Record;
+use magpie_engine::types::{now_ms, ts_from_ms};
+use magpie_engine::{Consistency, PrimaryKey};
+use magpie_server::error::ApiError;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+impl Proxy {
+    pub(super) async fn write(&self, body: Value, upsert: bool) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let meta = self.mirror.describe_collection(&name)?;
+        let schema = &meta.schema;
+        let partition = body
+            .get("partitionName")
+            .and_then(|v| v.as_str())
+            .filter(|p| !p.is_empty())
+            .map(String::from);
+        if let Some(p) = &partition {
+            if !self.mirror.has_partition(&name, p)? {
+                return Err(ApiError::from(
+                    magpie_engine::EngineError::PartitionNotFound {
+                        collection: name,
+                        partition: p.clone(),
+                    },
+                ));
+            }
+        }
+        let mut rows = match body.get("data") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(o @ Value::Object(_)) => vec![o.clone()],
+            None | Some(Value::Null) => {
+                return Err(ApiError::bad_request("missing 'data': give a list of rows"))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "'data' must be a list of row objects",
+                ))
+            }
+        };
+        if rows.is_empty() {
+            return Err(ApiError::bad_request(
+                "no rows given: 'data' must hold at least one row",
+            ));
+        }
+        let pkf = schema.pk().clone();
+        let batch = if pkf.auto_id && !upsert {
+            let floor = ts_from_ms(now_ms());
+            let r = self
+                .meta
+                .allocate("ids", rows.len() as u64, floor)
+                .await
+                .map_err(api)?;
+            let mut ids = (r.start as i64)..;
+            schema.validate_batch(&rows, Some(&mut ids), false)?
+        } else {
+            schema.validate_batch(&rows, None, upsert)?
+        };
+        let ids: Vec<Value> = batch.pks.iter().map(PrimaryKey::to_json).collect();
+        let mut by_shard: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+        for (row, id) in rows.iter_mut().zip(&ids) {
+            if let Some(o) = row.as_object_mut() {
+                o.insert(pkf.name.clone(), id.clone());
+            }
+            by_shard
+                .entry(shard_of(id, rec.shards))
+                .or_default()
+                .push(row.take());
+        }
+        for (s, rows) in by_shard {
+            let id = ShardId {
+                collection: rec.id,
+                shard: s,
+            };
+            let mut chunk: Vec<Value> = Vec::new();
+            let mut size = 0;
+            let n = rows.len();
+            for (i, row) in rows.into_iter().enumerate() {
+                size += serde_json::to_vec(&row).map(|b| b.len()).unwrap_or(0);
+                chunk.push(row);
+                if size >= RECORD_BYTES || i + 1 == n {
+                    let mut b = json!({"collectionName": name, "data": std::mem::take(&mut chunk)});
+                    if let Some(p) = &partition {
+                        b["partitionName"] = json!(p);
+                    }
+                    self.append(
+                        id,
+                        &Record {
+                            path: "/v2/vectordb/entities/upsert".into(),
+                            body: b,
+                        },
+                    )
+                    .await?;
+                    size = 0;
+                }
+            }
+        }
+        let n = ids.len();
+        Ok(if upsert {
+            json!({"code": 0, "data": {"upsertCount": n, "upsertIds": ids}})
+        } else {
+            json!({"code": 0, "data": {"insertCount": n, "insertIds": ids}})
+        })
+    }
+
+    pub(super) async fn delete(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let meta = self.mirror.describe_collection(&name)?;
+        let pkf = meta.schema.pk().clone();
+        let ids: Option<Vec<Value>> = match body.get("ids") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => Some(a.clone()),
+            Some(x) => Some(vec![x.clone()]),
+        };
+        let filter = body
+            .get("filter")
+            .and_then(|v| v.as_str())
+            .filter(|f| !f.is_empty());
+        if ids.is_none() && filter.is_none() {
+            return Err(ApiError::bad_request(
+                "delete needs 'filter' or 'ids' (to delete everything, drop the collection)",
+            ));
+        }
+        let mut norm = Vec::new();
+        for v in ids.iter().flatten() {
+            let pk = PrimaryKey::from_json(v, &pkf)
+                .map_err(|m| ApiError::bad_request(format!("invalid id {v}: {m}")))?;
+            norm.push(pk.to_json());
+        }
+        // The filter is checked on the mirror (an empty copy of the collection).
+        let mut probe = json!({"collectionName": name, "limit": 1});
+        if let Some(f) = filter {
+            probe["filter"] = json!(f);
+        }
+        if let Some(p) = body.get("partitionName") {
+            probe["partitionNames"] = json!([p]);
+        }
+        let (st, v) = call(&self.mirror_router, "/v2/vectordb/entities/query", &probe).await;
+        if !st.is_success() {
+            return Err(err_of(st, &v));
+        }
+        let shards: Vec<u32> = if filter.is_some() {
+            (0..rec.shards).collect()
+        } else {
+            let mut s: Vec<u32> = norm.iter().map(|id| shard_of(id, rec.shards)).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        // The count the client gets: matching rows at Strong consistency just before.
+        let mut count_q = probe.clone();
+        count_q["outputFields"] = json!(["count(*)"]);
+        count_q.as_object_mut().expect("object").remove("limit");
+        count_q["consistencyLevel"] = json!("Strong");
+        let mut targets: Vec<(u32, Value)> = Vec::new();
+        for s in &shards {
+            let mut q = count_q.clone();
+            if filter.is_none() || !norm.is_empty() {
+                let mine: Vec<Value> = norm
+                    .iter()
+                    .filter(|id| shard_of(id, rec.shards) == *s)
+                    .cloned()
+                    .collect();
+                if filter.is_none() && mine.is_empty() {
+                    continue;
+                }
+                q["ids"] = json!(mine);
+            }
+            targets.push((*s, q));
+        }
+        let counts = self
+            .fan_out(
+                &rec,
+                &targets,
+                "/v2/vectordb/entities/query",
+                Consistency::Strong,
+            )
+            .await?;
+        let n: u64 = counts
+            .iter()
+            .map(|v| v["data"][0]["count(*)"].as_u64().unwrap_or(0))
+            .sum();
+        for (s, q) in &targets {
+            let mut b = body.clone();
+            if let Some(ids) = q.get("ids") {
+                b["ids"] = ids.clone();
+            }
+            self.append(
+                ShardId {
+                    collection: rec.id,
+                    shard: *s,
+                },
+                &Record {
+                    path: "/v2/vectordb/entities/delete".into(),
+                    body: b,
+                },
+            )
+            .await?;
+        }
+        Ok(json!({"code": 0, "data": {"deleteCount": n}}))
+    }
+}
