@@ -178,7 +178,8 @@ fn schema(shards: u32) -> Value {
             {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
             {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 8}},
             {"fieldName": "color", "dataType": "VarChar", "elementTypeParams": {"max_length": 16}},
-            {"fieldName": "n", "dataType": "Int64"}
+            {"fieldName": "n", "dataType": "Int64"},
+            {"fieldName": "g", "dataType": "Int64"}
         ]},
         "indexParams": [{"fieldName": "v", "indexName": "v", "metricType": "L2", "indexType": "HNSW", "params": {"M": 8, "efConstruction": 64}}]
     })
@@ -187,7 +188,7 @@ fn schema(shards: u32) -> Value {
 fn rows(range: std::ops::Range<u64>) -> Value {
     let colors = ["red", "green", "blue"];
     json!(range
-        .map(|i| json!({"id": i, "v": vector(i), "color": colors[(i % 3) as usize], "n": i, "extra": format!("e{i}")}))
+        .map(|i| json!({"id": i, "v": vector(i), "color": colors[(i % 3) as usize], "n": i, "g": i % 40, "extra": format!("e{i}")}))
         .collect::<Vec<_>>())
 }
 
@@ -297,6 +298,23 @@ fn workload(url: &str) -> Vec<Value> {
         strong(json!({"ids": [42], "limit": 3, "partitionNames": ["p1"]})),
     );
     out.push(json!({"data": s["data"]}));
+    // Grouped searches: groups straddle the shards (the proxy's second round).
+    for (limit, size, offset, field) in [
+        (2, 3, 0, "color"),
+        (2, 2, 1, "color"),
+        (4, 1, 0, "n"),
+        (3, 3, 0, "g"),
+        (2, 4, 2, "g"),
+    ] {
+        let s = ok(
+            url,
+            "entities/search",
+            strong(
+                json!({"data": [vector(5), vector(8)], "limit": limit, "groupingField": field, "groupSize": size, "offset": offset, "filter": "n < 500", "outputFields": ["n"]}),
+            ),
+        );
+        out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    }
     out.push(ok(url, "partitions/list", json!({"collectionName": "docs"}))["data"].clone());
     // Pages of a query, a range search, the description and the statistics.
     out.push(

@@ -92,11 +92,6 @@ impl Proxy {
         let rec = self.collection(&name).await?;
         let level = self.level(&name, &body)?;
         let meta = self.mirror.describe_collection(&name)?;
-        if body.get("groupingField").is_some_and(|g| !g.is_null()) {
-            return Err(ApiError::bad_request(
-                "groupingField is not supported in cluster mode yet",
-            ));
-        }
         let anns = match body.get("annsField").and_then(|v| v.as_str()) {
             Some(a) if !a.is_empty() => a.to_string(),
             _ => meta
@@ -160,9 +155,23 @@ impl Proxy {
             })
             .unwrap_or(Metric::COSINE);
         let ascending = metric == Metric::L2;
+        let pk = meta.schema.pk().name.clone();
+        let group = body
+            .get("groupingField")
+            .and_then(|g| g.as_str())
+            .filter(|g| !g.is_empty())
+            .map(String::from);
         let mut fwd = body.clone();
         fwd["limit"] = json!(limit + offset);
         fwd["offset"] = json!(0);
+        if let Some(g) = &group {
+            // The group key comes back with each hit (removed below unless asked for).
+            let mut out: Vec<Value> = fwd["outputFields"].as_array().cloned().unwrap_or_default();
+            if !out.iter().any(|f| f == g) {
+                out.push(json!(g));
+            }
+            fwd["outputFields"] = json!(out);
+        }
         let parts = self
             .fan_out(
                 &rec,
@@ -171,44 +180,63 @@ impl Proxy {
                 level,
             )
             .await?;
-        let nq = parts
-            .first()
-            .and_then(|p| p["topks"].as_array().map(|t| t.len()))
-            .unwrap_or(0);
-        let mut per_query: Vec<Vec<Value>> = vec![Vec::new(); nq];
-        for p in &parts {
-            let data = p["data"].as_array().cloned().unwrap_or_default();
-            let mut it = data.into_iter();
-            for (q, k) in p["topks"].as_array().into_iter().flatten().enumerate() {
-                for _ in 0..k.as_u64().unwrap_or(0) {
-                    if let (Some(h), Some(slot)) = (it.next(), per_query.get_mut(q)) {
-                        slot.push(h);
+        let mut per_query = per_query(&parts);
+        if let (Some(g), true) = (&group, rec.shards > 1) {
+            // Each shard found its own top groups. Every group of the global top
+            // `limit + offset` is among some shard's (its best hit ranks it there), but its
+            // other members may sit on shards where it ranked lower: a second round asks
+            // every shard for the members of exactly those groups.
+            for (q, hits) in per_query.iter_mut().enumerate() {
+                sort_hits(hits, ascending, &pk);
+                let keys = top_groups(hits, g, (limit + offset) as usize);
+                if keys.is_empty() {
+                    continue;
+                }
+                let mut b = fwd.clone();
+                b["data"] = json!([body["data"][q].clone()]);
+                let only = group_filter(g, &keys);
+                b["filter"] = json!(match body.get("filter").and_then(|f| f.as_str()) {
+                    Some(f) if !f.trim().is_empty() => format!("({f}) and ({only})"),
+                    _ => only,
+                });
+                let again = self
+                    .fan_out(
+                        &rec,
+                        &Self::all_shards(&rec, &b),
+                        "/v2/vectordb/entities/search",
+                        level,
+                    )
+                    .await?;
+                *hits = per_query_of(&again).into_iter().next().unwrap_or_default();
+            }
+        }
+        let asked: Vec<Value> = body["outputFields"].as_array().cloned().unwrap_or_default();
+        let mut flat = Vec::new();
+        let mut topks = Vec::new();
+        for hits in per_query.iter_mut() {
+            sort_hits(hits, ascending, &pk);
+            let mut kept: Vec<Value> = match &group {
+                None => std::mem::take(hits)
+                    .into_iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .collect(),
+                Some(g) => {
+                    let size = body.get("groupSize").and_then(|v| v.as_u64()).unwrap_or(1);
+                    grouped(std::mem::take(hits), g, limit + offset, size, offset)
+                }
+            };
+            if let Some(g) = &group {
+                if !asked.iter().any(|f| f == g || f == "*") {
+                    for h in kept.iter_mut() {
+                        if let Some(o) = h.as_object_mut() {
+                            o.remove(g);
+                        }
                     }
                 }
             }
-        }
-        let mut flat = Vec::new();
-        let mut topks = Vec::new();
-        for mut hits in per_query {
-            hits.sort_by(|a, b| {
-                let (x, y) = (
-                    a["distance"].as_f64().unwrap_or(0.0),
-                    b["distance"].as_f64().unwrap_or(0.0),
-                );
-                let o = x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
-                if ascending {
-                    o
-                } else {
-                    o.reverse()
-                }
-            });
-            let kept: Vec<Value> = hits
-                .into_iter()
-                .skip(offset as usize)
-                .take(limit as usize)
-                .collect();
             topks.push(kept.len());
-            flat.extend(kept);
+            flat.append(&mut kept);
         }
         let mut info = Map::new();
         info.insert("shards".into(), json!(rec.shards));
@@ -360,4 +388,99 @@ impl Proxy {
         }
         Err(ApiError::bad_request("missing 'collectionName'"))
     }
+}
+
+/// Each query's hits of a fan-out, all shards together.
+fn per_query(parts: &[Value]) -> Vec<Vec<Value>> {
+    per_query_of(parts)
+}
+
+fn per_query_of(parts: &[Value]) -> Vec<Vec<Value>> {
+    let nq = parts
+        .first()
+        .and_then(|p| p["topks"].as_array().map(|t| t.len()))
+        .unwrap_or(0);
+    let mut out: Vec<Vec<Value>> = vec![Vec::new(); nq];
+    for p in parts {
+        let data = p["data"].as_array().cloned().unwrap_or_default();
+        let mut it = data.into_iter();
+        for (q, k) in p["topks"].as_array().into_iter().flatten().enumerate() {
+            for _ in 0..k.as_u64().unwrap_or(0) {
+                if let (Some(h), Some(slot)) = (it.next(), out.get_mut(q)) {
+                    slot.push(h);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Best first (smaller distance for L2, larger otherwise), then by primary key, as the
+/// engine orders candidates.
+fn sort_hits(hits: &mut [Value], ascending: bool, pk: &str) {
+    hits.sort_by(|a, b| {
+        let (x, y) = (
+            a["distance"].as_f64().unwrap_or(0.0),
+            b["distance"].as_f64().unwrap_or(0.0),
+        );
+        let o = x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+        let o = if ascending { o } else { o.reverse() };
+        o.then_with(|| pk_order(&a[pk], &b[pk]))
+    });
+}
+
+/// The engine's grouping over sorted hits: a hit joins its group while the group has
+/// fewer than `size`, or opens a new one while there are fewer than `want`; groups before
+/// `offset` are dropped; hits stay in rank order.
+fn grouped(hits: Vec<Value>, g: &str, want: u64, size: u64, offset: u64) -> Vec<Value> {
+    let mut groups: Vec<(Value, u64)> = Vec::new();
+    let mut out = Vec::new();
+    for h in hits {
+        let key = h[g].clone();
+        match groups.iter().position(|(k, _)| *k == key) {
+            Some(i) if groups[i].1 < size => {
+                groups[i].1 += 1;
+                if i as u64 >= offset {
+                    out.push(h);
+                }
+            }
+            Some(_) => {}
+            None if (groups.len() as u64) < want => {
+                groups.push((key, 1));
+                if groups.len() as u64 > offset {
+                    out.push(h);
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// The keys of the first `want` groups of sorted hits.
+fn top_groups(hits: &[Value], g: &str, want: usize) -> Vec<Value> {
+    let mut keys: Vec<Value> = Vec::new();
+    for h in hits {
+        if keys.len() >= want {
+            break;
+        }
+        if !keys.contains(&h[g]) {
+            keys.push(h[g].clone());
+        }
+    }
+    keys
+}
+
+/// A filter that passes exactly the rows of these group keys.
+fn group_filter(g: &str, keys: &[Value]) -> String {
+    let vals: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.is_null())
+        .map(|k| k.to_string())
+        .collect();
+    let mut f = format!("{g} in [{}]", vals.join(", "));
+    if keys.iter().any(|k| k.is_null()) {
+        f = format!("({f}) or ({g} is null)");
+    }
+    f
 }
