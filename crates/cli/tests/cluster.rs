@@ -602,6 +602,18 @@ fn a_cluster_answers_as_standalone_does() {
     )
     .unwrap_err();
     assert!(e.starts_with("400") && e.contains("shardsNum"), "{e}");
+    // What cluster mode does not serve is a JSON 404 naming it.
+    let r = ureq::post(&format!("{}/v2/admin/backups/list", proxy.url)).send_json(json!({}));
+    match r {
+        Err(ureq::Error::Status(404, resp)) => {
+            let v: Value = resp.into_json().unwrap();
+            assert!(
+                v["message"].as_str().unwrap().contains("cluster mode"),
+                "{v}"
+            );
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
     // Dropping removes it everywhere; the name can be used again.
     ok(
         &proxy.url,

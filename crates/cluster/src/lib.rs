@@ -80,6 +80,20 @@ struct Shared {
     leader: std::sync::atomic::AtomicBool,
 }
 
+/// Anything else: a JSON 404 that says what cluster mode serves.
+async fn not_found(req: axum::extract::Request) -> Response {
+    magpie_server::error::ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        404,
+        format!(
+            "no such endpoint on this cluster node: {} {} (proxies serve /v2/vectordb/*; backups, the image app and the web UI are not in cluster mode yet)",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -329,6 +343,7 @@ pub async fn run(
             }
         }));
     }
+    let app = app.fallback(not_found);
     tracing::info!(node = %id, roles = ?cfg.roles, addr = %addr, "cluster node up");
     println!("listening on http://{local}");
     // Re-registration after a lost lease.

@@ -259,6 +259,9 @@ impl Node {
             // as they come); it builds no index and compacts nothing of its own.
             cfg.index_min_rows = usize::MAX;
             cfg.auto_compact_secs = 0;
+            // Fetched whole before it serves (below): the data node may compact away
+            // the files of the checkpoint it opened on at any time after.
+            cfg.prefetch_on_open = false;
         }
         if primary {
             // One writer per shard prefix: the data node that holds `owner/{cid}/{k}` (on its
@@ -355,6 +358,19 @@ impl Node {
                     "creating collection '{}' in shard {id}: {body}",
                     rec.name
                 )));
+            }
+        }
+        if !primary {
+            let (e, name) = (engine.clone(), engine.list_collections().into_iter().next());
+            if let Some(name) = name {
+                tokio::task::spawn_blocking(move || e.fetch_all(&name))
+                    .await
+                    .map_err(|e| ClusterError::Unavailable(format!("fetching shard {id}: {e}")))?
+                    .map_err(|e| {
+                        ClusterError::Unavailable(format!(
+                            "fetching shard {id} at checkpoint {ckpt}: {e} (retried from a newer checkpoint)"
+                        ))
+                    })?;
             }
         }
         let (applied, _) = tokio::sync::watch::channel(ckpt);
@@ -705,6 +721,7 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
         }
     }
     let mut delay = Duration::from_millis(50);
+    let mut attempts = 0;
     loop {
         let (st, body) = call(&h.router, &rec.path, &rec.body).await;
         if st.is_success() {
@@ -716,6 +733,15 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
             return;
         }
         let why = format!("record {seq} ({}) failed: {st}: {body}", rec.path);
+        attempts += 1;
+        if !h.primary && attempts >= 3 {
+            // A query node's copy may refer to files its data node has compacted away
+            // since: it is opened again from the newest checkpoint.
+            tracing::warn!(shard = %h.id, "{why}; reopening this copy from the newest checkpoint");
+            *h.stalled.lock() = Some(why);
+            h.gap.store(true, Ordering::SeqCst);
+            return;
+        }
         tracing::error!(shard = %h.id, "{why}; retrying");
         *h.stalled.lock() = Some(why);
         if h.stop.load(Ordering::SeqCst) {
@@ -783,7 +809,9 @@ async fn consume(
                             break 'outer;
                         }
                         apply(&h, seq, &bytes).await;
-                        if h.stop.load(Ordering::SeqCst) && h.stalled.lock().is_some() {
+                        if h.gap.load(Ordering::SeqCst)
+                            || (h.stop.load(Ordering::SeqCst) && h.stalled.lock().is_some())
+                        {
                             break 'outer;
                         }
                         h.applied.send_replace(seq);

@@ -940,6 +940,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Fetches every vector and index file of a loaded collection that is not in memory
+    /// yet (on a remote store), and returns once they are (or the first error). A released
+    /// collection fetches nothing.
+    pub fn fetch_all(&self, name: &str) -> Result<()> {
+        let c = self.coll(name)?;
+        if c.read().meta.loaded {
+            prefetch(&c, None)?;
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- partitions
 
     pub fn create_partition(&self, coll: &str, name: &str) -> Result<()> {

@@ -410,12 +410,14 @@ impl Proxy {
         min_seq: u64,
     ) -> Result<Value, ApiError> {
         let mut last = format!("no node serves shard {id} yet (assignment pending)");
+        let mut server_error: Option<ApiError> = None;
         // A shard being assigned or opened (a new collection, a node that died) is
         // waited for, up to SHARD_WAIT, before the client gets a 503.
         let t0 = std::time::Instant::now();
         for attempt in 0u64.. {
             if attempt > 0 {
-                if t0.elapsed() > SHARD_WAIT {
+                // Server errors everywhere, twice: not a node that is moving.
+                if t0.elapsed() > SHARD_WAIT || (server_error.is_some() && attempt >= 2) {
                     break;
                 }
                 let _ = self.refresh_routes().await;
@@ -453,13 +455,20 @@ impl Proxy {
                     last = v["message"].as_str().unwrap_or("unavailable").to_string();
                     continue;
                 }
+                if st.is_server_error() {
+                    // Reads are safe to ask again elsewhere (e.g. a query node whose copy
+                    // lost a file to its data node's compaction, which reopens it).
+                    server_error = Some(err_of(st, &v));
+                    continue;
+                }
                 if !st.is_success() {
                     return Err(err_of(st, &v));
                 }
                 return Ok(v);
             }
         }
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 503, last))
+        Err(server_error
+            .unwrap_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 503, last)))
     }
 
     /// The same request to every given shard (concurrently), each with its barrier.
