@@ -89,20 +89,12 @@ impl Deps {
             .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
             .spawn()
             .expect("spawn magpie");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name}: unexpected first line {line:?}; log:\n{}",
-                    self.log(name)
-                )
-            })
-            .to_string();
+        let url = listening_url(&mut child).unwrap_or_else(|line| {
+            panic!(
+                "{name}: unexpected first line {line:?}; log:\n{}",
+                self.log(name)
+            )
+        });
         Proc {
             child,
             url,
@@ -112,6 +104,18 @@ impl Deps {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// The URL from the "listening on …" line a `magpie serve` prints first, or that line.
+fn listening_url(child: &mut Child) -> Result<String, String> {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    match line.trim().strip_prefix("listening on ") {
+        Some(u) => Ok(u.to_string()),
+        None => Err(line),
     }
 }
 
@@ -528,15 +532,7 @@ fn a_cluster_answers_as_standalone_does() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(standalone.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let surl = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let surl = listening_url(&mut standalone).expect("standalone: its first line");
     let want = workload(&surl);
     let _ = standalone.kill();
     let _ = standalone.wait();

@@ -80,6 +80,36 @@ struct Shared {
     leader: std::sync::atomic::AtomicBool,
 }
 
+/// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
+/// proxy): the status and the JSON body (`Null` when it is not JSON).
+pub(crate) async fn call_router(
+    router: &Router,
+    path: &str,
+    body: &serde_json::Value,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = axum::extract::Request::post(path)
+        .header("content-type", "application/json")
+        .header("host", "127.0.0.1")
+        .body(axum::body::Body::from(
+            serde_json::to_vec(body).unwrap_or_default(),
+        ))
+        .expect("request");
+    match router.clone().oneshot(req).await {
+        Ok(resp) => {
+            let st = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            (st, serde_json::from_slice(&bytes).unwrap_or_default())
+        }
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"code": 65535, "message": e.to_string()}),
+        ),
+    }
+}
+
 /// Anything else: a JSON 404 that says what cluster mode serves.
 async fn not_found(req: axum::extract::Request) -> Response {
     magpie_server::error::ApiError::new(

@@ -16,11 +16,12 @@
 //! "open the flushed state, replay from the checkpoint" correct even when the flushed
 //! state is newer than the checkpoint.
 
+use crate::call_router as call;
 use crate::error::{ClusterError, Result};
 use crate::log::{Log, ShardId};
 use crate::meta::{Assignment, CollectionRecord, Meta, Role};
 use crate::overlay::Overlay;
-use axum::body::Body;
+
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -531,35 +532,33 @@ impl Node {
             let n = shards.iter().filter(|s| s["mode"] == mode).count();
             out.push_str(&format!("magpie_node_shards{{mode=\"{mode}\"}} {n}\n"));
         }
-        out.push_str("# HELP magpie_node_shard_rows Rows of each hosted shard.\n# TYPE magpie_node_shard_rows gauge\n");
-        for s in &shards {
-            out.push_str(&format!(
-                "magpie_node_shard_rows{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
-                s["collection"].as_str().unwrap_or(""),
-                s["shard"],
-                s["mode"].as_str().unwrap_or(""),
-                s["rows"]
-            ));
-        }
-        out.push_str("# HELP magpie_node_shard_segments Segments of each hosted shard.\n# TYPE magpie_node_shard_segments gauge\n");
-        for s in &shards {
-            out.push_str(&format!(
-                "magpie_node_shard_segments{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
-                s["collection"].as_str().unwrap_or(""),
-                s["shard"],
-                s["mode"].as_str().unwrap_or(""),
-                s["segments"]
-            ));
-        }
-        out.push_str("# HELP magpie_node_shard_applied_seq Log sequence applied by each hosted shard.\n# TYPE magpie_node_shard_applied_seq gauge\n");
-        for s in &shards {
-            out.push_str(&format!(
-                "magpie_node_shard_applied_seq{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
-                s["collection"].as_str().unwrap_or(""),
-                s["shard"],
-                s["mode"].as_str().unwrap_or(""),
-                s["applied"]
-            ));
+        for (name, help, key) in [
+            (
+                "magpie_node_shard_rows",
+                "Rows of each hosted shard.",
+                "rows",
+            ),
+            (
+                "magpie_node_shard_segments",
+                "Segments of each hosted shard.",
+                "segments",
+            ),
+            (
+                "magpie_node_shard_applied_seq",
+                "Log sequence applied by each hosted shard.",
+                "applied",
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for s in &shards {
+                out.push_str(&format!(
+                    "{name}{{collection=\"{}\",shard=\"{}\",mode=\"{}\"}} {}\n",
+                    s["collection"].as_str().unwrap_or(""),
+                    s["shard"],
+                    s["mode"].as_str().unwrap_or(""),
+                    s[key]
+                ));
+            }
         }
         out
     }
@@ -620,28 +619,6 @@ fn remove_dir_later(h: Arc<ShardHost>, release: Option<(Meta, String)>) {
             release_owner(&meta, id, &me).await;
         }
     });
-}
-
-/// Calls the shard's REST router in-process.
-async fn call(router: &Router, path: &str, body: &Value) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("content-type", "application/json")
-        .header("host", "127.0.0.1")
-        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
-        .expect("request");
-    match router.clone().oneshot(req).await {
-        Ok(resp) => {
-            let st = resp.status();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
-            (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"message": e.to_string()}),
-        ),
-    }
 }
 
 /// Flushes everything the shard applied and records that in etcd.

@@ -223,16 +223,7 @@ impl Proxy {
             path: "/v2/vectordb/collections/rename".into(),
             body,
         };
-        for s in 0..rec.shards {
-            self.append(
-                ShardId {
-                    collection: rec.id,
-                    shard: s,
-                },
-                &r,
-            )
-            .await?;
-        }
+        self.append_all(&rec, &r).await?;
         Ok(v)
     }
 
@@ -285,16 +276,7 @@ impl Proxy {
                 path: path.to_string(),
                 body: body.clone(),
             };
-            for s in 0..rec.shards {
-                self.append(
-                    ShardId {
-                        collection: rec.id,
-                        shard: s,
-                    },
-                    &r,
-                )
-                .await?;
-            }
+            self.append_all(&rec, &r).await?;
             return Ok(v);
         }
         Err(ApiError::new(

@@ -15,16 +15,17 @@
 //!   searches, concatenation sorted by primary key for queries, sums for counts. A node
 //!   that fails is skipped for the shard's next node.
 
+use crate::call_router as call;
 use crate::error::ClusterError;
 use crate::log::{Log, ShardId};
 use crate::meta::{Assignment, CollectionRecord, Meta, NodeInfo};
 use crate::node::{Record, MIN_SEQ_HEADER};
-use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use magpie_engine::{Consistency, Engine};
+use magpie_engine::{CollectionMeta, Consistency, Engine};
 use magpie_server::error::ApiError;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
@@ -32,7 +33,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt;
 
 mod ddl;
 mod read;
@@ -119,27 +119,6 @@ fn need(body: &Value, key: &str) -> Result<String, ApiError> {
         ))),
         Some(s) => Ok(s.to_string()),
         None => Err(ApiError::bad_request(format!("missing '{key}'"))),
-    }
-}
-
-async fn call(router: &Router, path: &str, body: &Value) -> (StatusCode, Value) {
-    let req = Request::post(path)
-        .header("content-type", "application/json")
-        .header("host", "127.0.0.1")
-        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
-        .expect("request");
-    match router.clone().oneshot(req).await {
-        Ok(resp) => {
-            let st = resp.status();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
-            (st, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"code": 65535, "message": e.to_string()}),
-        ),
     }
 }
 
@@ -381,6 +360,21 @@ impl Proxy {
         Ok(seq)
     }
 
+    /// Appends one record to every shard of the collection.
+    async fn append_all(&self, rec: &CollectionRecord, r: &Record) -> Result<(), ApiError> {
+        for s in 0..rec.shards {
+            self.append(
+                ShardId {
+                    collection: rec.id,
+                    shard: s,
+                },
+                r,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The sequence each shard must have applied before a read at `level`.
     async fn barrier(&self, id: ShardId, level: Consistency) -> Result<u64, ApiError> {
         Ok(match level {
@@ -390,14 +384,14 @@ impl Proxy {
         })
     }
 
-    fn level(&self, name: &str, body: &Value) -> Result<Consistency, ApiError> {
+    fn level(meta: &CollectionMeta, body: &Value) -> Result<Consistency, ApiError> {
         match body.get("consistencyLevel").and_then(|v| v.as_str()) {
             Some(s) if !s.is_empty() => Consistency::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "unknown consistencyLevel '{s}'; use Strong, Session, Bounded or Eventually"
                 ))
             }),
-            _ => Ok(self.mirror.describe_collection(name)?.consistency),
+            _ => Ok(meta.consistency),
         }
     }
 

@@ -13,8 +13,8 @@ impl Proxy {
     pub(super) async fn query(&self, body: Value, is_get: bool) -> ApiResult {
         let name = need(&body, "collectionName")?;
         let rec = self.collection(&name).await?;
-        let level = self.level(&name, &body)?;
         let meta = self.mirror.describe_collection(&name)?;
+        let level = Self::level(&meta, &body)?;
         let pkf = meta.schema.pk().clone();
         let ids = body.get("id").or_else(|| body.get("ids")).cloned();
         let ids: Option<Vec<Value>> = match ids {
@@ -90,8 +90,8 @@ impl Proxy {
     pub(super) async fn search(&self, mut body: Value) -> ApiResult {
         let name = need(&body, "collectionName")?;
         let rec = self.collection(&name).await?;
-        let level = self.level(&name, &body)?;
         let meta = self.mirror.describe_collection(&name)?;
+        let level = Self::level(&meta, &body)?;
         let anns = match body.get("annsField").and_then(|v| v.as_str()) {
             Some(a) if !a.is_empty() => a.to_string(),
             _ => meta
@@ -180,13 +180,13 @@ impl Proxy {
                 level,
             )
             .await?;
-        let mut per_query = per_query(&parts);
+        let mut hits_of = per_query(&parts);
         if let (Some(g), true) = (&group, rec.shards > 1) {
             // Each shard found its own top groups. Every group of the global top
             // `limit + offset` is among some shard's (its best hit ranks it there), but its
             // other members may sit on shards where it ranked lower: a second round asks
             // every shard for the members of exactly those groups.
-            for (q, hits) in per_query.iter_mut().enumerate() {
+            for (q, hits) in hits_of.iter_mut().enumerate() {
                 sort_hits(hits, ascending, &pk);
                 let keys = top_groups(hits, g, (limit + offset) as usize);
                 if keys.is_empty() {
@@ -207,13 +207,13 @@ impl Proxy {
                         level,
                     )
                     .await?;
-                *hits = per_query_of(&again).into_iter().next().unwrap_or_default();
+                *hits = per_query(&again).into_iter().next().unwrap_or_default();
             }
         }
         let asked: Vec<Value> = body["outputFields"].as_array().cloned().unwrap_or_default();
         let mut flat = Vec::new();
         let mut topks = Vec::new();
-        for hits in per_query.iter_mut() {
+        for hits in hits_of.iter_mut() {
             sort_hits(hits, ascending, &pk);
             let mut kept: Vec<Value> = match &group {
                 None => std::mem::take(hits)
@@ -392,10 +392,6 @@ impl Proxy {
 
 /// Each query's hits of a fan-out, all shards together.
 fn per_query(parts: &[Value]) -> Vec<Vec<Value>> {
-    per_query_of(parts)
-}
-
-fn per_query_of(parts: &[Value]) -> Vec<Vec<Value>> {
     let nq = parts
         .first()
         .and_then(|p| p["topks"].as_array().map(|t| t.len()))
