@@ -21,7 +21,7 @@ use crate::indexspec;
 use crate::schema::CollectionSchema;
 use crate::segment::SegState;
 use crate::storage::{LocalStorage, Storage};
-use crate::types::{now_ms, ts_from_ms, Consistency, PrimaryKey, Timestamp};
+use crate::types::{now_ms, Consistency, PrimaryKey, Timestamp};
 use crate::wal::Wal;
 use magpie_index::Metric;
 use parking_lot::{Mutex, RwLock};
@@ -44,7 +44,9 @@ pub struct EngineConfig {
     pub seal_bytes: usize,
     /// ...or this age (seconds); sealed segments are flushed by [`Engine::maintain`].
     pub seal_age_secs: u64,
-    /// Staleness bound of the Bounded consistency level, milliseconds.
+    /// Staleness bound of the Bounded consistency level, milliseconds: the most a
+    /// Bounded read may trail the latest acknowledged write. A standalone engine never
+    /// trails (see [`Engine::snapshot`]), so only configurations read it today.
     pub bounded_staleness_ms: u64,
     /// Compaction rewrites a segment once more than this fraction of it is deleted.
     pub compact_delete_ratio: f64,
@@ -1290,9 +1292,11 @@ impl Engine {
                 self.wal.durable_ts()
             }
             Consistency::Session => self.wal.durable_ts(),
-            Consistency::Bounded => self.wal.durable_ts().min(ts_from_ms(
-                now_ms().saturating_sub(self.config.bounded_staleness_ms),
-            )),
+            // "At most the bound stale": Milvus's contract (a read waits only until the
+            // data is no more than `bounded_staleness_ms` behind). A standalone engine
+            // applies every write before acknowledging it, so its freshest state never
+            // waits and is never behind: Bounded reads it, like Session.
+            Consistency::Bounded => self.wal.durable_ts(),
             Consistency::Eventually => Timestamp::MAX - 1,
         })
     }

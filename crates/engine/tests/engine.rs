@@ -458,8 +458,8 @@ fn consistency_levels() {
     assert_eq!(at(Consistency::Eventually), 10);
     assert_eq!(
         at(Consistency::Bounded),
-        0,
-        "bounded (60 s) reads a snapshot older than these writes"
+        10,
+        "bounded is at most 60 s stale; a standalone engine is never behind, so it sees them (pymilvus's quick setup defaults to Bounded and searches right after inserting)"
     );
     assert!(Consistency::parse("sometimes").is_none());
 }

@@ -102,7 +102,7 @@ fn consistency(s: &Option<String>) -> Result<Option<Consistency>, ApiError> {
     }
 }
 
-fn metric(s: &str) -> Result<Metric, ApiError> {
+pub(crate) fn metric(s: &str) -> Result<Metric, ApiError> {
     Metric::parse(s).ok_or_else(|| {
         ApiError::bad_request(format!("unknown metricType '{s}'; use L2, IP or COSINE"))
     })
@@ -471,15 +471,13 @@ pub async fn release_collection(
     ok(json!({}))
 }
 
-pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
-    let (m, stats) = blocking(&st, move |e| {
-        Ok((e.describe_collection(&name)?, e.collection_stats(&name)?))
-    })
-    .await?;
-    // On a remote store a loaded collection is "loading" until every vector and index
-    // file has been fetched (in the background after a restart, or on first use).
-    let (state, progress) = if !m.loaded {
+/// Milvus's load state of a collection and its progress in percent. On a remote store a
+/// loaded collection is "loading" until every vector and index file has been fetched (in
+/// the background after a restart, or on first use).
+pub(crate) fn load_state(e: &Engine, name: &str) -> magpie_engine::Result<(&'static str, usize)> {
+    let m = e.describe_collection(name)?;
+    let stats = e.collection_stats(name)?;
+    Ok(if !m.loaded {
         ("LoadStateNotLoad", 0)
     } else if stats.files_unfetched > 0 {
         let total = stats.files_remote.max(1);
@@ -487,7 +485,12 @@ pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollR
         ("LoadStateLoading", (done * 100 / total).min(99))
     } else {
         ("LoadStateLoaded", 100)
-    };
+    })
+}
+
+pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let name = need(&r.collection_name)?;
+    let (state, progress) = blocking(&st, move |e| load_state(e, &name)).await?;
     ok(json!({"loadState": state, "loadProgress": progress}))
 }
 
@@ -668,7 +671,7 @@ pub struct SearchReq {
     consistency_level: Option<String>,
 }
 
-fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError> {
+pub(crate) fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -678,7 +681,7 @@ fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError>
     }
 }
 
-fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
+pub(crate) fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod backups;
 pub mod embedder;
 pub mod error;
+pub mod grpc;
 pub mod images;
 pub mod images_api;
 pub mod metrics;
@@ -154,7 +155,7 @@ pub struct AppState {
 
 /// Compares in time independent of where the inputs differ (only of their lengths), so
 /// response timing does not reveal a token's prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -296,12 +297,27 @@ async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn not_found(req: Request) -> ApiError {
+async fn not_found(req: Request) -> Response {
+    // A gRPC client calling a service other than Milvus's gets a gRPC answer.
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!(
+            "no such gRPC service or method: {} (Magpie serves milvus.proto.milvus.MilvusService)",
+            req.uri().path()
+        ))
+        .into_http::<axum::body::Body>()
+        .into_response();
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         404,
         format!("no such endpoint: {} {}", req.method(), req.uri().path()),
     )
+    .into_response()
 }
 
 async fn index_page() -> Html<&'static str> {
@@ -377,9 +393,17 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/images/{coll}/{id}/thumb", get(images_api::thumb))
         .route("/images/{coll}/{id}/file", get(images_api::file))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth_images));
+    // Milvus's gRPC protocol on the same port: its paths never collide with REST's.
+    let grpc_limit = max_body_bytes;
+    let grpc = tower::ServiceBuilder::new()
+        .map_response(move |r: axum::http::Response<_>| {
+            grpc::transport_error_codes(r.into_response(), grpc_limit)
+        })
+        .service(grpc::service(state.clone(), max_body_bytes));
     Router::new()
         .merge(v2)
         .merge(image_files)
+        .route_service("/milvus.proto.milvus.MilvusService/{rpc}", grpc)
         .route("/", get(index_page))
         .route("/console", get(console_page))
         .route("/healthz", get(healthz))

@@ -13,8 +13,8 @@ use std::fmt::Display;
 use std::path::PathBuf;
 
 /// Reports a skipped test; panics when skips are not allowed (see the crate docs).
-/// `what` names the missing prerequisite: `models`, `shared`, `chromium`, `s3`, `etcd`
-/// or `nats`.
+/// `what` names the missing prerequisite: `models`, `shared`, `chromium`, `s3`, `etcd`,
+/// `nats` or `pymilvus`.
 pub fn skip(what: &str, why: impl Display) {
     let required = std::env::var("MAGPIE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
     let allowed = std::env::var("MAGPIE_ALLOW_SKIP")

@@ -1,0 +1,226 @@
+//! pymilvus, unchanged, against the `magpie` binary: the script tests/pymilvus/suite.py
+//! (the MilvusClient quickstart and the common operations, each checked) runs against
+//! Magpie and against Milvus Lite (the reference implementation pymilvus ships with),
+//! and the two runs must agree: the same ids and counts, scores within 1e-4.
+//!
+//! pymilvus and Milvus Lite come from PyPI into `target/pymilvus-venv`
+//! (tests/pymilvus/setup.sh; `.ci/run` prepares it in the background). Without PyPI the
+//! tests are skipped with a message, and fail under MAGPIE_REQUIRE_ALL_TESTS=1.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The virtual environment's python, made once per test binary.
+fn python() -> Option<PathBuf> {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("MAGPIE_PYMILVUS_PYTHON") {
+            return Ok(PathBuf::from(p));
+        }
+        let venv = root().join("target/pymilvus-venv");
+        let out = Command::new("sh")
+            .arg(root().join("tests/pymilvus/setup.sh"))
+            .arg(&venv)
+            .output()
+            .map_err(|e| format!("cannot run tests/pymilvus/setup.sh: {e}"))?;
+        if out.status.success() {
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        } else {
+            Err(format!(
+                "tests/pymilvus/setup.sh failed (is PyPI reachable?): {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ))
+        }
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(e) => {
+            magpie_testkit::skip("pymilvus", e);
+            None
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env("MAGPIE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn magpie");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Server {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs suite.py against `uri`; its JSON summary.
+fn suite(py: &Path, uri: &str, token: Option<&str>) -> Value {
+    let mut cmd = Command::new(py);
+    cmd.arg(root().join("tests/pymilvus/suite.py")).arg(uri);
+    if let Some(t) = token {
+        cmd.arg(t);
+    }
+    let out = cmd.output().expect("run python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "suite.py against {uri} failed:\n{}",
+        stderr
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("suite.py printed no JSON ({e}): {stderr}"))
+}
+
+/// Differences between two summaries: numbers within 1e-4, everything else equal.
+fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff(p, q, &format!("{path}/{k}"), out),
+                    _ => out.push(format!("{path}/{k}: only in one run")),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(p, q, &format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            if (x - y).abs() > 1e-4 {
+                out.push(format!("{path}: {x} vs {y}"));
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{path}: {a} vs {b}")),
+    }
+}
+
+#[test]
+fn pymilvus_suite_gives_milvus_lites_answers() {
+    let Some(py) = python() else { return };
+    let s = Server::start(&[]);
+    let ours = suite(&py, &s.url, None);
+    let lite_dir = tempfile::tempdir().unwrap();
+    let lite = suite(
+        &py,
+        lite_dir.path().join("milvus.db").to_str().unwrap(),
+        None,
+    );
+    let mut d = Vec::new();
+    diff(&lite, &ours, "", &mut d);
+    assert!(
+        d.is_empty(),
+        "Magpie and Milvus Lite disagree:\n{}",
+        d.join("\n")
+    );
+    // The comparison covered real results, not two empty documents.
+    assert_eq!(ours["count"], 100);
+    assert_eq!(ours["search"][0].as_array().map(Vec::len), Some(5));
+}
+
+#[test]
+fn pymilvus_with_a_token() {
+    let Some(py) = python() else { return };
+    let s = Server::start(&["--token", "s3cret"]);
+    // The whole suite with the token.
+    let ours = suite(&py, &s.url, Some("s3cret"));
+    assert_eq!(ours["count"], 100);
+    // Without it, or with another, the client is refused at connect.
+    for token in ["", "wrong"] {
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import sys\nfrom pymilvus import MilvusClient\ntry:\n    MilvusClient(uri=sys.argv[1], token=sys.argv[2]).list_collections()\nexcept Exception as e:\n    print(type(e).__name__, e)\n    sys.exit(3)\n",
+                &s.url,
+                token,
+            ])
+            .output()
+            .unwrap();
+        let msg = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "token {token:?} accepted: {msg}"
+        );
+    }
+}
+
+#[test]
+fn readme_pymilvus_quickstart_runs_unchanged_but_for_the_uri() {
+    let Some(py) = python() else { return };
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("```python\n")
+        .expect("README has a pymilvus quickstart");
+    let body = &readme[start + 10..];
+    let code = &body[..body.find("```").unwrap()];
+    assert!(code.contains("http://localhost:19530"), "{code}");
+    let s = Server::start(&[]);
+    let code = code.replace("http://localhost:19530", &s.url);
+    let out = Command::new(&py).args(["-c", &code]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The search finds both rows, the nearest first; the query finds the math row.
+    assert!(
+        stdout.contains("[[{'id': 1, 'distance': 1.0, 'entity': {'subject': 'history'}}, {'id': 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("{'id': 2, 'subject': 'math'}"), "{stdout}");
+}

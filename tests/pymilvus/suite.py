@@ -1,0 +1,208 @@
+"""A fixed script of pymilvus MilvusClient operations, run unchanged against Magpie and
+against Milvus Lite (the reference implementation pymilvus ships with).
+
+    python suite.py URI [TOKEN]
+
+URI is http://host:port for a server, or a file path ending in .db for Milvus Lite.
+Every step checks what it can on its own (assertions), and the script prints one JSON
+document of what it observed (ids, counts, scores, rows) so that a caller can compare
+two runs: crates/cli/tests/pymilvus.rs runs it against both and compares.
+"""
+
+import json
+import random
+import sys
+
+from pymilvus import DataType, MilvusClient, MilvusException
+
+uri = sys.argv[1]
+token = sys.argv[2] if len(sys.argv) > 2 else ""
+client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+out = {}
+rng = random.Random(7)
+DIM = 8
+
+
+def vec():
+    return [round(rng.uniform(-1, 1), 4) for _ in range(DIM)]
+
+
+def hits(res):
+    return [[{"id": h.id, "distance": h.distance, "entity": dict(h["entity"])} for h in q] for q in res]
+
+
+def deleted(res):
+    # Milvus returns a count; Milvus Lite (like Milvus before 2.3.2) the deleted keys.
+    return len(res) if isinstance(res, list) else res.get("delete_count", 0)
+
+
+def expect_error(fn, *words):
+    try:
+        fn()
+    except MilvusException as e:
+        msg = str(e)
+        for w in words:
+            assert w.lower() in msg.lower(), f"error {msg!r} should mention {w!r}"
+        return msg
+    raise AssertionError("expected an error")
+
+
+for name in client.list_collections():
+    if name.startswith("suite_"):
+        client.drop_collection(name)
+
+# ---------------------------------------------------------------- quickstart
+# https://milvus.io/docs/quickstart.md, with a fixed seed instead of random vectors.
+client.create_collection(collection_name="suite_quick", dimension=DIM)
+assert client.has_collection("suite_quick")
+assert not client.has_collection("suite_nope")
+subjects = ["history", "biology", "math"]
+data = [{"id": i, "vector": vec(), "text": f"doc {i}", "subject": subjects[i % 3]} for i in range(100)]
+res = client.insert(collection_name="suite_quick", data=data)
+out["insert_count"] = res["insert_count"]
+assert res["insert_count"] == 100 and list(res["ids"]) == list(range(100))
+
+queries = [vec(), vec()]
+res = client.search(collection_name="suite_quick", data=queries, limit=5, output_fields=["text", "subject"])
+out["search"] = hits(res)
+assert len(res) == 2 and all(len(q) == 5 for q in res)
+assert all(h["entity"]["text"] == f"doc {h.id}" for q in res for h in q)
+
+res = client.search(
+    collection_name="suite_quick", data=[queries[0]], filter="subject == 'history'", limit=5, output_fields=["subject"]
+)
+out["search_filtered"] = hits(res)
+assert all(h["entity"]["subject"] == "history" for h in res[0])
+
+res = client.search(collection_name="suite_quick", data=[queries[0]], limit=3, offset=2)
+out["search_offset"] = [h.id for h in res[0]]
+assert out["search_offset"] == [h["id"] for h in out["search"][0][2:5]]
+
+res = client.query(collection_name="suite_quick", filter="subject == 'math'", output_fields=["text", "subject"], limit=4)
+out["query"] = sorted(res, key=lambda r: r["id"])
+assert len(res) == 4 and all(r["subject"] == "math" for r in res)
+
+res = client.get(collection_name="suite_quick", ids=[0, 2, 99], output_fields=["vector", "text"])
+out["get"] = sorted(
+    [{"id": r["id"], "text": r["text"], "vector": [round(x, 4) for x in r["vector"]]} for r in res], key=lambda r: r["id"]
+)
+assert [r["id"] for r in out["get"]] == [0, 2, 99]
+assert out["get"][0]["vector"] == data[0]["vector"]
+
+res = client.query(collection_name="suite_quick", filter="", output_fields=["count(*)"])
+out["count"] = res[0]["count(*)"]
+assert out["count"] == 100
+
+res = client.delete(collection_name="suite_quick", ids=[0, 1, 2])
+out["delete_ids"] = deleted(res)
+res = client.delete(collection_name="suite_quick", filter="subject == 'biology' and id < 30")
+out["delete_filter"] = deleted(res)
+res = client.query(collection_name="suite_quick", filter="", output_fields=["count(*)"])
+out["count_after_delete"] = res[0]["count(*)"]
+assert out["count_after_delete"] == 100 - out["delete_ids"] - out["delete_filter"]
+
+res = client.upsert(collection_name="suite_quick", data=[{"id": 3, "vector": vec(), "text": "replaced", "subject": "art"}])
+out["upsert_count"] = res["upsert_count"]
+res = client.query(collection_name="suite_quick", filter="id == 3", output_fields=["text", "subject"])
+out["after_upsert"] = res
+assert res[0]["text"] == "replaced"
+
+stats = client.get_collection_stats("suite_quick")
+assert "row_count" in stats
+
+desc = client.describe_collection("suite_quick")
+out["describe"] = {
+    "fields": [(f["name"], int(f["type"]), f.get("is_primary", False)) for f in desc["fields"]],
+    "dynamic": desc["enable_dynamic_field"],
+}
+
+# ---------------------------------------------------------------- full schema
+schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+schema.add_field("year", DataType.INT32)
+schema.add_field("score", DataType.DOUBLE)
+schema.add_field("ok", DataType.BOOL)
+schema.add_field("meta", DataType.JSON)
+schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=16)
+schema.add_field("note", DataType.VARCHAR, max_length=64, nullable=True)
+schema.add_field("emb", DataType.FLOAT_VECTOR, dim=DIM)
+index_params = client.prepare_index_params()
+index_params.add_index(field_name="emb", index_type="HNSW", metric_type="L2", params={"M": 16, "efConstruction": 64})
+client.create_collection("suite_full", schema=schema, index_params=index_params)
+rows = [
+    {
+        "pk": f"k{i:03d}",
+        "year": 2000 + i % 20,
+        "score": i / 10,
+        "ok": i % 2 == 0,
+        "meta": {"n": i, "kind": "even" if i % 2 == 0 else "odd"},
+        "tags": [f"t{i % 3}", "all"],
+        "note": None if i % 4 == 0 else f"note {i}",
+        "emb": vec(),
+    }
+    for i in range(60)
+]
+res = client.insert("suite_full", rows)
+assert res["insert_count"] == 60 and res["ids"][0] == "k000"
+res = client.query(
+    "suite_full",
+    filter="year >= 2015 and ok == true and meta['kind'] == 'even' and array_contains(tags, 't0')",
+    output_fields=["year", "score", "ok", "meta", "tags", "note"],
+)
+out["full_query"] = sorted(res, key=lambda r: r["pk"])
+assert all(r["year"] >= 2015 and r["ok"] and r["meta"]["kind"] == "even" and "t0" in r["tags"] for r in res)
+assert any(r["note"] is None for r in out["full_query"]) or all(int(r["pk"][1:]) % 4 for r in res)
+res = client.search(
+    "suite_full",
+    data=[rows[5]["emb"]],
+    anns_field="emb",
+    limit=3,
+    output_fields=["year", "tags"],
+    search_params={"metric_type": "L2", "params": {"ef": 64}},
+)
+out["full_search"] = hits(res)
+assert res[0][0].id == "k005" and abs(res[0][0]["distance"]) < 1e-5
+idx = client.describe_index("suite_full", index_name="emb")
+assert idx["index_type"] == "HNSW" and idx["metric_type"] == "L2", idx
+assert "emb" in client.list_indexes("suite_full")
+
+# ---------------------------------------------------------------- partitions
+client.create_partition("suite_full", "p2026")
+assert client.has_partition("suite_full", "p2026")
+assert set(client.list_partitions("suite_full")) == {"_default", "p2026"}
+client.insert("suite_full", [dict(rows[0], pk="p0"), dict(rows[1], pk="p1")], partition_name="p2026")
+res = client.query("suite_full", filter="year > 0", output_fields=["pk"], partition_names=["p2026"], limit=10)
+out["partition_query"] = sorted(r["pk"] for r in res)
+assert out["partition_query"] == ["p0", "p1"], out["partition_query"]
+res = client.search("suite_full", data=[rows[0]["emb"]], anns_field="emb", limit=5, partition_names=["p2026"])
+out["partition_search"] = [h.id for h in res[0]]
+assert set(out["partition_search"]) == {"p0", "p1"}
+
+# ---------------------------------------------------------------- errors
+expect_error(lambda: client.search("suite_quick", data=[[0.1] * (DIM + 1)], limit=3), "dim")
+expect_error(lambda: client.query("suite_gone", filter="id > 0", limit=1), "suite_gone")
+expect_error(lambda: client.query("suite_quick", filter="id >>> 3", limit=1))
+LITE = uri.endswith(".db")
+if not LITE:
+    # Milvus stores both rows of a batch with one key twice; Magpie refuses the batch
+    # (docs/MILVUS_COMPAT.md, "Differences").
+    expect_error(lambda: client.insert("suite_full", [dict(rows[0], pk="dup")] * 2), "duplicate")
+
+# ---------------------------------------------------------------- lifecycle
+client.release_collection("suite_quick")
+out["released"] = str(client.get_load_state("suite_quick")["state"])
+client.load_collection("suite_quick")
+out["loaded"] = str(client.get_load_state("suite_quick")["state"])
+client.flush("suite_quick")
+client.rename_collection("suite_quick", "suite_renamed")
+assert client.has_collection("suite_renamed") and not client.has_collection("suite_quick")
+res = client.query("suite_renamed", filter="", output_fields=["count(*)"])
+assert res[0]["count(*)"] == out["count_after_delete"]
+client.release_collection("suite_full")
+client.drop_index("suite_full", index_name="emb")
+client.drop_collection("suite_renamed")
+client.drop_collection("suite_full")
+out["collections_left"] = sorted(n for n in client.list_collections() if n.startswith("suite_"))
+assert out["collections_left"] == []
+
+print(json.dumps(out, sort_keys=True))
