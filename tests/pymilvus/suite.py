@@ -17,7 +17,18 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 uri = sys.argv[1]
 token = sys.argv[2] if len(sys.argv) > 2 else ""
-client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+
+
+def connect(db_name=""):
+    kw = {"uri": uri}
+    if token:
+        kw["token"] = token
+    if db_name:
+        kw["db_name"] = db_name
+    return MilvusClient(**kw)
+
+
+client = connect()
 out = {}
 rng = random.Random(7)
 DIM = 8
@@ -177,6 +188,41 @@ assert out["partition_query"] == ["p0", "p1"], out["partition_query"]
 res = client.search("suite_full", data=[rows[0]["emb"]], anns_field="emb", limit=5, partition_names=["p2026"])
 out["partition_search"] = [h.id for h in res[0]]
 assert set(out["partition_search"]) == {"p0", "p1"}
+
+# ---------------------------------------------------------------- databases and aliases
+client.create_database("suite_db")
+out["databases"] = sorted(client.list_databases())
+dbc = connect("suite_db")
+dbc.create_collection("suite_v1", dimension=DIM, consistency_level="Strong")
+dbc.create_collection("suite_v2", dimension=DIM, consistency_level="Strong")
+dbc.insert("suite_v1", [{"id": i, "vector": vec()} for i in range(5)])
+dbc.insert("suite_v2", [{"id": i, "vector": vec()} for i in range(7)])
+out["db_collections"] = sorted(dbc.list_collections())
+assert not any(n.startswith("suite_v") for n in client.list_collections()), "databases are separate"
+dbc.create_alias("suite_v1", "suite_prod")
+out["alias"] = dbc.describe_alias("suite_prod")["collection_name"]
+out["alias_count_v1"] = dbc.query("suite_prod", filter="", output_fields=["count(*)"])[0]["count(*)"]
+dbc.alter_alias("suite_v2", "suite_prod")
+out["alias_count_v2"] = dbc.query("suite_prod", filter="", output_fields=["count(*)"])[0]["count(*)"]
+out["aliases_v2"] = dbc.list_aliases("suite_v2")["aliases"]
+assert (out["alias_count_v1"], out["alias_count_v2"]) == (5, 7)
+dbc.drop_alias("suite_prod")
+dbc.drop_collection("suite_v1")
+dbc.drop_collection("suite_v2")
+client.drop_database("suite_db")
+assert "suite_db" not in client.list_databases()
+
+# ---------------------------------------------------------------- iterators
+it = client.query_iterator("suite_quick", batch_size=7, filter="id >= 0", output_fields=["text"])
+seen = []
+while True:
+    batch = it.next()
+    if not batch:
+        break
+    seen += [r["id"] for r in batch]
+it.close()
+out["query_iterator"] = sorted(seen)
+assert len(seen) == len(set(seen)) == out["count_after_delete"], (len(seen), len(set(seen)), out["count_after_delete"])
 
 # ---------------------------------------------------------------- errors
 expect_error(lambda: client.search("suite_quick", data=[[0.1] * (DIM + 1)], limit=3), "dim")

@@ -234,6 +234,26 @@ pub fn restore(
             .unwrap_or(0)
             + 1,
         collections: info.collections.iter().map(|c| c.meta.clone()).collect(),
+        // The databases the collections are in (aliases are not part of a backup).
+        databases: {
+            let mut names: Vec<&str> = info
+                .collections
+                .iter()
+                .filter_map(|c| c.meta.name.split_once('.').map(|(db, _)| db))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| crate::catalog::DatabaseMeta {
+                    name: n.to_string(),
+                    id: i as u64 + 2,
+                    created_ms: crate::types::now_ms(),
+                })
+                .collect()
+        },
+        aliases: Default::default(),
     };
     catalog.save(target, "catalog.json")?;
     Ok(info)

@@ -81,6 +81,19 @@ pub struct CatalogFile {
     pub format: u32,
     pub next_id: u64,
     pub collections: Vec<CollectionMeta>,
+    /// Databases besides `default` (see `engine/namespace.rs`).
+    #[serde(default)]
+    pub databases: Vec<DatabaseMeta>,
+    /// Alias → collection, both as qualified names (`db.name`, or `name` in `default`).
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseMeta {
+    pub name: String,
+    pub id: u64,
+    pub created_ms: u64,
 }
 
 impl CatalogFile {
@@ -89,7 +102,7 @@ impl CatalogFile {
         Ok(load_json(store, key)?.unwrap_or(CatalogFile {
             format: 1,
             next_id: 1,
-            collections: Vec::new(),
+            ..Default::default()
         }))
     }
     pub fn save(&self, store: &dyn Storage, key: &str) -> Result<()> {

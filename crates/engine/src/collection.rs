@@ -762,25 +762,35 @@ impl Collection {
         offset: usize,
         budget: &mut OutputBudget,
     ) -> Result<Vec<Map<String, Value>>> {
-        let mut out = Vec::new();
-        let mut skipped = 0;
+        // Rows come in primary-key order, so `limit`/`offset` pages are stable across
+        // upserts, flushes and compaction (where a row lives says nothing of its order),
+        // and pk-cursor iteration (pymilvus's query_iterator) sees every row once.
         let indexed = self.scalar_indexed();
-        for seg in &self.segments {
+        let mut hits: Vec<(&PrimaryKey, usize, usize)> = Vec::new();
+        for (si, seg) in self.segments.iter().enumerate() {
             if parts.is_some_and(|p| !p.contains(&seg.partition)) {
                 continue;
             }
             for i in self.allowed(seg, snap, filter, ids, &indexed).iter_ones() {
-                if skipped < offset {
-                    skipped += 1;
-                    continue;
-                }
-                if limit.is_some_and(|l| out.len() >= l) {
-                    return Ok(out);
-                }
-                let row = self.render(seg, i, spec, true)?;
-                budget.charge(&row)?;
-                out.push(row);
+                hits.push((&seg.pks[i], si, i));
             }
+        }
+        if let Some(k) = limit.map(|l| l.saturating_add(offset)) {
+            if hits.len() > k {
+                if k == 0 {
+                    hits.clear();
+                } else {
+                    hits.select_nth_unstable_by(k - 1, |a, b| a.0.cmp(b.0));
+                    hits.truncate(k);
+                }
+            }
+        }
+        hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::with_capacity(hits.len().saturating_sub(offset));
+        for &(_, si, i) in hits.iter().skip(offset) {
+            let row = self.render(&self.segments[si], i, spec, true)?;
+            budget.charge(&row)?;
+            out.push(row);
         }
         Ok(out)
     }

@@ -30,6 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod namespace;
+pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
+
 /// Largest `limit + offset` of a search or query (Milvus's bound).
 pub const MAX_TOPK: usize = 16384;
 /// Most partitions per collection.
@@ -115,6 +118,9 @@ pub struct Engine {
     /// Serialises DDL and catalog rewrites.
     catalog: Mutex<CatalogFile>,
     collections: RwLock<HashMap<String, CollRef>>,
+    /// Alias → collection (qualified names), mirrored from the catalog for lookups
+    /// without the catalog lock. Lock order: catalog, collections, aliases.
+    aliases: RwLock<HashMap<String, String>>,
     builder: Builder,
     embedder: RwLock<Option<Arc<dyn Embedder>>>,
     /// When [`Engine::maintain`] last compacted each collection (ms; rate limit).
@@ -448,6 +454,11 @@ impl Engine {
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
         let builder = Builder::start(config.index_build_threads);
+        let aliases = catalog
+            .aliases
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect();
         let e = Engine {
             root: root.to_path_buf(),
             store,
@@ -455,6 +466,7 @@ impl Engine {
             wal,
             catalog: Mutex::new(catalog),
             collections: RwLock::new(collections),
+            aliases: RwLock::new(aliases),
             builder,
             embedder: RwLock::new(None),
             last_compact: Mutex::new(HashMap::new()),
@@ -769,10 +781,16 @@ impl Engine {
         self.store.clone()
     }
 
+    /// A collection by name or alias.
     fn coll(&self, name: &str) -> Result<CollRef> {
-        self.collections
+        let colls = self.collections.read();
+        if let Some(c) = colls.get(name) {
+            return Ok(c.clone());
+        }
+        self.aliases
             .read()
             .get(name)
+            .and_then(|target| colls.get(target))
             .cloned()
             .ok_or_else(|| EngineError::CollectionNotFound(name.to_string()))
     }
@@ -809,7 +827,6 @@ impl Engine {
         consistency: Consistency,
         description: &str,
     ) -> Result<()> {
-        check_name("collection", name)?;
         schema.check()?;
         self.check_functions(&schema)?;
         let mut indexes = indexes;
@@ -819,9 +836,15 @@ impl Engine {
             ix.index_type = ix.index_type.to_ascii_uppercase();
         }
         let mut cat = self.catalog.lock();
+        namespace::check_collection_name(&cat, name)?;
         let mut colls = self.collections.write();
         if colls.contains_key(name) {
             return Err(EngineError::CollectionExists(name.to_string()));
+        }
+        if let Some(target) = cat.aliases.get(name) {
+            return Err(invalid(format!(
+                "'{name}' is an alias of collection '{target}'; pick another collection name"
+            )));
         }
         let id = cat.next_id;
         cat.next_id += 2;
@@ -852,7 +875,25 @@ impl Engine {
     pub fn drop_collection(&self, name: &str) -> Result<()> {
         let _gc = self.gc.read();
         let mut cat = self.catalog.lock();
-        let c = self.coll(name)?;
+        let c = self.collections.read().get(name).cloned().ok_or_else(|| {
+            match cat.aliases.get(name) {
+                Some(t) => invalid(format!(
+                    "'{name}' is an alias of collection '{t}'; drop the collection by its name"
+                )),
+                None => EngineError::CollectionNotFound(name.to_string()),
+            }
+        })?;
+        let aliases: Vec<&String> = cat
+            .aliases
+            .iter()
+            .filter(|(_, t)| t.as_str() == name)
+            .map(|(a, _)| a)
+            .collect();
+        if !aliases.is_empty() {
+            return Err(invalid(format!(
+                "collection '{name}' has aliases {aliases:?}; drop them first (drop_alias)"
+            )));
+        }
         let id = c.read().meta.id;
         self.builder.cancel_where(|k| k.coll == id);
         cat.collections.retain(|m| m.id != id);
@@ -863,8 +904,13 @@ impl Engine {
     }
 
     pub fn rename_collection(&self, old: &str, new: &str) -> Result<()> {
-        check_name("collection", new)?;
         let mut cat = self.catalog.lock();
+        namespace::check_collection_name(&cat, new)?;
+        if cat.aliases.contains_key(new) {
+            return Err(invalid(format!(
+                "'{new}' is an alias; pick another collection name"
+            )));
+        }
         let mut colls = self.collections.write();
         let c = colls
             .get(old)
@@ -878,7 +924,25 @@ impl Engine {
         if let Some(m) = cat.collections.iter_mut().find(|m| m.id == id) {
             m.name = new.to_string();
         }
-        self.save_catalog(&cat)?;
+        // Aliases follow their collection (within its database).
+        let old_aliases = cat.aliases.clone();
+        for t in cat.aliases.values_mut() {
+            if t == old {
+                *t = new.to_string();
+            }
+        }
+        if let Err(e) = self.save_catalog(&cat) {
+            cat.aliases = old_aliases;
+            if let Some(m) = cat.collections.iter_mut().find(|m| m.id == id) {
+                m.name = old.to_string();
+            }
+            return Err(e);
+        }
+        *self.aliases.write() = cat
+            .aliases
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect();
         g.meta.name = new.to_string();
         drop(g);
         colls.remove(old);
@@ -886,8 +950,9 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `name` is a collection or an alias of one.
     pub fn has_collection(&self, name: &str) -> bool {
-        self.collections.read().contains_key(name)
+        self.coll(name).is_ok()
     }
 
     pub fn list_collections(&self) -> Vec<String> {

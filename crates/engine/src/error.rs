@@ -11,6 +11,10 @@ pub enum EngineError {
     CollectionNotFound(String),
     #[error("collection '{0}' already exists")]
     CollectionExists(String),
+    #[error("database '{0}' does not exist")]
+    DatabaseNotFound(String),
+    #[error("alias '{0}' does not exist")]
+    AliasNotFound(String),
     #[error("partition '{partition}' does not exist in collection '{collection}'")]
     PartitionNotFound {
         collection: String,

@@ -22,8 +22,8 @@ pub mod wal;
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
 pub use collection::{Hit, SearchKnobs, SearchOutcome};
 pub use engine::{
-    CollectionStats, Engine, EngineConfig, EngineStats, IndexProgress, QueryRequest, SearchRequest,
-    SegmentIndexState, WriteResult, MAX_TOPK,
+    qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, IndexProgress,
+    QueryRequest, SearchRequest, SegmentIndexState, WriteResult, DEFAULT_DATABASE, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
 pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};

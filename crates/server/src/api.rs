@@ -108,6 +108,31 @@ pub(crate) fn metric(s: &str) -> Result<Metric, ApiError> {
     })
 }
 
+/// The engine's name of a request's collection: `collectionName` in `dbName` (the
+/// database must exist; none given is `default`).
+pub(crate) fn need_in(
+    st: &AppState,
+    db: &Option<String>,
+    name: &Option<String>,
+) -> Result<String, ApiError> {
+    let n = need(name)?;
+    Ok(magpie_engine::qualified(&db_of(st, db)?, &n))
+}
+
+/// A request's database, checked to exist.
+pub(crate) fn db_of(st: &AppState, db: &Option<String>) -> Result<String, ApiError> {
+    let db = db.as_deref().unwrap_or("");
+    if st.engine.has_database(db) {
+        Ok(if db.is_empty() {
+            magpie_engine::DEFAULT_DATABASE.to_string()
+        } else {
+            db.to_string()
+        })
+    } else {
+        Err(magpie_engine::EngineError::DatabaseNotFound(db.to_string()).into())
+    }
+}
+
 fn need(name: &Option<String>) -> Result<String, ApiError> {
     match name {
         Some(n) if !n.is_empty() => Ok(n.clone()),
@@ -119,9 +144,12 @@ fn need(name: &Option<String>) -> Result<String, ApiError> {
 #[serde(rename_all = "camelCase", default)]
 pub struct CollReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     new_collection_name: Option<String>,
+    new_db_name: Option<String>,
     partition_name: Option<String>,
     index_name: Option<String>,
+    alias_name: Option<String>,
 }
 
 // ------------------------------------------------------------------ collections
@@ -166,6 +194,7 @@ pub struct IndexParamReq {
 #[serde(rename_all = "camelCase", default)]
 pub struct CreateReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     dimension: Option<usize>,
     metric_type: Option<String>,
     id_type: Option<String>,
@@ -338,7 +367,7 @@ pub async fn create_collection(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CreateReq>,
 ) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let (schema, indexes) = build_schema(&r)?;
     let cons = consistency(
         &r.params
@@ -384,8 +413,10 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
             o
         })
         .collect();
+    let (db, name) = magpie_engine::split_qualified(&m.name);
     json!({
-        "collectionName": m.name,
+        "collectionName": name,
+        "dbName": db,
         "collectionID": m.id,
         "description": m.description,
         "autoId": m.schema.pk().auto_id,
@@ -409,27 +440,49 @@ pub async fn describe_collection(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CollReq>,
 ) -> ApiResult {
-    let name = need(&r.collection_name)?;
-    let m = blocking(&st, move |e| e.describe_collection(&name)).await?;
-    ok(describe_json(&m))
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
+    let (m, aliases) = blocking(&st, move |e| {
+        let m = e.describe_collection(&name)?;
+        let db = magpie_engine::split_qualified(&m.name).0.to_string();
+        Ok((m.clone(), e.list_aliases(&db, Some(&m.name))))
+    })
+    .await?;
+    let mut v = describe_json(&m);
+    v["aliases"] = json!(aliases
+        .iter()
+        .map(|(a, _)| magpie_engine::split_qualified(a).1)
+        .collect::<Vec<_>>());
+    ok(v)
 }
 
 pub async fn list_collections(
     State(st): State<Arc<AppState>>,
-    Body(_r): Body<CollReq>,
+    Body(r): Body<CollReq>,
 ) -> ApiResult {
+    let db = db_of(&st, &r.db_name)?;
     let v = blocking(&st, |e| Ok(e.list_collections())).await?;
-    ok(json!(v))
+    ok(json!(in_database(&db, v)))
+}
+
+/// The names (unqualified) of those of `names` that are in database `db`.
+pub(crate) fn in_database(db: &str, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter_map(|q| {
+            let (d, n) = magpie_engine::split_qualified(&q);
+            (d == db).then(|| n.to_string())
+        })
+        .collect()
 }
 
 pub async fn has_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let has = blocking(&st, move |e| Ok(e.has_collection(&name))).await?;
     ok(json!({"has": has}))
 }
 
 pub async fn drop_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     blocking(&st, move |e| e.drop_collection(&name)).await?;
     ok(json!({}))
 }
@@ -438,18 +491,20 @@ pub async fn rename_collection(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CollReq>,
 ) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let new = r
         .new_collection_name
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing 'newCollectionName'"))?;
+    let new_db = db_of(&st, &r.new_db_name.clone().or(r.db_name.clone()))?;
+    let new = magpie_engine::qualified(&new_db, &new);
     blocking(&st, move |e| e.rename_collection(&name, &new)).await?;
     ok(json!({}))
 }
 
 pub async fn get_stats(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let s = blocking(&st, move |e| e.collection_stats(&name)).await?;
     ok(
         json!({"rowCount": s.row_count, "segments": {"growing": s.segments_growing, "sealed": s.segments_sealed, "flushed": s.segments_flushed}, "diskBytes": s.disk_bytes}),
@@ -457,7 +512,7 @@ pub async fn get_stats(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) 
 }
 
 pub async fn load_collection(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     blocking(&st, move |e| e.set_loaded(&name, true)).await?;
     ok(json!({}))
 }
@@ -466,7 +521,7 @@ pub async fn release_collection(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CollReq>,
 ) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     blocking(&st, move |e| e.set_loaded(&name, false)).await?;
     ok(json!({}))
 }
@@ -489,19 +544,19 @@ pub(crate) fn load_state(e: &Engine, name: &str) -> magpie_engine::Result<(&'sta
 }
 
 pub async fn get_load_state(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let (state, progress) = blocking(&st, move |e| load_state(e, &name)).await?;
     ok(json!({"loadState": state, "loadProgress": progress}))
 }
 
 pub async fn flush(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     blocking(&st, move |e| e.flush(&name)).await?;
     ok(json!({}))
 }
 
 pub async fn compact(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let name = need(&r.collection_name)?;
+    let name = need_in(&st, &r.db_name, &r.collection_name)?;
     let (removed, written) = blocking(&st, move |e| e.compact(&name)).await?;
     ok(json!({"segmentsRemoved": removed, "segmentsWritten": written}))
 }
@@ -519,24 +574,33 @@ pub async fn create_partition(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CollReq>,
 ) -> ApiResult {
-    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    let (c, p) = (
+        need_in(&st, &r.db_name, &r.collection_name)?,
+        need_partition(&r)?,
+    );
     blocking(&st, move |e| e.create_partition(&c, &p)).await?;
     ok(json!({}))
 }
 
 pub async fn drop_partition(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    let (c, p) = (
+        need_in(&st, &r.db_name, &r.collection_name)?,
+        need_partition(&r)?,
+    );
     blocking(&st, move |e| e.drop_partition(&c, &p)).await?;
     ok(json!({}))
 }
 
 pub async fn list_partitions(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     ok(json!(blocking(&st, move |e| e.list_partitions(&c)).await?))
 }
 
 pub async fn has_partition(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let (c, p) = (need(&r.collection_name)?, need_partition(&r)?);
+    let (c, p) = (
+        need_in(&st, &r.db_name, &r.collection_name)?,
+        need_partition(&r)?,
+    );
     ok(json!({"has": blocking(&st, move |e| e.has_partition(&c, &p)).await?}))
 }
 
@@ -546,6 +610,7 @@ pub async fn has_partition(State(st): State<Arc<AppState>>, Body(r): Body<CollRe
 #[serde(rename_all = "camelCase", default)]
 pub struct WriteReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     partition_name: Option<String>,
     data: Value,
 }
@@ -562,7 +627,7 @@ fn rows_of(data: Value) -> Result<Vec<Value>, ApiError> {
 }
 
 pub async fn insert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let rows = rows_of(r.data)?;
     let p = r.partition_name;
     let res = blocking(&st, move |e| e.insert(&c, p.as_deref(), &rows)).await?;
@@ -572,7 +637,7 @@ pub async fn insert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) ->
 }
 
 pub async fn upsert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let rows = rows_of(r.data)?;
     let p = r.partition_name;
     let res = blocking(&st, move |e| e.upsert(&c, p.as_deref(), &rows)).await?;
@@ -585,6 +650,7 @@ pub async fn upsert(State(st): State<Arc<AppState>>, Body(r): Body<WriteReq>) ->
 #[serde(rename_all = "camelCase", default)]
 pub struct DeleteReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     partition_name: Option<String>,
     filter: Option<String>,
     ids: Option<Value>,
@@ -599,7 +665,7 @@ fn id_list(v: Option<Value>) -> Option<Vec<Value>> {
 }
 
 pub async fn delete(State(st): State<Arc<AppState>>, Body(r): Body<DeleteReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let ids = id_list(r.ids);
     let (p, f) = (r.partition_name, r.filter);
     let n = blocking(&st, move |e| {
@@ -613,6 +679,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, Body(r): Body<DeleteReq>) -
 #[serde(rename_all = "camelCase", default)]
 pub struct QueryReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     filter: Option<String>,
     #[serde(alias = "ids")]
     id: Option<Value>,
@@ -624,7 +691,7 @@ pub struct QueryReq {
 }
 
 async fn run_query(st: Arc<AppState>, r: QueryReq, is_get: bool) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let ids = id_list(r.id);
     if is_get && ids.is_none() {
         return Err(ApiError::bad_request(
@@ -656,6 +723,7 @@ pub async fn get_entities(State(st): State<Arc<AppState>>, Body(r): Body<QueryRe
 #[serde(rename_all = "camelCase", default)]
 pub struct SearchReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     data: Option<Value>,
     ids: Option<Value>,
     anns_field: Option<String>,
@@ -771,7 +839,7 @@ fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
 }
 
 pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let sp = &r.search_params;
     let inner = sp
         .get("params")
@@ -858,6 +926,7 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
 #[serde(rename_all = "camelCase", default)]
 pub struct CreateIndexReq {
     collection_name: Option<String>,
+    db_name: Option<String>,
     index_params: Vec<IndexParamReq>,
 }
 
@@ -865,7 +934,7 @@ pub async fn create_index(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CreateIndexReq>,
 ) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     if r.index_params.is_empty() {
         return Err(ApiError::bad_request("missing 'indexParams'"));
     }
@@ -885,7 +954,7 @@ pub async fn create_index(
 }
 
 pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let name = r.index_name.clone();
     let n2 = name.clone();
     let progress = blocking(&st, move |e| e.index_progress(&c, n2.as_deref())).await?;
@@ -913,7 +982,7 @@ pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollR
 }
 
 pub async fn list_indexes(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let meta = blocking(&st, move |e| e.describe_collection(&c)).await?;
     ok(json!(meta
         .indexes
@@ -923,7 +992,7 @@ pub async fn list_indexes(State(st): State<Arc<AppState>>, Body(r): Body<CollReq
 }
 
 pub async fn drop_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
-    let c = need(&r.collection_name)?;
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let n = r
         .index_name
         .clone()
@@ -931,4 +1000,106 @@ pub async fn drop_index(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>)
         .ok_or_else(|| ApiError::bad_request("missing 'indexName'"))?;
     blocking(&st, move |e| e.drop_index(&c, &n)).await?;
     ok(json!({}))
+}
+
+// ------------------------------------------------------------------ databases
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DbReq {
+    db_name: Option<String>,
+    properties: Option<Value>,
+}
+
+fn need_db(r: &DbReq) -> Result<String, ApiError> {
+    r.db_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing 'dbName'"))
+}
+
+pub async fn create_database(State(st): State<Arc<AppState>>, Body(r): Body<DbReq>) -> ApiResult {
+    let db = need_db(&r)?;
+    if r.properties
+        .as_ref()
+        .is_some_and(|p| !p.is_null() && p != &json!({}) && p != &json!([]))
+    {
+        return Err(ApiError::bad_request(
+            "database properties are not supported by Magpie yet",
+        ));
+    }
+    blocking(&st, move |e| e.create_database(&db)).await?;
+    ok(json!({}))
+}
+
+pub async fn drop_database(State(st): State<Arc<AppState>>, Body(r): Body<DbReq>) -> ApiResult {
+    let db = need_db(&r)?;
+    blocking(&st, move |e| e.drop_database(&db)).await?;
+    ok(json!({}))
+}
+
+pub async fn list_databases(State(st): State<Arc<AppState>>, Body(_r): Body<DbReq>) -> ApiResult {
+    ok(json!(blocking(&st, |e| Ok(e.list_databases())).await?))
+}
+
+pub async fn describe_database(State(st): State<Arc<AppState>>, Body(r): Body<DbReq>) -> ApiResult {
+    let db = need_db(&r)?;
+    let d = blocking(&st, move |e| e.describe_database(&db)).await?;
+    ok(json!({"dbName": d.name, "dbID": d.id, "properties": []}))
+}
+
+// ------------------------------------------------------------------ aliases
+
+fn need_alias(st: &AppState, r: &CollReq) -> Result<String, ApiError> {
+    let a = r
+        .alias_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing 'aliasName'"))?;
+    Ok(magpie_engine::qualified(&db_of(st, &r.db_name)?, &a))
+}
+
+pub async fn create_alias(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let (a, c) = (
+        need_alias(&st, &r)?,
+        need_in(&st, &r.db_name, &r.collection_name)?,
+    );
+    blocking(&st, move |e| e.create_alias(&a, &c)).await?;
+    ok(json!({}))
+}
+
+pub async fn alter_alias(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let (a, c) = (
+        need_alias(&st, &r)?,
+        need_in(&st, &r.db_name, &r.collection_name)?,
+    );
+    blocking(&st, move |e| e.alter_alias(&a, &c)).await?;
+    ok(json!({}))
+}
+
+pub async fn drop_alias(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let a = need_alias(&st, &r)?;
+    blocking(&st, move |e| e.drop_alias(&a)).await?;
+    ok(json!({}))
+}
+
+pub async fn describe_alias(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let a = need_alias(&st, &r)?;
+    let c = blocking(&st, move |e| e.describe_alias(&a)).await?;
+    let (db, name) = magpie_engine::split_qualified(&c);
+    ok(json!({"aliasName": r.alias_name, "collectionName": name, "dbName": db}))
+}
+
+pub async fn list_aliases(State(st): State<Arc<AppState>>, Body(r): Body<CollReq>) -> ApiResult {
+    let db = db_of(&st, &r.db_name)?;
+    let coll = r
+        .collection_name
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| magpie_engine::qualified(&db, c));
+    let v = blocking(&st, move |e| Ok(e.list_aliases(&db, coll.as_deref()))).await?;
+    ok(json!(v
+        .iter()
+        .map(|(a, _)| magpie_engine::split_qualified(a).1)
+        .collect::<Vec<_>>()))
 }

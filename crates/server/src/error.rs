@@ -38,6 +38,8 @@ impl From<EngineError> for ApiError {
         use EngineError::*;
         let (status, code) = match &e {
             CollectionNotFound(_) => (StatusCode::NOT_FOUND, 100),
+            DatabaseNotFound(_) => (StatusCode::NOT_FOUND, 800),
+            AliasNotFound(_) => (StatusCode::NOT_FOUND, 1600),
             PartitionNotFound { .. } => (StatusCode::NOT_FOUND, 200),
             FieldNotFound { .. } => (StatusCode::BAD_REQUEST, 1701),
             CollectionExists(_) | PartitionExists(_) => (StatusCode::CONFLICT, 65535),

@@ -1326,3 +1326,116 @@ async fn scalar_indexes_over_rest() {
         assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
     }
 }
+
+#[tokio::test]
+async fn databases_and_aliases_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok("databases/create", json!({"dbName": "shop"})).await;
+    assert_eq!(
+        t.ok("databases/list", json!({})).await,
+        json!(["default", "shop"])
+    );
+    assert_eq!(
+        t.ok("databases/describe", json!({"dbName": "shop"})).await["dbName"],
+        json!("shop")
+    );
+    for db in [json!(null), json!("shop")] {
+        t.ok(
+            "collections/create",
+            json!({"dbName": db, "collectionName": "c", "dimension": 4, "metricType": "L2"}),
+        )
+        .await;
+    }
+    t.ok(
+        "entities/insert",
+        json!({"dbName": "shop", "collectionName": "c", "data": rows(3)}),
+    )
+    .await;
+    assert_eq!(count_in(&t, "shop", "c").await, json!(3));
+    assert_eq!(count_in(&t, "default", "c").await, json!(0));
+    assert_eq!(
+        t.ok("collections/list", json!({"dbName": "shop"})).await,
+        json!(["c"])
+    );
+    let d = t
+        .ok(
+            "collections/describe",
+            json!({"dbName": "shop", "collectionName": "c"}),
+        )
+        .await;
+    assert_eq!(
+        (d["collectionName"].clone(), d["dbName"].clone()),
+        (json!("c"), json!("shop"))
+    );
+
+    // An alias reads like its collection and moves in one step.
+    t.ok(
+        "aliases/create",
+        json!({"dbName": "shop", "collectionName": "c", "aliasName": "live"}),
+    )
+    .await;
+    assert_eq!(count_in(&t, "shop", "live").await, json!(3));
+    assert_eq!(
+        t.ok(
+            "aliases/describe",
+            json!({"dbName": "shop", "aliasName": "live"})
+        )
+        .await["collectionName"],
+        json!("c")
+    );
+    assert_eq!(
+        t.ok("aliases/list", json!({"dbName": "shop"})).await,
+        json!(["live"])
+    );
+    assert_eq!(
+        t.ok(
+            "collections/describe",
+            json!({"dbName": "shop", "collectionName": "live"})
+        )
+        .await["aliases"],
+        json!(["live"])
+    );
+    let (s, v) = t
+        .post(
+            "collections/drop",
+            json!({"dbName": "shop", "collectionName": "c"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("has aliases"),
+        "{v}"
+    );
+    let (s, v) = t.post("databases/drop", json!({"dbName": "shop"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not empty"), "{v}");
+    // Unknown database: 404 with Milvus's code 800.
+    let (s, v) = t.post("collections/list", json!({"dbName": "nope"})).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::NOT_FOUND, json!(800)),
+        "{v}"
+    );
+    t.ok(
+        "aliases/drop",
+        json!({"dbName": "shop", "aliasName": "live"}),
+    )
+    .await;
+    t.ok(
+        "collections/drop",
+        json!({"dbName": "shop", "collectionName": "c"}),
+    )
+    .await;
+    t.ok("databases/drop", json!({"dbName": "shop"})).await;
+    assert_eq!(t.ok("databases/list", json!({})).await, json!(["default"]));
+    t.healthy().await;
+}
+
+async fn count_in(t: &T, db: &str, coll: &str) -> Value {
+    t.ok(
+        "entities/query",
+        json!({"dbName": db, "collectionName": coll, "filter": "", "outputFields": ["count(*)"]}),
+    )
+    .await[0]["count(*)"]
+        .clone()
+}

@@ -242,7 +242,7 @@ pub fn schema_to_pb(m: &CollectionMeta) -> pb::CollectionSchema {
         .collect();
     #[allow(deprecated)]
     pb::CollectionSchema {
-        name: m.name.clone(),
+        name: magpie_engine::split_qualified(&m.name).1.to_string(),
         description: m.description.clone(),
         auto_id: m.schema.pk().auto_id,
         fields,
@@ -576,6 +576,8 @@ pub fn fields_from_rows(
         }
     }
     if rows.is_empty() {
+        // Columns even for no rows: clients read the result's shape from them.
+        present.push(&schema.pk().name);
         for r in requested {
             if schema.field(r).is_some() && !present.contains(&r.as_str()) {
                 present.push(r);

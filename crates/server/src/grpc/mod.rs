@@ -16,7 +16,9 @@ use crate::error::ApiError;
 use crate::AppState;
 use axum::http::StatusCode;
 use convert::Queries;
-use magpie_engine::{Consistency, IndexMeta, QueryRequest, SearchKnobs, SearchRequest};
+use magpie_engine::{
+    qualified, split_qualified, Consistency, IndexMeta, QueryRequest, SearchKnobs, SearchRequest,
+};
 use magpie_milvus_proto::common::{self as cpb, KeyValuePair};
 use magpie_milvus_proto::milvus as mpb;
 use magpie_milvus_proto::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
@@ -119,19 +121,19 @@ with_status!(
     mpb::QueryResults,
     mpb::ListDatabasesResponse,
     mpb::DescribeDatabaseResponse,
+    mpb::DescribeAliasResponse,
+    mpb::ListAliasesResponse,
 );
 
-/// Only the database `default` exists (an empty name means it).
-fn check_db(db: &str) -> Result<(), ApiError> {
-    if db.is_empty() || db == DEFAULT_DB {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            CODE_DATABASE_NOT_FOUND,
-            format!("database not found[database={db}]: Magpie has only the database 'default'"),
-        ))
-    }
+/// The database a client chose for its connection: pymilvus sends it as the `dbname`
+/// metadata (`MilvusClient(db_name=...)`, `use_database`), besides each request's
+/// `db_name`.
+fn md_db<T>(r: &Request<T>) -> String {
+    r.metadata()
+        .get("dbname")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn need(name: &str, what: &str) -> Result<String, ApiError> {
@@ -260,6 +262,21 @@ pub struct MilvusApi {
 }
 
 impl MilvusApi {
+    /// A request's database (its `db_name`, else the connection's), checked to exist.
+    fn db(&self, md: &str, field: &str) -> Result<String, ApiError> {
+        let db = if field.is_empty() { md } else { field };
+        let db = if db.is_empty() { DEFAULT_DB } else { db };
+        if self.st.engine.has_database(db) {
+            Ok(db.to_string())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                CODE_DATABASE_NOT_FOUND,
+                format!("database not found[database={db}]"),
+            ))
+        }
+    }
+
     pub fn new(st: Arc<AppState>) -> Self {
         Self {
             st,
@@ -461,12 +478,24 @@ impl MilvusService for MilvusApi {
         &self,
         _r: Request<mpb::ListDatabasesRequest>,
     ) -> Rpc<mpb::ListDatabasesResponse> {
-        Ok(Response::new(mpb::ListDatabasesResponse {
-            status: Some(status_ok()),
-            db_names: vec![DEFAULT_DB.into()],
-            created_timestamp: vec![0],
-            db_ids: vec![1],
-        }))
+        reply!(mpb::ListDatabasesResponse, {
+            let dbs = blocking(&self.st, |e| {
+                e.list_databases()
+                    .iter()
+                    .map(|d| e.describe_database(d))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            Ok(mpb::ListDatabasesResponse {
+                status: Some(status_ok()),
+                db_names: dbs.iter().map(|d| d.name.clone()).collect(),
+                created_timestamp: dbs
+                    .iter()
+                    .map(|d| magpie_engine::types::ts_from_ms(d.created_ms))
+                    .collect(),
+                db_ids: dbs.iter().map(|d| d.id as i64).collect(),
+            })
+        })
     }
 
     async fn describe_database(
@@ -475,22 +504,117 @@ impl MilvusService for MilvusApi {
     ) -> Rpc<mpb::DescribeDatabaseResponse> {
         let r = r.into_inner();
         reply!(mpb::DescribeDatabaseResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db("", &r.db_name)?;
+            let d = blocking(&self.st, move |e| e.describe_database(&db)).await?;
             Ok(mpb::DescribeDatabaseResponse {
                 status: Some(status_ok()),
-                db_name: DEFAULT_DB.into(),
-                db_id: 1,
+                db_name: d.name,
+                db_id: d.id as i64,
+                created_timestamp: magpie_engine::types::ts_from_ms(d.created_ms),
                 ..Default::default()
             })
         })
     }
 
     async fn create_database(&self, r: Request<mpb::CreateDatabaseRequest>) -> Rpc<cpb::Status> {
-        let name = r.into_inner().db_name;
+        let r = r.into_inner();
         reply!(cpb::Status, {
-            Err::<cpb::Status, _>(bad(format!(
-                "cannot create database '{name}': Magpie has only the database 'default' so far"
-            )))
+            if !r.properties.is_empty() {
+                return Err(bad("database properties are not supported by Magpie yet"));
+            }
+            let name = r.db_name;
+            blocking(&self.st, move |e| e.create_database(&name)).await?;
+            Ok(status_ok())
+        })
+    }
+
+    async fn drop_database(&self, r: Request<mpb::DropDatabaseRequest>) -> Rpc<cpb::Status> {
+        let r = r.into_inner();
+        reply!(cpb::Status, {
+            let name = need(&r.db_name, "db_name")?;
+            blocking(&self.st, move |e| e.drop_database(&name)).await?;
+            Ok(status_ok())
+        })
+    }
+
+    // ------------------------------------------------------------ aliases
+
+    async fn create_alias(&self, r: Request<mpb::CreateAliasRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(cpb::Status, {
+            let db = self.db(&mdb, &r.db_name)?;
+            let a = qualified(&db, &need(&r.alias, "alias")?);
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            blocking(&self.st, move |e| e.create_alias(&a, &c)).await?;
+            Ok(status_ok())
+        })
+    }
+
+    async fn alter_alias(&self, r: Request<mpb::AlterAliasRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(cpb::Status, {
+            let db = self.db(&mdb, &r.db_name)?;
+            let a = qualified(&db, &need(&r.alias, "alias")?);
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            blocking(&self.st, move |e| e.alter_alias(&a, &c)).await?;
+            Ok(status_ok())
+        })
+    }
+
+    async fn drop_alias(&self, r: Request<mpb::DropAliasRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(cpb::Status, {
+            let db = self.db(&mdb, &r.db_name)?;
+            let a = qualified(&db, &need(&r.alias, "alias")?);
+            blocking(&self.st, move |e| e.drop_alias(&a)).await?;
+            Ok(status_ok())
+        })
+    }
+
+    async fn describe_alias(
+        &self,
+        r: Request<mpb::DescribeAliasRequest>,
+    ) -> Rpc<mpb::DescribeAliasResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::DescribeAliasResponse, {
+            let db = self.db(&mdb, &r.db_name)?;
+            let a = qualified(&db, &need(&r.alias, "alias")?);
+            let c = blocking(&self.st, move |e| e.describe_alias(&a)).await?;
+            Ok(mpb::DescribeAliasResponse {
+                status: Some(status_ok()),
+                db_name: db,
+                alias: r.alias,
+                collection: split_qualified(&c).1.to_string(),
+            })
+        })
+    }
+
+    async fn list_aliases(
+        &self,
+        r: Request<mpb::ListAliasesRequest>,
+    ) -> Rpc<mpb::ListAliasesResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::ListAliasesResponse, {
+            let db = self.db(&mdb, &r.db_name)?;
+            let coll = Some(&r.collection_name)
+                .filter(|c| !c.is_empty())
+                .map(|c| qualified(&db, c));
+            let db2 = db.clone();
+            let v = blocking(&self.st, move |e| Ok(e.list_aliases(&db2, coll.as_deref()))).await?;
+            Ok(mpb::ListAliasesResponse {
+                status: Some(status_ok()),
+                db_name: db,
+                collection_name: r.collection_name,
+                aliases: v
+                    .iter()
+                    .map(|(a, _)| split_qualified(a).1.to_string())
+                    .collect(),
+            })
         })
     }
 
@@ -500,11 +624,12 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::CreateCollectionRequest>,
     ) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
             use prost::Message;
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let s = spb::CollectionSchema::decode(r.schema.as_slice()).map_err(|e| {
                 bad(format!(
                     "'schema' is not a valid CollectionSchema protobuf: {e}"
@@ -525,11 +650,22 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::DescribeCollectionRequest>,
     ) -> Rpc<mpb::DescribeCollectionResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::DescribeCollectionResponse, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
-            let m = blocking(&self.st, move |e| e.describe_collection(&name)).await?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let db2 = db.clone();
+            let (m, aliases, db_id) = blocking(&self.st, move |e| {
+                let m = e.describe_collection(&name)?;
+                let aliases = e
+                    .list_aliases(&db2, Some(&m.name))
+                    .iter()
+                    .map(|(a, _)| split_qualified(a).1.to_string())
+                    .collect::<Vec<_>>();
+                Ok((m, aliases, e.describe_database(&db2)?.id as i64))
+            })
+            .await?;
             let created = magpie_engine::types::ts_from_ms(m.created_ms);
             Ok(mpb::DescribeCollectionResponse {
                 status: Some(status_ok()),
@@ -539,10 +675,11 @@ impl MilvusService for MilvusApi {
                 created_utc_timestamp: m.created_ms,
                 shards_num: 1,
                 consistency_level: consistency_pb(m.consistency) as i32,
-                collection_name: m.name.clone(),
-                db_name: DEFAULT_DB.into(),
+                collection_name: split_qualified(&m.name).1.to_string(),
+                aliases,
+                db_name: db,
                 num_partitions: m.partitions.len() as i64,
-                db_id: 1,
+                db_id,
                 ..Default::default()
             })
         })
@@ -552,10 +689,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::HasCollectionRequest>,
     ) -> Rpc<mpb::BoolResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::BoolResponse, {
-            check_db(&r.db_name)?;
-            let name = r.collection_name;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &r.collection_name);
             let has = blocking(&self.st, move |e| Ok(e.has_collection(&name))).await?;
             Ok(mpb::BoolResponse {
                 status: Some(status_ok()),
@@ -568,9 +706,10 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::ShowCollectionsRequest>,
     ) -> Rpc<mpb::ShowCollectionsResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::ShowCollectionsResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let metas = blocking(&self.st, |e| {
                 Ok(e.list_collections()
                     .into_iter()
@@ -582,10 +721,19 @@ impl MilvusService for MilvusApi {
             let wanted = |n: &str| {
                 r.collection_names.is_empty() || r.collection_names.iter().any(|w| w == n)
             };
-            let metas: Vec<_> = metas.into_iter().filter(|m| wanted(&m.name)).collect();
+            let metas: Vec<_> = metas
+                .into_iter()
+                .filter(|m| {
+                    let (d, n) = split_qualified(&m.name);
+                    d == db && wanted(n)
+                })
+                .collect();
             Ok(mpb::ShowCollectionsResponse {
                 status: Some(status_ok()),
-                collection_names: metas.iter().map(|m| m.name.clone()).collect(),
+                collection_names: metas
+                    .iter()
+                    .map(|m| split_qualified(&m.name).1.to_string())
+                    .collect(),
                 collection_ids: metas.iter().map(|m| m.id as i64).collect(),
                 created_timestamps: metas
                     .iter()
@@ -600,10 +748,11 @@ impl MilvusService for MilvusApi {
     }
 
     async fn drop_collection(&self, r: Request<mpb::DropCollectionRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             blocking(&self.st, move |e| e.drop_collection(&name)).await?;
             Ok(status_ok())
         })
@@ -613,12 +762,17 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::RenameCollectionRequest>,
     ) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            check_db(&r.new_db_name)?;
-            let old = need(&r.old_name, "old_name")?;
-            let new = need(&r.new_name, "new_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let new_db = if r.new_db_name.is_empty() {
+                db.clone()
+            } else {
+                self.db("", &r.new_db_name)?
+            };
+            let old = qualified(&db, &need(&r.old_name, "old_name")?);
+            let new = qualified(&new_db, &need(&r.new_name, "new_name")?);
             blocking(&self.st, move |e| e.rename_collection(&old, &new)).await?;
             Ok(status_ok())
         })
@@ -628,10 +782,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::GetCollectionStatisticsRequest>,
     ) -> Rpc<mpb::GetCollectionStatisticsResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetCollectionStatisticsResponse, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let s = blocking(&self.st, move |e| e.collection_stats(&name)).await?;
             Ok(mpb::GetCollectionStatisticsResponse {
                 status: Some(status_ok()),
@@ -641,10 +796,11 @@ impl MilvusService for MilvusApi {
     }
 
     async fn load_collection(&self, r: Request<mpb::LoadCollectionRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             blocking(&self.st, move |e| e.set_loaded(&name, true)).await?;
             Ok(status_ok())
         })
@@ -654,10 +810,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::ReleaseCollectionRequest>,
     ) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             blocking(&self.st, move |e| e.set_loaded(&name, false)).await?;
             Ok(status_ok())
         })
@@ -665,10 +822,11 @@ impl MilvusService for MilvusApi {
 
     /// Partitions load with their collection (the engine loads whole collections).
     async fn load_partitions(&self, r: Request<mpb::LoadPartitionsRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let parts = r.partition_names;
             blocking(&self.st, move |e| {
                 for p in &parts {
@@ -690,10 +848,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::GetLoadStateRequest>,
     ) -> Rpc<mpb::GetLoadStateResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetLoadStateResponse, {
-            check_db(&r.db_name)?;
-            let name = r.collection_name;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &r.collection_name);
             let st = blocking(&self.st, move |e| {
                 if !e.has_collection(&name) {
                     return Ok(None);
@@ -718,10 +877,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::GetLoadingProgressRequest>,
     ) -> Rpc<mpb::GetLoadingProgressResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetLoadingProgressResponse, {
-            check_db(&r.db_name)?;
-            let name = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let (_, progress) = blocking(&self.st, move |e| api::load_state(e, &name)).await?;
             Ok(mpb::GetLoadingProgressResponse {
                 status: Some(status_ok()),
@@ -734,11 +894,12 @@ impl MilvusService for MilvusApi {
     /// Returns once the collections' data is flushed (the engine flushes synchronously),
     /// so GetFlushState answers "flushed" for what a Flush returned.
     async fn flush(&self, r: Request<mpb::FlushRequest>) -> Rpc<mpb::FlushResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::FlushResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let names = r.collection_names;
-            let names2 = names.clone();
+            let names2: Vec<String> = names.iter().map(|n| qualified(&db, n)).collect();
             let ts = blocking(&self.st, move |e| {
                 for n in &names2 {
                     e.flush(n)?;
@@ -771,11 +932,12 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::GetFlushStateRequest>,
     ) -> Rpc<mpb::GetFlushStateResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetFlushStateResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             if !r.collection_name.is_empty() {
-                let name = r.collection_name.clone();
+                let name = qualified(&db, &r.collection_name);
                 blocking(&self.st, move |e| e.describe_collection(&name)).await?;
             }
             Ok(mpb::GetFlushStateResponse {
@@ -788,11 +950,12 @@ impl MilvusService for MilvusApi {
     // ------------------------------------------------------------ partitions
 
     async fn create_partition(&self, r: Request<mpb::CreatePartitionRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                need(&r.collection_name, "collection_name")?,
+                qualified(&db, &need(&r.collection_name, "collection_name")?),
                 need(&r.partition_name, "partition_name")?,
             );
             blocking(&self.st, move |e| e.create_partition(&c, &p)).await?;
@@ -801,11 +964,12 @@ impl MilvusService for MilvusApi {
     }
 
     async fn drop_partition(&self, r: Request<mpb::DropPartitionRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                need(&r.collection_name, "collection_name")?,
+                qualified(&db, &need(&r.collection_name, "collection_name")?),
                 need(&r.partition_name, "partition_name")?,
             );
             blocking(&self.st, move |e| e.drop_partition(&c, &p)).await?;
@@ -814,11 +978,12 @@ impl MilvusService for MilvusApi {
     }
 
     async fn has_partition(&self, r: Request<mpb::HasPartitionRequest>) -> Rpc<mpb::BoolResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::BoolResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                need(&r.collection_name, "collection_name")?,
+                qualified(&db, &need(&r.collection_name, "collection_name")?),
                 need(&r.partition_name, "partition_name")?,
             );
             let has = blocking(&self.st, move |e| e.has_partition(&c, &p)).await?;
@@ -833,10 +998,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::ShowPartitionsRequest>,
     ) -> Rpc<mpb::ShowPartitionsResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::ShowPartitionsResponse, {
-            check_db(&r.db_name)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let m = blocking(&self.st, move |e| e.describe_collection(&c)).await?;
             let created = magpie_engine::types::ts_from_ms(m.created_ms);
             Ok(mpb::ShowPartitionsResponse {
@@ -854,11 +1020,12 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::GetPartitionStatisticsRequest>,
     ) -> Rpc<mpb::GetPartitionStatisticsResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetPartitionStatisticsResponse, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                need(&r.collection_name, "collection_name")?,
+                qualified(&db, &need(&r.collection_name, "collection_name")?),
                 need(&r.partition_name, "partition_name")?,
             );
             let rows = blocking(&self.st, move |e| {
@@ -888,10 +1055,11 @@ impl MilvusService for MilvusApi {
     // ------------------------------------------------------------ indexes
 
     async fn create_index(&self, r: Request<mpb::CreateIndexRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let field = need(&r.field_name, "field_name")?;
             let meta = index_meta(&field, &r.index_name, &r.extra_params)?;
             blocking(&self.st, move |e| e.create_index(&c, meta)).await?;
@@ -903,10 +1071,11 @@ impl MilvusService for MilvusApi {
         &self,
         r: Request<mpb::DescribeIndexRequest>,
     ) -> Rpc<mpb::DescribeIndexResponse> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::DescribeIndexResponse, {
-            check_db(&r.db_name)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let name = Some(r.index_name.clone()).filter(|n| !n.is_empty());
             let progress =
                 blocking(&self.st, move |e| e.index_progress(&c, name.as_deref())).await?;
@@ -945,10 +1114,11 @@ impl MilvusService for MilvusApi {
     }
 
     async fn drop_index(&self, r: Request<mpb::DropIndexRequest>) -> Rpc<cpb::Status> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            check_db(&r.db_name)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let db = self.db(&mdb, &r.db_name)?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let (index, field) = (r.index_name, r.field_name);
             blocking(&self.st, move |e| {
                 let name = if index.is_empty() {
@@ -975,46 +1145,39 @@ impl MilvusService for MilvusApi {
     // ------------------------------------------------------------ entities
 
     async fn insert(&self, r: Request<mpb::InsertRequest>) -> Rpc<mpb::MutationResult> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            check_db(&r.db_name)?;
-            self.write(
-                r.collection_name,
-                r.partition_name,
-                r.fields_data,
-                r.num_rows,
-                false,
-            )
-            .await
+            let db = self.db(&mdb, &r.db_name)?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            self.write(c, r.partition_name, r.fields_data, r.num_rows, false)
+                .await
         })
     }
 
     async fn upsert(&self, r: Request<mpb::UpsertRequest>) -> Rpc<mpb::MutationResult> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             if r.partial_update {
                 return Err(bad(
                     "partial_update upserts are not supported by Magpie yet; send whole rows",
                 ));
             }
-            self.write(
-                r.collection_name,
-                r.partition_name,
-                r.fields_data,
-                r.num_rows,
-                true,
-            )
-            .await
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            self.write(c, r.partition_name, r.fields_data, r.num_rows, true)
+                .await
         })
     }
 
     async fn delete(&self, r: Request<mpb::DeleteRequest>) -> Rpc<mpb::MutationResult> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             no_templates(&r.expr_template_values)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             if r.expr.trim().is_empty() {
                 return Err(bad(
                     "delete needs an expression ('expr'), e.g. id in [1, 2]",
@@ -1037,11 +1200,12 @@ impl MilvusService for MilvusApi {
     }
 
     async fn query(&self, r: Request<mpb::QueryRequest>) -> Rpc<mpb::QueryResults> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::QueryResults, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             no_templates(&r.expr_template_values)?;
-            let c = need(&r.collection_name, "collection_name")?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let limit: Option<usize> = param_num(&r.query_params, "limit")?;
             let offset: Option<usize> = param_num(&r.query_params, "offset")?;
             let q = QueryRequest {
@@ -1054,8 +1218,13 @@ impl MilvusService for MilvusApi {
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
             };
             let name = c.clone();
-            let (meta, rows) = blocking(&self.st, move |e| {
-                Ok((e.describe_collection(&name)?, e.query(&name, &q)?))
+            let (meta, rows, ts) = blocking(&self.st, move |e| {
+                let rows = e.query(&name, &q)?;
+                Ok((
+                    e.describe_collection(&name)?,
+                    rows,
+                    e.snapshot(Consistency::Session)?,
+                ))
             })
             .await?;
             let refs: Vec<&Map<String, Value>> = rows.iter().collect();
@@ -1067,15 +1236,16 @@ impl MilvusService for MilvusApi {
                 collection_name: c,
                 output_fields,
                 primary_field_name: meta.schema.pk().name.clone(),
-                ..Default::default()
+                session_ts: ts,
             })
         })
     }
 
     async fn search(&self, r: Request<mpb::SearchRequest>) -> Rpc<mpb::SearchResults> {
+        let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
-            check_db(&r.db_name)?;
+            let db = self.db(&mdb, &r.db_name)?;
             no_templates(&r.expr_template_values)?;
             if !r.sub_reqs.is_empty() {
                 return Err(bad(
@@ -1087,7 +1257,7 @@ impl MilvusService for MilvusApi {
                     "function_score rerankers are not supported by Magpie yet",
                 ));
             }
-            let c = need(&r.collection_name, "collection_name")?;
+            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let sp = &r.search_params;
             let inner: Map<String, Value> = match param(sp, "params") {
                 None | Some("") => Map::new(),
@@ -1220,7 +1390,7 @@ impl MilvusApi {
         num_rows: u32,
         upsert: bool,
     ) -> Result<mpb::MutationResult, ApiError> {
-        let c = need(&coll, "collection_name")?;
+        let c = coll;
         let rows = convert::rows_from_fields(&fields, num_rows as usize).map_err(bad)?;
         let p = Some(partition).filter(|p| !p.is_empty());
         let res = blocking(&self.st, move |e| {
