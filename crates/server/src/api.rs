@@ -39,7 +39,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 .trim()
                 .to_ascii_lowercase();
             m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        });
+        }) || sdk_json_header(req.headers());
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
             if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -67,6 +67,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .map(Body)
             .map_err(|e| ApiError::bad_request(format!("malformed request JSON: {e}")))
     }
+}
+
+/// The official Milvus Node SDK's `HttpClient` sends `ContentType: application/json` (a
+/// header named without the dash), so its requests go out as text/plain. A page on
+/// another site cannot send a custom header without a CORS preflight, which this server
+/// never grants, so the header proves the same as a JSON Content-Type does.
+fn sdk_json_header(h: &axum::http::HeaderMap) -> bool {
+    h.get("contenttype")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 pub(crate) fn ok(data: Value) -> ApiResult {

@@ -512,6 +512,7 @@ async fn content_type_token_and_host() {
         assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
         assert!(String::from_utf8_lossy(&b).contains("application/json"));
     }
+
     // ?token= is not accepted on the API.
     let (s, _) = t
         .send(req(
@@ -562,6 +563,23 @@ async fn content_type_token_and_host() {
     };
     assert_eq!(t.send(img("?token=nope")).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(t.send(img("?token=s3cret")).await.0, StatusCode::NOT_FOUND);
+    // The official Node SDK's HttpClient: text/plain plus its own `ContentType` header,
+    // which a cross-site page cannot send without a preflight; any other value of it does
+    // not count. (The collection exists by now: CONFLICT means the body was read.)
+    for (v, want) in [
+        ("application/json", StatusCode::CONFLICT),
+        ("text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ] {
+        let mut r = req(
+            Some("text/plain;charset=UTF-8"),
+            Some("s3cret"),
+            "localhost",
+            create,
+        );
+        r.headers_mut().insert("contenttype", v.parse().unwrap());
+        let (s, b) = t.send(r).await;
+        assert_eq!(s, want, "{v}: {}", String::from_utf8_lossy(&b));
+    }
     // A token with characters the UI percent-encodes (encodeURIComponent) is decoded.
     let t = setup(Opts {
         token: Some("a+b/c=&d é"),

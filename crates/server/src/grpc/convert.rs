@@ -666,12 +666,22 @@ pub fn search_result(
 ) -> pb::SearchResultData {
     let pk = schema.pk();
     let all: Vec<&Hit> = hits.iter().flatten().collect();
-    let rows: Vec<&Map<String, Value>> = all.iter().map(|h| &h.fields).collect();
-    let fields_data = if output_fields.is_empty() {
-        Vec::new()
-    } else {
-        fields_from_rows(schema, &rows, output_fields)
-    };
+    // The primary key is a column when asked for by name or by "*" (Milvus's rule; the
+    // hits' ids are in `ids` either way). The Node SDK reads ids only from the column.
+    let with_pk = output_fields.iter().any(|f| f == &pk.name || f == "*");
+    let rows: Vec<Map<String, Value>> = all
+        .iter()
+        .map(|h| {
+            let mut m = Map::with_capacity(h.fields.len() + 1);
+            if with_pk {
+                m.insert(pk.name.clone(), h.id.to_json());
+            }
+            m.extend(h.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            m
+        })
+        .collect();
+    let refs: Vec<&Map<String, Value>> = rows.iter().collect();
+    let fields_data = fields_from_rows(schema, &refs, output_fields);
     pb::SearchResultData {
         num_queries: hits.len() as i64,
         top_k: top_k as i64,
