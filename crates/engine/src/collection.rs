@@ -317,6 +317,47 @@ impl Collection {
             })
     }
 
+    /// Refuses what names partitions in a partition-key collection (Milvus's rule: rows
+    /// go where their key sends them).
+    pub fn no_named_partitions(&self) -> Result<()> {
+        match self.meta.schema.partition_key() {
+            Some(k) => Err(EngineError::InvalidArgument(format!(
+                "collection '{}' places rows in partitions by its partition key '{}': partitions cannot be created, dropped or named in a request; filter on '{}' instead",
+                self.meta.name, k.name, k.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The partitions a read looks at: the named ones (empty = all); in a partition-key
+    /// collection, the partitions of the key values the filter pins down with a
+    /// top-level `key == v` or `key in [...]` (all when it pins none).
+    pub fn read_partitions(
+        &self,
+        names: &[String],
+        filter: Option<&str>,
+    ) -> Result<Option<HashSet<u64>>> {
+        let Some(key) = self.meta.schema.partition_key() else {
+            return self.partition_set(names);
+        };
+        if !names.is_empty() {
+            self.no_named_partitions()?;
+        }
+        let Some(values) = filter
+            .and_then(|f| crate::filter::parse(f).ok())
+            .and_then(|e| key_values(&e, &key.name))
+        else {
+            return Ok(None);
+        };
+        let n = self.meta.partitions.len();
+        Ok(Some(
+            values
+                .iter()
+                .map(|v| self.meta.partitions[CollectionSchema::key_partition(v, n)].id)
+                .collect(),
+        ))
+    }
+
     /// Resolves partition names (empty = all partitions).
     pub fn partition_set(&self, names: &[String]) -> Result<Option<HashSet<u64>>> {
         if names.is_empty() {
@@ -333,14 +374,50 @@ impl Collection {
     /// write was logged, and replay re-applies exactly what was logged.
     pub fn apply(&mut self, op: &WalOp, ts: Timestamp, policy: &SealPolicy) {
         match op {
-            WalOp::Insert { partition, batch } => self.apply_insert(*partition, batch, ts, policy),
+            WalOp::Insert { partition, batch } => self.route_insert(*partition, batch, ts, policy),
             WalOp::Upsert { partition, batch } => {
                 self.apply_delete(&batch.pks, ts);
-                self.apply_insert(*partition, batch, ts, policy);
+                self.route_insert(*partition, batch, ts, policy);
             }
             WalOp::Delete { pks } => self.apply_delete(pks, ts),
         }
         self.applied_ts = self.applied_ts.max(ts);
+    }
+
+    /// Inserts into `partition`, or, in a partition-key collection, into the partition
+    /// of each row's key (deterministic, so replay puts every row where it was).
+    fn route_insert(
+        &mut self,
+        partition: u64,
+        batch: &RowBatch,
+        ts: Timestamp,
+        policy: &SealPolicy,
+    ) {
+        let schema = &self.meta.schema;
+        let Some(key) = schema.partition_key() else {
+            return self.apply_insert(partition, batch, ts, policy);
+        };
+        let Some(col) = schema.scalar_index(&key.name) else {
+            return self.apply_insert(partition, batch, ts, policy);
+        };
+        let n = self.meta.partitions.len();
+        let mut by_part: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, v) in batch.scalars[col].iter().enumerate() {
+            by_part[CollectionSchema::key_partition(v, n)].push(i);
+        }
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        for (p, rows) in by_part.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let id = self.meta.partitions[p].id;
+            if rows.len() == batch.len() {
+                self.apply_insert(id, batch, ts, policy);
+            } else {
+                let sub = batch.select(rows, &dims);
+                self.apply_insert(id, &sub, ts, policy);
+            }
+        }
     }
 
     fn apply_insert(
@@ -1067,5 +1144,32 @@ fn load_indexes(
                 let _ = store.delete(&key);
             }
         }
+    }
+}
+
+/// Key values a filter pins down at its top level: `key == v`, `v == key`,
+/// `key in [..]`, any conjunct of an `and` that does, or an `or` all of whose branches do.
+fn key_values(e: &crate::filter::Expr, key: &str) -> Option<Vec<Value>> {
+    use crate::filter::{BinOp, Expr};
+    let is_key = |e: &Expr| matches!(e, Expr::Ident { name, .. } if name == key);
+    let lit = |e: &Expr| match e {
+        Expr::Lit(v @ (Value::Number(_) | Value::String(_))) => Some(v.clone()),
+        _ => None,
+    };
+    match e {
+        Expr::Bin(BinOp::Eq, a, b) if is_key(a) => lit(b).map(|v| vec![v]),
+        Expr::Bin(BinOp::Eq, a, b) if is_key(b) => lit(a).map(|v| vec![v]),
+        Expr::In {
+            e,
+            list,
+            negated: false,
+        } if is_key(e) => list.iter().map(lit).collect(),
+        Expr::And(v) => v.iter().find_map(|c| key_values(c, key)),
+        Expr::Or(v) => v
+            .iter()
+            .map(|c| key_values(c, key))
+            .collect::<Option<Vec<_>>>()
+            .map(|vs| vs.concat()),
+        _ => None,
     }
 }

@@ -847,15 +847,26 @@ impl Engine {
             )));
         }
         let id = cat.next_id;
-        cat.next_id += 2;
+        // Partition-key collections get their partitions now, `_default_0` and up (the
+        // names Milvus uses); the others one partition, `_default`.
+        let partitions: Vec<PartitionMeta> = match schema.partition_key() {
+            Some(k) => (0..k.partition_key.unwrap_or(1) as u64)
+                .map(|i| PartitionMeta {
+                    id: id + 1 + i,
+                    name: format!("_default_{i}"),
+                })
+                .collect(),
+            None => vec![PartitionMeta {
+                id: id + 1,
+                name: "_default".into(),
+            }],
+        };
+        cat.next_id += 1 + partitions.len() as u64;
         let meta = CollectionMeta {
             id,
             name: name.to_string(),
             schema,
-            partitions: vec![PartitionMeta {
-                id: id + 1,
-                name: "_default".into(),
-            }],
+            partitions,
             indexes,
             consistency,
             created_ms: now_ms(),
@@ -1024,6 +1035,7 @@ impl Engine {
         check_name("partition", name)?;
         let c = self.coll(coll)?;
         let mut g = c.write();
+        g.no_named_partitions()?;
         if g.meta.partitions.iter().any(|p| p.name == name) {
             return Err(EngineError::PartitionExists(name.to_string()));
         }
@@ -1055,6 +1067,7 @@ impl Engine {
         }
         let c = self.coll(coll)?;
         let mut g = c.write();
+        g.no_named_partitions()?;
         let id = g.partition_id(Some(name))?;
         self.update_meta(&mut g, |m| {
             m.partitions.retain(|p| p.id != id);
@@ -1237,7 +1250,16 @@ impl Engine {
         let rows: &[Value] = filled.as_deref().unwrap_or(rows);
         let (seq, res) = {
             let mut g = c.write();
-            let part = g.partition_id(partition)?;
+            // Partition-key collections route each row by its key when it is applied
+            // (`Collection::apply`); the logged partition is only a placeholder.
+            let part = if g.meta.schema.partition_key().is_some() {
+                if partition.is_some_and(|p| !p.is_empty()) {
+                    g.no_named_partitions()?;
+                }
+                g.meta.partitions[0].id
+            } else {
+                g.partition_id(partition)?
+            };
             let schema = &g.meta.schema;
             let batch = if schema.pk().auto_id && !upsert {
                 let start = self.wal.alloc_ts(rows.len() as u64) as i64;
@@ -1394,7 +1416,7 @@ impl Engine {
             .as_deref()
             .map(|ids| self.parse_ids(&g, ids))
             .transpose()?;
-        let parts = g.partition_set(&q.partitions)?;
+        let parts = g.read_partitions(&q.partitions, q.filter.as_deref())?;
         let is_count = q
             .output_fields
             .iter()
@@ -1593,7 +1615,7 @@ impl Engine {
             }
         };
         let filter = compile_filter(r.filter.as_deref(), schema)?;
-        let parts = g.partition_set(&r.partitions)?;
+        let parts = g.read_partitions(&r.partitions, r.filter.as_deref())?;
         let group_by = match &r.group_by {
             Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
             _ => None,

@@ -86,7 +86,15 @@ pub struct FieldSchema {
     pub max_capacity: Option<usize>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// Set on the partition key (Int64 or VarChar): rows go to one of this many
+    /// partitions by a hash of the key (`CollectionSchema::key_partition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<usize>,
 }
+
+/// Partitions of a partition-key collection unless the request names a number
+/// (Milvus's default).
+pub const DEFAULT_KEY_PARTITIONS: usize = 16;
 
 impl FieldSchema {
     pub fn new(name: &str, data_type: DataType) -> Self {
@@ -102,6 +110,7 @@ impl FieldSchema {
             element_type: None,
             max_capacity: None,
             description: String::new(),
+            partition_key: None,
         }
     }
     pub fn primary(mut self, auto_id: bool) -> Self {
@@ -160,6 +169,34 @@ pub struct RowBatch {
 }
 
 impl RowBatch {
+    /// The rows at `rows` (in that order); `dims` are the vector fields' dimensions.
+    pub fn select(&self, rows: &[usize], dims: &[usize]) -> RowBatch {
+        RowBatch {
+            pks: rows.iter().map(|&i| self.pks[i].clone()).collect(),
+            vectors: self
+                .vectors
+                .iter()
+                .zip(dims)
+                .map(|(v, &d)| {
+                    rows.iter()
+                        .flat_map(|&i| &v[i * d..(i + 1) * d])
+                        .copied()
+                        .collect()
+                })
+                .collect(),
+            scalars: self
+                .scalars
+                .iter()
+                .map(|c| rows.iter().map(|&i| c[i].clone()).collect())
+                .collect(),
+            dynamic: if self.dynamic.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&i| self.dynamic[i].clone()).collect()
+            },
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.pks.len()
     }
@@ -238,8 +275,57 @@ impl CollectionSchema {
         self.check_functions()
     }
 
+    /// The partition-key field, if the collection has one.
+    pub fn partition_key(&self) -> Option<&FieldSchema> {
+        self.fields.iter().find(|f| f.partition_key.is_some())
+    }
+
+    /// Which of `n` key partitions a key value belongs to: FNV-1a (64 bit) of the value's
+    /// bytes (an Int64 little-endian, a VarChar's UTF-8) modulo `n`. Stable across
+    /// versions and machines: it decides where rows live, and replay depends on it.
+    pub fn key_partition(value: &Value, n: usize) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= *b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        match value {
+            Value::Number(x) => eat(&x.as_i64().unwrap_or(0).to_le_bytes()),
+            Value::String(s) => eat(s.as_bytes()),
+            _ => {}
+        }
+        (h % n.max(1) as u64) as usize
+    }
+
     fn check_fields(&self) -> Result<()> {
         let err = |m: String| Err(EngineError::Schema(m));
+        let keys: Vec<&FieldSchema> = self
+            .fields
+            .iter()
+            .filter(|f| f.partition_key.is_some())
+            .collect();
+        if keys.len() > 1 {
+            return err("a collection has at most one partition key".into());
+        }
+        if let Some(k) = keys.first() {
+            if k.is_primary || !matches!(k.data_type, DataType::Int64 | DataType::VarChar) {
+                return err(format!(
+                    "partition key '{}' must be an Int64 or VarChar field that is not the primary key",
+                    k.name
+                ));
+            }
+            if k.nullable {
+                return err(format!("partition key '{}' cannot be nullable", k.name));
+            }
+            let n = k.partition_key.unwrap_or(0);
+            if !(1..=1024).contains(&n) {
+                return err(format!(
+                    "numPartitions of a partition-key collection must be 1-1024, got {n}"
+                ));
+            }
+        }
         let mut names = HashSet::new();
         let mut pks = 0;
         let mut vecs = 0;

@@ -177,6 +177,7 @@ pub struct FieldReq {
     default_value: Option<Value>,
     element_type_params: Map<String, Value>,
     description: String,
+    is_partition_key: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,6 +290,12 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
             fs.nullable = f.nullable;
             fs.default_value = f.default_value.clone();
             fs.description = f.description.clone();
+            if f.is_partition_key {
+                fs.partition_key = Some(
+                    num_param(&r.params, "partitionsNum")?
+                        .unwrap_or(magpie_engine::schema::DEFAULT_KEY_PARTITIONS),
+                );
+            }
             fs.dim = num_param(&f.element_type_params, "dim")?;
             fs.max_length = num_param(&f.element_type_params, "max_length")?;
             fs.max_capacity = num_param(&f.element_type_params, "max_capacity")?;
@@ -412,6 +419,7 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
             }
             let mut o = json!({
                 "name": f.name, "type": format!("{:?}", f.data_type), "primaryKey": f.is_primary,
+                "partitionKey": f.partition_key.is_some(),
                 "autoId": f.auto_id, "nullable": f.nullable, "params": params, "description": f.description,
             });
             if let Some(et) = f.element_type {

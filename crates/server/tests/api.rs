@@ -1439,3 +1439,54 @@ async fn count_in(t: &T, db: &str, coll: &str) -> Value {
     .await[0]["count(*)"]
         .clone()
 }
+
+#[tokio::test]
+async fn partition_key_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "k", "params": {"partitionsNum": 3}, "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "tag", "dataType": "VarChar", "isPartitionKey": true, "elementTypeParams": {"max_length": 8}},
+            {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": 4}}], "enableDynamicField": true},
+            "indexParams": [{"fieldName": "vector", "metricType": "L2"}]}),
+    )
+    .await;
+    assert_eq!(
+        t.ok("partitions/list", json!({"collectionName": "k"}))
+            .await,
+        json!(["_default_0", "_default_1", "_default_2"])
+    );
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "k"}))
+        .await;
+    assert_eq!(d["fields"][1]["partitionKey"], json!(true));
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "k", "data": rows(30)}),
+    )
+    .await;
+    for tag in ["t0", "t1", "t2"] {
+        let n = t
+            .ok(
+                "entities/query",
+                json!({"collectionName": "k", "filter": format!("tag == '{tag}'"), "outputFields": ["count(*)"]}),
+            )
+            .await;
+        assert_eq!(n[0]["count(*)"], json!(10), "{tag}");
+    }
+    let (s, v) = t
+        .post(
+            "partitions/create",
+            json!({"collectionName": "k", "partitionName": "p"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("partition key 'tag'"),
+        "{v}"
+    );
+}

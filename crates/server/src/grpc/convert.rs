@@ -108,7 +108,10 @@ fn json_to_value_field(v: &Value, t: DataType) -> Option<pb::ValueField> {
 }
 
 /// A protobuf schema (CreateCollection's `schema` bytes, decoded) as the engine's.
-pub fn schema_from_pb(s: &pb::CollectionSchema) -> ConvResult<CollectionSchema> {
+pub fn schema_from_pb(
+    s: &pb::CollectionSchema,
+    num_partitions: i64,
+) -> ConvResult<CollectionSchema> {
     let mut fields = Vec::new();
     let mut dynamic = s.enable_dynamic_field;
     for f in &s.fields {
@@ -118,12 +121,19 @@ pub fn schema_from_pb(s: &pb::CollectionSchema) -> ConvResult<CollectionSchema> 
             dynamic = true;
             continue;
         }
-        if f.is_partition_key {
+        if f.is_clustering_key {
             return Err(format!(
-                "{what}: partition keys (is_partition_key) are not supported by Magpie yet; use partitions by name"
+                "{what}: clustering keys are not supported by Magpie yet"
             ));
         }
         let mut fs = FieldSchema::new(&f.name, dtype_from_pb(f.data_type, &what)?);
+        if f.is_partition_key {
+            fs.partition_key = Some(if num_partitions > 0 {
+                num_partitions as usize
+            } else {
+                magpie_engine::schema::DEFAULT_KEY_PARTITIONS
+            });
+        }
         fs.is_primary = f.is_primary_key;
         #[allow(deprecated)]
         let schema_auto_id = s.auto_id;
@@ -206,6 +216,7 @@ pub fn schema_to_pb(m: &CollectionMeta) -> pb::CollectionSchema {
                     .as_ref()
                     .and_then(|v| json_to_value_field(v, f.data_type)),
                 nullable: f.nullable,
+                is_partition_key: f.partition_key.is_some(),
                 is_function_output: outputs.contains(&f.name.as_str()),
                 ..Default::default()
             }

@@ -635,7 +635,7 @@ impl MilvusService for MilvusApi {
                     "'schema' is not a valid CollectionSchema protobuf: {e}"
                 ))
             })?;
-            let schema = convert::schema_from_pb(&s).map_err(bad)?;
+            let schema = convert::schema_from_pb(&s, r.num_partitions).map_err(bad)?;
             let cons = consistency(r.consistency_level, false).unwrap_or_default();
             let desc = s.description.clone();
             blocking(&self.st, move |e| {
