@@ -439,6 +439,12 @@ struct ServeArgs {
     /// [default: DATA_DIR/backups].
     #[arg(long, env = "MAGPIE_BACKUP_STORAGE")]
     backup_storage: Option<String>,
+    /// Serve REST and gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "MAGPIE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MAGPIE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -590,6 +596,10 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
     }
     if a.backup_storage.is_some() {
         cfg.backup_storage = a.backup_storage;
+    }
+    if a.tls_cert.is_some() {
+        cfg.tls_cert = a.tls_cert;
+        cfg.tls_key = a.tls_key;
     }
     if a.token.is_some() {
         cfg.token = a.token.filter(|t| !t.is_empty());
@@ -789,6 +799,9 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     if let Some(roles) = cluster.role {
+        if cfg.tls_cert.is_some() {
+            anyhow::bail!("--tls-cert is not supported in cluster mode yet; put a TLS-terminating proxy in front of the proxies");
+        }
         let roles = roles
             .iter()
             .map(|r| r.trim().parse::<magpie_cluster::Role>())

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod images;
 pub mod images_api;
 pub mod metrics;
+mod tls;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -88,6 +89,10 @@ pub struct ServerConfig {
     pub storage_cache_bytes: u64,
     /// Where backups go: a directory (default `DATA_DIR/backups`) or `s3://bucket/prefix`.
     pub backup_storage: Option<String>,
+    /// TLS on the listener: a PEM certificate chain and its PEM private key (both or
+    /// neither). REST and gRPC are then served over HTTPS / HTTP/2 with ALPN.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +125,8 @@ impl Default for ServerConfig {
             storage_cache_dir: None,
             storage_cache_bytes: 8 << 30,
             backup_storage: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -521,14 +528,27 @@ pub async fn serve(
             ),
         });
     let app = router(state, cfg.max_body_bytes);
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => {
+            return Err(std::io::Error::other(
+                "TLS needs both --tls-cert and --tls-key",
+            ))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
         })?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), simd = magpie_linalg::active_isa(), "magpie listening");
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %cfg.data_dir.display(), simd = magpie_linalg::active_isa(), tls = tls.is_some(), "magpie listening");
     // Machine-readable line for scripts and tests that start the server on port 0.
-    println!("listening on http://{}", listener.local_addr()?);
+    println!(
+        "listening on {}://{}",
+        if tls.is_some() { "https" } else { "http" },
+        listener.local_addr()?
+    );
     let maint_engine = engine.clone();
     let period = Duration::from_millis(cfg.maintenance_interval_ms.max(50));
     let maint = tokio::spawn(async move {
@@ -541,14 +561,19 @@ pub async fn serve(
             }
         }
     });
-    // Small JSON replies must not wait for Nagle's algorithm.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    match tls {
+        None => {
+            // Small JSON replies must not wait for Nagle's algorithm.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(acceptor) => tls::serve(listener, acceptor, app, shutdown).await?,
+    }
     maint.abort();
     // Stop image indexing between batches; what it wrote is in the WAL.
     images
