@@ -2,8 +2,8 @@
 client threads. Run it against Magpie and against Milvus Lite on the same data
 (bench/pymilvus/run.sh does both, in one run, on this machine).
 
-    python bench.py URI [--rows 100000] [--dim 128] [--batch 10000] [--threads 8]
-                        [--seconds 10] [--columns]
+    python bench.py URI [--set DIR] [--rows 100000] [--dim 128] [--batch 10000]
+                        [--threads 8] [--seconds 10] [--columns] [--index HNSW] [--ef 64]
 
 URI: http://host:port (a server) or PATH.db (Milvus Lite, in-process).
 --columns inserts through the ORM's column form (lists per field) instead of
@@ -13,6 +13,7 @@ Prints one JSON line of results.
 
 import argparse
 import json
+import os
 import threading
 import time
 
@@ -28,12 +29,40 @@ ap.add_argument("--threads", type=int, default=8)
 ap.add_argument("--seconds", type=float, default=10)
 ap.add_argument("--columns", action="store_true")
 ap.add_argument("--index", default="HNSW")
+ap.add_argument("--ef", type=int, default=64)
+ap.add_argument("--set", help="a directory with base.fvecs, query.fvecs, groundtruth.ivecs, manifest.json (../shared/bench/*)")
 a = ap.parse_args()
 
-rng = np.random.default_rng(42)
-data = rng.standard_normal((a.rows, a.dim), dtype=np.float32)
-queries = rng.standard_normal((1000, a.dim), dtype=np.float32)
-out = {"uri": "lite" if a.uri.endswith(".db") else "server", "rows": a.rows, "dim": a.dim}
+
+def fvecs(path, kind=np.float32):
+    raw = np.fromfile(path, dtype=np.int32)
+    d = raw[0]
+    return raw.reshape(-1, d + 1)[:, 1:].view(kind).copy()
+
+
+metric = "L2"
+truth = None
+if a.set:
+    import os
+
+    meta = json.load(open(os.path.join(a.set, "manifest.json")))
+    metric = "IP" if meta["metric"] == "ip" else "L2"
+    data = fvecs(os.path.join(a.set, "base.fvecs"))[: a.rows]
+    queries = fvecs(os.path.join(a.set, "query.fvecs"))
+    if len(data) == meta["n_base"]:
+        truth = fvecs(os.path.join(a.set, "groundtruth.ivecs"), np.int32)[:, :10]
+    a.rows, a.dim = data.shape
+else:
+    rng = np.random.default_rng(42)
+    data = rng.standard_normal((a.rows, a.dim), dtype=np.float32)
+    queries = rng.standard_normal((1000, a.dim), dtype=np.float32)
+out = {
+    "uri": "lite" if a.uri.endswith(".db") else "server",
+    "set": os.path.basename(a.set.rstrip("/")) if a.set else "gaussian",
+    "rows": a.rows,
+    "dim": a.dim,
+    "index": a.index,
+}
 
 client = MilvusClient(a.uri)
 if client.has_collection("bench"):
@@ -43,7 +72,7 @@ schema.add_field("id", DataType.INT64, is_primary=True)
 schema.add_field("vector", DataType.FLOAT_VECTOR, dim=a.dim)
 ip = client.prepare_index_params()
 params = {"M": 16, "efConstruction": 200} if a.index == "HNSW" else {}
-ip.add_index(field_name="vector", index_type=a.index, metric_type="L2", params=params)
+ip.add_index(field_name="vector", index_type=a.index, metric_type=metric, params=params)
 client.create_collection("bench", schema=schema, index_params=ip, consistency_level="Strong")
 
 # ---------------------------------------------------------------- insert
@@ -77,13 +106,16 @@ out["index_s"] = round(time.perf_counter() - t, 2)
 
 # Recall@10 of what each server returns, against exact L2 on the same data.
 sample = queries[:100]
-res = client.search("bench", data=sample.tolist(), limit=10, search_params={"params": {"ef": 64}})
-d2 = ((data[None, :, :] - sample[:, None, :]) ** 2).sum(-1) if a.rows <= 20000 else None
-if d2 is not None:
-    truth = np.argsort(d2, axis=1)[:, :10]
-    out["recall@10"] = round(
-        float(np.mean([len(set(h.id for h in r) & set(truth[i])) / 10 for i, r in enumerate(res)])), 3
-    )
+res = client.search("bench", data=sample.tolist(), limit=10, search_params={"params": {"ef": a.ef}})
+if truth is None:
+    if metric == "IP":
+        truth = np.argsort(-(sample @ data.T), axis=1)[:, :10]
+    else:
+        d2 = (sample**2).sum(1)[:, None] + (data**2).sum(1)[None, :] - 2 * sample @ data.T
+        truth = np.argsort(d2, axis=1)[:, :10]
+out["recall@10"] = round(
+    float(np.mean([len(set(h.id for h in r) & set(truth[i])) / 10 for i, r in enumerate(res)])), 3
+)
 
 
 # ---------------------------------------------------------------- search QPS
@@ -95,7 +127,7 @@ def run(threads):
         c = client if threads == 1 else MilvusClient(a.uri)
         i = k
         while time.perf_counter() < stop:
-            c.search("bench", data=[queries[i % len(queries)].tolist()], limit=10, search_params={"params": {"ef": 64}})
+            c.search("bench", data=[queries[i % len(queries)].tolist()], limit=10, search_params={"params": {"ef": a.ef}})
             counts[k] += 1
             i += threads
 

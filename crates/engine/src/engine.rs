@@ -1213,7 +1213,7 @@ impl Engine {
         partition: Option<&str>,
         rows: &[Value],
     ) -> Result<WriteResult> {
-        self.write_rows(coll, partition, rows, false)
+        self.write_rows(coll, partition, rows, &[], false)
     }
 
     /// Inserts rows, replacing any live rows with the same primary keys.
@@ -1223,7 +1223,21 @@ impl Engine {
         partition: Option<&str>,
         rows: &[Value],
     ) -> Result<WriteResult> {
-        self.write_rows(coll, partition, rows, true)
+        self.write_rows(coll, partition, rows, &[], true)
+    }
+
+    /// Inserts (or upserts) rows whose vector fields come as columns, `rows × dim`
+    /// floats per named field ([`CollectionSchema::validate_columns`]): the columnar
+    /// protocols' path, which spares each float a JSON value.
+    pub fn write_columns(
+        &self,
+        coll: &str,
+        partition: Option<&str>,
+        rows: &[Value],
+        vectors: &[(String, Vec<f32>)],
+        upsert: bool,
+    ) -> Result<WriteResult> {
+        self.write_rows(coll, partition, rows, vectors, upsert)
     }
 
     fn write_rows(
@@ -1231,6 +1245,7 @@ impl Engine {
         coll: &str,
         partition: Option<&str>,
         rows: &[Value],
+        vectors: &[(String, Vec<f32>)],
         upsert: bool,
     ) -> Result<WriteResult> {
         if rows.is_empty() {
@@ -1264,9 +1279,9 @@ impl Engine {
             let batch = if schema.pk().auto_id && !upsert {
                 let start = self.wal.alloc_ts(rows.len() as u64) as i64;
                 let mut ids = start..;
-                schema.validate_batch(rows, Some(&mut ids), false)?
+                schema.validate_columns(rows, vectors, Some(&mut ids), false)?
             } else {
-                schema.validate_batch(rows, None, upsert)?
+                schema.validate_columns(rows, vectors, None, upsert)?
             };
             if !upsert {
                 if let Some((i, pk)) = batch

@@ -488,8 +488,61 @@ impl CollectionSchema {
         auto_ids: Option<&mut dyn Iterator<Item = i64>>,
         require_pk: bool,
     ) -> Result<RowBatch> {
+        self.validate_columns(rows, &[], auto_ids, require_pk)
+    }
+
+    /// [`Self::validate_batch`] for rows whose vector fields (some or all) arrive as
+    /// columns: `vectors` holds, per named field, `rows × dim` floats, as columnar
+    /// protocols (Milvus's gRPC) carry them. They are checked like row vectors (length,
+    /// finite, magnitude) without passing through JSON.
+    pub fn validate_columns(
+        &self,
+        rows: &[Value],
+        vectors: &[(String, Vec<f32>)],
+        auto_ids: Option<&mut dyn Iterator<Item = i64>>,
+        require_pk: bool,
+    ) -> Result<RowBatch> {
         let pkf = self.pk();
         let vfields: Vec<&FieldSchema> = self.vector_fields().collect();
+        for (name, _) in vectors {
+            if !vfields.iter().any(|f| &f.name == name) {
+                return Err(EngineError::Row {
+                    row: 0,
+                    field: name.clone(),
+                    msg: "not a vector field of the collection".into(),
+                });
+            }
+        }
+        // Per vector field: its column, checked for length.
+        let cols: Vec<Option<&[f32]>> = vfields
+            .iter()
+            .map(|f| {
+                let Some((_, flat)) = vectors.iter().find(|(n, _)| n == &f.name) else {
+                    return Ok(None);
+                };
+                let dim = f.dim.unwrap_or(0);
+                if flat.len() != rows.len() * dim {
+                    let msg = if !rows.is_empty() && flat.len() % rows.len() == 0 {
+                        format!(
+                            "vector has dimension {}, the field expects {dim}",
+                            flat.len() / rows.len()
+                        )
+                    } else {
+                        format!(
+                            "{} floats are not {} vectors of dimension {dim}",
+                            flat.len(),
+                            rows.len()
+                        )
+                    };
+                    return Err(EngineError::Row {
+                        row: 0,
+                        field: f.name.clone(),
+                        msg,
+                    });
+                }
+                Ok(Some(flat.as_slice()))
+            })
+            .collect::<Result<_>>()?;
         let sfields: Vec<&FieldSchema> = self.scalar_fields().collect();
         let mut batch = RowBatch {
             pks: Vec::with_capacity(rows.len()),
@@ -543,6 +596,25 @@ impl CollectionSchema {
             }
             batch.pks.push(pk);
             for (vi, f) in vfields.iter().enumerate() {
+                if let Some(flat) = cols[vi] {
+                    if obj.contains_key(&f.name) {
+                        return Err(rerr(
+                            &f.name,
+                            "given both in the row and as a column".into(),
+                        ));
+                    }
+                    let dim = f.dim.unwrap_or(0);
+                    let v = &flat[ri * dim..(ri + 1) * dim];
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(rerr(
+                            &f.name,
+                            format!("element {i} of the vector is not a finite float32"),
+                        ));
+                    }
+                    check_magnitude(v).map_err(|m| rerr(&f.name, m))?;
+                    batch.vectors[vi].extend_from_slice(v);
+                    continue;
+                }
                 let v = obj
                     .get(&f.name)
                     .ok_or_else(|| rerr(&f.name, "missing vector".into()))?;
@@ -800,6 +872,37 @@ mod tests {
             description: String::new(),
             functions: Vec::new(),
         }
+    }
+
+    #[test]
+    fn vector_columns_are_checked_like_row_vectors() {
+        let s = schema();
+        let (dim, name) = (2, "v".to_string());
+        let rows = vec![
+            json!({"id": 1, "age": 3, "tags": [1]}),
+            json!({"id": 2, "age": 4, "tags": []}),
+        ];
+        let ok = vec![(name.clone(), vec![0.5f32; 2 * dim])];
+        let b = s.validate_columns(&rows, &ok, None, false).unwrap();
+        assert_eq!(b.vectors[0].len(), 2 * dim);
+        let short = vec![(name.clone(), vec![0.5f32; 2 * dim - 1])];
+        let e = s.validate_columns(&rows, &short, None, false).unwrap_err();
+        assert!(e.to_string().contains("vectors of dimension"), "{e}");
+        let mut nan = vec![0.5f32; 2 * dim];
+        nan[dim + 1] = f32::NAN;
+        let e = s
+            .validate_columns(&rows, &[(name.clone(), nan)], None, false)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("row 1") && e.to_string().contains("finite"),
+            "{e}"
+        );
+        let huge = vec![(name.clone(), vec![1e30f32; 2 * dim])];
+        assert!(s.validate_columns(&rows, &huge, None, false).is_err());
+        let e = s
+            .validate_columns(&rows, &[("nope".into(), vec![])], None, false)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a vector field"), "{e}");
     }
 
     #[test]

@@ -459,6 +459,57 @@ pub fn rows_from_fields(fields: &[pb::FieldData], rows: usize) -> ConvResult<Vec
     Ok(out.into_iter().map(Value::Object).collect())
 }
 
+/// Rows without their vector fields, and those as `(field, rows × dim floats)`.
+pub type RowsAndVectors = (Vec<Value>, Vec<(String, Vec<f32>)>);
+
+/// [`rows_from_fields`] that keeps float vector columns as columns (`rows × dim`
+/// floats, moved out of the message without a copy) for [`magpie_engine::Engine::write_columns`].
+pub fn columns_from_fields(
+    mut fields: Vec<pb::FieldData>,
+    rows: usize,
+) -> ConvResult<RowsAndVectors> {
+    let mut vectors = Vec::new();
+    for f in &mut fields {
+        if !f.valid_data.is_empty() {
+            continue;
+        }
+        let Some(Field::Vectors(v)) = &mut f.field else {
+            continue;
+        };
+        let dim = v.dim;
+        let Some(VData::FloatVector(a)) = &mut v.data else {
+            continue;
+        };
+        let what = format!("field '{}'", f.field_name);
+        if dim <= 0 {
+            return Err(format!("{what}: vector dim must be positive, got {dim}"));
+        }
+        if a.data.len() % dim as usize != 0 {
+            return Err(format!(
+                "{what}: {} floats is not a whole number of {dim}-dimensional vectors",
+                a.data.len()
+            ));
+        }
+        if a.data.len() / dim as usize != rows {
+            return Err(format!(
+                "{what}: {} values for {rows} rows",
+                a.data.len() / dim as usize
+            ));
+        }
+        vectors.push((f.field_name.clone(), std::mem::take(&mut a.data)));
+        f.field = None;
+    }
+    let rest: Vec<pb::FieldData> = fields.into_iter().filter(|f| f.field.is_some()).collect();
+    let mut seen: std::collections::HashSet<&str> =
+        vectors.iter().map(|(n, _)| n.as_str()).collect();
+    for f in &rest {
+        if !seen.insert(f.field_name.as_str()) {
+            return Err(format!("field '{}' is given twice", f.field_name));
+        }
+    }
+    Ok((rows_from_fields(&rest, rows)?, vectors))
+}
+
 // ------------------------------------------------------------------ rows out
 
 /// Typed column of `values` (null → a zero placeholder with `valid_data` false).

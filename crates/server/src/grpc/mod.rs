@@ -1391,14 +1391,11 @@ impl MilvusApi {
         upsert: bool,
     ) -> Result<mpb::MutationResult, ApiError> {
         let c = coll;
-        let rows = convert::rows_from_fields(&fields, num_rows as usize).map_err(bad)?;
+        let (rows, vectors) =
+            convert::columns_from_fields(fields, num_rows as usize).map_err(bad)?;
         let p = Some(partition).filter(|p| !p.is_empty());
         let res = blocking(&self.st, move |e| {
-            if upsert {
-                e.upsert(&c, p.as_deref(), &rows)
-            } else {
-                e.insert(&c, p.as_deref(), &rows)
-            }
+            e.write_columns(&c, p.as_deref(), &rows, &vectors, upsert)
         })
         .await?;
         let int = res
