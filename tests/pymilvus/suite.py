@@ -174,6 +174,17 @@ res = client.search(
 )
 out["full_search"] = hits(res)
 assert res[0][0].id == "k005" and abs(res[0][0]["distance"]) < 1e-5
+res = client.search(
+    "suite_full",
+    data=[rows[5]["emb"]],
+    anns_field="emb",
+    limit=3,
+    group_by_field="year",
+    output_fields=["year"],
+    search_params={"metric_type": "L2"},
+)
+out["group_by"] = hits(res)
+assert len({h["entity"]["year"] for h in res[0]}) == len(res[0]) == 3, res
 idx = client.describe_index("suite_full", index_name="emb")
 assert idx["index_type"] == "HNSW" and idx["metric_type"] == "L2", idx
 assert "emb" in client.list_indexes("suite_full")

@@ -315,6 +315,38 @@ async fn collection_insert_search_query_over_grpc() {
     );
     assert!(res.output_fields.contains(&"color".to_string()));
 
+    // Grouped by tag: one hit per group, the group's value in group_by_field_value.
+    let r = c
+        .search(mpb::SearchRequest {
+            collection_name: "c".into(),
+            search_input: Some(mpb::search_request::SearchInput::PlaceholderGroup(
+                placeholder(&[vec![31.0, 32.0, 33.0, 34.0]]),
+            )),
+            search_params: vec![
+                kv("anns_field", "v"),
+                kv("topk", "2"),
+                kv("group_by_field", "tag"),
+            ],
+            nq: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ok(r.status);
+    let res = r.results.unwrap();
+    let Some(Field::Scalars(spb::ScalarField {
+        data: Some(scalar_field::Data::StringData(g)),
+    })) = res.group_by_field_value.and_then(|f| f.field)
+    else {
+        panic!("group values expected")
+    };
+    assert_eq!(g.data, vec!["t1", "t0"], "row 3 (t1), then row 4 (t0)");
+    assert!(
+        res.fields_data.iter().all(|f| f.field_name != "tag"),
+        "not asked for"
+    );
+
     // Query by filter with limit and offset, output the vector.
     let r = c
         .query(mpb::QueryRequest {

@@ -760,6 +760,28 @@ pub fn search_result(
     }
 }
 
+/// The group-by field's value of every hit, as one column (`group_by_field_value`).
+pub fn group_values(
+    schema: &CollectionSchema,
+    hits: &[Vec<Hit>],
+    field: &str,
+) -> Option<pb::FieldData> {
+    let f = schema.field(field)?;
+    let null = Value::Null;
+    let values: Vec<&Value> = hits
+        .iter()
+        .flatten()
+        .map(|h| h.fields.get(field).unwrap_or(&null))
+        .collect();
+    Some(column_of(
+        &f.name,
+        f.data_type,
+        f.element_type,
+        f.dim,
+        &values,
+    ))
+}
+
 /// Query vectors from a search's `placeholder_group` (PlaceholderGroup protobuf): float
 /// vectors as little-endian f32 bytes, or texts (VarChar) for an embedding function.
 pub enum Queries {

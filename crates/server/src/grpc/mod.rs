@@ -1299,6 +1299,15 @@ impl MilvusService for MilvusApi {
             let group_by = param(sp, "group_by_field")
                 .filter(|g| !g.is_empty())
                 .map(String::from);
+            // The group's value goes back in `group_by_field_value`, so the engine is asked
+            // for the field even when the client did not name it.
+            let mut engine_fields = r.output_fields.clone();
+            if let Some(g) = &group_by {
+                if !engine_fields.iter().any(|f| f == g || f == "*") {
+                    engine_fields.push(g.clone());
+                }
+            }
+            let group_field = group_by.clone();
             let req = SearchRequest {
                 anns_field: param(sp, "anns_field")
                     .filter(|a| !a.is_empty())
@@ -1310,7 +1319,7 @@ impl MilvusService for MilvusApi {
                 filter: Some(r.dsl.clone()).filter(|d| !d.trim().is_empty()),
                 limit,
                 offset,
-                output_fields: r.output_fields.clone(),
+                output_fields: engine_fields,
                 partitions: r.partition_names.clone(),
                 metric: param(sp, "metric_type")
                     .filter(|m| !m.is_empty())
@@ -1336,6 +1345,12 @@ impl MilvusService for MilvusApi {
             .await?;
             let mut res =
                 convert::search_result(&meta.schema, &outcome.hits, limit, &r.output_fields);
+            if let Some(g) = &group_field {
+                res.group_by_field_value = convert::group_values(&meta.schema, &outcome.hits, g);
+                if !r.output_fields.iter().any(|f| f == g || f == "*") {
+                    res.fields_data.retain(|f| &f.field_name != g);
+                }
+            }
             res.output_fields =
                 result_output_fields(&meta.schema, &res.fields_data, &r.output_fields);
             round_scores(&mut res.scores, round_decimal);
