@@ -834,6 +834,113 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
     }
 }
 
+/// Fills Milvus's filter templates: each `{name}` outside string literals becomes the
+/// literal of `values[name]` (pymilvus's `filter_params`, the request's
+/// `expr_template_values`), so the engine parses an ordinary filter.
+pub fn fill_templates(
+    expr: &str,
+    values: &std::collections::HashMap<String, pb::TemplateValue>,
+) -> ConvResult<String> {
+    if values.is_empty() {
+        return Ok(expr.to_string());
+    }
+    let mut out = String::with_capacity(expr.len() + 16);
+    let mut quote: Option<char> = None;
+    let mut chars = expr.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == '\\' {
+                    if let Some((_, n)) = chars.next() {
+                        out.push(n);
+                    }
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '{' => {
+                let rest = &expr[i + 1..];
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("filter template at byte {i}: '{{' without '}}'"))?;
+                let name = rest[..end].trim();
+                let v = values.get(name).ok_or_else(|| {
+                    format!("filter template '{{{name}}}' has no value in filter_params")
+                })?;
+                out.push_str(&template_literal(v)?);
+                for _ in 0..rest[..=end].chars().count() {
+                    chars.next();
+                }
+            }
+            None => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn string_literal(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            '\r' => o.push_str("\\r"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn template_literal(v: &pb::TemplateValue) -> ConvResult<String> {
+    use pb::template_array_value::Data as A;
+    use pb::template_value::Val;
+    fn list<T>(items: &[T], f: impl Fn(&T) -> ConvResult<String>) -> ConvResult<String> {
+        Ok(format!(
+            "[{}]",
+            items
+                .iter()
+                .map(f)
+                .collect::<ConvResult<Vec<_>>>()?
+                .join(", ")
+        ))
+    }
+    fn array(a: &pb::TemplateArrayValue) -> ConvResult<String> {
+        match &a.data {
+            Some(A::BoolData(x)) => list(&x.data, |b| Ok(b.to_string())),
+            Some(A::LongData(x)) => list(&x.data, |n| Ok(n.to_string())),
+            Some(A::DoubleData(x)) => list(&x.data, |f| float(*f)),
+            Some(A::StringData(x)) => list(&x.data, |s| Ok(string_literal(s))),
+            Some(A::ArrayData(x)) => list(&x.data, array),
+            Some(A::JsonData(_)) => Err("JSON values in filter templates are not supported".into()),
+            None => Ok("[]".into()),
+        }
+    }
+    fn float(f: f64) -> ConvResult<String> {
+        if f.is_finite() {
+            Ok(format!("{f:?}"))
+        } else {
+            Err(format!("filter template value {f} is not a finite number"))
+        }
+    }
+    match &v.val {
+        Some(Val::BoolVal(b)) => Ok(b.to_string()),
+        Some(Val::Int64Val(n)) => Ok(n.to_string()),
+        Some(Val::FloatVal(f)) => float(*f),
+        Some(Val::StringVal(s)) => Ok(string_literal(s)),
+        Some(Val::ArrayVal(a)) => array(a),
+        None => Err("a filter template value is empty".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,6 +993,40 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0], json!({"id": 1, "v": [0.5, 1.0], "color": "red"}));
         assert_eq!(rows[1], json!({"id": 2, "v": [2.0, 3.0]}));
+    }
+
+    #[test]
+    fn filter_templates_become_literals() {
+        use pb::template_value::Val;
+        let tv = |v: Val| pb::TemplateValue { val: Some(v) };
+        let values: std::collections::HashMap<String, pb::TemplateValue> = [
+            ("age".to_string(), tv(Val::Int64Val(30))),
+            ("name".to_string(), tv(Val::StringVal("a\"b".into()))),
+            (
+                "ids".to_string(),
+                tv(Val::ArrayVal(pb::TemplateArrayValue {
+                    data: Some(pb::template_array_value::Data::LongData(pb::LongArray {
+                        data: vec![1, 2],
+                    })),
+                })),
+            ),
+        ]
+        .into();
+        assert_eq!(
+            fill_templates(
+                "age > {age} and name == {name} and id in {ids} and t == '{age}'",
+                &values
+            )
+            .unwrap(),
+            "age > 30 and name == \"a\\\"b\" and id in [1, 2] and t == '{age}'"
+        );
+        let e = fill_templates("x == {nope}", &values).unwrap_err();
+        assert!(e.contains("'{nope}'"), "{e}");
+        assert!(fill_templates("x == {age", &values).is_err());
+        assert_eq!(
+            fill_templates("x == {a}", &Default::default()).unwrap(),
+            "x == {a}"
+        );
     }
 
     #[test]

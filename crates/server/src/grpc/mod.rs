@@ -1176,15 +1176,14 @@ impl MilvusService for MilvusApi {
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
             let db = self.db(&mdb, &r.db_name)?;
-            no_templates(&r.expr_template_values)?;
+            let expr = convert::fill_templates(&r.expr, &r.expr_template_values).map_err(bad)?;
             let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
-            if r.expr.trim().is_empty() {
+            if expr.trim().is_empty() {
                 return Err(bad(
                     "delete needs an expression ('expr'), e.g. id in [1, 2]",
                 ));
             }
             let p = Some(r.partition_name).filter(|p| !p.is_empty());
-            let expr = r.expr;
             let (n, ts) = blocking(&self.st, move |e| {
                 let n = e.delete(&c, p.as_deref(), None, Some(&expr))?;
                 Ok((n, e.snapshot(Consistency::Session)?))
@@ -1204,12 +1203,12 @@ impl MilvusService for MilvusApi {
         let r = r.into_inner();
         reply!(mpb::QueryResults, {
             let db = self.db(&mdb, &r.db_name)?;
-            no_templates(&r.expr_template_values)?;
+            let expr = convert::fill_templates(&r.expr, &r.expr_template_values).map_err(bad)?;
             let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
             let limit: Option<usize> = param_num(&r.query_params, "limit")?;
             let offset: Option<usize> = param_num(&r.query_params, "offset")?;
             let q = QueryRequest {
-                filter: Some(r.expr.clone()).filter(|e| !e.trim().is_empty()),
+                filter: Some(expr).filter(|e| !e.trim().is_empty()),
                 ids: None,
                 output_fields: r.output_fields.clone(),
                 partitions: r.partition_names.clone(),
@@ -1246,7 +1245,7 @@ impl MilvusService for MilvusApi {
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
             let db = self.db(&mdb, &r.db_name)?;
-            no_templates(&r.expr_template_values)?;
+            let dsl = convert::fill_templates(&r.dsl, &r.expr_template_values).map_err(bad)?;
             if !r.sub_reqs.is_empty() {
                 return Err(bad(
                     "hybrid search (sub_reqs) is not supported by Magpie yet",
@@ -1316,7 +1315,7 @@ impl MilvusService for MilvusApi {
                 ids,
                 texts,
                 images: Vec::new(),
-                filter: Some(r.dsl.clone()).filter(|d| !d.trim().is_empty()),
+                filter: Some(dsl).filter(|d| !d.trim().is_empty()),
                 limit,
                 offset,
                 output_fields: engine_fields,
@@ -1384,16 +1383,6 @@ fn result_output_fields(
                 .cloned(),
         )
         .collect()
-}
-
-/// Filter templates (`expr_template_values`, pymilvus's `filter_params`) are not in the
-/// filter language yet; refusing them beats ignoring them.
-fn no_templates(t: &std::collections::HashMap<String, spb::TemplateValue>) -> Result<(), ApiError> {
-    if t.is_empty() {
-        Ok(())
-    } else {
-        Err(bad("filter templates (filter_params / expr_template_values) are not supported by Magpie yet; write the values into the filter"))
-    }
 }
 
 impl MilvusApi {
