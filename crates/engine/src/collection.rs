@@ -842,26 +842,33 @@ impl Collection {
         // Rows come in primary-key order, so `limit`/`offset` pages are stable across
         // upserts, flushes and compaction (where a row lives says nothing of its order),
         // and pk-cursor iteration (pymilvus's query_iterator) sees every row once.
+        // With a limit, only the `limit + offset` smallest keys are kept (a max-heap of
+        // that size), so a broad filter with a small page costs no memory per match.
         let indexed = self.scalar_indexed();
-        let mut hits: Vec<(&PrimaryKey, usize, usize)> = Vec::new();
+        let keep = limit.map(|l| l.saturating_add(offset));
+        let mut heap: std::collections::BinaryHeap<(&PrimaryKey, usize, usize)> =
+            std::collections::BinaryHeap::new();
+        let mut all: Vec<(&PrimaryKey, usize, usize)> = Vec::new();
         for (si, seg) in self.segments.iter().enumerate() {
             if parts.is_some_and(|p| !p.contains(&seg.partition)) {
                 continue;
             }
             for i in self.allowed(seg, snap, filter, ids, &indexed).iter_ones() {
-                hits.push((&seg.pks[i], si, i));
-            }
-        }
-        if let Some(k) = limit.map(|l| l.saturating_add(offset)) {
-            if hits.len() > k {
-                if k == 0 {
-                    hits.clear();
-                } else {
-                    hits.select_nth_unstable_by(k - 1, |a, b| a.0.cmp(b.0));
-                    hits.truncate(k);
+                let hit = (&seg.pks[i], si, i);
+                match keep {
+                    None => all.push(hit),
+                    Some(0) => {}
+                    Some(k) if heap.len() < k => heap.push(hit),
+                    Some(_) => {
+                        if heap.peek().is_some_and(|top| hit.0 < top.0) {
+                            heap.pop();
+                            heap.push(hit);
+                        }
+                    }
                 }
             }
         }
+        let mut hits = if keep.is_some() { heap.into_vec() } else { all };
         hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::with_capacity(hits.len().saturating_sub(offset));
         for &(_, si, i) in hits.iter().skip(offset) {

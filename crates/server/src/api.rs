@@ -194,11 +194,11 @@ pub struct SchemaReq {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IndexParamReq {
-    field_name: String,
-    index_name: String,
-    metric_type: Option<String>,
-    index_type: Option<String>,
-    params: Map<String, Value>,
+    pub(crate) field_name: String,
+    pub(crate) index_name: String,
+    pub(crate) metric_type: Option<String>,
+    pub(crate) index_type: Option<String>,
+    pub(crate) params: Map<String, Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -236,7 +236,7 @@ fn num_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiErro
     }
 }
 
-fn index_meta(p: &IndexParamReq) -> Result<IndexMeta, ApiError> {
+pub(crate) fn index_meta(p: &IndexParamReq) -> Result<IndexMeta, ApiError> {
     let index_type = p
         .index_type
         .clone()
@@ -767,6 +767,17 @@ pub(crate) fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>
     }
 }
 
+/// Milvus's `searchParams.params` knobs: `ef`, `nprobe`, Magpie's `recall` target,
+/// `refine` (or `refine_k`).
+pub(crate) fn search_knobs(p: &Map<String, Value>) -> Result<SearchKnobs, ApiError> {
+    Ok(SearchKnobs {
+        ef: usize_param(p, "ef")?,
+        nprobe: usize_param(p, "nprobe")?,
+        recall: f32_param(p, "recall")?,
+        refine: usize_param(p, "refine")?.or(usize_param(p, "refine_k")?),
+    })
+}
+
 pub(crate) fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -892,10 +903,8 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
         group_size: r.group_size,
         consistency: consistency(&r.consistency_level)?,
         knobs: SearchKnobs {
-            ef: usize_param(&inner, "ef")?,
-            nprobe: usize_param(&inner, "nprobe")?,
             recall: f32_param(&inner, "recall")?.or(f32_param(sp, "recall")?),
-            refine: usize_param(&inner, "refine")?.or(usize_param(&inner, "refine_k")?),
+            ..search_knobs(&inner)?
         },
     };
     let (pk_name, outcome) = blocking(&st, move |e| {

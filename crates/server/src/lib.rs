@@ -451,6 +451,17 @@ pub async fn serve(
         }
         tracing::warn!(listen = %cfg.listen, "listening beyond loopback without a token (--allow-insecure): every client has full access");
     }
+    // Certificate and key are read before the engine opens: a bad file fails the start
+    // at once, naming it.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => {
+            return Err(std::io::Error::other(
+                "TLS needs both --tls-cert and --tls-key",
+            ))
+        }
+    };
     let allowed_hosts = if cfg.allowed_hosts.is_empty() && !loopback {
         None
     } else {
@@ -528,15 +539,6 @@ pub async fn serve(
             ),
         });
     let app = router(state, cfg.max_body_bytes);
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
-        (None, None) => None,
-        _ => {
-            return Err(std::io::Error::other(
-                "TLS needs both --tls-cert and --tls-key",
-            ))
-        }
-    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| {

@@ -61,7 +61,7 @@ pub fn dtype_from_pb(t: i32, what: &str) -> ConvResult<DataType> {
     })
 }
 
-fn kv(key: &str, value: impl ToString) -> KeyValuePair {
+pub(crate) fn kv(key: &str, value: impl ToString) -> KeyValuePair {
     KeyValuePair {
         key: key.to_string(),
         value: value.to_string(),

@@ -15,9 +15,9 @@ use crate::api::{self, blocking};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::http::StatusCode;
-use convert::Queries;
+use convert::{kv, Queries};
 use magpie_engine::{
-    qualified, split_qualified, Consistency, IndexMeta, QueryRequest, SearchKnobs, SearchRequest,
+    qualified, split_qualified, Consistency, IndexMeta, QueryRequest, SearchRequest,
 };
 use magpie_milvus_proto::common::{self as cpb, KeyValuePair};
 use magpie_milvus_proto::milvus as mpb;
@@ -30,11 +30,7 @@ use tonic::{Request, Response};
 
 type Rpc<T> = Result<Response<T>, tonic::Status>;
 
-/// The only database; Milvus's clients name it when none is chosen.
-const DEFAULT_DB: &str = "default";
-
-/// Milvus's numeric codes for the errors that clients test for.
-const CODE_DATABASE_NOT_FOUND: i32 = 800;
+/// Milvus's code for "index not found", which pymilvus's `list_indexes` tests.
 const CODE_INDEX_NOT_FOUND: i32 = 700;
 
 /// The protocol version announced to clients (the vendored milvus-proto's).
@@ -188,13 +184,6 @@ fn consistency_pb(c: Consistency) -> cpb::ConsistencyLevel {
     }
 }
 
-fn kv(key: &str, value: impl ToString) -> KeyValuePair {
-    KeyValuePair {
-        key: key.to_string(),
-        value: value.to_string(),
-    }
-}
-
 /// The index definition of a CreateIndex request: `index_type`, `metric_type`, and the
 /// build parameters either as one JSON string under `params` or as separate keys.
 fn index_meta(field: &str, name: &str, extra: &[KeyValuePair]) -> Result<IndexMeta, ApiError> {
@@ -216,22 +205,13 @@ fn index_meta(field: &str, name: &str, extra: &[KeyValuePair]) -> Result<IndexMe
             }
         }
     }
-    let metric = param(extra, "metric_type")
-        .filter(|m| !m.is_empty())
-        .unwrap_or("COSINE");
-    Ok(IndexMeta {
-        id: 0,
-        index_name: if name.is_empty() {
-            field.to_string()
-        } else {
-            name.to_string()
-        },
+    let named = |k| param(extra, k).filter(|v| !v.is_empty()).map(String::from);
+    // The defaults (AUTOINDEX, COSINE, the field's name) are REST's.
+    api::index_meta(&api::IndexParamReq {
         field_name: field.to_string(),
-        index_type: param(extra, "index_type")
-            .filter(|t| !t.is_empty())
-            .unwrap_or("AUTOINDEX")
-            .to_string(),
-        metric_type: api::metric(metric)?,
+        index_name: name.to_string(),
+        metric_type: named("metric_type"),
+        index_type: named("index_type"),
         params,
     })
 }
@@ -265,16 +245,15 @@ impl MilvusApi {
     /// A request's database (its `db_name`, else the connection's), checked to exist.
     fn db(&self, md: &str, field: &str) -> Result<String, ApiError> {
         let db = if field.is_empty() { md } else { field };
-        let db = if db.is_empty() { DEFAULT_DB } else { db };
-        if self.st.engine.has_database(db) {
-            Ok(db.to_string())
-        } else {
-            Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                CODE_DATABASE_NOT_FOUND,
-                format!("database not found[database={db}]"),
-            ))
-        }
+        api::db_of(&self.st, &Some(db.to_string()))
+    }
+
+    /// The engine's name of a request's collection in its database (checked to exist).
+    fn coll(&self, md: &str, db: &str, name: &str) -> Result<String, ApiError> {
+        Ok(qualified(
+            &self.db(md, db)?,
+            &need(name, "collection_name")?,
+        ))
     }
 
     pub fn new(st: Arc<AppState>) -> Self {
@@ -628,8 +607,7 @@ impl MilvusService for MilvusApi {
         let r = r.into_inner();
         reply!(cpb::Status, {
             use prost::Message;
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let s = spb::CollectionSchema::decode(r.schema.as_slice()).map_err(|e| {
                 bad(format!(
                     "'schema' is not a valid CollectionSchema protobuf: {e}"
@@ -751,8 +729,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             blocking(&self.st, move |e| e.drop_collection(&name)).await?;
             Ok(status_ok())
         })
@@ -785,8 +762,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetCollectionStatisticsResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let s = blocking(&self.st, move |e| e.collection_stats(&name)).await?;
             Ok(mpb::GetCollectionStatisticsResponse {
                 status: Some(status_ok()),
@@ -799,8 +775,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             blocking(&self.st, move |e| e.set_loaded(&name, true)).await?;
             Ok(status_ok())
         })
@@ -813,8 +788,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             blocking(&self.st, move |e| e.set_loaded(&name, false)).await?;
             Ok(status_ok())
         })
@@ -825,8 +799,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let parts = r.partition_names;
             blocking(&self.st, move |e| {
                 for p in &parts {
@@ -880,8 +853,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetLoadingProgressResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let name = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let (_, progress) = blocking(&self.st, move |e| api::load_state(e, &name)).await?;
             Ok(mpb::GetLoadingProgressResponse {
                 status: Some(status_ok()),
@@ -909,7 +881,7 @@ impl MilvusService for MilvusApi {
             .await?;
             Ok(mpb::FlushResponse {
                 status: Some(status_ok()),
-                db_name: DEFAULT_DB.into(),
+                db_name: db,
                 coll_seg_i_ds: names
                     .iter()
                     .map(|n| (n.clone(), spb::LongArray::default()))
@@ -920,7 +892,12 @@ impl MilvusService for MilvusApi {
                     .collect(),
                 coll_seal_times: names
                     .iter()
-                    .map(|n| (n.clone(), (ts >> 18) as i64 / 1000))
+                    .map(|n| {
+                        (
+                            n.clone(),
+                            magpie_engine::types::physical_ms(ts) as i64 / 1000,
+                        )
+                    })
                     .collect(),
                 coll_flush_ts: names.iter().map(|n| (n.clone(), ts)).collect(),
                 ..Default::default()
@@ -953,9 +930,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                qualified(&db, &need(&r.collection_name, "collection_name")?),
+                self.coll(&mdb, &r.db_name, &r.collection_name)?,
                 need(&r.partition_name, "partition_name")?,
             );
             blocking(&self.st, move |e| e.create_partition(&c, &p)).await?;
@@ -967,9 +943,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                qualified(&db, &need(&r.collection_name, "collection_name")?),
+                self.coll(&mdb, &r.db_name, &r.collection_name)?,
                 need(&r.partition_name, "partition_name")?,
             );
             blocking(&self.st, move |e| e.drop_partition(&c, &p)).await?;
@@ -981,9 +956,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::BoolResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                qualified(&db, &need(&r.collection_name, "collection_name")?),
+                self.coll(&mdb, &r.db_name, &r.collection_name)?,
                 need(&r.partition_name, "partition_name")?,
             );
             let has = blocking(&self.st, move |e| e.has_partition(&c, &p)).await?;
@@ -1001,8 +975,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::ShowPartitionsResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let m = blocking(&self.st, move |e| e.describe_collection(&c)).await?;
             let created = magpie_engine::types::ts_from_ms(m.created_ms);
             Ok(mpb::ShowPartitionsResponse {
@@ -1023,9 +996,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::GetPartitionStatisticsResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
             let (c, p) = (
-                qualified(&db, &need(&r.collection_name, "collection_name")?),
+                self.coll(&mdb, &r.db_name, &r.collection_name)?,
                 need(&r.partition_name, "partition_name")?,
             );
             let rows = blocking(&self.st, move |e| {
@@ -1058,8 +1030,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let field = need(&r.field_name, "field_name")?;
             let meta = index_meta(&field, &r.index_name, &r.extra_params)?;
             blocking(&self.st, move |e| e.create_index(&c, meta)).await?;
@@ -1074,8 +1045,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::DescribeIndexResponse, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let name = Some(r.index_name.clone()).filter(|n| !n.is_empty());
             let progress =
                 blocking(&self.st, move |e| e.index_progress(&c, name.as_deref())).await?;
@@ -1117,8 +1087,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(cpb::Status, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let (index, field) = (r.index_name, r.field_name);
             blocking(&self.st, move |e| {
                 let name = if index.is_empty() {
@@ -1148,8 +1117,7 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            let db = self.db(&mdb, &r.db_name)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             self.write(c, r.partition_name, r.fields_data, r.num_rows, false)
                 .await
         })
@@ -1159,13 +1127,12 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            let db = self.db(&mdb, &r.db_name)?;
             if r.partial_update {
                 return Err(bad(
                     "partial_update upserts are not supported by Magpie yet; send whole rows",
                 ));
             }
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             self.write(c, r.partition_name, r.fields_data, r.num_rows, true)
                 .await
         })
@@ -1175,9 +1142,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::MutationResult, {
-            let db = self.db(&mdb, &r.db_name)?;
             let expr = convert::fill_templates(&r.expr, &r.expr_template_values).map_err(bad)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             if expr.trim().is_empty() {
                 return Err(bad(
                     "delete needs an expression ('expr'), e.g. id in [1, 2]",
@@ -1202,9 +1168,8 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::QueryResults, {
-            let db = self.db(&mdb, &r.db_name)?;
             let expr = convert::fill_templates(&r.expr, &r.expr_template_values).map_err(bad)?;
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let limit: Option<usize> = param_num(&r.query_params, "limit")?;
             let offset: Option<usize> = param_num(&r.query_params, "offset")?;
             let q = QueryRequest {
@@ -1244,7 +1209,6 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
-            let db = self.db(&mdb, &r.db_name)?;
             let dsl = convert::fill_templates(&r.dsl, &r.expr_template_values).map_err(bad)?;
             if !r.sub_reqs.is_empty() {
                 return Err(bad(
@@ -1256,7 +1220,7 @@ impl MilvusService for MilvusApi {
                     "function_score rerankers are not supported by Magpie yet",
                 ));
             }
-            let c = qualified(&db, &need(&r.collection_name, "collection_name")?);
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let sp = &r.search_params;
             let inner: Map<String, Value> = match param(sp, "params") {
                 None | Some("") => Map::new(),
@@ -1329,13 +1293,7 @@ impl MilvusService for MilvusApi {
                 group_by,
                 group_size: param_num(sp, "group_size")?,
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
-                knobs: SearchKnobs {
-                    ef: api::usize_param(&inner, "ef")?,
-                    nprobe: api::usize_param(&inner, "nprobe")?,
-                    recall: api::f32_param(&inner, "recall")?,
-                    refine: api::usize_param(&inner, "refine")?
-                        .or(api::usize_param(&inner, "refine_k")?),
-                },
+                knobs: api::search_knobs(&inner)?,
             };
             let name = c.clone();
             let (meta, outcome) = blocking(&self.st, move |e| {
