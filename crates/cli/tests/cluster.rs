@@ -45,6 +45,33 @@ impl Drop for Proc {
     }
 }
 
+impl Drop for Deps {
+    /// A failing test prints every node's log: a timeout alone does not say which node
+    /// was stuck or why.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(dir) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- {} (last {} lines) -----", p.display(), tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Deps {
     fn env(&self) -> Vec<(String, String)> {
         self.s3
@@ -84,7 +111,7 @@ impl Deps {
             .arg(&data)
             .args(extra)
             .envs(self.env())
-            .env("MAGPIE_LOG", "warn")
+            .env("MAGPIE_LOG", "warn,magpie_cluster=info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
             .spawn()
@@ -142,16 +169,18 @@ fn ok(url: &str, ep: &str, body: Value) -> Value {
     call(url, ep, &body).unwrap_or_else(|e| panic!("{ep} {body}: {e}"))
 }
 
-/// Waits until `f` holds (30 s at most).
+/// Waits until `f` holds (60 s at most: CI runs these tests side by side on 2 cores).
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
         assert!(
-            t0.elapsed() < Duration::from_secs(30),
+            t0.elapsed() < Duration::from_secs(60),
             "timed out waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Shown when the test fails, beside the nodes' logs.
+    eprintln!("waited {:?} for {what}", t0.elapsed());
 }
 
 fn ready(p: &Proc) -> bool {
@@ -527,7 +556,7 @@ fn a_cluster_answers_as_standalone_does() {
     let mut standalone = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&sdir)
-        .env("MAGPIE_LOG", "warn")
+        .env("MAGPIE_LOG", "warn,magpie_cluster=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -14,7 +14,8 @@
 //!   in the broker, with its sequence number; sequences of a shard start at 1 and grow by
 //!   one per record.
 //! - [`Log::read`] yields every record with a sequence ≥ `from`, in order, and then waits
-//!   for new ones; each reader gets the same sequence of records.
+//!   for new ones; each reader gets the same sequence of records. The records may end
+//!   (the broker went away and came back); the reader then reads again from where it is.
 //! - [`Log::last_seq`] is the sequence of the newest durable record (0: none), which the
 //!   proxy uses as the read barrier of Strong consistency.
 //! - [`Log::trim`] drops old records; sequences are never reused, so a reader detects
@@ -72,6 +73,8 @@ pub struct JetStreamLog {
     prefix: String,
     /// Copies of each stream (`num_replicas`; 1 on a single broker).
     replicas: usize,
+    /// Counts the connections the client has (re)established; see [`Log::read`].
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 impl JetStreamLog {
@@ -81,7 +84,16 @@ impl JetStreamLog {
             url: url.to_string(),
             msg,
         };
+        let (conn_tx, connections) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |ev| {
+                let tx = conn_tx.clone();
+                async move {
+                    if matches!(ev, async_nats::Event::Connected) {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
+            })
             .connection_timeout(Duration::from_secs(3))
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -108,6 +120,7 @@ impl JetStreamLog {
             url: url.to_string(),
             prefix,
             replicas: replicas.max(1),
+            connections,
         })
     }
 
@@ -227,6 +240,11 @@ impl Log for JetStreamLog {
             let consumer = st
                 .create_consumer(jetstream::consumer::pull::OrderedConfig {
                     deliver_policy,
+                    // Pulls expire (and the server's idle heartbeats come) every few
+                    // seconds, so that a reader whose broker restarted notices the missed
+                    // heartbeats and recreates its consumer within seconds; with the
+                    // client's defaults (30 s pulls, 15 s heartbeats) that took 15–30 s.
+                    max_expires: Duration::from_secs(4),
                     ..Default::default()
                 })
                 .await
@@ -235,8 +253,17 @@ impl Log for JetStreamLog {
                 .messages()
                 .await
                 .map_err(|e| self.err(format!("reader of {shard}: {e}")))?;
+            // A broker that restarted has forgotten this (ephemeral) consumer, and the
+            // client would notice only after missed heartbeats or a failed pull, many
+            // seconds later. The records end when the client reconnects instead; the
+            // caller reads again from the sequence after the last one it applied.
+            let mut connections = self.connections.clone();
+            connections.borrow_and_update();
+            let reconnected = async move {
+                let _ = connections.changed().await;
+            };
             let url = self.url.clone();
-            let s = msgs.map(move |m| {
+            let s = msgs.take_until(reconnected).map(move |m| {
                 let m = m.map_err(|e| ClusterError::Log {
                     url: url.clone(),
                     msg: format!("reading {shard}: {e}"),

@@ -85,6 +85,8 @@ fn the_log_survives_a_broker_restart() {
         };
         log.create(a).await.unwrap();
         log.append(a, b"x".to_vec()).await.unwrap();
+        let mut before = log.read(a, 1).await.unwrap();
+        assert_eq!(before.next().await.unwrap().unwrap().0, 1);
         nats.stop();
         // Down: appends fail with an error naming the broker (no hang).
         let t0 = Instant::now();
@@ -103,6 +105,13 @@ fn the_log_survives_a_broker_restart() {
                 }
             }
         };
+        // A reader opened before the restart ends once the client has reconnected (the
+        // broker forgot its consumer), so its owner reads again at once instead of after
+        // the client's missed-heartbeat timeouts (15–30 s).
+        match tokio::time::timeout(Duration::from_secs(5), before.next()).await {
+            Ok(None) => {}
+            other => panic!("a reader from before the restart did not end: {other:?}"),
+        }
         // Nothing acknowledged was lost: "x" is first. A write that failed while the
         // broker was going down may or may not be stored (an ambiguous failure, as with
         // any timeout); here it is refused before sending when the client knows.
