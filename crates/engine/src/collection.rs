@@ -126,6 +126,37 @@ pub struct SearchKnobs {
     pub nprobe: Option<usize>,
     pub recall: Option<f32>,
     pub refine: Option<usize>,
+    /// Sparse fields: the fraction of each query's smallest entries left out
+    /// (`drop_ratio_search`, in `[0, 1)`).
+    pub drop_ratio: Option<f32>,
+}
+
+/// What a search compares with: dense query vectors against a vector field, or sparse
+/// ones against a sparse field (a scalar column).
+#[derive(Clone, Copy)]
+pub enum Probe<'a> {
+    Dense {
+        /// Position among the vector fields.
+        field: usize,
+        queries: &'a [Vec<f32>],
+    },
+    Sparse {
+        /// Position among the scalar fields.
+        field: usize,
+        queries: &'a [magpie_index::SparseVector],
+        algo: magpie_index::SparseAlgo,
+        /// Whether the field has a sparse index (reported as indexed segments).
+        indexed: bool,
+    },
+}
+
+impl Probe<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Probe::Dense { queries, .. } => queries.len(),
+            Probe::Sparse { queries, .. } => queries.len(),
+        }
+    }
 }
 
 /// Hits plus how the search was carried out.
@@ -133,6 +164,8 @@ pub struct SearchKnobs {
 pub struct SearchOutcome {
     /// One list per query.
     pub hits: Vec<Vec<Hit>>,
+    /// The metric the hits' distances are in.
+    pub metric: Option<Metric>,
     /// Segments searched through a built index, and exactly.
     pub indexed_segments: usize,
     pub exact_segments: usize,
@@ -149,9 +182,8 @@ pub struct SearchOutcome {
 /// What a search needs once names are resolved (built by the engine).
 pub struct ResolvedSearch<'a> {
     pub knobs: SearchKnobs,
-    pub vector_field: usize,
+    pub probe: Probe<'a>,
     pub metric: Metric,
-    pub queries: &'a [Vec<f32>],
     pub filter: Option<&'a Filter>,
     pub partitions: Option<&'a HashSet<u64>>,
     pub limit: usize,
@@ -950,12 +982,26 @@ impl Collection {
             })
             .collect();
         let want = r.limit + r.offset;
-        let mut outcome = SearchOutcome::default();
+        let mut outcome = SearchOutcome {
+            metric: Some(r.metric),
+            ..Default::default()
+        };
+        let dense_field = match r.probe {
+            Probe::Dense { field, .. } => Some(field),
+            Probe::Sparse { .. } => None,
+        };
         for (seg, allow) in &allows {
-            let ix = seg.indexes.get(r.vector_field).and_then(|i| i.as_ref());
-            match ix {
-                Some(_) if !exact_only => outcome.indexed_segments += 1,
-                _ => outcome.exact_segments += 1,
+            let ix = dense_field
+                .and_then(|f| seg.indexes.get(f))
+                .and_then(|i| i.as_ref());
+            let indexed = match r.probe {
+                Probe::Dense { .. } => ix.is_some(),
+                Probe::Sparse { indexed, .. } => indexed && seg.state != SegState::Growing,
+            };
+            if indexed && !exact_only {
+                outcome.indexed_segments += 1;
+            } else {
+                outcome.exact_segments += 1;
             }
             if r.filter.is_some() {
                 let passed = allow.as_ref().map_or(seg.len(), |a| a.count_ones());
@@ -963,12 +1009,13 @@ impl Collection {
                 outcome.filter_rows += seg.len();
                 let plan = match ix.and_then(|i| i.get()) {
                     Some(i) if !exact_only => i.filter_plan(passed),
+                    _ if indexed => "sparse-index",
                     _ => "exact",
                 };
                 *outcome.filter_plans.entry(plan).or_default() += 1;
             }
         }
-        for q in r.queries {
+        for qi in 0..r.probe.len() {
             let mut cands: Vec<(&Segment, u32, f32)> = Vec::new();
             for (seg, allow) in &allows {
                 let k = if exact_only {
@@ -976,31 +1023,52 @@ impl Collection {
                 } else {
                     want
                 };
-                let col = seg.vectors[r.vector_field].get()?;
-                let params = SearchParams {
-                    allow: allow.as_ref(),
-                    min_score,
-                    max_score,
-                    ef: r.knobs.ef,
-                    nprobe: r.knobs.nprobe,
-                    recall: r.knobs.recall,
-                    refine: r.knobs.refine,
-                    ..SearchParams::top_k(k)
-                };
-                let index = seg
-                    .indexes
-                    .get(r.vector_field)
-                    .and_then(|i| i.as_ref())
-                    .filter(|_| !exact_only)
-                    .and_then(|i| i.get());
-                let found = match index {
-                    Some(ix) => {
-                        if outcome.knob.is_none() {
-                            outcome.knob = ix.knob(&params);
+                let found = match r.probe {
+                    Probe::Dense { field, queries } => {
+                        let q = &queries[qi];
+                        let col = seg.vectors[field].get()?;
+                        let params = SearchParams {
+                            allow: allow.as_ref(),
+                            min_score,
+                            max_score,
+                            ef: r.knobs.ef,
+                            nprobe: r.knobs.nprobe,
+                            recall: r.knobs.recall,
+                            refine: r.knobs.refine,
+                            ..SearchParams::top_k(k)
+                        };
+                        let index = seg
+                            .indexes
+                            .get(field)
+                            .and_then(|i| i.as_ref())
+                            .filter(|_| !exact_only)
+                            .and_then(|i| i.get());
+                        match index {
+                            Some(ix) => {
+                                if outcome.knob.is_none() {
+                                    outcome.knob = ix.knob(&params);
+                                }
+                                ix.search(col.slice(), &col.inv_norms, q, &params)?
+                            }
+                            None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
                         }
-                        ix.search(col.slice(), &col.inv_norms, q, &params)?
                     }
-                    None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
+                    Probe::Sparse {
+                        field,
+                        queries,
+                        algo,
+                        ..
+                    } => {
+                        let params = magpie_index::SparseSearch {
+                            k,
+                            allow: allow.as_ref(),
+                            algo,
+                            drop_ratio: r.knobs.drop_ratio.unwrap_or(0.0),
+                            min_score,
+                            max_score,
+                        };
+                        sparse_search(seg, field, &queries[qi], &params)?
+                    }
                 };
                 for s in found {
                     cands.push((seg, s.offset, s.score));
@@ -1062,6 +1130,7 @@ impl Collection {
             })?;
         if f.is_primary
             || f.is_vector()
+            || f.is_sparse()
             || matches!(
                 f.data_type,
                 DataType::JSON | DataType::Array | DataType::Float | DataType::Double
@@ -1081,6 +1150,41 @@ impl Collection {
             .map(|s| s.visible(snap).count_ones())
             .sum()
     }
+}
+
+/// The best rows of `seg` for sparse query `q`: through the segment's sparse index once
+/// it no longer grows, else by scoring each row (the same score, [`SparseVector::score`]).
+///
+/// [`SparseVector::score`]: magpie_index::SparseVector::score
+fn sparse_search(
+    seg: &Segment,
+    field: usize,
+    q: &magpie_index::SparseVector,
+    p: &magpie_index::SparseSearch<'_>,
+) -> Result<Vec<magpie_index::Scored>> {
+    if seg.state != SegState::Growing {
+        return Ok(seg.sparse_index(field)?.search(q, p)?);
+    }
+    let q = if p.drop_ratio > 0.0 {
+        q.drop_smallest(p.drop_ratio)
+    } else {
+        q.clone()
+    };
+    let mut top = magpie_index::TopK::new(p.k);
+    for i in 0..seg.len() {
+        if p.allow.is_some_and(|a| !a.get(i)) {
+            continue;
+        }
+        let Some(v) = seg.sparse_row(field, i)? else {
+            continue;
+        };
+        if let Some(s) = q.score(&v) {
+            if p.min_score.is_none_or(|m| s > m) && p.max_score.is_none_or(|m| s <= m) {
+                top.push(i as u32, s);
+            }
+        }
+    }
+    Ok(top.into_sorted())
 }
 
 /// Converts Milvus range-search parameters into internal score bounds:

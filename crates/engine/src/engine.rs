@@ -12,7 +12,7 @@
 
 use crate::builder::{Builder, CollRef, Job, JobKey};
 use crate::catalog::{CatalogFile, CollectionMeta, IndexMeta, PartitionMeta};
-use crate::collection::{Collection, Hit, ResolvedSearch, SealPolicy, WalOp};
+use crate::collection::{Collection, Hit, Probe, ResolvedSearch, SealPolicy, WalOp};
 use crate::collection::{OutputBudget, SearchKnobs, SearchOutcome};
 use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::filter::Filter;
@@ -30,7 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod hybrid;
 mod namespace;
+pub use hybrid::{HybridRequest, Rerank, MAX_HYBRID_SEARCHES};
 pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
 
 /// Largest `limit + offset` of a search or query (Milvus's bound).
@@ -230,6 +232,9 @@ pub struct SearchRequest {
     pub texts: Vec<String>,
     /// Search by encoded images, embedded by the anns field's ImageEmbedding function.
     pub images: Vec<Vec<u8>>,
+    /// Sparse query vectors (either JSON form of [`crate::schema::parse_sparse`]), for a
+    /// SparseFloatVector anns field.
+    pub sparse: Vec<Value>,
     pub filter: Option<String>,
     pub limit: usize,
     pub offset: usize,
@@ -243,6 +248,9 @@ pub struct SearchRequest {
     pub consistency: Option<Consistency>,
     /// `ef`, `nprobe`, `recall` target, `refine`.
     pub knobs: SearchKnobs,
+    /// Read exactly this snapshot instead of the consistency level's (a hybrid search
+    /// runs its sub-searches on one snapshot).
+    pub snapshot: Option<Timestamp>,
 }
 
 /// A query (or get) request.
@@ -1104,7 +1112,11 @@ impl Engine {
             .field(&ix.field_name)
             .ok_or_else(|| invalid(format!("index field '{}' does not exist", ix.field_name)))?;
         if !f.is_vector() {
-            return indexspec::check_scalar(f, &ix.index_type);
+            indexspec::check_scalar(f, &ix.index_type)?;
+            if f.is_sparse() {
+                indexspec::check_sparse(ix)?;
+            }
+            return Ok(());
         }
         let t = ix.index_type.to_ascii_uppercase();
         if indexspec::SCALAR_TYPES.contains(&t.as_str()) && t != "AUTOINDEX" {
@@ -1493,7 +1505,10 @@ impl Engine {
     /// recall target resolved to).
     pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {
         let c = self.coll(coll)?;
-        let snap = self.read_snapshot(&c, r.consistency)?;
+        let snap = match r.snapshot {
+            Some(s) => s,
+            None => self.read_snapshot(&c, r.consistency)?,
+        };
         if self.store.is_remote() && c.read().meta.loaded {
             // Fetch what is not in memory yet before taking the lock for the search, so
             // that writers never wait for the network (a no-op once all is fetched).
@@ -1508,7 +1523,12 @@ impl Engine {
         let topk = check_topk(r.limit, r.offset)?;
         let nq = match &r.ids {
             Some(ids) => ids.len(),
-            None => r.vectors.len().max(r.texts.len()).max(r.images.len()),
+            None => r
+                .vectors
+                .len()
+                .max(r.texts.len())
+                .max(r.images.len())
+                .max(r.sparse.len()),
         };
         if nq > self.config.max_nq {
             return Err(invalid(format!(
@@ -1529,13 +1549,17 @@ impl Engine {
                     collection: g.meta.name.clone(),
                     field: f.clone(),
                 })?;
-                if !fs.is_vector() {
+                if !fs.is_vector() && !fs.is_sparse() {
                     return Err(invalid(format!("annsField '{f}' is not a vector field")));
                 }
                 fs
             }
             _ => {
-                let v: Vec<_> = schema.vector_fields().collect();
+                let v: Vec<_> = schema
+                    .fields
+                    .iter()
+                    .filter(|f| f.is_vector() || f.is_sparse())
+                    .collect();
                 if v.len() != 1 {
                     return Err(invalid(format!(
                         "the collection has {} vector fields ({}); name one in 'annsField'",
@@ -1549,6 +1573,19 @@ impl Engine {
                 v[0]
             }
         };
+        if r.knobs.drop_ratio.is_some_and(|x| !(0.0..1.0).contains(&x)) {
+            return Err(invalid("'drop_ratio_search' must be in [0, 1)"));
+        }
+        if field.is_sparse() {
+            let field = field.clone();
+            return self.search_sparse(&g, r, &field, snap, topk);
+        }
+        if !r.sparse.is_empty() {
+            return Err(invalid(format!(
+                "'data' holds sparse vectors but field '{}' is a FloatVector; send lists of numbers",
+                field.name
+            )));
+        }
         let vi = schema.vector_index(&field.name).unwrap();
         let dim = field.dim.unwrap_or(0);
         let metric = Self::metric_for(&g, &field.name, r.metric)?;
@@ -1655,9 +1692,95 @@ impl Engine {
         }
         g.search(&ResolvedSearch {
             knobs: r.knobs,
-            vector_field: vi,
+            probe: Probe::Dense {
+                field: vi,
+                queries: &queries,
+            },
             metric,
-            queries: &queries,
+            filter: filter.as_ref(),
+            partitions: parts.as_ref(),
+            limit: r.limit,
+            offset: r.offset,
+            radius: r.radius,
+            range_filter: r.range_filter,
+            group_by,
+            max_output_bytes: self.config.max_output_bytes,
+            group_size,
+            output: &spec,
+            snapshot: snap,
+        })
+    }
+
+    /// [`Self::search_ex`] on a SparseFloatVector field (metric IP).
+    fn search_sparse(
+        &self,
+        g: &Collection,
+        r: &SearchRequest,
+        field: &crate::schema::FieldSchema,
+        snap: Timestamp,
+        _topk: usize,
+    ) -> Result<SearchOutcome> {
+        let schema = &g.meta.schema;
+        if r.ids.is_some() || !r.vectors.is_empty() || !r.images.is_empty() {
+            return Err(invalid(format!(
+                "field '{}' is a SparseFloatVector: 'data' must hold sparse vectors ({{\"17\": 0.5, ...}} or {{\"indices\": [...], \"values\": [...]}})",
+                field.name
+            )));
+        }
+        if !r.texts.is_empty() {
+            return Err(invalid(format!(
+                "field '{}' has no BM25 function, so it cannot be searched by text; send sparse vectors",
+                field.name
+            )));
+        }
+        if r.sparse.is_empty() {
+            return Err(invalid("'data' must hold at least one sparse query vector"));
+        }
+        let queries = r
+            .sparse
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                crate::schema::parse_sparse(v).map_err(|m| invalid(format!("query {i}: {m}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let def = g.meta.indexes.iter().find(|i| i.field_name == field.name);
+        let metric = def.map_or(Metric::IP, |d| d.metric_type);
+        if let Some(m) = r.metric.filter(|m| *m != metric) {
+            return Err(invalid(format!(
+                "metric type mismatch: sparse field '{}' is searched with {}, the search asked for {}",
+                field.name,
+                metric.as_str(),
+                m.as_str()
+            )));
+        }
+        let algo = match def.and_then(|d| d.params.get("inverted_index_algo")) {
+            Some(v) => v
+                .as_str()
+                .and_then(magpie_index::SparseAlgo::parse)
+                .ok_or_else(|| invalid(format!("unknown inverted_index_algo {v}")))?,
+            None => magpie_index::SparseAlgo::default(),
+        };
+        let filter = compile_filter(r.filter.as_deref(), schema)?;
+        let parts = g.read_partitions(&r.partitions, r.filter.as_deref())?;
+        let group_by = match &r.group_by {
+            Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
+            _ => None,
+        };
+        let group_size = r.group_size.unwrap_or(1);
+        if group_size == 0 || group_size > 1024 {
+            return Err(invalid("groupSize must be in 1..=1024"));
+        }
+        let spec = g.output_spec(&r.output_fields)?;
+        g.search(&ResolvedSearch {
+            knobs: r.knobs,
+            probe: Probe::Sparse {
+                field: schema.scalar_index(&field.name).unwrap(),
+                queries: &queries,
+                algo,
+                indexed: def.is_some(),
+            },
+            metric,
             filter: filter.as_ref(),
             partitions: parts.as_ref(),
             limit: r.limit,

@@ -72,6 +72,42 @@ pub const SUPPORTED: &[&str] = &[
     "IVF_PQ",
 ];
 
+/// Index types of SparseFloatVector fields (both are the same exact inverted index here;
+/// `inverted_index_algo` picks how it is walked, see `magpie_index::sparse`).
+pub const SPARSE_TYPES: &[&str] = &["SPARSE_INVERTED_INDEX", "SPARSE_WAND"];
+
+/// Checks the metric and params of an index on a sparse field.
+pub fn check_sparse(ix: &crate::catalog::IndexMeta) -> Result<()> {
+    if ix.metric_type != Metric::IP {
+        return Err(invalid(format!(
+            "sparse vector field '{}' is indexed with metric IP, not {}",
+            ix.field_name,
+            ix.metric_type.as_str()
+        )));
+    }
+    for (k, v) in &ix.params {
+        match k.as_str() {
+            "inverted_index_algo"
+                if v.as_str().and_then(magpie_index::SparseAlgo::parse).is_none() =>
+            {
+                return Err(invalid(format!(
+                    "inverted_index_algo must be DAAT_MAXSCORE, DAAT_WAND or TAAT_NAIVE, got {v}"
+                )));
+            }
+            "drop_ratio_build" if v.as_f64() == Some(0.0) => {}
+            "drop_ratio_build" => {
+                return Err(invalid(
+                    "drop_ratio_build is not supported (Milvus 2.5 removed it too); drop entries at search time with drop_ratio_search",
+                ))
+            }
+            // Other keys are ignored, as for dense indexes (clients send index_type,
+            // metric_type and the like among the params).
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Index types of scalar fields (Milvus's names). All are served by a
 /// [`crate::column::SortedIndex`] per sealed segment, built in memory on first use.
 pub const SCALAR_TYPES: &[&str] = &["INVERTED", "BITMAP", "STL_SORT", "TRIE", "AUTOINDEX"];
@@ -81,6 +117,19 @@ pub const SCALAR_TYPES: &[&str] = &["INVERTED", "BITMAP", "STL_SORT", "TRIE", "A
 pub fn check_scalar(f: &crate::schema::FieldSchema, index_type: &str) -> Result<()> {
     let t = index_type.to_ascii_uppercase();
     let name = &f.name;
+    if f.is_sparse() != SPARSE_TYPES.contains(&t.as_str()) && t != "AUTOINDEX" {
+        return Err(invalid(if f.is_sparse() {
+            format!(
+                "sparse vector field '{name}' takes index type {} (metric IP), not '{t}'",
+                SPARSE_TYPES.join(" or ")
+            )
+        } else {
+            format!("index type '{t}' is for SparseFloatVector fields; '{name}' is not one")
+        }));
+    }
+    if f.is_sparse() {
+        return Ok(());
+    }
     if f.is_primary {
         return Err(invalid(format!(
             "field '{name}' is the primary key, which is always indexed"

@@ -22,8 +22,9 @@ pub mod wal;
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
 pub use collection::{Hit, SearchKnobs, SearchOutcome};
 pub use engine::{
-    qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, IndexProgress,
-    QueryRequest, SearchRequest, SegmentIndexState, WriteResult, DEFAULT_DATABASE, MAX_TOPK,
+    qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, HybridRequest,
+    IndexProgress, QueryRequest, Rerank, SearchRequest, SegmentIndexState, WriteResult,
+    DEFAULT_DATABASE, MAX_HYBRID_SEARCHES, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
 pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};

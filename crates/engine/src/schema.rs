@@ -8,6 +8,7 @@
 use crate::error::{EngineError, Result};
 use crate::function::FunctionSchema;
 use crate::types::PrimaryKey;
+use magpie_index::SparseVector;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -30,6 +31,10 @@ pub enum DataType {
     JSON,
     Array,
     FloatVector,
+    /// Milvus's `SparseFloatVector`: `{"17": 0.5, ...}` or `{"indices": [...], "values":
+    /// [...]}`. Stored as a scalar column in the canonical form of [`sparse_to_json`];
+    /// searched through [`magpie_index::SparseIndex`].
+    SparseFloatVector,
 }
 
 impl DataType {
@@ -47,6 +52,7 @@ impl DataType {
             "json" => DataType::JSON,
             "array" => DataType::Array,
             "floatvector" => DataType::FloatVector,
+            "sparsefloatvector" => DataType::SparseFloatVector,
             _ => return None,
         })
     }
@@ -139,8 +145,14 @@ impl FieldSchema {
         self.max_capacity = Some(capacity);
         self
     }
+    /// A dense vector field (stored in vector columns, searched by the vector indexes).
     pub fn is_vector(&self) -> bool {
         self.data_type == DataType::FloatVector
+    }
+
+    /// A sparse vector field (a scalar column; searched by the sparse index).
+    pub fn is_sparse(&self) -> bool {
+        self.data_type == DataType::SparseFloatVector
     }
 }
 
@@ -392,6 +404,21 @@ impl CollectionSchema {
                         ));
                     }
                 }
+                DataType::SparseFloatVector => {
+                    vecs += 1;
+                    if f.is_primary || f.partition_key.is_some() {
+                        return err(format!(
+                            "sparse vector field '{}' cannot be a primary or partition key",
+                            f.name
+                        ));
+                    }
+                    if f.nullable || f.default_value.is_some() {
+                        return err(format!(
+                            "vector field '{}' cannot be nullable or have a default",
+                            f.name
+                        ));
+                    }
+                }
                 DataType::VarChar => match f.max_length {
                     Some(n) if (1..=65535).contains(&n) => {}
                     _ => {
@@ -408,7 +435,13 @@ impl CollectionSchema {
                             f.name
                         ))
                     })?;
-                    if matches!(et, DataType::Array | DataType::JSON | DataType::FloatVector) {
+                    if matches!(
+                        et,
+                        DataType::Array
+                            | DataType::JSON
+                            | DataType::FloatVector
+                            | DataType::SparseFloatVector
+                    ) {
                         return err(format!("Array field '{}' cannot hold {et:?}", f.name));
                     }
                     if et == DataType::VarChar && f.max_length.is_none() {
@@ -443,7 +476,10 @@ impl CollectionSchema {
             ));
         }
         if vecs == 0 {
-            return err("a schema needs at least one FloatVector field".into());
+            return err(
+                "a schema needs at least one vector field (FloatVector or SparseFloatVector)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -812,6 +848,7 @@ fn check_elem(t: DataType, max_len: Option<usize>, v: &Value) -> std::result::Re
 pub(crate) fn check_scalar(f: &FieldSchema, v: &Value) -> std::result::Result<(), String> {
     match f.data_type {
         DataType::JSON => check_json_finite(v),
+        DataType::SparseFloatVector => parse_sparse(v).map(|_| ()),
         DataType::Array => {
             let a = v
                 .as_array()
@@ -847,8 +884,111 @@ fn normalize_scalar(f: &FieldSchema, v: &Value) -> Value {
             .as_f64()
             .and_then(serde_json::Number::from_f64)
             .map_or(Value::Null, Value::Number),
+        DataType::SparseFloatVector => parse_sparse(v).map_or(Value::Null, |x| sparse_to_json(&x)),
         _ => v.clone(),
     }
+}
+
+/// Most non-zero entries of one sparse vector.
+pub const MAX_SPARSE_NNZ: usize = 1 << 20;
+
+/// Parses a sparse vector in either of Milvus's JSON forms: `{"17": 0.5, "42": 0.1}` or
+/// `{"indices": [17, 42], "values": [0.5, 0.1]}`. Indices are integers in
+/// `0..=4294967294`, each at most once; values finite float32.
+pub fn parse_sparse(v: &Value) -> std::result::Result<SparseVector, String> {
+    let o = v.as_object().ok_or_else(|| {
+        format!(
+            "a SparseFloatVector must be an object ({{\"17\": 0.5}} or {{\"indices\": [..], \"values\": [..]}}), got {}",
+            json_kind(v)
+        )
+    })?;
+    let index = |x: &Value| -> std::result::Result<u32, String> {
+        let n: i128 = match x {
+            Value::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from)),
+            Value::String(s) => s.trim().parse::<i128>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("sparse index {x} is not an integer"))?;
+        if n < 0 {
+            return Err(format!("sparse index {n} is negative"));
+        }
+        u32::try_from(n)
+            .ok()
+            .filter(|&i| i <= magpie_index::sparse::MAX_SPARSE_INDEX)
+            .ok_or_else(|| {
+                format!(
+                    "sparse index {n} is out of range (indices are 0..={})",
+                    magpie_index::sparse::MAX_SPARSE_INDEX
+                )
+            })
+    };
+    let value = |i: u32, x: &Value| -> std::result::Result<f32, String> {
+        x.as_f64()
+            .map(|f| f as f32)
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| format!("the value at sparse index {i} is {x}, not a finite float32"))
+    };
+    let pairs: Vec<(u32, f32)> = if o.contains_key("indices") || o.contains_key("values") {
+        let (Some(Value::Array(ix)), Some(Value::Array(vals)), 2) =
+            (o.get("indices"), o.get("values"), o.len())
+        else {
+            return Err(
+                "a SparseFloatVector in the indices/values form needs exactly the arrays 'indices' and 'values'".into(),
+            );
+        };
+        if ix.len() != vals.len() {
+            return Err(format!(
+                "'indices' has {} entries and 'values' {}",
+                ix.len(),
+                vals.len()
+            ));
+        }
+        if ix.len() > MAX_SPARSE_NNZ {
+            return Err(format!(
+                "a sparse vector has at most {MAX_SPARSE_NNZ} entries, got {}",
+                ix.len()
+            ));
+        }
+        ix.iter()
+            .zip(vals)
+            .map(|(i, x)| {
+                let i = index(i)?;
+                Ok((i, value(i, x)?))
+            })
+            .collect::<std::result::Result<_, String>>()?
+    } else {
+        if o.len() > MAX_SPARSE_NNZ {
+            return Err(format!(
+                "a sparse vector has at most {MAX_SPARSE_NNZ} entries, got {}",
+                o.len()
+            ));
+        }
+        o.iter()
+            .map(|(k, x)| {
+                let i = index(&Value::String(k.clone()))?;
+                Ok((i, value(i, x)?))
+            })
+            .collect::<std::result::Result<_, String>>()?
+    };
+    SparseVector::from_pairs(pairs)
+}
+
+/// The stored and returned form of a sparse vector: `{"<index>": value}` by ascending
+/// index (as Milvus returns them).
+pub fn sparse_to_json(v: &SparseVector) -> Value {
+    Value::Object(
+        v.iter()
+            .map(|(i, x)| {
+                (
+                    i.to_string(),
+                    serde_json::Number::from_f64(x as f64).map_or(Value::Null, Value::Number),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

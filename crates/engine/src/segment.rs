@@ -405,6 +405,9 @@ pub struct Segment {
     /// Scalar index slot per scalar column, built on first use by a filter on a field
     /// that has a scalar index ([`crate::column::SortedIndex`]).
     pub sorted: Vec<OnceCell<Option<crate::column::SortedIndex>>>,
+    /// Sparse index slot per scalar column, built on first search of a sparse vector
+    /// field once the segment no longer grows (its rows never change after that).
+    pub sparse: Vec<OnceCell<Arc<magpie_index::SparseIndex>>>,
     pub created_ms: u64,
     /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
     /// compaction rewrites older ones.
@@ -577,6 +580,7 @@ impl Segment {
             scalars: (0..n_scalars).map(|_| Column::default()).collect(),
             dynamic: Column::default(),
             sorted: (0..n_scalars).map(|_| OnceCell::new()).collect(),
+            sparse: (0..n_scalars).map(|_| OnceCell::new()).collect(),
             created_ms: crate::types::now_ms(),
             format: FORMAT,
             deletes_dirty: false,
@@ -635,6 +639,37 @@ impl Segment {
         }
         self.approx_bytes += b.len() * (16 + 16 * self.scalars.len());
         start
+    }
+
+    /// The sparse vector of row `i` in scalar column `si` (`None` for a null).
+    pub fn sparse_row(&self, si: usize, i: usize) -> Result<Option<magpie_index::SparseVector>> {
+        let v = self.scalars[si].get(i);
+        if v.is_null() {
+            return Ok(None);
+        }
+        crate::schema::parse_sparse(&v)
+            .map(Some)
+            .map_err(|e| EngineError::Corrupt {
+                path: PathBuf::from(format!("segment {}", self.id)),
+                msg: format!("row {i} holds an invalid sparse vector: {e}"),
+            })
+    }
+
+    /// The sparse index of scalar column `si`, built on first use. Only for segments that
+    /// no longer grow (a growing segment is scanned row by row instead).
+    pub fn sparse_index(&self, si: usize) -> Result<&Arc<magpie_index::SparseIndex>> {
+        debug_assert_ne!(self.state, SegState::Growing);
+        self.sparse[si].get_or_try_init(|| {
+            let mut rows = Vec::with_capacity(self.len());
+            for i in 0..self.len() {
+                if let Some(v) = self.sparse_row(si, i)? {
+                    rows.push((i as u32, v));
+                }
+            }
+            magpie_index::SparseIndex::build(self.len(), rows.iter().map(|(i, v)| (*i, v)))
+                .map(Arc::new)
+                .map_err(EngineError::from)
+        })
     }
 
     /// Rows visible at snapshot `snap`: inserted at or before it and not deleted by then.
@@ -940,6 +975,7 @@ impl Segment {
             deleted_at,
             vectors: cols,
             sorted: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
+            sparse: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),

@@ -1657,3 +1657,298 @@ fn partition_keys_route_rows_prune_reads_and_replay_identically() {
     let e = open(d.path());
     check(&e);
 }
+
+fn sparse_schema() -> CollectionSchema {
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("sp", DataType::SparseFloatVector),
+            FieldSchema::new("n", DataType::Int64),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: Vec::new(),
+    }
+}
+
+/// A deterministic sparse vector with 1-12 entries over 200 dimensions.
+fn sparse_row(i: i64) -> Value {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+    let n = rng.gen_range(1..=12);
+    let mut m = serde_json::Map::new();
+    for _ in 0..n {
+        let k: u32 = rng.gen_range(0..200);
+        m.insert(k.to_string(), json!(rng.gen_range(0.0f32..2.0)));
+    }
+    json!({"id": i, "sp": m, "n": i % 10})
+}
+
+/// The expected top-k: every live row scored by brute force (the index's summation order:
+/// ascending index), ties by primary key.
+fn sparse_brute(
+    rows: &[Value],
+    q: &Value,
+    k: usize,
+    keep: impl Fn(i64) -> bool,
+) -> Vec<(i64, f32)> {
+    let q = magpie_engine::schema::parse_sparse(q).unwrap();
+    let mut all: Vec<(i64, f32)> = rows
+        .iter()
+        .filter(|r| keep(r["id"].as_i64().unwrap()))
+        .filter_map(|r| {
+            let v = magpie_engine::schema::parse_sparse(&r["sp"]).unwrap();
+            q.score(&v).map(|s| (r["id"].as_i64().unwrap(), s))
+        })
+        .collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
+}
+
+fn sparse_search(
+    e: &Engine,
+    q: &Value,
+    k: usize,
+    filter: Option<&str>,
+    knobs: SearchKnobs,
+) -> Vec<(i64, f32)> {
+    let r = SearchRequest {
+        sparse: vec![q.clone()],
+        limit: k,
+        filter: filter.map(String::from),
+        output_fields: vec!["sp".into()],
+        consistency: Some(Consistency::Strong),
+        knobs,
+        ..Default::default()
+    };
+    e.search("s", &r).unwrap()[0]
+        .iter()
+        .map(|h| {
+            assert!(h.fields["sp"].is_object(), "{:?}", h.fields);
+            (h.id.to_json().as_i64().unwrap(), h.distance)
+        })
+        .collect()
+}
+
+#[test]
+fn sparse_vectors_search_exactly_in_every_segment_state_and_after_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        seal_rows: 150,
+        ..Default::default()
+    };
+    let idx = |algo: &str| IndexMeta {
+        id: 0,
+        index_name: "sp".into(),
+        field_name: "sp".into(),
+        index_type: "SPARSE_INVERTED_INDEX".into(),
+        metric_type: Metric::IP,
+        params: json!({"inverted_index_algo": algo})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let rows: Vec<Value> = (0..500).map(sparse_row).collect();
+    let queries: Vec<Value> = vec![
+        json!({"3": 1.0, "17": 0.5, "150": 2.0}),
+        json!({"indices": [5, 9, 33, 120, 199], "values": [0.2, 1.5, 0.7, 1.0, 0.1]}),
+        json!({"42": -1.0, "43": 3.0}),
+    ];
+    {
+        let e = Engine::open(d.path(), cfg.clone()).unwrap();
+        e.create_collection(
+            "s",
+            sparse_schema(),
+            vec![idx("DAAT_WAND")],
+            Consistency::Strong,
+            "",
+        )
+        .unwrap();
+        for chunk in rows.chunks(100) {
+            e.insert("s", None, chunk).unwrap();
+        }
+        // Growing and sealed segments (scanned and indexed), then flushed ones.
+        for q in &queries {
+            assert_eq!(
+                sparse_search(&e, q, 10, None, Default::default()),
+                sparse_brute(&rows, q, 10, |_| true)
+            );
+        }
+        e.flush("s").unwrap();
+        let out = e
+            .search_ex(
+                "s",
+                &SearchRequest {
+                    sparse: vec![queries[0].clone()],
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(
+            out.indexed_segments >= 3 && out.exact_segments == 0,
+            "{out:?}"
+        );
+        let deleted: Vec<Value> = (0..500).filter(|i| i % 7 == 0).map(|i| json!(i)).collect();
+        e.delete("s", None, Some(&deleted), None).unwrap();
+        for q in &queries {
+            let want = sparse_brute(&rows, q, 10, |i| i % 7 != 0);
+            assert_eq!(sparse_search(&e, q, 10, None, Default::default()), want);
+            let want = sparse_brute(&rows, q, 5, |i| i % 7 != 0 && i % 10 == 3);
+            assert_eq!(
+                sparse_search(&e, q, 5, Some("n == 3"), Default::default()),
+                want
+            );
+        }
+        // Every algorithm gives the same answer.
+        e.drop_index("s", "sp").unwrap();
+        for algo in ["TAAT_NAIVE", "DAAT_MAXSCORE"] {
+            e.create_index("s", idx(algo)).unwrap();
+            for q in &queries {
+                assert_eq!(
+                    sparse_search(&e, q, 10, None, Default::default()),
+                    sparse_brute(&rows, q, 10, |i| i % 7 != 0)
+                );
+            }
+            e.drop_index("s", "sp").unwrap();
+        }
+        e.create_index("s", idx("DAAT_MAXSCORE")).unwrap();
+    }
+    // After a restart (segments from disk, the WAL replayed) and a compaction.
+    let e = Engine::open(d.path(), cfg).unwrap();
+    for q in &queries {
+        assert_eq!(
+            sparse_search(&e, q, 10, None, Default::default()),
+            sparse_brute(&rows, q, 10, |i| i % 7 != 0)
+        );
+    }
+    e.compact("s").unwrap();
+    for q in &queries {
+        assert_eq!(
+            sparse_search(&e, q, 10, None, Default::default()),
+            sparse_brute(&rows, q, 10, |i| i % 7 != 0)
+        );
+    }
+    // drop_ratio_search leaves out the query's smallest entries.
+    let q = json!({"5": 0.01, "9": 3.0});
+    let dropped = sparse_search(
+        &e,
+        &q,
+        10,
+        None,
+        SearchKnobs {
+            drop_ratio: Some(0.5),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        dropped,
+        sparse_brute(&rows, &json!({"9": 3.0}), 10, |i| i % 7 != 0)
+    );
+    // Stored vectors come back in the canonical {"index": value} form.
+    let got = e
+        .query(
+            "s",
+            &QueryRequest {
+                ids: Some(vec![json!(1)]),
+                output_fields: vec!["sp".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let want = magpie_engine::schema::parse_sparse(&rows[1]["sp"]).unwrap();
+    assert_eq!(
+        magpie_engine::schema::parse_sparse(&got[0]["sp"]).unwrap(),
+        want
+    );
+}
+
+#[test]
+fn bad_sparse_vectors_are_refused_and_nothing_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("s", sparse_schema(), vec![], Consistency::Strong, "")
+        .unwrap();
+    for (sp, want) in [
+        (json!({"-1": 0.5}), "negative"),
+        (json!({"4294967295": 0.5}), "out of range"),
+        (json!({"x": 0.5}), "not an integer"),
+        (
+            json!({"indices": [1, 1], "values": [0.5, 0.5]}),
+            "more than once",
+        ),
+        (
+            json!({"indices": [1, 2], "values": [0.5]}),
+            "'indices' has 2 entries",
+        ),
+        (json!({"1": "a"}), "not a finite float32"),
+        (json!({"1": 1e39}), "not a finite float32"),
+        (json!([1, 2]), "must be an object"),
+    ] {
+        let e2 = e
+            .insert(
+                "s",
+                None,
+                &[
+                    json!({"id": 1, "sp": {"1": 1.0}, "n": 1}),
+                    json!({"id": 2, "sp": sp, "n": 1}),
+                ],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e2.contains("row 1") && e2.contains(want), "{e2}");
+    }
+    assert_eq!(count(&e, "s", ""), 0);
+    // Sparse fields take only sparse index types with IP, and no filters.
+    let bad = |t: &str, m: Metric| IndexMeta {
+        id: 0,
+        index_name: "sp".into(),
+        field_name: "sp".into(),
+        index_type: t.into(),
+        metric_type: m,
+        params: Default::default(),
+    };
+    assert!(e
+        .create_index("s", bad("HNSW", Metric::IP))
+        .unwrap_err()
+        .to_string()
+        .contains("SPARSE_INVERTED_INDEX"));
+    assert!(e
+        .create_index("s", bad("SPARSE_WAND", Metric::L2))
+        .unwrap_err()
+        .to_string()
+        .contains("metric IP"));
+    let q = QueryRequest {
+        filter: Some("sp == 1".into()),
+        ..Default::default()
+    };
+    assert!(e
+        .query("s", &q)
+        .unwrap_err()
+        .to_string()
+        .contains("vector field"));
+    let r = SearchRequest {
+        vectors: vec![vec![1.0]],
+        limit: 3,
+        ..Default::default()
+    };
+    assert!(e
+        .search("s", &r)
+        .unwrap_err()
+        .to_string()
+        .contains("sparse vectors"));
+    let r = SearchRequest {
+        sparse: vec![json!({"1": 1.0})],
+        limit: 3,
+        knobs: SearchKnobs {
+            drop_ratio: Some(1.0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert!(e
+        .search("s", &r)
+        .unwrap_err()
+        .to_string()
+        .contains("drop_ratio_search"));
+}

@@ -22,6 +22,7 @@ pub mod metric;
 pub mod quant;
 pub mod recall;
 mod space;
+pub mod sparse;
 #[cfg(test)]
 mod testutil;
 pub mod topk;
@@ -32,6 +33,7 @@ pub use hnsw::{HnswIndex, HnswParams};
 pub use ivf::{CodecKind, IvfIndex, IvfParams};
 pub use metric::Metric;
 pub use recall::{Knob, RecallCurve};
+pub use sparse::{SparseAlgo, SparseIndex, SparseSearch, SparseVector};
 pub use topk::{Scored, TopK};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,8 +8,8 @@ use crate::AppState;
 use axum::extract::{FromRequest, Request, State};
 use axum::Json;
 use magpie_engine::{
-    CollectionSchema, Consistency, DataType, Engine, FieldSchema, IndexMeta, Metric, QueryRequest,
-    SearchKnobs, SearchRequest,
+    CollectionSchema, Consistency, DataType, Engine, FieldSchema, HybridRequest, IndexMeta, Metric,
+    QueryRequest, Rerank, SearchKnobs, SearchRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -751,6 +751,9 @@ pub struct SearchReq {
     output_fields: Vec<String>,
     partition_names: Vec<String>,
     search_params: Map<String, Value>,
+    /// The knobs as hybrid-search sub-requests carry them (`searchParams.params` on a
+    /// plain search).
+    params: Map<String, Value>,
     metric_type: Option<String>,
     grouping_field: Option<String>,
     group_size: Option<usize>,
@@ -775,6 +778,7 @@ pub(crate) fn search_knobs(p: &Map<String, Value>) -> Result<SearchKnobs, ApiErr
         nprobe: usize_param(p, "nprobe")?,
         recall: f32_param(p, "recall")?,
         refine: usize_param(p, "refine")?.or(usize_param(p, "refine_k")?),
+        drop_ratio: f32_param(p, "drop_ratio_search")?,
     })
 }
 
@@ -787,25 +791,39 @@ pub(crate) fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<us
     }
 }
 
-/// What a search's `data` holds: query vectors, texts (for an embedding function), or
-/// images as `{"image": "<base64>"}` objects (for an ImageEmbedding function); one kind
-/// per request.
-struct QueryData {
-    vectors: Vec<Vec<f32>>,
-    texts: Vec<String>,
-    images: Vec<Vec<u8>>,
+/// What a search's `data` holds: query vectors, texts (for an embedding function),
+/// images as `{"image": "<base64>"}` objects (for an ImageEmbedding function), or sparse
+/// vectors (other objects, checked by the engine against the field); one kind per request.
+pub(crate) struct QueryData {
+    pub(crate) vectors: Vec<Vec<f32>>,
+    pub(crate) texts: Vec<String>,
+    pub(crate) images: Vec<Vec<u8>>,
+    pub(crate) sparse: Vec<Value>,
 }
 
-fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
+pub(crate) fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
     use base64::Engine as _;
     let mut q = QueryData {
         vectors: Vec::new(),
         texts: Vec::new(),
         images: Vec::new(),
+        sparse: Vec::new(),
     };
     if let Some(Value::Array(a)) = &data {
         if !a.is_empty() && a.iter().all(|v| v.is_string()) {
             q.texts = a.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            return Ok(q);
+        }
+        let is_image = |v: &Value| v.as_object().is_some_and(|o| o.contains_key("image"));
+        if a.iter().any(|v| v.is_object()) && !a.iter().any(is_image) {
+            for (i, v) in a.iter().enumerate() {
+                if !v.is_object() {
+                    return Err(ApiError::bad_request(format!(
+                        "query {i} in 'data' must be a sparse vector object like the others"
+                    )));
+                }
+            }
+            q.sparse = a.clone();
             return Ok(q);
         }
         if a.iter().any(|v| v.is_object()) {
@@ -867,14 +885,17 @@ fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
         .collect()
 }
 
-pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
-    let c = need_in(&st, &r.db_name, &r.collection_name)?;
+/// The engine's request for a search body (a plain search or a hybrid sub-search).
+fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
     let sp = &r.search_params;
-    let inner = sp
+    let mut inner = sp
         .get("params")
         .and_then(|v| v.as_object())
         .cloned()
         .unwrap_or_default();
+    for (k, v) in &r.params {
+        inner.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     let metric_s = r.metric_type.clone().or_else(|| {
         sp.get("metricType")
             .and_then(|v| v.as_str())
@@ -884,12 +905,14 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
         vectors,
         texts,
         images,
+        sparse,
     } = query_data(r.data)?;
-    let req = SearchRequest {
+    Ok(SearchRequest {
         anns_field: r.anns_field,
         vectors,
         texts,
         images,
+        sparse,
         ids: id_list(r.ids),
         filter: r.filter,
         limit: r.limit.unwrap_or(100),
@@ -906,7 +929,13 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             recall: f32_param(&inner, "recall")?.or(f32_param(sp, "recall")?),
             ..search_knobs(&inner)?
         },
-    };
+        snapshot: None,
+    })
+}
+
+pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
+    let req = search_request(r)?;
     let (pk_name, outcome) = blocking(&st, move |e| {
         let pk = e.describe_collection(&c)?.schema.pk().name.clone();
         Ok((pk, e.search_ex(&c, &req)?))
@@ -945,6 +974,120 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
     Ok(Json(
         json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}),
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HybridReq {
+    collection_name: Option<String>,
+    db_name: Option<String>,
+    search: Vec<SearchReq>,
+    rerank: Option<Value>,
+    limit: Option<usize>,
+    offset: usize,
+    output_fields: Vec<String>,
+    partition_names: Vec<String>,
+    consistency_level: Option<String>,
+}
+
+/// `rerank` of a hybrid search: `{"strategy": "rrf", "params": {"k": 60}}` or
+/// `{"strategy": "weighted" | "ws", "params": {"weights": [...], "norm_score": true}}`.
+pub(crate) fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Err(ApiError::bad_request(
+            "a hybrid search needs 'rerank': {\"strategy\": \"rrf\", \"params\": {\"k\": 60}} or {\"strategy\": \"weighted\", \"params\": {\"weights\": [...]}}",
+        ));
+    };
+    let strategy = v
+        .get("strategy")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| ApiError::bad_request("'rerank' needs a 'strategy' (rrf or weighted)"))?;
+    let params = v
+        .get("params")
+        .and_then(|p| p.as_object())
+        .cloned()
+        .unwrap_or_default();
+    match strategy.to_ascii_lowercase().as_str() {
+        "rrf" => Ok(Rerank::Rrf {
+            k: f32_param(&params, "k")?.unwrap_or(60.0),
+        }),
+        "weighted" | "ws" => {
+            let weights = match params.get("weights") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|w| {
+                        w.as_f64().map(|x| x as f32).ok_or_else(|| {
+                            ApiError::bad_request(format!("weight {w} is not a number"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => {
+                    let msg =
+                        "the weighted ranker needs 'params.weights', one number per sub-search";
+                    return Err(ApiError::bad_request(format!("{msg} ({n})")));
+                }
+            };
+            let norm_score = match params.get("norm_score") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(x) => {
+                    return Err(ApiError::bad_request(format!(
+                        "'norm_score' must be true or false, got {x}"
+                    )))
+                }
+            };
+            Ok(Rerank::Weighted {
+                weights,
+                norm_score,
+            })
+        }
+        other => Err(ApiError::bad_request(format!(
+            "unknown rerank strategy '{other}'; use rrf or weighted"
+        ))),
+    }
+}
+
+pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<HybridReq>) -> ApiResult {
+    let c = need_in(&st, &r.db_name, &r.collection_name)?;
+    let n = r.search.len();
+    let rerank = rerank(r.rerank.as_ref(), n)?;
+    let searches = r
+        .search
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            search_request(s)
+                .map_err(|e| ApiError::bad_request(format!("sub-search {i}: {}", e.message)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let req = HybridRequest {
+        searches,
+        rerank,
+        limit: r.limit.unwrap_or(100),
+        offset: r.offset,
+        output_fields: r.output_fields,
+        partitions: r.partition_names,
+        consistency: consistency(&r.consistency_level)?,
+    };
+    let (pk_name, results) = blocking(&st, move |e| {
+        let pk = e.describe_collection(&c)?.schema.pk().name.clone();
+        Ok((pk, e.hybrid_search(&c, &req)?))
+    })
+    .await?;
+    let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
+    let mut flat = Vec::new();
+    for hits in results {
+        for h in hits {
+            let mut o = Map::new();
+            o.insert(pk_name.clone(), h.id.to_json());
+            o.insert("distance".into(), json!(h.distance));
+            for (k, v) in h.fields {
+                o.entry(k).or_insert(v);
+            }
+            flat.push(Value::Object(o));
+        }
+    }
+    Ok(Json(json!({"code": 0, "data": flat, "topks": topks})))
 }
 
 // ------------------------------------------------------------------ indexes

@@ -384,6 +384,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/vectordb/entities/get", post(get_entities))
         .route("/v2/vectordb/entities/query", post(query))
         .route("/v2/vectordb/entities/search", post(search))
+        .route("/v2/vectordb/entities/hybrid_search", post(hybrid_search))
         .route("/v2/vectordb/indexes/create", post(create_index))
         .route("/v2/vectordb/indexes/describe", post(describe_index))
         .route("/v2/vectordb/indexes/list", post(list_indexes))

@@ -1490,3 +1490,251 @@ async fn partition_key_over_rest() {
         "{v}"
     );
 }
+
+/// Row `i` of the hybrid collection: a dense vector and a sparse one (both JSON forms).
+fn hybrid_row(i: i64) -> Value {
+    let a = (i % 7) as u32;
+    let b = 10 + (i % 5) as u32;
+    let sp = if i % 2 == 0 {
+        json!({a.to_string(): 1.0 + i as f32 / 10.0, b.to_string(): 0.5})
+    } else {
+        json!({"indices": [a, b], "values": [1.0 + i as f32 / 10.0, 0.5]})
+    };
+    json!({"id": i, "dense": [i as f32, 1.0, 0.0, 0.5], "sp": sp, "n": i % 4})
+}
+
+#[tokio::test]
+async fn sparse_vectors_and_hybrid_search_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "h", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "dense", "dataType": "FloatVector", "elementTypeParams": {"dim": 4}},
+            {"fieldName": "sp", "dataType": "SparseFloatVector"},
+            {"fieldName": "n", "dataType": "Int64"}]},
+            "indexParams": [
+                {"fieldName": "dense", "metricType": "L2", "indexType": "FLAT"},
+                {"fieldName": "sp", "metricType": "IP", "indexType": "SPARSE_INVERTED_INDEX", "params": {"inverted_index_algo": "DAAT_MAXSCORE"}}]}),
+    )
+    .await;
+    let rows: Vec<Value> = (0..40).map(hybrid_row).collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "h", "data": rows}),
+    )
+    .await;
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "h"}))
+        .await;
+    assert!(d.to_string().contains("SparseFloatVector"), "{d}");
+    let idx = t
+        .ok(
+            "indexes/describe",
+            json!({"collectionName": "h", "indexName": "sp"}),
+        )
+        .await;
+    assert_eq!(idx[0]["indexType"], json!("SPARSE_INVERTED_INDEX"), "{idx}");
+
+    // Sparse search: IP over the shared indices, best first; rows come back as maps.
+    let q = json!({"3": 2.0, "12": 1.0});
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "h", "annsField": "sp", "data": [q], "limit": 5, "outputFields": ["sp"], "consistencyLevel": "Strong"}),
+        )
+        .await;
+    let score = |i: i64| -> Option<f32> {
+        let (a, b) = ((i % 7) as u32, 10 + (i % 5) as u32);
+        let va = 1.0 + i as f32 / 10.0;
+        let s = (if a == 3 { 2.0 * va } else { 0.0 }) + (if b == 12 { 1.0 * 0.5 } else { 0.0 });
+        (a == 3 || b == 12).then_some(s)
+    };
+    let mut want: Vec<(i64, f32)> = (0..40).filter_map(|i| score(i).map(|s| (i, s))).collect();
+    want.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+    let got: Vec<(i64, f32)> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_i64().unwrap(),
+                h["distance"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0, "{got:?} vs {want:?}");
+        assert!((g.1 - w.1).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+    let first = &hits[0]["sp"];
+    assert!(
+        first.is_object() && first.get("indices").is_none(),
+        "{first}"
+    );
+
+    // Hybrid: RRF of a dense and a sparse search equals the fusion computed here.
+    let dense_q = json!([[3.0, 1.0, 0.0, 0.5]]);
+    let sub = |field: &str, data: Value, limit: usize| json!({"annsField": field, "data": data, "limit": limit});
+    let ids_of = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_i64().unwrap())
+            .collect()
+    };
+    let dense_ids = ids_of(
+        &t.ok(
+            "entities/search",
+            json!({"collectionName": "h", "annsField": "dense", "data": dense_q, "limit": 10}),
+        )
+        .await,
+    );
+    let sparse_ids = ids_of(
+        &t.ok(
+            "entities/search",
+            json!({"collectionName": "h", "annsField": "sp", "data": [q], "limit": 10}),
+        )
+        .await,
+    );
+    let mut rrf: std::collections::HashMap<i64, f64> = Default::default();
+    for list in [&dense_ids, &sparse_ids] {
+        for (r, id) in list.iter().enumerate() {
+            *rrf.entry(*id).or_default() += 1.0 / (60.0 + r as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(i64, f64)> = rrf.into_iter().collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let body = |limit: usize, offset: usize| {
+        json!({"collectionName": "h", "search": [sub("dense", dense_q.clone(), 10), sub("sp", json!([q.clone()]), 10)],
+               "rerank": {"strategy": "rrf", "params": {"k": 60}}, "limit": limit, "offset": offset, "outputFields": ["n"]})
+    };
+    let all = t.ok("entities/hybrid_search", body(12, 0)).await;
+    assert_eq!(
+        ids_of(&all),
+        fused.iter().take(12).map(|f| f.0).collect::<Vec<_>>()
+    );
+    for (h, f) in all.as_array().unwrap().iter().zip(&fused) {
+        assert!(
+            (h["distance"].as_f64().unwrap() - f.1).abs() < 1e-6,
+            "{h} vs {f:?}"
+        );
+        assert_eq!(h["n"], json!(f.0 % 4));
+    }
+    // Pages are slices of one ranking.
+    let p1 = ids_of(&t.ok("entities/hybrid_search", body(6, 0)).await);
+    let p2 = ids_of(&t.ok("entities/hybrid_search", body(6, 6)).await);
+    assert_eq!([p1, p2].concat(), ids_of(&all));
+
+    // Weighted ("ws" too): weight 1 on the sparse search, 0 on the dense one, ranks as
+    // the sparse search alone.
+    for strategy in ["weighted", "ws"] {
+        let w = t
+            .ok(
+                "entities/hybrid_search",
+                json!({"collectionName": "h", "search": [sub("dense", dense_q.clone(), 10), sub("sp", json!([q.clone()]), 10)],
+                       "rerank": {"strategy": strategy, "params": {"weights": [0.0, 1.0]}}, "limit": 5}),
+            )
+            .await;
+        assert_eq!(ids_of(&w), sparse_ids[..5].to_vec());
+        let top = want[0].1 as f64;
+        assert!(
+            (w[0]["distance"].as_f64().unwrap() - (0.5 + top.atan() / std::f64::consts::PI)).abs()
+                < 1e-5,
+            "{w}"
+        );
+    }
+    // A filter on one sub-search applies to it only.
+    let filtered = t
+        .ok(
+            "entities/hybrid_search",
+            json!({"collectionName": "h", "search": [{"annsField": "sp", "data": [q.clone()], "limit": 10, "filter": "n == 1"}],
+                   "rerank": {"strategy": "rrf"}, "limit": 10, "outputFields": ["n"]}),
+        )
+        .await;
+    assert!(!filtered.as_array().unwrap().is_empty());
+    assert!(
+        filtered
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["n"] == json!(1)),
+        "{filtered}"
+    );
+
+    // Bad input: a 400 naming the problem, nothing else happens.
+    let many: Vec<Value> = (0..17).map(|_| sub("sp", json!([q.clone()]), 3)).collect();
+    for (body, want) in [
+        (
+            json!({"collectionName": "h", "search": [], "rerank": {"strategy": "rrf"}}),
+            "1 to 16 sub-searches",
+        ),
+        (
+            json!({"collectionName": "h", "search": many, "rerank": {"strategy": "rrf"}}),
+            "got 17",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("sp", json!([q.clone()]), 3)]}),
+            "needs 'rerank'",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("sp", json!([q.clone()]), 3)], "rerank": {"strategy": "best"}}),
+            "unknown rerank strategy",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("sp", json!([q.clone()]), 3)], "rerank": {"strategy": "weighted", "params": {"weights": [0.5, 0.5]}}}),
+            "2 weights for 1",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("sp", json!([q.clone()]), 3)], "rerank": {"strategy": "weighted", "params": {"weights": [2.0]}}}),
+            "[0, 1]",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("nope", json!([q.clone()]), 3)], "rerank": {"strategy": "rrf"}}),
+            "nope",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("sp", json!([{"-4": 1.0}]), 3)], "rerank": {"strategy": "rrf"}}),
+            "sub-search 0: query 0: sparse index -4 is negative",
+        ),
+        (
+            json!({"collectionName": "h", "search": [sub("dense", json!([{"4": 1.0}]), 3)], "rerank": {"strategy": "rrf"}}),
+            "is a FloatVector",
+        ),
+    ] {
+        let (s, v) = t.post("entities/hybrid_search", body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap_or("").contains(want),
+            "{body}: {v}"
+        );
+    }
+    for (row, want) in [
+        (
+            json!({"id": 100, "dense": [0.0, 0.0, 0.0, 0.0], "sp": {"1": 1.0, "01": 2.0}, "n": 0}),
+            "appears more than once",
+        ),
+        (
+            json!({"id": 100, "dense": [0.0, 0.0, 0.0, 0.0], "sp": "text", "n": 0}),
+            "must be an object",
+        ),
+    ] {
+        let (s, v) = t
+            .post(
+                "entities/insert",
+                json!({"collectionName": "h", "data": [row]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap_or("").contains(want), "{v}");
+    }
+    let n = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "h", "filter": "", "outputFields": ["count(*)"]}),
+        )
+        .await;
+    assert_eq!(n[0]["count(*)"], json!(40));
+    t.healthy().await;
+}

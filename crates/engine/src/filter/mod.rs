@@ -913,7 +913,7 @@ fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> 
             if let Some(f) = s.field(name) {
                 if f.is_primary {
                     C::Pk
-                } else if f.is_vector() {
+                } else if f.is_vector() || f.is_sparse() {
                     return Err(err(
                         *pos,
                         format!("vector field '{name}' cannot be used in a filter"),

@@ -35,6 +35,7 @@ pub fn dtype_to_pb(t: DataType) -> pb::DataType {
         DataType::JSON => pb::DataType::Json,
         DataType::Array => pb::DataType::Array,
         DataType::FloatVector => pb::DataType::FloatVector,
+        DataType::SparseFloatVector => pb::DataType::SparseFloatVector,
     }
 }
 
@@ -52,9 +53,10 @@ pub fn dtype_from_pb(t: i32, what: &str) -> ConvResult<DataType> {
         pb::DataType::Json => DataType::JSON,
         pb::DataType::Array => DataType::Array,
         pb::DataType::FloatVector => DataType::FloatVector,
+        pb::DataType::SparseFloatVector => DataType::SparseFloatVector,
         other => {
             return Err(format!(
-                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector)",
+                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector, SparseFloatVector)",
                 other.as_str_name()
             ))
         }
@@ -397,8 +399,19 @@ fn column_values(f: &pb::FieldData, rows: usize) -> ConvResult<Vec<Option<Value>
                     })
                     .collect())
             }
+            Some(VData::SparseFloatVector(a)) => {
+                let at = slot(a.contents.len())?;
+                (0..rows)
+                    .map(|i| {
+                        at(i)
+                            .map(|j| sparse_from_bytes(&a.contents[j]))
+                            .transpose()
+                            .map_err(|e| format!("{what}, row {i}: {e}"))
+                    })
+                    .collect()
+            }
             Some(other) => Err(format!(
-                "{what}: {} vectors are not supported by Magpie yet (FloatVector is)",
+                "{what}: {} vectors are not supported by Magpie yet (FloatVector and SparseFloatVector are)",
                 match other {
                     VData::BinaryVector(_) => "binary",
                     VData::Float16Vector(_) => "float16",
@@ -546,6 +559,24 @@ fn column_of(
                 data: Some(VData::FloatVector(pb::FloatArray { data })),
             })
         }
+        DataType::SparseFloatVector => {
+            let contents: Vec<Vec<u8>> = values.iter().map(|v| sparse_to_bytes(v)).collect();
+            // Milvus reports the dimension of a sparse batch as its largest index + 1.
+            let dim = values
+                .iter()
+                .filter_map(|v| v.as_object())
+                .flat_map(|o| o.keys())
+                .filter_map(|k| k.parse::<i64>().ok())
+                .max()
+                .map_or(0, |m| m + 1);
+            Field::Vectors(pb::VectorField {
+                dim,
+                data: Some(VData::SparseFloatVector(pb::SparseFloatArray {
+                    contents,
+                    dim,
+                })),
+            })
+        }
         _ => Field::Scalars(pb::ScalarField {
             data: Some(scalar_column(t, elem, values)),
         }),
@@ -591,12 +622,14 @@ fn scalar_column(t: DataType, elem: Option<DataType>, values: &[&Value]) -> SDat
                 .map(|v| v.as_str().unwrap_or("").to_string())
                 .collect(),
         }),
-        DataType::JSON | DataType::FloatVector => SData::JsonData(pb::JsonArray {
-            data: values
-                .iter()
-                .map(|v| serde_json::to_vec(v).unwrap_or_default())
-                .collect(),
-        }),
+        DataType::JSON | DataType::FloatVector | DataType::SparseFloatVector => {
+            SData::JsonData(pb::JsonArray {
+                data: values
+                    .iter()
+                    .map(|v| serde_json::to_vec(v).unwrap_or_default())
+                    .collect(),
+            })
+        }
         DataType::Array => {
             let et = elem.unwrap_or(DataType::Int64);
             SData::ArrayData(pb::ArrayArray {
@@ -787,6 +820,49 @@ pub fn group_values(
 pub enum Queries {
     Vectors(Vec<Vec<f32>>),
     Texts(Vec<String>),
+    /// Sparse vectors, in the JSON form the engine parses.
+    Sparse(Vec<Value>),
+}
+
+/// A sparse vector in Milvus's binary row form (pairs of a little-endian `u32` index and
+/// `f32` value) as `{"indices": [..], "values": [..]}`; the engine checks the entries.
+pub fn sparse_from_bytes(b: &[u8]) -> ConvResult<Value> {
+    if !b.len().is_multiple_of(8) {
+        return Err(format!(
+            "a sparse vector is pairs of a u32 index and an f32 value (8 bytes each), got {} bytes",
+            b.len()
+        ));
+    }
+    let (mut indices, mut values) = (Vec::new(), Vec::new());
+    for c in b.chunks_exact(8) {
+        indices.push(Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        let x = f32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+        if !x.is_finite() {
+            return Err(format!(
+                "the value at sparse index {} is not a finite float32",
+                indices.last().unwrap()
+            ));
+        }
+        values.push(Value::from(x as f64));
+    }
+    Ok(serde_json::json!({"indices": indices, "values": values}))
+}
+
+/// The binary row form of a stored sparse vector (`{"<index>": value}`).
+pub fn sparse_to_bytes(v: &Value) -> Vec<u8> {
+    let mut pairs: Vec<(u32, f32)> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, x)| Some((k.parse::<u32>().ok()?, x.as_f64().unwrap_or(0.0) as f32)))
+        .collect();
+    pairs.sort_unstable_by_key(|p| p.0);
+    let mut out = Vec::with_capacity(pairs.len() * 8);
+    for (i, x) in pairs {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
 }
 
 pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
@@ -826,8 +902,15 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
             })
             .collect::<ConvResult<_>>()
             .map(Queries::Texts),
+        Ok(PlaceholderType::SparseFloatVector) => p
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, b)| sparse_from_bytes(b).map_err(|e| format!("query {i}: {e}")))
+            .collect::<ConvResult<_>>()
+            .map(Queries::Sparse),
         Ok(t) => Err(format!(
-            "queries of type {} are not supported by Magpie yet (FloatVector and VarChar are)",
+            "queries of type {} are not supported by Magpie yet (FloatVector, SparseFloatVector and VarChar are)",
             t.as_str_name()
         )),
         Err(_) => Err(format!("unknown placeholder type {}", p.r#type)),
@@ -1094,7 +1177,7 @@ mod tests {
         };
         match queries_from_placeholder(&g.encode_to_vec()).unwrap() {
             Queries::Vectors(v) => assert_eq!(v, vec![vec![1.0, 2.0]]),
-            Queries::Texts(_) => panic!("vectors expected"),
+            _ => panic!("vectors expected"),
         }
         assert!(queries_from_placeholder(b"\xff\xff\xff").is_err());
         let g = PlaceholderGroup {
@@ -1108,5 +1191,41 @@ mod tests {
             panic!("5 bytes accepted")
         };
         assert!(e.contains("5 bytes"), "{e}");
+    }
+
+    #[test]
+    fn sparse_vectors_in_milvus_binary_form() {
+        use magpie_milvus_proto::common::{PlaceholderGroup, PlaceholderType, PlaceholderValue};
+        use prost::Message;
+        let row = [
+            3u32.to_le_bytes(),
+            0.5f32.to_le_bytes(),
+            17u32.to_le_bytes(),
+            2.0f32.to_le_bytes(),
+        ]
+        .concat();
+        let v = sparse_from_bytes(&row).unwrap();
+        assert_eq!(v, json!({"indices": [3, 17], "values": [0.5, 2.0]}));
+        // The stored form goes back to the same bytes.
+        let stored = magpie_engine::schema::sparse_to_json(
+            &magpie_engine::schema::parse_sparse(&v).unwrap(),
+        );
+        assert_eq!(sparse_to_bytes(&stored), row);
+        assert!(sparse_from_bytes(&row[..7])
+            .unwrap_err()
+            .contains("7 bytes"));
+        let nan = [1u32.to_le_bytes(), f32::NAN.to_le_bytes()].concat();
+        assert!(sparse_from_bytes(&nan).unwrap_err().contains("finite"));
+        let g = PlaceholderGroup {
+            placeholders: vec![PlaceholderValue {
+                tag: "$0".into(),
+                r#type: PlaceholderType::SparseFloatVector as i32,
+                values: vec![row.clone()],
+            }],
+        };
+        match queries_from_placeholder(&g.encode_to_vec()).unwrap() {
+            Queries::Sparse(q) => assert_eq!(q, vec![v]),
+            _ => panic!("sparse queries expected"),
+        }
     }
 }

@@ -1238,12 +1238,14 @@ impl MilvusService for MilvusApi {
                 .unwrap_or(10);
             let offset: usize = param_num(sp, "offset")?.unwrap_or(0);
             let round_decimal: i64 = param_num(sp, "round_decimal")?.unwrap_or(-1);
-            let (mut vectors, mut texts, mut ids) = (Vec::new(), Vec::new(), None);
+            let (mut vectors, mut texts, mut sparse, mut ids) =
+                (Vec::new(), Vec::new(), Vec::new(), None);
             match &r.search_input {
                 Some(mpb::search_request::SearchInput::PlaceholderGroup(b)) => {
                     match convert::queries_from_placeholder(b).map_err(bad)? {
                         Queries::Vectors(v) => vectors = v,
                         Queries::Texts(t) => texts = t,
+                        Queries::Sparse(s) => sparse = s,
                     }
                 }
                 Some(mpb::search_request::SearchInput::Ids(i)) => {
@@ -1279,6 +1281,7 @@ impl MilvusService for MilvusApi {
                 ids,
                 texts,
                 images: Vec::new(),
+                sparse,
                 filter: Some(dsl).filter(|d| !d.trim().is_empty()),
                 limit,
                 offset,
@@ -1294,6 +1297,7 @@ impl MilvusService for MilvusApi {
                 group_size: param_num(sp, "group_size")?,
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
                 knobs: api::search_knobs(&inner)?,
+                snapshot: None,
             };
             let name = c.clone();
             let (meta, outcome) = blocking(&self.st, move |e| {

@@ -1,0 +1,175 @@
+//! Hybrid search: several searches of one collection (dense, sparse, by text through an
+//! embedding function; each with its own field, filter and limit) fused into one ranking
+//! (Milvus's `hybrid_search`).
+//!
+//! Every sub-search reads the same snapshot, so the fused ranking never mixes two states
+//! of the collection. A sub-search returns its own `limit` best hits whatever the
+//! top-level `offset`, so the fused list does not depend on the page asked for: page 2 is
+//! exactly the rows after page 1 (a known complaint about systems that deepen the
+//! sub-searches by the offset).
+//!
+//! **Rankers** (Milvus's):
+//! - `rrf` (reciprocal rank fusion, Cormack et al., 2009): a row scores `Σ 1 / (k + rank)`
+//!   over the sub-searches that found it, `rank` counting from 1; `k` defaults to 60.
+//! - `weighted`: `Σ wᵢ · sᵢ` where `sᵢ` is the row's score in sub-search `i`. With
+//!   `norm_score` (the default) scores are first mapped into [0, 1] by their metric, as
+//!   Milvus does: IP `0.5 + atan(d)/π`, COSINE `(1 + d) / 2`, L2 `1 − 2·atan(d)/π`;
+//!   without it the raw score is used, L2 distances negated so that larger is better.
+//!
+//! Ties in the fused score are broken by primary key, so the order is total.
+
+use super::{check_topk, invalid, Engine, Result, SearchRequest};
+use crate::collection::Hit;
+use crate::types::{Consistency, PrimaryKey};
+use magpie_index::Metric;
+use std::collections::HashMap;
+
+/// Most sub-searches of one hybrid search (Milvus's limit).
+pub const MAX_HYBRID_SEARCHES: usize = 16;
+
+/// How the sub-searches' rankings are fused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rerank {
+    Rrf { k: f32 },
+    Weighted { weights: Vec<f32>, norm_score: bool },
+}
+
+/// A hybrid search: the sub-searches (their `limit`, `filter`, `anns_field`, data and
+/// knobs are used; output fields, partitions and consistency come from here).
+#[derive(Clone, Debug)]
+pub struct HybridRequest {
+    pub searches: Vec<SearchRequest>,
+    pub rerank: Rerank,
+    pub limit: usize,
+    pub offset: usize,
+    pub output_fields: Vec<String>,
+    pub partitions: Vec<String>,
+    pub consistency: Option<Consistency>,
+}
+
+/// A distance as a "larger is better" score in [0, 1] (`norm`) or raw.
+fn normalized(metric: Metric, d: f32, norm: bool) -> f32 {
+    use std::f32::consts::PI;
+    match (metric, norm) {
+        (Metric::L2, true) => 1.0 - 2.0 * d.atan() / PI,
+        (Metric::L2, false) => -d,
+        (Metric::COSINE, true) => (1.0 + d) / 2.0,
+        (_, true) => 0.5 + d.atan() / PI,
+        (_, false) => d,
+    }
+}
+
+impl Engine {
+    /// Runs `r`'s sub-searches on one snapshot and fuses their hits; one list per query
+    /// (every sub-search carries the same number of queries).
+    pub fn hybrid_search(&self, coll: &str, r: &HybridRequest) -> Result<Vec<Vec<Hit>>> {
+        let n = r.searches.len();
+        if n == 0 || n > MAX_HYBRID_SEARCHES {
+            return Err(invalid(format!(
+                "a hybrid search needs 1 to {MAX_HYBRID_SEARCHES} sub-searches in 'search', got {n}"
+            )));
+        }
+        if r.limit == 0 {
+            return Err(invalid("limit must be at least 1"));
+        }
+        check_topk(r.limit, r.offset)?;
+        match &r.rerank {
+            Rerank::Rrf { k } if !(*k > 0.0 && *k < 16384.0) => {
+                return Err(invalid(format!(
+                    "the rrf ranker's k must be in (0, 16384), got {k}"
+                )))
+            }
+            Rerank::Weighted { weights, .. } if weights.len() != n => {
+                return Err(invalid(format!(
+                    "the weighted ranker has {} weights for {n} sub-searches; give one weight per sub-search",
+                    weights.len()
+                )))
+            }
+            Rerank::Weighted { weights, .. } => {
+                if let Some(w) = weights.iter().find(|w| !(0.0..=1.0).contains(*w)) {
+                    return Err(invalid(format!(
+                        "weights of the weighted ranker must be in [0, 1], got {w}"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        let c = self.coll(coll)?;
+        let snap = self.read_snapshot(&c, r.consistency)?;
+        drop(c);
+        let mut outcomes = Vec::with_capacity(n);
+        let mut nq = None;
+        for (i, s) in r.searches.iter().enumerate() {
+            let sub = SearchRequest {
+                output_fields: r.output_fields.clone(),
+                partitions: r.partitions.clone(),
+                group_by: None,
+                group_size: None,
+                offset: 0,
+                snapshot: Some(snap),
+                ..s.clone()
+            };
+            if s.group_by.as_ref().is_some_and(|g| !g.is_empty()) {
+                return Err(invalid(
+                    "grouping in a hybrid search is not supported yet; search without groupingField",
+                ));
+            }
+            let out = self.search_ex(coll, &sub).map_err(|e| prefix_error(i, e))?;
+            match nq {
+                None => nq = Some(out.hits.len()),
+                Some(q) if q != out.hits.len() => {
+                    return Err(invalid(format!(
+                        "sub-search {i} has {} queries, sub-search 0 has {q}; every sub-search needs the same number",
+                        out.hits.len()
+                    )))
+                }
+                _ => {}
+            }
+            outcomes.push(out);
+        }
+        let nq = nq.unwrap_or(0);
+        let mut results = Vec::with_capacity(nq);
+        for qi in 0..nq {
+            let mut fused: HashMap<PrimaryKey, (f32, usize, usize)> = HashMap::new();
+            for (si, out) in outcomes.iter().enumerate() {
+                let metric = out.metric.unwrap_or(Metric::IP);
+                for (rank, h) in out.hits[qi].iter().enumerate() {
+                    let s = match &r.rerank {
+                        Rerank::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
+                        Rerank::Weighted {
+                            weights,
+                            norm_score,
+                        } => weights[si] * normalized(metric, h.distance, *norm_score),
+                    };
+                    let e = fused.entry(h.id.clone()).or_insert((0.0, si, rank));
+                    e.0 += s;
+                }
+            }
+            let mut order: Vec<(PrimaryKey, f32, usize, usize)> = fused
+                .into_iter()
+                .map(|(pk, (s, si, rank))| (pk, s, si, rank))
+                .collect();
+            order.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let hits = order
+                .into_iter()
+                .skip(r.offset)
+                .take(r.limit)
+                .map(|(pk, s, si, rank)| Hit {
+                    id: pk,
+                    distance: s,
+                    fields: outcomes[si].hits[qi][rank].fields.clone(),
+                })
+                .collect();
+            results.push(hits);
+        }
+        Ok(results)
+    }
+}
+
+/// Names the sub-search an error came from.
+fn prefix_error(i: usize, e: super::EngineError) -> super::EngineError {
+    match e {
+        super::EngineError::InvalidArgument(m) => invalid(format!("sub-search {i}: {m}")),
+        other => other,
+    }
+}
