@@ -291,6 +291,54 @@ if not LITE:
     # (docs/MILVUS_COMPAT.md, "Differences").
     expect_error(lambda: client.insert("suite_full", [dict(rows[0], pk="dup")] * 2), "duplicate")
 
+# ---------------------------------------------------------------- sparse vectors and hybrid search
+from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker  # noqa: E402
+
+schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+schema.add_field("id", DataType.INT64, is_primary=True)
+schema.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
+schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+ip = client.prepare_index_params()
+ip.add_index(field_name="dense", index_type="FLAT", metric_type="L2")
+ip.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+client.create_collection("suite_hybrid", schema=schema, index_params=ip, consistency_level="Strong")
+
+
+def svec(i):
+    r = random.Random(1000 + i)
+    return {r.randrange(0, 40): round(r.uniform(0.1, 2.0), 3) for _ in range(r.randrange(1, 7))}
+
+
+hrows = [{"id": i, "dense": vec(), "sparse": svec(i)} for i in range(120)]
+client.insert("suite_hybrid", hrows)
+sq = {3: 1.0, 7: 0.5, 11: 2.0, 20: 0.25}
+res = client.search("suite_hybrid", data=[sq], anns_field="sparse", limit=6, search_params={"metric_type": "IP"})
+out["sparse_search"] = [(h.id, round(h.distance, 4)) for h in res[0]]
+want = sorted(
+    ((sum(w * hrows[i]["sparse"].get(k, 0.0) for k, w in sq.items()), i) for i in range(120) if set(sq) & set(hrows[i]["sparse"])),
+    key=lambda x: (-x[0], x[1]),
+)[:6]
+assert [round(s, 3) for s, _ in want] == [round(d, 3) for _, d in out["sparse_search"]], (want, out["sparse_search"])
+res = client.query("suite_hybrid", filter="id in [1, 2]", output_fields=["sparse"])
+out["sparse_rows"] = sorted(
+    (r["id"], sorted((int(k), round(v, 4)) for k, v in r["sparse"].items())) for r in res
+)
+assert out["sparse_rows"][0][1] == sorted(hrows[1]["sparse"].items()), out["sparse_rows"]
+reqs = [
+    AnnSearchRequest(data=[hrows[5]["dense"]], anns_field="dense", param={"metric_type": "L2"}, limit=10),
+    AnnSearchRequest(data=[sq], anns_field="sparse", param={"metric_type": "IP"}, limit=10),
+]
+# Rows found by one search only at the same rank tie under RRF, and the two systems may
+# order ties differently: compare the fused scores, and the ids where scores differ.
+res = client.hybrid_search("suite_hybrid", reqs, RRFRanker(60), limit=8)
+out["hybrid_rrf_scores"] = [round(h.distance, 6) for h in res[0]]
+assert res[0][0].id == 5 or round(res[0][0].distance, 6) == round(res[0][1].distance, 6), hits(res)
+res = client.hybrid_search("suite_hybrid", reqs, WeightedRanker(0.3, 0.7), limit=8, output_fields=["id"])
+out["hybrid_weighted"] = [(h.id, round(h.distance, 4)) for h in res[0]]
+page2 = client.hybrid_search("suite_hybrid", reqs, WeightedRanker(0.3, 0.7), limit=4, offset=4)
+assert [h.id for h in page2[0]] == [i for i, _ in out["hybrid_weighted"][4:8]], (page2, out["hybrid_weighted"])
+client.drop_collection("suite_hybrid")
+
 # ---------------------------------------------------------------- lifecycle
 client.release_collection("suite_quick")
 out["released"] = str(client.get_load_state("suite_quick")["state"])

@@ -652,11 +652,11 @@ async fn token_size_limit_malformed_and_unknown_rpcs() {
 
     // An RPC Magpie does not implement, and a service that is not Milvus's.
     let e = c
-        .hybrid_search(mpb::HybridSearchRequest::default())
+        .list_cred_users(mpb::ListCredUsersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert!(e.message().contains("HybridSearch"), "{}", e.message());
+    assert!(e.message().contains("ListCredUsers"), "{}", e.message());
     g.ready().await.unwrap();
     let codec = tonic_prost::ProstCodec::<Bad, cpb::Status>::default();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/other.Service/Method");

@@ -14,7 +14,8 @@
 //! - `weighted`: `Σ wᵢ · sᵢ` where `sᵢ` is the row's score in sub-search `i`. With
 //!   `norm_score` (the default) scores are first mapped into [0, 1] by their metric, as
 //!   Milvus does: IP `0.5 + atan(d)/π`, COSINE `(1 + d) / 2`, L2 `1 − 2·atan(d)/π`;
-//!   without it the raw score is used, L2 distances negated so that larger is better.
+//!   without it the raw score is used, except that L2 distances still become
+//!   `1 − 2·atan(d)/π` so that larger is better.
 //!
 //! Ties in the fused score are broken by primary key, so the order is total.
 
@@ -51,8 +52,8 @@ pub struct HybridRequest {
 fn normalized(metric: Metric, d: f32, norm: bool) -> f32 {
     use std::f32::consts::PI;
     match (metric, norm) {
-        (Metric::L2, true) => 1.0 - 2.0 * d.atan() / PI,
-        (Metric::L2, false) => -d,
+        // L2 is turned to "larger is better" either way, as Milvus does.
+        (Metric::L2, _) => 1.0 - 2.0 * d.atan() / PI,
         (Metric::COSINE, true) => (1.0 + d) / 2.0,
         (_, true) => 0.5 + d.atan() / PI,
         (_, false) => d,

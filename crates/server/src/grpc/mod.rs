@@ -17,13 +17,13 @@ use crate::AppState;
 use axum::http::StatusCode;
 use convert::{kv, Queries};
 use magpie_engine::{
-    qualified, split_qualified, Consistency, IndexMeta, QueryRequest, SearchRequest,
+    qualified, split_qualified, Consistency, HybridRequest, IndexMeta, QueryRequest, SearchRequest,
 };
 use magpie_milvus_proto::common::{self as cpb, KeyValuePair};
 use magpie_milvus_proto::milvus as mpb;
 use magpie_milvus_proto::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
 use magpie_milvus_proto::schema as spb;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tonic::{Request, Response};
@@ -1209,96 +1209,13 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
-            let dsl = convert::fill_templates(&r.dsl, &r.expr_template_values).map_err(bad)?;
-            if !r.sub_reqs.is_empty() {
-                return Err(bad(
-                    "hybrid search (sub_reqs) is not supported by Magpie yet",
-                ));
-            }
-            if r.function_score.is_some() {
-                return Err(bad(
-                    "function_score rerankers are not supported by Magpie yet",
-                ));
-            }
             let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
-            let sp = &r.search_params;
-            let inner: Map<String, Value> = match param(sp, "params") {
-                None | Some("") => Map::new(),
-                Some(s) => match serde_json::from_str::<Value>(s) {
-                    Ok(Value::Object(o)) => o,
-                    _ => {
-                        return Err(bad(format!(
-                            "search param 'params' must be a JSON object, got '{s}'"
-                        )))
-                    }
-                },
-            };
-            let limit: usize = param_num(sp, "topk")?
-                .or(param_num(sp, "limit")?)
-                .unwrap_or(10);
-            let offset: usize = param_num(sp, "offset")?.unwrap_or(0);
-            let round_decimal: i64 = param_num(sp, "round_decimal")?.unwrap_or(-1);
-            let (mut vectors, mut texts, mut sparse, mut ids) =
-                (Vec::new(), Vec::new(), Vec::new(), None);
-            match &r.search_input {
-                Some(mpb::search_request::SearchInput::PlaceholderGroup(b)) => {
-                    match convert::queries_from_placeholder(b).map_err(bad)? {
-                        Queries::Vectors(v) => vectors = v,
-                        Queries::Texts(t) => texts = t,
-                        Queries::Sparse(s) => sparse = s,
-                    }
-                }
-                Some(mpb::search_request::SearchInput::Ids(i)) => {
-                    ids = Some(match &i.id_field {
-                        Some(spb::i_ds::IdField::IntId(a)) => {
-                            a.data.iter().map(|x| Value::from(*x)).collect()
-                        }
-                        Some(spb::i_ds::IdField::StrId(a)) => {
-                            a.data.iter().map(|x| Value::from(x.as_str())).collect()
-                        }
-                        None => Vec::new(),
-                    });
-                }
-                None => return Err(bad("search needs query vectors (placeholder_group) or ids")),
-            }
-            let group_by = param(sp, "group_by_field")
-                .filter(|g| !g.is_empty())
-                .map(String::from);
-            // The group's value goes back in `group_by_field_value`, so the engine is asked
-            // for the field even when the client did not name it.
-            let mut engine_fields = r.output_fields.clone();
-            if let Some(g) = &group_by {
-                if !engine_fields.iter().any(|f| f == g || f == "*") {
-                    engine_fields.push(g.clone());
-                }
-            }
-            let group_field = group_by.clone();
-            let req = SearchRequest {
-                anns_field: param(sp, "anns_field")
-                    .filter(|a| !a.is_empty())
-                    .map(String::from),
-                vectors,
-                ids,
-                texts,
-                images: Vec::new(),
-                sparse,
-                filter: Some(dsl).filter(|d| !d.trim().is_empty()),
+            let PbSearch {
+                req,
                 limit,
-                offset,
-                output_fields: engine_fields,
-                partitions: r.partition_names.clone(),
-                metric: param(sp, "metric_type")
-                    .filter(|m| !m.is_empty())
-                    .map(api::metric)
-                    .transpose()?,
-                radius: api::f32_param(&inner, "radius")?,
-                range_filter: api::f32_param(&inner, "range_filter")?,
-                group_by,
-                group_size: param_num(sp, "group_size")?,
-                consistency: consistency(r.consistency_level, r.use_default_consistency),
-                knobs: api::search_knobs(&inner)?,
-                snapshot: None,
-            };
+                round_decimal,
+                group_by: group_field,
+            } = search_from_pb(&r)?;
             let name = c.clone();
             let (meta, outcome) = blocking(&self.st, move |e| {
                 Ok((e.describe_collection(&name)?, e.search_ex(&name, &req)?))
@@ -1323,6 +1240,173 @@ impl MilvusService for MilvusApi {
             })
         })
     }
+
+    async fn hybrid_search(&self, r: Request<mpb::HybridSearchRequest>) -> Rpc<mpb::SearchResults> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::SearchResults, {
+            if r.function_score.is_some() {
+                return Err(bad(
+                    "function_score rerankers (Function rankers) are not supported by Magpie yet; use RRFRanker or WeightedRanker",
+                ));
+            }
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
+            // pymilvus sends each ranker key's value JSON-encoded, except plain strings.
+            let json_param = |k: &str| -> Option<Value> {
+                param(&r.rank_params, k)
+                    .map(|v| serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::from(v)))
+            };
+            let rerank = json!({
+                "strategy": json_param("strategy"),
+                "params": json_param("params").unwrap_or_else(|| json!({})),
+            });
+            let rerank = api::rerank(Some(&rerank), r.requests.len())?;
+            let limit: usize = param_num(&r.rank_params, "limit")?.unwrap_or(10);
+            let offset: usize = param_num(&r.rank_params, "offset")?.unwrap_or(0);
+            let round_decimal: i64 = param_num(&r.rank_params, "round_decimal")?.unwrap_or(-1);
+            let searches = r
+                .requests
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    search_from_pb(s)
+                        .map(|p| p.req)
+                        .map_err(|e| bad(format!("sub-search {i}: {}", e.message)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let req = HybridRequest {
+                searches,
+                rerank,
+                limit,
+                offset,
+                output_fields: r.output_fields.clone(),
+                partitions: r.partition_names.clone(),
+                consistency: consistency(r.consistency_level, r.use_default_consistency),
+            };
+            let name = c.clone();
+            let (meta, hits) = blocking(&self.st, move |e| {
+                Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?))
+            })
+            .await?;
+            let mut res = convert::search_result(&meta.schema, &hits, limit, &r.output_fields);
+            res.output_fields =
+                result_output_fields(&meta.schema, &res.fields_data, &r.output_fields);
+            round_scores(&mut res.scores, round_decimal);
+            Ok(mpb::SearchResults {
+                status: Some(status_ok()),
+                results: Some(res),
+                collection_name: c,
+                ..Default::default()
+            })
+        })
+    }
+}
+
+/// A Milvus `SearchRequest` (a search, or a sub-search of a hybrid search) as the
+/// engine's request.
+struct PbSearch {
+    req: SearchRequest,
+    limit: usize,
+    round_decimal: i64,
+    /// The group-by field, which the engine was asked to return.
+    group_by: Option<String>,
+}
+
+fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
+    let dsl = convert::fill_templates(&r.dsl, &r.expr_template_values).map_err(bad)?;
+    if !r.sub_reqs.is_empty() {
+        return Err(bad(
+            "hybrid search (sub_reqs) is not supported by Magpie yet",
+        ));
+    }
+    if r.function_score.is_some() {
+        return Err(bad(
+            "function_score rerankers are not supported by Magpie yet",
+        ));
+    }
+    let sp = &r.search_params;
+    let inner: Map<String, Value> = match param(sp, "params") {
+        None | Some("") => Map::new(),
+        Some(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => o,
+            _ => {
+                return Err(bad(format!(
+                    "search param 'params' must be a JSON object, got '{s}'"
+                )))
+            }
+        },
+    };
+    let limit: usize = param_num(sp, "topk")?
+        .or(param_num(sp, "limit")?)
+        .unwrap_or(10);
+    let offset: usize = param_num(sp, "offset")?.unwrap_or(0);
+    let round_decimal: i64 = param_num(sp, "round_decimal")?.unwrap_or(-1);
+    let (mut vectors, mut texts, mut sparse, mut ids) = (Vec::new(), Vec::new(), Vec::new(), None);
+    match &r.search_input {
+        Some(mpb::search_request::SearchInput::PlaceholderGroup(b)) => {
+            match convert::queries_from_placeholder(b).map_err(bad)? {
+                Queries::Vectors(v) => vectors = v,
+                Queries::Texts(t) => texts = t,
+                Queries::Sparse(s) => sparse = s,
+            }
+        }
+        Some(mpb::search_request::SearchInput::Ids(i)) => {
+            ids = Some(match &i.id_field {
+                Some(spb::i_ds::IdField::IntId(a)) => {
+                    a.data.iter().map(|x| Value::from(*x)).collect()
+                }
+                Some(spb::i_ds::IdField::StrId(a)) => {
+                    a.data.iter().map(|x| Value::from(x.as_str())).collect()
+                }
+                None => Vec::new(),
+            });
+        }
+        None => return Err(bad("search needs query vectors (placeholder_group) or ids")),
+    }
+    let group_by = param(sp, "group_by_field")
+        .filter(|g| !g.is_empty())
+        .map(String::from);
+    // The group's value goes back in `group_by_field_value`, so the engine is asked
+    // for the field even when the client did not name it.
+    let mut engine_fields = r.output_fields.clone();
+    if let Some(g) = &group_by {
+        if !engine_fields.iter().any(|f| f == g || f == "*") {
+            engine_fields.push(g.clone());
+        }
+    }
+    let group_field = group_by.clone();
+    let req = SearchRequest {
+        anns_field: param(sp, "anns_field")
+            .filter(|a| !a.is_empty())
+            .map(String::from),
+        vectors,
+        ids,
+        texts,
+        images: Vec::new(),
+        sparse,
+        filter: Some(dsl).filter(|d| !d.trim().is_empty()),
+        limit,
+        offset,
+        output_fields: engine_fields,
+        partitions: r.partition_names.clone(),
+        metric: param(sp, "metric_type")
+            .filter(|m| !m.is_empty())
+            .map(api::metric)
+            .transpose()?,
+        radius: api::f32_param(&inner, "radius")?,
+        range_filter: api::f32_param(&inner, "range_filter")?,
+        group_by,
+        group_size: param_num(sp, "group_size")?,
+        consistency: consistency(r.consistency_level, r.use_default_consistency),
+        knobs: api::search_knobs(&inner)?,
+        snapshot: None,
+    };
+    Ok(PbSearch {
+        req,
+        limit,
+        round_decimal,
+        group_by: group_field,
+    })
 }
 
 /// The `output_fields` of a result: its columns, then the dynamic keys asked for by name
