@@ -417,7 +417,7 @@ fn filtered_truth(ds: &Dataset, k: usize, pass: u32) -> Vec<Vec<i32>> {
     let score = |q: &[f32], x: &[f32]| -> f32 {
         match ds.metric {
             Metric::L2 => -q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
-            Metric::IP => q.iter().zip(x).map(|(a, b)| a * b).sum(),
+            Metric::IP | Metric::BM25 => q.iter().zip(x).map(|(a, b)| a * b).sum(),
             Metric::COSINE => {
                 let dot: f32 = q.iter().zip(x).map(|(a, b)| a * b).sum();
                 let n = x.iter().map(|a| a * a).sum::<f32>().sqrt();

@@ -147,6 +147,9 @@ pub enum Probe<'a> {
         algo: magpie_index::SparseAlgo,
         /// Whether the field has a sparse index (reported as indexed segments).
         indexed: bool,
+        /// BM25 `(k1, b)` for a field filled by a BM25 function: `queries` then hold
+        /// the query's term counts, weighted here by the collection's statistics.
+        bm25: Option<(f32, f32)>,
     },
 }
 
@@ -986,6 +989,24 @@ impl Collection {
             metric: Some(r.metric),
             ..Default::default()
         };
+        // BM25: the query terms' weights and the average length come from the whole
+        // collection at this snapshot, so scores do not depend on how rows fall into
+        // segments or partitions.
+        let bm25_queries;
+        let mut scoring = magpie_index::Scoring::Ip;
+        if let Probe::Sparse {
+            field,
+            queries,
+            bm25: Some((k1, b)),
+            ..
+        } = r.probe
+        {
+            let (qs, p) = self.bm25_queries(field, queries, r.snapshot, k1, b)?;
+            bm25_queries = qs;
+            scoring = magpie_index::Scoring::Bm25(p);
+        } else {
+            bm25_queries = Vec::new();
+        }
         let dense_field = match r.probe {
             Probe::Dense { field, .. } => Some(field),
             Probe::Sparse { .. } => None,
@@ -1060,6 +1081,7 @@ impl Collection {
                         ..
                     } => {
                         let params = magpie_index::SparseSearch {
+                            scoring,
                             k,
                             allow: allow.as_ref(),
                             algo,
@@ -1067,7 +1089,11 @@ impl Collection {
                             min_score,
                             max_score,
                         };
-                        sparse_search(seg, field, &queries[qi], &params)?
+                        let q = match scoring {
+                            magpie_index::Scoring::Bm25(_) => &bm25_queries[qi],
+                            magpie_index::Scoring::Ip => &queries[qi],
+                        };
+                        sparse_search(seg, field, q, &params)?
                     }
                 };
                 for s in found {
@@ -1117,6 +1143,75 @@ impl Collection {
             outcome.hits.push(hits);
         }
         Ok(outcome)
+    }
+
+    /// BM25 weights of `queries` (term counts) in sparse column `field`: each term's
+    /// count times its IDF `ln(1 + (N − df + 0.5) / (df + 0.5))`, with `N` the rows
+    /// visible at `snap` in the whole collection and `df` those holding the term; and the
+    /// scoring with their average length.
+    fn bm25_queries(
+        &self,
+        field: usize,
+        queries: &[magpie_index::SparseVector],
+        snap: Timestamp,
+        k1: f32,
+        b: f32,
+    ) -> Result<(Vec<magpie_index::SparseVector>, magpie_index::Bm25)> {
+        let terms: std::collections::BTreeSet<u32> = queries
+            .iter()
+            .flat_map(|q| q.indices().iter().copied())
+            .collect();
+        let mut df: HashMap<u32, usize> = terms.iter().map(|&t| (t, 0)).collect();
+        let (mut n, mut total) = (0usize, 0f64);
+        for seg in self.segments.iter().filter(|s| !s.is_empty()) {
+            let vis = (!seg.all_visible(snap)).then(|| seg.visible(snap));
+            if seg.state != SegState::Growing {
+                let ix = seg.sparse_index(field)?;
+                let (rn, rl) = ix.len_stats(vis.as_ref());
+                n += rn;
+                total += rl;
+                for (t, c) in df.iter_mut() {
+                    *c += ix.doc_freq(*t, vis.as_ref());
+                }
+                continue;
+            }
+            for i in 0..seg.len() {
+                if vis.as_ref().is_some_and(|v| !v.get(i)) {
+                    continue;
+                }
+                let Some(v) = seg.sparse_row(field, i)? else {
+                    n += 1;
+                    continue;
+                };
+                n += 1;
+                total += v.len() as f64;
+                for t in v.indices() {
+                    if let Some(c) = df.get_mut(t) {
+                        *c += 1;
+                    }
+                }
+            }
+        }
+        let weighted = queries
+            .iter()
+            .map(|q| {
+                let pairs = q
+                    .iter()
+                    .map(|(t, count)| {
+                        let d = df[&t] as f64;
+                        let idf = (1.0 + (n as f64 - d + 0.5) / (d + 0.5)).ln();
+                        (t, (count as f64 * idf) as f32)
+                    })
+                    .collect();
+                magpie_index::SparseVector::from_pairs(pairs).map_err(invalid)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let avgdl = if n == 0 {
+            1.0
+        } else {
+            (total / n as f64) as f32
+        };
+        Ok((weighted, magpie_index::Bm25 { k1, b, avgdl }))
     }
 
     pub fn group_by_field(&self, name: &str) -> Result<usize> {
@@ -1178,7 +1273,7 @@ fn sparse_search(
         let Some(v) = seg.sparse_row(field, i)? else {
             continue;
         };
-        if let Some(s) = q.score(&v) {
+        if let Some(s) = q.score_with(&v, p.scoring) {
             if p.min_score.is_none_or(|m| s > m) && p.max_score.is_none_or(|m| s <= m) {
                 top.push(i as u32, s);
             }

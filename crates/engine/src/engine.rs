@@ -525,7 +525,11 @@ impl Engine {
 
     /// Checks each function's model against its output field (exists, right dimension).
     fn check_functions(&self, schema: &CollectionSchema) -> Result<()> {
-        for f in &schema.functions {
+        for f in schema
+            .functions
+            .iter()
+            .filter(|f| f.kind != FunctionKind::BM25)
+        {
             let model = f.model().unwrap_or_default();
             let dim = self
                 .embedder()?
@@ -591,6 +595,22 @@ impl Engine {
                     }
                 }
             }
+            if f.kind == FunctionKind::BM25 {
+                // Term frequencies, computed here (before the WAL) like embeddings.
+                let analyzer = schema
+                    .field(f.input())
+                    .ok_or_else(|| invalid(format!("function '{}': no input field", f.name)))?
+                    .analyzer()
+                    .map_err(|m| invalid(format!("function '{}': {m}", f.name)))?;
+                for (r, t) in out.iter_mut().zip(&texts) {
+                    let tf = crate::analyzer::term_frequencies(&analyzer.analyze(t));
+                    let v = magpie_index::SparseVector::from_pairs(tf).map_err(invalid)?;
+                    r.as_object_mut()
+                        .unwrap()
+                        .insert(f.output().to_string(), crate::schema::sparse_to_json(&v));
+                }
+                continue;
+            }
             let model = f.model().unwrap_or_default();
             let fail = |m: String| invalid(format!("function '{}': {m}", f.name));
             let vecs = match f.kind {
@@ -614,6 +634,7 @@ impl Engine {
                     }
                     v
                 }
+                FunctionKind::BM25 => unreachable!("handled above"),
             };
             if vecs.len() != rows.len() {
                 return Err(invalid(format!(
@@ -1114,9 +1135,18 @@ impl Engine {
         if !f.is_vector() {
             indexspec::check_scalar(f, &ix.index_type)?;
             if f.is_sparse() {
-                indexspec::check_sparse(ix)?;
+                let bm25 = schema
+                    .function_for_output(&f.name)
+                    .is_some_and(|x| x.kind == FunctionKind::BM25);
+                indexspec::check_sparse(ix, bm25)?;
             }
             return Ok(());
+        }
+        if ix.metric_type == Metric::BM25 {
+            return Err(invalid(format!(
+                "metric BM25 is for the sparse output of a BM25 function; vector field '{}' takes L2, IP or COSINE",
+                ix.field_name
+            )));
         }
         let t = ix.index_type.to_ascii_uppercase();
         if indexspec::SCALAR_TYPES.contains(&t.as_str()) && t != "AUTOINDEX" {
@@ -1491,6 +1521,9 @@ impl Engine {
                 m.as_str()
             ))),
             (Some(ix), _) => Ok(ix.metric_type),
+            (None, Some(Metric::BM25)) => Err(invalid(format!(
+                "metric BM25 is for BM25 fields; '{field}' is a FloatVector"
+            ))),
             (None, Some(m)) => Ok(m),
             (None, None) => Ok(Metric::COSINE),
         }
@@ -1727,25 +1760,67 @@ impl Engine {
                 field.name
             )));
         }
-        if !r.texts.is_empty() {
-            return Err(invalid(format!(
-                "field '{}' has no BM25 function, so it cannot be searched by text; send sparse vectors",
-                field.name
-            )));
-        }
-        if r.sparse.is_empty() {
-            return Err(invalid("'data' must hold at least one sparse query vector"));
-        }
-        let queries = r
-            .sparse
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                crate::schema::parse_sparse(v).map_err(|m| invalid(format!("query {i}: {m}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let bm25_fn = schema
+            .function_for_output(&field.name)
+            .filter(|f| f.kind == FunctionKind::BM25);
+        let queries = match bm25_fn {
+            Some(f) => {
+                if r.texts.is_empty() {
+                    return Err(invalid(format!(
+                        "field '{}' is filled by the BM25 function '{}': search it with texts in 'data'",
+                        field.name, f.name
+                    )));
+                }
+                let analyzer = schema
+                    .field(f.input())
+                    .and_then(|x| x.analyzer().ok())
+                    .ok_or_else(|| invalid(format!("function '{}': no analyzer", f.name)))?;
+                r.texts
+                    .iter()
+                    .map(|t| {
+                        let tf = crate::analyzer::term_frequencies(&analyzer.analyze(t));
+                        magpie_index::SparseVector::from_pairs(tf).map_err(invalid)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None => {
+                if !r.texts.is_empty() {
+                    return Err(invalid(format!(
+                        "field '{}' has no BM25 function, so it cannot be searched by text; send sparse vectors",
+                        field.name
+                    )));
+                }
+                if r.sparse.is_empty() {
+                    return Err(invalid("'data' must hold at least one sparse query vector"));
+                }
+                r.sparse
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        crate::schema::parse_sparse(v)
+                            .map_err(|m| invalid(format!("query {i}: {m}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
         let def = g.meta.indexes.iter().find(|i| i.field_name == field.name);
-        let metric = def.map_or(Metric::IP, |d| d.metric_type);
+        let default_metric = if bm25_fn.is_some() {
+            Metric::BM25
+        } else {
+            Metric::IP
+        };
+        let metric = def.map_or(default_metric, |d| d.metric_type);
+        let bm25 = match bm25_fn {
+            Some(_) => {
+                let p = |k: &str, d: f32| {
+                    def.and_then(|d| d.params.get(k))
+                        .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+                        .map_or(d, |x| x as f32)
+                };
+                Some((p("bm25_k1", 1.2), p("bm25_b", 0.75)))
+            }
+            None => None,
+        };
         if let Some(m) = r.metric.filter(|m| *m != metric) {
             return Err(invalid(format!(
                 "metric type mismatch: sparse field '{}' is searched with {}, the search asked for {}",
@@ -1779,6 +1854,7 @@ impl Engine {
                 queries: &queries,
                 algo,
                 indexed: def.is_some(),
+                bm25,
             },
             metric,
             filter: filter.as_ref(),

@@ -14,6 +14,9 @@ use serde_json::{Map, Value};
 pub enum FunctionKind {
     TextEmbedding,
     ImageEmbedding,
+    /// Term frequencies of an analyzed VarChar field into a SparseFloatVector field,
+    /// searched with BM25 (no model; see [`crate::analyzer`]).
+    BM25,
 }
 
 impl FunctionKind {
@@ -21,6 +24,7 @@ impl FunctionKind {
         match self {
             FunctionKind::TextEmbedding => "TextEmbedding",
             FunctionKind::ImageEmbedding => "ImageEmbedding",
+            FunctionKind::BM25 => "BM25",
         }
     }
 }

@@ -76,17 +76,38 @@ pub const SUPPORTED: &[&str] = &[
 /// `inverted_index_algo` picks how it is walked, see `magpie_index::sparse`).
 pub const SPARSE_TYPES: &[&str] = &["SPARSE_INVERTED_INDEX", "SPARSE_WAND"];
 
-/// Checks the metric and params of an index on a sparse field.
-pub fn check_sparse(ix: &crate::catalog::IndexMeta) -> Result<()> {
-    if ix.metric_type != Metric::IP {
+/// Checks the metric and params of an index on a sparse field (`bm25`: one filled by a
+/// BM25 function, whose metric is BM25; IP otherwise).
+pub fn check_sparse(ix: &crate::catalog::IndexMeta, bm25: bool) -> Result<()> {
+    let want = if bm25 { Metric::BM25 } else { Metric::IP };
+    if ix.metric_type != want {
         return Err(invalid(format!(
-            "sparse vector field '{}' is indexed with metric IP, not {}",
+            "sparse vector field '{}' {}is indexed with metric {}, not {}",
             ix.field_name,
+            if bm25 {
+                "(the output of a BM25 function) "
+            } else {
+                ""
+            },
+            want.as_str(),
             ix.metric_type.as_str()
         )));
     }
     for (k, v) in &ix.params {
+        let num = || v.as_f64().or_else(|| v.as_str()?.parse().ok());
         match k.as_str() {
+            "bm25_k1" | "bm25_b" if !bm25 => {
+                return Err(invalid(format!(
+                    "'{k}' is for BM25 fields; '{}' is not the output of a BM25 function",
+                    ix.field_name
+                )))
+            }
+            "bm25_k1" if !num().is_some_and(|x| (0.0..=3.0).contains(&x)) => {
+                return Err(invalid(format!("bm25_k1 must be a number in [0, 3], got {v}")))
+            }
+            "bm25_b" if !num().is_some_and(|x| (0.0..=1.0).contains(&x)) => {
+                return Err(invalid(format!("bm25_b must be a number in [0, 1], got {v}")))
+            }
             "inverted_index_algo"
                 if v.as_str().and_then(magpie_index::SparseAlgo::parse).is_none() =>
             {

@@ -2,6 +2,7 @@
 //! collections and consistency. Synchronous; no HTTP and no models. See
 //! `docs/ARCHITECTURE.md` for the write path, flush, search and recovery.
 
+pub mod analyzer;
 pub mod backup;
 mod builder;
 pub mod catalog;

@@ -6,7 +6,7 @@
 //! and the field.
 
 use crate::error::{EngineError, Result};
-use crate::function::FunctionSchema;
+use crate::function::{FunctionKind, FunctionSchema};
 use crate::types::PrimaryKey;
 use magpie_index::SparseVector;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,12 @@ pub struct FieldSchema {
     /// partitions by a hash of the key (`CollectionSchema::key_partition`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<usize>,
+    /// VarChar: the text is analyzed into terms (for a BM25 function), with
+    /// `analyzer_params` (see [`crate::analyzer`]; `None`: the standard analyzer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_analyzer: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyzer_params: Option<Value>,
 }
 
 /// Partitions of a partition-key collection unless the request names a number
@@ -117,7 +123,14 @@ impl FieldSchema {
             max_capacity: None,
             description: String::new(),
             partition_key: None,
+            enable_analyzer: false,
+            analyzer_params: None,
         }
+    }
+
+    /// The field's analyzer (an analyzed VarChar field).
+    pub fn analyzer(&self) -> std::result::Result<crate::analyzer::Analyzer, String> {
+        crate::analyzer::Analyzer::from_params(self.analyzer_params.as_ref())
     }
     pub fn primary(mut self, auto_id: bool) -> Self {
         self.is_primary = true;
@@ -254,6 +267,33 @@ impl CollectionSchema {
                         f.input()
                     ))
                 }
+            }
+            if f.kind == FunctionKind::BM25 {
+                let input = self.field(f.input()).expect("checked above");
+                if !input.enable_analyzer {
+                    return err(format!(
+                        "BM25 function '{}': input field '{}' needs enable_analyzer: true",
+                        f.name,
+                        f.input()
+                    ));
+                }
+                match self.field(f.output()) {
+                    Some(x) if x.is_sparse() => {}
+                    _ => {
+                        return err(format!(
+                        "BM25 function '{}': output field '{}' must be a SparseFloatVector field",
+                        f.name,
+                        f.output()
+                    ))
+                    }
+                }
+                if !outputs.insert(f.output()) {
+                    return err(format!(
+                        "field '{}' is the output of more than one function",
+                        f.output()
+                    ));
+                }
+                continue;
             }
             match self.field(f.output()) {
                 Some(x) if x.is_vector() => {}
@@ -418,6 +458,15 @@ impl CollectionSchema {
                             f.name
                         ));
                     }
+                }
+                _ if f.enable_analyzer && f.data_type != DataType::VarChar => {
+                    return err(format!(
+                        "enable_analyzer is for VarChar fields; '{}' is {:?}",
+                        f.name, f.data_type
+                    ))
+                }
+                DataType::VarChar if f.enable_analyzer && f.analyzer().is_err() => {
+                    return err(format!("field '{}': {}", f.name, f.analyzer().unwrap_err()))
                 }
                 DataType::VarChar => match f.max_length {
                     Some(n) if (1..=65535).contains(&n) => {}

@@ -830,7 +830,7 @@ fn metric_score(m: Metric, q: &[f32], x: &[f32]) -> f32 {
     let dot: f32 = q.iter().zip(x).map(|(a, b)| a * b).sum();
     match m {
         Metric::L2 => -q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
-        Metric::IP => dot,
+        Metric::IP | Metric::BM25 => dot,
         Metric::COSINE => {
             let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
             dot / (n(q) * n(x))
@@ -1951,4 +1951,327 @@ fn bad_sparse_vectors_are_refused_and_nothing_is_written() {
         .unwrap_err()
         .to_string()
         .contains("drop_ratio_search"));
+}
+
+fn bm25_schema(analyzer: Value) -> CollectionSchema {
+    let mut text = FieldSchema::new("text", DataType::VarChar).with_max_length(1000);
+    text.enable_analyzer = true;
+    text.analyzer_params = Some(analyzer);
+    CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            text,
+            FieldSchema::new("sparse", DataType::SparseFloatVector),
+            FieldSchema::new("n", DataType::Int64),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: vec![serde_json::from_value(json!({"name": "bm", "type": "BM25",
+            "inputFieldNames": ["text"], "outputFieldNames": ["sparse"]}))
+        .unwrap()],
+    }
+}
+
+fn bm25_index(k1: f64, b: f64) -> IndexMeta {
+    IndexMeta {
+        id: 0,
+        index_name: "sparse".into(),
+        field_name: "sparse".into(),
+        index_type: "SPARSE_INVERTED_INDEX".into(),
+        metric_type: Metric::BM25,
+        params: json!({"bm25_k1": k1, "bm25_b": b})
+            .as_object()
+            .unwrap()
+            .clone(),
+    }
+}
+
+const WORDS: &[&str] = &[
+    "vector", "search", "index", "graph", "segment", "query", "filter", "rust", "milvus", "engine",
+    "sparse", "dense", "fusion", "rank", "score", "term", "document", "corpus",
+];
+
+fn bm25_doc(i: i64) -> Value {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77 + i as u64);
+    let n = rng.gen_range(3..25);
+    let text: Vec<&str> = (0..n)
+        .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+        .collect();
+    json!({"id": i, "text": text.join(" "), "n": i % 5})
+}
+
+/// BM25 by the textbook formula over the live documents (whitespace words; the
+/// standard analyzer gives the same terms for this corpus).
+fn bm25_brute(docs: &[Value], q: &str, k1: f64, b: f64, k: usize) -> Vec<(i64, f64)> {
+    let toks: Vec<Vec<&str>> = docs
+        .iter()
+        .map(|d| d["text"].as_str().unwrap().split(' ').collect())
+        .collect();
+    let n = docs.len() as f64;
+    let avgdl = toks.iter().map(|t| t.len() as f64).sum::<f64>() / n;
+    let mut out: Vec<(i64, f64)> = Vec::new();
+    for (d, t) in docs.iter().zip(&toks) {
+        let mut s = 0.0;
+        let mut hit = false;
+        for qt in q.split(' ') {
+            let tf = t.iter().filter(|w| **w == qt).count() as f64;
+            if tf == 0.0 {
+                continue;
+            }
+            hit = true;
+            let df = toks.iter().filter(|x| x.contains(&qt)).count() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            s += idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * t.len() as f64 / avgdl));
+        }
+        if hit {
+            out.push((d["id"].as_i64().unwrap(), s));
+        }
+    }
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
+}
+
+fn bm25_search(e: &Engine, c: &str, q: &str, k: usize, filter: Option<&str>) -> Vec<(i64, f64)> {
+    let r = SearchRequest {
+        anns_field: Some("sparse".into()),
+        texts: vec![q.into()],
+        limit: k,
+        filter: filter.map(String::from),
+        consistency: Some(Consistency::Strong),
+        ..Default::default()
+    };
+    e.search(c, &r).unwrap()[0]
+        .iter()
+        .map(|h| (h.id.to_json().as_i64().unwrap(), h.distance as f64))
+        .collect()
+}
+
+fn assert_close(got: &[(i64, f64)], want: &[(i64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g.1 - w.1).abs() <= 1e-4 * (1.0 + w.1.abs()),
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+    // Ids must agree except where scores tie.
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tied = want
+            .iter()
+            .enumerate()
+            .any(|(j, x)| j != i && (x.1 - w.1).abs() < 1e-6);
+        assert!(g.0 == w.0 || tied, "{what}: {got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn bm25_scores_match_the_formula_and_do_not_depend_on_segments() {
+    let queries = [
+        "vector search",
+        "sparse fusion rank rank",
+        "milvus",
+        "corpus document term engine",
+    ];
+    let docs: Vec<Value> = (0..300).map(bm25_doc).collect();
+    let live: Vec<Value> = docs
+        .iter()
+        .filter(|d| d["id"].as_i64().unwrap() % 9 != 4)
+        .cloned()
+        .collect();
+    let deleted: Vec<Value> = (0..300).filter(|i| i % 9 == 4).map(|i| json!(i)).collect();
+
+    // One collection: every document in one batch, the deletes, flushed as one segment.
+    let d1 = tempfile::tempdir().unwrap();
+    let one = open(d1.path());
+    one.create_collection(
+        "c",
+        bm25_schema(json!({"type": "standard"})),
+        vec![bm25_index(1.5, 0.6)],
+        Consistency::Strong,
+        "",
+    )
+    .unwrap();
+    one.insert("c", None, &docs).unwrap();
+    one.delete("c", None, Some(&deleted), None).unwrap();
+    one.flush("c").unwrap();
+    for q in queries {
+        assert_close(
+            &bm25_search(&one, "c", q, 10, None),
+            &bm25_brute(&live, q, 1.5, 0.6, 10),
+            q,
+        );
+    }
+    // A filter narrows the candidates, not the statistics.
+    let want: Vec<(i64, f64)> = bm25_brute(&live, "vector search", 1.5, 0.6, 300)
+        .into_iter()
+        .filter(|(i, _)| i % 5 == 2)
+        .take(5)
+        .collect();
+    assert_close(
+        &bm25_search(&one, "c", "vector search", 5, Some("n == 2")),
+        &want,
+        "filtered",
+    );
+
+    // Another: small segments in two partitions, growing and sealed ones, the deletes
+    // spread over them, then a compaction and a restart. Same scores at every step.
+    let d2 = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        seal_rows: 40,
+        ..Default::default()
+    };
+    let many = Engine::open(d2.path(), cfg.clone()).unwrap();
+    many.create_collection(
+        "c",
+        bm25_schema(json!({"type": "standard"})),
+        vec![bm25_index(1.5, 0.6)],
+        Consistency::Strong,
+        "",
+    )
+    .unwrap();
+    many.create_partition("c", "p").unwrap();
+    for (i, chunk) in docs.chunks(23).enumerate() {
+        many.insert("c", (i % 2 == 1).then_some("p"), chunk)
+            .unwrap();
+    }
+    many.delete("c", None, Some(&deleted), None).unwrap();
+    let check = |e: &Engine, what: &str| {
+        for q in queries {
+            assert_close(
+                &bm25_search(e, "c", q, 10, None),
+                &bm25_search(&one, "c", q, 10, None),
+                &format!("{what}: {q}"),
+            );
+        }
+    };
+    check(&many, "growing and sealed");
+    many.flush("c").unwrap();
+    check(&many, "flushed");
+    many.compact("c").unwrap();
+    check(&many, "compacted");
+    drop(many);
+    let many = Engine::open(d2.path(), cfg).unwrap();
+    check(&many, "restarted");
+
+    // The english analyzer stems: "searching" finds "search".
+    let d3 = tempfile::tempdir().unwrap();
+    let en = open(d3.path());
+    en.create_collection(
+        "c",
+        bm25_schema(json!({"type": "english"})),
+        vec![],
+        Consistency::Strong,
+        "",
+    )
+    .unwrap();
+    en.insert(
+        "c",
+        None,
+        &[
+            json!({"id": 1, "text": "Searching the graphs", "n": 0}),
+            json!({"id": 2, "text": "a dense engine", "n": 0}),
+        ],
+    )
+    .unwrap();
+    let hits = bm25_search(&en, "c", "graph searches", 5, None);
+    assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1]);
+    let stored = en
+        .query(
+            "c",
+            &QueryRequest {
+                ids: Some(vec![json!(1)]),
+                output_fields: vec!["sparse".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        stored[0]["sparse"].as_object().unwrap().len(),
+        2,
+        "{stored:?}"
+    ); // search, graph
+}
+
+#[test]
+fn bm25_bad_input_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    let mut s = bm25_schema(json!({"type": "standard"}));
+    s.fields[1].enable_analyzer = false;
+    assert!(e
+        .create_collection("c", s, vec![], Consistency::Strong, "")
+        .unwrap_err()
+        .to_string()
+        .contains("enable_analyzer"));
+    let s = bm25_schema(json!({"type": "klingon"}));
+    assert!(e
+        .create_collection("c", s, vec![], Consistency::Strong, "")
+        .unwrap_err()
+        .to_string()
+        .contains("klingon"));
+    let s = bm25_schema(json!({"tokenizer": "standard", "filter": ["shout"]}));
+    assert!(e
+        .create_collection("c", s, vec![], Consistency::Strong, "")
+        .unwrap_err()
+        .to_string()
+        .contains("shout"));
+    let mut ip = bm25_index(1.2, 0.75);
+    ip.metric_type = Metric::IP;
+    assert!(e
+        .create_collection(
+            "c",
+            bm25_schema(json!({"type": "standard"})),
+            vec![ip],
+            Consistency::Strong,
+            ""
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("metric BM25"));
+    assert!(e
+        .create_collection(
+            "c",
+            bm25_schema(json!({"type": "standard"})),
+            vec![bm25_index(1.2, 1.5)],
+            Consistency::Strong,
+            ""
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("bm25_b"));
+    e.create_collection(
+        "c",
+        bm25_schema(json!({"type": "standard"})),
+        vec![],
+        Consistency::Strong,
+        "",
+    )
+    .unwrap();
+    let err = e
+        .insert(
+            "c",
+            None,
+            &[json!({"id": 1, "text": "x", "sparse": {"1": 1.0}, "n": 0})],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("computed by function 'bm'"), "{err}");
+    let err = e
+        .insert("c", None, &[json!({"id": 1, "text": 5, "n": 0})])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be a string"), "{err}");
+    let r = SearchRequest {
+        anns_field: Some("sparse".into()),
+        sparse: vec![json!({"1": 1.0})],
+        limit: 3,
+        ..Default::default()
+    };
+    assert!(e
+        .search("c", &r)
+        .unwrap_err()
+        .to_string()
+        .contains("search it with texts"));
+    assert_eq!(count(&e, "c", ""), 0);
 }

@@ -136,6 +136,7 @@ pub fn metric_code(m: crate::Metric) -> u8 {
         crate::Metric::L2 => 0,
         crate::Metric::IP => 1,
         crate::Metric::COSINE => 2,
+        crate::Metric::BM25 => 3,
     }
 }
 

@@ -518,7 +518,7 @@ impl IvfIndex {
 fn kmetric(m: Metric) -> KMeansMetric {
     match m {
         Metric::L2 => KMeansMetric::L2,
-        Metric::IP | Metric::COSINE => KMeansMetric::Spherical,
+        Metric::IP | Metric::COSINE | Metric::BM25 => KMeansMetric::Spherical,
     }
 }
 

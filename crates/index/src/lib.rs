@@ -33,7 +33,7 @@ pub use hnsw::{HnswIndex, HnswParams};
 pub use ivf::{CodecKind, IvfIndex, IvfParams};
 pub use metric::Metric;
 pub use recall::{Knob, RecallCurve};
-pub use sparse::{SparseAlgo, SparseIndex, SparseSearch, SparseVector};
+pub use sparse::{Bm25, Scoring, SparseAlgo, SparseIndex, SparseSearch, SparseVector};
 pub use topk::{Scored, TopK};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,9 @@ pub enum Metric {
     L2,
     IP,
     COSINE,
+    /// BM25 relevance, for sparse fields filled by a BM25 function (larger is closer).
+    /// Dense indexes refuse it.
+    BM25,
 }
 
 impl Metric {
@@ -17,6 +20,7 @@ impl Metric {
             "L2" => Some(Metric::L2),
             "IP" => Some(Metric::IP),
             "COSINE" => Some(Metric::COSINE),
+            "BM25" => Some(Metric::BM25),
             _ => None,
         }
     }
@@ -26,6 +30,7 @@ impl Metric {
             Metric::L2 => "L2",
             Metric::IP => "IP",
             Metric::COSINE => "COSINE",
+            Metric::BM25 => "BM25",
         }
     }
 
@@ -35,7 +40,7 @@ impl Metric {
     pub fn score(&self, q: &[f32], x: &[f32], inv_norm_x: f32) -> f32 {
         match self {
             Metric::L2 => -magpie_linalg::l2_sq(q, x),
-            Metric::IP => magpie_linalg::dot(q, x),
+            Metric::IP | Metric::BM25 => magpie_linalg::dot(q, x),
             Metric::COSINE => magpie_linalg::dot(q, x) * inv_norm_x,
         }
     }

@@ -29,7 +29,7 @@ impl<'a> Space<'a> {
         let x = self.row(i);
         match self.metric {
             Metric::L2 => magpie_linalg::l2_sq(q, x),
-            Metric::IP => -magpie_linalg::dot(q, x),
+            Metric::IP | Metric::BM25 => -magpie_linalg::dot(q, x),
             Metric::COSINE => -magpie_linalg::dot(q, x) * self.inv[i as usize],
         }
     }
@@ -40,7 +40,7 @@ impl<'a> Space<'a> {
         let (x, y) = (self.row(a), self.row(b));
         match self.metric {
             Metric::L2 => magpie_linalg::l2_sq(x, y),
-            Metric::IP => -magpie_linalg::dot(x, y),
+            Metric::IP | Metric::BM25 => -magpie_linalg::dot(x, y),
             Metric::COSINE => {
                 -magpie_linalg::dot(x, y) * self.inv[a as usize] * self.inv[b as usize]
             }

@@ -128,6 +128,37 @@ impl SparseVector {
         hit.then_some(s)
     }
 
+    /// [`Self::score`] under BM25 (`self` holds the query's term weights, `doc` the
+    /// row's term frequencies): `None` when they share no term.
+    pub fn score_with(&self, doc: &SparseVector, scoring: Scoring) -> Option<f32> {
+        let Scoring::Bm25(p) = scoring else {
+            return self.score(doc);
+        };
+        let dl = doc.len();
+        let (a, b) = (&self.indices, &doc.indices);
+        let (mut i, mut j, mut s, mut hit) = (0, 0, 0.0f32, false);
+        while i < a.len() && j < b.len() {
+            match a[i].cmp(&b[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    if self.values[i] != 0.0 {
+                        hit = true;
+                        s += p.term(self.values[i], doc.values[j], dl);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        hit.then_some(s)
+    }
+
+    /// The sum of the values (a BM25 document's length in terms).
+    pub fn len(&self) -> f32 {
+        self.values.iter().sum()
+    }
+
     /// Whether the two share at least one index.
     pub fn overlaps(&self, other: &SparseVector) -> bool {
         let (a, b) = (&self.indices, &other.indices);
@@ -202,9 +233,38 @@ impl SparseAlgo {
     }
 }
 
+/// BM25's parameters and the collection's average document length.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bm25 {
+    pub k1: f32,
+    pub b: f32,
+    pub avgdl: f32,
+}
+
+impl Bm25 {
+    /// One term's part of a row's score: query weight `w` (its IDF times its count in
+    /// the query), frequency `tf` in a row of `dl` terms.
+    #[inline]
+    pub fn term(&self, w: f32, tf: f32, dl: f32) -> f32 {
+        let norm = self.k1 * (1.0 - self.b + self.b * dl / self.avgdl.max(f32::MIN_POSITIVE));
+        w * (tf * (self.k1 + 1.0)) / (tf + norm)
+    }
+}
+
+/// How a row's values and the query's weights make a score.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Scoring {
+    /// The inner product.
+    #[default]
+    Ip,
+    /// BM25 over term frequencies (the query holds each term's weight).
+    Bm25(Bm25),
+}
+
 /// Parameters of one sparse search.
 #[derive(Clone, Copy, Debug)]
 pub struct SparseSearch<'a> {
+    pub scoring: Scoring,
     pub k: usize,
     /// Rows that may be returned (`None`: all).
     pub allow: Option<&'a Bitset>,
@@ -219,6 +279,7 @@ pub struct SparseSearch<'a> {
 impl SparseSearch<'_> {
     pub fn top_k(k: usize) -> Self {
         SparseSearch {
+            scoring: Scoring::Ip,
             k,
             allow: None,
             algo: SparseAlgo::default(),
@@ -253,6 +314,10 @@ pub struct SparseIndex {
     vals: Vec<f32>,
     max_val: Vec<f32>,
     min_val: Vec<f32>,
+    /// Per row, the sum of its values (a BM25 document's length); per list, the
+    /// smallest such length among its rows (for BM25's upper bounds).
+    row_len: Vec<f32>,
+    min_len: Vec<f32>,
 }
 
 impl SparseIndex {
@@ -263,12 +328,14 @@ impl SparseIndex {
         vectors: impl IntoIterator<Item = (u32, &'v SparseVector)>,
     ) -> Result<SparseIndex> {
         let mut entries: Vec<(u32, u32, f32)> = Vec::new();
+        let mut row_len = vec![0.0f32; n_rows];
         for (row, v) in vectors {
             if row as usize >= n_rows {
                 return Err(IndexError::Param(format!(
                     "row {row} is outside the segment's {n_rows} rows"
                 )));
             }
+            row_len[row as usize] = v.len();
             entries.extend(v.iter().map(|(t, x)| (t, row, x)));
         }
         entries.sort_unstable_by_key(|e| (e.0, e.1));
@@ -297,6 +364,15 @@ impl SparseIndex {
             ix.vals.push(x);
         }
         ix.starts.push(ix.rows.len());
+        ix.min_len = (0..ix.terms.len())
+            .map(|l| {
+                let (rows, _) = ix.list(l);
+                rows.iter()
+                    .map(|&r| row_len[r as usize])
+                    .fold(f32::INFINITY, f32::min)
+            })
+            .collect();
+        ix.row_len = row_len;
         Ok(ix)
     }
 
@@ -311,19 +387,58 @@ impl SparseIndex {
 
     /// Memory held, in bytes.
     pub fn bytes(&self) -> usize {
-        self.rows.len() * 8 + self.terms.len() * 4 * 3 + self.starts.len() * 8
+        self.rows.len() * 8 + self.terms.len() * 4 * 4 + self.starts.len() * 8 + self.n_rows * 4
+    }
+
+    /// Row `r`'s length (the sum of its values).
+    pub fn row_len(&self, r: usize) -> f32 {
+        self.row_len[r]
+    }
+
+    /// Rows in `allow` (all when `None`) that hold `term` (BM25's document frequency).
+    pub fn doc_freq(&self, term: u32, allow: Option<&Bitset>) -> usize {
+        let Ok(l) = self.terms.binary_search(&term) else {
+            return 0;
+        };
+        let (rows, _) = self.list(l);
+        match allow {
+            None => rows.len(),
+            Some(a) => rows.iter().filter(|&&r| a.get(r as usize)).count(),
+        }
+    }
+
+    /// Rows in `allow` and the sum of their lengths (BM25's corpus statistics).
+    pub fn len_stats(&self, allow: Option<&Bitset>) -> (usize, f64) {
+        match allow {
+            None => (self.n_rows, self.row_len.iter().map(|&x| x as f64).sum()),
+            Some(a) => a
+                .iter_ones()
+                .fold((0, 0.0), |(n, s), r| (n + 1, s + self.row_len[r] as f64)),
+        }
     }
 
     /// The query's terms that occur here: `(list, weight, upper bound)` in query order.
-    fn lists(&self, q: &SparseVector) -> Vec<(usize, f32, f32)> {
+    fn lists(&self, q: &SparseVector, scoring: Scoring) -> Vec<(usize, f32, f32)> {
         q.iter()
             .filter(|(_, w)| *w != 0.0)
             .filter_map(|(t, w)| {
                 let l = self.terms.binary_search(&t).ok()?;
-                let ub = (w * self.max_val[l]).max(w * self.min_val[l]).max(0.0);
-                Some((l, w, ub))
+                let ub = match scoring {
+                    Scoring::Ip => (w * self.max_val[l]).max(w * self.min_val[l]),
+                    // Increasing in tf, decreasing in the row's length (for tf, w >= 0).
+                    Scoring::Bm25(p) => p.term(w, self.max_val[l], self.min_len[l]),
+                };
+                Some((l, w, ub.max(0.0)))
             })
             .collect()
+    }
+
+    #[inline]
+    fn contrib(&self, scoring: Scoring, w: f32, x: f32, row: u32) -> f32 {
+        match scoring {
+            Scoring::Ip => w * x,
+            Scoring::Bm25(p) => p.term(w, x, self.row_len[row as usize]),
+        }
     }
 
     fn list(&self, l: usize) -> (&[u32], &[f32]) {
@@ -355,7 +470,7 @@ impl SparseIndex {
         } else {
             q
         };
-        let lists = self.lists(q);
+        let lists = self.lists(q, p.scoring);
         if lists.is_empty() || p.k == 0 {
             return Ok(Vec::new());
         }
@@ -372,7 +487,7 @@ impl SparseIndex {
         for &(l, w, _) in lists {
             let (rows, vals) = self.list(l);
             for (&r, &x) in rows.iter().zip(vals) {
-                acc[r as usize] += w * x;
+                acc[r as usize] += self.contrib(p.scoring, w, x, r);
                 hit.set(r as usize, true);
             }
         }
@@ -428,7 +543,7 @@ impl SparseIndex {
                 }
                 for c in cur.iter_mut() {
                     if c.pos < c.rows.len() && c.doc() == d {
-                        contrib[c.qi] = c.w * c.vals[c.pos];
+                        contrib[c.qi] = self.contrib(p.scoring, c.w, c.vals[c.pos], d);
                         c.pos += 1;
                     }
                 }
@@ -493,7 +608,7 @@ impl SparseIndex {
             let mut partial = 0.0f32;
             for c in cur[first..].iter_mut() {
                 if c.pos < c.rows.len() && c.doc() == d {
-                    let x = c.w * c.vals[c.pos];
+                    let x = self.contrib(p.scoring, c.w, c.vals[c.pos], d);
                     contrib[c.qi] = x;
                     partial += x;
                     c.pos += 1;
@@ -513,7 +628,7 @@ impl SparseIndex {
                 let c = &mut cur[i];
                 c.seek(d);
                 if c.pos < c.rows.len() && c.doc() == d {
-                    let x = c.w * c.vals[c.pos];
+                    let x = self.contrib(p.scoring, c.w, c.vals[c.pos], d);
                     contrib[c.qi] = x;
                     partial += x;
                 }
@@ -572,7 +687,9 @@ mod tests {
         let mut top = TopK::new(p.k);
         for (i, v) in rows.iter().enumerate() {
             let Some(v) = v else { continue };
-            let Some(s) = q.score(v) else { continue };
+            let Some(s) = q.score_with(v, p.scoring) else {
+                continue;
+            };
             if p.admits(i as u32, s) {
                 top.push(i as u32, s);
             }
@@ -598,7 +715,15 @@ mod tests {
             filter_seed in any::<u64>(),
             filtered in any::<bool>(),
             ranged in any::<bool>(),
+            bm25 in any::<bool>(),
         ) {
+            // BM25 needs positive frequencies and weights.
+            let positive = |v: &SparseVector| SparseVector::from_pairs(v.iter().map(|(i, x)| (i, x.abs() + 0.125)).collect()).unwrap();
+            let (rows, q) = if bm25 {
+                (rows.iter().map(|r| r.as_ref().map(positive)).collect::<Vec<_>>(), positive(&q))
+            } else {
+                (rows, q)
+            };
             let ix = SparseIndex::build(
                 rows.len(),
                 rows.iter().enumerate().filter_map(|(i, v)| v.as_ref().map(|v| (i as u32, v))),
@@ -610,6 +735,9 @@ mod tests {
             let mut p = SparseSearch::top_k(k);
             if filtered {
                 p.allow = Some(&allow);
+            }
+            if bm25 {
+                p.scoring = Scoring::Bm25(Bm25 { k1: 1.2, b: 0.75, avgdl: 3.5 });
             }
             if ranged {
                 p.min_score = Some(0.5);

@@ -220,6 +220,30 @@ pub struct CreateReq {
 }
 
 /// A number given as a JSON number or a numeric string (Milvus accepts both).
+/// `enable_analyzer` (true, or "true") and `analyzer_params` (an object, or its JSON
+/// text) of a field's `elementTypeParams`.
+fn analyzer_params(m: &Map<String, Value>, field: &str) -> Result<(bool, Option<Value>), ApiError> {
+    let enable = match m.get("enable_analyzer") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "field '{field}': enable_analyzer must be true or false, got {v}"
+            )))
+        }
+    };
+    let params = match m.get("analyzer_params") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(serde_json::from_str(s).map_err(|e| {
+            ApiError::bad_request(format!("field '{field}': analyzer_params is not JSON: {e}"))
+        })?),
+        Some(v) => Some(v.clone()),
+    };
+    Ok((enable, params))
+}
+
 fn num_param(m: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -299,6 +323,8 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
             fs.dim = num_param(&f.element_type_params, "dim")?;
             fs.max_length = num_param(&f.element_type_params, "max_length")?;
             fs.max_capacity = num_param(&f.element_type_params, "max_capacity")?;
+            (fs.enable_analyzer, fs.analyzer_params) =
+                analyzer_params(&f.element_type_params, &f.field_name)?;
             if let Some(et) = &f.element_data_type {
                 fs.element_type = Some(DataType::parse(et).ok_or_else(|| {
                     ApiError::bad_request(format!(
@@ -416,6 +442,12 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
             }
             if let Some(c) = f.max_capacity {
                 params.push(json!({"key": "max_capacity", "value": c.to_string()}));
+            }
+            if f.enable_analyzer {
+                params.push(json!({"key": "enable_analyzer", "value": "true"}));
+            }
+            if let Some(a) = &f.analyzer_params {
+                params.push(json!({"key": "analyzer_params", "value": a.to_string()}));
             }
             let mut o = json!({
                 "name": f.name, "type": format!("{:?}", f.data_type), "primaryKey": f.is_primary,

@@ -327,6 +327,7 @@ impl Embedder for ModelEmbedder {
                 self.store.require(&name).map_err(|e| e.to_string())?;
                 Ok(spec.dim)
             }
+            (FunctionKind::BM25, _) => Err("BM25 functions have no model".into()),
         }
     }
 

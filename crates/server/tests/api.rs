@@ -1738,3 +1738,129 @@ async fn sparse_vectors_and_hybrid_search_over_rest() {
     assert_eq!(n[0]["count(*)"], json!(40));
     t.healthy().await;
 }
+
+#[tokio::test]
+async fn bm25_full_text_search_over_rest() {
+    let t = setup(None, 1 << 20);
+    let create = |analyzer: Value, metric: &str| {
+        json!({"collectionName": "kb", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 500, "enable_analyzer": true, "analyzer_params": analyzer}},
+            {"fieldName": "sparse", "dataType": "SparseFloatVector"},
+            {"fieldName": "dense", "dataType": "FloatVector", "elementTypeParams": {"dim": 2}}],
+            "functions": [{"name": "bm", "type": "BM25", "inputFieldNames": ["text"], "outputFieldNames": ["sparse"], "params": {}}]},
+            "indexParams": [{"fieldName": "sparse", "metricType": metric, "indexType": "SPARSE_INVERTED_INDEX", "params": {"bm25_k1": 1.2, "bm25_b": 0.75}},
+                            {"fieldName": "dense", "metricType": "L2", "indexType": "FLAT"}]})
+    };
+    // Bad analyzers and metrics: a 400 naming them, nothing created.
+    for (body, want) in [
+        (create(json!({"type": "klingon"}), "BM25"), "klingon"),
+        (
+            create(
+                json!({"tokenizer": "standard", "filter": ["shout"]}),
+                "BM25",
+            ),
+            "shout",
+        ),
+        (create(json!({"type": "english"}), "IP"), "metric BM25"),
+    ] {
+        let (s, v) = t.post("collections/create", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap_or("").contains(want), "{v}");
+    }
+    t.ok(
+        "collections/create",
+        create(json!({"type": "english"}), "BM25"),
+    )
+    .await;
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "kb"}))
+        .await;
+    assert!(d.to_string().contains("enable_analyzer"), "{d}");
+    let docs = [
+        "Magpie searches vectors and text",
+        "The quick brown fox jumps over the lazy dog",
+        "Sparse vectors make keyword search exact",
+        "Dogs and foxes are animals",
+    ];
+    let rows: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"id": i, "text": d, "dense": [i as f32, 0.0]}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "kb", "data": rows}),
+    )
+    .await;
+    // Stemming: "searching" and "vector" find "searches" and "vectors".
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "kb", "annsField": "sparse", "data": ["searching vector"], "limit": 3, "outputFields": ["text"]}),
+        )
+        .await;
+    let ids: Vec<i64> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids[..2], [0, 2], "{hits}");
+    assert!(hits[0]["distance"].as_f64().unwrap() > hits[1]["distance"].as_f64().unwrap());
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "kb", "annsField": "sparse", "data": ["fox dog"], "limit": 5}),
+        )
+        .await;
+    let mut ids: Vec<i64> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 3], "{hits}");
+    // Text and dense queries in one hybrid search.
+    let fused = t
+        .ok(
+            "entities/hybrid_search",
+            json!({"collectionName": "kb", "search": [
+                {"annsField": "sparse", "data": ["keyword search"], "limit": 4},
+                {"annsField": "dense", "data": [[2.0, 0.0]], "limit": 4}],
+                "rerank": {"strategy": "rrf"}, "limit": 2}),
+        )
+        .await;
+    assert_eq!(fused[0]["id"], json!(2), "{fused}");
+    // The BM25 output cannot be written, and text search needs the BM25 field.
+    let (s, v) = t
+        .post(
+            "entities/insert",
+            json!({"collectionName": "kb", "data": [{"id": 9, "text": "x", "sparse": {"1": 1.0}, "dense": [0.0, 0.0]}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("computed by function 'bm'"),
+        "{v}"
+    );
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "kb", "annsField": "sparse", "data": [{"1": 1.0}], "limit": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("search it with texts"),
+        "{v}"
+    );
+    t.healthy().await;
+}

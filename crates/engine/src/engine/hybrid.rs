@@ -13,7 +13,8 @@
 //!   over the sub-searches that found it, `rank` counting from 1; `k` defaults to 60.
 //! - `weighted`: `Σ wᵢ · sᵢ` where `sᵢ` is the row's score in sub-search `i`. With
 //!   `norm_score` (the default) scores are first mapped into [0, 1] by their metric, as
-//!   Milvus does: IP `0.5 + atan(d)/π`, COSINE `(1 + d) / 2`, L2 `1 − 2·atan(d)/π`;
+//!   Milvus does: IP `0.5 + atan(d)/π`, COSINE `(1 + d) / 2`, L2 `1 − 2·atan(d)/π`,
+//!   BM25 `2·atan(d)/π`;
 //!   without it the raw score is used, except that L2 distances still become
 //!   `1 − 2·atan(d)/π` so that larger is better.
 //!
@@ -55,6 +56,7 @@ fn normalized(metric: Metric, d: f32, norm: bool) -> f32 {
         // L2 is turned to "larger is better" either way, as Milvus does.
         (Metric::L2, _) => 1.0 - 2.0 * d.atan() / PI,
         (Metric::COSINE, true) => (1.0 + d) / 2.0,
+        (Metric::BM25, true) => 2.0 * d.atan() / PI,
         (_, true) => 0.5 + d.atan() / PI,
         (_, false) => d,
     }

@@ -145,6 +145,28 @@ pub fn schema_from_pb(
         fs.dim = param_usize(&f.type_params, "dim", &what)?;
         fs.max_length = param_usize(&f.type_params, "max_length", &what)?;
         fs.max_capacity = param_usize(&f.type_params, "max_capacity", &what)?;
+        let tp = |k: &str| {
+            f.type_params
+                .iter()
+                .find(|p| p.key == k)
+                .map(|p| p.value.trim())
+        };
+        fs.enable_analyzer = match tp("enable_analyzer") {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                return Err(format!(
+                    "{what}: enable_analyzer must be true or false, got '{v}'"
+                ))
+            }
+        };
+        if let Some(v) = tp("analyzer_params") {
+            fs.analyzer_params = Some(
+                serde_json::from_str(v)
+                    .map_err(|e| format!("{what}: analyzer_params is not JSON: {e}"))?,
+            );
+        }
         if fs.data_type == DataType::Array {
             fs.element_type = Some(dtype_from_pb(f.element_type, &format!("{what} element"))?);
         }
@@ -203,6 +225,12 @@ pub fn schema_to_pb(m: &CollectionMeta) -> pb::CollectionSchema {
             }
             if let Some(c) = f.max_capacity {
                 type_params.push(kv("max_capacity", c));
+            }
+            if f.enable_analyzer {
+                type_params.push(kv("enable_analyzer", "true"));
+            }
+            if let Some(p) = &f.analyzer_params {
+                type_params.push(kv("analyzer_params", p));
             }
             pb::FieldSchema {
                 field_id: FIELD_ID_BASE + i as i64,
