@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod eval;
 mod images;
 mod vecfile;
 
@@ -46,6 +47,37 @@ enum Cmd {
     /// an empty data directory (or bucket prefix).
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Retrieval quality on a test set with relevance judgements (BEIR, Cranfield or
+    /// CISI layout): nDCG@10, recall@10/100, MAP@100 and MRR per mode (BM25, and with a
+    /// dense field dense, hybrid RRF and hybrid weighted), as a table or JSON.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The test set's directory (e.g. ../shared/data/ir/cranfield).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// The collection to search (primary key `doc_id`, BM25 field `sparse`, optional
+    /// dense field `dense`).
+    #[arg(long)]
+    collection: String,
+    /// First (re)create the collection from the test set's corpus.
+    #[arg(long)]
+    load: bool,
+    /// With --load: also a dense field embedded by this model (e.g. all-minilm-l6-v2).
+    #[arg(long)]
+    dense_model: Option<String>,
+    /// With --load: BM25's k1 and b.
+    #[arg(long, default_value_t = 1.2)]
+    k1: f64,
+    #[arg(long, default_value_t = 0.75)]
+    b: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -688,6 +720,17 @@ fn main() {
             a.limit,
         ),
         Cmd::Search(a) => run_search(a),
+        Cmd::Eval(a) => eval::run(eval::EvalOpts {
+            url: &a.client.url,
+            token: a.client.token.as_deref(),
+            dataset: &a.dataset,
+            collection: &a.collection,
+            load: a.load,
+            dense_model: a.dense_model.as_deref(),
+            k1: a.k1,
+            b: a.b,
+            json: a.json,
+        }),
         Cmd::Models(c) => run_models(c),
         Cmd::Images(c) => images::run(c),
         Cmd::Backup(c) => run_backup(c),

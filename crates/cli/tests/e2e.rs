@@ -1639,3 +1639,90 @@ fn images_index_ctrl_c_then_resume() {
         "{out}"
     );
 }
+
+/// `magpie eval` on a tiny BEIR-layout set whose metrics are known by hand, then on
+/// Cranfield from ../shared, where BM25's nDCG@10 must be within 0.01 of the bm25s
+/// package's (0.5189, measured by bench/bm25/run.sh with the same k1, b and stemmer).
+#[test]
+fn eval_reports_retrieval_quality() {
+    let d = tempfile::tempdir().unwrap();
+    let set = d.path().join("tiny");
+    std::fs::create_dir_all(set.join("qrels")).unwrap();
+    std::fs::write(
+        set.join("corpus.jsonl"),
+        [
+            json!({"_id": "d1", "title": "Rust", "text": "a vector database written in rust"}),
+            json!({"_id": "d2", "title": "", "text": "cooking pasta with tomatoes"}),
+            json!({"_id": "d3", "title": "", "text": "graph indexes for vector search"}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect::<String>(),
+    )
+    .unwrap();
+    std::fs::write(
+        set.join("queries.jsonl"),
+        "{\"_id\": \"q1\", \"text\": \"pasta\"}\n{\"_id\": \"q2\", \"text\": \"rust database\"}\n{\"_id\": \"q3\", \"text\": \"unjudged\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        set.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td1\t2\nq2\td3\t1\n",
+    )
+    .unwrap();
+    let s = Server::start(&d.path().join("data"));
+    let eval = |dataset: &Path, coll: &str| {
+        let (ok, out, err) = magpie_cli(
+            &[
+                "eval",
+                "--url",
+                &s.url,
+                "--dataset",
+                dataset.to_str().unwrap(),
+                "--collection",
+                coll,
+                "--load",
+                "--json",
+            ],
+            &[],
+        );
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let v = eval(&set, "tiny");
+    assert_eq!(v["queries"], json!(2));
+    let bm25 = &v["modes"]["bm25"];
+    // q1: d2 first (nDCG 1, recall 1, AP 1, RR 1). q2: d1 first, d3 not found by BM25 (no
+    // shared term): DCG 2, ideal 2 + 1/log2(3); recall 1/2; AP (1/1)/2; RR 1.
+    let ndcg_q2 = 2.0 / (2.0 + 1.0 / 3f64.log2());
+    let close = |k: &str, want: f64| {
+        let got = bm25[k].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{k}: {got} vs {want}: {v}");
+    };
+    close("nDCG@10", (1.0 + ndcg_q2) / 2.0);
+    close("recall@10", 0.75);
+    close("MAP@100", 0.75);
+    close("MRR@100", 1.0);
+    let (ok, _, err) = magpie_cli(
+        &[
+            "eval",
+            "--url",
+            &s.url,
+            "--dataset",
+            d.path().to_str().unwrap(),
+            "--collection",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("no test set found"), "{err}");
+
+    let Some(cran) = magpie_testkit::shared("data/ir/cranfield") else {
+        return;
+    };
+    let v = eval(&cran, "cranfield");
+    assert_eq!(v["documents"], json!(1400));
+    assert_eq!(v["queries"], json!(225));
+    let ndcg = v["modes"]["bm25"]["nDCG@10"].as_f64().unwrap();
+    assert!((ndcg - 0.5189).abs() < 0.01, "{v}");
+}
