@@ -102,6 +102,10 @@ pub struct FieldSchema {
     pub enable_analyzer: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analyzer_params: Option<Value>,
+    /// VarChar: `TEXT_MATCH` / `PHRASE_MATCH` filters may use the field (its terms come
+    /// from the same analyzer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_match: bool,
 }
 
 /// Partitions of a partition-key collection unless the request names a number
@@ -125,6 +129,7 @@ impl FieldSchema {
             partition_key: None,
             enable_analyzer: false,
             analyzer_params: None,
+            enable_match: false,
         }
     }
 
@@ -459,13 +464,15 @@ impl CollectionSchema {
                         ));
                     }
                 }
-                _ if f.enable_analyzer && f.data_type != DataType::VarChar => {
+                _ if (f.enable_analyzer || f.enable_match) && f.data_type != DataType::VarChar => {
                     return err(format!(
-                        "enable_analyzer is for VarChar fields; '{}' is {:?}",
+                        "enable_analyzer and enable_match are for VarChar fields; '{}' is {:?}",
                         f.name, f.data_type
                     ))
                 }
-                DataType::VarChar if f.enable_analyzer && f.analyzer().is_err() => {
+                DataType::VarChar
+                    if (f.enable_analyzer || f.enable_match) && f.analyzer().is_err() =>
+                {
                     return err(format!("field '{}': {}", f.name, f.analyzer().unwrap_err()))
                 }
                 DataType::VarChar => match f.max_length {

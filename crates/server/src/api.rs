@@ -220,20 +220,23 @@ pub struct CreateReq {
 }
 
 /// A number given as a JSON number or a numeric string (Milvus accepts both).
+/// A boolean of a field's `elementTypeParams` (true, or "true"; absent: false).
+fn flag(m: &Map<String, Value>, key: &str, field: &str) -> Result<bool, ApiError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "field '{field}': {key} must be true or false, got {v}"
+        ))),
+    }
+}
+
 /// `enable_analyzer` (true, or "true") and `analyzer_params` (an object, or its JSON
 /// text) of a field's `elementTypeParams`.
 fn analyzer_params(m: &Map<String, Value>, field: &str) -> Result<(bool, Option<Value>), ApiError> {
-    let enable = match m.get("enable_analyzer") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "field '{field}': enable_analyzer must be true or false, got {v}"
-            )))
-        }
-    };
+    let enable = flag(m, "enable_analyzer", field)?;
     let params = match m.get("analyzer_params") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(serde_json::from_str(s).map_err(|e| {
@@ -325,6 +328,7 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
             fs.max_capacity = num_param(&f.element_type_params, "max_capacity")?;
             (fs.enable_analyzer, fs.analyzer_params) =
                 analyzer_params(&f.element_type_params, &f.field_name)?;
+            fs.enable_match = flag(&f.element_type_params, "enable_match", &f.field_name)?;
             if let Some(et) = &f.element_data_type {
                 fs.element_type = Some(DataType::parse(et).ok_or_else(|| {
                     ApiError::bad_request(format!(
@@ -445,6 +449,9 @@ fn describe_json(m: &magpie_engine::CollectionMeta) -> Value {
             }
             if f.enable_analyzer {
                 params.push(json!({"key": "enable_analyzer", "value": "true"}));
+            }
+            if f.enable_match {
+                params.push(json!({"key": "enable_match", "value": "true"}));
             }
             if let Some(a) = &f.analyzer_params {
                 params.push(json!({"key": "analyzer_params", "value": a.to_string()}));

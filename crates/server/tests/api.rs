@@ -1745,7 +1745,7 @@ async fn bm25_full_text_search_over_rest() {
     let create = |analyzer: Value, metric: &str| {
         json!({"collectionName": "kb", "schema": {"fields": [
             {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
-            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 500, "enable_analyzer": true, "analyzer_params": analyzer}},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 500, "enable_analyzer": true, "enable_match": true, "analyzer_params": analyzer}},
             {"fieldName": "sparse", "dataType": "SparseFloatVector"},
             {"fieldName": "dense", "dataType": "FloatVector", "elementTypeParams": {"dim": 2}}],
             "functions": [{"name": "bm", "type": "BM25", "inputFieldNames": ["text"], "outputFieldNames": ["sparse"], "params": {}}]},
@@ -1822,6 +1822,28 @@ async fn bm25_full_text_search_over_rest() {
         .collect();
     ids.sort();
     assert_eq!(ids, [1, 3], "{hits}");
+    // TEXT_MATCH and PHRASE_MATCH filter on the analyzed terms.
+    let rows = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "kb", "filter": "TEXT_MATCH(text, 'foxes')", "outputFields": ["id"]}),
+        )
+        .await;
+    let mut ids: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 3], "{rows}");
+    let rows = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "kb", "filter": "PHRASE_MATCH(text, 'quick fox', 1)", "outputFields": ["id"]}),
+        )
+        .await;
+    assert_eq!(rows, json!([{"id": 1}]), "{rows}");
     // Text and dense queries in one hybrid search.
     let fused = t
         .ok(

@@ -708,6 +708,20 @@ enum C {
     Contains(Box<C>, Box<C>),
     ContainsAny(Box<C>, Vec<Value>, bool),
     Length(Box<C>),
+    /// `TEXT_MATCH(field, 'words')`: the field's analyzed text holds one of the terms.
+    TextMatch(
+        usize,
+        std::sync::Arc<crate::analyzer::Analyzer>,
+        Vec<String>,
+    ),
+    /// `PHRASE_MATCH(field, 'words', slop)`: the terms in order, with at most `slop`
+    /// other terms between them in all.
+    PhraseMatch(
+        usize,
+        std::sync::Arc<crate::analyzer::Analyzer>,
+        Vec<String>,
+        usize,
+    ),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1019,6 +1033,75 @@ fn compile(e: &Expr, s: &CollectionSchema, src: &str) -> Result<C, FilterError> 
                     arity(1)?;
                     C::Length(Box::new(compile(&args[0], s, src)?))
                 }
+                "text_match" | "phrase_match" => {
+                    let phrase = name == "phrase_match";
+                    if !(args.len() == 2 || (phrase && args.len() == 3)) {
+                        return Err(err(
+                            *pos,
+                            format!(
+                                "{name}() takes (field, 'text'{}), got {} argument(s)",
+                                if phrase { "[, slop]" } else { "" },
+                                args.len()
+                            ),
+                        ));
+                    }
+                    let field = match &args[0] {
+                        Expr::Ident { name: f, .. } => s.field(f),
+                        _ => None,
+                    }
+                    .filter(|f| f.data_type == DataType::VarChar && !f.is_primary)
+                    .ok_or_else(|| {
+                        err(
+                            *pos,
+                            format!("the first argument of {name}() must be a VarChar field"),
+                        )
+                    })?;
+                    if !field.enable_match {
+                        return Err(err(
+                            *pos,
+                            format!(
+                                "{name}() needs enable_match on field '{}' (set it when creating the collection)",
+                                field.name
+                            ),
+                        ));
+                    }
+                    let text = match &args[1] {
+                        Expr::Lit(Value::String(t)) => t.as_str(),
+                        _ => {
+                            return Err(err(
+                                *pos,
+                                format!("the second argument of {name}() must be a string"),
+                            ))
+                        }
+                    };
+                    let analyzer = field.analyzer().map_err(|m| err(*pos, m))?;
+                    let terms = analyzer.analyze(text);
+                    let i = s.scalar_index(&field.name).expect("scalar field");
+                    let analyzer = std::sync::Arc::new(analyzer);
+                    if phrase {
+                        let slop = match args.get(2) {
+                            None => 0,
+                            Some(Expr::Lit(v)) => {
+                                v.as_u64().filter(|x| *x <= 1 << 20).ok_or_else(|| {
+                                    err(
+                                        *pos,
+                                        "the slop of phrase_match() must be a non-negative integer"
+                                            .into(),
+                                    )
+                                })? as usize
+                            }
+                            Some(_) => {
+                                return Err(err(
+                                    *pos,
+                                    "the slop of phrase_match() must be a number".into(),
+                                ))
+                            }
+                        };
+                        C::PhraseMatch(i, analyzer, terms, slop)
+                    } else {
+                        C::TextMatch(i, analyzer, terms)
+                    }
+                }
                 _ => return Err(err(*pos, format!("unknown function '{name}'"))),
             }
         }
@@ -1111,7 +1194,48 @@ fn ev<'a>(c: &'a C, row: &'a dyn RowAccess) -> Cow<'a, Value> {
             Value::Array(items) => Value::from(items.len() as i64),
             _ => Value::Null,
         }),
+        C::TextMatch(i, analyzer, terms) => Cow::Owned(Value::Bool(match &*row.scalar(*i) {
+            Value::String(t) => {
+                !terms.is_empty() && analyzer.analyze(t).iter().any(|x| terms.contains(x))
+            }
+            _ => false,
+        })),
+        C::PhraseMatch(i, analyzer, terms, slop) => {
+            Cow::Owned(Value::Bool(match &*row.scalar(*i) {
+                Value::String(t) => phrase_in(&analyzer.analyze(t), terms, *slop),
+                _ => false,
+            }))
+        }
     }
+}
+
+/// Whether `phrase` occurs in `tokens` in order with at most `slop` other tokens between
+/// its terms in all (each start taken with the earliest following matches, which gives
+/// the shortest span from that start).
+fn phrase_in(tokens: &[String], phrase: &[String], slop: usize) -> bool {
+    let Some(first) = phrase.first() else {
+        return false;
+    };
+    for (start, _) in tokens.iter().enumerate().filter(|(_, t)| *t == first) {
+        let mut at = start;
+        let mut ok = true;
+        for p in &phrase[1..] {
+            match tokens[at + 1..].iter().position(|t| t == p) {
+                Some(j) => at += 1 + j,
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && at - start + 1 - phrase.len() <= slop {
+            return true;
+        }
+        if !ok {
+            return false;
+        }
+    }
+    false
 }
 
 /// Compares two values: numbers with numbers, strings with strings, booleans with
@@ -1249,6 +1373,58 @@ mod tests {
         Filter::compile(src, &schema())
             .unwrap_or_else(|e| panic!("{e}"))
             .eval(&row())
+    }
+
+    #[test]
+    fn text_and_phrase_match() {
+        let mut s = schema();
+        let mut body = FieldSchema::new("body", DataType::VarChar).with_max_length(200);
+        body.enable_match = true;
+        body.analyzer_params = Some(json!({"type": "english"}));
+        s.fields.push(body);
+        s.fields
+            .push(FieldSchema::new("plain", DataType::VarChar).with_max_length(20));
+        let mut r = row();
+        r.s.push(json!("The quick brown foxes jumped over the lazy dogs"));
+        r.s.push(json!("x"));
+        let m = |src: &str| {
+            Filter::compile(src, &s)
+                .unwrap_or_else(|e| panic!("{src}: {e}"))
+                .eval(&r)
+        };
+        for yes in [
+            "TEXT_MATCH(body, 'fox')",
+            "text_match(body, 'cat dog')",
+            "TEXT_MATCH(body, 'Jumping')",
+            "PHRASE_MATCH(body, 'brown fox')",
+            "PHRASE_MATCH(body, 'quick fox', 1)",
+            "PHRASE_MATCH(body, 'quick jumped', 2)",
+            "not TEXT_MATCH(body, 'cat') and age == 15",
+        ] {
+            assert!(m(yes), "{yes}");
+        }
+        for no in [
+            "TEXT_MATCH(body, 'cat')",
+            "TEXT_MATCH(body, 'the')",
+            "PHRASE_MATCH(body, 'quick fox')",
+            "PHRASE_MATCH(body, 'quick jumped', 1)",
+            "PHRASE_MATCH(body, 'fox brown', 5)",
+        ] {
+            assert!(!m(no), "{no}");
+        }
+        for (bad, want) in [
+            (
+                "TEXT_MATCH(plain, 'x')",
+                "needs enable_match on field 'plain'",
+            ),
+            ("TEXT_MATCH(age, 'x')", "must be a VarChar field"),
+            ("TEXT_MATCH(body, 3)", "must be a string"),
+            ("TEXT_MATCH(body)", "takes (field, 'text')"),
+            ("PHRASE_MATCH(body, 'a b', -1)", "slop"),
+        ] {
+            let e = Filter::compile(bad, &s).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -151,16 +151,14 @@ pub fn schema_from_pb(
                 .find(|p| p.key == k)
                 .map(|p| p.value.trim())
         };
-        fs.enable_analyzer = match tp("enable_analyzer") {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("true") => true,
-            Some(v) if v.eq_ignore_ascii_case("false") => false,
-            Some(v) => {
-                return Err(format!(
-                    "{what}: enable_analyzer must be true or false, got '{v}'"
-                ))
-            }
+        let flag = |k: &str| match tp(k) {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(format!("{what}: {k} must be true or false, got '{v}'")),
         };
+        fs.enable_analyzer = flag("enable_analyzer")?;
+        fs.enable_match = flag("enable_match")?;
         if let Some(v) = tp("analyzer_params") {
             fs.analyzer_params = Some(
                 serde_json::from_str(v)
@@ -228,6 +226,9 @@ pub fn schema_to_pb(m: &CollectionMeta) -> pb::CollectionSchema {
             }
             if f.enable_analyzer {
                 type_params.push(kv("enable_analyzer", "true"));
+            }
+            if f.enable_match {
+                type_params.push(kv("enable_match", "true"));
             }
             if let Some(p) = &f.analyzer_params {
                 type_params.push(kv("analyzer_params", p));
