@@ -1611,7 +1611,7 @@ impl Engine {
         }
         if field.is_sparse() {
             let field = field.clone();
-            return self.search_sparse(&g, r, &field, snap, topk);
+            return self.search_sparse(&g, r, &field, snap);
         }
         if !r.sparse.is_empty() {
             return Err(invalid(format!(
@@ -1699,17 +1699,6 @@ impl Engine {
                 r.vectors.clone()
             }
         };
-        let filter = compile_filter(r.filter.as_deref(), schema)?;
-        let parts = g.read_partitions(&r.partitions, r.filter.as_deref())?;
-        let group_by = match &r.group_by {
-            Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
-            _ => None,
-        };
-        let group_size = r.group_size.unwrap_or(1);
-        if group_size == 0 || group_size > 1024 {
-            return Err(invalid("groupSize must be in 1..=1024"));
-        }
-        let spec = g.output_spec(&r.output_fields)?;
         let k = r.knobs;
         if k.ef.is_some_and(|e| e == 0 || e > 32768) {
             return Err(invalid("'ef' must be in 1..=32768"));
@@ -1723,12 +1712,42 @@ impl Engine {
         if k.refine.is_some_and(|e| e == 0 || e > 1000) {
             return Err(invalid("'refine' must be in 1..=1000"));
         }
-        g.search(&ResolvedSearch {
-            knobs: r.knobs,
-            probe: Probe::Dense {
+        self.run_search(
+            &g,
+            r,
+            Probe::Dense {
                 field: vi,
                 queries: &queries,
             },
+            metric,
+            snap,
+        )
+    }
+
+    /// The part of a search both kinds share: filter, partitions, grouping and output
+    /// fields resolved, then the collection searched with `probe`.
+    fn run_search(
+        &self,
+        g: &Collection,
+        r: &SearchRequest,
+        probe: Probe<'_>,
+        metric: Metric,
+        snap: Timestamp,
+    ) -> Result<SearchOutcome> {
+        let filter = compile_filter(r.filter.as_deref(), &g.meta.schema)?;
+        let parts = g.read_partitions(&r.partitions, r.filter.as_deref())?;
+        let group_by = match &r.group_by {
+            Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
+            _ => None,
+        };
+        let group_size = r.group_size.unwrap_or(1);
+        if group_size == 0 || group_size > 1024 {
+            return Err(invalid("groupSize must be in 1..=1024"));
+        }
+        let spec = g.output_spec(&r.output_fields)?;
+        g.search(&ResolvedSearch {
+            knobs: r.knobs,
+            probe,
             metric,
             filter: filter.as_ref(),
             partitions: parts.as_ref(),
@@ -1751,7 +1770,6 @@ impl Engine {
         r: &SearchRequest,
         field: &crate::schema::FieldSchema,
         snap: Timestamp,
-        _topk: usize,
     ) -> Result<SearchOutcome> {
         let schema = &g.meta.schema;
         if r.ids.is_some() || !r.vectors.is_empty() || !r.images.is_empty() {
@@ -1836,20 +1854,10 @@ impl Engine {
                 .ok_or_else(|| invalid(format!("unknown inverted_index_algo {v}")))?,
             None => magpie_index::SparseAlgo::default(),
         };
-        let filter = compile_filter(r.filter.as_deref(), schema)?;
-        let parts = g.read_partitions(&r.partitions, r.filter.as_deref())?;
-        let group_by = match &r.group_by {
-            Some(f) if !f.is_empty() => Some(g.group_by_field(f)?),
-            _ => None,
-        };
-        let group_size = r.group_size.unwrap_or(1);
-        if group_size == 0 || group_size > 1024 {
-            return Err(invalid("groupSize must be in 1..=1024"));
-        }
-        let spec = g.output_spec(&r.output_fields)?;
-        g.search(&ResolvedSearch {
-            knobs: r.knobs,
-            probe: Probe::Sparse {
+        self.run_search(
+            g,
+            r,
+            Probe::Sparse {
                 field: schema.scalar_index(&field.name).unwrap(),
                 queries: &queries,
                 algo,
@@ -1857,18 +1865,8 @@ impl Engine {
                 bm25,
             },
             metric,
-            filter: filter.as_ref(),
-            partitions: parts.as_ref(),
-            limit: r.limit,
-            offset: r.offset,
-            radius: r.radius,
-            range_filter: r.range_filter,
-            group_by,
-            max_output_bytes: self.config.max_output_bytes,
-            group_size,
-            output: &spec,
-            snapshot: snap,
-        })
+            snap,
+        )
     }
 
     // ---------------------------------------------------------------- maintenance
