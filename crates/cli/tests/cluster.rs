@@ -325,6 +325,21 @@ fn workload(url: &str) -> Vec<Value> {
         strong(json!({"data": [vector(3)], "limit": 5, "offset": 5})),
     );
     out.push(json!({"data": s["data"]}));
+    // Hybrid search: sub-searches merged across shards, then fused.
+    for rerank in [
+        json!({"strategy": "rrf", "params": {"k": 60}}),
+        json!({"strategy": "weighted", "params": {"weights": [0.7, 0.3]}}),
+    ] {
+        let s = ok(
+            url,
+            "entities/hybrid_search",
+            strong(json!({"search": [
+                {"annsField": "v", "data": [vector(5)], "limit": 12},
+                {"annsField": "v", "data": [vector(9)], "limit": 12, "filter": "color == \"red\""}],
+                "rerank": rerank, "limit": 6, "offset": 2, "outputFields": ["n"]})),
+        );
+        out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    }
     let s = ok(
         url,
         "entities/search",

@@ -94,6 +94,16 @@ impl Server {
     }
 }
 
+/// A server a test did not stop is killed, so no test leaves a process behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn row(i: i64, dim: usize) -> Value {
     let v: Vec<f32> = (0..dim)
         .map(|d| ((i * 31 + d as i64 * 7) % 1000) as f32 / 1000.0)

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 mod hybrid;
 mod namespace;
-pub use hybrid::{HybridRequest, Rerank, MAX_HYBRID_SEARCHES};
+pub use hybrid::{check_rerank, fuse, HybridRequest, Rerank, MAX_HYBRID_SEARCHES};
 pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
 
 /// Largest `limit + offset` of a search or query (Milvus's bound).

@@ -22,6 +22,7 @@ pub mod wal;
 
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
 pub use collection::{Hit, SearchKnobs, SearchOutcome};
+pub use engine::{check_rerank, fuse};
 pub use engine::{
     qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, HybridRequest,
     IndexProgress, QueryRequest, Rerank, SearchRequest, SegmentIndexState, WriteResult,

@@ -1031,7 +1031,7 @@ pub struct HybridReq {
 
 /// `rerank` of a hybrid search: `{"strategy": "rrf", "params": {"k": 60}}` or
 /// `{"strategy": "weighted" | "ws", "params": {"weights": [...], "norm_score": true}}`.
-pub(crate) fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
+pub fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Err(ApiError::bad_request(
             "a hybrid search needs 'rerank': {\"strategy\": \"rrf\", \"params\": {\"k\": 60}} or {\"strategy\": \"weighted\", \"params\": {\"weights\": [...]}}",

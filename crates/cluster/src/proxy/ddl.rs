@@ -16,7 +16,7 @@ impl Proxy {
         if let Some(f) = body.pointer("/schema/functions").and_then(|v| v.as_array()) {
             if !f.is_empty() {
                 return Err(ApiError::bad_request(
-                    "schema functions (embedding) are not supported in cluster mode yet",
+                    "schema functions (embedding, BM25) are not supported in cluster mode yet",
                 ));
             }
         }

@@ -536,6 +536,7 @@ impl Proxy {
             "entities/query" => self.query(body, false).await,
             "entities/get" => self.query(body, true).await,
             "entities/search" => self.search(body).await,
+            "entities/hybrid_search" => self.hybrid_search(body).await,
             "collections/rename" => self.rename_collection(body).await,
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,

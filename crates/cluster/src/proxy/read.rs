@@ -139,21 +139,7 @@ impl Proxy {
         // checks, and the first shard's 4xx is the answer.
         let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100);
         let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0);
-        let metric_s = body
-            .get("metricType")
-            .or_else(|| body.pointer("/searchParams/metricType"))
-            .and_then(|v| v.as_str())
-            .map(String::from);
-        let metric = metric_s
-            .as_deref()
-            .and_then(Metric::parse)
-            .or_else(|| {
-                meta.indexes
-                    .iter()
-                    .find(|i| i.field_name == anns)
-                    .map(|i| i.metric_type)
-            })
-            .unwrap_or(Metric::COSINE);
+        let metric = search_metric(&meta, &anns, &body);
         let ascending = metric == Metric::L2;
         let pk = meta.schema.pk().name.clone();
         let group = body
@@ -254,6 +240,133 @@ impl Proxy {
             info.insert(key.into(), json!(n));
         }
         Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}))
+    }
+
+    /// `entities/hybrid_search`: each sub-search fans out and merges like a search, then
+    /// the lists are fused by the engine's rankers (`magpie_engine::fuse`). Unlike
+    /// standalone, the sub-searches are separate reads (each at the requested
+    /// consistency level), not one snapshot.
+    pub(super) async fn hybrid_search(&self, body: Value) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let meta = self.mirror.describe_collection(&name)?;
+        let subs = body["search"].as_array().cloned().unwrap_or_default();
+        if subs.is_empty() || subs.len() > magpie_engine::MAX_HYBRID_SEARCHES {
+            return Err(ApiError::bad_request(format!(
+                "a hybrid search needs 1 to {} sub-searches in 'search', got {}",
+                magpie_engine::MAX_HYBRID_SEARCHES,
+                subs.len()
+            )));
+        }
+        let rerank = magpie_server::api::rerank(body.get("rerank"), subs.len())?;
+        magpie_engine::check_rerank(&rerank, subs.len()).map_err(ApiError::from)?;
+        let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100) as usize;
+        let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        if limit == 0 || limit + offset > magpie_engine::MAX_TOPK {
+            return Err(ApiError::bad_request(format!(
+                "limit must be at least 1 and limit + offset at most {}",
+                magpie_engine::MAX_TOPK
+            )));
+        }
+        let pk_field = meta.schema.pk().clone();
+        // Per sub-search: its metric and its hits per query.
+        let mut lists: Vec<(Metric, Vec<Vec<magpie_engine::Hit>>)> = Vec::new();
+        for (i, s) in subs.iter().enumerate() {
+            let mut b = s.clone();
+            let Some(o) = b.as_object_mut() else {
+                return Err(ApiError::bad_request(format!(
+                    "sub-search {i} must be an object"
+                )));
+            };
+            if o.get("groupingField").is_some_and(|g| !g.is_null()) {
+                return Err(ApiError::bad_request(
+                    "grouping in a hybrid search is not supported yet; search without groupingField",
+                ));
+            }
+            o.insert("collectionName".into(), json!(name));
+            for k in [
+                "outputFields",
+                "partitionNames",
+                "consistencyLevel",
+                "dbName",
+            ] {
+                if let Some(v) = body.get(k) {
+                    o.insert(k.into(), v.clone());
+                }
+            }
+            o.insert("offset".into(), json!(0));
+            if let Some(p) = o.remove("params") {
+                o.insert("searchParams".into(), json!({"params": p}));
+            }
+            let anns = o
+                .get("annsField")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            let metric = search_metric(&meta, &anns, &b);
+            let reply = self.search(b).await.map_err(|e| {
+                ApiError::new(e.status, e.code, format!("sub-search {i}: {}", e.message))
+            })?;
+            let flat = reply["data"].as_array().cloned().unwrap_or_default();
+            let topks: Vec<usize> = reply["topks"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut it = flat.into_iter();
+            let mut per_query = Vec::new();
+            for n in topks {
+                let mut hits = Vec::with_capacity(n);
+                for mut h in it.by_ref().take(n) {
+                    let id = PrimaryKey::from_json(&h[&pk_field.name], &pk_field)
+                        .map_err(|m| ApiError::new(StatusCode::BAD_GATEWAY, 65535, m))?;
+                    let distance = h["distance"].as_f64().unwrap_or(0.0) as f32;
+                    let mut fields = match h.as_object_mut() {
+                        Some(o) => std::mem::take(o),
+                        None => Map::new(),
+                    };
+                    fields.remove(&pk_field.name);
+                    fields.remove("distance");
+                    hits.push(magpie_engine::Hit {
+                        id,
+                        distance,
+                        fields,
+                    });
+                }
+                per_query.push(hits);
+            }
+            if let Some((_, first)) = lists.first() {
+                if first.len() != per_query.len() {
+                    return Err(ApiError::bad_request(format!(
+                        "sub-search {i} has {} queries, sub-search 0 has {}; every sub-search needs the same number",
+                        per_query.len(),
+                        first.len()
+                    )));
+                }
+            }
+            lists.push((metric, per_query));
+        }
+        let nq = lists.first().map_or(0, |l| l.1.len());
+        let (mut flat, mut topks) = (Vec::new(), Vec::new());
+        for q in 0..nq {
+            let one: Vec<(Metric, &[magpie_engine::Hit])> =
+                lists.iter().map(|(m, h)| (*m, h[q].as_slice())).collect();
+            let fused = magpie_engine::fuse(&one, &rerank, limit, offset);
+            topks.push(fused.len());
+            for h in fused {
+                let mut o = Map::new();
+                o.insert(pk_field.name.clone(), h.id.to_json());
+                o.insert("distance".into(), json!(h.distance));
+                for (k, v) in h.fields {
+                    o.entry(k).or_insert(v);
+                }
+                flat.push(Value::Object(o));
+            }
+        }
+        Ok(json!({"code": 0, "data": flat, "topks": topks}))
     }
 
     pub(super) async fn stats(&self, body: Value) -> ApiResult {
@@ -479,4 +592,34 @@ fn group_filter(g: &str, keys: &[Value]) -> String {
         f = format!("({f}) or ({g} is null)");
     }
     f
+}
+
+/// The metric a search's distances are in: the one it names, else its field's index's,
+/// else the field's default (BM25 for a BM25 function's output, IP for other sparse
+/// fields, COSINE for dense ones).
+fn search_metric(meta: &magpie_engine::CollectionMeta, anns: &str, body: &Value) -> Metric {
+    body.get("metricType")
+        .or_else(|| body.pointer("/searchParams/metricType"))
+        .and_then(|v| v.as_str())
+        .and_then(Metric::parse)
+        .or_else(|| {
+            meta.indexes
+                .iter()
+                .find(|i| i.field_name == anns)
+                .map(|i| i.metric_type)
+        })
+        .unwrap_or_else(|| match meta.schema.field(anns) {
+            Some(f) if f.is_sparse() => {
+                if meta
+                    .schema
+                    .function_for_output(anns)
+                    .is_some_and(|x| x.kind == magpie_engine::FunctionKind::BM25)
+                {
+                    Metric::BM25
+                } else {
+                    Metric::IP
+                }
+            }
+            _ => Metric::COSINE,
+        })
 }

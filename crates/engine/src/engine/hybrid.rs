@@ -76,27 +76,7 @@ impl Engine {
             return Err(invalid("limit must be at least 1"));
         }
         check_topk(r.limit, r.offset)?;
-        match &r.rerank {
-            Rerank::Rrf { k } if !(*k > 0.0 && *k < 16384.0) => {
-                return Err(invalid(format!(
-                    "the rrf ranker's k must be in (0, 16384), got {k}"
-                )))
-            }
-            Rerank::Weighted { weights, .. } if weights.len() != n => {
-                return Err(invalid(format!(
-                    "the weighted ranker has {} weights for {n} sub-searches; give one weight per sub-search",
-                    weights.len()
-                )))
-            }
-            Rerank::Weighted { weights, .. } => {
-                if let Some(w) = weights.iter().find(|w| !(0.0..=1.0).contains(*w)) {
-                    return Err(invalid(format!(
-                        "weights of the weighted ranker must be in [0, 1], got {w}"
-                    )));
-                }
-            }
-            _ => {}
-        }
+        check_rerank(&r.rerank, n)?;
         let c = self.coll(coll)?;
         let snap = self.read_snapshot(&c, r.consistency)?;
         drop(c);
@@ -133,40 +113,78 @@ impl Engine {
         let nq = nq.unwrap_or(0);
         let mut results = Vec::with_capacity(nq);
         for qi in 0..nq {
-            let mut fused: HashMap<PrimaryKey, (f32, usize, usize)> = HashMap::new();
-            for (si, out) in outcomes.iter().enumerate() {
-                let metric = out.metric.unwrap_or(Metric::IP);
-                for (rank, h) in out.hits[qi].iter().enumerate() {
-                    let s = match &r.rerank {
-                        Rerank::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
-                        Rerank::Weighted {
-                            weights,
-                            norm_score,
-                        } => weights[si] * normalized(metric, h.distance, *norm_score),
-                    };
-                    let e = fused.entry(h.id.clone()).or_insert((0.0, si, rank));
-                    e.0 += s;
-                }
-            }
-            let mut order: Vec<(PrimaryKey, f32, usize, usize)> = fused
-                .into_iter()
-                .map(|(pk, (s, si, rank))| (pk, s, si, rank))
+            let lists: Vec<(Metric, &[Hit])> = outcomes
+                .iter()
+                .map(|o| (o.metric.unwrap_or(Metric::IP), o.hits[qi].as_slice()))
                 .collect();
-            order.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let hits = order
-                .into_iter()
-                .skip(r.offset)
-                .take(r.limit)
-                .map(|(pk, s, si, rank)| Hit {
-                    id: pk,
-                    distance: s,
-                    fields: outcomes[si].hits[qi][rank].fields.clone(),
-                })
-                .collect();
-            results.push(hits);
+            results.push(fuse(&lists, &r.rerank, r.limit, r.offset));
         }
         Ok(results)
     }
+}
+
+/// Checks a ranker for `n` sub-searches: RRF's `k` in (0, 16384); one weight in [0, 1]
+/// per sub-search.
+pub fn check_rerank(rerank: &Rerank, n: usize) -> Result<()> {
+    match rerank {
+        Rerank::Rrf { k } if !(*k > 0.0 && *k < 16384.0) => {
+            return Err(invalid(format!(
+                "the rrf ranker's k must be in (0, 16384), got {k}"
+            )))
+        }
+        Rerank::Weighted { weights, .. } if weights.len() != n => {
+            return Err(invalid(format!(
+                "the weighted ranker has {} weights for {n} sub-searches; give one weight per sub-search",
+                weights.len()
+            )))
+        }
+        Rerank::Weighted { weights, .. } => {
+            if let Some(w) = weights.iter().find(|w| !(0.0..=1.0).contains(*w)) {
+                return Err(invalid(format!(
+                    "weights of the weighted ranker must be in [0, 1], got {w}"
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Fuses the hit lists of one query's sub-searches (each in its metric, best first) by
+/// `rerank` and returns the fused list's `offset..offset + limit` (module docs). A
+/// row's fields come from the first list that has it.
+pub fn fuse(lists: &[(Metric, &[Hit])], rerank: &Rerank, limit: usize, offset: usize) -> Vec<Hit> {
+    let mut fused: HashMap<&PrimaryKey, (f32, usize, usize)> = HashMap::new();
+    for (si, (metric, hits)) in lists.iter().enumerate() {
+        for (rank, h) in hits.iter().enumerate() {
+            let s = match rerank {
+                Rerank::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
+                Rerank::Weighted {
+                    weights,
+                    norm_score,
+                } => {
+                    weights.get(si).copied().unwrap_or(0.0)
+                        * normalized(*metric, h.distance, *norm_score)
+                }
+            };
+            fused.entry(&h.id).or_insert((0.0, si, rank)).0 += s;
+        }
+    }
+    let mut order: Vec<(&PrimaryKey, f32, usize, usize)> = fused
+        .into_iter()
+        .map(|(pk, (s, si, rank))| (pk, s, si, rank))
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    order
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(pk, s, si, rank)| Hit {
+            id: pk.clone(),
+            distance: s,
+            fields: lists[si].1[rank].fields.clone(),
+        })
+        .collect()
 }
 
 /// Names the sub-search an error came from.
