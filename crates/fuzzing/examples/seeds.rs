@@ -266,7 +266,20 @@ fn requests() {
     }
 }
 
+fn sparse() {
+    let seeds = [
+        r#"{"3": 1.0, "17": 0.5}"#,
+        r#"[{"3": 1.0, "9": 2.0}, {"3": 0.5}, {"indices": [3, 9, 40], "values": [1.0, 2.5, 0.25]}, {"9": 4.0}, {"7": -1.0, "3": 2.0}]"#,
+        r#"[{"indices": [1, 2], "values": [1.0, 1.0]}, {"1": 3.0}, {"2": 1.5, "1": 0.5}, {"4294967294": 1.0}]"#,
+        "The quick brown Foxes, naïve café 3.14 e-mail: a@b.com",
+    ];
+    for (i, s) in seeds.iter().enumerate() {
+        put("sparse", &format!("seed-{i}"), s.as_bytes());
+    }
+}
+
 fn main() {
+    sparse();
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), EngineConfig::default()).unwrap();
     engine

@@ -19,6 +19,7 @@
 //! | `wal` | log files, log records | framing: valid prefix re-encodes byte for byte, framed records decode exactly; record bodies: schema check, then apply + read back |
 //! | `segment` | segment files | meta/rows/vectors/tombstones give a checked segment or an error, every row readable |
 //! | `index_file` | HNSW / IVF files | parse, then search a segment of the shape the file claims |
+//! | `sparse` | sparse vectors (JSON), analyzer input | a vector parses to its canonical form and back; the three inverted-index walks equal scoring every row (IP and BM25); analyzers give bounded, non-empty terms |
 //! | `torch` | legacy `torch.save` files | the unpickler returns tensors whose sizes match their shapes, or an error |
 //! | `image` | encoded images | decode under small limits: an image within them, or an error |
 //! | `request` | HTTP bodies | every REST endpoint answers below 500, and the server keeps answering |
@@ -44,6 +45,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wal", wal),
     ("segment", segment),
     ("index_file", index_file),
+    ("sparse", sparse),
     #[cfg(feature = "models")]
     ("torch", torch),
     #[cfg(feature = "models")]
@@ -51,6 +53,97 @@ pub const TARGETS: &[(&str, Target)] = &[
     #[cfg(feature = "server")]
     ("request", request),
 ];
+
+/// Sparse vectors and text analysis. The input is JSON text (a sparse vector, or a list
+/// of them: the first is the query, the rest the rows of a segment), also analyzed as
+/// text.
+pub fn sparse(data: &[u8]) {
+    use magpie_engine::schema::{parse_sparse, sparse_to_json};
+    use magpie_index::{Bm25, Scoring, SparseAlgo, SparseIndex, SparseSearch, SparseVector};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for p in [
+        json!({"type": "standard"}),
+        json!({"type": "english"}),
+        json!({"tokenizer": "whitespace", "filter": ["asciifolding", "lowercase", {"type": "length", "max": 10}]}),
+    ] {
+        let a = magpie_engine::analyzer::Analyzer::from_params(Some(&p)).unwrap();
+        for t in a.analyze(text) {
+            assert!(
+                !t.is_empty() && t.len() <= magpie_engine::analyzer::MAX_TOKEN_BYTES,
+                "{t:?}"
+            );
+        }
+    }
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    let items: Vec<Value> = match v {
+        Value::Array(a) => a.into_iter().take(64).collect(),
+        x => vec![x],
+    };
+    let vecs: Vec<SparseVector> = items
+        .iter()
+        .filter_map(|x| {
+            let s = parse_sparse(x).ok()?;
+            // The canonical form parses back to the same vector.
+            assert_eq!(parse_sparse(&sparse_to_json(&s)).unwrap(), s, "{x}");
+            Some(s)
+        })
+        .collect();
+    let Some((q, rows)) = vecs.split_first() else {
+        return;
+    };
+    let ix = SparseIndex::build(
+        rows.len(),
+        rows.iter().enumerate().map(|(i, r)| (i as u32, r)),
+    )
+    .unwrap();
+    let positive = rows
+        .iter()
+        .chain([q])
+        .all(|r| r.values().iter().all(|x| *x > 0.0 && *x < 1e6));
+    let mut scorings = vec![Scoring::Ip];
+    if positive {
+        scorings.push(Scoring::Bm25(Bm25 {
+            k1: 1.2,
+            b: 0.75,
+            avgdl: 2.0,
+        }));
+    }
+    for scoring in scorings {
+        let mut brute: Vec<(f32, u32)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| q.score_with(r, scoring).map(|s| (s, i as u32)))
+            .collect();
+        if brute.iter().any(|(s, _)| !s.is_finite()) {
+            continue;
+        }
+        brute.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for algo in [
+            SparseAlgo::TaatNaive,
+            SparseAlgo::DaatWand,
+            SparseAlgo::DaatMaxScore,
+        ] {
+            let p = SparseSearch {
+                scoring,
+                algo,
+                ..SparseSearch::top_k(5)
+            };
+            let got = ix.search(q, &p).unwrap();
+            assert_eq!(got.len(), brute.len().min(5), "{algo:?}");
+            for (g, w) in got.iter().zip(&brute) {
+                let tol = 1e-3 * (1.0 + w.0.abs());
+                assert!(
+                    (g.score - w.0).abs() <= tol,
+                    "{algo:?} {scoring:?}: {got:?} vs {brute:?}"
+                );
+            }
+        }
+    }
+}
 
 /// The schema the engine-level targets use: every scalar kind a filter can touch.
 pub fn schema() -> CollectionSchema {
