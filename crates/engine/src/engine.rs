@@ -590,7 +590,7 @@ impl Engine {
                         return Err(EngineError::Row {
                             row: i,
                             field: f.input().to_string(),
-                            msg: format!("must be a string: function '{}' embeds it", f.name),
+                            msg: format!("must be a string: function '{}' reads it", f.name),
                         })
                     }
                 }
@@ -1763,7 +1763,8 @@ impl Engine {
         })
     }
 
-    /// [`Self::search_ex`] on a SparseFloatVector field (metric IP).
+    /// [`Self::search_ex`] on a SparseFloatVector field: IP over sparse queries, or BM25
+    /// over analyzed texts when a BM25 function fills the field.
     fn search_sparse(
         &self,
         g: &Collection,

@@ -273,48 +273,34 @@ impl CollectionSchema {
                     ))
                 }
             }
-            if f.kind == FunctionKind::BM25 {
-                let input = self.field(f.input()).expect("checked above");
-                if !input.enable_analyzer {
-                    return err(format!(
-                        "BM25 function '{}': input field '{}' needs enable_analyzer: true",
-                        f.name,
-                        f.input()
-                    ));
-                }
-                match self.field(f.output()) {
-                    Some(x) if x.is_sparse() => {}
-                    _ => {
-                        return err(format!(
-                        "BM25 function '{}': output field '{}' must be a SparseFloatVector field",
-                        f.name,
-                        f.output()
-                    ))
-                    }
-                }
-                if !outputs.insert(f.output()) {
-                    return err(format!(
-                        "field '{}' is the output of more than one function",
-                        f.output()
-                    ));
-                }
-                continue;
+            let bm25 = f.kind == FunctionKind::BM25;
+            if bm25 && !self.field(f.input()).is_some_and(|x| x.enable_analyzer) {
+                return err(format!(
+                    "BM25 function '{}': input field '{}' needs enable_analyzer: true",
+                    f.name,
+                    f.input()
+                ));
             }
-            match self.field(f.output()) {
-                Some(x) if x.is_vector() => {}
-                _ => {
-                    return err(format!(
-                        "function '{}': output field '{}' must be a FloatVector field",
-                        f.name,
-                        f.output()
-                    ))
-                }
+            let (output_ok, wanted) = match self.field(f.output()) {
+                Some(x) if bm25 => (x.is_sparse(), "SparseFloatVector"),
+                x => (x.is_some_and(|x| x.is_vector()), "FloatVector"),
+            };
+            if !output_ok {
+                return err(format!(
+                    "function '{}': output field '{}' must be a {wanted} field",
+                    f.name,
+                    f.output()
+                ));
             }
             if !outputs.insert(f.output()) {
                 return err(format!(
                     "field '{}' is the output of more than one function",
                     f.output()
                 ));
+            }
+            if bm25 {
+                // No model: terms come from the input field's analyzer.
+                continue;
             }
             if f.model().is_none_or(|m| m.trim().is_empty()) {
                 return err(format!(
@@ -732,6 +718,10 @@ impl CollectionSchema {
                             ));
                         }
                     }
+                    // A sparse vector is parsed once: checked and canonicalised.
+                    Some(v) if f.is_sparse() => parse_sparse(v)
+                        .map(|x| sparse_to_json(&x))
+                        .map_err(|m| rerr(&f.name, m))?,
                     Some(v) => {
                         check_scalar(f, v).map_err(|m| rerr(&f.name, m))?;
                         normalize_scalar(f, v)
@@ -940,7 +930,6 @@ fn normalize_scalar(f: &FieldSchema, v: &Value) -> Value {
             .as_f64()
             .and_then(serde_json::Number::from_f64)
             .map_or(Value::Null, Value::Number),
-        DataType::SparseFloatVector => parse_sparse(v).map_or(Value::Null, |x| sparse_to_json(&x)),
         _ => v.clone(),
     }
 }

@@ -159,20 +159,6 @@ impl SparseVector {
         self.values.iter().sum()
     }
 
-    /// Whether the two share at least one index.
-    pub fn overlaps(&self, other: &SparseVector) -> bool {
-        let (a, b) = (&self.indices, &other.indices);
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].cmp(&b[j]) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => return true,
-            }
-        }
-        false
-    }
-
     /// The vector without the `ratio` fraction of its entries with the smallest absolute
     /// values (`drop_ratio_search`).
     pub fn drop_smallest(&self, ratio: f32) -> SparseVector {
@@ -500,8 +486,9 @@ impl SparseIndex {
         top.into_sorted()
     }
 
-    fn wand(&self, lists: &[(usize, f32, f32)], p: &SparseSearch<'_>) -> Vec<Scored> {
-        let mut cur: Vec<Cursor<'_>> = lists
+    /// A cursor at the start of each of the query's lists.
+    fn cursors(&self, lists: &[(usize, f32, f32)]) -> Vec<Cursor<'_>> {
+        lists
             .iter()
             .enumerate()
             .map(|(qi, &(l, w, ub))| {
@@ -515,7 +502,11 @@ impl SparseIndex {
                     qi,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    fn wand(&self, lists: &[(usize, f32, f32)], p: &SparseSearch<'_>) -> Vec<Scored> {
+        let mut cur = self.cursors(lists);
         let mut top = TopK::new(p.k);
         let mut contrib = vec![0.0f32; lists.len()];
         loop {
@@ -561,21 +552,7 @@ impl SparseIndex {
     }
 
     fn maxscore(&self, lists: &[(usize, f32, f32)], p: &SparseSearch<'_>) -> Vec<Scored> {
-        let mut cur: Vec<Cursor<'_>> = lists
-            .iter()
-            .enumerate()
-            .map(|(qi, &(l, w, ub))| {
-                let (rows, vals) = self.list(l);
-                Cursor {
-                    rows,
-                    vals,
-                    pos: 0,
-                    w,
-                    ub,
-                    qi,
-                }
-            })
-            .collect();
+        let mut cur = self.cursors(lists);
         // Ascending upper bound; prefix[i] = sum of the bounds of lists 0..i.
         cur.sort_by(|a, b| a.ub.total_cmp(&b.ub));
         let mut prefix = vec![0.0f32; cur.len() + 1];

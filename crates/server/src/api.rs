@@ -833,14 +833,14 @@ pub(crate) fn usize_param(m: &Map<String, Value>, key: &str) -> Result<Option<us
 /// What a search's `data` holds: query vectors, texts (for an embedding function),
 /// images as `{"image": "<base64>"}` objects (for an ImageEmbedding function), or sparse
 /// vectors (other objects, checked by the engine against the field); one kind per request.
-pub(crate) struct QueryData {
-    pub(crate) vectors: Vec<Vec<f32>>,
-    pub(crate) texts: Vec<String>,
-    pub(crate) images: Vec<Vec<u8>>,
-    pub(crate) sparse: Vec<Value>,
+struct QueryData {
+    vectors: Vec<Vec<f32>>,
+    texts: Vec<String>,
+    images: Vec<Vec<u8>>,
+    sparse: Vec<Value>,
 }
 
-pub(crate) fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
+fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
     use base64::Engine as _;
     let mut q = QueryData {
         vectors: Vec::new(),
@@ -924,6 +924,25 @@ fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
         .collect()
 }
 
+/// Search hits as REST returns them: one flat list of `{pk, distance, fields...}` and
+/// the number of hits per query (`topks`).
+pub fn hits_json(pk_name: &str, results: Vec<Vec<magpie_engine::Hit>>) -> (Vec<Value>, Vec<usize>) {
+    let topks = results.iter().map(|r| r.len()).collect();
+    let mut flat = Vec::new();
+    for hits in results {
+        for h in hits {
+            let mut o = Map::new();
+            o.insert(pk_name.to_string(), h.id.to_json());
+            o.insert("distance".into(), json!(h.distance));
+            for (k, v) in h.fields {
+                o.entry(k).or_insert(v);
+            }
+            flat.push(Value::Object(o));
+        }
+    }
+    (flat, topks)
+}
+
 /// The engine's request for a search body (a plain search or a hybrid sub-search).
 fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
     let sp = &r.search_params;
@@ -997,19 +1016,7 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
         info.insert("filterPlans".into(), json!(outcome.filter_plans));
     }
     let results = outcome.hits;
-    let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
-    let mut flat = Vec::new();
-    for hits in results {
-        for h in hits {
-            let mut o = Map::new();
-            o.insert(pk_name.clone(), h.id.to_json());
-            o.insert("distance".into(), json!(h.distance));
-            for (k, v) in h.fields {
-                o.entry(k).or_insert(v);
-            }
-            flat.push(Value::Object(o));
-        }
-    }
+    let (flat, topks) = hits_json(&pk_name, results);
     Ok(Json(
         json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}),
     ))
@@ -1113,19 +1120,7 @@ pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<Hybrid
         Ok((pk, e.hybrid_search(&c, &req)?))
     })
     .await?;
-    let topks: Vec<usize> = results.iter().map(|r| r.len()).collect();
-    let mut flat = Vec::new();
-    for hits in results {
-        for h in hits {
-            let mut o = Map::new();
-            o.insert(pk_name.clone(), h.id.to_json());
-            o.insert("distance".into(), json!(h.distance));
-            for (k, v) in h.fields {
-                o.entry(k).or_insert(v);
-            }
-            flat.push(Value::Object(o));
-        }
-    }
+    let (flat, topks) = hits_json(&pk_name, results);
     Ok(Json(json!({"code": 0, "data": flat, "topks": topks})))
 }
 

@@ -350,22 +350,14 @@ impl Proxy {
             lists.push((metric, per_query));
         }
         let nq = lists.first().map_or(0, |l| l.1.len());
-        let (mut flat, mut topks) = (Vec::new(), Vec::new());
-        for q in 0..nq {
-            let one: Vec<(Metric, &[magpie_engine::Hit])> =
-                lists.iter().map(|(m, h)| (*m, h[q].as_slice())).collect();
-            let fused = magpie_engine::fuse(&one, &rerank, limit, offset);
-            topks.push(fused.len());
-            for h in fused {
-                let mut o = Map::new();
-                o.insert(pk_field.name.clone(), h.id.to_json());
-                o.insert("distance".into(), json!(h.distance));
-                for (k, v) in h.fields {
-                    o.entry(k).or_insert(v);
-                }
-                flat.push(Value::Object(o));
-            }
-        }
+        let fused = (0..nq)
+            .map(|q| {
+                let one: Vec<(Metric, &[magpie_engine::Hit])> =
+                    lists.iter().map(|(m, h)| (*m, h[q].as_slice())).collect();
+                magpie_engine::fuse(&one, &rerank, limit, offset)
+            })
+            .collect();
+        let (flat, topks) = magpie_server::api::hits_json(&pk_field.name, fused);
         Ok(json!({"code": 0, "data": flat, "topks": topks}))
     }
 

@@ -1229,15 +1229,13 @@ impl MilvusService for MilvusApi {
                     res.fields_data.retain(|f| &f.field_name != g);
                 }
             }
-            res.output_fields =
-                result_output_fields(&meta.schema, &res.fields_data, &r.output_fields);
-            round_scores(&mut res.scores, round_decimal);
-            Ok(mpb::SearchResults {
-                status: Some(status_ok()),
-                results: Some(res),
-                collection_name: c,
-                ..Default::default()
-            })
+            Ok(search_reply(
+                &meta.schema,
+                res,
+                &r.output_fields,
+                round_decimal,
+                c,
+            ))
         })
     }
 
@@ -1288,17 +1286,34 @@ impl MilvusService for MilvusApi {
                 Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?))
             })
             .await?;
-            let mut res = convert::search_result(&meta.schema, &hits, limit, &r.output_fields);
-            res.output_fields =
-                result_output_fields(&meta.schema, &res.fields_data, &r.output_fields);
-            round_scores(&mut res.scores, round_decimal);
-            Ok(mpb::SearchResults {
-                status: Some(status_ok()),
-                results: Some(res),
-                collection_name: c,
-                ..Default::default()
-            })
+            let res = convert::search_result(&meta.schema, &hits, limit, &r.output_fields);
+            Ok(search_reply(
+                &meta.schema,
+                res,
+                &r.output_fields,
+                round_decimal,
+                c,
+            ))
         })
+    }
+}
+
+/// The reply of Search and HybridSearch: the result's output field names, its scores
+/// rounded as asked.
+fn search_reply(
+    schema: &magpie_engine::CollectionSchema,
+    mut res: spb::SearchResultData,
+    asked: &[String],
+    round_decimal: i64,
+    collection_name: String,
+) -> mpb::SearchResults {
+    res.output_fields = result_output_fields(schema, &res.fields_data, asked);
+    round_scores(&mut res.scores, round_decimal);
+    mpb::SearchResults {
+        status: Some(status_ok()),
+        results: Some(res),
+        collection_name,
+        ..Default::default()
     }
 }
 
