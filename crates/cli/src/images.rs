@@ -4,12 +4,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use magpie_app::embedder::{ModelEmbedder, CONSE, LITE0};
+use magpie_app::images::{self, ImageHit, ImageQuery};
 use magpie_embed::image::{decode_file, DecodeLimits};
 use magpie_embed::models::ModelStore;
 use magpie_embed::vision::{default_threads, par_map};
 use magpie_engine::{Engine, ImageInput};
-use magpie_server::embedder::{ModelEmbedder, CONSE, LITE0};
-use magpie_server::images::{self, ImageHit, ImageQuery};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -286,10 +286,6 @@ fn index_remote(
     }
 }
 
-fn api(e: magpie_server::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!(e.message)
-}
-
 fn print_hits(hits: &[ImageHit], json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(hits).unwrap());
@@ -344,8 +340,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 model.as_deref(),
                 &mut progress,
                 &cancel,
-            )
-            .map_err(api)?;
+            )?;
             bar.finish_and_clear();
             print_report(&collection, &rep, t.elapsed().as_secs_f64());
             if rep.cancelled {
@@ -398,7 +393,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 None => {
                     let (engine, _emb) = local.open()?;
                     images::search(&engine, &collection, &q, filter.as_deref(), limit)
-                        .map_err(api)?
+                        ?
                 }
                 })
             })()
@@ -425,7 +420,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 .context("the server's dupes reply is not a list of groups")?,
                 None => {
                     let (engine, _emb) = local.open()?;
-                    images::dupes(&engine, &collection, threshold).map_err(api)?
+                    images::dupes(&engine, &collection, threshold)?
                 }
             };
             if json {

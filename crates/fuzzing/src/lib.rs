@@ -591,7 +591,7 @@ mod request_target {
             // The image app with no models installed: its endpoints parse and check
             // everything, then answer that the model is missing.
             let store = magpie_embed::models::ModelStore::new(dir.join("models"));
-            let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(store));
+            let emb = Arc::new(magpie_app::embedder::ModelEmbedder::new(store));
             engine.set_embedder(emb.clone());
             let images = Arc::new(magpie_server::images_api::ImageService::new(
                 emb,

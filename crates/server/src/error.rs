@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use magpie_app::AppError;
 use magpie_engine::EngineError;
 use serde_json::json;
 
@@ -67,5 +68,20 @@ impl IntoResponse for ApiError {
             Json(json!({"code": self.code, "message": self.message})),
         )
             .into_response()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Engine(e) => e.into(),
+            AppError::BadRequest(m) => ApiError::bad_request(m),
+            AppError::NotAnAppCollection(m) => ApiError::new(StatusCode::NOT_FOUND, 100, m),
+            AppError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, 404, m),
+            e @ AppError::Io { .. } => {
+                tracing::error!("{e}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string())
+            }
+        }
     }
 }

@@ -1,15 +1,15 @@
 //! HTTP endpoints of the image app (`/v2/images/...` JSON, `/images/{collection}/{id}/...`
-//! thumbnails and files) over [`crate::images`].
+//! thumbnails and files) over [`magpie_app::images`].
 
 use crate::api::Body;
-use crate::embedder::ModelEmbedder;
 use crate::error::ApiError;
-use crate::images::{self, ImageQuery, IndexReport, Progress};
 use crate::AppState;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use magpie_app::embedder::ModelEmbedder;
+use magpie_app::images::{self, ImageQuery, IndexReport, Progress};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -89,11 +89,11 @@ impl ImageService {
                 ),
             )
         };
-        let lexical = crate::embedder::lexical_absolute(folder).ok_or_else(refuse)?;
+        let lexical = magpie_app::embedder::lexical_absolute(folder).ok_or_else(refuse)?;
         let allowed: Vec<PathBuf> = self
             .allowed
             .iter()
-            .filter_map(|r| crate::embedder::lexical_absolute(r))
+            .filter_map(|r| magpie_app::embedder::lexical_absolute(r))
             .collect();
         let canon_allowed: Vec<PathBuf> = self
             .allowed
@@ -174,8 +174,8 @@ impl ImageService {
                         j.report = Some(r)
                     }
                     Err(e) => {
-                        tracing::error!(collection = %coll, "image indexing failed: {}", e.message);
-                        j.error = Some(e.message)
+                        tracing::error!(collection = %coll, "image indexing failed: {e}");
+                        j.error = Some(e.to_string())
                     }
                 }
             })
@@ -194,12 +194,13 @@ fn service(st: &AppState) -> Result<Arc<ImageService>, ApiError> {
     })
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+pub(crate) async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string()))?
+        .map_err(Into::into)
 }
 
 fn ok(data: Value) -> Response {
@@ -236,7 +237,7 @@ pub async fn list(State(st): State<Arc<AppState>>) -> Result<Response, ApiError>
                 .unwrap_or(Value::Null);
             out.push(json!({"name": name, "folder": root, "count": count, "job": jobs.get(&name)}));
         }
-        Ok(ok(Value::from(out)))
+        Ok::<_, ApiError>(ok(Value::from(out)))
     })
     .await
 }
@@ -421,7 +422,7 @@ pub async fn thumb(
     let svc = service(&st)?;
     let engine = st.engine.clone();
     let bytes = blocking(move || {
-        let f = images::file_of(&engine, &svc.data_dir, &coll, id)?;
+        let f = images::file_of(&engine, &svc.data_dir, &coll, id).map_err(ApiError::from)?;
         let key = {
             use sha2::Digest;
             let mut h = sha2::Sha256::new();
@@ -433,7 +434,7 @@ pub async fn thumb(
         let dir = svc.data_dir.join("thumbs").join(&key[..2]);
         let cached = dir.join(format!("{}.jpg", &key[2..32]));
         if let Ok(b) = std::fs::read(&cached) {
-            return Ok(b);
+            return Ok::<_, ApiError>(b);
         }
         let d = magpie_embed::image::decode_file(&f.path, &Default::default())
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 1100, e.to_string()))?;

@@ -7,10 +7,8 @@
 
 pub mod api;
 pub mod backups;
-pub mod embedder;
 pub mod error;
 pub mod grpc;
-pub mod images;
 pub mod images_api;
 pub mod metrics;
 mod tls;
@@ -500,7 +498,7 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join("models"));
     let emb = Arc::new(
-        embedder::ModelEmbedder::new(magpie_embed::models::ModelStore::new(models_dir))
+        magpie_app::embedder::ModelEmbedder::new(magpie_embed::models::ModelStore::new(models_dir))
             .with_threads(cfg.embed_threads),
     );
     engine.set_embedder(emb.clone());

@@ -756,7 +756,7 @@ async fn text_embedding_function_with_minilm() {
 fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
-    engine.set_embedder(Arc::new(magpie_server::embedder::ModelEmbedder::new(store)));
+    engine.set_embedder(Arc::new(magpie_app::embedder::ModelEmbedder::new(store)));
     let st = Arc::new(AppState {
         engine,
         metrics: Default::default(),
@@ -781,7 +781,7 @@ fn setup_images(
 ) -> (T, Arc<magpie_server::images_api::ImageService>, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
-    let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(store));
+    let emb = Arc::new(magpie_app::embedder::ModelEmbedder::new(store));
     engine.set_embedder(emb.clone());
     let svc = Arc::new(magpie_server::images_api::ImageService::new(
         emb,
@@ -1135,15 +1135,15 @@ fn image_indexing_resumes_after_an_interruption() {
     // Opens the engine with the models, and indexes the flags into "f".
     let open = || {
         let engine = Engine::open(data.path(), EngineConfig::default()).unwrap();
-        let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(models_store()));
+        let emb = Arc::new(magpie_app::embedder::ModelEmbedder::new(models_store()));
         engine.set_embedder(emb.clone());
         (engine, emb)
     };
     let index = |engine: &Engine,
-                 emb: &magpie_server::embedder::ModelEmbedder,
-                 progress: &mut dyn FnMut(magpie_server::images::Progress),
+                 emb: &magpie_app::embedder::ModelEmbedder,
+                 progress: &mut dyn FnMut(magpie_app::images::Progress),
                  cancel: &AtomicBool| {
-        magpie_server::images::index_folder(
+        magpie_app::images::index_folder(
             engine,
             emb,
             data.path(),
@@ -1158,7 +1158,7 @@ fn image_indexing_resumes_after_an_interruption() {
     {
         let (engine, emb) = open();
         let cancel = AtomicBool::new(false);
-        let mut progress = |p: magpie_server::images::Progress| {
+        let mut progress = |p: magpie_app::images::Progress| {
             if p.done >= 48 {
                 cancel.store(true, Ordering::Relaxed);
             }

@@ -31,7 +31,7 @@ fn setup(o: Opts) -> T {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(dir.path(), o.engine).unwrap());
     let store = magpie_embed::models::ModelStore::new(dir.path().join("models"));
-    let emb = Arc::new(magpie_server::embedder::ModelEmbedder::new(store));
+    let emb = Arc::new(magpie_app::embedder::ModelEmbedder::new(store));
     engine.set_embedder(emb.clone());
     let svc = Arc::new(ImageService::new(
         emb,

@@ -13,7 +13,7 @@
 //! skips unchanged files, re-embeds changed ones, and deletes rows of vanished files.
 
 use crate::embedder::{ModelEmbedder, CONSE, LITE0};
-use crate::error::ApiError;
+use crate::error::{AppError, Result};
 use magpie_embed::image::read_meta;
 use magpie_engine::{
     CollectionSchema, Consistency, DataType, Engine, EngineError, FieldSchema, Hit, IndexMeta,
@@ -37,8 +37,6 @@ const BATCH: usize = 16;
 /// Default cosine similarity at which two images count as near-duplicates.
 pub const DEFAULT_DUP_THRESHOLD: f32 = 0.99;
 const MAX_PATH: usize = 4096;
-
-type Result<T> = std::result::Result<T, ApiError>;
 
 /// The schema of an image collection whose `text_vec` comes from `text_model` (`conse`,
 /// or a CLIP model) with `text_dim` dimensions.
@@ -104,12 +102,9 @@ fn save_root(data_dir: &Path, coll: &str, root: &Path) -> Result<()> {
     roots.insert(coll.to_string(), root.to_path_buf());
     let path = data_dir.join("images.json");
     let tmp = data_dir.join("images.json.partial");
-    let io = |e: std::io::Error| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            65535,
-            format!("{}: {e}", path.display()),
-        )
+    let io = |source: std::io::Error| AppError::Io {
+        path: path.clone(),
+        source,
     };
     std::fs::write(&tmp, serde_json::to_vec_pretty(&roots).unwrap()).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)
@@ -127,11 +122,7 @@ pub fn register_roots(data_dir: &Path, emb: &ModelEmbedder) {
 /// The root of an image collection, or a 404-style error.
 pub fn root_of(data_dir: &Path, coll: &str) -> Result<PathBuf> {
     load_roots(data_dir).remove(coll).ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            100,
-            format!("'{coll}' is not an image collection (index a folder into it with `magpie images index`)"),
-        )
+        AppError::NotAnAppCollection(format!("'{coll}' is not an image collection (index a folder into it with `magpie images index`)"))
     })
 }
 
@@ -247,7 +238,7 @@ pub fn ensure_collection(
     if engine.has_collection(coll) {
         let meta = engine.describe_collection(coll)?;
         if meta.schema.field(IMAGE_VEC).is_none() || meta.schema.field("file").is_none() {
-            return Err(ApiError::bad_request(format!(
+            return Err(AppError::bad_request(format!(
                 "collection '{coll}' exists and is not an image collection; pick another name"
             )));
         }
@@ -259,7 +250,7 @@ pub fn ensure_collection(
                 .unwrap_or_default()
                 .to_string();
             if !have.eq_ignore_ascii_case(m) {
-                return Err(ApiError::bad_request(format!(
+                return Err(AppError::bad_request(format!(
                     "collection '{coll}' searches text with '{have}', not '{m}'; use another collection name for {m}"
                 )));
             }
@@ -268,7 +259,7 @@ pub fn ensure_collection(
     }
     let model = text_model.unwrap_or(CONSE);
     let dim = magpie_engine::Embedder::dim(emb, magpie_engine::FunctionKind::ImageEmbedding, model)
-        .map_err(|m| ApiError::bad_request(format!("text model for '{coll}': {m}")))?;
+        .map_err(|m| AppError::bad_request(format!("text model for '{coll}': {m}")))?;
     engine.create_collection(coll, schema(model, dim), indexes(), Consistency::Strong, "")?;
     Ok(())
 }
@@ -290,10 +281,10 @@ pub fn index_folder(
         .canonicalize()
         .ok()
         .filter(|c| c.is_dir())
-        .ok_or_else(|| ApiError::bad_request(format!("{}: not a folder", root.display())))?;
+        .ok_or_else(|| AppError::bad_request(format!("{}: not a folder", root.display())))?;
     if let Ok(prev) = root_of(data_dir, coll) {
         if prev != root {
-            return Err(ApiError::bad_request(format!(
+            return Err(AppError::bad_request(format!(
                 "collection '{coll}' indexes {}, not {}; use another collection name",
                 prev.display(),
                 root.display()
@@ -305,7 +296,7 @@ pub fn index_folder(
     // readable (a failed job leaves nothing behind that widens what can be read).
     save_root(data_dir, coll, &root)?;
     emb.add_root(&root).map_err(|e| {
-        ApiError::bad_request(format!("{}: cannot index this folder: {e}", root.display()))
+        AppError::bad_request(format!("{}: cannot index this folder: {e}", root.display()))
     })?;
     let mut rep = IndexReport::default();
     let known = known_rows(engine, coll)?;
@@ -510,7 +501,7 @@ pub fn search(
     match q {
         ImageQuery::Text(t) => {
             if t.trim().is_empty() {
-                return Err(ApiError::bad_request("the text query is empty"));
+                return Err(AppError::bad_request("the text query is empty"));
             }
             r.anns_field = Some(TEXT_VEC.into());
             r.texts = vec![t.clone()];
@@ -551,7 +542,7 @@ pub struct DupGroup {
 /// components of the "at least threshold" graph over each image's nearest neighbours).
 pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup>> {
     if !(0.0..=1.0).contains(&threshold) {
-        return Err(ApiError::bad_request(format!(
+        return Err(AppError::bad_request(format!(
             "threshold must be between 0 and 1, got {threshold}"
         )));
     }
@@ -711,13 +702,7 @@ pub struct ServedFile {
 /// bytes). Every refusal is the same 404, so a reply never tells whether some path
 /// exists; the reason goes to the server log.
 pub fn file_of(engine: &Engine, data_dir: &Path, coll: &str, id: i64) -> Result<ServedFile> {
-    let not_found = || {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            404,
-            format!("no image with id {id} in '{coll}'"),
-        )
-    };
+    let not_found = || AppError::NotFound(format!("no image with id {id} in '{coll}'"));
     let refuse = |why: String| {
         tracing::warn!(collection = coll, id, "image file refused: {why}");
         not_found()
