@@ -14,6 +14,8 @@
 
 use crate::embedder::{ModelEmbedder, CONSE, LITE0};
 use crate::error::{AppError, Result};
+use crate::walk::{self, Known};
+pub use crate::walk::{modified_since_epoch, IndexReport, Progress};
 use magpie_embed::image::read_meta;
 use magpie_engine::{
     CollectionSchema, Consistency, DataType, Engine, EngineError, FieldSchema, Hit, IndexMeta,
@@ -37,6 +39,7 @@ const BATCH: usize = 16;
 /// Default cosine similarity at which two images count as near-duplicates.
 pub const DEFAULT_DUP_THRESHOLD: f32 = 0.99;
 const MAX_PATH: usize = 4096;
+const ROOTS: &str = "images.json";
 
 /// The schema of an image collection whose `text_vec` comes from `text_model` (`conse`,
 /// or a CLIP model) with `text_dim` dimensions.
@@ -91,23 +94,11 @@ fn indexes() -> Vec<IndexMeta> {
 
 /// Which folder each image collection indexes: `<data dir>/images.json`.
 pub fn load_roots(data_dir: &Path) -> BTreeMap<String, PathBuf> {
-    std::fs::read(data_dir.join("images.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    walk::load_roots(data_dir, ROOTS)
 }
 
 fn save_root(data_dir: &Path, coll: &str, root: &Path) -> Result<()> {
-    let mut roots = load_roots(data_dir);
-    roots.insert(coll.to_string(), root.to_path_buf());
-    let path = data_dir.join("images.json");
-    let tmp = data_dir.join("images.json.partial");
-    let io = |source: std::io::Error| AppError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&roots).unwrap()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    walk::save_root(data_dir, ROOTS, coll, root)
 }
 
 /// Registers every saved root with the embedder (at server start).
@@ -137,12 +128,6 @@ pub fn path_id(rel: &str) -> i64 {
     (h & ((1u64 << 53) - 1)) as i64
 }
 
-fn file_hash(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let b = std::fs::read(path)?;
-    Ok(format!("{:x}", sha2::Sha256::digest(&b))[..16].to_string())
-}
-
 /// Seconds since the epoch → "YYYY-MM-DD HH:MM:SS" (UTC), by the civil-from-days
 /// algorithm (Howard Hinnant's).
 pub fn format_time(secs: i64) -> String {
@@ -163,34 +148,6 @@ pub fn format_time(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Counters of one indexing run.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct IndexReport {
-    pub found: usize,
-    pub added: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    pub removed: usize,
-    /// (relative path, reason) of files that could not be indexed.
-    pub failed: Vec<(String, String)>,
-    /// Problems of the walk itself (symlink loops, unreadable folders).
-    pub warnings: Vec<String>,
-    pub cancelled: bool,
-}
-
-/// Progress of a run: files handled so far out of those to (re-)embed.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-}
-
-struct Known {
-    size: i64,
-    mtime: i64,
-    hash: String,
 }
 
 fn known_rows(engine: &Engine, coll: &str) -> Result<HashMap<String, Known>> {
@@ -216,15 +173,6 @@ fn known_rows(engine: &Engine, coll: &str) -> Result<HashMap<String, Known>> {
             ))
         })
         .collect())
-}
-
-fn rel_path(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .unwrap_or(p)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Creates the image collection if needed (checking the models are installed), with
@@ -300,69 +248,9 @@ pub fn index_folder(
     })?;
     let mut rep = IndexReport::default();
     let known = known_rows(engine, coll)?;
-    // Walk (following symlinks; loops and unreadable entries are reported, not fatal).
-    let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(&root)
-        .follow_links(true)
-        .sort_by_file_name()
-    {
-        match entry {
-            Ok(e) if e.file_type().is_file() => {
-                let ok = e
-                    .path()
-                    .extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
-                if ok {
-                    files.push(e.into_path());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => rep.warnings.push(e.to_string()),
-        }
-    }
+    let files = walk::walk_files(&root, &EXTENSIONS, &mut rep);
     rep.found = files.len();
-    // Decide per file: unchanged (size+mtime, else same hash), or to embed.
-    let mut todo = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for p in files {
-        let rel = rel_path(&root, &p);
-        seen.insert(rel.clone());
-        let meta = match std::fs::metadata(&p) {
-            Ok(m) => m,
-            Err(e) => {
-                rep.failed.push((rel, e.to_string()));
-                continue;
-            }
-        };
-        let size = meta.len() as i64;
-        let mtime = modified_since_epoch(&meta).as_secs() as i64;
-        let hash = match known.get(&rel) {
-            Some(k) if k.size == size && k.mtime == mtime => {
-                rep.unchanged += 1;
-                continue;
-            }
-            Some(k) => match file_hash(&p) {
-                Ok(h) if h == k.hash => {
-                    rep.unchanged += 1;
-                    continue;
-                }
-                Ok(h) => h,
-                Err(e) => {
-                    rep.failed.push((rel, e.to_string()));
-                    continue;
-                }
-            },
-            None => match file_hash(&p) {
-                Ok(h) => h,
-                Err(e) => {
-                    rep.failed.push((rel, e.to_string()));
-                    continue;
-                }
-            },
-        };
-        todo.push((p, rel, size, mtime, hash));
-    }
+    let (todo, seen) = walk::diff(&root, files, &known, &mut rep);
     let total = todo.len();
     progress(Progress { done: 0, total });
     let mut done = 0;
@@ -373,7 +261,14 @@ pub fn index_folder(
         }
         let mut rows = Vec::new();
         let mut rels = Vec::new();
-        for (p, rel, size, mtime, hash) in chunk {
+        for walk::Todo {
+            path: p,
+            rel,
+            size,
+            mtime,
+            hash,
+        } in chunk
+        {
             let m = match read_meta(p) {
                 Ok(m) => m,
                 Err(e) => {
@@ -778,15 +673,6 @@ pub fn file_of(engine: &Engine, data_dir: &Path, coll: &str, id: i64) -> Result<
         size: md.len(),
         mtime_ns,
     })
-}
-
-/// A file's modification time since the Unix epoch (zero where the platform or the file
-/// system does not record one).
-pub(crate) fn modified_since_epoch(meta: &std::fs::Metadata) -> std::time::Duration {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -9,5 +9,7 @@
 pub mod embedder;
 pub mod error;
 pub mod images;
+pub mod text;
+pub mod walk;
 
 pub use error::{AppError, Result};

@@ -273,12 +273,24 @@ impl Analyzer {
 
     /// The terms of `text`, in order (repeats kept).
     pub fn analyze(&self, text: &str) -> Vec<String> {
-        let raw: Vec<&str> = match self.tokenizer {
-            Tokenizer::Standard => text.unicode_words().collect(),
-            Tokenizer::Whitespace => text.split_whitespace().collect(),
+        self.analyze_spans(text)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The terms of `text` with the byte range of the word each came from (for
+    /// highlighting matches in the original text).
+    pub fn analyze_spans(&self, text: &str) -> Vec<(std::ops::Range<usize>, String)> {
+        let raw: Vec<(usize, &str)> = match self.tokenizer {
+            Tokenizer::Standard => text.unicode_word_indices().collect(),
+            Tokenizer::Whitespace => text
+                .split_whitespace()
+                .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+                .collect(),
         };
         let mut out = Vec::with_capacity(raw.len());
-        'tokens: for t in raw {
+        'tokens: for (at, t) in raw {
             let mut tok = t.to_string();
             for f in &self.filters {
                 match f {
@@ -307,7 +319,7 @@ impl Analyzer {
                 }
             }
             if !tok.is_empty() && tok.len() <= MAX_TOKEN_BYTES {
-                out.push(tok);
+                out.push((at..at + t.len(), tok));
             }
         }
         out
