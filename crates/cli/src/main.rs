@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod eval;
 mod images;
+mod text;
 mod vecfile;
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,10 @@ enum Cmd {
     /// model comparison.
     #[command(subcommand)]
     Images(images::ImagesCmd),
+    /// The text (RAG) app: index documents into passages, search them by BM25,
+    /// embeddings or both.
+    #[command(subcommand)]
+    Text(text::TextCmd),
     /// Backups: create and list them through a running server; restore one offline into
     /// an empty data directory (or bucket prefix).
     #[command(subcommand)]
@@ -733,6 +738,7 @@ fn main() {
         }),
         Cmd::Models(c) => run_models(c),
         Cmd::Images(c) => images::run(c),
+        Cmd::Text(c) => text::run(c),
         Cmd::Backup(c) => run_backup(c),
         Cmd::Bench(a) => bench::run(bench::BenchOpts {
             dataset: a.dataset,

@@ -1736,3 +1736,187 @@ fn eval_reports_retrieval_quality() {
     let ndcg = v["modes"]["bm25"]["nDCG@10"].as_f64().unwrap();
     assert!((ndcg - 0.5189).abs() < 0.01, "{v}");
 }
+
+/// `magpie text index` and `text search`, in process on a data directory and through a
+/// running server (`--url`): the same passages and scores either way, a second run
+/// changes nothing, and the server's `/v2/text/search` refuses bad requests by name.
+#[test]
+fn text_app_in_process_and_over_url() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("docs");
+    std::fs::create_dir_all(src.join("guide")).unwrap();
+    std::fs::write(
+        src.join("guide/kernel.md"),
+        "# Building the kernel\n\nCompile the kernel, install its modules, then update the bootloader and reboot.",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("bread.html"),
+        "<html><head><title>Bread</title></head><body><p>Knead the dough and bake the loaf.</p></body></html>",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("faq.jsonl"),
+        "{\"id\": \"pw\", \"title\": \"Passwords\", \"text\": \"Reset the kernel password from the login page.\"}\n",
+    )
+    .unwrap();
+    let data = d.path().join("data");
+    let dir = data.to_str().unwrap();
+    let idx = [
+        "text",
+        "index",
+        src.to_str().unwrap(),
+        "--collection",
+        "docs",
+        "--model",
+        "none",
+    ];
+    let (ok, out, err) = magpie_cli(&[&idx[..], &["--data-dir", dir]].concat(), &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 documents found: 3 added"), "{out}");
+    let search = |extra: &[&str]| -> Vec<Value> {
+        let args = [
+            &[
+                "text",
+                "search",
+                "kernels",
+                "--collection",
+                "docs",
+                "--mode",
+                "bm25",
+                "--json",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let (ok, out, err) = magpie_cli(&args, &[]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let local = search(&["--data-dir", dir]);
+    let docs: Vec<&str> = local.iter().map(|h| h["doc"].as_str().unwrap()).collect();
+    assert_eq!(docs, ["guide/kernel.md", "faq.jsonl#pw"], "{local:?}");
+    assert!(!local[0]["highlights"].as_array().unwrap().is_empty());
+    let (ok, out, _) = magpie_cli(&[&idx[..], &["--data-dir", dir]].concat(), &[]);
+    assert!(
+        ok && out.contains("0 added, 0 updated, 3 unchanged"),
+        "{out}"
+    );
+
+    // The same through a server.
+    let s = Server::start(&d.path().join("served"));
+    let (ok, out, err) = magpie_cli(&[&idx[..], &["--url", &s.url]].concat(), &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("3 added"), "{out}");
+    let remote = search(&["--url", &s.url]);
+    assert_eq!(remote, local);
+    let (ok, out, err) = magpie_cli(&[&idx[..], &["--url", &s.url]].concat(), &[]);
+    assert!(ok && out.contains("3 unchanged"), "{out}{err}");
+    // Plain output names the document and marks the matched words.
+    let (ok, out, _) = magpie_cli(
+        &[
+            "text",
+            "search",
+            "bootloader",
+            "--collection",
+            "docs",
+            "--mode",
+            "bm25",
+            "--url",
+            &s.url,
+        ],
+        &[],
+    );
+    assert!(
+        ok && out.contains("guide/kernel.md") && out.contains("[bootloader]"),
+        "{out}"
+    );
+
+    let post = |body: Value| -> (u16, Value) {
+        match ureq::post(&format!("{}/v2/text/search", s.url)).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_json().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (code, v) = post(json!({"collectionName": "docs", "query": "loaf", "mode": "bm25"}));
+    assert_eq!(
+        (code, v["data"][0]["title"].as_str()),
+        (200, Some("Bread")),
+        "{v}"
+    );
+    for (body, status, why) in [
+        (
+            json!({"collectionName": "docs", "query": "x", "mode": "fuzzy"}),
+            400,
+            "unknown search mode",
+        ),
+        (
+            json!({"collectionName": "docs", "query": "x", "mode": "dense"}),
+            400,
+            "mode bm25",
+        ),
+        (
+            json!({"collectionName": "docs", "query": " "}),
+            400,
+            "empty",
+        ),
+        (
+            json!({"collectionName": "docs", "query": "x", "limit": 0}),
+            400,
+            "limit",
+        ),
+        (
+            json!({"collectionName": "nosuch", "query": "x"}),
+            404,
+            "nosuch",
+        ),
+        (
+            json!({"collectionName": "docs", "query": "x", "bogus": 1}),
+            400,
+            "bogus",
+        ),
+    ] {
+        let (code, v) = post(body.clone());
+        assert_eq!(code, status, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    s.ok(
+        "collections/create",
+        json!({"collectionName": "plain", "dimension": 2}),
+    );
+    let (code, v) = post(json!({"collectionName": "plain", "query": "x"}));
+    assert!(
+        code == 404
+            && v["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a text collection"),
+        "{v}"
+    );
+    let list = ureq::post(&format!("{}/v2/text/collections", s.url))
+        .send_json(json!({}))
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    assert_eq!(
+        list["data"],
+        json!([{"name": "docs", "passages": 3, "dense": false}])
+    );
+    // Indexing into a collection that is not a text collection is refused.
+    let (ok, _, err) = magpie_cli(
+        &[
+            "text",
+            "index",
+            src.to_str().unwrap(),
+            "--collection",
+            "plain",
+            "--model",
+            "none",
+            "--url",
+            &s.url,
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("not a text collection"), "{err}");
+}

@@ -78,6 +78,7 @@ impl From<AppError> for ApiError {
             AppError::BadRequest(m) => ApiError::bad_request(m),
             AppError::NotAnAppCollection(m) => ApiError::new(StatusCode::NOT_FOUND, 100, m),
             AppError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, 404, m),
+            AppError::Remote(m) => ApiError::new(StatusCode::BAD_GATEWAY, 65535, m),
             e @ AppError::Io { .. } => {
                 tracing::error!("{e}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string())

@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod images_api;
 pub mod metrics;
+pub mod text_api;
 mod tls;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -403,6 +404,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/images/status", post(images_api::status))
         .route("/v2/images/search", post(images_api::search))
         .route("/v2/images/dupes", post(images_api::dupes))
+        .route("/v2/text/collections", post(text_api::list))
+        .route("/v2/text/search", post(text_api::search))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let image_files = Router::new()
         .route("/images/{coll}/{id}/thumb", get(images_api::thumb))
