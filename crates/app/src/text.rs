@@ -404,11 +404,20 @@ pub fn read_docs(path: &Path, key: &str, bare_ids: bool) -> std::result::Result<
     let (text, title) = match ext.as_str() {
         "html" | "htm" => html_text(&raw),
         "md" | "markdown" => {
-            let t = raw
-                .lines()
-                .find_map(|l| l.strip_prefix("# "))
-                .map(|t| t.trim().to_string());
-            (raw.into_owned(), t)
+            // The first `# ` heading is the title (and leaves the body: every passage
+            // starts with the title already).
+            let mut title = None;
+            let mut body = String::with_capacity(raw.len());
+            for l in raw.lines() {
+                match l.strip_prefix("# ") {
+                    Some(t) if title.is_none() => title = Some(t.trim().to_string()),
+                    _ => {
+                        body.push_str(l);
+                        body.push('\n');
+                    }
+                }
+            }
+            (body, title)
         }
         _ => (raw.into_owned(), None),
     };
@@ -988,6 +997,7 @@ mod tests {
         std::fs::write(&md, "intro\n# The Guide\nbody").unwrap();
         let d = read_docs(&md, "guide.md", false).unwrap();
         assert_eq!(d[0].title, "The Guide");
+        assert_eq!(d[0].text, "intro\nbody\n");
         let txt = dir.path().join("notes.txt");
         std::fs::write(&txt, "plain").unwrap();
         assert_eq!(

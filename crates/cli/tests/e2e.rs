@@ -1920,3 +1920,112 @@ fn text_app_in_process_and_over_url() {
     );
     assert!(!ok && err.contains("not a text collection"), "{err}");
 }
+
+/// The text tab in real headless Chromium: documents indexed through the server with
+/// MiniLM, a keyword search with its matches marked, the mode switch to meaning, a
+/// shareable URL that reproduces the results, and a refused query's error banner.
+#[test]
+fn text_ui_in_headless_chromium() {
+    let models = magpie_testkit::models_dir();
+    let store = magpie_embed::models::ModelStore::new(models.clone());
+    if let Err(e) = store.require("all-minilm-l6-v2") {
+        magpie_testkit::skip("models", e);
+        return;
+    }
+    let Some(b) = Browser::start() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("docs");
+    std::fs::create_dir_all(src.join("guide")).unwrap();
+    std::fs::write(
+        src.join("guide/kernel.md"),
+        "# Building the kernel\n\nCompile the kernel, install its modules, then update the bootloader and reboot.",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("bread.html"),
+        "<html><head><title>Bread</title></head><body><p>Knead the dough, let it rise, and put it in a hot oven.</p></body></html>",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("faq.jsonl"),
+        "{\"id\": \"pw\", \"title\": \"Passwords\", \"text\": \"Reset a forgotten password from the login page.\"}\n",
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &["--models-dir".as_ref(), models.as_os_str()],
+    );
+    let (ok, out, err) = magpie_cli(
+        &[
+            "text",
+            "index",
+            src.to_str().unwrap(),
+            "--collection",
+            "docs",
+            "--url",
+            &s.url,
+        ],
+        &[],
+    );
+    assert!(ok && out.contains("3 added"), "{out}{err}");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    b.goto(&format!("{}/text", s.url));
+    b.wait(
+        "collections",
+        "const s = document.getElementById('status'); return s.dataset.ready === 'yes' && s.textContent.includes('3 passages')",
+    );
+    b.click("input[name=mode][value=bm25]");
+    b.type_into("#q", "Bootloader\u{E007}");
+    b.wait(
+        "keyword results",
+        "return document.querySelectorAll('#results .hit').length > 0",
+    );
+    let docs =
+        b.js("return [...document.querySelectorAll('#results .hit')].map(h => h.dataset.doc)");
+    assert_eq!(docs, json!(["guide/kernel.md"]));
+    let marks =
+        b.js("return [...document.querySelectorAll('#results mark')].map(m => m.textContent)");
+    assert_eq!(marks, json!(["bootloader"]));
+    b.screenshot(&shots, "6-text-keywords.png");
+
+    // Meaning: no shared word with the page about bread.
+    b.click("input[name=mode][value=dense]");
+    let js_clear = "document.getElementById('q').value = ''; return true";
+    b.js(js_clear);
+    b.type_into("#q", "baking a loaf\u{E007}");
+    b.wait(
+        "dense results",
+        "return document.getElementById('title').textContent.includes('baking a loaf') && document.querySelectorAll('#results .hit').length > 0",
+    );
+    let first = b.js("return document.querySelector('#results .hit').dataset.doc");
+    assert_eq!(first, json!("bread.html"));
+    // The address holds the query and the mode: opening it again shows the same.
+    let href = b.js("return location.href");
+    let href = href.as_str().unwrap().to_string();
+    assert!(
+        href.contains("mode=dense") && href.contains("q=baking"),
+        "{href}"
+    );
+    b.goto("about:blank");
+    b.goto(&href);
+    b.wait(
+        "results from the address",
+        "return document.querySelectorAll('#results .hit').length > 0 && document.querySelector('#results .hit').dataset.doc",
+    );
+    let checked = b.js("return document.querySelector('input[name=mode]:checked').value");
+    assert_eq!(checked, json!("dense"));
+    b.screenshot(&shots, "7-text-dense.png");
+
+    // A refused query shows the server's message.
+    b.js(js_clear);
+    b.type_into("#q", "x\u{E007}");
+    b.js("document.getElementById('limit').append(new Option('5000', '5000')); document.getElementById('limit').value = '5000'; document.getElementById('limit').dispatchEvent(new Event('change')); return true");
+    let err = b.wait(
+        "error banner",
+        "const e = document.getElementById('error'); return e.style.display === 'block' && e.textContent",
+    );
+    assert!(err.as_str().unwrap().contains("limit"), "{err}");
+    s.stop();
+}

@@ -330,6 +330,10 @@ async fn index_page() -> Html<&'static str> {
     Html(include_str!("ui/images.html"))
 }
 
+async fn text_page() -> Html<&'static str> {
+    Html(include_str!("ui/text.html"))
+}
+
 async fn console_page() -> Html<&'static str> {
     Html(include_str!("ui/index.html"))
 }
@@ -423,6 +427,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .merge(image_files)
         .route_service("/milvus.proto.milvus.MilvusService/{rpc}", grpc)
         .route("/", get(index_page))
+        .route("/text", get(text_page))
         .route("/console", get(console_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
