@@ -389,6 +389,38 @@ res = client.hybrid_search("suite_bm25", reqs, WeightedRanker(0.8, 0.2), limit=5
 out["bm25_hybrid_ids"] = [h.id for h in res[0]]
 client.drop_collection("suite_bm25")
 
+# ---------------------------------------------------------------- rerank functions
+# pymilvus's Function rankers (decay, boost) on search and hybrid search, checked against
+# their formulas (Magpie only: Milvus Lite has no function rankers).
+if not LITE:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+    schema.add_field("ts", DataType.INT64)
+    schema.add_field("tag", DataType.VARCHAR, max_length=16)
+    ip = client.prepare_index_params()
+    ip.add_index(field_name="v", index_type="FLAT", metric_type="IP")
+    client.create_collection("suite_rank", schema=schema, index_params=ip, consistency_level="Strong")
+    client.insert("suite_rank", [{"id": i, "v": [1.0 - i / 100, 0.0], "ts": 10 * i, "tag": "hot" if i % 5 == 0 else "x"} for i in range(20)])
+    decay = Function(name="fresh", input_field_names=["ts"], function_type=FunctionType.RERANK,
+                     params={"reranker": "decay", "function": "exp", "origin": 190, "scale": 50, "offset": 0, "decay": 0.5})
+    res = client.search("suite_rank", data=[[1.0, 0.0]], anns_field="v", limit=20, ranker=decay, search_params={"metric_type": "IP"})
+
+    def dexp(ts):
+        return math.exp(math.log(0.5) / 50 * abs(ts - 190))
+
+    want = sorted(((1.0 - i / 100) * dexp(10 * i), i) for i in range(20))[::-1]
+    got = [(h.distance, h.id) for h in res[0]]
+    assert [i for _, i in got] == [i for _, i in want] and all(abs(g - w) < 1e-5 for (g, _), (w, _) in zip(got, want)), (got, want)
+    boost = Function(name="hot", input_field_names=[], function_type=FunctionType.RERANK,
+                     params={"reranker": "boost", "filter": 'tag == "hot"', "weight": 3})
+    res = client.search("suite_rank", data=[[1.0, 0.0]], anns_field="v", limit=4, ranker=boost, search_params={"metric_type": "IP"})
+    assert [h.id for h in res[0]] == [0, 5, 10, 15], hits(res)
+    reqs = [AnnSearchRequest(data=[[1.0, 0.0]], anns_field="v", param={"metric_type": "IP"}, limit=20)]
+    res = client.hybrid_search("suite_rank", reqs, decay, limit=3)
+    assert [h.id for h in res[0]] == [i for _, i in want[:3]], hits(res)
+    client.drop_collection("suite_rank")
+
 # ---------------------------------------------------------------- lifecycle
 client.release_collection("suite_quick")
 out["released"] = str(client.get_load_state("suite_quick")["state"])

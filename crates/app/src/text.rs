@@ -865,6 +865,7 @@ pub fn search(
                 output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
                 partitions: vec![],
                 consistency: Some(Consistency::Strong),
+                function_score: None,
             },
         )?,
     };

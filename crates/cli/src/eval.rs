@@ -285,12 +285,16 @@ fn load(o: &EvalOpts, ds: &Dataset) -> Result<()> {
     Ok(())
 }
 
-fn ids(reply: &Value) -> Vec<String> {
+/// The documents of a reply in rank order, each once (a document's rank is its best
+/// passage's, for the text app's collections).
+fn ids(reply: &Value, field: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     reply["data"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|h| h["doc_id"].as_str().map(String::from))
+                .filter_map(|h| h[field].as_str().map(String::from))
+                .filter(|d| seen.insert(d.clone()))
                 .collect()
         })
         .unwrap_or_default()
@@ -307,15 +311,31 @@ pub fn run(o: EvalOpts) -> Result<()> {
         "collections/describe",
         &json!({"collectionName": o.collection}),
     )?;
-    let dense = desc["data"]["fields"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|x| x["name"] == "dense"));
+    let has = |name: &str| {
+        desc["data"]["fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x["name"] == name))
+    };
+    let dense = has("dense");
+    // `magpie eval --load` collections key rows by document; the text app's rows are
+    // passages whose `doc` is the document's key (its id when a JSON-lines file was
+    // indexed on its own).
+    let (id_field, depth) = if has("doc_id") {
+        ("doc_id", 100)
+    } else if has("doc") && has("passage") {
+        ("doc", 300)
+    } else {
+        bail!(
+            "collection '{}' has neither 'doc_id' (made by --load) nor the text app's 'doc' and 'passage' fields",
+            o.collection
+        );
+    };
     let mut modes = vec!["bm25"];
     if dense {
         modes.extend(["dense", "hybrid-rrf", "hybrid-weighted"]);
     }
     let c = o.collection;
-    let sub = |field: &str, q: &str| json!({"annsField": field, "data": [q], "limit": 100});
+    let sub = |field: &str, q: &str| json!({"annsField": field, "data": [q], "limit": depth});
     let mut sums: BTreeMap<&str, [f64; 5]> = BTreeMap::new();
     let mut judged = 0usize;
     let t0 = std::time::Instant::now();
@@ -335,7 +355,7 @@ pub fn run(o: EvalOpts) -> Result<()> {
                         o.url,
                         o.token,
                         "entities/search",
-                        &json!({"collectionName": c, "annsField": field, "data": [text], "limit": 100, "outputFields": ["doc_id"]}),
+                        &json!({"collectionName": c, "annsField": field, "data": [text], "limit": depth, "outputFields": [id_field]}),
                     )?
                 }
                 _ => {
@@ -349,11 +369,11 @@ pub fn run(o: EvalOpts) -> Result<()> {
                         o.token,
                         "entities/hybrid_search",
                         &json!({"collectionName": c, "search": [sub("sparse", text), sub("dense", text)],
-                        "rerank": rerank, "limit": 100, "outputFields": ["doc_id"]}),
+                        "rerank": rerank, "limit": depth, "outputFields": [id_field]}),
                     )?
                 }
             };
-            let m_ = metrics(&ids(&reply), rel);
+            let m_ = metrics(&ids(&reply, id_field), rel);
             let s = sums.entry(m).or_default();
             for (a, b) in s.iter_mut().zip(m_) {
                 *a += b;

@@ -1713,6 +1713,39 @@ fn eval_reports_retrieval_quality() {
     close("recall@10", 0.75);
     close("MAP@100", 0.75);
     close("MRR@100", 1.0);
+    // The same corpus through the text app (passages keyed by document): the same BM25
+    // quality, documents ranked by their best passage.
+    let (ok, _, err) = magpie_cli(
+        &[
+            "text",
+            "index",
+            set.join("corpus.jsonl").to_str().unwrap(),
+            "--collection",
+            "tinytext",
+            "--model",
+            "none",
+            "--url",
+            &s.url,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = magpie_cli(
+        &[
+            "eval",
+            "--url",
+            &s.url,
+            "--dataset",
+            set.to_str().unwrap(),
+            "--collection",
+            "tinytext",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["modes"]["bm25"], v["modes"]["bm25"], "{t}");
     let (ok, _, err) = magpie_cli(
         &[
             "eval",

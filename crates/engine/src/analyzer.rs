@@ -6,16 +6,23 @@
 //! |---|---|---|
 //! | `{"type": "standard"}` (the default) | `standard` | `lowercase` |
 //! | `{"type": "english"}` | `standard` | `lowercase`, `stemmer` (english), `stop` (`_english_`) |
-//! | `{"tokenizer": T, "filter": [F, ...]}` | `standard` or `whitespace` | in order |
+//! | `{"type": "chinese"}` | `jieba` | `cnalphanumonly` |
+//! | `{"tokenizer": T, "filter": [F, ...]}` | `standard`, `whitespace` or `jieba` | in order |
 //!
 //! - `standard` splits at the word boundaries of Unicode UAX #29 (the `unicode-segmentation`
 //!   crate; Lucene's and tantivy's standard tokenizers follow the same rules) and keeps
-//!   the words (runs of letters and digits); `whitespace` splits at white space.
+//!   the words (runs of letters and digits); `whitespace` splits at white space;
+//!   `jieba` segments Chinese text into words with the `jieba-rs` crate's dictionary
+//!   (`{"type": "jieba", "mode": "search"|"exact", "hmm": true|false}`; Milvus's
+//!   defaults: search mode, which also emits the shorter words inside long ones, and the
+//!   HMM for words not in the dictionary).
 //! - Filters: `lowercase`; `asciifolding` (NFKD, then combining marks dropped: "café" →
 //!   "cafe"); `alphanumonly` (drops tokens with other than ASCII letters and digits);
 //!   `{"type": "stop", "stop_words": ["_english_", "word", ...]}`; `{"type": "length",
 //!   "max": N}` (drops tokens longer than N bytes); `{"type": "stemmer", "language":
-//!   "english"}` (Snowball, the `rust-stemmers` crate) and the other Snowball languages.
+//!   "english"}` (Snowball, the `rust-stemmers` crate) and the other Snowball languages;
+//!   `cnalphanumonly` (keeps tokens of only Chinese characters, letters and digits: drops
+//!   punctuation and spaces that jieba emits) and `cncharonly` (only Chinese characters).
 //!
 //! Unknown names or params are refused with the name. A configuration is checked when
 //! the collection is created ([`Analyzer::from_params`]) and kept in the schema.
@@ -41,12 +48,27 @@ pub const ENGLISH_STOP_WORDS: &[&str] = &[
 enum Tokenizer {
     Standard,
     Whitespace,
+    Jieba { search: bool, hmm: bool },
+}
+
+/// jieba's dictionary, loaded once (about 0.2 s) by the first analyzer that needs it.
+fn jieba() -> &'static jieba_rs::Jieba {
+    static J: std::sync::OnceLock<jieba_rs::Jieba> = std::sync::OnceLock::new();
+    J.get_or_init(jieba_rs::Jieba::new)
+}
+
+/// A CJK Unified Ideograph (the main block and extensions A-F, compatibility ideographs).
+fn is_han(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2EBEF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
 enum Filter {
     Lowercase,
     AsciiFolding,
     AlphanumOnly,
+    CnAlphanumOnly,
+    CnCharOnly,
     Stop(std::collections::HashSet<String>),
     Length(usize),
     Stemmer(Stemmer),
@@ -107,6 +129,55 @@ fn stop_filter(words: &[Value]) -> Result<Filter, String> {
     Ok(Filter::Stop(set))
 }
 
+fn tokenizer(t: &Value) -> Result<Tokenizer, String> {
+    let (name, params) = match t {
+        Value::String(s) => (s.as_str(), None),
+        Value::Object(o) => (
+            o.get("type")
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| format!("a tokenizer object needs a \"type\", got {t}"))?,
+            Some(o),
+        ),
+        _ => return Err(format!("a tokenizer is a name or an object, got {t}")),
+    };
+    let allowed: &[&str] = if name == "jieba" {
+        &["mode", "hmm"]
+    } else {
+        &[]
+    };
+    if let Some(k) = params.and_then(|o| {
+        o.keys()
+            .find(|k| *k != "type" && !allowed.contains(&k.as_str()))
+    }) {
+        return Err(format!("tokenizer '{name}' has no parameter '{k}'"));
+    }
+    Ok(match name {
+        "standard" => Tokenizer::Standard,
+        "whitespace" => Tokenizer::Whitespace,
+        "jieba" => {
+            let search = match params.and_then(|o| o.get("mode")) {
+                None => true,
+                Some(m) => match m.as_str() {
+                    Some("search") => true,
+                    Some("exact") => false,
+                    _ => return Err(format!("jieba's mode is \"search\" or \"exact\", got {m}")),
+                },
+            };
+            let hmm = match params.and_then(|o| o.get("hmm")) {
+                None => true,
+                Some(Value::Bool(b)) => *b,
+                Some(h) => return Err(format!("jieba's hmm is true or false, got {h}")),
+            };
+            Tokenizer::Jieba { search, hmm }
+        }
+        _ => {
+            return Err(format!(
+                "unknown tokenizer {t} (known: standard, whitespace, jieba)"
+            ))
+        }
+    })
+}
+
 fn filter(v: &Value) -> Result<Filter, String> {
     let (name, params) = match v {
         Value::String(s) => (s.as_str(), None),
@@ -142,6 +213,14 @@ fn filter(v: &Value) -> Result<Filter, String> {
             known(&[])?;
             Filter::AlphanumOnly
         }
+        "cnalphanumonly" => {
+            known(&[])?;
+            Filter::CnAlphanumOnly
+        }
+        "cncharonly" => {
+            known(&[])?;
+            Filter::CnCharOnly
+        }
         "stop" => {
             known(&["stop_words"])?;
             match params.and_then(|o| o.get("stop_words")) {
@@ -173,7 +252,7 @@ fn filter(v: &Value) -> Result<Filter, String> {
         }
         other => {
             return Err(format!(
-                "unknown filter '{other}' (known: lowercase, asciifolding, alphanumonly, stop, length, stemmer)"
+                "unknown filter '{other}' (known: lowercase, asciifolding, alphanumonly, cnalphanumonly, cncharonly, stop, length, stemmer)"
             ))
         }
     })
@@ -209,6 +288,7 @@ impl Analyzer {
                 Value::Array(a) => stop_filter(a),
                 _ => Err(format!("stop_words must be a list of strings, got {w}")),
             });
+            let mut tokenizer = Tokenizer::Standard;
             let mut filters = vec![Filter::Lowercase];
             match t {
                 "standard" => {}
@@ -217,24 +297,23 @@ impl Analyzer {
                     filters.push(stop_filter(&[Value::from("_english_")])?);
                 }
                 "chinese" => {
-                    return Err(
-                        "the chinese analyzer (jieba word segmentation) is not supported yet; use standard or english".into(),
-                    )
+                    tokenizer = Tokenizer::Jieba {
+                        search: true,
+                        hmm: true,
+                    };
+                    filters = vec![Filter::CnAlphanumOnly];
                 }
                 other => {
                     return Err(format!(
-                        "unknown analyzer type '{other}' (known: standard, english)"
+                        "unknown analyzer type '{other}' (known: standard, english, chinese)"
                     ))
                 }
             }
             if let Some(f) = extra {
                 // Stop words apply to the lowercased words, before stemming.
-                filters.insert(1, f?);
+                filters.insert(filters.len().min(1), f?);
             }
-            return Ok(Analyzer {
-                tokenizer: Tokenizer::Standard,
-                filters,
-            });
+            return Ok(Analyzer { tokenizer, filters });
         }
         if o.contains_key("stop_words") {
             return Err(
@@ -244,24 +323,7 @@ impl Analyzer {
         }
         let tokenizer = match o.get("tokenizer") {
             None => Tokenizer::Standard,
-            Some(t) => match t
-                .as_str()
-                .or_else(|| t.get("type").and_then(|x| x.as_str()))
-            {
-                Some("standard") => Tokenizer::Standard,
-                Some("whitespace") => Tokenizer::Whitespace,
-                Some("jieba") => {
-                    return Err(
-                        "the jieba tokenizer is not supported yet; use standard or whitespace"
-                            .into(),
-                    )
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown tokenizer {t} (known: standard, whitespace)"
-                    ))
-                }
-            },
+            Some(t) => tokenizer(t)?,
         };
         let filters = match o.get("filter") {
             None => Vec::new(),
@@ -288,6 +350,18 @@ impl Analyzer {
                 .split_whitespace()
                 .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
                 .collect(),
+            Tokenizer::Jieba { search, hmm } => {
+                let words = if search {
+                    jieba().cut_for_search(text, hmm)
+                } else {
+                    jieba().cut(text, hmm)
+                };
+                // jieba's words are slices of `text`.
+                words
+                    .into_iter()
+                    .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+                    .collect()
+            }
         };
         let mut out = Vec::with_capacity(raw.len());
         'tokens: for (at, t) in raw {
@@ -302,6 +376,16 @@ impl Analyzer {
                     }
                     Filter::AlphanumOnly => {
                         if !tok.chars().all(|c| c.is_ascii_alphanumeric()) {
+                            continue 'tokens;
+                        }
+                    }
+                    Filter::CnAlphanumOnly => {
+                        if !tok.chars().all(|c| c.is_ascii_alphanumeric() || is_han(c)) {
+                            continue 'tokens;
+                        }
+                    }
+                    Filter::CnCharOnly => {
+                        if !tok.chars().all(is_han) {
                             continue 'tokens;
                         }
                     }
@@ -399,7 +483,18 @@ mod tests {
                 json!({"type": "klingon"}),
                 "unknown analyzer type 'klingon'",
             ),
-            (json!({"type": "chinese"}), "not supported yet"),
+            (
+                json!({"tokenizer": {"type": "jieba", "mode": "fast"}}),
+                "\"search\" or \"exact\"",
+            ),
+            (
+                json!({"tokenizer": {"type": "jieba", "dict": ["x"]}}),
+                "no parameter 'dict'",
+            ),
+            (
+                json!({"tokenizer": {"type": "standard", "mode": "x"}}),
+                "no parameter 'mode'",
+            ),
             (json!({"tokenizer": "icu"}), "unknown tokenizer"),
             (
                 json!({"filter": ["uppercase"]}),
@@ -421,6 +516,40 @@ mod tests {
             let e = Analyzer::from_params(Some(&p)).unwrap_err();
             assert!(e.contains(want), "{p}: {e}");
         }
+    }
+
+    #[test]
+    fn chinese_is_segmented_into_words() {
+        let p = json!({"type": "chinese"});
+        // Exact mode: dictionary words; punctuation and spaces dropped by cnalphanumonly.
+        let exact =
+            json!({"tokenizer": {"type": "jieba", "mode": "exact"}, "filter": ["cnalphanumonly"]});
+        assert_eq!(
+            run(exact, "我来到北京清华大学。"),
+            ["我", "来到", "北京", "清华大学"]
+        );
+        // Search mode also emits the words inside long ones.
+        let t = run(p.clone(), "我来到北京清华大学");
+        for w in ["清华", "华大", "大学", "清华大学", "北京"] {
+            assert!(t.contains(&w.to_string()), "{w}: {t:?}");
+        }
+        // Mixed text keeps Latin words and digits; offsets point at the words.
+        let a = Analyzer::from_params(Some(&p)).unwrap();
+        let text = "Milvus 2.5 支持全文检索！";
+        for (r, t) in a.analyze_spans(text) {
+            assert_eq!(&text[r], t);
+        }
+        let t = a.analyze(text);
+        assert!(
+            t.contains(&"Milvus".to_string()) && t.contains(&"全文".to_string()),
+            "{t:?}"
+        );
+        assert!(
+            !t.iter().any(|w| w == "！" || w == " " || w == "."),
+            "{t:?}"
+        );
+        let only = json!({"tokenizer": "jieba", "filter": ["cncharonly"]});
+        assert_eq!(run(only, "Milvus 支持"), ["支持"]);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 mod hybrid;
 mod namespace;
+pub mod rerank;
 pub use hybrid::{check_rerank, fuse, HybridRequest, Rerank, MAX_HYBRID_SEARCHES};
 pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
 
@@ -251,6 +252,8 @@ pub struct SearchRequest {
     /// Read exactly this snapshot instead of the consistency level's (a hybrid search
     /// runs its sub-searches on one snapshot).
     pub snapshot: Option<Timestamp>,
+    /// Rerank the hits by functions of the rows (decay, boost; see [`rerank`]).
+    pub function_score: Option<rerank::FunctionScore>,
 }
 
 /// A query (or get) request.
@@ -263,6 +266,8 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     pub offset: usize,
     pub consistency: Option<Consistency>,
+    /// Read exactly this snapshot instead of the consistency level's.
+    pub snapshot: Option<Timestamp>,
 }
 
 /// Ties a data directory to one store. Its WAL holds writes of the store's collections
@@ -1464,7 +1469,10 @@ impl Engine {
     /// Query by filter and/or ids. `output_fields == ["count(*)"]` returns the count.
     pub fn query(&self, coll: &str, q: &QueryRequest) -> Result<Vec<Map<String, Value>>> {
         let c = self.coll(coll)?;
-        let snap = self.read_snapshot(&c, q.consistency)?;
+        let snap = match q.snapshot {
+            Some(s) => s,
+            None => self.read_snapshot(&c, q.consistency)?,
+        };
         let g = c.read();
         Self::check_loaded(&g)?;
         let filter = compile_filter(q.filter.as_deref(), &g.meta.schema)?;
@@ -1537,6 +1545,9 @@ impl Engine {
     /// Vector search, also reporting how it ran (indexed vs exact segments, the knob a
     /// recall target resolved to).
     pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {
+        if let Some(fs) = &r.function_score {
+            return self.search_with_functions(coll, r, fs);
+        }
         let c = self.coll(coll)?;
         let snap = match r.snapshot {
             Some(s) => s,

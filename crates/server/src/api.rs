@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{FromRequest, Request, State};
 use axum::Json;
+use magpie_engine::engine::rerank::FunctionScore;
 use magpie_engine::{
     CollectionSchema, Consistency, DataType, Engine, FieldSchema, HybridRequest, IndexMeta, Metric,
     QueryRequest, Rerank, SearchKnobs, SearchRequest,
@@ -763,6 +764,7 @@ async fn run_query(st: Arc<AppState>, r: QueryReq, is_get: bool) -> ApiResult {
         limit: r.limit,
         offset: r.offset,
         consistency: consistency(&r.consistency_level)?,
+        snapshot: None,
     };
     let rows = blocking(&st, move |e| e.query(&c, &q)).await?;
     ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
@@ -797,6 +799,45 @@ pub struct SearchReq {
     grouping_field: Option<String>,
     group_size: Option<usize>,
     consistency_level: Option<String>,
+    /// Milvus 2.6's function rerankers: `{"functions": [...], "params": {...}}`.
+    function_score: Option<Value>,
+}
+
+/// `functionScore` of a search or hybrid search: `{"functions": [{"name", "type":
+/// "Rerank", "inputFieldNames", "params": {"reranker": "decay" | "boost", ...}}],
+/// "params": {"boost_mode", "function_mode"}}`.
+pub fn function_score(v: Option<&Value>) -> Result<Option<FunctionScore>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let o = v.as_object().ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "'functionScore' must be an object {{\"functions\": [...], \"params\": {{...}}}}, got {v}"
+        ))
+    })?;
+    if let Some(k) = o.keys().find(|k| *k != "functions" && *k != "params") {
+        return Err(ApiError::bad_request(format!(
+            "'functionScore' has no '{k}' (functions, params)"
+        )));
+    }
+    let functions = match o.get("functions") {
+        Some(Value::Array(a)) => a.as_slice(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "'functionScore' needs 'functions', a list of rerank functions",
+            ))
+        }
+    };
+    let params = match o.get("params") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(p)) => Some(p),
+        Some(x) => {
+            return Err(ApiError::bad_request(format!(
+                "'functionScore.params' must be an object, got {x}"
+            )))
+        }
+    };
+    Ok(Some(FunctionScore::parse(functions, params)?))
 }
 
 pub(crate) fn f32_param(m: &Map<String, Value>, key: &str) -> Result<Option<f32>, ApiError> {
@@ -988,6 +1029,7 @@ fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
             ..search_knobs(&inner)?
         },
         snapshot: None,
+        function_score: function_score(r.function_score.as_ref())?,
     })
 }
 
@@ -1034,6 +1076,7 @@ pub struct HybridReq {
     output_fields: Vec<String>,
     partition_names: Vec<String>,
     consistency_level: Option<String>,
+    function_score: Option<Value>,
 }
 
 /// `rerank` of a hybrid search: `{"strategy": "rrf", "params": {"k": 60}}` or
@@ -1096,17 +1139,27 @@ pub fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
 pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<HybridReq>) -> ApiResult {
     let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let n = r.search.len();
-    let rerank = rerank(r.rerank.as_ref(), n)?;
+    // With rerank functions and no strategy, sub-searches fuse by their best score.
+    let rerank = match (&r.rerank, &r.function_score) {
+        (None | Some(Value::Null), Some(f)) if !f.is_null() => Rerank::Max,
+        _ => rerank(r.rerank.as_ref(), n)?,
+    };
     let searches = r
         .search
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
+            if s.function_score.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "sub-search {i}: 'functionScore' goes on the hybrid search, not on a sub-search"
+                )));
+            }
             search_request(s)
                 .map_err(|e| ApiError::bad_request(format!("sub-search {i}: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let req = HybridRequest {
+        function_score: function_score(r.function_score.as_ref())?,
         searches,
         rerank,
         limit: r.limit.unwrap_or(100),

@@ -1886,3 +1886,260 @@ async fn bm25_full_text_search_over_rest() {
     );
     t.healthy().await;
 }
+
+/// The `chinese` analyzer (jieba word segmentation): a BM25 search in Chinese finds the
+/// document with the word, and TEXT_MATCH matches segmented words.
+#[tokio::test]
+async fn bm25_in_chinese_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "zh", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 500, "enable_analyzer": true, "enable_match": true, "analyzer_params": {"type": "chinese"}}},
+            {"fieldName": "sparse", "dataType": "SparseFloatVector"}],
+            "functions": [{"name": "bm", "type": "BM25", "inputFieldNames": ["text"], "outputFieldNames": ["sparse"], "params": {}}]},
+            "indexParams": [{"fieldName": "sparse", "metricType": "BM25", "indexType": "SPARSE_INVERTED_INDEX"}]}),
+    )
+    .await;
+    let docs = [
+        "我来到北京清华大学",
+        "向量数据库支持全文检索",
+        "今天天气很好，我们去公园散步",
+    ];
+    let rows: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"id": i, "text": d}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "zh", "data": rows}),
+    )
+    .await;
+    let ids = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|h| h["id"].as_i64().unwrap())
+            .collect()
+    };
+    for (q, want) in [("清华大学在哪里", 0), ("全文检索", 1), ("公园", 2)] {
+        let v = t
+            .ok("entities/search", json!({"collectionName": "zh", "annsField": "sparse", "data": [q], "limit": 3, "consistencyLevel": "Strong"}))
+            .await;
+        assert_eq!(ids(&v).first(), Some(&want), "{q}: {v}");
+    }
+    let v = t
+        .ok("entities/query", json!({"collectionName": "zh", "filter": "TEXT_MATCH(text, '数据库')", "outputFields": ["id"], "consistencyLevel": "Strong"}))
+        .await;
+    assert_eq!(ids(&v), [1], "{v}");
+}
+
+/// Decay and boost rerankers (`functionScore`) on search and hybrid search: scores follow
+/// the formulas, pages are slices of one reranked list, bad functions are named.
+#[tokio::test]
+async fn decay_and_boost_rerankers_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "news", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 2}},
+            {"fieldName": "w", "dataType": "FloatVector", "elementTypeParams": {"dim": 2}},
+            {"fieldName": "ts", "dataType": "Int64"},
+            {"fieldName": "tag", "dataType": "VarChar", "elementTypeParams": {"max_length": 16}}]},
+            "indexParams": [{"fieldName": "v", "metricType": "IP", "indexType": "FLAT"},
+                            {"fieldName": "w", "metricType": "L2", "indexType": "FLAT"}]}),
+    )
+    .await;
+    // Row i: similarity to the query (1, 0) is 1 - i/100; its timestamp is 10·i.
+    let rows: Vec<Value> = (0..20)
+        .map(|i| {
+            let s = 1.0 - i as f32 / 100.0;
+            json!({"id": i, "v": [s, 0.0], "w": [i as f32, 0.0], "ts": 10 * i,
+                "tag": if i % 5 == 0 { "hot" } else { "plain" }})
+        })
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "news", "data": rows}),
+    )
+    .await;
+    let decay = json!({"name": "fresh", "type": "Rerank", "inputFieldNames": ["ts"],
+        "params": {"reranker": "decay", "function": "gauss", "origin": 190, "scale": 50, "offset": 0, "decay": 0.5}});
+    let search = |fs: Value, limit: usize, offset: usize| {
+        json!({"collectionName": "news", "annsField": "v", "data": [[1.0, 0.0]], "limit": limit,
+            "offset": offset, "outputFields": ["tag"], "consistencyLevel": "Strong", "functionScore": fs})
+    };
+    let v = t
+        .ok(
+            "entities/search",
+            search(json!({"functions": [decay.clone()]}), 20, 0),
+        )
+        .await;
+    let hits = v.as_array().unwrap();
+    // Expected: similarity × gauss(ts), sorted.
+    let gauss = |ts: f64| {
+        let sigma2 = -50.0f64 * 50.0 / (2.0 * 0.5f64.ln());
+        (-(ts - 190.0).powi(2) / (2.0 * sigma2)).exp()
+    };
+    let mut want: Vec<(i64, f64)> = (0..20)
+        .map(|i| (i, (1.0 - i as f64 / 100.0) * gauss(10.0 * i as f64)))
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (h, (id, s)) in hits.iter().zip(&want) {
+        assert_eq!(h["id"].as_i64(), Some(*id), "{v}");
+        assert!(
+            (h["distance"].as_f64().unwrap() - s).abs() < 1e-5,
+            "{h} vs {s}"
+        );
+        assert!(
+            h.get("ts").is_none(),
+            "the decay field is not returned unless asked: {h}"
+        );
+    }
+    assert_eq!(hits[0]["id"], json!(19), "the newest row wins: {v}");
+    // Pages are slices of the same reranked list.
+    let p2 = t
+        .ok(
+            "entities/search",
+            search(json!({"functions": [decay.clone()]}), 5, 5),
+        )
+        .await;
+    let ids = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        ids(&p2),
+        want[5..10].iter().map(|w| w.0).collect::<Vec<_>>()
+    );
+    // Boost: rows tagged hot ×3, others as they are (summed with the decay would add).
+    let boost = json!({"name": "hot", "type": "Rerank", "params": {"reranker": "boost", "filter": "tag == \"hot\"", "weight": 3}});
+    let v = t
+        .ok(
+            "entities/search",
+            search(json!({"functions": [boost.clone()]}), 4, 0),
+        )
+        .await;
+    assert_eq!(ids(&v), [0, 5, 10, 15], "{v}");
+    assert!(
+        (v[1]["distance"].as_f64().unwrap() - 3.0 * 0.95).abs() < 1e-5,
+        "{v}"
+    );
+    // Two functions summed, added to the score.
+    let v = t
+        .ok("entities/search", search(json!({"functions": [decay.clone(), boost.clone()], "params": {"function_mode": "sum", "boost_mode": "sum"}}), 1, 0))
+        .await;
+    let top = v[0]["id"].as_i64().unwrap();
+    let s = |i: i64| {
+        1.0 - i as f64 / 100.0 + gauss(10.0 * i as f64) + if i % 5 == 0 { 3.0 } else { 0.0 }
+    };
+    let best = (0..20).max_by(|a, b| s(*a).total_cmp(&s(*b))).unwrap();
+    assert_eq!(top, best, "{v}");
+    assert!(
+        (v[0]["distance"].as_f64().unwrap() - s(best)).abs() < 1e-5,
+        "{v}"
+    );
+
+    // L2 scores become 1 - 2·atan(d)/π before the decay.
+    let v = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "news", "annsField": "w", "data": [[0.0, 0.0]], "limit": 1,
+            "consistencyLevel": "Strong", "functionScore": {"functions": [decay.clone()]}}),
+        )
+        .await;
+    let i = v[0]["id"].as_i64().unwrap();
+    let l2 = |i: i64| {
+        (1.0 - 2.0 * ((i * i) as f64).atan() / std::f64::consts::PI) * gauss(10.0 * i as f64)
+    };
+    let best = (0..20).max_by(|a, b| l2(*a).total_cmp(&l2(*b))).unwrap();
+    assert_eq!(i, best, "{v}");
+
+    // Hybrid: functions alone fuse by the best normalised score; with rrf, after fusion.
+    let sub = |f: &str, q: Value| json!({"annsField": f, "data": [q], "limit": 20});
+    let v = t
+        .ok("entities/hybrid_search", json!({"collectionName": "news", "search": [sub("v", json!([1.0, 0.0])), sub("w", json!([0.0, 0.0]))],
+            "limit": 3, "consistencyLevel": "Strong", "functionScore": {"functions": [decay.clone()]}}))
+        .await;
+    let hy = |i: i64| {
+        (1.0 - i as f64 / 100.0).max(1.0 - 2.0 * ((i * i) as f64).atan() / std::f64::consts::PI)
+            * gauss(10.0 * i as f64)
+    };
+    let mut want: Vec<i64> = (0..20).collect();
+    want.sort_by(|a, b| hy(*b).total_cmp(&hy(*a)));
+    assert_eq!(ids(&v), want[..3], "{v}");
+    let v = t
+        .ok("entities/hybrid_search", json!({"collectionName": "news", "search": [sub("v", json!([1.0, 0.0])), sub("w", json!([0.0, 0.0]))],
+            "rerank": {"strategy": "rrf", "params": {"k": 60}}, "limit": 2, "consistencyLevel": "Strong",
+            "functionScore": {"functions": [boost.clone()]}}))
+        .await;
+    assert_eq!(ids(&v), [0, 5], "{v}");
+
+    // Bad input: a 400 naming the problem.
+    for (body, want) in [
+        (
+            search(
+                json!({"functions": [{"name": "d", "type": "Rerank", "inputFieldNames": ["tag"],
+            "params": {"reranker": "decay", "function": "gauss", "origin": 0, "scale": 1}}]}),
+                5,
+                0,
+            ),
+            "must be numeric",
+        ),
+        (
+            search(
+                json!({"functions": [{"name": "d", "type": "Rerank", "inputFieldNames": ["nosuch"],
+            "params": {"reranker": "decay", "function": "gauss", "origin": 0, "scale": 1}}]}),
+                5,
+                0,
+            ),
+            "'nosuch' does not exist",
+        ),
+        (
+            search(
+                json!({"functions": [{"name": "b", "type": "Rerank", "params": {"reranker": "boost", "filter": "tag ==", "weight": 2}}]}),
+                5,
+                0,
+            ),
+            "boost ranker's filter",
+        ),
+        (search(json!({"functions": []}), 5, 0), "1 to 8 functions"),
+        (
+            search(json!({"functions": [decay.clone()], "mode": 1}), 5, 0),
+            "no 'mode'",
+        ),
+        (search(json!([decay.clone()]), 5, 0), "must be an object"),
+    ] {
+        let (s, v) = t.post("entities/search", body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{want}: {v}");
+    }
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "news", "annsField": "v", "data": [[1.0, 0.0]], "limit": 3,
+            "groupingField": "tag", "functionScore": {"functions": [decay.clone()]}}),
+        )
+        .await;
+    assert!(
+        s == StatusCode::BAD_REQUEST && v["message"].as_str().unwrap().contains("grouped"),
+        "{v}"
+    );
+    let (s, v) = t
+        .post(
+            "entities/hybrid_search",
+            json!({"collectionName": "news", "search": [sub("v", json!([1.0, 0.0]))], "limit": 3}),
+        )
+        .await;
+    assert!(
+        s == StatusCode::BAD_REQUEST && v["message"].as_str().unwrap().contains("rerank"),
+        "{v}"
+    );
+    t.healthy().await;
+}

@@ -88,6 +88,7 @@ impl Proxy {
     }
 
     pub(super) async fn search(&self, mut body: Value) -> ApiResult {
+        refuse_function_score(&body)?;
         let name = need(&body, "collectionName")?;
         let rec = self.collection(&name).await?;
         let meta = self.mirror.describe_collection(&name)?;
@@ -247,6 +248,7 @@ impl Proxy {
     /// standalone, the sub-searches are separate reads (each at the requested
     /// consistency level), not one snapshot.
     pub(super) async fn hybrid_search(&self, body: Value) -> ApiResult {
+        refuse_function_score(&body)?;
         let name = need(&body, "collectionName")?;
         let meta = self.mirror.describe_collection(&name)?;
         let subs = body["search"].as_array().cloned().unwrap_or_default();
@@ -589,6 +591,17 @@ fn group_filter(g: &str, keys: &[Value]) -> String {
 /// The metric a search's distances are in: the one it names, else its field's index's,
 /// else the field's default (BM25 for a BM25 function's output, IP for other sparse
 /// fields, COSINE for dense ones).
+/// Rerank functions would have to run after the shards' hits are merged; the proxy does
+/// not do that yet, and says so rather than ignoring them.
+fn refuse_function_score(body: &Value) -> Result<(), ApiError> {
+    if body.get("functionScore").is_some_and(|f| !f.is_null()) {
+        return Err(ApiError::bad_request(
+            "'functionScore' (decay and boost rerankers) is not supported in cluster mode yet",
+        ));
+    }
+    Ok(())
+}
+
 fn search_metric(meta: &magpie_engine::CollectionMeta, anns: &str, body: &Value) -> Metric {
     body.get("metricType")
         .or_else(|| body.pointer("/searchParams/metricType"))

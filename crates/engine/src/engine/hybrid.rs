@@ -32,8 +32,17 @@ pub const MAX_HYBRID_SEARCHES: usize = 16;
 /// How the sub-searches' rankings are fused.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rerank {
-    Rrf { k: f32 },
-    Weighted { weights: Vec<f32>, norm_score: bool },
+    Rrf {
+        k: f32,
+    },
+    Weighted {
+        weights: Vec<f32>,
+        norm_score: bool,
+    },
+    /// The best of a row's scores, each made "larger is better" as decay rankers do
+    /// (L2 → `1 − 2·atan(d)/π`, others as they are): Milvus's fusion when a hybrid
+    /// search's only ranker is a function (decay, boost).
+    Max,
 }
 
 /// A hybrid search: the sub-searches (their `limit`, `filter`, `anns_field`, data and
@@ -47,6 +56,9 @@ pub struct HybridRequest {
     pub output_fields: Vec<String>,
     pub partitions: Vec<String>,
     pub consistency: Option<Consistency>,
+    /// Rerank the fused hits by functions of the rows (see [`super::rerank`]); the
+    /// fused score is the base score.
+    pub function_score: Option<super::rerank::FunctionScore>,
 }
 
 /// A distance as a "larger is better" score in [0, 1] (`norm`) or raw.
@@ -77,14 +89,34 @@ impl Engine {
         }
         check_topk(r.limit, r.offset)?;
         check_rerank(&r.rerank, n)?;
+        if r.rerank == Rerank::Max && r.function_score.is_none() {
+            return Err(invalid(
+                "a hybrid search needs a ranker: rrf, weighted, or rerank functions (decay, boost)",
+            ));
+        }
+        if let Some(fs) = &r.function_score {
+            self.check_function_score(coll, fs)?;
+        }
         let c = self.coll(coll)?;
         let snap = self.read_snapshot(&c, r.consistency)?;
         drop(c);
+        // Fields the rerank functions read, fetched with the hits and removed after.
+        let added: Vec<String> = r
+            .function_score
+            .as_ref()
+            .map(|fs| {
+                fs.fields()
+                    .into_iter()
+                    .filter(|f| !r.output_fields.contains(f))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut outcomes = Vec::with_capacity(n);
         let mut nq = None;
         for (i, s) in r.searches.iter().enumerate() {
             let sub = SearchRequest {
-                output_fields: r.output_fields.clone(),
+                output_fields: r.output_fields.iter().chain(&added).cloned().collect(),
+                function_score: None,
                 partitions: r.partitions.clone(),
                 group_by: None,
                 group_size: None,
@@ -117,7 +149,23 @@ impl Engine {
                 .iter()
                 .map(|o| (o.metric.unwrap_or(Metric::IP), o.hits[qi].as_slice()))
                 .collect();
-            results.push(fuse(&lists, &r.rerank, r.limit, r.offset));
+            match &r.function_score {
+                None => results.push(fuse(&lists, &r.rerank, r.limit, r.offset)),
+                Some(fs) => {
+                    let window = r.limit.saturating_add(r.offset).max(fs.window);
+                    let all = fuse(&lists, &r.rerank, window, 0);
+                    results.push(self.apply_function_score(
+                        coll,
+                        fs,
+                        Metric::IP,
+                        all,
+                        snap,
+                        r.offset,
+                        r.limit,
+                        &added,
+                    )?);
+                }
+            }
         }
         Ok(results)
     }
@@ -158,6 +206,17 @@ pub fn fuse(lists: &[(Metric, &[Hit])], rerank: &Rerank, limit: usize, offset: u
     for (si, (metric, hits)) in lists.iter().enumerate() {
         for (rank, h) in hits.iter().enumerate() {
             let s = match rerank {
+                Rerank::Max => {
+                    let s = match metric {
+                        Metric::L2 => 1.0 - 2.0 * h.distance.atan() / std::f32::consts::PI,
+                        _ => h.distance,
+                    };
+                    let e = fused.entry(&h.id).or_insert((s, si, rank));
+                    if s > e.0 {
+                        *e = (s, si, rank);
+                    }
+                    continue;
+                }
                 Rerank::Rrf { k } => 1.0 / (k + rank as f32 + 1.0),
                 Rerank::Weighted {
                     weights,

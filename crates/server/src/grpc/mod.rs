@@ -1180,6 +1180,7 @@ impl MilvusService for MilvusApi {
                 limit,
                 offset: offset.unwrap_or(0),
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
+                snapshot: None,
             };
             let name = c.clone();
             let (meta, rows, ts) = blocking(&self.st, move |e| {
@@ -1243,11 +1244,6 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
-            if r.function_score.is_some() {
-                return Err(bad(
-                    "function_score rerankers (Function rankers) are not supported by Magpie yet; use RRFRanker or WeightedRanker",
-                ));
-            }
             let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             // pymilvus sends each ranker key's value JSON-encoded, except plain strings.
             let json_param = |k: &str| -> Option<Value> {
@@ -1258,7 +1254,13 @@ impl MilvusService for MilvusApi {
                 "strategy": json_param("strategy"),
                 "params": json_param("params").unwrap_or_else(|| json!({})),
             });
-            let rerank = api::rerank(Some(&rerank), r.requests.len())?;
+            let function_score = function_score_from_pb(r.function_score.as_ref())?;
+            let rerank = if rerank["strategy"].is_null() && function_score.is_some() {
+                // A Function ranker alone: sub-searches fuse by their best score.
+                magpie_engine::Rerank::Max
+            } else {
+                api::rerank(Some(&rerank), r.requests.len())?
+            };
             let limit: usize = param_num(&r.rank_params, "limit")?.unwrap_or(10);
             let offset: usize = param_num(&r.rank_params, "offset")?.unwrap_or(0);
             let round_decimal: i64 = param_num(&r.rank_params, "round_decimal")?.unwrap_or(-1);
@@ -1273,6 +1275,7 @@ impl MilvusService for MilvusApi {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let req = HybridRequest {
+                function_score,
                 searches,
                 rerank,
                 limit,
@@ -1327,16 +1330,40 @@ struct PbSearch {
     group_by: Option<String>,
 }
 
+/// A `FunctionScore` (pymilvus's `ranker=Function(...)` or `FunctionScore(...)`): the
+/// functions and params as Milvus's JSON shape (pymilvus sends every value as a string,
+/// JSON-encoded for lists and maps), parsed by the engine.
+fn function_score_from_pb(
+    f: Option<&magpie_milvus_proto::schema::FunctionScore>,
+) -> Result<Option<magpie_engine::engine::rerank::FunctionScore>, ApiError> {
+    let Some(f) = f.filter(|f| !f.functions.is_empty() || !f.params.is_empty()) else {
+        return Ok(None);
+    };
+    let kv = |ps: &[magpie_milvus_proto::common::KeyValuePair]| -> Map<String, Value> {
+        ps.iter()
+            .map(|p| (p.key.clone(), Value::from(p.value.clone())))
+            .collect()
+    };
+    let functions: Vec<Value> = f
+        .functions
+        .iter()
+        .map(|x| {
+            json!({"name": x.name, "type": x.r#type, "inputFieldNames": x.input_field_names,
+                "params": kv(&x.params)})
+        })
+        .collect();
+    let params = kv(&f.params);
+    Ok(Some(magpie_engine::engine::rerank::FunctionScore::parse(
+        &functions,
+        (!params.is_empty()).then_some(&params),
+    )?))
+}
+
 fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
     let dsl = convert::fill_templates(&r.dsl, &r.expr_template_values).map_err(bad)?;
     if !r.sub_reqs.is_empty() {
         return Err(bad(
             "hybrid search (sub_reqs) is not supported by Magpie yet",
-        ));
-    }
-    if r.function_score.is_some() {
-        return Err(bad(
-            "function_score rerankers are not supported by Magpie yet",
         ));
     }
     let sp = &r.search_params;
@@ -1415,6 +1442,7 @@ fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
         consistency: consistency(r.consistency_level, r.use_default_consistency),
         knobs: api::search_knobs(&inner)?,
         snapshot: None,
+        function_score: function_score_from_pb(r.function_score.as_ref())?,
     };
     Ok(PbSearch {
         req,
