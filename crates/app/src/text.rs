@@ -720,7 +720,6 @@ pub fn index<S: Store + ?Sized>(
     }
     let total = todo.len();
     progress(Progress { done: 0, total });
-    let mut done = 0;
     let mut i = 0;
     while i < todo.len() {
         if cancel.load(Ordering::Relaxed) {
@@ -759,10 +758,8 @@ pub fn index<S: Store + ?Sized>(
                 rep.added += 1;
             }
         }
-        done = i;
-        progress(Progress { done, total });
+        progress(Progress { done: i, total });
     }
-    let _ = done;
     if !rep.cancelled {
         let gone: Vec<Value> = known
             .iter()

@@ -58,6 +58,24 @@ pub enum TextCmd {
         #[command(flatten)]
         local: Local,
     },
+    /// BM25 speed on one thread: index a corpus (JSON lines) into a temporary
+    /// collection, then run each query (one per line) and report queries per second
+    /// and latency (see bench/bm25/speed.sh for the side-by-side run with peers).
+    Bench {
+        /// Documents, `{"id", "title", "text"}` per line.
+        corpus: PathBuf,
+        /// Queries, one per line.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Hits per query.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Timed passes over the queries (after one untimed warm-up pass).
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A server's REST API as the text app's [`Store`].
@@ -217,8 +235,99 @@ fn print_hits(hits: &[TextHit], json: bool) -> Result<()> {
     }
 }
 
+/// `magpie text bench` (see [`TextCmd::Bench`]).
+fn bench(
+    corpus: &std::path::Path,
+    queries: &std::path::Path,
+    k: usize,
+    passes: usize,
+    json: bool,
+) -> Result<()> {
+    use magpie_engine::{Engine, SearchRequest};
+    use std::time::Instant;
+    let qs: Vec<String> = std::fs::read_to_string(queries)
+        .with_context(|| format!("reading {}", queries.display()))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    anyhow::ensure!(!qs.is_empty(), "{}: no queries", queries.display());
+    let dir = std::env::temp_dir().join(format!("magpie-text-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let engine = Engine::open(&dir, Default::default())?;
+    let o = TextOptions {
+        model: None,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let rep = text::index(
+        &engine,
+        None,
+        "bench",
+        corpus,
+        &o,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )?;
+    let index_s = t.elapsed().as_secs_f64();
+    let req = |q: &str| SearchRequest {
+        anns_field: Some(text::SPARSE.into()),
+        texts: vec![q.to_string()],
+        limit: k,
+        ..Default::default()
+    };
+    // Warm-up: builds each sealed segment's inverted index.
+    let t = Instant::now();
+    for q in &qs {
+        engine.search("bench", &req(q))?;
+    }
+    let warm_s = t.elapsed().as_secs_f64();
+    let mut lat = Vec::with_capacity(qs.len() * passes);
+    let t = Instant::now();
+    for _ in 0..passes.max(1) {
+        for q in &qs {
+            let t = Instant::now();
+            let hits = engine.search("bench", &req(q))?;
+            std::hint::black_box(hits);
+            lat.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let total = t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize] * 1e3;
+    let qps = lat.len() as f64 / total;
+    let passages = text::Store::rows(&engine, "bench", &["id"])?.len();
+    let out = json!({"documents": rep.found, "passages": passages, "queries": qs.len(), "k": k,
+        "index_seconds": index_s, "warmup_seconds": warm_s, "qps": qps,
+        "p50_ms": pct(0.5), "p99_ms": pct(0.99)});
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} documents ({} passages) indexed in {:.1} s; {} queries × {} passes, k = {}: {:.0} QPS on one thread, p50 {:.3} ms, p99 {:.3} ms",
+            rep.found, passages, index_s, qs.len(), passes.max(1), k, qps, pct(0.5), pct(0.99)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(c: TextCmd) -> Result<()> {
     match c {
+        TextCmd::Bench {
+            corpus,
+            queries,
+            k,
+            passes,
+            json,
+        } => bench(&corpus, &queries, k, passes, json),
         TextCmd::Index {
             src,
             collection,

@@ -1845,6 +1845,12 @@ fn text_app_in_process_and_over_url() {
     assert_eq!(remote, local);
     let (ok, out, err) = magpie_cli(&[&idx[..], &["--url", &s.url]].concat(), &[]);
     assert!(ok && out.contains("3 unchanged"), "{out}{err}");
+    // What `--url` indexing pages by: rows in primary-key order after a VarChar key.
+    let page = s.ok(
+        "entities/query",
+        json!({"collectionName": "docs", "filter": "id > \"bread.html#0\"", "outputFields": ["id"], "limit": 1}),
+    );
+    assert_eq!(page["data"], json!([{"id": "faq.jsonl#pw#0"}]), "{page}");
     // Plain output names the document and marks the matched words.
     let (ok, out, _) = magpie_cli(
         &[

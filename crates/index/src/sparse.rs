@@ -304,6 +304,9 @@ pub struct SparseIndex {
     /// smallest such length among its rows (for BM25's upper bounds).
     row_len: Vec<f32>,
     min_len: Vec<f32>,
+    /// The sum of `row_len` (so BM25's corpus statistics cost nothing per query when
+    /// every row is visible, and little when few are not).
+    total_len: f64,
 }
 
 impl SparseIndex {
@@ -358,6 +361,7 @@ impl SparseIndex {
                     .fold(f32::INFINITY, f32::min)
             })
             .collect();
+        ix.total_len = row_len.iter().map(|&x| x as f64).sum();
         ix.row_len = row_len;
         Ok(ix)
     }
@@ -395,11 +399,28 @@ impl SparseIndex {
 
     /// Rows in `allow` and the sum of their lengths (BM25's corpus statistics).
     pub fn len_stats(&self, allow: Option<&Bitset>) -> (usize, f64) {
-        match allow {
-            None => (self.n_rows, self.row_len.iter().map(|&x| x as f64).sum()),
-            Some(a) => a
-                .iter_ones()
-                .fold((0, 0.0), |(n, s), r| (n + 1, s + self.row_len[r] as f64)),
+        let Some(a) = allow else {
+            return (self.n_rows, self.total_len);
+        };
+        let ones = a.count_ones();
+        if ones * 2 >= self.n_rows {
+            // Mostly visible: subtract the rows left out.
+            let mut hidden = 0.0;
+            for (wi, &w) in a.words().iter().enumerate() {
+                let mut z = !w;
+                while z != 0 {
+                    let r = wi * 64 + z.trailing_zeros() as usize;
+                    z &= z - 1;
+                    if r >= self.n_rows {
+                        break;
+                    }
+                    hidden += self.row_len[r] as f64;
+                }
+            }
+            (ones, self.total_len - hidden)
+        } else {
+            let sum = a.iter_ones().map(|r| self.row_len[r] as f64).sum();
+            (ones, sum)
         }
     }
 
@@ -657,6 +678,36 @@ impl Cursor<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn corpus_statistics_match_a_plain_sum() {
+        let vs: Vec<SparseVector> = (0..300)
+            .map(|i| SparseVector::from_pairs(vec![(i % 7, 1.0 + (i % 5) as f32)]).unwrap())
+            .collect();
+        let ix =
+            SparseIndex::build(300, vs.iter().enumerate().map(|(i, v)| (i as u32, v))).unwrap();
+        let plain = |keep: &dyn Fn(usize) -> bool| {
+            let rows: Vec<usize> = (0..300).filter(|&r| keep(r)).collect();
+            (
+                rows.len(),
+                rows.iter().map(|&r| vs[r].len() as f64).sum::<f64>(),
+            )
+        };
+        assert_eq!(ix.len_stats(None), plain(&|_| true));
+        // Few rows hidden (the subtracting path) and most rows hidden.
+        for keep in [
+            &(|r: usize| r % 50 != 3) as &dyn Fn(usize) -> bool,
+            &|r: usize| r.is_multiple_of(9),
+        ] {
+            let mut b = Bitset::zeros(300);
+            (0..300).filter(|&r| keep(r)).for_each(|r| b.set(r, true));
+            let (n, s) = ix.len_stats(Some(&b));
+            let (pn, ps) = plain(keep);
+            assert_eq!(n, pn);
+            assert!((s - ps).abs() < 1e-6, "{s} vs {ps}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
