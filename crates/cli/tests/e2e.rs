@@ -1585,7 +1585,7 @@ fn images_index_ctrl_c_then_resume() {
         .arg(&data)
         .arg("--models-dir")
         .arg(&models)
-        .env("MAGPIE_LOG", "magpie_server=debug")
+        .env("MAGPIE_LOG", "magpie_app=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
