@@ -201,12 +201,16 @@ fn print_hits(hits: &[TextHit], json: bool) -> Result<()> {
         let bold = std::io::stdout().is_terminal();
         (|| {
             for (i, h) in hits.iter().enumerate() {
+                let title = if h.title.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}  ", h.title)
+                };
                 writeln!(
                     out,
-                    "{:>2}. {:.4}  {}  [{} #{}]",
+                    "{:>2}. {:.4}  {title}[{} #{}]",
                     i + 1,
                     h.score,
-                    h.title,
                     h.doc,
                     h.passage
                 )?;
