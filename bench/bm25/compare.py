@@ -3,12 +3,17 @@ metrics and loaders of `magpie eval` (crates/cli/src/eval.rs), for a side-by-sid
 (bench/bm25/run.sh). Tokenisation: bm25s's tokenizer with Lucene's English stop words and the Snowball English
 stemmer (PyStemmer), k1 and b as given, Lucene's BM25 variant (Magpie's).
 
-    python compare.py DATASET_DIR [K1] [B]   -> one JSON line
+    python compare.py DATASET_DIR [K1] [B] [--magpie-tokens MAGPIE_BIN]   -> one JSON line
+
+With --magpie-tokens, bm25s indexes and queries the terms of Magpie's english analyzer
+(`magpie analyze`) instead of its own tokenizer's: the same tokens on both sides, so
+what remains of a difference is the scoring.
 """
 
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
@@ -76,18 +81,39 @@ def metrics(ranked, rel):
     return [got / best if best else 0.0, hits(10) / n, hits(100) / n, ap / n, rr]
 
 
+def magpie_tokens(binary, texts):
+    """Magpie's english analyzer's terms of each text (newlines inside a text become
+    spaces: `magpie analyze` reads one text per line)."""
+    lines = "".join(" ".join(t.splitlines()) + "\n" for t in texts)
+    out = subprocess.run([binary, "analyze", "--params", '{"type": "english"}'], input=lines,
+                         capture_output=True, text=True, check=True).stdout
+    toks = [json.loads(l) for l in out.splitlines()]
+    assert len(toks) == len(texts), (len(toks), len(texts))
+    return toks
+
+
 def main():
-    d = sys.argv[1]
-    k1 = float(sys.argv[2]) if len(sys.argv) > 2 else 1.2
-    b = float(sys.argv[3]) if len(sys.argv) > 3 else 0.75
+    args = sys.argv[1:]
+    magpie = None
+    if "--magpie-tokens" in args:
+        i = args.index("--magpie-tokens")
+        magpie = args[i + 1]
+        del args[i:i + 2]
+    d = args[0]
+    k1 = float(args[1]) if len(args) > 1 else 1.2
+    b = float(args[2]) if len(args) > 2 else 0.75
     docs, qs, qrels = load(d)
     stem = Stemmer.Stemmer("english")
     ids = [i for i, _ in docs]
-    corpus = bm25s.tokenize([t for _, t in docs], stopwords=STOP, stemmer=stem, show_progress=False)
+    judged = [(q, t) for q, t in qs if q in qrels and t.strip()]
+    if magpie:
+        corpus = magpie_tokens(magpie, [t for _, t in docs])
+        qtok = magpie_tokens(magpie, [t for _, t in judged])
+    else:
+        corpus = bm25s.tokenize([t for _, t in docs], stopwords=STOP, stemmer=stem, show_progress=False)
+        qtok = bm25s.tokenize([t for _, t in judged], stopwords=STOP, stemmer=stem, show_progress=False)
     ret = bm25s.BM25(method="lucene", k1=k1, b=b)
     ret.index(corpus, show_progress=False)
-    judged = [(q, t) for q, t in qs if q in qrels and t.strip()]
-    qtok = bm25s.tokenize([t for _, t in judged], stopwords=STOP, stemmer=stem, show_progress=False)
     t0 = time.perf_counter()
     res, _ = ret.retrieve(qtok, k=min(100, len(ids)), show_progress=False, n_threads=1)
     secs = time.perf_counter() - t0
@@ -97,6 +123,7 @@ def main():
         sums = [a + x for a, x in zip(sums, m)]
     names = ["nDCG@10", "recall@10", "recall@100", "MAP@100", "MRR@100"]
     print(json.dumps({"dataset": d, "queries": len(judged), "retrieve_seconds": secs,
+                      "tokens": "magpie" if magpie else "bm25s",
                       "bm25s": {k: v / len(judged) for k, v in zip(names, sums)}}))
 
 

@@ -387,6 +387,16 @@ reqs = [
 ]
 res = client.hybrid_search("suite_bm25", reqs, WeightedRanker(0.8, 0.2), limit=5)
 out["bm25_hybrid_ids"] = [h.id for h in res[0]]
+# run_analyzer: the terms an analyzer makes (Magpie only: Milvus Lite 3.2.2 answers
+# UNIMPLEMENTED). English drops stop words and stems; a field's own analyzer by name.
+if not LITE:
+    r = client.run_analyzer(["The Running dogs", "Hello World"], analyzer_params={"type": "english"})
+    assert [list(x.tokens) for x in r] == [["run", "dog"], ["hello", "world"]], r
+    r = client.run_analyzer("Vector Search, engine!", collection_name="suite_bm25", field_name="text", with_detail=True)
+    got = [(t["token"], t["start_offset"], t["end_offset"]) for t in r.tokens]
+    assert got == [("vector", 0, 6), ("search", 7, 13), ("engine", 15, 21)], got
+    expect_error(lambda: client.run_analyzer("x", analyzer_params={"type": "klingon"}), "klingon")
+    expect_error(lambda: client.run_analyzer("x", collection_name="suite_bm25", field_name="dense"), "analyzer")
 client.drop_collection("suite_bm25")
 
 # ---------------------------------------------------------------- rerank functions

@@ -213,6 +213,10 @@ pub struct EvalOpts<'a> {
     pub dense_model: Option<&'a str>,
     pub k1: f64,
     pub b: f64,
+    /// Hybrid weighted: BM25's and dense's weights.
+    pub weights: [f64; 2],
+    /// Hybrid RRF's k.
+    pub rrf_k: u32,
     pub json: bool,
 }
 
@@ -360,9 +364,9 @@ pub fn run(o: EvalOpts) -> Result<()> {
                 }
                 _ => {
                     let rerank = if *m == "hybrid-rrf" {
-                        json!({"strategy": "rrf", "params": {"k": 60}})
+                        json!({"strategy": "rrf", "params": {"k": o.rrf_k}})
                     } else {
-                        json!({"strategy": "weighted", "params": {"weights": [0.5, 0.5]}})
+                        json!({"strategy": "weighted", "params": {"weights": o.weights}})
                     };
                     call(
                         o.url,
@@ -399,7 +403,7 @@ pub fn run(o: EvalOpts) -> Result<()> {
     if o.json {
         println!(
             "{}",
-            json!({"dataset": o.dataset.display().to_string(), "documents": ds.docs.len(), "queries": judged, "seconds": secs, "modes": out})
+            json!({"dataset": o.dataset.display().to_string(), "documents": ds.docs.len(), "queries": judged, "seconds": secs, "rrf_k": o.rrf_k, "weights": o.weights, "modes": out})
         );
         return Ok(());
     }
@@ -410,6 +414,12 @@ pub fn run(o: EvalOpts) -> Result<()> {
         judged,
         secs
     );
+    if dense {
+        println!(
+            "hybrid-rrf: k {}; hybrid-weighted: bm25 {} dense {}",
+            o.rrf_k, o.weights[0], o.weights[1]
+        );
+    }
     println!(
         "{:<16} {}",
         "mode",

@@ -56,6 +56,18 @@ enum Cmd {
     /// CISI layout): nDCG@10, recall@10/100, MAP@100 and MRR per mode (BM25, and with a
     /// dense field dense, hybrid RRF and hybrid weighted), as a table or JSON.
     Eval(EvalArgs),
+    /// The terms an analyzer makes of text (what BM25 and TEXT_MATCH see): one JSON
+    /// array per text, in order. Texts from the arguments, else one per line of stdin.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    /// Milvus `analyzer_params` as JSON, e.g. '{"type": "english"}' or
+    /// '{"tokenizer": "standard", "filter": ["lowercase"]}' (default: standard).
+    #[arg(long)]
+    params: Option<String>,
+    texts: Vec<String>,
 }
 
 #[derive(Args)]
@@ -80,9 +92,66 @@ struct EvalArgs {
     k1: f64,
     #[arg(long, default_value_t = 0.75)]
     b: f64,
+    /// Hybrid weighted: the weights of BM25 and dense, in that order (scores are
+    /// normalised by their metric first, as Milvus's `norm_score` does).
+    #[arg(long, value_name = "BM25,DENSE", value_parser = parse_weights, default_value = "0.7,0.3")]
+    weights: [f64; 2],
+    /// Hybrid RRF: the constant k.
+    #[arg(long, default_value_t = 60)]
+    rrf_k: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+fn run_analyze(a: AnalyzeArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let params: Option<serde_json::Value> = a
+        .params
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--params is not valid JSON")?;
+    let analyzer = magpie_engine::analyzer::Analyzer::from_params(params.as_ref())
+        .map_err(|e| anyhow::anyhow!("--params: {e}"))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let emit = |out: &mut dyn Write, t: &str| -> std::io::Result<()> {
+        serde_json::to_writer(&mut *out, &analyzer.analyze(t))?;
+        out.write_all(b"\n")
+    };
+    let r = (|| -> std::io::Result<()> {
+        if a.texts.is_empty() {
+            for line in std::io::stdin().lock().lines() {
+                emit(&mut out, &line?)?;
+            }
+        } else {
+            for t in &a.texts {
+                emit(&mut out, t)?;
+            }
+        }
+        out.flush()
+    })();
+    match r {
+        // A closed pipe (`| head`) ends the output quietly.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// `--weights BM25,DENSE`: two finite, non-negative numbers.
+fn parse_weights(s: &str) -> std::result::Result<[f64; 2], String> {
+    let w: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|e| format!("'{x}': {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    match w[..] {
+        [a, b] if [a, b].iter().all(|x| x.is_finite() && *x >= 0.0) && a + b > 0.0 => Ok([a, b]),
+        [_, _] => Err("weights must be non-negative and not both zero".into()),
+        _ => Err(format!(
+            "two weights (BM25,DENSE) are needed, got {}",
+            w.len()
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -734,8 +803,11 @@ fn main() {
             dense_model: a.dense_model.as_deref(),
             k1: a.k1,
             b: a.b,
+            weights: a.weights,
+            rrf_k: a.rrf_k,
             json: a.json,
         }),
+        Cmd::Analyze(a) => run_analyze(a),
         Cmd::Models(c) => run_models(c),
         Cmd::Images(c) => images::run(c),
         Cmd::Text(c) => text::run(c),

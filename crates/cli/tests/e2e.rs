@@ -178,6 +178,54 @@ fn magpie_cli(args: &[&str], env: &[(String, String)]) -> (bool, String, String)
     )
 }
 
+/// `magpie analyze`: the terms of each text under an analyzer, from the arguments or
+/// one text per stdin line; unknown analyzers are named in the error.
+#[test]
+fn analyze_prints_the_terms_bm25_sees() {
+    let (ok, out, err) = magpie_cli(
+        &[
+            "analyze",
+            "--params",
+            r#"{"type": "english"}"#,
+            "The Running dogs",
+            "b.com 1.5",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "[\"run\",\"dog\"]\n[\"b.com\",\"1.5\"]\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["analyze", "--params", r#"{"type": "chinese"}"#])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("我来到北京清华大学\nHello\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<Vec<String>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].contains(&"北京".to_string()), "{lines:?}");
+    assert_eq!(
+        lines[1],
+        ["Hello"],
+        "the chinese analyzer does not lowercase"
+    );
+    let (ok, _, err) = magpie_cli(&["analyze", "--params", r#"{"type": "klingon"}"#, "x"], &[]);
+    assert!(!ok && err.contains("klingon"), "{err}");
+    let (ok, _, err) = magpie_cli(&["analyze", "--params", "{", "x"], &[]);
+    assert!(!ok && err.contains("--params"), "{err}");
+}
+
 /// Output into a pipe whose reader is gone (`magpie … | head`) ends the command quietly
 /// instead of a panic ("failed printing to stdout: Broken pipe"). The reader is closed
 /// before the command starts, so its first write always fails.

@@ -568,6 +568,45 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
         .unwrap();
     err(r.into_inner().status, 1100, &["placeholder_group"]);
 
+    // RunAnalyzer: bad params, text that is not UTF-8, too much text at once.
+    let run = |params: &str, texts: Vec<Vec<u8>>| mpb::RunAnalyzerRequest {
+        analyzer_params: params.into(),
+        placeholder: texts,
+        ..Default::default()
+    };
+    let r = c
+        .run_analyzer(run(
+            r#"{"type": "english"}"#,
+            vec![b"The Running dogs".to_vec()],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    ok(r.status);
+    let toks: Vec<_> = r.results[0]
+        .tokens
+        .iter()
+        .map(|t| t.token.as_str())
+        .collect();
+    assert_eq!(toks, ["run", "dog"]);
+    let r = c.run_analyzer(run("{", vec![])).await.unwrap();
+    err(r.into_inner().status, 1100, &["analyzer_params"]);
+    let r = c
+        .run_analyzer(run(r#"{"tokenizer": "nope"}"#, vec![]))
+        .await
+        .unwrap();
+    err(r.into_inner().status, 1100, &["nope"]);
+    let r = c
+        .run_analyzer(run("", vec![vec![0xff, 0xfe]]))
+        .await
+        .unwrap();
+    err(r.into_inner().status, 1100, &["text 0", "UTF-8"]);
+    let r = c
+        .run_analyzer(run("", vec![vec![b'a'; 600 << 10], vec![b'b'; 600 << 10]]))
+        .await
+        .unwrap();
+    err(r.into_inner().status, 1100, &["at most"]);
+
     let h = c
         .check_health(mpb::CheckHealthRequest::default())
         .await

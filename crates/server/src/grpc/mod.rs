@@ -119,7 +119,12 @@ with_status!(
     mpb::DescribeDatabaseResponse,
     mpb::DescribeAliasResponse,
     mpb::ListAliasesResponse,
+    mpb::RunAnalyzerResponse,
 );
+
+/// Most text one `RunAnalyzer` call analyses: its reply (one token record per word)
+/// can be many times larger than its request.
+const RUN_ANALYZER_MAX_BYTES: usize = 1 << 20;
 
 /// The database a client chose for its connection: pymilvus sends it as the `dbname`
 /// metadata (`MilvusClient(db_name=...)`, `use_database`), besides each request's
@@ -447,6 +452,84 @@ impl MilvusService for MilvusApi {
             Ok(mpb::AllocTimestampResponse {
                 status: Some(status_ok()),
                 timestamp: ts.max(now),
+            })
+        })
+    }
+
+    /// pymilvus `run_analyzer(texts, analyzer_params=...)`, or with `collection_name` and
+    /// `field_name` the analyzer of that field: the terms BM25 and TEXT_MATCH see.
+    async fn run_analyzer(
+        &self,
+        r: Request<mpb::RunAnalyzerRequest>,
+    ) -> Rpc<mpb::RunAnalyzerResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::RunAnalyzerResponse, {
+            if !r.analyzer_names.is_empty() {
+                return Err(bad(
+                    "'analyzer_names' (multi-analyzer fields) is not supported",
+                ));
+            }
+            let total: usize = r.placeholder.iter().map(Vec::len).sum();
+            if total > RUN_ANALYZER_MAX_BYTES {
+                return Err(bad(format!(
+                    "run_analyzer takes at most {RUN_ANALYZER_MAX_BYTES} bytes of text per call, got {total}"
+                )));
+            }
+            let analyzer = if !r.collection_name.is_empty() {
+                let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
+                let field = need(&r.field_name, "field_name")?;
+                let m = blocking(&self.st, move |e| e.describe_collection(&name)).await?;
+                let f = m
+                    .schema
+                    .fields
+                    .iter()
+                    .find(|f| f.name == field)
+                    .ok_or_else(|| bad(format!("field '{field}' does not exist")))?;
+                if !f.enable_analyzer {
+                    return Err(bad(format!(
+                        "field '{field}' has no analyzer (enable_analyzer is false)"
+                    )));
+                }
+                f.analyzer().map_err(bad)?
+            } else {
+                let params: Option<serde_json::Value> =
+                    if r.analyzer_params.trim().is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::from_str(&r.analyzer_params).map_err(|e| {
+                            bad(format!("'analyzer_params' is not valid JSON: {e}"))
+                        })?)
+                    };
+                magpie_engine::analyzer::Analyzer::from_params(params.as_ref())
+                    .map_err(|e| bad(format!("analyzer_params: {e}")))?
+            };
+            let mut results = Vec::with_capacity(r.placeholder.len());
+            for (i, b) in r.placeholder.iter().enumerate() {
+                let text = std::str::from_utf8(b)
+                    .map_err(|e| bad(format!("text {i} is not UTF-8: {e}")))?;
+                let tokens = analyzer
+                    .analyze_spans(text)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(pos, (span, token))| mpb::AnalyzerToken {
+                        hash: if r.with_hash {
+                            magpie_engine::analyzer::term_id(&token)
+                        } else {
+                            0
+                        },
+                        token,
+                        start_offset: if r.with_detail { span.start as i64 } else { 0 },
+                        end_offset: if r.with_detail { span.end as i64 } else { 0 },
+                        position: if r.with_detail { pos as i64 } else { 0 },
+                        position_length: if r.with_detail { 1 } else { 0 },
+                    })
+                    .collect();
+                results.push(mpb::AnalyzerResult { tokens });
+            }
+            Ok(mpb::RunAnalyzerResponse {
+                status: Some(status_ok()),
+                results,
             })
         })
     }
