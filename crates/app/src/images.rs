@@ -37,7 +37,7 @@ pub const OUTPUT_FIELDS: [&str; 9] = [
 ];
 const BATCH: usize = 16;
 /// Default cosine similarity at which two images count as near-duplicates.
-pub const DEFAULT_DUP_THRESHOLD: f32 = 0.99;
+pub const DEFAULT_DUP_THRESHOLD: f32 = 0.75;
 const MAX_PATH: usize = 4096;
 const ROOTS: &str = "images.json";
 
@@ -380,17 +380,59 @@ fn hit(h: Hit) -> ImageHit {
 
 /// Searches an image collection. `filter` is a boolean expression over the scalar fields
 /// (e.g. `folder == "europe" and date >= "2020"`).
+/// How hard an image search looks (the index's knob): a number of candidates (HNSW's
+/// `ef`, IVF's `nprobe`) or a recall target that the index turns into one. Neither: the
+/// index's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Effort {
+    pub num_candidates: Option<usize>,
+    pub recall: Option<f32>,
+}
+
+impl Effort {
+    /// The engine's knobs, or a bad request naming the field.
+    pub fn knobs(self) -> Result<magpie_engine::SearchKnobs> {
+        if let Some(n) = self.num_candidates {
+            if !(1..=32768).contains(&n) {
+                return Err(AppError::bad_request(format!(
+                    "numCandidates must be in 1..=32768, got {n}"
+                )));
+            }
+        }
+        if let Some(r) = self.recall {
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(AppError::bad_request(format!(
+                    "recall must be a target in (0, 1], e.g. 0.95, got {r}"
+                )));
+            }
+        }
+        if self.num_candidates.is_some() && self.recall.is_some() {
+            return Err(AppError::bad_request(
+                "give numCandidates or recall, not both",
+            ));
+        }
+        Ok(magpie_engine::SearchKnobs {
+            ef: self.num_candidates,
+            nprobe: self.num_candidates,
+            recall: self.recall,
+            ..Default::default()
+        })
+    }
+}
+
 pub fn search(
     engine: &Engine,
     coll: &str,
     q: &ImageQuery,
     filter: Option<&str>,
     limit: usize,
+    effort: Effort,
 ) -> Result<Vec<ImageHit>> {
     let mut r = SearchRequest {
         limit: limit.clamp(1, 1000),
         filter: filter.map(String::from),
         output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+        knobs: effort.knobs()?,
         ..Default::default()
     };
     match q {
@@ -430,11 +472,19 @@ pub fn search(
 /// A group of near-duplicates, best copy first (largest file, then most EXIF, then path).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DupGroup {
+    /// The lowest similarity of a member to the best copy: groups come most certain
+    /// first.
+    #[serde(default)]
+    pub score: f32,
     pub members: Vec<ImageHit>,
 }
 
-/// Groups images whose Lite0 cosine similarity is at least `threshold` (connected
-/// components of the "at least threshold" graph over each image's nearest neighbours).
+/// Groups images whose Lite0 cosine similarity is at least `threshold`. Images are
+/// taken best copy first (largest file, then most EXIF, then path); each one not yet in
+/// a group leads a new group of those of its 16 nearest neighbours at or above the
+/// threshold that are not in one either. Every member is thus within the threshold of
+/// its group's best copy: a chain of similar images (A like B, B like C) does not merge
+/// A and C, as connected components would.
 pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup>> {
     if !(0.0..=1.0).contains(&threshold) {
         return Err(AppError::bad_request(format!(
@@ -455,14 +505,8 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
         .filter_map(|r| r.get("id").and_then(|v| v.as_i64()))
         .collect();
     let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    let mut parent: Vec<usize> = (0..ids.len()).collect();
-    fn find(p: &mut [usize], mut x: usize) -> usize {
-        while p[x] != x {
-            p[x] = p[p[x]];
-            x = p[x];
-        }
-        x
-    }
+    // Each image's neighbours at or above the threshold.
+    let mut near: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
     for chunk in ids.chunks(64) {
         let r = SearchRequest {
             anns_field: Some(IMAGE_VEC.into()),
@@ -471,62 +515,69 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
             ..Default::default()
         };
         for (q, hs) in chunk.iter().zip(engine.search(coll, &r)?) {
+            let Some(&a) = at.get(q) else { continue };
             for h in hs {
                 if h.distance < threshold {
                     continue;
                 }
-                if let (PrimaryKey::Int(o), Some(&a)) = (h.id, at.get(q)) {
-                    if let Some(&b) = at.get(&o) {
-                        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-                        if ra != rb {
-                            parent[ra] = rb;
-                        }
+                if let PrimaryKey::Int(o) = h.id {
+                    if let Some(&b) = at.get(&o).filter(|&&b| b != a) {
+                        near[a].push(b);
                     }
                 }
             }
         }
     }
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for i in 0..ids.len() {
-        let r = find(&mut parent, i);
-        groups.entry(r).or_default().push(i);
-    }
     let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-    let mut out: Vec<DupGroup> = groups
-        .into_values()
-        .filter(|g| g.len() > 1)
-        .map(|mut g| {
-            g.sort_by(|&a, &b| {
-                let (ra, rb) = (&rows[a], &rows[b]);
-                num(rb, "size")
-                    .cmp(&num(ra, "size"))
-                    .then(num(rb, "exif_n").cmp(&num(ra, "exif_n")))
-                    .then_with(|| {
-                        let p = |r: &Map<String, Value>| {
-                            r.get("path")
-                                .and_then(|v| v.as_str())
-                                .unwrap_or("")
-                                .to_string()
-                        };
-                        p(ra).cmp(&p(rb))
-                    })
-            });
-            DupGroup {
-                members: g
-                    .into_iter()
-                    .map(|i| {
-                        let mut f = rows[i].clone();
-                        f.remove("id");
-                        ImageHit {
-                            id: ids[i],
-                            score: 1.0,
-                            fields: f,
-                        }
-                    })
-                    .collect(),
+    let path = |r: &Map<String, Value>| {
+        r.get("path")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let better = |a: usize, b: usize| {
+        let (ra, rb) = (&rows[a], &rows[b]);
+        num(rb, "size")
+            .cmp(&num(ra, "size"))
+            .then(num(rb, "exif_n").cmp(&num(ra, "exif_n")))
+            .then_with(|| path(ra).cmp(&path(rb)))
+    };
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by(|&a, &b| better(a, b));
+    let mut taken = vec![false; ids.len()];
+    let mut out: Vec<DupGroup> = Vec::new();
+    for &lead in &order {
+        if taken[lead] {
+            continue;
+        }
+        taken[lead] = true;
+        let mut g = vec![lead];
+        for &b in &near[lead] {
+            if !taken[b] {
+                taken[b] = true;
+                g.push(b);
             }
-        })
-        .collect();
+        }
+        if g.len() < 2 {
+            continue;
+        }
+        g[1..].sort_by(|&a, &b| better(a, b));
+        out.push(DupGroup {
+            score: 1.0,
+            members: g
+                .into_iter()
+                .map(|i| {
+                    let mut f = rows[i].clone();
+                    f.remove("id");
+                    ImageHit {
+                        id: ids[i],
+                        score: 1.0,
+                        fields: f,
+                    }
+                })
+                .collect(),
+        });
+    }
     // Score each member against the group's best copy exactly: one query fetches the
     // vectors of every member of every group.
     let member_ids: Vec<Value> = out
@@ -565,9 +616,10 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
                 m.score = magpie_linalg::cosine(best, v);
             }
         }
+        g.score = g.members[1..].iter().map(|m| m.score).fold(1.0, f32::min);
     }
     out.sort_by(|a, b| {
-        b.members.len().cmp(&a.members.len()).then_with(|| {
+        b.score.total_cmp(&a.score).then_with(|| {
             let p = |g: &DupGroup| {
                 g.members[0]
                     .fields

@@ -274,8 +274,8 @@ impl Store for Engine {
     }
 }
 
-/// Up to `max` bytes of `s`, cut at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

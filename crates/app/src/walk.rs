@@ -175,3 +175,20 @@ pub fn save_root(data_dir: &Path, file: &str, coll: &str, root: &Path) -> crate:
     std::fs::write(&tmp, serde_json::to_vec_pretty(&roots).unwrap()).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)
 }
+
+/// A collection's row count (`count(*)`); `None` when it cannot be read (dropped since,
+/// or being loaded).
+pub fn count_rows(engine: &magpie_engine::Engine, coll: &str) -> Option<u64> {
+    engine
+        .query(
+            coll,
+            &magpie_engine::QueryRequest {
+                output_fields: vec!["count(*)".into()],
+                ..Default::default()
+            },
+        )
+        .ok()?
+        .first()?
+        .get("count(*)")?
+        .as_u64()
+}

@@ -264,14 +264,8 @@ fn load(o: &EvalOpts, ds: &Dataset) -> Result<()> {
     for chunk in ds.docs.chunks(256) {
         let rows: Vec<Value> = chunk
             .iter()
-            .map(|(id, t)| {
-                // Within the field's limit, cut at a character boundary.
-                let mut end = t.len().min(65535);
-                while !t.is_char_boundary(end) {
-                    end -= 1;
-                }
-                json!({"doc_id": id, "text": &t[..end]})
-            })
+            // Within the field's limit, cut at a character boundary.
+            .map(|(id, t)| json!({"doc_id": id, "text": magpie_app::text::clip(t, 65535)}))
             .collect();
         call(
             o.url,

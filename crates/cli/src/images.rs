@@ -48,6 +48,12 @@ pub enum ImagesCmd {
         filter: Option<String>,
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// How many candidates the index examines (HNSW's ef, IVF's nprobe).
+        #[arg(long, conflicts_with = "recall")]
+        num_candidates: Option<usize>,
+        /// A recall target in (0, 1] that the index turns into its knob.
+        #[arg(long)]
+        recall: Option<f32>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -60,6 +66,21 @@ pub enum ImagesCmd {
         /// Cosine similarity of Lite0 features at which images count as duplicates.
         #[arg(long, default_value_t = images::DEFAULT_DUP_THRESHOLD)]
         threshold: f32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Measure the duplicate threshold: copies of each photo in DIR (re-encoded,
+    /// resized, cropped) are embedded with EfficientNet-Lite0 beside it, and precision
+    /// and recall of "similarity ≥ threshold" over all pairs are printed per threshold
+    /// (docs/BENCHMARKS.md has a run on ../shared/data/imagenet-sample-256).
+    DupesSweep {
+        /// Folder of photos (not recursive).
+        dir: PathBuf,
+        /// Use only the first N photos (by name); 0 = all.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -216,7 +237,9 @@ pub(crate) fn cancel_on_ctrl_c(flag: Arc<AtomicBool>) -> Result<()> {
 /// Exit status of an indexing run that Ctrl-C stopped (128 + SIGINT, as shells report it).
 pub(crate) const INTERRUPTED: i32 = 130;
 
-fn print_report(collection: &str, rep: &images::IndexReport, secs: f64) {
+/// An indexing run's summary (`noun`: what was indexed), its warnings and failed files
+/// on stderr.
+pub(crate) fn print_report(collection: &str, rep: &images::IndexReport, noun: &str, secs: f64) {
     for w in &rep.warnings {
         eprintln!("warning: {w}");
     }
@@ -224,7 +247,7 @@ fn print_report(collection: &str, rep: &images::IndexReport, secs: f64) {
         eprintln!("skipped {p}: {why}");
     }
     println!(
-        "{}: {} images found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
+        "{}: {} {noun} found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
         collection,
         rep.found,
         rep.added,
@@ -317,7 +340,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             let t = std::time::Instant::now();
             if let Some(r) = local.remote() {
                 let rep = index_remote(&r, &collection, &dir, model.as_deref())?;
-                print_report(&collection, &rep, t.elapsed().as_secs_f64());
+                print_report(&collection, &rep, "images", t.elapsed().as_secs_f64());
                 return Ok(());
             }
             let models = [LITE0, model.as_deref().unwrap_or(CONSE)];
@@ -342,7 +365,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 &cancel,
             )?;
             bar.finish_and_clear();
-            print_report(&collection, &rep, t.elapsed().as_secs_f64());
+            print_report(&collection, &rep, "images", t.elapsed().as_secs_f64());
             if rep.cancelled {
                 println!("interrupted: run the same command again to index the rest");
                 drop(engine);
@@ -357,9 +380,15 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             like,
             filter,
             limit,
+            num_candidates,
+            recall,
             json,
             local,
         } => {
+            let effort = images::Effort {
+                num_candidates,
+                recall,
+            };
             // A path given to --like: name it (not its hashed id) if nothing has it.
             let like_path = like.clone().filter(|l| l.parse::<i64>().is_err());
             let q = match (text, image, like) {
@@ -378,7 +407,8 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 Some(r) => {
                     use base64::Engine as _;
                     let mut body =
-                        json!({"collectionName": collection, "filter": filter, "limit": limit});
+                        json!({"collectionName": collection, "filter": filter, "limit": limit,
+                            "numCandidates": num_candidates, "recall": recall});
                     match q {
                         ImageQuery::Text(t) => body["text"] = json!(t),
                         ImageQuery::Image(b) => {
@@ -392,8 +422,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 }
                 None => {
                     let (engine, _emb) = local.open()?;
-                    images::search(&engine, &collection, &q, filter.as_deref(), limit)
-                        ?
+                    images::search(&engine, &collection, &q, filter.as_deref(), limit, effort)?
                 }
                 })
             })()
@@ -456,18 +485,16 @@ pub fn run(c: ImagesCmd) -> Result<()> {
             html,
             local,
         } => compare(&dir, &models, &query, k, &html, &local),
+        ImagesCmd::DupesSweep {
+            dir,
+            limit,
+            json,
+            local,
+        } => dupes_sweep(&dir, limit, json, &local),
     }
 }
 
-fn compare(
-    dir: &Path,
-    models: &[String],
-    queries: &[PathBuf],
-    k: usize,
-    html: &Path,
-    local: &Local,
-) -> Result<()> {
-    let emb = local.embedder();
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .flatten()
@@ -480,8 +507,101 @@ fn compare(
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("{}: no images", dir.display());
+        bail!(
+            "{}: no images (jpg, png, webp, gif) in this folder",
+            dir.display()
+        );
     }
+    Ok(files)
+}
+
+fn dupes_sweep(dir: &Path, limit: usize, json: bool, local: &Local) -> Result<()> {
+    use magpie_app::dupcal;
+    let mut files = image_files(dir)?;
+    if limit > 0 {
+        files.truncate(limit);
+    }
+    local.fetch_missing(&[LITE0])?;
+    let path = local.models().require(LITE0)?;
+    let enc = magpie_embed::vision::ImageEncoder::load(&path)?;
+    let threads = if local.threads == 0 {
+        magpie_embed::vision::default_threads()
+    } else {
+        local.threads
+    };
+    let bar = progress_bar();
+    bar.set_length(files.len() as u64);
+    let t = std::time::Instant::now();
+    let s = dupcal::sweep(&enc, &files, &dupcal::default_thresholds(), threads, &|n| {
+        bar.set_position(n as u64)
+    })?;
+    bar.finish_and_clear();
+    for (f, why) in &s.skipped {
+        eprintln!("skipped {f}: {why}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{} photos × {} copies each ({}), {:.1} s: {} duplicate pairs, {} other pairs",
+        s.photos,
+        s.transforms.len(),
+        s.transforms.join(", "),
+        t.elapsed().as_secs_f64(),
+        s.duplicate_pairs,
+        s.other_pairs
+    );
+    println!(
+        "least similar duplicate pair {:.4}; most similar other pair {:.4}",
+        s.min_duplicate, s.max_other
+    );
+    println!(
+        "{:>9} {:>9} {:>7} {:>10} {:>11}  {}",
+        "threshold",
+        "precision",
+        "recall",
+        "dup pairs",
+        "false pairs",
+        s.transforms
+            .iter()
+            .map(|t| format!("{t:>13}"))
+            .collect::<String>()
+    );
+    for r in &s.rows {
+        println!(
+            "{:>9.2} {:>9.4} {:>7.4} {:>10} {:>11}  {}",
+            r.threshold,
+            r.precision,
+            r.recall,
+            r.true_pairs,
+            r.false_pairs,
+            r.recall_by_transform
+                .iter()
+                .map(|x| format!("{x:>13.4}"))
+                .collect::<String>()
+        );
+    }
+    match s.best {
+        Some(b) => println!(
+            "highest threshold with recall ≥ 0.95 at precision ≥ 0.99: {b:.2} (the default is {:.2})",
+            images::DEFAULT_DUP_THRESHOLD
+        ),
+        None => println!("no threshold reaches recall ≥ 0.95 at precision ≥ 0.99"),
+    }
+    Ok(())
+}
+
+fn compare(
+    dir: &Path,
+    models: &[String],
+    queries: &[PathBuf],
+    k: usize,
+    html: &Path,
+    local: &Local,
+) -> Result<()> {
+    let emb = local.embedder();
+    let files = image_files(dir)?;
     let queries: Vec<PathBuf> = if queries.is_empty() {
         files.iter().take(5).cloned().collect()
     } else {

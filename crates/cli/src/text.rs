@@ -3,11 +3,11 @@
 //! through a running server's REST API (the server embeds them); `search` asks the
 //! engine in process or the server's `/v2/text/search`.
 
-use crate::images::{cancel_on_ctrl_c, Local, INTERRUPTED};
+use crate::images::{cancel_on_ctrl_c, print_report, Local, INTERRUPTED};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use magpie_app::text::{self, Mode, Store, TextHit, TextOptions};
-use magpie_app::walk::{IndexReport, Progress};
+use magpie_app::walk::Progress;
 use magpie_app::AppError;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -171,26 +171,6 @@ impl Store for RestStore<'_> {
     }
 }
 
-fn print_report(collection: &str, rep: &IndexReport, secs: f64) {
-    for w in &rep.warnings {
-        eprintln!("warning: {w}");
-    }
-    for (p, why) in &rep.failed {
-        eprintln!("skipped {p}: {why}");
-    }
-    println!(
-        "{}: {} documents found: {} added, {} updated, {} unchanged, {} removed, {} failed ({:.1}s)",
-        collection,
-        rep.found,
-        rep.added,
-        rep.updated,
-        rep.unchanged,
-        rep.removed,
-        rep.failed.len(),
-        secs
-    );
-}
-
 /// Passages in the terminal: highlighted words in bold when stdout is a terminal.
 fn print_hits(hits: &[TextHit], json: bool) -> Result<()> {
     use std::io::{IsTerminal, Write};
@@ -309,15 +289,35 @@ fn bench(
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize] * 1e3;
     let qps = lat.len() as f64 / total;
     let passages = text::Store::rows(&engine, "bench", &["id"])?.len();
+    // The sparse field's inverted indexes (built by the warm-up) against their postings'
+    // raw size: a u32 row and an f32 weight each.
+    let (mut ix_bytes, mut postings) = (0u64, 0u64);
+    for p in engine.index_progress("bench", None)? {
+        if p.meta.field_name == text::SPARSE {
+            for s in &p.segments {
+                ix_bytes += s.index_bytes;
+                postings += s.postings;
+            }
+        }
+    }
+    let raw = postings * 8;
     let out = json!({"documents": rep.found, "passages": passages, "queries": qs.len(), "k": k,
         "index_seconds": index_s, "warmup_seconds": warm_s, "qps": qps,
-        "p50_ms": pct(0.5), "p99_ms": pct(0.99)});
+        "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+        "sparse_index_bytes": ix_bytes, "postings": postings, "postings_raw_bytes": raw});
     if json {
         println!("{out}");
     } else {
         println!(
             "{} documents ({} passages) indexed in {:.1} s; {} queries × {} passes, k = {}: {:.0} QPS on one thread, p50 {:.3} ms, p99 {:.3} ms",
             rep.found, passages, index_s, qs.len(), passes.max(1), k, qps, pct(0.5), pct(0.99)
+        );
+        println!(
+            "sparse index: {:.1} MiB for {} postings ({:.1} MiB raw at 8 bytes each): {:.2}x",
+            ix_bytes as f64 / 1048576.0,
+            postings,
+            raw as f64 / 1048576.0,
+            ix_bytes as f64 / raw.max(1) as f64
         );
     }
     Ok(())
@@ -387,7 +387,7 @@ pub fn run(c: TextCmd) -> Result<()> {
                 rep
             };
             bar.finish_and_clear();
-            print_report(&collection, &rep, t.elapsed().as_secs_f64());
+            print_report(&collection, &rep, "documents", t.elapsed().as_secs_f64());
             if rep.cancelled {
                 println!("interrupted: run the same command again to index the rest");
                 std::process::exit(INTERRUPTED);

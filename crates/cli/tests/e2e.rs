@@ -1006,14 +1006,65 @@ fn images_cli_index_search_dupes_incremental() {
         &models,
     );
     assert!(ok, "{err}");
+    // The ANN knobs: an exact-enough search finds the same first hits; bad values are
+    // named.
+    let knob = |extra: &[&str]| {
+        let mut a = vec![
+            "images",
+            "search",
+            "--collection",
+            "pics",
+            "--text",
+            "a flag",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        magpie(&a, &data, &models)
+    };
+    let (ok, out, err) = knob(&["--num-candidates", "200"]);
+    assert!(ok, "{err}");
+    let (_, plain, _) = knob(&[]);
+    let first = |o: &str| serde_json::from_str::<Value>(o).unwrap()[0]["id"].clone();
+    assert_eq!(first(&out), first(&plain));
+    let (ok, _, err) = knob(&["--num-candidates", "0"]);
+    assert!(!ok && err.contains("numCandidates"), "{err}");
+    let (ok, _, err) = knob(&["--recall", "1.5"]);
+    assert!(!ok && err.contains("recall"), "{err}");
     // Identical flags are duplicate groups, best copy first.
     let (ok, out, err) = magpie(
-        &["images", "dupes", "--collection", "pics", "--json"],
+        // Flags are flat graphics: Lite0 finds different flags alike well above the
+        // photo-calibrated default (tricolours at 0.9), so identical flags are
+        // separated from similar ones at 0.99.
+        &[
+            "images",
+            "dupes",
+            "--collection",
+            "pics",
+            "--json",
+            "--threshold",
+            "0.99",
+        ],
         &data,
         &models,
     );
     assert!(ok, "{err}");
     let groups: Value = serde_json::from_str(&out).unwrap();
+    // Most certain groups first: each group's score is its weakest member's similarity
+    // to the best copy.
+    let scores: Vec<f64> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    for g in groups.as_array().unwrap() {
+        let min = g["members"].as_array().unwrap()[1..]
+            .iter()
+            .map(|m| m["score"].as_f64().unwrap())
+            .fold(1.0, f64::min);
+        assert!((g["score"].as_f64().unwrap() - min).abs() < 1e-6, "{g}");
+    }
     let sets: Vec<Vec<String>> = groups
         .as_array()
         .unwrap()
@@ -1398,6 +1449,11 @@ fn web_ui_in_headless_chromium() {
     );
     b.screenshot(&shots, "3-more-like-this.png");
 
+    // A filter changed under "more like" results runs that query again, filtered.
+    b.js("const f = document.getElementById('folder'); f.value = 'europe'; f.dispatchEvent(new Event('change')); return 0");
+    b.wait("more like td, in europe", "return document.getElementById('title').textContent.startsWith('More like oceania/td.png') && [...document.querySelectorAll('#results .card .name')].length > 0 && [...document.querySelectorAll('#results .card .name')].every(n => n.textContent.startsWith('europe/'))");
+    b.js("document.getElementById('folder').value = ''; return 0");
+
     // Folder filter.
     b.type_into("#folder", "europe");
     b.type_into("#q", "a photo of a flag");
@@ -1405,6 +1461,21 @@ fn web_ui_in_headless_chromium() {
     b.wait("filtered results", "return document.getElementById('title').textContent.includes('a photo of a flag') && [...document.querySelectorAll('#results .card')].length > 0 && [...document.querySelectorAll('#results .card .name')].every(n => n.textContent.startsWith('europe/'))");
     let n = b.js("return document.querySelectorAll('#results .card').length");
     assert_eq!(n, json!(5), "europe holds 5 images");
+
+    // ANN knobs: a number of candidates re-runs the search (same 5 images); a bad one is
+    // an error naming it; a recall target works too.
+    let set = |id: &str, v: &str| {
+        b.js(&format!("const e = document.getElementById('{id}'); e.value = '{v}'; e.dispatchEvent(new Event('change')); return 0"));
+    };
+    set("cands", "0");
+    let err = b.wait("knob error", "const e = document.getElementById('error'); return e.style.display === 'block' && e.textContent");
+    assert!(err.as_str().unwrap().contains("numCandidates"), "{err}");
+    set("cands", "64");
+    b.wait("results with 64 candidates", "return document.getElementById('error').style.display !== 'block' && document.querySelectorAll('#results .card').length === 5");
+    set("cands", "");
+    set("recall", "0.95");
+    b.wait("results at recall 0.95", "return document.getElementById('error').style.display !== 'block' && document.querySelectorAll('#results .card').length === 5");
+    set("recall", "");
 
     // A corrupt upload: a clear error, the server keeps serving.
     let file = b.find("#file");
@@ -1416,7 +1487,14 @@ fn web_ui_in_headless_chromium() {
     assert!(err.as_str().unwrap().contains("cannot decode"), "{err}");
     b.screenshot(&shots, "4-bad-upload.png");
 
-    // Duplicates view.
+    // Duplicates view. The slider starts at the app's measured default (calibrated on
+    // photos); these flags are graphics, whose identical copies stand apart at 0.99.
+    let thr = b.js("return +document.getElementById('thr').value");
+    assert!(
+        (thr.as_f64().unwrap() - magpie_app::images::DEFAULT_DUP_THRESHOLD as f64).abs() < 1e-3,
+        "{thr}"
+    );
+    b.js("document.getElementById('thr').value = '0.99'; return 0");
     b.click("#tab-dupes");
     b.wait(
         "duplicate groups",
@@ -1433,6 +1511,19 @@ fn web_ui_in_headless_chromium() {
     assert!(
         groups.contains(&vec!["bv.png".into(), "no.png".into(), "sj.png".into()]),
         "{groups:?}"
+    );
+    // Each group is headed by its score, most certain first; cards show file sizes.
+    let heads: Vec<f64> = serde_json::from_value(b.js(
+        "return [...document.querySelectorAll('#groups .grouphead')].map(h => parseFloat(h.textContent.split('≥ ')[1]))",
+    ))
+    .unwrap();
+    assert!(
+        heads.len() == groups.len() && heads.windows(2).all(|w| w[0] >= w[1]),
+        "{heads:?}"
+    );
+    assert_eq!(
+        b.js("return [...document.querySelectorAll('#groups .card .muted')].every(m => / KB| MB/.test(m.textContent))"),
+        json!(true)
     );
     b.screenshot(&shots, "5-duplicates.png");
     eprintln!("screenshots in {}", shots.display());
@@ -1586,8 +1677,18 @@ fn images_cli_over_url_matches_in_process() {
         .iter()
         .map(|q| hits(&|a: &[&str]| remote(a).0, q))
         .collect();
-    let dupes_http: Value =
-        serde_json::from_str(&remote(&["dupes", "--json", "--collection", "pics"]).0).unwrap();
+    let dupes_http: Value = serde_json::from_str(
+        &remote(&[
+            "dupes",
+            "--json",
+            "--collection",
+            "pics",
+            "--threshold",
+            "0.99",
+        ])
+        .0,
+    )
+    .unwrap();
     s.stop();
     let local = |args: &[&str]| {
         let mut all = vec!["images"];
@@ -1609,8 +1710,15 @@ fn images_cli_over_url_matches_in_process() {
     names.truncate(2);
     names.sort();
     assert_eq!(names, ["ml.png", "ro.png"], "more like Chad");
-    let dupes_local: Value =
-        serde_json::from_str(&local(&["dupes", "--json", "--collection", "pics"])).unwrap();
+    let dupes_local: Value = serde_json::from_str(&local(&[
+        "dupes",
+        "--json",
+        "--collection",
+        "pics",
+        "--threshold",
+        "0.99",
+    ]))
+    .unwrap();
     assert_eq!(dupes_local, dupes_http);
     assert_eq!(dupes_http.as_array().unwrap().len(), 2, "{dupes_http}");
 }

@@ -174,6 +174,9 @@ pub struct SegmentIndexState {
     /// "indexed", "building", "pending", "growing" or "small" (below `index_min_rows`).
     pub state: &'static str,
     pub index_bytes: u64,
+    /// Sparse indexes: the (row, weight) postings held, 8 bytes each raw (0 for other
+    /// indexes, and before a search built the segment's inverted index).
+    pub postings: u64,
     pub build_ms: u64,
 }
 
@@ -721,6 +724,12 @@ impl Engine {
             let field = g.meta.schema.vector_index(&def.field_name);
             let scalar = g.meta.schema.scalar_index(&def.field_name);
             let dim = g.meta.schema.field(&def.field_name).and_then(|f| f.dim);
+            let sparse_field = g
+                .meta
+                .schema
+                .field(&def.field_name)
+                .is_some_and(|f| f.is_sparse());
+
             let built = field.is_some()
                 && indexspec::parse(def, dim.unwrap_or(0), 0).is_ok_and(|k| k.is_built());
             let mut p = IndexProgress {
@@ -744,6 +753,12 @@ impl Engine {
                     .and_then(|c| c.get())
                     .and_then(|x| x.as_ref())
                     .map_or(0, |x| x.bytes() as u64);
+                // A sparse field's inverted index, once a search built it.
+                let sparse = scalar
+                    .filter(|_| sparse_field)
+                    .and_then(|si| s.sparse.get(si))
+                    .and_then(|c| c.get());
+                let scalar_bytes = sparse.map_or(scalar_bytes, |x| x.bytes() as u64);
                 let state = if !built {
                     "indexed"
                 } else if s.state != SegState::Flushed {
@@ -773,6 +788,7 @@ impl Engine {
                     rows: s.len(),
                     state,
                     index_bytes: ix.map_or(scalar_bytes, |i| i.file.bytes),
+                    postings: sparse.map_or(0, |x| x.postings() as u64),
                     build_ms: ix.map_or(0, |i| i.file.build_ms),
                 });
             }

@@ -2102,6 +2102,25 @@ fn bm25_scores_match_the_formula_and_do_not_depend_on_segments() {
             q,
         );
     }
+    // The searches built the flushed segment's inverted index: describe-index reports
+    // its postings (one per distinct term of each document, deleted rows included) and
+    // memory within 1.5x of the postings' raw 8 bytes each.
+    let prog = one.index_progress("c", None).unwrap();
+    let seg = &prog[0].segments[0];
+    let want_postings: usize = docs
+        .iter()
+        .map(|d| {
+            let mut w: Vec<&str> = d["text"].as_str().unwrap().split_whitespace().collect();
+            w.sort();
+            w.dedup();
+            w.len()
+        })
+        .sum();
+    assert_eq!(seg.postings as usize, want_postings);
+    assert!(
+        seg.index_bytes > 0 && seg.index_bytes as f64 <= 1.5 * (seg.postings * 8) as f64,
+        "{seg:?}"
+    );
     // A filter narrows the candidates, not the statistics.
     let want: Vec<(i64, f64)> = bm25_brute(&live, "vector search", 1.5, 0.6, 300)
         .into_iter()

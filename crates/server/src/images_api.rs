@@ -224,17 +224,7 @@ pub async fn list(State(st): State<Arc<AppState>>) -> Result<Response, ApiError>
             if !engine.has_collection(&name) {
                 continue;
             }
-            let count = engine
-                .query(
-                    &name,
-                    &magpie_engine::QueryRequest {
-                        output_fields: vec!["count(*)".into()],
-                        ..Default::default()
-                    },
-                )
-                .ok()
-                .and_then(|r| r.first().and_then(|m| m.get("count(*)").cloned()))
-                .unwrap_or(Value::Null);
+            let count = magpie_app::walk::count_rows(&engine, &name);
             out.push(json!({"name": name, "folder": root, "count": count, "job": jobs.get(&name)}));
         }
         Ok::<_, ApiError>(ok(Value::from(out)))
@@ -285,6 +275,10 @@ pub struct SearchReq {
     date_from: Option<String>,
     date_to: Option<String>,
     limit: Option<usize>,
+    /// How many candidates the index examines (HNSW's ef, IVF's nprobe).
+    num_candidates: Option<usize>,
+    /// A recall target in (0, 1] the index turns into its knob.
+    recall: Option<f32>,
 }
 
 /// A double-quoted filter string literal.
@@ -350,9 +344,14 @@ pub async fn search(
     let filter = (!parts.is_empty()).then(|| parts.join(" and "));
     let engine = st.engine.clone();
     let limit = r.limit.unwrap_or(24);
+    let effort = images::Effort {
+        num_candidates: r.num_candidates,
+        recall: r.recall,
+    };
     let coll = r.collection_name;
     let hits =
-        blocking(move || images::search(&engine, &coll, &q, filter.as_deref(), limit)).await?;
+        blocking(move || images::search(&engine, &coll, &q, filter.as_deref(), limit, effort))
+            .await?;
     Ok(ok(serde_json::to_value(hits).unwrap()))
 }
 

@@ -326,8 +326,15 @@ async fn not_found(req: Request) -> Response {
     .into_response()
 }
 
+/// The image UI, with the duplicate slider starting at the app's measured default.
 async fn index_page() -> Html<&'static str> {
-    Html(include_str!("ui/images.html"))
+    static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        include_str!("ui/images.html").replace(
+            "__DUP_THRESHOLD__",
+            &format!("{:.3}", magpie_app::images::DEFAULT_DUP_THRESHOLD),
+        )
+    });
+    Html(PAGE.as_str())
 }
 
 async fn text_page() -> Html<&'static str> {

@@ -68,17 +68,7 @@ pub async fn list(State(st): State<Arc<AppState>>) -> Result<Response, ApiError>
             if !text::is_text_collection(&fields) {
                 continue;
             }
-            let count = engine
-                .query(
-                    &name,
-                    &magpie_engine::QueryRequest {
-                        output_fields: vec!["count(*)".into()],
-                        ..Default::default()
-                    },
-                )
-                .ok()
-                .and_then(|r| r.first().and_then(|m| m.get("count(*)").cloned()))
-                .unwrap_or(Value::Null);
+            let count = magpie_app::walk::count_rows(&engine, &name);
             let dense = fields.iter().any(|f| f == text::DENSE);
             out.push(json!({"name": name, "passages": count, "dense": dense}));
         }

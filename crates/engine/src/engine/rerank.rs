@@ -368,6 +368,8 @@ impl Engine {
         // Rows each boost filter passes, among these hits.
         let ids: Vec<Value> = hits.iter().map(|h| h.id.to_json()).collect();
         let mut passing: Vec<Option<HashSet<PrimaryKey>>> = Vec::with_capacity(fs.functions.len());
+        // The primary-key field, looked up once for all boost filters.
+        let mut pk_field: Option<crate::schema::FieldSchema> = None;
         for f in &fs.functions {
             passing.push(match f {
                 ScoreFunction::Boost {
@@ -391,8 +393,12 @@ impl Engine {
                             }
                             e => e,
                         })?;
-                    let schema = self.describe_collection(coll)?.schema;
-                    let pk = schema.pk();
+                    let pk = match pk_field {
+                        Some(ref p) => p,
+                        None => {
+                            pk_field.insert(self.describe_collection(coll)?.schema.pk().clone())
+                        }
+                    };
                     Some(
                         rows.iter()
                             .filter_map(|r| r.get(&pk.name))
