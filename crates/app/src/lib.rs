@@ -11,6 +11,7 @@ pub mod embedder;
 pub mod error;
 pub mod images;
 pub mod text;
+pub mod uploads;
 pub mod walk;
 
 pub use error::{AppError, Result};

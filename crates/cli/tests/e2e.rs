@@ -700,6 +700,53 @@ fn images_cli_over_url_reports_server_errors() {
     let (code, err) = run(&["search", "--collection", "nope", "--like", "3"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("'nope'"), "{err}");
+    // Uploaded query images: kept under an id; bad uploads and ids are named.
+    let call = |path: &str, body: Value| -> (u16, Value) {
+        match ureq::post(&format!("{url}{path}")).send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_json().unwrap()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    let (code, v) = call(
+        "/v2/images/uploads",
+        json!({"image": "data:image/png;base64,iVBORw0KGgo="}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["data"]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with('u') && id.len() == 33, "{id}");
+    assert_eq!(v["data"]["expiresInSeconds"], 3600);
+    let (code, v) = call("/v2/images/uploads", json!({"image": "%%%"}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("base64"), "{v}");
+    let (code, v) = call("/v2/images/uploads", json!({"image": ""}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("empty"), "{v}");
+    let (code, v) = call(
+        "/v2/images/search",
+        json!({"collectionName": "nope", "upload": "../x"}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("'upload'"), "{v}");
+    let gone = format!("u{}", "f".repeat(32));
+    let (code, v) = call(
+        "/v2/images/search",
+        json!({"collectionName": "nope", "upload": gone}),
+    );
+    assert_eq!(code, 404, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("upload it again"),
+        "{v}"
+    );
+    let (code, v) = call(
+        "/v2/images/search",
+        json!({"collectionName": "nope", "upload": id, "text": "x"}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("exactly one"),
+        "{v}"
+    );
     // Without --url, the locked data directory is a clear error that points to --url.
     let out = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["images", "search", "--text", "a cat", "--data-dir"])
@@ -1430,6 +1477,17 @@ fn web_ui_in_headless_chromium() {
     assert_eq!(first2, ["au.png", "hm.png"], "{names:?}");
     assert_eq!(names[2], "nz.png", "{names:?}");
     b.screenshot(&shots, "2-upload.png");
+    // The URL names the upload by its server-side id (not the image), and its title.
+    let upload_url = b.js("return location.href").as_str().unwrap().to_string();
+    assert!(
+        upload_url.contains("u=u") && upload_url.contains("t=Similar+to+au.png"),
+        "{upload_url}"
+    );
+    // The upload zone is reachable from the keyboard.
+    assert_eq!(
+        b.js("const d = document.getElementById('drop'); d.focus(); return document.activeElement === d && d.tabIndex === 0"),
+        json!(true)
+    );
 
     // Click a result: more like it, without itself; then again from the new results.
     b.click("#results .card[data-name='nz.png']");
@@ -1448,6 +1506,29 @@ fn web_ui_in_headless_chromium() {
         "{names:?}"
     );
     b.screenshot(&shots, "3-more-like-this.png");
+
+    // Back and Forward walk the searches; a link shows the same results.
+    let like_url = b.js("return location.href").as_str().unwrap().to_string();
+    assert!(like_url.contains("like="), "{like_url}");
+    b.js("history.back(); return 0");
+    b.wait("back to more like nz", "return document.getElementById('title').textContent.startsWith('More like oceania/nz.png') && document.querySelectorAll('#results .card').length > 0");
+    b.js("history.back(); return 0");
+    b.wait("back to the upload", "return document.getElementById('title').textContent.startsWith('Similar to au.png') && document.querySelectorAll('#results .card').length > 0");
+    let names = b.names("#results .card");
+    let mut first2 = names[..2].to_vec();
+    first2.sort();
+    assert_eq!(first2, ["au.png", "hm.png"], "{names:?}");
+    b.js("history.forward(); history.forward(); return 0");
+    b.wait("forward to more like td", "return document.getElementById('title').textContent.startsWith('More like oceania/td.png') && document.querySelectorAll('#results .card').length > 0");
+    b.goto(&upload_url);
+    b.wait("a shared upload link", "return document.getElementById('title').textContent.startsWith('Similar to au.png') && document.querySelectorAll('#results .card').length > 0");
+    assert_eq!(b.names("#results .card")[..2].len(), 2);
+    // An upload the server no longer keeps: a clear error, not a blank page.
+    b.goto(&format!("{url}/?c=images&u=u{}&t=x", "0".repeat(32)));
+    let err = b.wait("expired upload", "const e = document.getElementById('error'); return e.style.display === 'block' && e.textContent");
+    assert!(err.as_str().unwrap().contains("upload it again"), "{err}");
+    b.goto(&like_url);
+    b.wait("more like td again", "return document.getElementById('title').textContent.startsWith('More like oceania/td.png') && document.querySelectorAll('#results .card').length > 0");
 
     // A filter changed under "more like" results runs that query again, filtered.
     b.js("const f = document.getElementById('folder'); f.value = 'europe'; f.dispatchEvent(new Event('change')); return 0");

@@ -39,6 +39,8 @@ pub struct ImageService {
     pub cancel: Arc<AtomicBool>,
     /// Folders under which `/v2/images/index` may index (`image_roots`), as configured.
     pub allowed: Vec<PathBuf>,
+    /// Uploaded query images by id (`/v2/images/uploads`).
+    pub uploads: magpie_app::uploads::Uploads,
 }
 
 /// The default `image_roots`: the `--images` folder (if any) and the data directory's
@@ -62,6 +64,7 @@ impl ImageService {
             jobs: Mutex::new(HashMap::new()),
             cancel: Arc::new(AtomicBool::new(false)),
             allowed,
+            uploads: Default::default(),
         }
     }
 
@@ -268,6 +271,8 @@ pub struct SearchReq {
     /// Base64 (or a data: URI) of an uploaded image.
     image: Option<String>,
     like: Option<i64>,
+    /// An uploaded image's id from `/v2/images/uploads`.
+    upload: Option<String>,
     filter: Option<String>,
     /// Only images in this folder (relative to the root) or below it.
     folder: Option<String>,
@@ -293,28 +298,48 @@ fn below(f: &str) -> String {
     format!("{}/%\"", &esc[..esc.len() - 1])
 }
 
+/// An image sent as base64 (or a `data:` URI).
+fn base64_image(b: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let b64 = b.split_once(',').map_or(b, |(_, d)| d);
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| ApiError::bad_request(format!("'image' is not valid base64: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UploadReq {
+    /// Base64 (or a data: URI) of the image.
+    image: String,
+}
+
+/// `POST /v2/images/uploads`: keeps an uploaded query image for a while and returns its
+/// id, which `/v2/images/search` takes as `upload` (see [`magpie_app::uploads`]).
+pub async fn upload(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<UploadReq>,
+) -> Result<Response, ApiError> {
+    let svc = service(&st)?;
+    let id = svc.uploads.put(base64_image(&r.image)?)?;
+    Ok(ok(
+        json!({"id": id, "expiresInSeconds": svc.uploads.ttl().as_secs()}),
+    ))
+}
+
 pub async fn search(
     State(st): State<Arc<AppState>>,
     Body(r): Body<SearchReq>,
 ) -> Result<Response, ApiError> {
-    use base64::Engine as _;
-    service(&st)?;
-    let q = match (&r.text, &r.image, r.like) {
-        (Some(t), None, None) => ImageQuery::Text(t.clone()),
-        (None, Some(b), None) => {
-            let b64 = b.split_once(',').map_or(b.as_str(), |(_, d)| d);
-            ImageQuery::Image(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|e| {
-                        ApiError::bad_request(format!("'image' is not valid base64: {e}"))
-                    })?,
-            )
-        }
-        (None, None, Some(id)) => ImageQuery::Like(id),
+    let svc = service(&st)?;
+    let q = match (&r.text, &r.image, r.like, &r.upload) {
+        (Some(t), None, None, None) => ImageQuery::Text(t.clone()),
+        (None, Some(b), None, None) => ImageQuery::Image(base64_image(b)?),
+        (None, None, Some(id), None) => ImageQuery::Like(id),
+        (None, None, None, Some(u)) => ImageQuery::Image(svc.uploads.get(u)?.to_vec()),
         _ => {
             return Err(ApiError::bad_request(
-                "send exactly one of 'text', 'image' (base64) or 'like' (an image id)",
+                "send exactly one of 'text', 'image' (base64), 'like' (an image id) or 'upload' (an id from /v2/images/uploads)",
             ))
         }
     };

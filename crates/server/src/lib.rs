@@ -414,6 +414,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/images/index", post(images_api::index))
         .route("/v2/images/status", post(images_api::status))
         .route("/v2/images/search", post(images_api::search))
+        .route("/v2/images/uploads", post(images_api::upload))
         .route("/v2/images/dupes", post(images_api::dupes))
         .route("/v2/text/collections", post(text_api::list))
         .route("/v2/text/search", post(text_api::search))
