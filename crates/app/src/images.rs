@@ -469,6 +469,37 @@ pub fn search(
     Ok(hits)
 }
 
+/// One image's stored facts (path, name, folder, size, width, height, date, EXIF), for
+/// the page per image. A collection without the image schema, or an id without a row,
+/// is a not-found naming it.
+pub fn get(engine: &Engine, coll: &str, id: i64) -> Result<ImageHit> {
+    let meta = engine.describe_collection(coll)?;
+    if meta.schema.field(IMAGE_VEC).is_none() {
+        return Err(AppError::NotAnAppCollection(format!(
+            "'{coll}' is not an image collection"
+        )));
+    }
+    let mut rows = engine.query(
+        coll,
+        &QueryRequest {
+            ids: Some(vec![json!(id)]),
+            output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )?;
+    let Some(mut f) = rows.pop() else {
+        return Err(AppError::NotFound(format!(
+            "no image with id {id} in '{coll}'"
+        )));
+    };
+    f.remove("id");
+    Ok(ImageHit {
+        id,
+        score: 1.0,
+        fields: f,
+    })
+}
+
 /// A group of near-duplicates, best copy first (largest file, then most EXIF, then path).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DupGroup {

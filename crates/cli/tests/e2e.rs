@@ -1405,6 +1405,14 @@ fn web_ui_in_headless_chromium() {
         return;
     };
     let Some(b) = Browser::start() else { return };
+    // A photo with EXIF (date, camera, GPS) for the page per image.
+    std::fs::create_dir_all(pics.join("photos")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../embed/tests/fixtures/exif/gps-south-east.jpg"),
+        pics.join("photos/gps-south-east.jpg"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["serve", "--listen", "127.0.0.1:0", "--images"])
         .arg(&pics)
@@ -1437,7 +1445,7 @@ fn web_ui_in_headless_chromium() {
     // The background index finishes: 14 good images, 3 bad files reported.
     let status = b.wait(
         "indexing to finish",
-        "const s = document.getElementById('status'); return s.dataset.ready === 'yes' && s.textContent.includes('14 images') && s.textContent",
+        "const s = document.getElementById('status'); return s.dataset.ready === 'yes' && s.textContent.includes('15 images') && s.textContent",
     );
     assert!(
         status.as_str().unwrap().contains("3 files skipped"),
@@ -1608,7 +1616,63 @@ fn web_ui_in_headless_chromium() {
     );
     b.screenshot(&shots, "5-duplicates.png");
     eprintln!("screenshots in {}", shots.display());
-    assert_eq!(server.count("images", ""), 14);
+
+    // The page per image: the full image, its facts and EXIF, duplicates and more like it.
+    let photo = magpie_app::images::path_id("photos/gps-south-east.jpg");
+    b.goto(&format!("{url}/image/images/{photo}"));
+    let facts = b.wait("the photo's facts", "const m = document.getElementById('meta'); return m.querySelector('[data-field=gps]') && document.getElementById('full').naturalWidth > 0 && m.textContent");
+    let facts = facts.as_str().unwrap();
+    for want in [
+        "photos/gps-south-east.jpg",
+        "20 × 40",
+        "2024-03-09 14:05:33 (EXIF)",
+        "Canon EOS R6",
+        "33.85683° S, 151.21511° E",
+    ] {
+        assert!(facts.contains(want), "{want} in {facts}");
+    }
+    b.wait(
+        "more like the photo",
+        "return document.querySelectorAll('#more .card').length > 0",
+    );
+    b.screenshot(&shots, "6-image-page.png");
+    let au = magpie_app::images::path_id("oceania/au.png");
+    b.goto(&format!("{url}/image/images/{au}"));
+    b.wait(
+        "au's duplicates",
+        "return document.querySelectorAll('#dups .card').length > 0",
+    );
+    let dups = b.names("#dups .card");
+    assert!(dups.contains(&"hm.png".to_string()), "{dups:?}");
+    assert!(!b.names("#more .card").contains(&"hm.png".to_string()));
+    // A card links to the next image's page.
+    let href = b.js(
+        "return document.querySelector('#dups .card[data-name=\"hm.png\"]').getAttribute('href')",
+    );
+    assert_eq!(
+        href,
+        json!(format!(
+            "/image/images/{}",
+            magpie_app::images::path_id("oceania/hm.png")
+        ))
+    );
+    b.goto(&format!("{url}/image/images/12345"));
+    let err = b.wait("a missing image", "const e = document.getElementById('error'); return e.style.display === 'block' && e.textContent");
+    assert!(
+        err.as_str().unwrap().contains("no image with id 12345"),
+        "{err}"
+    );
+    // The search page links each result to its page.
+    b.goto(&format!("{url}/?c=images&q=a+flag"));
+    b.wait(
+        "results",
+        "return document.querySelectorAll('#results .card a.name').length > 0",
+    );
+    assert_eq!(
+        b.js("return [...document.querySelectorAll('#results .card a.name')].every(a => /^\\/image\\/images\\/\\d+$/.test(a.getAttribute('href')))"),
+        json!(true)
+    );
+    assert_eq!(server.count("images", ""), 15);
     server.stop();
 }
 

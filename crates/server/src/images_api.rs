@@ -309,6 +309,24 @@ fn base64_image(b: &str) -> Result<Vec<u8>, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetReq {
+    collection_name: String,
+    id: i64,
+}
+
+/// `POST /v2/images/get`: one image's stored facts (the page per image).
+pub async fn get_image(
+    State(st): State<Arc<AppState>>,
+    Body(r): Body<GetReq>,
+) -> Result<Response, ApiError> {
+    service(&st)?;
+    let engine = st.engine.clone();
+    let hit = blocking(move || images::get(&engine, &r.collection_name, r.id)).await?;
+    Ok(ok(serde_json::to_value(hit).unwrap()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UploadReq {
     /// Base64 (or a data: URI) of the image.
     image: String,

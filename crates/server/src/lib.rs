@@ -337,6 +337,18 @@ async fn index_page() -> Html<&'static str> {
     Html(PAGE.as_str())
 }
 
+/// The page of one image (`/image/{collection}/{id}`): a static page that reads both
+/// from its own path and asks the API for the rest.
+async fn image_page() -> Html<&'static str> {
+    static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        include_str!("ui/image.html").replace(
+            "__DUP_THRESHOLD__",
+            &format!("{:.3}", magpie_app::images::DEFAULT_DUP_THRESHOLD),
+        )
+    });
+    Html(PAGE.as_str())
+}
+
 async fn text_page() -> Html<&'static str> {
     Html(include_str!("ui/text.html"))
 }
@@ -415,6 +427,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/images/status", post(images_api::status))
         .route("/v2/images/search", post(images_api::search))
         .route("/v2/images/uploads", post(images_api::upload))
+        .route("/v2/images/get", post(images_api::get_image))
         .route("/v2/images/dupes", post(images_api::dupes))
         .route("/v2/text/collections", post(text_api::list))
         .route("/v2/text/search", post(text_api::search))
@@ -436,6 +449,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route_service("/milvus.proto.milvus.MilvusService/{rpc}", grpc)
         .route("/", get(index_page))
         .route("/text", get(text_page))
+        .route("/image/{coll}/{id}", get(image_page))
         .route("/console", get(console_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
