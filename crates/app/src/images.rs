@@ -378,8 +378,6 @@ fn hit(h: Hit) -> ImageHit {
     }
 }
 
-/// Searches an image collection. `filter` is a boolean expression over the scalar fields
-/// (e.g. `folder == "europe" and date >= "2020"`).
 /// How hard an image search looks (the index's knob): a number of candidates (HNSW's
 /// `ef`, IVF's `nprobe`) or a recall target that the index turns into one. Neither: the
 /// index's default.
@@ -420,6 +418,8 @@ impl Effort {
     }
 }
 
+/// Searches an image collection. `filter` is a boolean expression over the scalar fields
+/// (e.g. `folder == "europe" and date >= "2020"`); `effort` sets the index's knob.
 pub fn search(
     engine: &Engine,
     coll: &str,
