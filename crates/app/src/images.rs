@@ -515,7 +515,8 @@ pub struct DupGroup {
 /// a group leads a new group of those of its 16 nearest neighbours at or above the
 /// threshold that are not in one either. Every member is thus within the threshold of
 /// its group's best copy: a chain of similar images (A like B, B like C) does not merge
-/// A and C, as connected components would.
+/// A and C, as connected components would. A group holds at most 16 images (the leader's
+/// neighbours); further copies of the same image form a group of their own.
 pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup>> {
     if !(0.0..=1.0).contains(&threshold) {
         return Err(AppError::bad_request(format!(
