@@ -494,7 +494,8 @@ pub fn run(c: ImagesCmd) -> Result<()> {
     }
 }
 
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The images of a folder (not recursive), by name; an error when there are none.
+pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .flatten()

@@ -355,26 +355,7 @@ fn bench_images(
     use magpie_embed::vision::{default_threads, par_map, ImageEncoder};
     let lite0 = store.require("efficientnet-lite0")?;
     let enc = ImageEncoder::load(&lite0)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(
-                    e.to_ascii_lowercase().as_str(),
-                    "jpg" | "jpeg" | "png" | "webp" | "gif"
-                )
-            })
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        anyhow::bail!(
-            "{}: no images (jpg, png, webp, gif) in this folder",
-            dir.display()
-        );
-    }
+    let files = images::image_files(dir)?;
     let threads = if threads == 0 {
         default_threads()
     } else {

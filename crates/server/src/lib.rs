@@ -326,26 +326,26 @@ async fn not_found(req: Request) -> Response {
     .into_response()
 }
 
+/// An image-app page with `__DUP_THRESHOLD__` replaced by the app's measured default.
+fn with_dup_threshold(html: &str) -> String {
+    html.replace(
+        "__DUP_THRESHOLD__",
+        &format!("{:.3}", magpie_app::images::DEFAULT_DUP_THRESHOLD),
+    )
+}
+
 /// The image UI, with the duplicate slider starting at the app's measured default.
 async fn index_page() -> Html<&'static str> {
-    static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        include_str!("ui/images.html").replace(
-            "__DUP_THRESHOLD__",
-            &format!("{:.3}", magpie_app::images::DEFAULT_DUP_THRESHOLD),
-        )
-    });
+    static PAGE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| with_dup_threshold(include_str!("ui/images.html")));
     Html(PAGE.as_str())
 }
 
 /// The page of one image (`/image/{collection}/{id}`): a static page that reads both
 /// from its own path and asks the API for the rest.
 async fn image_page() -> Html<&'static str> {
-    static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        include_str!("ui/image.html").replace(
-            "__DUP_THRESHOLD__",
-            &format!("{:.3}", magpie_app::images::DEFAULT_DUP_THRESHOLD),
-        )
-    });
+    static PAGE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| with_dup_threshold(include_str!("ui/image.html")));
     Html(PAGE.as_str())
 }
 
