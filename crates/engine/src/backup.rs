@@ -142,7 +142,8 @@ impl Engine {
                 for key in store.list(&sp)? {
                     let file = &key[sp.len()..];
                     let wanted = matches!(file, "meta.json" | "columns.bin" | "rows.mpk")
-                        || (file.starts_with("vector_") && file.ends_with(".f32"))
+                        || (file.starts_with("vector_")
+                            && [".f32", ".f16", ".bf16"].iter().any(|e| file.ends_with(e)))
                         || ms.indexes.iter().any(|i| i.file == file);
                     if wanted {
                         bytes += copy(&*store, &key, dest, &to(&key))?;

@@ -13,7 +13,7 @@ use crate::catalog::ManifestIndex;
 use crate::collection::Collection;
 use crate::indexspec;
 use crate::segment::{SegIndex, SegState};
-use magpie_index::{Cancel, IndexError, VectorSlice};
+use magpie_index::{Cancel, IndexError};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -238,7 +238,7 @@ fn worker(sh: Arc<Shared>) {
 /// segment was compacted away, the index dropped, the build cancelled).
 fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
     let field = job.field;
-    let (data, inv, dim, metric, kind, store, prefix) = {
+    let (data, inv, dim, elem, metric, kind, store, prefix) = {
         let g = job.coll.read();
         let Some(seg) = g.segments.iter().find(|s| s.id == job.key.segment) else {
             return Ok(());
@@ -260,13 +260,14 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
             data,
             col.inv_norms.clone(),
             col.dim,
+            col.elem,
             def.metric_type,
             kind,
             g.store.clone(),
             g.seg_prefix(seg.id),
         )
     };
-    let v = VectorSlice::new(data.as_slice(), dim);
+    let v = data.slice(dim, elem);
     let t = Instant::now();
     let ix = match indexspec::build(&kind, v, &inv, metric, cancel) {
         Ok(ix) => ix,

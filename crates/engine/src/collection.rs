@@ -10,7 +10,7 @@ use crate::segment::SegIndex;
 use crate::segment::{SegState, Segment, LIVE};
 use crate::storage::Storage;
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{Bitset, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
+use magpie_index::{Bitset, Elem, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -317,7 +317,10 @@ impl Collection {
     /// A new, empty growing segment of `partition` with the next segment id.
     fn new_segment(&mut self, partition: u64) -> Segment {
         let schema = &self.meta.schema;
-        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let dims: Vec<(usize, Elem)> = schema
+            .vector_fields()
+            .map(|f| (f.dim.unwrap_or(0), f.data_type.elem()))
+            .collect();
         let n_scalars = schema.scalar_fields().count();
         let id = self.next_segment_id;
         self.next_segment_id += 1;

@@ -31,6 +31,11 @@ pub enum DataType {
     JSON,
     Array,
     FloatVector,
+    /// Half-precision dense vectors (IEEE binary16): numbers on input, rounded to the
+    /// nearest half and stored at 2 bytes per element ([`magpie_index::Elem::F16`]).
+    Float16Vector,
+    /// bfloat16 dense vectors: as [`DataType::Float16Vector`] with bfloat16's range.
+    BFloat16Vector,
     /// Milvus's `SparseFloatVector`: `{"17": 0.5, ...}` or `{"indices": [...], "values":
     /// [...]}`. Stored as a scalar column in the canonical form of [`sparse_to_json`];
     /// searched through [`magpie_index::SparseIndex`].
@@ -52,9 +57,28 @@ impl DataType {
             "json" => DataType::JSON,
             "array" => DataType::Array,
             "floatvector" => DataType::FloatVector,
+            "float16vector" => DataType::Float16Vector,
+            "bfloat16vector" => DataType::BFloat16Vector,
             "sparsefloatvector" => DataType::SparseFloatVector,
             _ => return None,
         })
+    }
+
+    /// A dense vector type (stored in vector columns).
+    pub fn is_dense_vector(&self) -> bool {
+        matches!(
+            self,
+            DataType::FloatVector | DataType::Float16Vector | DataType::BFloat16Vector
+        )
+    }
+
+    /// Element type of a dense vector type's stored rows (f32 for everything else).
+    pub fn elem(&self) -> magpie_index::Elem {
+        match self {
+            DataType::Float16Vector => magpie_index::Elem::F16,
+            DataType::BFloat16Vector => magpie_index::Elem::BF16,
+            _ => magpie_index::Elem::F32,
+        }
     }
 
     pub fn is_integer(&self) -> bool {
@@ -165,7 +189,7 @@ impl FieldSchema {
     }
     /// A dense vector field (stored in vector columns, searched by the vector indexes).
     pub fn is_vector(&self) -> bool {
-        self.data_type == DataType::FloatVector
+        self.data_type.is_dense_vector()
     }
 
     /// A sparse vector field (a scalar column; searched by the sparse index).
@@ -283,7 +307,10 @@ impl CollectionSchema {
             }
             let (output_ok, wanted) = match self.field(f.output()) {
                 Some(x) if bm25 => (x.is_sparse(), "SparseFloatVector"),
-                x => (x.is_some_and(|x| x.is_vector()), "FloatVector"),
+                x => (
+                    x.is_some_and(|x| x.data_type == DataType::FloatVector),
+                    "FloatVector",
+                ),
             };
             if !output_ok {
                 return err(format!(
@@ -416,7 +443,7 @@ impl CollectionSchema {
                 ));
             }
             match f.data_type {
-                DataType::FloatVector => {
+                DataType::FloatVector | DataType::Float16Vector | DataType::BFloat16Vector => {
                     vecs += 1;
                     match f.dim {
                         Some(d) if (1..=MAX_DIM).contains(&d) => {}
@@ -482,6 +509,8 @@ impl CollectionSchema {
                         DataType::Array
                             | DataType::JSON
                             | DataType::FloatVector
+                            | DataType::Float16Vector
+                            | DataType::BFloat16Vector
                             | DataType::SparseFloatVector
                     ) {
                         return err(format!("Array field '{}' cannot hold {et:?}", f.name));
@@ -758,6 +787,26 @@ impl CollectionSchema {
                 } else {
                     Value::Object(dynamic)
                 });
+            }
+        }
+        // Half-precision fields: every value rounded to the type (so the WAL, growing
+        // and flushed segments hold the same numbers) and refused when out of its range.
+        for (vi, f) in vfields.iter().enumerate() {
+            let Some(bf) = f.data_type.elem().half() else {
+                continue;
+            };
+            let dim = f.dim.unwrap_or(1).max(1);
+            for (k, x) in batch.vectors[vi].iter_mut().enumerate() {
+                let h = magpie_linalg::f32_to_half(*x, bf).ok_or_else(|| EngineError::Row {
+                    row: k / dim,
+                    field: f.name.clone(),
+                    msg: format!(
+                        "element {} of the vector is {x}, outside the range of {:?}",
+                        k % dim,
+                        f.data_type
+                    ),
+                })?;
+                *x = magpie_linalg::half_to_f32(h, bf);
             }
         }
         Ok(batch)

@@ -7,8 +7,8 @@
 //! # On-disk format (directory `segments/<id>/`, format 2)
 //! | file | content |
 //! |---|---|
-//! | `meta.json` | format, id, partition, row count, vector dims, CRC32C of each data file |
-//! | `vector_<k>.f32` | vector field k (schema order): rows × dim little-endian f32, contiguous; memory-mapped on load |
+//! | `meta.json` | format, id, partition, row count, vector dims and element types (`elems`; absent = all f32), CRC32C of each data file |
+//! | `vector_<k>.f32` | vector field k (schema order): rows × dim little-endian f32, contiguous; memory-mapped on load. Float16Vector and BFloat16Vector fields are `vector_<k>.f16` / `.bf16`: rows × dim little-endian u16 bits (half the bytes), read through converting kernels |
 //! | `columns.bin` | primary keys, insert timestamps, scalar columns (schema order) and the dynamic field as typed, encoded columns (layout below) |
 //! | `deletes-<gen>.mpk` | MessagePack list of (row offset, delete timestamp) tombstones; rewritten under a new generation when deletes are added, referenced by the collection manifest |
 //!
@@ -37,7 +37,7 @@ use crate::filter::{ColumnRow, Columns};
 use crate::schema::{CollectionSchema, RowBatch};
 use crate::storage::{Blob, Storage};
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{AnyIndex, Bitset, VectorSlice};
+use magpie_index::{AnyIndex, Bitset, Elem, VectorSlice};
 use memmap2::Mmap;
 use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
@@ -60,11 +60,15 @@ pub enum SegState {
 
 /// Vector storage: owned while growing; once flushed, memory-mapped (local storage) or
 /// shared in memory (other stores). Flushed data is behind an `Arc`, so an index build
-/// can read a flushed segment's vectors without holding the collection lock.
+/// can read a flushed segment's vectors without holding the collection lock. Rows are
+/// f32, or half precision (Float16Vector / BFloat16Vector: `u16` bits, half the bytes);
+/// the column's [`Elem`] says which, and a mapped file is read as that type.
 pub enum VecData {
     Owned(Vec<f32>),
+    OwnedHalf(Vec<u16>),
     Mapped(Arc<Mmap>),
     Shared(Arc<Vec<f32>>),
+    SharedHalf(Arc<Vec<u16>>),
 }
 
 /// Read-only view of a flushed vector column, shareable across threads.
@@ -72,23 +76,39 @@ pub enum VecData {
 pub enum SharedVectors {
     Mapped(Arc<Mmap>),
     Shared(Arc<Vec<f32>>),
+    SharedHalf(Arc<Vec<u16>>),
 }
 
 impl SharedVectors {
-    pub fn as_slice(&self) -> &[f32] {
+    /// The rows as the index crate reads them.
+    pub fn slice(&self, dim: usize, elem: Elem) -> VectorSlice<'_> {
         match self {
-            SharedVectors::Mapped(m) => mmap_f32(m),
-            SharedVectors::Shared(v) => v,
+            SharedVectors::Mapped(m) => mapped_slice(m, dim, elem),
+            SharedVectors::Shared(v) => VectorSlice::new(v, dim),
+            SharedVectors::SharedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
         }
     }
 }
 
-fn mmap_f32(m: &Mmap) -> &[f32] {
+/// A mapped vector file read as rows of `elem`.
+fn mapped_slice(m: &Mmap, dim: usize, elem: Elem) -> VectorSlice<'_> {
     let bytes: &[u8] = m;
+    match elem.half() {
+        None => VectorSlice::new(mmap_f32(bytes), dim),
+        Some(bf) => VectorSlice::half(mmap_u16(bytes), dim, bf),
+    }
+}
+
+fn mmap_f32(bytes: &[u8]) -> &[f32] {
     // SAFETY: the file was validated to hold a whole number of f32 (len % 4 == 0 checked
     // on load), mmap memory is page-aligned (so 4-aligned), and the platform is
     // little-endian (checked at compile time below), which is the file's byte order.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
+}
+
+fn mmap_u16(bytes: &[u8]) -> &[u16] {
+    // SAFETY: as for `mmap_f32`, with 2-byte elements (len % 2 == 0 checked on load).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, bytes.len() / 2) }
 }
 
 /// Little-endian f32s from bytes (a whole number of them; checked by the caller).
@@ -99,12 +119,44 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// Little-endian u16s from bytes (a whole number of them; checked by the caller).
+fn u16s(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")))
+        .collect()
+}
+
+/// The key of vector field `k`'s file: `vector_<k>.f32`, `.f16` or `.bf16`.
+pub fn vector_key(k: usize, elem: Elem) -> String {
+    let ext = match elem {
+        Elem::F32 => "f32",
+        Elem::F16 => "f16",
+        Elem::BF16 => "bf16",
+    };
+    format!("vector_{k}.{ext}")
+}
+
 impl VecData {
-    pub fn as_slice(&self) -> &[f32] {
+    /// The rows as the index crate reads them.
+    pub fn slice(&self, dim: usize, elem: Elem) -> VectorSlice<'_> {
         match self {
-            VecData::Owned(v) => v,
-            VecData::Mapped(m) => mmap_f32(m),
-            VecData::Shared(v) => v,
+            VecData::Owned(v) => VectorSlice::new(v, dim),
+            VecData::Shared(v) => VectorSlice::new(v, dim),
+            VecData::OwnedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
+            VecData::SharedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
+            VecData::Mapped(m) => mapped_slice(m, dim, elem),
+        }
+    }
+
+    /// The stored bytes (little-endian elements), as written to the vector file.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            VecData::Owned(v) => bytemuck_f32(v),
+            VecData::Shared(v) => bytemuck_f32(v),
+            VecData::OwnedHalf(v) => bytemuck_u16(v),
+            VecData::SharedHalf(v) => bytemuck_u16(v),
+            VecData::Mapped(m) => m,
         }
     }
 
@@ -113,15 +165,17 @@ impl VecData {
         match self {
             VecData::Mapped(m) => Some(SharedVectors::Mapped(m.clone())),
             VecData::Shared(v) => Some(SharedVectors::Shared(v.clone())),
-            VecData::Owned(_) => None,
+            VecData::SharedHalf(v) => Some(SharedVectors::SharedHalf(v.clone())),
+            VecData::Owned(_) | VecData::OwnedHalf(_) => None,
         }
     }
 
     /// Flushed data as read back from storage.
-    fn from_blob(b: Blob) -> VecData {
+    fn from_blob(b: Blob, elem: Elem) -> VecData {
         match b {
             Blob::Mapped(m) => VecData::Mapped(m),
-            Blob::Owned(v) => VecData::Shared(Arc::new(f32s(&v))),
+            Blob::Owned(v) if elem == Elem::F32 => VecData::Shared(Arc::new(f32s(&v))),
+            Blob::Owned(v) => VecData::SharedHalf(Arc::new(u16s(&v))),
         }
     }
 }
@@ -253,6 +307,7 @@ compile_error!("Magpie's segment files are little-endian and memory-mapped as-is
 /// in-memory store), or on a remote store fetched on first use.
 pub struct VecColumn {
     pub dim: usize,
+    pub elem: Elem,
     state: VecState,
 }
 
@@ -264,6 +319,7 @@ enum VecState {
 /// A vector column's data and norms.
 pub struct Vectors {
     pub dim: usize,
+    pub elem: Elem,
     pub data: VecData,
     /// 1/‖x‖ per row (0 for a zero vector), for COSINE.
     pub inv_norms: Vec<f32>,
@@ -271,7 +327,7 @@ pub struct Vectors {
 
 impl Vectors {
     pub fn slice(&self) -> VectorSlice<'_> {
-        VectorSlice::new(self.data.as_slice(), self.dim)
+        self.data.slice(self.dim, self.elem)
     }
 }
 
@@ -282,6 +338,7 @@ pub struct LazyVectors {
     key: String,
     rows: usize,
     dim: usize,
+    elem: Elem,
     crc: u32,
     cell: OnceCell<Vectors>,
 }
@@ -291,10 +348,11 @@ impl LazyVectors {
         self.cell.get_or_try_init(|| {
             let blob = self.store.get_mapped(&self.key)?;
             let path = self.store.locate(&self.key);
-            let data = checked_vectors(&path, blob, self.rows, self.dim, self.crc)?;
-            let inv_norms = VectorSlice::new(data.as_slice(), self.dim).inv_norms();
+            let data = checked_vectors(&path, blob, self.rows, self.dim, self.elem, self.crc)?;
+            let inv_norms = data.slice(self.dim, self.elem).inv_norms();
             Ok(Vectors {
                 dim: self.dim,
+                elem: self.elem,
                 data,
                 inv_norms,
             })
@@ -306,38 +364,56 @@ impl LazyVectors {
     }
 }
 
-/// Vector data read back from a file, checked: a whole number of f32, `rows × dim` of
-/// them, and the checksum.
-fn checked_vectors(path: &Path, blob: Blob, rows: usize, dim: usize, crc: u32) -> Result<VecData> {
-    let corrupt = |msg: String| EngineError::Corrupt {
-        path: path.to_path_buf(),
-        msg,
-    };
-    if !blob.len().is_multiple_of(4) {
-        return Err(corrupt(format!(
-            "{} bytes is not a whole number of f32 values",
-            blob.len()
-        )));
-    }
-    let data = VecData::from_blob(blob);
-    check_vec_data(path, &data, rows, dim, crc)?;
+/// Vector data read back from a file, checked: a whole number of elements, `rows ×
+/// dim` of them, and the checksum.
+fn checked_vectors(
+    path: &Path,
+    blob: Blob,
+    rows: usize,
+    dim: usize,
+    elem: Elem,
+    crc: u32,
+) -> Result<VecData> {
+    check_blob_len(path, blob.len(), elem)?;
+    let data = VecData::from_blob(blob, elem);
+    check_vec_data(path, &data, rows, dim, elem, crc)?;
     Ok(data)
 }
 
-fn check_vec_data(path: &Path, data: &VecData, rows: usize, dim: usize, crc: u32) -> Result<()> {
+/// A vector file's length must be a whole number of its elements.
+fn check_blob_len(path: &Path, len: usize, elem: Elem) -> Result<()> {
+    if !len.is_multiple_of(elem.size()) {
+        return Err(EngineError::Corrupt {
+            path: path.to_path_buf(),
+            msg: format!("{len} bytes is not a whole number of {elem:?} values"),
+        });
+    }
+    Ok(())
+}
+
+fn check_vec_data(
+    path: &Path,
+    data: &VecData,
+    rows: usize,
+    dim: usize,
+    elem: Elem,
+    crc: u32,
+) -> Result<()> {
     let corrupt = |msg: String| EngineError::Corrupt {
         path: path.to_path_buf(),
         msg,
     };
-    let want = rows.checked_mul(dim).filter(|_| dim > 0);
-    let found = data.as_slice().len();
+    let want = rows
+        .checked_mul(dim)
+        .and_then(|e| e.checked_mul(elem.size()))
+        .filter(|_| dim > 0);
+    let found = data.bytes().len();
     if want != Some(found) {
         return Err(corrupt(format!(
-            "expected {rows} rows of dim {dim}, found {} bytes",
-            found * 4
+            "expected {rows} rows of dim {dim} ({elem:?}), found {found} bytes"
         )));
     }
-    if crc32c::crc32c(bytemuck_f32(data.as_slice())) != crc {
+    if crc32c::crc32c(data.bytes()) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
     Ok(())
@@ -371,9 +447,16 @@ impl VecColumn {
         let v = self.ready_mut();
         v.inv_norms
             .extend(data.chunks_exact(v.dim).map(magpie_linalg::inv_norm));
+        let bf = v.elem == Elem::BF16;
         match &mut v.data {
             VecData::Owned(o) => o.extend_from_slice(data),
-            VecData::Mapped(_) | VecData::Shared(_) => {
+            // Values were rounded to the type and range-checked at insert
+            // (`schema::parse_vector`), so this narrowing is exact.
+            VecData::OwnedHalf(o) => o.extend(
+                data.iter()
+                    .map(|&x| magpie_linalg::f32_to_half(x, bf).unwrap_or(0)),
+            ),
+            VecData::Mapped(_) | VecData::Shared(_) | VecData::SharedHalf(_) => {
                 unreachable!("appending to a flushed segment")
             }
         }
@@ -523,6 +606,13 @@ fn decode_columns(b: &[u8], n: usize) -> std::result::Result<Rows, String> {
     })
 }
 
+impl MetaFile {
+    /// Element type of vector field `k` (f32 in files that predate the list).
+    fn elem(&self, k: usize) -> Elem {
+        self.elems.get(k).copied().unwrap_or_default()
+    }
+}
+
 /// Parses and checks `meta.json` (format 1 or 2).
 fn parse_meta(dir: &Path, bytes: &[u8]) -> Result<MetaFile> {
     let path = dir.join("meta.json");
@@ -539,6 +629,13 @@ fn parse_meta(dir: &Path, bytes: &[u8]) -> Result<MetaFile> {
     Ok(meta)
 }
 
+/// The bytes of little-endian u16s as stored (this crate targets little-endian machines).
+fn bytemuck_u16(v: &[u16]) -> &[u8] {
+    // SAFETY: u16 has no padding and every byte pattern is a valid u8; the length is
+    // the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 /// The bytes of little-endian f32s as stored (this crate targets little-endian machines).
 fn bytemuck_f32(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and every byte pattern is a valid u8; the length is
@@ -553,12 +650,22 @@ struct MetaFile {
     partition: u64,
     rows: usize,
     dims: Vec<usize>,
+    /// Element type per vector field; absent (all f32) in files written before
+    /// half-precision fields.
+    #[serde(default)]
+    elems: Vec<Elem>,
     crc_rows: u32,
     crc_vectors: Vec<u32>,
 }
 
 impl Segment {
-    pub fn new_growing(id: u64, partition: u64, dims: &[usize], n_scalars: usize) -> Segment {
+    /// An empty growing segment with one vector column per `(dim, elem)`.
+    pub fn new_growing(
+        id: u64,
+        partition: u64,
+        dims: &[(usize, Elem)],
+        n_scalars: usize,
+    ) -> Segment {
         Segment {
             id,
             partition,
@@ -568,11 +675,17 @@ impl Segment {
             deleted_at: Vec::new(),
             vectors: dims
                 .iter()
-                .map(|&dim| VecColumn {
+                .map(|&(dim, elem)| VecColumn {
                     dim,
+                    elem,
                     state: VecState::Ready(Vectors {
                         dim,
-                        data: VecData::Owned(Vec::new()),
+                        elem,
+                        data: if elem == Elem::F32 {
+                            VecData::Owned(Vec::new())
+                        } else {
+                            VecData::OwnedHalf(Vec::new())
+                        },
                         inv_norms: Vec::new(),
                     }),
                 })
@@ -629,7 +742,7 @@ impl Segment {
         self.deleted_at.extend(std::iter::repeat_n(LIVE, b.len()));
         for (col, data) in self.vectors.iter_mut().zip(&b.vectors) {
             col.push_rows(data);
-            self.approx_bytes += data.len() * 4;
+            self.approx_bytes += data.len() * col.elem.size();
         }
         for (col, data) in self.scalars.iter_mut().zip(&b.scalars) {
             col.push(data);
@@ -787,9 +900,9 @@ impl Segment {
         store.delete_prefix(prefix)?;
         let mut crc_vectors = Vec::new();
         for (k, col) in self.vectors.iter().enumerate() {
-            let bytes = bytemuck_f32(col.get()?.data.as_slice());
+            let bytes = col.get()?.data.bytes();
             crc_vectors.push(crc32c::crc32c(bytes));
-            store.put(&format!("{prefix}vector_{k}.f32"), bytes)?;
+            store.put(&format!("{prefix}{}", vector_key(k, col.elem)), bytes)?;
         }
         let (name, rows_bytes) = if format == 1 {
             let n = self.len();
@@ -821,6 +934,7 @@ impl Segment {
             partition: self.partition,
             rows: self.len(),
             dims: self.vectors.iter().map(|c| c.dim).collect(),
+            elems: self.vectors.iter().map(|c| c.elem).collect(),
             crc_rows: crc32c::crc32c(&rows_bytes),
             crc_vectors,
         };
@@ -854,7 +968,8 @@ impl Segment {
         let rows = store.get(&format!("{prefix}{}", rows_file(meta.format)))?;
         let mut vectors = Vec::with_capacity(meta.dims.len());
         for k in 0..meta.dims.len() {
-            let key = format!("{prefix}vector_{k}.f32");
+            let elem = meta.elem(k);
+            let key = format!("{prefix}{}", vector_key(k, elem));
             if store.is_remote() {
                 vectors.push(VecSource::Lazy {
                     store: store.clone(),
@@ -863,13 +978,8 @@ impl Segment {
                 continue;
             }
             let blob = store.get_mapped(&key)?;
-            if blob.len() % 4 != 0 {
-                return Err(EngineError::Corrupt {
-                    path: store.locate(&key),
-                    msg: format!("{} bytes is not a whole number of f32 values", blob.len()),
-                });
-            }
-            vectors.push(VecSource::Data(VecData::from_blob(blob)));
+            check_blob_len(&store.locate(&key), blob.len(), elem)?;
+            vectors.push(VecSource::Data(VecData::from_blob(blob, elem)));
         }
         let deletes = if deletes_gen > 0 {
             let key = format!("{prefix}deletes-{deletes_gen}.mpk");
@@ -904,7 +1014,10 @@ impl Segment {
             decode_columns(rows_bytes, n)
         }
         .map_err(|m| corrupt(rows_path, m))?;
-        if vectors.len() != meta.dims.len() || meta.crc_vectors.len() != meta.dims.len() {
+        if vectors.len() != meta.dims.len()
+            || meta.crc_vectors.len() != meta.dims.len()
+            || !(meta.elems.is_empty() || meta.elems.len() == meta.dims.len())
+        {
             return Err(corrupt(
                 dir.join("meta.json"),
                 "vector file count does not match meta.json".into(),
@@ -913,13 +1026,15 @@ impl Segment {
         let mut cols = Vec::with_capacity(vectors.len());
         for (k, (src, &dim)) in vectors.into_iter().zip(&meta.dims).enumerate() {
             let crc = meta.crc_vectors[k];
+            let elem = meta.elem(k);
             let state = match src {
                 VecSource::Data(data) => {
-                    let path = dir.join(format!("vector_{k}.f32"));
-                    check_vec_data(&path, &data, n, dim, crc)?;
-                    let inv_norms = VectorSlice::new(data.as_slice(), dim).inv_norms();
+                    let path = dir.join(vector_key(k, elem));
+                    check_vec_data(&path, &data, n, dim, elem, crc)?;
+                    let inv_norms = data.slice(dim, elem).inv_norms();
                     VecState::Ready(Vectors {
                         dim,
+                        elem,
                         data,
                         inv_norms,
                     })
@@ -936,12 +1051,13 @@ impl Segment {
                         key,
                         rows: n,
                         dim,
+                        elem,
                         crc,
                         cell: OnceCell::new(),
                     }))
                 }
             };
-            cols.push(VecColumn { dim, state });
+            cols.push(VecColumn { dim, elem, state });
         }
         let mut deleted_at = vec![LIVE; n];
         let deletes_gen = match deletes {
@@ -1035,13 +1151,13 @@ impl Segment {
                 continue;
             }
             let col = col.ready_mut();
-            if col.data.as_slice().is_empty() {
+            if col.data.bytes().is_empty() {
                 continue;
             }
-            let key = format!("{prefix}vector_{k}.f32");
+            let key = format!("{prefix}{}", vector_key(k, col.elem));
             match store.get_mapped(&key)? {
                 Blob::Mapped(m) => {
-                    if m.len() != col.data.as_slice().len() * 4 {
+                    if m.len() != col.data.bytes().len() {
                         return Err(EngineError::Corrupt {
                             path: store.locate(&key),
                             msg: "size changed after write".into(),
@@ -1049,11 +1165,13 @@ impl Segment {
                     }
                     col.data = VecData::Mapped(m);
                 }
-                Blob::Owned(_) => {
-                    if let VecData::Owned(v) = &mut col.data {
-                        col.data = VecData::Shared(Arc::new(std::mem::take(v)));
+                Blob::Owned(_) => match &mut col.data {
+                    VecData::Owned(v) => col.data = VecData::Shared(Arc::new(std::mem::take(v))),
+                    VecData::OwnedHalf(v) => {
+                        col.data = VecData::SharedHalf(Arc::new(std::mem::take(v)))
                     }
-                }
+                    _ => {}
+                },
             }
         }
         Ok(())
@@ -1105,6 +1223,7 @@ impl Segment {
                         key: l.key.clone(),
                         rows: l.rows,
                         dim: l.dim,
+                        elem: l.elem,
                         crc: l.crc,
                         cell: OnceCell::new(),
                     }));

@@ -902,9 +902,33 @@ fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
 /// against exact search, filtered search at 1/10/50 % selectivity, deletes, restart
 /// (loaded, not rebuilt, same answers), corruption (rebuilt), drop (files removed).
 fn ann_lifecycle(index_type: &str, params: Value, metric: Metric, floor: f64) {
+    ann_lifecycle_typed(DataType::FloatVector, index_type, params, metric, floor)
+}
+
+/// The value a half-precision field stores for `x` (`x` itself for FloatVector).
+fn stored(dtype: DataType, x: f32) -> f32 {
+    match dtype.elem().half() {
+        None => x,
+        Some(bf) => magpie_linalg::half_to_f32(magpie_linalg::f32_to_half(x, bf).unwrap(), bf),
+    }
+}
+
+/// [`ann_lifecycle`] on a vector field of type `dtype`; exact answers are computed on
+/// the values the field stores (rounded to half precision for Float16/BFloat16).
+fn ann_lifecycle_typed(
+    dtype: DataType,
+    index_type: &str,
+    params: Value,
+    metric: Metric,
+    floor: f64,
+) {
     let dim = 24;
     let d = tempfile::tempdir().unwrap();
     let data = clustered(6500, dim, 1);
+    let exact_rows: Vec<Vec<f32>> = data
+        .iter()
+        .map(|r| r.iter().map(|&x| stored(dtype, x)).collect())
+        .collect();
     let queries = clustered(40, dim, 2);
     let ix = vec![IndexMeta {
         id: 0,
@@ -925,11 +949,13 @@ fn ann_lifecycle(index_type: &str, params: Value, metric: Metric, floor: f64) {
         };
         e.search_ex("c", &r).unwrap()
     };
-    let tag = format!("{index_type}/{metric:?}");
+    let tag = format!("{dtype:?}/{index_type}/{metric:?}");
     let before: Vec<Vec<i64>>;
+    let mut sch = schema(dim);
+    sch.fields[1].data_type = dtype;
     {
         let e = ann_engine(d.path());
-        e.create_collection("c", schema(dim), ix.clone(), Consistency::Strong, "")
+        e.create_collection("c", sch, ix.clone(), Consistency::Strong, "")
             .unwrap();
         for chunk in (0..6000).collect::<Vec<_>>().chunks(1000) {
             e.insert(
@@ -971,7 +997,7 @@ fn ann_lifecycle(index_type: &str, params: Value, metric: Metric, floor: f64) {
                     got.iter().all(|&i| (i as usize % 100) < keep),
                     "{tag}: filter {filter:?} let through a non-matching row"
                 );
-                let want = exact_ids(metric, &data, q, 10, |i| i % 100 < keep);
+                let want = exact_ids(metric, &exact_rows, q, 10, |i| i % 100 < keep);
                 hit += got.iter().filter(|g| want.contains(g)).count();
             }
             let r = hit as f64 / (queries.len() * 10) as f64;
@@ -1138,6 +1164,187 @@ fn ivf_family_lifecycle() {
     ann_lifecycle("IVF_SQ8", json!({"nlist": 32}), Metric::IP, 0.85);
     // 6 bytes per 24-d row, 4·k candidates rescored exactly (the default refine).
     ann_lifecycle("IVF_PQ", json!({"nlist": 32, "m": 6}), Metric::L2, 0.9);
+}
+
+#[test]
+fn half_precision_lifecycles() {
+    let hnsw = json!({"M": 12, "efConstruction": 100});
+    ann_lifecycle_typed(
+        DataType::Float16Vector,
+        "HNSW",
+        hnsw.clone(),
+        Metric::L2,
+        0.95,
+    );
+    ann_lifecycle_typed(DataType::BFloat16Vector, "HNSW", hnsw, Metric::IP, 0.95);
+    let ivf = json!({"nlist": 32});
+    ann_lifecycle_typed(
+        DataType::BFloat16Vector,
+        "IVF_FLAT",
+        ivf.clone(),
+        Metric::COSINE,
+        0.95,
+    );
+    ann_lifecycle_typed(DataType::Float16Vector, "IVF_SQ8", ivf, Metric::L2, 0.85);
+}
+
+/// Float16/BFloat16 fields: values are rounded to the type on insert (what a query
+/// returns and a search scores), out-of-range values are refused by name with nothing
+/// written, flushed vectors take 2 bytes per element on disk, and everything reads back
+/// the same after a restart.
+#[test]
+fn half_precision_vectors_round_store_at_half_size_and_refuse_out_of_range() {
+    let d = tempfile::tempdir().unwrap();
+    let dim = 8;
+    let sch = CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("h", DataType::Float16Vector).with_dim(dim),
+            FieldSchema::new("b", DataType::BFloat16Vector).with_dim(dim),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: Vec::new(),
+    };
+    let flat = |f: &str| IndexMeta {
+        id: 0,
+        index_name: f.into(),
+        field_name: f.into(),
+        index_type: "FLAT".into(),
+        metric_type: Metric::L2,
+        params: Default::default(),
+    };
+    let v = |i: i64| -> Vec<f32> {
+        (0..dim)
+            .map(|k| (i * 8 + k as i64) as f32 * 0.3337 + 0.001)
+            .collect()
+    };
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"id": i, "h": v(i), "b": v(i)}))
+        .collect();
+    let get = |e: &Engine, id: i64| -> (Vec<f32>, Vec<f32>) {
+        let q = QueryRequest {
+            filter: Some(format!("id == {id}")),
+            output_fields: vec!["h".into(), "b".into()],
+            ..Default::default()
+        };
+        let r = e.query("c", &q).unwrap();
+        let f = |k: &str| -> Vec<f32> {
+            r[0][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        };
+        (f("h"), f("b"))
+    };
+    let want = |dt: DataType, i: i64| -> Vec<f32> { v(i).iter().map(|&x| stored(dt, x)).collect() };
+    {
+        let e = open(d.path());
+        e.create_collection(
+            "c",
+            sch,
+            vec![flat("h"), flat("b")],
+            Consistency::Strong,
+            "",
+        )
+        .unwrap();
+        e.insert("c", None, &rows).unwrap();
+        // Growing: the stored values are the rounded ones, and differ from the input.
+        let (h, b) = get(&e, 7);
+        assert_eq!(h, want(DataType::Float16Vector, 7));
+        assert_eq!(b, want(DataType::BFloat16Vector, 7));
+        assert_ne!(h, v(7), "float16 rounds");
+        assert_ne!(b, h, "bfloat16 keeps fewer mantissa bits than float16");
+        // Out of float16's range (±65504): refused by field and row, nothing written.
+        let mut bad: Vec<Value> = (500..510)
+            .map(|i| json!({"id": i, "h": v(0), "b": v(0)}))
+            .collect();
+        bad[3]["h"][2] = json!(70000.0);
+        let err = e.insert("c", None, &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("row 3") && err.contains("'h'") && err.contains("outside the range"),
+            "{err}"
+        );
+        // bfloat16 has f32's range: the same value is accepted there.
+        bad[3]["h"][2] = json!(1.0);
+        bad[3]["b"][2] = json!(70000.0);
+        e.insert("c", None, &bad).unwrap();
+        assert_eq!(count(&e, "c", ""), 210);
+        e.delete("c", None, None, Some("id >= 500")).unwrap();
+        // Search scores the stored values: the exact top hit of a row's own vector is
+        // itself at distance 0, for both fields.
+        for field in ["h", "b"] {
+            let dt = if field == "h" {
+                DataType::Float16Vector
+            } else {
+                DataType::BFloat16Vector
+            };
+            let r = SearchRequest {
+                vectors: vec![want(dt, 42)],
+                anns_field: Some(field.into()),
+                limit: 3,
+                ..Default::default()
+            };
+            let hits = e.search("c", &r).unwrap().remove(0);
+            assert_eq!(hits[0].id, PrimaryKey::Int(42), "{field}");
+            assert_eq!(hits[0].distance, 0.0, "{field}");
+        }
+        e.flush("c").unwrap();
+        let (h, b) = get(&e, 7);
+        assert_eq!(
+            (h, b),
+            (
+                want(DataType::Float16Vector, 7),
+                want(DataType::BFloat16Vector, 7)
+            ),
+            "flushed"
+        );
+    }
+    // The flushed files hold 2 bytes per element.
+    let mut sizes = std::collections::BTreeMap::new();
+    for c in std::fs::read_dir(d.path().join("collections"))
+        .unwrap()
+        .flatten()
+    {
+        for s in std::fs::read_dir(c.path().join("segments"))
+            .unwrap()
+            .flatten()
+        {
+            for f in std::fs::read_dir(s.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.starts_with("vector_") {
+                    *sizes.entry(name).or_insert(0) += f.metadata().unwrap().len();
+                }
+            }
+        }
+    }
+    assert_eq!(
+        sizes.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("vector_0.f16".to_string(), 210 * 8 * 2),
+            ("vector_1.bf16".to_string(), 210 * 8 * 2)
+        ]
+    );
+    // Restart: same values, same answers.
+    let e = open(d.path());
+    assert_eq!(count(&e, "c", ""), 200);
+    let (h, b) = get(&e, 199);
+    assert_eq!(
+        (h, b),
+        (
+            want(DataType::Float16Vector, 199),
+            want(DataType::BFloat16Vector, 199)
+        )
+    );
+    let r = SearchRequest {
+        vectors: vec![want(DataType::Float16Vector, 42)],
+        anns_field: Some("h".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(e.search("c", &r).unwrap()[0][0].id, PrimaryKey::Int(42));
 }
 
 #[test]

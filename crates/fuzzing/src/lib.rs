@@ -331,7 +331,7 @@ fn read_back(c: &Collection, f: &Filter) {
             }
             for col in &s.vectors {
                 let v = col.get().expect("vectors in memory");
-                assert_eq!(v.data.as_slice().len(), s.len() * col.dim);
+                assert_eq!(v.data.bytes().len(), s.len() * col.dim * col.elem.size());
             }
         }
     }

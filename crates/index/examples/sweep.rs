@@ -36,7 +36,7 @@ fn main() {
     let gt: Vec<u32> = gt.iter().map(|f| f.to_bits()).collect();
     let v = VectorSlice::new(&base, dim);
     let inv: Vec<f32> = (0..v.len())
-        .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+        .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
         .collect();
     let t = Instant::now();
     if kind == "filter" {

@@ -58,7 +58,7 @@ impl VectorIndexRead for FlatIndex {
             } else {
                 1.0
             };
-            let s = metric.score(&q, vectors.row(i), inv);
+            let s = vectors.score(metric, &q, i, inv);
             if in_range(s) {
                 top.push(i as u32, s);
             }
@@ -158,7 +158,7 @@ mod tests {
         let d = vec![10.0, 0.0, 1.0, 1.0];
         let v = VectorSlice::new(&d, 2);
         let inv: Vec<f32> = (0..2)
-            .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+            .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
             .collect();
         let r = FlatIndex::new(Metric::COSINE)
             .search(v, &inv, &[1.0, 0.9], &SearchParams::top_k(2))

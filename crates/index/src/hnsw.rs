@@ -123,7 +123,7 @@ impl DistSource for RawDist<'_, '_> {
     }
     #[inline(always)]
     fn prefetch(&self, id: u32) {
-        magpie_linalg::prefetch(self.sp.row(id), PREFETCH_LINES);
+        self.sp.prefetch(id, PREFETCH_LINES);
     }
 }
 
@@ -901,7 +901,7 @@ mod tests {
         let data = clustered(n, dim, 20, 7);
         let v = VectorSlice::new(&data, dim);
         let inv: Vec<f32> = (0..n)
-            .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+            .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
             .collect();
         let p = HnswParams {
             m: 12,
@@ -953,7 +953,7 @@ mod tests {
                         }
                         x
                     },
-                    v.row(s.offset as usize),
+                    &v.row(s.offset as usize),
                     inv[s.offset as usize],
                 );
                 assert!((s.score - want).abs() <= 1e-4 * want.abs().max(1.0));

@@ -197,7 +197,7 @@ impl IvfIndex {
             threads: p.threads,
         };
         let centroids = kmeans::train(&train, dim, km, &kp, cancel)?;
-        let assign = kmeans::assign(km, &centroids, dim, v.data, p.threads);
+        let assign = kmeans::assign(km, &centroids, dim, &v.to_f32(), p.threads);
         if cancel.is_cancelled() {
             return Err(IndexError::Cancelled);
         }
@@ -359,7 +359,7 @@ impl IvfIndex {
                     let ids = &self.ids[a..b];
                     for (j, &id) in ids.iter().enumerate() {
                         if let Some(&nx) = ids.get(j + 2) {
-                            magpie_linalg::prefetch(sp.row(nx), 4);
+                            sp.prefetch(nx, 4);
                         }
                         if pass(id) {
                             top.push(id, -sp.dist(q, id));
@@ -594,7 +594,7 @@ mod tests {
         let data = clustered(n, dim, 20, 11);
         let v = VectorSlice::new(&data, dim);
         let inv: Vec<f32> = (0..n)
-            .map(|i| 1.0 / magpie_linalg::norm(v.row(i)))
+            .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
             .collect();
         let p = IvfParams {
             nlist: 64,

@@ -69,10 +69,52 @@ impl Cancel {
     }
 }
 
-/// Contiguous row-major vectors: row `i` is `data[i*dim..(i+1)*dim]`.
+/// Element type of a dense vector column's stored rows.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Elem {
+    #[default]
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the high half of an f32).
+    BF16,
+}
+
+impl Elem {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 | Elem::BF16 => 2,
+        }
+    }
+
+    /// `Some(bf)` for the half-precision types (`bf`: bfloat16), `None` for f32.
+    pub fn half(self) -> Option<bool> {
+        match self {
+            Elem::F32 => None,
+            Elem::F16 => Some(false),
+            Elem::BF16 => Some(true),
+        }
+    }
+}
+
+/// The stored rows of a [`VectorSlice`]: f32, or half precision (IEEE binary16, or
+/// bfloat16 when the flag is set) read through converting kernels. Half-precision rows
+/// take half the memory; queries stay f32.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    Half(&'a [u16], bool),
+}
+
+/// Contiguous row-major vectors: row `i` is elements `i*dim..(i+1)*dim`.
 #[derive(Clone, Copy, Debug)]
 pub struct VectorSlice<'a> {
-    pub data: &'a [f32],
+    pub rows: Rows<'a>,
     pub dim: usize,
 }
 
@@ -82,24 +124,126 @@ impl<'a> VectorSlice<'a> {
             dim > 0 && data.len().is_multiple_of(dim),
             "vector slice shape"
         );
-        Self { data, dim }
+        Self {
+            rows: Rows::F32(data),
+            dim,
+        }
+    }
+
+    /// Half-precision rows: binary16 bits, or bfloat16 bits when `bf`.
+    pub fn half(data: &'a [u16], dim: usize, bf: bool) -> Self {
+        assert!(
+            dim > 0 && data.len().is_multiple_of(dim),
+            "vector slice shape"
+        );
+        Self {
+            rows: Rows::Half(data, bf),
+            dim,
+        }
+    }
+
+    fn elems(&self) -> usize {
+        match self.rows {
+            Rows::F32(d) => d.len(),
+            Rows::Half(d, _) => d.len(),
+        }
     }
     pub fn len(&self) -> usize {
-        self.data.len() / self.dim
+        self.elems() / self.dim
     }
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.elems() == 0
     }
+
+    /// Row `i` as f32: borrowed for f32 rows, widened (exactly) for half precision.
     #[inline]
-    pub fn row(&self, i: usize) -> &'a [f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
+    pub fn row(&self, i: usize) -> std::borrow::Cow<'a, [f32]> {
+        let r = i * self.dim..(i + 1) * self.dim;
+        match self.rows {
+            Rows::F32(d) => std::borrow::Cow::Borrowed(&d[r]),
+            Rows::Half(d, bf) => std::borrow::Cow::Owned(
+                d[r].iter()
+                    .map(|&h| magpie_linalg::half_to_f32(h, bf))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Every row as f32, row-major: borrowed for f32 rows, widened for half precision
+    /// (a temporary copy, used by IVF training and assignment).
+    pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
+        match self.rows {
+            Rows::F32(d) => std::borrow::Cow::Borrowed(d),
+            Rows::Half(d, bf) => std::borrow::Cow::Owned(
+                d.iter()
+                    .map(|&h| magpie_linalg::half_to_f32(h, bf))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `q · row i`.
+    #[inline(always)]
+    pub fn dot(&self, q: &[f32], i: usize) -> f32 {
+        let r = i * self.dim..(i + 1) * self.dim;
+        match self.rows {
+            Rows::F32(d) => magpie_linalg::dot(q, &d[r]),
+            Rows::Half(d, bf) => magpie_linalg::dot_half(q, &d[r], bf),
+        }
+    }
+
+    /// `‖q − row i‖²`.
+    #[inline(always)]
+    pub fn l2_sq(&self, q: &[f32], i: usize) -> f32 {
+        let r = i * self.dim..(i + 1) * self.dim;
+        match self.rows {
+            Rows::F32(d) => magpie_linalg::l2_sq(q, &d[r]),
+            Rows::Half(d, bf) => magpie_linalg::l2_sq_half(q, &d[r], bf),
+        }
+    }
+
+    /// Starts loading row `i` into cache (at most `lines` cache lines).
+    #[inline(always)]
+    pub fn prefetch(&self, i: usize, lines: usize) {
+        let r = i * self.dim..(i + 1) * self.dim;
+        match self.rows {
+            Rows::F32(d) => {
+                if let Some(x) = d.get(r) {
+                    magpie_linalg::prefetch(x, lines)
+                }
+            }
+            Rows::Half(d, _) => {
+                if let Some(x) = d.get(r) {
+                    magpie_linalg::prefetch(x, lines)
+                }
+            }
+        }
+    }
+
+    /// Internal score of row `i` against `q` (see [`Metric::score`]).
+    #[inline]
+    pub fn score(&self, metric: Metric, q: &[f32], i: usize, inv_norm: f32) -> f32 {
+        match metric {
+            Metric::L2 => -self.l2_sq(q, i),
+            Metric::IP | Metric::BM25 => self.dot(q, i),
+            Metric::COSINE => self.dot(q, i) * inv_norm,
+        }
     }
 
     /// `1/‖x‖` of every row (0 for a zero row), as COSINE search expects.
     pub fn inv_norms(&self) -> Vec<f32> {
-        self.data
-            .chunks_exact(self.dim)
-            .map(magpie_linalg::inv_norm)
+        (0..self.len())
+            .map(|i| match self.rows {
+                Rows::F32(d) => magpie_linalg::inv_norm(&d[i * self.dim..(i + 1) * self.dim]),
+                Rows::Half(..) => {
+                    let n = self.row(i).iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if n > 0.0 {
+                        1.0 / n
+                    } else {
+                        0.0
+                    }
+                }
+            })
             .collect()
     }
 }

@@ -18,31 +18,45 @@ impl<'a> Space<'a> {
         Self { v, inv, metric }
     }
 
+    /// Starts loading row `i` into cache.
     #[inline(always)]
-    pub fn row(&self, i: u32) -> &'a [f32] {
-        self.v.row(i as usize)
+    pub fn prefetch(&self, i: u32, lines: usize) {
+        self.v.prefetch(i as usize, lines)
     }
 
     /// Distance from a prepared query (see [`Space::prepare`]) to row `i`.
     #[inline(always)]
     pub fn dist(&self, q: &[f32], i: u32) -> f32 {
-        let x = self.row(i);
         match self.metric {
-            Metric::L2 => magpie_linalg::l2_sq(q, x),
-            Metric::IP | Metric::BM25 => -magpie_linalg::dot(q, x),
-            Metric::COSINE => -magpie_linalg::dot(q, x) * self.inv[i as usize],
+            Metric::L2 => self.v.l2_sq(q, i as usize),
+            Metric::IP | Metric::BM25 => -self.v.dot(q, i as usize),
+            Metric::COSINE => -self.v.dot(q, i as usize) * self.inv[i as usize],
         }
     }
 
     /// Distance between two stored rows.
     #[inline]
     pub fn dist_nodes(&self, a: u32, b: u32) -> f32 {
-        let (x, y) = (self.row(a), self.row(b));
-        match self.metric {
-            Metric::L2 => magpie_linalg::l2_sq(x, y),
-            Metric::IP | Metric::BM25 => -magpie_linalg::dot(x, y),
-            Metric::COSINE => {
-                -magpie_linalg::dot(x, y) * self.inv[a as usize] * self.inv[b as usize]
+        match self.v.rows {
+            crate::Rows::F32(_) => {
+                let (x, y) = (self.v.row(a as usize), self.v.row(b as usize));
+                match self.metric {
+                    Metric::L2 => magpie_linalg::l2_sq(&x, &y),
+                    Metric::IP | Metric::BM25 => -magpie_linalg::dot(&x, &y),
+                    Metric::COSINE => {
+                        -magpie_linalg::dot(&x, &y) * self.inv[a as usize] * self.inv[b as usize]
+                    }
+                }
+            }
+            crate::Rows::Half(..) => {
+                let x = self.v.row(a as usize);
+                match self.metric {
+                    Metric::L2 => self.v.l2_sq(&x, b as usize),
+                    Metric::IP | Metric::BM25 => -self.v.dot(&x, b as usize),
+                    Metric::COSINE => {
+                        -self.v.dot(&x, b as usize) * self.inv[a as usize] * self.inv[b as usize]
+                    }
+                }
             }
         }
     }
@@ -58,7 +72,7 @@ impl<'a> Space<'a> {
 
     /// Row `i` as a prepared query.
     pub fn node_query(&self, i: u32) -> Vec<f32> {
-        let mut q = self.row(i).to_vec();
+        let mut q = self.v.row(i as usize).into_owned();
         if self.metric == Metric::COSINE {
             let s = self.inv[i as usize];
             q.iter_mut().for_each(|x| *x *= s);

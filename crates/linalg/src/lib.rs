@@ -26,8 +26,13 @@ struct Kernels {
     sq8_l2: fn(&[f32], &[f32], &[u8]) -> f32,
     sq8_dot: fn(&[f32], &[u8]) -> f32,
     depthwise_row: RowKernel,
+    dot_half: HalfKernel,
+    l2_sq_half: HalfKernel,
+    bit_counts: fn(&[u8], &[u8]) -> (u32, u32, u32),
     name: &'static str,
 }
+
+type HalfKernel = fn(&[f32], &[u16], bool) -> f32;
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
@@ -38,12 +43,29 @@ fn kernels() -> &'static Kernels {
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
             {
+                let f16c = is_x86_feature_detected!("f16c");
+                let popcnt = is_x86_feature_detected!("popcnt");
                 return Kernels {
                     dot: x86_avx2::dot_checked,
                     l2_sq: x86_avx2::l2_sq_checked,
                     sq8_l2: x86_avx2::sq8_l2_checked,
                     sq8_dot: x86_avx2::sq8_dot_checked,
                     depthwise_row: x86_avx2::depthwise_row_checked,
+                    dot_half: if f16c {
+                        x86_avx2::dot_half_checked
+                    } else {
+                        scalar::dot_half
+                    },
+                    l2_sq_half: if f16c {
+                        x86_avx2::l2_sq_half_checked
+                    } else {
+                        scalar::l2_sq_half
+                    },
+                    bit_counts: if popcnt {
+                        x86_avx2::bit_counts_checked
+                    } else {
+                        scalar::bit_counts
+                    },
                     name: "avx2+fma",
                 };
             }
@@ -54,6 +76,9 @@ fn kernels() -> &'static Kernels {
             sq8_l2: scalar::sq8_l2,
             sq8_dot: scalar::sq8_dot,
             depthwise_row: scalar::depthwise_row,
+            dot_half: scalar::dot_half,
+            l2_sq_half: scalar::l2_sq_half,
+            bit_counts: scalar::bit_counts,
             name: "scalar",
         }
     })
@@ -119,6 +144,80 @@ pub fn sq8_dot(a: &[f32], c: &[u8]) -> f32 {
 pub fn pq_adc(table: &[f32], codes: &[u8]) -> f32 {
     assert!(table.len() >= codes.len() * 256, "pq_adc: table too short");
     scalar::pq_adc(table, codes)
+}
+
+/// Inner product of an f32 query with a half-precision row: binary16 (IEEE half) bits,
+/// or bfloat16 bits when `bf`, widened exactly to f32 on the fly (F16C where present).
+///
+/// # Panics
+/// If `a.len() != x.len()`.
+#[inline]
+pub fn dot_half(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    assert_eq!(a.len(), x.len(), "dot_half: length mismatch");
+    (kernels().dot_half)(a, x, bf)
+}
+
+/// Squared Euclidean distance between an f32 query and a half-precision row (see
+/// [`dot_half`]).
+///
+/// # Panics
+/// If `a.len() != x.len()`.
+#[inline]
+pub fn l2_sq_half(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    assert_eq!(a.len(), x.len(), "l2_sq_half: length mismatch");
+    (kernels().l2_sq_half)(a, x, bf)
+}
+
+/// A half-precision value (binary16, or bfloat16 when `bf`) widened to f32; exact.
+#[inline]
+pub fn half_to_f32(h: u16, bf: bool) -> f32 {
+    if bf {
+        scalar::bf16_to_f32(h)
+    } else {
+        scalar::f16_to_f32(h)
+    }
+}
+
+/// An f32 rounded to the nearest half-precision value (ties to even): binary16, or
+/// bfloat16 when `bf`. `None` when the value is finite but outside the type's range (it
+/// would become infinite) or not finite.
+pub fn f32_to_half(x: f32, bf: bool) -> Option<u16> {
+    if !x.is_finite() {
+        return None;
+    }
+    let h = if bf {
+        half::bf16::from_f32(x).to_bits()
+    } else {
+        half::f16::from_f32(x).to_bits()
+    };
+    half_to_f32(h, bf).is_finite().then_some(h)
+}
+
+/// Hamming distance between two bit strings of equal byte length: the number of bits
+/// that differ.
+///
+/// # Panics
+/// If `a.len() != b.len()`.
+#[inline]
+pub fn hamming(a: &[u8], b: &[u8]) -> u32 {
+    assert_eq!(a.len(), b.len(), "hamming: length mismatch");
+    (kernels().bit_counts)(a, b).0
+}
+
+/// Jaccard distance `1 − |a ∧ b| / |a ∨ b|` between two bit strings of equal byte
+/// length; 0 when both are empty (no bit set), as for equal sets.
+///
+/// # Panics
+/// If `a.len() != b.len()`.
+#[inline]
+pub fn jaccard(a: &[u8], b: &[u8]) -> f32 {
+    assert_eq!(a.len(), b.len(), "jaccard: length mismatch");
+    let (_, and, or) = (kernels().bit_counts)(a, b);
+    if or == 0 {
+        0.0
+    } else {
+        1.0 - and as f32 / or as f32
+    }
 }
 
 /// Hints the CPU to start loading the first cache lines of `data` (at most `lines`
@@ -391,6 +490,71 @@ mod tests {
                 prop_assert!(close(x86_avx2::sq8_dot_checked(&a, &c), r, scale));
             }
         }
+    }
+
+    fn half_pair() -> impl Strategy<Value = (Vec<f32>, Vec<u16>)> {
+        (0usize..300).prop_flat_map(|n| {
+            (
+                prop::collection::vec(-10.0f32..10.0, n),
+                prop::collection::vec(-10.0f32..10.0, n).prop_map(|v| {
+                    v.iter()
+                        .map(|&x| half::f16::from_f32(x).to_bits())
+                        .collect()
+                }),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn half_kernels_match_f64_reference((a, x) in half_pair(), bf in any::<bool>()) {
+            // The same bits read as binary16 or as bfloat16: both are valid inputs.
+            let wide: Vec<f32> = x.iter().map(|&h| half_to_f32(h, bf)).collect();
+            if wide.iter().all(|w| w.is_finite() && w.abs() < 1e6) {
+                let scale: f64 = a.iter().zip(&wide).map(|(p, q)| (*p as f64 * *q as f64).abs()).sum();
+                prop_assert!(close(dot_half(&a, &x, bf), ref_dot(&a, &wide), scale));
+                prop_assert!(close(scalar::dot_half(&a, &x, bf), ref_dot(&a, &wide), scale));
+                let scale2: f64 = a.iter().zip(&wide).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum();
+                prop_assert!(close(l2_sq_half(&a, &x, bf), ref_l2(&a, &wide), scale2));
+                prop_assert!(close(scalar::l2_sq_half(&a, &x, bf), ref_l2(&a, &wide), scale2));
+            }
+        }
+
+        #[test]
+        fn half_rounding_is_nearest(x in -60000.0f32..60000.0, bf in any::<bool>()) {
+            let h = f32_to_half(x, bf).unwrap();
+            let back = half_to_f32(h, bf);
+            // Within half a unit in the last place of the narrow type.
+            let ulp = if bf { back.abs() / 128.0 } else { (back.abs() / 1024.0).max(6e-8) };
+            prop_assert!((back - x).abs() <= ulp, "{x} -> {back}");
+        }
+
+        #[test]
+        fn bit_kernels_match_per_bit_counts(
+            (a, b) in (0usize..70).prop_flat_map(|n| (
+                prop::collection::vec(any::<u8>(), n),
+                prop::collection::vec(any::<u8>(), n),
+            ))
+        ) {
+            let bits = |v: &[u8], i: usize| v[i / 8] >> (i % 8) & 1 == 1;
+            let n = a.len() * 8;
+            let diff = (0..n).filter(|&i| bits(&a, i) != bits(&b, i)).count() as u32;
+            let and = (0..n).filter(|&i| bits(&a, i) && bits(&b, i)).count() as f32;
+            let or = (0..n).filter(|&i| bits(&a, i) || bits(&b, i)).count() as f32;
+            prop_assert_eq!(hamming(&a, &b), diff);
+            prop_assert_eq!(scalar::bit_counts(&a, &b).0, diff);
+            let want = if or == 0.0 { 0.0 } else { 1.0 - and / or };
+            prop_assert!((jaccard(&a, &b) - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn half_range_is_refused() {
+        assert_eq!(f32_to_half(70000.0, false), None);
+        assert_eq!(f32_to_half(f32::NAN, true), None);
+        assert!(f32_to_half(70000.0, true).is_some());
+        assert_eq!(half_to_f32(f32_to_half(1.5, false).unwrap(), false), 1.5);
+        assert_eq!(half_to_f32(f32_to_half(-2.0, true).unwrap(), true), -2.0);
     }
 
     #[test]

@@ -143,3 +143,76 @@ pub(crate) fn depthwise_row_channels(
         }
     }
 }
+
+/// IEEE binary16 bits to f32 (exact).
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// bfloat16 bits to f32 (exact: the high half of an f32).
+#[inline]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `Σ aᵢ·xᵢ` with `x` in half precision (`bf` selects bfloat16 over binary16).
+pub fn dot_half(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    debug_assert_eq!(a.len(), x.len());
+    let conv = if bf { bf16_to_f32 } else { f16_to_f32 };
+    let mut acc = [0.0f32; 4];
+    let chunks = a.len() / 4;
+    for i in 0..chunks {
+        for (j, slot) in acc.iter_mut().enumerate() {
+            *slot += a[i * 4 + j] * conv(x[i * 4 + j]);
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in chunks * 4..a.len() {
+        s += a[i] * conv(x[i]);
+    }
+    s
+}
+
+/// `Σ (aᵢ − xᵢ)²` with `x` in half precision (`bf` selects bfloat16 over binary16).
+pub fn l2_sq_half(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    debug_assert_eq!(a.len(), x.len());
+    let conv = if bf { bf16_to_f32 } else { f16_to_f32 };
+    let mut acc = [0.0f32; 4];
+    let chunks = a.len() / 4;
+    for i in 0..chunks {
+        for (j, slot) in acc.iter_mut().enumerate() {
+            let d = a[i * 4 + j] - conv(x[i * 4 + j]);
+            *slot += d * d;
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in chunks * 4..a.len() {
+        let d = a[i] - conv(x[i]);
+        s += d * d;
+    }
+    s
+}
+
+/// Bits set in `a XOR b` and in `a AND b`, `a OR b`: the counts Hamming and Jaccard
+/// distances are made of, eight bytes at a time.
+#[inline(always)]
+pub fn bit_counts(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+    debug_assert_eq!(a.len(), b.len());
+    let (mut x, mut and, mut or) = (0u32, 0u32, 0u32);
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (p, q) in (&mut ca).zip(&mut cb) {
+        let p = u64::from_le_bytes(p.try_into().expect("8 bytes"));
+        let q = u64::from_le_bytes(q.try_into().expect("8 bytes"));
+        x += (p ^ q).count_ones();
+        and += (p & q).count_ones();
+        or += (p | q).count_ones();
+    }
+    for (p, q) in ca.remainder().iter().zip(cb.remainder()) {
+        x += (p ^ q).count_ones();
+        and += (p & q).count_ones();
+        or += (p | q).count_ones();
+    }
+    (x, and, or)
+}

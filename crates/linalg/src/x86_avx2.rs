@@ -376,3 +376,144 @@ unsafe fn depthwise_block<const K: usize, const V: usize>(
         }
     }
 }
+
+/// Eight half-precision values widened to f32 lanes (binary16 through F16C, bfloat16 by
+/// a 16-bit shift).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_half8<const BF: bool>(p: *const u16) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable u16 at `p`.
+    let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    if BF {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+    } else {
+        _mm256_cvtph_ps(v)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_half<const BF: bool>(a: &[f32], x: &[u16]) -> f32 {
+    let n = a.len();
+    let (pa, px) = (a.as_ptr(), x.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): i + 16 <= n (resp. i + 8 <= n) bounds every load of the two
+    // equal-length slices.
+    while i + 16 <= n {
+        unsafe {
+            acc0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                load_half8::<BF>(px.add(i)),
+                acc0,
+            );
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                load_half8::<BF>(px.add(i + 8)),
+                acc1,
+            );
+        }
+        i += 16;
+    }
+    while i + 8 <= n {
+        unsafe {
+            acc0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                load_half8::<BF>(px.add(i)),
+                acc0,
+            );
+        }
+        i += 8;
+    }
+    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    let conv = if BF {
+        crate::scalar::bf16_to_f32
+    } else {
+        crate::scalar::f16_to_f32
+    };
+    while i < n {
+        s += a[i] * conv(x[i]);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn l2_sq_half<const BF: bool>(a: &[f32], x: &[u16]) -> f32 {
+    let n = a.len();
+    let (pa, px) = (a.as_ptr(), x.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): bounded as in `dot_half`.
+    while i + 16 <= n {
+        unsafe {
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), load_half8::<BF>(px.add(i)));
+            let d1 = _mm256_sub_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                load_half8::<BF>(px.add(i + 8)),
+            );
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+            acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+        }
+        i += 16;
+    }
+    while i + 8 <= n {
+        unsafe {
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), load_half8::<BF>(px.add(i)));
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        }
+        i += 8;
+    }
+    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    let conv = if BF {
+        crate::scalar::bf16_to_f32
+    } else {
+        crate::scalar::f16_to_f32
+    };
+    while i < n {
+        let d = a[i] - conv(x[i]);
+        s += d * d;
+        i += 1;
+    }
+    s
+}
+
+/// Safe entry point; the dispatcher selects it only when AVX2, FMA and F16C are present.
+pub(crate) fn dot_half_checked(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    assert_eq!(a.len(), x.len());
+    // SAFETY: selected only after runtime detection of AVX2, FMA and F16C; equal lengths.
+    unsafe {
+        if bf {
+            dot_half::<true>(a, x)
+        } else {
+            dot_half::<false>(a, x)
+        }
+    }
+}
+
+/// Safe entry point; the dispatcher selects it only when AVX2, FMA and F16C are present.
+pub(crate) fn l2_sq_half_checked(a: &[f32], x: &[u16], bf: bool) -> f32 {
+    assert_eq!(a.len(), x.len());
+    // SAFETY: as for `dot_half_checked`.
+    unsafe {
+        if bf {
+            l2_sq_half::<true>(a, x)
+        } else {
+            l2_sq_half::<false>(a, x)
+        }
+    }
+}
+
+#[target_feature(enable = "popcnt")]
+unsafe fn bit_counts_popcnt(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+    // The portable loop, compiled with the POPCNT instruction available.
+    crate::scalar::bit_counts(a, b)
+}
+
+/// Safe entry point; the dispatcher selects it only when POPCNT is present.
+pub(crate) fn bit_counts_checked(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+    assert_eq!(a.len(), b.len());
+    // SAFETY: selected only after runtime detection of POPCNT.
+    unsafe { bit_counts_popcnt(a, b) }
+}

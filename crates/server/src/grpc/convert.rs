@@ -35,6 +35,8 @@ pub fn dtype_to_pb(t: DataType) -> pb::DataType {
         DataType::JSON => pb::DataType::Json,
         DataType::Array => pb::DataType::Array,
         DataType::FloatVector => pb::DataType::FloatVector,
+        DataType::Float16Vector => pb::DataType::Float16Vector,
+        DataType::BFloat16Vector => pb::DataType::BFloat16Vector,
         DataType::SparseFloatVector => pb::DataType::SparseFloatVector,
     }
 }
@@ -53,10 +55,12 @@ pub fn dtype_from_pb(t: i32, what: &str) -> ConvResult<DataType> {
         pb::DataType::Json => DataType::JSON,
         pb::DataType::Array => DataType::Array,
         pb::DataType::FloatVector => DataType::FloatVector,
+        pb::DataType::Float16Vector => DataType::Float16Vector,
+        pb::DataType::BFloat16Vector => DataType::BFloat16Vector,
         pb::DataType::SparseFloatVector => DataType::SparseFloatVector,
         other => {
             return Err(format!(
-                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector, SparseFloatVector)",
+                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector, Float16Vector, BFloat16Vector, SparseFloatVector)",
                 other.as_str_name()
             ))
         }
@@ -428,6 +432,24 @@ fn column_values(f: &pb::FieldData, rows: usize) -> ConvResult<Vec<Option<Value>
                     })
                     .collect())
             }
+            Some(VData::Float16Vector(b)) | Some(VData::Bfloat16Vector(b)) => {
+                let bf = matches!(v.data, Some(VData::Bfloat16Vector(_)));
+                let data = half_vectors(b, v.dim, bf, &what)?;
+                let dim = v.dim as usize;
+                let at = slot(data.len() / dim)?;
+                Ok((0..rows)
+                    .map(|i| {
+                        at(i).map(|j| {
+                            Value::Array(
+                                data[j * dim..(j + 1) * dim]
+                                    .iter()
+                                    .map(|x| Value::from(*x as f64))
+                                    .collect(),
+                            )
+                        })
+                    })
+                    .collect())
+            }
             Some(VData::SparseFloatVector(a)) => {
                 let at = slot(a.contents.len())?;
                 (0..rows)
@@ -440,7 +462,7 @@ fn column_values(f: &pb::FieldData, rows: usize) -> ConvResult<Vec<Option<Value>
                     .collect()
             }
             Some(other) => Err(format!(
-                "{what}: {} vectors are not supported by Magpie yet (FloatVector and SparseFloatVector are)",
+                "{what}: {} vectors are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector and SparseFloatVector are)",
                 match other {
                     VData::BinaryVector(_) => "binary",
                     VData::Float16Vector(_) => "float16",
@@ -519,10 +541,26 @@ pub fn columns_from_fields(
             continue;
         };
         let dim = v.dim;
+        let what = format!("field '{}'", f.field_name);
+        let half = match &v.data {
+            Some(VData::Float16Vector(b)) => Some(half_vectors(b, dim, false, &what)?),
+            Some(VData::Bfloat16Vector(b)) => Some(half_vectors(b, dim, true, &what)?),
+            _ => None,
+        };
+        if let Some(data) = half {
+            if data.len() / dim as usize != rows {
+                return Err(format!(
+                    "{what}: {} values for {rows} rows",
+                    data.len() / dim as usize
+                ));
+            }
+            vectors.push((f.field_name.clone(), data));
+            f.field = None;
+            continue;
+        }
         let Some(VData::FloatVector(a)) = &mut v.data else {
             continue;
         };
-        let what = format!("field '{}'", f.field_name);
         if dim <= 0 {
             return Err(format!("{what}: vector dim must be positive, got {dim}"));
         }
@@ -588,6 +626,33 @@ fn column_of(
                 data: Some(VData::FloatVector(pb::FloatArray { data })),
             })
         }
+        DataType::Float16Vector | DataType::BFloat16Vector => {
+            // Milvus's wire form: each row's little-endian 2-byte values, concatenated.
+            let bf = t == DataType::BFloat16Vector;
+            let dim = dim.unwrap_or_else(|| {
+                values
+                    .iter()
+                    .find_map(|v| v.as_array().map(|a| a.len()))
+                    .unwrap_or(0)
+            });
+            let mut data = Vec::with_capacity(values.len() * dim * 2);
+            for v in values {
+                let row = v.as_array().map(|a| a.as_slice()).unwrap_or_default();
+                for k in 0..dim {
+                    let x = row.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0) as f32;
+                    let h = magpie_linalg::f32_to_half(x, bf).unwrap_or(0);
+                    data.extend_from_slice(&h.to_le_bytes());
+                }
+            }
+            Field::Vectors(pb::VectorField {
+                dim: dim as i64,
+                data: Some(if bf {
+                    VData::Bfloat16Vector(data)
+                } else {
+                    VData::Float16Vector(data)
+                }),
+            })
+        }
         DataType::SparseFloatVector => {
             let contents: Vec<Vec<u8>> = values.iter().map(|v| sparse_to_bytes(v)).collect();
             // Milvus reports the dimension of a sparse batch as its largest index + 1.
@@ -651,14 +716,16 @@ fn scalar_column(t: DataType, elem: Option<DataType>, values: &[&Value]) -> SDat
                 .map(|v| v.as_str().unwrap_or("").to_string())
                 .collect(),
         }),
-        DataType::JSON | DataType::FloatVector | DataType::SparseFloatVector => {
-            SData::JsonData(pb::JsonArray {
-                data: values
-                    .iter()
-                    .map(|v| serde_json::to_vec(v).unwrap_or_default())
-                    .collect(),
-            })
-        }
+        DataType::JSON
+        | DataType::FloatVector
+        | DataType::Float16Vector
+        | DataType::BFloat16Vector
+        | DataType::SparseFloatVector => SData::JsonData(pb::JsonArray {
+            data: values
+                .iter()
+                .map(|v| serde_json::to_vec(v).unwrap_or_default())
+                .collect(),
+        }),
         DataType::Array => {
             let et = elem.unwrap_or(DataType::Int64);
             SData::ArrayData(pb::ArrayArray {
@@ -877,6 +944,25 @@ pub fn sparse_from_bytes(b: &[u8]) -> ConvResult<Value> {
     Ok(serde_json::json!({"indices": indices, "values": values}))
 }
 
+/// Half-precision vectors in Milvus's wire form (little-endian 2-byte values, rows
+/// concatenated) widened to f32, checked against `dim`.
+fn half_vectors(b: &[u8], dim: i64, bf: bool, what: &str) -> ConvResult<Vec<f32>> {
+    if dim <= 0 {
+        return Err(format!("{what}: vector dim must be positive, got {dim}"));
+    }
+    let row = dim as usize * 2;
+    if b.len() % row != 0 {
+        return Err(format!(
+            "{what}: {} bytes is not a whole number of {dim}-dimensional {} vectors ({row} bytes each)",
+            b.len(),
+            if bf { "bfloat16" } else { "float16" }
+        ));
+    }
+    Ok(b.chunks_exact(2)
+        .map(|c| magpie_linalg::half_to_f32(u16::from_le_bytes([c[0], c[1]]), bf))
+        .collect())
+}
+
 /// The binary row form of a stored sparse vector (`{"<index>": value}`).
 pub fn sparse_to_bytes(v: &Value) -> Vec<u8> {
     let mut pairs: Vec<(u32, f32)> = v
@@ -922,6 +1008,24 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
             })
             .collect::<ConvResult<_>>()
             .map(Queries::Vectors),
+        Ok(t @ (PlaceholderType::Float16Vector | PlaceholderType::BFloat16Vector)) => p
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if b.len() % 2 != 0 {
+                    return Err(format!(
+                        "query vector {i}: {} bytes is not a whole number of 2-byte values",
+                        b.len()
+                    ));
+                }
+                let bf = t == PlaceholderType::BFloat16Vector;
+                Ok(b.chunks_exact(2)
+                    .map(|c| magpie_linalg::half_to_f32(u16::from_le_bytes([c[0], c[1]]), bf))
+                    .collect())
+            })
+            .collect::<ConvResult<_>>()
+            .map(Queries::Vectors),
         Ok(PlaceholderType::VarChar) => p
             .values
             .iter()
@@ -939,7 +1043,7 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
             .collect::<ConvResult<_>>()
             .map(Queries::Sparse),
         Ok(t) => Err(format!(
-            "queries of type {} are not supported by Magpie yet (FloatVector, SparseFloatVector and VarChar are)",
+            "queries of type {} are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector, SparseFloatVector and VarChar are)",
             t.as_str_name()
         )),
         Err(_) => Err(format!("unknown placeholder type {}", p.r#type)),
