@@ -431,6 +431,63 @@ if not LITE:
     assert [h.id for h in res[0]] == [i for _, i in want[:3]], hits(res)
     client.drop_collection("suite_rank")
 
+# ---------------------------------------------------------------- half-precision vectors
+# FLOAT16_VECTOR (numpy float16 rows) and BFLOAT16_VECTOR (raw little-endian bfloat16
+# bytes, as pymilvus sends them): exact distances on the stored values, rows returned as
+# the bytes that went in, and out-of-range values refused. Magpie only: Milvus Lite
+# refuses both types.
+if not LITE:
+    import numpy as np
+
+    hrng = np.random.default_rng(3)
+
+    def bf16_bits(a):
+        b = a.astype(np.float32).view(np.uint32)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+    for name, dt in [("suite_f16", DataType.FLOAT16_VECTOR), ("suite_bf16", DataType.BFLOAT16_VECTOR)]:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("v", dt, dim=DIM)
+        ip = client.prepare_index_params()
+        ip.add_index(field_name="v", index_type="HNSW", metric_type="L2", params={"M": 8, "efConstruction": 64})
+        client.create_collection(name, schema=schema, index_params=ip, consistency_level="Strong")
+        data = hrng.uniform(-1, 1, (300, DIM)).astype(np.float32)
+        if dt == DataType.FLOAT16_VECTOR:
+            rows16 = [x for x in data.astype(np.float16)]
+            raw = [x.tobytes() for x in rows16]
+            wide = data.astype(np.float16).astype(np.float32)
+        else:
+            bits = bf16_bits(data)
+            rows16 = raw = [x.tobytes() for x in bits]
+            wide = (bits.astype(np.uint32) << 16).view(np.float32)
+        client.insert(name, [{"id": i, "v": rows16[i]} for i in range(300)])
+        client.flush(name)
+        for qi in (3, 150, 299):
+            res = client.search(name, data=[rows16[qi]], anns_field="v", limit=5, search_params={"params": {"ef": 300}})
+            d = ((wide - wide[qi]) ** 2).sum(1)
+            want = sorted(zip(d.tolist(), range(300)))[:5]
+            got = [(h.distance, h.id) for h in res[0]]
+            assert [i for _, i in got] == [i for _, i in want], (name, got, want)
+            assert all(abs(g - w) < 1e-4 for (g, _), (w, _) in zip(got, want)), (name, got, want)
+        res = client.query(name, filter="id in [7, 8]", output_fields=["v"])
+        assert sorted((r["id"], r["v"][0]) for r in res) == [(7, raw[7]), (8, raw[8])], res
+        # A float32 query works on a half-precision field too.
+        res = client.search(name, data=[wide[11].tolist()], anns_field="v", limit=1)
+        assert res[0][0].id == 11 and res[0][0].distance < 1e-6, hits(res)
+        client.drop_collection(name)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("v", DataType.FLOAT16_VECTOR, dim=DIM)
+    client.create_collection("suite_f16", schema=schema)
+    big = np.full(DIM, 1.0, dtype=np.float32)
+    big[2] = 70000.0  # beyond float16's ±65504: numpy makes it inf
+    with np.errstate(over="ignore"):
+        expect_error(lambda: client.insert("suite_f16", [{"id": 1, "v": big.astype(np.float16)}]), "element 2", "not a finite")
+    expect_error(lambda: client.insert("suite_f16", [{"id": 1, "v": b"\x00" * 3}]))
+    assert client.query("suite_f16", filter="", output_fields=["count(*)"])[0]["count(*)"] == 0
+    client.drop_collection("suite_f16")
+
 # ---------------------------------------------------------------- lifecycle
 client.release_collection("suite_quick")
 out["released"] = str(client.get_load_state("suite_quick")["state"])

@@ -2143,3 +2143,76 @@ async fn decay_and_boost_rerankers_over_rest() {
     );
     t.healthy().await;
 }
+
+#[tokio::test]
+async fn half_precision_vectors_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "h", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "f16", "dataType": "Float16Vector", "elementTypeParams": {"dim": 3}},
+            {"fieldName": "bf16", "dataType": "BFloat16Vector", "elementTypeParams": {"dim": 3}}]},
+            "indexParams": [
+                {"fieldName": "f16", "metricType": "L2", "indexType": "HNSW"},
+                {"fieldName": "bf16", "metricType": "COSINE", "indexType": "FLAT"}]}),
+    )
+    .await;
+    let d = t
+        .ok("collections/describe", json!({"collectionName": "h"}))
+        .await;
+    let s = d.to_string();
+    assert!(
+        s.contains("Float16Vector") && s.contains("BFloat16Vector"),
+        "{d}"
+    );
+    // 0.1 is not a half-precision value: what comes back is its rounding to each type.
+    let rows: Vec<Value> = (0..20)
+        .map(|i| json!({"id": i, "f16": [0.1, i as f32, 1.0], "bf16": [0.1, i as f32, 1.0]}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "h", "data": rows}),
+    )
+    .await;
+    let r = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "h", "filter": "id == 5", "outputFields": ["f16", "bf16"], "consistencyLevel": "Strong"}),
+        )
+        .await;
+    assert_eq!(r[0]["f16"], json!([0.0999755859375, 5.0, 1.0]), "{r}");
+    assert_eq!(r[0]["bf16"], json!([0.10009765625, 5.0, 1.0]), "{r}");
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "h", "annsField": "f16", "data": [[0.1, 7.2, 1.0]], "limit": 2, "consistencyLevel": "Strong"}),
+        )
+        .await;
+    assert_eq!(hits[0]["id"], json!(7), "{hits}");
+    let want = (0.1f32 - 0.099_975_586).powi(2) + 0.2f32.powi(2);
+    assert!(
+        (hits[0]["distance"].as_f64().unwrap() as f32 - want).abs() < 1e-5,
+        "{hits}"
+    );
+    // Out of float16's range: a 400 naming the row, the field and the element.
+    let (s, v) = t
+        .post(
+            "entities/insert",
+            json!({"collectionName": "h", "data": [{"id": 100, "f16": [1.0, 65520.0, 0.0], "bf16": [1.0, 65520.0, 0.0]}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let m = v["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("'f16'") && m.contains("element 1") && m.contains("outside the range"),
+        "{v}"
+    );
+    let c = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "h", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
+        )
+        .await;
+    assert_eq!(c[0]["count(*)"], json!(20), "nothing written: {c}");
+}
