@@ -427,6 +427,8 @@ fn filtered_truth(ds: &Dataset, k: usize, pass: u32) -> Vec<Vec<i32>> {
                     0.0
                 }
             }
+            // The bench's datasets are float vectors; binary metrics score bytes.
+            Metric::HAMMING | Metric::JACCARD => ds.metric.score(q, x, 1.0),
         }
     };
     let one = |qi: usize| -> Vec<i32> {

@@ -46,7 +46,7 @@ impl WalOp {
         };
         let n = batch.len();
         check_pks(&batch.pks, schema)?;
-        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.vec_len()).collect();
         if batch.vectors.len() != dims.len() {
             return Err(format!(
                 "{} vector columns, the schema has {}",
@@ -319,7 +319,7 @@ impl Collection {
         let schema = &self.meta.schema;
         let dims: Vec<(usize, Elem)> = schema
             .vector_fields()
-            .map(|f| (f.dim.unwrap_or(0), f.data_type.elem()))
+            .map(|f| (f.vec_len(), f.data_type.elem()))
             .collect();
         let n_scalars = schema.scalar_fields().count();
         let id = self.next_segment_id;
@@ -443,7 +443,7 @@ impl Collection {
         for (i, v) in batch.scalars[col].iter().enumerate() {
             by_part[CollectionSchema::key_partition(v, n)].push(i);
         }
-        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.vec_len()).collect();
         for (p, rows) in by_part.iter().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -808,10 +808,23 @@ impl Collection {
             m.insert(name.clone(), seg.scalars[*si].get(i).into_owned());
         }
         for (name, vi) in &spec.vectors {
-            let row = seg.vectors[*vi].get()?.slice().row(i);
+            let col = seg.vectors[*vi].get()?;
+            let row = col.slice().row(i);
+            // Binary vectors come back as their bytes (integers 0..=255).
+            let bin = col.elem == Elem::Bin;
             m.insert(
                 name.clone(),
-                Value::Array(row.iter().map(|x| Value::from(*x as f64)).collect()),
+                Value::Array(
+                    row.iter()
+                        .map(|&x| {
+                            if bin {
+                                Value::from(x as u8)
+                            } else {
+                                Value::from(x as f64)
+                            }
+                        })
+                        .collect(),
+                ),
             );
         }
         if spec.dynamic_all {

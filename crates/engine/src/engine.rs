@@ -1169,6 +1169,7 @@ impl Engine {
                 ix.field_name
             )));
         }
+        indexspec::check_vector(f, ix)?;
         let t = ix.index_type.to_ascii_uppercase();
         if indexspec::SCALAR_TYPES.contains(&t.as_str()) && t != "AUTOINDEX" {
             return Err(invalid(format!(
@@ -1548,8 +1549,28 @@ impl Engine {
             (None, Some(Metric::BM25)) => Err(invalid(format!(
                 "metric BM25 is for BM25 fields; '{field}' is a FloatVector"
             ))),
-            (None, Some(m)) => Ok(m),
-            (None, None) => Ok(Metric::COSINE),
+            (None, m) => {
+                let binary = g
+                    .meta
+                    .schema
+                    .field(field)
+                    .is_some_and(|f| f.data_type == crate::DataType::BinaryVector);
+                match m {
+                    Some(m) if m.is_binary() != binary => Err(invalid(format!(
+                        "metric {} does not apply to field '{field}' ({})",
+                        m.as_str(),
+                        if binary {
+                            "a BinaryVector takes HAMMING or JACCARD"
+                        } else {
+                            "HAMMING and JACCARD are for BinaryVector fields"
+                        }
+                    ))),
+                    Some(m) => Ok(m),
+                    // Milvus's defaults: COSINE for dense fields, HAMMING for binary.
+                    None if binary => Ok(Metric::HAMMING),
+                    None => Ok(Metric::COSINE),
+                }
+            }
         }
     }
 
@@ -1647,7 +1668,8 @@ impl Engine {
             )));
         }
         let vi = schema.vector_index(&field.name).unwrap();
-        let dim = field.dim.unwrap_or(0);
+        let dim = field.vec_len();
+        let binary = field.data_type == crate::DataType::BinaryVector;
         let metric = Self::metric_for(&g, &field.name, r.metric)?;
         let queries = match &r.ids {
             None if !r.texts.is_empty() || !r.images.is_empty() => {
@@ -1708,12 +1730,24 @@ impl Engine {
                     return Err(invalid("'data' must hold at least one query vector"));
                 }
                 for (i, q) in r.vectors.iter().enumerate() {
+                    if binary && q.len() != dim {
+                        return Err(invalid(format!(
+                            "query vector {i} has {} bytes; field '{}' is a BinaryVector of {} bits, given as {dim} bytes",
+                            q.len(),
+                            field.name,
+                            dim * 8
+                        )));
+                    }
                     if q.len() != dim {
                         return Err(invalid(format!(
                             "query vector {i} has dimension {}, field '{}' expects {dim}",
                             q.len(),
                             field.name
                         )));
+                    }
+                    if binary {
+                        crate::schema::check_bytes(q, dim)
+                            .map_err(|(_, m)| invalid(format!("query vector {i}: {m}")))?;
                     }
                     if let Some(j) = q.iter().position(|x| !x.is_finite()) {
                         return Err(invalid(format!(

@@ -36,6 +36,10 @@ pub enum DataType {
     Float16Vector,
     /// bfloat16 dense vectors: as [`DataType::Float16Vector`] with bfloat16's range.
     BFloat16Vector,
+    /// Bit vectors of `dim` bits (a multiple of 8), given as `dim / 8` bytes (numbers
+    /// 0..=255; bit `k` of a vector is bit `k % 8` of byte `k / 8`) and searched with
+    /// HAMMING or JACCARD ([`magpie_index::Elem::Bin`]).
+    BinaryVector,
     /// Milvus's `SparseFloatVector`: `{"17": 0.5, ...}` or `{"indices": [...], "values":
     /// [...]}`. Stored as a scalar column in the canonical form of [`sparse_to_json`];
     /// searched through [`magpie_index::SparseIndex`].
@@ -59,6 +63,7 @@ impl DataType {
             "floatvector" => DataType::FloatVector,
             "float16vector" => DataType::Float16Vector,
             "bfloat16vector" => DataType::BFloat16Vector,
+            "binaryvector" => DataType::BinaryVector,
             "sparsefloatvector" => DataType::SparseFloatVector,
             _ => return None,
         })
@@ -68,7 +73,10 @@ impl DataType {
     pub fn is_dense_vector(&self) -> bool {
         matches!(
             self,
-            DataType::FloatVector | DataType::Float16Vector | DataType::BFloat16Vector
+            DataType::FloatVector
+                | DataType::Float16Vector
+                | DataType::BFloat16Vector
+                | DataType::BinaryVector
         )
     }
 
@@ -77,6 +85,7 @@ impl DataType {
         match self {
             DataType::Float16Vector => magpie_index::Elem::F16,
             DataType::BFloat16Vector => magpie_index::Elem::BF16,
+            DataType::BinaryVector => magpie_index::Elem::Bin,
             _ => magpie_index::Elem::F32,
         }
     }
@@ -190,6 +199,17 @@ impl FieldSchema {
     /// A dense vector field (stored in vector columns, searched by the vector indexes).
     pub fn is_vector(&self) -> bool {
         self.data_type.is_dense_vector()
+    }
+
+    /// Stored elements per row of a dense vector field: `dim`, or `dim / 8` bytes for a
+    /// BinaryVector.
+    pub fn vec_len(&self) -> usize {
+        let d = self.dim.unwrap_or(0);
+        if self.data_type == DataType::BinaryVector {
+            d / 8
+        } else {
+            d
+        }
     }
 
     /// A sparse vector field (a scalar column; searched by the sparse index).
@@ -443,8 +463,20 @@ impl CollectionSchema {
                 ));
             }
             match f.data_type {
-                DataType::FloatVector | DataType::Float16Vector | DataType::BFloat16Vector => {
+                DataType::FloatVector
+                | DataType::Float16Vector
+                | DataType::BFloat16Vector
+                | DataType::BinaryVector => {
                     vecs += 1;
+                    if f.data_type == DataType::BinaryVector
+                        && !f.dim.unwrap_or(0).is_multiple_of(8)
+                    {
+                        return err(format!(
+                            "BinaryVector field '{}' has dim {}; it must be a multiple of 8 (bits)",
+                            f.name,
+                            f.dim.unwrap_or(0)
+                        ));
+                    }
                     match f.dim {
                         Some(d) if (1..=MAX_DIM).contains(&d) => {}
                         Some(d) => {
@@ -511,6 +543,7 @@ impl CollectionSchema {
                             | DataType::FloatVector
                             | DataType::Float16Vector
                             | DataType::BFloat16Vector
+                            | DataType::BinaryVector
                             | DataType::SparseFloatVector
                     ) {
                         return err(format!("Array field '{}' cannot hold {et:?}", f.name));
@@ -627,7 +660,7 @@ impl CollectionSchema {
                 let Some((_, flat)) = vectors.iter().find(|(n, _)| n == &f.name) else {
                     return Ok(None);
                 };
-                let dim = f.dim.unwrap_or(0);
+                let dim = f.vec_len();
                 if flat.len() != rows.len() * dim {
                     let msg = if !rows.is_empty() && flat.len() % rows.len() == 0 {
                         format!(
@@ -655,7 +688,7 @@ impl CollectionSchema {
             pks: Vec::with_capacity(rows.len()),
             vectors: vfields
                 .iter()
-                .map(|f| Vec::with_capacity(rows.len() * f.dim.unwrap_or(0)))
+                .map(|f| Vec::with_capacity(rows.len() * f.vec_len()))
                 .collect(),
             scalars: sfields
                 .iter()
@@ -710,7 +743,7 @@ impl CollectionSchema {
                             "given both in the row and as a column".into(),
                         ));
                     }
-                    let dim = f.dim.unwrap_or(0);
+                    let dim = f.vec_len();
                     let v = &flat[ri * dim..(ri + 1) * dim];
                     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                         return Err(rerr(
@@ -725,7 +758,7 @@ impl CollectionSchema {
                 let v = obj
                     .get(&f.name)
                     .ok_or_else(|| rerr(&f.name, "missing vector".into()))?;
-                parse_vector(v, f.dim.unwrap_or(0), &mut batch.vectors[vi])
+                parse_vector(v, f.vec_len(), &mut batch.vectors[vi])
                     .map_err(|m| rerr(&f.name, m))?;
             }
             for (si, f) in sfields.iter().enumerate() {
@@ -792,6 +825,16 @@ impl CollectionSchema {
         // Half-precision fields: every value rounded to the type (so the WAL, growing
         // and flushed segments hold the same numbers) and refused when out of its range.
         for (vi, f) in vfields.iter().enumerate() {
+            if f.data_type == DataType::BinaryVector {
+                check_bytes(&batch.vectors[vi], f.vec_len()).map_err(|(k, msg)| {
+                    EngineError::Row {
+                        row: k / f.vec_len().max(1),
+                        field: f.name.clone(),
+                        msg,
+                    }
+                })?;
+                continue;
+            }
             let Some(bf) = f.data_type.elem().half() else {
                 continue;
             };
@@ -851,6 +894,25 @@ fn parse_vector(v: &Value, dim: usize, out: &mut Vec<f32>) -> std::result::Resul
         out.push(f32v);
     }
     check_magnitude(&out[out.len() - dim..])
+}
+
+/// Binary vectors travel as one f32 per byte: each must be an integer in 0..=255.
+/// The error carries the element's flat position and a message.
+pub fn check_bytes(v: &[f32], bytes: usize) -> std::result::Result<(), (usize, String)> {
+    match v
+        .iter()
+        .position(|&x| !(0.0..=255.0).contains(&x) || x.fract() != 0.0)
+    {
+        None => Ok(()),
+        Some(k) => Err((
+            k,
+            format!(
+                "byte {} of the binary vector is {}; a BinaryVector is given as {bytes} bytes, each an integer 0..=255",
+                k % bytes.max(1),
+                v[k]
+            ),
+        )),
+    }
 }
 
 /// Largest accepted squared norm of a vector: a quarter of `f32::MAX`, so that every

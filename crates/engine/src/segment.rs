@@ -66,9 +66,11 @@ pub enum SegState {
 pub enum VecData {
     Owned(Vec<f32>),
     OwnedHalf(Vec<u16>),
+    OwnedBytes(Vec<u8>),
     Mapped(Arc<Mmap>),
     Shared(Arc<Vec<f32>>),
     SharedHalf(Arc<Vec<u16>>),
+    SharedBytes(Arc<Vec<u8>>),
 }
 
 /// Read-only view of a flushed vector column, shareable across threads.
@@ -77,6 +79,7 @@ pub enum SharedVectors {
     Mapped(Arc<Mmap>),
     Shared(Arc<Vec<f32>>),
     SharedHalf(Arc<Vec<u16>>),
+    SharedBytes(Arc<Vec<u8>>),
 }
 
 impl SharedVectors {
@@ -86,6 +89,7 @@ impl SharedVectors {
             SharedVectors::Mapped(m) => mapped_slice(m, dim, elem),
             SharedVectors::Shared(v) => VectorSlice::new(v, dim),
             SharedVectors::SharedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
+            SharedVectors::SharedBytes(v) => VectorSlice::binary(v, dim),
         }
     }
 }
@@ -93,9 +97,10 @@ impl SharedVectors {
 /// A mapped vector file read as rows of `elem`.
 fn mapped_slice(m: &Mmap, dim: usize, elem: Elem) -> VectorSlice<'_> {
     let bytes: &[u8] = m;
-    match elem.half() {
-        None => VectorSlice::new(mmap_f32(bytes), dim),
-        Some(bf) => VectorSlice::half(mmap_u16(bytes), dim, bf),
+    match elem {
+        Elem::F32 => VectorSlice::new(mmap_f32(bytes), dim),
+        Elem::F16 | Elem::BF16 => VectorSlice::half(mmap_u16(bytes), dim, elem == Elem::BF16),
+        Elem::Bin => VectorSlice::binary(bytes, dim),
     }
 }
 
@@ -133,6 +138,7 @@ pub fn vector_key(k: usize, elem: Elem) -> String {
         Elem::F32 => "f32",
         Elem::F16 => "f16",
         Elem::BF16 => "bf16",
+        Elem::Bin => "bin",
     };
     format!("vector_{k}.{ext}")
 }
@@ -145,6 +151,8 @@ impl VecData {
             VecData::Shared(v) => VectorSlice::new(v, dim),
             VecData::OwnedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
             VecData::SharedHalf(v) => VectorSlice::half(v, dim, elem == Elem::BF16),
+            VecData::OwnedBytes(v) => VectorSlice::binary(v, dim),
+            VecData::SharedBytes(v) => VectorSlice::binary(v, dim),
             VecData::Mapped(m) => mapped_slice(m, dim, elem),
         }
     }
@@ -156,6 +164,8 @@ impl VecData {
             VecData::Shared(v) => bytemuck_f32(v),
             VecData::OwnedHalf(v) => bytemuck_u16(v),
             VecData::SharedHalf(v) => bytemuck_u16(v),
+            VecData::OwnedBytes(v) => v,
+            VecData::SharedBytes(v) => v,
             VecData::Mapped(m) => m,
         }
     }
@@ -166,7 +176,8 @@ impl VecData {
             VecData::Mapped(m) => Some(SharedVectors::Mapped(m.clone())),
             VecData::Shared(v) => Some(SharedVectors::Shared(v.clone())),
             VecData::SharedHalf(v) => Some(SharedVectors::SharedHalf(v.clone())),
-            VecData::Owned(_) | VecData::OwnedHalf(_) => None,
+            VecData::SharedBytes(v) => Some(SharedVectors::SharedBytes(v.clone())),
+            VecData::Owned(_) | VecData::OwnedHalf(_) | VecData::OwnedBytes(_) => None,
         }
     }
 
@@ -174,8 +185,11 @@ impl VecData {
     fn from_blob(b: Blob, elem: Elem) -> VecData {
         match b {
             Blob::Mapped(m) => VecData::Mapped(m),
-            Blob::Owned(v) if elem == Elem::F32 => VecData::Shared(Arc::new(f32s(&v))),
-            Blob::Owned(v) => VecData::SharedHalf(Arc::new(u16s(&v))),
+            Blob::Owned(v) => match elem {
+                Elem::F32 => VecData::Shared(Arc::new(f32s(&v))),
+                Elem::F16 | Elem::BF16 => VecData::SharedHalf(Arc::new(u16s(&v))),
+                Elem::Bin => VecData::SharedBytes(v),
+            },
         }
     }
 }
@@ -456,7 +470,12 @@ impl VecColumn {
                 data.iter()
                     .map(|&x| magpie_linalg::f32_to_half(x, bf).unwrap_or(0)),
             ),
-            VecData::Mapped(_) | VecData::Shared(_) | VecData::SharedHalf(_) => {
+            // Bytes were checked to be integers 0..=255 at insert (`schema::check_bytes`).
+            VecData::OwnedBytes(o) => o.extend(data.iter().map(|&x| x as u8)),
+            VecData::Mapped(_)
+            | VecData::Shared(_)
+            | VecData::SharedHalf(_)
+            | VecData::SharedBytes(_) => {
                 unreachable!("appending to a flushed segment")
             }
         }
@@ -681,10 +700,10 @@ impl Segment {
                     state: VecState::Ready(Vectors {
                         dim,
                         elem,
-                        data: if elem == Elem::F32 {
-                            VecData::Owned(Vec::new())
-                        } else {
-                            VecData::OwnedHalf(Vec::new())
+                        data: match elem {
+                            Elem::F32 => VecData::Owned(Vec::new()),
+                            Elem::F16 | Elem::BF16 => VecData::OwnedHalf(Vec::new()),
+                            Elem::Bin => VecData::OwnedBytes(Vec::new()),
                         },
                         inv_norms: Vec::new(),
                     }),
@@ -1106,7 +1125,7 @@ impl Segment {
     /// dimensions, scalar column count, dynamic fields), so that reads by schema position
     /// cannot go out of range. `segments_dir` names the segment in the error.
     pub fn check_schema(&self, schema: &CollectionSchema, segments_dir: &Path) -> Result<()> {
-        let dims: Vec<usize> = schema.vector_fields().map(|f| f.dim.unwrap_or(0)).collect();
+        let dims: Vec<usize> = schema.vector_fields().map(|f| f.vec_len()).collect();
         let have: Vec<usize> = self.vectors.iter().map(|c| c.dim).collect();
         let scalars = schema.scalar_fields().count();
         let msg = if dims != have {
@@ -1169,6 +1188,9 @@ impl Segment {
                     VecData::Owned(v) => col.data = VecData::Shared(Arc::new(std::mem::take(v))),
                     VecData::OwnedHalf(v) => {
                         col.data = VecData::SharedHalf(Arc::new(std::mem::take(v)))
+                    }
+                    VecData::OwnedBytes(v) => {
+                        col.data = VecData::SharedBytes(Arc::new(std::mem::take(v)))
                     }
                     _ => {}
                 },

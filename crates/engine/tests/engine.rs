@@ -835,6 +835,25 @@ fn metric_score(m: Metric, q: &[f32], x: &[f32]) -> f32 {
             let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
             dot / (n(q) * n(x))
         }
+        // Bytes as numbers; counted bit by bit, independently of the kernels.
+        Metric::HAMMING | Metric::JACCARD => {
+            let (mut diff, mut and, mut or) = (0, 0, 0);
+            for (a, b) in q.iter().zip(x) {
+                for bit in 0..8 {
+                    let (p, r) = ((*a as u8 >> bit) & 1, (*b as u8 >> bit) & 1);
+                    diff += (p != r) as u32;
+                    and += (p & r) as u32;
+                    or += (p | r) as u32;
+                }
+            }
+            if m == Metric::HAMMING {
+                -(diff as f32)
+            } else if or == 0 {
+                0.0
+            } else {
+                -(1.0 - and as f32 / or as f32)
+            }
+        }
     }
 }
 
@@ -1345,6 +1364,263 @@ fn half_precision_vectors_round_store_at_half_size_and_refuse_out_of_range() {
         ..Default::default()
     };
     assert_eq!(e.search("c", &r).unwrap()[0][0].id, PrimaryKey::Int(42));
+}
+
+/// `n` binary rows of `bytes` bytes around 20 random centres (each bit flipped with
+/// probability 1/8), as JSON byte lists.
+fn clustered_bytes(n: usize, bytes: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut c = rand::rngs::StdRng::seed_from_u64(99);
+    let centres: Vec<Vec<u8>> = (0..20)
+        .map(|_| (0..bytes).map(|_| c.gen()).collect())
+        .collect();
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let ce = &centres[r.gen_range(0..20)];
+            ce.iter()
+                .map(|&b| {
+                    let flip = (0..8).fold(0u8, |m, bit| {
+                        if r.gen_range(0..8) == 0 {
+                            m | 1 << bit
+                        } else {
+                            m
+                        }
+                    });
+                    (b ^ flip) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// BinaryVector end to end: BIN_IVF_FLAT (HAMMING) built per flushed segment with
+/// recall against exact search, BIN_FLAT (JACCARD), filters, bytes returned as given,
+/// 1 bit per dimension on disk, refused inputs, and the same answers after a restart.
+#[test]
+fn binary_vectors_hamming_and_jaccard() {
+    let d = tempfile::tempdir().unwrap();
+    let (bits, bytes) = (64usize, 8usize);
+    let data = clustered_bytes(6500, bytes, 1);
+    let queries = clustered_bytes(30, bytes, 2);
+    let sch = || CollectionSchema {
+        fields: vec![
+            FieldSchema::new("id", DataType::Int64).primary(false),
+            FieldSchema::new("b", DataType::BinaryVector).with_dim(bits),
+            FieldSchema::new("age", DataType::Int32),
+        ],
+        enable_dynamic_field: false,
+        description: String::new(),
+        functions: Vec::new(),
+    };
+    let ix = |t: &str, m: Metric| IndexMeta {
+        id: 0,
+        index_name: "b".into(),
+        field_name: "b".into(),
+        index_type: t.into(),
+        metric_type: m,
+        params: json!({"nlist": 16}).as_object().unwrap().clone(),
+    };
+    let row = |i: usize| json!({"id": i as i64, "b": data[i].iter().map(|&x| x as u8).collect::<Vec<_>>(), "age": (i % 100) as i64});
+    let search = |e: &Engine, c: &str, q: &[f32], filter: Option<&str>| {
+        let r = SearchRequest {
+            vectors: vec![q.to_vec()],
+            limit: 10,
+            filter: filter.map(String::from),
+            ..Default::default()
+        };
+        e.search_ex(c, &r).unwrap()
+    };
+    // Recall with ties: a hit counts when its distance is within the exact 10th best.
+    let recall = |e: &Engine, c: &str, m: Metric, filter: Option<&str>, keep: usize| -> f64 {
+        let mut hit = 0;
+        for q in &queries {
+            let o = search(e, c, q, filter);
+            let mut exact: Vec<f32> = data
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 100 < keep)
+                .map(|(_, x)| -metric_score(m, q, x))
+                .collect();
+            exact.sort_by(f32::total_cmp);
+            let kth = exact[9];
+            for h in &o.hits[0] {
+                let i = match h.id {
+                    PrimaryKey::Int(i) => i as usize,
+                    _ => unreachable!(),
+                };
+                assert!(i % 100 < keep, "filter let through {i}");
+                let dist = -metric_score(m, q, &data[i]);
+                assert!(
+                    (h.distance - dist).abs() < 1e-6,
+                    "reported distance {} vs {dist}",
+                    h.distance
+                );
+                hit += (dist <= kth) as usize;
+            }
+        }
+        hit as f64 / (queries.len() * 10) as f64
+    };
+    let before;
+    {
+        let e = ann_engine(d.path());
+        e.create_collection(
+            "c",
+            sch(),
+            vec![ix("BIN_IVF_FLAT", Metric::HAMMING)],
+            Consistency::Strong,
+            "",
+        )
+        .unwrap();
+        for chunk in (0..6000).collect::<Vec<_>>().chunks(1000) {
+            e.insert(
+                "c",
+                None,
+                &chunk.iter().map(|&i| row(i)).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        }
+        e.flush("c").unwrap();
+        e.insert("c", None, &(6000..6500).map(row).collect::<Vec<_>>())
+            .unwrap();
+        assert!(e
+            .wait_for_indexes("c", std::time::Duration::from_secs(120))
+            .unwrap());
+        let p = &e.index_progress("c", None).unwrap()[0];
+        assert_eq!(
+            (p.state, p.indexed_rows, p.pending_rows),
+            ("Finished", 6000, 500),
+            "{p:?}"
+        );
+        assert_eq!(index_files(d.path()).len(), 2);
+        for (filter, keep) in [(None, 100), (Some("age < 10"), 10), (Some("age < 50"), 50)] {
+            let r = recall(&e, "c", Metric::HAMMING, filter, keep);
+            assert!(
+                r >= 0.9,
+                "HAMMING/BIN_IVF_FLAT, filter {filter:?}: recall {r}"
+            );
+        }
+        assert_eq!(search(&e, "c", &queries[0], None).indexed_segments, 2);
+        // Rows come back as the bytes that went in.
+        let q = QueryRequest {
+            filter: Some("id == 4321".into()),
+            output_fields: vec!["b".into()],
+            ..Default::default()
+        };
+        assert_eq!(e.query("c", &q).unwrap()[0]["b"], row(4321)["b"]);
+        // Refused: a byte over 255, a fraction, the wrong length, the wrong metric.
+        for (bad, frag) in [
+            (json!([256, 0, 0, 0, 0, 0, 0, 0]), "byte 0"),
+            (json!([1.5, 0, 0, 0, 0, 0, 0, 0]), "integer 0..=255"),
+            (json!([1, 2, 3]), "dimension 3"),
+        ] {
+            let err = e
+                .insert("c", None, &[json!({"id": 9999, "b": bad, "age": 1})])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(frag) && err.contains("'b'"), "{err}");
+        }
+        let r = SearchRequest {
+            vectors: vec![vec![0.0; 3]],
+            limit: 10,
+            ..Default::default()
+        };
+        let err = e.search("c", &r).unwrap_err().to_string();
+        assert!(err.contains("64 bits") && err.contains("8 bytes"), "{err}");
+        let r = SearchRequest {
+            vectors: vec![queries[0].clone()],
+            metric: Some(Metric::L2),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(e
+            .search("c", &r)
+            .unwrap_err()
+            .to_string()
+            .contains("mismatch"));
+        assert_eq!(count(&e, "c", ""), 6500);
+        e.flush("c").unwrap();
+        before = queries
+            .iter()
+            .map(|q| ids(&search(&e, "c", q, None).hits[0]))
+            .collect::<Vec<_>>();
+
+        // JACCARD with BIN_FLAT (exact) on a second collection.
+        e.create_collection(
+            "j",
+            sch(),
+            vec![ix("BIN_FLAT", Metric::JACCARD)],
+            Consistency::Strong,
+            "",
+        )
+        .unwrap();
+        e.insert("j", None, &(0..6500).map(row).collect::<Vec<_>>())
+            .unwrap();
+        let r = recall(&e, "j", Metric::JACCARD, None, 100);
+        assert_eq!(r, 1.0, "BIN_FLAT is exact");
+        // Index and metric rules, by name.
+        let mut f = sch();
+        f.fields[1].dim = Some(60);
+        let err = e
+            .create_collection("x", f, vec![], Consistency::Strong, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("multiple of 8"), "{err}");
+        for (t, m, frag) in [
+            ("HNSW", Metric::HAMMING, "takes index type"),
+            ("BIN_IVF_FLAT", Metric::L2, "HAMMING or JACCARD"),
+        ] {
+            let err = e
+                .create_collection("x", sch(), vec![ix(t, m)], Consistency::Strong, "")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(frag), "{t}/{m:?}: {err}");
+        }
+        let mut fl = schema(8);
+        fl.fields[1].name = "b".into();
+        for (t, m, frag) in [
+            ("BIN_IVF_FLAT", Metric::L2, "for BinaryVector fields"),
+            ("HNSW", Metric::JACCARD, "for BinaryVector fields"),
+        ] {
+            let err = e
+                .create_collection("x", fl.clone(), vec![ix(t, m)], Consistency::Strong, "")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(frag), "{t}/{m:?}: {err}");
+        }
+    }
+    // 1 bit per dimension on disk: 8 bytes a row.
+    let mut vec_bytes = 0;
+    let mut names = std::collections::BTreeSet::new();
+    for c in std::fs::read_dir(d.path().join("collections"))
+        .unwrap()
+        .flatten()
+    {
+        for s in std::fs::read_dir(c.path().join("segments"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(s.path()).unwrap().flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if name.starts_with("vector_") {
+                    vec_bytes += f.metadata().unwrap().len();
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    assert!(names.iter().all(|n| n == "vector_0.bin"), "{names:?}");
+    assert!(
+        (6500 * 8..=2 * 6500 * 8).contains(&vec_bytes),
+        "{vec_bytes}"
+    );
+    // Restart: indexes loaded, the same answers.
+    let e = ann_engine(d.path());
+    let again: Vec<Vec<i64>> = queries
+        .iter()
+        .map(|q| ids(&search(&e, "c", q, None).hits[0]))
+        .collect();
+    assert_eq!(again, before);
 }
 
 #[test]

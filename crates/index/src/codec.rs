@@ -137,6 +137,8 @@ pub fn metric_code(m: crate::Metric) -> u8 {
         crate::Metric::IP => 1,
         crate::Metric::COSINE => 2,
         crate::Metric::BM25 => 3,
+        crate::Metric::HAMMING => 4,
+        crate::Metric::JACCARD => 5,
     }
 }
 
@@ -145,6 +147,8 @@ pub fn metric_from_code(c: u8) -> Result<crate::Metric> {
         0 => crate::Metric::L2,
         1 => crate::Metric::IP,
         2 => crate::Metric::COSINE,
+        4 => crate::Metric::HAMMING,
+        5 => crate::Metric::JACCARD,
         _ => return Err(IndexError::Corrupt(format!("unknown metric code {c}"))),
     })
 }

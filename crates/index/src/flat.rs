@@ -49,6 +49,10 @@ impl VectorIndexRead for FlatIndex {
         if metric == Metric::COSINE {
             magpie_linalg::normalize(&mut q);
         }
+        // Binary rows under a binary metric: the query is packed once and rows are
+        // scored with the popcount kernels (BIN_FLAT).
+        let packed = (matches!(vectors.rows, crate::Rows::Bin(_)) && metric.is_binary())
+            .then(|| crate::metric::pack_bytes(&q));
         let mut top = TopK::new(p.k);
         let in_range =
             |s: f32| p.min_score.is_none_or(|lo| s > lo) && p.max_score.is_none_or(|hi| s <= hi);
@@ -58,7 +62,10 @@ impl VectorIndexRead for FlatIndex {
             } else {
                 1.0
             };
-            let s = vectors.score(metric, &q, i, inv);
+            let s = match (&packed, vectors.bin_row(i)) {
+                (Some(qb), Some(x)) => -metric.binary_distance(qb, x),
+                _ => vectors.score(metric, &q, i, inv),
+            };
             if in_range(s) {
                 top.push(i as u32, s);
             }

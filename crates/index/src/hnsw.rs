@@ -469,6 +469,7 @@ impl HnswIndex {
                 p.ef_construction
             )));
         }
+        crate::check_dense("HNSW", &vectors, metric)?;
         if metric == Metric::COSINE && inv_norms.len() != vectors.len() {
             return Err(IndexError::Param(
                 "COSINE needs the rows' inverse norms".into(),

@@ -170,6 +170,7 @@ impl IvfIndex {
                 )));
             }
         }
+        crate::check_dense("IVF", &v, metric)?;
         if metric == Metric::COSINE && inv_norms.len() != n {
             return Err(IndexError::Param(
                 "COSINE needs the rows' inverse norms".into(),
@@ -517,7 +518,7 @@ impl IvfIndex {
 
 fn kmetric(m: Metric) -> KMeansMetric {
     match m {
-        Metric::L2 => KMeansMetric::L2,
+        Metric::L2 | Metric::HAMMING | Metric::JACCARD => KMeansMetric::L2,
         Metric::IP | Metric::COSINE | Metric::BM25 => KMeansMetric::Spherical,
     }
 }

@@ -12,6 +12,7 @@
 //!   builds; [`AnyIndex`] is the enum the engine dispatches on.
 //! * Synchronous and cancellable (searches poll a [`Cancel`] flag); no I/O policy here.
 
+pub mod binary;
 pub mod bitset;
 pub mod codec;
 pub mod flat;
@@ -27,6 +28,7 @@ pub mod sparse;
 mod testutil;
 pub mod topk;
 
+pub use binary::{BinIvfIndex, BinIvfParams};
 pub use bitset::Bitset;
 pub use flat::FlatIndex;
 pub use hnsw::{HnswIndex, HnswParams};
@@ -81,6 +83,8 @@ pub enum Elem {
     F16,
     /// bfloat16 (the high half of an f32).
     BF16,
+    /// Packed bits (BinaryVector), eight dimensions per byte.
+    Bin,
 }
 
 impl Elem {
@@ -89,13 +93,14 @@ impl Elem {
         match self {
             Elem::F32 => 4,
             Elem::F16 | Elem::BF16 => 2,
+            Elem::Bin => 1,
         }
     }
 
     /// `Some(bf)` for the half-precision types (`bf`: bfloat16), `None` for f32.
     pub fn half(self) -> Option<bool> {
         match self {
-            Elem::F32 => None,
+            Elem::F32 | Elem::Bin => None,
             Elem::F16 => Some(false),
             Elem::BF16 => Some(true),
         }
@@ -109,6 +114,9 @@ impl Elem {
 pub enum Rows<'a> {
     F32(&'a [f32]),
     Half(&'a [u16], bool),
+    /// Packed bit strings (BinaryVector): `dim` is bytes per row. Scored with the
+    /// HAMMING / JACCARD kernels; queries reach the index as one f32 lane per byte.
+    Bin(&'a [u8]),
 }
 
 /// Contiguous row-major vectors: row `i` is elements `i*dim..(i+1)*dim`.
@@ -142,10 +150,32 @@ impl<'a> VectorSlice<'a> {
         }
     }
 
+    /// Packed binary rows of `bytes` bytes each.
+    pub fn binary(data: &'a [u8], bytes: usize) -> Self {
+        assert!(
+            bytes > 0 && data.len().is_multiple_of(bytes),
+            "vector slice shape"
+        );
+        Self {
+            rows: Rows::Bin(data),
+            dim: bytes,
+        }
+    }
+
     fn elems(&self) -> usize {
         match self.rows {
             Rows::F32(d) => d.len(),
             Rows::Half(d, _) => d.len(),
+            Rows::Bin(d) => d.len(),
+        }
+    }
+
+    /// Packed row `i` of binary rows (`None` for the other row types).
+    #[inline]
+    pub fn bin_row(&self, i: usize) -> Option<&'a [u8]> {
+        match self.rows {
+            Rows::Bin(d) => Some(&d[i * self.dim..(i + 1) * self.dim]),
+            _ => None,
         }
     }
     pub fn len(&self) -> usize {
@@ -166,6 +196,7 @@ impl<'a> VectorSlice<'a> {
                     .map(|&h| magpie_linalg::half_to_f32(h, bf))
                     .collect(),
             ),
+            Rows::Bin(d) => std::borrow::Cow::Owned(d[r].iter().map(|&b| b as f32).collect()),
         }
     }
 
@@ -179,6 +210,7 @@ impl<'a> VectorSlice<'a> {
                     .map(|&h| magpie_linalg::half_to_f32(h, bf))
                     .collect(),
             ),
+            Rows::Bin(d) => std::borrow::Cow::Owned(d.iter().map(|&b| b as f32).collect()),
         }
     }
 
@@ -189,6 +221,7 @@ impl<'a> VectorSlice<'a> {
         match self.rows {
             Rows::F32(d) => magpie_linalg::dot(q, &d[r]),
             Rows::Half(d, bf) => magpie_linalg::dot_half(q, &d[r], bf),
+            Rows::Bin(d) => d[r].iter().zip(q).map(|(&b, x)| b as f32 * x).sum(),
         }
     }
 
@@ -199,6 +232,11 @@ impl<'a> VectorSlice<'a> {
         match self.rows {
             Rows::F32(d) => magpie_linalg::l2_sq(q, &d[r]),
             Rows::Half(d, bf) => magpie_linalg::l2_sq_half(q, &d[r], bf),
+            Rows::Bin(d) => d[r]
+                .iter()
+                .zip(q)
+                .map(|(&b, x)| (b as f32 - x).powi(2))
+                .sum(),
         }
     }
 
@@ -217,6 +255,11 @@ impl<'a> VectorSlice<'a> {
                     magpie_linalg::prefetch(x, lines)
                 }
             }
+            Rows::Bin(d) => {
+                if let Some(x) = d.get(r) {
+                    magpie_linalg::prefetch(x, lines)
+                }
+            }
         }
     }
 
@@ -227,6 +270,10 @@ impl<'a> VectorSlice<'a> {
             Metric::L2 => -self.l2_sq(q, i),
             Metric::IP | Metric::BM25 => self.dot(q, i),
             Metric::COSINE => self.dot(q, i) * inv_norm,
+            Metric::HAMMING | Metric::JACCARD => match self.bin_row(i) {
+                Some(x) => -metric.binary_distance(&metric::pack_bytes(q), x),
+                None => metric.score(q, &self.row(i), inv_norm),
+            },
         }
     }
 
@@ -235,7 +282,7 @@ impl<'a> VectorSlice<'a> {
         (0..self.len())
             .map(|i| match self.rows {
                 Rows::F32(d) => magpie_linalg::inv_norm(&d[i * self.dim..(i + 1) * self.dim]),
-                Rows::Half(..) => {
+                Rows::Half(..) | Rows::Bin(_) => {
                     let n = self.row(i).iter().map(|x| x * x).sum::<f32>().sqrt();
                     if n > 0.0 {
                         1.0 / n
@@ -246,6 +293,17 @@ impl<'a> VectorSlice<'a> {
             })
             .collect()
     }
+}
+
+/// Graph and float IVF indexes take f32 or half-precision rows under L2, IP or COSINE;
+/// binary vectors have their own indexes ([`FlatIndex`], [`BinIvfIndex`]).
+pub(crate) fn check_dense(kind: &str, v: &VectorSlice<'_>, metric: Metric) -> Result<()> {
+    if matches!(v.rows, Rows::Bin(_)) || metric.is_binary() {
+        return Err(IndexError::Param(format!(
+            "{kind} does not index binary vectors; BinaryVector fields take BIN_FLAT or BIN_IVF_FLAT with HAMMING or JACCARD"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a search's inputs against an index built over `n` rows of `dim`, and the
@@ -356,6 +414,8 @@ pub enum AnyIndex {
     Flat(FlatIndex),
     Hnsw(HnswIndex),
     Ivf(IvfIndex),
+    /// BIN_IVF_FLAT over binary vectors.
+    BinIvf(BinIvfIndex),
 }
 
 impl AnyIndex {
@@ -367,6 +427,7 @@ impl AnyIndex {
             AnyIndex::Flat(_) => "exact",
             AnyIndex::Hnsw(h) => h.filter_plan(allowed),
             AnyIndex::Ivf(i) => i.filter_plan(allowed),
+            AnyIndex::BinIvf(i) => i.filter_plan(allowed),
         }
     }
 
@@ -377,6 +438,7 @@ impl AnyIndex {
             AnyIndex::Flat(_) => None,
             AnyIndex::Hnsw(h) => Some(h.shape()),
             AnyIndex::Ivf(i) => Some(i.shape()),
+            AnyIndex::BinIvf(i) => Some(i.shape()),
         }
     }
 }
@@ -393,6 +455,7 @@ impl VectorIndexRead for AnyIndex {
             AnyIndex::Flat(f) => f.search(vectors, inv_norms, query, params),
             AnyIndex::Hnsw(h) => h.search(vectors, inv_norms, query, params),
             AnyIndex::Ivf(i) => i.search(vectors, inv_norms, query, params),
+            AnyIndex::BinIvf(i) => i.search(vectors, inv_norms, query, params),
         }
     }
     fn memory_bytes(&self) -> usize {
@@ -400,6 +463,7 @@ impl VectorIndexRead for AnyIndex {
             AnyIndex::Flat(f) => f.memory_bytes(),
             AnyIndex::Hnsw(h) => h.memory_bytes(),
             AnyIndex::Ivf(i) => i.memory_bytes(),
+            AnyIndex::BinIvf(i) => i.memory_bytes(),
         }
     }
     fn knob(&self, p: &SearchParams<'_>) -> Option<Knob> {
@@ -407,6 +471,7 @@ impl VectorIndexRead for AnyIndex {
             AnyIndex::Flat(f) => f.knob(p),
             AnyIndex::Hnsw(h) => h.knob(p),
             AnyIndex::Ivf(i) => i.knob(p),
+            AnyIndex::BinIvf(i) => i.knob(p),
         }
     }
 }

@@ -31,6 +31,8 @@ impl<'a> Space<'a> {
             Metric::L2 => self.v.l2_sq(q, i as usize),
             Metric::IP | Metric::BM25 => -self.v.dot(q, i as usize),
             Metric::COSINE => -self.v.dot(q, i as usize) * self.inv[i as usize],
+            // Graph and IVF indexes refuse binary metrics at build; kept correct anyway.
+            Metric::HAMMING | Metric::JACCARD => -self.v.score(self.metric, q, i as usize, 1.0),
         }
     }
 
@@ -46,15 +48,19 @@ impl<'a> Space<'a> {
                     Metric::COSINE => {
                         -magpie_linalg::dot(&x, &y) * self.inv[a as usize] * self.inv[b as usize]
                     }
+                    Metric::HAMMING | Metric::JACCARD => -self.metric.score(&x, &y, 1.0),
                 }
             }
-            crate::Rows::Half(..) => {
+            crate::Rows::Half(..) | crate::Rows::Bin(_) => {
                 let x = self.v.row(a as usize);
                 match self.metric {
                     Metric::L2 => self.v.l2_sq(&x, b as usize),
                     Metric::IP | Metric::BM25 => -self.v.dot(&x, b as usize),
                     Metric::COSINE => {
                         -self.v.dot(&x, b as usize) * self.inv[a as usize] * self.inv[b as usize]
+                    }
+                    Metric::HAMMING | Metric::JACCARD => {
+                        -self.v.score(self.metric, &x, b as usize, 1.0)
                     }
                 }
             }

@@ -37,6 +37,7 @@ pub fn dtype_to_pb(t: DataType) -> pb::DataType {
         DataType::FloatVector => pb::DataType::FloatVector,
         DataType::Float16Vector => pb::DataType::Float16Vector,
         DataType::BFloat16Vector => pb::DataType::BFloat16Vector,
+        DataType::BinaryVector => pb::DataType::BinaryVector,
         DataType::SparseFloatVector => pb::DataType::SparseFloatVector,
     }
 }
@@ -57,10 +58,11 @@ pub fn dtype_from_pb(t: i32, what: &str) -> ConvResult<DataType> {
         pb::DataType::FloatVector => DataType::FloatVector,
         pb::DataType::Float16Vector => DataType::Float16Vector,
         pb::DataType::BFloat16Vector => DataType::BFloat16Vector,
+        pb::DataType::BinaryVector => DataType::BinaryVector,
         pb::DataType::SparseFloatVector => DataType::SparseFloatVector,
         other => {
             return Err(format!(
-                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector, Float16Vector, BFloat16Vector, SparseFloatVector)",
+                "{what}: data type {} is not supported by Magpie yet (supported: Bool, Int8-64, Float, Double, VarChar, JSON, Array, FloatVector, Float16Vector, BFloat16Vector, BinaryVector, SparseFloatVector)",
                 other.as_str_name()
             ))
         }
@@ -432,10 +434,16 @@ fn column_values(f: &pb::FieldData, rows: usize) -> ConvResult<Vec<Option<Value>
                     })
                     .collect())
             }
-            Some(VData::Float16Vector(b)) | Some(VData::Bfloat16Vector(b)) => {
-                let bf = matches!(v.data, Some(VData::Bfloat16Vector(_)));
-                let data = half_vectors(b, v.dim, bf, &what)?;
-                let dim = v.dim as usize;
+            Some(VData::Float16Vector(b))
+            | Some(VData::Bfloat16Vector(b))
+            | Some(VData::BinaryVector(b)) => {
+                let (data, dim) = match &v.data {
+                    Some(VData::BinaryVector(_)) => (binary_vectors(b, v.dim, &what)?, v.dim as usize / 8),
+                    _ => {
+                        let bf = matches!(v.data, Some(VData::Bfloat16Vector(_)));
+                        (half_vectors(b, v.dim, bf, &what)?, v.dim as usize)
+                    }
+                };
                 let at = slot(data.len() / dim)?;
                 Ok((0..rows)
                     .map(|i| {
@@ -462,7 +470,7 @@ fn column_values(f: &pb::FieldData, rows: usize) -> ConvResult<Vec<Option<Value>
                     .collect()
             }
             Some(other) => Err(format!(
-                "{what}: {} vectors are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector and SparseFloatVector are)",
+                "{what}: {} vectors are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector, BinaryVector and SparseFloatVector are)",
                 match other {
                     VData::BinaryVector(_) => "binary",
                     VData::Float16Vector(_) => "float16",
@@ -543,15 +551,16 @@ pub fn columns_from_fields(
         let dim = v.dim;
         let what = format!("field '{}'", f.field_name);
         let half = match &v.data {
-            Some(VData::Float16Vector(b)) => Some(half_vectors(b, dim, false, &what)?),
-            Some(VData::Bfloat16Vector(b)) => Some(half_vectors(b, dim, true, &what)?),
+            Some(VData::Float16Vector(b)) => Some((half_vectors(b, dim, false, &what)?, dim)),
+            Some(VData::Bfloat16Vector(b)) => Some((half_vectors(b, dim, true, &what)?, dim)),
+            Some(VData::BinaryVector(b)) => Some((binary_vectors(b, dim, &what)?, dim / 8)),
             _ => None,
         };
-        if let Some(data) = half {
-            if data.len() / dim as usize != rows {
+        if let Some((data, per_row)) = half {
+            if data.len() / per_row as usize != rows {
                 return Err(format!(
                     "{what}: {} values for {rows} rows",
-                    data.len() / dim as usize
+                    data.len() / per_row as usize
                 ));
             }
             vectors.push((f.field_name.clone(), data));
@@ -624,6 +633,26 @@ fn column_of(
             Field::Vectors(pb::VectorField {
                 dim: dim as i64,
                 data: Some(VData::FloatVector(pb::FloatArray { data })),
+            })
+        }
+        DataType::BinaryVector => {
+            // Milvus's wire form: each row's dim / 8 bytes, concatenated; dim in bits.
+            let dim = dim.unwrap_or_else(|| {
+                values
+                    .iter()
+                    .find_map(|v| v.as_array().map(|a| a.len() * 8))
+                    .unwrap_or(0)
+            });
+            let mut data = Vec::with_capacity(values.len() * dim / 8);
+            for v in values {
+                let row = v.as_array().map(|a| a.as_slice()).unwrap_or_default();
+                data.extend(
+                    (0..dim / 8).map(|k| row.get(k).and_then(|x| x.as_u64()).unwrap_or(0) as u8),
+                );
+            }
+            Field::Vectors(pb::VectorField {
+                dim: dim as i64,
+                data: Some(VData::BinaryVector(data)),
             })
         }
         DataType::Float16Vector | DataType::BFloat16Vector => {
@@ -720,6 +749,7 @@ fn scalar_column(t: DataType, elem: Option<DataType>, values: &[&Value]) -> SDat
         | DataType::FloatVector
         | DataType::Float16Vector
         | DataType::BFloat16Vector
+        | DataType::BinaryVector
         | DataType::SparseFloatVector => SData::JsonData(pb::JsonArray {
             data: values
                 .iter()
@@ -944,6 +974,24 @@ pub fn sparse_from_bytes(b: &[u8]) -> ConvResult<Value> {
     Ok(serde_json::json!({"indices": indices, "values": values}))
 }
 
+/// Binary vectors in Milvus's wire form (`dim / 8` bytes per row, rows concatenated) as
+/// the engine takes them: one f32 per byte.
+fn binary_vectors(b: &[u8], dim: i64, what: &str) -> ConvResult<Vec<f32>> {
+    if dim <= 0 || dim % 8 != 0 {
+        return Err(format!(
+            "{what}: a binary vector's dim must be a positive multiple of 8, got {dim}"
+        ));
+    }
+    let row = dim as usize / 8;
+    if b.len() % row != 0 {
+        return Err(format!(
+            "{what}: {} bytes is not a whole number of {dim}-bit binary vectors ({row} bytes each)",
+            b.len()
+        ));
+    }
+    Ok(b.iter().map(|&x| x as f32).collect())
+}
+
 /// Half-precision vectors in Milvus's wire form (little-endian 2-byte values, rows
 /// concatenated) widened to f32, checked against `dim`.
 fn half_vectors(b: &[u8], dim: i64, bf: bool, what: &str) -> ConvResult<Vec<f32>> {
@@ -1026,6 +1074,12 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
             })
             .collect::<ConvResult<_>>()
             .map(Queries::Vectors),
+        Ok(PlaceholderType::BinaryVector) => Ok(Queries::Vectors(
+            p.values
+                .iter()
+                .map(|b| b.iter().map(|&x| x as f32).collect())
+                .collect(),
+        )),
         Ok(PlaceholderType::VarChar) => p
             .values
             .iter()
@@ -1043,7 +1097,7 @@ pub fn queries_from_placeholder(bytes: &[u8]) -> ConvResult<Queries> {
             .collect::<ConvResult<_>>()
             .map(Queries::Sparse),
         Ok(t) => Err(format!(
-            "queries of type {} are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector, SparseFloatVector and VarChar are)",
+            "queries of type {} are not supported by Magpie yet (FloatVector, Float16Vector, BFloat16Vector, BinaryVector, SparseFloatVector and VarChar are)",
             t.as_str_name()
         )),
         Err(_) => Err(format!("unknown placeholder type {}", p.r#type)),
