@@ -52,6 +52,28 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same data stored as float16 (half the bytes), graph built over those rows and
+    // searched through the converting kernels.
+    let half: Vec<u16> = data
+        .iter()
+        .map(|&x| magpie_linalg::f32_to_half(x, false).unwrap())
+        .collect();
+    let vh = VectorSlice::half(&half, dim, false);
+    let idx = HnswIndex::build(vh, Metric::L2, &p, &Cancel::new()).unwrap();
+    for ef in [16usize, 64] {
+        let mut i = 0;
+        c.bench_function(&format!("hnsw/search-f16/20k x 128/ef{ef}/top10"), |b| {
+            b.iter(|| {
+                i = (i + 1) % 100;
+                let sp = SearchParams {
+                    ef: Some(ef),
+                    ..SearchParams::top_k(10)
+                };
+                idx.search(vh, &[], &queries[i * dim..(i + 1) * dim], &sp)
+                    .unwrap()
+            })
+        });
+    }
 }
 
 criterion_group!(benches, bench);

@@ -15,6 +15,33 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("dot/scalar/{dim}"), |bn| {
             bn.iter(|| magpie_linalg::scalar::dot(black_box(&a), black_box(&b)))
         });
+        // Half-precision rows read through the converting kernels.
+        let h: Vec<u16> = b
+            .iter()
+            .map(|&x| magpie_linalg::f32_to_half(x, false).unwrap())
+            .collect();
+        let bf: Vec<u16> = b
+            .iter()
+            .map(|&x| magpie_linalg::f32_to_half(x, true).unwrap())
+            .collect();
+        c.bench_function(&format!("dot_f16/{dim}"), |bn| {
+            bn.iter(|| magpie_linalg::dot_half(black_box(&a), black_box(&h), false))
+        });
+        c.bench_function(&format!("dot_bf16/{dim}"), |bn| {
+            bn.iter(|| magpie_linalg::dot_half(black_box(&a), black_box(&bf), true))
+        });
+        c.bench_function(&format!("l2_sq_f16/{dim}"), |bn| {
+            bn.iter(|| magpie_linalg::l2_sq_half(black_box(&a), black_box(&h), false))
+        });
+        // Binary vectors of `dim` bits.
+        let x: Vec<u8> = (0..dim / 8).map(|i| (i * 37) as u8).collect();
+        let y: Vec<u8> = (0..dim / 8).map(|i| (i * 11 + 5) as u8).collect();
+        c.bench_function(&format!("hamming/{dim}bits"), |bn| {
+            bn.iter(|| magpie_linalg::hamming(black_box(&x), black_box(&y)))
+        });
+        c.bench_function(&format!("jaccard/{dim}bits"), |bn| {
+            bn.iter(|| magpie_linalg::jaccard(black_box(&x), black_box(&y)))
+        });
     }
 }
 

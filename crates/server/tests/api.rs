@@ -2216,3 +2216,95 @@ async fn half_precision_vectors_over_rest() {
         .await;
     assert_eq!(c[0]["count(*)"], json!(20), "nothing written: {c}");
 }
+
+#[tokio::test]
+async fn binary_vectors_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "b", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "bits", "dataType": "BinaryVector", "elementTypeParams": {"dim": 16}}]},
+            "indexParams": [{"fieldName": "bits", "metricType": "HAMMING", "indexType": "BIN_IVF_FLAT", "params": {"nlist": 4}}]}),
+    )
+    .await;
+    // Two bytes per row; row i is [i, 255 - i].
+    let rows: Vec<Value> = (0..64)
+        .map(|i| json!({"id": i, "bits": [i, 255 - i]}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "b", "data": rows}),
+    )
+    .await;
+    let hits = t
+        .ok(
+            "entities/search",
+            json!({"collectionName": "b", "data": [[5, 250]], "limit": 3, "outputFields": ["bits"], "consistencyLevel": "Strong"}),
+        )
+        .await;
+    assert_eq!(hits[0]["id"], json!(5), "{hits}");
+    assert_eq!(hits[0]["distance"], json!(0.0), "{hits}");
+    assert_eq!(hits[0]["bits"], json!([5, 250]), "{hits}");
+    // The nearest others (rows 1, 4 and 7) differ from [5, 250] in one bit per byte.
+    for h in hits.as_array().unwrap() {
+        let i = h["id"].as_i64().unwrap() as u8;
+        let d = (i ^ 5).count_ones() + ((255 - i) ^ 250).count_ones();
+        assert_eq!(h["distance"], json!(d as f64), "{hits}");
+    }
+    assert_eq!(hits[1]["distance"], json!(2.0), "{hits}");
+    for (body, frag) in [
+        (
+            json!({"collectionName": "b", "data": [{"id": 100, "bits": [1, 300]}]}),
+            "byte 1",
+        ),
+        (
+            json!({"collectionName": "b", "data": [{"id": 100, "bits": [1]}]}),
+            "dimension 1",
+        ),
+    ] {
+        let (s, v) = t.post("entities/insert", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains(frag),
+            "{v}"
+        );
+    }
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "b", "data": [[1, 2, 3]], "limit": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("16 bits"),
+        "{v}"
+    );
+    let (s, v) = t
+        .post(
+            "indexes/create",
+            json!({"collectionName": "b", "indexParams": [{"fieldName": "bits", "metricType": "L2", "indexType": "BIN_FLAT"}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = t
+        .post(
+            "collections/create",
+            json!({"collectionName": "b2", "schema": {"fields": [
+                {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+                {"fieldName": "bits", "dataType": "BinaryVector", "elementTypeParams": {"dim": 12}}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("multiple of 8"),
+        "{v}"
+    );
+}
