@@ -191,6 +191,22 @@ fn indexes() {
         b.extend(ix.to_bytes());
         put("index_file", name, &b);
     }
+    let bits: Vec<u8> = (0..n * 4).map(|i| (i * 7919 % 251) as u8).collect();
+    let p = magpie_index::BinIvfParams {
+        nlist: 8,
+        threads: 1,
+        ..Default::default()
+    };
+    let ix = magpie_index::BinIvfIndex::build(
+        VectorSlice::binary(&bits, 4),
+        Metric::HAMMING,
+        &p,
+        &cancel,
+    )
+    .unwrap();
+    let mut b = vec![2u8];
+    b.extend(ix.to_bytes());
+    put("index_file", "bin-ivf-hamming", &b);
 }
 
 fn torch() {

@@ -471,9 +471,10 @@ pub fn index_file(data: &[u8]) {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    let ix = match kind % 2 {
+    let ix = match kind % 3 {
         0 => HnswIndex::from_bytes(body).map(magpie_index::AnyIndex::Hnsw),
-        _ => IvfIndex::from_bytes(body).map(magpie_index::AnyIndex::Ivf),
+        1 => IvfIndex::from_bytes(body).map(magpie_index::AnyIndex::Ivf),
+        _ => magpie_index::BinIvfIndex::from_bytes(body).map(magpie_index::AnyIndex::BinIvf),
     };
     let Ok(ix) = ix else {
         return;
@@ -485,9 +486,17 @@ pub fn index_file(data: &[u8]) {
     let vectors: Vec<f32> = (0..n * dim)
         .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
         .collect();
-    let v = VectorSlice::new(&vectors, dim);
+    let bytes: Vec<u8> = (0..n * dim).map(|i| (i * 7919 % 251) as u8).collect();
+    let binary = matches!(ix, magpie_index::AnyIndex::BinIvf(_));
+    let v = if binary {
+        VectorSlice::binary(&bytes, dim)
+    } else {
+        VectorSlice::new(&vectors, dim)
+    };
     let inv = v.inv_norms();
-    let query: Vec<f32> = (0..dim).map(|i| (i % 5) as f32 - 2.0).collect();
+    let query: Vec<f32> = (0..dim)
+        .map(|i| if binary { (i * 31 % 256) as f32 } else { (i % 5) as f32 - 2.0 })
+        .collect();
     let mut allow = Bitset::zeros(n);
     for i in (0..n).step_by(3) {
         allow.set(i, true);
