@@ -495,7 +495,13 @@ pub fn index_file(data: &[u8]) {
     };
     let inv = v.inv_norms();
     let query: Vec<f32> = (0..dim)
-        .map(|i| if binary { (i * 31 % 256) as f32 } else { (i % 5) as f32 - 2.0 })
+        .map(|i| {
+            if binary {
+                (i * 31 % 256) as f32
+            } else {
+                (i % 5) as f32 - 2.0
+            }
+        })
         .collect();
     let mut allow = Bitset::zeros(n);
     for i in (0..n).step_by(3) {

@@ -327,7 +327,7 @@ impl BinIvfIndex {
             ));
         }
         if nlist.checked_mul(bytes) != Some(centroids.len())
-            || list_start.len() != nlist + 1
+            || list_start.len() != nlist.wrapping_add(1)
             || ids.len() != n
             || list_start[0] != 0
             || list_start[nlist] as usize != n

@@ -710,7 +710,7 @@ impl HnswIndex {
         r.finish()?;
         let bad = |m: &str| IndexError::Corrupt(format!("HNSW: {m}"));
         if let Some(sc) = &sq {
-            if sc.sq.dim() != dim || sc.codes.len() != n * dim {
+            if sc.sq.dim() != dim || n.checked_mul(dim) != Some(sc.codes.len()) {
                 return Err(bad("SQ8 codes do not match the rows"));
             }
         }
@@ -718,7 +718,10 @@ impl HnswIndex {
         if !(2..=128).contains(&m) || max_level > MAX_LEVEL {
             return Err(bad("bad header"));
         }
-        if levels.len() != n || upper_start.len() != n + 1 || links0.len() != n * (m0 + 1) {
+        if levels.len() != n
+            || upper_start.len() != n.wrapping_add(1)
+            || n.checked_mul(m0 + 1) != Some(links0.len())
+        {
             return Err(bad("array sizes do not match the row count"));
         }
         if (n == 0) != (entry == NO_ENTRY) || (n > 0 && entry as usize >= n) {

@@ -489,10 +489,10 @@ impl IvfIndex {
         };
         if dim == 0
             || nlist == 0
-            || centroids.len() != nlist * dim
-            || list_start.len() != nlist + 1
+            || nlist.checked_mul(dim) != Some(centroids.len())
+            || list_start.len() != nlist.wrapping_add(1)
             || ids.len() != n
-            || codes.len() != n * code_len
+            || n.checked_mul(code_len) != Some(codes.len())
             || list_start[0] != 0
             || list_start[nlist] as usize != n
             || list_start.windows(2).any(|w| w[0] > w[1])

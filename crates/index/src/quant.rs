@@ -212,7 +212,12 @@ impl Pq {
         let m = r.u32()? as usize;
         let dsub = r.u32()? as usize;
         let codebooks = r.f32s()?;
-        if m == 0 || dsub == 0 || codebooks.len() != m * 256 * dsub {
+        if m == 0
+            || dsub == 0
+            || m.checked_mul(256)
+                .and_then(|x| x.checked_mul(dsub))
+                .is_none_or(|want| codebooks.len() != want)
+        {
             return Err(IndexError::Corrupt("PQ codebook shape".into()));
         }
         Ok(Pq { m, dsub, codebooks })
