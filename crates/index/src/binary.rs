@@ -403,7 +403,7 @@ mod tests {
                     .map(|k| {
                         let flip = (0..8).fold(0u8, |m, bit| {
                             let r = splitmix64((i * 1000 + k * 8 + bit) as u64 ^ 0xABCD);
-                            if r % 16 == 0 {
+                            if r.is_multiple_of(16) {
                                 m | 1 << bit
                             } else {
                                 m

@@ -28,11 +28,13 @@ struct Kernels {
     depthwise_row: RowKernel,
     dot_half: HalfKernel,
     l2_sq_half: HalfKernel,
-    bit_counts: fn(&[u8], &[u8]) -> (u32, u32, u32),
+    bit_counts: BitKernel,
     name: &'static str,
 }
 
 type HalfKernel = fn(&[f32], &[u16], bool) -> f32;
+/// (differing, common, either) bit counts of two bit strings.
+type BitKernel = fn(&[u8], &[u8]) -> (u32, u32, u32);
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();

@@ -983,7 +983,7 @@ fn binary_vectors(b: &[u8], dim: i64, what: &str) -> ConvResult<Vec<f32>> {
         ));
     }
     let row = dim as usize / 8;
-    if b.len() % row != 0 {
+    if !b.len().is_multiple_of(row) {
         return Err(format!(
             "{what}: {} bytes is not a whole number of {dim}-bit binary vectors ({row} bytes each)",
             b.len()
@@ -999,7 +999,7 @@ fn half_vectors(b: &[u8], dim: i64, bf: bool, what: &str) -> ConvResult<Vec<f32>
         return Err(format!("{what}: vector dim must be positive, got {dim}"));
     }
     let row = dim as usize * 2;
-    if b.len() % row != 0 {
+    if !b.len().is_multiple_of(row) {
         return Err(format!(
             "{what}: {} bytes is not a whole number of {dim}-dimensional {} vectors ({row} bytes each)",
             b.len(),
