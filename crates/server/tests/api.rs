@@ -364,7 +364,7 @@ async fn bad_inputs_get_clear_4xx_errors() {
         ),
         (
             "entities/search",
-            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "searchParams": {"metricType": "HAMMING"}}),
+            json!({"collectionName": "c", "data": [[1, 2, 3, 4]], "searchParams": {"metricType": "MANHATTAN"}}),
             StatusCode::BAD_REQUEST,
             "metricType",
         ),

@@ -469,13 +469,37 @@ async fn bad_input_gets_a_clear_status_and_writes_nothing() {
     let mut cols = columns(&[1], 4, 4);
     cols[1].field = Some(Field::Vectors(spb::VectorField {
         dim: 4,
+        data: Some(vector_field::Data::Int8Vector(vec![0; 4])),
+    }));
+    let r = c.insert(insert(cols, 1)).await.unwrap();
+    err(
+        r.into_inner().status,
+        1100,
+        &["int8 vectors are not supported"],
+    );
+    // Binary data for a FloatVector field is refused by kind.
+    let mut cols = columns(&[1], 4, 4);
+    cols[1].field = Some(Field::Vectors(spb::VectorField {
+        dim: 4,
         data: Some(vector_field::Data::BinaryVector(vec![0])),
     }));
     let r = c.insert(insert(cols, 1)).await.unwrap();
     err(
         r.into_inner().status,
         1100,
-        &["binary vectors are not supported"],
+        &["FloatVector", "BinaryVector data"],
+    );
+    // Half-precision bytes of the right length for a FloatVector field: refused by kind.
+    let mut cols = columns(&[1], 4, 4);
+    cols[1].field = Some(Field::Vectors(spb::VectorField {
+        dim: 4,
+        data: Some(vector_field::Data::Float16Vector(vec![0; 8])),
+    }));
+    let r = c.insert(insert(cols, 1)).await.unwrap();
+    err(
+        r.into_inner().status,
+        1100,
+        &["is a FloatVector", "Float16Vector data"],
     );
     assert_eq!(count(&mut c).await, 0, "nothing was written");
 

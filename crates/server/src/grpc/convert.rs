@@ -974,6 +974,35 @@ pub fn sparse_from_bytes(b: &[u8]) -> ConvResult<Value> {
     Ok(serde_json::json!({"indices": indices, "values": values}))
 }
 
+/// The vector columns of an insert whose data kind does not match its field's type in
+/// `schema` (float data for a Float16Vector field, bytes for a FloatVector, ...): an error
+/// naming both, before any value is read as the wrong type.
+pub fn check_vector_kinds(fields: &[pb::FieldData], schema: &CollectionSchema) -> ConvResult<()> {
+    for f in fields {
+        let Some(Field::Vectors(v)) = &f.field else {
+            continue;
+        };
+        let Some(sf) = schema.field(&f.field_name) else {
+            continue; // the engine names unknown fields
+        };
+        let sent = match &v.data {
+            Some(VData::FloatVector(_)) => DataType::FloatVector,
+            Some(VData::Float16Vector(_)) => DataType::Float16Vector,
+            Some(VData::Bfloat16Vector(_)) => DataType::BFloat16Vector,
+            Some(VData::BinaryVector(_)) => DataType::BinaryVector,
+            Some(VData::SparseFloatVector(_)) => DataType::SparseFloatVector,
+            _ => continue, // refused by name while converting
+        };
+        if sent != sf.data_type {
+            return Err(format!(
+                "field '{}' is a {:?}; the request carries {sent:?} data",
+                f.field_name, sf.data_type
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Binary vectors in Milvus's wire form (`dim / 8` bytes per row, rows concatenated) as
 /// the engine takes them: one f32 per byte.
 fn binary_vectors(b: &[u8], dim: i64, what: &str) -> ConvResult<Vec<f32>> {

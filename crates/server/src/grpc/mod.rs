@@ -1567,6 +1567,14 @@ impl MilvusApi {
         upsert: bool,
     ) -> Result<mpb::MutationResult, ApiError> {
         let c = coll;
+        if fields
+            .iter()
+            .any(|f| matches!(f.field, Some(spb::field_data::Field::Vectors(_))))
+        {
+            let name = c.clone();
+            let meta = blocking(&self.st, move |e| e.describe_collection(&name)).await?;
+            convert::check_vector_kinds(&fields, &meta.schema).map_err(bad)?;
+        }
         let (rows, vectors) =
             convert::columns_from_fields(fields, num_rows as usize).map_err(bad)?;
         let p = Some(partition).filter(|p| !p.is_empty());
