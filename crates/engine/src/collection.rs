@@ -1299,15 +1299,17 @@ fn sparse_search(
 }
 
 /// Converts Milvus range-search parameters into internal score bounds:
-/// L2 keeps `range_filter <= d < radius`, IP/COSINE keep `radius < s <= range_filter`.
+/// distances (L2, HAMMING, JACCARD) keep `range_filter <= d < radius`, similarities
+/// (IP/COSINE) keep `radius < s <= range_filter`.
 fn range_bounds(
     metric: Metric,
     radius: Option<f32>,
     range_filter: Option<f32>,
 ) -> (Option<f32>, Option<f32>) {
-    match metric {
-        Metric::L2 => (radius.map(|r| -r), range_filter.map(|f| -f)),
-        _ => (radius, range_filter),
+    if metric.higher_is_closer() {
+        (radius, range_filter)
+    } else {
+        (radius.map(|r| -r), range_filter.map(|f| -f))
     }
 }
 

@@ -1538,6 +1538,29 @@ fn binary_vectors_hamming_and_jaccard() {
             .to_string()
             .contains("mismatch"));
         assert_eq!(count(&e, "c", ""), 6500);
+        // Range search on a distance metric keeps range_filter <= d < radius.
+        let r = SearchRequest {
+            vectors: vec![queries[0].clone()],
+            limit: 50,
+            radius: Some(20.0),
+            range_filter: Some(8.0),
+            ..Default::default()
+        };
+        let hits = e.search("c", &r).unwrap().remove(0);
+        let want = data
+            .iter()
+            .filter(|x| (8.0..20.0).contains(&-metric_score(Metric::HAMMING, &queries[0], x)))
+            .count();
+        assert_eq!(hits.len(), want.min(50), "range hits");
+        assert!(!hits.is_empty());
+        assert!(
+            hits.iter().all(|h| (8.0..20.0).contains(&h.distance)),
+            "{hits:?}"
+        );
+        assert!(
+            hits.windows(2).all(|w| w[0].distance <= w[1].distance),
+            "ascending"
+        );
         e.flush("c").unwrap();
         before = queries
             .iter()

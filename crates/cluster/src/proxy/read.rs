@@ -141,7 +141,7 @@ impl Proxy {
         let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100);
         let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0);
         let metric = search_metric(&meta, &anns, &body);
-        let ascending = metric == Metric::L2;
+        let ascending = !metric.higher_is_closer();
         let pk = meta.schema.pk().name.clone();
         let group = body
             .get("groupingField")

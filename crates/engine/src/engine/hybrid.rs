@@ -65,8 +65,9 @@ pub struct HybridRequest {
 fn normalized(metric: Metric, d: f32, norm: bool) -> f32 {
     use std::f32::consts::PI;
     match (metric, norm) {
-        // L2 is turned to "larger is better" either way, as Milvus does.
-        (Metric::L2, _) => 1.0 - 2.0 * d.atan() / PI,
+        // Distances (L2, HAMMING, JACCARD) are turned to "larger is better" either way,
+        // as Milvus does for L2.
+        (Metric::L2 | Metric::HAMMING | Metric::JACCARD, _) => 1.0 - 2.0 * d.atan() / PI,
         (Metric::COSINE, true) => (1.0 + d) / 2.0,
         (Metric::BM25, true) => 2.0 * d.atan() / PI,
         (_, true) => 0.5 + d.atan() / PI,
@@ -207,9 +208,10 @@ pub fn fuse(lists: &[(Metric, &[Hit])], rerank: &Rerank, limit: usize, offset: u
         for (rank, h) in hits.iter().enumerate() {
             let s = match rerank {
                 Rerank::Max => {
-                    let s = match metric {
-                        Metric::L2 => 1.0 - 2.0 * h.distance.atan() / std::f32::consts::PI,
-                        _ => h.distance,
+                    let s = if metric.higher_is_closer() {
+                        h.distance
+                    } else {
+                        1.0 - 2.0 * h.distance.atan() / std::f32::consts::PI
                     };
                     let e = fused.entry(&h.id).or_insert((s, si, rank));
                     if s > e.0 {

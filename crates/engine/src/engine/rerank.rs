@@ -317,9 +317,10 @@ pub fn decay_factor(
 
 /// A hit's score as "larger is better".
 fn base(metric: Metric, d: f32) -> f64 {
-    match metric {
-        Metric::L2 => 1.0 - 2.0 * (d as f64).atan() / std::f64::consts::PI,
-        _ => d as f64,
+    if metric.higher_is_closer() {
+        d as f64
+    } else {
+        1.0 - 2.0 * (d as f64).atan() / std::f64::consts::PI
     }
 }
 
