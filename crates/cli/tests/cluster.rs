@@ -532,6 +532,42 @@ fn workload(url: &str) -> Vec<Value> {
             v.sort();
             v
         })));
+    // Binary and half-precision vectors, sharded: the merge orders distances ascending
+    // for HAMMING (only the distances are compared: rows at equal Hamming distance may
+    // come from either shard first) and the rounded float16 values come back.
+    ok(
+        url,
+        "collections/create",
+        json!({"collectionName": "bits", "shardsNum": 2, "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "b", "dataType": "BinaryVector", "elementTypeParams": {"dim": 16}},
+            {"fieldName": "h", "dataType": "Float16Vector", "elementTypeParams": {"dim": 2}}]},
+            "indexParams": [
+                {"fieldName": "b", "metricType": "HAMMING", "indexType": "BIN_FLAT"},
+                {"fieldName": "h", "metricType": "L2", "indexType": "FLAT"}]}),
+    );
+    let brows: Vec<Value> = (0..100u64)
+        .map(|i| json!({"id": i, "b": [i * 37 % 256, i * 11 % 256], "h": [i as f64 * 0.1, 1.0 / (i as f64 + 3.0)]}))
+        .collect();
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "bits", "data": brows}),
+    );
+    let hits = ok(url, "entities/search", json!({"collectionName": "bits", "annsField": "b", "data": [[37, 11]], "limit": 8, "consistencyLevel": "Strong"}))["data"].clone();
+    let dists: Vec<Value> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["distance"].clone())
+        .collect();
+    assert!(
+        dists.windows(2).all(|w| w[0].as_f64() <= w[1].as_f64()),
+        "ascending: {dists:?}"
+    );
+    out.push(json!(dists));
+    out.push(ok(url, "entities/search", json!({"collectionName": "bits", "annsField": "h", "data": [[2.0, 0.1]], "limit": 3, "consistencyLevel": "Strong"}))["data"].clone());
+    out.push(ok(url, "entities/query", json!({"collectionName": "bits", "filter": "id in [7, 8]", "outputFields": ["b", "h"], "consistencyLevel": "Strong"}))["data"].clone());
     // Distances are rounded so that float summation order cannot differ.
     for v in out.iter_mut() {
         round(v);

@@ -625,6 +625,8 @@ fn search_metric(meta: &magpie_engine::CollectionMeta, anns: &str, body: &Value)
                     Metric::IP
                 }
             }
+            // The engine's default for an unindexed binary field.
+            Some(f) if f.data_type == magpie_engine::DataType::BinaryVector => Metric::HAMMING,
             _ => Metric::COSINE,
         })
 }
