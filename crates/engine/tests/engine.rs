@@ -1205,6 +1205,15 @@ fn half_precision_lifecycles() {
         0.95,
     );
     ann_lifecycle_typed(DataType::Float16Vector, "IVF_SQ8", ivf, Metric::L2, 0.85);
+    // AUTOINDEX on a dense field is HNSW_SQ: 8-bit codes trained on the widened rows.
+    let sq = json!({"M": 12, "efConstruction": 100});
+    ann_lifecycle_typed(
+        DataType::BFloat16Vector,
+        "AUTOINDEX",
+        sq,
+        Metric::COSINE,
+        0.93,
+    );
 }
 
 /// Float16/BFloat16 fields: values are rounded to the type on insert (what a query

@@ -353,6 +353,17 @@ async fn text_page() -> Html<&'static str> {
     Html(include_str!("ui/text.html"))
 }
 
+/// The helpers the UI pages share (token, API calls, errors, image URLs, sizes).
+async fn common_js() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("ui/common.js"),
+    )
+}
+
 async fn console_page() -> Html<&'static str> {
     Html(include_str!("ui/index.html"))
 }
@@ -451,6 +462,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/text", get(text_page))
         .route("/image/{coll}/{id}", get(image_page))
         .route("/console", get(console_page))
+        .route("/ui/common.js", get(common_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
