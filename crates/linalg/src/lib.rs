@@ -29,6 +29,7 @@ struct Kernels {
     dot_half: HalfKernel,
     l2_sq_half: HalfKernel,
     bit_counts: BitKernel,
+    hamming: fn(&[u8], &[u8]) -> u32,
     name: &'static str,
 }
 
@@ -68,6 +69,11 @@ fn kernels() -> &'static Kernels {
                     } else {
                         scalar::bit_counts
                     },
+                    hamming: if popcnt {
+                        x86_avx2::hamming_checked
+                    } else {
+                        scalar::hamming
+                    },
                     name: "avx2+fma",
                 };
             }
@@ -81,6 +87,7 @@ fn kernels() -> &'static Kernels {
             dot_half: scalar::dot_half,
             l2_sq_half: scalar::l2_sq_half,
             bit_counts: scalar::bit_counts,
+            hamming: scalar::hamming,
             name: "scalar",
         }
     })
@@ -203,7 +210,7 @@ pub fn f32_to_half(x: f32, bf: bool) -> Option<u16> {
 #[inline]
 pub fn hamming(a: &[u8], b: &[u8]) -> u32 {
     assert_eq!(a.len(), b.len(), "hamming: length mismatch");
-    (kernels().bit_counts)(a, b).0
+    (kernels().hamming)(a, b)
 }
 
 /// Jaccard distance `1 − |a ∧ b| / |a ∨ b|` between two bit strings of equal byte
@@ -545,6 +552,7 @@ mod tests {
             let or = (0..n).filter(|&i| bits(&a, i) || bits(&b, i)).count() as f32;
             prop_assert_eq!(hamming(&a, &b), diff);
             prop_assert_eq!(scalar::bit_counts(&a, &b).0, diff);
+            prop_assert_eq!(scalar::hamming(&a, &b), diff);
             let want = if or == 0.0 { 0.0 } else { 1.0 - and / or };
             prop_assert!((jaccard(&a, &b) - want).abs() < 1e-6);
         }

@@ -511,6 +511,19 @@ unsafe fn bit_counts_popcnt(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
     crate::scalar::bit_counts(a, b)
 }
 
+#[target_feature(enable = "popcnt")]
+unsafe fn hamming_popcnt(a: &[u8], b: &[u8]) -> u32 {
+    // The portable loop, compiled with the POPCNT instruction available.
+    crate::scalar::hamming(a, b)
+}
+
+/// Safe entry point; the dispatcher selects it only when POPCNT is present.
+pub(crate) fn hamming_checked(a: &[u8], b: &[u8]) -> u32 {
+    assert_eq!(a.len(), b.len());
+    // SAFETY: selected only after runtime detection of POPCNT.
+    unsafe { hamming_popcnt(a, b) }
+}
+
 /// Safe entry point; the dispatcher selects it only when POPCNT is present.
 pub(crate) fn bit_counts_checked(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
     assert_eq!(a.len(), b.len());
