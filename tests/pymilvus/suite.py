@@ -530,6 +530,13 @@ if not LITE:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("b", DataType.BINARY_VECTOR, dim=BITS)
+    # An index without a metric gets HAMMING on a binary field, as in Milvus.
+    client.create_collection("suite_bin", schema=schema)
+    ip = client.prepare_index_params()
+    ip.add_index(field_name="b", index_type="BIN_FLAT")
+    client.create_index("suite_bin", ip)
+    assert client.describe_index("suite_bin", "b")["metric_type"] == "HAMMING", client.describe_index("suite_bin", "b")
+    client.drop_collection("suite_bin")
     ip = client.prepare_index_params()
     ip.add_index(field_name="b", index_type="HNSW", metric_type="HAMMING")
     # pymilvus creates the collection, then the index: the index is what is refused.

@@ -115,7 +115,9 @@ fn consistency(s: &Option<String>) -> Result<Option<Consistency>, ApiError> {
 
 pub(crate) fn metric(s: &str) -> Result<Metric, ApiError> {
     Metric::parse(s).ok_or_else(|| {
-        ApiError::bad_request(format!("unknown metricType '{s}'; use L2, IP or COSINE"))
+        ApiError::bad_request(format!(
+            "unknown metricType '{s}'; use L2, IP or COSINE (HAMMING or JACCARD for binary vectors, BM25 for BM25 output)"
+        ))
     })
 }
 
@@ -297,6 +299,23 @@ pub(crate) fn index_meta(p: &IndexParamReq) -> Result<IndexMeta, ApiError> {
     })
 }
 
+/// True when an index request names its metric (`index_meta` fills in COSINE otherwise).
+pub(crate) fn metric_given(p: &IndexParamReq) -> bool {
+    p.metric_type.as_deref().is_some_and(|s| !s.is_empty()) || p.params.get("metric_type").is_some()
+}
+
+/// Milvus's default metric for an index that names none: HAMMING on a BinaryVector field
+/// (COSINE, which `index_meta` filled in, elsewhere).
+pub(crate) fn default_binary_metric(schema: &CollectionSchema, m: &mut IndexMeta, given: bool) {
+    if !given
+        && schema
+            .field(&m.field_name)
+            .is_some_and(|f| f.data_type == DataType::BinaryVector)
+    {
+        m.metric_type = Metric::HAMMING;
+    }
+}
+
 fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), ApiError> {
     let mut indexes = r
         .index_params
@@ -358,6 +377,9 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
             description: r.description.clone(),
             functions,
         };
+        for (m, p) in indexes.iter_mut().zip(&r.index_params) {
+            default_binary_metric(&schema, m, metric_given(p));
+        }
         return Ok((schema, indexes));
     }
     // Quick setup: id + vector + dynamic field, indexed with the given metric.
@@ -1198,10 +1220,12 @@ pub async fn create_index(
     let metas = r
         .index_params
         .iter()
-        .map(index_meta)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|p| Ok((index_meta(p)?, metric_given(p))))
+        .collect::<Result<Vec<_>, ApiError>>()?;
     blocking(&st, move |e| {
-        for m in metas {
+        let schema = e.describe_collection(&c)?.schema;
+        for (mut m, given) in metas {
+            default_binary_metric(&schema, &mut m, given);
             e.create_index(&c, m)?;
         }
         Ok(())

@@ -2307,4 +2307,38 @@ async fn binary_vectors_over_rest() {
             .contains("multiple of 8"),
         "{v}"
     );
+    // An index that names no metric gets Milvus's default for binary fields, HAMMING,
+    // on create and on indexes/create.
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "b3", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "bits", "dataType": "BinaryVector", "elementTypeParams": {"dim": 8}}]},
+            "indexParams": [{"fieldName": "bits", "indexType": "BIN_FLAT"}]}),
+    )
+    .await;
+    let d = t
+        .ok(
+            "indexes/describe",
+            json!({"collectionName": "b3", "indexName": "bits"}),
+        )
+        .await;
+    assert_eq!(d[0]["metricType"], json!("HAMMING"), "{d}");
+    t.ok(
+        "indexes/drop",
+        json!({"collectionName": "b3", "indexName": "bits"}),
+    )
+    .await;
+    t.ok(
+        "indexes/create",
+        json!({"collectionName": "b3", "indexParams": [{"fieldName": "bits", "indexType": "AUTOINDEX"}]}),
+    )
+    .await;
+    let d = t
+        .ok(
+            "indexes/describe",
+            json!({"collectionName": "b3", "indexName": "bits"}),
+        )
+        .await;
+    assert_eq!(d[0]["metricType"], json!("HAMMING"), "{d}");
 }

@@ -1115,8 +1115,14 @@ impl MilvusService for MilvusApi {
         reply!(cpb::Status, {
             let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
             let field = need(&r.field_name, "field_name")?;
-            let meta = index_meta(&field, &r.index_name, &r.extra_params)?;
-            blocking(&self.st, move |e| e.create_index(&c, meta)).await?;
+            let mut meta = index_meta(&field, &r.index_name, &r.extra_params)?;
+            let given = param(&r.extra_params, "metric_type").is_some_and(|v| !v.is_empty());
+            blocking(&self.st, move |e| {
+                let schema = e.describe_collection(&c)?.schema;
+                api::default_binary_metric(&schema, &mut meta, given);
+                e.create_index(&c, meta)
+            })
+            .await?;
             Ok(status_ok())
         })
     }
