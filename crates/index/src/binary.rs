@@ -180,19 +180,7 @@ impl BinIvfIndex {
         if cancel.is_cancelled() {
             return Err(IndexError::Cancelled);
         }
-        let mut list_start = vec![0u32; nlist + 1];
-        for &a in &assign {
-            list_start[a as usize + 1] += 1;
-        }
-        for l in 1..=nlist {
-            list_start[l] += list_start[l - 1];
-        }
-        let mut fill = list_start.clone();
-        let mut ids = vec![0u32; n];
-        for (i, &a) in assign.iter().enumerate() {
-            ids[fill[a as usize] as usize] = i as u32;
-            fill[a as usize] += 1;
-        }
+        let (list_start, ids) = crate::ivf::inverted_lists(&assign, nlist);
         let mut ix = Self {
             metric,
             bytes,
@@ -327,12 +315,7 @@ impl BinIvfIndex {
             ));
         }
         if nlist.checked_mul(bytes) != Some(centroids.len())
-            || list_start.len() != nlist.wrapping_add(1)
-            || ids.len() != n
-            || list_start[0] != 0
-            || list_start[nlist] as usize != n
-            || list_start.windows(2).any(|w| w[0] > w[1])
-            || ids.iter().any(|&i| i as usize >= n)
+            || !crate::ivf::lists_ok(&list_start, &ids, nlist, n)
         {
             return bad("BIN_IVF_FLAT lists do not match the row count".into());
         }

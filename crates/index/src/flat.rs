@@ -62,9 +62,9 @@ impl VectorIndexRead for FlatIndex {
             } else {
                 1.0
             };
-            let s = match (&packed, vectors.bin_row(i)) {
-                (Some(qb), Some(x)) => -metric.binary_distance(qb, x),
-                _ => vectors.score(metric, &q, i, inv),
+            let s = match &packed {
+                Some(qb) => -metric.binary_distance(qb, vectors.bin_row(i).unwrap_or_default()),
+                None => vectors.score(metric, &q, i, inv),
             };
             if in_range(s) {
                 top.push(i as u32, s);

@@ -202,20 +202,7 @@ impl IvfIndex {
         if cancel.is_cancelled() {
             return Err(IndexError::Cancelled);
         }
-        let mut counts = vec![0u32; nlist + 1];
-        for &a in &assign {
-            counts[a as usize + 1] += 1;
-        }
-        for i in 1..=nlist {
-            counts[i] += counts[i - 1];
-        }
-        let list_start = counts.clone();
-        let mut fill = counts;
-        let mut ids = vec![0u32; n];
-        for (i, &a) in assign.iter().enumerate() {
-            ids[fill[a as usize] as usize] = i as u32;
-            fill[a as usize] += 1;
-        }
+        let (list_start, ids) = inverted_lists(&assign, nlist);
         let codec = match p.codec {
             CodecKind::Flat => Codec::Flat,
             CodecKind::Sq8 => Codec::Sq8(Sq8::train(&train, dim)),
@@ -491,12 +478,8 @@ impl IvfIndex {
             || nlist == 0
             || nlist.checked_mul(dim) != Some(centroids.len())
             || list_start.len() != nlist.wrapping_add(1)
-            || ids.len() != n
             || n.checked_mul(code_len) != Some(codes.len())
-            || list_start[0] != 0
-            || list_start[nlist] as usize != n
-            || list_start.windows(2).any(|w| w[0] > w[1])
-            || ids.iter().any(|&i| i as usize >= n)
+            || !lists_ok(&list_start, &ids, nlist, n)
         {
             return Err(bad("inconsistent shapes"));
         }
@@ -514,6 +497,36 @@ impl IvfIndex {
             curve,
         })
     }
+}
+
+/// Inverted lists from each row's list: list `l` holds
+/// `ids[list_start[l]..list_start[l + 1]]`, rows in ascending order (counting sort).
+pub(crate) fn inverted_lists(assign: &[u32], nlist: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut list_start = vec![0u32; nlist + 1];
+    for &a in assign {
+        list_start[a as usize + 1] += 1;
+    }
+    for l in 1..=nlist {
+        list_start[l] += list_start[l - 1];
+    }
+    let mut fill = list_start.clone();
+    let mut ids = vec![0u32; assign.len()];
+    for (i, &a) in assign.iter().enumerate() {
+        ids[fill[a as usize] as usize] = i as u32;
+        fill[a as usize] += 1;
+    }
+    (list_start, ids)
+}
+
+/// Checks lists read from a file: `nlist + 1` ascending offsets from 0 to `n`, and `n`
+/// row ids below `n`.
+pub(crate) fn lists_ok(list_start: &[u32], ids: &[u32], nlist: usize, n: usize) -> bool {
+    list_start.len() == nlist.wrapping_add(1)
+        && ids.len() == n
+        && list_start.first() == Some(&0)
+        && list_start.last().is_some_and(|&e| e as usize == n)
+        && list_start.windows(2).all(|w| w[0] <= w[1])
+        && ids.iter().all(|&i| (i as usize) < n)
 }
 
 fn kmetric(m: Metric) -> KMeansMetric {
