@@ -2,9 +2,10 @@
 //! loaded on first use and kept. Model names are matched case-insensitively, with or
 //! without the `sentence-transformers/` prefix.
 //!
-//! Image models: `efficientnet-lite0` (pooled 1280-d features, image ↔ image) and
-//! `conse` (384-d, in MiniLM's space, so text can search images). Both come from one
-//! Lite0 forward pass, which is cached per image so that a collection with both
+//! Image models: `efficientnet-lite0` (pooled 1280-d features, image ↔ image), `conse`
+//! (384-d, in MiniLM's space, so English text can search images) and
+//! `conse-multilingual` (384-d, in multilingual-e5-small's space, so text in ~100
+//! languages can). All come from one Lite0 forward pass, which is cached per image so that a collection with both
 //! functions runs the network once per image. Stored image references are paths, read
 //! only when they lie under an allowed image root (symlinks resolved first), or `data:`
 //! URIs.
@@ -28,7 +29,21 @@ const CACHE_ENTRIES: usize = 512;
 
 pub const LITE0: &str = "efficientnet-lite0";
 pub const CONSE: &str = "conse";
+pub const CONSE_MULTILINGUAL: &str = "conse-multilingual";
+/// The text model of a new image collection when none is named: ConSE on
+/// multilingual-e5-small, so that queries in other languages than English work.
+pub const DEFAULT_IMAGE_TEXT_MODEL: &str = CONSE_MULTILINGUAL;
 const MINILM: &str = "all-minilm-l6-v2";
+const E5: &str = "multilingual-e5-small";
+
+/// The sentence encoder behind a ConSE model, if `name` is one.
+fn conse_text_model(name: &str) -> Option<&'static str> {
+    match name {
+        CONSE => Some(MINILM),
+        CONSE_MULTILINGUAL => Some(E5),
+        _ => None,
+    }
+}
 
 /// Recent forward passes by image key, with their insertion order for eviction.
 type OutputCache = (HashMap<String, Arc<Lite0Output>>, VecDeque<String>);
@@ -37,7 +52,7 @@ pub struct ModelEmbedder {
     store: ModelStore,
     text: Mutex<HashMap<String, Arc<TextEncoder>>>,
     lite0: Mutex<Option<Arc<ImageEncoder>>>,
-    conse: Mutex<Option<Arc<Conse>>>,
+    conse: Mutex<HashMap<&'static str, Arc<Conse>>>,
     clip: Mutex<HashMap<String, Arc<Clip>>>,
     cache: Mutex<OutputCache>,
     roots: RwLock<Vec<PathBuf>>,
@@ -51,7 +66,7 @@ impl ModelEmbedder {
             store,
             text: Mutex::new(HashMap::new()),
             lite0: Mutex::new(None),
-            conse: Mutex::new(None),
+            conse: Mutex::new(HashMap::new()),
             clip: Mutex::new(HashMap::new()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             roots: RwLock::new(Vec::new()),
@@ -152,20 +167,24 @@ impl ModelEmbedder {
         Ok(e)
     }
 
-    fn conse(&self) -> Result<Arc<Conse>, String> {
+    /// The ConSE model `name` (`conse` or `conse-multilingual`), its class prompts
+    /// embedded once and cached on disk.
+    fn conse(&self, name: &'static str) -> Result<Arc<Conse>, String> {
         let mut g = self.conse.lock();
-        if let Some(c) = &*g {
+        if let Some(c) = g.get(name) {
             return Ok(c.clone());
         }
-        self.store.require(CONSE).map_err(|e| e.to_string())?;
-        let text = self.text_model(MINILM)?;
-        let cache = self
-            .store
-            .dir
-            .join(".cache")
-            .join("conse-prompts-minilm.f32");
+        let text_name = conse_text_model(name).ok_or_else(|| format!("'{name}' is not ConSE"))?;
+        self.store.require(name).map_err(|e| e.to_string())?;
+        let text = self.text_model(text_name)?;
+        // The file name changes with the prompt recipe, so an old cache is never read.
+        let file = match name {
+            CONSE => "conse-prompts-minilm.f32".to_string(),
+            _ => format!("conse-prompts-{text_name}-v1.f32"),
+        };
+        let cache = self.store.dir.join(".cache").join(file);
         let c = Arc::new(Conse::build(&text, Some(&cache)).map_err(|e| e.to_string())?);
-        *g = Some(c.clone());
+        g.insert(name, c.clone());
         Ok(c)
     }
 
@@ -176,7 +195,11 @@ impl ModelEmbedder {
                 LITE0 => drop(self.lite0()?),
                 CONSE => {
                     self.lite0()?;
-                    self.conse()?;
+                    self.conse(CONSE)?;
+                }
+                CONSE_MULTILINGUAL => {
+                    self.lite0()?;
+                    self.conse(CONSE_MULTILINGUAL)?;
                 }
                 clip if clip.starts_with("clip-") => drop(self.clip(clip)?),
                 other => drop(self.text_model(other)?),
@@ -237,6 +260,50 @@ impl ModelEmbedder {
             }
         };
         decode_bytes(&bytes, &src.name, &self.limits).map_err(|e| e.to_string())
+    }
+
+    /// Text vectors of `texts` by `model`: documents, or search queries when `query`.
+    fn embed_text_role(
+        &self,
+        model: &str,
+        texts: &[&str],
+        query: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let name = Self::canonical(model);
+        let enc = match name.as_str() {
+            // ConSE queries are sentence vectors in its text model's space.
+            n if conse_text_model(n).is_some() => {
+                self.store.require(n).map_err(|e| e.to_string())?;
+                self.text_model(conse_text_model(n).unwrap())?
+            }
+            n if n.starts_with("clip-") => {
+                let c = self.clip(n)?;
+                return c.embed_texts(texts).map_err(|e| e.to_string());
+            }
+            LITE0 => {
+                return Err(format!(
+                    "model '{LITE0}' embeds images only and cannot embed text: search this field by image or by id (more like this), or search a '{CONSE}' or '{CONSE_MULTILINGUAL}' field by text"
+                ))
+            }
+            _ => {
+                let spec = models::spec(&name).map_err(|e| e.to_string())?;
+                if spec.kind != "text" {
+                    return Err(format!("model '{name}' cannot embed text"));
+                }
+                self.text_model(&name)?
+            }
+        };
+        let mut out = Vec::with_capacity(texts.len());
+        // Batches of 32 keep per-batch padding short.
+        for chunk in texts.chunks(32) {
+            let v = if query {
+                enc.embed_queries(chunk)
+            } else {
+                enc.embed(chunk)
+            };
+            out.extend(v.map_err(|e| e.to_string())?);
+        }
+        Ok(out)
     }
 
     /// Lite0 outputs of `images` (cached), decoded and run on the worker threads.
@@ -318,7 +385,7 @@ impl Embedder for ModelEmbedder {
                 "model '{name}' is an image model; use it in an ImageEmbedding function"
             )),
             (FunctionKind::ImageEmbedding, "text") => Err(format!(
-                "model '{name}' is a text model; ImageEmbedding functions take {LITE0}, {CONSE} or a CLIP model"
+                "model '{name}' is a text model; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL} or a CLIP model"
             )),
             (FunctionKind::ImageEmbedding, _) if name.starts_with("clip-") => {
                 Ok(self.clip(&name)?.dim())
@@ -332,36 +399,11 @@ impl Embedder for ModelEmbedder {
     }
 
     fn embed_texts(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
-        let name = Self::canonical(model);
-        let enc = match name.as_str() {
-            // ConSE queries are sentence vectors in MiniLM's space.
-            CONSE => {
-                self.store.require(CONSE).map_err(|e| e.to_string())?;
-                self.text_model(MINILM)?
-            }
-            n if n.starts_with("clip-") => {
-                let c = self.clip(n)?;
-                return c.embed_texts(texts).map_err(|e| e.to_string());
-            }
-            LITE0 => {
-                return Err(format!(
-                    "model '{LITE0}' embeds images only and cannot embed text: search this field by image or by id (more like this), or search a '{CONSE}' field by text"
-                ))
-            }
-            _ => {
-                let spec = models::spec(&name).map_err(|e| e.to_string())?;
-                if spec.kind != "text" {
-                    return Err(format!("model '{name}' cannot embed text"));
-                }
-                self.text_model(&name)?
-            }
-        };
-        let mut out = Vec::with_capacity(texts.len());
-        // Batches of 32 keep per-batch padding short.
-        for chunk in texts.chunks(32) {
-            out.extend(enc.embed(chunk).map_err(|e| e.to_string())?);
-        }
-        Ok(out)
+        self.embed_text_role(model, texts, false)
+    }
+
+    fn embed_queries(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        self.embed_text_role(model, texts, true)
     }
 
     fn embed_images(
@@ -383,8 +425,12 @@ impl Embedder for ModelEmbedder {
                     })
                 })
                 .collect()),
-            CONSE => {
-                let conse = self.conse()?;
+            CONSE | CONSE_MULTILINGUAL => {
+                let conse = self.conse(if name == CONSE {
+                    CONSE
+                } else {
+                    CONSE_MULTILINGUAL
+                })?;
                 Ok(self
                     .lite0_outputs(images)?
                     .into_iter()
@@ -405,7 +451,7 @@ impl Embedder for ModelEmbedder {
                     .collect())
             }
             _ => Err(format!(
-                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0}, {CONSE} or a CLIP model",
+                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL} or a CLIP model",
                 spec.name, spec.kind
             )),
         }

@@ -12,7 +12,7 @@
 //! WAL before it returns), rows carry size, mtime and a content hash, so a second run
 //! skips unchanged files, re-embeds changed ones, and deletes rows of vanished files.
 
-use crate::embedder::{ModelEmbedder, CONSE, LITE0};
+use crate::embedder::{ModelEmbedder, DEFAULT_IMAGE_TEXT_MODEL, LITE0};
 use crate::error::{AppError, Result};
 use crate::walk::{self, Known};
 pub use crate::walk::{modified_since_epoch, IndexReport, Progress};
@@ -176,7 +176,7 @@ fn known_rows(engine: &Engine, coll: &str) -> Result<HashMap<String, Known>> {
 }
 
 /// Creates the image collection if needed (checking the models are installed), with
-/// `text_model` (default `conse`) for text search.
+/// `text_model` (default `conse-multilingual`) for text search.
 pub fn ensure_collection(
     engine: &Engine,
     emb: &ModelEmbedder,
@@ -205,7 +205,7 @@ pub fn ensure_collection(
         }
         return Ok(());
     }
-    let model = text_model.unwrap_or(CONSE);
+    let model = text_model.unwrap_or(DEFAULT_IMAGE_TEXT_MODEL);
     let dim = magpie_engine::Embedder::dim(emb, magpie_engine::FunctionKind::ImageEmbedding, model)
         .map_err(|m| AppError::bad_request(format!("text model for '{coll}': {m}")))?;
     engine.create_collection(coll, schema(model, dim), indexes(), Consistency::Strong, "")?;
@@ -780,6 +780,6 @@ mod tests {
 
     #[test]
     fn schema_is_valid() {
-        schema(CONSE, 384).check().unwrap();
+        schema(crate::embedder::CONSE, 384).check().unwrap();
     }
 }

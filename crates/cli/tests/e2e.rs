@@ -803,6 +803,64 @@ fn models_list_and_missing_model_errors() {
     assert!(err.contains("unknown model 'no-such-model'"), "{err}");
 }
 
+/// `models fetch` on a terminal lets pip draw on it (its download progress), and off a
+/// terminal captures pip's output into the error. A stand-in `pip3` on the PATH prints a
+/// progress line only when its stdout is a terminal, then fails; `script` (util-linux)
+/// gives the command a pseudo-terminal.
+#[test]
+fn models_fetch_shows_pip_progress_on_a_terminal_only() {
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // Every program `models fetch` tries (pip3, pip, python3 -m pip) is the stand-in,
+    // and nothing else is on the PATH, so no real pip is reached.
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["pip3", "pip", "python3"] {
+        let pip = bin.join(name);
+        std::fs::write(
+            &pip,
+            "#!/bin/sh\nif [ -t 1 ]; then echo 'STAND-IN PIP 42% progress'; fi\necho 'STAND-IN PIP failed' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&pip, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = bin.display().to_string();
+    let magpie = env!("CARGO_BIN_EXE_magpie");
+    let models = d.path().join("models");
+    // Off a terminal: no progress; pip's stderr is quoted in the error.
+    let out = Command::new(magpie)
+        .args(["models", "fetch", "all-minilm-l6-v2", "--dir"])
+        .arg(&models)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("42% progress"), "{all}");
+    assert!(all.contains("STAND-IN PIP failed"), "{all}");
+    // On a terminal: pip's progress line reaches it, and the error points at it.
+    if !std::path::Path::new("/usr/bin/script").is_file() {
+        return magpie_testkit::skip("script", "/usr/bin/script (util-linux) is absent");
+    }
+    let cmd = format!(
+        "{magpie} models fetch all-minilm-l6-v2 --dir {}",
+        models.display()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("STAND-IN PIP 42% progress"), "{tty}");
+    assert!(tty.contains("its output is above"), "{tty}");
+}
+
 // ---- The image app (needs the real models and ../shared; skipped without them) ----
 
 fn models_dir() -> Option<std::path::PathBuf> {
@@ -810,13 +868,14 @@ fn models_dir() -> Option<std::path::PathBuf> {
     let ok = [
         "efficientnet-lite0/efficientnet-lite0.pth",
         "all-minilm-l6-v2/model.safetensors",
+        "multilingual-e5-small/e5-small-q4.bin",
     ]
     .iter()
     .all(|f| dir.join(f).is_file());
     if ok {
         Some(dir)
     } else {
-        magpie_testkit::skip("models", format!("models are not installed in {} (magpie models fetch efficientnet-lite0 / all-minilm-l6-v2 --dir ...)", dir.display()));
+        magpie_testkit::skip("models", format!("models are not installed in {} (magpie models fetch efficientnet-lite0 / all-minilm-l6-v2 / multilingual-e5-small --dir ...)", dir.display()));
         None
     }
 }

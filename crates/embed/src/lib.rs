@@ -3,6 +3,7 @@
 //! The engine never depends on this crate; the server wires models into collections.
 
 pub mod clip;
+pub mod e5;
 pub mod effnet;
 pub mod image;
 pub mod models;

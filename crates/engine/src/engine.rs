@@ -1698,7 +1698,7 @@ impl Engine {
                 let fail = |m: String| invalid(format!("function '{name}': {m}"));
                 let v = if by_text {
                     let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
-                    emb.embed_texts(&model, &texts).map_err(fail)?
+                    emb.embed_queries(&model, &texts).map_err(fail)?
                 } else {
                     let inputs: Vec<ImageInput> =
                         r.images.iter().map(|b| ImageInput::Bytes(b)).collect();

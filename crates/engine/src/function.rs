@@ -79,6 +79,12 @@ pub trait Embedder: Send + Sync {
     /// queries into the model's image space (ConSE, CLIP), or explains that the model
     /// cannot.
     fn embed_texts(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+    /// Unit-length vectors of search queries. Models trained with different prefixes for
+    /// queries and documents (e5's `query: ` / `passage: `) embed them differently; for
+    /// the others this is [`Embedder::embed_texts`].
+    fn embed_queries(&self, model: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        self.embed_texts(model, texts)
+    }
     /// Vectors of `images`, in order: the outer error is about the model (not installed,
     /// not an image model), the inner ones about single images (unreadable, corrupt,
     /// outside the allowed roots), so that a caller can tell which row failed.

@@ -1109,7 +1109,8 @@ async fn clip_image_function_with_generated_weights() {
 fn image_indexing_resumes_after_an_interruption() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let store = models_store();
-    if let Err(e) = store.require("conse") {
+    // The image app's default text model.
+    if let Err(e) = store.require("conse-multilingual") {
         magpie_testkit::skip("models", e);
         return;
     }

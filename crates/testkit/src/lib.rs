@@ -292,11 +292,14 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// Two distinct free ports. Both listeners are held until both are picked: dropping the
+/// first before binding the second let the kernel hand out the same port twice, and a
+/// server given it for two listeners failed to start ("address already in use").
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("free port").port();
+    (port(&a), port(&b))
 }
 
 fn service_dir(name: &str) -> PathBuf {
@@ -321,7 +324,7 @@ pub fn etcd() -> Option<Service> {
         );
         return None;
     };
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer) = free_ports();
     let dir = service_dir("etcd");
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");
@@ -361,7 +364,7 @@ pub fn nats() -> Option<Service> {
         );
         return None;
     };
-    let (port, http) = (free_port(), free_port());
+    let (port, http) = free_ports();
     let dir = service_dir("nats");
     let args = vec![
         "-js".into(),
