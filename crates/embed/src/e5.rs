@@ -24,8 +24,8 @@
 //! The encoder's matrices are widened to f32 once at load (≈ 85 MB) and run by candle's
 //! BERT encoder; the word-embedding table stays 4-bit (54 MB for 250k rows) and only
 //! the rows a batch uses are widened. Text goes through the file's per-codepoint
-//! normaliser (SentencePiece's NFKC table), runs of spaces collapse to one, and a
-//! unigram tokenizer (the `tokenizers` crate) splits it at the metaspace `▁`; the
+//! normaliser (SentencePiece's NFKC table), runs of spaces collapse to one, spaces
+//! become the metaspace `▁` (one is put in front), and [`Unigram`] segments it; the
 //! sentence vector is the mean of the last hidden states, L2-normalised. As the model
 //! card asks, a text is prefixed `query: ` or `passage: ` ([`Role`]). Inputs longer
 //! than [`MAX_TOKENS`] are cut there.
@@ -73,7 +73,7 @@ pub struct E5 {
     ln_b: Vec<f32>,
     eps: f32,
     encoder: BertEncoder,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: Unigram,
     /// Codepoint → replacement, from the file's normaliser.
     norm: HashMap<char, String>,
     bos: u32,
@@ -208,7 +208,8 @@ impl E5 {
             .collect();
         let scores = f32s(c.take(n_pieces * 4)?);
         let blob = c.take(blob_len)?;
-        let mut pieces = Vec::with_capacity(n_pieces);
+        let mut ids = HashMap::with_capacity(n_pieces);
+        let mut max_chars = 1;
         for i in 0..n_pieces {
             let (a, z) = (offs[i], offs[i + 1]);
             if a > z || z > blob.len() {
@@ -216,7 +217,9 @@ impl E5 {
             }
             let s =
                 std::str::from_utf8(&blob[a..z]).map_err(|_| format!("piece {i} is not UTF-8"))?;
-            pieces.push((s.to_string(), scores[i] as f64));
+            max_chars = max_chars.max(s.chars().count());
+            // The first of equal pieces wins, as in a scan of the vocabulary.
+            ids.entry(Box::<str>::from(s)).or_insert(i as u32);
         }
         // Normaliser.
         let n_norm = c.count("normaliser size", 1 << 21)?;
@@ -343,14 +346,14 @@ impl E5 {
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
         let encoder = BertEncoder::load(vb, &config).map_err(terr)?;
 
-        let model = tokenizers::models::unigram::Unigram::from(pieces, Some(unk), false)
-            .map_err(|e| format!("tokenizer: {e}"))?;
-        let mut tokenizer = tokenizers::Tokenizer::new(model);
-        tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::metaspace::Metaspace::new(
-            '\u{2581}',
-            tokenizers::pre_tokenizers::metaspace::PrependScheme::Always,
-            true,
-        )));
+        let unk_score = scores.iter().copied().fold(f32::INFINITY, f32::min) - 10.0;
+        let tokenizer = Unigram {
+            ids,
+            scores,
+            unk: unk as u32,
+            unk_score,
+            max_chars,
+        };
         Ok(Self {
             name: name.to_string(),
             hidden,
@@ -398,14 +401,7 @@ impl E5 {
     /// with them it fits in [`MAX_TOKENS`] and the model's positions.
     pub fn tokenize(&self, text: &str, role: Role) -> Result<Vec<u32>> {
         let t = self.normalize(&format!("{}{text}", role.prefix()));
-        let enc = self
-            .tokenizer
-            .encode(t.as_str(), false)
-            .map_err(|e| EmbedError::Model {
-                name: self.name.clone(),
-                msg: format!("tokenizing: {e}"),
-            })?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = self.tokenizer.encode(&t);
         ids.truncate(MAX_TOKENS.min(self.max_pos) - 2);
         Ok(ids)
     }
@@ -466,6 +462,71 @@ impl E5 {
     }
 }
 
+/// SentencePiece's unigram segmentation (Kudo, 2018): of all ways to cut the text into
+/// vocabulary pieces, the one with the highest sum of piece log-probabilities (Viterbi
+/// over character positions). A character no piece covers becomes `<unk>` scored 10
+/// below the least likely piece. Pieces sit in one hash map (≈ 15 MB for XLM-R's 250k;
+/// a character trie of them took over 200 MB).
+struct Unigram {
+    ids: HashMap<Box<str>, u32>,
+    scores: Vec<f32>,
+    unk: u32,
+    unk_score: f32,
+    /// The longest piece, in characters.
+    max_chars: usize,
+}
+
+impl Unigram {
+    /// Ids of `text` (already normalised): spaces become `▁`, and one `▁` goes in front
+    /// unless the text starts with a space.
+    fn encode(&self, text: &str) -> Vec<u32> {
+        const META: char = '\u{2581}';
+        let mut s = String::with_capacity(text.len() + 3);
+        if !text.starts_with(' ') {
+            s.push(META);
+        }
+        s.extend(text.chars().map(|c| if c == ' ' { META } else { c }));
+        // Byte offset of every character start, and the end.
+        let bounds: Vec<usize> = s
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(s.len()))
+            .collect();
+        let n = bounds.len() - 1;
+        let mut best = vec![f32::NEG_INFINITY; n + 1];
+        let mut back = vec![(0usize, self.unk); n + 1];
+        best[0] = 0.0;
+        for i in 0..n {
+            if best[i] == f32::NEG_INFINITY {
+                continue;
+            }
+            for e in i + 1..=n.min(i + self.max_chars) {
+                if let Some(&id) = self.ids.get(&s[bounds[i]..bounds[e]]) {
+                    let sc = best[i] + self.scores[id as usize];
+                    if id != self.unk && sc > best[e] {
+                        best[e] = sc;
+                        back[e] = (i, id);
+                    }
+                }
+            }
+            let sc = best[i] + self.unk_score;
+            if sc > best[i + 1] {
+                best[i + 1] = sc;
+                back[i + 1] = (i, self.unk);
+            }
+        }
+        let mut out = Vec::new();
+        let mut e = n;
+        while e > 0 {
+            let (i, id) = back[e];
+            out.push(id);
+            e = i;
+        }
+        out.reverse();
+        out
+    }
+}
+
 fn layer_norm(r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = r.len() as f32;
     let mean = r.iter().sum::<f32>() / n;
@@ -491,6 +552,38 @@ mod tests {
         assert_eq!(out[15], 3.5); // (15 - 8) * 0.5
         assert_eq!(out[16], 3.5); // high nibble of byte 0 is 15
         assert_eq!(out[31], -4.0);
+    }
+
+    #[test]
+    fn unigram_picks_the_most_likely_cut_and_marks_unknown_characters() {
+        let vocab = [
+            "<unk>",
+            "\u{2581}",
+            "\u{2581}ab",
+            "c",
+            "\u{2581}a",
+            "bc",
+            "b",
+        ];
+        let scores = vec![0.0, -1.0, -2.0, -1.5, -1.0, -1.0, -3.0];
+        let u = Unigram {
+            ids: vocab
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (Box::<str>::from(*p), i as u32))
+                .collect(),
+            unk_score: -13.0,
+            scores,
+            unk: 0,
+            max_chars: 3,
+        };
+        // "▁abc": ▁a + bc (−2.0) beats ▁ab + c (−3.5) and ▁ + ... paths.
+        assert_eq!(u.encode("abc"), vec![4, 5]);
+        // A space becomes ▁, and "x" is in no piece: <unk>.
+        assert_eq!(u.encode("ab x"), vec![2, 1, 0]);
+        // A leading space is the metaspace itself, not a second one.
+        assert_eq!(u.encode(" a"), vec![4]);
+        assert!(u.encode("").iter().all(|&t| t == 1));
     }
 
     #[test]

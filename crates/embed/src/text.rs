@@ -22,6 +22,9 @@ pub struct TextEncoder {
     dim: usize,
 }
 
+// One value per loaded model, kept for the process's life: the variants' sizes differ,
+// and boxing either saves nothing that matters.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Bert {
         model: BertModel,
