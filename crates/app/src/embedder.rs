@@ -5,8 +5,8 @@
 //! Image models: `efficientnet-lite0` (pooled 1280-d features, image ↔ image), `conse`
 //! (384-d, in MiniLM's space, so English text can search images) and
 //! `conse-multilingual` (384-d, in multilingual-e5-small's space, so text in ~100
-//! languages can). All come from one Lite0 forward pass, which is cached per image so that a collection with both
-//! functions runs the network once per image. Stored image references are paths, read
+//! languages can). All come from one Lite0 forward pass, which is cached per image so
+//! that a collection with two of them runs the network once per image. Stored image references are paths, read
 //! only when they lie under an allowed image root (symlinks resolved first), or `data:`
 //! URIs.
 
@@ -36,11 +36,11 @@ pub const DEFAULT_IMAGE_TEXT_MODEL: &str = CONSE_MULTILINGUAL;
 const MINILM: &str = "all-minilm-l6-v2";
 const E5: &str = "multilingual-e5-small";
 
-/// The sentence encoder behind a ConSE model, if `name` is one.
-fn conse_text_model(name: &str) -> Option<&'static str> {
+/// If `name` is a ConSE model: its name and the sentence encoder behind it.
+fn conse_model(name: &str) -> Option<(&'static str, &'static str)> {
     match name {
-        CONSE => Some(MINILM),
-        CONSE_MULTILINGUAL => Some(E5),
+        CONSE => Some((CONSE, MINILM)),
+        CONSE_MULTILINGUAL => Some((CONSE_MULTILINGUAL, E5)),
         _ => None,
     }
 }
@@ -169,12 +169,13 @@ impl ModelEmbedder {
 
     /// The ConSE model `name` (`conse` or `conse-multilingual`), its class prompts
     /// embedded once and cached on disk.
-    fn conse(&self, name: &'static str) -> Result<Arc<Conse>, String> {
+    fn conse(&self, name: &str) -> Result<Arc<Conse>, String> {
+        let (name, text_name) =
+            conse_model(name).ok_or_else(|| format!("model '{name}' is not ConSE"))?;
         let mut g = self.conse.lock();
         if let Some(c) = g.get(name) {
             return Ok(c.clone());
         }
-        let text_name = conse_text_model(name).ok_or_else(|| format!("'{name}' is not ConSE"))?;
         self.store.require(name).map_err(|e| e.to_string())?;
         let text = self.text_model(text_name)?;
         // The file name changes with the prompt recipe, so an old cache is never read.
@@ -193,13 +194,9 @@ impl ModelEmbedder {
         for n in names {
             match Self::canonical(n).as_str() {
                 LITE0 => drop(self.lite0()?),
-                CONSE => {
+                c if conse_model(c).is_some() => {
                     self.lite0()?;
-                    self.conse(CONSE)?;
-                }
-                CONSE_MULTILINGUAL => {
-                    self.lite0()?;
-                    self.conse(CONSE_MULTILINGUAL)?;
+                    self.conse(c)?;
                 }
                 clip if clip.starts_with("clip-") => drop(self.clip(clip)?),
                 other => drop(self.text_model(other)?),
@@ -272,9 +269,10 @@ impl ModelEmbedder {
         let name = Self::canonical(model);
         let enc = match name.as_str() {
             // ConSE queries are sentence vectors in its text model's space.
-            n if conse_text_model(n).is_some() => {
+            n if conse_model(n).is_some() => {
                 self.store.require(n).map_err(|e| e.to_string())?;
-                self.text_model(conse_text_model(n).unwrap())?
+                let (_, text_name) = conse_model(n).expect("a ConSE model");
+                self.text_model(text_name)?
             }
             n if n.starts_with("clip-") => {
                 let c = self.clip(n)?;
@@ -425,12 +423,8 @@ impl Embedder for ModelEmbedder {
                     })
                 })
                 .collect()),
-            CONSE | CONSE_MULTILINGUAL => {
-                let conse = self.conse(if name == CONSE {
-                    CONSE
-                } else {
-                    CONSE_MULTILINGUAL
-                })?;
+            n if conse_model(n).is_some() => {
+                let conse = self.conse(n)?;
                 Ok(self
                     .lite0_outputs(images)?
                     .into_iter()

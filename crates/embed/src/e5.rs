@@ -192,10 +192,13 @@ impl E5 {
         }
         // Tokenizer.
         let n_pieces = c.count("piece count", vocab)?;
-        let bos = c.count("bos id", n_pieces)?;
-        let eos = c.count("eos id", n_pieces)?;
-        let _pad = c.count("pad id", n_pieces)?;
-        let unk = c.count("unk id", n_pieces)?;
+        if n_pieces == 0 {
+            return Err("the tokenizer has no pieces".into());
+        }
+        let bos = c.count("bos id", n_pieces - 1)?;
+        let eos = c.count("eos id", n_pieces - 1)?;
+        let _pad = c.count("pad id", n_pieces - 1)?;
+        let unk = c.count("unk id", n_pieces - 1)?;
         let blob_len = c.u64()? as usize;
         let offs: Vec<usize> = c
             .take(
