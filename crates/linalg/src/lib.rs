@@ -28,14 +28,14 @@ struct Kernels {
     depthwise_row: RowKernel,
     dot_half: HalfKernel,
     l2_sq_half: HalfKernel,
-    bit_counts: BitKernel,
+    and_or_counts: BitKernel,
     hamming: fn(&[u8], &[u8]) -> u32,
     name: &'static str,
 }
 
 type HalfKernel = fn(&[f32], &[u16], bool) -> f32;
-/// (differing, common, either) bit counts of two bit strings.
-type BitKernel = fn(&[u8], &[u8]) -> (u32, u32, u32);
+/// (common, either) bit counts of two bit strings: Jaccard's numerator and denominator.
+type BitKernel = fn(&[u8], &[u8]) -> (u32, u32);
 
 fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
@@ -64,10 +64,10 @@ fn kernels() -> &'static Kernels {
                     } else {
                         scalar::l2_sq_half
                     },
-                    bit_counts: if popcnt {
-                        x86_avx2::bit_counts_checked
+                    and_or_counts: if popcnt {
+                        x86_avx2::and_or_counts_checked
                     } else {
-                        scalar::bit_counts
+                        scalar::and_or_counts
                     },
                     hamming: if popcnt {
                         x86_avx2::hamming_checked
@@ -86,7 +86,7 @@ fn kernels() -> &'static Kernels {
             depthwise_row: scalar::depthwise_row,
             dot_half: scalar::dot_half,
             l2_sq_half: scalar::l2_sq_half,
-            bit_counts: scalar::bit_counts,
+            and_or_counts: scalar::and_or_counts,
             hamming: scalar::hamming,
             name: "scalar",
         }
@@ -221,7 +221,7 @@ pub fn hamming(a: &[u8], b: &[u8]) -> u32 {
 #[inline]
 pub fn jaccard(a: &[u8], b: &[u8]) -> f32 {
     assert_eq!(a.len(), b.len(), "jaccard: length mismatch");
-    let (_, and, or) = (kernels().bit_counts)(a, b);
+    let (and, or) = (kernels().and_or_counts)(a, b);
     if or == 0 {
         0.0
     } else {
@@ -551,7 +551,7 @@ mod tests {
             let and = (0..n).filter(|&i| bits(&a, i) && bits(&b, i)).count() as f32;
             let or = (0..n).filter(|&i| bits(&a, i) || bits(&b, i)).count() as f32;
             prop_assert_eq!(hamming(&a, &b), diff);
-            prop_assert_eq!(scalar::bit_counts(&a, &b).0, diff);
+            prop_assert_eq!(scalar::and_or_counts(&a, &b), (and as u32, or as u32));
             prop_assert_eq!(scalar::hamming(&a, &b), diff);
             let want = if or == 0.0 { 0.0 } else { 1.0 - and / or };
             prop_assert!((jaccard(&a, &b) - want).abs() < 1e-6);

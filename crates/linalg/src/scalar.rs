@@ -212,25 +212,23 @@ pub fn hamming(a: &[u8], b: &[u8]) -> u32 {
     x
 }
 
-/// Bits set in `a XOR b` and in `a AND b`, `a OR b`: the counts Hamming and Jaccard
-/// distances are made of, eight bytes at a time.
+/// Bits set in `a AND b` and in `a OR b`: the counts the Jaccard distance is made of,
+/// eight bytes at a time.
 #[inline(always)]
-pub fn bit_counts(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+pub fn and_or_counts(a: &[u8], b: &[u8]) -> (u32, u32) {
     debug_assert_eq!(a.len(), b.len());
-    let (mut x, mut and, mut or) = (0u32, 0u32, 0u32);
+    let (mut and, mut or) = (0u32, 0u32);
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (p, q) in (&mut ca).zip(&mut cb) {
         let p = u64::from_le_bytes(p.try_into().expect("8 bytes"));
         let q = u64::from_le_bytes(q.try_into().expect("8 bytes"));
-        x += (p ^ q).count_ones();
         and += (p & q).count_ones();
         or += (p | q).count_ones();
     }
     for (p, q) in ca.remainder().iter().zip(cb.remainder()) {
-        x += (p ^ q).count_ones();
         and += (p & q).count_ones();
         or += (p | q).count_ones();
     }
-    (x, and, or)
+    (and, or)
 }

@@ -506,9 +506,9 @@ pub(crate) fn l2_sq_half_checked(a: &[f32], x: &[u16], bf: bool) -> f32 {
 }
 
 #[target_feature(enable = "popcnt")]
-unsafe fn bit_counts_popcnt(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+unsafe fn and_or_counts_popcnt(a: &[u8], b: &[u8]) -> (u32, u32) {
     // The portable loop, compiled with the POPCNT instruction available.
-    crate::scalar::bit_counts(a, b)
+    crate::scalar::and_or_counts(a, b)
 }
 
 #[target_feature(enable = "popcnt")]
@@ -525,8 +525,8 @@ pub(crate) fn hamming_checked(a: &[u8], b: &[u8]) -> u32 {
 }
 
 /// Safe entry point; the dispatcher selects it only when POPCNT is present.
-pub(crate) fn bit_counts_checked(a: &[u8], b: &[u8]) -> (u32, u32, u32) {
+pub(crate) fn and_or_counts_checked(a: &[u8], b: &[u8]) -> (u32, u32) {
     assert_eq!(a.len(), b.len());
     // SAFETY: selected only after runtime detection of POPCNT.
-    unsafe { bit_counts_popcnt(a, b) }
+    unsafe { and_or_counts_popcnt(a, b) }
 }
