@@ -403,6 +403,15 @@ impl E5 {
     /// Token ids of `text` with its role's prefix, without `<s>` / `</s>`, cut so that
     /// with them it fits in [`MAX_TOKENS`] and the model's positions.
     pub fn tokenize(&self, text: &str, role: Role) -> Result<Vec<u32>> {
+        // Only the first MAX_TOKENS - 2 tokens are used, and a token spans at most
+        // `max_chars` characters: text beyond that many characters cannot reach the
+        // model, so it is cut before normalising. This bounds the work and memory of a
+        // text (a 64 MB search text would otherwise cost gigabytes of lattice).
+        let limit = MAX_TOKENS * self.tokenizer.max_chars;
+        let text = match text.char_indices().nth(limit) {
+            Some((i, _)) => &text[..i],
+            None => text,
+        };
         let t = self.normalize(&format!("{}{text}", role.prefix()));
         let mut ids = self.tokenizer.encode(&t);
         ids.truncate(MAX_TOKENS.min(self.max_pos) - 2);

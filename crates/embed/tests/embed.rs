@@ -366,6 +366,12 @@ fn e5_matches_the_reference_engine() {
     let long = "palabra ".repeat(2000);
     assert_eq!(m.tokenize(&long, Role::Passage).unwrap().len(), 510);
     assert_eq!(m.embed(&[&long], Role::Passage).unwrap()[0].len(), 384);
+    // A text of millions of characters is cut before tokenizing, to the same tokens.
+    let huge = "palabra ".repeat(1_000_000);
+    assert_eq!(
+        m.tokenize(&huge, Role::Passage).unwrap(),
+        m.tokenize(&long, Role::Passage).unwrap()
+    );
 }
 
 /// Multilingual text → image with ConSE on e5: the class names of every 10th ImageNet
