@@ -29,6 +29,7 @@ pub struct BenchOpts {
     pub recall_targets: Vec<f32>,
     pub queries: Option<usize>,
     pub filter_selectivity: Vec<u32>,
+    pub growing: bool,
     pub k: usize,
     pub build_threads: usize,
     pub url: Option<String>,
@@ -240,14 +241,17 @@ fn http_call(t: &Target, ep: &str, body: &Value) -> Result<Value> {
     crate::client::call(url, token.as_deref(), ep, body)
 }
 
-/// Creates the collection, loads the vectors, flushes, waits for the index. Returns
-/// (load seconds, build seconds, index bytes).
+/// Creates the collection, loads the vectors, flushes, waits for the index (or, with
+/// `growing`, leaves the rows in the growing segment and waits for its interim graph to
+/// cover them). Returns (load seconds, build seconds, index bytes).
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     t: &Target,
     ds: &Dataset,
     index: &str,
     params: &Map<String, Value>,
     with_sel: bool,
+    growing: bool,
     shards: Option<u32>,
     replicas: Option<u32>,
 ) -> Result<(f64, f64, u64)> {
@@ -294,11 +298,29 @@ fn prepare(
                 let rows: Vec<Value> = (start..(start + 10_000).min(n)).map(row).collect();
                 e.insert(COLL, None, &rows)?;
             }
-            e.flush(COLL)?;
+            if !growing {
+                e.flush(COLL)?;
+            }
             let load_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             if !e.wait_for_indexes(COLL, Duration::from_secs(3600))? {
                 bail!("index build did not finish within an hour");
+            }
+            if growing {
+                let probe = SearchRequest {
+                    vectors: vec![ds.query(0).to_vec()],
+                    limit: 1,
+                    ..Default::default()
+                };
+                let o = e.search_ex(COLL, &probe)?;
+                if o.interim_segments == 0 || o.exact_rows > 0 {
+                    bail!(
+                        "the growing rows are not covered by an interim graph ({} interim segment(s), {} rows scanned exactly)",
+                        o.interim_segments,
+                        o.exact_rows
+                    );
+                }
+                return Ok((load_s, t1.elapsed().as_secs_f64(), 0));
             }
             let wall = t1.elapsed().as_secs_f64();
             let p = &e.index_progress(COLL, None)?[0];
@@ -348,9 +370,34 @@ fn prepare(
                     &json!({"collectionName": COLL, "data": rows}),
                 )?;
             }
-            http_call(t, "collections/flush", &json!({"collectionName": COLL}))?;
+            if !growing {
+                http_call(t, "collections/flush", &json!({"collectionName": COLL}))?;
+            }
             let load_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
+            if growing {
+                loop {
+                    let q = &ds.queries[..ds.dim];
+                    let v = http_call(
+                        t,
+                        "entities/search",
+                        &json!({"collectionName": COLL, "data": [q], "limit": 1, "consistencyLevel": "Strong"}),
+                    )?;
+                    let info = &v["searchInfo"];
+                    if info["indexedSegments"].as_u64() != Some(0) {
+                        bail!("the rows were sealed and indexed; start the server with --seal-rows above {n} and --seal-bytes above the data's size");
+                    }
+                    if info["interimSegments"].as_u64() > Some(0)
+                        && info["exactRows"].as_u64() == Some(0)
+                    {
+                        return Ok((load_s, t1.elapsed().as_secs_f64(), 0));
+                    }
+                    if t1.elapsed() > Duration::from_secs(3600) {
+                        bail!("the interim graph did not cover the rows within an hour");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
             loop {
                 let d = http_call(
                     t,
@@ -541,10 +588,11 @@ pub fn run(o: BenchOpts) -> Result<()> {
         };
         params.extend(m);
     }
-    let system = if o.url.is_some() {
-        "magpie (HTTP)"
-    } else {
-        "magpie"
+    let system = match (o.url.is_some(), o.growing) {
+        (false, false) => "magpie",
+        (true, false) => "magpie (HTTP)",
+        (false, true) => "magpie, growing segment",
+        (true, true) => "magpie (HTTP), growing segment",
     };
     let target = match &o.url {
         Some(u) => Target::Http {
@@ -584,7 +632,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
         bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
     }
     let (load_s, build_s, index_bytes) = prepare(
-        &target, &ds, &index, &params, with_sel, o.shards, o.replicas,
+        &target, &ds, &index, &params, with_sel, o.growing, o.shards, o.replicas,
     )?;
     let rss = if o.url.is_none() { rss_bytes() } else { 0 };
     let raw = (ds.n() * ds.dim * 4) as u64;

@@ -410,6 +410,11 @@ struct BenchArgs {
     /// ground truth computed here, next to an unfiltered run at the same target.
     #[arg(long, value_delimiter = ',')]
     filter_selectivity: Vec<u32>,
+    /// Search the rows while they are still in a growing segment (not flushed): through
+    /// its interim graph once that covers every row, instead of the built index. With
+    /// --url, start the server with --seal-rows above the dataset's size.
+    #[arg(long)]
+    growing: bool,
     #[arg(long, default_value_t = 10)]
     k: usize,
     /// Threads for the index build.
@@ -472,6 +477,15 @@ struct ServeArgs {
     /// Threads per background index build; 0 = every core [default: 0].
     #[arg(long, env = "MAGPIE_INDEX_BUILD_THREADS")]
     index_build_threads: Option<usize>,
+    /// A growing segment of a field with an HNSW or IVF index gets an interim graph
+    /// once it holds this many rows, so searches right after inserts do not scan it
+    /// exactly; 0 turns interim graphs off [default: 4096].
+    #[arg(long, env = "MAGPIE_INTERIM_MIN_ROWS")]
+    interim_min_rows: Option<usize>,
+    /// Rows that arrive before an interim graph is grown again; until then they are
+    /// scanned exactly [default: 1024].
+    #[arg(long, env = "MAGPIE_INTERIM_STEP_ROWS")]
+    interim_step_rows: Option<usize>,
     /// Directory of built-in models [default: DATA_DIR/models].
     #[arg(long, env = "MAGPIE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
@@ -664,6 +678,8 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         maintenance_interval_ms,
         index_min_rows,
         index_build_threads,
+        interim_min_rows,
+        interim_step_rows,
         image_roots,
         decode_memory_bytes,
         allowed_hosts,
@@ -810,6 +826,7 @@ fn main() {
             recall_targets: a.recall_targets,
             queries: a.queries,
             filter_selectivity: a.filter_selectivity,
+            growing: a.growing,
             k: a.k,
             build_threads: a.build_threads,
             url: a.url,

@@ -30,11 +30,22 @@ pub(crate) struct JobKey {
     pub index: u64,
 }
 
+#[derive(Clone)]
 pub(crate) struct Job {
     pub key: JobKey,
     pub coll: CollRef,
     /// Vector field, by position among the schema's vector fields.
     pub field: usize,
+}
+
+/// What the interim builder grows ([`crate::segment::Interim`]): a graph once a growing
+/// segment has `min_rows` rows, extended whenever `step_rows` more have arrived.
+#[derive(Clone, Debug)]
+pub(crate) struct InterimParams {
+    pub min_rows: usize,
+    pub step_rows: usize,
+    pub m: usize,
+    pub ef_construction: usize,
 }
 
 /// A failed build and when it may be tried again.
@@ -96,6 +107,9 @@ struct Shared {
     work: Condvar,
     done: Condvar,
     threads: usize,
+    /// Set for the interim builder: its jobs grow interim graphs of growing segments
+    /// instead of building and persisting indexes of flushed ones.
+    interim: Option<InterimParams>,
 }
 
 pub(crate) struct Builder {
@@ -106,15 +120,31 @@ pub(crate) struct Builder {
 impl Builder {
     /// Starts the builder thread. `threads` is passed to index builds (0 = all cores).
     pub fn start(threads: usize) -> Builder {
+        Self::start_with(threads, None)
+    }
+
+    /// Starts the interim builder: a second queue and thread, so a graph over growing
+    /// rows never waits behind a long build of a flushed segment.
+    pub fn start_interim(threads: usize, p: InterimParams) -> Builder {
+        Self::start_with(threads, Some(p))
+    }
+
+    fn start_with(threads: usize, interim: Option<InterimParams>) -> Builder {
+        let name = if interim.is_some() {
+            "magpie-interim-builder"
+        } else {
+            "magpie-index-builder"
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
             threads,
+            interim,
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
-            .name("magpie-index-builder".into())
+            .name(name.into())
             .spawn(move || worker(s))
             .expect("spawn index builder thread");
         Builder {
@@ -221,13 +251,21 @@ fn worker(sh: Arc<Shared>) {
                 sh.work.wait(&mut st);
             }
         };
-        let r = run(&job, &cancel, sh.threads);
+        let r = match &sh.interim {
+            None => run(&job, &cancel, sh.threads).map(|()| false),
+            Some(p) => run_interim(&job, &cancel, sh.threads, p),
+        };
         let mut st = sh.state.lock();
         st.running = None;
         match r {
             Err(msg) => st.record_failure(job.key, msg, Instant::now()),
-            Ok(()) => {
+            Ok(again) => {
                 st.failed.remove(&job.key);
+                // Rows arrived during the build: grow the graph again.
+                if again && st.admits(&job.key, Instant::now()) {
+                    st.queued.insert(job.key);
+                    st.jobs.push_back(job);
+                }
             }
         }
         sh.done.notify_all();
@@ -315,6 +353,10 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         let _ = store.delete(&key);
         return Err(e.to_string());
     }
+    // The built index replaces the interim graph.
+    if let Some(seg) = g.segments.iter_mut().find(|s| s.id == job.key.segment) {
+        seg.interim[field] = None;
+    }
     tracing::info!(
         segment = job.key.segment,
         rows = v.len(),
@@ -322,6 +364,135 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         "index built"
     );
     Ok(())
+}
+
+/// Rows an interim job reads: the segment's own once flushed (shared, read without the
+/// lock), else a copy taken under the read lock (a growing segment's rows move as it
+/// grows).
+enum Rows {
+    Shared(crate::segment::SharedVectors),
+    F32(Vec<f32>),
+    Half(Vec<u16>, bool),
+}
+
+impl Rows {
+    fn slice(&self, dim: usize, elem: magpie_index::Elem) -> magpie_index::VectorSlice<'_> {
+        match self {
+            Rows::Shared(s) => s.slice(dim, elem),
+            Rows::F32(v) => magpie_index::VectorSlice::new(v, dim),
+            Rows::Half(v, bf) => magpie_index::VectorSlice::half(v, dim, *bf),
+        }
+    }
+}
+
+/// Grows the interim graph of one segment's vector field to the rows it has now (see
+/// [`crate::segment::Interim`]). Returns whether enough rows arrived meanwhile for
+/// another step. Moot jobs (segment gone or indexed, definition dropped, too few new
+/// rows) return `Ok(false)`.
+fn run_interim(
+    job: &Job,
+    cancel: &Cancel,
+    threads: usize,
+    p: &InterimParams,
+) -> Result<bool, String> {
+    use magpie_index::{HnswIndex, HnswParams, VectorIndexRead};
+    let field = job.field;
+    let (rows, inv, n, dim, elem, metric, base, curve_rows) = {
+        let g = job.coll.read();
+        let Some(seg) = g.segments.iter().find(|s| s.id == job.key.segment) else {
+            return Ok(false);
+        };
+        if seg.indexes.get(field).is_none_or(|i| i.is_some()) {
+            return Ok(false);
+        }
+        let Some(def) = g.meta.indexes.iter().find(|i| i.id == job.key.index) else {
+            return Ok(false);
+        };
+        let n = seg.len();
+        let cur = seg.interim[field].as_ref().filter(|i| i.index_id == def.id);
+        let have = cur.map_or(0, |i| i.rows);
+        let growing = seg.state == SegState::Growing;
+        let due = match (have, growing) {
+            (0, true) => n >= p.min_rows,
+            // Sealed or flushed without a graph: its real build is due; no race with it.
+            (0, false) => false,
+            (_, true) => n >= have + p.step_rows,
+            // Sealed while rows were waiting: cover them once.
+            (_, false) => n > have,
+        };
+        if !due {
+            return Ok(false);
+        }
+        let col = seg.vectors[field].get().map_err(|e| e.to_string())?;
+        let rows = match col.data.share() {
+            Some(sh) => Rows::Shared(sh),
+            None => match col.slice().rows {
+                magpie_index::Rows::F32(d) => Rows::F32(d[..n * col.dim].to_vec()),
+                magpie_index::Rows::Half(d, bf) => Rows::Half(d[..n * col.dim].to_vec(), bf),
+                magpie_index::Rows::Bin(_) => return Ok(false),
+            },
+        };
+        (
+            rows,
+            col.inv_norms.get(..n).unwrap_or(&[]).to_vec(),
+            n,
+            col.dim,
+            col.elem,
+            def.metric_type,
+            cur.map(|i| (i.graph.clone(), i.rows)),
+            cur.map_or(0, |i| i.curve_rows),
+        )
+    };
+    let v = rows.slice(dim, elem).rows_range(0, n);
+    let measure = n >= 2 * curve_rows.max(1);
+    let hp = HnswParams {
+        m: p.m,
+        ef_construction: p.ef_construction,
+        threads,
+        measure_recall: measure,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let built = match &base {
+        Some((g, _)) => g.extend(v, &inv, &hp, cancel),
+        None => HnswIndex::build_with(v, &inv, metric, &hp, cancel),
+    };
+    let graph = match built {
+        Ok(g) => g,
+        Err(IndexError::Cancelled) => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut g = job.coll.write();
+    let def_ok = g.meta.indexes.iter().any(|i| i.id == job.key.index);
+    let Some(seg) = g
+        .segments
+        .iter_mut()
+        .find(|s| s.id == job.key.segment)
+        .filter(|s| def_ok && s.indexes[field].is_none())
+    else {
+        return Ok(false);
+    };
+    // Only over the graph this one grew from (a drop and re-create of the index in
+    // between leaves nothing to replace).
+    let cur = seg.interim[field].as_ref().map(|i| (i.index_id, i.rows));
+    if cur != base.as_ref().map(|(_, r)| (job.key.index, *r)) {
+        return Ok(false);
+    }
+    tracing::debug!(
+        segment = seg.id,
+        rows = n,
+        added = n - base.as_ref().map_or(0, |b| b.1),
+        ms = t.elapsed().as_millis() as u64,
+        bytes = graph.memory_bytes(),
+        "interim graph grown"
+    );
+    seg.interim[field] = Some(crate::segment::Interim {
+        index_id: job.key.index,
+        rows: n,
+        graph: Arc::new(graph),
+        curve_rows: if measure { n } else { curve_rows },
+    });
+    Ok(seg.len() > n && (seg.state != SegState::Growing || seg.len() >= n + p.step_rows))
 }
 
 #[cfg(test)]

@@ -172,6 +172,12 @@ pub struct SearchOutcome {
     /// Segments searched through a built index, and exactly.
     pub indexed_segments: usize,
     pub exact_segments: usize,
+    /// Segments without a built index searched through their interim graph (over
+    /// `interim_rows` rows), and rows scanned exactly (the exact segments' and the
+    /// rows after each interim graph).
+    pub interim_segments: usize,
+    pub interim_rows: usize,
+    pub exact_rows: usize,
     /// The knob the (first) indexed segment resolved the request to.
     pub knob: Option<Knob>,
     /// With a filter: rows that passed it (and were visible) over rows searched, and how
@@ -1035,10 +1041,19 @@ impl Collection {
                 Probe::Dense { .. } => ix.is_some(),
                 Probe::Sparse { indexed, .. } => indexed && seg.state != SegState::Growing,
             };
+            let interim = dense_field
+                .and_then(|f| seg.interim.get(f))
+                .and_then(|i| i.as_ref())
+                .filter(|_| ix.is_none());
             if indexed && !exact_only {
                 outcome.indexed_segments += 1;
+            } else if let Some(it) = interim.filter(|_| !exact_only) {
+                outcome.interim_segments += 1;
+                outcome.interim_rows += it.rows.min(seg.len());
+                outcome.exact_rows += seg.len().saturating_sub(it.rows);
             } else {
                 outcome.exact_segments += 1;
+                outcome.exact_rows += seg.len();
             }
             if r.filter.is_some() {
                 let passed = allow.as_ref().map_or(seg.len(), |a| a.count_ones());
@@ -1047,6 +1062,7 @@ impl Collection {
                 let plan = match ix.and_then(|i| i.get()) {
                     Some(i) if !exact_only => i.filter_plan(passed),
                     _ if indexed => "sparse-index",
+                    _ if interim.is_some() && !exact_only => "interim",
                     _ => "exact",
                 };
                 *outcome.filter_plans.entry(plan).or_default() += 1;
@@ -1087,7 +1103,15 @@ impl Collection {
                                 }
                                 ix.search(col.slice(), &col.inv_norms, q, &params)?
                             }
-                            None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
+                            None => match seg.interim[field].as_ref().filter(|_| !exact_only) {
+                                Some(it) => {
+                                    if outcome.knob.is_none() {
+                                        outcome.knob = it.graph.knob(&params);
+                                    }
+                                    it.search(col.slice(), &col.inv_norms, q, &params)?
+                                }
+                                None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
+                            },
                         }
                     }
                     Probe::Sparse {

@@ -10,7 +10,7 @@
 //! A read picks a snapshot timestamp by its consistency level (see [`Consistency`]), takes
 //! the collection's read lock, and sees rows with `insert_ts <= snapshot < delete_ts`.
 
-use crate::builder::{Builder, CollRef, Job, JobKey};
+use crate::builder::{Builder, CollRef, InterimParams, Job, JobKey};
 use crate::catalog::{CatalogFile, CollectionMeta, IndexMeta, PartitionMeta};
 use crate::collection::{Collection, Hit, Probe, ResolvedSearch, SealPolicy, WalOp};
 use crate::collection::{OutputBudget, SearchKnobs, SearchOutcome};
@@ -23,7 +23,7 @@ use crate::segment::SegState;
 use crate::storage::{LocalStorage, Storage};
 use crate::types::{now_ms, Consistency, PrimaryKey, Timestamp};
 use crate::wal::Wal;
-use magpie_index::Metric;
+use magpie_index::{Elem, Metric};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -40,6 +40,10 @@ pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
 pub const MAX_TOPK: usize = 16384;
 /// Most partitions per collection.
 pub const MAX_PARTITIONS: usize = 1024;
+/// efConstruction of interim graphs (M is 16): lower than a built index's 200, since an
+/// interim graph is grown while rows stream in and lives only until the segment's real
+/// index replaces it; a recall target still holds through its measured curve.
+const INTERIM_EF_CONSTRUCTION: usize = 100;
 
 /// Engine tunables.
 #[derive(Clone, Debug)]
@@ -61,6 +65,13 @@ pub struct EngineConfig {
     pub index_min_rows: usize,
     /// Threads per index build (0 = every core).
     pub index_build_threads: usize,
+    /// A growing segment of a field with a graph or IVF index gets an interim HNSW graph
+    /// once it holds this many rows (0 = never): searched with an exact scan of the
+    /// rows after it, grown in the background every `interim_step_rows` new rows, and
+    /// replaced by the built index after the segment flushes
+    /// ([`crate::segment::Interim`]).
+    pub interim_min_rows: usize,
+    pub interim_step_rows: usize,
     /// Most query vectors (or texts, images, ids) in one search.
     pub max_nq: usize,
     /// Most hits one search may produce, all queries together: nq × (limit + offset).
@@ -88,6 +99,8 @@ impl Default for EngineConfig {
             compact_delete_ratio: 0.2,
             index_min_rows: 1024,
             index_build_threads: 0,
+            interim_min_rows: 4096,
+            interim_step_rows: 1024,
             max_nq: 1024,
             max_result_rows: 65_536,
             auto_compact_secs: 60,
@@ -125,6 +138,8 @@ pub struct Engine {
     /// without the catalog lock. Lock order: catalog, collections, aliases.
     aliases: RwLock<HashMap<String, String>>,
     builder: Builder,
+    /// Grows interim graphs of growing segments (its own thread and queue).
+    interim: Builder,
     embedder: RwLock<Option<Arc<dyn Embedder>>>,
     /// When [`Engine::maintain`] last compacted each collection (ms; rate limit).
     last_compact: Mutex<HashMap<u64, u64>>,
@@ -146,6 +161,7 @@ impl Drop for Engine {
             let _ = handle.join();
         }
         self.builder.shutdown();
+        self.interim.shutdown();
     }
 }
 
@@ -178,6 +194,9 @@ pub struct SegmentIndexState {
     /// indexes, and before a search built the segment's inverted index).
     pub postings: u64,
     pub build_ms: u64,
+    /// Rows covered by the segment's interim graph, and its bytes (0 without one).
+    pub interim_rows: usize,
+    pub interim_bytes: u64,
 }
 
 /// A fresh, process-unique index definition id (time-based, so also unique across
@@ -470,6 +489,15 @@ impl Engine {
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
         let builder = Builder::start(config.index_build_threads);
+        let interim = Builder::start_interim(
+            config.index_build_threads,
+            InterimParams {
+                min_rows: config.interim_min_rows.max(1),
+                step_rows: config.interim_step_rows.max(1),
+                m: 16,
+                ef_construction: INTERIM_EF_CONSTRUCTION,
+            },
+        );
         let aliases = catalog
             .aliases
             .iter()
@@ -484,6 +512,7 @@ impl Engine {
             collections: RwLock::new(collections),
             aliases: RwLock::new(aliases),
             builder,
+            interim,
             embedder: RwLock::new(None),
             last_compact: Mutex::new(HashMap::new()),
             gc: RwLock::new(()),
@@ -692,10 +721,69 @@ impl Engine {
         }
     }
 
+    /// Queues a step of the interim graph of every growing segment that has enough new
+    /// rows for one (cheap: a look at each segment's row count).
+    fn schedule_interim(&self, c: &CollRef) {
+        let min = self.config.interim_min_rows;
+        if min == 0 {
+            return;
+        }
+        let step = self.config.interim_step_rows.max(1);
+        let g = c.read();
+        for def in &g.meta.indexes {
+            let Some(field) = g.meta.schema.vector_index(&def.field_name) else {
+                continue;
+            };
+            for s in &g.segments {
+                if s.state != SegState::Growing || s.len() < min {
+                    continue;
+                }
+                let have = s.interim[field]
+                    .as_ref()
+                    .filter(|i| i.index_id == def.id)
+                    .map_or(0, |i| i.rows);
+                if have > 0 && s.len() < have + step {
+                    continue;
+                }
+                if !Self::wants_interim(&g, def, field) {
+                    break;
+                }
+                self.interim.enqueue(Job {
+                    key: JobKey {
+                        coll: g.meta.id,
+                        segment: s.id,
+                        index: def.id,
+                    },
+                    coll: c.clone(),
+                    field,
+                });
+            }
+        }
+    }
+
+    /// Whether index `def` on vector field `field` stands for an approximate search that
+    /// an interim graph can serve: a graph or IVF index on float rows (not FLAT, whose
+    /// answers are exact, nor binary rows).
+    fn wants_interim(g: &Collection, def: &IndexMeta, field: usize) -> bool {
+        let elem = g
+            .meta
+            .schema
+            .vector_fields()
+            .nth(field)
+            .map(|f| f.data_type.elem());
+        let dim = g.meta.schema.field(&def.field_name).and_then(|f| f.dim);
+        matches!(elem, Some(e) if e != Elem::Bin)
+            && matches!(
+                indexspec::parse(def, dim.unwrap_or(0), 0),
+                Ok(k) if k.is_built() && !matches!(k, indexspec::IndexKind::BinIvf(_))
+            )
+    }
+
     fn schedule_all(&self) {
         let all: Vec<CollRef> = self.collections.read().values().cloned().collect();
         for c in all {
             self.schedule(&c);
+            self.schedule_interim(&c);
         }
     }
 
@@ -705,10 +793,10 @@ impl Engine {
     pub fn wait_for_indexes(&self, coll: &str, timeout: std::time::Duration) -> Result<bool> {
         let c = self.coll(coll)?;
         self.schedule(&c);
+        self.schedule_interim(&c);
         let id = c.read().meta.id;
-        Ok(self
-            .builder
-            .wait_idle(id, std::time::Instant::now() + timeout))
+        let deadline = std::time::Instant::now() + timeout;
+        Ok(self.builder.wait_idle(id, deadline) && self.interim.wait_idle(id, deadline))
     }
 
     /// Build progress of each index of a collection (optionally one, by name).
@@ -747,6 +835,10 @@ impl Engine {
                 let ix = field
                     .and_then(|f| s.indexes.get(f))
                     .and_then(|i| i.as_ref());
+                let interim = field
+                    .and_then(|f| s.interim.get(f))
+                    .and_then(|i| i.as_ref())
+                    .filter(|i| i.index_id == def.id);
                 // A scalar index: the bytes of its sorted order, once a filter built it.
                 let scalar_bytes = scalar
                     .and_then(|si| s.sorted.get(si))
@@ -790,6 +882,11 @@ impl Engine {
                     index_bytes: ix.map_or(scalar_bytes, |i| i.file.bytes),
                     postings: sparse.map_or(0, |x| x.postings() as u64),
                     build_ms: ix.map_or(0, |i| i.file.build_ms),
+                    interim_rows: interim.map_or(0, |i| i.rows),
+                    interim_bytes: interim.map_or(0, |i| {
+                        use magpie_index::VectorIndexRead;
+                        i.graph.memory_bytes() as u64
+                    }),
                 });
             }
             let failure = self.builder.failure(g.meta.id, def.id);
@@ -957,6 +1054,7 @@ impl Engine {
         }
         let id = c.read().meta.id;
         self.builder.cancel_where(|k| k.coll == id);
+        self.interim.cancel_where(|k| k.coll == id);
         cat.collections.retain(|m| m.id != id);
         self.save_catalog(&cat)?;
         self.collections.write().remove(name);
@@ -1225,6 +1323,15 @@ impl Engine {
         let coll_id = g.meta.id;
         self.builder
             .cancel_where(|k| k.coll == coll_id && k.index == def.id);
+        self.interim
+            .cancel_where(|k| k.coll == coll_id && k.index == def.id);
+        for s in &mut g.segments {
+            for slot in &mut s.interim {
+                if slot.as_ref().is_some_and(|i| i.index_id == def.id) {
+                    *slot = None;
+                }
+            }
+        }
         self.update_meta(&mut g, |m| {
             m.indexes.retain(|i| i.index_name != index_name);
             Ok(())
@@ -1384,6 +1491,7 @@ impl Engine {
             )
         };
         self.wal.sync_to(seq)?;
+        self.schedule_interim(&c);
         Ok(res)
     }
 
@@ -2056,6 +2164,7 @@ impl Engine {
             }
             drop(g);
             self.schedule(&c);
+            self.schedule_interim(&c);
         }
         if flushed {
             self.trim_wal()?;

@@ -314,6 +314,62 @@ impl SegIndex {
     }
 }
 
+/// An HNSW graph over the first `rows` rows of a vector field that has no built index
+/// yet: a growing segment's, or a flushed one's whose build is pending. It is grown in
+/// the background as rows arrive (`builder`, interim jobs) and searched together with
+/// an exact scan of the rows after it, so a search right after a large insert does not
+/// scan the whole segment. It lives only in memory: after a restart the rows replayed
+/// from the WAL get a new one. The built index replaces it.
+pub struct Interim {
+    /// The index definition it stands in for.
+    pub index_id: u64,
+    /// Rows it covers: the segment's first `rows`.
+    pub rows: usize,
+    pub graph: Arc<magpie_index::HnswIndex>,
+    /// Rows when its recall curve was measured (measured again once they double).
+    pub curve_rows: usize,
+}
+
+impl Interim {
+    /// The best rows of `v` (the whole column) for `q`: the graph over the first
+    /// `rows`, an exact scan of the rest; offsets are the column's.
+    pub fn search(
+        &self,
+        v: VectorSlice<'_>,
+        inv_norms: &[f32],
+        q: &[f32],
+        p: &magpie_index::SearchParams<'_>,
+    ) -> magpie_index::Result<Vec<magpie_index::Scored>> {
+        use magpie_index::VectorIndexRead;
+        let n = v.len();
+        let m = self.rows.min(n);
+        let inv = |a: usize, b: usize| inv_norms.get(a..b).unwrap_or(&[]);
+        let head_allow = p.allow.map(|a| a.slice(0, m));
+        let head = magpie_index::SearchParams {
+            allow: head_allow.as_ref(),
+            ..*p
+        };
+        let mut out = self.graph.search(v.rows_range(0, m), inv(0, m), q, &head)?;
+        if m < n {
+            let tail_allow = p.allow.map(|a| a.slice(m, n));
+            let tail = magpie_index::SearchParams {
+                allow: tail_allow.as_ref(),
+                ..*p
+            };
+            let flat = magpie_index::FlatIndex::new(self.graph.metric());
+            out.extend(
+                flat.search(v.rows_range(m, n), inv(m, n), q, &tail)?
+                    .into_iter()
+                    .map(|s| magpie_index::Scored {
+                        offset: s.offset + m as u32,
+                        ..s
+                    }),
+            );
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(not(target_endian = "little"))]
 compile_error!("Magpie's segment files are little-endian and memory-mapped as-is");
 
@@ -520,6 +576,8 @@ pub struct Segment {
     pub deletes_gen: u64,
     /// Built index per vector field (flushed segments only).
     pub indexes: Vec<Option<SegIndex>>,
+    /// Interim graph per vector field while it has no built index ([`Interim`]).
+    pub interim: Vec<Option<Interim>>,
     /// Largest insert timestamp and number of tombstones: a snapshot at or after
     /// `max_ts` of a segment without tombstones sees every row, so searches can skip
     /// building a visibility bitset.
@@ -718,6 +776,7 @@ impl Segment {
             deletes_dirty: false,
             deletes_gen: 0,
             indexes: dims.iter().map(|_| None).collect(),
+            interim: dims.iter().map(|_| None).collect(),
             max_ts: 0,
             n_deleted: 0,
             approx_bytes: 0,
@@ -1100,6 +1159,7 @@ impl Segment {
         let max_ts = rows.ts.iter().copied().max().unwrap_or(0);
         Ok(Segment {
             indexes: meta.dims.iter().map(|_| None).collect(),
+            interim: meta.dims.iter().map(|_| None).collect(),
             max_ts,
             n_deleted,
             id: meta.id,

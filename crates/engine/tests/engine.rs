@@ -2813,3 +2813,174 @@ fn bm25_bad_input_is_refused_by_name() {
         .contains("search it with texts"));
     assert_eq!(count(&e, "c", ""), 0);
 }
+
+/// A growing segment of an indexed field gets an interim graph: searches go through it
+/// (and scan only the rows after it), find what exact search finds, see new rows at
+/// once, respect deletes and filters; the built index replaces it after the flush, a
+/// dropped index takes it along, and a restart grows a new one over the replayed rows.
+#[test]
+fn growing_segments_are_searched_through_an_interim_graph() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        seal_rows: 1_000_000,
+        seal_bytes: usize::MAX,
+        interim_min_rows: 2000,
+        interim_step_rows: 500,
+        index_min_rows: 1000,
+        index_build_threads: 2,
+        ..Default::default()
+    };
+    let dim = 16;
+    let hnsw = || IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "HNSW".into(),
+        metric_type: Metric::L2,
+        params: Default::default(),
+    };
+    let e = Engine::open(d.path(), cfg.clone()).unwrap();
+    e.create_collection("c", schema(dim), vec![hnsw()], Consistency::Strong, "")
+        .unwrap();
+    let data = clustered(6000, dim, 5);
+    let insert = |e: &Engine, range: std::ops::Range<usize>| {
+        let rows: Vec<Value> = range
+            .map(|i| json!({"id": i as i64, "vec": data[i], "age": (i % 10) as i32}))
+            .collect();
+        e.insert("c", None, &rows).unwrap();
+    };
+    let search = |e: &Engine, q: &[f32], filter: Option<&str>| {
+        let r = SearchRequest {
+            vectors: vec![q.to_vec()],
+            limit: 10,
+            filter: filter.map(String::from),
+            knobs: SearchKnobs {
+                ef: Some(64),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        e.search_ex("c", &r).unwrap()
+    };
+    let recall = |e: &Engine, n: usize, keep: &dyn Fn(usize) -> bool, filter: Option<&str>| {
+        let queries = clustered(40, dim, 77);
+        let mut hit = 0;
+        for q in &queries {
+            let got = ids(&search(e, q, filter).hits[0]);
+            assert!(got.iter().all(|&i| keep(i as usize)), "{got:?}");
+            let want = exact_ids(Metric::L2, &data[..n], q, 10, keep);
+            hit += got.iter().filter(|i| want.contains(i)).count();
+        }
+        hit as f64 / (queries.len() * 10) as f64
+    };
+
+    // Below the threshold: exact.
+    insert(&e, 0..1500);
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(60))
+        .unwrap());
+    let o = search(&e, &data[0], None);
+    assert_eq!(
+        (o.interim_segments, o.exact_segments, o.exact_rows),
+        (0, 1, 1500)
+    );
+
+    // Past it, in batches: the graph covers every row once the builder is idle.
+    for b in (1500..5000).step_by(700) {
+        insert(&e, b..(b + 700).min(5000));
+    }
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(60))
+        .unwrap());
+    let o = search(&e, &data[0], None);
+    assert_eq!(
+        (
+            o.interim_segments,
+            o.interim_rows,
+            o.exact_segments,
+            o.exact_rows
+        ),
+        (1, 5000, 0, 0)
+    );
+    assert_eq!(o.knob.map(|k| k.name), Some("ef"));
+    let r = recall(&e, 5000, &|_| true, None);
+    assert!(r >= 0.95, "recall {r} through the interim graph");
+
+    // New rows are searched at once (exactly, after the graph) until the next step.
+    insert(&e, 5000..5200);
+    let o = search(&e, &data[5100], None);
+    assert_eq!((o.interim_rows, o.exact_rows), (5000, 200));
+    assert_eq!(ids(&o.hits[0])[0], 5100);
+    // Deletes and filters hold on both parts.
+    e.delete("c", None, Some(&[json!(5100), json!(7)]), None)
+        .unwrap();
+    let got = ids(&search(&e, &data[5100], None).hits[0]);
+    assert!(!got.contains(&5100), "{got:?}");
+    let got = ids(&search(&e, &data[7], None).hits[0]);
+    assert!(!got.contains(&7), "{got:?}");
+    let r = recall(
+        &e,
+        5200,
+        &|i| i % 10 == 3 && i != 5100 && i != 7,
+        Some("age == 3"),
+    );
+    assert!(r >= 0.95, "filtered recall {r} through the interim graph");
+    let o = search(&e, &data[3], Some("age == 3"));
+    assert_eq!(
+        o.filter_plans.get("interim"),
+        Some(&1),
+        "{:?}",
+        o.filter_plans
+    );
+
+    // A restart replays the rows into a growing segment, which gets a new graph.
+    drop(e);
+    let e = Engine::open(d.path(), cfg.clone()).unwrap();
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(60))
+        .unwrap());
+    let o = search(&e, &data[0], None);
+    assert_eq!((o.interim_segments, o.interim_rows), (1, 5200));
+    let r = recall(&e, 5200, &|i| i != 5100 && i != 7, None);
+    assert!(r >= 0.95, "recall {r} after restart");
+
+    // Flushed: the built index replaces the graph.
+    insert(&e, 5200..6000);
+    e.flush("c").unwrap();
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(60))
+        .unwrap());
+    let o = search(&e, &data[0], None);
+    assert_eq!(
+        (o.indexed_segments, o.interim_segments, o.exact_rows),
+        (1, 0, 0)
+    );
+
+    // A FLAT index (exact answers) never gets one, and dropping an index takes the
+    // graph of a growing segment with it.
+    e.create_collection("f", schema(dim), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    e.create_collection("h", schema(dim), vec![hnsw()], Consistency::Strong, "")
+        .unwrap();
+    for name in ["f", "h"] {
+        let rows: Vec<Value> = (0..3000)
+            .map(|i| json!({"id": i as i64, "vec": data[i], "age": 1}))
+            .collect();
+        e.insert(name, None, &rows).unwrap();
+        assert!(e
+            .wait_for_indexes(name, std::time::Duration::from_secs(60))
+            .unwrap());
+    }
+    let q = SearchRequest {
+        vectors: vec![data[0].clone()],
+        limit: 3,
+        ..Default::default()
+    };
+    let o = e.search_ex("f", &q).unwrap();
+    assert_eq!((o.interim_segments, o.exact_segments), (0, 1));
+    assert_eq!(e.search_ex("h", &q).unwrap().interim_segments, 1);
+    e.drop_index("h", "vec").unwrap();
+    let o = e.search_ex("h", &q).unwrap();
+    assert_eq!((o.interim_segments, o.exact_segments), (0, 1));
+    assert_eq!(ids(&o.hits[0])[0], 0);
+}

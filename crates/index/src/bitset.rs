@@ -38,6 +38,27 @@ impl Bitset {
         self.len
     }
 
+    /// Bits `start..end` as a bitset of their own (bit `start` becomes bit 0): the part
+    /// of a segment's bitset that an index over a range of its rows reads.
+    pub fn slice(&self, start: usize, end: usize) -> Bitset {
+        assert!(start <= end && end <= self.len, "bitset slice out of range");
+        let len = end - start;
+        let (w, sh) = (start / 64, start % 64);
+        let words = (0..len.div_ceil(64))
+            .map(|i| {
+                let lo = self.words[w + i] >> sh;
+                let hi = match (sh, self.words.get(w + i + 1)) {
+                    (0, _) | (_, None) => 0,
+                    (_, Some(n)) => n << (64 - sh),
+                };
+                lo | hi
+            })
+            .collect();
+        let mut b = Bitset { words, len };
+        b.clear_tail();
+        b
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -145,6 +166,22 @@ mod tests {
             none.and_not_with(&b);
             none.or_with(&b);
             prop_assert_eq!(none.count_ones(), bits.len());
+        }
+
+        #[test]
+        fn slice_matches_the_bits_in_range(
+            bits in prop::collection::vec(any::<bool>(), 0..300),
+            a in 0usize..300,
+            b in 0usize..300,
+        ) {
+            let mut set = Bitset::zeros(bits.len());
+            for (i, &v) in bits.iter().enumerate() { set.set(i, v); }
+            let (lo, hi) = (a.min(b).min(bits.len()), a.max(b).min(bits.len()));
+            let s = set.slice(lo, hi);
+            prop_assert_eq!(s.len(), hi - lo);
+            let want: Vec<usize> = (lo..hi).filter(|&i| bits[i]).map(|i| i - lo).collect();
+            prop_assert_eq!(s.iter_ones().collect::<Vec<_>>(), want.clone());
+            prop_assert_eq!(s.count_ones(), want.len());
         }
     }
 }

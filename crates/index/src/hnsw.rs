@@ -457,6 +457,49 @@ impl HnswIndex {
         p: &HnswParams,
         cancel: &Cancel,
     ) -> Result<Self> {
+        Self::grow(None, vectors, inv_norms, metric, p, cancel)
+    }
+
+    /// A copy of this graph with rows `self.len()..vectors.len()` inserted: what an
+    /// index over a growing segment does as rows arrive, at the cost of inserting only
+    /// the new rows (and copying the links). The first `self.len()` rows of `vectors`
+    /// must be the rows this graph was built over, unchanged. `M` and the metric are
+    /// this graph's; `efConstruction`, `threads` and `sq8` come from `p`. With
+    /// `p.measure_recall` false the recall curve is this graph's (measured on fewer
+    /// rows: an estimate that errs high as the graph grows).
+    pub fn extend(
+        &self,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        p: &HnswParams,
+        cancel: &Cancel,
+    ) -> Result<Self> {
+        if vectors.dim != self.dim || vectors.len() < self.n {
+            return Err(IndexError::Param(format!(
+                "extending an HNSW graph over {} rows of dim {} needs at least as many rows of that dim, got {} of dim {}",
+                self.n,
+                self.dim,
+                vectors.len(),
+                vectors.dim
+            )));
+        }
+        let p = HnswParams {
+            m: self.m,
+            ..p.clone()
+        };
+        Self::grow(Some(self), vectors, inv_norms, self.metric, &p, cancel)
+    }
+
+    /// Builds the graph over `vectors`, starting from `base` (a graph over a prefix of
+    /// them) when given.
+    fn grow(
+        base: Option<&HnswIndex>,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        metric: Metric,
+        p: &HnswParams,
+        cancel: &Cancel,
+    ) -> Result<Self> {
         if p.m < 2 || p.m > 128 {
             return Err(IndexError::Param(format!(
                 "M must be in 2..=128, got {}",
@@ -479,14 +522,22 @@ impl HnswIndex {
         if n > u32::MAX as usize - 1 {
             return Err(IndexError::Param("too many rows for one index".into()));
         }
+        // An empty base is no base: the first row becomes the entry point.
+        let base = base.filter(|b| b.n > 0 && b.entry != NO_ENTRY);
+        let old = base.map_or(0, |b| b.n);
         let m = p.m;
         let m0 = 2 * m;
         let ml = 1.0 / (m as f64).ln();
-        let levels: Vec<u8> = (0..n)
-            .map(|i| {
+        // A row's level depends only on its offset and the seed, so a graph grown in
+        // steps draws the same levels as one built at once.
+        let levels: Vec<u8> = base
+            .map_or(&[][..], |b| &b.levels[..])
+            .iter()
+            .copied()
+            .chain((old..n).map(|i| {
                 let u = unit(p.seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
                 ((-u.ln() * ml).floor() as usize).min(MAX_LEVEL) as u8
-            })
+            }))
             .collect();
         let mut upper_start = Vec::with_capacity(n + 1);
         let mut acc = 0usize;
@@ -495,19 +546,31 @@ impl HnswIndex {
             acc += l as usize * (m + 1);
         }
         upper_start.push(acc as u32);
+        let copy = |from: Option<&[AtomicU32]>, len: usize| -> Vec<AtomicU32> {
+            let from = from.unwrap_or(&[]);
+            from.iter()
+                .map(|a| AtomicU32::new(a.load(Relaxed)))
+                .chain((from.len()..len).map(|_| AtomicU32::new(0)))
+                .collect()
+        };
+        let (entry, max_level) = match base {
+            Some(b) => (b.entry, b.max_level),
+            None if n == 0 => (NO_ENTRY, 0),
+            None => (0, levels[0] as usize),
+        };
         let mut idx = HnswIndex {
             metric,
             n,
             dim: vectors.dim,
             m,
             m0,
-            entry: if n == 0 { NO_ENTRY } else { 0 },
-            max_level: levels.first().copied().unwrap_or(0) as usize,
-            links0: (0..n * (m0 + 1)).map(|_| AtomicU32::new(0)).collect(),
-            upper: (0..acc).map(|_| AtomicU32::new(0)).collect(),
+            entry,
+            max_level,
+            links0: copy(base.map(|b| &b.links0[..]), n * (m0 + 1)),
+            upper: copy(base.map(|b| &b.upper[..]), acc),
             upper_start,
             levels,
-            curve: RecallCurve::default(),
+            curve: base.map(|b| b.curve.clone()).unwrap_or_default(),
             sq: None,
             exact_below: 0,
             pool: VisitedPool::default(),
@@ -519,10 +582,11 @@ impl HnswIndex {
         let sp = Space::new(vectors, inv_norms, metric);
         let st = BuildState {
             locks: (0..n).map(|_| Mutex::new(())).collect(),
-            global: Mutex::new((0, idx.max_level)),
+            global: Mutex::new((idx.entry, idx.max_level)),
         };
-        let threads = crate::space::resolve_threads(p.threads).clamp(1, n);
-        let next = AtomicUsize::new(1);
+        let first = old.max(1);
+        let threads = crate::space::resolve_threads(p.threads).clamp(1, (n - first).max(1));
+        let next = AtomicUsize::new(first);
         let cancelled = AtomicBool::new(false);
         let efc = p.ef_construction.max(m);
         std::thread::scope(|s| {
@@ -931,6 +995,74 @@ mod tests {
             assert!(r >= 0.95, "{metric:?}: recall {r}");
             assert!(!idx.curve().points.is_empty());
         }
+    }
+
+    #[test]
+    fn a_graph_grown_in_steps_finds_what_one_built_at_once_finds() {
+        let (n, dim) = (3000, 24);
+        let data = clustered(n, dim, 20, 7);
+        let queries = clustered(50, dim, 20, 99);
+        for metric in [Metric::L2, Metric::COSINE] {
+            let all = VectorSlice::new(&data, dim);
+            let inv: Vec<f32> = (0..n)
+                .map(|i| 1.0 / magpie_linalg::norm(&all.row(i)))
+                .collect();
+            let p = HnswParams {
+                m: 12,
+                ef_construction: 100,
+                threads: 2,
+                measure_recall: false,
+                ..Default::default()
+            };
+            let c = Cancel::new();
+            let first =
+                HnswIndex::build_with(all.rows_range(0, 400), &inv[..400], metric, &p, &c).unwrap();
+            let mut g = first;
+            for end in [401, 1200, n] {
+                g = g
+                    .extend(all.rows_range(0, end), &inv[..end], &p, &c)
+                    .unwrap();
+                assert_eq!(g.shape(), (end, dim));
+            }
+            // Nothing to add: the same graph.
+            let same = g.extend(all, &inv, &p, &c).unwrap();
+            assert_eq!(same.to_bytes(), g.to_bytes());
+            let r = recall_of(&g, all, &inv, metric, &queries, 10, |k| SearchParams {
+                ef: Some(64),
+                ..SearchParams::top_k(k)
+            });
+            assert!(
+                r >= 0.95,
+                "{metric:?}: recall {r} of a graph grown in steps"
+            );
+            // Every row is reachable as its own nearest neighbour.
+            let sp = SearchParams {
+                ef: Some(64),
+                ..SearchParams::top_k(1)
+            };
+            let found = (0..n)
+                .step_by(7)
+                .filter(|&i| g.search(all, &inv, &all.row(i), &sp).unwrap()[0].offset as usize == i)
+                .count();
+            assert!(
+                found * 100 >= 98 * n.div_ceil(7),
+                "{found} rows found themselves"
+            );
+        }
+        // The rows must be the graph's rows and more, of its dimension.
+        let p = HnswParams::default();
+        let v = VectorSlice::new(&data, dim);
+        let g = HnswIndex::build_with(v.rows_range(0, 100), &[], Metric::L2, &p, &Cancel::new())
+            .unwrap();
+        let e = g
+            .extend(v.rows_range(0, 50), &[], &p, &Cancel::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("at least as many rows"), "{e}");
+        let other = clustered(200, 12, 4, 1);
+        let e = g
+            .extend(VectorSlice::new(&other, 12), &[], &p, &Cancel::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("of dim 24"), "{e}");
     }
 
     #[test]

@@ -181,6 +181,21 @@ impl<'a> VectorSlice<'a> {
     pub fn len(&self) -> usize {
         self.elems() / self.dim
     }
+
+    /// Rows `start..end` (offsets in the result count from `start`).
+    pub fn rows_range(&self, start: usize, end: usize) -> VectorSlice<'a> {
+        assert!(start <= end && end <= self.len(), "vector slice range");
+        let r = start * self.dim..end * self.dim;
+        let rows = match self.rows {
+            Rows::F32(d) => Rows::F32(&d[r]),
+            Rows::Half(d, bf) => Rows::Half(&d[r], bf),
+            Rows::Bin(d) => Rows::Bin(&d[r]),
+        };
+        VectorSlice {
+            rows,
+            dim: self.dim,
+        }
+    }
     pub fn is_empty(&self) -> bool {
         self.elems() == 0
     }

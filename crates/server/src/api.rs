@@ -1066,6 +1066,10 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
     let mut info = Map::new();
     info.insert("indexedSegments".into(), json!(outcome.indexed_segments));
     info.insert("exactSegments".into(), json!(outcome.exact_segments));
+    // Growing segments searched through their interim graph, and the rows scanned
+    // exactly (segments without an index, and rows not yet in an interim graph).
+    info.insert("interimSegments".into(), json!(outcome.interim_segments));
+    info.insert("exactRows".into(), json!(outcome.exact_rows));
     if let Some(k) = outcome.knob {
         info.insert(k.name.into(), json!(k.value));
         if let Some(r) = k.expected_recall {
@@ -1246,7 +1250,8 @@ pub async fn describe_index(State(st): State<Arc<AppState>>, Body(r): Body<CollR
             let segs: Vec<Value> = p
                 .segments
                 .iter()
-                .map(|s| json!({"segmentID": s.segment, "rows": s.rows, "state": s.state, "indexBytes": s.index_bytes, "buildMs": s.build_ms}))
+                .map(|s| json!({"segmentID": s.segment, "rows": s.rows, "state": s.state, "indexBytes": s.index_bytes, "buildMs": s.build_ms,
+                                 "interimRows": s.interim_rows, "interimBytes": s.interim_bytes}))
                 .collect();
             let metric = if p.scalar { "" } else { i.metric_type.as_str() };
             json!({"indexName": i.index_name, "fieldName": i.field_name, "indexType": i.index_type, "metricType": metric,

@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub index_min_rows: usize,
     /// Threads per background index build (0 = every core).
     pub index_build_threads: usize,
+    /// A growing segment of an indexed field gets an interim HNSW graph at this many
+    /// rows (0 = never), grown every `interim_step_rows` new rows.
+    pub interim_min_rows: usize,
+    pub interim_step_rows: usize,
     /// Directory of built-in models (`magpie models fetch`); default `<data_dir>/models`.
     pub models_dir: Option<PathBuf>,
     /// A folder of images to index (incrementally) into `images_collection` at start.
@@ -109,6 +113,8 @@ impl Default for ServerConfig {
             maintenance_interval_ms: 1000,
             index_min_rows: e.index_min_rows,
             index_build_threads: e.index_build_threads,
+            interim_min_rows: e.interim_min_rows,
+            interim_step_rows: e.interim_step_rows,
             models_dir: None,
             images_folder: None,
             images_collection: "images".into(),
@@ -139,6 +145,8 @@ impl ServerConfig {
             bounded_staleness_ms: self.bounded_staleness_ms,
             index_min_rows: self.index_min_rows,
             index_build_threads: self.index_build_threads,
+            interim_min_rows: self.interim_min_rows,
+            interim_step_rows: self.interim_step_rows,
             max_nq: self.max_nq,
             max_result_rows: self.max_result_rows,
             max_output_bytes: self.max_output_bytes,

@@ -15,8 +15,12 @@ struct T {
 }
 
 fn setup(token: Option<&str>, max_body: usize) -> T {
+    setup_with(token, max_body, EngineConfig::default())
+}
+
+fn setup_with(token: Option<&str>, max_body: usize, cfg: EngineConfig) -> T {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let engine = Arc::new(Engine::open(dir.path(), cfg).unwrap());
     let st = Arc::new(AppState {
         engine,
         metrics: Default::default(),
@@ -537,6 +541,100 @@ async fn bearer_token_and_metrics() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Rows not yet flushed are searched through the growing segment's interim graph:
+/// `indexes/describe` shows the rows it covers, `searchInfo` the segments searched
+/// through one and the rows still scanned exactly.
+#[tokio::test]
+async fn growing_rows_are_searched_through_an_interim_graph_over_rest() {
+    let t = setup_with(
+        None,
+        1 << 20,
+        EngineConfig {
+            interim_min_rows: 1000,
+            interim_step_rows: 200,
+            index_build_threads: 2,
+            ..Default::default()
+        },
+    );
+    let dim = 8;
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "g", "schema": {"autoId": false, "fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": dim}}]},
+          "indexParams": [{"fieldName": "vector", "indexName": "vector", "metricType": "L2",
+                           "params": {"index_type": "HNSW"}}]}),
+    )
+    .await;
+    let vec_of = |i: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|d| ((i * 7919 + d * 104729) % 1000) as f32 / 100.0)
+            .collect()
+    };
+    let rows: Vec<Value> = (0..2000)
+        .map(|i| json!({"id": i, "vector": vec_of(i)}))
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "g", "data": rows}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let d = t
+            .ok(
+                "indexes/describe",
+                json!({"collectionName": "g", "indexName": "vector"}),
+            )
+            .await;
+        let seg = &d[0]["segments"][0];
+        assert_eq!(seg["state"], json!("growing"), "{d}");
+        if seg["interimRows"] == json!(2000) {
+            assert!(seg["interimBytes"].as_u64().unwrap() > 0, "{d}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no interim graph: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, v) = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "g", "data": [vec_of(7)], "limit": 3}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"][0]["id"], json!(7));
+    let info = &v["searchInfo"];
+    assert_eq!(
+        (
+            &info["interimSegments"],
+            &info["exactSegments"],
+            &info["exactRows"]
+        ),
+        (&json!(1), &json!(0), &json!(0)),
+        "{v}"
+    );
+    assert!(info["ef"].as_u64().is_some(), "{v}");
+    // A row inserted now is found at once, scanned exactly after the graph.
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "g", "data": [{"id": 5000, "vector": vec![0.5f32; 8]}]}),
+    )
+    .await;
+    let v = t
+        .post(
+            "entities/search",
+            json!({"collectionName": "g", "data": [vec![0.5f32; 8]], "limit": 1}),
+        )
+        .await
+        .1;
+    assert_eq!(v["data"][0]["id"], json!(5000), "{v}");
+    assert_eq!(v["searchInfo"]["exactRows"], json!(1), "{v}");
 }
 
 /// ANN indexes over REST: create with Milvus params, background build visible in

@@ -233,7 +233,12 @@ impl Proxy {
                 info.insert(key.into(), v.clone());
             }
         }
-        for key in ["indexedSegments", "exactSegments"] {
+        for key in [
+            "indexedSegments",
+            "exactSegments",
+            "interimSegments",
+            "exactRows",
+        ] {
             let n: u64 = parts
                 .iter()
                 .map(|p| p["searchInfo"][key].as_u64().unwrap_or(0))
