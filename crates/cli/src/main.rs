@@ -486,6 +486,10 @@ struct ServeArgs {
     /// scanned exactly [default: 1024].
     #[arg(long, env = "MAGPIE_INTERIM_STEP_ROWS")]
     interim_step_rows: Option<usize>,
+    /// Folder that bulk-import paths (`jobs/import/create`) are resolved in
+    /// [default: DATA_DIR/import].
+    #[arg(long, env = "MAGPIE_IMPORT_ROOT")]
+    import_root: Option<PathBuf>,
     /// Directory of built-in models [default: DATA_DIR/models].
     #[arg(long, env = "MAGPIE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
@@ -711,6 +715,9 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
     }
     if a.models_dir.is_some() {
         cfg.models_dir = a.models_dir;
+    }
+    if a.import_root.is_some() {
+        cfg.import_root = a.import_root;
     }
     if let Some(c) = images_collection {
         cfg.images_collection = c;

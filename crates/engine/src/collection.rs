@@ -321,7 +321,7 @@ impl Collection {
     }
 
     /// A new, empty growing segment of `partition` with the next segment id.
-    fn new_segment(&mut self, partition: u64) -> Segment {
+    pub(crate) fn new_segment(&mut self, partition: u64) -> Segment {
         let schema = &self.meta.schema;
         let dims: Vec<(usize, Elem)> = schema
             .vector_fields()

@@ -31,9 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod hybrid;
+mod import;
 mod namespace;
 pub mod rerank;
 pub use hybrid::{check_rerank, fuse, HybridRequest, Rerank, MAX_HYBRID_SEARCHES};
+pub use import::{ImportProgress, Importer, IMPORT_BATCH_ROWS};
 pub use namespace::{qualified, split_qualified, DEFAULT_DATABASE};
 
 /// Largest `limit + offset` of a search or query (Milvus's bound).
@@ -72,6 +74,8 @@ pub struct EngineConfig {
     /// ([`crate::segment::Interim`]).
     pub interim_min_rows: usize,
     pub interim_step_rows: usize,
+    /// Folder that bulk-import paths are resolved in (`None`: `<data dir>/import`).
+    pub import_root: Option<PathBuf>,
     /// Most query vectors (or texts, images, ids) in one search.
     pub max_nq: usize,
     /// Most hits one search may produce, all queries together: nq × (limit + offset).
@@ -101,6 +105,7 @@ impl Default for EngineConfig {
             index_build_threads: 0,
             interim_min_rows: 4096,
             interim_step_rows: 1024,
+            import_root: None,
             max_nq: 1024,
             max_result_rows: 65_536,
             auto_compact_secs: 60,
@@ -140,6 +145,8 @@ pub struct Engine {
     builder: Builder,
     /// Grows interim graphs of growing segments (its own thread and queue).
     interim: Builder,
+    /// Bulk-import jobs (`engine/import.rs`).
+    imports: import::ImportJobs,
     embedder: RwLock<Option<Arc<dyn Embedder>>>,
     /// When [`Engine::maintain`] last compacted each collection (ms; rate limit).
     last_compact: Mutex<HashMap<u64, u64>>,
@@ -513,6 +520,7 @@ impl Engine {
             aliases: RwLock::new(aliases),
             builder,
             interim,
+            imports: Default::default(),
             embedder: RwLock::new(None),
             last_compact: Mutex::new(HashMap::new()),
             gc: RwLock::new(()),

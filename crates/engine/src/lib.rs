@@ -13,6 +13,7 @@ pub mod error;
 pub mod filter;
 pub mod fsutil;
 pub mod function;
+pub mod import;
 pub mod indexspec;
 pub mod schema;
 pub mod segment;
@@ -25,8 +26,8 @@ pub use collection::{Hit, SearchKnobs, SearchOutcome};
 pub use engine::{check_rerank, fuse};
 pub use engine::{
     qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, HybridRequest,
-    IndexProgress, QueryRequest, Rerank, SearchRequest, SegmentIndexState, WriteResult,
-    DEFAULT_DATABASE, MAX_HYBRID_SEARCHES, MAX_TOPK,
+    ImportProgress, Importer, IndexProgress, QueryRequest, Rerank, SearchRequest,
+    SegmentIndexState, WriteResult, DEFAULT_DATABASE, MAX_HYBRID_SEARCHES, MAX_TOPK,
 };
 pub use error::{EngineError, Result};
 pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};

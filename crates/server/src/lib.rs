@@ -10,6 +10,7 @@ pub mod backups;
 pub mod error;
 pub mod grpc;
 pub mod images_api;
+pub mod import_api;
 pub mod metrics;
 pub mod text_api;
 mod tls;
@@ -57,6 +58,9 @@ pub struct ServerConfig {
     /// rows (0 = never), grown every `interim_step_rows` new rows.
     pub interim_min_rows: usize,
     pub interim_step_rows: usize,
+    /// Folder that bulk-import file paths (`jobs/import/create`) are resolved in;
+    /// default `<data_dir>/import`.
+    pub import_root: Option<PathBuf>,
     /// Directory of built-in models (`magpie models fetch`); default `<data_dir>/models`.
     pub models_dir: Option<PathBuf>,
     /// A folder of images to index (incrementally) into `images_collection` at start.
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             index_build_threads: e.index_build_threads,
             interim_min_rows: e.interim_min_rows,
             interim_step_rows: e.interim_step_rows,
+            import_root: None,
             models_dir: None,
             images_folder: None,
             images_collection: "images".into(),
@@ -147,6 +152,7 @@ impl ServerConfig {
             index_build_threads: self.index_build_threads,
             interim_min_rows: self.interim_min_rows,
             interim_step_rows: self.interim_step_rows,
+            import_root: self.import_root.clone(),
             max_nq: self.max_nq,
             max_result_rows: self.max_result_rows,
             max_output_bytes: self.max_output_bytes,
@@ -434,6 +440,16 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/vectordb/databases/drop", post(drop_database))
         .route("/v2/vectordb/databases/list", post(list_databases))
         .route("/v2/vectordb/databases/describe", post(describe_database))
+        .route("/v2/vectordb/jobs/import/create", post(import_api::create))
+        .route("/v2/vectordb/jobs/import/list", post(import_api::list))
+        .route(
+            "/v2/vectordb/jobs/import/get_progress",
+            post(import_api::get_progress),
+        )
+        .route(
+            "/v2/vectordb/jobs/import/describe",
+            post(import_api::get_progress),
+        )
         .route("/v2/vectordb/aliases/create", post(create_alias))
         .route("/v2/vectordb/aliases/alter", post(alter_alias))
         .route("/v2/vectordb/aliases/drop", post(drop_alias))

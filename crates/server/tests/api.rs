@@ -543,6 +543,108 @@ async fn bearer_token_and_metrics() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// Milvus's bulk import over REST: a job from a JSON file in the import folder, its
+/// progress and listing, the rows queryable once completed; bad paths and unknown jobs
+/// are 400s naming the problem.
+#[tokio::test]
+async fn bulk_import_jobs_over_rest() {
+    let t = setup(None, 1 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "imp", "schema": {"autoId": false, "fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": 4}},
+            {"fieldName": "tag", "dataType": "VarChar", "elementTypeParams": {"max_length": 16}}]}}),
+    )
+    .await;
+    let root = t._dir.path().join("import");
+    std::fs::create_dir_all(root.join("batch1")).unwrap();
+    let rows: Vec<Value> = (0..2500)
+        .map(
+            |i| json!({"id": i, "vector": [i as f32, 1.0, 2.0, 3.0], "tag": format!("t{}", i % 5)}),
+        )
+        .collect();
+    std::fs::write(
+        root.join("batch1/rows.json"),
+        serde_json::to_vec(&rows).unwrap(),
+    )
+    .unwrap();
+    let job = t
+        .ok(
+            "jobs/import/create",
+            json!({"collectionName": "imp", "files": [["batch1/rows.json"]]}),
+        )
+        .await;
+    let id = job["jobId"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let p = loop {
+        let p = t.ok("jobs/import/get_progress", json!({"jobId": id})).await;
+        if p["state"] == json!("Completed") || p["state"] == json!("Failed") {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{p}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(p["state"], json!("Completed"), "{p}");
+    assert_eq!(
+        (&p["progress"], &p["importedRows"], &p["totalRows"]),
+        (&json!(100), &json!(2500), &json!(2500))
+    );
+    assert_eq!(p["collectionName"], json!("imp"));
+    assert_eq!(p["details"][0]["fileName"], json!("batch1/rows.json"));
+    assert!(p["completeTime"].as_str().unwrap().ends_with('Z'), "{p}");
+    let d = t.ok("jobs/import/describe", json!({"jobId": id})).await;
+    assert_eq!(d["jobId"], json!(id));
+    let l = t
+        .ok("jobs/import/list", json!({"collectionName": "imp"}))
+        .await;
+    assert_eq!(l["records"][0]["jobId"], json!(id));
+    assert_eq!(l["records"][0]["state"], json!("Completed"));
+    let c = t
+        .ok(
+            "entities/query",
+            json!({"collectionName": "imp", "filter": "tag == \"t3\"", "outputFields": ["count(*)"]}),
+        )
+        .await;
+    assert_eq!(c[0]["count(*)"], json!(500));
+
+    for (body, status, why) in [
+        (
+            json!({"collectionName": "imp", "files": [["../../etc/passwd"]]}),
+            StatusCode::BAD_REQUEST,
+            "may not contain '..'",
+        ),
+        (
+            json!({"collectionName": "imp", "files": [["nope.json"]]}),
+            StatusCode::BAD_REQUEST,
+            "not found in the import folder",
+        ),
+        (
+            json!({"collectionName": "imp", "files": []}),
+            StatusCode::BAD_REQUEST,
+            "no files given",
+        ),
+        (
+            json!({"collectionName": "nope", "files": [["batch1/rows.json"]]}),
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+    ] {
+        let (s, v) = t.post("jobs/import/create", body.clone()).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    let (s, v) = t
+        .post("jobs/import/get_progress", json!({"jobId": "123"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("does not exist"),
+        "{v}"
+    );
+    t.healthy().await;
+}
+
 /// Rows not yet flushed are searched through the growing segment's interim graph:
 /// `indexes/describe` shows the rows it covers, `searchInfo` the segments searched
 /// through one and the rows still scanned exactly.
