@@ -7,7 +7,7 @@
 //! (tests/pymilvus/setup.sh; `.ci/run` prepares it in the background). Without PyPI the
 //! tests are skipped with a message, and fail under MAGPIE_REQUIRE_ALL_TESTS=1.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -223,4 +223,48 @@ fn readme_pymilvus_quickstart_runs_unchanged_but_for_the_uri() {
         "{stdout}"
     );
     assert!(stdout.contains("{'id': 2, 'subject': 'math'}"), "{stdout}");
+}
+
+/// pymilvus's bulk-import helpers, unchanged (tests/pymilvus/bulk_import.py): a NumPy
+/// group and a JSON file from the server's import folder through the REST helpers
+/// (bulk_import, get_import_progress, list_import_jobs), a JSON file through the ORM's
+/// gRPC `utility.do_bulk_insert`, the jobs' progress and listings, a path outside the
+/// folder refused, and the rows in queries and searches.
+#[test]
+fn pymilvus_bulk_import_helpers() {
+    let Some(py) = python() else { return };
+    let s = Server::start(&[]);
+    let root = s._dir.path().join("import");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = Command::new(&py)
+        .arg(self::root().join("tests/pymilvus/bulk_import.py"))
+        .arg(&s.url)
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bulk_import.py failed:\n{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bulk_import.py printed no JSON ({e}): {stderr}"));
+    assert_eq!(v["state"], "Completed", "{v}");
+    assert_eq!(v["importedRows"], 3200, "{v}");
+    assert_eq!(v["files"], 2, "{v}");
+    assert_eq!(v["listed"], true, "{v}");
+    // utility.do_bulk_insert over gRPC, into the same collection.
+    assert_eq!(v["grpc_state"], "Completed", "{v}");
+    assert_eq!(v["grpc_rows"], 100, "{v}");
+    assert_eq!(v["grpc_tasks"], 2, "{v}");
+    assert!(
+        v["grpc_refused"]
+            .as_str()
+            .unwrap()
+            .contains("may not contain '..'"),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["count"], &v["json_rows"]),
+        (&json!(3300), &json!(200)),
+        "{v}"
+    );
+    assert_eq!(v["nearest_of_1234"], 1234, "{v}");
 }

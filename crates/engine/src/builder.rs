@@ -8,6 +8,10 @@
 //! the index and rewrites the manifest to list the file. Until then the segment is
 //! searched exactly. A crash before the manifest names the file leaves an orphan that
 //! the next open removes; the segment is then simply scheduled again.
+//!
+//! A second builder (same queue type, its own thread) grows the in-memory interim graphs
+//! of growing segments ([`crate::segment::Interim`], `run_interim`), so those never wait
+//! behind a long build of a flushed segment.
 
 use crate::catalog::ManifestIndex;
 use crate::collection::Collection;

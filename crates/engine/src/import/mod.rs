@@ -17,6 +17,9 @@ use serde_json::{Map, Value};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Bytes of NumPy data read into one batch at most (see `read_npy`).
+const BATCH_BYTES: usize = 64 << 20;
+
 /// Most file groups in one job, and files in one group.
 pub const MAX_GROUPS: usize = 1024;
 pub const MAX_GROUP_FILES: usize = 1024;
@@ -292,7 +295,16 @@ fn read_npy(
     }
     let n = rows.unwrap_or(0);
     total.store(n as u64, Relaxed);
-    for start in (0..n).step_by(batch.max(1)) {
+    // Wide rows (long strings, large vectors) make smaller batches: one batch holds at
+    // most about BATCH_BYTES of the files' data.
+    let row_bytes: usize = cols
+        .iter()
+        .map(|c| match c {
+            Col::Vector(_, _, a) | Col::Scalar(_, _, a) => a.per_row * a.dtype.size(),
+        })
+        .sum();
+    let batch = batch.min(BATCH_BYTES / row_bytes.max(1)).max(1);
+    for start in (0..n).step_by(batch) {
         let end = (start + batch).min(n);
         let mut objs: Vec<Map<String, Value>> = (start..end).map(|_| Map::new()).collect();
         let mut vectors = Vec::new();

@@ -120,11 +120,49 @@ with_status!(
     mpb::DescribeAliasResponse,
     mpb::ListAliasesResponse,
     mpb::RunAnalyzerResponse,
+    mpb::ImportResponse,
+    mpb::GetImportStateResponse,
+    mpb::ListImportTasksResponse,
 );
 
 /// Most text one `RunAnalyzer` call analyses: its reply (one token record per word)
 /// can be many times larger than its request.
 const RUN_ANALYZER_MAX_BYTES: usize = 1 << 20;
+
+/// An import job id as the gRPC protocol's int64 task id.
+fn import_task_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .map_err(|_| ApiError::bad_request(format!("import job id '{id}' is not a task id")))
+}
+
+/// A job's progress as `GetImportStateResponse` (Milvus's states and `infos` keys).
+fn import_state(p: &magpie_engine::ImportProgress) -> mpb::GetImportStateResponse {
+    use cpb::ImportState as S;
+    let state = match p.state {
+        "Pending" => S::ImportPending,
+        "Importing" => S::ImportStarted,
+        "Completed" => S::ImportCompleted,
+        _ => S::ImportFailed,
+    };
+    let kv = |k: &str, v: String| cpb::KeyValuePair {
+        key: k.into(),
+        value: v,
+    };
+    let files: Vec<&str> = p.files.iter().map(|f| f.0.as_str()).collect();
+    mpb::GetImportStateResponse {
+        status: Some(status_ok()),
+        state: state as i32,
+        row_count: p.imported_rows as i64,
+        infos: vec![
+            kv("collection", split_qualified(&p.collection).1.to_string()),
+            kv("files", files.join(",")),
+            kv("progress_percent", p.progress.to_string()),
+            kv("failed_reason", p.reason.clone()),
+        ],
+        id: p.id.parse().unwrap_or_default(),
+        ..Default::default()
+    }
+}
 
 /// The database a client chose for its connection: pymilvus sends it as the `dbname`
 /// metadata (`MilvusClient(db_name=...)`, `use_database`), besides each request's
@@ -1003,6 +1041,70 @@ impl MilvusService for MilvusApi {
             Ok(mpb::GetFlushStateResponse {
                 status: Some(status_ok()),
                 flushed: true,
+            })
+        })
+    }
+
+    // ------------------------------------------------------------ bulk import
+
+    /// `utility.do_bulk_insert`: the files are one group (one JSON file, or one `.npy`
+    /// per field), paths inside the server's import folder, as over REST.
+    async fn import(&self, r: Request<mpb::ImportRequest>) -> Rpc<mpb::ImportResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::ImportResponse, {
+            let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
+            let p = Some(r.partition_name).filter(|p| !p.is_empty());
+            let files = vec![r.files];
+            let e = self.st.engine.clone();
+            let id =
+                tokio::task::spawn_blocking(move || e.create_import_job(&c, p.as_deref(), &files))
+                    .await
+                    .map_err(|e| bad(format!("internal task failed: {e}")))??;
+            Ok(mpb::ImportResponse {
+                status: Some(status_ok()),
+                tasks: vec![import_task_id(&id)?],
+            })
+        })
+    }
+
+    async fn get_import_state(
+        &self,
+        r: Request<mpb::GetImportStateRequest>,
+    ) -> Rpc<mpb::GetImportStateResponse> {
+        let r = r.into_inner();
+        reply!(mpb::GetImportStateResponse, {
+            let p = self.st.engine.import_job(&r.task.to_string())?;
+            Ok(import_state(&p))
+        })
+    }
+
+    async fn list_import_tasks(
+        &self,
+        r: Request<mpb::ListImportTasksRequest>,
+    ) -> Rpc<mpb::ListImportTasksResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::ListImportTasksResponse, {
+            let coll = if r.collection_name.is_empty() {
+                None
+            } else {
+                Some(self.coll(&mdb, &r.db_name, &r.collection_name)?)
+            };
+            let mut tasks: Vec<mpb::GetImportStateResponse> = self
+                .st
+                .engine
+                .import_jobs(coll.as_deref())
+                .iter()
+                .map(import_state)
+                .collect();
+            if r.limit > 0 {
+                let keep = tasks.len().saturating_sub(r.limit as usize);
+                tasks.drain(..keep);
+            }
+            Ok(mpb::ListImportTasksResponse {
+                status: Some(status_ok()),
+                tasks,
             })
         })
     }
