@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Bulk import against REST inserts, on one of ../shared/bench's datasets.
 
-Writes the dataset's base vectors as `id.npy` + `vector.npy` and as one JSON list of
-rows into a fresh server's import folder, imports each into a new collection (HNSW
+Writes the dataset's base vectors as `id.npy` + `vector.npy`, as one JSON list of rows
+and as a Parquet file (pyarrow, Snappy) into a fresh server's import folder, imports each into a new collection (HNSW
 index) through `jobs/import/create`, polls `get_progress` until it is done, checks
 `count(*)`, then inserts the same vectors over REST with `magpie import` (batches of
-1,000, one client). Prints rows/s for each. Needs numpy.
+1,000, one client). Prints rows/s for each. Needs numpy and pyarrow (both in the
+pymilvus test venv).
 
     python3 bench/import/run.py ../shared/bench/synth-clustered 19611 target/release/magpie
 """
@@ -20,7 +21,11 @@ np.save(os.path.join(imp, "npy/id.npy"), np.arange(n, dtype=np.int64))
 np.save(os.path.join(imp, "npy/vector.npy"), base)
 with open(os.path.join(imp, "rows.json"), "w") as f:
     json.dump([{"id": int(n + i), "vector": base[i].tolist()} for i in range(n)], f)
-sizes = {k: os.path.getsize(os.path.join(imp, p)) for k, p in [("npy", "npy/vector.npy"), ("json", "rows.json")]}
+import pyarrow as pa, pyarrow.parquet as pq
+pq.write_table(pa.table({"id": pa.array(np.arange(n, dtype=np.int64)),
+                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.reshape(-1)), int(dim))}),
+               os.path.join(imp, "rows.parquet"))
+sizes = {k: os.path.getsize(os.path.join(imp, p)) for k, p in [("npy", "npy/vector.npy"), ("json", "rows.json"), ("parquet", "rows.parquet")]}
 srv = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 def call(ep, body):
     r = urllib.request.Request(f"http://127.0.0.1:{port}/v2/vectordb/{ep}", json.dumps(body).encode(), {"content-type": "application/json"})
@@ -29,7 +34,7 @@ for _ in range(100):
     try: call("collections/list", {}); break
     except Exception: time.sleep(0.1)
 try:
-    for name, files in [("npy", [["npy/id.npy", "npy/vector.npy"]]), ("json", [["rows.json"]])]:
+    for name, files in [("npy", [["npy/id.npy", "npy/vector.npy"]]), ("json", [["rows.json"]]), ("parquet", [["rows.parquet"]])]:
         coll = f"c_{name}"
         call("collections/create", {"collectionName": coll, "schema": {"autoId": False, "fields": [
             {"fieldName": "id", "dataType": "Int64", "isPrimary": True},

@@ -3,7 +3,7 @@ get_import_progress, list_import_jobs), unchanged, against a Magpie server.
 
     python bulk_import.py URI IMPORT_DIR
 
-Writes a NumPy file group and a JSON file into IMPORT_DIR (the server's import folder),
+Writes a NumPy file group, a JSON file and a Parquet file (pyarrow) into IMPORT_DIR (the server's import folder),
 imports both through pymilvus's REST helpers, waits for the jobs, and prints a JSON
 summary (job states, rows, counts) for the Rust test to check. The helpers' module is
 loaded from its file: the bulk_writer package's __init__ also wants optional extras
@@ -40,8 +40,14 @@ np.save(os.path.join(root, "g1", "tag.npy"), np.array([f"t{i % 3}" for i in rang
 with open(os.path.join(root, "more.json"), "w") as f:
     json.dump({"rows": [{"id": n + i, "vector": [0.5] * 8, "tag": "json"} for i in range(200)]}, f)
 
+# Parquet as pymilvus's BulkWriter writes it (pyarrow: vectors as list<float>).
+import pyarrow as pa, pyarrow.parquet as pq
+pq.write_table(pa.table({"id": pa.array(range(5000, 5150), pa.int64()),
+                         "vector": pa.array([[0.75] * 8] * 150, pa.list_(pa.float32())),
+                         "tag": pa.array(["pq"] * 150)}),
+               os.path.join(root, "p.parquet"))
 resp = bi.bulk_import(url=uri, collection_name="bulk",
-                      files=[["g1/id.npy", "g1/vector.npy", "g1/tag.npy"], ["more.json"]])
+                      files=[["g1/id.npy", "g1/vector.npy", "g1/tag.npy"], ["more.json"], ["p.parquet"]])
 job = resp.json()["data"]["jobId"]
 deadline = time.time() + 60
 while True:
@@ -73,10 +79,11 @@ except Exception as e:  # pymilvus raises the server's reason
 c.load_collection("bulk")
 count = c.query("bulk", filter="", output_fields=["count(*)"])[0]["count(*)"]
 tags = c.query("bulk", filter='tag == "json"', output_fields=["count(*)"])[0]["count(*)"]
+pq_rows = c.query("bulk", filter='tag == "pq"', output_fields=["count(*)"])[0]["count(*)"]
 hit = c.search("bulk", data=[vecs[1234].tolist()], limit=1, consistency_level="Strong")[0][0]["id"]
 print(json.dumps({"state": p["state"], "reason": p.get("reason", ""), "importedRows": p["importedRows"],
                   "files": len(p["details"]), "listed": [j["jobId"] for j in jobs] == [job],
-                  "count": count, "json_rows": tags, "nearest_of_1234": hit,
+                  "count": count, "json_rows": tags, "parquet_rows": pq_rows, "nearest_of_1234": hit,
                   "grpc_state": st.state_name, "grpc_rows": st.row_count,
                   "grpc_reason": st.failed_reason, "grpc_tasks": len(grpc_tasks),
                   "grpc_refused": refused}))

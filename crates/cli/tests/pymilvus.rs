@@ -226,7 +226,8 @@ fn readme_pymilvus_quickstart_runs_unchanged_but_for_the_uri() {
 }
 
 /// pymilvus's bulk-import helpers, unchanged (tests/pymilvus/bulk_import.py): a NumPy
-/// group and a JSON file from the server's import folder through the REST helpers
+/// group, a JSON file and a Parquet file (written by pyarrow) from the server's import
+/// folder through the REST helpers
 /// (bulk_import, get_import_progress, list_import_jobs), a JSON file through the ORM's
 /// gRPC `utility.do_bulk_insert`, the jobs' progress and listings, a path outside the
 /// folder refused, and the rows in queries and searches.
@@ -247,8 +248,8 @@ fn pymilvus_bulk_import_helpers() {
     let v: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bulk_import.py printed no JSON ({e}): {stderr}"));
     assert_eq!(v["state"], "Completed", "{v}");
-    assert_eq!(v["importedRows"], 3200, "{v}");
-    assert_eq!(v["files"], 2, "{v}");
+    assert_eq!(v["importedRows"], 3350, "{v}");
+    assert_eq!(v["files"], 3, "{v}");
     assert_eq!(v["listed"], true, "{v}");
     // utility.do_bulk_insert over gRPC, into the same collection.
     assert_eq!(v["grpc_state"], "Completed", "{v}");
@@ -262,8 +263,8 @@ fn pymilvus_bulk_import_helpers() {
         "{v}"
     );
     assert_eq!(
-        (&v["count"], &v["json_rows"]),
-        (&json!(3300), &json!(200)),
+        (&v["count"], &v["json_rows"], &v["parquet_rows"]),
+        (&json!(3450), &json!(200), &json!(150)),
         "{v}"
     );
     assert_eq!(v["nearest_of_1234"], 1234, "{v}");

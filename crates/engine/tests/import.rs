@@ -223,6 +223,126 @@ fn numpy_and_json_imports_land_as_indexed_segments() {
     assert_eq!(count(&e, "id >= 50000 and id < 60000"), 500);
 }
 
+/// A Parquet file as pymilvus's BulkWriter writes one: vectors as lists of floats (here
+/// also fixed-size lists), nullable strings, Snappy pages.
+fn parquet_file(path: &Path, ids: std::ops::Range<i64>, v: &[Vec<f32>], fixed: bool, dim: usize) {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, ListBuilder};
+    use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+    let n = v.len();
+    let vec_col: ArrayRef = if fixed {
+        let mut b = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32);
+        for r in v {
+            b.values().append_slice(&r[..dim]);
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    } else {
+        let mut b = ListBuilder::new(Float32Builder::new());
+        for r in v {
+            b.values().append_slice(&r[..dim]);
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    };
+    let names: Vec<Option<String>> = (0..n)
+        .map(|i| (i % 4 != 0).then(|| format!("p{}", i % 7)))
+        .collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
+        ),
+        ("vec", vec_col),
+        (
+            "age",
+            Arc::new(Int32Array::from_iter_values((0..n as i32).map(|i| i % 50))) as ArrayRef,
+        ),
+        ("name", Arc::new(StringArray::from(names)) as ArrayRef),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(3000))
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn parquet_imports_as_pymilvus_writes_them() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(d.path(), EngineConfig::default()).unwrap());
+    e.create_collection("c", schema(), hnsw(), Consistency::Strong, "")
+        .unwrap();
+    let root = e.import_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let v = vectors(10_000, 9);
+    parquet_file(&root.join("a.parquet"), 0..10_000, &v, false, DIM);
+    parquet_file(
+        &root.join("b.parquet"),
+        10_000..10_100,
+        &v[..100],
+        true,
+        DIM,
+    );
+    let p = wait(
+        &e,
+        &e.create_import_job(
+            "c",
+            None,
+            &[vec!["a.parquet".into()], vec!["b.parquet".into()]],
+        )
+        .unwrap(),
+    );
+    assert_eq!(p.state, "Completed", "{p:?}");
+    assert_eq!((p.imported_rows, p.total_rows), (10_100, 10_100));
+    assert_eq!(count(&e, ""), 10_100);
+    assert_eq!(count(&e, "name is null"), 2_525);
+    assert_eq!(count(&e, "name == \"p3\" and age < 10"), {
+        (0..10_000)
+            .filter(|i| i % 4 != 0 && i % 7 == 3 && i % 50 < 10)
+            .count() as u64
+            + (0..100)
+                .filter(|i| i % 4 != 0 && i % 7 == 3 && i % 50 < 10)
+                .count() as u64
+    });
+    let got = e
+        .query(
+            "c",
+            &QueryRequest {
+                filter: Some("id in [4321, 10042]".into()),
+                output_fields: vec!["vec".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got[0]["vec"], json!(v[4321]));
+    assert_eq!(got[1]["vec"], json!(v[42]));
+    // Vectors of the wrong length, and a file that is no Parquet, fail saying so.
+    parquet_file(
+        &root.join("short.parquet"),
+        20_000..20_010,
+        &v[..10],
+        false,
+        DIM - 1,
+    );
+    std::fs::write(root.join("junk.parquet"), b"PAR1 not really").unwrap();
+    for (f, why) in [
+        ("short.parquet", "holds 15 values; the field's dim is 16"),
+        ("junk.parquet", "not a readable Parquet file"),
+    ] {
+        let p = wait(
+            &e,
+            &e.create_import_job("c", None, &[vec![f.into()]]).unwrap(),
+        );
+        assert_eq!(p.state, "Failed", "{f}");
+        assert!(p.reason.contains(why), "{f}: {}", p.reason);
+    }
+    assert_eq!(count(&e, ""), 10_100);
+}
+
 #[test]
 fn bad_imports_are_refused_or_fail_with_a_reason() {
     let d = tempfile::tempdir().unwrap();

@@ -497,22 +497,33 @@ impl Engine {
         let mut imp = self.importer(coll, partition)?;
         for (g, st) in groups.iter().zip(&job.files) {
             st.state.store(1, Relaxed);
-            let r = import::read(
-                g,
-                imp.schema().clone(),
-                IMPORT_BATCH_ROWS,
-                &st.total_rows,
-                {
-                    let imp = &mut imp;
-                    let done = &st.imported_rows;
-                    &mut move |rows: &[Value], vectors: &[(String, Vec<f32>)]| {
-                        imp.push(rows, vectors)?;
-                        done.fetch_add(rows.len() as u64, Relaxed);
-                        Ok(())
+            // The file is read (parsed, decoded) on a second thread while the batch
+            // before is validated and staged here: two batches in flight at most.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<import::Batch>(2);
+            let schema = imp.schema().clone();
+            let (read, pushed) = std::thread::scope(|s| {
+                // `move`: the reader owns the sender, so the loop below ends when it does.
+                let reader = s.spawn(move || {
+                    import::read(g, schema, IMPORT_BATCH_ROWS, &st.total_rows, &mut |b| {
+                        tx.send(b).map_err(|_| invalid("the import stopped"))
+                    })
+                });
+                let mut pushed = Ok(());
+                for (rows, vectors) in rx.iter() {
+                    if let Err(e) = imp.push(&rows, &vectors) {
+                        pushed = Err(e);
+                        break;
                     }
-                },
-            );
-            if let Err(e) = r {
+                    st.imported_rows.fetch_add(rows.len() as u64, Relaxed);
+                }
+                // A reader blocked on a full channel now gets an error and stops.
+                drop(rx);
+                let read = reader
+                    .join()
+                    .unwrap_or_else(|_| Err(invalid("the file reader panicked")));
+                (read, pushed)
+            });
+            if let Err(e) = pushed.and(read) {
                 st.state.store(3, Relaxed);
                 return Err(invalid(format!("{}: {e}", g.name())));
             }

@@ -3,13 +3,14 @@
 //! Paths come from requests, so they are resolved only inside the import root
 //! (`--import-root`, default `<data dir>/import`): relative, without `..`, and, once
 //! symbolic links are resolved, still inside the root; each must be a regular file. A
-//! file group is one JSON file, or the NumPy files of one set of rows, one per field,
-//! each named after its field (`id.npy`, `vector.npy`, ...), as in Milvus. Readers hand
-//! rows to the importer in batches (`crate::engine::Importer`), which validates them as
-//! an insert would.
+//! file group is one Parquet or JSON file, or the NumPy files of one set of rows, one
+//! per field, each named after its field (`id.npy`, `vector.npy`, ...), as in Milvus.
+//! Readers hand rows to the importer in batches (`crate::engine::Importer`), which
+//! validates them as an insert would.
 
 pub mod json;
 pub mod npy;
+pub mod parquet;
 
 use crate::error::{invalid, EngineError, Result};
 use crate::schema::{CollectionSchema, DataType};
@@ -32,6 +33,11 @@ pub enum ImportFile {
         shown: String,
         bytes: u64,
     },
+    Parquet {
+        path: PathBuf,
+        shown: String,
+        bytes: u64,
+    },
     /// (field name, path, bytes) per file.
     Npy {
         files: Vec<(String, PathBuf, u64)>,
@@ -43,13 +49,15 @@ impl ImportFile {
     /// The group as the request named it.
     pub fn name(&self) -> String {
         match self {
-            ImportFile::Json { shown, .. } | ImportFile::Npy { shown, .. } => shown.clone(),
+            ImportFile::Json { shown, .. }
+            | ImportFile::Parquet { shown, .. }
+            | ImportFile::Npy { shown, .. } => shown.clone(),
         }
     }
 
     pub fn bytes(&self) -> u64 {
         match self {
-            ImportFile::Json { bytes, .. } => *bytes,
+            ImportFile::Json { bytes, .. } | ImportFile::Parquet { bytes, .. } => *bytes,
             ImportFile::Npy { files, .. } => files.iter().map(|f| f.2).sum(),
         }
     }
@@ -95,16 +103,21 @@ fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default()
     };
-    match ext(group[0].as_str()).as_str() {
-        "json" => {
+    let kind = ext(group[0].as_str());
+    match kind.as_str() {
+        "json" | "parquet" => {
             if group.len() != 1 {
                 return Err(invalid(format!(
-                    "a JSON file group holds one file, got {} ({shown})",
+                    "a {kind} file group holds one file, got {} ({shown})",
                     group.len()
                 )));
             }
             let (_, (path, bytes)) = resolved.remove(0);
-            Ok(ImportFile::Json { path, shown, bytes })
+            Ok(if kind == "json" {
+                ImportFile::Json { path, shown, bytes }
+            } else {
+                ImportFile::Parquet { path, shown, bytes }
+            })
         }
         "npy" => {
             let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
@@ -127,12 +140,8 @@ fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
             }
             Ok(ImportFile::Npy { files, shown })
         }
-        "parquet" => Err(invalid(format!(
-            "'{}': Parquet files are not supported yet; import JSON (a list of rows) or NumPy (one .npy per field)",
-            group[0]
-        ))),
         e => Err(invalid(format!(
-            "'{}': unsupported file type '.{e}'; import JSON (.json) or NumPy (.npy) files",
+            "'{}': unsupported file type '.{e}'; import Parquet (.parquet), JSON (.json) or NumPy (.npy) files",
             group[0]
         ))),
     }
@@ -168,8 +177,10 @@ pub fn resolve_path(root: &Path, p: &str) -> Result<(PathBuf, u64)> {
     Ok((real, md.len()))
 }
 
-/// What a reader hands over: rows (as for an insert) and vector columns.
-pub type RowSink<'a> = dyn FnMut(&[Value], &[(String, Vec<f32>)]) -> Result<()> + 'a;
+/// A batch as a reader hands it over: rows (as for an insert) and vector columns.
+pub type Batch = (Vec<Value>, Vec<(String, Vec<f32>)>);
+/// Where a reader hands its batches.
+pub type RowSink<'a> = dyn FnMut(Batch) -> Result<()> + 'a;
 
 /// Reads one file group in batches of `batch` rows into `sink`; `total` learns the
 /// group's row count as soon as it is known.
@@ -187,13 +198,16 @@ pub fn read(
             // yields bad values (validated like any input) or a parse error, never
             // out-of-bounds access (the slice is the mapping's length).
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io(path, e))?;
-            json::stream(&map, batch, &mut |rows: Vec<Value>| sink(&rows, &[]))
+            json::stream(&map, batch, &mut |rows: Vec<Value>| {
+                sink((rows, Vec::new()))
+            })
         }
+        ImportFile::Parquet { path, .. } => parquet::read(path, &schema, batch, total, sink),
         ImportFile::Npy { files, .. } => read_npy(files, &schema, batch, total, sink),
     }
 }
 
-fn io(path: &Path, e: std::io::Error) -> EngineError {
+pub(crate) fn io(path: &Path, e: std::io::Error) -> EngineError {
     EngineError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -335,7 +349,7 @@ fn read_npy(
             }
         }
         let objs: Vec<Value> = objs.into_iter().map(Value::Object).collect();
-        sink(&objs, &vectors)?;
+        sink((objs, vectors))?;
     }
     Ok(())
 }
@@ -376,8 +390,13 @@ mod tests {
         let e = resolve(&root, &g(&["x.parquet"])).unwrap_err().to_string();
         assert!(e.contains("not found"), "{e}");
         std::fs::write(root.join("x.parquet"), "PAR1").unwrap();
-        let e = resolve(&root, &g(&["x.parquet"])).unwrap_err().to_string();
-        assert!(e.contains("Parquet files are not supported yet"), "{e}");
+        std::fs::write(root.join("y.parquet"), "PAR1").unwrap();
+        let two = vec![vec!["x.parquet".to_string(), "y.parquet".to_string()]];
+        let e = resolve(&root, &two).unwrap_err().to_string();
+        assert!(e.contains("a parquet file group holds one file"), "{e}");
+        std::fs::write(root.join("x.csv"), "id").unwrap();
+        let e = resolve(&root, &g(&["x.csv"])).unwrap_err().to_string();
+        assert!(e.contains("unsupported file type '.csv'"), "{e}");
         let e = resolve(&d.path().join("none"), &g(&["a.json"]))
             .unwrap_err()
             .to_string();
