@@ -4,7 +4,8 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]
 #
-# Defaults: 60 s each over the light targets (filter wal segment index_file sparse). The heavy
+# Defaults: 60 s each over the light targets (filter wal segment index_file sparse
+# import_file). The heavy
 # targets (torch image request) pull in candle and the server; name them, or pass
 # `all`. Needs the nightly toolchain (rustup) and cargo-fuzz (installed here if absent).
 #
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
-light=(filter wal segment index_file sparse)
+light=(filter wal segment index_file sparse import_file)
 heavy=(torch image request)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then targets=("${light[@]}"); fi

@@ -294,8 +294,57 @@ fn sparse() {
     }
 }
 
+fn import_file() {
+    // A NumPy header and data, a JSON import file, a Parquet file (written here).
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut h = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }".to_string();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    npy.extend_from_slice(h.as_bytes());
+    for x in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] {
+        npy.extend_from_slice(&x.to_le_bytes());
+    }
+    put("import_file", "seed-npy", &npy);
+    put(
+        "import_file",
+        "seed-json",
+        br#"{"rows": [{"id": 1, "v": [0.5, 1.0]}, {"id": 2, "v": [1.5, -1.0], "extra": "x"}]}"#,
+    );
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+    let v = arrow_array::FixedSizeListArray::try_new(
+        std::sync::Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            true,
+        )),
+        2,
+        std::sync::Arc::new(arrow_array::Float32Array::from(vec![
+            0.5f32, 1.0, 1.5, -1.0,
+        ])),
+        None,
+    )
+    .unwrap();
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            std::sync::Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+        ),
+        ("v", std::sync::Arc::new(v) as ArrayRef),
+    ])
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    put("import_file", "seed-parquet", &buf);
+}
+
 fn main() {
     sparse();
+    import_file();
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), EngineConfig::default()).unwrap();
     engine

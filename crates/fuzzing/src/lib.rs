@@ -46,6 +46,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("segment", segment),
     ("index_file", index_file),
     ("sparse", sparse),
+    ("import_file", import_file),
     #[cfg(feature = "models")]
     ("torch", torch),
     #[cfg(feature = "models")]
@@ -53,6 +54,61 @@ pub const TARGETS: &[(&str, Target)] = &[
     #[cfg(feature = "server")]
     ("request", request),
 ];
+
+/// Bulk-import files: the same bytes as a NumPy header, a NumPy file (as both columns
+/// of a two-field collection), a JSON import file and a Parquet file. No reader may
+/// panic or hand over more than it was asked for; a NumPy header it accepts promises
+/// only data inside the input.
+pub fn import_file(data: &[u8]) {
+    use magpie_engine::import::{self, json, npy, ImportFile};
+    use std::sync::atomic::AtomicU64;
+    if let Ok((_, shape, off)) = npy::parse_header(data) {
+        assert!(off <= data.len() && !shape.is_empty() && shape.len() <= 2);
+    }
+    let mut rows = 0usize;
+    let _ = json::stream(data, 7, &mut |b| {
+        assert!(!b.is_empty() && b.len() <= 7);
+        rows += b.len();
+        Ok(())
+    });
+    let dir = std::env::temp_dir().join(format!("magpie-fuzz-import-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let (a, b, pq) = (dir.join("id.npy"), dir.join("v.npy"), dir.join("f.parquet"));
+    for p in [&a, &b, &pq] {
+        std::fs::write(p, data).unwrap();
+    }
+    let schema = magpie_engine::CollectionSchema {
+        fields: vec![
+            magpie_engine::FieldSchema::new("id", magpie_engine::DataType::Int64).primary(false),
+            magpie_engine::FieldSchema::new("v", magpie_engine::DataType::FloatVector).with_dim(2),
+        ],
+        enable_dynamic_field: true,
+        description: String::new(),
+        functions: Vec::new(),
+    };
+    let n = data.len() as u64;
+    let files = [
+        ImportFile::Npy {
+            files: vec![("id".into(), a, n), ("v".into(), b, n)],
+            shown: "npy".into(),
+        },
+        ImportFile::Parquet {
+            path: pq,
+            shown: "parquet".into(),
+            bytes: n,
+        },
+    ];
+    for f in &files {
+        let total = AtomicU64::new(0);
+        let _ = import::read(f, schema.clone(), 5, &total, &mut |(r, v)| {
+            assert!(r.len() <= 5, "{} rows in a batch of 5", r.len());
+            for (name, col) in &v {
+                assert_eq!(col.len(), r.len() * 2, "{name}");
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Sparse vectors and text analysis. The input is JSON text (a sparse vector, or a list
 /// of them: the first is the query, the rest the rows of a segment), also analyzed as

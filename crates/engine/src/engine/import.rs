@@ -472,7 +472,13 @@ impl Engine {
                 let Some(e) = e.upgrade() else { return };
                 let _one = e.imports.run.lock();
                 job.set("Importing", String::new());
-                match e.run_import(&job, &coll, partition.as_deref(), &groups) {
+                // A bug must fail the job, not leave it "Importing" forever; the
+                // importer's drop removes what it wrote either way.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    e.run_import(&job, &coll, partition.as_deref(), &groups)
+                }))
+                .unwrap_or_else(|_| Err(invalid("internal error: the import panicked")));
+                match r {
                     Ok(rows) => {
                         tracing::info!(job = %job.id, rows, "import completed");
                         job.set("Completed", String::new());
