@@ -298,7 +298,7 @@ fn import_file() {
     // A NumPy header and data, a JSON import file, a Parquet file (written here).
     let mut npy = b"\x93NUMPY\x01\x00".to_vec();
     let mut h = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }".to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

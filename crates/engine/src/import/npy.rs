@@ -276,7 +276,7 @@ pub(crate) fn write(path: &std::path::Path, descr: &str, shape: &[usize], data: 
         format!("({})", dims.join(", "))
     };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
