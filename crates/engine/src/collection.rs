@@ -437,30 +437,57 @@ impl Collection {
         ts: Timestamp,
         policy: &SealPolicy,
     ) {
+        let Some(routes) = self.key_routes(batch) else {
+            return self.apply_insert(partition, batch, ts, policy);
+        };
+        let dims: Vec<usize> = self
+            .meta
+            .schema
+            .vector_fields()
+            .map(|f| f.vec_len())
+            .collect();
+        for (id, rows) in routes {
+            if rows.len() == batch.len() {
+                self.apply_insert(id, batch, ts, policy);
+            } else {
+                let sub = batch.select(&rows, &dims);
+                self.apply_insert(id, &sub, ts, policy);
+            }
+        }
+    }
+
+    /// In a partition-key collection, the rows of `batch` per partition their key
+    /// places them in (partition id, row positions; partitions without rows left out);
+    /// `None` in other collections.
+    pub(crate) fn key_routes(&self, batch: &RowBatch) -> Option<Vec<(u64, Vec<usize>)>> {
         let schema = &self.meta.schema;
-        let Some(key) = schema.partition_key() else {
-            return self.apply_insert(partition, batch, ts, policy);
-        };
-        let Some(col) = schema.scalar_index(&key.name) else {
-            return self.apply_insert(partition, batch, ts, policy);
-        };
+        let col = schema.scalar_index(&schema.partition_key()?.name)?;
         let n = self.meta.partitions.len();
         let mut by_part: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, v) in batch.scalars[col].iter().enumerate() {
             by_part[CollectionSchema::key_partition(v, n)].push(i);
         }
-        let dims: Vec<usize> = schema.vector_fields().map(|f| f.vec_len()).collect();
-        for (p, rows) in by_part.iter().enumerate() {
-            if rows.is_empty() {
-                continue;
+        Some(
+            by_part
+                .into_iter()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(p, rows)| (self.meta.partitions[p].id, rows))
+                .collect(),
+        )
+    }
+
+    /// The partition a write names: `partition` (default `_default`); in a
+    /// partition-key collection, which routes each row by its key when it is applied,
+    /// the first partition as a placeholder, and naming one is an error.
+    pub(crate) fn write_partition(&self, partition: Option<&str>) -> Result<u64> {
+        if self.meta.schema.partition_key().is_some() {
+            if partition.is_some_and(|p| !p.is_empty()) {
+                self.no_named_partitions()?;
             }
-            let id = self.meta.partitions[p].id;
-            if rows.len() == batch.len() {
-                self.apply_insert(id, batch, ts, policy);
-            } else {
-                let sub = batch.select(rows, &dims);
-                self.apply_insert(id, &sub, ts, policy);
-            }
+            Ok(self.meta.partitions[0].id)
+        } else {
+            self.partition_id(partition)
         }
     }
 
@@ -575,15 +602,8 @@ impl Collection {
         let mut changed = force_manifest;
         for s in &mut self.segments {
             if s.state != SegState::Flushed {
-                // Sealed first: its columns become typed, so if the write fails (the
-                // store is unreachable) new rows go to a new growing segment and this
-                // one is written by the next flush.
-                s.state = SegState::Sealed;
-                s.seal_columns();
-                s.write(&*store, &sp(s.id))?;
-                s.state = SegState::Flushed;
+                s.persist(&*store, &sp(s.id))?;
                 s.deletes_dirty = s.deleted_at.iter().any(|d| *d != LIVE);
-                s.remap(&*store, &sp(s.id))?;
                 changed = true;
             }
             if s.deletes_dirty {

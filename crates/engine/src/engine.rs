@@ -1446,14 +1446,7 @@ impl Engine {
             let mut g = c.write();
             // Partition-key collections route each row by its key when it is applied
             // (`Collection::apply`); the logged partition is only a placeholder.
-            let part = if g.meta.schema.partition_key().is_some() {
-                if partition.is_some_and(|p| !p.is_empty()) {
-                    g.no_named_partitions()?;
-                }
-                g.meta.partitions[0].id
-            } else {
-                g.partition_id(partition)?
-            };
+            let part = g.write_partition(partition)?;
             let schema = &g.meta.schema;
             let batch = if schema.pk().auto_id && !upsert {
                 let start = self.wal.alloc_ts(rows.len() as u64) as i64;

@@ -968,6 +968,19 @@ impl Segment {
     /// Writes this segment's files under `prefix` (`…/segments/<id>/`, see the module
     /// docs), replacing anything a crash left there. On return every file is durable;
     /// the segment becomes part of the collection only when a manifest naming it is put.
+    /// Seals the segment (typed columns), writes its files under `prefix` and reads its
+    /// vectors back from them (mapped, or shared): from then on it is `Flushed`. Sealed
+    /// first, so if the write fails (the store is unreachable) new rows go to a new
+    /// growing segment and this one is written by the next try. Not listed in any
+    /// manifest yet: that is the caller's step.
+    pub fn persist(&mut self, store: &dyn Storage, prefix: &str) -> Result<()> {
+        self.state = SegState::Sealed;
+        self.seal_columns();
+        self.write(store, prefix)?;
+        self.state = SegState::Flushed;
+        self.remap(store, prefix)
+    }
+
     pub fn write(&self, store: &dyn Storage, prefix: &str) -> Result<()> {
         self.write_format(store, prefix, FORMAT)
     }

@@ -39,27 +39,15 @@ pub struct ProgressReq {
     job_id: Option<String>,
 }
 
+/// Milvus's completion times: RFC 3339 in UTC (empty before completion).
 fn rfc3339(ms: u64) -> String {
     if ms == 0 {
         return String::new();
     }
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    // "YYYY-MM-DD HH:MM:SS" (UTC) from the image app's formatter.
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{}Z",
+        magpie_app::images::format_time((ms / 1000) as i64).replacen(' ', "T", 1)
     )
 }
 

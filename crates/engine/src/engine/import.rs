@@ -24,7 +24,7 @@ use crate::collection::WalOp;
 use crate::error::{invalid, EngineError, Result};
 use crate::import::{self, ImportFile};
 use crate::schema::CollectionSchema;
-use crate::segment::{SegState, Segment};
+use crate::segment::Segment;
 use crate::storage::Storage;
 use crate::types::{PrimaryKey, Timestamp};
 use parking_lot::Mutex;
@@ -62,14 +62,7 @@ impl Engine {
         let c = self.coll(coll)?;
         let (seq, ts, schema, part, store, name) = {
             let mut g = c.write();
-            let part = if g.meta.schema.partition_key().is_some() {
-                if partition.is_some_and(|p| !p.is_empty()) {
-                    g.no_named_partitions()?;
-                }
-                g.meta.partitions[0].id
-            } else {
-                g.partition_id(partition)?
-            };
+            let part = g.write_partition(partition)?;
             // An empty delete: a durable timestamp for the imported rows.
             let (seq, ts) = self.log_and_apply(&mut g, WalOp::Delete { pks: Vec::new() })?;
             (
@@ -159,24 +152,13 @@ impl Importer<'_> {
             }
         }
         let dims: Vec<usize> = self.schema.vector_fields().map(|f| f.vec_len()).collect();
-        let parts: Vec<(u64, crate::schema::RowBatch)> = match self
-            .schema
-            .partition_key()
-            .and_then(|k| self.schema.scalar_index(&k.name))
-        {
+        let routes = self.c.read().key_routes(&batch);
+        let parts: Vec<(u64, crate::schema::RowBatch)> = match routes {
             None => vec![(self.partition, batch)],
-            Some(col) => {
-                let ids: Vec<u64> = self.c.read().meta.partitions.iter().map(|p| p.id).collect();
-                let mut by: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
-                for (i, v) in batch.scalars[col].iter().enumerate() {
-                    by[CollectionSchema::key_partition(v, ids.len())].push(i);
-                }
-                by.iter()
-                    .enumerate()
-                    .filter(|(_, r)| !r.is_empty())
-                    .map(|(p, r)| (ids[p], batch.select(r, &dims)))
-                    .collect()
-            }
+            Some(routes) => routes
+                .iter()
+                .map(|(id, rows)| (*id, batch.select(rows, &dims)))
+                .collect(),
         };
         let policy = self.engine.config.policy();
         let dynamic = self.schema.enable_dynamic_field;
@@ -200,15 +182,9 @@ impl Importer<'_> {
     /// Seals a segment and writes its files (not yet listed anywhere).
     fn write(&mut self, mut seg: Segment) -> Result<()> {
         let prefix = self.c.read().seg_prefix(seg.id);
-        seg.state = SegState::Sealed;
-        seg.seal_columns();
-        // Listed for cleanup before the write, which may leave part of it behind.
         let id = seg.id;
-        let r = seg.write(&*self.store, &prefix).and_then(|()| {
-            seg.state = SegState::Flushed;
-            seg.remap(&*self.store, &prefix)
-        });
-        if let Err(e) = r {
+        // A failed write may leave part of the files behind: removed here.
+        if let Err(e) = seg.persist(&*self.store, &prefix) {
             let _ = self.store.delete_prefix(&prefix);
             return Err(e);
         }
@@ -419,16 +395,7 @@ impl Engine {
         files: &[Vec<String>],
     ) -> Result<String> {
         let c = self.coll(coll)?;
-        {
-            let g = c.read();
-            if g.meta.schema.partition_key().is_some() {
-                if partition.is_some_and(|p| !p.is_empty()) {
-                    g.no_named_partitions()?;
-                }
-            } else {
-                g.partition_id(partition)?;
-            }
-        }
+        c.read().write_partition(partition)?;
         let root = self.import_root();
         let groups = import::resolve(&root, files)?;
         let id = super::fresh_index_id().to_string();
