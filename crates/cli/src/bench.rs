@@ -18,6 +18,7 @@ use magpie_engine::{
     Consistency, Engine, EngineConfig, IndexMeta, Metric, SearchKnobs, SearchRequest,
 };
 use serde_json::{json, Map, Value};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,14 @@ pub struct BenchOpts {
     pub shards: Option<u32>,
     pub replicas: Option<u32>,
     pub json_out: Option<PathBuf>,
+    /// With `url`: load through Milvus's bulk import from NumPy files written into this
+    /// folder (the server's import root) instead of REST inserts.
+    pub import_dir: Option<PathBuf>,
+    /// IVF_PQ / IVF_SQ8 / HNSW_SQ: rescore `refine · k` candidates with the raw vectors.
+    pub refine: Option<usize>,
+    /// With `url`: leave the collection on the server afterwards (to inspect its memory
+    /// and files) instead of dropping it.
+    pub keep: bool,
 }
 
 struct Dataset {
@@ -202,6 +211,9 @@ impl Target {
                 if let Some(r) = knobs.recall {
                     params.insert("recall".into(), json!(r));
                 }
+                if let Some(r) = knobs.refine {
+                    params.insert("refine".into(), json!(r));
+                }
                 let mut body = json!({"collectionName": COLL, "data": [q], "limit": k,
                     "searchParams": {"params": params}, "consistencyLevel": "Eventually"});
                 if let Some(f) = filter {
@@ -254,6 +266,7 @@ fn prepare(
     growing: bool,
     shards: Option<u32>,
     replicas: Option<u32>,
+    import_dir: Option<&Path>,
 ) -> Result<(f64, f64, u64)> {
     let n = ds.n();
     let dim = ds.dim;
@@ -362,13 +375,18 @@ fn prepare(
                 )?;
             }
             let t0 = Instant::now();
-            for start in (0..n).step_by(2_000) {
-                let rows: Vec<Value> = (start..(start + 2_000).min(n)).map(row).collect();
-                http_call(
-                    t,
-                    "entities/insert",
-                    &json!({"collectionName": COLL, "data": rows}),
-                )?;
+            match import_dir {
+                Some(dir) => import_npy(t, ds, dir, with_sel)?,
+                None => {
+                    for start in (0..n).step_by(2_000) {
+                        let rows: Vec<Value> = (start..(start + 2_000).min(n)).map(row).collect();
+                        http_call(
+                            t,
+                            "entities/insert",
+                            &json!({"collectionName": COLL, "data": rows}),
+                        )?;
+                    }
+                }
             }
             if !growing {
                 http_call(t, "collections/flush", &json!({"collectionName": COLL}))?;
@@ -427,6 +445,81 @@ fn prepare(
             }
         }
     }
+}
+
+/// Writes the dataset as NumPy files (`id`, `vector`, and `sel` with `with_sel`) into
+/// `dir/magpie_bench/`, imports them with one bulk-import job and waits for it.
+fn import_npy(t: &Target, ds: &Dataset, dir: &Path, with_sel: bool) -> Result<()> {
+    let n = ds.n();
+    let sub = dir.join(COLL);
+    std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+    write_npy(&sub.join("id.npy"), "<i8", &[n], |w| {
+        (0..n as i64).try_for_each(|i| w.write_all(&i.to_le_bytes()))
+    })?;
+    write_npy(&sub.join("vector.npy"), "<f4", &[n, ds.dim], |w| {
+        ds.base
+            .iter()
+            .try_for_each(|x| w.write_all(&x.to_le_bytes()))
+    })?;
+    let mut files = vec![format!("{COLL}/id.npy"), format!("{COLL}/vector.npy")];
+    if with_sel {
+        write_npy(&sub.join("sel.npy"), "<i8", &[n], |w| {
+            (0..n).try_for_each(|i| w.write_all(&sel_of(i).to_le_bytes()))
+        })?;
+        files.push(format!("{COLL}/sel.npy"));
+    }
+    let job = http_call(
+        t,
+        "jobs/import/create",
+        &json!({"collectionName": COLL, "files": [files]}),
+    )?;
+    let id = job["data"]["jobId"].clone();
+    let t0 = Instant::now();
+    loop {
+        let p = http_call(t, "jobs/import/get_progress", &json!({"jobId": id}))?;
+        match p["data"]["state"].as_str() {
+            Some("Completed") => break,
+            Some("Failed") => bail!("bulk import failed: {}", p["data"]["reason"]),
+            _ => {}
+        }
+        if t0.elapsed() > Duration::from_secs(3600) {
+            bail!("bulk import did not finish within an hour");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&sub);
+    Ok(())
+}
+
+/// A NumPy `.npy` file (format 1.0, C order) whose little-endian data `body` writes.
+fn write_npy(
+    path: &Path,
+    descr: &str,
+    shape: &[usize],
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+    let pad = (64 - (10 + header.len() + 1) % 64) % 64;
+    header.push_str(&" ".repeat(pad));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    f.write_all(&out)?;
+    body(&mut f).with_context(|| format!("writing {}", path.display()))?;
+    f.flush()?;
+    Ok(())
 }
 
 /// Whether a search still goes through a segment without its index (a server's index
@@ -632,7 +725,15 @@ pub fn run(o: BenchOpts) -> Result<()> {
         bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
     }
     let (load_s, build_s, index_bytes) = prepare(
-        &target, &ds, &index, &params, with_sel, o.growing, o.shards, o.replicas,
+        &target,
+        &ds,
+        &index,
+        &params,
+        with_sel,
+        o.growing,
+        o.shards,
+        o.replicas,
+        o.import_dir.as_deref(),
     )?;
     let rss = if o.url.is_none() { rss_bytes() } else { 0 };
     let raw = (ds.n() * ds.dim * 4) as u64;
@@ -683,7 +784,8 @@ pub fn run(o: BenchOpts) -> Result<()> {
     for &p in &o.filter_selectivity {
         runs.push((target_knobs.0, target_knobs.1, Some(p)));
     }
-    for (target_recall, knobs, pass) in runs {
+    for (target_recall, mut knobs, pass) in runs {
+        knobs.refine = o.refine;
         let gt;
         let text;
         let filter = match pass {
@@ -698,7 +800,11 @@ pub fn run(o: BenchOpts) -> Result<()> {
         let s = run_queries(&target, &ds, o.k, knobs, filter)?;
         let mut row = base.clone();
         let m = row.as_object_mut().unwrap();
-        m.insert("knob".into(), s.knob.clone().unwrap_or(Value::Null));
+        let mut knob = s.knob.clone().unwrap_or(Value::Null);
+        if let (Some(r), Some(o)) = (o.refine, knob.as_object_mut()) {
+            o.insert("refine".into(), json!(r));
+        }
+        m.insert("knob".into(), knob);
         m.insert("recall_target".into(), json!(target_recall));
         m.insert("filter_pass_pct".into(), json!(pass));
         m.insert("recall".into(), json!(s.recall));
@@ -728,7 +834,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
     if let Target::Local(e, dir) = target {
         drop(e);
         let _ = std::fs::remove_dir_all(&dir);
-    } else {
+    } else if !o.keep {
         let _ = http_call(
             &target,
             "collections/drop",

@@ -101,6 +101,7 @@ pub fn import(
     batch: usize,
     id_start: i64,
     limit: Option<usize>,
+    clients: usize,
 ) -> Result<()> {
     let ext = file
         .extension()
@@ -210,28 +211,54 @@ pub fn import(
     pb.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} rows {per_sec} eta {eta}").unwrap(),
     );
-    for start in (0..n).step_by(batch) {
-        let end = (start + batch).min(n);
-        let rows: Vec<Value> = (start..end)
-            .map(|i| {
-                let mut o = serde_json::Map::new();
-                if !auto {
-                    o.insert(pk.clone(), json!(id_start + i as i64));
-                }
-                o.insert(vf.clone(), json!(&data[i * dim..(i + 1) * dim]));
-                Value::Object(o)
-            })
-            .collect();
-        call(
-            url,
-            token,
-            "entities/insert",
-            &json!({"collectionName": coll, "data": rows}),
-        )?;
-        pb.set_position(end as u64);
-    }
+    // Batches are handed out in order to `clients` threads, each sending one request at
+    // a time; the first error stops the others after their current request.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
+    let send = || -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let start = next.fetch_add(1, Relaxed) * batch;
+            if start >= n || failed.load(Relaxed) {
+                return Ok(());
+            }
+            let end = (start + batch).min(n);
+            let rows: Vec<Value> = (start..end)
+                .map(|i| {
+                    let mut o = serde_json::Map::new();
+                    if !auto {
+                        o.insert(pk.clone(), json!(id_start + i as i64));
+                    }
+                    o.insert(vf.clone(), json!(&data[i * dim..(i + 1) * dim]));
+                    Value::Object(o)
+                })
+                .collect();
+            if let Err(e) = call(
+                url,
+                token,
+                "entities/insert",
+                &json!({"collectionName": coll, "data": rows}),
+            ) {
+                failed.store(true, Relaxed);
+                return Err(e.context(format!("rows {start}..{end}")));
+            }
+            pb.inc((end - start) as u64);
+        }
+    };
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients.max(1)).map(|_| s.spawn(send)).collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("import client thread"))
+            .collect::<Result<Vec<()>>>()
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    println!("imported {n} vectors of dimension {dim} into {coll}");
+    println!(
+        "imported {n} vectors of dimension {dim} into {coll} in {secs:.1} s ({:.0} rows/s, {} client(s))",
+        n as f64 / secs.max(1e-9),
+        clients.max(1)
+    );
     Ok(())
 }
 

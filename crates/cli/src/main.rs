@@ -434,6 +434,18 @@ struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// With --url: load the rows through bulk import instead of REST inserts, from NumPy
+    /// files written into this folder (the server's import root, `--import-root`).
+    #[arg(long, requires = "url")]
+    import_dir: Option<PathBuf>,
+    /// Quantized indexes (IVF_PQ, IVF_SQ8, HNSW_SQ): rescore refine × k candidates with
+    /// the full vectors [default: the index's own].
+    #[arg(long)]
+    refine: Option<usize>,
+    /// With --url: leave the collection `magpie_bench` on the server afterwards instead
+    /// of dropping it.
+    #[arg(long, requires = "url")]
+    keep: bool,
 }
 
 /// Settings come from, in increasing precedence: built-in defaults, the TOML file given
@@ -629,6 +641,10 @@ struct ImportArgs {
     /// Stop after this many rows.
     #[arg(long)]
     limit: Option<usize>,
+    /// Concurrent insert requests (.fvecs/.npy): batches are spread over this many
+    /// clients.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
 }
 
 #[derive(Args)]
@@ -805,6 +821,7 @@ fn main() {
             a.batch,
             a.id_start,
             a.limit,
+            a.clients,
         ),
         Cmd::Search(a) => run_search(a),
         Cmd::Eval(a) => eval::run(eval::EvalOpts {
@@ -841,6 +858,9 @@ fn main() {
             shards: a.shards,
             replicas: a.replicas,
             json_out: a.json,
+            import_dir: a.import_dir,
+            refine: a.refine,
+            keep: a.keep,
         }),
     };
     if let Err(e) = res {

@@ -594,7 +594,9 @@ fn cli_import_collections_search_and_unreachable_server() {
         "--collection",
         "v",
         "--batch",
-        "128",
+        "37",
+        "--clients",
+        "3",
         file.to_str().unwrap(),
     ]);
     assert!(
@@ -602,7 +604,14 @@ fn cli_import_collections_search_and_unreachable_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 500 vectors of dimension 8"));
+    // Three clients, batches out of order: every row arrives once, under its own id
+    // (the search for id 3 below finds row 3's vector at distance 0).
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("imported 500 vectors of dimension 8"),
+        "{said}"
+    );
+    assert!(said.contains("3 client(s)"), "{said}");
     assert_eq!(s.count("v", ""), 500);
     let out = magpie(&["collections"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -1108,6 +1108,7 @@ impl Collection {
                             nprobe: r.knobs.nprobe,
                             recall: r.knobs.recall,
                             refine: r.knobs.refine,
+                            prefetch: col.prefetch(),
                             ..SearchParams::top_k(k)
                         };
                         let index = seg

@@ -303,6 +303,13 @@ pub fn parse(ix: &IndexMeta, dim: usize, build_threads: usize) -> Result<IndexKi
                 ..Default::default()
             }))
         }
+        // Milvus's disk index (a Vamana graph) is not built here; say what plays its part.
+        "DISKANN" => Err(invalid(
+            "index type 'DISKANN' is not supported; for vectors larger than memory use \
+             IVF_SQ8 or IVF_PQ with 'refine': they keep only their codes in memory and read \
+             the full vectors they rescore from the segment files on disk \
+             (docs/ARCHITECTURE.md, \"Vectors larger than memory\")",
+        )),
         other => Err(invalid(format!(
             "index type '{other}' is not supported; use one of {} (BinaryVector fields: {})",
             SUPPORTED.join(", "),
@@ -396,7 +403,7 @@ mod tests {
             ("HNSW", json!({"M": 1}), "'M' must be in 2..=128, got 1"),
             ("HNSW", json!({"M": "x"}), "positive integer"),
             ("HNSW", json!({"efConstruction": -3}), "positive integer"),
-            ("DISKANN", json!({}), "not supported"),
+            ("DISKANN", json!({}), "use IVF_SQ8 or IVF_PQ with 'refine'"),
             ("IVF_PQ", json!({"nlist": 64}), "needs 'm'"),
             ("IVF_PQ", json!({"m": 3}), "must divide the dimension 8"),
             ("IVF_PQ", json!({"m": 4, "nbits": 4}), "nbits = 8 only"),

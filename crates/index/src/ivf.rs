@@ -22,7 +22,7 @@ use crate::quant::{Pq, Sq8};
 use crate::recall::{self, Knob, RecallCurve};
 use crate::space::{resolve_threads, sample, Space};
 use crate::{
-    Bitset, Cancel, FlatIndex, IndexError, Metric, Result, Scored, SearchParams, TopK,
+    Bitset, Cancel, FlatIndex, IndexError, Metric, Result, RowPrefetch, Scored, SearchParams, TopK,
     VectorIndexBuild, VectorIndexRead, VectorSlice,
 };
 
@@ -67,6 +67,9 @@ enum Codec {
     Sq8(Sq8),
     Pq(Pq),
 }
+
+/// Rows converted and assigned to lists at a time during a build (8 MiB of 128-d f32).
+const ASSIGN_CHUNK_ROWS: usize = 16_384;
 
 /// Below this many passing rows a filtered search scans them exactly.
 pub const EXACT_BELOW_ROWS: usize = 4096;
@@ -198,9 +201,16 @@ impl IvfIndex {
             threads: p.threads,
         };
         let centroids = kmeans::train(&train, dim, km, &kp, cancel)?;
-        let assign = kmeans::assign(km, &centroids, dim, &v.to_f32(), p.threads);
-        if cancel.is_cancelled() {
-            return Err(IndexError::Cancelled);
+        // Assign in chunks: the rows may be a memory-mapped file larger than memory, so
+        // never hold a converted copy of all of them (and stop between chunks on cancel).
+        let mut assign = Vec::with_capacity(n);
+        for a in (0..n).step_by(ASSIGN_CHUNK_ROWS) {
+            if cancel.is_cancelled() {
+                return Err(IndexError::Cancelled);
+            }
+            let b = (a + ASSIGN_CHUNK_ROWS).min(n);
+            let rows = v.rows_range(a, b).to_f32();
+            assign.extend(kmeans::assign(km, &centroids, dim, &rows, p.threads));
         }
         let (list_start, ids) = inverted_lists(&assign, nlist);
         let codec = match p.codec {
@@ -224,29 +234,51 @@ impl IvfIndex {
         };
         let mut codes = vec![0u8; n * code_len];
         if code_len > 0 {
+            // Rows are encoded in storage order (a sequential read of a file on disk),
+            // each into its slot in list order.
+            let mut by_row = vec![0u32; n];
+            for (pos, &id) in ids.iter().enumerate() {
+                by_row[id as usize] = pos as u32;
+            }
             let t = resolve_threads(p.threads).clamp(1, n);
             let per = n.div_ceil(t);
-            let (codec_ref, ids_ref, assign_ref, cent_ref) = (&codec, &ids, &assign, &centroids);
-            std::thread::scope(|s| {
-                for (ci, chunk) in codes.chunks_mut(per * code_len).enumerate() {
-                    s.spawn(move || {
-                        for (j, out) in chunk.chunks_exact_mut(code_len).enumerate() {
-                            let id = ids_ref[ci * per + j];
-                            let mut x = Self::encoded_row(&sp, id);
-                            match codec_ref {
-                                Codec::Sq8(q) => q.encode(&x, out),
-                                Codec::Pq(q) => {
-                                    let a = assign_ref[id as usize] as usize;
-                                    let c = &cent_ref[a * dim..(a + 1) * dim];
-                                    x.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
-                                    q.encode(&x, out)
+            let (codec_ref, assign_ref, cent_ref) = (&codec, &assign, &centroids);
+            let encoded: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let parts: Vec<_> = (0..n)
+                    .step_by(per)
+                    .map(|a| {
+                        let b = (a + per).min(n);
+                        s.spawn(move || {
+                            let mut part = vec![0u8; (b - a) * code_len];
+                            for (j, out) in part.chunks_exact_mut(code_len).enumerate() {
+                                let id = (a + j) as u32;
+                                let mut x = Self::encoded_row(&sp, id);
+                                match codec_ref {
+                                    Codec::Sq8(q) => q.encode(&x, out),
+                                    Codec::Pq(q) => {
+                                        let a = assign_ref[id as usize] as usize;
+                                        let c = &cent_ref[a * dim..(a + 1) * dim];
+                                        x.iter_mut().zip(c).for_each(|(x, c)| *x -= c);
+                                        q.encode(&x, out)
+                                    }
+                                    Codec::Flat => {}
                                 }
-                                Codec::Flat => {}
                             }
-                        }
-                    });
-                }
+                            part
+                        })
+                    })
+                    .collect();
+                parts
+                    .into_iter()
+                    .map(|h| h.join().expect("encoder thread"))
+                    .collect()
             });
+            for (part, a) in encoded.iter().zip((0..n).step_by(per)) {
+                for (j, code) in part.chunks_exact(code_len).enumerate() {
+                    let pos = by_row[a + j] as usize;
+                    codes[pos * code_len..(pos + 1) * code_len].copy_from_slice(code);
+                }
+            }
         }
         let mut idx = IvfIndex {
             metric,
@@ -269,7 +301,7 @@ impl IvfIndex {
                 .collect();
             let refine = idx.default_refine();
             idx.curve = recall::measure(&sp, &knobs, p.seed, |q, ex, nprobe, k| {
-                idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex))
+                idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex), None)
                     .iter()
                     .map(|s| s.offset)
                     .collect()
@@ -331,6 +363,7 @@ impl IvfIndex {
         allow: Option<&Bitset>,
         refine: Option<usize>,
         exclude: Option<u32>,
+        prefetch: Option<&dyn RowPrefetch>,
     ) -> Vec<Scored> {
         let probes = self.probes(q, nprobe);
         let refine = refine.filter(|_| self.code_len > 0).map(|r| r.max(1));
@@ -406,6 +439,10 @@ impl IvfIndex {
         }
         let mut out = top.into_sorted();
         if refine.is_some() {
+            if let Some(pf) = prefetch {
+                let rows: Vec<u32> = out.iter().map(|s| s.offset).collect();
+                pf.will_read(&rows);
+            }
             let mut t = TopK::new(k);
             for s in &out {
                 t.push(s.offset, -sp.dist(q, s.offset));
@@ -578,7 +615,7 @@ impl VectorIndexRead for IvfIndex {
         let sp = Space::new(vectors, inv_norms, self.metric);
         let q = sp.prepare(query);
         let refine = p.refine.or(self.default_refine()).filter(|&r| r > 1);
-        Ok(self.search_prepared(&sp, &q, p.k, nprobe, allow, refine, None))
+        Ok(self.search_prepared(&sp, &q, p.k, nprobe, allow, refine, None, p.prefetch))
     }
 
     fn memory_bytes(&self) -> usize {
@@ -618,6 +655,81 @@ mod tests {
         };
         let idx = IvfIndex::build_with(v, &inv, metric, &p, &Cancel::new()).unwrap();
         (data, inv, idx)
+    }
+
+    /// Records the rows an index says it will read.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Vec<u32>>>);
+    impl RowPrefetch for Recorder {
+        fn will_read(&self, rows: &[u32]) {
+            self.0.lock().unwrap().push(rows.to_vec());
+        }
+    }
+
+    #[test]
+    fn refine_announces_the_rows_it_rescores() {
+        // PQ with refine: one announcement per search, of exactly the refine · k
+        // candidates, and every hit is one of them.
+        let (data, inv, idx) = build(CodecKind::Pq { m: 8 }, Metric::L2);
+        let v = VectorSlice::new(&data, 16);
+        let rec = Recorder::default();
+        let q = &data[16 * 7..16 * 8];
+        let p = SearchParams {
+            nprobe: Some(8),
+            refine: Some(5),
+            prefetch: Some(&rec),
+            ..SearchParams::top_k(10)
+        };
+        let hits = idx.search(v, &inv, q, &p).unwrap();
+        let calls = rec.0.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].len(), 50);
+        assert!(hits.iter().all(|h| calls[0].contains(&h.offset)));
+        assert_eq!(hits[0].offset, 7);
+        // Without the hook the answer is the same.
+        let plain = SearchParams {
+            prefetch: None,
+            ..p
+        };
+        assert_eq!(idx.search(v, &inv, q, &plain).unwrap(), hits);
+        // IVF_FLAT reads raw rows while it scans, never in a rescore: no announcement.
+        let (data, inv, flat) = build(CodecKind::Flat, Metric::L2);
+        let v = VectorSlice::new(&data, 16);
+        let rec = Recorder::default();
+        let p = SearchParams {
+            prefetch: Some(&rec),
+            ..SearchParams::top_k(10)
+        };
+        flat.search(v, &inv, q, &p).unwrap();
+        assert!(rec.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn build_over_many_assignment_chunks_matches_the_rows() {
+        // More rows than one assignment chunk, PQ and SQ8: every row still finds itself
+        // first (the codes landed in the slots of their own rows).
+        let (n, dim) = (ASSIGN_CHUNK_ROWS * 2 + 1234, 8);
+        let data = clustered(n, dim, 50, 3);
+        let v = VectorSlice::new(&data, dim);
+        for codec in [CodecKind::Sq8, CodecKind::Pq { m: 4 }] {
+            let p = IvfParams {
+                nlist: 64,
+                codec,
+                threads: 2,
+                measure_recall: false,
+                ..Default::default()
+            };
+            let idx = IvfIndex::build_with(v, &[], Metric::L2, &p, &Cancel::new()).unwrap();
+            for i in (0..n).step_by(997) {
+                let p = SearchParams {
+                    nprobe: Some(4),
+                    refine: Some(8),
+                    ..SearchParams::top_k(1)
+                };
+                let hit = idx.search(v, &[], v.row(i).as_ref(), &p).unwrap();
+                assert_eq!(hit[0].offset as usize, i, "{codec:?}: row {i}");
+            }
+        }
     }
 
     #[test]

@@ -370,6 +370,18 @@ pub struct SearchParams<'a> {
     pub recall: Option<f32>,
     /// IVF_PQ / HNSW_SQ: rescore `refine · k` candidates with the raw vectors.
     pub refine: Option<usize>,
+    /// Told which raw rows a quantized index is about to rescore, before it reads any of
+    /// them, so rows on disk can be fetched together (see [`RowPrefetch`]).
+    pub prefetch: Option<&'a dyn RowPrefetch>,
+}
+
+/// Where the raw rows live is the caller's business (memory, a memory-mapped file on
+/// disk); a quantized index only says which rows it will read next. An implementation
+/// for rows on disk starts reading them all at once (e.g. `madvise(WILLNEED)`), so the
+/// reads overlap instead of faulting in one at a time. A hint: it must not fail, and a
+/// row it did not fetch is still read correctly, only slower.
+pub trait RowPrefetch: Sync {
+    fn will_read(&self, rows: &[u32]);
 }
 
 impl<'a> SearchParams<'a> {
@@ -384,6 +396,7 @@ impl<'a> SearchParams<'a> {
             nprobe: None,
             recall: None,
             refine: None,
+            prefetch: None,
         }
     }
 }
