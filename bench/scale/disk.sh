@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 ds=${1:?usage: MEM=4G bench/scale/disk.sh DATASET [magpie bench args]}
 shift
 mem=${MEM:-4G}
-bin=target/release/magpie
+bin=${MAGPIE_BIN:-target/release/magpie}
 [ -x "$bin" ] || { echo "build first: cargo build --release -p magpie-cli" >&2; exit 1; }
 cgroot=/sys/fs/cgroup/memory
 [ -w "$cgroot" ] || { echo "needs a writable cgroup-v1 memory hierarchy at $cgroot" >&2; exit 1; }

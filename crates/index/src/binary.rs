@@ -196,7 +196,7 @@ impl BinIvfIndex {
             .chain(std::iter::once(nlist as u32))
             .collect();
         let sp = Space::new(v, &[], metric);
-        ix.curve = recall::measure(&sp, &knobs, p.seed, |q, exclude, knob, k| {
+        ix.curve = recall::measure(&sp, &knobs, p.seed, p.threads, |q, exclude, knob, k| {
             ix.scan(v, &pack_bytes(q), k + 1, knob as usize, None)
                 .into_iter()
                 .map(|s| s.offset)

@@ -617,14 +617,14 @@ impl HnswIndex {
             idx.sq = Some(encode_sq8(&sp));
         }
         if p.measure_recall {
-            idx.curve = idx.measure_curve(&sp, p.seed);
+            idx.curve = idx.measure_curve(&sp, p.seed, p.threads);
         }
         Ok(idx)
     }
 
-    fn measure_curve(&self, sp: &Space<'_>, seed: u64) -> RecallCurve {
-        recall::measure(sp, &CURVE_EFS, seed, |q, exclude, ef, k| {
-            self.search_prepared(sp, q, k, ef as usize, None, Some(exclude), None)
+    fn measure_curve(&self, sp: &Space<'_>, seed: u64, threads: usize) -> RecallCurve {
+        recall::measure(sp, &CURVE_EFS, seed, threads, |q, exclude, ef, k| {
+            self.search_prepared(sp, q, k, ef as usize, None, Some(exclude))
                 .iter()
                 .map(|c| c.id)
                 .collect()
@@ -632,7 +632,6 @@ impl HnswIndex {
     }
 
     /// Unfiltered or filtered graph search over a prepared query.
-    #[allow(clippy::too_many_arguments)]
     fn search_prepared(
         &self,
         sp: &Space<'_>,
@@ -641,7 +640,6 @@ impl HnswIndex {
         ef: usize,
         allow: Option<(&Bitset, usize)>,
         exclude: Option<u32>,
-        prefetch: Option<&dyn crate::RowPrefetch>,
     ) -> Vec<Cand> {
         if self.entry == NO_ENTRY {
             return Vec::new();
@@ -666,11 +664,10 @@ impl HnswIndex {
                     q: sc.sq.prepare(self.metric, q),
                 };
                 // Walk the codes, then rescore every candidate with the raw vectors.
+                // No `SearchParams::prefetch` here: HNSW_SQ rescores all `ef` candidates,
+                // and announcing them cost ~30 % of its QPS on rows that were in memory
+                // (docs/BENCHMARKS.md); the path for vectors on disk is IVF with `refine`.
                 let mut r = self.walk(&ds, ef.max(k), filt, exclude);
-                if let Some(pf) = prefetch {
-                    let rows: Vec<u32> = r.iter().map(|c| c.id).collect();
-                    pf.will_read(&rows);
-                }
                 for c in &mut r {
                     c.d = sp.dist(q, c.id);
                 }
@@ -932,7 +929,7 @@ impl VectorIndexRead for HnswIndex {
         let q = sp.prepare(query);
         let ef = self.choose_ef(p).value;
         Ok(self
-            .search_prepared(&sp, &q, p.k, ef, allow, None, p.prefetch)
+            .search_prepared(&sp, &q, p.k, ef, allow, None)
             .into_iter()
             .map(|c| Scored {
                 offset: c.id,
@@ -1072,7 +1069,9 @@ mod tests {
     }
 
     #[test]
-    fn hnsw_sq_announces_the_rows_it_rescores() {
+    fn graphs_do_not_announce_rescores() {
+        // HNSW_SQ rescores every ef candidate; a prefetch per row cost more than it saved
+        // on rows in memory, so neither graph index calls the hook (IVF's refine does).
         #[derive(Default)]
         struct Recorder(std::sync::Mutex<Vec<Vec<u32>>>);
         impl crate::RowPrefetch for Recorder {
@@ -1080,38 +1079,20 @@ mod tests {
                 self.0.lock().unwrap().push(rows.to_vec());
             }
         }
-        let (data, inv, idx) = build_sq(3000, 24, Metric::L2, true);
-        let v = VectorSlice::new(&data, 24);
-        let q = &data[24 * 5..24 * 6];
-        let rec = Recorder::default();
-        let p = SearchParams {
-            ef: Some(40),
-            prefetch: Some(&rec),
-            ..SearchParams::top_k(10)
-        };
-        let hits = idx.search(v, &inv, q, &p).unwrap();
-        let calls = rec.0.lock().unwrap().clone();
-        // One announcement of the ef candidates walked over the codes, before the
-        // rescore; the hits are among them and the hook changes nothing.
-        assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0].len(), 40);
-        assert!(hits.iter().all(|h| calls[0].contains(&h.offset)));
-        assert_eq!(hits[0].offset, 5);
-        let plain = SearchParams {
-            prefetch: None,
-            ..p
-        };
-        assert_eq!(idx.search(v, &inv, q, &plain).unwrap(), hits);
-        // Plain HNSW reads raw rows as it walks: nothing to announce.
-        let (data, inv, raw) = build_sq(3000, 24, Metric::L2, false);
-        let v = VectorSlice::new(&data, 24);
-        let rec = Recorder::default();
-        let p = SearchParams {
-            prefetch: Some(&rec),
-            ..SearchParams::top_k(10)
-        };
-        raw.search(v, &inv, q, &p).unwrap();
-        assert!(rec.0.lock().unwrap().is_empty());
+        for sq in [true, false] {
+            let (data, inv, idx) = build_sq(3000, 24, Metric::L2, sq);
+            let v = VectorSlice::new(&data, 24);
+            let q = &data[24 * 5..24 * 6];
+            let rec = Recorder::default();
+            let p = SearchParams {
+                ef: Some(40),
+                prefetch: Some(&rec),
+                ..SearchParams::top_k(10)
+            };
+            let hits = idx.search(v, &inv, q, &p).unwrap();
+            assert_eq!(hits[0].offset, 5);
+            assert!(rec.0.lock().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -63,7 +63,18 @@ pub fn nearest(m: KMeansMetric, centroids: &[f32], dim: usize, x: &[f32]) -> (us
     best
 }
 
+/// Rows per matrix product in [`assign`]: the product block is `ASSIGN_BLOCK × k` f32
+/// (1 MiB at k = 2048).
+const ASSIGN_BLOCK: usize = 128;
+
 /// Assigns every row of `data` to its nearest centroid, in parallel.
+///
+/// Wide rows and many centroids (IVF coarse quantizers) go through matrix products:
+/// `‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²`, and `‖x‖²` does not change which `c` is nearest, so
+/// a block of rows times the transposed centroids (`magpie_linalg::matmul`) gives every
+/// comparison at once with the cache reuse of a GEMM instead of one distance at a time
+/// (docs/BENCHMARKS.md: the 10M build). Narrow rows (PQ sub-vectors) and few centroids
+/// keep the direct loop. Ties between equidistant centroids may resolve differently.
 pub fn assign(
     m: KMeansMetric,
     centroids: &[f32],
@@ -72,15 +83,57 @@ pub fn assign(
     nthreads: usize,
 ) -> Vec<u32> {
     let n = data.len() / dim;
+    let k = centroids.len() / dim;
     let mut out = vec![0u32; n];
     let t = resolve_threads(nthreads).clamp(1, n.max(1));
     let per = n.div_ceil(t).max(1);
+    if dim < SMALL_DIM || k < 16 {
+        std::thread::scope(|s| {
+            for (ci, chunk) in out.chunks_mut(per).enumerate() {
+                s.spawn(move || {
+                    for (j, slot) in chunk.iter_mut().enumerate() {
+                        let i = ci * per + j;
+                        *slot = nearest(m, centroids, dim, &data[i * dim..(i + 1) * dim]).0 as u32;
+                    }
+                });
+            }
+        });
+        return out;
+    }
+    let mut ct = vec![0f32; dim * k];
+    for (c, cv) in centroids.chunks_exact(dim).enumerate() {
+        for (d, &x) in cv.iter().enumerate() {
+            ct[d * k + c] = x;
+        }
+    }
+    // Per centroid, the part of the distance that does not depend on the row.
+    let half_norm: Vec<f32> = match m {
+        KMeansMetric::L2 => centroids
+            .chunks_exact(dim)
+            .map(|c| 0.5 * magpie_linalg::dot(c, c))
+            .collect(),
+        KMeansMetric::Spherical => vec![0.0; k],
+    };
+    let (ct, half_norm) = (&ct, &half_norm);
     std::thread::scope(|s| {
         for (ci, chunk) in out.chunks_mut(per).enumerate() {
             s.spawn(move || {
-                for (j, slot) in chunk.iter_mut().enumerate() {
-                    let i = ci * per + j;
-                    *slot = nearest(m, centroids, dim, &data[i * dim..(i + 1) * dim]).0 as u32;
+                let mut prod = vec![0f32; ASSIGN_BLOCK.min(chunk.len()) * k];
+                for (bi, slots) in chunk.chunks_mut(ASSIGN_BLOCK).enumerate() {
+                    let first = ci * per + bi * ASSIGN_BLOCK;
+                    let rows = &data[first * dim..(first + slots.len()) * dim];
+                    magpie_linalg::matmul(rows, ct, &mut prod, slots.len(), dim, k, false);
+                    for (slot, dots) in slots.iter_mut().zip(prod.chunks_exact(k)) {
+                        // Smallest ½‖c‖² − x·c (L2) or −x·c (spherical).
+                        let mut best = (0usize, f32::INFINITY);
+                        for (c, (&h, &d)) in half_norm.iter().zip(dots).enumerate() {
+                            let v = h - d;
+                            if v < best.1 {
+                                best = (c, v);
+                            }
+                        }
+                        *slot = best.0 as u32;
+                    }
                 }
             });
         }
@@ -232,6 +285,36 @@ fn repair_empty(cent: &mut [f32], counts: &mut [usize], dim: usize, seed: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrix_assignment_agrees_with_one_distance_at_a_time() {
+        // Wide rows and many centroids take the matrix-product path; every row must go
+        // to the centroid the direct loop picks, or to one just as near (a tie within
+        // float rounding). Odd sizes: blocks and thread chunks do not divide the rows.
+        let (n, dim, k) = (1_001, 40, 97);
+        let r = |i: usize| (unit(i as u64 * 7 + 3) as f32 - 0.5) * 4.0;
+        let data: Vec<f32> = (0..n * dim).map(r).collect();
+        let cent: Vec<f32> = (0..k * dim).map(|i| r(i + (1 << 20))).collect();
+        for m in [KMeansMetric::L2, KMeansMetric::Spherical] {
+            let got = assign(m, &cent, dim, &data, 3);
+            assert_eq!(got.len(), n);
+            let mut same = 0;
+            for (i, &g) in got.iter().enumerate() {
+                let x = &data[i * dim..(i + 1) * dim];
+                let (want, dw) = nearest(m, &cent, dim, x);
+                if g as usize == want {
+                    same += 1;
+                } else {
+                    let dg = dist(m, x, &cent[g as usize * dim..(g as usize + 1) * dim]);
+                    assert!(
+                        (dg - dw).abs() <= 1e-4 * dw.abs().max(1.0),
+                        "{m:?} row {i}: chose {g} at {dg}, nearest is {want} at {dw}"
+                    );
+                }
+            }
+            assert!(same >= n - 2, "{m:?}: only {same} of {n} rows agree");
+        }
+    }
 
     #[test]
     fn finds_separated_clusters_and_repairs_empty_ones() {

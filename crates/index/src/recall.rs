@@ -83,13 +83,22 @@ impl RecallCurve {
     }
 }
 
-/// Measures a curve. `search(query, exclude, knob, k)` runs the index with one knob value
-/// and must never return `exclude`.
+/// Knob values in a row that may each add less than this to the recall before the
+/// sweep stops: the codes of a quantized index (without `refine`) cap its recall below
+/// 0.999, and probing on toward every list costs a full scan per query for nothing.
+const PLATEAU_GAIN: f32 = 0.001;
+const PLATEAU_STEPS: usize = 2;
+
+/// Measures a curve on `threads` threads (0 = every core). `search(query, exclude, knob,
+/// k)` runs the index with one knob value and must never return `exclude`. The sweep
+/// stops at recall 0.999, or once [`PLATEAU_STEPS`] knob values in a row gained less than
+/// [`PLATEAU_GAIN`] each.
 pub(crate) fn measure(
     sp: &Space<'_>,
     knobs: &[u32],
     seed: u64,
-    mut search: impl FnMut(&[f32], u32, u32, usize) -> Vec<u32>,
+    threads: usize,
+    search: impl Fn(&[f32], u32, u32, usize) -> Vec<u32> + Sync,
 ) -> RecallCurve {
     let n = sp.v.len();
     if n <= CURVE_K + 1 {
@@ -99,33 +108,49 @@ pub(crate) fn measure(
     let queries: Vec<u32> = (0..nq)
         .map(|i| (splitmix64(seed ^ (i as u64).wrapping_mul(0x2545_F491)) % n as u64) as u32)
         .collect();
-    // Exact truth, excluding the query's own row.
-    let truth: Vec<Vec<u32>> = queries
-        .iter()
-        .map(|&qi| {
-            let q = sp.node_query(qi);
-            let mut top = TopK::new(CURVE_K);
-            for j in 0..n as u32 {
-                if j != qi {
-                    top.push(j, -sp.dist(&q, j));
-                }
-            }
-            top.into_sorted().iter().map(|s| s.offset).collect()
+    let t = crate::space::resolve_threads(threads).clamp(1, nq);
+    // Runs `f` on every query, the queries split over the threads; results in order.
+    let par = |f: &(dyn Fn(u32) -> Vec<u32> + Sync)| -> Vec<Vec<u32>> {
+        let per = nq.div_ceil(t);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = queries
+                .chunks(per)
+                .map(|c| s.spawn(move || c.iter().map(|&q| f(q)).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().expect("recall curve thread"))
+                .collect()
         })
-        .collect();
-    let mut points = Vec::new();
-    for &knob in knobs {
-        let mut hit = 0usize;
-        let mut total = 0usize;
-        for (qi, t) in queries.iter().zip(&truth) {
-            let q = sp.node_query(*qi);
-            let got = search(&q, *qi, knob, CURVE_K);
-            hit += got.iter().filter(|g| t.contains(g)).count();
-            total += t.len();
+    };
+    // Exact truth, excluding the query's own row.
+    let truth = par(&|qi| {
+        let q = sp.node_query(qi);
+        let mut top = TopK::new(CURVE_K);
+        for j in 0..n as u32 {
+            if j != qi {
+                top.push(j, -sp.dist(&q, j));
+            }
         }
+        top.into_sorted().iter().map(|s| s.offset).collect()
+    });
+    let mut points: Vec<(u32, f32)> = Vec::new();
+    let mut flat = 0;
+    for &knob in knobs {
+        let got = par(&|qi| search(&sp.node_query(qi), qi, knob, CURVE_K));
+        let hit: usize = got
+            .iter()
+            .zip(&truth)
+            .map(|(g, t)| g.iter().filter(|x| t.contains(x)).count())
+            .sum();
+        let total: usize = truth.iter().map(Vec::len).sum();
         let r = hit as f32 / total.max(1) as f32;
+        let gain = points.last().map_or(1.0, |p| r - p.1);
         points.push((knob, r));
         if r >= 0.999 {
+            break;
+        }
+        flat = if gain < PLATEAU_GAIN { flat + 1 } else { 0 };
+        if flat >= PLATEAU_STEPS {
             break;
         }
     }
@@ -151,5 +176,55 @@ mod tests {
         assert!((c.recall_at(30).unwrap() - 0.95).abs() < 1e-6);
         assert_eq!(c.recall_at(5), Some(0.8));
         assert_eq!(RecallCurve::default().choose(0.9), None);
+    }
+
+    #[test]
+    fn the_sweep_stops_at_full_recall_or_on_a_plateau() {
+        use crate::{FlatIndex, Metric, SearchParams, VectorIndexRead, VectorSlice};
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let data = crate::testutil::clustered(400, 8, 5, 9);
+        let v = VectorSlice::new(&data, 8);
+        let sp = Space::new(v, &[], Metric::L2);
+        let exact = |q: &[f32], ex: u32, k: usize| -> Vec<u32> {
+            FlatIndex::new(Metric::L2)
+                .search(v, &[], q, &SearchParams::top_k(k + 1))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.offset)
+                .filter(|&o| o != ex)
+                .take(k)
+                .collect()
+        };
+        let knobs = [1, 2, 4, 8, 16, 32, 64];
+        // Exact answers: recall 1 at the first knob, nothing more is run.
+        let calls = AtomicUsize::new(0);
+        let c = measure(&sp, &knobs, 1, 2, |q, ex, _, k| {
+            calls.fetch_add(1, Relaxed);
+            exact(q, ex, k)
+        });
+        assert_eq!(c.points, vec![(1, 1.0)]);
+        assert_eq!(calls.load(Relaxed), CURVE_QUERIES);
+        // Capped at 9 of 10 whatever the knob (as codes cap a quantized index): the first
+        // point, then two that gain nothing, and the sweep stops.
+        let c = measure(&sp, &knobs, 1, 2, |q, ex, _, k| {
+            let mut r = exact(q, ex, k);
+            r.truncate(k - 1);
+            r
+        });
+        assert_eq!(c.points.len(), 1 + PLATEAU_STEPS, "{:?}", c.points);
+        assert!(c.points.iter().all(|p| (p.1 - 0.9).abs() < 1e-6));
+        // Rising by the knob: every point is measured, in order, on 1 or 3 threads alike.
+        let rising = |q: &[f32], ex: u32, knob: u32, k: usize| {
+            let mut r = exact(q, ex, k);
+            r.truncate((knob as usize).min(k));
+            r
+        };
+        let a = measure(&sp, &knobs, 1, 1, rising);
+        let b = measure(&sp, &knobs, 1, 3, rising);
+        assert_eq!(a.points, b.points);
+        assert_eq!(
+            a.points.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16]
+        );
     }
 }
