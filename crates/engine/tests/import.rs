@@ -40,24 +40,7 @@ fn hnsw() -> Vec<IndexMeta> {
 
 /// A NumPy v1 file, as `numpy.save` writes it.
 fn npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let shape = match shape {
-        [n] => format!("({n},)"),
-        s => format!(
-            "({})",
-            s.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while !(10 + h.len() + 1).is_multiple_of(64) {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    out.extend_from_slice(h.as_bytes());
+    let mut out = magpie_engine::import::npy::header(descr, shape);
     out.extend_from_slice(data);
     std::fs::write(path, out).unwrap();
 }

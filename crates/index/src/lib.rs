@@ -370,8 +370,9 @@ pub struct SearchParams<'a> {
     pub recall: Option<f32>,
     /// IVF_PQ / HNSW_SQ: rescore `refine · k` candidates with the raw vectors.
     pub refine: Option<usize>,
-    /// Told which raw rows a quantized index is about to rescore, before it reads any of
-    /// them, so rows on disk can be fetched together (see [`RowPrefetch`]).
+    /// Told which raw rows IVF's `refine` is about to rescore, before it reads any of
+    /// them, so rows on disk can be fetched together (see [`RowPrefetch`]). Graph indexes
+    /// do not call it (HNSW_SQ's `ef` rescores measured faster without).
     pub prefetch: Option<&'a dyn RowPrefetch>,
 }
 

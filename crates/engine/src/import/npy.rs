@@ -267,15 +267,21 @@ fn quoted_after<'a>(h: &'a str, key: &str) -> Option<&'a str> {
     s.split('\'').next()
 }
 
-#[cfg(test)]
-pub(crate) fn write(path: &std::path::Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
+/// The header of a NumPy format-1.0 file (C order) holding `shape` elements of `descr`
+/// (e.g. `<f4`), as `numpy.save` writes it: the data follows it directly.
+pub fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
     while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
@@ -283,6 +289,12 @@ pub(crate) fn write(path: &std::path::Path, descr: &str, shape: &[usize], data: 
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(h.len() as u16).to_le_bytes());
     out.extend_from_slice(h.as_bytes());
+    out
+}
+
+#[cfg(test)]
+pub(crate) fn write(path: &std::path::Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let mut out = header(descr, shape);
     out.extend_from_slice(data);
     std::fs::write(path, out).unwrap();
 }
