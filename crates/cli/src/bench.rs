@@ -38,6 +38,9 @@ pub struct BenchOpts {
     pub shards: Option<u32>,
     pub replicas: Option<u32>,
     pub json_out: Option<PathBuf>,
+    pub clients: Option<usize>,
+    pub reuse: bool,
+    pub reopen: bool,
     /// With `url`: load through Milvus's bulk import from NumPy files written into this
     /// folder (the server's import root) instead of REST inserts.
     pub import_dir: Option<PathBuf>,
@@ -214,19 +217,55 @@ impl Target {
                 if let Some(r) = knobs.refine {
                     params.insert("refine".into(), json!(r));
                 }
-                let mut body = json!({"collectionName": COLL, "data": [q], "limit": k,
-                    "searchParams": {"params": params}, "consistencyLevel": "Eventually"});
-                if let Some(f) = filter {
-                    body["filter"] = json!(f);
+                // Serialised from the f32s (their shortest form, as a client holding
+                // f32 vectors sends them), not through f64 `Value`s.
+                #[derive(serde::Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Body<'a> {
+                    collection_name: &'a str,
+                    data: [&'a [f32]; 1],
+                    limit: usize,
+                    search_params: Value,
+                    consistency_level: &'a str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    filter: Option<&'a str>,
                 }
-                let mut req = agent.post(&format!(
-                    "{}/v2/vectordb/entities/search",
-                    url.trim_end_matches('/')
-                ));
-                if let Some(t) = token {
-                    req = req.set("Authorization", &format!("Bearer {t}"));
-                }
-                let v: Value = req.send_json(&body)?.into_json()?;
+                let body = serde_json::to_vec(&Body {
+                    collection_name: COLL,
+                    data: [q],
+                    limit: k,
+                    search_params: json!({"params": params}),
+                    consistency_level: "Eventually",
+                    filter,
+                })?;
+                let v: Value = match crate::httpconn::split(url) {
+                    Some((authority, base)) => {
+                        let (status, bytes) = crate::httpconn::post(
+                            authority,
+                            &format!("/{base}/v2/vectordb/entities/search").replace("//", "/"),
+                            token.as_deref(),
+                            body.into(),
+                        )?;
+                        serde_json::from_slice(&bytes).with_context(|| {
+                            format!(
+                                "search: HTTP {status}: {}",
+                                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                            )
+                        })?
+                    }
+                    None => {
+                        let mut req = agent.post(&format!(
+                            "{}/v2/vectordb/entities/search",
+                            url.trim_end_matches('/')
+                        ));
+                        if let Some(t) = token {
+                            req = req.set("Authorization", &format!("Bearer {t}"));
+                        }
+                        req.set("Content-Type", "application/json")
+                            .send_bytes(&body)?
+                            .into_json()?
+                    }
+                };
                 if v["code"].as_i64() != Some(0) {
                     bail!("search: {}", v["message"]);
                 }
@@ -416,6 +455,9 @@ fn prepare(
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
+            // When did the index first say Finished while searches still scanned rows
+            // exactly (a segment not indexed yet, or below the server's index_min_rows)?
+            let mut finished_but_exact: Option<Instant> = None;
             loop {
                 let d = http_call(
                     t,
@@ -423,8 +465,18 @@ fn prepare(
                     &json!({"collectionName": COLL, "indexName": "vector"}),
                 )?;
                 let ix = &d["data"][0];
+                let finished = ix["indexState"].as_str() == Some("Finished");
+                let exact = finished && searched_exactly(t, ds)?;
+                if exact
+                    && finished_but_exact
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        > Duration::from_secs(60)
+                {
+                    bail!("the index is finished but searches still scan rows exactly after a minute; is the dataset ({n} rows) below the server's index_min_rows (`magpie serve --index-min-rows`)?");
+                }
                 match ix["indexState"].as_str() {
-                    Some("Finished") if !searched_exactly(t, ds)? => {
+                    Some("Finished") if !exact => {
                         let segs = ix["segments"].as_array().cloned().unwrap_or_default();
                         let bytes: u64 = segs.iter().filter_map(|s| s["indexBytes"].as_u64()).sum();
                         let ms: u64 = segs.iter().filter_map(|s| s["buildMs"].as_u64()).sum();
@@ -525,6 +577,11 @@ struct RunStats {
     recall: f64,
     qps1: f64,
     qps2: f64,
+    /// With `--clients N`: QPS of N concurrent clients.
+    qps_n: Option<f64>,
+    /// Over HTTP: what a query cost the server with one client and with N.
+    server_1t: Option<ServerCost>,
+    server_n: Option<ServerCost>,
     p50_ms: f64,
     p99_ms: f64,
     knob: Option<Value>,
@@ -588,12 +645,96 @@ fn filtered_truth(ds: &Dataset, k: usize, pass: u32) -> Vec<Vec<i32>> {
     out
 }
 
+/// Counters of the server's `/metrics` that split a search's cost (plain-http targets;
+/// `None` otherwise or when the server does not report them).
+#[derive(Clone, Copy)]
+struct ServerCounters {
+    /// `process_cpu_seconds_total`.
+    cpu_s: f64,
+    /// `magpie_search_engine_seconds_total`.
+    engine_s: f64,
+    /// `magpie_searches_total{thread="worker"}`.
+    on_worker: f64,
+}
+
+impl ServerCounters {
+    fn read(t: &Target) -> Option<Self> {
+        let Target::Http { url, .. } = t else {
+            return None;
+        };
+        let (authority, base) = crate::httpconn::split(url)?;
+        let (status, body) =
+            crate::httpconn::get(authority, &format!("/{base}/metrics").replace("//", "/")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        let text = std::str::from_utf8(&body).ok()?;
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Some(ServerCounters {
+            cpu_s: get("process_cpu_seconds_total ")?,
+            engine_s: get("magpie_search_engine_seconds_total ")?,
+            on_worker: get("magpie_searches_total{thread=\"worker\"} ")?,
+        })
+    }
+
+    /// Per query of `nq` between `self` and `later`: server CPU µs, engine µs, and the
+    /// share of searches that ran on an async worker.
+    fn per_query(self, later: Option<Self>, nq: usize) -> Option<ServerCost> {
+        let l = later?;
+        let n = nq as f64;
+        Some(ServerCost {
+            cpu_us: (l.cpu_s - self.cpu_s) * 1e6 / n,
+            engine_us: (l.engine_s - self.engine_s) * 1e6 / n,
+            on_worker: (l.on_worker - self.on_worker) / n,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ServerCost {
+    cpu_us: f64,
+    engine_us: f64,
+    on_worker: f64,
+}
+
+impl ServerCost {
+    fn json(self) -> Value {
+        json!({"cpu_us": self.cpu_us, "engine_us": self.engine_us, "on_worker": self.on_worker})
+    }
+}
+
+/// The mean round trip, in µs, of `GET /healthz` (no engine call) on the connection the
+/// searches use: what HTTP costs on this machine before any work, so that one client's
+/// QPS cannot pass `1e6 / floor`.
+fn http_floor_us(authority: &str, base: &str) -> Result<f64> {
+    let path = format!("/{base}/healthz").replace("//", "/");
+    for _ in 0..200 {
+        crate::httpconn::get(authority, &path)?;
+    }
+    let n = 2000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let (status, _) = crate::httpconn::get(authority, &path)?;
+        if status != 200 {
+            bail!("GET {path}: HTTP {status}");
+        }
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    eprintln!("  HTTP round trip of GET /healthz on this connection: {us:.1} µs (≤ {:.0} requests/s on one client)", 1e6 / us);
+    Ok(us)
+}
+
 fn run_queries(
     t: &Target,
     ds: &Dataset,
     k: usize,
     knobs: SearchKnobs,
     filter: Option<(&str, &[Vec<i32>])>,
+    clients: Option<usize>,
 ) -> Result<RunStats> {
     let nq = ds.nq();
     let f = filter.map(|x| x.0);
@@ -610,6 +751,7 @@ fn run_queries(
     let mut lat = Vec::with_capacity(nq);
     let mut hits = 0usize;
     let mut knob = None;
+    let c0 = ServerCounters::read(t);
     let t0 = Instant::now();
     for i in 0..nq {
         let t1 = Instant::now();
@@ -625,6 +767,9 @@ fn run_queries(
         }
     }
     let qps1 = nq as f64 / t0.elapsed().as_secs_f64();
+    // Server CPU per query, with one client: what a search costs the server, whatever
+    // the client (on this machine, the same cores) costs.
+    let server_1t = c0.and_then(|c| c.per_query(ServerCounters::read(t), nq));
     // Two threads, each running half the queries one at a time.
     let t0 = Instant::now();
     std::thread::scope(|s| -> Result<()> {
@@ -644,12 +789,42 @@ fn run_queries(
         Ok(())
     })?;
     let qps2 = nq as f64 / t0.elapsed().as_secs_f64();
+    let mut server_n = None;
+    let qps_n = match clients {
+        Some(n) if n > 0 => {
+            let c0 = ServerCounters::read(t);
+            let t0 = Instant::now();
+            std::thread::scope(|s| -> Result<()> {
+                let hs: Vec<_> = (0..n)
+                    .map(|w| {
+                        s.spawn(move || -> Result<()> {
+                            for i in (w..nq).step_by(n) {
+                                t.search(ds.query(i), k, knobs, f)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join().expect("bench thread")?;
+                }
+                Ok(())
+            })?;
+            let q = nq as f64 / t0.elapsed().as_secs_f64();
+            server_n = c0.and_then(|c| c.per_query(ServerCounters::read(t), nq));
+            Some(q)
+        }
+        _ => None,
+    };
     lat.sort_by(f64::total_cmp);
     let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] * 1e3;
     Ok(RunStats {
         recall: hits as f64 / (nq * k) as f64,
         qps1,
         qps2,
+        qps_n,
+        server_1t,
+        server_n,
         p50_ms: p(0.5),
         p99_ms: p(0.99),
         knob,
@@ -710,25 +885,70 @@ pub fn run(o: BenchOpts) -> Result<()> {
     if let Some(p) = o.filter_selectivity.iter().find(|p| **p == 0 || **p > 100) {
         bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
     }
-    let (load_s, build_s, index_bytes) = prepare(
-        &target,
-        &ds,
-        &index,
-        &params,
-        with_sel,
-        o.growing,
-        o.shards,
-        o.replicas,
-        o.import_dir.as_deref(),
-    )?;
+    let (load_s, build_s, index_bytes) = if o.reuse {
+        let has = http_call(&target, "collections/has", &json!({"collectionName": COLL}))?;
+        if has["data"]["has"] != json!(true) {
+            bail!("--reuse: the server has no collection '{COLL}'; run once with --keep first");
+        }
+        let count = http_call(
+            &target,
+            "entities/query",
+            &json!({"collectionName": COLL, "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
+        )?;
+        let rows = count["data"][0]["count(*)"].as_u64();
+        if rows != Some(ds.n() as u64) {
+            bail!(
+                "--reuse: '{COLL}' on the server holds {rows:?} rows, the dataset {}; run once with --keep first",
+                ds.n()
+            );
+        }
+        eprintln!("  reusing '{COLL}' on the server (build not measured)");
+        (None, None, None)
+    } else {
+        let (l, b, i) = prepare(
+            &target,
+            &ds,
+            &index,
+            &params,
+            with_sel,
+            o.growing,
+            o.shards,
+            o.replicas,
+            o.import_dir.as_deref(),
+        )?;
+        (Some(l), Some(b), Some(i))
+    };
+    let target = match target {
+        // Closed and opened again: the index and vectors as a restarted server has them
+        // (vectors memory-mapped from their files, indexes read back), not as the build
+        // left them.
+        Target::Local(e, dir) if o.reopen => {
+            let cfg = EngineConfig {
+                seal_rows: ds.n() + 1,
+                seal_bytes: usize::MAX,
+                seal_age_secs: 1 << 30,
+                index_min_rows: 1,
+                index_build_threads: o.build_threads,
+                ..Default::default()
+            };
+            drop(e);
+            eprintln!("  reopening the engine from its files…");
+            Target::Local(Box::new(Engine::open(&dir, cfg)?), dir)
+        }
+        t => t,
+    };
     let rss = if o.url.is_none() { rss_bytes() } else { 0 };
+    let floor_us = match o.url.as_deref().and_then(crate::httpconn::split) {
+        Some((authority, base)) => Some(http_floor_us(authority, base)?),
+        None => None,
+    };
     let raw = (ds.n() * ds.dim * 4) as u64;
     let mut rows = Vec::new();
     let base = json!({
         "system": system, "dataset": ds.name, "n": ds.n(), "dim": ds.dim, "metric": ds.metric.as_str(),
         "k": o.k, "queries": ds.nq(), "index": index, "params": params, "build_threads": o.build_threads,
-        "load_s": load_s, "build_s": build_s, "build_vectors_per_s": ds.n() as f64 / build_s.max(1e-9),
-        "index_bytes": index_bytes, "raw_vector_bytes": raw, "rss_bytes": rss, "simd": magpie_linalg::active_isa(),
+        "load_s": load_s, "build_s": build_s, "build_vectors_per_s": build_s.map(|b| ds.n() as f64 / b.max(1e-9)),
+        "index_bytes": index_bytes, "raw_vector_bytes": raw, "http_floor_us": floor_us, "rss_bytes": rss, "simd": magpie_linalg::active_isa(),
     });
     let mut runs: Vec<(Option<f32>, SearchKnobs, Option<u32>)> = Vec::new();
     if let Some((name, default_sweep)) = knob_of(&index) {
@@ -783,7 +1003,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
             }
             None => None,
         };
-        let s = run_queries(&target, &ds, o.k, knobs, filter)?;
+        let s = run_queries(&target, &ds, o.k, knobs, filter, o.clients)?;
         let mut row = base.clone();
         let m = row.as_object_mut().unwrap();
         let mut knob = s.knob.clone().unwrap_or(Value::Null);
@@ -796,15 +1016,36 @@ pub fn run(o: BenchOpts) -> Result<()> {
         m.insert("recall".into(), json!(s.recall));
         m.insert("qps_1t".into(), json!(s.qps1));
         m.insert("qps_2t".into(), json!(s.qps2));
+        if let (Some(n), Some(q)) = (o.clients, s.qps_n) {
+            m.insert("clients".into(), json!(n));
+            m.insert("qps_clients".into(), json!(q));
+            if let Some(c) = s.server_n {
+                m.insert("server_clients".into(), c.json());
+            }
+        }
+        if let Some(c) = s.server_1t {
+            m.insert("server_1t".into(), c.json());
+        }
         m.insert("p50_ms".into(), json!(s.p50_ms));
         m.insert("p99_ms".into(), json!(s.p99_ms));
         eprintln!(
-            "  {} recall@{}={:.4} qps(1t)={:.0} qps(2t)={:.0} p50={:.3}ms p99={:.3}ms",
+            "  {} recall@{}={:.4} qps(1t)={:.0} qps(2t)={:.0}{} p50={:.3}ms p99={:.3}ms",
             s.knob.map_or("exact".into(), |k| k.to_string()),
             o.k,
             s.recall,
             s.qps1,
             s.qps2,
+            match (o.clients, s.qps_n) {
+                (Some(n), Some(q)) => format!(" qps({n} clients)={q:.0}"),
+                _ => String::new(),
+            } + &s.server_1t.map_or(String::new(), |c| {
+                format!(
+                    " [server, 1 client: CPU {:.0} µs/query, engine {:.0} µs, {:.0} % on workers]",
+                    c.cpu_us,
+                    c.engine_us,
+                    c.on_worker * 100.0
+                )
+            }),
             s.p50_ms,
             s.p99_ms
         );
@@ -820,7 +1061,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
     if let Target::Local(e, dir) = target {
         drop(e);
         let _ = std::fs::remove_dir_all(&dir);
-    } else if !o.keep {
+    } else if !o.keep && !o.reuse {
         let _ = http_call(
             &target,
             "collections/drop",
@@ -836,10 +1077,14 @@ pub fn run(o: BenchOpts) -> Result<()> {
     Ok(())
 }
 
-/// The markdown table of result rows (shared with the peers' rows: same keys).
+/// The markdown table of result rows (shared with the peers' rows: same keys). A
+/// "QPS N clients" column appears when some row has `qps_clients`.
 pub fn markdown(rows: &[Value]) -> String {
-    let mut s = String::from(
-        "| system | index | params | knob | recall@10 | QPS 1 thread | QPS 2 threads | p50 ms | p99 ms | build s | index MB | RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    let clients = rows.iter().find_map(|r| r["clients"].as_u64());
+    let mut s = format!(
+        "| system | index | params | knob | recall@10 | QPS 1 thread | QPS 2 threads |{} p50 ms | p99 ms | build s | index MB | RSS MB |\n|---|---|---|---|---|---|---|{}---|---|---|---|---|\n",
+        clients.map_or(String::new(), |n| format!(" QPS {n} clients |")),
+        if clients.is_some() { "---|" } else { "" },
     );
     for r in rows {
         let mut knob = match (&r["knob"], &r["recall_target"]) {
@@ -853,8 +1098,17 @@ pub fn markdown(rows: &[Value]) -> String {
             knob = format!("filter {p} % · {knob}");
         }
         let mb = |v: &Value| v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1e6));
+        let n_clients = match clients {
+            None => String::new(),
+            Some(_) => format!(
+                " {} |",
+                r["qps_clients"]
+                    .as_f64()
+                    .map_or("-".into(), |q| format!("{q:.0}"))
+            ),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.4} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.4} | {:.0} | {:.0} |{n_clients} {:.3} | {:.3} | {} | {} | {} |\n",
             r["system"].as_str().unwrap_or("?"),
             r["index"].as_str().unwrap_or("?"),
             compact(&r["params"]),
@@ -864,7 +1118,9 @@ pub fn markdown(rows: &[Value]) -> String {
             r["qps_2t"].as_f64().unwrap_or(0.0),
             r["p50_ms"].as_f64().unwrap_or(0.0),
             r["p99_ms"].as_f64().unwrap_or(0.0),
-            r["build_s"].as_f64().unwrap_or(0.0),
+            r["build_s"]
+                .as_f64()
+                .map_or("-".into(), |b| format!("{b:.1}")),
             mb(&r["index_bytes"]),
             if r["rss_bytes"].as_u64().unwrap_or(0) == 0 {
                 "-".into()

@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod eval;
+mod httpconn;
 mod images;
 mod text;
 mod vecfile;
@@ -446,6 +447,21 @@ struct BenchArgs {
     /// of dropping it.
     #[arg(long, requires = "url")]
     keep: bool,
+    /// Also measure QPS with this many concurrent clients (threads, each with its own
+    /// connection with --url), reported as `qps_clients` next to the 1- and 2-thread
+    /// figures.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// With --url: search the collection `magpie_bench` already on the server (left by
+    /// an earlier run with --keep, same dataset and index) instead of loading and
+    /// building it again; build figures are then not reported.
+    #[arg(long, requires = "url")]
+    reuse: bool,
+    /// In-process: close the engine after the build and open it again before searching,
+    /// so the searches read the index and vectors from their files as a restarted server
+    /// does (vectors memory-mapped) rather than as the build left them in memory.
+    #[arg(long, conflicts_with = "url")]
+    reopen: bool,
 }
 
 /// Settings come from, in increasing precedence: built-in defaults, the TOML file given
@@ -498,6 +514,12 @@ struct ServeArgs {
     /// scanned exactly [default: 1024].
     #[arg(long, env = "MAGPIE_INTERIM_STEP_ROWS")]
     interim_step_rows: Option<usize>,
+    /// Searches of a collection whose recent searches averaged under this many
+    /// microseconds run on the server's async workers, saving two thread hand-offs per
+    /// request; longer ones go to the blocking pool; 0 sends every search to the pool
+    /// [default: 1000].
+    #[arg(long, env = "MAGPIE_SEARCH_INLINE_US")]
+    search_inline_us: Option<u64>,
     /// Folder that bulk-import paths (`jobs/import/create`) are resolved in
     /// [default: DATA_DIR/import].
     #[arg(long, env = "MAGPIE_IMPORT_ROOT")]
@@ -700,6 +722,7 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         index_build_threads,
         interim_min_rows,
         interim_step_rows,
+        search_inline_us,
         image_roots,
         decode_memory_bytes,
         allowed_hosts,
@@ -861,6 +884,9 @@ fn main() {
             import_dir: a.import_dir,
             refine: a.refine,
             keep: a.keep,
+            clients: a.clients,
+            reuse: a.reuse,
+            reopen: a.reopen,
         }),
     };
     if let Err(e) = res {

@@ -2461,3 +2461,123 @@ fn text_ui_in_headless_chromium() {
     assert!(err.as_str().unwrap().contains("limit"), "{err}");
     s.stop();
 }
+
+/// A tiny `.fvecs` dataset in the layout `magpie bench` reads: 400 rows × 8 (L2), 20
+/// queries, exact top-10 ground truth.
+fn tiny_bench_set(dir: &Path) {
+    fn fvecs(path: &Path, rows: &[Vec<f32>]) {
+        let mut b = Vec::new();
+        for r in rows {
+            b.extend_from_slice(&(r.len() as i32).to_le_bytes());
+            for x in r {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        std::fs::write(path, b).unwrap();
+    }
+    let row = |i: usize| -> Vec<f32> {
+        (0..8)
+            .map(|j| (((i * 31 + j * 7) % 97) as f32).sin())
+            .collect()
+    };
+    let base: Vec<Vec<f32>> = (0..400).map(row).collect();
+    let queries: Vec<Vec<f32>> = (0..20).map(|q| row(1000 + q)).collect();
+    let gt: Vec<Vec<f32>> = queries
+        .iter()
+        .map(|q| {
+            let mut d: Vec<(f32, usize)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum(), i))
+                .collect();
+            d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            d[..10]
+                .iter()
+                .map(|(_, i)| f32::from_bits(*i as u32))
+                .collect()
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    fvecs(&dir.join("base.fvecs"), &base);
+    fvecs(&dir.join("query.fvecs"), &queries);
+    fvecs(&dir.join("groundtruth.ivecs"), &gt);
+    std::fs::write(
+        dir.join("manifest.json"),
+        r#"{"name": "tiny", "dim": 8, "metric": "l2"}"#,
+    )
+    .unwrap();
+}
+
+// `magpie bench --url`: loads and builds once (--keep), then searches the same
+// collection again (--reuse) with concurrent clients, and reports the HTTP floor and
+// what each search cost the server (from its /metrics).
+#[test]
+fn bench_over_http_keeps_and_reuses_the_collection() {
+    let d = tempfile::tempdir().unwrap();
+    let set = d.path().join("tiny");
+    tiny_bench_set(&set);
+    // 400 rows: below the default index_min_rows, so lower it or nothing is indexed.
+    let s = Server::start_with(
+        &d.path().join("data"),
+        &["--index-min-rows".as_ref(), "100".as_ref()],
+    );
+    let bench = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "bench",
+            "--dataset",
+            set.to_str().unwrap(),
+            "--index",
+            "HNSW",
+            "--sweep",
+            "64",
+            "--recall-targets",
+            "0.9",
+            "--url",
+            &s.url,
+            "--clients",
+            "3",
+            "--json",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = magpie_cli(&args, &[]);
+        (ok, err)
+    };
+    let (ok, err) = bench(&["--reuse"], &d.path().join("none.json"));
+    assert!(!ok && err.contains("no collection 'magpie_bench'"), "{err}");
+    let first = d.path().join("first.json");
+    let (ok, err) = bench(&["--keep"], &first);
+    assert!(ok, "{err}");
+    let second = d.path().join("second.json");
+    let (ok, err) = bench(&["--reuse"], &second);
+    assert!(ok, "{err}");
+    assert!(err.contains("reusing 'magpie_bench'"), "{err}");
+    let read = |p: &Path| -> Vec<Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&first), read(&second));
+    assert_eq!(a.len(), 2, "one sweep row and one recall-target row");
+    assert!(a[0]["build_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        b[0]["build_s"].is_null(),
+        "a reused collection is not built: {}",
+        b[0]
+    );
+    for r in a.iter().chain(&b) {
+        // ef 64 over 400 rows finds the exact neighbours.
+        assert!(r["recall"].as_f64().unwrap() >= 0.99, "{r}");
+        assert_eq!(r["clients"], json!(3));
+        assert!(r["qps_clients"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["http_floor_us"].as_f64().unwrap() > 0.0, "{r}");
+        let srv = &r["server_1t"];
+        assert!(srv["cpu_us"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(srv["engine_us"].as_f64().unwrap() > 0.0, "{r}");
+        let w = srv["on_worker"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&w), "{r}");
+    }
+    // Both runs searched the same rows: the same recall.
+    assert_eq!(a[0]["recall"], b[0]["recall"]);
+    // --reuse leaves the collection in place.
+    let (ok, out, err) = magpie_cli(&["collections", "--url", &s.url], &[]);
+    assert!(ok && out.contains("magpie_bench"), "{out} {err}");
+}

@@ -347,6 +347,7 @@ impl Node {
             images: None,
             allowed_hosts: None,
             backups: None,
+            inline: Default::default(),
         });
         let router = magpie_server::router(state, usize::MAX >> 1);
         // A shard engine holds exactly its collection: created from the record's create

@@ -1688,6 +1688,29 @@ impl Engine {
         Ok(self.search_ex(coll, r)?.hits)
     }
 
+    /// Whether [`Engine::search_ex`] of `r` may wait on something other than the CPU and
+    /// the collection's lock: a text or image to embed (a model), a rerank function, the
+    /// WAL's group commit (Strong consistency, asked for or the collection's default), or
+    /// a segment file not yet fetched from remote storage. A caller that runs searches
+    /// on an event loop sends those elsewhere. An unknown collection answers `false` (the
+    /// search fails at once).
+    pub fn search_may_block(&self, coll: &str, r: &SearchRequest) -> bool {
+        if !r.texts.is_empty() || !r.images.is_empty() || r.function_score.is_some() {
+            return true;
+        }
+        let Ok(c) = self.coll(coll) else {
+            return false;
+        };
+        let g = c.read();
+        let level = r.consistency.unwrap_or(g.meta.consistency);
+        (level == Consistency::Strong && r.snapshot.is_none())
+            || (self.store.is_remote()
+                && g.segments.iter().any(|s| {
+                    let (v, i) = s.unfetched();
+                    !v.is_empty() || !i.is_empty()
+                }))
+    }
+
     /// Vector search, also reporting how it ran (indexed vs exact segments, the knob a
     /// recall target resolved to).
     pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {

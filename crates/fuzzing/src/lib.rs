@@ -676,6 +676,7 @@ mod request_target {
                 images: Some(images),
                 allowed_hosts: None,
                 backups: None,
+                inline: Default::default(),
             });
             let s = Server {
                 rt: tokio::runtime::Builder::new_current_thread()

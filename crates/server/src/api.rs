@@ -1058,9 +1058,9 @@ fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
 pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
     let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let req = search_request(r)?;
-    let (pk_name, outcome) = blocking(&st, move |e| {
-        let pk = e.describe_collection(&c)?.schema.pk().name.clone();
-        Ok((pk, e.search_ex(&c, &req)?))
+    let (pk_name, outcome) = crate::inline::search(&st, c, req, |e, c, req| {
+        let pk = e.describe_collection(c)?.schema.pk().name.clone();
+        Ok((pk, e.search_ex(c, req)?))
     })
     .await?;
     let mut info = Map::new();

@@ -3,7 +3,7 @@
 //! task (seal/flush/WAL trim) and a graceful shutdown that flushes.
 //!
 //! Engine errors map to HTTP in exactly one place ([`error`]); blocking engine work runs
-//! on tokio's blocking pool.
+//! on tokio's blocking pool, except short CPU-bound searches ([`inline`]).
 
 pub mod api;
 pub mod backups;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod images_api;
 pub mod import_api;
+pub mod inline;
 pub mod metrics;
 pub mod text_api;
 mod tls;
@@ -100,6 +101,10 @@ pub struct ServerConfig {
     /// neither). REST and gRPC are then served over HTTPS / HTTP/2 with ALPN.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Searches of a collection whose recent searches averaged less than this many
+    /// microseconds run on the async workers instead of the blocking pool (see
+    /// [`inline`]); 0 sends every search to the pool.
+    pub search_inline_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -131,6 +136,7 @@ impl Default for ServerConfig {
             max_nq: e.max_nq,
             max_result_rows: e.max_result_rows,
             max_output_bytes: e.max_output_bytes,
+            search_inline_us: inline::DEFAULT_INLINE_MAX_US,
             storage: None,
             storage_cache_dir: None,
             storage_cache_bytes: 8 << 30,
@@ -171,6 +177,8 @@ pub struct AppState {
     pub allowed_hosts: Option<Vec<String>>,
     /// Where `/v2/admin/backups/*` writes and lists backups; `None` turns them off.
     pub backups: Option<Arc<dyn magpie_engine::storage::Storage>>,
+    /// Short searches run on the async workers, at most `workers − 1` at a time.
+    pub inline: inline::InlineGate,
 }
 
 /// Compares in time independent of where the inputs differ (only of their lengths), so
@@ -602,6 +610,7 @@ pub async fn serve(
                 }))
                 .map_err(|e| std::io::Error::other(format!("backup storage: {e}")))?,
             ),
+            inline: inline::InlineGate::new(cfg.search_inline_us),
         });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

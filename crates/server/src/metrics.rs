@@ -4,6 +4,7 @@
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
@@ -21,6 +22,11 @@ pub struct Metrics {
     /// (path, status) -> request count; path -> latency histogram.
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Series>>,
+    /// Searches (REST and gRPC) run on an async worker / on the blocking pool, and the
+    /// microseconds all of them spent in the engine.
+    searches_worker: AtomicU64,
+    searches_pool: AtomicU64,
+    search_engine_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -41,8 +47,31 @@ impl Metrics {
         s.total += 1;
     }
 
+    /// One search's time in the engine, and where it ran (see [`crate::inline`]).
+    pub fn observe_search(&self, micros: u64, on_worker: bool) {
+        self.search_engine_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        if on_worker {
+            &self.searches_worker
+        } else {
+            &self.searches_pool
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self, engine: &magpie_engine::EngineStats) -> String {
         let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP magpie_searches_total Searches (REST and gRPC) by where they ran: on an async worker or on the blocking pool.\n# TYPE magpie_searches_total counter\nmagpie_searches_total{{thread=\"worker\"}} {}\nmagpie_searches_total{{thread=\"pool\"}} {}",
+            self.searches_worker.load(Ordering::Relaxed),
+            self.searches_pool.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP magpie_search_engine_seconds_total Time searches spent in the engine, without parsing, queueing and network.\n# TYPE magpie_search_engine_seconds_total counter\nmagpie_search_engine_seconds_total {:.6}",
+            self.search_engine_micros.load(Ordering::Relaxed) as f64 * 1e-6
+        );
         o.push_str("# HELP magpie_http_requests_total HTTP requests by endpoint and status.\n# TYPE magpie_http_requests_total counter\n");
         for ((p, s), n) in self.requests.lock().iter() {
             let _ = writeln!(
@@ -110,6 +139,11 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let _ = writeln!(
+            o,
+            "# HELP process_cpu_seconds_total User and system CPU time of the process.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.6}",
+            cpu_seconds()
+        );
         let _ = writeln!(o, "# HELP magpie_simd_info Distance kernel set in use.\n# TYPE magpie_simd_info gauge\nmagpie_simd_info{{isa=\"{}\"}} 1", magpie_linalg::active_isa());
         o
     }
@@ -126,4 +160,16 @@ pub fn resident_bytes() -> u64 {
         })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of the whole process so far (microsecond resolution).
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage for the call's duration.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }

@@ -28,6 +28,7 @@ fn setup_with(token: Option<&str>, max_body: usize, cfg: EngineConfig) -> T {
         images: None,
         allowed_hosts: None,
         backups: None,
+        inline: Default::default(),
     });
     T {
         app: router(st, max_body),
@@ -964,6 +965,7 @@ fn setup_with_models(store: magpie_embed::models::ModelStore) -> T {
         images: None,
         allowed_hosts: None,
         backups: None,
+        inline: Default::default(),
     });
     T {
         app: router(st, 1 << 20),
@@ -995,6 +997,7 @@ fn setup_images(
         images: Some(svc.clone()),
         allowed_hosts: None,
         backups: None,
+        inline: Default::default(),
     });
     (
         T {
@@ -2542,4 +2545,98 @@ async fn binary_vectors_over_rest() {
         )
         .await;
     assert_eq!(d[0]["metricType"], json!("HAMMING"), "{d}");
+}
+
+/// `magpie_searches_total{thread=...}` and the engine-seconds counter from /metrics.
+async fn search_counters(app: &axum::Router) -> (u64, u64, f64) {
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let get = |p: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(p))
+            .unwrap_or_else(|| panic!("no {p} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (
+        get("magpie_searches_total{thread=\"worker\"} ") as u64,
+        get("magpie_searches_total{thread=\"pool\"} ") as u64,
+        get("magpie_search_engine_seconds_total "),
+    )
+}
+
+// Where a search runs (server `inline.rs`): once a collection's searches are known to
+// be short, they run on the async workers; the first one (not measured yet), Strong
+// reads (they may wait for the WAL) and every search of a server with
+// `search_inline_us = 0` go to the blocking pool. Answers are the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_searches_run_on_the_workers_unless_turned_off() {
+    let mut answers = Vec::new();
+    for max_us in [magpie_server::inline::DEFAULT_INLINE_MAX_US, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+        let st = Arc::new(AppState {
+            engine,
+            metrics: Default::default(),
+            token: None,
+            images: None,
+            allowed_hosts: None,
+            backups: None,
+            inline: magpie_server::inline::InlineGate::new(max_us),
+        });
+        let t = T {
+            app: router(st, 1 << 20),
+            _dir: dir,
+        };
+        t.ok(
+            "collections/create",
+            json!({"collectionName": "c", "dimension": 4, "metricType": "L2"}),
+        )
+        .await;
+        t.ok(
+            "entities/insert",
+            json!({"collectionName": "c", "data": rows(30)}),
+        )
+        .await;
+        let search = json!({"collectionName": "c", "data": [[0.1, 0.2, 0.3, 0.4]], "limit": 3,
+            "consistencyLevel": "Eventually"});
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(t.ok("entities/search", search.clone()).await);
+        }
+        assert!(got.iter().all(|g| *g == got[0]), "{got:?}");
+        let (worker, pool, engine_s) = search_counters(&t.app).await;
+        if max_us > 0 {
+            assert_eq!(
+                (worker, pool),
+                (4, 1),
+                "the first search measures, the rest run on a worker"
+            );
+        } else {
+            assert_eq!((worker, pool), (0, 5), "0 sends every search to the pool");
+        }
+        assert!(engine_s > 0.0);
+        let mut strong = search.clone();
+        strong["consistencyLevel"] = json!("Strong");
+        assert_eq!(t.ok("entities/search", strong).await, got[0]);
+        let (worker2, pool2, _) = search_counters(&t.app).await;
+        assert_eq!(
+            (worker2, pool2),
+            (worker, pool + 1),
+            "a Strong read goes to the pool"
+        );
+        answers.push(got[0].clone());
+    }
+    assert_eq!(answers[0], answers[1]);
 }

@@ -37,6 +37,7 @@ async fn start(token: Option<&str>, max_body: usize) -> Server {
         images: None,
         allowed_hosts: Some(Vec::new()),
         backups: None,
+        inline: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());

@@ -45,6 +45,7 @@ fn setup(o: Opts) -> T {
         images: Some(svc.clone()),
         allowed_hosts: o.hosts,
         backups: None,
+        inline: Default::default(),
     });
     T {
         app: router(st, 8 << 20),

@@ -163,6 +163,7 @@ impl Proxy {
             images: None,
             allowed_hosts: None,
             backups: None,
+            inline: Default::default(),
         });
         Ok(Arc::new(Proxy {
             meta,

@@ -1408,9 +1408,8 @@ impl MilvusService for MilvusApi {
                 round_decimal,
                 group_by: group_field,
             } = search_from_pb(&r)?;
-            let name = c.clone();
-            let (meta, outcome) = blocking(&self.st, move |e| {
-                Ok((e.describe_collection(&name)?, e.search_ex(&name, &req)?))
+            let (meta, outcome) = crate::inline::search(&self.st, c.clone(), req, |e, c, req| {
+                Ok((e.describe_collection(c)?, e.search_ex(c, req)?))
             })
             .await?;
             let mut res =

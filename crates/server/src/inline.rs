@@ -1,0 +1,234 @@
+//! Where a search runs: on the async worker that read the request, or on tokio's
+//! blocking pool.
+//!
+//! Handing a search to the blocking pool costs two thread wake-ups per request (a pool
+//! thread, then the worker again to write the response). Measured on the 2-core VM of
+//! docs/BENCHMARKS.md ("The request path"): with the search on the worker, one client
+//! went from 6.6k to 8.7k requests/s (`ab`, 100k × 128, HNSW_SQ) and two clients on
+//! 50k × 384 from 5.1k to 9.5k.
+//!
+//! A long search on a worker, though, holds up every other request that worker would
+//! have served: with the few workers tokio starts (one per core), a handful of exact
+//! scans of a large growing segment would stall even `/healthz`. So a search runs on the
+//! worker only when it is known to be short: [`InlineGate`] keeps, per collection, a
+//! moving average of how long its searches took, and sends a search to the blocking pool
+//! while that average is at or above `search_inline_us` ([`DEFAULT_INLINE_MAX_US`]
+//! unless configured; 0 turns this off) or not yet known (the first
+//! search of a collection). A worker is then never held for much longer than that bound,
+//! except by a search far slower than the ones before it, once, before the average
+//! catches up.
+//!
+//! Only requests that wait on nothing but the CPU qualify: no text or image to embed, no
+//! Strong read (it may wait for the WAL's group commit), no segment still to fetch from
+//! remote storage (see `Engine::search_may_block`), at most [`MAX_INLINE_NQ`] queries,
+//! and a multi-thread runtime with at least two workers.
+
+use crate::error::ApiError;
+use crate::AppState;
+use magpie_engine::{Engine, EngineError, SearchRequest};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// By default, a collection whose searches average less than this runs them on the
+/// workers (`search_inline_us`). One millisecond is five to twenty HNSW searches at
+/// recall 0.95 on the benchmark sets, and short enough that a request queued behind such
+/// a search does not notice.
+pub const DEFAULT_INLINE_MAX_US: u64 = 1_000;
+
+/// At most this many queries in one request run on a worker; larger batches are long.
+const MAX_INLINE_NQ: usize = 16;
+
+/// Moving averages kept for at most this many collections (names are forgotten all at
+/// once beyond it; they are relearned from the next search).
+const MAX_TRACKED: usize = 10_000;
+
+/// "Not measured yet".
+const UNKNOWN: u64 = u64::MAX;
+
+/// Per collection, the moving average of its searches' durations.
+pub struct InlineGate {
+    recent: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    /// Searches averaging below this run on the workers; 0 = never.
+    max_us: u64,
+}
+
+impl Default for InlineGate {
+    fn default() -> Self {
+        Self::new(DEFAULT_INLINE_MAX_US)
+    }
+}
+
+impl InlineGate {
+    /// A gate that lets a collection's searches run on the workers while they average
+    /// less than `max_us` microseconds (0: never).
+    pub fn new(max_us: u64) -> Self {
+        Self {
+            recent: RwLock::new(HashMap::new()),
+            max_us,
+        }
+    }
+
+    fn slot(&self, coll: &str) -> Arc<AtomicU64> {
+        if let Some(s) = self.recent.read().get(coll) {
+            return s.clone();
+        }
+        let mut w = self.recent.write();
+        if w.len() >= MAX_TRACKED {
+            w.clear();
+        }
+        w.entry(coll.to_string())
+            .or_insert_with(|| Arc::new(AtomicU64::new(UNKNOWN)))
+            .clone()
+    }
+
+    /// Whether `coll`'s searches have been short.
+    pub fn is_short(&self, coll: &str) -> bool {
+        self.recent
+            .read()
+            .get(coll)
+            .is_some_and(|s| s.load(Ordering::Relaxed) < self.max_us)
+    }
+
+    /// Adds one search's duration to `coll`'s average (weight 1/8; the first one sets it).
+    pub fn record(&self, coll: &str, micros: u64) {
+        let slot = self.slot(coll);
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if old == UNKNOWN {
+                micros
+            } else {
+                old - old / 8 + micros / 8
+            })
+        });
+    }
+}
+
+/// Whether this task runs on a multi-thread runtime with at least two workers (so that a
+/// search on one leaves another for I/O).
+fn on_shared_workers() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && h.metrics().num_workers() >= 2
+    })
+}
+
+/// The queries of a request: vectors, sparse vectors, primary keys, texts or images.
+fn nq(req: &SearchRequest) -> usize {
+    req.vectors
+        .len()
+        .max(req.sparse.len())
+        .max(req.ids.as_ref().map_or(0, Vec::len))
+        .max(req.texts.len())
+        .max(req.images.len())
+}
+
+/// Runs `f`, a search of `req` in `coll`, on this worker when the request qualifies (see
+/// the module's documentation) and `coll`'s searches have been short; on the blocking
+/// pool otherwise. Either way, the time `f` takes goes into `coll`'s average.
+pub(crate) async fn search<T: Send + 'static>(
+    st: &Arc<AppState>,
+    coll: String,
+    req: SearchRequest,
+    f: impl FnOnce(&Engine, &str, &SearchRequest) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if nq(&req) <= MAX_INLINE_NQ
+        && st.inline.is_short(&coll)
+        && on_shared_workers()
+        && !st.engine.search_may_block(&coll, &req)
+    {
+        let t0 = Instant::now();
+        let out = f(&st.engine, &coll, &req);
+        let us = t0.elapsed().as_micros() as u64;
+        st.inline.record(&coll, us);
+        st.metrics.observe_search(us, true);
+        return out.map_err(ApiError::from);
+    }
+    let st2 = st.clone();
+    crate::api::blocking(st, move |e| {
+        let t0 = Instant::now();
+        let out = f(e, &coll, &req);
+        let us = t0.elapsed().as_micros() as u64;
+        st2.inline.record(&coll, us);
+        st2.metrics.observe_search(us, false);
+        out
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_is_short_once_its_average_is_below_the_bound() {
+        let g = InlineGate::default();
+        assert!(!g.is_short("c"), "unknown until measured");
+        g.record("c", 200);
+        assert!(g.is_short("c"));
+        assert!(!g.is_short("other"));
+        // One slow search moves the average by an eighth of the difference…
+        g.record("c", 4_000);
+        assert!(g.is_short("c"), "200 + 3800/8 = 675 µs");
+        // …and a run of them sends the collection to the pool.
+        g.record("c", 4_000);
+        g.record("c", 4_000);
+        assert!(!g.is_short("c"));
+        // Fast searches bring it back.
+        for _ in 0..40 {
+            g.record("c", 100);
+        }
+        assert!(g.is_short("c"));
+    }
+
+    #[test]
+    fn zero_sends_everything_to_the_pool() {
+        let g = InlineGate::new(0);
+        g.record("c", 1);
+        assert!(!g.is_short("c"));
+    }
+
+    #[test]
+    fn tracked_names_are_bounded() {
+        let g = InlineGate::default();
+        for i in 0..MAX_TRACKED + 5 {
+            g.record(&format!("c{i}"), 10);
+        }
+        assert!(g.recent.read().len() <= MAX_TRACKED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_share() {
+        assert!(on_shared_workers());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn one_worker_never_runs_searches() {
+        assert!(!on_shared_workers());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_never_runs_searches() {
+        assert!(!on_shared_workers());
+    }
+
+    #[test]
+    fn nq_counts_every_kind_of_query() {
+        let dense = SearchRequest {
+            vectors: vec![vec![0.0; 4]; 3],
+            ..Default::default()
+        };
+        assert_eq!(nq(&dense), 3);
+        let ids = SearchRequest {
+            ids: Some(vec![1.into(), 2.into()]),
+            ..Default::default()
+        };
+        assert_eq!(nq(&ids), 2);
+        let text = SearchRequest {
+            texts: vec!["a dog".into()],
+            ..Default::default()
+        };
+        assert_eq!(nq(&text), 1);
+    }
+}
