@@ -1691,9 +1691,10 @@ impl Engine {
     /// Whether [`Engine::search_ex`] of `r` may wait on something other than the CPU and
     /// the collection's lock: a text or image to embed (a model), a rerank function, the
     /// WAL's group commit (Strong consistency, asked for or the collection's default), or
-    /// a segment file not yet fetched from remote storage. A caller that runs searches
-    /// on an event loop sends those elsewhere. An unknown collection answers `false` (the
-    /// search fails at once).
+    /// a segment file not yet fetched from remote storage, or a writer holding the
+    /// collection's lock right now. A caller that runs searches on an event loop sends
+    /// those elsewhere. An unknown collection answers `false` (the search fails at once).
+    /// Never waits itself.
     pub fn search_may_block(&self, coll: &str, r: &SearchRequest) -> bool {
         if !r.texts.is_empty() || !r.images.is_empty() || r.function_score.is_some() {
             return true;
@@ -1701,7 +1702,9 @@ impl Engine {
         let Ok(c) = self.coll(coll) else {
             return false;
         };
-        let g = c.read();
+        let Some(g) = c.try_read() else {
+            return true;
+        };
         let level = r.consistency.unwrap_or(g.meta.consistency);
         (level == Consistency::Strong && r.snapshot.is_none())
             || (self.store.is_remote()

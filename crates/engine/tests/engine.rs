@@ -464,6 +464,48 @@ fn consistency_levels() {
     assert!(Consistency::parse("sometimes").is_none());
 }
 
+// What a caller running searches on an event loop needs to know: which requests may wait
+// on something other than the CPU (the server then sends them to its blocking pool).
+#[test]
+fn search_may_block_names_what_waits() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("s", schema(2), l2_index(), Consistency::Session, "")
+        .unwrap();
+    e.create_collection("strong", schema(2), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    let dense = |level: Option<Consistency>| SearchRequest {
+        vectors: vec![vec![0.0, 0.0]],
+        limit: 1,
+        consistency: level,
+        ..Default::default()
+    };
+    assert!(
+        !e.search_may_block("s", &dense(None)),
+        "Session reads do not wait"
+    );
+    assert!(!e.search_may_block("s", &dense(Some(Consistency::Eventually))));
+    assert!(
+        e.search_may_block("s", &dense(Some(Consistency::Strong))),
+        "a Strong read may wait for the group commit"
+    );
+    assert!(
+        e.search_may_block("strong", &dense(None)),
+        "the collection's default level counts"
+    );
+    assert!(!e.search_may_block("strong", &dense(Some(Consistency::Eventually))));
+    let text = SearchRequest {
+        texts: vec!["a dog".into()],
+        limit: 1,
+        ..Default::default()
+    };
+    assert!(e.search_may_block("s", &text), "text is embedded first");
+    assert!(
+        !e.search_may_block("nosuch", &dense(None)),
+        "an unknown collection fails at once"
+    );
+}
+
 #[test]
 fn group_by_range_search_and_search_by_id() {
     let d = tempfile::tempdir().unwrap();

@@ -3,9 +3,10 @@
 //!
 //! Handing a search to the blocking pool costs two thread wake-ups per request (a pool
 //! thread, then the worker again to write the response). Measured on the 2-core VM of
-//! docs/BENCHMARKS.md ("The request path"): with the search on the worker, one client
-//! went from 6.6k to 8.7k requests/s (`ab`, 100k × 128, HNSW_SQ) and two clients on
-//! 50k × 384 from 5.1k to 9.5k.
+//! docs/BENCHMARKS.md ("The request path", HNSW_SQ at recall ≥ 0.95): with short
+//! searches on the workers, one client went from 4,333 to 5,714 searches/s on
+//! 100k × 128 and from 2,770 to 3,141 on 50k × 384; two clients from 7,436 to 14,534 and
+//! from 4,426 to 7,797.
 //!
 //! A long search on a worker, though, holds up every other request that worker would
 //! have served: with the few workers tokio starts (one per core), a handful of exact
@@ -14,9 +15,9 @@
 //! moving average of how long its searches took, and sends a search to the blocking pool
 //! while that average is at or above `search_inline_us` ([`DEFAULT_INLINE_MAX_US`]
 //! unless configured; 0 turns this off) or not yet known (the first
-//! search of a collection). A worker is then never held for much longer than that bound,
-//! except by a search far slower than the ones before it, once, before the average
-//! catches up.
+//! search of a collection). A worker is then not held for much longer than that bound,
+//! except by searches much slower than the collection's recent ones, for the few it
+//! takes the average to catch up.
 //!
 //! Only requests that wait on nothing but the CPU qualify: no text or image to embed, no
 //! Strong read (it may wait for the WAL's group commit), no segment still to fetch from
@@ -139,7 +140,17 @@ pub(crate) async fn search<T: Send + 'static>(
         && !st.engine.search_may_block(&coll, &req)
     {
         let t0 = Instant::now();
-        let out = f(&st.engine, &coll, &req);
+        // A panic answers 500 as it does from the pool, instead of dropping the
+        // connection with the task.
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&st.engine, &coll, &req)))
+                .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    65535,
+                    "internal task failed: the search panicked",
+                )
+            })?;
         let us = t0.elapsed().as_micros() as u64;
         st.inline.record(&coll, us);
         st.metrics.observe_search(us, true);

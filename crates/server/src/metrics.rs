@@ -1,5 +1,6 @@
-//! Prometheus text metrics: request counts and latency histograms per endpoint, plus
-//! engine gauges (rows, segments, WAL bytes, disk bytes) and resident memory.
+//! Prometheus text metrics: request counts and latency histograms per endpoint, searches
+//! by where they ran and their time in the engine, engine gauges (rows, segments, WAL
+//! bytes, disk bytes), resident memory and process CPU time.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -164,7 +165,7 @@ pub fn resident_bytes() -> u64 {
 
 /// User plus system CPU seconds of the whole process so far (microsecond resolution).
 pub fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct it is given and reads nothing else.
+    // SAFETY: rusage is plain integers; all zeros is a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `u` is a valid, writable rusage for the call's duration.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
