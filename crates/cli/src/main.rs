@@ -514,6 +514,10 @@ struct ServeArgs {
     /// scanned exactly [default: 1024].
     #[arg(long, env = "MAGPIE_INTERIM_STEP_ROWS")]
     interim_step_rows: Option<usize>,
+    /// Nice value of the index builder threads, so that inserts and searches go first
+    /// on a busy machine; 0 builds at the requests' priority (Linux) [default: 10].
+    #[arg(long, env = "MAGPIE_BUILD_NICE", allow_hyphen_values = true)]
+    build_nice: Option<i32>,
     /// Searches of a collection whose recent searches averaged under this many
     /// microseconds run on the server's async workers, saving two thread hand-offs per
     /// request; longer ones go to the blocking pool; 0 sends every search to the pool
@@ -722,6 +726,7 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         index_build_threads,
         interim_min_rows,
         interim_step_rows,
+        build_nice,
         search_inline_us,
         image_roots,
         decode_memory_bytes,

@@ -74,6 +74,10 @@ pub struct EngineConfig {
     /// ([`crate::segment::Interim`]).
     pub interim_min_rows: usize,
     pub interim_step_rows: usize,
+    /// Nice value of the index and interim builder threads (and of the threads a build
+    /// starts): 10 by default, so that on a busy machine inserts and searches go first
+    /// and builds use what they leave; 0 builds at the same priority. Linux only.
+    pub build_nice: i32,
     /// Folder that bulk-import paths are resolved in (`None`: `<data dir>/import`).
     pub import_root: Option<PathBuf>,
     /// Most query vectors (or texts, images, ids) in one search.
@@ -105,6 +109,7 @@ impl Default for EngineConfig {
             index_build_threads: 0,
             interim_min_rows: 4096,
             interim_step_rows: 1024,
+            build_nice: crate::builder::DEFAULT_BUILD_NICE,
             import_root: None,
             max_nq: 1024,
             max_result_rows: 65_536,
@@ -495,9 +500,10 @@ impl Engine {
             .into_values()
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
-        let builder = Builder::start(config.index_build_threads);
+        let builder = Builder::start(config.index_build_threads, config.build_nice);
         let interim = Builder::start_interim(
             config.index_build_threads,
+            config.build_nice,
             InterimParams {
                 min_rows: config.interim_min_rows.max(1),
                 step_rows: config.interim_step_rows.max(1),

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// rows (0 = never), grown every `interim_step_rows` new rows.
     pub interim_min_rows: usize,
     pub interim_step_rows: usize,
+    /// Nice value of the index builder threads (0: the same priority as requests).
+    pub build_nice: i32,
     /// Folder that bulk-import file paths (`jobs/import/create`) are resolved in;
     /// default `<data_dir>/import`.
     pub import_root: Option<PathBuf>,
@@ -124,6 +126,7 @@ impl Default for ServerConfig {
             index_build_threads: e.index_build_threads,
             interim_min_rows: e.interim_min_rows,
             interim_step_rows: e.interim_step_rows,
+            build_nice: e.build_nice,
             import_root: None,
             models_dir: None,
             images_folder: None,
@@ -158,6 +161,7 @@ impl ServerConfig {
             index_build_threads: self.index_build_threads,
             interim_min_rows: self.interim_min_rows,
             interim_step_rows: self.interim_step_rows,
+            build_nice: self.build_nice,
             import_root: self.import_root.clone(),
             max_nq: self.max_nq,
             max_result_rows: self.max_result_rows,
