@@ -11,6 +11,13 @@
 //! exactly P % of the rows, spread over the whole set) and filtered rows are measured
 //! against an exact filtered ground truth computed in this process. Output: a markdown
 //! table, and JSON rows (the same shape `bench/peers/peers.py` writes) with `--json`.
+//!
+//! Over HTTP (`--url`) each client thread keeps one connection (`httpconn`); rows also
+//! carry the round trip of `GET /healthz` on it (`http_floor_us`) and, from the server's
+//! `/metrics` around the one-client run, its CPU and engine µs per search and the share
+//! run on async workers (`server_1t`; `server_clients` for `--clients N`). `--keep` and
+//! `--reuse` build a collection once and search it again; `--reopen` (in-process)
+//! searches the engine as reopened from its files, as a server has it.
 
 use crate::vecfile::read_fvecs;
 use anyhow::{bail, Context, Result};
