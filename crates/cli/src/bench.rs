@@ -249,7 +249,7 @@ impl Target {
                     Some((authority, base)) => {
                         let (status, bytes) = crate::httpconn::post(
                             authority,
-                            &format!("/{base}/v2/vectordb/entities/search").replace("//", "/"),
+                            &crate::httpconn::path(base, "v2/vectordb/entities/search"),
                             token.as_deref(),
                             body.into(),
                         )?;
@@ -671,7 +671,7 @@ impl ServerCounters {
         };
         let (authority, base) = crate::httpconn::split(url)?;
         let (status, body) =
-            crate::httpconn::get(authority, &format!("/{base}/metrics").replace("//", "/")).ok()?;
+            crate::httpconn::get(authority, &crate::httpconn::path(base, "metrics")).ok()?;
         if status != 200 {
             return None;
         }
@@ -718,7 +718,7 @@ impl ServerCost {
 /// searches use: what HTTP costs on this machine before any work, so that one client's
 /// QPS cannot pass `1e6 / floor`.
 fn http_floor_us(authority: &str, base: &str) -> Result<f64> {
-    let path = format!("/{base}/healthz").replace("//", "/");
+    let path = crate::httpconn::path(base, "healthz");
     for _ in 0..200 {
         crate::httpconn::get(authority, &path)?;
     }
@@ -733,6 +733,37 @@ fn http_floor_us(authority: &str, base: &str) -> Result<f64> {
     let us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
     eprintln!("  HTTP round trip of GET /healthz on this connection: {us:.1} µs (≤ {:.0} requests/s on one client)", 1e6 / us);
     Ok(us)
+}
+
+/// QPS of `n` threads running the queries one at a time each (thread `w` takes queries
+/// `w, w + n, …`).
+fn qps_threads(
+    t: &Target,
+    ds: &Dataset,
+    k: usize,
+    knobs: SearchKnobs,
+    f: Option<&str>,
+    n: usize,
+) -> Result<f64> {
+    let nq = ds.nq();
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..n)
+            .map(|w| {
+                s.spawn(move || -> Result<()> {
+                    for i in (w..nq).step_by(n) {
+                        t.search(ds.query(i), k, knobs, f)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().expect("bench thread")?;
+        }
+        Ok(())
+    })?;
+    Ok(nq as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn run_queries(
@@ -778,46 +809,12 @@ fn run_queries(
     // the client (on this machine, the same cores) costs.
     let server_1t = c0.and_then(|c| c.per_query(ServerCounters::read(t), nq));
     // Two threads, each running half the queries one at a time.
-    let t0 = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = (0..2)
-            .map(|w| {
-                s.spawn(move || -> Result<()> {
-                    for i in (w..nq).step_by(2) {
-                        t.search(ds.query(i), k, knobs, f)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().expect("bench thread")?;
-        }
-        Ok(())
-    })?;
-    let qps2 = nq as f64 / t0.elapsed().as_secs_f64();
+    let qps2 = qps_threads(t, ds, k, knobs, f, 2)?;
     let mut server_n = None;
     let qps_n = match clients {
         Some(n) if n > 0 => {
             let c0 = ServerCounters::read(t);
-            let t0 = Instant::now();
-            std::thread::scope(|s| -> Result<()> {
-                let hs: Vec<_> = (0..n)
-                    .map(|w| {
-                        s.spawn(move || -> Result<()> {
-                            for i in (w..nq).step_by(n) {
-                                t.search(ds.query(i), k, knobs, f)?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                for h in hs {
-                    h.join().expect("bench thread")?;
-                }
-                Ok(())
-            })?;
-            let q = nq as f64 / t0.elapsed().as_secs_f64();
+            let q = qps_threads(t, ds, k, knobs, f, n)?;
             server_n = c0.and_then(|c| c.per_query(ServerCounters::read(t), nq));
             Some(q)
         }
@@ -836,6 +833,18 @@ fn run_queries(
         p99_ms: p(0.99),
         knob,
     })
+}
+
+/// The in-process engine: one segment holding every row, indexed at any size.
+fn local_config(ds: &Dataset, build_threads: usize) -> EngineConfig {
+    EngineConfig {
+        seal_rows: ds.n() + 1,
+        seal_bytes: usize::MAX,
+        seal_age_secs: 1 << 30,
+        index_min_rows: 1,
+        index_build_threads: build_threads,
+        ..Default::default()
+    }
 }
 
 pub fn run(o: BenchOpts) -> Result<()> {
@@ -864,17 +873,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
         None => {
             let dir = std::env::temp_dir().join(format!("magpie-bench-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let e = Engine::open(
-                &dir,
-                EngineConfig {
-                    seal_rows: ds.n() + 1,
-                    seal_bytes: usize::MAX,
-                    seal_age_secs: 1 << 30,
-                    index_min_rows: 1,
-                    index_build_threads: o.build_threads,
-                    ..Default::default()
-                },
-            )?;
+            let e = Engine::open(&dir, local_config(&ds, o.build_threads))?;
             Target::Local(Box::new(e), dir)
         }
     };
@@ -888,6 +887,9 @@ pub fn run(o: BenchOpts) -> Result<()> {
         Value::Object(params.clone()),
         o.build_threads
     );
+    if let Some(n) = o.clients.filter(|n| !(1..=1024).contains(n)) {
+        bail!("--clients takes 1 to 1024 concurrent clients, got {n}");
+    }
     let with_sel = !o.filter_selectivity.is_empty();
     if let Some(p) = o.filter_selectivity.iter().find(|p| **p == 0 || **p > 100) {
         bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
@@ -930,17 +932,12 @@ pub fn run(o: BenchOpts) -> Result<()> {
         // (vectors memory-mapped from their files, indexes read back), not as the build
         // left them.
         Target::Local(e, dir) if o.reopen => {
-            let cfg = EngineConfig {
-                seal_rows: ds.n() + 1,
-                seal_bytes: usize::MAX,
-                seal_age_secs: 1 << 30,
-                index_min_rows: 1,
-                index_build_threads: o.build_threads,
-                ..Default::default()
-            };
             drop(e);
             eprintln!("  reopening the engine from its files…");
-            Target::Local(Box::new(Engine::open(&dir, cfg)?), dir)
+            Target::Local(
+                Box::new(Engine::open(&dir, local_config(&ds, o.build_threads))?),
+                dir,
+            )
         }
         t => t,
     };

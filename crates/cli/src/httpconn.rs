@@ -31,6 +31,16 @@ pub fn split(url: &str) -> Option<(&str, &str)> {
     (!a.is_empty()).then_some((a, path.trim_end_matches('/')))
 }
 
+/// The request path of endpoint `ep` (no leading `/`) under the path prefix `base` that
+/// [`split`] returned.
+pub fn path(base: &str, ep: &str) -> String {
+    if base.is_empty() {
+        format!("/{ep}")
+    } else {
+        format!("/{base}/{ep}")
+    }
+}
+
 fn connect(authority: &str) -> Result<Conn> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -127,5 +137,7 @@ mod tests {
         assert_eq!(split("http://h:1/base/"), Some(("h:1", "base")));
         assert_eq!(split("https://h:1"), None);
         assert_eq!(split("http://"), None);
+        assert_eq!(path("", "healthz"), "/healthz");
+        assert_eq!(path("base", "v2/x"), "/base/v2/x");
     }
 }

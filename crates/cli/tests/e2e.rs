@@ -2545,6 +2545,17 @@ fn bench_over_http_keeps_and_reuses_the_collection() {
     };
     let (ok, err) = bench(&["--reuse"], &d.path().join("none.json"));
     assert!(!ok && err.contains("no collection 'magpie_bench'"), "{err}");
+    let (ok, _, err) = magpie_cli(
+        &[
+            "bench",
+            "--dataset",
+            set.to_str().unwrap(),
+            "--clients",
+            "0",
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("--clients takes 1 to 1024"), "{err}");
     let first = d.path().join("first.json");
     let (ok, err) = bench(&["--keep"], &first);
     assert!(ok, "{err}");

@@ -92,14 +92,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let e = st.engine.clone();
     tokio::task::spawn_blocking(move || f(&e))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                65535,
-                format!("internal task failed: {e}"),
-            )
-        })?
+        .map_err(task_failed)?
         .map_err(ApiError::from)
+}
+
+/// The 500 of an engine call that panicked (or was cancelled) instead of returning.
+pub(crate) fn task_failed(why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        65535,
+        format!("internal task failed: {why}"),
+    )
 }
 
 fn consistency(s: &Option<String>) -> Result<Option<Consistency>, ApiError> {

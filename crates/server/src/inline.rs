@@ -144,13 +144,7 @@ pub(crate) async fn search<T: Send + 'static>(
         // connection with the task.
         let out =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&st.engine, &coll, &req)))
-                .map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    65535,
-                    "internal task failed: the search panicked",
-                )
-            })?;
+                .map_err(|_| crate::api::task_failed("the search panicked"))?;
         let us = t0.elapsed().as_micros() as u64;
         st.inline.record(&coll, us);
         st.metrics.observe_search(us, true);

@@ -504,19 +504,7 @@ async fn bearer_token_and_metrics() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     t.healthy().await;
-    let resp = t
-        .app
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(&t.app).await;
     assert!(
         text.contains(
             "magpie_http_requests_total{path=\"/v2/vectordb/collections/list\",status=\"401\"} 2"
@@ -2547,20 +2535,25 @@ async fn binary_vectors_over_rest() {
     assert_eq!(d[0]["metricType"], json!("HAMMING"), "{d}");
 }
 
-/// `magpie_searches_total{thread=...}` and the engine-seconds counter from /metrics.
-async fn search_counters(app: &axum::Router) -> (u64, u64, f64) {
+/// The text of `/metrics`.
+async fn metrics_text(app: &axum::Router) -> String {
     let resp = app
         .clone()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
-    let text = String::from_utf8(
+    String::from_utf8(
         axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap()
             .to_vec(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// `magpie_searches_total{thread=...}` and the engine-seconds counter from /metrics.
+async fn search_counters(app: &axum::Router) -> (u64, u64, f64) {
+    let text = metrics_text(app).await;
     let get = |p: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(p))
