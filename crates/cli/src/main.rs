@@ -524,8 +524,9 @@ struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "MAGPIE_SEARCH_INLINE_US")]
     search_inline_us: Option<u64>,
-    /// Folder that bulk-import paths (`jobs/import/create`) are resolved in
-    /// [default: DATA_DIR/import].
+    /// Where bulk-import paths (`jobs/import/create`) are looked up: a folder, or
+    /// s3://bucket/prefix (only read; credentials from AWS_*) [default: DATA_DIR/import,
+    /// or the import/ prefix of --storage s3://...].
     #[arg(long, env = "MAGPIE_IMPORT_ROOT")]
     import_root: Option<PathBuf>,
     /// Directory of built-in models [default: DATA_DIR/models].

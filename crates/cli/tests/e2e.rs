@@ -461,6 +461,132 @@ fn serve_on_s3_quickstart_crashes_and_a_fresh_machine() {
     assert!(err.contains("bucket name"), "{err}");
 }
 
+/// Bulk import from object storage, as Milvus imports from its bucket: with `--storage
+/// s3://...` paths name keys under the storage's `import/` prefix; `--import-root
+/// s3://bucket/prefix` reads another prefix (foreign objects fine, nothing written
+/// there); a missing object is a 400 naming its URL.
+#[test]
+fn bulk_import_from_the_bucket() {
+    use magpie_engine::storage::Storage;
+    let Some(s3) = magpie_testkit::seaweedfs("magpie-import") else {
+        return;
+    };
+    let opts = s3.options();
+    let env: Vec<(String, String)> = opts
+        .iter()
+        .map(|(k, v)| (k.to_ascii_uppercase(), v.clone()))
+        .collect();
+    let o: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The user's uploads.
+    let bucket = magpie_objstore::ObjectStorage::open_s3_source("s3://magpie-import", &o).unwrap();
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({"id": i, "vector": [i as f32, 1.0, 0.0, 0.5]}))
+        .collect();
+    bucket
+        .put(
+            "db/import/day1/rows.json",
+            &serde_json::to_vec(&rows).unwrap(),
+        )
+        .unwrap();
+    let n = 1000usize;
+    let mut ids = magpie_engine::import::npy::header("<i8", &[n]);
+    ids.extend((1000..1000 + n as i64).flat_map(|i| i.to_le_bytes()));
+    let mut vecs = magpie_engine::import::npy::header("<f4", &[n, 4]);
+    vecs.extend((0..n * 4).flat_map(|i| (i as f32 / 7.0).to_le_bytes()));
+    bucket.put("incoming/b1/id.npy", &ids).unwrap();
+    bucket.put("incoming/b1/vector.npy", &vecs).unwrap();
+    bucket
+        .put("incoming/README.txt", b"not a Magpie database")
+        .unwrap();
+
+    let d = tempfile::tempdir().unwrap();
+    let start = |import_root: Option<&str>| {
+        let mut f: Vec<std::ffi::OsString> = vec![
+            "--storage".into(),
+            "s3://magpie-import/db".into(),
+            "--storage-cache-dir".into(),
+            d.path().join("s3cache").into(),
+        ];
+        if let Some(r) = import_root {
+            f.extend(["--import-root".into(), r.into()]);
+        }
+        let f: Vec<&std::ffi::OsStr> = f.iter().map(|x| x.as_os_str()).collect();
+        Server::start_env(d.path(), &f, &env)
+    };
+    let import = |s: &Server, files: Value| {
+        let id = s.ok(
+            "jobs/import/create",
+            json!({"collectionName": "imp", "files": files}),
+        )["data"]["jobId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = s.ok("jobs/import/get_progress", json!({"jobId": id}))["data"].clone();
+            if p["state"] == "Completed" || p["state"] == "Failed" {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "{p}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let s = start(None);
+    s.ok(
+        "collections/create",
+        json!({"collectionName": "imp", "dimension": 4, "metricType": "L2"}),
+    );
+    let p = import(&s, json!([["day1/rows.json"]]));
+    assert_eq!(p["state"], "Completed", "{p}");
+    assert_eq!(p["importedRows"], 300);
+    assert_eq!(s.count("imp", ""), 300);
+    let e = s.call(
+        "jobs/import/create",
+        json!({"collectionName": "imp", "files": [["day2/rows.json"]]}),
+    );
+    let e = e.unwrap_err();
+    assert!(
+        e.contains("not found at s3://magpie-import/db/import/day2/rows.json"),
+        "{e}"
+    );
+    s.stop();
+
+    let s = start(Some("s3://magpie-import/incoming"));
+    let p = import(&s, json!([["b1/id.npy", "b1/vector.npy"]]));
+    assert_eq!(p["state"], "Completed", "{p}");
+    assert_eq!(s.count("imp", ""), 1300);
+    let got = s.ok(
+        "entities/query",
+        json!({"collectionName": "imp", "filter": "id == 1001", "outputFields": ["vector"]}),
+    )["data"][0]["vector"]
+        .clone();
+    assert_eq!(got, json!([4.0f32 / 7.0, 5.0f32 / 7.0, 6.0f32 / 7.0, 1.0]));
+    let e = s
+        .call(
+            "jobs/import/create",
+            json!({"collectionName": "imp", "files": [["../db/catalog.json"]]}),
+        )
+        .unwrap_err();
+    assert!(e.contains("may not contain '..'"), "{e}");
+    s.stop();
+    // The source was only read: no marker, nothing added.
+    assert_eq!(
+        bucket.list("incoming/").unwrap(),
+        [
+            "incoming/README.txt",
+            "incoming/b1/id.npy",
+            "incoming/b1/vector.npy"
+        ]
+    );
+    assert!(
+        !d.path().join("import-tmp").exists()
+            || std::fs::read_dir(d.path().join("import-tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
 /// SIGKILL during concurrent inserts, ten times: after each restart every acknowledged
 /// batch is present in full and no batch is partly visible.
 #[test]

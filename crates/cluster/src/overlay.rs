@@ -80,6 +80,16 @@ impl Storage for Overlay {
         self.base.get_range(key, range)
     }
 
+    fn size(&self, key: &str) -> Result<u64> {
+        if self.in_top(key) {
+            return self.top.size(key);
+        }
+        if self.hidden.read().contains(key) {
+            return Err(self.missing(key));
+        }
+        self.base.size(key)
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         if self.in_top(key) {
             return Ok(true);

@@ -78,8 +78,12 @@ pub struct EngineConfig {
     /// starts): 10 by default, so that on a busy machine inserts and searches go first
     /// and builds use what they leave; 0 builds at the same priority. Linux only.
     pub build_nice: i32,
-    /// Folder that bulk-import paths are resolved in (`None`: `<data dir>/import`).
+    /// Folder that bulk-import paths are resolved in (`None`: `<data dir>/import`, or
+    /// the `import/` prefix of the engine's store when that is remote).
     pub import_root: Option<PathBuf>,
+    /// A store (e.g. an S3 prefix opened with `open_s3_source`) whose keys bulk-import
+    /// paths name instead; only read. Wins over `import_root`.
+    pub import_store: Option<Arc<dyn Storage>>,
     /// Most query vectors (or texts, images, ids) in one search.
     pub max_nq: usize,
     /// Most hits one search may produce, all queries together: nq × (limit + offset).
@@ -111,6 +115,7 @@ impl Default for EngineConfig {
             interim_step_rows: 1024,
             build_nice: crate::builder::DEFAULT_BUILD_NICE,
             import_root: None,
+            import_store: None,
             max_nq: 1024,
             max_result_rows: 65_536,
             auto_compact_secs: 60,
@@ -426,6 +431,11 @@ impl Engine {
             });
         }
         check_storage_identity(root, &*store)?;
+        // Import files a crash left half-downloaded (see `import`).
+        let tmp = root.join("import-tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
         let catalog = CatalogFile::load(&*store, CATALOG_KEY)?;
         let mut by_id: HashMap<u64, Collection> = HashMap::new();
         let mut min_ts = 0;

@@ -50,3 +50,39 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).at(path)
 }
+
+/// Bytes available to this process on the file system holding `path` (`None` where
+/// that cannot be asked).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the right type that
+        // statvfs fills when it returns 0; it is read only then.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        let st = unsafe { st.assume_init() };
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_bytes_of_a_real_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let free = super::free_bytes(d.path()).expect("statvfs answers on unix");
+        assert!(free > 0);
+        assert!(super::free_bytes(&d.path().join("missing")).is_none());
+    }
+}

@@ -8,8 +8,8 @@
 //!   durability rules);
 //! - [`MemoryStorage`]: a map in memory, for tests (engine tests run against it too).
 //!
-//! An object-store implementation (S3-compatible, on the `object_store` crate) is the
-//! next step; the contract below is written so that it can keep it: no rename, no
+//! The S3-compatible implementation lives in `magpie-objstore` (on the `object_store`
+//! crate); the contract below is written so that it can keep it: no rename, no
 //! directories, no partial writes.
 //!
 //! # Contract
@@ -19,6 +19,7 @@
 //! | [`put`](Storage::put) | the key holds exactly `data`, durably; a reader (or a crash) sees the old value or the new, never a mix |
 //! | [`get`](Storage::get) | the whole value as last put; a missing key is an error whose kind is `NotFound` |
 //! | [`get_range`](Storage::get_range) | bytes of that value, the range clamped to its end |
+//! | [`size`](Storage::size) | the length of the value as last put; a missing key is `NotFound` |
 //! | [`get_mapped`](Storage::get_mapped) | as `get`, memory-mapped where the store is local (the value must never be rewritten while mapped: segment files are immutable) |
 //! | [`list`](Storage::list) | every key that starts with `prefix`, sorted; keys put before the call are listed |
 //! | [`delete`](Storage::delete) / [`delete_prefix`](Storage::delete_prefix) | the keys are gone, durably; deleting a missing key is not an error |
@@ -76,6 +77,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
         let end = (range.end.min(all.len() as u64)) as usize;
         let start = (range.start as usize).min(end);
         Ok(all[start..end].to_vec())
+    }
+    /// The length of `key`'s value in bytes.
+    fn size(&self, key: &str) -> Result<u64> {
+        Ok(self.get(key)?.len() as u64)
     }
     /// Whether `key` exists.
     fn exists(&self, key: &str) -> Result<bool>;
@@ -264,6 +269,15 @@ impl Storage for LocalStorage {
         Ok(out)
     }
 
+    fn size(&self, key: &str) -> Result<u64> {
+        let path = self.path(key)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(not_found(path)),
+            Err(e) => Err(EngineError::Io { path, source: e }),
+        }
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.path(key)?.is_file())
     }
@@ -370,6 +384,15 @@ impl Storage for MemoryStorage {
             .ok_or_else(|| not_found(self.locate(key)))
     }
 
+    fn size(&self, key: &str) -> Result<u64> {
+        check_key(key)?;
+        self.map
+            .read()
+            .get(key)
+            .map(|v| v.len() as u64)
+            .ok_or_else(|| not_found(self.locate(key)))
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         Ok(self.map.read().contains_key(key))
@@ -421,6 +444,12 @@ pub fn conformance(s: &dyn Storage) {
     s.put("a/c/d", b"two").unwrap();
     s.put("ab", b"three").unwrap();
     assert_eq!(s.get("a/b").unwrap(), b"one");
+    assert_eq!(s.size("a/b").unwrap(), 3);
+    assert!(is_not_found(&s.size("a/zz").unwrap_err()));
+    assert!(
+        is_not_found(&s.size("a/c").unwrap_err()),
+        "a 'directory' has no size"
+    );
     assert_eq!(s.get_range("a/b", 1..2).unwrap(), b"n");
     assert_eq!(s.get_range("a/b", 1..99).unwrap(), b"ne");
     assert!(s.get_range("a/b", 7..9).unwrap().is_empty());

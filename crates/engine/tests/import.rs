@@ -435,3 +435,108 @@ fn bad_imports_are_refused_or_fail_with_a_reason() {
     assert_eq!(segment_dirs(d.path()), 0);
     assert_eq!(count(&e, ""), 0);
 }
+
+/// Copies every file under `dir` into `store` under `prefix/` (as a user uploads files to
+/// a bucket).
+fn upload(store: &dyn storage::Storage, dir: &Path, prefix: &str) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
+        if e.path().is_dir() {
+            upload(store, &e.path(), &name);
+        } else {
+            store.put(&name, &std::fs::read(e.path()).unwrap()).unwrap();
+        }
+    }
+}
+
+/// Files in an object store (`EngineConfig::import_store`): NumPy and JSON groups are
+/// downloaded, imported and their copies deleted; a missing object is refused naming
+/// its URL, paths cannot leave the store's keys, and nothing of the import source is
+/// written.
+#[test]
+fn imports_from_an_object_store() {
+    use storage::Storage;
+    let d = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(storage::MemoryStorage::new());
+    let v = vectors(3_000, 7);
+    npy_group(&files.path().join("npy"), 0, &v);
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"id": 10_000 + i, "vec": vectors(1, 300 + i as u64)[0], "age": 9}))
+        .collect();
+    std::fs::write(
+        files.path().join("rows.json"),
+        serde_json::to_vec(&rows).unwrap(),
+    )
+    .unwrap();
+    upload(&*bucket, files.path(), "incoming");
+    let uploaded = bucket.list("").unwrap();
+    let cfg = EngineConfig {
+        import_store: Some(bucket.clone()),
+        ..Default::default()
+    };
+    let e = Arc::new(Engine::open(d.path(), cfg).unwrap());
+    e.create_collection("c", schema(), hnsw(), Consistency::Strong, "")
+        .unwrap();
+    let src = e.import_source().describe();
+    assert!(src.starts_with("memory:"), "{src}");
+
+    let group: Vec<String> = ["id", "vec", "age", "name"]
+        .iter()
+        .map(|f| format!("incoming/npy/{f}.npy"))
+        .collect();
+    let id = e
+        .create_import_job("c", None, &[group, vec!["incoming/rows.json".into()]])
+        .unwrap();
+    let p = wait(&e, &id);
+    assert_eq!(p.state, "Completed", "{p:?}");
+    assert_eq!(p.imported_rows, 3_200);
+    let sizes: u64 = uploaded.iter().map(|k| bucket.size(k).unwrap()).sum();
+    assert_eq!(p.bytes, sizes, "sizes come from the store");
+    assert_eq!(count(&e, ""), 3_200);
+    assert_eq!(count(&e, "age == 9"), 200 + 30);
+    let got = e
+        .query(
+            "c",
+            &QueryRequest {
+                filter: Some("id == 2345".into()),
+                output_fields: vec!["vec".into(), "name".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(got[0]["vec"], json!(v[2345]));
+    assert_eq!(got[0]["name"], json!("n345"));
+    // The downloaded copies are gone; the source is as it was.
+    let tmp = d.path().join("import-tmp");
+    assert!(
+        !tmp.exists() || std::fs::read_dir(&tmp).unwrap().next().is_none(),
+        "copies left in {}",
+        tmp.display()
+    );
+    assert_eq!(bucket.list("").unwrap(), uploaded);
+
+    // Refused when the job is created, naming the object.
+    let err = |f: &str| {
+        e.create_import_job("c", None, &[vec![f.to_string()]])
+            .unwrap_err()
+            .to_string()
+    };
+    let m = err("incoming/nope.json");
+    assert!(m.contains("not found at memory:/incoming/nope.json"), "{m}");
+    assert!(err("incoming/../x.json").contains("'..'"));
+    assert!(err("/incoming/rows.json").contains("'..'"));
+    assert!(err("incoming\\rows.json").contains("'\\'"));
+
+    // A file that fails to parse fails the job and leaves no copies either.
+    bucket.put("incoming/broken.json", b"[{\"id\": 1,").unwrap();
+    let p = wait(
+        &e,
+        &e.create_import_job("c", None, &[vec!["incoming/broken.json".into()]])
+            .unwrap(),
+    );
+    assert_eq!(p.state, "Failed");
+    assert!(p.reason.contains("invalid JSON"), "{}", p.reason);
+    assert!(!tmp.exists() || std::fs::read_dir(&tmp).unwrap().next().is_none());
+    assert_eq!(count(&e, ""), 3_200);
+}

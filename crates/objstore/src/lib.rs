@@ -23,7 +23,7 @@
 //!   fails is an [`EngineError::Io`] naming the object's URL.
 //! - The prefix must be empty or hold a Magpie database (its `magpie.json` marker):
 //!   foreign objects are refused at start, because opening deletes what no manifest
-//!   names.
+//!   names. Objects under `import/` (files uploaded for bulk import) are not foreign.
 //!
 //! One process at a time may use a prefix (as with a local data directory; the lock file
 //! is local, so running two servers on one prefix is the operator's mistake to avoid).
@@ -218,6 +218,54 @@ pub fn parse_url(url: &str) -> Result<(String, String), ObjStoreError> {
     Ok((format!("s3://{bucket}"), prefix.to_string()))
 }
 
+/// The S3 client for `url` (settings from the `AWS_*` environment, then `options`) and
+/// the URL's prefix.
+fn s3_store(
+    url: &str,
+    options: &[(&str, &str)],
+) -> Result<(Arc<dyn ObjectStore>, String), ObjStoreError> {
+    let (bucket_url, prefix) = parse_url(url)?;
+    // Timeouts first: `with_client_options` replaces every client setting, so the
+    // environment and `options` (e.g. `aws_allow_http`) are applied after it.
+    let mut builder = AmazonS3Builder::new()
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(120)),
+        )
+        .with_retry(RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            ..Default::default()
+        });
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    for (k, v) in &env {
+        if let Ok(key) = k.parse::<object_store::aws::AmazonS3ConfigKey>() {
+            builder = builder.with_config(key, v);
+        }
+    }
+    for (k, v) in options {
+        let key = k
+            .parse()
+            .map_err(|e: object_store::Error| ObjStoreError::BadUrl {
+                url: url.to_string(),
+                msg: format!("option '{k}': {e}"),
+            })?;
+        builder = builder.with_config(key, *v);
+    }
+    let store = builder
+        .with_url(&bucket_url)
+        .build()
+        .map_err(|e| ObjStoreError::BadUrl {
+            url: url.to_string(),
+            msg: e.to_string(),
+        })?;
+    Ok((Arc::new(store), prefix))
+}
+
 impl ObjectStorage {
     /// Opens `s3://bucket/prefix` with settings from the `AWS_*` environment, checks
     /// that the bucket answers and that the prefix is empty or a Magpie database (writing
@@ -229,50 +277,48 @@ impl ObjectStorage {
         options: &[(&str, &str)],
         cache: Option<CacheConfig>,
     ) -> Result<Self, ObjStoreError> {
-        let (bucket_url, prefix) = parse_url(url)?;
-        // Timeouts first: `with_client_options` replaces every client setting, so the
-        // environment and `options` (e.g. `aws_allow_http`) are applied after it.
-        let mut builder = AmazonS3Builder::new()
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(120)),
-            )
-            .with_retry(RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(30),
-                ..Default::default()
-            });
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        for (k, v) in &env {
-            if let Ok(key) = k.parse::<object_store::aws::AmazonS3ConfigKey>() {
-                builder = builder.with_config(key, v);
-            }
-        }
-        for (k, v) in options {
-            let key = k
-                .parse()
-                .map_err(|e: object_store::Error| ObjStoreError::BadUrl {
-                    url: url.to_string(),
-                    msg: format!("option '{k}': {e}"),
-                })?;
-            builder = builder.with_config(key, *v);
-        }
-        let store = builder
-            .with_url(&bucket_url)
-            .build()
-            .map_err(|e| ObjStoreError::BadUrl {
-                url: url.to_string(),
+        let (store, prefix) = s3_store(url, options)?;
+        Self::with_store(store, url, &prefix, cache)
+    }
+
+    /// Opens `s3://bucket/prefix` as a place to read from, not a database: no marker is
+    /// written or required, anything may be stored there, and Magpie only reads it (bulk
+    /// import sources, `--import-root s3://...`). Checks that the bucket answers.
+    pub fn open_s3_source(url: &str, options: &[(&str, &str)]) -> Result<Self, ObjStoreError> {
+        let (store, prefix) = s3_store(url, options)?;
+        Self::with_store_source(store, url, &prefix)
+    }
+
+    /// As [`ObjectStorage::open_s3_source`], over any `object_store` implementation.
+    pub fn with_store_source(
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        prefix: &str,
+    ) -> Result<Self, ObjStoreError> {
+        let s = Self::unchecked(store, url, prefix, None)?;
+        // A HEAD of a key that need not exist: answers unless the bucket is unreachable
+        // or refuses these credentials.
+        s.exists("magpie-probe")
+            .map_err(|e| ObjStoreError::Unreachable {
+                url: s.url.clone(),
                 msg: e.to_string(),
             })?;
-        Self::with_store(Arc::new(store), url, &prefix, cache)
+        Ok(s)
     }
 
     /// Over any `object_store` implementation (tests use its in-memory store).
     pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        prefix: &str,
+        cache: Option<CacheConfig>,
+    ) -> Result<Self, ObjStoreError> {
+        let s = Self::unchecked(store, url, prefix, cache)?;
+        s.check_prefix()?;
+        Ok(s)
+    }
+
+    fn unchecked(
         store: Arc<dyn ObjectStore>,
         url: &str,
         prefix: &str,
@@ -315,7 +361,6 @@ impl ObjectStorage {
             cache,
             rt: Some(rt),
         };
-        s.check_prefix()?;
         Ok(s)
     }
 
@@ -328,7 +373,9 @@ impl ObjectStorage {
             return Ok(());
         }
         let keys = self.list("").map_err(unreachable)?;
-        if let Some(example) = keys.first() {
+        // Files uploaded for bulk import may arrive before the first start.
+        let area = format!("{}/", magpie_engine::import::STORE_PREFIX);
+        if let Some(example) = keys.iter().find(|k| !k.starts_with(&area)) {
             return Err(ObjStoreError::Foreign {
                 url: self.url.clone(),
                 example: example.clone(),
@@ -431,6 +478,15 @@ impl Storage for ObjectStorage {
             store.get_range(&path, start..end).await
         });
         got.map(|b| b.to_vec()).map_err(|e| self.err(key, e))
+    }
+
+    fn size(&self, key: &str) -> EResult<u64> {
+        check_key(key)?;
+        let store = self.store.clone();
+        let path = self.full(key);
+        self.block(async move { store.head(&path).await })
+            .map(|m| m.size)
+            .map_err(|e| self.err(key, e))
     }
 
     fn exists(&self, key: &str) -> EResult<bool> {

@@ -124,9 +124,20 @@ fn foreign_objects_and_bad_urls_are_refused() {
     let e = ObjectStorage::with_store(mem.clone(), "s3://b/photos", "photos", None).unwrap_err();
     assert!(matches!(e, ObjStoreError::Foreign { .. }), "{e}");
     assert!(e.to_string().contains("cat.jpg"), "{e}");
-    // Another prefix of the same bucket is fine, and stays a database after reopening.
+    // Another prefix of the same bucket is fine, and stays a database after reopening;
+    // files uploaded for bulk import before the first start are not foreign.
+    rt.block_on(async {
+        mem.put(&"db/import/rows.json".into(), b"[]".to_vec().into())
+            .await
+            .unwrap()
+    });
     ObjectStorage::with_store(mem.clone(), "s3://b/db", "db", None).unwrap();
-    ObjectStorage::with_store(mem, "s3://b/db", "db", None).unwrap();
+    let s = ObjectStorage::with_store(mem.clone(), "s3://b/db", "db", None).unwrap();
+    assert_eq!(s.size("import/rows.json").unwrap(), 2);
+    // A source is only read: no marker, foreign objects fine.
+    let src = ObjectStorage::with_store_source(mem.clone(), "s3://b/photos", "photos").unwrap();
+    assert_eq!(src.size("cat.jpg").unwrap(), 4);
+    assert!(!src.exists("magpie.json").unwrap());
     for (url, want) in [
         ("http://bucket/x", "expected s3://"),
         ("s3://", "bucket name"),

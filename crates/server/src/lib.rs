@@ -61,8 +61,9 @@ pub struct ServerConfig {
     pub interim_step_rows: usize,
     /// Nice value of the index builder threads (0: the same priority as requests).
     pub build_nice: i32,
-    /// Folder that bulk-import file paths (`jobs/import/create`) are resolved in;
-    /// default `<data_dir>/import`.
+    /// Where bulk-import file paths (`jobs/import/create`) are looked up: a folder, or
+    /// `s3://bucket/prefix` (read only, settings from `AWS_*`); default
+    /// `<data_dir>/import`, or the `import/` prefix of an `s3://` `storage`.
     pub import_root: Option<PathBuf>,
     /// Directory of built-in models (`magpie models fetch`); default `<data_dir>/models`.
     pub models_dir: Option<PathBuf>,
@@ -546,7 +547,23 @@ pub async fn serve(
     };
     magpie_embed::image::set_decode_budget(cfg.decode_memory_bytes);
     let data_dir = cfg.data_dir.clone();
-    let ecfg = cfg.engine_config();
+    let mut ecfg = cfg.engine_config();
+    if let Some(url) = cfg
+        .import_root
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|p| p.starts_with("s3://") || p.starts_with("s3a://"))
+    {
+        let url = url.to_string();
+        let src = tokio::task::spawn_blocking(move || {
+            magpie_objstore::ObjectStorage::open_s3_source(&url, &[])
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|e| std::io::Error::other(format!("--import-root: {e}")))?;
+        ecfg.import_root = None;
+        ecfg.import_store = Some(Arc::new(src));
+    }
     let storage = cfg.storage.clone();
     let cache = magpie_objstore::CacheConfig {
         dir: cfg

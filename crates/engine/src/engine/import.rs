@@ -22,7 +22,7 @@ use super::Engine;
 use crate::builder::CollRef;
 use crate::collection::WalOp;
 use crate::error::{invalid, EngineError, Result};
-use crate::import::{self, ImportFile};
+use crate::import::{self, ImportFile, ImportSource};
 use crate::schema::CollectionSchema;
 use crate::segment::Segment;
 use crate::storage::Storage;
@@ -377,6 +377,17 @@ impl ImportJob {
     }
 }
 
+/// A folder removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// The engine's import jobs: one runs at a time, the others wait as `Pending`.
 #[derive(Default)]
 pub struct ImportJobs {
@@ -396,8 +407,8 @@ impl Engine {
     ) -> Result<String> {
         let c = self.coll(coll)?;
         c.read().write_partition(partition)?;
-        let root = self.import_root();
-        let groups = import::resolve(&root, files)?;
+        let source = self.import_source();
+        let groups = import::resolve(&source, files)?;
         let id = super::fresh_index_id().to_string();
         let job = Arc::new(ImportJob {
             id: id.clone(),
@@ -468,8 +479,17 @@ impl Engine {
         groups: &[ImportFile],
     ) -> Result<usize> {
         let mut imp = self.importer(coll, partition)?;
-        for (g, st) in groups.iter().zip(&job.files) {
+        let source = self.import_source();
+        for (n, (g, st)) in groups.iter().zip(&job.files).enumerate() {
             st.state.store(1, Relaxed);
+            // Files in an object store are downloaded first, one group at a time; the
+            // guard removes the copies however the group ends.
+            let tmp = TempDir(self.import_tmp().join(format!("{}-{n}", job.id)));
+            let local = g.localize(&source, &tmp.0).map_err(|e| {
+                st.state.store(3, Relaxed);
+                invalid(format!("{}: {e}", g.name()))
+            })?;
+            let g = &local;
             // The file is read (parsed, decoded) on a second thread while the batch
             // before is validated and staged here: two batches in flight at most.
             let (tx, rx) = std::sync::mpsc::sync_channel::<import::Batch>(2);
@@ -526,6 +546,30 @@ impl Engine {
             .find(|j| j.id == id)
             .map(|j| j.progress())
             .ok_or_else(|| invalid(format!("import job '{id}' does not exist")))
+    }
+
+    /// Where import file paths are looked up: `EngineConfig::import_store`, else
+    /// `import_root`, else the `import/` prefix of a remote engine store, else the
+    /// `import` folder of the data directory.
+    pub fn import_source(&self) -> ImportSource {
+        if let Some(store) = &self.config.import_store {
+            return ImportSource::Store {
+                store: store.clone(),
+                prefix: String::new(),
+            };
+        }
+        if self.config.import_root.is_none() && self.store.is_remote() {
+            return ImportSource::Store {
+                store: self.store.clone(),
+                prefix: import::STORE_PREFIX.into(),
+            };
+        }
+        ImportSource::Dir(self.import_root())
+    }
+
+    /// Where downloaded import files wait while they are read (emptied at open).
+    pub(crate) fn import_tmp(&self) -> std::path::PathBuf {
+        self.root.join("import-tmp")
     }
 
     /// Where import file paths are resolved: `EngineConfig::import_root`, or

@@ -1,9 +1,17 @@
 //! Files of a bulk import: where they may come from and how they are read.
 //!
-//! Paths come from requests, so they are resolved only inside the import root
-//! (`--import-root`, default `<data dir>/import`): relative, without `..`, and, once
-//! symbolic links are resolved, still inside the root; each must be a regular file. A
-//! file group is one Parquet or JSON file, or the NumPy files of one set of rows, one
+//! Paths come from requests, so they are resolved only inside the import source
+//! ([`ImportSource`]), relative and without `..`:
+//!
+//! - a folder (`--import-root DIR`, default `<data dir>/import`): once symbolic links
+//!   are resolved, still inside the folder, and a regular file;
+//! - keys under a prefix of an object store (`--import-root s3://bucket/prefix`, or by
+//!   default the `import/` prefix of the server's own `--storage s3://...`), as Milvus
+//!   imports from its bucket. Each object is checked to exist when the job is created;
+//!   when its group's turn comes it is downloaded in ranges into a folder under the data
+//!   directory (after checking the disk has room), read as a local file, and deleted.
+//!
+//! A file group is one Parquet or JSON file, or the NumPy files of one set of rows, one
 //! per field, each named after its field (`id.npy`, `vector.npy`, ...), as in Milvus.
 //! Readers hand rows to the importer in batches (`crate::engine::Importer`), which
 //! validates them as an insert would.
@@ -12,11 +20,13 @@ pub mod json;
 pub mod npy;
 pub mod parquet;
 
-use crate::error::{invalid, EngineError, Result};
+use crate::error::{invalid, EngineError, IoContext, Result};
 use crate::schema::{CollectionSchema, DataType};
+use crate::storage::{is_not_found, Storage};
 use serde_json::{Map, Value};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Bytes of NumPy data read into one batch at most (see `read_npy`).
 const BATCH_BYTES: usize = 64 << 20;
@@ -25,22 +35,58 @@ const BATCH_BYTES: usize = 64 << 20;
 pub const MAX_GROUPS: usize = 1024;
 pub const MAX_GROUP_FILES: usize = 1024;
 
+/// Where bulk-import files sit in a remote engine store (`<prefix>/import/...`).
+pub const STORE_PREFIX: &str = "import";
+
+/// Bytes fetched from an object store per request while downloading an import file.
+const DOWNLOAD_CHUNK: u64 = 16 << 20;
+/// Room left on the data directory's disk after an import file is downloaded.
+const DOWNLOAD_RESERVE: u64 = 256 << 20;
+
+/// Where a request's import paths are looked up; see the module docs.
+#[derive(Debug, Clone)]
+pub enum ImportSource {
+    Dir(PathBuf),
+    /// Keys under `prefix` (empty: the store's root) of a store that is only read.
+    Store {
+        store: Arc<dyn Storage>,
+        prefix: String,
+    },
+}
+
+impl ImportSource {
+    /// The source as a user would write it, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            ImportSource::Dir(d) => d.display().to_string(),
+            ImportSource::Store { store, prefix } => store.locate(prefix).display().to_string(),
+        }
+    }
+}
+
+/// Where one import file is: a path on this machine, or a key of the source's store.
+#[derive(Debug, Clone)]
+pub enum Loc {
+    Local(PathBuf),
+    Remote(String),
+}
+
 /// One file group of an import, resolved.
 #[derive(Debug, Clone)]
 pub enum ImportFile {
     Json {
-        path: PathBuf,
+        path: Loc,
         shown: String,
         bytes: u64,
     },
     Parquet {
-        path: PathBuf,
+        path: Loc,
         shown: String,
         bytes: u64,
     },
-    /// (field name, path, bytes) per file.
+    /// (field name, location, bytes) per file.
     Npy {
-        files: Vec<(String, PathBuf, u64)>,
+        files: Vec<(String, Loc, u64)>,
         shown: String,
     },
 }
@@ -61,10 +107,81 @@ impl ImportFile {
             ImportFile::Npy { files, .. } => files.iter().map(|f| f.2).sum(),
         }
     }
+
+    /// Every file's location and size.
+    fn locs_mut(&mut self) -> Vec<(&mut Loc, u64)> {
+        match self {
+            ImportFile::Json { path, bytes, .. } | ImportFile::Parquet { path, bytes, .. } => {
+                vec![(path, *bytes)]
+            }
+            ImportFile::Npy { files, .. } => files.iter_mut().map(|f| (&mut f.1, f.2)).collect(),
+        }
+    }
+
+    /// The group with every remote file downloaded into `tmp` (created here; the caller
+    /// removes it). Checks first that the disk holding `tmp` has room for the group.
+    pub fn localize(&self, source: &ImportSource, tmp: &Path) -> Result<ImportFile> {
+        let mut out = self.clone();
+        let ImportSource::Store { store, .. } = source else {
+            return Ok(out);
+        };
+        let need: u64 = self.bytes();
+        std::fs::create_dir_all(tmp).at(tmp)?;
+        if let Some(free) = crate::fsutil::free_bytes(tmp) {
+            if free < need.saturating_add(DOWNLOAD_RESERVE) {
+                return Err(invalid(format!(
+                    "{}: {need} bytes to download, but {} has only {free} bytes free (and keeps {DOWNLOAD_RESERVE} in reserve)",
+                    self.name(),
+                    tmp.display()
+                )));
+            }
+        }
+        for (i, (loc, bytes)) in out.locs_mut().into_iter().enumerate() {
+            let Loc::Remote(key) = loc else { continue };
+            // The file keeps its name (readers report it; NumPy names carry fields).
+            let name = key.rsplit('/').next().unwrap_or("file");
+            let dir = tmp.join(i.to_string());
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            let path = dir.join(name);
+            download(&**store, key, bytes, &path)?;
+            *loc = Loc::Local(path);
+        }
+        Ok(out)
+    }
 }
 
-/// Resolves and checks every path of `groups` inside `root`.
-pub fn resolve(root: &Path, groups: &[Vec<String>]) -> Result<Vec<ImportFile>> {
+/// Copies `key` (`bytes` long when the job was created) from `store` into a new file
+/// at `to`, in ranges of [`DOWNLOAD_CHUNK`] so memory stays bounded whatever its size.
+fn download(store: &dyn Storage, key: &str, bytes: u64, to: &Path) -> Result<()> {
+    use std::io::Write;
+    let changed = || {
+        invalid(format!(
+            "{} changed since the import was created (it was {bytes} bytes)",
+            store.locate(key).display()
+        ))
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(to).at(to)?);
+    let mut at = 0;
+    while at < bytes {
+        let chunk = store.get_range(key, at..(at + DOWNLOAD_CHUNK).min(bytes))?;
+        if chunk.is_empty() {
+            return Err(changed());
+        }
+        f.write_all(&chunk).at(to)?;
+        at += chunk.len() as u64;
+    }
+    f.flush().at(to)?;
+    if store.size(key)? != bytes {
+        return Err(changed());
+    }
+    Ok(())
+}
+
+/// Looks a request's path up in a source: where the file is and its size.
+type Finder<'a> = dyn Fn(&str) -> Result<(Loc, u64)> + 'a;
+
+/// Resolves and checks every path of `groups` in `source`.
+pub fn resolve(source: &ImportSource, groups: &[Vec<String>]) -> Result<Vec<ImportFile>> {
     if groups.is_empty() {
         return Err(invalid(
             "no files given: 'files' holds file groups, e.g. [[\"rows.json\"]] or [[\"id.npy\", \"vector.npy\"]]",
@@ -76,16 +193,24 @@ pub fn resolve(root: &Path, groups: &[Vec<String>]) -> Result<Vec<ImportFile>> {
             groups.len()
         )));
     }
-    let croot = root.canonicalize().map_err(|e| {
-        invalid(format!(
-            "the import folder {} is not available ({e}); put the files there or start the server with --import-root",
-            root.display()
-        ))
-    })?;
-    groups.iter().map(|g| resolve_group(&croot, g)).collect()
+    let find: Box<Finder<'_>> = match source {
+        ImportSource::Dir(root) => {
+            let croot = root.canonicalize().map_err(|e| {
+                invalid(format!(
+                    "the import folder {} is not available ({e}); put the files there or start the server with --import-root",
+                    root.display()
+                ))
+            })?;
+            Box::new(move |p| resolve_path(&croot, p).map(|(path, n)| (Loc::Local(path), n)))
+        }
+        ImportSource::Store { store, prefix } => {
+            Box::new(move |p| resolve_key(&**store, prefix, p).map(|(k, n)| (Loc::Remote(k), n)))
+        }
+    };
+    groups.iter().map(|g| resolve_group(&*find, g)).collect()
 }
 
-fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
+fn resolve_group(find: &Finder<'_>, group: &[String]) -> Result<ImportFile> {
     if group.is_empty() || group.len() > MAX_GROUP_FILES {
         return Err(invalid(format!(
             "a file group holds 1 to {MAX_GROUP_FILES} files, got {}",
@@ -95,7 +220,7 @@ fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
     let shown = group.join(", ");
     let mut resolved = Vec::with_capacity(group.len());
     for p in group {
-        resolved.push((p, resolve_path(root, p)?));
+        resolved.push((p, find(p)?));
     }
     let ext = |p: &str| {
         Path::new(p)
@@ -120,7 +245,7 @@ fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
             })
         }
         "npy" => {
-            let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+            let mut files: Vec<(String, Loc, u64)> = Vec::new();
             for (p, (path, bytes)) in resolved {
                 if ext(p) != "npy" {
                     return Err(invalid(format!(
@@ -147,22 +272,60 @@ fn resolve_group(root: &Path, group: &[String]) -> Result<ImportFile> {
     }
 }
 
-/// A request's path inside the (canonical) root: relative, plain components only, a
-/// regular file after symbolic links are resolved. Returns the path and its size.
-pub fn resolve_path(root: &Path, p: &str) -> Result<(PathBuf, u64)> {
+/// A request's path as its plain parts: relative, no `..`, no NUL, at most 4096 bytes.
+fn checked_parts(p: &str) -> Result<Vec<&str>> {
     let bad = |why: &str| invalid(format!("import file '{p}': {why}"));
     if p.is_empty() || p.len() > 4096 || p.contains('\0') {
         return Err(bad("not a usable path"));
     }
-    let rel = Path::new(p);
-    if !rel
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(bad(
-            "paths are relative to the import folder and may not contain '..' or start with '/'",
-        ));
+    let mut parts = Vec::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str().ok_or_else(|| bad("not UTF-8"))?),
+            Component::CurDir => {}
+            _ => {
+                return Err(bad(
+                    "paths are relative to the import folder and may not contain '..' or start with '/'",
+                ))
+            }
+        }
     }
+    if parts.is_empty() {
+        return Err(bad("not a usable path"));
+    }
+    Ok(parts)
+}
+
+/// A request's path as a key under `prefix` of `store`, which must hold it. Returns the
+/// key and the object's size.
+pub fn resolve_key(store: &dyn Storage, prefix: &str, p: &str) -> Result<(String, u64)> {
+    let parts = checked_parts(p)?;
+    if parts.iter().any(|s| s.contains('\\')) {
+        return Err(invalid(format!(
+            "import file '{p}': object keys are '/'-separated and may not contain '\\'"
+        )));
+    }
+    let rel = parts.join("/");
+    let key = if prefix.is_empty() {
+        rel
+    } else {
+        format!("{}/{rel}", prefix.trim_end_matches('/'))
+    };
+    match store.size(&key) {
+        Ok(n) => Ok((key, n)),
+        Err(e) if is_not_found(&e) => Err(invalid(format!(
+            "import file '{p}': not found at {}",
+            store.locate(&key).display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// A request's path inside the (canonical) root: relative, plain components only, a
+/// regular file after symbolic links are resolved. Returns the path and its size.
+pub fn resolve_path(root: &Path, p: &str) -> Result<(PathBuf, u64)> {
+    let bad = |why: &str| invalid(format!("import file '{p}': {why}"));
+    let rel: PathBuf = checked_parts(p)?.iter().collect();
     let full = root.join(rel);
     let real = full
         .canonicalize()
@@ -193,6 +356,7 @@ pub fn read(
 ) -> Result<()> {
     match f {
         ImportFile::Json { path, .. } => {
+            let path = path.local()?;
             let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
             // SAFETY: read-only mapping read once; a concurrent change of the file
             // yields bad values (validated like any input) or a parse error, never
@@ -202,7 +366,9 @@ pub fn read(
                 sink((rows, Vec::new()))
             })
         }
-        ImportFile::Parquet { path, .. } => parquet::read(path, &schema, batch, total, sink),
+        ImportFile::Parquet { path, .. } => {
+            parquet::read(path.local()?, &schema, batch, total, sink)
+        }
         ImportFile::Npy { files, .. } => read_npy(files, &schema, batch, total, sink),
     }
 }
@@ -219,8 +385,21 @@ enum Col {
     Scalar(String, DataType, npy::Npy),
 }
 
+impl Loc {
+    /// The local path; a remote file must have been downloaded first
+    /// ([`ImportFile::localize`]).
+    fn local(&self) -> Result<&Path> {
+        match self {
+            Loc::Local(p) => Ok(p),
+            Loc::Remote(k) => Err(invalid(format!(
+                "internal error: '{k}' was not downloaded before reading"
+            ))),
+        }
+    }
+}
+
 fn read_npy(
-    files: &[(String, PathBuf, u64)],
+    files: &[(String, Loc, u64)],
     schema: &CollectionSchema,
     batch: usize,
     total: &AtomicU64,
@@ -229,6 +408,7 @@ fn read_npy(
     let mut cols = Vec::new();
     let mut rows: Option<usize> = None;
     for (field, path, _) in files {
+        let path = path.local()?;
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let bad = |msg: String| invalid(format!("{name}: {msg}"));
         let f = schema.field(field).ok_or_else(|| {
@@ -387,23 +567,58 @@ mod tests {
             assert!(e.contains("outside the import folder"), "{e}");
         }
         let g = |files: &[&str]| vec![files.iter().map(|s| s.to_string()).collect()];
-        let e = resolve(&root, &g(&["x.parquet"])).unwrap_err().to_string();
+        let src = ImportSource::Dir(root.clone());
+        let e = resolve(&src, &g(&["x.parquet"])).unwrap_err().to_string();
         assert!(e.contains("not found"), "{e}");
         std::fs::write(root.join("x.parquet"), "PAR1").unwrap();
         std::fs::write(root.join("y.parquet"), "PAR1").unwrap();
         let two = vec![vec!["x.parquet".to_string(), "y.parquet".to_string()]];
-        let e = resolve(&root, &two).unwrap_err().to_string();
+        let e = resolve(&src, &two).unwrap_err().to_string();
         assert!(e.contains("a parquet file group holds one file"), "{e}");
         std::fs::write(root.join("x.csv"), "id").unwrap();
-        let e = resolve(&root, &g(&["x.csv"])).unwrap_err().to_string();
+        let e = resolve(&src, &g(&["x.csv"])).unwrap_err().to_string();
         assert!(e.contains("unsupported file type '.csv'"), "{e}");
-        let e = resolve(&d.path().join("none"), &g(&["a.json"]))
+        let e = resolve(&ImportSource::Dir(d.path().join("none")), &g(&["a.json"]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--import-root"), "{e}");
-        assert!(resolve(&root, &[])
+        assert!(resolve(&src, &[])
             .unwrap_err()
             .to_string()
             .contains("no files"));
+    }
+
+    #[test]
+    fn downloads_are_whole_and_notice_a_changed_object() {
+        use crate::storage::MemoryStorage;
+        let d = tempfile::tempdir().unwrap();
+        let store = MemoryStorage::new();
+        let data: Vec<u8> = (0..(DOWNLOAD_CHUNK as usize * 2 + 77))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        store.put("in/big.npy", &data).unwrap();
+        let to = d.path().join("big.npy");
+        download(&store, "in/big.npy", data.len() as u64, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), data, "three ranges, in order");
+        // Shorter or longer than when the job was created.
+        for was in [data.len() as u64 + 10, 5] {
+            let e = download(&store, "in/big.npy", was, &d.path().join("x"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("changed since the import was created"), "{e}");
+        }
+        // Keys: plain parts joined under the prefix; the object must exist.
+        store.put("p/a/b.json", b"[]").unwrap();
+        assert_eq!(
+            resolve_key(&store, "p", "./a/b.json").unwrap(),
+            ("p/a/b.json".to_string(), 2)
+        );
+        let e = resolve_key(&store, "p", "a/c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found at memory:/p/a/c.json"), "{e}");
+        for bad in ["../p/a/b.json", "/p/a/b.json", "", ".", "a\\b.json"] {
+            assert!(resolve_key(&store, "p", bad).is_err(), "{bad:?}");
+        }
     }
 }
