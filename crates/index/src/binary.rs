@@ -196,14 +196,22 @@ impl BinIvfIndex {
             .chain(std::iter::once(nlist as u32))
             .collect();
         let sp = Space::new(v, &[], metric);
-        ix.curve = recall::measure(&sp, &knobs, p.seed, p.threads, |q, exclude, knob, k| {
-            ix.scan(v, &pack_bytes(q), k + 1, knob as usize, None)
-                .into_iter()
-                .map(|s| s.offset)
-                .filter(|&o| o != exclude)
-                .take(k)
-                .collect()
-        });
+        ix.curve = recall::measure(
+            &sp,
+            &knobs,
+            p.seed,
+            p.threads,
+            None,
+            0.999,
+            |q, exclude, knob, k| {
+                ix.scan(v, &pack_bytes(q), k + 1, knob as usize, None)
+                    .into_iter()
+                    .map(|s| s.offset)
+                    .filter(|&o| o != exclude)
+                    .take(k)
+                    .collect()
+            },
+        );
         Ok(ix)
     }
 

@@ -21,7 +21,7 @@
 
 use crate::codec::{self, Reader, Writer};
 use crate::quant::{Sq8, Sq8Query};
-use crate::recall::{self, Knob, RecallCurve};
+use crate::recall::{self, FilteredCurves, Knob, RecallCurve};
 use crate::space::{unit, Cand, Space, Visited, VisitedPool};
 use crate::{
     Bitset, Cancel, FlatIndex, IndexError, Metric, Result, Scored, SearchParams, VectorIndexBuild,
@@ -31,7 +31,10 @@ use parking_lot::Mutex;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-const MAGIC: &[u8; 8] = b"MPHNSW01";
+/// Format 2 adds the filtered recall curves at the end; format 1 files still open
+/// (without them: their filtered searches use the unfiltered curve, as before).
+const MAGIC: &[u8; 8] = b"MPHNSW02";
+const MAGIC_V1: &[u8; 8] = b"MPHNSW01";
 const MAX_LEVEL: usize = 15;
 const NO_ENTRY: u32 = u32::MAX;
 
@@ -87,6 +90,8 @@ pub struct HnswIndex {
     upper_start: Vec<u32>,
     upper: Vec<AtomicU32>,
     curve: RecallCurve,
+    /// Curves of the filtered walks (see [`filter_curve_fractions`]).
+    filtered: FilteredCurves,
     sq: Option<SqCodes>,
     /// Below this many passing rows a filtered search scans them exactly.
     exact_below: usize,
@@ -202,6 +207,10 @@ impl HnswIndex {
     }
     pub fn curve(&self) -> &RecallCurve {
         &self.curve
+    }
+
+    pub fn filtered_curves(&self) -> &FilteredCurves {
+        &self.filtered
     }
 
     /// True for HNSW_SQ (graph walked over SQ8 codes).
@@ -571,6 +580,7 @@ impl HnswIndex {
             upper_start,
             levels,
             curve: base.map(|b| b.curve.clone()).unwrap_or_default(),
+            filtered: base.map(|b| b.filtered.clone()).unwrap_or_default(),
             sq: None,
             exact_below: 0,
             pool: VisitedPool::default(),
@@ -617,18 +627,50 @@ impl HnswIndex {
             idx.sq = Some(encode_sq8(&sp));
         }
         if p.measure_recall {
-            idx.curve = idx.measure_curve(&sp, p.seed, p.threads);
+            idx.curve = idx.measure_curve(&sp, p.seed, p.threads, None);
+            let mut curves = Vec::new();
+            for f in filter_curve_fractions(n, idx.exact_below) {
+                if cancel.is_cancelled() {
+                    return Err(IndexError::Cancelled);
+                }
+                let allow = recall::random_filter(n, f, p.seed ^ f.to_bits());
+                curves.push((
+                    f as f32,
+                    idx.measure_curve(&sp, p.seed, p.threads, Some(&allow)),
+                ));
+            }
+            idx.filtered = FilteredCurves { curves };
         }
         Ok(idx)
     }
 
-    fn measure_curve(&self, sp: &Space<'_>, seed: u64, threads: usize) -> RecallCurve {
-        recall::measure(sp, &CURVE_EFS, seed, threads, |q, exclude, ef, k| {
-            self.search_prepared(sp, q, k, ef as usize, None, Some(exclude))
-                .iter()
-                .map(|c| c.id)
-                .collect()
-        })
+    fn measure_curve(
+        &self,
+        sp: &Space<'_>,
+        seed: u64,
+        threads: usize,
+        allow: Option<&Bitset>,
+    ) -> RecallCurve {
+        let stop = if allow.is_some() {
+            recall::FILTERED_STOP
+        } else {
+            0.999
+        };
+        let allow = allow.map(|a| (a, a.count_ones()));
+        recall::measure(
+            sp,
+            &CURVE_EFS,
+            seed,
+            threads,
+            allow.map(|a| a.0),
+            stop,
+            |q, exclude, ef, k| {
+                self.search_prepared(sp, q, k, ef as usize, allow, Some(exclude))
+                    .iter()
+                    .map(|c| c.id)
+                    .collect()
+            },
+        )
     }
 
     /// Unfiltered or filtered graph search over a prepared query.
@@ -702,15 +744,32 @@ impl HnswIndex {
         r
     }
 
-    /// The `ef` a search will use, and the recall the build-time curve predicts for it.
+    /// The `ef` a search will use, and the recall the build-time curves predict for it.
     pub fn choose_ef(&self, p: &SearchParams<'_>) -> Knob {
+        self.choose_ef_for(p, p.allow.map(|b| b.count_ones()))
+    }
+
+    /// As [`HnswIndex::choose_ef`], knowing that `allowed` rows pass the filter: a
+    /// filtered walk takes its `ef` from the filtered curves around that fraction
+    /// ([`FilteredCurves::choose`]), an unfiltered one (or one without filtered curves)
+    /// from the unfiltered curve. An explicit `ef` wins either way.
+    fn choose_ef_for(&self, p: &SearchParams<'_>, allowed: Option<usize>) -> Knob {
+        let fraction = allowed
+            .filter(|&c| c < self.n && !self.filtered.curves.is_empty())
+            .map(|c| c as f64 / self.n.max(1) as f64);
+        let recall_at = |ef: usize| match fraction {
+            Some(f) => self.filtered.recall_at(f, TWO_HOP_BELOW, ef),
+            None => self.curve.recall_at(ef),
+        };
+        // A target the filtered curves do not reach falls back to the unfiltered curve.
+        let choose = |t: f32| {
+            fraction
+                .and_then(|f| self.filtered.choose(f, TWO_HOP_BELOW, t))
+                .or_else(|| self.curve.choose(t))
+        };
         let (ef, expected) = match (p.ef, p.recall) {
-            (Some(ef), _) => (ef, self.curve.recall_at(ef.max(p.k))),
-            (None, Some(t)) => match self.curve.choose(t) {
-                Some((ef, r)) => (ef as usize, Some(r)),
-                None => (DEFAULT_EF, None),
-            },
-            (None, None) => match self.curve.choose(0.95) {
+            (Some(ef), _) => (ef, recall_at(ef.max(p.k))),
+            (None, t) => match choose(t.unwrap_or(0.95)) {
                 Some((ef, r)) => (ef as usize, Some(r)),
                 None => (DEFAULT_EF, None),
             },
@@ -722,7 +781,7 @@ impl HnswIndex {
             expected_recall: if value == ef {
                 expected
             } else {
-                self.curve.recall_at(value)
+                recall_at(value)
             },
         }
     }
@@ -749,12 +808,14 @@ impl HnswIndex {
                 w.bytes(&sc.codes);
             }
         }
+        self.filtered.write(&mut w);
         w.buf
     }
 
     /// Parses [`HnswIndex::to_bytes`] output, checking every offset against `n`.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(b, MAGIC)?;
+        let v1 = b.starts_with(MAGIC_V1);
+        let mut r = Reader::new(b, if v1 { MAGIC_V1 } else { MAGIC })?;
         let metric = codec::metric_from_code(r.u8()?)?;
         let n = r.u64()? as usize;
         let dim = r.u32()? as usize;
@@ -773,6 +834,11 @@ impl HnswIndex {
                 codes: r.bytes()?,
             }),
             c => return Err(IndexError::Corrupt(format!("HNSW: unknown codes flag {c}"))),
+        };
+        let filtered = if v1 {
+            FilteredCurves::default()
+        } else {
+            FilteredCurves::read(&mut r)?
         };
         r.finish()?;
         let bad = |m: &str| IndexError::Corrupt(format!("HNSW: {m}"));
@@ -847,11 +913,31 @@ impl HnswIndex {
             upper_start,
             upper: upper.into_iter().map(AtomicU32::new).collect(),
             curve,
+            filtered,
             sq,
             exact_below: exact_cutoff(n, dim),
             pool: VisitedPool::default(),
         })
     }
+}
+
+/// Passing fractions the filtered recall curves of an `n`-row graph are measured at: the
+/// two-hop walk's lowest fraction (`exact_below / n`, where its recall is lowest, so its
+/// curve is the conservative one for the whole two-hop range), and 0.5 and 0.9 for the
+/// navigating walk. Each curve costs a sweep of filtered searches at build time (on
+/// minilm 50k × 384 the three added about a third to the build; docs/BENCHMARKS.md), so
+/// the two-hop range gets one; fractions an exact scan answers are left out.
+pub fn filter_curve_fractions(n: usize, exact_below: usize) -> Vec<f64> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let lo = (exact_below as f64 / n as f64).max(0.01);
+    let mut out = Vec::new();
+    if lo < TWO_HOP_BELOW {
+        out.push(lo);
+    }
+    out.extend([TWO_HOP_BELOW, 0.9].into_iter().filter(|&f| f >= lo));
+    out
 }
 
 /// Below this many passing rows an exact scan is faster than a filtered walk (measured
@@ -927,7 +1013,7 @@ impl VectorIndexRead for HnswIndex {
         };
         let sp = Space::new(vectors, inv_norms, self.metric);
         let q = sp.prepare(query);
-        let ef = self.choose_ef(p).value;
+        let ef = self.choose_ef_for(p, allow.map(|a| a.1)).value;
         Ok(self
             .search_prepared(&sp, &q, p.k, ef, allow, None)
             .into_iter()
@@ -1182,7 +1268,8 @@ mod tests {
 
     #[test]
     fn serialise_round_trip_and_corruption() {
-        let (data, inv, idx) = build(1500, 8, Metric::COSINE);
+        // Enough rows that some filters take the graph (and have measured curves).
+        let (data, inv, idx) = build(6000, 8, Metric::COSINE);
         let v = VectorSlice::new(&data, 8);
         let bytes = idx.to_bytes();
         let back = HnswIndex::from_bytes(&bytes).unwrap();
@@ -1196,10 +1283,27 @@ mod tests {
             back.search(v, &inv, q, &p).unwrap()
         );
         assert_eq!(back.curve(), idx.curve());
+        assert_eq!(back.filtered_curves(), idx.filtered_curves());
+        assert!(!idx.filtered_curves().curves.is_empty());
         assert!(HnswIndex::from_bytes(&bytes[..bytes.len() - 3]).is_err());
+        // The filtered curves' bytes at the end: a count, then fraction, count, points.
+        let filtered = 4 + idx
+            .filtered_curves()
+            .curves
+            .iter()
+            .map(|(_, c)| 4 + 4 + c.points.len() * 8)
+            .sum::<usize>();
+        // A format-1 file (no filtered curves) still opens, without them.
+        let mut v1 = bytes[..bytes.len() - filtered].to_vec();
+        v1[..8].copy_from_slice(MAGIC_V1);
+        let old = HnswIndex::from_bytes(&v1).unwrap();
+        assert!(old.filtered_curves().curves.is_empty());
+        assert_eq!(old.curve(), idx.curve());
         let mut evil = bytes.clone();
         // Point the first layer-0 link of some node far out of range.
-        let pos = evil.len() - 1 - 4 - idx.curve().points.len() * 8 - (idx.links0.len() * 4) + 4;
+        let pos =
+            evil.len() - filtered - 1 - 4 - idx.curve().points.len() * 8 - (idx.links0.len() * 4)
+                + 4;
         evil[pos..pos + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         evil[pos - 4..pos].copy_from_slice(&1u32.to_le_bytes());
         assert!(matches!(
@@ -1258,5 +1362,71 @@ mod tests {
             });
             assert!(r + 0.01 >= target as f64, "target {target}: measured {r}");
         }
+    }
+
+    /// Under a filter, a recall target takes `ef` from the filtered curves (measured at
+    /// build for the two-hop and the navigating walk) and still holds on held-out queries
+    /// and another random filter.
+    #[test]
+    fn filtered_recall_target_uses_the_filtered_curves_and_holds() {
+        let n = 30_000;
+        let (data, inv, idx) = build(n, 16, Metric::L2);
+        let fr: Vec<f32> = idx.filtered_curves().curves.iter().map(|c| c.0).collect();
+        let lo = EXACT_BELOW_ROWS as f32 / n as f32;
+        assert_eq!(fr.len(), 3, "{fr:?}");
+        assert!(
+            (fr[0] - lo).abs() < 1e-6 && fr[1] == 0.5 && fr[2] == 0.9,
+            "{fr:?}"
+        );
+        let v = VectorSlice::new(&data, 16);
+        let queries = clustered(60, 16, 20, 99);
+        for frac in [0.2, 0.45, 0.7] {
+            let mut allow = Bitset::zeros(n);
+            for i in 0..n {
+                if crate::space::unit(i as u64 * 131 + 11) < frac {
+                    allow.set(i, true);
+                }
+            }
+            for target in [0.9f32, 0.95] {
+                let p = SearchParams {
+                    allow: Some(&allow),
+                    recall: Some(target),
+                    ..SearchParams::top_k(10)
+                };
+                let knob = idx.choose_ef(&p);
+                let f = allow.count_ones() as f64 / n as f64;
+                // The filtered curves, or the unfiltered one for a target they do not
+                // reach (on this data the filtered walks level off near 0.96).
+                let filtered = idx.filtered_curves().choose(f, TWO_HOP_BELOW, target);
+                if target == 0.9 {
+                    assert!(filtered.is_some(), "{frac}: {:?}", idx.filtered_curves());
+                }
+                let want = filtered.or(idx.curve().choose(target)).unwrap();
+                assert_eq!(knob.value, (want.0 as usize).max(10), "{frac} {target}");
+                assert_eq!(knob.expected_recall, Some(want.1));
+                let (mut hit, mut tot) = (0, 0);
+                for q in queries.chunks_exact(16) {
+                    let got = idx.search(v, &inv, q, &p).unwrap();
+                    let truth = exact_topk(v, &inv, Metric::L2, q, 10, Some(&allow));
+                    hit += got.iter().filter(|g| truth.contains(&g.offset)).count();
+                    tot += truth.len();
+                }
+                let r = hit as f64 / tot as f64;
+                assert!(
+                    r + 0.01 >= target as f64,
+                    "{frac} passing, target {target}: measured {r} at ef {}",
+                    knob.value
+                );
+            }
+        }
+        // Without a filter, the unfiltered curve as before.
+        let p = SearchParams {
+            recall: Some(0.95),
+            ..SearchParams::top_k(10)
+        };
+        assert_eq!(
+            idx.choose_ef(&p).value,
+            (idx.curve().choose(0.95).unwrap().0 as usize).max(10)
+        );
     }
 }

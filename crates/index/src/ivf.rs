@@ -300,12 +300,20 @@ impl IvfIndex {
                 .filter(|&k| k as usize <= nlist)
                 .collect();
             let refine = idx.default_refine();
-            idx.curve = recall::measure(&sp, &knobs, p.seed, p.threads, |q, ex, nprobe, k| {
-                idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex), None)
-                    .iter()
-                    .map(|s| s.offset)
-                    .collect()
-            });
+            idx.curve = recall::measure(
+                &sp,
+                &knobs,
+                p.seed,
+                p.threads,
+                None,
+                0.999,
+                |q, ex, nprobe, k| {
+                    idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex), None)
+                        .iter()
+                        .map(|s| s.offset)
+                        .collect()
+                },
+            );
         }
         Ok(idx)
     }

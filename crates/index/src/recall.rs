@@ -6,7 +6,7 @@
 //! plus a safety margin.
 
 use crate::space::{splitmix64, Space};
-use crate::TopK;
+use crate::{Bitset, TopK};
 
 /// Queries sampled per curve.
 pub const CURVE_QUERIES: usize = 200;
@@ -83,6 +83,105 @@ impl RecallCurve {
     }
 }
 
+/// Recall curves of filtered graph walks, each measured with a random filter that passes
+/// a fraction of the rows (fraction ascending). A filter changes how far a walk must go
+/// for the same recall: a two-hop walk over 10 % of the rows reached 0.95 at a third of
+/// the `ef` that unfiltered search needed (docs/BENCHMARKS.md, "Filtered search"), so a
+/// recall target under a filter picks its knob from these instead of the unfiltered
+/// curve.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FilteredCurves {
+    pub curves: Vec<(f32, RecallCurve)>,
+}
+
+impl FilteredCurves {
+    /// The knob for `target` when `fraction` of the rows pass, from the curves measured
+    /// on the same side of `split` (the fraction where the walk changes plan): the larger
+    /// knob of the two measured fractions around it, and the lower recall of the two
+    /// (recall is not monotone in the fraction, so neither neighbour alone is safe);
+    /// beyond the last measured fraction, the last. `None` when no curve of that plan
+    /// was measured, or one of them does not reach the target (the caller then uses the
+    /// unfiltered curve).
+    pub fn choose(&self, fraction: f64, split: f64, target: f32) -> Option<(u32, f32)> {
+        let want = (target + CURVE_MARGIN).min(1.0);
+        let mut out: Option<(u32, f32)> = None;
+        for c in self.around(fraction, split) {
+            // A curve that never reaches the target (its sweep stopped at
+            // FILTERED_STOP) says nothing about the knob that would: `None`.
+            let p = c.points.iter().find(|p| p.1 >= want)?;
+            out = Some(out.map_or(*p, |o| (o.0.max(p.0), o.1.min(p.1))));
+        }
+        out
+    }
+
+    /// The lower recall the two curves around `fraction` predict for `knob`.
+    pub fn recall_at(&self, fraction: f64, split: f64, knob: usize) -> Option<f32> {
+        self.around(fraction, split)
+            .filter_map(|c| c.recall_at(knob))
+            .reduce(f32::min)
+    }
+
+    fn around(&self, fraction: f64, split: f64) -> impl Iterator<Item = &RecallCurve> {
+        // Compared as stored (f32), so a fraction measured is found exactly.
+        let (fraction, split) = (fraction as f32, split as f32);
+        let side = |f: f32| f < split;
+        let plan: Vec<&(f32, RecallCurve)> = self
+            .curves
+            .iter()
+            .filter(|(f, _)| side(*f) == side(fraction))
+            .collect();
+        let below = plan.iter().rev().find(|(f, _)| *f <= fraction);
+        let above = plan.iter().find(|(f, _)| *f >= fraction);
+        let pick: Vec<&RecallCurve> = match (below, above) {
+            (Some(b), Some(a)) => vec![&b.1, &a.1],
+            (Some(x), None) | (None, Some(x)) => vec![&x.1],
+            (None, None) => Vec::new(),
+        };
+        pick.into_iter()
+    }
+
+    pub(crate) fn write(&self, w: &mut crate::codec::Writer) {
+        w.u32(self.curves.len() as u32);
+        for (f, c) in &self.curves {
+            w.f32(*f);
+            c.write(w);
+        }
+    }
+
+    pub(crate) fn read(r: &mut crate::codec::Reader<'_>) -> crate::Result<Self> {
+        let n = r.u32()? as usize;
+        let mut curves = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let f = r.f32()?;
+            if !(f > 0.0 && f < 1.0) {
+                return Err(crate::IndexError::Corrupt(format!(
+                    "filtered recall curve at fraction {f}"
+                )));
+            }
+            curves.push((f, RecallCurve::read(r)?));
+        }
+        Ok(Self { curves })
+    }
+}
+
+/// A filter passing about `fraction` of `n` rows, chosen by a hash of the row and `seed`.
+pub(crate) fn random_filter(n: usize, fraction: f64, seed: u64) -> Bitset {
+    let mut b = Bitset::zeros(n);
+    let cut = (fraction * u32::MAX as f64) as u64;
+    for i in 0..n {
+        if splitmix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xFFFF_FFFF < cut {
+            b.set(i, true);
+        }
+    }
+    b
+}
+
+/// Where a filtered curve's sweep stops. Its last rungs are the costly ones (a two-hop walk
+/// at `ef` 512 explores far more than an unfiltered one), so it ends at 0.99; a target
+/// that needs more under a filter uses the unfiltered curve (see
+/// [`FilteredCurves::choose`]).
+pub const FILTERED_STOP: f32 = 0.99;
+
 /// Knob values in a row that may each add less than this to the recall before the
 /// sweep stops: the codes of a quantized index (without `refine`) cap its recall below
 /// 0.999, and probing on toward every list costs a full scan per query for nothing.
@@ -90,14 +189,19 @@ const PLATEAU_GAIN: f32 = 0.001;
 const PLATEAU_STEPS: usize = 2;
 
 /// Measures a curve on `threads` threads (0 = every core). `search(query, exclude, knob,
-/// k)` runs the index with one knob value and must never return `exclude`. The sweep
-/// stops at recall 0.999, or once [`PLATEAU_STEPS`] knob values in a row gained less than
+/// k)` runs the index with one knob value and must never return `exclude`; with `allow`,
+/// it searches under that filter and the truth is the nearest passing rows. The sweep
+/// stops at recall `stop` (0.999 for the unfiltered curve, [`FILTERED_STOP`] for filtered
+/// ones), or once [`PLATEAU_STEPS`] knob values in a row gained less than
 /// [`PLATEAU_GAIN`] each.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn measure(
     sp: &Space<'_>,
     knobs: &[u32],
     seed: u64,
     threads: usize,
+    allow: Option<&Bitset>,
+    stop: f32,
     search: impl Fn(&[f32], u32, u32, usize) -> Vec<u32> + Sync,
 ) -> RecallCurve {
     let n = sp.v.len();
@@ -127,7 +231,7 @@ pub(crate) fn measure(
         let q = sp.node_query(qi);
         let mut top = TopK::new(CURVE_K);
         for j in 0..n as u32 {
-            if j != qi {
+            if j != qi && allow.is_none_or(|a| a.get(j as usize)) {
                 top.push(j, -sp.dist(&q, j));
             }
         }
@@ -146,7 +250,7 @@ pub(crate) fn measure(
         let r = hit as f32 / total.max(1) as f32;
         let gain = points.last().map_or(1.0, |p| r - p.1);
         points.push((knob, r));
-        if r >= 0.999 {
+        if r >= stop {
             break;
         }
         flat = if gain < PLATEAU_GAIN { flat + 1 } else { 0 };
@@ -179,6 +283,38 @@ mod tests {
     }
 
     #[test]
+    fn filtered_curves_pick_the_safer_neighbour_of_the_same_plan() {
+        let c = |pts: &[(u32, f32)]| RecallCurve {
+            points: pts.to_vec(),
+        };
+        let fc = FilteredCurves {
+            curves: vec![
+                (0.1, c(&[(16, 0.90), (32, 0.97), (64, 0.99)])),
+                (0.3, c(&[(16, 0.97), (32, 0.99)])),
+                (0.5, c(&[(16, 0.95), (32, 0.98)])),
+                (0.9, c(&[(16, 0.93), (32, 0.965), (64, 0.99)])),
+            ],
+        };
+        // Between 0.1 and 0.3: the larger ef of the two (32 from 0.1, 16 from 0.3).
+        assert_eq!(fc.choose(0.2, 0.5, 0.95), Some((32, 0.97)));
+        // Exactly on a measured fraction, or past the ends of its plan: that curve.
+        assert_eq!(fc.choose(0.3, 0.5, 0.95), Some((16, 0.97)));
+        assert_eq!(fc.choose(0.45, 0.5, 0.95), Some((16, 0.97)));
+        assert_eq!(fc.choose(0.05, 0.5, 0.95), Some((32, 0.97)));
+        // The other plan's curves are never used across the split.
+        assert_eq!(fc.choose(0.6, 0.5, 0.95), Some((32, 0.965)));
+        assert_eq!(fc.choose(0.95, 0.5, 0.95), Some((32, 0.965)));
+        assert_eq!(fc.recall_at(0.2, 0.5, 16), Some(0.90));
+        // Past what a neighbour measured: no filtered choice.
+        assert_eq!(fc.choose(0.4, 0.5, 0.985), None);
+        assert_eq!(fc.choose(0.2, 0.5, 0.975), Some((64, 0.99)));
+        assert_eq!(FilteredCurves::default().choose(0.2, 0.5, 0.95), None);
+        let f = random_filter(100_000, 0.1, 3);
+        let got = f.count_ones() as f64 / 100_000.0;
+        assert!((got - 0.1).abs() < 0.005, "{got}");
+    }
+
+    #[test]
     fn the_sweep_stops_at_full_recall_or_on_a_plateau() {
         use crate::{FlatIndex, Metric, SearchParams, VectorIndexRead, VectorSlice};
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -198,7 +334,7 @@ mod tests {
         let knobs = [1, 2, 4, 8, 16, 32, 64];
         // Exact answers: recall 1 at the first knob, nothing more is run.
         let calls = AtomicUsize::new(0);
-        let c = measure(&sp, &knobs, 1, 2, |q, ex, _, k| {
+        let c = measure(&sp, &knobs, 1, 2, None, 0.999, |q, ex, _, k| {
             calls.fetch_add(1, Relaxed);
             exact(q, ex, k)
         });
@@ -206,7 +342,7 @@ mod tests {
         assert_eq!(calls.load(Relaxed), CURVE_QUERIES);
         // Capped at 9 of 10 whatever the knob (as codes cap a quantized index): the first
         // point, then two that gain nothing, and the sweep stops.
-        let c = measure(&sp, &knobs, 1, 2, |q, ex, _, k| {
+        let c = measure(&sp, &knobs, 1, 2, None, 0.999, |q, ex, _, k| {
             let mut r = exact(q, ex, k);
             r.truncate(k - 1);
             r
@@ -219,8 +355,8 @@ mod tests {
             r.truncate((knob as usize).min(k));
             r
         };
-        let a = measure(&sp, &knobs, 1, 1, rising);
-        let b = measure(&sp, &knobs, 1, 3, rising);
+        let a = measure(&sp, &knobs, 1, 1, None, 0.999, rising);
+        let b = measure(&sp, &knobs, 1, 3, None, 0.999, rising);
         assert_eq!(a.points, b.points);
         assert_eq!(
             a.points.iter().map(|p| p.0).collect::<Vec<_>>(),
