@@ -432,7 +432,7 @@ impl Engine {
         }
         check_storage_identity(root, &*store)?;
         // Import files a crash left half-downloaded (see `import`).
-        let tmp = root.join("import-tmp");
+        let tmp = root.join(crate::import::TMP_DIR);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }

@@ -60,7 +60,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// panic or hand over more than it was asked for; a NumPy header it accepts promises
 /// only data inside the input.
 pub fn import_file(data: &[u8]) {
-    use magpie_engine::import::{self, json, npy, ImportFile};
+    use magpie_engine::import::{self, json, npy, ImportFile, Loc};
     use std::sync::atomic::AtomicU64;
     if let Ok((_, shape, off)) = npy::parse_header(data) {
         assert!(off <= data.len() && !shape.is_empty() && shape.len() <= 2);
@@ -89,11 +89,14 @@ pub fn import_file(data: &[u8]) {
     let n = data.len() as u64;
     let files = [
         ImportFile::Npy {
-            files: vec![("id".into(), a, n), ("v".into(), b, n)],
+            files: vec![
+                ("id".into(), Loc::Local(a), n),
+                ("v".into(), Loc::Local(b), n),
+            ],
             shown: "npy".into(),
         },
         ImportFile::Parquet {
-            path: pq,
+            path: Loc::Local(pq),
             shown: "parquet".into(),
             bytes: n,
         },

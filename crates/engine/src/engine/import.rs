@@ -569,7 +569,7 @@ impl Engine {
 
     /// Where downloaded import files wait while they are read (emptied at open).
     pub(crate) fn import_tmp(&self) -> std::path::PathBuf {
-        self.root.join("import-tmp")
+        self.root.join(import::TMP_DIR)
     }
 
     /// Where import file paths are resolved: `EngineConfig::import_root`, or

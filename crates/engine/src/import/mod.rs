@@ -37,6 +37,8 @@ pub const MAX_GROUP_FILES: usize = 1024;
 
 /// Where bulk-import files sit in a remote engine store (`<prefix>/import/...`).
 pub const STORE_PREFIX: &str = "import";
+/// The data directory's folder for downloaded import files (emptied at open).
+pub const TMP_DIR: &str = "import-tmp";
 
 /// Bytes fetched from an object store per request while downloading an import file.
 const DOWNLOAD_CHUNK: u64 = 16 << 20;
@@ -130,8 +132,7 @@ impl ImportFile {
         if let Some(free) = crate::fsutil::free_bytes(tmp) {
             if free < need.saturating_add(DOWNLOAD_RESERVE) {
                 return Err(invalid(format!(
-                    "{}: {need} bytes to download, but {} has only {free} bytes free (and keeps {DOWNLOAD_RESERVE} in reserve)",
-                    self.name(),
+                    "{need} bytes to download, but {} has only {free} bytes free (and keeps {DOWNLOAD_RESERVE} in reserve)",
                     tmp.display()
                 )));
             }
