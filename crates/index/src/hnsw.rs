@@ -925,9 +925,9 @@ impl HnswIndex {
 /// two-hop walk's lowest fraction (`exact_below / n`, where its recall is lowest, so its
 /// curve is the conservative one for the whole two-hop range), and 0.5 and 0.9 for the
 /// navigating walk. Each curve costs a sweep of filtered searches at build time (on
-/// minilm 50k × 384, five curves swept to 0.999 added about a third to the build; these
-/// three, swept to 0.99, were within run-to-run noise; docs/BENCHMARKS.md), so the
-/// two-hop range gets one; fractions an exact scan answers are left out. Interim graphs
+/// minilm 50k × 384 these three, swept to 0.99, add about 3–6 s to a 15–23 s build; five
+/// swept to 0.999 added more; docs/BENCHMARKS.md), so the two-hop range gets one;
+/// fractions an exact scan answers are left out. Interim graphs
 /// measure them too, whenever they measure their unfiltered curve.
 pub fn filter_curve_fractions(n: usize, exact_below: usize) -> Vec<f64> {
     if n == 0 {
