@@ -121,23 +121,21 @@ impl FilteredCurves {
             .reduce(f32::min)
     }
 
+    /// The curves of the measured fractions just below and just above `fraction` on its
+    /// plan's side of `split` (one when it lies past an end or on a measured fraction).
+    /// Runs per filtered search, so it allocates nothing.
     fn around(&self, fraction: f64, split: f64) -> impl Iterator<Item = &RecallCurve> {
         // Compared as stored (f32), so a fraction measured is found exactly.
         let (fraction, split) = (fraction as f32, split as f32);
         let side = |f: f32| f < split;
-        let plan: Vec<&(f32, RecallCurve)> = self
+        let mut plan = self
             .curves
             .iter()
-            .filter(|(f, _)| side(*f) == side(fraction))
-            .collect();
-        let below = plan.iter().rev().find(|(f, _)| *f <= fraction);
-        let above = plan.iter().find(|(f, _)| *f >= fraction);
-        let pick: Vec<&RecallCurve> = match (below, above) {
-            (Some(b), Some(a)) => vec![&b.1, &a.1],
-            (Some(x), None) | (None, Some(x)) => vec![&x.1],
-            (None, None) => Vec::new(),
-        };
-        pick.into_iter()
+            .filter(move |(f, _)| side(*f) == side(fraction));
+        let below = plan.clone().rev().find(|(f, _)| *f <= fraction);
+        let above = plan.find(|(f, _)| *f >= fraction);
+        let above = above.filter(|a| below.is_none_or(|b| !std::ptr::eq(*a, b)));
+        below.into_iter().chain(above).map(|(_, c)| c)
     }
 
     pub(crate) fn write(&self, w: &mut crate::codec::Writer) {
@@ -194,7 +192,6 @@ const PLATEAU_STEPS: usize = 2;
 /// stops at recall `stop` (0.999 for the unfiltered curve, [`FILTERED_STOP`] for filtered
 /// ones), or once [`PLATEAU_STEPS`] knob values in a row gained less than
 /// [`PLATEAU_GAIN`] each.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn measure(
     sp: &Space<'_>,
     knobs: &[u32],

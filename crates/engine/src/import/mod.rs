@@ -56,16 +56,6 @@ pub enum ImportSource {
     },
 }
 
-impl ImportSource {
-    /// The source as a user would write it, for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            ImportSource::Dir(d) => d.display().to_string(),
-            ImportSource::Store { store, prefix } => store.locate(prefix).display().to_string(),
-        }
-    }
-}
-
 /// Where one import file is: a path on this machine, or a key of the source's store.
 #[derive(Debug, Clone)]
 pub enum Loc {
