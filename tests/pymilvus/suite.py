@@ -210,6 +210,25 @@ if not LITE:
 idx = client.describe_index("suite_full", index_name="emb")
 assert idx["index_type"] == "HNSW" and idx["metric_type"] == "L2", idx
 assert "emb" in client.list_indexes("suite_full")
+# JSON path indexes (json_path / json_cast_type): the same rows with them as without.
+# Milvus Lite has no JSON path indexes.
+if not LITE:
+    flt = "meta['kind'] == 'odd' and meta['n'] < 30 and meta['n'] != 7"
+    before = sorted(r["pk"] for r in client.query("suite_full", filter=flt, output_fields=["pk"]))
+    assert len(before) == 14, before
+    client.flush("suite_full")
+    ip = client.prepare_index_params()
+    ip.add_index(field_name="meta", index_type="INVERTED", index_name="meta_kind",
+                 params={"json_path": "meta['kind']", "json_cast_type": "varchar"})
+    ip.add_index(field_name="meta", index_type="INVERTED", index_name="meta_n",
+                 params={"json_path": "meta['n']", "json_cast_type": "double"})
+    client.create_index("suite_full", ip)
+    after = sorted(r["pk"] for r in client.query("suite_full", filter=flt, output_fields=["pk"]))
+    assert after == before, (before, after)
+    d = client.describe_index("suite_full", index_name="meta_n")
+    assert d["index_type"] == "INVERTED" and d["json_cast_type"] == "double", d
+    assert d["json_path"] == "meta['n']", d
+    assert {"emb", "meta_kind", "meta_n"} <= set(client.list_indexes("suite_full"))
 
 # ---------------------------------------------------------------- partitions
 client.create_partition("suite_full", "p2026")

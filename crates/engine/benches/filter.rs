@@ -1,12 +1,13 @@
 //! Filter evaluation over one segment of 1M rows: row by row over the values a growing
 //! (or format-1) segment holds, against column-wise over the sealed typed columns of
-//! format 2, and with scalar indexes on `price` and `title`. Results in docs/BENCHMARKS.md ("Typed columns").
+//! format 2, and with scalar indexes on `price` and `title` and JSON path indexes on
+//! `shop["city"]` and `shop["stars"]` (a nested object of the dynamic field). Results in docs/BENCHMARKS.md ("Typed columns").
 //!
 //! `cargo bench -p magpie-engine --bench filter`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use magpie_engine::column::{Column, SortedIndex};
-use magpie_engine::filter::{Columns, Filter};
+use magpie_engine::column::{Column, JsonCast, PathIndex, SortedIndex};
+use magpie_engine::filter::{Columns, Filter, JsonPath};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
 use magpie_index::Bitset;
 use once_cell::sync::OnceCell;
@@ -45,7 +46,8 @@ fn bench(c: &mut Criterion) {
     for i in 0..N {
         price.push(json!(next() % 1000));
         title.push(json!(format!("item {i} {}", colors[next() % 5])));
-        dynamic.push(json!({"color": colors[next() % 5], "age": next() % 90 + 5}));
+        let shop = json!({"city": format!("city{}", next() % 50), "stars": next() % 5 + 1});
+        dynamic.push(json!({"color": colors[next() % 5], "age": next() % 90 + 5, "shop": shop}));
     }
     let pks: Vec<PrimaryKey> = (0..N as i64).map(PrimaryKey::Int).collect();
     let values = vec![Column::Values(price), Column::Values(title)];
@@ -62,12 +64,24 @@ fn bench(c: &mut Criterion) {
         .map(|c| OnceCell::with_value(SortedIndex::build(c)))
         .collect();
     let indexed_fields = [true, true];
+    let schema = schema();
+    let paths: Vec<_> = [
+        ("shop[\"city\"]", JsonCast::Varchar),
+        ("shop[\"stars\"]", JsonCast::Double),
+    ]
+    .into_iter()
+    .map(|(src, cast)| {
+        let p = JsonPath::parse(src, &schema).unwrap();
+        let ix = PathIndex::build(N, cast, |i| p.value(&typed, i)).unwrap();
+        (p, std::sync::Arc::new(ix))
+    })
+    .collect();
     let indexed = Columns {
         indexed: &indexed_fields,
         sorted: &slots,
+        paths: &paths,
         ..typed
     };
-    let schema = schema();
     let mut g = c.benchmark_group("filter_1M");
     g.sample_size(10);
     for (name, src) in [
@@ -78,6 +92,8 @@ fn bench(c: &mut Criterion) {
         ("like_prefix", "title like \"item 12%\""),
         ("price==7", "price == 7"),
         ("price<500", "price < 500"),
+        ("nested_eq", "shop[\"city\"] == \"city7\""),
+        ("nested_range", "shop[\"stars\"] >= 4"),
     ] {
         let f = Filter::compile(src, &schema).unwrap();
         let run = |cols: &Columns<'_>| {

@@ -2,8 +2,9 @@
 //! under the collection's lock (apply a logged write, flush, compact, read).
 
 use crate::catalog::{CollectionMeta, Manifest, ManifestSegment};
+use crate::column::JsonCast;
 use crate::error::{invalid, EngineError, Result};
-use crate::filter::Filter;
+use crate::filter::{Columns, Filter, JsonPath};
 use crate::indexspec;
 use crate::schema::{CollectionSchema, DataType, RowBatch};
 use crate::segment::SegIndex;
@@ -869,13 +870,31 @@ impl Collection {
         Ok(m)
     }
 
-    /// Per scalar field (schema order): whether it has a scalar index.
-    pub fn scalar_indexed(&self) -> Vec<bool> {
-        self.meta
-            .schema
+    /// The collection's scalar indexes, as filters use them: per scalar field whether
+    /// it has one, and the JSON path indexes.
+    pub fn scalar_indexed(&self) -> ScalarIndexes {
+        let schema = &self.meta.schema;
+        let paths = self
+            .meta
+            .indexes
+            .iter()
+            .filter_map(|i| {
+                let (path, cast) = indexspec::json_path_of(schema, i)?;
+                Some(PathDef {
+                    id: i.id,
+                    path,
+                    cast,
+                })
+            })
+            .collect::<Vec<_>>();
+        let fields = schema
             .scalar_fields()
-            .map(|f| self.meta.indexes.iter().any(|i| i.field_name == f.name))
-            .collect()
+            .map(|f| {
+                f.data_type != DataType::JSON
+                    && self.meta.indexes.iter().any(|i| i.field_name == f.name)
+            })
+            .collect();
+        ScalarIndexes { fields, paths }
     }
 
     /// Rows of `seg` visible at `snap` matching `filter` and `ids`; `indexed` is
@@ -886,7 +905,7 @@ impl Collection {
         snap: Timestamp,
         filter: Option<&Filter>,
         ids: Option<&HashSet<PrimaryKey>>,
-        indexed: &[bool],
+        indexed: &ScalarIndexes,
     ) -> Bitset {
         let mut b = seg.visible(snap);
         if let Some(ids) = ids {
@@ -898,7 +917,16 @@ impl Collection {
             }
         }
         if let Some(f) = filter {
-            f.eval_columns(&seg.columns_indexed(indexed), &mut b);
+            let paths = if indexed.paths.is_empty() {
+                Vec::new()
+            } else {
+                seg.path_indexes(&indexed.paths, &f.paths())
+            };
+            let cols = Columns {
+                paths: &paths,
+                ..seg.columns_indexed(&indexed.fields)
+            };
+            f.eval_columns(&cols, &mut b);
         }
         b
     }
@@ -1441,4 +1469,21 @@ fn key_values(e: &crate::filter::Expr, key: &str) -> Option<Vec<Value>> {
             .map(|vs| vs.concat()),
         _ => None,
     }
+}
+
+/// A JSON path index of a collection: its id, path and cast type.
+#[derive(Clone, Debug)]
+pub struct PathDef {
+    pub id: u64,
+    pub path: JsonPath,
+    pub cast: JsonCast,
+}
+
+/// The scalar indexes of a collection, as filters use them
+/// ([`Collection::scalar_indexed`], computed once per request).
+#[derive(Clone, Debug, Default)]
+pub struct ScalarIndexes {
+    /// Per scalar field (schema order): whether it has a scalar index.
+    pub fields: Vec<bool>,
+    pub paths: Vec<PathDef>,
 }

@@ -844,9 +844,10 @@ impl Engine {
 
             let built = field.is_some()
                 && indexspec::parse(def, dim.unwrap_or(0), 0).is_ok_and(|k| k.is_built());
+            let path = def.params.contains_key("json_path");
             let mut p = IndexProgress {
                 meta: def.clone(),
-                scalar: scalar.is_some(),
+                scalar: scalar.is_some() || path,
                 total_rows: 0,
                 indexed_rows: 0,
                 pending_rows: 0,
@@ -869,6 +870,12 @@ impl Engine {
                     .and_then(|c| c.get())
                     .and_then(|x| x.as_ref())
                     .map_or(0, |x| x.bytes() as u64);
+                // A JSON path index, once a filter built it.
+                let scalar_bytes = if path {
+                    s.path_index_bytes(def.id) as u64
+                } else {
+                    scalar_bytes
+                };
                 // A sparse field's inverted index, once a search built it.
                 let sparse = scalar
                     .filter(|_| sparse_field)
@@ -1272,9 +1279,21 @@ impl Engine {
     // ---------------------------------------------------------------- indexes
 
     fn check_index(schema: &CollectionSchema, ix: &IndexMeta) -> Result<()> {
-        let f = schema
-            .field(&ix.field_name)
-            .ok_or_else(|| invalid(format!("index field '{}' does not exist", ix.field_name)))?;
+        let f = schema.field(&ix.field_name);
+        let json = f.is_some_and(|f| f.data_type == crate::schema::DataType::JSON);
+        if json
+            || (f.is_none() && schema.enable_dynamic_field && ix.params.contains_key("json_path"))
+        {
+            return indexspec::check_json_path(schema, ix).map(|_| ());
+        }
+        let f =
+            f.ok_or_else(|| invalid(format!("index field '{}' does not exist", ix.field_name)))?;
+        if ix.params.contains_key("json_path") || ix.params.contains_key("json_cast_type") {
+            return Err(invalid(format!(
+                "json_path and json_cast_type are for JSON fields and dynamic keys; field '{}' is {:?}",
+                f.name, f.data_type
+            )));
+        }
         if !f.is_vector() {
             indexspec::check_scalar(f, &ix.index_type)?;
             if f.is_sparse() {
@@ -1310,15 +1329,39 @@ impl Engine {
         if ix.index_name.is_empty() {
             ix.index_name = ix.field_name.clone();
         }
-        if g.meta
+        if let Some(same) = g
+            .meta
             .indexes
             .iter()
-            .any(|i| i.field_name == ix.field_name || i.index_name == ix.index_name)
+            .find(|i| i.index_name == ix.index_name)
         {
             return Err(invalid(format!(
-                "an index already exists on field '{}' (drop it first)",
-                ix.field_name
+                "an index named '{}' already exists (on field '{}'; drop it first)",
+                same.index_name, same.field_name
             )));
+        }
+        // One index per field, or per JSON path.
+        let schema = &g.meta.schema;
+        let path = indexspec::json_path_of(schema, &ix).map(|(p, _)| p);
+        if let Some(same) = g.meta.indexes.iter().find(|i| {
+            let other = indexspec::json_path_of(schema, i).map(|(p, _)| p);
+            match (&path, &other) {
+                (Some(p), Some(q)) => p == q,
+                (None, None) => i.field_name == ix.field_name,
+                _ => false,
+            }
+        }) {
+            return Err(invalid(match &path {
+                Some(p) => format!(
+                    "index '{}' already covers the JSON path {} (drop it first)",
+                    same.index_name,
+                    p.display(&ix.field_name)
+                ),
+                None => format!(
+                    "an index already exists on field '{}' (drop it first)",
+                    ix.field_name
+                ),
+            }));
         }
         ix.index_type = ix.index_type.to_ascii_uppercase();
         ix.id = fresh_index_id();
@@ -1361,6 +1404,9 @@ impl Engine {
             Ok(())
         })?;
         // A scalar index: its in-memory sorted orders go.
+        for s in &g.segments {
+            s.paths.lock().remove(&def.id);
+        }
         if let Some(si) = g.meta.schema.scalar_index(&def.field_name) {
             for s in &mut g.segments {
                 if let Some(slot) = s.sorted.get_mut(si) {

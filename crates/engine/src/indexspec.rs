@@ -216,11 +216,8 @@ pub fn check_scalar(f: &crate::schema::FieldSchema, index_type: &str) -> Result<
     }
     let dt = f.data_type;
     let ok = match dt {
-        DataType::JSON => {
-            return Err(invalid(format!(
-                "JSON field '{name}': a scalar index on a JSON path (json_path, json_cast_type) is not supported yet; filters on JSON keys read their typed sub-columns"
-            )))
-        }
+        // JSON fields take path indexes (`check_json_path`).
+        DataType::JSON => true,
         DataType::Array => {
             return Err(invalid(format!(
                 "Array field '{name}': scalar indexes on arrays are not supported yet"
@@ -230,7 +227,8 @@ pub fn check_scalar(f: &crate::schema::FieldSchema, index_type: &str) -> Result<
             "TRIE" => dt == DataType::VarChar,
             "BITMAP" => dt == DataType::Bool || dt == DataType::VarChar || dt.is_integer(),
             "STL_SORT" => {
-                dt.is_integer() || matches!(dt, DataType::Float | DataType::Double | DataType::VarChar)
+                dt.is_integer()
+                    || matches!(dt, DataType::Float | DataType::Double | DataType::VarChar)
             }
             _ => true,
         },
@@ -242,6 +240,90 @@ pub fn check_scalar(f: &crate::schema::FieldSchema, index_type: &str) -> Result<
             "index type '{t}' does not apply to field '{name}' of type {dt:?}"
         )))
     }
+}
+
+/// Checks a JSON path index: Milvus's `json_path` and `json_cast_type` params on a JSON
+/// field, or on a dynamic key (`field_name` the key, or `$meta`). Returns the path and
+/// the cast type.
+pub fn check_json_path(
+    schema: &crate::schema::CollectionSchema,
+    ix: &IndexMeta,
+) -> Result<(crate::filter::JsonPath, crate::column::JsonCast)> {
+    use crate::column::JsonCast;
+    use crate::filter::{JsonPath, PathBase};
+    let name = &ix.field_name;
+    let field = schema.field(name);
+    let what = match field {
+        Some(_) => format!("JSON field '{name}'"),
+        None => format!("dynamic key '{name}'"),
+    };
+    let t = ix.index_type.to_ascii_uppercase();
+    if t != "INVERTED" && t != "AUTOINDEX" {
+        return Err(invalid(format!(
+            "{what}: a JSON path index is INVERTED or AUTOINDEX, not '{t}'"
+        )));
+    }
+    if ix.params.contains_key("json_cast_function") {
+        return Err(invalid(format!(
+            "{what}: json_cast_function is not supported yet; index values that already have the cast type"
+        )));
+    }
+    let text = |k: &str| {
+        ix.params
+            .get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(src), Some(cast)) = (text("json_path"), text("json_cast_type")) else {
+        return Err(invalid(format!(
+            "{what}: a scalar index needs the params json_path (e.g. {name}[\"key\"]) and json_cast_type (BOOL, DOUBLE or VARCHAR)"
+        )));
+    };
+    let cast = JsonCast::parse(cast).ok_or_else(|| {
+        invalid(if cast.to_ascii_uppercase().starts_with("ARRAY_") {
+            format!(
+                "{what}: json_cast_type '{cast}' is not supported yet; use BOOL, DOUBLE or VARCHAR"
+            )
+        } else {
+            format!("{what}: unknown json_cast_type '{cast}'; use BOOL, DOUBLE or VARCHAR")
+        })
+    })?;
+    let path = JsonPath::parse(src, schema)
+        .map_err(|e| invalid(format!("{what}: json_path '{src}': {e}")))?;
+    let base_ok = match (&path.base, field) {
+        (PathBase::Field(i), Some(f)) => schema
+            .scalar_fields()
+            .nth(*i)
+            .is_some_and(|g| g.name == f.name),
+        (PathBase::Dynamic, Some(f)) => f.name == crate::schema::DYNAMIC_FIELD,
+        (PathBase::Dynamic, None) => {
+            name == crate::schema::DYNAMIC_FIELD
+                || path.keys.first() == Some(&Value::String(name.clone()))
+        }
+        _ => false,
+    };
+    if !base_ok {
+        return Err(invalid(format!(
+            "{what}: json_path '{src}' does not start at '{name}'"
+        )));
+    }
+    if path.keys.is_empty() {
+        return Err(invalid(format!(
+            "{what}: json_path '{src}' names the whole field; index a key inside it, e.g. {name}[\"key\"]"
+        )));
+    }
+    Ok((path, cast))
+}
+
+/// The path and cast type of a JSON path index (`None` for other indexes).
+pub fn json_path_of(
+    schema: &crate::schema::CollectionSchema,
+    ix: &IndexMeta,
+) -> Option<(crate::filter::JsonPath, crate::column::JsonCast)> {
+    if !ix.params.contains_key("json_path") {
+        return None;
+    }
+    check_json_path(schema, ix).ok()
 }
 
 /// Parses and validates an index definition for a vector field of dimension `dim`.

@@ -31,9 +31,9 @@
 //! manifest names (a crash mid-flush) are removed when the collection opens.
 
 use crate::catalog::ManifestIndex;
-use crate::column::{Column, Reader, Writer};
+use crate::column::{Column, PathIndex, Reader, Writer};
 use crate::error::{EngineError, Result};
-use crate::filter::{ColumnRow, Columns};
+use crate::filter::{ColumnRow, Columns, JsonPath, PathBase};
 use crate::schema::{CollectionSchema, RowBatch};
 use crate::storage::{Blob, Storage};
 use crate::types::{PrimaryKey, Timestamp};
@@ -42,6 +42,7 @@ use memmap2::Mmap;
 use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -598,6 +599,9 @@ pub struct Segment {
     /// Sparse index slot per scalar column, built on first search of a sparse vector
     /// field once the segment no longer grows (its rows never change after that).
     pub sparse: Vec<OnceCell<Arc<magpie_index::SparseIndex>>>,
+    /// JSON path indexes by index id, built on first use by a filter on their path once
+    /// the segment is sealed (`None`: the values cannot form one).
+    pub paths: parking_lot::Mutex<HashMap<u64, Option<Arc<PathIndex>>>>,
     pub created_ms: u64,
     /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
     /// compaction rewrites older ones.
@@ -803,6 +807,7 @@ impl Segment {
             dynamic: Column::default(),
             sorted: (0..n_scalars).map(|_| OnceCell::new()).collect(),
             sparse: (0..n_scalars).map(|_| OnceCell::new()).collect(),
+            paths: Default::default(),
             created_ms: crate::types::now_ms(),
             format: FORMAT,
             deletes_dirty: false,
@@ -922,6 +927,51 @@ impl Segment {
             sorted: &self.sorted,
             ..self.columns()
         }
+    }
+
+    /// This segment's JSON path indexes among `defs` whose paths are in `wanted`, built
+    /// now where this is their first use. None while the segment grows (its JSON
+    /// values are not sealed yet).
+    pub fn path_indexes(
+        &self,
+        defs: &[crate::collection::PathDef],
+        wanted: &[JsonPath],
+    ) -> Vec<(JsonPath, Arc<PathIndex>)> {
+        let mut out = Vec::new();
+        for d in defs.iter().filter(|d| wanted.contains(&d.path)) {
+            let base = match d.path.base {
+                PathBase::Field(i) => self.scalars.get(i),
+                PathBase::Dynamic => Some(&self.dynamic),
+            };
+            if base.is_none_or(|c| matches!(c, Column::Values(_))) {
+                continue;
+            }
+            let cached = self.paths.lock().get(&d.id).cloned();
+            let ix = match cached {
+                Some(ix) => ix,
+                None => {
+                    // Built outside the lock; two filters racing build it twice.
+                    let cols = self.columns();
+                    let ix = PathIndex::build(self.len(), d.cast, |i| d.path.value(&cols, i))
+                        .map(Arc::new);
+                    self.paths.lock().insert(d.id, ix.clone());
+                    ix
+                }
+            };
+            if let Some(ix) = ix {
+                out.push((d.path.clone(), ix));
+            }
+        }
+        out
+    }
+
+    /// Bytes of the built JSON path index `id` (0 when not built).
+    pub fn path_index_bytes(&self, id: u64) -> usize {
+        self.paths
+            .lock()
+            .get(&id)
+            .and_then(|x| x.as_ref())
+            .map_or(0, |x| x.bytes())
     }
 
     /// A row, as filters see it.
@@ -1216,6 +1266,7 @@ impl Segment {
             vectors: cols,
             sorted: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
             sparse: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
+            paths: Default::default(),
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),

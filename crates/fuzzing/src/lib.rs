@@ -26,7 +26,7 @@
 
 use magpie_engine::catalog::{CollectionMeta, PartitionMeta};
 use magpie_engine::collection::{Collection, SealPolicy, WalOp};
-use magpie_engine::column::Column;
+use magpie_engine::column::{Column, JsonCast, PathIndex};
 use magpie_engine::filter::{parse, Columns, Filter, RowAccess};
 use magpie_engine::segment::{Segment, VecData, VecSource};
 use magpie_engine::{CollectionSchema, DataType, FieldSchema, PrimaryKey};
@@ -340,6 +340,29 @@ pub fn filter(data: &[u8]) {
                     ..cols
                 };
                 agree(&f, &indexed);
+                // And through JSON path indexes on every path the filter reads, with
+                // each cast type (rows of other types and absent paths included).
+                if sealed {
+                    for cast in [JsonCast::Bool, JsonCast::Double, JsonCast::Varchar] {
+                        let built: Vec<_> = f
+                            .paths()
+                            .into_iter()
+                            .filter(|p| !p.keys.is_empty())
+                            .filter_map(|p| {
+                                let ix = PathIndex::build(pks.len(), cast, |i| p.value(&cols, i))?;
+                                Some((p, std::sync::Arc::new(ix)))
+                            })
+                            .collect();
+                        for always in [false, true] {
+                            let with_paths = Columns {
+                                paths: &built,
+                                always_use_indexes: always,
+                                ..cols
+                            };
+                            agree(&f, &with_paths);
+                        }
+                    }
+                }
             }
         }
         Err(e) => {

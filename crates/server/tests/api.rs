@@ -1520,6 +1520,162 @@ async fn scalar_indexes_over_rest() {
 }
 
 #[tokio::test]
+async fn json_path_indexes_over_rest() {
+    let t = setup(None, 4 << 20);
+    t.ok(
+        "collections/create",
+        json!({"collectionName": "j", "schema": {"autoId": false, "enableDynamicField": true, "fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "vector", "dataType": "FloatVector", "elementTypeParams": {"dim": 4}},
+            {"fieldName": "price", "dataType": "Int64"},
+            {"fieldName": "meta", "dataType": "JSON"}]}}),
+    )
+    .await;
+    // meta.p holds floats, integers, a string, null or nothing, so every class of row
+    // (typed, other type, absent) meets the index.
+    let rows: Vec<Value> = (0..3000i64)
+        .map(|i| {
+            let p = match i % 5 {
+                0 => json!(i as f64 / 100.0),
+                1 => json!(i % 7),
+                2 => json!("n/a"),
+                3 => Value::Null,
+                _ => json!([i]),
+            };
+            let mut meta = json!({"a": i, "b": {"c": format!("tag{}", i % 10)}});
+            if i % 11 != 0 {
+                meta["p"] = p;
+            }
+            let color = ["red", "green", "blue"][i as usize % 3];
+            json!({"id": i, "vector": [i as f32, 1.0, 2.0, 3.0], "price": i % 100, "meta": meta,
+                   "color": color})
+        })
+        .collect();
+    t.ok(
+        "entities/insert",
+        json!({"collectionName": "j", "data": rows}),
+    )
+    .await;
+    t.ok("collections/flush", json!({"collectionName": "j"}))
+        .await;
+    let filters = [
+        "meta[\"a\"] < 20",
+        "meta[\"a\"] >= 2500 and meta[\"a\"] != 2600",
+        "meta[\"a\"] in [1, 2.0, 2999]",
+        "meta[\"b\"][\"c\"] == \"tag3\" and price < 40",
+        "meta[\"b\"][\"c\"] like \"tag1%\"",
+        "meta[\"p\"] > 1.5",
+        "meta[\"p\"] is null",
+        "meta[\"p\"] != 2",
+        "not (meta[\"p\"] in [3, 4])",
+        "color in [\"red\", \"blue\"] and meta[\"a\"] < 100",
+        "$meta[\"color\"] == \"green\" or meta[\"a\"] == 5",
+    ];
+    let query = |f: &'static str| json!({"collectionName": "j", "filter": f, "outputFields": ["meta"], "limit": 3000});
+    let mut before = Vec::new();
+    for f in filters {
+        let r = t.ok("entities/query", query(f)).await;
+        assert!(!r.as_array().unwrap().is_empty(), "{f}: {r}");
+        before.push(r);
+    }
+    let index = |name: &str, field: &str, path: &str, cast: &str| {
+        json!({"fieldName": field, "indexName": name, "indexType": "INVERTED",
+               "params": {"json_path": path, "json_cast_type": cast}})
+    };
+    for ix in [
+        index("a", "meta", "meta[\"a\"]", "double"),
+        index("bc", "meta", "meta[\"b\"][\"c\"]", "VARCHAR"),
+        index("p", "meta", "meta['p']", "DOUBLE"),
+        index("color", "color", "color", "varchar"),
+    ] {
+        t.ok(
+            "indexes/create",
+            json!({"collectionName": "j", "indexParams": [ix]}),
+        )
+        .await;
+    }
+    for (f, want) in filters.iter().zip(&before) {
+        assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+    }
+    // The queries built each index on the flushed segment.
+    for name in ["a", "bc", "p", "color"] {
+        let d = t
+            .ok(
+                "indexes/describe",
+                json!({"collectionName": "j", "indexName": name}),
+            )
+            .await;
+        assert_eq!(d[0]["indexType"], json!("INVERTED"), "{d}");
+        let bytes = d[0]["segments"][0]["indexBytes"].as_u64().unwrap();
+        assert!(bytes >= 3000, "{name}: {d}");
+    }
+
+    for (body, says) in [
+        (
+            json!({"fieldName": "meta", "indexName": "m", "params": {"index_type": "INVERTED"}}),
+            "json_path",
+        ),
+        (
+            index("m", "meta", "meta[\"q\"]", "ARRAY_DOUBLE"),
+            "not supported yet",
+        ),
+        (
+            index("m", "meta", "meta[\"q\"]", "int"),
+            "unknown json_cast_type",
+        ),
+        (index("m", "meta", "meta[\"q\"", "double"), "json_path"),
+        (index("m", "meta", "meta", "double"), "whole field"),
+        (index("m", "meta", "price[\"x\"]", "double"), "only JSON"),
+        (
+            index("m", "meta", "other[\"x\"]", "double"),
+            "does not start at 'meta'",
+        ),
+        (
+            index("m", "meta", "meta[\"a\"]", "varchar"),
+            "already covers",
+        ),
+        (
+            index("a", "meta", "meta[\"z\"]", "varchar"),
+            "already exists",
+        ),
+        (
+            index("m", "price", "meta[\"z\"]", "double"),
+            "for JSON fields",
+        ),
+        (
+            json!({"fieldName": "meta", "indexName": "m", "indexType": "STL_SORT",
+                   "params": {"json_path": "meta[\"z\"]", "json_cast_type": "double"}}),
+            "INVERTED or AUTOINDEX",
+        ),
+    ] {
+        let (s, v) = t
+            .post(
+                "indexes/create",
+                json!({"collectionName": "j", "indexParams": [body]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{says}: {v}");
+    }
+    let listed = t.ok("indexes/list", json!({"collectionName": "j"})).await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        4,
+        "nothing changed: {listed}"
+    );
+    for name in ["a", "p"] {
+        t.ok(
+            "indexes/drop",
+            json!({"collectionName": "j", "indexName": name}),
+        )
+        .await;
+    }
+    for (f, want) in filters.iter().zip(&before) {
+        assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+    }
+}
+
+#[tokio::test]
 async fn databases_and_aliases_over_rest() {
     let t = setup(None, 1 << 20);
     t.ok("databases/create", json!({"dbName": "shop"})).await;

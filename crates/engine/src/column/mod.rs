@@ -52,8 +52,10 @@ use std::collections::HashMap;
 static NULL: Value = Value::Null;
 
 mod codec;
+mod path;
 mod sorted;
 pub use codec::{Reader, Writer};
+pub use path::{JsonCast, PathIndex};
 pub use sorted::SortedIndex;
 
 /// Most top-level keys of a JSON column that get their own typed sub-column.

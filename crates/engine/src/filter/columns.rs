@@ -2,8 +2,8 @@
 //! scalar indexes), 64 rows per bitmap word, with the row-by-row evaluation of the
 //! parent module as the fallback. See the parent module's docs.
 
-use super::{ev, truthy, val_cmp, BinOp, RowAccess, C};
-use crate::column::{Column, SortedIndex, StrData};
+use super::{ev, truthy, val_cmp, BinOp, JsonPath, RowAccess, C};
+use crate::column::{Column, PathIndex, SortedIndex, StrData};
 use crate::types::PrimaryKey;
 use magpie_index::Bitset;
 use once_cell::sync::OnceCell;
@@ -23,6 +23,8 @@ pub struct Columns<'a> {
     /// (built on first use). Empty: no scalar indexes.
     pub indexed: &'a [bool],
     pub sorted: &'a [OnceCell<Option<SortedIndex>>],
+    /// JSON path indexes of this segment, with their paths (the ones a filter reads).
+    pub paths: &'a [(JsonPath, std::sync::Arc<PathIndex>)],
     /// Use a scalar index whenever one applies, however many rows match (tests check
     /// the index path against the scan with it; normally only selective leaves use it).
     pub always_use_indexes: bool,
@@ -37,6 +39,7 @@ impl<'a> Columns<'a> {
             dynamic,
             indexed: &[],
             sorted: &[],
+            paths: &[],
             always_use_indexes: false,
         }
     }
@@ -215,12 +218,28 @@ fn selective(ranges: &[std::ops::Range<usize>], n: usize) -> bool {
     ranges.iter().map(|r| r.len()).sum::<usize>() * 8 <= n
 }
 
-/// Leaves answered by a scalar index (selective ones only; `None` otherwise).
-fn indexed_leaf(c: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
-    let field = |x: &C| match x {
-        C::Scalar(i) => cols.index(*i).map(|ix| (ix, &cols.scalars[*i])),
+/// The operand of a leaf a typed column can answer: a comparison with a literal,
+/// `in`, `like` or `is null`.
+pub(super) fn operand(c: &C) -> Option<&C> {
+    match c {
+        C::Bin(op, a, b) if is_cmp(*op) => match (&**a, &**b) {
+            (x, C::Lit(_)) | (C::Lit(_), x) => Some(x),
+            _ => None,
+        },
+        C::In(a, ..) | C::Like(a, ..) | C::IsNull(a, ..) => Some(a),
         _ => None,
-    };
+    }
+}
+
+/// Leaf `c` answered by scalar index `ix` over `col` (selective ones only, unless
+/// `always`; `None` otherwise).
+fn indexed_leaf(
+    c: &C,
+    col: &Column,
+    ix: &SortedIndex,
+    always: bool,
+    mask: &Bitset,
+) -> Option<Bitset> {
     let op_str = |op: BinOp| match op {
         BinOp::Eq => Some("=="),
         BinOp::Lt => Some("<"),
@@ -229,62 +248,52 @@ fn indexed_leaf(c: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
         BinOp::Ge => Some(">="),
         _ => None,
     };
-    let (ix, ranges) = match c {
+    let ranges = match c {
         C::Bin(op, a, b) => {
-            let (x, op, lit) = match (&**a, &**b) {
-                (x, C::Lit(l)) => (x, *op, l),
-                (C::Lit(l), x) => (x, flip(*op), l),
+            let (op, lit) = match (&**a, &**b) {
+                (_, C::Lit(l)) => (*op, l),
+                (C::Lit(l), _) => (flip(*op), l),
                 _ => return None,
             };
-            let (ix, col) = field(x)?;
-            (ix, vec![ix.range(col, op_str(op)?, lit)?])
+            vec![ix.range(col, op_str(op)?, lit)?]
         }
-        C::In(a, list, false) => {
-            let (ix, col) = field(a)?;
-            let ranges = list
-                .iter()
-                .map(|l| ix.range(col, "==", l))
-                .collect::<Option<Vec<_>>>()?;
-            (ix, ranges)
-        }
-        C::Like(a, pat, false) => {
-            let prefix = pat.prefix()?;
-            let (ix, col) = field(a)?;
-            (ix, vec![ix.prefix_range(col, prefix)?])
-        }
+        C::In(_, list, false) => list
+            .iter()
+            .map(|l| ix.range(col, "==", l))
+            .collect::<Option<Vec<_>>>()?,
+        C::Like(_, pat, false) => vec![ix.prefix_range(col, pat.prefix()?)?],
         _ => return None,
     };
-    (cols.always_use_indexes || selective(&ranges, mask.len()))
-        .then(|| index_rows(ix, &ranges, mask))
+    (always || selective(&ranges, mask.len())).then(|| index_rows(ix, &ranges, mask))
 }
 
-/// Leaves evaluated on a typed column; `None` when `c` is not one.
-fn leaf(c: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
-    if let Some(b) = indexed_leaf(c, cols, mask) {
+/// Leaf `c` (whose operand reads `col`) on the typed column `col`, through its scalar
+/// index `ix` where that pays.
+fn on_column(
+    c: &C,
+    col: &Column,
+    ix: Option<&SortedIndex>,
+    always: bool,
+    mask: &Bitset,
+) -> Option<Bitset> {
+    if let Some(b) = ix.and_then(|ix| indexed_leaf(c, col, ix, always, mask)) {
         return Some(b);
     }
     match c {
-        C::Bin(op, a, b) if is_cmp(*op) => {
-            let (col, op, lit) = match (&**a, &**b) {
-                (x, C::Lit(l)) => (column_of(x, cols)?, *op, l),
-                (C::Lit(l), x) => (column_of(x, cols)?, flip(*op), l),
+        C::Bin(op, a, b) => {
+            let (op, lit) = match (&**a, &**b) {
+                (_, C::Lit(l)) => (*op, l),
+                (C::Lit(l), _) => (flip(*op), l),
                 _ => return None,
             };
             Some(compare(col, op, lit, mask))
         }
-        C::In(a, list, neg) => {
-            let col = column_of(a, cols)?;
-            Some(in_list(col, list, *neg, mask))
-        }
-        C::Like(a, pat, neg) => {
-            let col = column_of(a, cols)?;
-            Some(match col {
-                Column::Str(s) => str_scan(s, mask, |x| pat.matches(x) != *neg),
-                _ => Bitset::zeros(mask.len()),
-            })
-        }
-        C::IsNull(a, neg) => {
-            let col = column_of(a, cols)?;
+        C::In(_, list, neg) => Some(in_list(col, list, *neg, mask)),
+        C::Like(_, pat, neg) => Some(match col {
+            Column::Str(s) => str_scan(s, mask, |x| pat.matches(x) != *neg),
+            _ => Bitset::zeros(mask.len()),
+        }),
+        C::IsNull(_, neg) => {
             let mut m = mask.clone();
             if let Some(v) = col.validity() {
                 if *neg {
@@ -299,6 +308,68 @@ fn leaf(c: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
         }
         _ => None,
     }
+}
+
+/// Leaf `c` on operand `x` through a JSON path index of `x`, when there is one: the
+/// typed rows on the index's column, the rows of another type one by one, and the rows
+/// where the path is absent all at once (the leaf has one answer on a null operand).
+fn path_leaf(c: &C, x: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
+    let p = JsonPath::of(x)?;
+    let (_, ix) = cols.paths.iter().find(|(q, _)| *q == p)?;
+    if ix.col.len() != mask.len() {
+        return None;
+    }
+    let typed = ix.typed();
+    let mut on = mask.clone();
+    on.and_with(&typed);
+    let mut out = on_column(c, &ix.col, ix.sorted.as_ref(), cols.always_use_indexes, &on)?;
+    let mut other = mask.clone();
+    other.and_with(&ix.other);
+    for i in other.iter_ones() {
+        if truthy(&ev(c, &cols.row(i))) {
+            out.set(i, true);
+        }
+    }
+    let mut absent = mask.clone();
+    absent.and_not_with(&typed);
+    absent.and_not_with(&ix.other);
+    if let Some(i) = absent.iter_ones().next() {
+        // The leaf with a null literal for its operand reads no row.
+        if truthy(&ev(&with_null_operand(c), &cols.row(i))) {
+            out.or_with(&absent);
+        }
+    }
+    Some(out)
+}
+
+/// `c` with its operand replaced by the literal null.
+fn with_null_operand(c: &C) -> C {
+    let null = || Box::new(C::Lit(Value::Null));
+    match c {
+        C::Bin(op, a, b) => match (&**a, &**b) {
+            (_, C::Lit(_)) => C::Bin(*op, null(), b.clone()),
+            _ => C::Bin(*op, a.clone(), null()),
+        },
+        C::In(_, l, n) => C::In(null(), l.clone(), *n),
+        C::Like(_, p, n) => C::Like(null(), p.clone(), *n),
+        C::IsNull(_, n) => C::IsNull(null(), *n),
+        other => other.clone(),
+    }
+}
+
+/// Leaves evaluated on a typed column; `None` when `c` is not one.
+fn leaf(c: &C, cols: &Columns<'_>, mask: &Bitset) -> Option<Bitset> {
+    let x = operand(c)?;
+    if !cols.paths.is_empty() {
+        if let Some(b) = path_leaf(c, x, cols, mask) {
+            return Some(b);
+        }
+    }
+    let ix = match x {
+        C::Scalar(i) => cols.index(*i),
+        _ => None,
+    };
+    on_column(c, column_of(x, cols)?, ix, cols.always_use_indexes, mask)
 }
 
 /// Rows of `mask` (and of `valid`) where `pred` holds for the row's value, 64 at a time:

@@ -895,6 +895,113 @@ impl Filter {
     pub fn eval_columns(&self, cols: &Columns<'_>, mask: &mut Bitset) {
         *mask = columns::colev(&self.root, cols, mask);
     }
+
+    /// The JSON paths the filter's comparisons, `in`, `like` and `is null` read (those a
+    /// JSON path index can answer), without repeats.
+    pub fn paths(&self) -> Vec<JsonPath> {
+        fn walk(c: &C, out: &mut Vec<JsonPath>) {
+            match c {
+                C::And(v) | C::Or(v) => v.iter().for_each(|x| walk(x, out)),
+                C::Not(x) => walk(x, out),
+                _ => {
+                    if let Some(p) = columns::operand(c).and_then(JsonPath::of) {
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
+}
+
+/// Where a JSON path starts: a JSON field (its position among the scalar fields) or the
+/// dynamic field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathBase {
+    Field(usize),
+    Dynamic,
+}
+
+/// A path into a JSON field or the dynamic field, written as filters write it:
+/// `meta["a"]["b"]`, `meta["list"][0]`, a dynamic key `color` (the same path as
+/// `$meta["color"]`). Two paths are equal when they lead to the same place.
+#[derive(Clone, Debug)]
+pub struct JsonPath {
+    pub base: PathBase,
+    pub keys: Vec<Value>,
+    /// The path as an expression, which reads it exactly as filters do.
+    expr: C,
+}
+
+impl PartialEq for JsonPath {
+    fn eq(&self, o: &Self) -> bool {
+        self.base == o.base && self.keys == o.keys
+    }
+}
+
+impl JsonPath {
+    /// Parses a path (Milvus's `json_path`) against `schema`.
+    pub fn parse(src: &str, schema: &CollectionSchema) -> Result<JsonPath, FilterError> {
+        let e = parse(src)?;
+        let c = compile(&e, schema, src)?;
+        JsonPath::of(&c).ok_or_else(|| FilterError {
+            pos: 0,
+            msg: "a JSON path is a JSON field or dynamic key followed by [\"key\"] or [index] steps, e.g. meta[\"color\"]".into(),
+            expr: src.to_string(),
+        })
+    }
+
+    fn of(c: &C) -> Option<JsonPath> {
+        let (base, keys) = match c {
+            C::DynAll => (PathBase::Dynamic, Vec::new()),
+            C::Dyn(k) => (PathBase::Dynamic, vec![Value::String(k.clone())]),
+            C::Scalar(i) => (PathBase::Field(*i), Vec::new()),
+            C::Index(b, k) => {
+                let mut p = JsonPath::of(b)?;
+                p.keys.push(k.clone());
+                (p.base, p.keys)
+            }
+            _ => return None,
+        };
+        Some(JsonPath {
+            base,
+            keys,
+            expr: c.clone(),
+        })
+    }
+
+    /// The value at the path in row `i` of `cols`, read as a filter reads it (`None`
+    /// when the path leads nowhere or to null).
+    pub fn value(&self, cols: &Columns<'_>, i: usize) -> Option<Cow<'static, Value>> {
+        let row = cols.row(i);
+        match ev(&self.expr, &row) {
+            v if v.is_null() => None,
+            v => Some(Cow::Owned(v.into_owned())),
+        }
+    }
+
+    /// The path as a filter writes it, with `field` the JSON field's name.
+    pub fn display(&self, field: &str) -> String {
+        let mut s = match (&self.base, self.keys.first()) {
+            (PathBase::Dynamic, Some(Value::String(k))) => k.clone(),
+            (PathBase::Dynamic, _) => DYNAMIC_FIELD.to_string(),
+            _ => field.to_string(),
+        };
+        let skip = usize::from(matches!(
+            (&self.base, self.keys.first()),
+            (PathBase::Dynamic, Some(Value::String(_)))
+        ));
+        for k in &self.keys[skip..] {
+            s.push('[');
+            s.push_str(&k.to_string());
+            s.push(']');
+        }
+        s
+    }
 }
 
 /// Source position of an expression, where it carries one (names and calls).

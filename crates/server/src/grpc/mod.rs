@@ -264,7 +264,14 @@ fn index_params_pb(i: &IndexMeta, scalar: bool) -> Vec<KeyValuePair> {
     if !scalar {
         v.push(kv("metric_type", i.metric_type.as_str()));
     }
-    v.push(kv("params", Value::Object(i.params.clone())));
+    // A JSON path index's path and cast type are their own pairs, as Milvus sends them.
+    let mut params = i.params.clone();
+    for k in ["json_path", "json_cast_type"] {
+        if let Some(Value::String(x)) = params.remove(k) {
+            v.push(kv(k, x));
+        }
+    }
+    v.push(kv("params", Value::Object(params)));
     v
 }
 
