@@ -187,6 +187,8 @@ pub struct SearchOutcome {
     pub filter_passed: usize,
     pub filter_rows: usize,
     pub filter_plans: std::collections::BTreeMap<&'static str, usize>,
+    /// Segments whose filter result came from their filter cache.
+    pub filter_cached: usize,
 }
 
 /// What a search needs once names are resolved (built by the engine).
@@ -907,7 +909,32 @@ impl Collection {
         ids: Option<&HashSet<PrimaryKey>>,
         indexed: &ScalarIndexes,
     ) -> Bitset {
+        self.allowed_ex(seg, snap, filter, ids, indexed).0
+    }
+
+    /// [`Collection::allowed`], and whether the filter's result came from the segment's
+    /// filter cache. A flushed segment caches what a filter gives on all its rows
+    /// (visibility is applied after), so deletes and upserts never make it stale.
+    pub fn allowed_ex(
+        &self,
+        seg: &Segment,
+        snap: Timestamp,
+        filter: Option<&Filter>,
+        ids: Option<&HashSet<PrimaryKey>>,
+        indexed: &ScalarIndexes,
+    ) -> (Bitset, bool) {
         let mut b = seg.visible(snap);
+        if let (Some(f), None, SegState::Flushed) = (filter, ids, seg.state) {
+            if let Some(bits) = seg.cached_filter(&f.text) {
+                b.and_with(&bits);
+                return (b, true);
+            }
+            let mut all = Bitset::ones(seg.len());
+            self.eval_filter(seg, f, indexed, &mut all);
+            b.and_with(&all);
+            seg.cache_filter(&f.text, Arc::new(all));
+            return (b, false);
+        }
         if let Some(ids) = ids {
             let ones: Vec<usize> = b.iter_ones().collect();
             for i in ones {
@@ -917,18 +944,24 @@ impl Collection {
             }
         }
         if let Some(f) = filter {
-            let paths = if indexed.paths.is_empty() {
-                Vec::new()
-            } else {
-                seg.path_indexes(&indexed.paths, &f.paths())
-            };
-            let cols = Columns {
-                paths: &paths,
-                ..seg.columns_indexed(&indexed.fields)
-            };
-            f.eval_columns(&cols, &mut b);
+            self.eval_filter(seg, f, indexed, &mut b);
         }
-        b
+        (b, false)
+    }
+
+    /// Narrows `mask` to the rows of `seg` that pass `f`, through the scalar and JSON
+    /// path indexes of `indexed`.
+    fn eval_filter(&self, seg: &Segment, f: &Filter, indexed: &ScalarIndexes, mask: &mut Bitset) {
+        let paths = if indexed.paths.is_empty() {
+            Vec::new()
+        } else {
+            seg.path_indexes(&indexed.paths, &f.paths())
+        };
+        let cols = Columns {
+            paths: &paths,
+            ..seg.columns_indexed(&indexed.fields)
+        };
+        f.eval_columns(&cols, mask);
     }
 
     /// Query: rows matching the filter/ids, in segment order, with limit/offset.
@@ -1041,6 +1074,7 @@ impl Collection {
         let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
         let exact_only = r.group_by.is_some();
         let indexed = self.scalar_indexed();
+        let mut cached = 0;
         let allows: Vec<(&Segment, Option<Bitset>)> = self
             .segments
             .iter()
@@ -1049,7 +1083,9 @@ impl Collection {
                 let allow = if r.filter.is_none() && s.all_visible(r.snapshot) {
                     None
                 } else {
-                    Some(self.allowed(s, r.snapshot, r.filter, None, &indexed))
+                    let (a, hit) = self.allowed_ex(s, r.snapshot, r.filter, None, &indexed);
+                    cached += usize::from(hit);
+                    Some(a)
                 };
                 (s, allow)
             })
@@ -1057,6 +1093,7 @@ impl Collection {
         let want = r.limit + r.offset;
         let mut outcome = SearchOutcome {
             metric: Some(r.metric),
+            filter_cached: cached,
             ..Default::default()
         };
         // BM25: the query terms' weights and the average length come from the whole

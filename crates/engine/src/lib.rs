@@ -34,4 +34,5 @@ pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};
 pub use magpie_index::Knob;
 pub use magpie_index::Metric;
 pub use schema::{CollectionSchema, DataType, FieldSchema};
+pub use segment::{FILTER_CACHE_ENTRIES, FILTER_CACHE_MAX_TEXT};
 pub use types::{Consistency, PrimaryKey, Timestamp};

@@ -580,6 +580,13 @@ pub enum VecSource {
     },
 }
 
+/// Filter results kept per flushed segment: a repeated filter (a tenant, a category, the
+/// UI's folder) costs one bitset copy instead of an evaluation. At one bit per row, a
+/// 1M-row segment holds at most 1 MB of them.
+pub const FILTER_CACHE_ENTRIES: usize = 8;
+/// Longest filter text whose result is cached (the cache compares texts).
+pub const FILTER_CACHE_MAX_TEXT: usize = 4096;
+
 pub struct Segment {
     pub id: u64,
     pub partition: u64,
@@ -602,6 +609,9 @@ pub struct Segment {
     /// JSON path indexes by index id, built on first use by a filter on their path once
     /// the segment is sealed (`None`: the values cannot form one).
     pub paths: parking_lot::Mutex<HashMap<u64, Option<Arc<PathIndex>>>>,
+    /// Results of the last filters run here, by filter text, least recently used first
+    /// (flushed segments only: [`Segment::cache_filter`]).
+    filter_cache: parking_lot::Mutex<std::collections::VecDeque<(String, Arc<Bitset>)>>,
     pub created_ms: u64,
     /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
     /// compaction rewrites older ones.
@@ -808,6 +818,7 @@ impl Segment {
             sorted: (0..n_scalars).map(|_| OnceCell::new()).collect(),
             sparse: (0..n_scalars).map(|_| OnceCell::new()).collect(),
             paths: Default::default(),
+            filter_cache: Default::default(),
             created_ms: crate::types::now_ms(),
             format: FORMAT,
             deletes_dirty: false,
@@ -902,13 +913,50 @@ impl Segment {
 
     /// Rows visible at snapshot `snap`: inserted at or before it and not deleted by then.
     pub fn visible(&self, snap: Timestamp) -> Bitset {
-        let mut b = Bitset::zeros(self.len());
-        for i in 0..self.len() {
-            if self.ts[i] <= snap && self.deleted_at[i] > snap {
-                b.set(i, true);
-            }
+        if self.all_visible(snap) {
+            return Bitset::ones(self.len());
         }
-        b
+        // 64 rows per word, without branches.
+        let words = self
+            .ts
+            .chunks(64)
+            .zip(self.deleted_at.chunks(64))
+            .map(|(ts, del)| {
+                let mut w = 0u64;
+                for (j, (t, d)) in ts.iter().zip(del).enumerate() {
+                    w |= ((*t <= snap && *d > snap) as u64) << j;
+                }
+                w
+            })
+            .collect();
+        Bitset::from_words(words, self.len()).expect("one bit per row")
+    }
+
+    /// The cached result of filter `text` on this segment (every row, visibility aside).
+    pub fn cached_filter(&self, text: &str) -> Option<Arc<Bitset>> {
+        let mut c = self.filter_cache.lock();
+        let at = c.iter().position(|(t, _)| t == text)?;
+        // Most recently used last.
+        let hit = c.remove(at)?;
+        let bits = hit.1.clone();
+        c.push_back(hit);
+        Some(bits)
+    }
+
+    /// Caches the result of filter `text` (see [`FILTER_CACHE_ENTRIES`]); only for a
+    /// flushed segment, whose columns no longer change.
+    pub fn cache_filter(&self, text: &str, bits: Arc<Bitset>) {
+        if self.state != SegState::Flushed || text.len() > FILTER_CACHE_MAX_TEXT {
+            return;
+        }
+        let mut c = self.filter_cache.lock();
+        if c.iter().any(|(t, _)| t == text) {
+            return;
+        }
+        if c.len() == FILTER_CACHE_ENTRIES {
+            c.pop_front();
+        }
+        c.push_back((text.to_string(), bits));
     }
 
     pub fn live_count(&self) -> usize {
@@ -1267,6 +1315,7 @@ impl Segment {
             sorted: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
             sparse: rows.scalars.iter().map(|_| OnceCell::new()).collect(),
             paths: Default::default(),
+            filter_cache: Default::default(),
             scalars: rows.scalars,
             dynamic: rows.dynamic,
             created_ms: crate::types::now_ms(),

@@ -3026,3 +3026,53 @@ fn growing_segments_are_searched_through_an_interim_graph() {
     assert_eq!((o.interim_segments, o.exact_segments), (0, 1));
     assert_eq!(ids(&o.hits[0])[0], 0);
 }
+
+/// A flushed segment caches a filter's result; deletes, upserts, compaction and new
+/// rows after it never change an answer, and the cache is bounded.
+#[test]
+fn repeated_filters_come_from_the_segment_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("c", schema(4), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    e.insert("c", None, &rows(0..2000, 4)).unwrap();
+    e.flush("c").unwrap();
+    let search = |filter: &str| {
+        let r = SearchRequest {
+            vectors: vec![vec![10.0; 4]],
+            limit: 5,
+            filter: Some(filter.into()),
+            ..Default::default()
+        };
+        let o = e.search_ex("c", &r).unwrap();
+        (ids(&o.hits[0]), o.filter_cached)
+    };
+    // Rows 0, 2, 50, 52, 100, ... pass; the nearest to 10 come first.
+    let f = "age < 3 and color == \"red\"";
+    assert_eq!(search(f), (vec![2, 0, 50, 52, 100], 0), "computed");
+    assert_eq!(search(f), (vec![2, 0, 50, 52, 100], 1), "cached");
+    assert_eq!(count(&e, "c", f), 80);
+    // A delete after caching: the cached result is visibility-free, so 2 goes.
+    e.delete("c", None, Some(&[json!(2)]), None).unwrap();
+    assert_eq!(search(f), (vec![0, 50, 52, 100, 102], 1));
+    // An upsert moves row 0 (age 0 -> 40) into a growing segment: the flushed copy is
+    // deleted, and the new row does not pass.
+    let mut r0 = rows(0..1, 4);
+    r0[0]["age"] = json!(40);
+    e.upsert("c", None, &r0).unwrap();
+    assert_eq!(search(f), (vec![50, 52, 100, 102, 150], 1));
+    assert_eq!(count(&e, "c", f), 78);
+    // Other filters fill the cache; the oldest is pushed out past its bound.
+    for a in 0..FILTER_CACHE_ENTRIES {
+        assert_eq!(search(&format!("age == {a}")).1, 0);
+    }
+    assert_eq!(search(f).1, 0, "evicted: computed again");
+    assert_eq!(search(f).1, 1);
+    // Compaction writes new segments, with caches of their own.
+    e.flush("c").unwrap();
+    e.compact("c").unwrap();
+    assert_eq!(search(f), (vec![50, 52, 100, 102, 150], 0));
+    let (got, cached) = search(f);
+    assert_eq!(got, vec![50, 52, 100, 102, 150]);
+    assert!(cached >= 1, "{cached}");
+}

@@ -1085,6 +1085,7 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             json!(outcome.filter_passed as f64 / outcome.filter_rows as f64),
         );
         info.insert("filterPlans".into(), json!(outcome.filter_plans));
+        info.insert("filterCachedSegments".into(), json!(outcome.filter_cached));
     }
     let results = outcome.hits;
     let (flat, topks) = hits_json(&pk_name, results);
