@@ -1176,3 +1176,210 @@ fn a_joining_data_node_takes_shards_over_without_losing_writes() {
         "{st}"
     );
 }
+
+/// Bulk import through a proxy: files under the storage's `import/` prefix, rows
+/// written through the shards' logs, progress from the proxy; bad paths are 400s and a
+/// bad file fails its job with the file's name.
+#[test]
+fn bulk_import_through_the_proxy() {
+    use magpie_engine::storage::Storage;
+    let Some(d) = deps() else { return };
+    let opts = d.s3.options();
+    let o: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bucket =
+        magpie_objstore::ObjectStorage::open_s3_source(&format!("s3://{}", d.s3.bucket), &o)
+            .unwrap();
+    // A JSON group (rows 0..300) and a NumPy group (rows 1000..2000; 'v' is 8-d and
+    // the other fields come as columns too).
+    let json_rows = rows(0..300);
+    bucket
+        .put(
+            "magpie/import/day1/rows.json",
+            &serde_json::to_vec(&json_rows).unwrap(),
+        )
+        .unwrap();
+    let n = 1000usize;
+    let npy = |descr: &str, shape: &[usize], body: Vec<u8>| {
+        let mut b = magpie_engine::import::npy::header(descr, shape);
+        b.extend(body);
+        b
+    };
+    let ids: Vec<i64> = (1000..1000 + n as i64).collect();
+    let files = [
+        (
+            "id",
+            npy(
+                "<i8",
+                &[n],
+                ids.iter().flat_map(|i| i.to_le_bytes()).collect(),
+            ),
+        ),
+        (
+            "v",
+            npy(
+                "<f4",
+                &[n, 8],
+                ids.iter()
+                    .flat_map(|&i| vector(i as u64))
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+        ),
+        (
+            "n",
+            npy(
+                "<i8",
+                &[n],
+                ids.iter().flat_map(|i| i.to_le_bytes()).collect(),
+            ),
+        ),
+        (
+            "g",
+            npy(
+                "<i8",
+                &[n],
+                ids.iter().flat_map(|i| (i % 40).to_le_bytes()).collect(),
+            ),
+        ),
+        (
+            "color",
+            // Fixed-width unicode: 8 UTF-32LE code units per element, zero-padded.
+            npy(
+                "<U8",
+                &[n],
+                ids.iter()
+                    .flat_map(|&i| {
+                        let c = ["red", "green", "blue"][(i % 3) as usize];
+                        let mut u: Vec<u32> = c.chars().map(|ch| ch as u32).collect();
+                        u.resize(8, 0);
+                        u.into_iter().flat_map(|x| x.to_le_bytes())
+                    })
+                    .collect(),
+            ),
+        ),
+    ];
+    for (f, b) in &files {
+        bucket.put(&format!("magpie/import/b1/{f}.npy"), b).unwrap();
+    }
+    // A file whose 200th row has a 3-d vector.
+    let mut bad = rows(5000..5300);
+    bad[199]["v"] = json!([1.0, 2.0, 3.0]);
+    bucket
+        .put(
+            "magpie/import/bad/rows.json",
+            &serde_json::to_vec(&bad).unwrap(),
+        )
+        .unwrap();
+
+    let p = d.node("p1", "proxy,coordinator");
+    let _d1 = d.node("d1", "data");
+    let url = p.url.clone();
+    ok(&url, "collections/create", schema(2));
+    let group =
+        |fields: &[&str]| -> Vec<String> { fields.iter().map(|f| format!("b1/{f}.npy")).collect() };
+    // Both groups in one job: the JSON file, then the NumPy files.
+    let job = ok(
+        &url,
+        "jobs/import/create",
+        json!({"collectionName": "docs", "files": [["day1/rows.json"], group(&["id", "v", "n", "g", "color"])]}),
+    );
+    let id = job["data"]["jobId"].as_str().unwrap().to_string();
+    let progress =
+        |id: &str| ok(&url, "jobs/import/get_progress", json!({"jobId": id}))["data"].clone();
+    wait_for("the import to complete", || {
+        progress(&id)["state"] == "Completed"
+    });
+    let pr = progress(&id);
+    assert_eq!(
+        (pr["importedRows"].as_u64(), pr["progress"].as_u64()),
+        (Some(1300), Some(100)),
+        "{pr}"
+    );
+    assert_eq!(pr["details"][0]["fileName"], "day1/rows.json", "{pr}");
+    assert_eq!(pr["details"][1]["importedRows"], 1000, "{pr}");
+    assert_eq!(count(&url, "docs"), Some(1300));
+    // Vectors from the NumPy columns landed in their rows: each finds itself.
+    for i in [1000u64, 1777] {
+        let r = ok(
+            &url,
+            "entities/search",
+            json!({"collectionName": "docs", "data": [vector(i)], "limit": 1, "consistencyLevel": "Strong", "outputFields": ["n", "color"]}),
+        );
+        let colors = ["red", "green", "blue"];
+        assert_eq!(
+            r["data"][0],
+            json!({"id": i, "distance": 0.0, "n": i, "color": colors[(i % 3) as usize]}),
+            "{r}"
+        );
+    }
+    let got = ok(
+        &url,
+        "entities/query",
+        json!({"collectionName": "docs", "filter": "id in [7, 299]", "outputFields": ["color", "extra"], "consistencyLevel": "Strong"}),
+    );
+    let mut got = got["data"].as_array().unwrap().clone();
+    got.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(
+        got,
+        [
+            json!({"id": 7, "color": "green", "extra": "e7"}),
+            json!({"id": 299, "color": "blue", "extra": "e299"})
+        ]
+    );
+    // A NumPy group without 'color' (which has no default): created, since its files
+    // exist, then failed when read, naming the group and the field.
+    let npy_id = ok(
+        &url,
+        "jobs/import/create",
+        json!({"collectionName": "docs", "files": [group(&["id", "v", "n", "g"])]}),
+    )["data"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the NumPy import to fail", || {
+        progress(&npy_id)["state"] == "Failed"
+    });
+    let reason = progress(&npy_id)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("color"), "{reason}");
+
+    // A bad row fails its job, naming the file and the row.
+    let bad_id = ok(
+        &url,
+        "jobs/import/create",
+        json!({"collectionName": "docs", "files": [["bad/rows.json"]]}),
+    )["data"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the bad import to fail", || {
+        progress(&bad_id)["state"] == "Failed"
+    });
+    let reason = progress(&bad_id)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("bad/rows.json"), "{reason}");
+    assert!(reason.contains("dim"), "{reason}");
+    // Both failed before a batch was logged (the bad row is in the first batch).
+    assert_eq!(count(&url, "docs"), Some(1300));
+    let listed = ok(&url, "jobs/import/list", json!({"collectionName": "docs"}));
+    assert_eq!(
+        listed["data"]["records"].as_array().unwrap().len(),
+        3,
+        "{listed}"
+    );
+
+    // Bad paths: refused when the job is created.
+    for (files, says) in [
+        (json!([["day9/rows.json"]]), "not found"),
+        (json!([["../etc/passwd"]]), ".."),
+        (json!("rows.json"), "file groups"),
+    ] {
+        let e = call(
+            &url,
+            "jobs/import/create",
+            &json!({"collectionName": "docs", "files": files}),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("400") && e.contains(says), "{says}: {e}");
+    }
+    let e = call(&url, "jobs/import/get_progress", &json!({"jobId": "nope"})).unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+}

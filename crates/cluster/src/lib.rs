@@ -116,7 +116,7 @@ async fn not_found(req: axum::extract::Request) -> Response {
         axum::http::StatusCode::NOT_FOUND,
         404,
         format!(
-            "no such endpoint on this cluster node: {} {} (proxies serve /v2/vectordb/*; backups, the image app and the web UI are not in cluster mode yet)",
+            "no such endpoint on this cluster node: {} {} (proxies serve /v2/vectordb/*, bulk import included; backups, the image app and the web UI are not in cluster mode yet)",
             req.method(),
             req.uri().path()
         ),
@@ -275,7 +275,13 @@ pub async fn run(
     let proxy = if is(Role::Proxy) {
         let dir = cfg.data_dir.join("proxy-catalog");
         let p = tokio::task::block_in_place(|| {
-            proxy::Proxy::new(meta.clone(), log.clone(), dir, cfg.token.clone())
+            proxy::Proxy::new(
+                meta.clone(),
+                log.clone(),
+                dir,
+                cfg.token.clone(),
+                cfg.storage.clone(),
+            )
         })?;
         let _ = p.refresh_routes().await;
         Some(p)

@@ -51,7 +51,8 @@ fn rfc3339(ms: u64) -> String {
     )
 }
 
-fn progress_json(p: &ImportProgress) -> Value {
+/// A job's progress in Milvus's `get_progress` shape (also the cluster proxy's).
+pub fn progress_json(p: &ImportProgress) -> Value {
     let details: Vec<Value> = p
         .files
         .iter()

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod ddl;
+mod import;
 mod read;
 mod write;
 
@@ -94,6 +95,9 @@ pub struct Proxy {
     records_gen: AtomicUsize,
     /// Sent to the nodes (they require the cluster's token too).
     token: Option<String>,
+    /// The cluster's storage URL (bulk import reads its `import/` prefix).
+    storage: String,
+    imports: import::Imports,
     /// Keeps the mirror's WAL directory alive.
     _dir: tempfile_dir::TempDir,
 }
@@ -144,6 +148,7 @@ impl Proxy {
         log: Arc<dyn Log>,
         dir: std::path::PathBuf,
         token: Option<String>,
+        storage: String,
     ) -> Result<Arc<Proxy>, ClusterError> {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = magpie_engine::EngineConfig {
@@ -184,6 +189,8 @@ impl Proxy {
             records_at: Mutex::new(None),
             records_gen: AtomicUsize::new(0),
             token,
+            storage,
+            imports: Default::default(),
             _dir: tempfile_dir::TempDir(dir),
         }))
     }
@@ -500,7 +507,7 @@ impl Proxy {
         (0..rec.shards).map(|s| (s, body.clone())).collect()
     }
 
-    async fn dispatch(&self, path: &str, body: Value) -> ApiResult {
+    async fn dispatch(self: &Arc<Self>, path: &str, body: Value) -> ApiResult {
         let p = format!("/v2/vectordb/{path}");
         match path {
             "collections/create" => self.create_collection(body).await,
@@ -539,6 +546,9 @@ impl Proxy {
             "entities/search" => self.search(body).await,
             "entities/hybrid_search" => self.hybrid_search(body).await,
             "collections/rename" => self.rename_collection(body).await,
+            "jobs/import/create" => self.import_create(body).await,
+            "jobs/import/list" => self.import_list(&body),
+            "jobs/import/get_progress" | "jobs/import/describe" => self.import_progress(&body),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 404,
