@@ -1433,7 +1433,7 @@ async fn scalar_indexes_over_rest() {
         "title == \"item 3 blue\"",
         "price >= 990.5",
     ];
-    let query = |f: &'static str| json!({"collectionName": "s", "filter": f, "outputFields": ["price", "title"], "limit": 3000});
+    let query = |f: &str| json!({"collectionName": "s", "filter": f, "outputFields": ["price", "title"], "limit": 3000});
     let mut before = Vec::new();
     for f in filters {
         let r = t.ok("entities/query", query(f)).await;
@@ -1449,6 +1449,14 @@ async fn scalar_indexes_over_rest() {
     }
     for (f, want) in filters.iter().zip(&before) {
         assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+        // The same rows from a filter text the segment's filter cache has not seen,
+        // evaluated through the indexes.
+        let fresh = format!("({f}) and id >= 0");
+        assert_eq!(
+            &t.ok("entities/query", query(&fresh)).await,
+            want,
+            "{fresh}"
+        );
     }
     let d = t
         .ok(
@@ -1516,6 +1524,14 @@ async fn scalar_indexes_over_rest() {
     .await;
     for (f, want) in filters.iter().zip(&before) {
         assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+        // The same rows from a filter text the segment's filter cache has not seen,
+        // evaluated through the indexes.
+        let fresh = format!("({f}) and id >= 0");
+        assert_eq!(
+            &t.ok("entities/query", query(&fresh)).await,
+            want,
+            "{fresh}"
+        );
     }
 }
 
@@ -1571,13 +1587,22 @@ async fn json_path_indexes_over_rest() {
         "color in [\"red\", \"blue\"] and meta[\"a\"] < 100",
         "$meta[\"color\"] == \"green\" or meta[\"a\"] == 5",
     ];
-    let query = |f: &'static str| json!({"collectionName": "j", "filter": f, "outputFields": ["meta"], "limit": 3000});
+    let query = |f: &str| json!({"collectionName": "j", "filter": f, "outputFields": ["meta"], "limit": 3000});
     let mut before = Vec::new();
     for f in filters {
         let r = t.ok("entities/query", query(f)).await;
         assert!(!r.as_array().unwrap().is_empty(), "{f}: {r}");
         before.push(r);
     }
+    // A repeated filter comes from the flushed segment's filter cache.
+    let search = json!({"collectionName": "j", "data": [[1.0, 1.0, 2.0, 3.0]], "limit": 3,
+                        "filter": "meta[\"a\"] >= 10 and color == \"red\""});
+    let (_, first) = t.post("entities/search", search.clone()).await;
+    let (_, again) = t.post("entities/search", search).await;
+    assert_eq!(first["data"], again["data"]);
+    assert_eq!(first["data"].as_array().map(Vec::len), Some(3), "{first}");
+    assert_eq!(first["searchInfo"]["filterCachedSegments"], 0, "{first}");
+    assert_eq!(again["searchInfo"]["filterCachedSegments"], 1, "{again}");
     let index = |name: &str, field: &str, path: &str, cast: &str| {
         json!({"fieldName": field, "indexName": name, "indexType": "INVERTED",
                "params": {"json_path": path, "json_cast_type": cast}})
@@ -1596,6 +1621,14 @@ async fn json_path_indexes_over_rest() {
     }
     for (f, want) in filters.iter().zip(&before) {
         assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+        // The same rows from a filter text the segment's filter cache has not seen,
+        // evaluated through the indexes.
+        let fresh = format!("({f}) and id >= 0");
+        assert_eq!(
+            &t.ok("entities/query", query(&fresh)).await,
+            want,
+            "{fresh}"
+        );
     }
     // The queries built each index on the flushed segment.
     for name in ["a", "bc", "p", "color"] {
@@ -1672,6 +1705,14 @@ async fn json_path_indexes_over_rest() {
     }
     for (f, want) in filters.iter().zip(&before) {
         assert_eq!(&t.ok("entities/query", query(f)).await, want, "{f}");
+        // The same rows from a filter text the segment's filter cache has not seen,
+        // evaluated through the indexes.
+        let fresh = format!("({f}) and id >= 0");
+        assert_eq!(
+            &t.ok("entities/query", query(&fresh)).await,
+            want,
+            "{fresh}"
+        );
     }
 }
 

@@ -33,6 +33,8 @@ const MAX_JOBS: usize = 1000;
 pub(super) struct Imports {
     jobs: Mutex<Vec<Arc<Job>>>,
     source: Mutex<Option<ImportSource>>,
+    /// Makes job ids created in the same millisecond differ.
+    next: AtomicU64,
 }
 
 struct Job {
@@ -188,10 +190,7 @@ impl Proxy {
         let groups = tokio::task::spawn_blocking(move || import::resolve(&src, &files))
             .await
             .map_err(bad)??;
-        let id = format!(
-            "{}",
-            now_ms() * 1000 + (self.rr.fetch_add(1, Relaxed) % 1000) as u64
-        );
+        let id = (now_ms() * 1000 + self.imports.next.fetch_add(1, Relaxed) % 1000).to_string();
         let job = Arc::new(Job {
             id: id.clone(),
             collection: name.clone(),
