@@ -165,21 +165,7 @@ impl Proxy {
         let name = need(&body, "collectionName")?;
         // Brings the catalog mirror (schema, partitions) up to date with the collection.
         self.collection(&name).await?;
-        let partition = body
-            .get("partitionName")
-            .and_then(|v| v.as_str())
-            .filter(|p| !p.is_empty())
-            .map(String::from);
-        if let Some(p) = &partition {
-            if !self.mirror.has_partition(&name, p)? {
-                return Err(ApiError::from(
-                    magpie_engine::EngineError::PartitionNotFound {
-                        collection: name,
-                        partition: p.clone(),
-                    },
-                ));
-            }
-        }
+        let partition = self.write_partition(&name, &body)?;
         let files: Vec<Vec<String>> = match body.get("files") {
             Some(f) => serde_json::from_value(f.clone())
                 .map_err(|_| bad("'files' must be a list of file groups, each a list of paths"))?,

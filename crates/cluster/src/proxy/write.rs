@@ -12,26 +12,37 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 impl Proxy {
-    pub(super) async fn write(&self, body: Value, upsert: bool) -> ApiResult {
-        let name = need(&body, "collectionName")?;
-        let rec = self.collection(&name).await?;
-        let meta = self.mirror.describe_collection(&name)?;
-        let schema = &meta.schema;
+    /// The request's `partitionName` (none: the default partition), checked against
+    /// the mirror (brought up to date by [`Proxy::collection`] first).
+    pub(super) fn write_partition(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<Option<String>, ApiError> {
         let partition = body
             .get("partitionName")
             .and_then(|v| v.as_str())
             .filter(|p| !p.is_empty())
             .map(String::from);
         if let Some(p) = &partition {
-            if !self.mirror.has_partition(&name, p)? {
+            if !self.mirror.has_partition(name, p)? {
                 return Err(ApiError::from(
                     magpie_engine::EngineError::PartitionNotFound {
-                        collection: name,
+                        collection: name.to_string(),
                         partition: p.clone(),
                     },
                 ));
             }
         }
+        Ok(partition)
+    }
+
+    pub(super) async fn write(&self, body: Value, upsert: bool) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let meta = self.mirror.describe_collection(&name)?;
+        let schema = &meta.schema;
+        let partition = self.write_partition(&name, &body)?;
         let mut rows = match body.get("data") {
             Some(Value::Array(a)) => a.clone(),
             Some(o @ Value::Object(_)) => vec![o.clone()],
