@@ -156,6 +156,9 @@ impl DistSource for CodeDist<'_> {
 
 /// Cache lines of each neighbour prefetched ahead of its distance computation.
 const PREFETCH_LINES: usize = 2;
+/// Cache lines of a failing neighbour's link list prefetched ahead of the two-hop
+/// expansion (a layer-0 list is `m0 + 1` u32s: 132 bytes at M 16).
+const LINK_LINES: usize = 3;
 
 /// HNSW_SQ: 8-bit codes of every row, walked instead of the raw vectors.
 #[derive(Debug)]
@@ -317,6 +320,7 @@ impl HnswIndex {
             res.pop();
         }
         let mut buf: Vec<u32> = Vec::with_capacity(self.m0 * 2);
+        let mut fail: Vec<u32> = Vec::new();
         while let Some(std::cmp::Reverse(c)) = cand.pop() {
             if res.len() >= ef && c.d > res.peek().map_or(f32::INFINITY, |w| w.d) {
                 break;
@@ -338,22 +342,33 @@ impl HnswIndex {
                     }
                 }
                 Filt::TwoHop(bits) => {
+                    // Two passes: the passing neighbours first (their vectors
+                    // prefetched), while the link lists of the failing ones are
+                    // prefetched; then the failing ones' passing neighbours. Reading
+                    // those lists one by one stalled on a cache miss each (~30 per
+                    // expansion at 10 % passing).
+                    fail.clear();
                     for a in &l[1..=cnt] {
                         let nb = a.load(Relaxed);
+                        if vis.check_set(nb) {
+                            continue;
+                        }
                         if bits.get(nb as usize) {
-                            if !vis.check_set(nb) {
-                                ds.prefetch(nb);
-                                buf.push(nb);
+                            ds.prefetch(nb);
+                            buf.push(nb);
+                        } else {
+                            magpie_linalg::prefetch(self.links(nb, level), LINK_LINES);
+                            fail.push(nb);
+                        }
+                    }
+                    'hop: for &nb in &fail {
+                        for nb2 in self.neighbours(nb, level) {
+                            if buf.len() >= self.m0 * 2 {
+                                break 'hop;
                             }
-                        } else if !vis.check_set(nb) {
-                            for nb2 in self.neighbours(nb, level) {
-                                if buf.len() >= self.m0 * 2 {
-                                    break;
-                                }
-                                if bits.get(nb2 as usize) && !vis.check_set(nb2) {
-                                    ds.prefetch(nb2);
-                                    buf.push(nb2);
-                                }
+                            if bits.get(nb2 as usize) && !vis.check_set(nb2) {
+                                ds.prefetch(nb2);
+                                buf.push(nb2);
                             }
                         }
                     }
@@ -921,26 +936,34 @@ impl HnswIndex {
     }
 }
 
-/// Passing fractions the filtered recall curves of an `n`-row graph are measured at: the
-/// two-hop walk's lowest fraction (`exact_below / n`, where its recall is lowest, so its
-/// curve is the conservative one for the whole two-hop range), and 0.5 and 0.9 for the
-/// navigating walk. Each curve costs a sweep of filtered searches at build time (on
-/// minilm 50k × 384 these three, swept to 0.99, add about 3–6 s to a 15–23 s build; five
-/// swept to 0.999 added more; docs/BENCHMARKS.md), so the two-hop range gets one;
-/// fractions an exact scan answers are left out. Interim graphs
-/// measure them too, whenever they measure their unfiltered curve.
+/// Passing fractions the filtered recall curves of an `n`-row graph are measured at: for
+/// the two-hop walk, its lowest fraction (`exact_below / n`, where its recall is lowest)
+/// and then steps of [`TWO_HOP_CURVE_STEP`]× up to [`TWO_HOP_BELOW`]; for the navigating
+/// walk, 0.5 and 0.9. A search between two measured fractions takes the larger `ef` of
+/// the two ([`FilteredCurves::choose`]), so the steps bound how far it overshoots: with
+/// one two-hop curve (0.04 at 1M rows), 10 % passing took that curve's `ef` 192 and
+/// reached recall 0.985 where 0.95 was asked (docs/BENCHMARKS.md, "1M × 128"). Each curve
+/// costs a sweep of filtered searches at build time (on minilm 50k × 384 three curves
+/// added about 3–6 s to a 15–23 s build); fractions an exact scan answers are left out.
+/// Interim graphs measure them too, whenever they measure their unfiltered curve.
 pub fn filter_curve_fractions(n: usize, exact_below: usize) -> Vec<f64> {
     if n == 0 {
         return Vec::new();
     }
     let lo = (exact_below as f64 / n as f64).max(0.01);
     let mut out = Vec::new();
-    if lo < TWO_HOP_BELOW {
-        out.push(lo);
+    let mut f = lo;
+    while f < TWO_HOP_BELOW {
+        out.push(f);
+        f *= TWO_HOP_CURVE_STEP;
     }
     out.extend([TWO_HOP_BELOW, 0.9].into_iter().filter(|&f| f >= lo));
     out
 }
+
+/// Ratio between the passing fractions of consecutive two-hop curves (0.04, 0.1, 0.25 at
+/// 1M rows; 0.08, 0.2 at 50k).
+pub const TWO_HOP_CURVE_STEP: f64 = 2.5;
 
 /// Below this many passing rows an exact scan is faster than a filtered walk (measured
 /// crossover: ~3,500 rows at 128-d, ~5,000 at 384-d; docs/BENCHMARKS.md, "Filtered").
@@ -1366,6 +1389,22 @@ mod tests {
         }
     }
 
+    /// The two-hop range gets a curve every 2.5× from its lowest fraction, so a search
+    /// in it is never more than one step from a measured fraction.
+    #[test]
+    fn filtered_curves_step_through_the_two_hop_range() {
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+        };
+        let at_1m = filter_curve_fractions(1_000_000, exact_cutoff(1_000_000, 128));
+        assert!(close(&at_1m, &[0.04, 0.1, 0.25, 0.5, 0.9]), "{at_1m:?}");
+        let at_50k = filter_curve_fractions(50_000, exact_cutoff(50_000, 384));
+        assert!(close(&at_50k, &[0.08192, 0.2048, 0.5, 0.9]), "{at_50k:?}");
+        // Small graphs: the exact scan covers everything below half.
+        assert_eq!(filter_curve_fractions(6_000, 4096), vec![0.9]);
+        assert!(filter_curve_fractions(0, 4096).is_empty());
+    }
+
     /// Under a filter, a recall target takes `ef` from the filtered curves (measured at
     /// build for the two-hop and the navigating walk) and still holds on held-out queries
     /// and another random filter.
@@ -1374,10 +1413,14 @@ mod tests {
         let n = 30_000;
         let (data, inv, idx) = build(n, 16, Metric::L2);
         let fr: Vec<f32> = idx.filtered_curves().curves.iter().map(|c| c.0).collect();
+        // Two-hop curves at the lowest fraction and 2.5× it, then 0.5 and 0.9.
         let lo = EXACT_BELOW_ROWS as f32 / n as f32;
-        assert_eq!(fr.len(), 3, "{fr:?}");
+        assert_eq!(fr.len(), 4, "{fr:?}");
         assert!(
-            (fr[0] - lo).abs() < 1e-6 && fr[1] == 0.5 && fr[2] == 0.9,
+            (fr[0] - lo).abs() < 1e-6
+                && (fr[1] - lo * 2.5).abs() < 1e-6
+                && fr[2] == 0.5
+                && fr[3] == 0.9,
             "{fr:?}"
         );
         let v = VectorSlice::new(&data, 16);
