@@ -9,7 +9,10 @@
 //! the memory-bandwidth bound measured in the same run. With `--filter-selectivity`,
 //! rows also carry an Int64 field `sel` (row i gets `i * 7919 % 100`, so `sel < P` passes
 //! exactly P % of the rows, spread over the whole set) and filtered rows are measured
-//! against an exact filtered ground truth computed in this process. Output: a markdown
+//! against an exact filtered ground truth computed in this process. `--filter-field`
+//! runs the same selectivities on the same value as a VarChar field (`tag < "s010"`,
+//! `tag` = `"s"` and `sel` in three digits) and as a JSON path (`meta["sel"] < 10`, with
+//! an INVERTED path index cast to DOUBLE, as a Milvus user would create). Output: a markdown
 //! table, and JSON rows (the same shape `bench/peers/peers.py` writes) with `--json`.
 //!
 //! Over HTTP (`--url`) each client thread keeps one connection (`httpconn`); rows also
@@ -29,6 +32,51 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The field a filtered run filters on; every kind passes the same rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FilterField {
+    /// `sel < P` on the Int64 field `sel`.
+    Int,
+    /// `tag < "sPPP"` on the VarChar field `tag` (`"s"` and `sel` in three digits).
+    #[value(name = "varchar")]
+    VarChar,
+    /// `meta["sel"] < P` on the JSON field `meta`, through an INVERTED path index.
+    Json,
+}
+
+impl FilterField {
+    fn name(self) -> &'static str {
+        match self {
+            FilterField::Int => "int",
+            FilterField::VarChar => "varchar",
+            FilterField::Json => "json",
+        }
+    }
+
+    /// The filter passing the rows whose `sel` is below `pass`.
+    fn text(self, pass: u32) -> String {
+        match self {
+            FilterField::Int => format!("sel < {pass}"),
+            FilterField::VarChar => format!("tag < \"s{pass:03}\""),
+            FilterField::Json => format!("meta[\"sel\"] < {pass}"),
+        }
+    }
+}
+
+/// Row `i`'s VarChar value of [`FilterField::VarChar`].
+fn tag_of(i: usize) -> String {
+    format!("s{:03}", sel_of(i))
+}
+
+/// The JSON path index of [`FilterField::Json`] (Milvus's `indexes/create` parameters).
+const META_INDEX: &str = "meta_sel";
+fn meta_index_params() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("json_path".into(), json!("meta[\"sel\"]"));
+    m.insert("json_cast_type".into(), json!("DOUBLE"));
+    m
+}
+
 pub struct BenchOpts {
     pub dataset: PathBuf,
     pub index: String,
@@ -37,6 +85,8 @@ pub struct BenchOpts {
     pub recall_targets: Vec<f32>,
     pub queries: Option<usize>,
     pub filter_selectivity: Vec<u32>,
+    /// Which field the filtered sweep filters on (each runs every selectivity).
+    pub filter_fields: Vec<FilterField>,
     pub growing: bool,
     pub k: usize,
     pub build_threads: usize,
@@ -308,7 +358,7 @@ fn prepare(
     ds: &Dataset,
     index: &str,
     params: &Map<String, Value>,
-    with_sel: bool,
+    sel: &[FilterField],
     growing: bool,
     shards: Option<u32>,
     replicas: Option<u32>,
@@ -316,10 +366,19 @@ fn prepare(
 ) -> Result<(f64, f64, u64)> {
     let n = ds.n();
     let dim = ds.dim;
+    let with_sel = !sel.is_empty();
+    let with_tag = sel.contains(&FilterField::VarChar);
+    let with_meta = sel.contains(&FilterField::Json);
     let row = |i: usize| {
         let mut r = json!({"id": i, "vector": &ds.base[i * dim..(i + 1) * dim]});
         if with_sel {
             r["sel"] = json!(sel_of(i));
+        }
+        if with_tag {
+            r["tag"] = json!(tag_of(i));
+        }
+        if with_meta {
+            r["meta"] = json!({"sel": sel_of(i)});
         }
         r
     };
@@ -337,6 +396,18 @@ fn prepare(
                     magpie_engine::DataType::Int64,
                 ));
             }
+            if with_tag {
+                fields.push(
+                    magpie_engine::FieldSchema::new("tag", magpie_engine::DataType::VarChar)
+                        .with_max_length(8),
+                );
+            }
+            if with_meta {
+                fields.push(magpie_engine::FieldSchema::new(
+                    "meta",
+                    magpie_engine::DataType::JSON,
+                ));
+            }
             let schema = magpie_engine::CollectionSchema {
                 fields,
                 enable_dynamic_field: false,
@@ -351,7 +422,18 @@ fn prepare(
                 metric_type: ds.metric,
                 params: params.clone(),
             };
-            e.create_collection(COLL, schema, vec![ix], Consistency::Session, "")?;
+            let mut indexes = vec![ix];
+            if with_meta {
+                indexes.push(IndexMeta {
+                    id: 0,
+                    index_name: META_INDEX.into(),
+                    field_name: "meta".into(),
+                    index_type: "INVERTED".into(),
+                    metric_type: ds.metric,
+                    params: meta_index_params(),
+                });
+            }
+            e.create_collection(COLL, schema, indexes, Consistency::Session, "")?;
             let t0 = Instant::now();
             for start in (0..n).step_by(10_000) {
                 let rows: Vec<Value> = (start..(start + 10_000).min(n)).map(row).collect();
@@ -406,9 +488,21 @@ fn prepare(
             if with_sel {
                 fields.push(json!({"fieldName": "sel", "dataType": "Int64"}));
             }
+            if with_tag {
+                fields.push(json!({"fieldName": "tag", "dataType": "VarChar", "elementTypeParams": {"max_length": 8}}));
+            }
+            if with_meta {
+                fields.push(json!({"fieldName": "meta", "dataType": "JSON"}));
+            }
+            let mut index_params = vec![
+                json!({"fieldName": "vector", "indexName": "vector", "metricType": ds.metric.as_str(), "params": ip}),
+            ];
+            if with_meta {
+                index_params.push(json!({"fieldName": "meta", "indexName": META_INDEX, "indexType": "INVERTED", "params": meta_index_params()}));
+            }
             let mut create = json!({"collectionName": COLL,
                 "schema": {"autoId": false, "enableDynamicField": false, "fields": fields},
-                "indexParams": [{"fieldName": "vector", "indexName": "vector", "metricType": ds.metric.as_str(), "params": ip}]});
+                "indexParams": index_params});
             if let Some(s) = shards {
                 create["shardsNum"] = json!(s);
             }
@@ -422,7 +516,7 @@ fn prepare(
             }
             let t0 = Instant::now();
             match import_dir {
-                Some(dir) => import_npy(t, ds, dir, with_sel)?,
+                Some(dir) => import_npy(t, ds, dir, sel)?,
                 None => {
                     for start in (0..n).step_by(2_000) {
                         let rows: Vec<Value> = (start..(start + 2_000).min(n)).map(row).collect();
@@ -506,9 +600,9 @@ fn prepare(
     }
 }
 
-/// Writes the dataset as NumPy files (`id`, `vector`, and `sel` with `with_sel`) into
+/// Writes the dataset as NumPy files (`id`, `vector`, and the filter fields of `sel`) into
 /// `dir/magpie_bench/`, imports them with one bulk-import job and waits for it.
-fn import_npy(t: &Target, ds: &Dataset, dir: &Path, with_sel: bool) -> Result<()> {
+fn import_npy(t: &Target, ds: &Dataset, dir: &Path, sel: &[FilterField]) -> Result<()> {
     let n = ds.n();
     let sub = dir.join(COLL);
     std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
@@ -521,11 +615,35 @@ fn import_npy(t: &Target, ds: &Dataset, dir: &Path, with_sel: bool) -> Result<()
             .try_for_each(|x| w.write_all(&x.to_le_bytes()))
     })?;
     let mut files = vec![format!("{COLL}/id.npy"), format!("{COLL}/vector.npy")];
-    if with_sel {
+    if !sel.is_empty() {
         write_npy(&sub.join("sel.npy"), "<i8", &[n], |w| {
             (0..n).try_for_each(|i| w.write_all(&sel_of(i).to_le_bytes()))
         })?;
         files.push(format!("{COLL}/sel.npy"));
+    }
+    // Strings as NumPy unicode arrays (UTF-32LE, NUL-padded); JSON as its text.
+    let strings = |name: &str, width: usize, of: &dyn Fn(usize) -> String| {
+        write_npy(
+            &sub.join(format!("{name}.npy")),
+            &format!("<U{width}"),
+            &[n],
+            |w| {
+                (0..n).try_for_each(|i| {
+                    let s = of(i);
+                    let mut chars = s.chars().map(|c| c as u32).chain(std::iter::repeat(0));
+                    (0..width)
+                        .try_for_each(|_| w.write_all(&chars.next().unwrap_or(0).to_le_bytes()))
+                })
+            },
+        )
+    };
+    if sel.contains(&FilterField::VarChar) {
+        strings("tag", 4, &tag_of)?;
+        files.push(format!("{COLL}/tag.npy"));
+    }
+    if sel.contains(&FilterField::Json) {
+        strings("meta", 12, &|i| format!("{{\"sel\":{}}}", sel_of(i)))?;
+        files.push(format!("{COLL}/meta.npy"));
     }
     let job = http_call(
         t,
@@ -890,7 +1008,11 @@ pub fn run(o: BenchOpts) -> Result<()> {
     if let Some(n) = o.clients.filter(|n| !(1..=1024).contains(n)) {
         bail!("--clients takes 1 to 1024 concurrent clients, got {n}");
     }
-    let with_sel = !o.filter_selectivity.is_empty();
+    let sel_fields: &[FilterField] = if o.filter_selectivity.is_empty() {
+        &[]
+    } else {
+        &o.filter_fields
+    };
     if let Some(p) = o.filter_selectivity.iter().find(|p| **p == 0 || **p > 100) {
         bail!("--filter-selectivity takes percentages from 1 to 100, got {p}");
     }
@@ -919,7 +1041,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
             &ds,
             &index,
             &params,
-            with_sel,
+            sel_fields,
             o.growing,
             o.shards,
             o.replicas,
@@ -954,7 +1076,9 @@ pub fn run(o: BenchOpts) -> Result<()> {
         "load_s": load_s, "build_s": build_s, "build_vectors_per_s": build_s.map(|b| ds.n() as f64 / b.max(1e-9)),
         "index_bytes": index_bytes, "raw_vector_bytes": raw, "http_floor_us": floor_us, "rss_bytes": rss, "simd": magpie_linalg::active_isa(),
     });
-    let mut runs: Vec<(Option<f32>, SearchKnobs, Option<u32>)> = Vec::new();
+    // (recall target, knobs, filter: passing percentage and field).
+    type Run = (Option<f32>, SearchKnobs, Option<(u32, FilterField)>);
+    let mut runs: Vec<Run> = Vec::new();
     if let Some((name, default_sweep)) = knob_of(&index) {
         let sweep: Vec<usize> = match &o.sweep {
             Some(s) => s
@@ -991,18 +1115,24 @@ pub fn run(o: BenchOpts) -> Result<()> {
         .iter()
         .find(|r| r.0.is_some())
         .map_or((None, SearchKnobs::default()), |r| (r.0, r.1));
-    for &p in &o.filter_selectivity {
-        runs.push((target_knobs.0, target_knobs.1, Some(p)));
+    for &f in sel_fields {
+        for &p in &o.filter_selectivity {
+            runs.push((target_knobs.0, target_knobs.1, Some((p, f))));
+        }
     }
+    let mut truths: Vec<(u32, Vec<Vec<i32>>)> = Vec::new();
     for (target_recall, mut knobs, pass) in runs {
         knobs.refine = o.refine;
-        let gt;
         let text;
         let filter = match pass {
-            Some(p) => {
-                eprintln!("  exact ground truth for sel < {p}…");
-                gt = filtered_truth(&ds, o.k, p);
-                text = format!("sel < {p}");
+            Some((p, f)) => {
+                // The same rows pass whatever the field: one truth per selectivity.
+                if !truths.iter().any(|t| t.0 == p) {
+                    eprintln!("  exact ground truth for sel < {p}…");
+                    truths.push((p, filtered_truth(&ds, o.k, p)));
+                }
+                let gt = &truths.iter().find(|t| t.0 == p).unwrap().1;
+                text = f.text(p);
                 Some((text.as_str(), gt.as_slice()))
             }
             None => None,
@@ -1016,7 +1146,11 @@ pub fn run(o: BenchOpts) -> Result<()> {
         }
         m.insert("knob".into(), knob);
         m.insert("recall_target".into(), json!(target_recall));
-        m.insert("filter_pass_pct".into(), json!(pass));
+        m.insert("filter_pass_pct".into(), json!(pass.map(|p| p.0)));
+        if let Some((_, f)) = pass {
+            m.insert("filter_field".into(), json!(f.name()));
+            m.insert("filter".into(), json!(filter.map(|x| x.0)));
+        }
         m.insert("recall".into(), json!(s.recall));
         m.insert("qps_1t".into(), json!(s.qps1));
         m.insert("qps_2t".into(), json!(s.qps2));
@@ -1099,7 +1233,10 @@ pub fn markdown(rows: &[Value]) -> String {
             (k, _) => compact(k),
         };
         if let Some(p) = r["filter_pass_pct"].as_u64() {
-            knob = format!("filter {p} % · {knob}");
+            knob = match r["filter_field"].as_str() {
+                Some(f) if f != "int" => format!("filter {p} % ({f}) · {knob}"),
+                _ => format!("filter {p} % · {knob}"),
+            };
         }
         let mb = |v: &Value| v.as_f64().map_or("-".into(), |b| format!("{:.1}", b / 1e6));
         let n_clients = match clients {

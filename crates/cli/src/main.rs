@@ -411,6 +411,12 @@ struct BenchArgs {
     /// ground truth computed here, next to an unfiltered run at the same target.
     #[arg(long, value_delimiter = ',')]
     filter_selectivity: Vec<u32>,
+    /// Fields the filtered sweep filters on (comma-separated): `int` (`sel < P`),
+    /// `varchar` (`tag < "sPPP"`, a VarChar copy of `sel` in three digits), `json`
+    /// (`meta["sel"] < P` on a JSON field, with an INVERTED path index cast to DOUBLE).
+    /// Every field passes the same rows.
+    #[arg(long, value_delimiter = ',', default_value = "int")]
+    filter_field: Vec<bench::FilterField>,
     /// Search the rows while they are still in a growing segment (not flushed): through
     /// its interim graph once that covers every row, instead of the built index. With
     /// --url, start the server with --seal-rows above the dataset's size.
@@ -879,6 +885,7 @@ fn main() {
             recall_targets: a.recall_targets,
             queries: a.queries,
             filter_selectivity: a.filter_selectivity,
+            filter_fields: a.filter_field,
             growing: a.growing,
             k: a.k,
             build_threads: a.build_threads,
