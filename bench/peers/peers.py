@@ -4,9 +4,17 @@ dataset (manifest.json, base.fvecs, query.fvecs, groundtruth.ivecs) with the par
 `magpie bench` uses, and print JSON rows with the same keys as `magpie bench --json`.
 
 Usage: peers.py DATASET_DIR [--threads-build 2] [--queries N] [--out FILE]
+                [--filter-selectivity 1,10,50,90]
 
 Queries run one at a time on one thread (and, for QPS 2 threads, one at a time on each
 of two threads), exactly as `magpie bench` runs ours.
+
+With --filter-selectivity, each peer that filters in process also sweeps its knob under
+the filter `magpie bench --filter-selectivity` uses (row i passes when i * 7919 % 100 < P),
+against an exact filtered ground truth computed here: hnswlib with its `filter` function
+(a Python callable, called per candidate: what a Python user of hnswlib gets), faiss HNSW
+and IVF with an `IDSelectorBitmap` in their search parameters (checked in C++). usearch's
+Python API has no filter and is not run filtered.
 """
 import argparse
 import json
@@ -31,6 +39,30 @@ def rss_bytes():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def filtered_truth(base, queries, metric, mask, k):
+    """Exact top-k row ids of every query among the rows where `mask` is true."""
+    ids = np.nonzero(mask)[0]
+    sub = base[ids]
+    if metric == "l2":
+        norms = (sub * sub).sum(1)
+    elif metric == "cosine":
+        inv = 1.0 / np.maximum(np.linalg.norm(sub, axis=1), 1e-30)
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for s in range(0, len(queries), 100):
+        q = queries[s : s + 100]
+        dots = q @ sub.T
+        if metric == "l2":
+            cost = norms[None, :] - 2 * dots
+        elif metric == "cosine":
+            cost = -dots * inv[None, :]
+        else:
+            cost = -dots
+        top = np.argpartition(cost, k, axis=1)[:, :k]
+        order = np.take_along_axis(cost, top, 1).argsort(1)
+        out[s : s + 100] = ids[np.take_along_axis(top, order, 1)]
+    return out
 
 
 def timed_queries(search, queries, gt, k):
@@ -72,6 +104,8 @@ def main():
     ap.add_argument("--nprobes", default="1,2,4,8,16,32,64")
     ap.add_argument("--only", default="hnswlib,faiss-hnsw,faiss-ivf,usearch")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--filter-selectivity", default="",
+                    help="percentages of rows passing, as magpie bench --filter-selectivity")
     a = ap.parse_args()
 
     man = json.load(open(os.path.join(a.dataset, "manifest.json")))
@@ -90,17 +124,34 @@ def main():
                   queries=len(queries), build_threads=a.threads_build,
                   raw_vector_bytes=int(base.nbytes))
 
-    def emit(system, index, params, knob, build_s, index_bytes, res):
+    def emit(system, index, params, knob, build_s, index_bytes, res, pct=None):
         r = dict(common, system=system, index=index, params=params, knob=knob,
                  recall_target=None, build_s=build_s, build_vectors_per_s=n / build_s,
                  index_bytes=index_bytes, rss_bytes=rss_bytes(),
                  recall=res[0], qps_1t=res[1], qps_2t=res[2], p50_ms=res[3], p99_ms=res[4])
+        if pct is not None:
+            r.update(filter_pass_pct=pct, filter_field="int")
         rows.append(r)
-        print(f"  {system} {index} {knob} recall={res[0]:.4f} qps1={res[1]:.0f} qps2={res[2]:.0f}",
+        f = f" filter {pct} %" if pct is not None else ""
+        print(f"  {system} {index}{f} {knob} recall={res[0]:.4f} qps1={res[1]:.0f} qps2={res[2]:.0f}",
               file=sys.stderr)
+
+    # The filtered sweep: magpie bench's `sel` (row i: i * 7919 % 100), its truth exact.
+    pcts = [int(x) for x in a.filter_selectivity.split(",") if x.strip()]
+    if any(not 1 <= p <= 100 for p in pcts):
+        sys.exit("--filter-selectivity takes percentages from 1 to 100")
+    sel = (np.arange(n, dtype=np.int64) * 7919) % 100
+    filters = []
+    for p in pcts:
+        mask = sel < p
+        print(f"  exact ground truth for sel < {p}...", file=sys.stderr)
+        t = filtered_truth(base, queries, metric, mask, k)
+        bitmap = np.packbits(mask, bitorder="little")
+        filters.append((p, mask, t, bitmap))
 
     if "hnswlib" in only:
         import hnswlib
+        name = "hnswlib " + hnswlib.__version__ if hasattr(hnswlib, "__version__") else "hnswlib"
         space = "l2" if metric == "l2" else "ip"
         idx = hnswlib.Index(space=space, dim=dim)
         idx.init_index(max_elements=n, M=16, ef_construction=200, random_seed=1)
@@ -117,8 +168,16 @@ def main():
         for ef in efs:
             idx.set_ef(max(ef, k))
             res = timed_queries(lambda q: idx.knn_query(q, k=k)[0][0], queries, gt, k)
-            emit("hnswlib " + hnswlib.__version__ if hasattr(hnswlib, "__version__") else "hnswlib",
-                 "HNSW", {"M": 16, "efConstruction": 200}, {"ef": ef}, build, ib, res)
+            emit(name, "HNSW", {"M": 16, "efConstruction": 200}, {"ef": ef}, build, ib, res)
+        for p, mask, t, _ in filters:
+            allowed = mask.tolist()
+            for ef in efs:
+                idx.set_ef(max(ef, k))
+                res = timed_queries(
+                    lambda q: idx.knn_query(q, k=k, filter=lambda i: allowed[i])[0][0],
+                    queries, t, k)
+                emit(name, "HNSW", {"M": 16, "efConstruction": 200}, {"ef": ef}, build, ib,
+                     res, p)
 
     if "faiss-hnsw" in only or "faiss-ivf" in only:
         import faiss
@@ -137,6 +196,14 @@ def main():
                 res = timed_queries(lambda q: idx.search(q.reshape(1, -1), k)[1][0], queries, gt, k)
                 emit("faiss " + faiss.__version__, "HNSW", {"M": 16, "efConstruction": 200},
                      {"ef": ef}, build, ib, res)
+            for p, _, t, bitmap in filters:
+                selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
+                for ef in efs:
+                    sp = faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef, k))
+                    res = timed_queries(
+                        lambda q: idx.search(q.reshape(1, -1), k, params=sp)[1][0], queries, t, k)
+                    emit("faiss " + faiss.__version__, "HNSW", {"M": 16, "efConstruction": 200},
+                         {"ef": ef}, build, ib, res, p)
             faiss.omp_set_num_threads(a.threads_build)
         if "faiss-ivf" in only:
             quant = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
@@ -152,6 +219,14 @@ def main():
                 res = timed_queries(lambda q: idx.search(q.reshape(1, -1), k)[1][0], queries, gt, k)
                 emit("faiss " + faiss.__version__, "IVF_FLAT", {"nlist": 1024}, {"nprobe": nprobe},
                      build, ib, res)
+            for p, _, t, bitmap in filters:
+                selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
+                for nprobe in nprobes:
+                    sp = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+                    res = timed_queries(
+                        lambda q: idx.search(q.reshape(1, -1), k, params=sp)[1][0], queries, t, k)
+                    emit("faiss " + faiss.__version__, "IVF_FLAT", {"nlist": 1024},
+                         {"nprobe": nprobe}, build, ib, res, p)
 
     if "usearch" in only:
         import usearch

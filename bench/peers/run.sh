@@ -6,7 +6,9 @@
 #
 #   bench/peers/run.sh ../shared/bench/synth-clustered ../shared/bench/minilm-real
 #
-# Environment: PEERS_VENV (default target/peers-venv), OUT (default target/bench).
+# Environment: PEERS_VENV (default target/peers-venv), OUT (default target/bench),
+# FILTER (e.g. 1,10,50,90: also the filtered sweep, Magpie's HNSW and the peers that
+# filter in process, at those percentages of rows passing).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,6 +26,11 @@ for ds in "$@"; do
     "$root/target/release/magpie" bench --dataset "$ds" --index "$ix" \
       --json "$out/$name-magpie-$ix.json" >/dev/null
   done
-  "$venv/bin/python" "$here/peers.py" "$ds" --out "$out/$name-peers.json"
+  if [ -n "${FILTER:-}" ]; then
+    "$root/target/release/magpie" bench --dataset "$ds" --index HNSW --recall-targets 0.95 \
+      --filter-selectivity "$FILTER" --json "$out/$name-magpie-HNSW-filtered.json" >/dev/null
+  fi
+  "$venv/bin/python" "$here/peers.py" "$ds" --out "$out/$name-peers.json" \
+    ${FILTER:+--filter-selectivity "$FILTER"}
 done
 "$venv/bin/python" "$here/table.py" "$out"/*.json

@@ -939,10 +939,10 @@ impl HnswIndex {
 /// Passing fractions the filtered recall curves of an `n`-row graph are measured at: for
 /// the two-hop walk, its lowest fraction (`exact_below / n`, where its recall is lowest)
 /// and then steps of [`TWO_HOP_CURVE_STEP`]× up to [`TWO_HOP_BELOW`]; for the navigating
-/// walk, 0.5 and 0.9. A search between two measured fractions takes the larger `ef` of
-/// the two ([`FilteredCurves::choose`]), so the steps bound how far it overshoots: with
-/// one two-hop curve (0.04 at 1M rows), 10 % passing took that curve's `ef` 192 and
-/// reached recall 0.985 where 0.95 was asked (docs/BENCHMARKS.md, "1M × 128"). Each curve
+/// walk, 0.5 and 0.9. A search between two measured fractions interpolates their `ef`
+/// ([`FilteredCurves::choose`]), so the steps bound how far it can be off: with one
+/// two-hop curve (0.04 at 1M rows), 10 % passing took that curve's `ef` 192 and reached
+/// recall 0.985 where 0.95 was asked (docs/BENCHMARKS.md, "1M × 128"). Each curve
 /// costs a sweep of filtered searches at build time (on minilm 50k × 384 three curves
 /// added about 3–6 s to a 15–23 s build); fractions an exact scan answers are left out.
 /// Interim graphs measure them too, whenever they measure their unfiltered curve.

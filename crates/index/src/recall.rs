@@ -96,35 +96,51 @@ pub struct FilteredCurves {
 
 impl FilteredCurves {
     /// The knob for `target` when `fraction` of the rows pass, from the curves measured
-    /// on the same side of `split` (the fraction where the walk changes plan): the larger
-    /// knob of the two measured fractions around it, and the lower recall of the two
-    /// (recall is not monotone in the fraction, so neither neighbour alone is safe);
-    /// beyond the last measured fraction, the last. `None` when no curve of that plan
-    /// was measured, or one of them does not reach the target (the caller then uses the
-    /// unfiltered curve).
+    /// on the same side of `split` (the fraction where the walk changes plan). Between
+    /// two measured fractions, each curve's smallest knob reaching the target is found
+    /// and the two are interpolated geometrically in the log of the fraction (a knob
+    /// grows about as a power of the fraction between neighbours; the larger knob of the
+    /// two, as before, took the lower fraction's knob for a fraction just under the upper
+    /// one: 10 % passing against curves at 4.1 % and 10.2 % asked for twice the `ef`
+    /// and overshot to recall 0.99); the recall reported is the lower of the two curves'.
+    /// On a measured fraction or beyond the last one of its plan, that curve. `None` when
+    /// no curve of that plan was measured, or one of them does not reach the target
+    /// (the caller then uses the unfiltered curve).
     pub fn choose(&self, fraction: f64, split: f64, target: f32) -> Option<(u32, f32)> {
         let want = (target + CURVE_MARGIN).min(1.0);
-        let mut out: Option<(u32, f32)> = None;
-        for c in self.around(fraction, split) {
+        let mut pts: [Option<(f32, u32, f32)>; 2] = [None, None];
+        for (slot, (f, c)) in pts.iter_mut().zip(self.around(fraction, split)) {
             // A curve that never reaches the target (its sweep stopped at
             // FILTERED_STOP) says nothing about the knob that would: `None`.
             let p = c.points.iter().find(|p| p.1 >= want)?;
-            out = Some(out.map_or(*p, |o| (o.0.max(p.0), o.1.min(p.1))));
+            *slot = Some((f, p.0, p.1));
         }
-        out
+        match pts {
+            [Some((_, k, r)), None] => Some((k, r)),
+            [Some((f0, k0, r0)), Some((f1, k1, r1))] => {
+                let t = ((fraction as f32 / f0).ln() / (f1 / f0).ln()).clamp(0.0, 1.0);
+                let k = ((k0 as f32).ln() * (1.0 - t) + (k1 as f32).ln() * t).exp();
+                // Rounded up, and never outside the two measured knobs.
+                let k = (k - 1e-3)
+                    .ceil()
+                    .clamp(k0.min(k1) as f32, k0.max(k1) as f32);
+                Some((k as u32, r0.min(r1)))
+            }
+            _ => None,
+        }
     }
 
     /// The lower recall the two curves around `fraction` predict for `knob`.
     pub fn recall_at(&self, fraction: f64, split: f64, knob: usize) -> Option<f32> {
         self.around(fraction, split)
-            .filter_map(|c| c.recall_at(knob))
+            .filter_map(|(_, c)| c.recall_at(knob))
             .reduce(f32::min)
     }
 
-    /// The curves of the measured fractions just below and just above `fraction` on its
-    /// plan's side of `split` (one when it lies past an end or on a measured fraction).
-    /// Runs per filtered search, so it allocates nothing.
-    fn around(&self, fraction: f64, split: f64) -> impl Iterator<Item = &RecallCurve> {
+    /// The curves (with their fractions, ascending) of the measured fractions just below
+    /// and just above `fraction` on its plan's side of `split` (one when it lies past an
+    /// end or on a measured fraction). Runs per filtered search, so it allocates nothing.
+    fn around(&self, fraction: f64, split: f64) -> impl Iterator<Item = (f32, &RecallCurve)> {
         // Compared as stored (f32), so a fraction measured is found exactly.
         let (fraction, split) = (fraction as f32, split as f32);
         let side = |f: f32| f < split;
@@ -135,7 +151,7 @@ impl FilteredCurves {
         let below = plan.clone().rev().find(|(f, _)| *f <= fraction);
         let above = plan.find(|(f, _)| *f >= fraction);
         let above = above.filter(|a| below.is_none_or(|b| !std::ptr::eq(*a, b)));
-        below.into_iter().chain(above).map(|(_, c)| c)
+        below.into_iter().chain(above).map(|(f, c)| (*f, c))
     }
 
     pub(crate) fn write(&self, w: &mut crate::codec::Writer) {
@@ -280,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn filtered_curves_pick_the_safer_neighbour_of_the_same_plan() {
+    fn filtered_curves_interpolate_between_neighbours_of_the_same_plan() {
         let c = |pts: &[(u32, f32)]| RecallCurve {
             points: pts.to_vec(),
         };
@@ -292,8 +308,12 @@ mod tests {
                 (0.9, c(&[(16, 0.93), (32, 0.965), (64, 0.99)])),
             ],
         };
-        // Between 0.1 and 0.3: the larger ef of the two (32 from 0.1, 16 from 0.3).
-        assert_eq!(fc.choose(0.2, 0.5, 0.95), Some((32, 0.97)));
+        // Between 0.1 (ef 32) and 0.3 (ef 16): geometric in the log of the fraction,
+        // 32^(1-t) · 16^t with t = ln 2 / ln 3, rounded up: 21.
+        assert_eq!(fc.choose(0.2, 0.5, 0.95), Some((21, 0.97)));
+        // Just under the upper fraction: nearly its knob, not the lower one's.
+        assert_eq!(fc.choose(0.29, 0.5, 0.95), Some((17, 0.97)));
+        assert_eq!(fc.choose(0.1001, 0.5, 0.95), Some((32, 0.97)));
         // Exactly on a measured fraction, or past the ends of its plan: that curve.
         assert_eq!(fc.choose(0.3, 0.5, 0.95), Some((16, 0.97)));
         assert_eq!(fc.choose(0.45, 0.5, 0.95), Some((16, 0.97)));
@@ -304,7 +324,8 @@ mod tests {
         assert_eq!(fc.recall_at(0.2, 0.5, 16), Some(0.90));
         // Past what a neighbour measured: no filtered choice.
         assert_eq!(fc.choose(0.4, 0.5, 0.985), None);
-        assert_eq!(fc.choose(0.2, 0.5, 0.975), Some((64, 0.99)));
+        // 64 at 0.1, 32 at 0.3: 64^(1-t) · 32^t = 41.3, rounded up.
+        assert_eq!(fc.choose(0.2, 0.5, 0.975), Some((42, 0.99)));
         assert_eq!(FilteredCurves::default().choose(0.2, 0.5, 0.95), None);
         let f = random_filter(100_000, 0.1, 3);
         let got = f.count_ones() as f64 / 100_000.0;
