@@ -13,20 +13,26 @@
 //! rescore them with the raw vectors.
 //!
 //! Filters: a filter passing few rows is answered by an exact scan of those rows;
-//! otherwise `nprobe` is scaled by 1/selectivity so the number of passing rows scanned
-//! stays what an unfiltered search would scan.
+//! otherwise a recall target takes `nprobe` from the filtered recall curves measured at
+//! build (random filters passing a range of fractions, [`filter_curve_fractions`]), and an
+//! explicit `nprobe` (or a target those curves do not reach, or a file without them) is
+//! scaled by 1/selectivity so the number of passing rows scanned stays what an
+//! unfiltered search would scan.
 
 use crate::codec::{self, Reader, Writer};
 use crate::kmeans::{self, KMeansMetric, KMeansParams};
 use crate::quant::{Pq, Sq8};
-use crate::recall::{self, Knob, RecallCurve};
+use crate::recall::{self, FilteredCurves, Knob, RecallCurve};
 use crate::space::{resolve_threads, sample, Space};
 use crate::{
     Bitset, Cancel, FlatIndex, IndexError, Metric, Result, RowPrefetch, Scored, SearchParams, TopK,
     VectorIndexBuild, VectorIndexRead, VectorSlice,
 };
 
-const MAGIC: &[u8; 8] = b"MPIVF001";
+/// Format 2 adds the filtered recall curves at the end; format 1 files still open
+/// (without them: their filtered searches scale the unfiltered `nprobe`, as before).
+const MAGIC: &[u8; 8] = b"MPIVF002";
+const MAGIC_V1: &[u8; 8] = b"MPIVF001";
 
 /// What each row is stored as inside its list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +106,8 @@ pub struct IvfIndex {
     code_len: usize,
     codes: Vec<u8>,
     curve: RecallCurve,
+    /// Curves under random filters (see [`filter_curve_fractions`]).
+    filtered: FilteredCurves,
 }
 
 impl IvfIndex {
@@ -122,6 +130,9 @@ impl IvfIndex {
     }
     pub fn nlist(&self) -> usize {
         self.nlist
+    }
+    pub fn filtered_curves(&self) -> &FilteredCurves {
+        &self.filtered
     }
     pub fn curve(&self) -> &RecallCurve {
         &self.curve
@@ -292,6 +303,7 @@ impl IvfIndex {
             code_len,
             codes,
             curve: RecallCurve::default(),
+            filtered: FilteredCurves::default(),
         };
         if p.measure_recall {
             let knobs: Vec<u32> = CURVE_NPROBES
@@ -314,22 +326,72 @@ impl IvfIndex {
                         .collect()
                 },
             );
+            let mut curves = Vec::new();
+            for f in filter_curve_fractions(n) {
+                if cancel.is_cancelled() {
+                    return Err(IndexError::Cancelled);
+                }
+                let allow = recall::random_filter(n, f, p.seed ^ f.to_bits());
+                let c = recall::measure(
+                    &sp,
+                    &knobs,
+                    p.seed,
+                    p.threads,
+                    Some(&allow),
+                    recall::FILTERED_STOP,
+                    |q, ex, nprobe, k| {
+                        idx.search_prepared(
+                            &sp,
+                            q,
+                            k,
+                            nprobe as usize,
+                            Some(&allow),
+                            refine,
+                            Some(ex),
+                            None,
+                        )
+                        .iter()
+                        .map(|s| s.offset)
+                        .collect()
+                    },
+                );
+                curves.push((f as f32, c));
+            }
+            idx.filtered = FilteredCurves { curves };
         }
         Ok(idx)
     }
 
-    /// The `nprobe` a search will use and the recall the curve predicts for it.
+    /// The `nprobe` a search will use and the recall the curves predict for it. Under a
+    /// filter passing a fraction `f` of the rows, a recall target takes it from the
+    /// filtered curves around `f` ([`FilteredCurves::choose`]); an explicit `nprobe`, a
+    /// target they do not reach, or an index without them scales the unfiltered choice
+    /// by `1/f` (capped at `nlist`).
     pub fn choose_nprobe(&self, p: &SearchParams<'_>) -> Knob {
+        let fraction = p
+            .allow
+            .map(|b| b.count_ones())
+            .filter(|&c| c < self.n)
+            .map(|c| c as f64 / self.n.max(1) as f64);
+        let widen = |np: usize| match fraction {
+            Some(f) if f > 0.0 => ((np as f64 / f).ceil() as usize).min(self.nlist),
+            _ => np,
+        };
+        let filtered = |t: f32| {
+            fraction
+                .filter(|_| !self.filtered.curves.is_empty())
+                .and_then(|f| self.filtered.choose(f, 1.0, t))
+        };
+        let target = |t: f32| match filtered(t) {
+            Some((np, r)) => (np as usize, Some(r)),
+            None => match self.curve.choose(t) {
+                Some((np, r)) => (widen(np as usize), Some(r)),
+                None => (widen(DEFAULT_NPROBE), None),
+            },
+        };
         let (np, exp) = match (p.nprobe, p.recall) {
-            (Some(np), _) => (np, self.curve.recall_at(np)),
-            (None, Some(t)) => match self.curve.choose(t) {
-                Some((np, r)) => (np as usize, Some(r)),
-                None => (DEFAULT_NPROBE, None),
-            },
-            (None, None) => match self.curve.choose(0.95) {
-                Some((np, r)) => (np as usize, Some(r)),
-                None => (DEFAULT_NPROBE, None),
-            },
+            (Some(np), _) => (widen(np), self.curve.recall_at(np)),
+            (None, t) => target(t.unwrap_or(0.95)),
         };
         Knob {
             name: "nprobe",
@@ -482,11 +544,13 @@ impl IvfIndex {
         }
         w.bytes(&self.codes);
         self.curve.write(&mut w);
+        self.filtered.write(&mut w);
         w.buf
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(b, MAGIC)?;
+        let v1 = b.starts_with(MAGIC_V1);
+        let mut r = Reader::new(b, if v1 { MAGIC_V1 } else { MAGIC })?;
         let metric = codec::metric_from_code(r.u8()?)?;
         let n = r.u64()? as usize;
         let dim = r.u32()? as usize;
@@ -502,6 +566,11 @@ impl IvfIndex {
         };
         let codes = r.bytes()?;
         let curve = RecallCurve::read(&mut r)?;
+        let filtered = if v1 {
+            FilteredCurves::default()
+        } else {
+            FilteredCurves::read(&mut r)?
+        };
         r.finish()?;
         let bad = |m: &str| IndexError::Corrupt(format!("IVF: {m}"));
         let code_len = match &codec {
@@ -540,8 +609,34 @@ impl IvfIndex {
             code_len,
             codes,
             curve,
+            filtered,
         })
     }
+}
+
+/// Passing fractions the filtered recall curves of an `n`-row IVF index are measured at:
+/// from the lowest fraction a filtered search probes lists for (`EXACT_BELOW_ROWS / n`,
+/// at least 0.01) up in steps of [`crate::hnsw::TWO_HOP_CURVE_STEP`] (2.5×), then 0.9
+/// (0.04, 0.1, 0.25, 0.625, 0.9 at 100k rows). A filter passing a fraction `f` needs the
+/// lists that hold its nearest *passing* rows, about the nearest `k / f` rows overall;
+/// how many lists that takes depends on the data, which is why it is measured rather
+/// than taken as `nprobe / f`: on synth-clustered 100k, `nprobe / f` probes 80 lists at
+/// 10 % where 32 reach recall 0.98 (docs/BENCHMARKS.md, "IVF under a filter").
+pub fn filter_curve_fractions(n: usize) -> Vec<f64> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut f = (EXACT_BELOW_ROWS as f64 / n as f64).max(0.01);
+    let mut out = Vec::new();
+    while f < 0.9 {
+        out.push(f);
+        f *= crate::hnsw::TWO_HOP_CURVE_STEP;
+    }
+    // Fractions an exact scan answers (fewer than EXACT_BELOW_ROWS rows) are left out.
+    if 0.9 * n as f64 >= EXACT_BELOW_ROWS as f64 {
+        out.push(0.9);
+    }
+    out
 }
 
 /// Inverted lists from each row's list: list `l` holds
@@ -600,7 +695,6 @@ impl VectorIndexRead for IvfIndex {
         if p.min_score.is_some() || p.max_score.is_some() {
             return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
         }
-        let mut nprobe = self.choose_nprobe(p).value;
         let allow = match p.allow {
             Some(b) => {
                 let c = b.count_ones();
@@ -610,16 +704,11 @@ impl VectorIndexRead for IvfIndex {
                 if c < EXACT_BELOW_ROWS.min(self.n) {
                     return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
                 }
-                if c < self.n {
-                    let f = c as f64 / self.n as f64;
-                    nprobe = ((nprobe as f64 / f).ceil() as usize).min(self.nlist);
-                    Some(b)
-                } else {
-                    None
-                }
+                (c < self.n).then_some(b)
             }
             None => None,
         };
+        let nprobe = self.choose_nprobe(p).value;
         let sp = Space::new(vectors, inv_norms, self.metric);
         let q = sp.prepare(query);
         let refine = p.refine.or(self.default_refine()).filter(|&r| r > 1);
@@ -812,5 +901,105 @@ mod tests {
             IvfIndex::build(v, Metric::L2, &bad, &Cancel::new()),
             Err(IndexError::Param(_))
         ));
+    }
+
+    #[test]
+    fn filtered_curves_cover_the_probed_range() {
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+        };
+        let at_100k = filter_curve_fractions(100_000);
+        assert!(
+            close(&at_100k, &[0.04096, 0.1024, 0.256, 0.64, 0.9]),
+            "{at_100k:?}"
+        );
+        // Small indexes: an exact scan answers every filter, so no curves.
+        assert!(filter_curve_fractions(4000).is_empty());
+        let at_5k = filter_curve_fractions(5000);
+        assert!(close(&at_5k, &[0.8192, 0.9]), "{at_5k:?}");
+    }
+
+    /// Under a filter, a recall target takes `nprobe` from the filtered curves (and still
+    /// holds on held-out queries and another random filter), probing fewer lists than
+    /// scaling the unfiltered choice by 1/f; an explicit `nprobe` is scaled as before;
+    /// the curves survive serialisation, and a format-1 file opens without them.
+    #[test]
+    fn filtered_recall_target_uses_the_filtered_curves_and_holds() {
+        let (n, dim) = (20_000, 16);
+        let data = clustered(n, dim, 40, 5);
+        let v = VectorSlice::new(&data, dim);
+        let p = IvfParams {
+            nlist: 128,
+            threads: 2,
+            ..Default::default()
+        };
+        let idx = IvfIndex::build_with(v, &[], Metric::L2, &p, &Cancel::new()).unwrap();
+        let fr: Vec<f32> = idx.filtered_curves().curves.iter().map(|c| c.0).collect();
+        assert_eq!(fr.len(), 3, "{fr:?}");
+        let queries = clustered(60, dim, 40, 77);
+        let mut fewer = 0;
+        for frac in [0.25, 0.6] {
+            let mut allow = Bitset::zeros(n);
+            for i in 0..n {
+                if crate::space::unit(i as u64 * 131 + 7) < frac {
+                    allow.set(i, true);
+                }
+            }
+            let f = allow.count_ones() as f64 / n as f64;
+            for target in [0.9f32, 0.95] {
+                let sp = SearchParams {
+                    allow: Some(&allow),
+                    recall: Some(target),
+                    ..SearchParams::top_k(10)
+                };
+                let knob = idx.choose_nprobe(&sp);
+                let want = idx.filtered_curves().choose(f, 1.0, target).unwrap();
+                assert_eq!(knob.value, want.0 as usize, "{frac} {target}");
+                assert_eq!(knob.expected_recall, Some(want.1));
+                let unfiltered = idx.curve().choose(target).unwrap().0 as f64;
+                if (knob.value as f64) < (unfiltered / f).ceil() {
+                    fewer += 1;
+                }
+                let (mut hit, mut tot) = (0, 0);
+                for q in queries.chunks_exact(dim) {
+                    let got = idx.search(v, &[], q, &sp).unwrap();
+                    assert!(got.iter().all(|s| allow.get(s.offset as usize)));
+                    let truth = exact_topk(v, &[], Metric::L2, q, 10, Some(&allow));
+                    hit += got.iter().filter(|g| truth.contains(&g.offset)).count();
+                    tot += truth.len();
+                }
+                let r = hit as f64 / tot as f64;
+                assert!(
+                    r + 0.01 >= target as f64,
+                    "{frac} passing, target {target}: measured {r} at nprobe {}",
+                    knob.value
+                );
+            }
+            // An explicit nprobe is scaled by 1/f, as before the curves.
+            let sp = SearchParams {
+                allow: Some(&allow),
+                nprobe: Some(4),
+                ..SearchParams::top_k(10)
+            };
+            assert_eq!(idx.choose_nprobe(&sp).value, (4.0 / f).ceil() as usize);
+        }
+        assert!(
+            fewer > 0,
+            "the curves never probed fewer lists than nprobe / f"
+        );
+        let bytes = idx.to_bytes();
+        let back = IvfIndex::from_bytes(&bytes).unwrap();
+        assert_eq!(back.filtered_curves(), idx.filtered_curves());
+        // Format 1: the same bytes without the filtered curves, under the old magic.
+        let tail = {
+            let mut w = Writer::new(MAGIC);
+            idx.filtered.write(&mut w);
+            w.buf.len() - MAGIC.len()
+        };
+        let mut v1 = bytes[..bytes.len() - tail].to_vec();
+        v1[..8].copy_from_slice(MAGIC_V1);
+        let old = IvfIndex::from_bytes(&v1).unwrap();
+        assert!(old.filtered_curves().curves.is_empty());
+        assert_eq!(old.curve(), idx.curve());
     }
 }
