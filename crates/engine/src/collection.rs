@@ -924,13 +924,21 @@ impl Collection {
         indexed: &ScalarIndexes,
     ) -> (Bitset, bool) {
         let mut b = seg.visible(snap);
-        if let (Some(f), None, SegState::Flushed) = (filter, ids, seg.state) {
-            if let Some(bits) = seg.cached_filter(&f.text) {
-                b.and_with(&bits);
+        if let (Some(f), None) = (filter, ids) {
+            let n = seg.len();
+            let prev = seg.cached_filter(&f.text).filter(|p| p.len() <= n);
+            if let Some(bits) = prev.as_ref().filter(|p| p.len() == n) {
+                b.and_with(bits);
                 return (b, true);
             }
-            let mut all = Bitset::ones(seg.len());
+            // A growing segment's rows before `from` keep their cached result; only the
+            // rows appended since run the filter.
+            let from = prev.as_ref().map_or(0, |p| p.len());
+            let mut all = Bitset::zeros(from).extended(n, true);
             self.eval_filter(seg, f, indexed, &mut all);
+            if let Some(p) = prev {
+                all.or_with(&p.extended(n, false));
+            }
             b.and_with(&all);
             seg.cache_filter(&f.text, Arc::new(all));
             return (b, false);

@@ -610,7 +610,7 @@ pub struct Segment {
     /// the segment is sealed (`None`: the values cannot form one).
     pub paths: parking_lot::Mutex<HashMap<u64, Option<Arc<PathIndex>>>>,
     /// Results of the last filters run here, by filter text, least recently used first
-    /// (flushed segments only: [`Segment::cache_filter`]).
+    /// ([`Segment::cache_filter`]); in a growing segment, over the rows it had then.
     filter_cache: parking_lot::Mutex<std::collections::VecDeque<(String, Arc<Bitset>)>>,
     pub created_ms: u64,
     /// Format of the files it was loaded from ([`FORMAT`] for segments written now);
@@ -932,7 +932,8 @@ impl Segment {
         Bitset::from_words(words, self.len()).expect("one bit per row")
     }
 
-    /// The cached result of filter `text` on this segment (every row, visibility aside).
+    /// The cached result of filter `text` on this segment (visibility aside): on every
+    /// row, or on the first `len()` rows of the bitset where the segment has grown since.
     pub fn cached_filter(&self, text: &str) -> Option<Arc<Bitset>> {
         let mut c = self.filter_cache.lock();
         let at = c.iter().position(|(t, _)| t == text)?;
@@ -943,15 +944,21 @@ impl Segment {
         Some(bits)
     }
 
-    /// Caches the result of filter `text` (see [`FILTER_CACHE_ENTRIES`]); only for a
-    /// flushed segment, whose columns no longer change.
+    /// Caches the result of filter `text` on the segment's first `bits.len()` rows (see
+    /// [`FILTER_CACHE_ENTRIES`]). A row's values never change once appended (deletes
+    /// only stamp `deleted_at`, upserts delete and append elsewhere, sealing converts
+    /// the representation, not the values), so the result stays true for those rows
+    /// while a growing segment appends more; a longer result replaces a shorter one.
     pub fn cache_filter(&self, text: &str, bits: Arc<Bitset>) {
-        if self.state != SegState::Flushed || text.len() > FILTER_CACHE_MAX_TEXT {
+        if text.len() > FILTER_CACHE_MAX_TEXT || bits.len() > self.len() {
             return;
         }
         let mut c = self.filter_cache.lock();
-        if c.iter().any(|(t, _)| t == text) {
-            return;
+        if let Some(at) = c.iter().position(|(t, _)| t == text) {
+            if c[at].1.len() >= bits.len() {
+                return;
+            }
+            c.remove(at);
         }
         if c.len() == FILTER_CACHE_ENTRIES {
             c.pop_front();

@@ -3067,7 +3067,8 @@ fn repeated_filters_come_from_the_segment_cache() {
         assert_eq!(search(&format!("age == {a}")).1, 0);
     }
     assert_eq!(search(f).1, 0, "evicted: computed again");
-    assert_eq!(search(f).1, 1);
+    // The flushed segment and the upsert's growing one (whose row has not changed).
+    assert_eq!(search(f).1, 2);
     // Compaction writes new segments, with caches of their own.
     e.flush("c").unwrap();
     e.compact("c").unwrap();
@@ -3075,4 +3076,55 @@ fn repeated_filters_come_from_the_segment_cache() {
     let (got, cached) = search(f);
     assert_eq!(got, vec![50, 52, 100, 102, 150]);
     assert!(cached >= 1, "{cached}");
+}
+
+/// A growing segment caches a filter's result on the rows it has, and a later request
+/// runs the filter only on the rows appended since: answers stay exact as rows are
+/// inserted, upserted and deleted, the result is a full cache hit while nothing was
+/// appended, and it carries over when the segment is flushed.
+#[test]
+fn growing_segments_evaluate_repeated_filters_incrementally() {
+    let d = tempfile::tempdir().unwrap();
+    let e = open(d.path());
+    e.create_collection("c", schema(4), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    e.insert("c", None, &rows(0..1000, 4)).unwrap();
+    let search = |filter: &str, near: f32| {
+        let r = SearchRequest {
+            vectors: vec![vec![near; 4]],
+            limit: 3,
+            filter: Some(filter.into()),
+            ..Default::default()
+        };
+        let o = e.search_ex("c", &r).unwrap();
+        (ids(&o.hits[0]), o.filter_cached)
+    };
+    let f = "age < 3 and color == \"red\"";
+    // Rows i with i % 50 in {0, 2} pass: 40 of the first 1000.
+    assert_eq!(search(f, 10.0), (vec![2, 0, 50], 0), "computed");
+    assert_eq!(
+        search(f, 10.0),
+        (vec![2, 0, 50], 1),
+        "nothing appended: a full hit"
+    );
+    assert_eq!(count(&e, "c", f), 40);
+    // 1000 more rows in the same growing segment: only they run the filter, and the
+    // ones that pass are found.
+    e.insert("c", None, &rows(1000..2000, 4)).unwrap();
+    let (got, cached) = search(f, 1500.0);
+    assert_eq!((got, cached), (vec![1500, 1502, 1452], 0));
+    assert_eq!(count(&e, "c", f), 80);
+    assert_eq!(search(f, 1500.0).1, 1);
+    // An upsert turns row 1500 (age 0) into a failing row appended at the end; a delete
+    // removes 1502. Both stay exact with the cached prefix.
+    let mut r = rows(1500..1501, 4);
+    r[0]["age"] = json!(40);
+    e.upsert("c", None, &r).unwrap();
+    e.delete("c", None, Some(&[json!(1502)]), None).unwrap();
+    assert_eq!(search(f, 1500.0).0, vec![1452, 1450, 1550]);
+    assert_eq!(count(&e, "c", f), 78);
+    // Flushed: the segment keeps what it cached while it grew.
+    e.flush("c").unwrap();
+    assert_eq!(search(f, 1500.0), (vec![1452, 1450, 1550], 1));
+    assert_eq!(count(&e, "c", f), 78);
 }

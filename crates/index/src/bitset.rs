@@ -63,6 +63,25 @@ impl Bitset {
         self.len == 0
     }
 
+    /// This set lengthened to `len` bits (at least its own length), the new bits set to
+    /// `fill`: a growing segment's cached filter result extended to the rows appended
+    /// since.
+    pub fn extended(&self, len: usize, fill: bool) -> Bitset {
+        assert!(len >= self.len, "bitset cannot shrink");
+        let mut words = self.words.clone();
+        words.resize(len.div_ceil(64), if fill { u64::MAX } else { 0 });
+        if fill {
+            // Bits of the last old word past the old length.
+            let r = self.len % 64;
+            if r != 0 {
+                words[self.len / 64] |= !((1u64 << r) - 1);
+            }
+        }
+        let mut b = Bitset { words, len };
+        b.clear_tail();
+        b
+    }
+
     #[inline]
     pub fn get(&self, i: usize) -> bool {
         debug_assert!(i < self.len);
@@ -166,6 +185,22 @@ mod tests {
             none.and_not_with(&b);
             none.or_with(&b);
             prop_assert_eq!(none.count_ones(), bits.len());
+        }
+
+        #[test]
+        fn extended_keeps_the_bits_and_fills_the_rest(
+            bits in prop::collection::vec(any::<bool>(), 0..300),
+            extra in 0usize..200,
+            fill in any::<bool>(),
+        ) {
+            let mut b = Bitset::zeros(bits.len());
+            for (i, &v) in bits.iter().enumerate() { b.set(i, v); }
+            let e = b.extended(bits.len() + extra, fill);
+            let want: Vec<bool> = bits.iter().copied().chain(std::iter::repeat_n(fill, extra)).collect();
+            let got: Vec<bool> = (0..e.len()).map(|i| e.get(i)).collect();
+            prop_assert_eq!(got, want);
+            // Bits past the length stay clear (from_words checks it).
+            prop_assert!(Bitset::from_words(e.words().to_vec(), e.len()).is_some());
         }
 
         #[test]
