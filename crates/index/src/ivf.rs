@@ -368,9 +368,12 @@ impl IvfIndex {
     /// target they do not reach, or an index without them scales the unfiltered choice
     /// by `1/f` (capped at `nlist`).
     pub fn choose_nprobe(&self, p: &SearchParams<'_>) -> Knob {
-        let fraction = p
-            .allow
-            .map(|b| b.count_ones())
+        self.choose_nprobe_for(p, p.allow.map(|b| b.count_ones()))
+    }
+
+    /// As [`IvfIndex::choose_nprobe`], knowing that `allowed` rows pass the filter.
+    fn choose_nprobe_for(&self, p: &SearchParams<'_>, allowed: Option<usize>) -> Knob {
+        let fraction = allowed
             .filter(|&c| c < self.n)
             .map(|c| c as f64 / self.n.max(1) as f64);
         let widen = |np: usize| match fraction {
@@ -695,20 +698,16 @@ impl VectorIndexRead for IvfIndex {
         if p.min_score.is_some() || p.max_score.is_some() {
             return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
         }
-        let allow = match p.allow {
-            Some(b) => {
-                let c = b.count_ones();
-                if c == 0 {
-                    return Ok(Vec::new());
-                }
-                if c < EXACT_BELOW_ROWS.min(self.n) {
-                    return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
-                }
-                (c < self.n).then_some(b)
+        let allowed = p.allow.map(|b| b.count_ones());
+        match allowed {
+            Some(0) => return Ok(Vec::new()),
+            Some(c) if c < EXACT_BELOW_ROWS.min(self.n) => {
+                return FlatIndex::new(self.metric).search(vectors, inv_norms, query, p);
             }
-            None => None,
-        };
-        let nprobe = self.choose_nprobe(p).value;
+            _ => {}
+        }
+        let allow = p.allow.filter(|_| allowed.is_some_and(|c| c < self.n));
+        let nprobe = self.choose_nprobe_for(p, allowed).value;
         let sp = Space::new(vectors, inv_norms, self.metric);
         let q = sp.prepare(query);
         let refine = p.refine.or(self.default_refine()).filter(|&r| r > 1);
