@@ -380,9 +380,13 @@ impl IvfIndex {
             Some(f) if f > 0.0 => ((np as f64 / f).ceil() as usize).min(self.nlist),
             _ => np,
         };
+        // Below the lowest measured fraction (at most 1 %: an index over more than
+        // 409,600 rows probes lists for fewer passing rows than that) the curves would
+        // under-probe (fewer passing rows need more lists), so that range scales instead.
+        let lowest = self.filtered.curves.first().map(|c| c.0);
         let filtered = |t: f32| {
             fraction
-                .filter(|_| !self.filtered.curves.is_empty())
+                .filter(|&f| lowest.is_some_and(|lo| f as f32 >= lo))
                 .and_then(|f| self.filtered.choose(f, 1.0, t))
         };
         let target = |t: f32| match filtered(t) {
@@ -985,6 +989,23 @@ mod tests {
         assert!(
             fewer > 0,
             "the curves never probed fewer lists than nprobe / f"
+        );
+        // A fraction below the lowest curve scales the unfiltered choice instead.
+        let mut few = Bitset::zeros(n);
+        for i in (0..n).step_by(4) {
+            few.set(i, true);
+        }
+        let mut high = IvfIndex::from_bytes(&idx.to_bytes()).unwrap();
+        high.filtered.curves.retain(|c| c.0 > 0.5);
+        let sp = SearchParams {
+            allow: Some(&few),
+            recall: Some(0.9),
+            ..SearchParams::top_k(10)
+        };
+        let unfiltered = idx.curve().choose(0.9).unwrap().0 as f64;
+        assert_eq!(
+            high.choose_nprobe(&sp).value,
+            ((unfiltered / 0.25).ceil() as usize).min(128)
         );
         let bytes = idx.to_bytes();
         let back = IvfIndex::from_bytes(&bytes).unwrap();
