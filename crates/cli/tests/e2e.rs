@@ -2769,9 +2769,9 @@ fn bench_filters_on_int_varchar_and_json_path_fields() {
         seen.dedup();
         assert_eq!(seen, ["int", "varchar", "json"]);
     };
-    let http = d.path().join("http.json");
-    let (ok, _, err) = magpie_cli(
-        &[
+    // The same filtered sweep over HTTP (rows loaded by bulk import) or in process.
+    let bench = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
             "bench",
             "--dataset",
             set.to_str().unwrap(),
@@ -2783,15 +2783,23 @@ fn bench_filters_on_int_varchar_and_json_path_fields() {
             "10,50",
             "--filter-field",
             "int,varchar,json",
+            "--json",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = magpie_cli(&args, &[]);
+        (ok, err)
+    };
+    let http = d.path().join("http.json");
+    let (ok, err) = bench(
+        &http,
+        &[
             "--url",
             &s.url,
             "--import-dir",
             imports.to_str().unwrap(),
-            "--json",
-            http.to_str().unwrap(),
             "--keep",
         ],
-        &[],
     );
     assert!(ok, "{err}");
     check(&http);
@@ -2806,24 +2814,7 @@ fn bench_filters_on_int_varchar_and_json_path_fields() {
     assert_eq!(ix["params"]["json_cast_type"], json!("DOUBLE"), "{v}");
     assert!(ix["segments"][0]["indexBytes"].as_u64().unwrap() > 0, "{v}");
     let local = d.path().join("local.json");
-    let (ok, _, err) = magpie_cli(
-        &[
-            "bench",
-            "--dataset",
-            set.to_str().unwrap(),
-            "--sweep",
-            "64",
-            "--recall-targets",
-            "0.9",
-            "--filter-selectivity",
-            "10,50",
-            "--filter-field",
-            "int,varchar,json",
-            "--json",
-            local.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, err) = bench(&local, &[]);
     assert!(ok, "{err}");
     check(&local);
     let (ok, _, err) = magpie_cli(

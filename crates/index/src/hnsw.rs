@@ -938,8 +938,8 @@ impl HnswIndex {
 
 /// Passing fractions the filtered recall curves of an `n`-row graph are measured at: for
 /// the two-hop walk, its lowest fraction (`exact_below / n`, where its recall is lowest)
-/// and then steps of [`TWO_HOP_CURVE_STEP`]× up to [`TWO_HOP_BELOW`]; for the navigating
-/// walk, 0.5 and 0.9. A search between two measured fractions interpolates their `ef`
+/// and then steps of [`recall::CURVE_FRACTION_STEP`]× up to [`TWO_HOP_BELOW`]; for the
+/// navigating walk, 0.5 and 0.9. A search between two measured fractions interpolates their `ef`
 /// ([`FilteredCurves::choose`]), so the steps bound how far it can be off: with one
 /// two-hop curve (0.04 at 1M rows), 10 % passing took that curve's `ef` 192 and reached
 /// recall 0.985 where 0.95 was asked (docs/BENCHMARKS.md, "1M × 128"). Each curve
@@ -951,19 +951,10 @@ pub fn filter_curve_fractions(n: usize, exact_below: usize) -> Vec<f64> {
         return Vec::new();
     }
     let lo = (exact_below as f64 / n as f64).max(0.01);
-    let mut out = Vec::new();
-    let mut f = lo;
-    while f < TWO_HOP_BELOW {
-        out.push(f);
-        f *= TWO_HOP_CURVE_STEP;
-    }
+    let mut out = recall::fraction_ladder(lo, TWO_HOP_BELOW);
     out.extend([TWO_HOP_BELOW, 0.9].into_iter().filter(|&f| f >= lo));
     out
 }
-
-/// Ratio between the passing fractions of consecutive two-hop curves (0.04, 0.1, 0.25 at
-/// 1M rows; 0.08, 0.2 at 50k).
-pub const TWO_HOP_CURVE_STEP: f64 = 2.5;
 
 /// Below this many passing rows an exact scan is faster than a filtered walk (measured
 /// crossover: ~3,500 rows at 128-d, ~5,000 at 384-d; docs/BENCHMARKS.md, "Filtered").

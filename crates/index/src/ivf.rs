@@ -623,7 +623,7 @@ impl IvfIndex {
 
 /// Passing fractions the filtered recall curves of an `n`-row IVF index are measured at:
 /// from the lowest fraction a filtered search probes lists for (`EXACT_BELOW_ROWS / n`,
-/// at least 0.01) up in steps of [`crate::hnsw::TWO_HOP_CURVE_STEP`] (2.5×), then 0.9
+/// at least 0.01) up in steps of [`recall::CURVE_FRACTION_STEP`] (2.5×), then 0.9
 /// (0.04, 0.1, 0.25, 0.625, 0.9 at 100k rows). A filter passing a fraction `f` needs the
 /// lists that hold its nearest *passing* rows, about the nearest `k / f` rows overall;
 /// how many lists that takes depends on the data, which is why it is measured rather
@@ -633,12 +633,7 @@ pub fn filter_curve_fractions(n: usize) -> Vec<f64> {
     if n == 0 {
         return Vec::new();
     }
-    let mut f = (EXACT_BELOW_ROWS as f64 / n as f64).max(0.01);
-    let mut out = Vec::new();
-    while f < 0.9 {
-        out.push(f);
-        f *= crate::hnsw::TWO_HOP_CURVE_STEP;
-    }
+    let mut out = recall::fraction_ladder((EXACT_BELOW_ROWS as f64 / n as f64).max(0.01), 0.9);
     // Fractions an exact scan answers (fewer than EXACT_BELOW_ROWS rows) are left out.
     if 0.9 * n as f64 >= EXACT_BELOW_ROWS as f64 {
         out.push(0.9);

@@ -190,6 +190,17 @@ pub(crate) fn random_filter(n: usize, fraction: f64, seed: u64) -> Bitset {
     b
 }
 
+/// Ratio between consecutive passing fractions at which filtered curves are measured
+/// (HNSW's two-hop range, IVF's whole range): 0.04, 0.1, 0.25 at 1M rows.
+pub const CURVE_FRACTION_STEP: f64 = 2.5;
+
+/// Passing fractions from `lo` up in steps of [`CURVE_FRACTION_STEP`], below `below`.
+pub(crate) fn fraction_ladder(lo: f64, below: f64) -> Vec<f64> {
+    std::iter::successors(Some(lo), |f| Some(f * CURVE_FRACTION_STEP))
+        .take_while(|&f| f < below)
+        .collect()
+}
+
 /// Where a filtered curve's sweep stops. Its last rungs are the costly ones (a two-hop walk
 /// at `ef` 512 explores far more than an unfiltered one), so it ends at 0.99; a target
 /// that needs more under a filter uses the unfiltered curve (see
