@@ -26,6 +26,13 @@ use std::sync::Arc;
 
 /// Forward passes kept for reuse by a second function on the same image.
 const CACHE_ENTRIES: usize = 512;
+/// Query vectors kept, by sentence encoder and text: a text search of an image
+/// collection with captions embeds its query for two functions on one encoder, and the
+/// UI runs the query on screen again whenever a filter or knob changes.
+const QUERY_CACHE_ENTRIES: usize = 256;
+/// Queries longer than this are not kept (so the cache holds at most 256 × 1 KiB of
+/// text).
+const QUERY_CACHE_MAX_TEXT: usize = 1024;
 
 pub const LITE0: &str = "efficientnet-lite0";
 pub const CONSE: &str = "conse";
@@ -37,7 +44,7 @@ const MINILM: &str = "all-minilm-l6-v2";
 const E5: &str = "multilingual-e5-small";
 
 /// If `name` is a ConSE model: its name and the sentence encoder behind it.
-fn conse_model(name: &str) -> Option<(&'static str, &'static str)> {
+pub(crate) fn conse_model(name: &str) -> Option<(&'static str, &'static str)> {
     match name {
         CONSE => Some((CONSE, MINILM)),
         CONSE_MULTILINGUAL => Some((CONSE_MULTILINGUAL, E5)),
@@ -47,6 +54,11 @@ fn conse_model(name: &str) -> Option<(&'static str, &'static str)> {
 
 /// Recent forward passes by image key, with their insertion order for eviction.
 type OutputCache = (HashMap<String, Arc<Lite0Output>>, VecDeque<String>);
+/// Recent query vectors by (encoder, text), with their insertion order.
+type QueryCache = (
+    HashMap<(String, String), Arc<Vec<f32>>>,
+    VecDeque<(String, String)>,
+);
 
 pub struct ModelEmbedder {
     store: ModelStore,
@@ -55,6 +67,7 @@ pub struct ModelEmbedder {
     conse: Mutex<HashMap<&'static str, Arc<Conse>>>,
     clip: Mutex<HashMap<String, Arc<Clip>>>,
     cache: Mutex<OutputCache>,
+    queries: Mutex<QueryCache>,
     roots: RwLock<Vec<PathBuf>>,
     limits: DecodeLimits,
     threads: usize,
@@ -69,6 +82,7 @@ impl ModelEmbedder {
             conse: Mutex::new(HashMap::new()),
             clip: Mutex::new(HashMap::new()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            queries: Mutex::new((HashMap::new(), VecDeque::new())),
             roots: RwLock::new(Vec::new()),
             limits: DecodeLimits::default(),
             threads: default_threads(),
@@ -267,11 +281,13 @@ impl ModelEmbedder {
         query: bool,
     ) -> Result<Vec<Vec<f32>>, String> {
         let name = Self::canonical(model);
+        let mut enc_name = name.clone();
         let enc = match name.as_str() {
             // ConSE queries are sentence vectors in its text model's space.
             n if conse_model(n).is_some() => {
                 self.store.require(n).map_err(|e| e.to_string())?;
                 let (_, text_name) = conse_model(n).expect("a ConSE model");
+                enc_name = text_name.to_string();
                 self.text_model(text_name)?
             }
             n if n.starts_with("clip-") => {
@@ -291,17 +307,55 @@ impl ModelEmbedder {
                 self.text_model(&name)?
             }
         };
-        let mut out = Vec::with_capacity(texts.len());
+        let cacheable = query && texts.len() == 1 && texts[0].len() <= QUERY_CACHE_MAX_TEXT;
+        let key = cacheable.then(|| (enc_name, texts[0].to_string()));
+        if let Some(k) = &key {
+            if let Some(v) = self.queries.lock().0.get(k) {
+                return Ok(vec![v.as_ref().clone()]);
+            }
+        }
+        // Each distinct text once (image captions are mostly empty or repeated).
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut unique: Vec<&str> = Vec::new();
+        let slot: Vec<usize> = texts
+            .iter()
+            .map(|t| {
+                *at.entry(t).or_insert_with(|| {
+                    unique.push(t);
+                    unique.len() - 1
+                })
+            })
+            .collect();
+        let mut vecs = Vec::with_capacity(unique.len());
         // Batches of 32 keep per-batch padding short.
-        for chunk in texts.chunks(32) {
+        for chunk in unique.chunks(32) {
             let v = if query {
                 enc.embed_queries(chunk)
             } else {
                 enc.embed(chunk)
             };
-            out.extend(v.map_err(|e| e.to_string())?);
+            vecs.extend(v.map_err(|e| e.to_string())?);
         }
-        Ok(out)
+        if vecs.len() != unique.len() {
+            return Err(format!(
+                "model '{name}' returned {} vectors for {} texts",
+                vecs.len(),
+                unique.len()
+            ));
+        }
+        if let (Some(k), Some(v)) = (key, vecs.first()) {
+            let mut g = self.queries.lock();
+            let (map, order) = &mut *g;
+            if map.insert(k.clone(), Arc::new(v.clone())).is_none() {
+                order.push_back(k);
+            }
+            while order.len() > QUERY_CACHE_ENTRIES {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+        Ok(slot.into_iter().map(|i| vecs[i].clone()).collect())
     }
 
     /// Lite0 outputs of `images` (cached), decoded and run on the worker threads.

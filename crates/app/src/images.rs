@@ -11,6 +11,14 @@
 //! Indexing is incremental and resumable: every batch is an acknowledged upsert (in the
 //! WAL before it returns), rows carry size, mtime and a content hash, so a second run
 //! skips unchanged files, re-embeds changed ones, and deletes rows of vanished files.
+//!
+//! **Captions.** An image may have a caption: a text file beside it with the same stem
+//! (`fr.png` → `fr.txt`, UTF-8, its first [`CAPTION_MAX`] bytes). It is stored in
+//! `caption` and embedded by the text model behind the collection's ConSE model into
+//! `caption_vec`, so a text search matches the words of the caption as well as what the
+//! image model sees (see [`search`]). Editing, adding or removing a caption re-indexes
+//! its image. Collections made before captions existed have neither field and search by
+//! the image model alone.
 
 use crate::embedder::{ModelEmbedder, DEFAULT_IMAGE_TEXT_MODEL, LITE0};
 use crate::error::{AppError, Result};
@@ -29,6 +37,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const IMAGE_VEC: &str = "image_vec";
 pub const TEXT_VEC: &str = "text_vec";
+pub const CAPTION: &str = "caption";
+pub const CAPTION_VEC: &str = "caption_vec";
+pub const CAPTION_TERMS: &str = "caption_terms";
+/// The longest caption read from a caption file, in bytes (the rest is left out).
+pub const CAPTION_MAX: usize = 4096;
+/// How much a caption's match counts against the image model's in a text search: a
+/// caption as close to the query as the best caption of the candidates adds this times
+/// its lead over the weakest candidate caption (see [`search`]).
+pub const CAPTION_WEIGHT: f32 = 1.0;
+/// How much the caption's words count: the caption with the best BM25 score among the
+/// candidates adds this, the others their share of that score.
+pub const CAPTION_WORDS_WEIGHT: f32 = 0.05;
 /// Files with these extensions are indexed.
 pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
 /// Scalar fields returned with every hit.
@@ -41,16 +61,48 @@ pub const DEFAULT_DUP_THRESHOLD: f32 = 0.75;
 const MAX_PATH: usize = 4096;
 const ROOTS: &str = "images.json";
 
+/// The text model that embeds captions for a collection whose text → image model is
+/// `text_model`: the sentence encoder behind a ConSE model, so that a query's vector is
+/// the same for both. CLIP collections store captions without a caption vector.
+pub fn caption_model(text_model: &str) -> Option<&'static str> {
+    crate::embedder::conse_model(&text_model.to_ascii_lowercase()).map(|(_, enc)| enc)
+}
+
 /// The schema of an image collection whose `text_vec` comes from `text_model` (`conse`,
-/// or a CLIP model) with `text_dim` dimensions.
-pub fn schema(text_model: &str, text_dim: usize) -> CollectionSchema {
-    let f = |name: &str, model: &str, out: &str| {
+/// or a CLIP model) with `text_dim` dimensions; with `caption_dim`, captions are
+/// embedded by [`caption_model`] into `caption_vec`.
+pub fn schema(text_model: &str, text_dim: usize, caption_dim: Option<usize>) -> CollectionSchema {
+    let f = |name: &str, kind: &str, model: &str, input: &str, out: &str| {
         serde_json::from_value(json!({
-            "name": name, "type": "ImageEmbedding", "inputFieldNames": ["file"],
+            "name": name, "type": kind, "inputFieldNames": [input],
             "outputFieldNames": [out], "params": {"model": model}
         }))
         .expect("static function schema")
     };
+    let mut functions = vec![
+        f("lite0", "ImageEmbedding", LITE0, "file", IMAGE_VEC),
+        f("text", "ImageEmbedding", text_model, "file", TEXT_VEC),
+    ];
+    // Captions are also searched word for word by BM25 (the standard analyzer: words
+    // lowercased, no stemming, so "stars" matches "stars" and not "star").
+    let mut caption = FieldSchema::new(CAPTION, DataType::VarChar).with_max_length(CAPTION_MAX);
+    caption.enable_analyzer = true;
+    caption.analyzer_params = Some(json!({"type": "standard"}));
+    let mut caption_fields = vec![
+        caption,
+        FieldSchema::new(CAPTION_TERMS, DataType::SparseFloatVector),
+    ];
+    functions.push(
+        serde_json::from_value(json!({
+            "name": "caption_bm25", "type": "BM25", "inputFieldNames": [CAPTION],
+            "outputFieldNames": [CAPTION_TERMS], "params": {}
+        }))
+        .expect("static function schema"),
+    );
+    if let (Some(dim), Some(model)) = (caption_dim, caption_model(text_model)) {
+        functions.push(f("caption", "TextEmbedding", model, CAPTION, CAPTION_VEC));
+        caption_fields.push(FieldSchema::new(CAPTION_VEC, DataType::FloatVector).with_dim(dim));
+    }
     CollectionSchema {
         fields: vec![
             FieldSchema::new("id", DataType::Int64).primary(false),
@@ -68,28 +120,34 @@ pub fn schema(text_model: &str, text_dim: usize) -> CollectionSchema {
             FieldSchema::new("exif_n", DataType::Int64),
             FieldSchema::new(IMAGE_VEC, DataType::FloatVector).with_dim(1280),
             FieldSchema::new(TEXT_VEC, DataType::FloatVector).with_dim(text_dim),
-        ],
+        ]
+        .into_iter()
+        .chain(caption_fields)
+        .collect(),
         enable_dynamic_field: false,
         description: "Magpie image collection".into(),
-        functions: vec![
-            f("lite0", LITE0, IMAGE_VEC),
-            f("text", text_model, TEXT_VEC),
-        ],
+        functions,
     }
 }
 
-fn indexes() -> Vec<IndexMeta> {
-    [IMAGE_VEC, TEXT_VEC]
-        .iter()
-        .map(|f| IndexMeta {
-            id: 0,
-            index_name: f.to_string(),
-            field_name: f.to_string(),
-            index_type: "AUTOINDEX".into(),
-            metric_type: Metric::COSINE,
-            params: Default::default(),
-        })
-        .collect()
+fn indexes(schema: &CollectionSchema) -> Vec<IndexMeta> {
+    [
+        (IMAGE_VEC, "AUTOINDEX", Metric::COSINE),
+        (TEXT_VEC, "AUTOINDEX", Metric::COSINE),
+        (CAPTION_VEC, "AUTOINDEX", Metric::COSINE),
+        (CAPTION_TERMS, "SPARSE_INVERTED_INDEX", Metric::BM25),
+    ]
+    .iter()
+    .filter(|(f, _, _)| schema.field(f).is_some())
+    .map(|&(f, t, m)| IndexMeta {
+        id: 0,
+        index_name: f.to_string(),
+        field_name: f.to_string(),
+        index_type: t.into(),
+        metric_type: m,
+        params: Default::default(),
+    })
+    .collect()
 }
 
 /// Which folder each image collection indexes: `<data dir>/images.json`.
@@ -208,7 +266,16 @@ pub fn ensure_collection(
     let model = text_model.unwrap_or(DEFAULT_IMAGE_TEXT_MODEL);
     let dim = magpie_engine::Embedder::dim(emb, magpie_engine::FunctionKind::ImageEmbedding, model)
         .map_err(|m| AppError::bad_request(format!("text model for '{coll}': {m}")))?;
-    engine.create_collection(coll, schema(model, dim), indexes(), Consistency::Strong, "")?;
+    let caption_dim = match caption_model(model) {
+        Some(m) => Some(
+            magpie_engine::Embedder::dim(emb, magpie_engine::FunctionKind::TextEmbedding, m)
+                .map_err(|e| AppError::bad_request(format!("caption model for '{coll}': {e}")))?,
+        ),
+        None => None,
+    };
+    let schema = schema(model, dim, caption_dim);
+    let indexes = indexes(&schema);
+    engine.create_collection(coll, schema, indexes, Consistency::Strong, "")?;
     Ok(())
 }
 
@@ -248,9 +315,15 @@ pub fn index_folder(
     })?;
     let mut rep = IndexReport::default();
     let known = known_rows(engine, coll)?;
+    let has_caption = engine
+        .describe_collection(coll)?
+        .schema
+        .field(CAPTION)
+        .is_some();
     let files = walk::walk_files(&root, &EXTENSIONS, &mut rep);
     rep.found = files.len();
-    let (todo, seen) = walk::diff(&root, files, &known, &mut rep);
+    let captions = |p: &Path| has_caption.then(|| caption_file(&root, p)).flatten();
+    let (todo, seen) = walk::diff(&root, files, &known, &mut rep, &captions);
     let total = todo.len();
     progress(Progress { done: 0, total });
     let mut done = 0;
@@ -266,7 +339,9 @@ pub fn index_folder(
             rel,
             size,
             mtime,
+            file_mtime,
             hash,
+            sidecar,
         } in chunk
         {
             let m = match read_meta(p) {
@@ -291,7 +366,14 @@ pub fn index_folder(
                 Some((f, n)) => (f.to_string(), n.to_string()),
                 None => (String::new(), rel.clone()),
             };
-            rows.push(json!({
+            let caption = match sidecar.as_deref().map(read_caption).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    rep.failed.push((rel.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let mut row = json!({
                 "id": path_id(rel),
                 "file": p.to_string_lossy(),
                 "path": rel,
@@ -302,10 +384,14 @@ pub fn index_folder(
                 "hash": hash,
                 "width": m.width,
                 "height": m.height,
-                "date": m.taken.clone().unwrap_or_else(|| format_time(*mtime)),
+                "date": m.taken.clone().unwrap_or_else(|| format_time(*file_mtime)),
                 "exif_n": m.exif_richness(),
                 "exif": Value::Object(exif),
-            }));
+            });
+            if has_caption {
+                row[CAPTION] = json!(caption);
+            }
+            rows.push(row);
             rels.push(rel.clone());
         }
         // A row whose image fails to embed is dropped and the rest retried.
@@ -344,6 +430,47 @@ pub fn index_folder(
         engine.flush(coll)?;
     }
     Ok(rep)
+}
+
+/// The caption file of `image`: the `.txt` file with its stem beside it, when that is a
+/// regular file under `root` (symlinks resolved), so a caption never reads a file from
+/// outside the indexed folder.
+pub fn caption_file(root: &Path, image: &Path) -> Option<PathBuf> {
+    let c = image.with_extension("txt").canonicalize().ok()?;
+    (c.starts_with(root) && c.is_file()).then_some(c)
+}
+
+/// A caption file's text: its first [`CAPTION_MAX`] bytes (cut at a character
+/// boundary), as UTF-8 with invalid bytes replaced, whitespace trimmed.
+pub fn read_caption(path: &Path) -> std::result::Result<String, AppError> {
+    use std::io::Read;
+    let io = |source| AppError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut b = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(CAPTION_MAX as u64)
+        .read_to_end(&mut b)
+        .map_err(io)?;
+    let mut s = String::from_utf8_lossy(&b).into_owned();
+    // A replacement character takes three bytes: cut again to the limit.
+    while s.len() > CAPTION_MAX {
+        s.pop();
+    }
+    Ok(s.trim().to_string())
+}
+
+/// The fields returned with every hit of `coll`: [`OUTPUT_FIELDS`], and the caption
+/// where the collection has one.
+fn output_fields(engine: &Engine, coll: &str) -> Result<Vec<String>> {
+    let meta = engine.describe_collection(coll)?;
+    let mut f: Vec<String> = OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect();
+    if meta.schema.field(CAPTION).is_some() {
+        f.push(CAPTION.into());
+    }
+    Ok(f)
 }
 
 /// What to search by.
@@ -420,6 +547,18 @@ impl Effort {
 
 /// Searches an image collection. `filter` is a boolean expression over the scalar fields
 /// (e.g. `folder == "europe" and date >= "2020"`); `effort` sets the index's knob.
+///
+/// A text search of a collection with captions runs three searches, each to a depth of
+/// `max(4·limit, 50)` candidates: `text_vec` (what the image model sees), `caption_vec`
+/// (the caption's meaning, by the sentence encoder behind ConSE) and `caption_terms`
+/// (the caption's words, BM25). The union is ranked by the image score (a row missing
+/// from that list gets its weakest score), plus [`CAPTION_WEIGHT`] times the caption's
+/// lead over the weakest caption candidate, plus [`CAPTION_WORDS_WEIGHT`] times its share
+/// of the best BM25 score. The first two are cosines to the same query vector, so a
+/// query that matches no caption in particular spreads the caption scores little and
+/// leaves the image model's order nearly as it was; a query none of whose words occur in
+/// a caption gets no BM25 term. The hit's score is that sum. The weights were chosen on
+/// the captioned flags (docs/BENCHMARKS.md, "Captions").
 pub fn search(
     engine: &Engine,
     coll: &str,
@@ -428,10 +567,18 @@ pub fn search(
     limit: usize,
     effort: Effort,
 ) -> Result<Vec<ImageHit>> {
+    let fields = output_fields(engine, coll)?;
+    let captions = fields.iter().any(|f| f == CAPTION)
+        && engine
+            .describe_collection(coll)?
+            .schema
+            .field(CAPTION_VEC)
+            .is_some();
+    let limit = limit.clamp(1, 1000);
     let mut r = SearchRequest {
-        limit: limit.clamp(1, 1000),
+        limit,
         filter: filter.map(String::from),
-        output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+        output_fields: fields,
         knobs: effort.knobs()?,
         ..Default::default()
     };
@@ -442,6 +589,9 @@ pub fn search(
             }
             r.anns_field = Some(TEXT_VEC.into());
             r.texts = vec![t.clone()];
+            if captions {
+                return search_with_captions(engine, coll, r);
+            }
         }
         ImageQuery::Image(b) => {
             r.anns_field = Some(IMAGE_VEC.into());
@@ -454,11 +604,7 @@ pub fn search(
             r.limit += 1;
         }
     }
-    let mut hits: Vec<ImageHit> = engine
-        .search(coll, &r)?
-        .into_iter()
-        .next()
-        .unwrap_or_default()
+    let mut hits: Vec<ImageHit> = first(engine.search(coll, &r)?)
         .into_iter()
         .map(hit)
         .collect();
@@ -466,6 +612,83 @@ pub fn search(
         hits.retain(|h| h.id != *id);
         hits.truncate(limit);
     }
+    Ok(hits)
+}
+
+fn first(mut v: Vec<Vec<Hit>>) -> Vec<Hit> {
+    if v.is_empty() {
+        Vec::new()
+    } else {
+        v.swap_remove(0)
+    }
+}
+
+/// A text search through the image model and the captions together (see [`search`]).
+fn search_with_captions(engine: &Engine, coll: &str, r: SearchRequest) -> Result<Vec<ImageHit>> {
+    let limit = r.limit;
+    let depth = (limit * 4).clamp(50, 4000);
+    let image = SearchRequest {
+        limit: depth,
+        ..r.clone()
+    };
+    let dense = SearchRequest {
+        limit: depth,
+        anns_field: Some(CAPTION_VEC.into()),
+        filter: Some(match &r.filter {
+            Some(f) => format!("({f}) and {CAPTION} != \"\""),
+            None => format!("{CAPTION} != \"\""),
+        }),
+        ..r.clone()
+    };
+    let words = SearchRequest {
+        limit: depth,
+        anns_field: Some(CAPTION_TERMS.into()),
+        knobs: Default::default(),
+        ..r
+    };
+    let image = first(engine.search(coll, &image)?);
+    let dense = first(engine.search(coll, &dense)?);
+    let words = first(engine.search(coll, &words)?);
+    let floor = |hs: &[Hit]| hs.iter().map(|h| h.distance).fold(f32::INFINITY, f32::min);
+    let (image_floor, dense_floor) = (floor(&image), floor(&dense));
+    let words_top = words.iter().map(|h| h.distance).fold(0.0f32, f32::max);
+    // id → (image score, caption bonus, the hit)
+    let mut rows: HashMap<i64, (f32, f32, ImageHit)> = HashMap::new();
+    let mut add = |h: Hit, image: Option<f32>, bonus: f32| {
+        let h = hit(h);
+        let e = rows
+            .entry(h.id)
+            .or_insert((image.unwrap_or(image_floor), 0.0, h));
+        if let Some(s) = image {
+            e.0 = s;
+        }
+        e.1 += bonus;
+    };
+    for h in image {
+        let s = h.distance;
+        add(h, Some(s), 0.0);
+    }
+    for h in dense {
+        let lead = h.distance - dense_floor;
+        add(h, None, CAPTION_WEIGHT * lead);
+    }
+    for h in words {
+        let share = if words_top > 0.0 {
+            h.distance / words_top
+        } else {
+            0.0
+        };
+        add(h, None, CAPTION_WORDS_WEIGHT * share);
+    }
+    let mut hits: Vec<ImageHit> = rows
+        .into_values()
+        .map(|(s, bonus, mut h)| {
+            h.score = s + bonus;
+            h
+        })
+        .collect();
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    hits.truncate(limit);
     Ok(hits)
 }
 
@@ -483,7 +706,7 @@ pub fn get(engine: &Engine, coll: &str, id: i64) -> Result<ImageHit> {
         coll,
         &QueryRequest {
             ids: Some(vec![json!(id)]),
-            output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+            output_fields: output_fields(engine, coll)?,
             ..Default::default()
         },
     )?;
@@ -527,7 +750,7 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
         coll,
         &QueryRequest {
             filter: Some("id >= 0".into()),
-            output_fields: OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect(),
+            output_fields: output_fields(engine, coll)?,
             consistency: Some(Consistency::Strong),
             ..Default::default()
         },
@@ -780,6 +1003,10 @@ mod tests {
 
     #[test]
     fn schema_is_valid() {
-        schema(crate::embedder::CONSE, 384).check().unwrap();
+        schema(crate::embedder::CONSE, 384, None).check().unwrap();
+        let s = schema(crate::embedder::CONSE_MULTILINGUAL, 384, Some(384));
+        s.check().unwrap();
+        assert!(s.field(CAPTION_VEC).is_some());
+        assert_eq!(indexes(&s).len(), 4);
     }
 }

@@ -6,6 +6,7 @@
 //! The HTTP server and the CLI are thin layers over this crate: they parse requests or
 //! arguments, call these functions and render [`AppError`] as a status.
 
+pub mod describe;
 pub mod dupcal;
 pub mod embedder;
 pub mod error;

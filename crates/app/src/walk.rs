@@ -43,8 +43,15 @@ pub struct Todo {
     pub path: PathBuf,
     pub rel: String,
     pub size: i64,
+    /// The later of the file's and its sidecar's modification times (what the next run
+    /// compares).
     pub mtime: i64,
+    /// The file's own modification time.
+    pub file_mtime: i64,
+    /// The file's content hash, with its sidecar's after a `+` when it has one.
     pub hash: String,
+    /// The file's sidecar (for the image app, its caption), when it has one.
+    pub sidecar: Option<PathBuf>,
 }
 
 /// Files under `root` (symlinks followed, sorted by name) whose extension, lowercased,
@@ -75,12 +82,15 @@ pub fn walk_files(root: &Path, exts: &[&str], rep: &mut IndexReport) -> Vec<Path
 
 /// Splits `files` into those to index (new, or changed: size or mtime differ and the
 /// content hash too) and counts the unchanged ones; returns them with the set of
-/// relative paths seen (what is known and not seen was deleted).
+/// relative paths seen (what is known and not seen was deleted). `sidecar` names a
+/// file's companion file, if it has one (a caption): a change to it, its appearance or
+/// its removal changes the file too.
 pub fn diff(
     root: &Path,
     files: Vec<PathBuf>,
     known: &HashMap<String, Known>,
     rep: &mut IndexReport,
+    sidecar: &dyn Fn(&Path) -> Option<PathBuf>,
 ) -> (Vec<Todo>, HashSet<String>) {
     let mut todo = Vec::new();
     let mut seen = HashSet::new();
@@ -95,13 +105,24 @@ pub fn diff(
             }
         };
         let size = meta.len() as i64;
-        let mtime = modified_since_epoch(&meta).as_secs() as i64;
+        let file_mtime = modified_since_epoch(&meta).as_secs() as i64;
+        let side = sidecar(&path).and_then(|p| {
+            let m = std::fs::metadata(&p).ok().filter(|m| m.is_file())?;
+            Some((p, modified_since_epoch(&m).as_secs() as i64))
+        });
+        let mtime = side.as_ref().map_or(file_mtime, |s| s.1.max(file_mtime));
         let k = known.get(&rel);
-        if k.is_some_and(|k| k.size == size && k.mtime == mtime) {
+        // A sidecar that appeared or vanished changes the file whatever the times say
+        // (it may be as old as the file).
+        let same_sidecar = |k: &Known| k.hash.contains('+') == side.is_some();
+        if k.is_some_and(|k| k.size == size && k.mtime == mtime && same_sidecar(k)) {
             rep.unchanged += 1;
             continue;
         }
-        let hash = match file_hash(&path) {
+        let hash = match file_hash(&path).and_then(|h| match &side {
+            Some((p, _)) => Ok(format!("{h}+{}", file_hash(p)?)),
+            None => Ok(h),
+        }) {
             Ok(h) => h,
             Err(e) => {
                 rep.failed.push((rel, e.to_string()));
@@ -117,7 +138,9 @@ pub fn diff(
             rel,
             size,
             mtime,
+            file_mtime,
             hash,
+            sidecar: side.map(|s| s.0),
         });
     }
     (todo, seen)

@@ -711,11 +711,39 @@ fn esc(s: &str) -> String {
 }
 
 /// Fetches the public-domain sample set (the country flags of npm `svg-country-flags`,
-/// 250 px PNGs) with `npm pack` into `dest`, unless it is already there.
+/// 250 px PNGs, and its `countries.json` of names) with `npm pack` into `dest`, unless
+/// it is already there; then writes a caption beside every flag that has none: "Flag of
+/// <country>." and a description of its colours and shapes
+/// ([`magpie_app::describe`]), so that text search finds flags by name and by look.
 pub fn fetch_flags(dest: &Path) -> Result<()> {
-    if dest.join("fr.png").is_file() {
-        return Ok(());
+    if !(dest.join("fr.png").is_file() && dest.join(COUNTRIES).is_file()) {
+        download_flags(dest)?;
     }
+    let names: std::collections::BTreeMap<String, String> = std::fs::read(dest.join(COUNTRIES))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .with_context(|| {
+            format!(
+                "{}: not a JSON object of names",
+                dest.join(COUNTRIES).display()
+            )
+        })?;
+    let title = |stem: &str| {
+        names
+            .get(&stem.to_ascii_uppercase())
+            .map(|n| format!("Flag of {n}."))
+    };
+    let n = magpie_app::describe::write_captions(dest, &title)
+        .with_context(|| format!("cannot write captions in {}", dest.display()))?;
+    if n > 0 {
+        eprintln!("{n} captions written beside the flags");
+    }
+    Ok(())
+}
+
+const COUNTRIES: &str = "countries.json";
+
+fn download_flags(dest: &Path) -> Result<()> {
     let tmp = dest.with_extension("download");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -740,6 +768,10 @@ pub fn fetch_flags(dest: &Path) -> Result<()> {
     for e in ar.entries()? {
         let mut e = e?;
         let p = e.path()?.into_owned();
+        if p == Path::new("package/countries.json") {
+            e.unpack(staged.join(COUNTRIES))?;
+            continue;
+        }
         let Ok(rest) = p.strip_prefix("package/png250px") else {
             continue;
         };
@@ -750,8 +782,11 @@ pub fn fetch_flags(dest: &Path) -> Result<()> {
         e.unpack(staged.join(name))?;
         n += 1;
     }
-    if n == 0 {
-        bail!("{}: no png250px/ images in the package", tgz.display());
+    if n == 0 || !staged.join(COUNTRIES).is_file() {
+        bail!(
+            "{}: no png250px/ images or no countries.json in the package",
+            tgz.display()
+        );
     }
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;

@@ -2831,3 +2831,95 @@ fn bench_filters_on_int_varchar_and_json_path_fields() {
     );
     assert!(!ok && err.contains("float"), "{err}");
 }
+
+/// The README's first command: `serve --demo` fetches the flags from npm with their
+/// country names, writes a caption beside each (name, colours, shapes), indexes them,
+/// and the README's demo queries find the right flags through caption and image
+/// together. Needs the models and npm with access to the npm registry (both in CI).
+#[test]
+fn serve_demo_fetches_captioned_flags_and_finds_them_by_look() {
+    let Some(models) = models_dir() else { return };
+    if Command::new("npm").arg("--version").output().is_err() {
+        return magpie_testkit::skip(
+            "npm",
+            "npm is not on the PATH (serve --demo fetches the flags with it)",
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo", "--data-dir"])
+        .arg(&data)
+        .arg("--models-dir")
+        .arg(&models)
+        .env("MAGPIE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let _server = Server {
+        child,
+        url: url.clone(),
+    };
+    let flags = data.join("samples/flags");
+    let caption = std::fs::read_to_string(flags.join("jp.txt")).unwrap();
+    assert!(
+        caption.starts_with("Flag of Japan. White and red. A red circle on a white field."),
+        "{caption}"
+    );
+    let post = |path: &str, body: Value| -> Value {
+        ureq::post(&format!("{url}{path}"))
+            .send_json(body)
+            .unwrap()
+            .into_json()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = post("/v2/images/status", json!({"collectionName": "images"}));
+        if s["data"]["running"] == json!(false) && s["data"]["report"].is_object() {
+            assert_eq!(s["data"]["report"]["added"], json!(256), "{s}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "indexing did not finish: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (q, want) in [
+        ("stars and stripes", "us.png"),
+        ("red circle on white", "jp.png"),
+    ] {
+        let v = post(
+            "/v2/images/search",
+            json!({"collectionName": "images", "text": q, "limit": 3}),
+        );
+        let names: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|h| h["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&want), "{q:?} → {names:?}, want {want}");
+        let hit = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == json!(want))
+            .unwrap();
+        assert!(
+            hit["caption"].as_str().unwrap().starts_with("Flag of"),
+            "{hit}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 /// Reports a skipped test; panics when skips are not allowed (see the crate docs).
 /// `what` names the missing prerequisite: `models`, `shared`, `chromium`, `s3`, `etcd`,
-/// `nats`, `pymilvus` or `node-sdk`.
+/// `nats`, `pymilvus`, `node-sdk` or `npm`.
 pub fn skip(what: &str, why: impl Display) {
     let required = std::env::var("MAGPIE_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
     let allowed = std::env::var("MAGPIE_ALLOW_SKIP")
