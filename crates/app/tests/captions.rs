@@ -101,9 +101,15 @@ fn flags_are_found_by_caption_and_image_together() {
     // caption's encoder are the same e5, and the cached vector is the computed one.
     {
         use magpie_engine::Embedder;
-        let a = emb.embed_queries("multilingual-e5-small", &["a red flag"]).unwrap();
-        let b = emb.embed_queries(CONSE_MULTILINGUAL, &["a red flag"]).unwrap();
-        let c = emb.embed_queries("multilingual-e5-small", &["a red flag", "x"]).unwrap();
+        let a = emb
+            .embed_queries("multilingual-e5-small", &["a red flag"])
+            .unwrap();
+        let b = emb
+            .embed_queries(CONSE_MULTILINGUAL, &["a red flag"])
+            .unwrap();
+        let c = emb
+            .embed_queries("multilingual-e5-small", &["a red flag", "x"])
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a[0], c[0]);
     }

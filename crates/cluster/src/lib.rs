@@ -281,6 +281,7 @@ pub async fn run(
                 dir,
                 cfg.token.clone(),
                 cfg.storage.clone(),
+                Duration::from_millis(cfg.engine.bounded_staleness_ms),
             )
         })?;
         let _ = p.refresh_routes().await;

@@ -82,6 +82,11 @@ pub struct Proxy {
     http: reqwest::Client,
     /// The last sequence this proxy wrote per shard (Session consistency).
     session: Mutex<HashMap<ShardId, u64>>,
+    /// Per shard, the log's last sequence and when it was asked for (Bounded
+    /// consistency): every write acknowledged before that instant is at or below it.
+    last_seen: Mutex<HashMap<ShardId, (std::time::Instant, u64)>>,
+    /// How stale a Bounded read may be (`bounded_staleness_ms`).
+    bounded: Duration,
     rr: AtomicUsize,
     /// The last routing refresh's etcd failure, if it failed.
     etcd_error: Mutex<Option<String>>,
@@ -149,6 +154,7 @@ impl Proxy {
         dir: std::path::PathBuf,
         token: Option<String>,
         storage: String,
+        bounded: Duration,
     ) -> Result<Arc<Proxy>, ClusterError> {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = magpie_engine::EngineConfig {
@@ -183,6 +189,8 @@ impl Proxy {
                 .build()
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?,
             session: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            bounded,
             rr: AtomicUsize::new(0),
             etcd_error: Mutex::new(None),
             records: Mutex::new(HashMap::new()),
@@ -383,13 +391,39 @@ impl Proxy {
         Ok(())
     }
 
-    /// The sequence each shard must have applied before a read at `level`.
+    /// The sequence each shard must have applied before a read at `level`:
+    /// - Strong: the log's last sequence, asked for now;
+    /// - Session: the last sequence this proxy wrote to the shard;
+    /// - Bounded: the log's last sequence as asked for at most `bounded_staleness_ms`
+    ///   ago (by this read or an earlier one), so the read sees every write acknowledged
+    ///   before that; one log round trip per shard and staleness window, not per read;
+    /// - Eventually: none.
     async fn barrier(&self, id: ShardId, level: Consistency) -> Result<u64, ApiError> {
         Ok(match level {
-            Consistency::Strong => self.log.last_seq(id).await.map_err(api)?,
+            Consistency::Strong => self.last_seq(id).await?,
             Consistency::Session => self.session.lock().get(&id).copied().unwrap_or(0),
-            Consistency::Bounded | Consistency::Eventually => 0,
+            Consistency::Bounded => {
+                let seen = self.last_seen.lock().get(&id).copied();
+                match seen {
+                    Some((at, seq)) if at.elapsed() <= self.bounded => seq,
+                    _ => self.last_seq(id).await?,
+                }
+            }
+            Consistency::Eventually => 0,
         })
+    }
+
+    /// The log's last sequence of shard `id`, remembered with the instant the question
+    /// was sent (for Bounded reads).
+    async fn last_seq(&self, id: ShardId) -> Result<u64, ApiError> {
+        let asked = std::time::Instant::now();
+        let seq = self.log.last_seq(id).await.map_err(api)?;
+        let mut g = self.last_seen.lock();
+        let e = g.entry(id).or_insert((asked, seq));
+        if e.0 <= asked {
+            *e = (asked, seq);
+        }
+        Ok(seq)
     }
 
     fn level(meta: &CollectionMeta, body: &Value) -> Result<Consistency, ApiError> {
