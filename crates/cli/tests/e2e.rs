@@ -1607,6 +1607,12 @@ fn web_ui_in_headless_chromium() {
         pics.join("photos/gps-south-east.jpg"),
     )
     .unwrap();
+    // Its caption, beside it.
+    std::fs::write(
+        pics.join("photos/gps-south-east.txt"),
+        "A test photo <b>with</b> a caption.\n",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["serve", "--listen", "127.0.0.1:0", "--images"])
         .arg(&pics)
@@ -1846,6 +1852,7 @@ fn web_ui_in_headless_chromium() {
         "2024-03-09 14:05:33 (EXIF)",
         "Canon EOS R6",
         "33.85683° S, 151.21511° E",
+        "CaptionA test photo <b>with</b> a caption.",
     ] {
         assert!(facts.contains(want), "{want} in {facts}");
     }
