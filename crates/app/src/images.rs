@@ -14,11 +14,12 @@
 //!
 //! **Captions.** An image may have a caption: a text file beside it with the same stem
 //! (`fr.png` → `fr.txt`, UTF-8, its first [`CAPTION_MAX`] bytes). It is stored in
-//! `caption` and embedded by the text model behind the collection's ConSE model into
-//! `caption_vec`, so a text search matches the words of the caption as well as what the
-//! image model sees (see [`search`]). Editing, adding or removing a caption re-indexes
-//! its image. Collections made before captions existed have neither field and search by
-//! the image model alone.
+//! `caption`, indexed word for word by BM25 into `caption_terms`, and embedded by the
+//! sentence encoder behind the collection's ConSE model into `caption_vec` (CLIP
+//! collections have no caption vector), so a text search matches the caption's words
+//! and meaning as well as what the image model sees (see [`search`]). Editing, adding or
+//! removing a caption re-indexes its image. Collections made before captions existed
+//! have none of these fields and search by the image model alone.
 
 use crate::embedder::{ModelEmbedder, DEFAULT_IMAGE_TEXT_MODEL, LITE0};
 use crate::error::{AppError, Result};
@@ -488,7 +489,8 @@ pub enum ImageQuery {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageHit {
     pub id: i64,
-    /// Cosine similarity (greater = closer).
+    /// Cosine similarity (greater = closer); for a text search of a collection with
+    /// captions, the image cosine plus the captions' bonus (see [`search`]).
     pub score: f32,
     #[serde(flatten)]
     pub fields: Map<String, Value>,
@@ -568,12 +570,9 @@ pub fn search(
     effort: Effort,
 ) -> Result<Vec<ImageHit>> {
     let fields = output_fields(engine, coll)?;
-    let captions = fields.iter().any(|f| f == CAPTION)
-        && engine
-            .describe_collection(coll)?
-            .schema
-            .field(CAPTION_VEC)
-            .is_some();
+    let schema = engine.describe_collection(coll)?.schema;
+    let captions = schema.field(CAPTION_TERMS).is_some();
+    let caption_vec = schema.field(CAPTION_VEC).is_some();
     let limit = limit.clamp(1, 1000);
     let mut r = SearchRequest {
         limit,
@@ -590,7 +589,7 @@ pub fn search(
             r.anns_field = Some(TEXT_VEC.into());
             r.texts = vec![t.clone()];
             if captions {
-                return search_with_captions(engine, coll, r);
+                return search_with_captions(engine, coll, r, caption_vec);
             }
         }
         ImageQuery::Image(b) => {
@@ -623,8 +622,14 @@ fn first(mut v: Vec<Vec<Hit>>) -> Vec<Hit> {
     }
 }
 
-/// A text search through the image model and the captions together (see [`search`]).
-fn search_with_captions(engine: &Engine, coll: &str, r: SearchRequest) -> Result<Vec<ImageHit>> {
+/// A text search through the image model and the captions together (see [`search`]);
+/// by the caption's meaning too when the collection has `caption_vec`.
+fn search_with_captions(
+    engine: &Engine,
+    coll: &str,
+    r: SearchRequest,
+    caption_vec: bool,
+) -> Result<Vec<ImageHit>> {
     let limit = r.limit;
     let depth = (limit * 4).clamp(50, 4000);
     let image = SearchRequest {
@@ -647,10 +652,20 @@ fn search_with_captions(engine: &Engine, coll: &str, r: SearchRequest) -> Result
         ..r
     };
     let image = first(engine.search(coll, &image)?);
-    let dense = first(engine.search(coll, &dense)?);
+    let dense = if caption_vec {
+        first(engine.search(coll, &dense)?)
+    } else {
+        Vec::new()
+    };
     let words = first(engine.search(coll, &words)?);
     let floor = |hs: &[Hit]| hs.iter().map(|h| h.distance).fold(f32::INFINITY, f32::min);
     let (image_floor, dense_floor) = (floor(&image), floor(&dense));
+    // (No image candidates means no rows pass the filter, so no caption ones either.)
+    let image_floor = if image_floor.is_finite() {
+        image_floor
+    } else {
+        0.0
+    };
     let words_top = words.iter().map(|h| h.distance).fold(0.0f32, f32::max);
     // id → (image score, caption bonus, the hit)
     let mut rows: HashMap<i64, (f32, f32, ImageHit)> = HashMap::new();

@@ -228,11 +228,26 @@ pub(crate) fn measure(
     stop: f32,
     search: impl Fn(&[f32], u32, u32, usize) -> Vec<u32> + Sync,
 ) -> RecallCurve {
+    measure_with(sp, knobs, seed, threads, allow, stop, CURVE_QUERIES, search)
+}
+
+/// [`measure`] with `queries` sampled queries instead of [`CURVE_QUERIES`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn measure_with(
+    sp: &Space<'_>,
+    knobs: &[u32],
+    seed: u64,
+    threads: usize,
+    allow: Option<&Bitset>,
+    stop: f32,
+    queries: usize,
+    search: impl Fn(&[f32], u32, u32, usize) -> Vec<u32> + Sync,
+) -> RecallCurve {
     let n = sp.v.len();
     if n <= CURVE_K + 1 {
         return RecallCurve::default();
     }
-    let nq = CURVE_QUERIES.min(n / 2);
+    let nq = queries.max(1).min(n / 2);
     let queries: Vec<u32> = (0..nq)
         .map(|i| (splitmix64(seed ^ (i as u64).wrapping_mul(0x2545_F491)) % n as u64) as u32)
         .collect();
