@@ -463,15 +463,14 @@ pub fn read_caption(path: &Path) -> std::result::Result<String, AppError> {
     Ok(s.trim().to_string())
 }
 
-/// The fields returned with every hit of `coll`: [`OUTPUT_FIELDS`], and the caption
-/// where the collection has one.
-fn output_fields(engine: &Engine, coll: &str) -> Result<Vec<String>> {
-    let meta = engine.describe_collection(coll)?;
+/// The fields returned with every hit of a collection with `schema`:
+/// [`OUTPUT_FIELDS`], and the caption where the collection has one.
+fn output_fields(schema: &CollectionSchema) -> Vec<String> {
     let mut f: Vec<String> = OUTPUT_FIELDS.iter().map(|s| s.to_string()).collect();
-    if meta.schema.field(CAPTION).is_some() {
+    if schema.field(CAPTION).is_some() {
         f.push(CAPTION.into());
     }
-    Ok(f)
+    f
 }
 
 /// What to search by.
@@ -569,8 +568,8 @@ pub fn search(
     limit: usize,
     effort: Effort,
 ) -> Result<Vec<ImageHit>> {
-    let fields = output_fields(engine, coll)?;
     let schema = engine.describe_collection(coll)?.schema;
+    let fields = output_fields(&schema);
     let captions = schema.field(CAPTION_TERMS).is_some();
     let caption_vec = schema.field(CAPTION_VEC).is_some();
     let limit = limit.clamp(1, 1000);
@@ -721,7 +720,7 @@ pub fn get(engine: &Engine, coll: &str, id: i64) -> Result<ImageHit> {
         coll,
         &QueryRequest {
             ids: Some(vec![json!(id)]),
-            output_fields: output_fields(engine, coll)?,
+            output_fields: output_fields(&meta.schema),
             ..Default::default()
         },
     )?;
@@ -765,7 +764,7 @@ pub fn dupes(engine: &Engine, coll: &str, threshold: f32) -> Result<Vec<DupGroup
         coll,
         &QueryRequest {
             filter: Some("id >= 0".into()),
-            output_fields: output_fields(engine, coll)?,
+            output_fields: output_fields(&engine.describe_collection(coll)?.schema),
             consistency: Some(Consistency::Strong),
             ..Default::default()
         },

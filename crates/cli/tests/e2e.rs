@@ -2854,29 +2854,15 @@ fn serve_demo_fetches_captioned_flags_and_finds_them_by_look() {
     }
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_magpie"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--demo", "--data-dir"])
-        .arg(&data)
-        .arg("--models-dir")
-        .arg(&models)
-        .env("MAGPIE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    let _server = Server {
-        child,
-        url: url.clone(),
-    };
+    let server = Server::start_with(
+        &data,
+        &[
+            "--demo".as_ref(),
+            "--models-dir".as_ref(),
+            models.as_os_str(),
+        ],
+    );
+    let url = server.url.clone();
     let flags = data.join("samples/flags");
     let caption = std::fs::read_to_string(flags.join("jp.txt")).unwrap();
     assert!(

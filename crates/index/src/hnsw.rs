@@ -679,6 +679,7 @@ impl HnswIndex {
             threads,
             allow.map(|a| a.0),
             stop,
+            recall::CURVE_QUERIES,
             |q, exclude, ef, k| {
                 self.search_prepared(sp, q, k, ef as usize, allow, Some(exclude))
                     .iter()

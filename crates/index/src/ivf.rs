@@ -324,6 +324,7 @@ impl IvfIndex {
                 p.threads,
                 None,
                 0.999,
+                recall::CURVE_QUERIES,
                 |q, ex, nprobe, k| {
                     idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex), None)
                         .iter()
@@ -349,7 +350,7 @@ impl IvfIndex {
                     return Err(IndexError::Cancelled);
                 }
                 let allow = recall::random_filter(n, f, p.seed ^ f.to_bits());
-                let c = recall::measure_with(
+                let c = recall::measure(
                     &sp,
                     &filtered_knobs,
                     p.seed,

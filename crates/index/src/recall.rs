@@ -215,25 +215,13 @@ const PLATEAU_STEPS: usize = 2;
 
 /// Measures a curve on `threads` threads (0 = every core). `search(query, exclude, knob,
 /// k)` runs the index with one knob value and must never return `exclude`; with `allow`,
-/// it searches under that filter and the truth is the nearest passing rows. The sweep
+/// it searches under that filter and the truth is the nearest passing rows, over
+/// `queries` sampled rows ([`CURVE_QUERIES`] for most curves). The sweep
 /// stops at recall `stop` (0.999 for the unfiltered curve, [`FILTERED_STOP`] for filtered
 /// ones), or once [`PLATEAU_STEPS`] knob values in a row gained less than
 /// [`PLATEAU_GAIN`] each.
-pub(crate) fn measure(
-    sp: &Space<'_>,
-    knobs: &[u32],
-    seed: u64,
-    threads: usize,
-    allow: Option<&Bitset>,
-    stop: f32,
-    search: impl Fn(&[f32], u32, u32, usize) -> Vec<u32> + Sync,
-) -> RecallCurve {
-    measure_with(sp, knobs, seed, threads, allow, stop, CURVE_QUERIES, search)
-}
-
-/// [`measure`] with `queries` sampled queries instead of [`CURVE_QUERIES`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn measure_with(
+pub(crate) fn measure(
     sp: &Space<'_>,
     knobs: &[u32],
     seed: u64,
@@ -378,19 +366,37 @@ mod tests {
         let knobs = [1, 2, 4, 8, 16, 32, 64];
         // Exact answers: recall 1 at the first knob, nothing more is run.
         let calls = AtomicUsize::new(0);
-        let c = measure(&sp, &knobs, 1, 2, None, 0.999, |q, ex, _, k| {
-            calls.fetch_add(1, Relaxed);
-            exact(q, ex, k)
-        });
+        let c = measure(
+            &sp,
+            &knobs,
+            1,
+            2,
+            None,
+            0.999,
+            CURVE_QUERIES,
+            |q, ex, _, k| {
+                calls.fetch_add(1, Relaxed);
+                exact(q, ex, k)
+            },
+        );
         assert_eq!(c.points, vec![(1, 1.0)]);
         assert_eq!(calls.load(Relaxed), CURVE_QUERIES);
         // Capped at 9 of 10 whatever the knob (as codes cap a quantized index): the first
         // point, then two that gain nothing, and the sweep stops.
-        let c = measure(&sp, &knobs, 1, 2, None, 0.999, |q, ex, _, k| {
-            let mut r = exact(q, ex, k);
-            r.truncate(k - 1);
-            r
-        });
+        let c = measure(
+            &sp,
+            &knobs,
+            1,
+            2,
+            None,
+            0.999,
+            CURVE_QUERIES,
+            |q, ex, _, k| {
+                let mut r = exact(q, ex, k);
+                r.truncate(k - 1);
+                r
+            },
+        );
         assert_eq!(c.points.len(), 1 + PLATEAU_STEPS, "{:?}", c.points);
         assert!(c.points.iter().all(|p| (p.1 - 0.9).abs() < 1e-6));
         // Rising by the knob: every point is measured, in order, on 1 or 3 threads alike.
@@ -399,8 +405,8 @@ mod tests {
             r.truncate((knob as usize).min(k));
             r
         };
-        let a = measure(&sp, &knobs, 1, 1, None, 0.999, rising);
-        let b = measure(&sp, &knobs, 1, 3, None, 0.999, rising);
+        let a = measure(&sp, &knobs, 1, 1, None, 0.999, CURVE_QUERIES, rising);
+        let b = measure(&sp, &knobs, 1, 3, None, 0.999, CURVE_QUERIES, rising);
         assert_eq!(a.points, b.points);
         assert_eq!(
             a.points.iter().map(|p| p.0).collect::<Vec<_>>(),
