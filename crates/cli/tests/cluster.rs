@@ -277,6 +277,19 @@ fn workload(url: &str) -> Vec<Value> {
         b
     };
     let mut out = vec![del["data"].clone(), del_f["data"].clone()];
+    // An insert that repeats a stored key (one on another shard than the batch's first
+    // rows) is refused as a whole, with standalone's status and message; none of the
+    // batch's new keys are stored (counted below).
+    let mut batch = rows(2000..2003);
+    batch.as_array_mut().unwrap().push(rows(5..6)[0].clone());
+    let dup = call(
+        url,
+        "entities/insert",
+        &json!({"collectionName": "docs", "data": batch}),
+    )
+    .expect_err("an insert repeating stored key 5 must be refused");
+    assert!(dup.contains("already exists"), "{dup}");
+    out.push(json!({"duplicate insert": dup}));
     out.push(
         ok(
             url,

@@ -3,13 +3,13 @@
 
 use super::{api, call, err_of, need, ApiResult, Proxy, RECORD_BYTES};
 use crate::log::ShardId;
-use crate::meta::shard_of;
+use crate::meta::{shard_of, CollectionRecord};
 use crate::node::Record;
 use magpie_engine::types::{now_ms, ts_from_ms};
-use magpie_engine::{Consistency, PrimaryKey};
+use magpie_engine::{Consistency, EngineError, PrimaryKey};
 use magpie_server::error::ApiError;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 impl Proxy {
     /// The request's `partitionName` (none: the default partition), checked against
@@ -74,6 +74,10 @@ impl Proxy {
             schema.validate_batch(&rows, None, upsert)?
         };
         let ids: Vec<Value> = batch.pks.iter().map(PrimaryKey::to_json).collect();
+        if !upsert && !pkf.auto_id {
+            self.refuse_stored_keys(&rec, &name, &pkf.name, &batch.pks, &ids)
+                .await?;
+        }
         let mut by_shard: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
         for (row, id) in rows.iter_mut().zip(&ids) {
             if let Some(o) = row.as_object_mut() {
@@ -118,6 +122,62 @@ impl Proxy {
         } else {
             json!({"code": 0, "data": {"insertCount": n, "insertIds": ids}})
         })
+    }
+
+    /// Standalone refuses an insert whose primary key is already stored (an upsert
+    /// replaces it), and so does the cluster: before anything is logged, the batch's keys
+    /// are looked up on their shards at Strong consistency, so a refused batch leaves
+    /// nothing behind on any shard, with the same 400 and message as standalone.
+    ///
+    /// The log records every write as an upsert (that is what makes replay from a
+    /// checkpoint idempotent), so two inserts of one *new* key that race (neither
+    /// logged when the other looks) both pass and the later replaces the earlier;
+    /// standalone, which checks under its write lock, refuses the second.
+    async fn refuse_stored_keys(
+        &self,
+        rec: &CollectionRecord,
+        name: &str,
+        pk_name: &str,
+        pks: &[PrimaryKey],
+        ids: &[Value],
+    ) -> Result<(), ApiError> {
+        let mut per: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+        for id in ids {
+            per.entry(shard_of(id, rec.shards))
+                .or_default()
+                .push(id.clone());
+        }
+        let targets: Vec<(u32, Value)> = per
+            .into_iter()
+            .map(|(s, ids)| {
+                let q = json!({"collectionName": name, "ids": ids, "outputFields": [pk_name]});
+                (s, q)
+            })
+            .collect();
+        let parts = self
+            .fan_out(
+                rec,
+                &targets,
+                "/v2/vectordb/entities/query",
+                Consistency::Strong,
+            )
+            .await?;
+        let stored: HashSet<String> = parts
+            .iter()
+            .flat_map(|v| v["data"].as_array().cloned().unwrap_or_default())
+            .map(|row| row[pk_name].to_string())
+            .collect();
+        match ids.iter().position(|id| stored.contains(&id.to_string())) {
+            None => Ok(()),
+            Some(row) => Err(ApiError::from(EngineError::Row {
+                row,
+                field: pk_name.to_string(),
+                msg: format!(
+                    "primary key {} already exists; use upsert to replace it",
+                    pks[row]
+                ),
+            })),
+        }
     }
 
     pub(super) async fn delete(&self, body: Value) -> ApiResult {
