@@ -1024,6 +1024,18 @@ fn query_nodes_serve_the_data_nodes_segments_and_indexes() {
     // Writes after the reopen are there too.
     insert(&url, 2000..2010).unwrap();
     assert_eq!(count(&url, "c"), Some(1510));
+    // Every copy a reopen replaced is dropped once its requests are done: the node ends
+    // up with one engine for its one shard, not one per reopen.
+    let engines = || {
+        ureq::get(&format!("{}/node/status", q1.url))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<Value>().ok())
+            .and_then(|st| st["engines"].as_u64())
+    };
+    wait_for("the replaced copies' engines to be dropped", || {
+        engines() == Some(1)
+    });
 }
 
 fn replica_shards(p: &Proc) -> usize {

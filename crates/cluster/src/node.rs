@@ -104,6 +104,9 @@ pub struct Node {
     errors: Mutex<BTreeMap<ShardId, String>>,
     /// Assigned shards (as of the last reconcile), opened or not.
     assigned: Mutex<HashSet<ShardId>>,
+    /// Every engine this node opened that may still be alive: a copy that a reopen
+    /// replaced must be dropped once its in-flight requests end (`magpie_node_engines`).
+    engines: Mutex<Vec<std::sync::Weak<Engine>>>,
 }
 
 impl ShardHost {
@@ -148,6 +151,7 @@ impl Node {
             opening: Mutex::new(HashSet::new()),
             errors: Mutex::new(BTreeMap::new()),
             assigned: Mutex::new(HashSet::new()),
+            engines: Mutex::new(Vec::new()),
         })
     }
 
@@ -377,6 +381,11 @@ impl Node {
         }
         let (applied, _) = tokio::sync::watch::channel(ckpt);
         let (stop_tx, _) = tokio::sync::watch::channel(false);
+        {
+            let mut live = self.engines.lock();
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&engine));
+        }
         let host = Arc::new(ShardHost {
             id,
             primary,
@@ -521,12 +530,24 @@ impl Node {
                 "segmentsFlushed": st.segments_flushed,
             }));
         }
-        json!({"node": self.id, "roles": self.roles, "shards": shards})
+        json!({"node": self.id, "roles": self.roles, "shards": shards, "engines": self.live_engines()})
+    }
+
+    /// Engines opened by this node and not dropped yet: one per hosted shard, plus
+    /// copies being opened or still draining after a reopen.
+    pub fn live_engines(&self) -> usize {
+        let mut live = self.engines.lock();
+        live.retain(|w| w.strong_count() > 0);
+        live.len()
     }
 
     pub fn metrics(&self) -> String {
         let st = self.status();
         let mut out = String::new();
+        out.push_str(&format!(
+            "# HELP magpie_node_engines Shard engines alive in this node (hosted, opening, or draining after a reopen).\n# TYPE magpie_node_engines gauge\nmagpie_node_engines {}\n",
+            st["engines"]
+        ));
         out.push_str("# HELP magpie_node_shards Shards hosted by this node.\n# TYPE magpie_node_shards gauge\n");
         let shards = st["shards"].as_array().cloned().unwrap_or_default();
         for mode in ["primary", "replica"] {
@@ -614,7 +635,13 @@ fn remove_dir_later(h: Arc<ShardHost>, release: Option<(Meta, String)>) {
         }
         let (dir, id, primary) = (h.dir.clone(), h.id, h.primary);
         // The last reference: the engine (and its index builders) stops here.
-        let _ = tokio::task::spawn_blocking(move || drop(h)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(h);
+            // A dropped engine frees its whole copy of the shard; without this, glibc
+            // keeps much of it in the process (measured: docs/BENCHMARKS.md, cluster).
+            magpie_engine::alloc::release_free_memory();
+        })
+        .await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         if let (true, Some((meta, me))) = (primary, release) {
             release_owner(&meta, id, &me).await;

@@ -2,6 +2,7 @@
 //! collections and consistency. Synchronous; no HTTP and no models. See
 //! `docs/ARCHITECTURE.md` for the write path, flush, search and recovery.
 
+pub mod alloc;
 pub mod analyzer;
 pub mod backup;
 mod builder;
