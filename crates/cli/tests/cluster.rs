@@ -353,6 +353,41 @@ fn workload(url: &str) -> Vec<Value> {
         );
         out.push(json!({"data": s["data"], "topks": s["topks"]}));
     }
+    // Rerank functions run on the hits merged from every shard: decay on a field and a
+    // boost by filter, on a search (with a window and a page) and on a hybrid search.
+    let decay = json!({"name": "near300", "type": "Rerank", "inputFieldNames": ["n"],
+        "params": {"reranker": "decay", "function": "gauss", "origin": 300, "scale": 100, "decay": 0.5}});
+    let boost = json!({"name": "red", "type": "Rerank",
+        "params": {"reranker": "boost", "filter": "color == \"red\"", "weight": 1.5}});
+    let s = ok(
+        url,
+        "entities/search",
+        strong(
+            json!({"data": [vector(290), vector(10)], "limit": 6, "offset": 1, "outputFields": ["color"],
+            "functionScore": {"functions": [decay, boost], "params": {"window": 40}}}),
+        ),
+    );
+    assert_eq!(s["topks"], json!([6, 6]), "{s}");
+    assert!(
+        s["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h.get("n").is_none()),
+        "the decay's field is not returned unless asked for: {s}"
+    );
+    out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    let s = ok(
+        url,
+        "entities/hybrid_search",
+        strong(json!({"search": [
+            {"annsField": "v", "data": [vector(5)], "limit": 12},
+            {"annsField": "v", "data": [vector(300)], "limit": 12}],
+            "rerank": {"strategy": "rrf", "params": {"k": 60}},
+            "functionScore": {"functions": [boost], "params": {"boost_mode": "sum"}},
+            "limit": 5, "outputFields": ["n"]})),
+    );
+    out.push(json!({"data": s["data"], "topks": s["topks"]}));
     let s = ok(
         url,
         "entities/search",

@@ -4,10 +4,11 @@
 use super::{api, call, err_of, need, pk_order, ApiResult, Proxy};
 use crate::meta::{shard_of, CollectionRecord};
 use axum::http::StatusCode;
-use magpie_engine::{Consistency, Metric, PrimaryKey};
+use magpie_engine::engine::rerank::FunctionScore;
+use magpie_engine::{Consistency, FieldSchema, Metric, PrimaryKey};
 use magpie_server::error::ApiError;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 impl Proxy {
     pub(super) async fn query(&self, body: Value, is_get: bool) -> ApiResult {
@@ -88,20 +89,14 @@ impl Proxy {
     }
 
     pub(super) async fn search(&self, mut body: Value) -> ApiResult {
-        refuse_function_score(&body)?;
+        if let Some(fs) = magpie_server::api::function_score(body.get("functionScore"))? {
+            return self.search_with_functions(body, fs).await;
+        }
         let name = need(&body, "collectionName")?;
         let rec = self.collection(&name).await?;
         let meta = self.mirror.describe_collection(&name)?;
         let level = Self::level(&meta, &body)?;
-        let anns = match body.get("annsField").and_then(|v| v.as_str()) {
-            Some(a) if !a.is_empty() => a.to_string(),
-            _ => meta
-                .schema
-                .vector_fields()
-                .next()
-                .map(|f| f.name.clone())
-                .unwrap_or_default(),
-        };
+        let anns = anns_field(&meta, &body);
         // Search by ids: the vectors come from the shards that hold them.
         if let Some(ids) = body.get("ids").filter(|v| !v.is_null()).cloned() {
             let ids = match ids {
@@ -248,14 +243,127 @@ impl Proxy {
         Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}))
     }
 
+    /// A search reranked by functions (decay, boost), as standalone does it: the merged
+    /// best `max(offset + limit, window)` hits of every shard (the global ones), with the
+    /// fields the functions read, are reranked here by the engine's own
+    /// [`FunctionScore::rerank`]; each boost filter is asked of the shards holding the
+    /// hits (at the search's consistency level: a separate read, not the search's
+    /// snapshot as standalone).
+    async fn search_with_functions(&self, body: Value, fs: FunctionScore) -> ApiResult {
+        let name = need(&body, "collectionName")?;
+        let meta = self.mirror.describe_collection(&name)?;
+        if body
+            .get("groupingField")
+            .and_then(|g| g.as_str())
+            .is_some_and(|g| !g.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "a grouped search cannot be reranked by functions; search without groupingField",
+            ));
+        }
+        fs.check(&meta.schema).map_err(ApiError::from)?;
+        let level = Self::level(&meta, &body)?;
+        let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100) as usize;
+        let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        let asked: Vec<Value> = body["outputFields"].as_array().cloned().unwrap_or_default();
+        let added: Vec<String> = fs
+            .fields()
+            .into_iter()
+            .filter(|f| !asked.iter().any(|a| a == f))
+            .collect();
+        let mut inner = body.clone();
+        let o = inner.as_object_mut().expect("object");
+        o.remove("functionScore");
+        o.insert(
+            "limit".into(),
+            json!(limit.saturating_add(offset).max(fs.window)),
+        );
+        o.insert("offset".into(), json!(0));
+        o.insert(
+            "outputFields".into(),
+            json!(asked
+                .iter()
+                .cloned()
+                .chain(added.iter().map(|f| json!(f)))
+                .collect::<Vec<_>>()),
+        );
+        let reply = Box::pin(self.search(inner)).await?;
+        let metric = search_metric(&meta, &anns_field(&meta, &body), &body);
+        let pk = meta.schema.pk().clone();
+        let mut ranked = Vec::new();
+        for hits in engine_hits(&reply, &pk)? {
+            let passing = self.boost_passing(&name, &fs, &hits, level, &pk).await?;
+            ranked.push(fs.rerank(metric, hits, &passing, offset, limit, &added));
+        }
+        let (flat, topks) = magpie_server::api::hits_json(&pk.name, ranked);
+        Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": reply["searchInfo"]}))
+    }
+
+    /// For each of `fs`'s functions, the hits that pass its boost filter (`None`: no
+    /// filter), asked of the shards that hold them.
+    async fn boost_passing(
+        &self,
+        name: &str,
+        fs: &FunctionScore,
+        hits: &[magpie_engine::Hit],
+        level: Consistency,
+        pk: &FieldSchema,
+    ) -> Result<Vec<Option<HashSet<PrimaryKey>>>, ApiError> {
+        let ids: Vec<Value> = hits.iter().map(|h| h.id.to_json()).collect();
+        let mut out = Vec::new();
+        for filter in fs.boost_filters() {
+            out.push(match filter {
+                Some(f) if !ids.is_empty() => {
+                    let q = json!({"collectionName": name, "filter": f, "ids": ids,
+                        "outputFields": [pk.name], "consistencyLevel": level.as_str()});
+                    let got = self.query(q, false).await.map_err(|e| {
+                        if e.status == StatusCode::BAD_REQUEST {
+                            ApiError::new(
+                                e.status,
+                                e.code,
+                                format!("the boost ranker's filter: {}", e.message),
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
+                    Some(
+                        got["data"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|r| PrimaryKey::from_json(&r[&pk.name], pk).ok())
+                            .collect(),
+                    )
+                }
+                _ => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// `entities/hybrid_search`: each sub-search fans out and merges like a search, then
     /// the lists are fused by the engine's rankers (`magpie_engine::fuse`). Unlike
     /// standalone, the sub-searches are separate reads (each at the requested
     /// consistency level), not one snapshot.
     pub(super) async fn hybrid_search(&self, body: Value) -> ApiResult {
-        refuse_function_score(&body)?;
         let name = need(&body, "collectionName")?;
         let meta = self.mirror.describe_collection(&name)?;
+        let fs = magpie_server::api::function_score(body.get("functionScore"))?;
+        if let Some(fs) = &fs {
+            fs.check(&meta.schema).map_err(ApiError::from)?;
+        }
+        let asked: Vec<Value> = body["outputFields"].as_array().cloned().unwrap_or_default();
+        // Fields the rerank functions read, fetched with the hits and removed after.
+        let added: Vec<String> = fs
+            .as_ref()
+            .map(|fs| {
+                fs.fields()
+                    .into_iter()
+                    .filter(|f| !asked.iter().any(|a| a == f))
+                    .collect()
+            })
+            .unwrap_or_default();
         let subs = body["search"].as_array().cloned().unwrap_or_default();
         if subs.is_empty() || subs.len() > magpie_engine::MAX_HYBRID_SEARCHES {
             return Err(ApiError::bad_request(format!(
@@ -266,6 +374,11 @@ impl Proxy {
         }
         let rerank = magpie_server::api::rerank(body.get("rerank"), subs.len())?;
         magpie_engine::check_rerank(&rerank, subs.len()).map_err(ApiError::from)?;
+        if rerank == magpie_engine::Rerank::Max && fs.is_none() {
+            return Err(ApiError::bad_request(
+                "a hybrid search needs a ranker: rrf, weighted, or rerank functions (decay, boost)",
+            ));
+        }
         let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100) as usize;
         let offset = body.get("offset").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
         if limit == 0 || limit + offset > magpie_engine::MAX_TOPK {
@@ -290,15 +403,18 @@ impl Proxy {
                 ));
             }
             o.insert("collectionName".into(), json!(name));
-            for k in [
-                "outputFields",
-                "partitionNames",
-                "consistencyLevel",
-                "dbName",
-            ] {
+            for k in ["partitionNames", "consistencyLevel", "dbName"] {
                 if let Some(v) = body.get(k) {
                     o.insert(k.into(), v.clone());
                 }
+            }
+            if body.get("outputFields").is_some() || !added.is_empty() {
+                let fields: Vec<Value> = asked
+                    .iter()
+                    .cloned()
+                    .chain(added.iter().map(|f| json!(f)))
+                    .collect();
+                o.insert("outputFields".into(), json!(fields));
             }
             o.insert("offset".into(), json!(0));
             if let Some(p) = o.remove("params") {
@@ -313,38 +429,7 @@ impl Proxy {
             let reply = self.search(b).await.map_err(|e| {
                 ApiError::new(e.status, e.code, format!("sub-search {i}: {}", e.message))
             })?;
-            let flat = reply["data"].as_array().cloned().unwrap_or_default();
-            let topks: Vec<usize> = reply["topks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut it = flat.into_iter();
-            let mut per_query = Vec::new();
-            for n in topks {
-                let mut hits = Vec::with_capacity(n);
-                for mut h in it.by_ref().take(n) {
-                    let id = PrimaryKey::from_json(&h[&pk_field.name], &pk_field)
-                        .map_err(|m| ApiError::new(StatusCode::BAD_GATEWAY, 65535, m))?;
-                    let distance = h["distance"].as_f64().unwrap_or(0.0) as f32;
-                    let mut fields = match h.as_object_mut() {
-                        Some(o) => std::mem::take(o),
-                        None => Map::new(),
-                    };
-                    fields.remove(&pk_field.name);
-                    fields.remove("distance");
-                    hits.push(magpie_engine::Hit {
-                        id,
-                        distance,
-                        fields,
-                    });
-                }
-                per_query.push(hits);
-            }
+            let per_query = engine_hits(&reply, &pk_field)?;
             if let Some((_, first)) = lists.first() {
                 if first.len() != per_query.len() {
                     return Err(ApiError::bad_request(format!(
@@ -357,13 +442,23 @@ impl Proxy {
             lists.push((metric, per_query));
         }
         let nq = lists.first().map_or(0, |l| l.1.len());
-        let fused = (0..nq)
-            .map(|q| {
-                let one: Vec<(Metric, &[magpie_engine::Hit])> =
-                    lists.iter().map(|(m, h)| (*m, h[q].as_slice())).collect();
-                magpie_engine::fuse(&one, &rerank, limit, offset)
-            })
-            .collect();
+        let level = Self::level(&meta, &body)?;
+        let mut fused = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let one: Vec<(Metric, &[magpie_engine::Hit])> =
+                lists.iter().map(|(m, h)| (*m, h[q].as_slice())).collect();
+            fused.push(match &fs {
+                None => magpie_engine::fuse(&one, &rerank, limit, offset),
+                Some(fs) => {
+                    let window = limit.saturating_add(offset).max(fs.window);
+                    let all = magpie_engine::fuse(&one, &rerank, window, 0);
+                    let passing = self
+                        .boost_passing(&name, fs, &all, level, &pk_field)
+                        .await?;
+                    fs.rerank(Metric::IP, all, &passing, offset, limit, &added)
+                }
+            });
+        }
         let (flat, topks) = magpie_server::api::hits_json(&pk_field.name, fused);
         Ok(json!({"code": 0, "data": flat, "topks": topks}))
     }
@@ -596,15 +691,46 @@ fn group_filter(g: &str, keys: &[Value]) -> String {
 /// The metric a search's distances are in: the one it names, else its field's index's,
 /// else the field's default (BM25 for a BM25 function's output, IP for other sparse
 /// fields, COSINE for dense ones).
-/// Rerank functions would have to run after the shards' hits are merged; the proxy does
-/// not do that yet, and says so rather than ignoring them.
-fn refuse_function_score(body: &Value) -> Result<(), ApiError> {
-    if body.get("functionScore").is_some_and(|f| !f.is_null()) {
-        return Err(ApiError::bad_request(
-            "'functionScore' (decay and boost rerankers) is not supported in cluster mode yet",
-        ));
+/// The vector field a search names, else the collection's first.
+fn anns_field(meta: &magpie_engine::CollectionMeta, body: &Value) -> String {
+    match body.get("annsField").and_then(|v| v.as_str()) {
+        Some(a) if !a.is_empty() => a.to_string(),
+        _ => meta
+            .schema
+            .vector_fields()
+            .next()
+            .map(|f| f.name.clone())
+            .unwrap_or_default(),
     }
-    Ok(())
+}
+
+/// A merged search reply (`data` flat, `topks` per query) as the engine's hits per query.
+fn engine_hits(reply: &Value, pk: &FieldSchema) -> Result<Vec<Vec<magpie_engine::Hit>>, ApiError> {
+    let flat = reply["data"].as_array().cloned().unwrap_or_default();
+    let topks = reply["topks"].as_array().cloned().unwrap_or_default();
+    let mut it = flat.into_iter();
+    let mut per_query = Vec::with_capacity(topks.len());
+    for n in topks.iter().filter_map(|x| x.as_u64()) {
+        let mut hits = Vec::with_capacity(n as usize);
+        for mut h in it.by_ref().take(n as usize) {
+            let id = PrimaryKey::from_json(&h[&pk.name], pk)
+                .map_err(|m| ApiError::new(StatusCode::BAD_GATEWAY, 65535, m))?;
+            let distance = h["distance"].as_f64().unwrap_or(0.0) as f32;
+            let mut fields = match h.as_object_mut() {
+                Some(o) => std::mem::take(o),
+                None => Map::new(),
+            };
+            fields.remove(&pk.name);
+            fields.remove("distance");
+            hits.push(magpie_engine::Hit {
+                id,
+                distance,
+                fields,
+            });
+        }
+        per_query.push(hits);
+    }
+    Ok(per_query)
 }
 
 fn search_metric(meta: &magpie_engine::CollectionMeta, anns: &str, body: &Value) -> Metric {

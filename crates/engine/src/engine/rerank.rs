@@ -324,13 +324,11 @@ fn base(metric: Metric, d: f32) -> f64 {
     }
 }
 
-impl Engine {
-    /// Checks `fs` against the collection: decay fields exist and are numeric.
-    pub(crate) fn check_function_score(&self, coll: &str, fs: &FunctionScore) -> Result<()> {
-        let c = self.coll(coll)?;
-        let g = c.read();
-        for field in fs.fields() {
-            let f = g.meta.schema.field(&field).ok_or_else(|| {
+impl FunctionScore {
+    /// Checks the functions against `schema`: decay fields exist and are numeric.
+    pub fn check(&self, schema: &crate::schema::CollectionSchema) -> Result<()> {
+        for field in self.fields() {
+            let f = schema.field(&field).ok_or_else(|| {
                 invalid(format!("the decay ranker's field '{field}' does not exist"))
             })?;
             let numeric = matches!(
@@ -352,6 +350,97 @@ impl Engine {
         Ok(())
     }
 
+    /// The boost functions' filters, by function position (`None`: no filter).
+    pub fn boost_filters(&self) -> Vec<Option<&str>> {
+        self.functions
+            .iter()
+            .map(|f| match f {
+                ScoreFunction::Boost {
+                    filter: Some(filter),
+                    ..
+                } => Some(filter.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Reranks one query's hits (in `metric`): each hit's score is adjusted by the
+    /// functions, the hits are re-sorted (ties by primary key), the page cut, and the
+    /// `added` output fields removed. `passing[i]` holds the hits that pass function
+    /// `i`'s boost filter (`None` where function `i` has no filter). Pure: the engine
+    /// and a cluster proxy (over hits merged from shards) rank alike.
+    pub fn rerank(
+        &self,
+        metric: Metric,
+        hits: Vec<Hit>,
+        passing: &[Option<HashSet<PrimaryKey>>],
+        offset: usize,
+        limit: usize,
+        added: &[String],
+    ) -> Vec<Hit> {
+        let mut scored: Vec<(f64, Hit)> = hits
+            .into_iter()
+            .map(|mut h| {
+                let mut acc: Option<f64> = None;
+                for (i, f) in self.functions.iter().enumerate() {
+                    let v = match f {
+                        ScoreFunction::Decay {
+                            field,
+                            kind,
+                            origin,
+                            scale,
+                            offset,
+                            decay,
+                        } => Some(
+                            h.fields
+                                .get(field)
+                                .and_then(|v| v.as_f64())
+                                .map_or(0.0, |v| {
+                                    decay_factor(*kind, *origin, *scale, *offset, *decay, v)
+                                }),
+                        ),
+                        ScoreFunction::Boost { weight, filter } => {
+                            let applies = filter.is_none()
+                                || passing
+                                    .get(i)
+                                    .and_then(|p| p.as_ref())
+                                    .is_some_and(|p| p.contains(&h.id));
+                            applies.then_some(*weight)
+                        }
+                    };
+                    if let Some(v) = v {
+                        acc = Some(acc.map_or(v, |a| self.function_mode.apply(a, v)));
+                    }
+                }
+                let f = acc.unwrap_or(self.boost_mode.identity());
+                let s = self.boost_mode.apply(base(metric, h.distance), f);
+                for a in added {
+                    h.fields.remove(a);
+                }
+                (s, h)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        scored
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(s, mut h)| {
+                h.distance = s as f32;
+                h
+            })
+            .collect()
+    }
+}
+
+impl Engine {
+    /// Checks `fs` against the collection: decay fields exist and are numeric.
+    pub(crate) fn check_function_score(&self, coll: &str, fs: &FunctionScore) -> Result<()> {
+        let c = self.coll(coll)?;
+        let g = c.read();
+        fs.check(&g.meta.schema)
+    }
+
     /// Reranks one query's hits (all `offset + limit` of them, in `metric`) by `fs` at
     /// `snap`, then cuts the page. `added` output fields are removed afterwards.
     #[allow(clippy::too_many_arguments)]
@@ -371,17 +460,14 @@ impl Engine {
         let mut passing: Vec<Option<HashSet<PrimaryKey>>> = Vec::with_capacity(fs.functions.len());
         // The primary-key field, looked up once for all boost filters.
         let mut pk_field: Option<crate::schema::FieldSchema> = None;
-        for f in &fs.functions {
-            passing.push(match f {
-                ScoreFunction::Boost {
-                    filter: Some(filter),
-                    ..
-                } if !ids.is_empty() => {
+        for filter in fs.boost_filters() {
+            passing.push(match filter {
+                Some(filter) if !ids.is_empty() => {
                     let rows = self
                         .query(
                             coll,
                             &QueryRequest {
-                                filter: Some(filter.clone()),
+                                filter: Some(filter.to_string()),
                                 ids: Some(ids.clone()),
                                 output_fields: vec![],
                                 snapshot: Some(snap),
@@ -410,55 +496,7 @@ impl Engine {
                 _ => None,
             });
         }
-        let mut scored: Vec<(f64, Hit)> = hits
-            .into_iter()
-            .map(|mut h| {
-                let mut acc: Option<f64> = None;
-                for (f, pass) in fs.functions.iter().zip(&passing) {
-                    let v = match f {
-                        ScoreFunction::Decay {
-                            field,
-                            kind,
-                            origin,
-                            scale,
-                            offset,
-                            decay,
-                        } => Some(
-                            h.fields
-                                .get(field)
-                                .and_then(|v| v.as_f64())
-                                .map_or(0.0, |v| {
-                                    decay_factor(*kind, *origin, *scale, *offset, *decay, v)
-                                }),
-                        ),
-                        ScoreFunction::Boost { weight, filter } => {
-                            let applies = filter.is_none()
-                                || pass.as_ref().is_some_and(|p| p.contains(&h.id));
-                            applies.then_some(*weight)
-                        }
-                    };
-                    if let Some(v) = v {
-                        acc = Some(acc.map_or(v, |a| fs.function_mode.apply(a, v)));
-                    }
-                }
-                let f = acc.unwrap_or(fs.boost_mode.identity());
-                let s = fs.boost_mode.apply(base(metric, h.distance), f);
-                for a in added {
-                    h.fields.remove(a);
-                }
-                (s, h)
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        Ok(scored
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(s, mut h)| {
-                h.distance = s as f32;
-                h
-            })
-            .collect())
+        Ok(fs.rerank(metric, hits, &passing, offset, limit, added))
     }
 
     /// A search whose hits are reranked by `r.function_score` (module docs).
