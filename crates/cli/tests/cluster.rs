@@ -616,6 +616,63 @@ fn workload(url: &str) -> Vec<Value> {
     out.push(json!(dists));
     out.push(ok(url, "entities/search", json!({"collectionName": "bits", "annsField": "h", "data": [[2.0, 0.1]], "limit": 3, "consistencyLevel": "Strong"}))["data"].clone());
     out.push(ok(url, "entities/query", json!({"collectionName": "bits", "filter": "id in [7, 8]", "outputFields": ["b", "h"], "consistencyLevel": "Strong"}))["data"].clone());
+    // BM25 full-text search over 3 shards: each shard weighs the query's terms by the
+    // whole collection's statistics (summed by the proxy), so scores equal standalone's.
+    // Documents are spread so that no shard's own statistics match the collection's.
+    ok(
+        url,
+        "collections/create",
+        json!({"collectionName": "kb", "shardsNum": 3, "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 200, "enable_analyzer": true, "analyzer_params": {"type": "english"}}},
+            {"fieldName": "sparse", "dataType": "SparseFloatVector"},
+            {"fieldName": "dense", "dataType": "FloatVector", "elementTypeParams": {"dim": 2}}],
+            "functions": [{"name": "bm", "type": "BM25", "inputFieldNames": ["text"], "outputFieldNames": ["sparse"], "params": {}}]},
+            "indexParams": [{"fieldName": "sparse", "metricType": "BM25", "indexType": "SPARSE_INVERTED_INDEX"},
+                            {"fieldName": "dense", "metricType": "L2", "indexType": "FLAT"}]}),
+    );
+    let words = [
+        "fox", "dog", "magpie", "vector", "search", "river", "stone", "light",
+    ];
+    let krows: Vec<Value> = (0..60u64)
+        .map(|i| {
+            let n = 1 + (i * 7 % 5) as usize;
+            let text: Vec<&str> = (0..n)
+                .map(|k| words[((i * 3 + k as u64 * (i % 4 + 1)) % 8) as usize])
+                .collect();
+            json!({"id": i, "text": text.join(" "), "dense": [i as f32, 1.0]})
+        })
+        .collect();
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "kb", "data": krows}),
+    );
+    let refused = call(
+        url,
+        "entities/insert",
+        &json!({"collectionName": "kb", "data": [{"id": 99, "text": "x", "sparse": {"1": 0.5}, "dense": [0.0, 0.0]}]}),
+    )
+    .expect_err("a BM25 output given by the client is refused");
+    out.push(json!({"bm25 output given": refused}));
+    for q in ["fox magpie", "stone river light", "searching vectors"] {
+        let s = ok(
+            url,
+            "entities/search",
+            json!({"collectionName": "kb", "annsField": "sparse", "data": [q], "limit": 8, "outputFields": ["text"], "consistencyLevel": "Strong"}),
+        );
+        assert!(!s["data"].as_array().unwrap().is_empty(), "{q}: {s}");
+        out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    }
+    let s = ok(
+        url,
+        "entities/hybrid_search",
+        json!({"collectionName": "kb", "search": [
+            {"annsField": "sparse", "data": ["dog light"], "limit": 10},
+            {"annsField": "dense", "data": [[20.0, 1.0]], "limit": 10}],
+            "rerank": {"strategy": "weighted", "params": {"weights": [0.6, 0.4]}}, "limit": 6, "consistencyLevel": "Strong"}),
+    );
+    out.push(json!({"data": s["data"], "topks": s["topks"]}));
     // Distances are rounded so that float summation order cannot differ.
     for v in out.iter_mut() {
         round(v);
@@ -671,6 +728,21 @@ fn a_cluster_answers_as_standalone_does() {
         );
     }
     assert_eq!(got.len(), want.len());
+    // Embedding functions are not in cluster mode yet: a 400 that says so.
+    let refused = call(
+        &proxy.url,
+        "collections/create",
+        &json!({"collectionName": "emb", "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 200}},
+            {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 384}}],
+            "functions": [{"name": "minilm", "type": "TextEmbedding", "inputFieldNames": ["text"], "outputFieldNames": ["v"], "params": {"model": "all-minilm-l6-v2"}}]}}),
+    )
+    .expect_err("a TextEmbedding function is refused in cluster mode");
+    assert!(
+        refused.starts_with("400") && refused.contains("not supported in cluster mode"),
+        "{refused}"
+    );
     // Shards are spread: every query node serves one of the 3 shards.
     for q in &query {
         wait_for("query nodes to be ready", || ready(q));

@@ -863,6 +863,9 @@ pub async fn forward(
                 .into_response();
         }
     }
+    if rest == "bm25_stats" {
+        return bm25_stats(&h, req).await;
+    }
     let (mut parts, body) = req.into_parts();
     let path = format!("/{rest}");
     parts.uri = match path.parse() {
@@ -876,6 +879,46 @@ pub async fn forward(
         .await
     {
         Ok(r) => r,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /shard/{cid}/{k}/bm25_stats` (`{"annsField", "data": [texts],
+/// "consistencyLevel"}`): this shard's BM25 statistics for the texts' terms, which the
+/// proxy sums over the shards and sends with the search (`bm25Stats`).
+async fn bm25_stats(h: &Arc<ShardHost>, req: Request) -> Response {
+    let bad = |m: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"code": 1100, "message": m})),
+        )
+            .into_response()
+    };
+    let body: Value = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("bm25_stats: the body is not JSON: {e}")),
+        },
+        Err(e) => return bad(format!("bm25_stats: {e}")),
+    };
+    let texts: Vec<String> = body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    let r = magpie_engine::SearchRequest {
+        anns_field: body["annsField"].as_str().map(String::from),
+        texts,
+        consistency: body["consistencyLevel"]
+            .as_str()
+            .and_then(magpie_engine::Consistency::parse),
+        ..Default::default()
+    };
+    let (engine, name) = (h.engine.clone(), h.name());
+    match tokio::task::spawn_blocking(move || engine.bm25_stats(&name, &r)).await {
+        Ok(Ok(stats)) => axum::Json(json!({"code": 0, "data": stats})).into_response(),
+        Ok(Err(e)) => magpie_server::error::ApiError::from(e).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -151,7 +151,31 @@ pub enum Probe<'a> {
         /// BM25 `(k1, b)` for a field filled by a BM25 function: `queries` then hold
         /// the query's term counts, weighted here by the collection's statistics.
         bm25: Option<(f32, f32)>,
+        /// Statistics to weight by instead of this collection's own (a cluster shard
+        /// scores with the whole collection's, summed over its shards).
+        bm25_stats: Option<&'a Bm25Stats>,
     },
+}
+
+/// What BM25 weighs a query's terms by: the rows (`n`), their total length in terms
+/// (`total`) and, per query term, the rows holding it (`df`). Sums over disjoint sets of
+/// rows (a cluster's shards) are the statistics of their union.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Bm25Stats {
+    pub n: u64,
+    pub total: f64,
+    pub df: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Bm25Stats {
+    /// Adds `other`'s rows (disjoint from this one's).
+    pub fn add(&mut self, other: &Bm25Stats) {
+        self.n += other.n;
+        self.total += other.total;
+        for (t, c) in &other.df {
+            *self.df.entry(*t).or_default() += c;
+        }
+    }
 }
 
 impl Probe<'_> {
@@ -1113,10 +1137,19 @@ impl Collection {
             field,
             queries,
             bm25: Some((k1, b)),
+            bm25_stats,
             ..
         } = r.probe
         {
-            let (qs, p) = self.bm25_queries(field, queries, r.snapshot, k1, b)?;
+            let own;
+            let stats = match bm25_stats {
+                Some(s) => s,
+                None => {
+                    own = self.bm25_stats(field, queries, r.snapshot)?;
+                    &own
+                }
+            };
+            let (qs, p) = bm25_weights(queries, stats, k1, b)?;
             bm25_queries = qs;
             scoring = magpie_index::Scoring::Bm25(p);
         } else {
@@ -1279,33 +1312,29 @@ impl Collection {
         Ok(outcome)
     }
 
-    /// BM25 weights of `queries` (term counts) in sparse column `field`: each term's
-    /// count times its IDF `ln(1 + (N − df + 0.5) / (df + 0.5))`, with `N` the rows
-    /// visible at `snap` in the whole collection and `df` those holding the term; and the
-    /// scoring with their average length.
-    fn bm25_queries(
+    /// BM25 statistics of sparse column `field` for the terms of `queries`: `n` the rows
+    /// visible at `snap` in the whole collection, `total` their summed lengths, `df` per
+    /// term the rows holding it.
+    pub(crate) fn bm25_stats(
         &self,
         field: usize,
         queries: &[magpie_index::SparseVector],
         snap: Timestamp,
-        k1: f32,
-        b: f32,
-    ) -> Result<(Vec<magpie_index::SparseVector>, magpie_index::Bm25)> {
-        let terms: std::collections::BTreeSet<u32> = queries
+    ) -> Result<Bm25Stats> {
+        let mut df: std::collections::BTreeMap<u32, u64> = queries
             .iter()
-            .flat_map(|q| q.indices().iter().copied())
+            .flat_map(|q| q.indices().iter().map(|&t| (t, 0)))
             .collect();
-        let mut df: HashMap<u32, usize> = terms.iter().map(|&t| (t, 0)).collect();
-        let (mut n, mut total) = (0usize, 0f64);
+        let (mut n, mut total) = (0u64, 0f64);
         for seg in self.segments.iter().filter(|s| !s.is_empty()) {
             let vis = (!seg.all_visible(snap)).then(|| seg.visible(snap));
             if seg.state != SegState::Growing {
                 let ix = seg.sparse_index(field)?;
                 let (rn, rl) = ix.len_stats(vis.as_ref());
-                n += rn;
+                n += rn as u64;
                 total += rl;
                 for (t, c) in df.iter_mut() {
-                    *c += ix.doc_freq(*t, vis.as_ref());
+                    *c += ix.doc_freq(*t, vis.as_ref()) as u64;
                 }
                 continue;
             }
@@ -1326,26 +1355,7 @@ impl Collection {
                 }
             }
         }
-        let weighted = queries
-            .iter()
-            .map(|q| {
-                let pairs = q
-                    .iter()
-                    .map(|(t, count)| {
-                        let d = df[&t] as f64;
-                        let idf = (1.0 + (n as f64 - d + 0.5) / (d + 0.5)).ln();
-                        (t, (count as f64 * idf) as f32)
-                    })
-                    .collect();
-                magpie_index::SparseVector::from_pairs(pairs).map_err(invalid)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let avgdl = if n == 0 {
-            1.0
-        } else {
-            (total / n as f64) as f32
-        };
-        Ok((weighted, magpie_index::Bm25 { k1, b, avgdl }))
+        Ok(Bm25Stats { n, total, df })
     }
 
     pub fn group_by_field(&self, name: &str) -> Result<usize> {
@@ -1531,4 +1541,36 @@ pub struct ScalarIndexes {
     /// Per scalar field (schema order): whether it has a scalar index.
     pub fields: Vec<bool>,
     pub paths: Vec<PathDef>,
+}
+
+/// BM25 weights of `queries` (term counts): each term's count times its IDF
+/// `ln(1 + (N − df + 0.5) / (df + 0.5))` by `stats`; and the scoring with their average
+/// length. A term `stats` does not count is in no row (df 0).
+fn bm25_weights(
+    queries: &[magpie_index::SparseVector],
+    stats: &Bm25Stats,
+    k1: f32,
+    b: f32,
+) -> Result<(Vec<magpie_index::SparseVector>, magpie_index::Bm25)> {
+    let n = stats.n as f64;
+    let weighted = queries
+        .iter()
+        .map(|q| {
+            let pairs = q
+                .iter()
+                .map(|(t, count)| {
+                    let d = stats.df.get(&t).copied().unwrap_or(0) as f64;
+                    let idf = (1.0 + (n - d + 0.5) / (d + 0.5)).ln();
+                    (t, (count as f64 * idf) as f32)
+                })
+                .collect();
+            magpie_index::SparseVector::from_pairs(pairs).map_err(invalid)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let avgdl = if stats.n == 0 {
+        1.0
+    } else {
+        (stats.total / n) as f32
+    };
+    Ok((weighted, magpie_index::Bm25 { k1, b, avgdl }))
 }

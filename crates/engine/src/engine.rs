@@ -293,6 +293,10 @@ pub struct SearchRequest {
     pub snapshot: Option<Timestamp>,
     /// Rerank the hits by functions of the rows (decay, boost; see [`rerank`]).
     pub function_score: Option<rerank::FunctionScore>,
+    /// A BM25 search weighs its terms by these statistics instead of the collection's
+    /// own: a cluster proxy sums its shards' ([`Engine::bm25_stats`]) so that every
+    /// shard scores as one standalone collection would.
+    pub bm25_stats: Option<crate::collection::Bm25Stats>,
 }
 
 /// A query (or get) request.
@@ -610,7 +614,10 @@ impl Engine {
 
     /// Fills function outputs into `rows` (computing embeddings in one batch per
     /// function). Rows must not supply an output field themselves.
-    fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
+    /// `rows` with every function's output filled in (BM25 term counts, embeddings),
+    /// as an insert stores them; an output given by the caller is refused. (A cluster
+    /// proxy validates with it and logs the rows as given.)
+    pub fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = rows.to_vec();
         for f in &schema.functions {
             let max = schema
@@ -2021,6 +2028,40 @@ impl Engine {
         })
     }
 
+    /// The BM25 statistics a search of `r.texts` on `r.anns_field` (a field filled by a
+    /// BM25 function) weighs its terms by: the rows visible at the request's consistency
+    /// level, their total length, and each query term's document frequency. A cluster
+    /// proxy sums them over its shards and passes the sum in
+    /// [`SearchRequest::bm25_stats`].
+    pub fn bm25_stats(
+        &self,
+        coll: &str,
+        r: &SearchRequest,
+    ) -> Result<crate::collection::Bm25Stats> {
+        let c = self.coll(coll)?;
+        let snap = match r.snapshot {
+            Some(s) => s,
+            None => self.read_snapshot(&c, r.consistency)?,
+        };
+        let g = c.read();
+        Self::check_loaded(&g)?;
+        let schema = &g.meta.schema;
+        let name = r
+            .anns_field
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| invalid("BM25 statistics need 'annsField'"))?;
+        let f = schema
+            .function_for_output(name)
+            .filter(|f| f.kind == FunctionKind::BM25)
+            .ok_or_else(|| invalid(format!("field '{name}' is not filled by a BM25 function")))?;
+        let queries = bm25_term_counts(schema, f, &r.texts)?;
+        let field = schema
+            .scalar_index(name)
+            .ok_or_else(|| invalid(format!("field '{name}' is not a sparse field")))?;
+        g.bm25_stats(field, &queries, snap)
+    }
+
     /// [`Self::search_ex`] on a SparseFloatVector field: IP over sparse queries, or BM25
     /// over analyzed texts when a BM25 function fills the field.
     fn search_sparse(
@@ -2048,17 +2089,7 @@ impl Engine {
                         field.name, f.name
                     )));
                 }
-                let analyzer = schema
-                    .field(f.input())
-                    .and_then(|x| x.analyzer().ok())
-                    .ok_or_else(|| invalid(format!("function '{}': no analyzer", f.name)))?;
-                r.texts
-                    .iter()
-                    .map(|t| {
-                        let tf = crate::analyzer::term_frequencies(&analyzer.analyze(t));
-                        magpie_index::SparseVector::from_pairs(tf).map_err(invalid)
-                    })
-                    .collect::<Result<Vec<_>>>()?
+                bm25_term_counts(schema, f, &r.texts)?
             }
             None => {
                 if !r.texts.is_empty() {
@@ -2122,6 +2153,7 @@ impl Engine {
                 algo,
                 indexed: def.is_some(),
                 bm25,
+                bm25_stats: r.bm25_stats.as_ref(),
             },
             metric,
             snap,
@@ -2330,4 +2362,23 @@ fn prefetch(c: &CollRef, stop: Option<&std::sync::atomic::AtomicBool>) -> Result
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The term counts of `texts` by the analyzer of BM25 function `f`'s input field.
+fn bm25_term_counts(
+    schema: &crate::schema::CollectionSchema,
+    f: &crate::function::FunctionSchema,
+    texts: &[String],
+) -> Result<Vec<magpie_index::SparseVector>> {
+    let analyzer = schema
+        .field(f.input())
+        .and_then(|x| x.analyzer().ok())
+        .ok_or_else(|| invalid(format!("function '{}': no analyzer", f.name)))?;
+    texts
+        .iter()
+        .map(|t| {
+            let tf = crate::analyzer::term_frequencies(&analyzer.analyze(t));
+            magpie_index::SparseVector::from_pairs(tf).map_err(invalid)
+        })
+        .collect()
 }

@@ -23,7 +23,7 @@ pub mod types;
 pub mod wal;
 
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
-pub use collection::{Hit, SearchKnobs, SearchOutcome};
+pub use collection::{Bm25Stats, Hit, SearchKnobs, SearchOutcome};
 pub use engine::{check_rerank, fuse};
 pub use engine::{
     qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, HybridRequest,

@@ -2626,6 +2626,75 @@ fn assert_close(got: &[(i64, f64)], want: &[(i64, f64)], what: &str) {
     }
 }
 
+/// The seam a cluster uses: the statistics of two disjoint halves add up to the whole
+/// collection's, and a half searched with the summed statistics scores its rows exactly
+/// as the whole collection does.
+#[test]
+fn bm25_statistics_of_parts_add_up_and_score_as_the_whole() {
+    let docs: Vec<Value> = (0..120).map(bm25_doc).collect();
+    let make = |rows: Vec<Value>| {
+        let d = tempfile::tempdir().unwrap();
+        let e = open(d.path());
+        e.create_collection(
+            "c",
+            bm25_schema(json!({"type": "standard"})),
+            vec![bm25_index(1.2, 0.75)],
+            Consistency::Strong,
+            "",
+        )
+        .unwrap();
+        e.insert("c", None, &rows).unwrap();
+        (d, e)
+    };
+    let (_dw, whole) = make(docs.clone());
+    let (_da, a) = make(
+        docs.iter()
+            .filter(|d| d["id"].as_i64().unwrap() % 3 == 0)
+            .cloned()
+            .collect(),
+    );
+    let (_db, b) = make(
+        docs.iter()
+            .filter(|d| d["id"].as_i64().unwrap() % 3 != 0)
+            .cloned()
+            .collect(),
+    );
+    // Part of `b` is flushed (sealed segments count through their inverted index).
+    b.flush("c").unwrap();
+    for q in ["vector search", "milvus milvus corpus", "nothingmatches"] {
+        let r = SearchRequest {
+            anns_field: Some("sparse".into()),
+            texts: vec![q.into()],
+            limit: 200,
+            consistency: Some(Consistency::Strong),
+            ..Default::default()
+        };
+        let mut sum = a.bm25_stats("c", &r).unwrap();
+        sum.add(&b.bm25_stats("c", &r).unwrap());
+        assert_eq!(sum, whole.bm25_stats("c", &r).unwrap(), "{q}");
+        assert_eq!(sum.n, 120);
+        let scored = |e: &Engine, stats: Option<magpie_engine::Bm25Stats>| -> Vec<(i64, f32)> {
+            let r = SearchRequest {
+                bm25_stats: stats,
+                ..r.clone()
+            };
+            e.search("c", &r).unwrap()[0]
+                .iter()
+                .map(|h| (h.id.to_json().as_i64().unwrap(), h.distance))
+                .collect()
+        };
+        let want: Vec<(i64, f32)> = scored(&whole, None)
+            .into_iter()
+            .filter(|(id, _)| id % 3 == 0)
+            .collect();
+        assert_eq!(scored(&a, Some(sum.clone())), want, "{q}");
+        if q != "nothingmatches" {
+            // Without the sum, the part's own statistics score differently.
+            assert_ne!(scored(&a, None), want, "{q}");
+        }
+    }
+}
+
 #[test]
 fn bm25_scores_match_the_formula_and_do_not_depend_on_segments() {
     let queries = [

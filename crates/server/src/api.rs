@@ -826,6 +826,10 @@ pub struct SearchReq {
     consistency_level: Option<String>,
     /// Milvus 2.6's function rerankers: `{"functions": [...], "params": {...}}`.
     function_score: Option<Value>,
+    /// Magpie's: BM25 statistics to weigh a text search's terms by (`{"n", "total",
+    /// "df": {"term": count}}`) instead of the collection's own; a cluster proxy sends
+    /// the sum over its shards.
+    bm25_stats: Option<magpie_engine::Bm25Stats>,
 }
 
 /// `functionScore` of a search or hybrid search: `{"functions": [{"name", "type":
@@ -1055,6 +1059,7 @@ fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
         },
         snapshot: None,
         function_score: function_score(r.function_score.as_ref())?,
+        bm25_stats: r.bm25_stats,
     })
 }
 

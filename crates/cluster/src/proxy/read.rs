@@ -5,7 +5,7 @@ use super::{api, call, err_of, need, pk_order, ApiResult, Proxy};
 use crate::meta::{shard_of, CollectionRecord};
 use axum::http::StatusCode;
 use magpie_engine::engine::rerank::FunctionScore;
-use magpie_engine::{Consistency, FieldSchema, Metric, PrimaryKey};
+use magpie_engine::{Bm25Stats, Consistency, FieldSchema, Metric, PrimaryKey};
 use magpie_server::error::ApiError;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -146,6 +146,11 @@ impl Proxy {
         let mut fwd = body.clone();
         fwd["limit"] = json!(limit + offset);
         fwd["offset"] = json!(0);
+        if fwd.get("bm25Stats").is_none_or(|s| s.is_null()) {
+            if let Some(stats) = self.bm25_stats(&rec, &meta, &anns, &body, level).await? {
+                fwd["bm25Stats"] = serde_json::to_value(stats).unwrap_or(Value::Null);
+            }
+        }
         if let Some(g) = &group {
             // The group key comes back with each hit (removed below unless asked for).
             let mut out: Vec<Value> = fwd["outputFields"].as_array().cloned().unwrap_or_default();
@@ -297,6 +302,47 @@ impl Proxy {
         }
         let (flat, topks) = magpie_server::api::hits_json(&pk.name, ranked);
         Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": reply["searchInfo"]}))
+    }
+
+    /// For a text search of a field filled by a BM25 function: the collection's BM25
+    /// statistics for the query terms, summed over its shards (each at the search's
+    /// barrier), so that every shard weighs the terms as one standalone collection
+    /// would. `None` for any other search.
+    async fn bm25_stats(
+        &self,
+        rec: &CollectionRecord,
+        meta: &magpie_engine::CollectionMeta,
+        anns: &str,
+        body: &Value,
+        level: Consistency,
+    ) -> Result<Option<Bm25Stats>, ApiError> {
+        let bm25 = meta
+            .schema
+            .function_for_output(anns)
+            .is_some_and(|f| f.kind == magpie_engine::FunctionKind::BM25);
+        let texts = body["data"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty() && d.iter().all(|t| t.is_string()));
+        if !bm25 || !texts {
+            return Ok(None);
+        }
+        let ask =
+            json!({"annsField": anns, "data": body["data"], "consistencyLevel": level.as_str()});
+        let parts = self
+            .fan_out(rec, &Self::all_shards(rec, &ask), "/bm25_stats", level)
+            .await?;
+        let mut sum = Bm25Stats::default();
+        for p in parts {
+            let s: Bm25Stats = serde_json::from_value(p["data"].clone()).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    65535,
+                    format!("a shard's BM25 statistics do not parse: {e}"),
+                )
+            })?;
+            sum.add(&s);
+        }
+        Ok(Some(sum))
     }
 
     /// For each of `fs`'s functions, the hits that pass its boost filter (`None`: no

@@ -61,6 +61,14 @@ impl Proxy {
             ));
         }
         let pkf = schema.pk().clone();
+        // Rows are validated as the shards will store them (BM25 outputs filled in) and
+        // logged as given: each shard's engine fills them in again when it applies them.
+        let filled = if schema.functions.is_empty() {
+            None
+        } else {
+            Some(self.mirror.apply_functions(schema, &rows)?)
+        };
+        let checked: &[Value] = filled.as_deref().unwrap_or(&rows);
         let batch = if pkf.auto_id && !upsert {
             let floor = ts_from_ms(now_ms());
             let r = self
@@ -69,10 +77,11 @@ impl Proxy {
                 .await
                 .map_err(api)?;
             let mut ids = (r.start as i64)..;
-            schema.validate_batch(&rows, Some(&mut ids), false)?
+            schema.validate_batch(checked, Some(&mut ids), false)?
         } else {
-            schema.validate_batch(&rows, None, upsert)?
+            schema.validate_batch(checked, None, upsert)?
         };
+        drop(filled);
         let ids: Vec<Value> = batch.pks.iter().map(PrimaryKey::to_json).collect();
         if !upsert && !pkf.auto_id {
             self.refuse_stored_keys(&rec, &name, &pkf.name, &batch.pks, &ids)

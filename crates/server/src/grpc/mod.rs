@@ -1640,6 +1640,7 @@ fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
         knobs: api::search_knobs(&inner)?,
         snapshot: None,
         function_score: function_score_from_pb(r.function_score.as_ref())?,
+        bm25_stats: None,
     };
     Ok(PbSearch {
         req,
