@@ -290,6 +290,35 @@ fn workload(url: &str) -> Vec<Value> {
     .expect_err("an insert repeating stored key 5 must be refused");
     assert!(dup.contains("already exists"), "{dup}");
     out.push(json!({"duplicate insert": dup}));
+    // Eight inserts of one new key at once: exactly one is accepted (through one proxy
+    // the cluster serialises the key lookups of a collection's inserts).
+    let accepted = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..8u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut row = rows(3000..3001);
+                    row[0]["n"] = json!(t);
+                    call(
+                        url,
+                        "entities/insert",
+                        &json!({"collectionName": "docs", "data": row}),
+                    )
+                    .is_ok()
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    });
+    assert_eq!(accepted, 1, "inserts of one new key accepted at once");
+    ok(
+        url,
+        "entities/delete",
+        json!({"collectionName": "docs", "ids": [3000]}),
+    );
     out.push(
         ok(
             url,

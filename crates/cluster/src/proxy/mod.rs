@@ -103,6 +103,10 @@ pub struct Proxy {
     /// The cluster's storage URL (bulk import reads its `import/` prefix).
     storage: String,
     imports: import::Imports,
+    /// Per collection id: held by an insert with client-given keys from its key lookup
+    /// to its last append, so that two such inserts through this proxy cannot both pass
+    /// the lookup for one new key (`write.rs`).
+    insert_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Keeps the mirror's WAL directory alive.
     _dir: tempfile_dir::TempDir,
 }
@@ -189,6 +193,7 @@ impl Proxy {
                 .build()
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?,
             session: Mutex::new(HashMap::new()),
+            insert_locks: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
             bounded,
             rr: AtomicUsize::new(0),

@@ -83,7 +83,11 @@ impl Proxy {
         };
         drop(filled);
         let ids: Vec<Value> = batch.pks.iter().map(PrimaryKey::to_json).collect();
+        // Held until the batch is logged (dropped at the end of this function).
+        let mut _serial = None;
         if !upsert && !pkf.auto_id {
+            let lock = self.insert_locks.lock().entry(rec.id).or_default().clone();
+            _serial = Some(lock.lock_owned().await);
             self.refuse_stored_keys(&rec, &name, &pkf.name, &batch.pks, &ids)
                 .await?;
         }
@@ -139,9 +143,11 @@ impl Proxy {
     /// nothing behind on any shard, with the same 400 and message as standalone.
     ///
     /// The log records every write as an upsert (that is what makes replay from a
-    /// checkpoint idempotent), so two inserts of one *new* key that race (neither
-    /// logged when the other looks) both pass and the later replaces the earlier;
-    /// standalone, which checks under its write lock, refuses the second.
+    /// checkpoint idempotent), so the lookup is not atomic with the append. Through one
+    /// proxy, inserts with client-given keys into one collection hold a lock from their
+    /// lookup to their last append, so the second of two inserts of one new key sees the
+    /// first and is refused, as standalone refuses it. Through two proxies they can
+    /// still both pass, and the later replaces the earlier.
     async fn refuse_stored_keys(
         &self,
         rec: &CollectionRecord,
