@@ -887,13 +887,7 @@ pub async fn forward(
 /// "consistencyLevel"}`): this shard's BM25 statistics for the texts' terms, which the
 /// proxy sums over the shards and sends with the search (`bm25Stats`).
 async fn bm25_stats(h: &Arc<ShardHost>, req: Request) -> Response {
-    let bad = |m: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"code": 1100, "message": m})),
-        )
-            .into_response()
-    };
+    let bad = |m: String| magpie_server::error::ApiError::bad_request(m).into_response();
     let body: Value = match axum::body::to_bytes(req.into_body(), 16 << 20).await {
         Ok(b) => match serde_json::from_slice(&b) {
             Ok(v) => v,

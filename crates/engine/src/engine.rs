@@ -612,11 +612,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Fills function outputs into `rows` (computing embeddings in one batch per
-    /// function). Rows must not supply an output field themselves.
-    /// `rows` with every function's output filled in (BM25 term counts, embeddings),
-    /// as an insert stores them; an output given by the caller is refused. (A cluster
-    /// proxy validates with it and logs the rows as given.)
+    /// `rows` with every function's output filled in (BM25 term counts; embeddings
+    /// computed in one batch per function), as an insert stores them. Rows must not
+    /// supply an output field themselves. (A cluster proxy validates with it and logs
+    /// the rows as given.)
     pub fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = rows.to_vec();
         for f in &schema.functions {
@@ -2038,6 +2037,13 @@ impl Engine {
         coll: &str,
         r: &SearchRequest,
     ) -> Result<crate::collection::Bm25Stats> {
+        if r.texts.len() > self.config.max_nq {
+            return Err(invalid(format!(
+                "a search may carry at most {} queries (max_nq), got {}; split it",
+                self.config.max_nq,
+                r.texts.len()
+            )));
+        }
         let c = self.coll(coll)?;
         let snap = match r.snapshot {
             Some(s) => s,

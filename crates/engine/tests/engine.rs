@@ -2661,6 +2661,14 @@ fn bm25_statistics_of_parts_add_up_and_score_as_the_whole() {
     );
     // Part of `b` is flushed (sealed segments count through their inverted index).
     b.flush("c").unwrap();
+    // As many texts as a search may carry, no more.
+    let too_many = SearchRequest {
+        anns_field: Some("sparse".into()),
+        texts: vec!["vector".into(); EngineConfig::default().max_nq + 1],
+        ..Default::default()
+    };
+    let err = a.bm25_stats("c", &too_many).unwrap_err().to_string();
+    assert!(err.contains("max_nq"), "{err}");
     for q in ["vector search", "milvus milvus corpus", "nothingmatches"] {
         let r = SearchRequest {
             anns_field: Some("sparse".into()),
