@@ -1108,7 +1108,16 @@ mod tests {
         let (n, dim) = (3000, 24);
         let data = clustered(n, dim, 20, 7);
         let queries = clustered(50, dim, 20, 99);
-        for metric in [Metric::L2, Metric::COSINE] {
+        // One build thread inserts in a fixed order, so its graph (and this test's
+        // verdict) is the same on every run. Two threads interleave differently on each
+        // run; their graphs are checked with a margin (across 60 local runs and one CI
+        // run, 97.2-100 % of rows found themselves).
+        for (metric, threads) in [
+            (Metric::L2, 1),
+            (Metric::COSINE, 1),
+            (Metric::L2, 2),
+            (Metric::COSINE, 2),
+        ] {
             let all = VectorSlice::new(&data, dim);
             let inv: Vec<f32> = (0..n)
                 .map(|i| 1.0 / magpie_linalg::norm(&all.row(i)))
@@ -1116,7 +1125,7 @@ mod tests {
             let p = HnswParams {
                 m: 12,
                 ef_construction: 100,
-                threads: 2,
+                threads,
                 measure_recall: false,
                 ..Default::default()
             };
@@ -1139,7 +1148,7 @@ mod tests {
             });
             assert!(
                 r >= 0.95,
-                "{metric:?}: recall {r} of a graph grown in steps"
+                "{metric:?}, {threads} threads: recall {r} of a graph grown in steps"
             );
             // Every row is reachable as its own nearest neighbour.
             let sp = SearchParams {
@@ -1150,9 +1159,11 @@ mod tests {
                 .step_by(7)
                 .filter(|&i| g.search(all, &inv, &all.row(i), &sp).unwrap()[0].offset as usize == i)
                 .count();
+            let want = if threads == 1 { 98 } else { 95 };
             assert!(
-                found * 100 >= 98 * n.div_ceil(7),
-                "{found} rows found themselves"
+                found * 100 >= want * n.div_ceil(7),
+                "{metric:?}, {threads} threads: {found} of {} rows found themselves",
+                n.div_ceil(7)
             );
         }
         // The rows must be the graph's rows and more, of its dimension.
