@@ -1031,6 +1031,11 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             max_body_bytes: cfg.max_body_bytes,
             token: cfg.token.clone(),
             allow_insecure: cfg.allow_insecure,
+            models_dir: cfg
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("models")),
+            embed_threads: cfg.embed_threads,
         };
         rt.block_on(magpie_cluster::run(ccfg, shutdown_signal()))?;
         return Ok(());

@@ -111,6 +111,8 @@ impl Deps {
             .arg(&data)
             .args(extra)
             .envs(self.env())
+            // No models unless `extra` names them (`--models-dir`).
+            .env_remove("MAGPIE_MODELS_DIR")
             .env("MAGPIE_LOG", "warn,magpie_cluster=info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
@@ -239,7 +241,7 @@ fn wait_rows(url: &str) -> (u64, u64) {
 }
 
 /// Runs the same workload on `url` and returns every answer it got.
-fn workload(url: &str) -> Vec<Value> {
+fn workload(url: &str, embed: bool) -> Vec<Value> {
     ok(url, "collections/create", schema(3));
     ok(
         url,
@@ -702,10 +704,96 @@ fn workload(url: &str) -> Vec<Value> {
             "rerank": {"strategy": "weighted", "params": {"weights": [0.6, 0.4]}}, "limit": 6, "consistencyLevel": "Strong"}),
     );
     out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    if embed {
+        out.extend(embedding_workload(url));
+    }
     // Distances are rounded so that float summation order cannot differ.
     for v in out.iter_mut() {
         round(v);
     }
+    out
+}
+
+/// A TextEmbedding function (all-MiniLM-L6-v2) over 2 shards. In cluster mode only the
+/// proxy has the model (the nodes are started without one): it embeds each inserted row
+/// and each search text once and sends vectors, so a node that ran the function itself
+/// would reject the records and lose the rows.
+fn embedding_workload(url: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    ok(
+        url,
+        "collections/create",
+        json!({"collectionName": "notes", "shardsNum": 2, "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 200}},
+            {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 384}}],
+            "functions": [{"name": "minilm", "type": "TextEmbedding", "inputFieldNames": ["text"], "outputFieldNames": ["v"], "params": {"model": "all-minilm-l6-v2"}}]},
+            "indexParams": [{"fieldName": "v", "metricType": "COSINE", "indexType": "FLAT"}]}),
+    );
+    let texts = [
+        "a magpie steals a shiny ring from the table",
+        "the river floods the valley after heavy rain",
+        "stock markets fell sharply on tuesday",
+        "a recipe for bread with flour, water and salt",
+        "the goalkeeper saved a penalty in the final minute",
+        "crows and jays are clever birds that hide food",
+        "a new vaccine was approved by the health agency",
+        "the train to the coast leaves at nine",
+        "how to repair a flat bicycle tyre",
+        "the telescope photographed a distant galaxy",
+    ];
+    let rows: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": i, "text": t}))
+        .collect();
+    let r = ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "notes", "data": rows}),
+    );
+    out.push(r["data"]["insertCount"].clone());
+    let refused = call(
+        url,
+        "entities/insert",
+        &json!({"collectionName": "notes", "data": [{"id": 50, "text": "x", "v": vec![0.1f32; 384]}]}),
+    )
+    .expect_err("an embedding given by the client is refused");
+    out.push(json!({"embedding given": refused}));
+    for q in [
+        "birds that take things",
+        "weather and water",
+        "space and stars",
+    ] {
+        let s = ok(
+            url,
+            "entities/search",
+            json!({"collectionName": "notes", "data": [q], "limit": 3, "outputFields": ["text"], "consistencyLevel": "Strong"}),
+        );
+        assert_eq!(s["topks"], json!([3]), "{q}: {s}");
+        out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    }
+    let s = ok(
+        url,
+        "entities/search",
+        json!({"collectionName": "notes", "data": ["a magpie stole a ring"], "limit": 1, "consistencyLevel": "Strong"}),
+    );
+    assert_eq!(s["data"][0]["id"], 0, "{s}");
+    let s = ok(
+        url,
+        "entities/hybrid_search",
+        json!({"collectionName": "notes", "search": [
+            {"annsField": "v", "data": ["cooking"], "limit": 5},
+            {"annsField": "v", "data": ["sport"], "limit": 5}],
+            "rerank": {"strategy": "rrf", "params": {"k": 60}}, "limit": 4, "consistencyLevel": "Strong"}),
+    );
+    out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    let c = ok(
+        url,
+        "entities/query",
+        json!({"collectionName": "notes", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
+    );
+    assert_eq!(c["data"][0]["count(*)"], 10, "{c}");
     out
 }
 
@@ -728,26 +816,38 @@ fn round(v: &mut Value) {
 #[test]
 fn a_cluster_answers_as_standalone_does() {
     let Some(d) = deps() else { return };
-    let proxy = d.node("p1", "proxy,coordinator");
+    // Only the proxy (and standalone) get the models: nodes run no embedding function.
+    let models = magpie_testkit::models_dir();
+    let embed =
+        match magpie_embed::models::ModelStore::new(models.clone()).require("all-minilm-l6-v2") {
+            Ok(_) => true,
+            Err(e) => {
+                magpie_testkit::skip("models", format!("the embedding-function part: {e}"));
+                false
+            }
+        };
+    let models_arg = models.to_string_lossy().to_string();
+    let proxy = d.node_with("p1", "proxy,coordinator", &["--models-dir", &models_arg]);
     let _data = [d.node("d1", "data"), d.node("d2", "data")];
     let query = [
         d.node("q1", "query"),
         d.node("q2", "query"),
         d.node("q3", "query"),
     ];
-    let got = workload(&proxy.url);
+    let got = workload(&proxy.url, embed);
     // The same on a standalone server.
     let sdir = d.dir.path().join("standalone");
     let mut standalone = Command::new(env!("CARGO_BIN_EXE_magpie"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&sdir)
+        .args(["--models-dir", &models_arg])
         .env("MAGPIE_LOG", "warn,magpie_cluster=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let surl = listening_url(&mut standalone).expect("standalone: its first line");
-    let want = workload(&surl);
+    let want = workload(&surl, embed);
     let _ = standalone.kill();
     let _ = standalone.wait();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -757,21 +857,6 @@ fn a_cluster_answers_as_standalone_does() {
         );
     }
     assert_eq!(got.len(), want.len());
-    // Embedding functions are not in cluster mode yet: a 400 that says so.
-    let refused = call(
-        &proxy.url,
-        "collections/create",
-        &json!({"collectionName": "emb", "schema": {"fields": [
-            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
-            {"fieldName": "text", "dataType": "VarChar", "elementTypeParams": {"max_length": 200}},
-            {"fieldName": "v", "dataType": "FloatVector", "elementTypeParams": {"dim": 384}}],
-            "functions": [{"name": "minilm", "type": "TextEmbedding", "inputFieldNames": ["text"], "outputFieldNames": ["v"], "params": {"model": "all-minilm-l6-v2"}}]}}),
-    )
-    .expect_err("a TextEmbedding function is refused in cluster mode");
-    assert!(
-        refused.starts_with("400") && refused.contains("not supported in cluster mode"),
-        "{refused}"
-    );
     // Shards are spread: every query node serves one of the 3 shards.
     for q in &query {
         wait_for("query nodes to be ready", || ready(q));

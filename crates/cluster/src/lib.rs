@@ -67,6 +67,11 @@ pub struct ClusterConfig {
     pub token: Option<String>,
     /// Listen beyond loopback without a token (refused otherwise).
     pub allow_insecure: bool,
+    /// Built-in models, for a proxy: it runs collections' embedding functions (on
+    /// inserted rows and on search texts and images) once, and logs and forwards vectors.
+    pub models_dir: PathBuf,
+    /// A proxy's image inference threads (0 = every core).
+    pub embed_threads: usize,
 }
 
 struct Shared {
@@ -282,6 +287,12 @@ pub async fn run(
                 cfg.token.clone(),
                 cfg.storage.clone(),
                 Duration::from_millis(cfg.engine.bounded_staleness_ms),
+                Arc::new(
+                    magpie_app::embedder::ModelEmbedder::new(
+                        magpie_embed::models::ModelStore::new(cfg.models_dir.clone()),
+                    )
+                    .with_threads(cfg.embed_threads),
+                ),
             )
         })?;
         let _ = p.refresh_routes().await;

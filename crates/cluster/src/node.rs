@@ -259,6 +259,9 @@ impl Node {
             .join(format!("c{}-s{}-{mode}-{gen}", id.collection, id.shard));
         let url = format!("{}/c{}/s{}", self.storage, id.collection, id.shard);
         let mut cfg = self.engine_cfg.clone();
+        // The proxy ran the collection's embedding functions once and logged the vectors
+        // (nodes hold no models); BM25 term counts are still computed here, from the text.
+        cfg.function_outputs_given = true;
         if !primary {
             // A replica searches the data node's segments and indexes (it reopens on them
             // as they come); it builds no index and compacts nothing of its own.

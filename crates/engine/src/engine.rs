@@ -99,6 +99,12 @@ pub struct EngineConfig {
     /// background after open (otherwise each is fetched by the first search that needs
     /// it, or by `collections/load`).
     pub prefetch_on_open: bool,
+    /// Rows may arrive with their embedding functions' outputs already computed, and
+    /// those are stored as given instead of running the model again. Only for an engine
+    /// whose writes come from a trusted writer that ran the functions itself (a cluster
+    /// shard: its proxy embeds each row once and logs the vector); never for one that
+    /// takes users' rows, which must not supply a function's output.
+    pub function_outputs_given: bool,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +127,7 @@ impl Default for EngineConfig {
             auto_compact_secs: 60,
             max_output_bytes: 64 << 20,
             prefetch_on_open: true,
+            function_outputs_given: false,
         }
     }
 }
@@ -590,6 +597,10 @@ impl Engine {
 
     /// Checks each function's model against its output field (exists, right dimension).
     fn check_functions(&self, schema: &CollectionSchema) -> Result<()> {
+        if self.config.function_outputs_given {
+            // The writer checked the models when it created the collection, and runs them.
+            return Ok(());
+        }
         for f in schema
             .functions
             .iter()
@@ -614,8 +625,9 @@ impl Engine {
 
     /// `rows` with every function's output filled in (BM25 term counts; embeddings
     /// computed in one batch per function), as an insert stores them. Rows must not
-    /// supply an output field themselves. (A cluster proxy validates with it and logs
-    /// the rows as given.)
+    /// supply an output field themselves (unless the engine's `function_outputs_given`
+    /// says they come computed). A cluster proxy fills rows in with it: it logs the
+    /// embeddings, and validates the BM25 outputs that each shard computes again.
     pub fn apply_functions(&self, schema: &CollectionSchema, rows: &[Value]) -> Result<Vec<Value>> {
         let mut out: Vec<Value> = rows.to_vec();
         for f in &schema.functions {
@@ -623,6 +635,16 @@ impl Engine {
                 .field(f.input())
                 .and_then(|x| x.max_length)
                 .unwrap_or(usize::MAX);
+            if self.config.function_outputs_given
+                && f.kind != FunctionKind::BM25
+                && rows
+                    .iter()
+                    .all(|r| r.get(f.output()).is_some_and(|v| !v.is_null()))
+            {
+                // Computed by the writer (see the setting); checked as any vector is by
+                // the schema's validation.
+                continue;
+            }
             let mut texts = Vec::with_capacity(rows.len());
             for (i, r) in rows.iter().enumerate() {
                 let obj = r.as_object().ok_or_else(|| EngineError::Row {
@@ -1782,6 +1804,37 @@ impl Engine {
                 }))
     }
 
+    /// The query vectors that a search's texts or images become under its anns field's
+    /// embedding function, as [`Engine::search_ex`] computes them; `None` when the
+    /// request carries neither, or its field is sparse (a BM25 search reads its texts
+    /// itself). A cluster proxy embeds a query once with it and sends the vectors to
+    /// the shards.
+    pub fn embed_search_data(
+        &self,
+        coll: &str,
+        r: &SearchRequest,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        if r.ids.is_some() || (r.texts.is_empty() && r.images.is_empty()) {
+            return Ok(None);
+        }
+        if r.texts.len().max(r.images.len()) > self.config.max_nq {
+            return Err(invalid(format!(
+                "a search may carry at most {} queries (max_nq), got {}; split it",
+                self.config.max_nq,
+                r.texts.len().max(r.images.len())
+            )));
+        }
+        let c = self.coll(coll)?;
+        let g = c.read();
+        let field = anns_field(&g.meta.name, &g.meta.schema, r)?;
+        if field.is_sparse() {
+            return Ok(None);
+        }
+        let plan = QueryEmbedding::plan(&g.meta.name, &g.meta.schema, field, r)?;
+        drop(g);
+        Ok(Some(plan.run(self.embedder()?.as_ref(), r)?))
+    }
+
     /// Vector search, also reporting how it ran (indexed vs exact segments, the knob a
     /// recall target resolved to).
     pub fn search_ex(&self, coll: &str, r: &SearchRequest) -> Result<SearchOutcome> {
@@ -1827,36 +1880,7 @@ impl Engine {
                 self.config.max_result_rows
             )));
         }
-        let field = match &r.anns_field {
-            Some(f) if !f.is_empty() => {
-                let fs = schema.field(f).ok_or_else(|| EngineError::FieldNotFound {
-                    collection: g.meta.name.clone(),
-                    field: f.clone(),
-                })?;
-                if !fs.is_vector() && !fs.is_sparse() {
-                    return Err(invalid(format!("annsField '{f}' is not a vector field")));
-                }
-                fs
-            }
-            _ => {
-                let v: Vec<_> = schema
-                    .fields
-                    .iter()
-                    .filter(|f| f.is_vector() || f.is_sparse())
-                    .collect();
-                if v.len() != 1 {
-                    return Err(invalid(format!(
-                        "the collection has {} vector fields ({}); name one in 'annsField'",
-                        v.len(),
-                        v.iter()
-                            .map(|f| f.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                v[0]
-            }
-        };
+        let field = anns_field(&g.meta.name, schema, r)?;
         if r.knobs.drop_ratio.is_some_and(|x| !(0.0..1.0).contains(&x)) {
             return Err(invalid("'drop_ratio_search' must be in [0, 1)"));
         }
@@ -1876,42 +1900,10 @@ impl Engine {
         let metric = Self::metric_for(&g, &field.name, r.metric)?;
         let queries = match &r.ids {
             None if !r.texts.is_empty() || !r.images.is_empty() => {
-                if !r.texts.is_empty() && !r.images.is_empty() {
-                    return Err(invalid("'data' holds both texts and images; send one kind"));
-                }
-                let by_text = !r.texts.is_empty();
-                let f = schema.function_for_output(&field.name).ok_or_else(|| {
-                    invalid(format!(
-                        "field '{}' of collection '{}' has no embedding function, so it cannot be searched by {}; search with vectors",
-                        field.name,
-                        g.meta.name,
-                        if by_text { "text" } else { "image" }
-                    ))
-                })?;
-                if !by_text && f.kind != FunctionKind::ImageEmbedding {
-                    return Err(invalid(format!(
-                        "field '{}' is filled by the TextEmbedding function '{}', so it cannot be searched by image",
-                        field.name, f.name
-                    )));
-                }
-                let model = f.model().unwrap_or_default().to_string();
-                let name = f.name.clone();
+                let plan = QueryEmbedding::plan(&g.meta.name, schema, field, r)?;
                 let emb = self.embedder()?;
                 drop(g);
-                let fail = |m: String| invalid(format!("function '{name}': {m}"));
-                let v = if by_text {
-                    let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
-                    emb.embed_queries(&model, &texts).map_err(fail)?
-                } else {
-                    let inputs: Vec<ImageInput> =
-                        r.images.iter().map(|b| ImageInput::Bytes(b)).collect();
-                    emb.embed_images(&model, &inputs)
-                        .map_err(fail)?
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, x)| x.map_err(|m| invalid(format!("query image {i}: {m}"))))
-                        .collect::<Result<Vec<_>>>()?
-                };
+                let v = plan.run(emb.as_ref(), r)?;
                 let mut r2 = r.clone();
                 r2.texts.clear();
                 r2.images.clear();
@@ -2387,4 +2379,98 @@ fn bm25_term_counts(
             magpie_index::SparseVector::from_pairs(tf).map_err(invalid)
         })
         .collect()
+}
+
+/// The field a search ranks by: `annsField`, or the collection's only vector field.
+fn anns_field<'a>(
+    collection: &str,
+    schema: &'a CollectionSchema,
+    r: &SearchRequest,
+) -> Result<&'a crate::schema::FieldSchema> {
+    match &r.anns_field {
+        Some(f) if !f.is_empty() => {
+            let fs = schema.field(f).ok_or_else(|| EngineError::FieldNotFound {
+                collection: collection.to_string(),
+                field: f.clone(),
+            })?;
+            if !fs.is_vector() && !fs.is_sparse() {
+                return Err(invalid(format!("annsField '{f}' is not a vector field")));
+            }
+            Ok(fs)
+        }
+        _ => {
+            let v: Vec<_> = schema
+                .fields
+                .iter()
+                .filter(|f| f.is_vector() || f.is_sparse())
+                .collect();
+            if v.len() != 1 {
+                return Err(invalid(format!(
+                    "the collection has {} vector fields ({}); name one in 'annsField'",
+                    v.len(),
+                    v.iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(v[0])
+        }
+    }
+}
+
+/// How a search's texts or images become query vectors: the embedding function that
+/// fills the anns field, checked against the kind of data.
+struct QueryEmbedding {
+    function: String,
+    model: String,
+    by_text: bool,
+}
+
+impl QueryEmbedding {
+    fn plan(
+        collection: &str,
+        schema: &CollectionSchema,
+        field: &crate::schema::FieldSchema,
+        r: &SearchRequest,
+    ) -> Result<Self> {
+        if !r.texts.is_empty() && !r.images.is_empty() {
+            return Err(invalid("'data' holds both texts and images; send one kind"));
+        }
+        let by_text = !r.texts.is_empty();
+        let f = schema.function_for_output(&field.name).ok_or_else(|| {
+            invalid(format!(
+                "field '{}' of collection '{collection}' has no embedding function, so it cannot be searched by {}; search with vectors",
+                field.name,
+                if by_text { "text" } else { "image" }
+            ))
+        })?;
+        if !by_text && f.kind != FunctionKind::ImageEmbedding {
+            return Err(invalid(format!(
+                "field '{}' is filled by the TextEmbedding function '{}', so it cannot be searched by image",
+                field.name, f.name
+            )));
+        }
+        Ok(QueryEmbedding {
+            function: f.name.clone(),
+            model: f.model().unwrap_or_default().to_string(),
+            by_text,
+        })
+    }
+
+    fn run(&self, emb: &dyn Embedder, r: &SearchRequest) -> Result<Vec<Vec<f32>>> {
+        let fail = |m: String| invalid(format!("function '{}': {m}", self.function));
+        if self.by_text {
+            let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
+            emb.embed_queries(&self.model, &texts).map_err(fail)
+        } else {
+            let inputs: Vec<ImageInput> = r.images.iter().map(|b| ImageInput::Bytes(b)).collect();
+            emb.embed_images(&self.model, &inputs)
+                .map_err(fail)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| x.map_err(|m| invalid(format!("query image {i}: {m}"))))
+                .collect()
+        }
+    }
 }

@@ -1905,6 +1905,100 @@ fn text_embedding_functions_fill_vectors_and_search_by_text() {
     assert!(err.contains("has no embedding function"), "{err}");
 }
 
+/// The cluster seam: a proxy embeds rows and search texts once
+/// (`apply_functions`, `embed_search_data`), and a shard engine opened with
+/// `function_outputs_given` stores the vectors it is given without any model; an engine
+/// that takes users' rows still refuses a supplied output.
+#[test]
+fn embeddings_computed_once_by_a_writer_are_stored_as_given() {
+    let (dp, ds) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ix = || {
+        vec![IndexMeta {
+            id: 0,
+            index_name: "vec".into(),
+            field_name: "vec".into(),
+            index_type: "FLAT".into(),
+            metric_type: Metric::COSINE,
+            params: Default::default(),
+        }]
+    };
+    let proxy = open(dp.path());
+    proxy.set_embedder(Arc::new(ToyEmbedder));
+    proxy
+        .create_collection("t", text_schema("toy"), ix(), Consistency::Strong, "")
+        .unwrap();
+    // No embedder at all: creating and writing must not need one.
+    let shard = Engine::open(
+        ds.path(),
+        EngineConfig {
+            function_outputs_given: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    shard
+        .create_collection("t", text_schema("toy"), ix(), Consistency::Strong, "")
+        .unwrap();
+    let docs = ["red apple pie", "green pear tart", "blue sky today"];
+    let rows: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": i, "text": t}))
+        .collect();
+    let filled = proxy.apply_functions(&text_schema("toy"), &rows).unwrap();
+    assert!(filled
+        .iter()
+        .all(|r| r["vec"].as_array().unwrap().len() == 16));
+    shard.insert("t", None, &filled).unwrap();
+    proxy.insert("t", None, &rows).unwrap();
+    // Rows without the output would need the model, which the shard does not have.
+    let e = shard
+        .insert("t", None, &[json!({"id": 9, "text": "no vector"})])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no embedding models"), "{e}");
+    // A user-facing engine refuses a supplied output.
+    let e = proxy
+        .insert("t", None, &[filled[0].clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not supply it"), "{e}");
+    // A search by text: the vectors the proxy makes give the shard the same hits as the
+    // proxy's own search by text.
+    let by_text = SearchRequest {
+        texts: vec!["red apple".into()],
+        limit: 3,
+        ..Default::default()
+    };
+    let v = proxy
+        .embed_search_data("t", &by_text)
+        .unwrap()
+        .expect("a TextEmbedding field's texts are embedded");
+    let on_shard = shard
+        .search_ex(
+            "t",
+            &SearchRequest {
+                vectors: v,
+                limit: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .hits;
+    let on_proxy = proxy.search_ex("t", &by_text).unwrap().hits;
+    let ids = |r: &Vec<Vec<Hit>>| r[0].iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&on_shard), ids(&on_proxy));
+    assert_eq!(on_shard[0][0].id, PrimaryKey::Int(0));
+    assert!((on_shard[0][0].distance - on_proxy[0][0].distance).abs() < 1e-6);
+    // Vectors, and nothing at all, are left to the search.
+    let by_vec = SearchRequest {
+        vectors: vec![vec![0.25; 16]],
+        limit: 3,
+        ..Default::default()
+    };
+    assert!(proxy.embed_search_data("t", &by_vec).unwrap().is_none());
+}
+
 /// ImageEmbedding: inserts carry an image reference in a VarChar field, the embedder
 /// fills the vector; a bad image fails with its row and field named and nothing is
 /// written; searches by image bytes, and by text when the model embeds text (ConSE).

@@ -964,6 +964,36 @@ fn query_data(data: Option<Value>) -> Result<QueryData, ApiError> {
     Ok(q)
 }
 
+/// The query data of a search body (`annsField` and `data` resolved as a search reads
+/// them; nothing else): what a cluster proxy needs to embed a search's texts or images
+/// once, with [`magpie_engine::Engine::embed_search_data`], before it fans the search
+/// out as vectors.
+pub fn search_data(body: &Value) -> Result<SearchRequest, ApiError> {
+    let QueryData {
+        vectors,
+        texts,
+        images,
+        sparse,
+    } = query_data(body.get("data").cloned())?;
+    let anns_field = match body.get("annsField") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "'annsField' must be a field name, got {v}"
+            )))
+        }
+    };
+    Ok(SearchRequest {
+        anns_field,
+        vectors,
+        texts,
+        images,
+        sparse,
+        ..Default::default()
+    })
+}
+
 fn query_vectors(data: Option<Value>) -> Result<Vec<Vec<f32>>, ApiError> {
     let arr = match data {
         Some(Value::Array(a)) => a,

@@ -13,27 +13,11 @@ use std::sync::atomic::Ordering;
 impl Proxy {
     pub(super) async fn create_collection(&self, body: Value) -> ApiResult {
         let name = need(&body, "collectionName")?;
-        // BM25 functions are computed by each shard's engine from the logged text (no
-        // model; every copy computes the same) and searched with statistics summed over
-        // the shards. Embedding functions would run a model on every copy: not yet.
-        for f in body
-            .pointer("/schema/functions")
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let bm25 = match &f["type"] {
-                Value::String(t) => t.eq_ignore_ascii_case("bm25"),
-                Value::Number(n) => n.as_i64() == Some(1), // FunctionType.BM25
-                _ => false,
-            };
-            if !bm25 {
-                return Err(ApiError::bad_request(format!(
-                    "function {}: embedding functions (TextEmbedding, ImageEmbedding) are not supported in cluster mode yet; BM25 functions are",
-                    f.get("name").unwrap_or(&Value::Null)
-                )));
-            }
-        }
+        // Functions are checked on the mirror like everything else (an embedding
+        // function's model must be in this proxy's models directory). The proxy runs
+        // embedding functions once per row and logs the vectors; BM25 functions are
+        // computed by each shard's engine from the logged text (no model; every copy
+        // computes the same) and searched with statistics summed over the shards.
         let shards = match body.get("shardsNum") {
             None | Some(Value::Null) => 1,
             Some(v) => v

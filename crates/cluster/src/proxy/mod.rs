@@ -159,6 +159,7 @@ impl Proxy {
         token: Option<String>,
         storage: String,
         bounded: Duration,
+        embedder: Arc<dyn magpie_engine::function::Embedder>,
     ) -> Result<Arc<Proxy>, ClusterError> {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = magpie_engine::EngineConfig {
@@ -171,6 +172,9 @@ impl Proxy {
             cfg,
             Arc::new(magpie_engine::storage::MemoryStorage::new()),
         )?);
+        // The mirror checks embedding functions' models at create, and embeds inserted
+        // rows and search texts and images (`write.rs`, `read.rs`).
+        mirror.set_embedder(embedder);
         let state = Arc::new(magpie_server::AppState {
             engine: mirror.clone(),
             metrics: Default::default(),

@@ -131,6 +131,7 @@ impl Proxy {
             o.remove("ids");
             o.insert("data".into(), json!(vecs));
         }
+        self.embed_search_texts(&name, &mut body).await?;
         // Not checked on the mirror first (the hot path): every shard runs the same
         // checks, and the first shard's 4xx is the answer.
         let limit = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(100);
@@ -246,6 +247,27 @@ impl Proxy {
             info.insert(key.into(), json!(n));
         }
         Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}))
+    }
+
+    /// Replaces a search's texts or images (`data`) by the vectors that the anns field's
+    /// embedding function makes of them, computed once here by the mirror's embedder:
+    /// the shards hold no models. A BM25 field's texts, and vectors, are left as given.
+    async fn embed_search_texts(&self, name: &str, body: &mut Value) -> Result<(), ApiError> {
+        let first = &body["data"][0];
+        if !first.is_string() && first.get("image").is_none() {
+            return Ok(());
+        }
+        let req = magpie_server::api::search_data(body)?;
+        let (mirror, name2) = (self.mirror.clone(), name.to_string());
+        let vecs = tokio::task::spawn_blocking(move || mirror.embed_search_data(&name2, &req))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 65535, e.to_string())
+            })??;
+        if let Some(v) = vecs {
+            body["data"] = json!(v);
+        }
+        Ok(())
     }
 
     /// A search reranked by functions (decay, boost), as standalone does it: the merged

@@ -61,8 +61,10 @@ impl Proxy {
             ));
         }
         let pkf = schema.pk().clone();
-        // Rows are validated as the shards will store them (BM25 outputs filled in) and
-        // logged as given: each shard's engine fills them in again when it applies them.
+        // Rows are validated as the shards will store them, with every function's output
+        // filled in. They are logged with the embedding functions' outputs (the model
+        // runs once, here; shard engines keep what is given, `function_outputs_given`)
+        // and without BM25's (each shard counts the terms of the logged text again).
         let filled = if schema.functions.is_empty() {
             None
         } else {
@@ -81,7 +83,25 @@ impl Proxy {
         } else {
             schema.validate_batch(checked, None, upsert)?
         };
-        drop(filled);
+        if let Some(filled) = filled {
+            let embedded: Vec<&str> = schema
+                .functions
+                .iter()
+                .filter(|f| f.kind != magpie_engine::FunctionKind::BM25)
+                .map(|f| f.output())
+                .collect();
+            if !embedded.is_empty() {
+                for (row, full) in rows.iter_mut().zip(filled) {
+                    if let (Some(o), Value::Object(mut full)) = (row.as_object_mut(), full) {
+                        for out in &embedded {
+                            if let Some(v) = full.remove(*out) {
+                                o.insert(out.to_string(), v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let ids: Vec<Value> = batch.pks.iter().map(PrimaryKey::to_json).collect();
         // Held until the batch is logged (dropped at the end of this function).
         let mut _serial = None;
