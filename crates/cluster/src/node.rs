@@ -476,6 +476,8 @@ impl Node {
                         }
                     };
                 let Some(rec) = colls.values().find(|c| c.id == id.collection).cloned() else {
+                    // Dropped: the reconcile loop stops this copy.
+                    old.refreshing.store(false, Ordering::SeqCst);
                     return;
                 };
                 let new = match node.open_shard(id, false, &rec).await {

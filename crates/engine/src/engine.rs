@@ -1881,6 +1881,18 @@ impl Engine {
             )));
         }
         let field = anns_field(&g.meta.name, schema, r)?;
+        if r.bm25_stats.is_some()
+            && !(field.is_sparse()
+                && !r.texts.is_empty()
+                && schema
+                    .function_for_output(&field.name)
+                    .is_some_and(|f| f.kind == FunctionKind::BM25))
+        {
+            return Err(invalid(format!(
+                "'bm25Stats' weighs the terms of a text search of a field filled by a BM25 function; this search of field '{}' is not one",
+                field.name
+            )));
+        }
         if r.knobs.drop_ratio.is_some_and(|x| !(0.0..1.0).contains(&x)) {
             return Err(invalid("'drop_ratio_search' must be in [0, 1)"));
         }

@@ -2763,6 +2763,26 @@ fn bm25_statistics_of_parts_add_up_and_score_as_the_whole() {
     };
     let err = a.bm25_stats("c", &too_many).unwrap_err().to_string();
     assert!(err.contains("max_nq"), "{err}");
+    // Statistics only weigh a text search's terms: anything else that carries them is
+    // refused rather than silently searched without them.
+    let stats_on_vectors = SearchRequest {
+        anns_field: Some("sparse".into()),
+        sparse: vec![json!({"1": 0.5})],
+        bm25_stats: Some(
+            a.bm25_stats(
+                "c",
+                &SearchRequest {
+                    texts: vec!["vector".into()],
+                    ..too_many.clone()
+                },
+            )
+            .unwrap(),
+        ),
+        limit: 3,
+        ..Default::default()
+    };
+    let err = a.search("c", &stats_on_vectors).unwrap_err().to_string();
+    assert!(err.contains("'bm25Stats'"), "{err}");
     for q in ["vector search", "milvus milvus corpus", "nothingmatches"] {
         let r = SearchRequest {
             anns_field: Some("sparse".into()),

@@ -236,6 +236,11 @@ impl Proxy {
         .await;
         *self.etcd_error.lock() = got.as_ref().err().map(|e| e.to_string());
         let (nodes, assigns, colls, t0) = got?;
+        // Insert locks of dropped collections go; one an insert holds or waits for stays.
+        let live: std::collections::HashSet<u64> = colls.values().map(|c| c.id).collect();
+        self.insert_locks
+            .lock()
+            .retain(|id, l| live.contains(id) || Arc::strong_count(l) > 1);
         {
             let mut records = self.records.lock();
             if self.records_gen.load(Ordering::SeqCst) == gen {
