@@ -704,6 +704,7 @@ fn workload(url: &str, embed: bool) -> Vec<Value> {
             "rerank": {"strategy": "weighted", "params": {"weights": [0.6, 0.4]}}, "limit": 6, "consistencyLevel": "Strong"}),
     );
     out.push(json!({"data": s["data"], "topks": s["topks"]}));
+    out.extend(namespace_workload(url));
     if embed {
         out.extend(embedding_workload(url));
     }
@@ -711,6 +712,151 @@ fn workload(url: &str, embed: bool) -> Vec<Value> {
     for v in out.iter_mut() {
         round(v);
     }
+    out
+}
+
+/// Databases and aliases, refusals included: every answer (and error message) must be
+/// standalone's. Collections in database `prod` have 2 shards.
+fn namespace_workload(url: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut both = |ep: &str, body: Value| {
+        let r = match call(url, ep, &body) {
+            // Ids, times and shard counts differ by design.
+            Ok(v) if ep == "collections/describe" => {
+                let d = &v["data"];
+                json!({"collectionName": d["collectionName"], "dbName": d["dbName"], "aliases": d["aliases"], "fields": d["fields"]})
+            }
+            Ok(v) => json!({"data": v["data"], "topks": v.get("topks")}),
+            Err(e) => json!({"error": e}),
+        };
+        out.push(json!({"ep": ep, "body": body, "got": r}));
+        r
+    };
+    let coll = |name: &str, base: u64| {
+        let rows: Vec<Value> = (0..20u64)
+            .map(|i| json!({"id": i, "vector": vector(base + i)}))
+            .collect();
+        (
+            json!({"dbName": "prod", "collectionName": name, "dimension": 8, "shardsNum": 2, "metricType": "L2", "consistencyLevel": "Strong"}),
+            json!({"dbName": "prod", "collectionName": name, "data": rows}),
+        )
+    };
+    both("databases/create", json!({"dbName": "prod"}));
+    both("databases/create", json!({"dbName": "prod"}));
+    both("databases/create", json!({"dbName": "bad-name"}));
+    both("databases/list", json!({}));
+    both("databases/describe", json!({"dbName": "nosuch"}));
+    let (c1, r1) = coll("items", 1000);
+    let (c2, r2) = coll("items2", 5000);
+    both("collections/create", c1);
+    both("entities/insert", r1);
+    both("collections/create", c2);
+    both("entities/insert", r2);
+    both(
+        "collections/create",
+        json!({"dbName": "nosuch", "collectionName": "x", "dimension": 8}),
+    );
+    both("collections/list", json!({"dbName": "prod"}));
+    both("collections/list", json!({}));
+    // The same name in two databases is two collections.
+    both("collections/has", json!({"collectionName": "items"}));
+    both(
+        "entities/query",
+        json!({"dbName": "nosuch", "collectionName": "items", "filter": "id >= 0"}),
+    );
+    let search = |name: &str| json!({"dbName": "prod", "collectionName": name, "data": [vector(1003)], "limit": 3, "consistencyLevel": "Strong"});
+    both("entities/search", search("items"));
+    both(
+        "aliases/create",
+        json!({"dbName": "prod", "aliasName": "live", "collectionName": "items"}),
+    );
+    both(
+        "aliases/create",
+        json!({"dbName": "prod", "aliasName": "live", "collectionName": "items2"}),
+    );
+    both(
+        "aliases/create",
+        json!({"dbName": "prod", "aliasName": "items2", "collectionName": "items"}),
+    );
+    both(
+        "aliases/create",
+        json!({"dbName": "prod", "aliasName": "other", "collectionName": "live"}),
+    );
+    both(
+        "aliases/alter",
+        json!({"dbName": "prod", "aliasName": "nosuch", "collectionName": "items"}),
+    );
+    both(
+        "collections/create",
+        json!({"dbName": "prod", "collectionName": "live", "dimension": 8}),
+    );
+    both("entities/search", search("live"));
+    both(
+        "collections/describe",
+        json!({"dbName": "prod", "collectionName": "live"}),
+    );
+    both(
+        "aliases/describe",
+        json!({"dbName": "prod", "aliasName": "live"}),
+    );
+    both("aliases/list", json!({"dbName": "prod"}));
+    both(
+        "collections/has",
+        json!({"dbName": "prod", "collectionName": "live"}),
+    );
+    // The blue/green switch: the alias moves, searches through it follow at once.
+    both(
+        "aliases/alter",
+        json!({"dbName": "prod", "aliasName": "live", "collectionName": "items2"}),
+    );
+    both("entities/search", search("live"));
+    both(
+        "entities/insert",
+        json!({"dbName": "prod", "collectionName": "live", "data": [{"id": 100, "vector": vector(1003)}]}),
+    );
+    both("entities/search", search("items2"));
+    both(
+        "collections/drop",
+        json!({"dbName": "prod", "collectionName": "items2"}),
+    );
+    both(
+        "collections/drop",
+        json!({"dbName": "prod", "collectionName": "live"}),
+    );
+    both(
+        "collections/rename",
+        json!({"dbName": "prod", "collectionName": "items2", "newCollectionName": "live"}),
+    );
+    both(
+        "collections/rename",
+        json!({"dbName": "prod", "collectionName": "items2", "newCollectionName": "items3"}),
+    );
+    both(
+        "aliases/describe",
+        json!({"dbName": "prod", "aliasName": "live"}),
+    );
+    both("entities/search", search("live"));
+    both("databases/drop", json!({"dbName": "prod"}));
+    both(
+        "aliases/drop",
+        json!({"dbName": "prod", "aliasName": "live"}),
+    );
+    both(
+        "aliases/drop",
+        json!({"dbName": "prod", "aliasName": "live"}),
+    );
+    both("aliases/list", json!({"dbName": "prod"}));
+    both(
+        "collections/drop",
+        json!({"dbName": "prod", "collectionName": "items3"}),
+    );
+    both(
+        "collections/drop",
+        json!({"dbName": "prod", "collectionName": "items"}),
+    );
+    both("databases/drop", json!({"dbName": "prod"}));
+    both("databases/list", json!({}));
+    both("databases/drop", json!({"dbName": "default"}));
     out
 }
 

@@ -87,6 +87,18 @@ struct Shared {
 
 /// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
 /// proxy): the status and the JSON body (`Null` when it is not JSON).
+/// Creates the database of `collection` (a qualified name) in `engine` when it lacks
+/// it: the catalog mirror and each shard engine hold a collection under the name the
+/// cluster gives it, and a name in a database needs that database.
+pub(crate) fn ensure_database(engine: &magpie_engine::Engine, collection: &str) {
+    let (db, _) = magpie_engine::split_qualified(collection);
+    if !engine.has_database(db) {
+        if let Err(e) = engine.create_database(db) {
+            tracing::warn!("creating database '{db}' for collection '{collection}': {e}");
+        }
+    }
+}
+
 pub(crate) async fn call_router(
     router: &Router,
     path: &str,

@@ -221,6 +221,43 @@ impl Meta {
         Ok(r.succeeded())
     }
 
+    /// One transaction: if every key of `guards` is still at its mod revision (0:
+    /// absent), writes `puts` and deletes `deletes`. Returns whether it happened. A name
+    /// checked against other keys (a collection's database, an alias's collection) is
+    /// written with the check; re-putting a key unchanged bumps its revision, which
+    /// makes a concurrent transaction guarded on it fail (how a collection created in a
+    /// database stops that database's drop, and an alias its collection's).
+    pub async fn commit(
+        &self,
+        guards: &[(String, i64)],
+        puts: &[(String, serde_json::Value)],
+        deletes: &[String],
+    ) -> Result<bool> {
+        let when: Vec<Compare> = guards
+            .iter()
+            .map(|(g, r)| Compare::mod_revision(self.key(g).as_bytes(), CompareOp::Equal, *r))
+            .collect();
+        let mut ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| {
+                let bytes = serde_json::to_vec(v).expect("metadata serialises");
+                TxnOp::put(self.key(k).as_bytes(), bytes, None)
+            })
+            .collect();
+        ops.extend(
+            deletes
+                .iter()
+                .map(|k| TxnOp::delete(self.key(k).as_bytes(), None)),
+        );
+        let r = self
+            .client
+            .clone()
+            .txn(Txn::new().when(when).and_then(ops))
+            .await
+            .map_err(|e| self.err(format!("txn on {guards:?}: {e}")))?;
+        Ok(r.succeeded())
+    }
+
     /// Moves the value at `from` (still at mod revision `rev`) to `to` (which must be
     /// absent), as one transaction. Returns whether it happened.
     pub async fn rename<T: Serialize>(

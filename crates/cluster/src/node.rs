@@ -361,6 +361,7 @@ impl Node {
         // request when the shard is new (under the name it had then; renames come from
         // the log).
         if engine.list_collections().is_empty() {
+            crate::ensure_database(&engine, &rec.name);
             let (st, body) = call(&router, "/v2/vectordb/collections/create", &rec.create).await;
             if !st.is_success() {
                 return Err(ClusterError::Invalid(format!(
@@ -729,6 +730,10 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
         if !name.is_empty() {
             o.insert("collectionName".into(), json!(name));
         }
+    }
+    if let Some(new) = rec.body.get("newCollectionName").and_then(|v| v.as_str()) {
+        // A rename into another database.
+        crate::ensure_database(&h.engine, new);
     }
     let mut delay = Duration::from_millis(50);
     let mut attempts = 0;

@@ -388,7 +388,8 @@ fn compile_filter(text: Option<&str>, schema: &CollectionSchema) -> Result<Optio
     }
 }
 
-fn check_name(kind: &str, name: &str) -> Result<()> {
+/// A valid collection, alias, database or field name (`kind` names which in the error).
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')

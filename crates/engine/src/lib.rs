@@ -24,12 +24,12 @@ pub mod wal;
 
 pub use catalog::{CollectionMeta, IndexMeta, PartitionMeta};
 pub use collection::{Bm25Stats, Hit, SearchKnobs, SearchOutcome};
-pub use engine::{check_rerank, fuse};
 pub use engine::{
-    qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats, HybridRequest,
-    ImportProgress, Importer, IndexProgress, QueryRequest, Rerank, SearchRequest,
+    check_name, qualified, split_qualified, CollectionStats, Engine, EngineConfig, EngineStats,
+    HybridRequest, ImportProgress, Importer, IndexProgress, QueryRequest, Rerank, SearchRequest,
     SegmentIndexState, WriteResult, DEFAULT_DATABASE, MAX_HYBRID_SEARCHES, MAX_TOPK,
 };
+pub use engine::{check_rerank, fuse};
 pub use error::{EngineError, Result};
 pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};
 pub use magpie_index::Knob;

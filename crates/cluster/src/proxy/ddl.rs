@@ -6,6 +6,7 @@ use crate::log::ShardId;
 use crate::meta::CollectionRecord;
 use crate::node::Record;
 use axum::http::StatusCode;
+use magpie_engine::{split_qualified, EngineError};
 use magpie_server::error::ApiError;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -37,6 +38,19 @@ impl Proxy {
                 magpie_engine::EngineError::CollectionExists(name),
             ));
         }
+        let akey = format!("aliases/{name}");
+        if let (Some(t), _) = self.meta.get::<String>(&akey).await.map_err(api)? {
+            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+                "'{name}' is an alias of collection '{t}'; pick another collection name"
+            ))));
+        }
+        // The database (checked to exist by `qualify`) is re-put with the record, so that
+        // a drop of it that read it before fails (`names.rs`).
+        let db = split_qualified(&name).0.to_string();
+        let database = self.database(&db).await?;
+        if db != magpie_engine::DEFAULT_DATABASE && database.is_none() {
+            return Err(ApiError::from(EngineError::DatabaseNotFound(db)));
+        }
         // Validate on the mirror (a fresh copy of the name).
         let v = {
             let mut mirrored = self.mirrored.lock().await;
@@ -44,6 +58,7 @@ impl Proxy {
             if self.mirror.has_collection(&name) {
                 let _ = self.mirror.drop_collection(&name);
             }
+            crate::ensure_database(&self.mirror, &name);
             let (st, v) = call(
                 &self.mirror_router,
                 "/v2/vectordb/collections/create",
@@ -73,12 +88,15 @@ impl Proxy {
             ddl: vec![],
             replicas: 1,
         };
-        if !self
-            .meta
-            .put_if(&format!("collections/{name}"), &rec, rev, None)
-            .await
-            .map_err(api)?
-        {
+        let ckey = format!("collections/{name}");
+        let mut guards = vec![(ckey.clone(), rev), (akey, 0)];
+        let mut puts = vec![(ckey, json!(rec))];
+        if let Some((d, drev)) = database {
+            let dkey = format!("databases/{db}");
+            guards.push((dkey.clone(), drev));
+            puts.push((dkey, json!(d)));
+        }
+        if !self.meta.commit(&guards, &puts, &[]).await.map_err(api)? {
             return Err(ApiError::from(
                 magpie_engine::EngineError::CollectionExists(name),
             ));
@@ -97,10 +115,28 @@ impl Proxy {
             .await
             .map_err(api)?;
         let Some(rec) = rec else {
+            if let (Some(t), _) = self
+                .meta
+                .get::<String>(&format!("aliases/{name}"))
+                .await
+                .map_err(api)?
+            {
+                return Err(ApiError::from(EngineError::InvalidArgument(format!(
+                    "'{name}' is an alias of collection '{t}'; drop the collection by its name"
+                ))));
+            }
             return Err(ApiError::from(
                 magpie_engine::EngineError::CollectionNotFound(name),
             ));
         };
+        // Listed after the record's revision was read: an alias made since re-put the
+        // record, so the guarded write below fails.
+        let aliases = self.aliases_of(&name).await?;
+        if !aliases.is_empty() {
+            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+                "collection '{name}' has aliases {aliases:?}; drop them first (drop_alias)"
+            ))));
+        }
         let key = format!("collections/{name}");
         if !self.meta.put_if(&key, &rec, rev, None).await.map_err(api)? {
             return Err(ApiError::new(
@@ -145,6 +181,16 @@ impl Proxy {
     pub(super) async fn rename_collection(&self, body: Value) -> ApiResult {
         let name = need(&body, "collectionName")?;
         let new = need(&body, "newCollectionName")?;
+        if let (Some(_), _) = self
+            .meta
+            .get::<String>(&format!("aliases/{new}"))
+            .await
+            .map_err(api)?
+        {
+            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+                "'{new}' is an alias; pick another collection name"
+            ))));
+        }
         let rec = self.collection_fresh(&name).await?;
         let (cur, rev) = self
             .meta
@@ -169,6 +215,7 @@ impl Proxy {
             ));
         }
         // Validate the new name (the engine's rules) on the mirror.
+        crate::ensure_database(&self.mirror, &new);
         let (st, v) = call(
             &self.mirror_router,
             "/v2/vectordb/collections/rename",
@@ -183,16 +230,23 @@ impl Proxy {
         next.name = new.clone();
         next.ddl
             .push(("/v2/vectordb/collections/rename".into(), body.clone()));
+        // Aliases follow their collection, in the same transaction (an alias made after
+        // this list re-put the record, and the move fails).
+        let aliases = self.aliases_of(&name).await?;
+        let (from, to) = (format!("collections/{name}"), format!("collections/{new}"));
+        let mut puts = vec![(to.clone(), json!(next))];
+        puts.extend(aliases.iter().map(|a| (format!("aliases/{a}"), json!(new))));
         let moved = self
             .meta
-            .rename(
-                &format!("collections/{name}"),
-                rev,
-                &format!("collections/{new}"),
-                &next,
-            )
+            .commit(&[(from.clone(), rev), (to, 0)], &puts, &[from])
             .await
             .map_err(api)?;
+        if moved {
+            let mut cache = self.aliases.lock();
+            for a in &aliases {
+                cache.insert(a.clone(), new.clone());
+            }
+        }
         {
             let mut mirrored = self.mirrored.lock().await;
             mirrored.remove(&name);

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 mod ddl;
 mod import;
+mod names;
 mod read;
 mod write;
 
@@ -107,6 +108,11 @@ pub struct Proxy {
     /// to its last append, so that two such inserts through this proxy cannot both pass
     /// the lookup for one new key (`write.rs`).
     insert_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Alias → collection (qualified names), as of the last routing refresh and this
+    /// proxy's own alias changes (`names.rs`).
+    aliases: Mutex<HashMap<String, String>>,
+    /// Databases besides `default` known to exist (the same).
+    databases: Mutex<std::collections::HashSet<String>>,
     /// Keeps the mirror's WAL directory alive.
     _dir: tempfile_dir::TempDir,
 }
@@ -198,6 +204,8 @@ impl Proxy {
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?,
             session: Mutex::new(HashMap::new()),
             insert_locks: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(HashMap::new()),
+            databases: Mutex::new(Default::default()),
             last_seen: Mutex::new(HashMap::new()),
             bounded,
             rr: AtomicUsize::new(0),
@@ -231,11 +239,18 @@ impl Proxy {
             let nodes: BTreeMap<String, NodeInfo> = self.meta.list("nodes/").await?;
             let assigns: BTreeMap<String, Assignment> = self.meta.list("assign/").await?;
             let colls: BTreeMap<String, CollectionRecord> = self.meta.list("collections/").await?;
-            Ok::<_, ClusterError>((nodes, assigns, colls, t0))
+            let aliases: HashMap<String, String> =
+                self.meta.list("aliases/").await?.into_iter().collect();
+            let dbs: BTreeMap<String, names::DatabaseRecord> = self.meta.list("databases/").await?;
+            Ok::<_, ClusterError>((nodes, assigns, colls, aliases, dbs, t0))
         }
         .await;
         *self.etcd_error.lock() = got.as_ref().err().map(|e| e.to_string());
-        let (nodes, assigns, colls, t0) = got?;
+        let (nodes, assigns, colls, aliases, dbs, t0) = got?;
+        if self.records_gen.load(Ordering::SeqCst) == gen {
+            *self.aliases.lock() = aliases;
+            *self.databases.lock() = dbs.into_keys().collect();
+        }
         // Insert locks of dropped collections go; one an insert holds or waits for stays.
         let live: std::collections::HashSet<u64> = colls.values().map(|c| c.id).collect();
         self.insert_locks
@@ -357,6 +372,7 @@ impl Proxy {
             }
             // Under its current name: renames are skipped, and every DDL request is
             // replayed with that name.
+            crate::ensure_database(&self.mirror, name);
             let mut create = rec.create.clone();
             create["collectionName"] = json!(name);
             let (st, v) = call(
@@ -555,16 +571,35 @@ impl Proxy {
         (0..rec.shards).map(|s| (s, body.clone())).collect()
     }
 
-    async fn dispatch(self: &Arc<Self>, path: &str, body: Value) -> ApiResult {
+    async fn dispatch(self: &Arc<Self>, path: &str, mut body: Value) -> ApiResult {
         let p = format!("/v2/vectordb/{path}");
+        if path.starts_with("databases/") {
+            return self.databases_endpoint(path, &body).await;
+        }
+        // Standalone's names from here on: `db.name` (`name` in `default`), and an alias
+        // replaced by its collection wherever a collection is read or written.
+        let db = self.qualify(&mut body).await?;
+        if !matches!(
+            path,
+            "collections/create"
+                | "collections/drop"
+                | "collections/rename"
+                | "collections/list"
+                | "jobs/import/list"
+                | "jobs/import/get_progress"
+                | "jobs/import/describe"
+        ) && !path.starts_with("aliases/")
+        {
+            self.resolve_alias(&mut body).await;
+        }
         match path {
             "collections/create" => self.create_collection(body).await,
             "collections/drop" => self.drop_collection(body).await,
-            "collections/describe"
-            | "collections/list"
-            | "partitions/list"
-            | "partitions/has"
-            | "indexes/list" => self.mirror_read(&p, body).await,
+            "collections/list" => self.list_collections(&db).await,
+            p if p.starts_with("aliases/") => self.aliases_endpoint(p, &db, &body).await,
+            "collections/describe" | "partitions/list" | "partitions/has" | "indexes/list" => {
+                self.mirror_read(&p, body).await
+            }
             "collections/has" => match need(&body, "collectionName") {
                 Ok(name) => {
                     let (rec, _) = self

@@ -1,7 +1,7 @@
 //! Reads through the proxy: one node per shard, merged here (top-k by distance, rows by
 //! primary key, sums).
 
-use super::{api, call, err_of, need, pk_order, ApiResult, Proxy};
+use super::{call, err_of, need, pk_order, ApiResult, Proxy};
 use crate::meta::{shard_of, CollectionRecord};
 use axum::http::StatusCode;
 use magpie_engine::engine::rerank::FunctionScore;
@@ -650,16 +650,16 @@ impl Proxy {
                 return Err(err_of(st, &v));
             }
             if path.ends_with("collections/describe") {
+                let aliases = self.aliases_of(&name).await?;
+                v["data"]["aliases"] = json!(aliases
+                    .iter()
+                    .map(|a| magpie_engine::split_qualified(a).1)
+                    .collect::<Vec<_>>());
                 v["data"]["shardsNum"] = json!(rec.shards);
                 v["data"]["collectionID"] = json!(rec.id);
                 v["data"]["replicaNumber"] = json!(rec.replicas);
             }
             return Ok(v);
-        }
-        if path.ends_with("collections/list") {
-            let colls: BTreeMap<String, CollectionRecord> =
-                self.meta.list("collections/").await.map_err(api)?;
-            return Ok(json!({"code": 0, "data": colls.keys().collect::<Vec<_>>()}));
         }
         Err(ApiError::bad_request("missing 'collectionName'"))
     }
