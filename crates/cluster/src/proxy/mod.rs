@@ -398,7 +398,12 @@ impl Proxy {
     }
 
     async fn append(&self, id: ShardId, rec: &Record) -> Result<u64, ApiError> {
-        let bytes = serde_json::to_vec(rec).expect("record serialises");
+        self.append_bytes(id, serde_json::to_vec(rec).expect("record serialises"))
+            .await
+    }
+
+    /// Appends a serialised [`Record`].
+    async fn append_bytes(&self, id: ShardId, bytes: Vec<u8>) -> Result<u64, ApiError> {
         let seq = self.log.append(id, bytes).await.map_err(api)?;
         let mut s = self.session.lock();
         let e = s.entry(id).or_default();

@@ -37,15 +37,15 @@ impl Proxy {
         Ok(partition)
     }
 
-    pub(super) async fn write(&self, body: Value, upsert: bool) -> ApiResult {
+    pub(super) async fn write(&self, mut body: Value, upsert: bool) -> ApiResult {
         let name = need(&body, "collectionName")?;
         let rec = self.collection(&name).await?;
         let meta = self.mirror.describe_collection(&name)?;
         let schema = &meta.schema;
         let partition = self.write_partition(&name, &body)?;
-        let mut rows = match body.get("data") {
-            Some(Value::Array(a)) => a.clone(),
-            Some(o @ Value::Object(_)) => vec![o.clone()],
+        let mut rows = match body.get_mut("data").map(Value::take) {
+            Some(Value::Array(a)) => a,
+            Some(o @ Value::Object(_)) => vec![o],
             None | Some(Value::Null) => {
                 return Err(ApiError::bad_request("missing 'data': give a list of rows"))
             }
@@ -126,26 +126,19 @@ impl Proxy {
                 collection: rec.id,
                 shard: s,
             };
-            let mut chunk: Vec<Value> = Vec::new();
-            let mut size = 0;
+            // Each row is serialised once, into the record that carries it.
+            let mut chunk = UpsertRecord::new(&name, partition.as_deref());
             let n = rows.len();
             for (i, row) in rows.into_iter().enumerate() {
-                size += serde_json::to_vec(&row).map(|b| b.len()).unwrap_or(0);
-                chunk.push(row);
-                if size >= RECORD_BYTES || i + 1 == n {
-                    let mut b = json!({"collectionName": name, "data": std::mem::take(&mut chunk)});
-                    if let Some(p) = &partition {
-                        b["partitionName"] = json!(p);
-                    }
-                    self.append(
-                        id,
-                        &Record {
-                            path: "/v2/vectordb/entities/upsert".into(),
-                            body: b,
-                        },
+                chunk.push(&row);
+                drop(row);
+                if chunk.len() >= RECORD_BYTES || i + 1 == n {
+                    let bytes = std::mem::replace(
+                        &mut chunk,
+                        UpsertRecord::new(&name, partition.as_deref()),
                     )
-                    .await?;
-                    size = 0;
+                    .finish();
+                    self.append_bytes(id, bytes).await?;
                 }
             }
         }
@@ -311,5 +304,72 @@ impl Proxy {
             .await?;
         }
         Ok(json!({"code": 0, "data": {"deleteCount": n}}))
+    }
+}
+
+/// The bytes of an upsert [`Record`] (`{"path": "/v2/vectordb/entities/upsert", "body":
+/// {"collectionName", "partitionName"?, "data": [rows]}}`), written row by row so that
+/// each row is serialised once and the record's size is known as it grows.
+struct UpsertRecord {
+    buf: Vec<u8>,
+    rows: usize,
+}
+
+impl UpsertRecord {
+    fn new(collection: &str, partition: Option<&str>) -> Self {
+        let mut buf = Vec::with_capacity(RECORD_BYTES + (RECORD_BYTES >> 3));
+        buf.extend_from_slice(
+            br#"{"path":"/v2/vectordb/entities/upsert","body":{"collectionName":"#,
+        );
+        serde_json::to_writer(&mut buf, collection).expect("a string serialises");
+        if let Some(p) = partition {
+            buf.extend_from_slice(br#","partitionName":"#);
+            serde_json::to_writer(&mut buf, p).expect("a string serialises");
+        }
+        buf.extend_from_slice(br#","data":["#);
+        UpsertRecord { buf, rows: 0 }
+    }
+
+    fn push(&mut self, row: &Value) {
+        if self.rows > 0 {
+            self.buf.push(b',');
+        }
+        serde_json::to_writer(&mut self.buf, row).expect("a JSON value serialises");
+        self.rows += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(b"]}}");
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsert_records_decode_as_the_records_they_stand_for() {
+        let rows = [
+            json!({"id": 1, "v": [0.5, -1.25e-7], "s": "a \"quoted\" \n text"}),
+            json!({"id": "k", "meta": {"x": null}}),
+        ];
+        for partition in [None, Some("p\"1")] {
+            let mut r = UpsertRecord::new("db.coll\"x", partition);
+            for row in &rows {
+                r.push(row);
+            }
+            let got: Record = serde_json::from_slice(&r.finish()).unwrap();
+            let mut body = json!({"collectionName": "db.coll\"x", "data": rows});
+            if let Some(p) = partition {
+                body["partitionName"] = json!(p);
+            }
+            assert_eq!(got.path, "/v2/vectordb/entities/upsert");
+            assert_eq!(got.body, body);
+        }
     }
 }
