@@ -10,7 +10,8 @@
 //!
 //! Both apply the same records in the same order. A record is a REST request
 //! (`{"path", "body"}`) replayed into the shard's engine through the standalone server's
-//! own router, so there is no second implementation of any engine logic. Records are
+//! own router, so there is no second implementation of any engine logic (upserts call
+//! [`Engine::upsert`] directly, the one call their handler makes: see `apply_upsert`). Records are
 //! idempotent when replayed over state that already contains them (inserts are logged as
 //! upserts with their primary keys; deletes are by key or filter), which is what makes
 //! "open the flushed state, replay from the checkpoint" correct even when the flushed
