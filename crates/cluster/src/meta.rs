@@ -258,35 +258,6 @@ impl Meta {
         Ok(r.succeeded())
     }
 
-    /// Moves the value at `from` (still at mod revision `rev`) to `to` (which must be
-    /// absent), as one transaction. Returns whether it happened.
-    pub async fn rename<T: Serialize>(
-        &self,
-        from: &str,
-        rev: i64,
-        to: &str,
-        v: &T,
-    ) -> Result<bool> {
-        let (from, to) = (self.key(from), self.key(to));
-        let bytes = serde_json::to_vec(v).expect("metadata serialises");
-        let txn = Txn::new()
-            .when(vec![
-                Compare::mod_revision(from.as_bytes(), CompareOp::Equal, rev),
-                Compare::create_revision(to.as_bytes(), CompareOp::Equal, 0),
-            ])
-            .and_then(vec![
-                TxnOp::delete(from.as_bytes(), None),
-                TxnOp::put(to.as_bytes(), bytes, None),
-            ]);
-        let r = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(format!("txn moving {from} to {to}: {e}")))?;
-        Ok(r.succeeded())
-    }
-
     /// Deletes the key `rest` (or every key under it with `prefix`).
     pub async fn delete(&self, rest: &str, prefix: bool) -> Result<()> {
         let key = self.key(rest);
