@@ -940,6 +940,48 @@ fn embedding_workload(url: &str) -> Vec<Value> {
         json!({"collectionName": "notes", "filter": "", "outputFields": ["count(*)"], "consistencyLevel": "Strong"}),
     );
     assert_eq!(c["data"][0]["count(*)"], 10, "{c}");
+    // An ImageEmbedding function (EfficientNet-Lite0): rows carry images as data: URIs
+    // (a proxy has no image roots), searches carry uploaded bytes.
+    let Some(dir) = magpie_testkit::shared("data/imagenet-sample-256") else {
+        return out;
+    };
+    use base64::Engine as _;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(f)).unwrap())
+    };
+    ok(
+        url,
+        "collections/create",
+        json!({"collectionName": "pics", "shardsNum": 2, "schema": {"fields": [
+            {"fieldName": "id", "dataType": "Int64", "isPrimary": true},
+            {"fieldName": "file", "dataType": "VarChar", "elementTypeParams": {"max_length": 8192}},
+            {"fieldName": "img", "dataType": "FloatVector", "elementTypeParams": {"dim": 1280}}],
+            "functions": [{"name": "lite0", "type": "ImageEmbedding", "inputFieldNames": ["file"], "outputFieldNames": ["img"], "params": {"model": "efficientnet-lite0"}}]},
+            "indexParams": [{"fieldName": "img", "metricType": "COSINE", "indexType": "FLAT"}]}),
+    );
+    let files = [
+        "n01871265_tusker.jpg",
+        "n03584829_iron.jpg",
+        "n04023962_punching_bag.jpg",
+        "n07716906_spaghetti_squash.jpg",
+    ];
+    let rows: Vec<Value> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({"id": i, "file": format!("data:image/jpeg;base64,{}", b64(f))}))
+        .collect();
+    ok(
+        url,
+        "entities/insert",
+        json!({"collectionName": "pics", "data": rows}),
+    );
+    let s = ok(
+        url,
+        "entities/search",
+        json!({"collectionName": "pics", "data": [{"image": b64(files[1])}], "limit": 4, "consistencyLevel": "Strong"}),
+    );
+    assert_eq!(s["data"][0]["id"], 1, "the iron finds itself first: {s}");
+    out.push(json!({"data": s["data"], "topks": s["topks"]}));
     out
 }
 
