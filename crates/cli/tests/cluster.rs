@@ -1100,6 +1100,17 @@ fn a_cluster_answers_as_standalone_does() {
     )
     .unwrap_err();
     assert!(e.starts_with("400") && e.contains("shardsNum"), "{e}");
+    // A gRPC client (pymilvus) gets UNIMPLEMENTED saying why, not a bare 404.
+    let r = ureq::post(&format!(
+        "{}/milvus.proto.milvus.MilvusService/Connect",
+        proxy.url
+    ))
+    .set("content-type", "application/grpc")
+    .send_bytes(&[0, 0, 0, 0, 0])
+    .expect("a gRPC error travels in headers of a 200");
+    assert_eq!(r.header("grpc-status"), Some("12"));
+    let m = r.header("grpc-message").unwrap_or_default();
+    assert!(m.contains("cluster%20mode") && m.contains("REST"), "{m}");
     // What cluster mode does not serve is a JSON 404 naming it.
     let r = ureq::post(&format!("{}/v2/admin/backups/list", proxy.url)).send_json(json!({}));
     match r {

@@ -87,6 +87,35 @@ struct Shared {
 
 /// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
 /// proxy): the status and the JSON body (`Null` when it is not JSON).
+/// Milvus's gRPC protocol is served by standalone only so far: a gRPC client (pymilvus,
+/// the Node SDK) that reaches a proxy gets `UNIMPLEMENTED` with a message that says so
+/// and names the REST API, instead of a bare HTTP 404 its library reports obscurely.
+async fn grpc_unimplemented() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let msg = "Milvus gRPC is not served in cluster mode yet: use the REST API (POST /v2/vectordb/...) on this port";
+    // grpc-message is percent-encoded (the gRPC HTTP/2 spec).
+    let encoded: String = msg
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut h = axum::http::HeaderMap::new();
+    h.insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", axum::http::HeaderValue::from_static("12"));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    (h, "").into_response()
+}
+
 /// Creates the database of `collection` (a qualified name) in `engine` when it lacks
 /// it: the catalog mirror and each shard engine hold a collection under the name the
 /// cluster gives it, and a name in a database needs that database.
@@ -377,6 +406,10 @@ pub async fn run(
         app = app.merge(
             Router::new()
                 .route("/v2/vectordb/{*path}", post(proxy::handle))
+                .route(
+                    "/milvus.proto.milvus.MilvusService/{*rpc}",
+                    post(grpc_unimplemented),
+                )
                 .with_state(p)
                 .layer(axum::middleware::from_fn_with_state(
                     cfg.token.clone(),
