@@ -2783,6 +2783,33 @@ fn bm25_statistics_of_parts_add_up_and_score_as_the_whole() {
     };
     let err = a.search("c", &stats_on_vectors).unwrap_err().to_string();
     assert!(err.contains("'bm25Stats'"), "{err}");
+    // On a dense field they used to be ignored silently.
+    a.create_collection(
+        "dense",
+        CollectionSchema {
+            fields: vec![
+                FieldSchema::new("id", DataType::Int64).primary(false),
+                FieldSchema::new("vec", DataType::FloatVector).with_dim(2),
+            ],
+            enable_dynamic_field: false,
+            description: String::new(),
+            functions: vec![],
+        },
+        vec![],
+        Consistency::Strong,
+        "",
+    )
+    .unwrap();
+    a.insert("dense", None, &[json!({"id": 1, "vec": [1.0, 0.0]})])
+        .unwrap();
+    let stats_on_dense = SearchRequest {
+        vectors: vec![vec![1.0, 0.0]],
+        bm25_stats: stats_on_vectors.bm25_stats.clone(),
+        limit: 1,
+        ..Default::default()
+    };
+    let err = a.search("dense", &stats_on_dense).unwrap_err().to_string();
+    assert!(err.contains("'bm25Stats'"), "{err}");
     for q in ["vector search", "milvus milvus corpus", "nothingmatches"] {
         let r = SearchRequest {
             anns_field: Some("sparse".into()),
