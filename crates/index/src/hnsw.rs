@@ -1110,7 +1110,7 @@ mod tests {
         let queries = clustered(50, dim, 20, 99);
         // One build thread inserts in a fixed order, so its graph (and this test's
         // verdict) is the same on every run. Two threads interleave differently on each
-        // run; their graphs are checked with a margin (across 60 local runs and one CI
+        // run; their graphs are checked with a margin (across 40 measured local runs and one CI
         // run, 97.2-100 % of rows found themselves).
         for (metric, threads) in [
             (Metric::L2, 1),
