@@ -1,6 +1,7 @@
 //! DDL through the proxy: create, drop, rename, and the schema and state changes that
 //! are validated on the mirror, recorded in etcd and logged to every shard.
 
+use super::names::invalid;
 use super::{api, call, err_of, need, ApiResult, Proxy, MAX_SHARDS};
 use crate::log::ShardId;
 use crate::meta::CollectionRecord;
@@ -39,10 +40,10 @@ impl Proxy {
             ));
         }
         let akey = format!("aliases/{name}");
-        if let (Some(t), _) = self.meta.get::<String>(&akey).await.map_err(api)? {
-            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+        if let Some(t) = self.alias_target(&name).await? {
+            return Err(invalid(format!(
                 "'{name}' is an alias of collection '{t}'; pick another collection name"
-            ))));
+            )));
         }
         // The database (checked to exist by `qualify`) is re-put with the record, so that
         // a drop of it that read it before fails (`names.rs`).
@@ -115,15 +116,10 @@ impl Proxy {
             .await
             .map_err(api)?;
         let Some(rec) = rec else {
-            if let (Some(t), _) = self
-                .meta
-                .get::<String>(&format!("aliases/{name}"))
-                .await
-                .map_err(api)?
-            {
-                return Err(ApiError::from(EngineError::InvalidArgument(format!(
+            if let Some(t) = self.alias_target(&name).await? {
+                return Err(invalid(format!(
                     "'{name}' is an alias of collection '{t}'; drop the collection by its name"
-                ))));
+                )));
             }
             return Err(ApiError::from(
                 magpie_engine::EngineError::CollectionNotFound(name),
@@ -133,9 +129,9 @@ impl Proxy {
         // record, so the guarded write below fails.
         let aliases = self.aliases_of(&name).await?;
         if !aliases.is_empty() {
-            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+            return Err(invalid(format!(
                 "collection '{name}' has aliases {aliases:?}; drop them first (drop_alias)"
-            ))));
+            )));
         }
         let key = format!("collections/{name}");
         if !self.meta.put_if(&key, &rec, rev, None).await.map_err(api)? {
@@ -181,15 +177,10 @@ impl Proxy {
     pub(super) async fn rename_collection(&self, body: Value) -> ApiResult {
         let name = need(&body, "collectionName")?;
         let new = need(&body, "newCollectionName")?;
-        if let (Some(_), _) = self
-            .meta
-            .get::<String>(&format!("aliases/{new}"))
-            .await
-            .map_err(api)?
-        {
-            return Err(ApiError::from(EngineError::InvalidArgument(format!(
+        if self.alias_target(&new).await?.is_some() {
+            return Err(invalid(format!(
                 "'{new}' is an alias; pick another collection name"
-            ))));
+            )));
         }
         let rec = self.collection_fresh(&name).await?;
         let (cur, rev) = self

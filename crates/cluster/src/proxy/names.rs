@@ -47,7 +47,7 @@ fn conflict(what: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, 65535, what)
 }
 
-fn invalid(msg: String) -> ApiError {
+pub(super) fn invalid(msg: String) -> ApiError {
     ApiError::from(EngineError::InvalidArgument(msg))
 }
 
@@ -132,12 +132,7 @@ impl Proxy {
         let cached = self.aliases.lock().get(name).cloned();
         let target = match cached {
             Some(t) => Some(t),
-            None => self
-                .meta
-                .get::<String>(&format!("aliases/{name}"))
-                .await
-                .ok()
-                .and_then(|(t, _)| t),
+            None => self.alias_target(name).await.ok().flatten(),
         };
         if let Some(t) = target {
             body["collectionName"] = json!(t);
@@ -151,6 +146,26 @@ impl Proxy {
             .into_iter()
             .filter(|(_, c)| c == collection)
             .map(|(a, _)| a)
+            .collect())
+    }
+
+    /// The collection alias `name` names, read from etcd (`None`: not an alias).
+    pub(super) async fn alias_target(&self, name: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .meta
+            .get::<String>(&format!("aliases/{name}"))
+            .await
+            .map_err(api)?
+            .0)
+    }
+
+    /// The (qualified) collections in database `db`, sorted, from etcd.
+    async fn collections_in(&self, db: &str) -> Result<Vec<String>, ApiError> {
+        let colls: BTreeMap<String, CollectionRecord> =
+            self.meta.list("collections/").await.map_err(api)?;
+        Ok(colls
+            .into_keys()
+            .filter(|q| split_qualified(q).0 == db)
             .collect())
     }
 
@@ -222,13 +237,8 @@ impl Proxy {
                 };
                 // Listed after the revision was read: a collection created since then
                 // re-put the record, so the guarded delete below fails.
-                let colls: BTreeMap<String, CollectionRecord> =
-                    self.meta.list("collections/").await.map_err(api)?;
-                let inside: Vec<&str> = colls
-                    .keys()
-                    .filter(|q| split_qualified(q).0 == db)
-                    .map(|q| split_qualified(q).1)
-                    .collect();
+                let colls = self.collections_in(&db).await?;
+                let inside: Vec<&str> = colls.iter().map(|q| split_qualified(q).1).collect();
                 if !inside.is_empty() {
                     return Err(invalid(format!(
                         "database '{db}' is not empty: drop its collections first ({inside:?})"
@@ -280,13 +290,10 @@ impl Proxy {
             }
             "aliases/describe" => {
                 let a = alias()?;
-                let (target, _) = self
-                    .meta
-                    .get::<String>(&format!("aliases/{a}"))
-                    .await
-                    .map_err(api)?;
-                let c =
-                    target.ok_or_else(|| ApiError::from(EngineError::AliasNotFound(a.clone())))?;
+                let c = self
+                    .alias_target(&a)
+                    .await?
+                    .ok_or_else(|| ApiError::from(EngineError::AliasNotFound(a.clone())))?;
                 let (cdb, name) = split_qualified(&c);
                 Ok(
                     json!({"code": 0, "data": {"aliasName": split_qualified(&a).1, "collectionName": name, "dbName": cdb}}),
@@ -329,12 +336,7 @@ impl Proxy {
             .await
             .map_err(api)?;
         let Some(rec) = rec else {
-            let (t, _) = self
-                .meta
-                .get::<String>(&format!("aliases/{coll}"))
-                .await
-                .map_err(api)?;
-            return Err(match t {
+            return Err(match self.alias_target(coll).await? {
                 Some(t) => invalid(format!(
                     "'{coll}' is itself an alias (of '{t}'); name the collection"
                 )),
@@ -388,13 +390,8 @@ impl Proxy {
 
     /// `collections/list` in database `db`: unqualified names, sorted.
     pub(super) async fn list_collections(&self, db: &str) -> ApiResult {
-        let colls: BTreeMap<String, CollectionRecord> =
-            self.meta.list("collections/").await.map_err(api)?;
-        let names: Vec<&str> = colls
-            .keys()
-            .filter(|q| split_qualified(q).0 == db)
-            .map(|q| split_qualified(q).1)
-            .collect();
+        let colls = self.collections_in(db).await?;
+        let names: Vec<&str> = colls.iter().map(|q| split_qualified(q).1).collect();
         Ok(json!({"code": 0, "data": names}))
     }
 }
