@@ -3,6 +3,9 @@ against Milvus Lite (the reference implementation pymilvus ships with).
 
     python suite.py URI [TOKEN]
 
+With SUITE_SHARDS=N in the environment, every collection is created with shards_num=N
+(a cluster splits it across N shards; crates/cli/tests/cluster.rs).
+
 URI is http://host:port for a server, or a file path ending in .db for Milvus Lite.
 Every step checks what it can on its own (assertions), and the script prints one JSON
 document of what it observed (ids, counts, scores, rows) so that a caller can compare
@@ -11,6 +14,7 @@ two runs: crates/cli/tests/pymilvus.rs runs it against both and compares.
 
 import json
 import math
+import os
 import random
 import sys
 
@@ -18,6 +22,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 uri = sys.argv[1]
 token = sys.argv[2] if len(sys.argv) > 2 else ""
+SHARDS = int(os.environ.get("SUITE_SHARDS", "0"))
 
 
 def connect(db_name=""):
@@ -26,7 +31,11 @@ def connect(db_name=""):
         kw["token"] = token
     if db_name:
         kw["db_name"] = db_name
-    return MilvusClient(**kw)
+    c = MilvusClient(**kw)
+    if SHARDS:
+        create = c.create_collection
+        c.create_collection = lambda *a, **k: create(*a, **{"shards_num": SHARDS, **k})
+    return c
 
 
 client = connect()

@@ -87,35 +87,6 @@ struct Shared {
 
 /// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
 /// proxy): the status and the JSON body (`Null` when it is not JSON).
-/// Milvus's gRPC protocol is served by standalone only so far: a gRPC client (pymilvus,
-/// the Node SDK) that reaches a proxy gets `UNIMPLEMENTED` with a message that says so
-/// and names the REST API, instead of a bare HTTP 404 its library reports obscurely.
-async fn grpc_unimplemented() -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let msg = "Milvus gRPC is not served in cluster mode yet: use the REST API (POST /v2/vectordb/...) on this port";
-    // grpc-message is percent-encoded (the gRPC HTTP/2 spec).
-    let encoded: String = msg
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let mut h = axum::http::HeaderMap::new();
-    h.insert(
-        "content-type",
-        axum::http::HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", axum::http::HeaderValue::from_static("12"));
-    if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {
-        h.insert("grpc-message", v);
-    }
-    (h, "").into_response()
-}
-
 /// Creates the database of `collection` (a qualified name) in `engine` when it lacks
 /// it: the catalog mirror and each shard engine hold a collection under the name the
 /// cluster gives it, and a name in a database needs that database.
@@ -393,6 +364,19 @@ pub async fn run(
         }));
     }
     if let Some(p) = proxy {
+        // Milvus's gRPC protocol on the same port, bridged to the REST dispatch below
+        // (`proxy/grpc.rs`); the bridge checks the token as pymilvus sends it.
+        let grpc_limit = cfg.max_body_bytes;
+        let grpc = tower::ServiceBuilder::new()
+            .map_response(move |r: axum::http::Response<_>| {
+                magpie_server::grpc::transport_error_codes(r.into_response(), grpc_limit)
+            })
+            .service(magpie_server::grpc::bridge::service(
+                Arc::new(proxy::GrpcBackend(p.clone())),
+                cfg.token.clone(),
+                cfg.max_body_bytes,
+            ));
+        app = app.route_service("/milvus.proto.milvus.MilvusService/{rpc}", grpc);
         let p2 = p.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -406,10 +390,6 @@ pub async fn run(
         app = app.merge(
             Router::new()
                 .route("/v2/vectordb/{*path}", post(proxy::handle))
-                .route(
-                    "/milvus.proto.milvus.MilvusService/{*rpc}",
-                    post(grpc_unimplemented),
-                )
                 .with_state(p)
                 .layer(axum::middleware::from_fn_with_state(
                     cfg.token.clone(),

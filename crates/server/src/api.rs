@@ -436,6 +436,67 @@ fn build_schema(r: &CreateReq) -> Result<(CollectionSchema, Vec<IndexMeta>), Api
     Ok((schema, indexes))
 }
 
+/// The REST `collections/create` body of a schema, without indexes: the inverse of
+/// `build_schema` (`rest_schema_round_trips` checks it). The gRPC bridge
+/// (`grpc/bridge.rs`) creates collections on a REST backend with it.
+pub fn create_body(schema: &CollectionSchema) -> Value {
+    let mut params = Map::new();
+    let fields: Vec<Value> = schema
+        .fields
+        .iter()
+        .map(|f| {
+            let mut etp = Map::new();
+            for (k, v) in [
+                ("dim", f.dim),
+                ("max_length", f.max_length),
+                ("max_capacity", f.max_capacity),
+            ] {
+                if let Some(v) = v {
+                    etp.insert(k.into(), json!(v));
+                }
+            }
+            if f.enable_analyzer {
+                etp.insert("enable_analyzer".into(), json!(true));
+            }
+            if let Some(a) = &f.analyzer_params {
+                etp.insert("analyzer_params".into(), a.clone());
+            }
+            if f.enable_match {
+                etp.insert("enable_match".into(), json!(true));
+            }
+            if let Some(n) = f.partition_key {
+                params.insert("partitionsNum".into(), json!(n));
+            }
+            let mut o = json!({
+                "fieldName": f.name,
+                "dataType": f.data_type,
+                "isPrimary": f.is_primary,
+                "autoId": f.auto_id,
+                "nullable": f.nullable,
+                "description": f.description,
+                "isPartitionKey": f.partition_key.is_some(),
+                "elementTypeParams": etp,
+            });
+            if let Some(d) = &f.default_value {
+                o["defaultValue"] = d.clone();
+            }
+            if let Some(t) = f.element_type {
+                o["elementDataType"] = json!(t);
+            }
+            o
+        })
+        .collect();
+    json!({
+        "schema": {
+            "enableDynamicField": schema.enable_dynamic_field,
+            "fields": fields,
+            "functions": schema.functions,
+        },
+        "description": schema.description,
+        "params": params,
+    })
+}
+
 pub async fn create_collection(
     State(st): State<Arc<AppState>>,
     Body(r): Body<CreateReq>,
@@ -1144,6 +1205,19 @@ pub struct HybridReq {
     function_score: Option<Value>,
 }
 
+/// How a hybrid search of `n` sub-searches fuses them: by its `rerank`, or with rerank
+/// functions (`functionScore`) and no strategy, by each row's best score.
+pub fn hybrid_rerank(
+    rerank_v: Option<&Value>,
+    function_score: Option<&Value>,
+    n: usize,
+) -> Result<Rerank, ApiError> {
+    match (rerank_v, function_score) {
+        (None | Some(Value::Null), Some(f)) if !f.is_null() => Ok(Rerank::Max),
+        _ => rerank(rerank_v, n),
+    }
+}
+
 /// `rerank` of a hybrid search: `{"strategy": "rrf", "params": {"k": 60}}` or
 /// `{"strategy": "weighted" | "ws", "params": {"weights": [...], "norm_score": true}}`.
 pub fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
@@ -1204,11 +1278,7 @@ pub fn rerank(v: Option<&Value>, n: usize) -> Result<Rerank, ApiError> {
 pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<HybridReq>) -> ApiResult {
     let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let n = r.search.len();
-    // With rerank functions and no strategy, sub-searches fuse by their best score.
-    let rerank = match (&r.rerank, &r.function_score) {
-        (None | Some(Value::Null), Some(f)) if !f.is_null() => Rerank::Max,
-        _ => rerank(r.rerank.as_ref(), n)?,
-    };
+    let rerank = hybrid_rerank(r.rerank.as_ref(), r.function_score.as_ref(), n)?;
     let searches = r
         .search
         .into_iter()
@@ -1427,4 +1497,52 @@ pub async fn list_aliases(State(st): State<Arc<AppState>>, Body(r): Body<CollReq
         .iter()
         .map(|(a, _)| magpie_engine::split_qualified(a).1)
         .collect::<Vec<_>>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schema written as a REST create body parses back to itself, every field
+    /// attribute included.
+    #[test]
+    fn rest_schema_round_trips() {
+        let mut key = FieldSchema::new("tenant", DataType::VarChar).with_max_length(32);
+        key.partition_key = Some(8);
+        let mut text = FieldSchema::new("text", DataType::VarChar).with_max_length(1000);
+        text.enable_analyzer = true;
+        text.analyzer_params = Some(json!({"type": "english"}));
+        text.enable_match = true;
+        text.description = "body".into();
+        let mut tags = FieldSchema::new("tags", DataType::Array);
+        tags.element_type = Some(DataType::Int32);
+        tags.max_capacity = Some(4);
+        tags.nullable = true;
+        let mut n = FieldSchema::new("n", DataType::Int64);
+        n.default_value = Some(json!(7));
+        let schema = CollectionSchema {
+            fields: vec![
+                FieldSchema::new("id", DataType::Int64).primary(true),
+                FieldSchema::new("v", DataType::BinaryVector).with_dim(16),
+                FieldSchema::new("sparse", DataType::SparseFloatVector),
+                key,
+                text,
+                tags,
+                n,
+            ],
+            enable_dynamic_field: true,
+            description: "d".into(),
+            functions: vec![serde_json::from_value(json!({
+                "name": "bm25", "type": "BM25", "inputFieldNames": ["text"],
+                "outputFieldNames": ["sparse"], "params": {}
+            }))
+            .unwrap()],
+        };
+        let mut body = create_body(&schema);
+        body["collectionName"] = json!("c");
+        let req: CreateReq = serde_json::from_value(body).unwrap();
+        let (back, indexes) = build_schema(&req).unwrap();
+        assert_eq!(back, schema);
+        assert!(indexes.is_empty());
+    }
 }

@@ -8,6 +8,7 @@
 //! it tried and failed to provide, and says so in its log).
 
 pub mod faults;
+pub mod pymilvus;
 
 use std::fmt::Display;
 use std::path::PathBuf;

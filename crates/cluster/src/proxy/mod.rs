@@ -35,10 +35,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod ddl;
+mod grpc;
 mod import;
 mod names;
 mod read;
 mod write;
+
+pub(crate) use grpc::Backend as GrpcBackend;
 
 /// Largest log record the proxy writes (rows are split across records above it).
 const RECORD_BYTES: usize = 256 << 10;
@@ -432,6 +435,8 @@ impl Proxy {
     /// - Bounded: the log's last sequence as asked for at most `bounded_staleness_ms`
     ///   ago (by this read or an earlier one), so the read sees every write acknowledged
     ///   before that; one log round trip per shard and staleness window, not per read;
+    ///   and never before this proxy's own last write, so a client reads what it wrote
+    ///   through the same proxy, as it does on standalone (pymilvus's default level);
     /// - Eventually: none.
     async fn barrier(&self, id: ShardId, level: Consistency) -> Result<u64, ApiError> {
         Ok(match level {
@@ -439,8 +444,9 @@ impl Proxy {
             Consistency::Session => self.session.lock().get(&id).copied().unwrap_or(0),
             Consistency::Bounded => {
                 let seen = self.last_seen.lock().get(&id).copied();
+                let own = self.session.lock().get(&id).copied().unwrap_or(0);
                 match seen {
-                    Some((at, seq)) if at.elapsed() <= self.bounded => seq,
+                    Some((at, seq)) if at.elapsed() <= self.bounded => seq.max(own),
                     _ => self.last_seq(id).await?,
                 }
             }

@@ -318,7 +318,7 @@ impl Proxy {
         let metric = search_metric(&meta, &anns_field(&meta, &body), &body);
         let pk = meta.schema.pk().clone();
         let mut ranked = Vec::new();
-        for hits in engine_hits(&reply, &pk)? {
+        for hits in magpie_server::grpc::bridge::hits_of_reply(&reply, &pk)? {
             let passing = self.boost_passing(&name, &fs, &hits, level, &pk).await?;
             ranked.push(fs.rerank(metric, hits, &passing, offset, limit, &added));
         }
@@ -440,7 +440,11 @@ impl Proxy {
                 subs.len()
             )));
         }
-        let rerank = magpie_server::api::rerank(body.get("rerank"), subs.len())?;
+        let rerank = magpie_server::api::hybrid_rerank(
+            body.get("rerank"),
+            body.get("functionScore"),
+            subs.len(),
+        )?;
         magpie_engine::check_rerank(&rerank, subs.len()).map_err(ApiError::from)?;
         if rerank == magpie_engine::Rerank::Max && fs.is_none() {
             return Err(ApiError::bad_request(
@@ -497,7 +501,7 @@ impl Proxy {
             let reply = self.search(b).await.map_err(|e| {
                 ApiError::new(e.status, e.code, format!("sub-search {i}: {}", e.message))
             })?;
-            let per_query = engine_hits(&reply, &pk_field)?;
+            let per_query = magpie_server::grpc::bridge::hits_of_reply(&reply, &pk_field)?;
             if let Some((_, first)) = lists.first() {
                 if first.len() != per_query.len() {
                     return Err(ApiError::bad_request(format!(
@@ -770,35 +774,6 @@ fn anns_field(meta: &magpie_engine::CollectionMeta, body: &Value) -> String {
             .map(|f| f.name.clone())
             .unwrap_or_default(),
     }
-}
-
-/// A merged search reply (`data` flat, `topks` per query) as the engine's hits per query.
-fn engine_hits(reply: &Value, pk: &FieldSchema) -> Result<Vec<Vec<magpie_engine::Hit>>, ApiError> {
-    let flat = reply["data"].as_array().cloned().unwrap_or_default();
-    let topks = reply["topks"].as_array().cloned().unwrap_or_default();
-    let mut it = flat.into_iter();
-    let mut per_query = Vec::with_capacity(topks.len());
-    for n in topks.iter().filter_map(|x| x.as_u64()) {
-        let mut hits = Vec::with_capacity(n as usize);
-        for mut h in it.by_ref().take(n as usize) {
-            let id = PrimaryKey::from_json(&h[&pk.name], pk)
-                .map_err(|m| ApiError::new(StatusCode::BAD_GATEWAY, 65535, m))?;
-            let distance = h["distance"].as_f64().unwrap_or(0.0) as f32;
-            let mut fields = match h.as_object_mut() {
-                Some(o) => std::mem::take(o),
-                None => Map::new(),
-            };
-            fields.remove(&pk.name);
-            fields.remove("distance");
-            hits.push(magpie_engine::Hit {
-                id,
-                distance,
-                fields,
-            });
-        }
-        per_query.push(hits);
-    }
-    Ok(per_query)
 }
 
 fn search_metric(meta: &magpie_engine::CollectionMeta, anns: &str, body: &Value) -> Metric {

@@ -8,6 +8,9 @@
 //! reason, the same codes as REST), with the gRPC status OK; only transport-level
 //! problems (no token, a message over the size limit, an RPC Magpie does not implement)
 //! are gRPC errors. docs/MILVUS_COMPAT.md lists what is implemented.
+//!
+//! `bridge.rs` serves the same RPCs over a REST backend instead of an engine (a cluster
+//! proxy), with the same parsing and reply building.
 
 pub mod convert;
 
@@ -124,6 +127,8 @@ with_status!(
     mpb::GetImportStateResponse,
     mpb::ListImportTasksResponse,
 );
+
+pub mod bridge;
 
 /// Most text one `RunAnalyzer` call analyses: its reply (one token record per word)
 /// can be many times larger than its request.
@@ -510,72 +515,13 @@ impl MilvusService for MilvusApi {
         let mdb = md_db(&r);
         let r = r.into_inner();
         reply!(mpb::RunAnalyzerResponse, {
-            if !r.analyzer_names.is_empty() {
-                return Err(bad(
-                    "'analyzer_names' (multi-analyzer fields) is not supported",
-                ));
-            }
-            let total: usize = r.placeholder.iter().map(Vec::len).sum();
-            if total > RUN_ANALYZER_MAX_BYTES {
-                return Err(bad(format!(
-                    "run_analyzer takes at most {RUN_ANALYZER_MAX_BYTES} bytes of text per call, got {total}"
-                )));
-            }
-            let analyzer = if !r.collection_name.is_empty() {
-                let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
-                let field = need(&r.field_name, "field_name")?;
-                let m = blocking(&self.st, move |e| e.describe_collection(&name)).await?;
-                let f = m
-                    .schema
-                    .fields
-                    .iter()
-                    .find(|f| f.name == field)
-                    .ok_or_else(|| bad(format!("field '{field}' does not exist")))?;
-                if !f.enable_analyzer {
-                    return Err(bad(format!(
-                        "field '{field}' has no analyzer (enable_analyzer is false)"
-                    )));
-                }
-                f.analyzer().map_err(bad)?
+            let meta = if r.collection_name.is_empty() {
+                None
             } else {
-                let params: Option<serde_json::Value> =
-                    if r.analyzer_params.trim().is_empty() {
-                        None
-                    } else {
-                        Some(serde_json::from_str(&r.analyzer_params).map_err(|e| {
-                            bad(format!("'analyzer_params' is not valid JSON: {e}"))
-                        })?)
-                    };
-                magpie_engine::analyzer::Analyzer::from_params(params.as_ref())
-                    .map_err(|e| bad(format!("analyzer_params: {e}")))?
+                let name = self.coll(&mdb, &r.db_name, &r.collection_name)?;
+                Some(blocking(&self.st, move |e| e.describe_collection(&name)).await?)
             };
-            let mut results = Vec::with_capacity(r.placeholder.len());
-            for (i, b) in r.placeholder.iter().enumerate() {
-                let text = std::str::from_utf8(b)
-                    .map_err(|e| bad(format!("text {i} is not UTF-8: {e}")))?;
-                let tokens = analyzer
-                    .analyze_spans(text)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(pos, (span, token))| mpb::AnalyzerToken {
-                        hash: if r.with_hash {
-                            magpie_engine::analyzer::term_id(&token)
-                        } else {
-                            0
-                        },
-                        token,
-                        start_offset: if r.with_detail { span.start as i64 } else { 0 },
-                        end_offset: if r.with_detail { span.end as i64 } else { 0 },
-                        position: if r.with_detail { pos as i64 } else { 0 },
-                        position_length: if r.with_detail { 1 } else { 0 },
-                    })
-                    .collect();
-                results.push(mpb::AnalyzerResult { tokens });
-            }
-            Ok(mpb::RunAnalyzerResponse {
-                status: Some(status_ok()),
-                results,
-            })
+            analyze(&r, meta.as_ref())
         })
     }
 
@@ -1498,6 +1444,78 @@ impl MilvusService for MilvusApi {
     }
 }
 
+/// RunAnalyzer's answer: the terms of `r`'s texts by the analyzer of `r.field_name` in
+/// `meta` (the collection it names), or by `r.analyzer_params`.
+fn analyze(
+    r: &mpb::RunAnalyzerRequest,
+    meta: Option<&magpie_engine::CollectionMeta>,
+) -> Result<mpb::RunAnalyzerResponse, ApiError> {
+    if !r.analyzer_names.is_empty() {
+        return Err(bad(
+            "'analyzer_names' (multi-analyzer fields) is not supported",
+        ));
+    }
+    let total: usize = r.placeholder.iter().map(Vec::len).sum();
+    if total > RUN_ANALYZER_MAX_BYTES {
+        return Err(bad(format!(
+            "run_analyzer takes at most {RUN_ANALYZER_MAX_BYTES} bytes of text per call, got {total}"
+        )));
+    }
+    let analyzer = if let Some(m) = meta {
+        let field = need(&r.field_name, "field_name")?;
+        let f = m
+            .schema
+            .fields
+            .iter()
+            .find(|f| f.name == field)
+            .ok_or_else(|| bad(format!("field '{field}' does not exist")))?;
+        if !f.enable_analyzer {
+            return Err(bad(format!(
+                "field '{field}' has no analyzer (enable_analyzer is false)"
+            )));
+        }
+        f.analyzer().map_err(bad)?
+    } else {
+        let params: Option<serde_json::Value> = if r.analyzer_params.trim().is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&r.analyzer_params)
+                    .map_err(|e| bad(format!("'analyzer_params' is not valid JSON: {e}")))?,
+            )
+        };
+        magpie_engine::analyzer::Analyzer::from_params(params.as_ref())
+            .map_err(|e| bad(format!("analyzer_params: {e}")))?
+    };
+    let mut results = Vec::with_capacity(r.placeholder.len());
+    for (i, b) in r.placeholder.iter().enumerate() {
+        let text =
+            std::str::from_utf8(b).map_err(|e| bad(format!("text {i} is not UTF-8: {e}")))?;
+        let tokens = analyzer
+            .analyze_spans(text)
+            .into_iter()
+            .enumerate()
+            .map(|(pos, (span, token))| mpb::AnalyzerToken {
+                hash: if r.with_hash {
+                    magpie_engine::analyzer::term_id(&token)
+                } else {
+                    0
+                },
+                token,
+                start_offset: if r.with_detail { span.start as i64 } else { 0 },
+                end_offset: if r.with_detail { span.end as i64 } else { 0 },
+                position: if r.with_detail { pos as i64 } else { 0 },
+                position_length: if r.with_detail { 1 } else { 0 },
+            })
+            .collect();
+        results.push(mpb::AnalyzerResult { tokens });
+    }
+    Ok(mpb::RunAnalyzerResponse {
+        status: Some(status_ok()),
+        results,
+    })
+}
+
 /// The reply of Search and HybridSearch: the result's output field names, its scores
 /// rounded as asked.
 fn search_reply(
@@ -1533,9 +1551,13 @@ struct PbSearch {
 fn function_score_from_pb(
     f: Option<&magpie_milvus_proto::schema::FunctionScore>,
 ) -> Result<Option<magpie_engine::engine::rerank::FunctionScore>, ApiError> {
-    let Some(f) = f.filter(|f| !f.functions.is_empty() || !f.params.is_empty()) else {
-        return Ok(None);
-    };
+    api::function_score(function_score_value(f).as_ref())
+}
+
+/// A `FunctionScore` as REST's `functionScore` JSON (`{"functions", "params"}`; `params`
+/// left out when there are none).
+fn function_score_value(f: Option<&magpie_milvus_proto::schema::FunctionScore>) -> Option<Value> {
+    let f = f.filter(|f| !f.functions.is_empty() || !f.params.is_empty())?;
     let kv = |ps: &[magpie_milvus_proto::common::KeyValuePair]| -> Map<String, Value> {
         ps.iter()
             .map(|p| (p.key.clone(), Value::from(p.value.clone())))
@@ -1549,11 +1571,11 @@ fn function_score_from_pb(
                 "params": kv(&x.params)})
         })
         .collect();
-    let params = kv(&f.params);
-    Ok(Some(magpie_engine::engine::rerank::FunctionScore::parse(
-        &functions,
-        (!params.is_empty()).then_some(&params),
-    )?))
+    let mut v = json!({ "functions": functions });
+    if !f.params.is_empty() {
+        v["params"] = Value::Object(kv(&f.params));
+    }
+    Some(v)
 }
 
 fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
