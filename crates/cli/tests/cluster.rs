@@ -1112,7 +1112,7 @@ fn a_cluster_answers_as_standalone_does() {
     // `pymilvus_through_a_proxy_gives_standalones_answers`): an RPC it does not bridge
     // is UNIMPLEMENTED naming the RPC, not a bare 404.
     let r = ureq::post(&format!(
-        "{}/milvus.proto.milvus.MilvusService/GetImportState",
+        "{}/milvus.proto.milvus.MilvusService/ListResourceGroups",
         proxy.url
     ))
     .set("content-type", "application/grpc")
@@ -1120,7 +1120,7 @@ fn a_cluster_answers_as_standalone_does() {
     .expect("a gRPC error travels in headers of a 200");
     assert_eq!(r.header("grpc-status"), Some("12"));
     let m = r.header("grpc-message").unwrap_or_default();
-    assert!(m.contains("GetImportState"), "{m}");
+    assert!(m.contains("ListResourceGroups"), "{m}");
     // What cluster mode does not serve is a JSON 404 naming it.
     let r = ureq::post(&format!("{}/v2/admin/backups/list", proxy.url)).send_json(json!({}));
     match r {
@@ -1867,6 +1867,57 @@ fn bulk_import_through_the_proxy() {
     }
     let e = call(&url, "jobs/import/get_progress", &json!({"jobId": "nope"})).unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
+
+    // The same through pymilvus's gRPC calls (the ORM's utility.do_bulk_insert,
+    // get_bulk_insert_state, list_bulk_insert_tasks), bridged to the calls above.
+    let Some(py) = magpie_testkit::pymilvus::python() else {
+        return;
+    };
+    bucket
+        .put(
+            "magpie/import/grpc/rows.json",
+            &serde_json::to_vec(&rows(3000..3100)).unwrap(),
+        )
+        .unwrap();
+    let script = r#"
+import json, sys, time
+from pymilvus import connections, utility, BulkInsertState
+connections.connect(uri=sys.argv[1])
+task = utility.do_bulk_insert(collection_name="docs", files=["grpc/rows.json"])
+deadline = time.time() + 60
+while True:
+    st = utility.get_bulk_insert_state(task_id=task)
+    if st.state in (BulkInsertState.ImportCompleted, BulkInsertState.ImportFailed) or time.time() > deadline:
+        break
+    time.sleep(0.05)
+tasks = utility.list_bulk_insert_tasks(collection_name="docs")
+try:
+    utility.do_bulk_insert(collection_name="docs", files=["../etc/passwd"])
+    refused = ""
+except Exception as e:
+    refused = str(e)
+print(json.dumps({"state": st.state_name, "rows": st.row_count, "files": st.files,
+                  "reason": st.failed_reason, "tasks": len(tasks), "refused": refused}))
+"#;
+    let out = Command::new(&py)
+        .args(["-c", script, &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["state"], &v["rows"], &v["files"]),
+        (&json!("Completed"), &json!(100), &json!("grpc/rows.json")),
+        "{v}"
+    );
+    // The three jobs above and this one (the refused one was never created).
+    assert_eq!(v["tasks"], 4, "{v}");
+    assert!(v["refused"].as_str().unwrap().contains(".."), "{v}");
+    assert_eq!(count(&url, "docs"), Some(1400));
 }
 
 /// pymilvus, unchanged, against a cluster: tests/pymilvus/suite.py (the MilvusClient

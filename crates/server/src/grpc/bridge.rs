@@ -11,8 +11,8 @@
 //! both and compares. The catalog (schemas, indexes, partitions) comes typed from the
 //! backend ([`RestBackend::collection`]); everything else travels as REST JSON.
 //!
-//! Not bridged (UNIMPLEMENTED, naming the RPC): bulk import over gRPC and the RPCs the
-//! standalone service does not implement either.
+//! Not bridged (UNIMPLEMENTED, naming the RPC): the RPCs the standalone service does not
+//! implement either.
 
 use super::convert::{self, kv};
 use super::{
@@ -168,6 +168,27 @@ pub fn hits_of_reply(
         per_query.push(hits);
     }
     Ok(per_query)
+}
+
+/// A REST import job's progress (`jobs/import/get_progress`) as `GetImportStateResponse`,
+/// the fields the standalone service fills from the job itself.
+fn import_state_json(p: &Value) -> mpb::GetImportStateResponse {
+    let files: Vec<&str> = p["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["fileName"].as_str())
+        .collect();
+    let s = |k: &str| p[k].as_str().unwrap_or_default();
+    super::import_state_pb(
+        s("state"),
+        s("jobId"),
+        s("collectionName"),
+        &files,
+        p["importedRows"].as_i64().unwrap_or(0),
+        p["progress"].as_u64().unwrap_or(0),
+        s("reason"),
+    )
 }
 
 /// A Milvus `SearchRequest` as a REST search body (checked by the same parser as the
@@ -384,7 +405,11 @@ impl<B: RestBackend> MilvusService for Bridge<B> {
     ) -> Rpc<mpb::DescribeDatabaseResponse> {
         let r = r.into_inner();
         reply!(mpb::DescribeDatabaseResponse, {
-            let db = need(&r.db_name, "db_name")?;
+            let db = if r.db_name.is_empty() {
+                magpie_engine::DEFAULT_DATABASE.to_string()
+            } else {
+                r.db_name
+            };
             let d = self.call("databases/describe", body(&db, "")).await?;
             Ok(mpb::DescribeDatabaseResponse {
                 status: Some(status_ok()),
@@ -546,7 +571,7 @@ impl<B: RestBackend> MilvusService for Bridge<B> {
             let name = need(&r.collection_name, "collection_name")?;
             let (m, shards) = self.b.collection(db, &name).await?;
             let (mdb_name, short) = split_qualified(&m.name);
-            let aliases = self.call("aliases/list", body(db, short)).await?;
+            let aliases = self.call("aliases/list", body(mdb_name, short)).await?;
             let d = self.call("databases/describe", body(mdb_name, "")).await?;
             Ok(mpb::DescribeCollectionResponse {
                 status: Some(status_ok()),
@@ -829,6 +854,75 @@ impl<B: RestBackend> MilvusService for Bridge<B> {
             Ok(mpb::GetFlushStateResponse {
                 status: Some(status_ok()),
                 flushed: true,
+            })
+        })
+    }
+
+    // ------------------------------------------------------------ bulk import
+
+    /// `utility.do_bulk_insert`: the files are one group, paths in the backend's import
+    /// source, as over REST (`jobs/import/create`).
+    async fn import(&self, r: Request<mpb::ImportRequest>) -> Rpc<mpb::ImportResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::ImportResponse, {
+            let mut b = body(
+                db_of(&mdb, &r.db_name),
+                &need(&r.collection_name, "collection_name")?,
+            );
+            if !r.partition_name.is_empty() {
+                b.insert("partitionName".into(), json!(r.partition_name));
+            }
+            b.insert("files".into(), json!([r.files]));
+            let v = self.call("jobs/import/create", b).await?;
+            let id = v["data"]["jobId"].as_str().unwrap_or_default();
+            Ok(mpb::ImportResponse {
+                status: Some(status_ok()),
+                tasks: vec![super::import_task_id(id)?],
+            })
+        })
+    }
+
+    async fn get_import_state(
+        &self,
+        r: Request<mpb::GetImportStateRequest>,
+    ) -> Rpc<mpb::GetImportStateResponse> {
+        let r = r.into_inner();
+        reply!(mpb::GetImportStateResponse, {
+            let mut b = Map::new();
+            b.insert("jobId".into(), json!(r.task.to_string()));
+            let v = self.call("jobs/import/get_progress", b).await?;
+            Ok(import_state_json(&v["data"]))
+        })
+    }
+
+    async fn list_import_tasks(
+        &self,
+        r: Request<mpb::ListImportTasksRequest>,
+    ) -> Rpc<mpb::ListImportTasksResponse> {
+        let mdb = md_db(&r);
+        let r = r.into_inner();
+        reply!(mpb::ListImportTasksResponse, {
+            let v = self
+                .call(
+                    "jobs/import/list",
+                    body(db_of(&mdb, &r.db_name), &r.collection_name),
+                )
+                .await?;
+            let mut tasks = Vec::new();
+            for rec in v["data"]["records"].as_array().into_iter().flatten() {
+                let mut b = Map::new();
+                b.insert("jobId".into(), rec["jobId"].clone());
+                let p = self.call("jobs/import/get_progress", b).await?;
+                tasks.push(import_state_json(&p["data"]));
+            }
+            if r.limit > 0 {
+                let keep = tasks.len().saturating_sub(r.limit as usize);
+                tasks.drain(..keep);
+            }
+            Ok(mpb::ListImportTasksResponse {
+                status: Some(status_ok()),
+                tasks,
             })
         })
     }

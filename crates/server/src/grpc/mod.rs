@@ -142,8 +142,31 @@ fn import_task_id(id: &str) -> Result<i64, ApiError> {
 
 /// A job's progress as `GetImportStateResponse` (Milvus's states and `infos` keys).
 fn import_state(p: &magpie_engine::ImportProgress) -> mpb::GetImportStateResponse {
+    let files: Vec<&str> = p.files.iter().map(|f| f.0.as_str()).collect();
+    import_state_pb(
+        p.state,
+        &p.id,
+        split_qualified(&p.collection).1,
+        &files,
+        p.imported_rows as i64,
+        p.progress,
+        &p.reason,
+    )
+}
+
+/// `GetImportStateResponse` of a job: its state (Pending, Importing, Completed, Failed),
+/// id, collection, files, rows so far, percent done and failure reason.
+fn import_state_pb(
+    state: &str,
+    id: &str,
+    collection: &str,
+    files: &[&str],
+    rows: i64,
+    progress: u64,
+    reason: &str,
+) -> mpb::GetImportStateResponse {
     use cpb::ImportState as S;
-    let state = match p.state {
+    let state = match state {
         "Pending" => S::ImportPending,
         "Importing" => S::ImportStarted,
         "Completed" => S::ImportCompleted,
@@ -153,18 +176,17 @@ fn import_state(p: &magpie_engine::ImportProgress) -> mpb::GetImportStateRespons
         key: k.into(),
         value: v,
     };
-    let files: Vec<&str> = p.files.iter().map(|f| f.0.as_str()).collect();
     mpb::GetImportStateResponse {
         status: Some(status_ok()),
         state: state as i32,
-        row_count: p.imported_rows as i64,
+        row_count: rows,
         infos: vec![
-            kv("collection", split_qualified(&p.collection).1.to_string()),
+            kv("collection", collection.to_string()),
             kv("files", files.join(",")),
-            kv("progress_percent", p.progress.to_string()),
-            kv("failed_reason", p.reason.clone()),
+            kv("progress_percent", progress.to_string()),
+            kv("failed_reason", reason.to_string()),
         ],
-        id: p.id.parse().unwrap_or_default(),
+        id: id.parse().unwrap_or_default(),
         ..Default::default()
     }
 }
