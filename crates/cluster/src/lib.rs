@@ -85,8 +85,6 @@ struct Shared {
     leader: std::sync::atomic::AtomicBool,
 }
 
-/// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
-/// proxy): the status and the JSON body (`Null` when it is not JSON).
 /// Creates the database of `collection` (a qualified name) in `engine` when it lacks
 /// it: the catalog mirror and each shard engine hold a collection under the name the
 /// cluster gives it, and a name in a database needs that database.
@@ -99,6 +97,8 @@ pub(crate) fn ensure_database(engine: &magpie_engine::Engine, collection: &str) 
     }
 }
 
+/// Calls a REST router in-process (a shard's engine on a node, the catalog mirror on a
+/// proxy): the status and the JSON body (`Null` when it is not JSON).
 pub(crate) async fn call_router(
     router: &Router,
     path: &str,
