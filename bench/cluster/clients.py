@@ -2,10 +2,10 @@
 given keys in batches from one client, then one-query searches from one client, on a
 fresh collection per protocol (FLAT index, so no index build runs beside the work).
 
-    python bench/cluster/grpc.py URL [--rows N] [--batch B] [--queries Q] [--dim D] [--shards S]
+    python bench/cluster/clients.py URL [--rows N] [--batch B] [--queries Q] [--dim D] [--shards S]
 
 Prints one line per protocol: insert rows/s and search queries/s (median of 3 passes).
-bench/cluster/grpc.sh runs it against standalone and against a local cluster.
+bench/cluster/clients.sh runs it against standalone and against a local cluster.
 """
 
 import argparse
