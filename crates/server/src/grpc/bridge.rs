@@ -16,9 +16,9 @@
 
 use super::convert::{self, kv};
 use super::{
-    bad, consistency, consistency_pb, index_meta, index_params_pb, md_db, need, param, param_num,
-    search_from_pb, search_reply, status_of, status_ok, Rpc, WithStatus, CODE_INDEX_NOT_FOUND,
-    PROTOCOL_VERSION,
+    bad, connect_reply, consistency, consistency_pb, flush_reply, index_meta, index_params_pb,
+    md_db, need, param, param_num, search_from_pb, search_reply, status_of, status_ok, Rpc,
+    WithStatus, CODE_INDEX_NOT_FOUND, PROTOCOL_VERSION,
 };
 use crate::error::ApiError;
 use axum::http::StatusCode;
@@ -73,16 +73,6 @@ pub fn service<B: RestBackend>(
         super::check_token(token.as_deref(), &req)?;
         Ok(req)
     })
-}
-
-/// Answers `$body`'s response, or the same response type carrying only the error status.
-macro_rules! reply {
-    ($ty:ty, $body:expr) => {{
-        let r: Result<$ty, ApiError> = async { $body }.await;
-        Ok(Response::new(
-            r.unwrap_or_else(|e| <$ty>::with_status(status_of(&e))),
-        ))
-    }};
 }
 
 /// A request's database: its `db_name`, else the connection's (`dbname` metadata).
@@ -318,20 +308,7 @@ impl<B: RestBackend> MilvusService for Bridge<B> {
 
     async fn connect(&self, _r: Request<mpb::ConnectRequest>) -> Rpc<mpb::ConnectResponse> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(mpb::ConnectResponse {
-            status: Some(status_ok()),
-            server_info: Some(cpb::ServerInfo {
-                build_tags: PROTOCOL_VERSION.into(),
-                deploy_mode: "CLUSTER".into(),
-                reserved: [(
-                    "magpie_version".to_string(),
-                    env!("CARGO_PKG_VERSION").to_string(),
-                )]
-                .into(),
-                ..Default::default()
-            }),
-            identifier: id,
-        }))
+        Ok(Response::new(connect_reply(id, "CLUSTER")))
     }
 
     async fn get_version(
@@ -812,30 +789,7 @@ impl<B: RestBackend> MilvusService for Bridge<B> {
                 self.call("collections/flush", body(db, n)).await?;
             }
             let ts = now_ts();
-            let names = r.collection_names;
-            let empty = || {
-                names
-                    .iter()
-                    .map(|n| (n.clone(), spb::LongArray::default()))
-                    .collect()
-            };
-            Ok(mpb::FlushResponse {
-                status: Some(status_ok()),
-                db_name: db.to_string(),
-                coll_seg_i_ds: empty(),
-                flush_coll_seg_i_ds: empty(),
-                coll_seal_times: names
-                    .iter()
-                    .map(|n| {
-                        (
-                            n.clone(),
-                            magpie_engine::types::physical_ms(ts) as i64 / 1000,
-                        )
-                    })
-                    .collect(),
-                coll_flush_ts: names.iter().map(|n| (n.clone(), ts)).collect(),
-                ..Default::default()
-            })
+            Ok(flush_reply(db.to_string(), &r.collection_names, ts))
         })
     }
 

@@ -472,20 +472,7 @@ impl MilvusService for MilvusApi {
 
     async fn connect(&self, _r: Request<mpb::ConnectRequest>) -> Rpc<mpb::ConnectResponse> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(mpb::ConnectResponse {
-            status: Some(status_ok()),
-            server_info: Some(cpb::ServerInfo {
-                build_tags: PROTOCOL_VERSION.into(),
-                deploy_mode: "STANDALONE".into(),
-                reserved: [(
-                    "magpie_version".to_string(),
-                    env!("CARGO_PKG_VERSION").to_string(),
-                )]
-                .into(),
-                ..Default::default()
-            }),
-            identifier: id,
-        }))
+        Ok(Response::new(connect_reply(id, "STANDALONE")))
     }
 
     async fn get_version(
@@ -975,29 +962,7 @@ impl MilvusService for MilvusApi {
                 e.snapshot(Consistency::Session)
             })
             .await?;
-            Ok(mpb::FlushResponse {
-                status: Some(status_ok()),
-                db_name: db,
-                coll_seg_i_ds: names
-                    .iter()
-                    .map(|n| (n.clone(), spb::LongArray::default()))
-                    .collect(),
-                flush_coll_seg_i_ds: names
-                    .iter()
-                    .map(|n| (n.clone(), spb::LongArray::default()))
-                    .collect(),
-                coll_seal_times: names
-                    .iter()
-                    .map(|n| {
-                        (
-                            n.clone(),
-                            magpie_engine::types::physical_ms(ts) as i64 / 1000,
-                        )
-                    })
-                    .collect(),
-                coll_flush_ts: names.iter().map(|n| (n.clone(), ts)).collect(),
-                ..Default::default()
-            })
+            Ok(flush_reply(db, &names, ts))
         })
     }
 
@@ -1536,6 +1501,51 @@ fn analyze(
         status: Some(status_ok()),
         results,
     })
+}
+
+/// Connect's reply: the protocol version, the deploy mode and Magpie's version.
+fn connect_reply(id: i64, deploy_mode: &str) -> mpb::ConnectResponse {
+    mpb::ConnectResponse {
+        status: Some(status_ok()),
+        server_info: Some(cpb::ServerInfo {
+            build_tags: PROTOCOL_VERSION.into(),
+            deploy_mode: deploy_mode.into(),
+            reserved: [(
+                "magpie_version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        }),
+        identifier: id,
+    }
+}
+
+/// Flush's reply for collections flushed at `ts` (Magpie reports no segment ids).
+fn flush_reply(db: String, names: &[String], ts: u64) -> mpb::FlushResponse {
+    let empty = || {
+        names
+            .iter()
+            .map(|n| (n.clone(), spb::LongArray::default()))
+            .collect()
+    };
+    mpb::FlushResponse {
+        status: Some(status_ok()),
+        db_name: db,
+        coll_seg_i_ds: empty(),
+        flush_coll_seg_i_ds: empty(),
+        coll_seal_times: names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    magpie_engine::types::physical_ms(ts) as i64 / 1000,
+                )
+            })
+            .collect(),
+        coll_flush_ts: names.iter().map(|n| (n.clone(), ts)).collect(),
+        ..Default::default()
+    }
 }
 
 /// The reply of Search and HybridSearch: the result's output field names, its scores
