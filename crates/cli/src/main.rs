@@ -1030,6 +1030,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             lease_ttl: cluster.lease_ttl,
             max_body_bytes: cfg.max_body_bytes,
             token: cfg.token.clone(),
+            allowed_hosts: cfg.allowed_hosts.clone(),
             allow_insecure: cfg.allow_insecure,
             models_dir: cfg
                 .models_dir

@@ -1,6 +1,9 @@
 //! Cluster mode end to end: real etcd, NATS JetStream and SeaweedFS (S3), and `magpie
 //! serve --role ...` processes, started on free ports and stopped by the test.
 
+#[path = "../../server/tests/common/rest_suite.rs"]
+mod rest_suite;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -1948,4 +1951,203 @@ fn pymilvus_through_a_proxy_gives_standalones_answers() {
     // The comparison covered real results, not two empty documents.
     assert_eq!(got["count"], 100);
     assert_eq!(got["search"][0].as_array().map(Vec::len), Some(5));
+}
+
+/// POSTs a body larger than the server's limit, by hand: the server answers 413 as
+/// soon as the limit is passed and closes the connection, so a client that writes the
+/// whole body first (ureq) gets a broken pipe instead of the answer. The body is
+/// written on another thread while this one reads the reply.
+fn oversized(url: &str, body: &[u8]) -> (axum::http::StatusCode, Value) {
+    raw_post(url, body, None)
+}
+
+/// A POST written by hand (see [`oversized`]), with `host` in its Host header when given.
+fn raw_post(url: &str, body: &[u8], host_header: Option<&str>) -> (axum::http::StatusCode, Value) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        host_header.unwrap_or(host),
+        body.len()
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let body = body.to_vec();
+    let w = std::thread::spawn(move || {
+        // The server may stop reading once it has refused the body.
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) if reply.is_empty() => panic!("POST {url}: no reply: {e}"),
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = w.join();
+    let text = String::from_utf8_lossy(&reply);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("POST {url}: not an HTTP reply: {text:?}"));
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        serde_json::from_str(json).unwrap_or(Value::Null),
+    )
+}
+
+/// A [`rest_suite::T`] that sends its requests over HTTP to `url`.
+fn remote(url: &str, max_body: usize) -> rest_suite::T {
+    let url = url.to_string();
+    let send: rest_suite::Sender = Arc::new(move |method, path, body, auth| {
+        let url = format!("{url}{path}");
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut req = ureq::request(method, &url).timeout(Duration::from_secs(120));
+                if let Some(a) = auth {
+                    req = req.set("authorization", &format!("Bearer {a}"));
+                }
+                if body.len() > max_body {
+                    return oversized(&url, &body);
+                }
+                let r = if method == "GET" {
+                    req.call()
+                } else {
+                    req.set("content-type", "application/json")
+                        .send_bytes(&body)
+                };
+                let r = match r {
+                    Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                    Err(e) => panic!("{method} {url}: {e}"),
+                };
+                let status = axum::http::StatusCode::from_u16(r.status()).unwrap();
+                let text = r.into_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            })
+            .await
+            .unwrap()
+        })
+    });
+    rest_suite::T::new(send, max_body, None)
+}
+
+/// The server crate's REST suite (`crates/server/tests/common/rest_suite.rs`, the
+/// file `tests/api.rs` runs in process against standalone), unchanged, over HTTP
+/// against a proxy with 2 data nodes and 3 query nodes. The suite asserts exact
+/// answers, so each test passes only where the cluster answers as standalone does.
+///
+/// It runs twice: as written (one shard per collection, Milvus's default), then with
+/// every collection on 2 shards, so that searches and queries merge both. The second
+/// pass leaves out the three tests that assert one segment's layout (`segments[0]`
+/// holds every row), which 2 shards split by design.
+#[test]
+fn the_rest_suite_passes_against_a_cluster() {
+    let Some(d) = deps() else { return };
+    // The suite's largest case needs 4 MiB bodies; its oversized case sends more.
+    let max_body = 4 << 20;
+    let proxy = d.node_with(
+        "p1",
+        "proxy,coordinator",
+        &["--max-body-bytes", &max_body.to_string()],
+    );
+    let _data = [d.node("d1", "data"), d.node("d2", "data")];
+    let _query = [
+        d.node("q1", "query"),
+        d.node("q2", "query"),
+        d.node("q3", "query"),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Each test runs to its end (a failure is collected, not the end of the run), then
+    // the cluster is emptied for the next.
+    let mut failed = Vec::new();
+    macro_rules! run {
+        ($shards:expr; $($name:ident),* $(,)?) => {{
+            let mut t = remote(&proxy.url, max_body);
+            t.shards = $shards;
+            let t = Arc::new(t);
+            $(
+                eprintln!("rest suite ({:?} shards): {}", $shards, stringify!($name));
+                let t2 = t.clone();
+                let task = rt.spawn(async move { rest_suite::$name(&t2).await });
+                if let Err(e) = rt.block_on(task) {
+                    failed.push(format!("{} ({:?} shards): {e}", stringify!($name), $shards));
+                }
+                rt.block_on(t.reset());
+            )*
+        }};
+    }
+    run!(None::<u32>;
+        ann_index_over_rest,
+        scalar_indexes_over_rest,
+        json_path_indexes_over_rest,
+    );
+    for shards in [None, Some(2)] {
+        run!(shards;
+            every_endpoint,
+            bad_inputs_get_clear_4xx_errors,
+            databases_and_aliases_over_rest,
+            partition_key_over_rest,
+            sparse_vectors_and_hybrid_search_over_rest,
+            bm25_full_text_search_over_rest,
+            bm25_in_chinese_over_rest,
+            decay_and_boost_rerankers_over_rest,
+            half_precision_vectors_over_rest,
+            binary_vectors_over_rest,
+        );
+    }
+    // What the suite cannot send (its requests are always JSON): a cross-site form or
+    // text/plain POST is refused as standalone refuses it, before anything is logged.
+    let r = ureq::post(&format!("{}/v2/vectordb/collections/create", proxy.url))
+        .set("content-type", "text/plain")
+        .send_string(r#"{"collectionName": "csrf", "dimension": 4}"#);
+    match r {
+        Err(ureq::Error::Status(415, resp)) => {
+            let v: Value = resp.into_json().unwrap();
+            assert!(
+                v["message"].as_str().unwrap().contains("application/json"),
+                "{v}"
+            );
+        }
+        other => panic!("expected a 415, got {other:?}"),
+    }
+    // Nor a page whose name was rebound to this address (DNS rebinding): its Host is
+    // refused on every route of a node listening on loopback, as on standalone.
+    for path in [
+        "/v2/vectordb/collections/create",
+        "/shard/1/0/v2/vectordb/entities/query",
+    ] {
+        let (st, v) = raw_post(
+            &format!("{}{path}", proxy.url),
+            br#"{"collectionName": "csrf", "dimension": 4}"#,
+            Some("evil.example:19530"),
+        );
+        assert_eq!(st, axum::http::StatusCode::FORBIDDEN, "{path}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("evil.example"),
+            "{v}"
+        );
+    }
+    let has = ok(
+        &proxy.url,
+        "collections/has",
+        json!({"collectionName": "csrf"}),
+    );
+    assert_eq!(has["data"]["has"], false);
+    assert!(
+        failed.is_empty(),
+        "{} of the suite's tests failed against the cluster:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }

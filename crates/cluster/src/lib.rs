@@ -65,6 +65,9 @@ pub struct ClusterConfig {
     pub max_body_bytes: usize,
     /// Required as a bearer token on the REST API and on the node-to-node endpoints.
     pub token: Option<String>,
+    /// Accepted Host header values (`--allowed-hosts`); empty on a loopback address
+    /// means loopback names only, as standalone does (the DNS-rebinding guard).
+    pub allowed_hosts: Vec<String>,
     /// Listen beyond loopback without a token (refused otherwise).
     pub allow_insecure: bool,
     /// Built-in models, for a proxy: it runs collections' embedding functions (on
@@ -416,7 +419,19 @@ pub async fn run(
             }
         }));
     }
-    let app = app.fallback(not_found);
+    // Standalone's DNS-rebinding guard, on every route: on a loopback address only
+    // loopback Host names unless `--allowed-hosts` says otherwise.
+    let allowed_hosts = if cfg.allowed_hosts.is_empty() && !loopback {
+        None
+    } else {
+        Some(Arc::new(cfg.allowed_hosts.clone()))
+    };
+    let app = app
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_hosts,
+            magpie_server::check_host_in,
+        ));
     tracing::info!(node = %id, roles = ?cfg.roles, addr = %addr, "cluster node up");
     println!("listening on http://{local}");
     // Re-registration after a lost lease.

@@ -1180,6 +1180,8 @@ pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -
             "filterPassRatio".into(),
             json!(outcome.filter_passed as f64 / outcome.filter_rows as f64),
         );
+        // The ratio's denominator, so that a cluster's proxy can merge shards' ratios.
+        info.insert("filterRows".into(), json!(outcome.filter_rows));
         info.insert("filterPlans".into(), json!(outcome.filter_plans));
         info.insert("filterCachedSegments".into(), json!(outcome.filter_cached));
     }

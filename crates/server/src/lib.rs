@@ -261,31 +261,55 @@ fn host_name(host: &str) -> &str {
 /// DNS-rebinding guard: a page on another site whose name resolves to this server still
 /// sends its own name in Host, which is refused.
 async fn check_host(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(allowed) = &st.allowed_hosts {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let ok = if allowed.is_empty() {
-            is_loopback_host(host)
-        } else {
-            let name = host_name(host);
-            allowed
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
-        };
-        if !ok {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                1800,
-                format!("Host '{host}' is not allowed; add it to allowed_hosts (--allowed-hosts)"),
-            )
-            .into_response();
-        }
+    match st
+        .allowed_hosts
+        .as_deref()
+        .and_then(|a| host_refused(a, &req))
+    {
+        Some(refused) => refused,
+        None => next.run(req).await,
     }
-    next.run(req).await
+}
+
+/// [`check_host`] for routers without an [`AppState`] (cluster mode): a layer for
+/// `middleware::from_fn_with_state(allowed, check_host_in)`, where `allowed` is what
+/// [`AppState::allowed_hosts`] would hold.
+pub async fn check_host_in(
+    State(allowed): State<Option<Arc<Vec<String>>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match allowed.as_deref().and_then(|a| host_refused(a, &req)) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// The 403 for a request whose Host is not allowed: not one of `allowed` (`*` is any
+/// name), or, with `allowed` empty, not a loopback name.
+fn host_refused(allowed: &[String], req: &Request) -> Option<Response> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let ok = if allowed.is_empty() {
+        is_loopback_host(host)
+    } else {
+        let name = host_name(host);
+        allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+    };
+    (!ok).then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            1800,
+            format!("Host '{host}' is not allowed; add it to allowed_hosts (--allowed-hosts)"),
+        )
+        .into_response()
+    })
 }
 
 async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {

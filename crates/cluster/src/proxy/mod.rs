@@ -20,7 +20,6 @@ use crate::error::ClusterError;
 use crate::log::{Log, ShardId};
 use crate::meta::{Assignment, CollectionRecord, Meta, NodeInfo};
 use crate::node::{Record, MIN_SEQ_HEADER};
-use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -131,14 +130,30 @@ mod tempfile_dir {
 }
 
 fn need(body: &Value, key: &str) -> Result<String, ApiError> {
+    if let Some(v) = body.get(key).filter(|v| !v.is_string() && !v.is_null()) {
+        // Standalone's typed body refuses it the same way.
+        return Err(ApiError::bad_request(format!(
+            "malformed request JSON: '{key}' must be a string, not {v}"
+        )));
+    }
     match body
         .get(key)
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
     {
-        Some(s) if s.contains('/') => Err(ApiError::bad_request(format!(
-            "invalid '{key}' {s:?}: names hold letters, digits and '_'"
-        ))),
+        // A name is part of etcd keys and log subjects: one with '/' is refused with
+        // the message standalone gives for it.
+        Some(s) if s.contains('/') => {
+            let kind = match key {
+                "dbName" => "database",
+                "partitionName" => "partition",
+                _ => "collection",
+            };
+            Err(match magpie_engine::check_name(kind, s) {
+                Err(e) => e.into(),
+                Ok(()) => unreachable!("'/' is not a name character"),
+            })
+        }
         Some(s) => Ok(s.to_string()),
         None => Err(ApiError::bad_request(format!("missing '{key}'"))),
     }
@@ -290,7 +305,7 @@ impl Proxy {
     }
 
     /// Nodes that can serve reads of a shard: its query nodes (rotated), then its data node.
-    fn candidates(&self, id: ShardId) -> Vec<(String, String)> {
+    fn candidates(&self, id: ShardId, primary_only: bool) -> Vec<(String, String)> {
         let r = self.routes.read();
         let Some(a) = r.assigns.get(&id) else {
             return vec![];
@@ -298,6 +313,7 @@ impl Proxy {
         let mut v: Vec<(String, String)> = a
             .replicas
             .iter()
+            .filter(|_| !primary_only)
             .filter_map(|n| r.nodes.get(n).map(|addr| (n.clone(), addr.clone())))
             .collect();
         if !v.is_empty() {
@@ -486,6 +502,18 @@ impl Proxy {
         body: &Value,
         min_seq: u64,
     ) -> Result<Value, ApiError> {
+        self.shard_call_to(id, path, body, min_seq, false).await
+    }
+
+    /// As [`Proxy::shard_call`]; with `primary_only`, on the shard's data node only.
+    async fn shard_call_to(
+        &self,
+        id: ShardId,
+        path: &str,
+        body: &Value,
+        min_seq: u64,
+        primary_only: bool,
+    ) -> Result<Value, ApiError> {
         let mut last = format!("no node serves shard {id} yet (assignment pending)");
         let mut server_error: Option<ApiError> = None;
         // A shard being assigned or opened (a new collection, a node that died) is
@@ -500,7 +528,7 @@ impl Proxy {
                 let _ = self.refresh_routes().await;
                 tokio::time::sleep(Duration::from_millis((50 * attempt).min(500))).await;
             }
-            for (node, addr) in self.candidates(id) {
+            for (node, addr) in self.candidates(id, primary_only) {
                 let url = format!("{addr}/shard/{}/{}{path}", id.collection, id.shard);
                 let mut req = self.http.post(&url);
                 if let Some(t) = &self.token {
@@ -652,26 +680,17 @@ impl Proxy {
     }
 }
 
-/// `POST /v2/vectordb/{*path}` on a proxy.
+/// `POST /v2/vectordb/{*path}` on a proxy. The body goes through standalone's own
+/// extractor, so it is refused the same ways: not JSON, not an object, or sent without
+/// a JSON content type (which a page on another site could otherwise send unasked).
 pub async fn handle(
     State(proxy): State<Arc<Proxy>>,
     UrlPath(path): UrlPath<String>,
-    body: Bytes,
+    body: Result<magpie_server::api::Body<serde_json::Map<String, Value>>, ApiError>,
 ) -> Response {
-    let body: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => {
-                return ApiError::bad_request("the request body must be a JSON object")
-                    .into_response()
-            }
-            Err(e) => {
-                return ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-                    .into_response()
-            }
-        }
+    let body = match body {
+        Ok(b) => Value::Object(b.0),
+        Err(e) => return e.into_response(),
     };
     match proxy.dispatch(&path, body).await {
         Ok(v) => axum::Json(v).into_response(),

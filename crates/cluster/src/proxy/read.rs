@@ -2,6 +2,7 @@
 //! primary key, sums).
 
 use super::{call, err_of, need, pk_order, ApiResult, Proxy};
+use crate::log::ShardId;
 use crate::meta::{shard_of, CollectionRecord};
 use axum::http::StatusCode;
 use magpie_engine::engine::rerank::FunctionScore;
@@ -245,6 +246,41 @@ impl Proxy {
                 .map(|p| p["searchInfo"][key].as_u64().unwrap_or(0))
                 .sum();
             info.insert(key.into(), json!(n));
+        }
+        // A filter's counts, as one engine over all the shards' segments would give them.
+        let filtered: Vec<&Value> = parts
+            .iter()
+            .map(|p| &p["searchInfo"])
+            .filter(|i| i.get("filterRows").is_some())
+            .collect();
+        if !filtered.is_empty() {
+            let rows = |i: &Value| i["filterRows"].as_u64().unwrap_or(0);
+            let total: u64 = filtered.iter().map(|i| rows(i)).sum();
+            let passed: f64 = filtered
+                .iter()
+                .map(|i| (i["filterPassRatio"].as_f64().unwrap_or(0.0) * rows(i) as f64).round())
+                .sum();
+            let mut plans: BTreeMap<String, u64> = BTreeMap::new();
+            for i in &filtered {
+                for (plan, n) in i["filterPlans"].as_object().into_iter().flatten() {
+                    *plans.entry(plan.clone()).or_default() += n.as_u64().unwrap_or(0);
+                }
+            }
+            let cached: u64 = filtered
+                .iter()
+                .map(|i| i["filterCachedSegments"].as_u64().unwrap_or(0))
+                .sum();
+            info.insert(
+                "filterPassRatio".into(),
+                json!(if total > 0 {
+                    passed / total as f64
+                } else {
+                    0.0
+                }),
+            );
+            info.insert("filterRows".into(), json!(total));
+            info.insert("filterPlans".into(), json!(plans));
+            info.insert("filterCachedSegments".into(), json!(cached));
         }
         Ok(json!({"code": 0, "data": flat, "topks": topks, "searchInfo": info}))
     }
@@ -605,6 +641,20 @@ impl Proxy {
                 Consistency::Session,
             )
             .await?;
+        // The same from each shard's data node, where the builds run.
+        let built = futures_util::future::try_join_all((0..rec.shards).map(|s| {
+            let id = ShardId {
+                collection: rec.id,
+                shard: s,
+            };
+            let body = &body;
+            async move {
+                let min = self.barrier(id, Consistency::Session).await?;
+                self.shard_call_to(id, "/v2/vectordb/indexes/describe", body, min, true)
+                    .await
+            }
+        }))
+        .await?;
         let mut out = parts
             .first()
             .cloned()
@@ -641,31 +691,42 @@ impl Proxy {
                 {
                     ix["indexState"] = json!("InProgress");
                 }
+                // Data nodes build indexes; a query node serves one once it has reopened
+                // on the data node's flushed state. Until every shard's serving copy has
+                // indexed what its data node has, searches do not all use the index yet,
+                // so the index is not finished (right after a flush the serving copy
+                // still holds the rows as growing ones, and alone would say finished).
+                let behind = parts.iter().zip(&built).any(|(serving, built)| {
+                    let (s, b) = (&serving["data"][i], &built["data"][i]);
+                    b["indexState"] != json!("Finished")
+                        || s["indexedRows"].as_u64() < b["indexedRows"].as_u64()
+                });
+                if behind && ix["indexState"] == json!("Finished") {
+                    ix["indexState"] = json!("InProgress");
+                }
             }
         }
         Ok(out)
     }
 
     pub(super) async fn mirror_read(&self, path: &str, body: Value) -> ApiResult {
-        if let Ok(name) = need(&body, "collectionName") {
-            let rec = self.collection(&name).await?;
-            let (st, mut v) = call(&self.mirror_router, path, &body).await;
-            if !st.is_success() {
-                return Err(err_of(st, &v));
-            }
-            if path.ends_with("collections/describe") {
-                let aliases = self.aliases_of(&name).await?;
-                v["data"]["aliases"] = json!(aliases
-                    .iter()
-                    .map(|a| magpie_engine::split_qualified(a).1)
-                    .collect::<Vec<_>>());
-                v["data"]["shardsNum"] = json!(rec.shards);
-                v["data"]["collectionID"] = json!(rec.id);
-                v["data"]["replicaNumber"] = json!(rec.replicas);
-            }
-            return Ok(v);
+        let name = need(&body, "collectionName")?;
+        let rec = self.collection(&name).await?;
+        let (st, mut v) = call(&self.mirror_router, path, &body).await;
+        if !st.is_success() {
+            return Err(err_of(st, &v));
         }
-        Err(ApiError::bad_request("missing 'collectionName'"))
+        if path.ends_with("collections/describe") {
+            let aliases = self.aliases_of(&name).await?;
+            v["data"]["aliases"] = json!(aliases
+                .iter()
+                .map(|a| magpie_engine::split_qualified(a).1)
+                .collect::<Vec<_>>());
+            v["data"]["shardsNum"] = json!(rec.shards);
+            v["data"]["collectionID"] = json!(rec.id);
+            v["data"]["replicaNumber"] = json!(rec.replicas);
+        }
+        Ok(v)
     }
 }
 
