@@ -751,6 +751,17 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
             *h.stalled.lock() = None;
             return;
         }
+        let exists = st == StatusCode::CONFLICT
+            || (st == StatusCode::BAD_REQUEST
+                && rec.path.ends_with("/indexes/create")
+                && body.to_string().contains("already exists"));
+        if exists {
+            // "Already exists": a record replayed over state that has it (a shard opens
+            // from a catalog that already holds its indexes and partitions, then replays
+            // their records). The idempotence replay relies on, not a fault.
+            tracing::debug!(shard = %h.id, seq, path = %rec.path, "log record already applied ({body}); skipped");
+            return;
+        }
         if st.is_client_error() {
             tracing::warn!(shard = %h.id, seq, path = %rec.path, "log record rejected ({st}: {body}); skipped");
             return;
