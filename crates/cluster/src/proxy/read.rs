@@ -641,20 +641,28 @@ impl Proxy {
                 Consistency::Session,
             )
             .await?;
-        // The same from each shard's data node, where the builds run.
-        let built = futures_util::future::try_join_all((0..rec.shards).map(|s| {
+        // The same from each shard's data node, where the builds run. A data node that
+        // does not answer soon (it died; its shard is moving) leaves that shard's state
+        // to its serving copy rather than failing or holding up the describe.
+        let built: Vec<Value> = futures_util::future::join_all((0..rec.shards).map(|s| {
             let id = ShardId {
                 collection: rec.id,
                 shard: s,
             };
             let body = &body;
             async move {
-                let min = self.barrier(id, Consistency::Session).await?;
-                self.shard_call_to(id, "/v2/vectordb/indexes/describe", body, min, true)
+                let min = self.barrier(id, Consistency::Session).await.ok()?;
+                let call = self.shard_call_to(id, "/v2/vectordb/indexes/describe", body, min, true);
+                tokio::time::timeout(std::time::Duration::from_secs(2), call)
                     .await
+                    .ok()?
+                    .ok()
             }
         }))
-        .await?;
+        .await
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect();
         let mut out = parts
             .first()
             .cloned()
@@ -698,8 +706,9 @@ impl Proxy {
                 // still holds the rows as growing ones, and alone would say finished).
                 let behind = parts.iter().zip(&built).any(|(serving, built)| {
                     let (s, b) = (&serving["data"][i], &built["data"][i]);
-                    b["indexState"] != json!("Finished")
-                        || s["indexedRows"].as_u64() < b["indexedRows"].as_u64()
+                    !b.is_null()
+                        && (b["indexState"] != json!("Finished")
+                            || s["indexedRows"].as_u64() < b["indexedRows"].as_u64())
                 });
                 if behind && ix["indexState"] == json!("Finished") {
                     ix["indexState"] = json!("InProgress");
