@@ -421,16 +421,11 @@ pub async fn run(
     }
     // Standalone's DNS-rebinding guard, on every route: on a loopback address only
     // loopback Host names unless `--allowed-hosts` says otherwise.
-    let allowed_hosts = if cfg.allowed_hosts.is_empty() && !loopback {
-        None
-    } else {
-        Some(Arc::new(cfg.allowed_hosts.clone()))
-    };
     let app = app
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            allowed_hosts,
-            magpie_server::check_host_in,
+            magpie_server::host_guard(&cfg.allowed_hosts, loopback).map(Arc::new),
+            magpie_server::check_host,
         ));
     tracing::info!(node = %id, roles = ?cfg.roles, addr = %addr, "cluster node up");
     println!("listening on http://{local}");

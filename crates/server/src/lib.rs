@@ -258,23 +258,22 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-/// DNS-rebinding guard: a page on another site whose name resolves to this server still
-/// sends its own name in Host, which is refused.
-async fn check_host(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match st
-        .allowed_hosts
-        .as_deref()
-        .and_then(|a| host_refused(a, &req))
-    {
-        Some(refused) => refused,
-        None => next.run(req).await,
+/// Which Host names the DNS-rebinding guard accepts, from `--allowed-hosts` and whether
+/// the server listens on loopback: `None` accepts any (an empty list beyond loopback),
+/// an empty list only loopback names. One rule for standalone and cluster nodes.
+pub fn host_guard(allowed_hosts: &[String], loopback: bool) -> Option<Vec<String>> {
+    if allowed_hosts.is_empty() && !loopback {
+        None
+    } else {
+        Some(allowed_hosts.to_vec())
     }
 }
 
-/// [`check_host`] for routers without an [`AppState`] (cluster mode): a layer for
-/// `middleware::from_fn_with_state(allowed, check_host_in)`, where `allowed` is what
-/// [`AppState::allowed_hosts`] would hold.
-pub async fn check_host_in(
+/// DNS-rebinding guard: a page on another site whose name resolves to this server still
+/// sends its own name in Host, which is refused. A layer for
+/// `middleware::from_fn_with_state(allowed, check_host)`, `allowed` from [`host_guard`]
+/// in an `Arc`; standalone's router and every cluster node use it.
+pub async fn check_host(
     State(allowed): State<Option<Arc<Vec<String>>>>,
     req: Request,
     next: Next,
@@ -528,7 +527,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .layer(middleware::from_fn_with_state(
+            state.allowed_hosts.clone().map(Arc::new),
+            check_host,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -564,11 +566,7 @@ pub async fn serve(
             ))
         }
     };
-    let allowed_hosts = if cfg.allowed_hosts.is_empty() && !loopback {
-        None
-    } else {
-        Some(cfg.allowed_hosts.clone())
-    };
+    let allowed_hosts = host_guard(&cfg.allowed_hosts, loopback);
     magpie_embed::image::set_decode_budget(cfg.decode_memory_bytes);
     let data_dir = cfg.data_dir.clone();
     let mut ecfg = cfg.engine_config();

@@ -149,10 +149,11 @@ fn need(body: &Value, key: &str) -> Result<String, ApiError> {
                 "partitionName" => "partition",
                 _ => "collection",
             };
-            Err(match magpie_engine::check_name(kind, s) {
-                Err(e) => e.into(),
-                Ok(()) => unreachable!("'/' is not a name character"),
-            })
+            // `check_name` refuses every '/'; its message is the one standalone gives.
+            Err(magpie_engine::check_name(kind, s).err().map_or_else(
+                || ApiError::bad_request(format!("invalid {kind} name '{s}'")),
+                ApiError::from,
+            ))
         }
         Some(s) => Ok(s.to_string()),
         None => Err(ApiError::bad_request(format!("missing '{key}'"))),
