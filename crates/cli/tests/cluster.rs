@@ -102,14 +102,13 @@ impl Deps {
             .args(["serve", "--listen", "127.0.0.1:0", "--role", roles])
             .args(["--etcd", &self.etcd.url, "--log", &self.nats.url])
             .args(["--storage", &format!("s3://{}/magpie", self.s3.bucket)])
-            .args([
-                "--node-id",
-                name,
-                "--lease-ttl",
-                "2",
-                "--checkpoint-secs",
-                "0.5",
-            ])
+            .args(["--node-id", name, "--lease-ttl", "2"])
+            // 0.5 s unless `extra` sets it.
+            .args(if extra.contains(&"--checkpoint-secs") {
+                &[][..]
+            } else {
+                &["--checkpoint-secs", "0.5"][..]
+            })
             .arg("--data-dir")
             .arg(&data)
             .args(extra)
@@ -1633,6 +1632,94 @@ fn a_joining_data_node_takes_shards_over_without_losing_writes() {
             .all(|s| s["mode"] == "primary"),
         "{st}"
     );
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {}", p.name);
+}
+
+fn shard_status(p: &Proc) -> Option<Value> {
+    let st: Value = ureq::get(&format!("{}/node/status", p.url))
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_json()
+        .ok()?;
+    st["shards"].as_array()?.first().cloned()
+}
+
+/// A data node frozen (SIGSTOP) for longer than its lease loses its shard to another;
+/// when it resumes it still holds rows it never flushed and flushes them on its way
+/// out. S3 refuses that write (the new owner claimed the shard's manifest), so nothing
+/// the new owner wrote is replaced: a third data node, opening the shard from S3 and
+/// the log, finds every acknowledged row.
+#[test]
+fn a_frozen_data_node_that_resumes_cannot_overwrite_its_successor() {
+    let Some(d) = deps() else { return };
+    let p = d.node("p1", "proxy,coordinator");
+    // d1 checkpoints rarely: it holds its rows unflushed when it is frozen.
+    let d1 = d.node_with("d1", "data", &["--checkpoint-secs", "600"]);
+    let url = p.url.clone();
+    ok(
+        &url,
+        "collections/create",
+        json!({"collectionName": "c", "dimension": 8, "shardsNum": 1, "metricType": "L2"}),
+    );
+    insert(&url, 0..100).unwrap();
+    wait_for("d1 to apply 100 rows", || count(&url, "c") == Some(100));
+    assert_eq!(shard_status(&d1).unwrap()["checkpoint"], 0);
+    signal(&d1, "-STOP");
+    // The log is trimmed behind d2's checkpoints: a checkpoint moved back by d1 would
+    // point into a log that no longer holds the rows after it.
+    let trim = ["--log-retention-secs", "0"];
+    let d2 = d.node_with("d2", "data", &trim);
+    wait_for("d2 to own the shard", || {
+        shard_status(&d2).is_some_and(|s| s["mode"] == "primary")
+    });
+    // Two inserts, each checkpointed: the log keeps only what follows d2's last
+    // checkpoint, so the first of them is gone from it once d2 checkpointed the second.
+    for (n, rows) in [(150, 100..150), (200, 150..200)] {
+        insert(&url, rows).unwrap();
+        wait_for("d2 to checkpoint the insert", || {
+            count(&url, "c") == Some(n)
+                && shard_status(&d2).is_some_and(|s| s["checkpoint"] == s["applied"])
+        });
+    }
+    signal(&d1, "-CONT");
+    wait_for("d1's late flush to be refused", || {
+        d.log("d1").contains("fenced")
+    });
+    assert!(
+        d.log("d1").contains("by another writer (a newer owner)"),
+        "{}",
+        d.log("d1")
+    );
+    // The shard opened from S3 and the log on a third data node: every row.
+    drop(d2);
+    drop(d1);
+    let d3 = d.node_with("d3", "data", &trim);
+    wait_for("d3 to own the shard", || {
+        shard_status(&d3).is_some_and(|s| s["mode"] == "primary")
+    });
+    wait_for("all 200 rows on d3", || count(&url, "c").is_some());
+    assert_eq!(count(&url, "c"), Some(200));
+    let ids = ok(
+        &url,
+        "entities/query",
+        json!({"collectionName": "c", "filter": "id >= 0", "outputFields": ["id"], "limit": 1000, "consistencyLevel": "Strong"}),
+    );
+    let mut got: Vec<u64> = ids["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..200).collect::<Vec<u64>>());
 }
 
 /// Bounded reads see every write acknowledged longer ago than the staleness bound. With

@@ -13,6 +13,7 @@
 //! | `P/ckpt/{cid}/{shard}` | log sequence covered by the shard's flushed data in S3 | the shard's data node |
 //! | `P/indexes/{cid}/{shard}` | rows the shard's flushed segments have indexed (query nodes reopen when it changes) | the shard's data node |
 //! | `P/owner/{cid}/{shard}` | the data node allowed to write the shard's S3 prefix, attached to its lease; released once its engine is gone | the shard's data node |
+//! | `P/epoch/{cid}/{shard}` | the shard's owner epoch, incremented by each data node that opens it: S3 refuses the writes of every earlier owner (`magpie_objstore::fence`) | the shard's data node |
 //! | `P/coordinator` | the leader's node id, attached to its lease | coordinator election |
 //!
 //! A node's key vanishes when its lease expires (it died or lost etcd for longer than the

@@ -296,22 +296,55 @@ impl Node {
                 }
             }
         }
-        let opened = self.open_engine(id, primary, rec, dir, url, cfg).await;
+        let mut epoch = None;
+        if primary {
+            // This owner's epoch: S3 refuses the writes of any earlier owner from now on
+            // (`magpie_objstore::fence`), and its segment ids are its own.
+            match self.next_epoch(id).await {
+                Ok(e) => epoch = Some(e),
+                Err(e) => {
+                    release_owner(&self.meta, id, &self.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        let opened = self.open_engine(id, epoch, rec, dir, url, cfg).await;
         if opened.is_err() && primary {
             release_owner(&self.meta, id, &self.id).await;
         }
         opened
     }
 
+    /// Increments the shard's owner epoch in etcd (`P/epoch/{cid}/{k}`) and returns it.
+    async fn next_epoch(&self, id: ShardId) -> Result<u64> {
+        let key = format!("epoch/{}/{}", id.collection, id.shard);
+        for _ in 0..20 {
+            let (cur, rev) = self.meta.get::<u64>(&key).await?;
+            let next = cur.unwrap_or(0) + 1;
+            if self.meta.put_if(&key, &next, rev, None).await? {
+                return Ok(next);
+            }
+        }
+        Err(ClusterError::Unavailable(format!(
+            "shard {id}: its owner epoch in etcd kept changing"
+        )))
+    }
+
+    /// Opens the shard's engine: as its data node when `epoch` is given (the owner's,
+    /// from [`Node::next_epoch`]), else as a replica.
     async fn open_engine(
         self: &Arc<Self>,
         id: ShardId,
-        primary: bool,
+        epoch: Option<u64>,
         rec: &CollectionRecord,
         dir: PathBuf,
         url: String,
-        cfg: EngineConfig,
+        mut cfg: EngineConfig,
     ) -> Result<Arc<ShardHost>> {
+        let primary = epoch.is_some();
+        if let Some(epoch) = epoch {
+            cfg.first_segment_id = epoch << 32;
+        }
         let mode = if primary { "primary" } else { "replica" };
         let (ckpt, _) = self
             .meta
@@ -339,10 +372,9 @@ impl Node {
             };
             let base = magpie_objstore::ObjectStorage::open_s3(&url, &[], Some(cache))
                 .map_err(|e| ClusterError::Unavailable(format!("storage {url}: {e}")))?;
-            let store: Arc<dyn Storage> = if primary {
-                Arc::new(base)
-            } else {
-                Arc::new(Overlay::new(Arc::new(base)))
+            let store: Arc<dyn Storage> = match epoch {
+                Some(epoch) => Arc::new(magpie_objstore::Fenced::claim(Arc::new(base), epoch)?),
+                None => Arc::new(Overlay::new(Arc::new(base))),
             };
             Ok(Engine::open_with_storage(&dir.join("engine"), cfg, store)?)
         })

@@ -105,6 +105,11 @@ pub struct EngineConfig {
     /// shard: its proxy embeds each row once and logs the vector); never for one that
     /// takes users' rows, which must not supply a function's output.
     pub function_outputs_given: bool,
+    /// Segment ids this engine allocates start at least here. A cluster gives each
+    /// owner of a shard's storage a range of its own (`epoch << 32`), so a former owner
+    /// that is still running can never write or remove files under the new owner's
+    /// segment ids (`magpie_objstore::fence`).
+    pub first_segment_id: u64,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +133,7 @@ impl Default for EngineConfig {
             max_output_bytes: 64 << 20,
             prefetch_on_open: true,
             function_outputs_given: false,
+            first_segment_id: 0,
         }
     }
 }
@@ -469,7 +475,8 @@ impl Engine {
             let _ = store.delete_prefix(&p);
         }
         for meta in &catalog.collections {
-            let c = Collection::open(meta.clone(), store.clone(), &coll_prefix(meta.id))?;
+            let mut c = Collection::open(meta.clone(), store.clone(), &coll_prefix(meta.id))?;
+            c.next_segment_id = c.next_segment_id.max(config.first_segment_id);
             min_ts = min_ts.max(c.flushed_ts);
             for s in &c.segments {
                 min_ts = min_ts.max(s.ts.iter().copied().max().unwrap_or(0));
@@ -1085,7 +1092,8 @@ impl Engine {
             cat.collections.pop();
             return Err(e);
         }
-        let c = Collection::open(meta, self.store.clone(), &coll_prefix(id))?;
+        let mut c = Collection::open(meta, self.store.clone(), &coll_prefix(id))?;
+        c.next_segment_id = c.next_segment_id.max(self.config.first_segment_id);
         colls.insert(name.to_string(), Arc::new(RwLock::new(c)));
         Ok(())
     }

@@ -27,6 +27,11 @@
 //!
 //! One process at a time may use a prefix (as with a local data directory; the lock file
 //! is local, so running two servers on one prefix is the operator's mistake to avoid).
+//! In a cluster, where a shard's prefix changes hands between data nodes, [`Fenced`]
+//! makes the store itself refuse a former owner's writes (conditional PUTs, [`fence`]).
+
+pub mod fence;
+pub use fence::Fenced;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -429,6 +434,83 @@ impl ObjectStorage {
         let path = self.full(key);
         self.block(async move { store.get(&path).await?.bytes().await })
             .map_err(|e| self.err(key, e))
+    }
+}
+
+/// An object's version for a conditional put: its ETag as the server gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// The outcome of [`ObjectStorage::put_if`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutIf {
+    /// Written; the object's new version.
+    Written(Version),
+    /// Not written: the object is not at the expected version (or, for a create, it
+    /// exists).
+    Conflict,
+}
+
+impl ObjectStorage {
+    /// Reads `key` whole with its version, or `None` when it does not exist.
+    pub fn get_versioned(&self, key: &str) -> EResult<Option<(Vec<u8>, Version)>> {
+        check_key(key)?;
+        let store = self.store.clone();
+        let path = self.full(key);
+        let got = self.block(async move {
+            let r = store.get(&path).await?;
+            let etag = r.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((r.bytes().await?, etag))
+        });
+        match got {
+            Ok((bytes, Some(etag))) => Ok(Some((bytes.to_vec(), Version(etag)))),
+            Ok((_, None)) => Err(self.err(
+                key,
+                object_store::Error::NotSupported {
+                    source: "the store returned no ETag, which conditional writes need".into(),
+                },
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    /// Writes `key` only if it is still at version `expected`, or, with `None`, only if
+    /// it does not exist (S3's `If-Match` / `If-None-Match: *` on the PUT, checked by the
+    /// server, so two writers can never both succeed from the same version).
+    pub fn put_if(&self, key: &str, data: &[u8], expected: Option<&Version>) -> EResult<PutIf> {
+        check_key(key)?;
+        if let Some(c) = &self.cache {
+            c.forget(key);
+        }
+        let store = self.store.clone();
+        let path = self.full(key);
+        let payload = Bytes::copy_from_slice(data);
+        let mode = match expected {
+            None => object_store::PutMode::Create,
+            Some(v) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(v.0.clone()),
+                version: None,
+            }),
+        };
+        let opts = object_store::PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self.block(async move { store.put_opts(&path, payload.into(), opts).await }) {
+            Ok(r) => match r.e_tag {
+                Some(etag) => Ok(PutIf::Written(Version(etag))),
+                None => Err(self.err(
+                    key,
+                    object_store::Error::NotSupported {
+                        source: "the store returned no ETag for a conditional put".into(),
+                    },
+                )),
+            },
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(PutIf::Conflict),
+            Err(e) => Err(self.err(key, e)),
+        }
     }
 }
 

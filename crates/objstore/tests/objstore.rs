@@ -152,3 +152,14 @@ fn foreign_objects_and_bad_urls_are_refused() {
         ("s3://my-bucket".to_string(), "a/b".to_string())
     );
 }
+
+#[test]
+fn a_former_owner_of_a_prefix_is_fenced() {
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    common::a_former_owner_is_fenced(&|dir: &Path| {
+        Arc::new(
+            ObjectStorage::with_store(mem.clone(), "s3://b", "shard", cache(dir, 64 << 20))
+                .unwrap(),
+        )
+    });
+}

@@ -158,3 +158,21 @@ fn faults_between_magpie_and_the_bucket() {
     assert!(proxy.faults.chunks_delayed.load(SeqCst) > 0);
     assert_eq!((shared_answers(&e), count(&e)), before);
 }
+
+/// Conditional PUTs (`If-Match`, `If-None-Match: *`) as a real S3 server checks them:
+/// a data node that resumes after another took its shard's prefix over is fenced.
+#[test]
+fn a_former_owner_of_a_prefix_is_fenced_by_seaweedfs() {
+    let Some(s3) = magpie_testkit::seaweedfs("magpie-fence") else {
+        return;
+    };
+    let opts = s3.options();
+    let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::a_former_owner_is_fenced(&|dir: &Path| {
+        let cache = CacheConfig {
+            dir: dir.join("cache"),
+            max_bytes: 64 << 20,
+        };
+        Arc::new(ObjectStorage::open_s3("s3://magpie-fence/shard", &opts, Some(cache)).unwrap())
+    });
+}

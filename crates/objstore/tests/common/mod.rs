@@ -79,3 +79,82 @@ pub fn fill(e: &Engine) -> Value {
     assert!(e.wait_for_indexes("c", Duration::from_secs(120)).unwrap());
     answers(e)
 }
+
+fn count(e: &Engine, filter: &str) -> i64 {
+    let q = e
+        .query(
+            "c",
+            &QueryRequest {
+                filter: Some(filter.into()),
+                output_fields: vec!["count(*)".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    q[0]["count(*)"].as_i64().unwrap()
+}
+
+/// Two owners of one prefix (a cluster's data nodes when one is frozen past its lease
+/// and resumes after another took its shard over): the former owner, still running,
+/// can change nothing the new one wrote. `base` opens the store over a fresh local
+/// directory (each owner is another machine).
+pub fn a_former_owner_is_fenced(
+    base: &dyn Fn(&std::path::Path) -> std::sync::Arc<magpie_objstore::ObjectStorage>,
+) {
+    use magpie_engine::storage::Storage;
+    use magpie_objstore::{fence::epoch_of, Fenced};
+    use std::sync::Arc;
+    let open = |dir: &std::path::Path, epoch: u64| {
+        let cfg = EngineConfig {
+            first_segment_id: epoch << 32,
+            ..Default::default()
+        };
+        let f = Fenced::claim(base(dir), epoch).unwrap();
+        Engine::open_with_storage(dir, cfg, Arc::new(f)).unwrap()
+    };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let old = open(dirs[0].path(), 1);
+    old.create_collection("c", quick_schema(), Vec::new(), Consistency::Strong, "")
+        .unwrap();
+    old.insert("c", None, &rows(0..100)).unwrap();
+    old.flush("c").unwrap();
+
+    // A new owner takes the prefix over while the old one still runs.
+    let new = open(dirs[1].path(), 2);
+    assert_eq!(count(&new, "id >= 0"), 100);
+    new.insert("c", None, &rows(100..200)).unwrap();
+    new.flush("c").unwrap();
+    let store = base(dirs[3].path());
+    let manifest = store
+        .list("collections/")
+        .unwrap()
+        .into_iter()
+        .find(|k| k.ends_with("/manifest.json"))
+        .unwrap();
+    assert_eq!(epoch_of(&store.get(&manifest).unwrap()), Some(2));
+
+    // The old owner resumes: its flush is refused by the store, and from then on every
+    // write of it, the catalog's too.
+    old.insert("c", None, &rows(1000..1050)).unwrap();
+    let e = old.flush("c").unwrap_err().to_string();
+    assert!(
+        e.contains("fenced") && e.contains("manifest.json") && e.contains("newer owner"),
+        "{e}"
+    );
+    let e = old
+        .create_collection("d", quick_schema(), Vec::new(), Consistency::Strong, "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fenced"), "{e}");
+    assert_eq!(epoch_of(&store.get(&manifest).unwrap()), Some(2));
+
+    // What the new owner wrote is all there, and nothing of the fenced writes.
+    drop(new);
+    let third = open(dirs[2].path(), 3);
+    assert_eq!(count(&third, "id >= 0"), 200);
+    assert_eq!(count(&third, "id >= 1000"), 0);
+    assert!(third.list_collections().iter().all(|c| c != "d"));
+    third.insert("c", None, &rows(200..250)).unwrap();
+    third.flush("c").unwrap();
+    assert_eq!(count(&third, "id >= 0"), 250);
+}
