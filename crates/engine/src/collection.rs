@@ -296,14 +296,17 @@ impl Collection {
     }
 
     fn manifest_key(&self) -> String {
-        format!("{}manifest.json", self.prefix)
+        format!("{}{}", self.prefix, crate::storage::MANIFEST_FILE)
     }
 
     /// Opens a collection from its storage prefix (manifest + flushed segments).
     /// Segments of partitions that no longer exist, and segment files the manifest does
     /// not list (left by a crash mid-flush or mid-compaction), are removed.
     pub fn open(meta: CollectionMeta, store: Arc<dyn Storage>, prefix: &str) -> Result<Collection> {
-        let manifest = Manifest::load(&*store, &format!("{prefix}manifest.json"))?;
+        let manifest = Manifest::load(
+            &*store,
+            &format!("{prefix}{}", crate::storage::MANIFEST_FILE),
+        )?;
         let parts: HashSet<u64> = meta.partitions.iter().map(|p| p.id).collect();
         let mut segments = Vec::new();
         let mut listed = HashSet::new();

@@ -369,7 +369,7 @@ fn check_storage_identity(root: &Path, store: &dyn Storage) -> Result<()> {
 }
 
 /// The catalog's key in the engine's storage.
-const CATALOG_KEY: &str = "catalog.json";
+use crate::storage::CATALOG_KEY;
 
 /// Key prefix of collection `id`'s manifest and segments.
 fn coll_prefix(id: u64) -> String {

@@ -112,6 +112,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
     }
 }
 
+/// The key of the engine's catalog.
+pub const CATALOG_KEY: &str = "catalog.json";
+/// The file name of a collection's manifest, under the collection's prefix.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Whether the engine overwrites `key` in place: its catalog and the collections'
+/// manifests, the only keys it ever puts twice (segment and index files are new keys each
+/// time). A store that fences a former writer (`magpie_objstore::fence`) guards exactly
+/// these.
+pub fn rewritten_in_place(key: &str) -> bool {
+    key == CATALOG_KEY || key == MANIFEST_FILE || key.ends_with(&format!("/{MANIFEST_FILE}"))
+}
+
 /// Checks a key: relative, `/`-separated, no empty, `.` or `..` parts, no backslash. Every
 /// implementation calls it before touching its backing store.
 pub fn check_key(key: &str) -> Result<()> {

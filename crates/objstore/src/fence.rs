@@ -12,7 +12,7 @@
 //! # How
 //!
 //! The engine overwrites in place only its metadata: `catalog.json` and each
-//! collection's `manifest.json`, which name every segment and index file that counts
+//! collection's `manifest.json` (`magpie_engine::storage::rewritten_in_place`), which name every segment and index file that counts
 //! (new segment and index files are new keys, and a file no manifest names is removed at
 //! open). Those are the *guarded* keys. Every owner has an *epoch*, a number that grows
 //! with each change of owner (the cluster keeps it in etcd). Then:
@@ -44,7 +44,7 @@
 //! names it was put, which a fenced writer cannot do, or files of its own segment ids.
 
 use crate::{ObjectStorage, PutIf, Version};
-use magpie_engine::storage::{Blob, Storage};
+use magpie_engine::storage::{rewritten_in_place as is_guarded, Blob, Storage};
 use magpie_engine::EngineError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -52,11 +52,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 type EResult<T> = std::result::Result<T, EngineError>;
-
-/// Whether the engine overwrites `key` in place (its catalog and manifests).
-pub fn is_guarded(key: &str) -> bool {
-    key == "catalog.json" || key == "manifest.json" || key.ends_with("/manifest.json")
-}
 
 /// The owner mark appended to a guarded value: JSON whitespace that spells `epoch`.
 fn mark(epoch: u64) -> Vec<u8> {
@@ -113,11 +108,6 @@ impl Fenced {
             }
         }
         Ok(f)
-    }
-
-    /// This owner's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     /// Why this writer is fenced, if it is.

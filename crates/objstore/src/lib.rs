@@ -475,10 +475,14 @@ impl ObjectStorage {
         }
     }
 
-    /// Writes `key` only if it is still at version `expected`, or, with `None`, only if
-    /// it does not exist (S3's `If-Match` / `If-None-Match: *` on the PUT, checked by the
-    /// server, so two writers can never both succeed from the same version).
-    pub fn put_if(&self, key: &str, data: &[u8], expected: Option<&Version>) -> EResult<PutIf> {
+    /// One PUT of `data` at `key` with `opts`: the key's cache entry is dropped first.
+    /// The outer error is a bad key; the inner one the store's answer.
+    fn put_opts(
+        &self,
+        key: &str,
+        data: &[u8],
+        opts: object_store::PutOptions,
+    ) -> EResult<Result<object_store::PutResult, object_store::Error>> {
         check_key(key)?;
         if let Some(c) = &self.cache {
             c.forget(key);
@@ -486,6 +490,13 @@ impl ObjectStorage {
         let store = self.store.clone();
         let path = self.full(key);
         let payload = Bytes::copy_from_slice(data);
+        Ok(self.block(async move { store.put_opts(&path, payload.into(), opts).await }))
+    }
+
+    /// Writes `key` only if it is still at version `expected`, or, with `None`, only if
+    /// it does not exist (S3's `If-Match` / `If-None-Match: *` on the PUT, checked by the
+    /// server, so two writers can never both succeed from the same version).
+    pub fn put_if(&self, key: &str, data: &[u8], expected: Option<&Version>) -> EResult<PutIf> {
         let mode = match expected {
             None => object_store::PutMode::Create,
             Some(v) => object_store::PutMode::Update(object_store::UpdateVersion {
@@ -497,7 +508,7 @@ impl ObjectStorage {
             mode,
             ..Default::default()
         };
-        match self.block(async move { store.put_opts(&path, payload.into(), opts).await }) {
+        match self.put_opts(key, data, opts)? {
             Ok(r) => match r.e_tag {
                 Some(etag) => Ok(PutIf::Written(Version(etag))),
                 None => Err(self.err(
@@ -516,14 +527,7 @@ impl ObjectStorage {
 
 impl Storage for ObjectStorage {
     fn put(&self, key: &str, data: &[u8]) -> EResult<()> {
-        check_key(key)?;
-        if let Some(c) = &self.cache {
-            c.forget(key);
-        }
-        let store = self.store.clone();
-        let path = self.full(key);
-        let payload = Bytes::copy_from_slice(data);
-        self.block(async move { store.put(&path, payload.into()).await })
+        self.put_opts(key, data, Default::default())?
             .map(|_| ())
             .map_err(|e| self.err(key, e))
     }
