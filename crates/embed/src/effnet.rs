@@ -9,7 +9,8 @@
 //! convolutions at load.
 //!
 //! Feature maps are kept channels-last (HWC): 1×1 convolutions are then one matrix
-//! product (`magpie_linalg::matmul`) and depthwise convolutions vectorise over channels.
+//! product (`magpie_linalg::Conv1x1`, which also applies the bias, ReLU6 and the
+//! residual before it stores) and depthwise convolutions vectorise over channels.
 //! Everything runs on the calling thread; callers run one image per thread.
 
 use crate::torch::TensorF32;
@@ -80,13 +81,8 @@ fn recycle(x: Fm) {
     SCRATCH.with(|s| s.borrow_mut().push(x.data));
 }
 
-/// 1×1 convolution with folded BatchNorm: `w` is `cin × cout` (row-major).
-struct Pointwise {
-    cin: usize,
-    cout: usize,
-    w: Vec<f32>,
-    b: Vec<f32>,
-}
+/// 1×1 convolution with folded BatchNorm (weights packed for the kernel).
+struct Pointwise(magpie_linalg::Conv1x1);
 
 /// Depthwise k×k convolution with folded BatchNorm: `w` is `k·k × c` (tap-major).
 struct Depthwise {
@@ -106,8 +102,7 @@ struct Block {
 
 /// The loaded network. Immutable after load, so one instance serves many threads.
 pub struct Lite0 {
-    stem_w: Vec<f32>, // 27 × 32, rows in (ky, kx, ci) order
-    stem_b: Vec<f32>,
+    stem: magpie_linalg::Conv1x1, // 27 × 32, rows in (ky, kx, ci) order
     blocks: Vec<Block>,
     head: Pointwise,
     fc_w: Vec<f32>, // 1280 × 1000
@@ -172,35 +167,30 @@ impl Weights {
                 t[ci * cout + co] = w[co * cin + ci] * scale[co];
             }
         }
-        Ok(Pointwise {
-            cin,
-            cout,
-            w: t,
-            b: shift,
-        })
+        Ok(Pointwise(magpie_linalg::Conv1x1::new(
+            &t, &shift, cin, cout,
+        )))
     }
 }
 
 impl Pointwise {
-    fn forward(&self, x: &Fm, act: bool) -> Fm {
-        debug_assert_eq!(x.c, self.cin);
-        let hw = x.h * x.w;
-        let mut out = scratch(hw * self.cout);
-        // Without accumulate the product overwrites the recycled contents.
-        magpie_linalg::matmul(x.px(), &self.w, &mut out, hw, self.cin, self.cout, false);
-        // Bias (and ReLU6) in one pass over the product.
-        for px in out[..hw * self.cout].chunks_exact_mut(self.cout) {
-            for (v, b) in px.iter_mut().zip(&self.b) {
-                *v += b;
-                if act {
-                    *v = v.clamp(0.0, 6.0);
-                }
-            }
-        }
+    /// The convolution, its bias, ReLU6 when `act`, and `residual` (a map of the output's
+    /// shape) added last, all in one pass: the kernel overwrites the recycled buffer.
+    fn forward(&self, x: &Fm, act: bool, residual: Option<&Fm>) -> Fm {
+        debug_assert_eq!(x.c, self.0.k());
+        let (hw, cout) = (x.h * x.w, self.0.n());
+        let mut out = scratch(hw * cout);
+        let (lo, hi) = if act {
+            (0.0, 6.0)
+        } else {
+            (f32::NEG_INFINITY, f32::INFINITY)
+        };
+        self.0
+            .forward(x.px(), hw, lo, hi, residual.map(Fm::px), &mut out);
         Fm {
             h: x.h,
             w: x.w,
-            c: self.cout,
+            c: cout,
             data: out,
         }
     }
@@ -318,8 +308,7 @@ impl Lite0 {
             }
         }
         Ok(Self {
-            stem_w,
-            stem_b,
+            stem: magpie_linalg::Conv1x1::new(&stem_w, &stem_b, 27, 32),
             blocks,
             head,
             fc_w,
@@ -447,12 +436,7 @@ impl Lite0 {
             }
         }
         let mut stem = scratch(oh * ow * 32);
-        magpie_linalg::matmul(&cols, &self.stem_w, &mut stem, oh * ow, 27, 32, false);
-        for px in stem[..oh * ow * 32].chunks_exact_mut(32) {
-            for (v, b) in px.iter_mut().zip(&self.stem_b) {
-                *v = (*v + b).clamp(0.0, 6.0);
-            }
-        }
+        self.stem.forward(&cols, oh * ow, 0.0, 6.0, None, &mut stem);
         let mut x = Fm {
             h: oh,
             w: ow,
@@ -462,24 +446,18 @@ impl Lite0 {
         for b in &self.blocks {
             let h = match &b.expand {
                 Some(e) => {
-                    let wide = e.forward(&x, true);
+                    let wide = e.forward(&x, true, None);
                     let h = b.dw.forward(&wide);
                     recycle(wide);
                     h
                 }
                 None => b.dw.forward(&x),
             };
-            let mut y = b.project.forward(&h, false);
+            let y = b.project.forward(&h, false, b.residual.then_some(&x));
             recycle(h);
-            if b.residual {
-                let n = y.px().len();
-                for (o, i) in y.data[..n].iter_mut().zip(x.px()) {
-                    *o += i;
-                }
-            }
             recycle(std::mem::replace(&mut x, y));
         }
-        let head = self.head.forward(&x, true);
+        let head = self.head.forward(&x, true, None);
         recycle(x);
         let hw = head.h * head.w;
         let mut feature = vec![0f32; FEATURE_DIM];

@@ -14,6 +14,8 @@
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 use std::sync::OnceLock;
 
@@ -48,12 +50,19 @@ fn kernels() -> &'static Kernels {
             {
                 let f16c = is_x86_feature_detected!("f16c");
                 let popcnt = is_x86_feature_detected!("popcnt");
+                // AVX-512F is used by the convolution kernels only; the distance kernels
+                // stay on AVX2 (not measured with zmm registers).
+                let avx512 = is_x86_feature_detected!("avx512f");
                 return Kernels {
                     dot: x86_avx2::dot_checked,
                     l2_sq: x86_avx2::l2_sq_checked,
                     sq8_l2: x86_avx2::sq8_l2_checked,
                     sq8_dot: x86_avx2::sq8_dot_checked,
-                    depthwise_row: x86_avx2::depthwise_row_checked,
+                    depthwise_row: if avx512 {
+                        x86_avx512::depthwise_row_checked
+                    } else {
+                        x86_avx2::depthwise_row_checked
+                    },
                     dot_half: if f16c {
                         x86_avx2::dot_half_checked
                     } else {
@@ -74,7 +83,11 @@ fn kernels() -> &'static Kernels {
                     } else {
                         scalar::hamming
                     },
-                    name: "avx2+fma",
+                    name: if avx512 {
+                        "avx2+fma+avx512f"
+                    } else {
+                        "avx2+fma"
+                    },
                 };
             }
         }
@@ -93,7 +106,7 @@ fn kernels() -> &'static Kernels {
     })
 }
 
-/// Name of the kernel set in use ("avx2+fma" or "scalar"); reported by `magpie bench`
+/// Name of the kernel set in use ("avx2+fma+avx512f", "avx2+fma" or "scalar"); reported by `magpie bench`
 /// and the server's `/metrics`.
 pub fn active_isa() -> &'static str {
     kernels().name
@@ -395,6 +408,154 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize,
     }
 }
 
+/// Whether [`Conv1x1`] runs the AVX-512F kernel (else [`matmul`] and one pass for the
+/// epilogue). Decided once, like the other kernels; `MAGPIE_FORCE_SCALAR` turns it off.
+fn conv1x1_avx512() -> bool {
+    static A: OnceLock<bool> = OnceLock::new();
+    *A.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("MAGPIE_FORCE_SCALAR").is_none()
+                && std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// A 1×1 convolution (channels-last), or any product of many rows with one fixed
+/// weight matrix followed by a bias, a clamp and an optional residual:
+///
+/// `out[i][j] = clamp(bias[j] + Σₖ x[i][k]·w[k][j], lo, hi) + residual[i][j]`
+///
+/// The weights are packed once, at construction, into the layout the kernel streams:
+/// panels of 32 output columns, each holding all `k` rows, zero-padded to 16 or 32
+/// columns and 64-byte aligned. The AVX-512F kernel applies the bias, the clamp and the
+/// residual to its accumulators before it stores them, so the output is written once
+/// and never re-read. Without AVX-512F the weights stay row-major and [`matmul`] runs,
+/// followed by one pass for the epilogue. Results match [`scalar::conv1x1`] to rounding
+/// (the order of the additions differs).
+pub struct Conv1x1 {
+    k: usize,
+    n: usize,
+    /// Panel layout from `off` on (AVX-512F), else the row-major `k × n` weights.
+    w: Vec<f32>,
+    off: usize,
+    /// Bias padded with zeros to whole panels.
+    bias: Vec<f32>,
+    panels: bool,
+}
+
+impl Conv1x1 {
+    /// Packs `w` (row-major `k × n`: input channel by output channel) and `bias` (`n`).
+    ///
+    /// # Panics
+    /// If `w` or `bias` is shorter than its shape.
+    pub fn new(w: &[f32], bias: &[f32], k: usize, n: usize) -> Self {
+        assert!(
+            w.len() >= k * n,
+            "Conv1x1: weights have {} < {k}×{n}",
+            w.len()
+        );
+        assert!(bias.len() >= n, "Conv1x1: bias has {} < {n}", bias.len());
+        let mut bias = bias[..n].to_vec();
+        if !conv1x1_avx512() || n == 0 {
+            return Self {
+                k,
+                n,
+                w: w[..k * n].to_vec(),
+                off: 0,
+                bias,
+                panels: false,
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use x86_avx512::{panel_offset, panel_width, NR};
+            let panels = n.div_ceil(NR);
+            bias.resize(panels * NR, 0.0);
+            let len = panel_offset(n, k, panels);
+            // 16 spare floats so that the packed data can start on a 64-byte boundary.
+            let mut data = vec![0f32; len + 16];
+            let off = (64 - data.as_ptr() as usize % 64) % 64 / 4;
+            for q in 0..panels {
+                let (j0, wq) = (q * NR, panel_width(n, q));
+                let cols = (n - j0).min(wq);
+                let panel = &mut data[off + panel_offset(n, k, q)..][..k * wq];
+                for (kk, dst) in panel.chunks_exact_mut(wq).enumerate() {
+                    dst[..cols].copy_from_slice(&w[kk * n + j0..][..cols]);
+                }
+            }
+            Self {
+                k,
+                n,
+                w: data,
+                off,
+                bias,
+                panels: true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("AVX-512F is only detected on x86_64")
+    }
+
+    /// Input channels.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Output channels.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Runs the convolution on `m` rows: `x` is `m × k`, `out` (and `residual`) `m × n`,
+    /// all row-major. The previous contents of `out` are never read. `lo`/`hi` are the
+    /// clamp (ReLU6: 0 and 6; ±∞ for none); the residual is added after the clamp.
+    ///
+    /// # Panics
+    /// If a slice is shorter than its shape.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        lo: f32,
+        hi: f32,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let (k, n) = (self.k, self.n);
+        assert!(lo <= hi, "Conv1x1: clamp {lo}..{hi} is empty or NaN");
+        assert!(x.len() >= m * k, "Conv1x1: input has {} < {m}×{k}", x.len());
+        assert!(
+            out.len() >= m * n,
+            "Conv1x1: output has {} < {m}×{n}",
+            out.len()
+        );
+        assert!(
+            residual.is_none_or(|r| r.len() >= m * n),
+            "Conv1x1: residual shorter than {m}×{n}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.panels {
+            let w = &self.w[self.off..];
+            return x86_avx512::conv1x1_checked(x, m, k, n, w, &self.bias, lo, hi, residual, out);
+        }
+        matmul(x, &self.w, out, m, k, n, false);
+        let out = &mut out[..m * n];
+        for row in out.chunks_exact_mut(n.max(1)) {
+            for (o, b) in row.iter_mut().zip(&self.bias) {
+                *o = (*o + b).clamp(lo, hi);
+            }
+        }
+        if let Some(r) = residual {
+            out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,7 +772,7 @@ mod tests {
         /// against scalar, over odd widths, strides, paddings and channel counts (tails).
         #[test]
         fn depthwise_row_simd_matches_scalar(
-            c in 1usize..40, k in prop::sample::select(vec![1usize, 2, 3, 5, 7]),
+            c in 1usize..80, k in prop::sample::select(vec![1usize, 2, 3, 5, 7]),
             stride in 1usize..3, in_w in 1usize..20, pad in 0usize..4, skip in any::<u8>(),
             seed in any::<u64>(),
         ) {
@@ -652,6 +813,46 @@ mod tests {
                 for i in 0..simd.len() { prop_assert!((simd[i] - want[i]).abs() < 1e-4, "{i}: {} vs {}", simd[i], want[i]); }
             }
             for i in 0..got.len() { prop_assert!((got[i] - want[i]).abs() < 1e-4); }
+        }
+
+        #[test]
+        fn conv1x1_matches_the_reference(
+            m in 0usize..40, k in 0usize..600, n in 1usize..80,
+            act in any::<bool>(), res in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let mut s = seed | 1;
+            let mut r = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % 2000) as f32 / 500.0 - 2.0 };
+            let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| r()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| r()).collect();
+            let residual: Vec<f32> = (0..m * n).map(|_| r()).collect();
+            let residual = res.then_some(residual.as_slice());
+            let (lo, hi) = if act { (0.0, 6.0) } else { (f32::NEG_INFINITY, f32::INFINITY) };
+            let mut want = vec![0f32; m * n];
+            scalar::conv1x1(&x, m, k, n, &w, &bias, lo, hi, residual, &mut want);
+            // The scalar reference against an f64 sum, with a bound on f32 rounding.
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut acc, mut mag) = (bias[j] as f64, bias[j].abs() as f64);
+                    for kk in 0..k {
+                        let t = x[i * k + kk] as f64 * w[kk * n + j] as f64;
+                        acc += t;
+                        mag += t.abs();
+                    }
+                    let acc = acc.clamp(lo as f64, hi as f64) + residual.map_or(0.0, |r| r[i * n + j] as f64);
+                    prop_assert!((want[i * n + j] as f64 - acc).abs() <= 1e-5 * (mag + 1.0));
+                }
+            }
+            let conv = Conv1x1::new(&w, &bias, k, n);
+            prop_assert_eq!((conv.k(), conv.n()), (k, n));
+            // NaN in the output buffer: the kernel must not read it.
+            let mut got = vec![f32::NAN; m * n + 3];
+            conv.forward(&x, m, lo, hi, residual, &mut got);
+            for i in 0..m * n {
+                let tol = 1e-5 * (k as f32 * 4.0 + 2.0);
+                prop_assert!((got[i] - want[i]).abs() <= tol, "{i}: {} vs {}", got[i], want[i]);
+            }
+            prop_assert!(got[m * n..].iter().all(|v| v.is_nan()), "wrote past m×n");
         }
     }
 }

@@ -232,3 +232,29 @@ pub fn and_or_counts(a: &[u8], b: &[u8]) -> (u32, u32) {
     }
     (and, or)
 }
+
+/// Reference for [`crate::Conv1x1::forward`]: `out[i][j] = clamp(bias[j] + Σₖ x[i][k]·w[k][j],
+/// lo, hi) + residual[i][j]`, with `w` row-major `k × n`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1x1(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    bias: &[f32],
+    lo: f32,
+    hi: f32,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = bias[j];
+            for kk in 0..k {
+                acc += x[i * k + kk] * w[kk * n + j];
+            }
+            out[i * n + j] = acc.clamp(lo, hi) + residual.map_or(0.0, |r| r[i * n + j]);
+        }
+    }
+}

@@ -280,102 +280,115 @@ unsafe fn depthwise_row_k<const K: usize>(
     }
 }
 
-/// Channels `cb..cb + 8·V` of one depthwise output row: the weights of one kernel row
-/// stay in registers while the output row is swept.
-///
-/// # Safety
-/// As [`depthwise_row_k`], and `cb + 8·V <= g.c`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn depthwise_block<const K: usize, const V: usize>(
-    g: &crate::DepthwiseRow,
-    out: &mut [f32],
-    bias: &[f32],
-    rows: &[Option<&[f32]>],
-    w: &[f32],
-    cb: usize,
-) {
-    let (c, s, pl) = (g.c, g.stride, g.pad_left);
-    let po = out.as_mut_ptr();
-    // Every pointer below is p + i·c + cb + 8·v with i < out_w (out), i < in_w (a row) or
-    // i < K·K (w), and v < V; with cb + 8·V <= c that stays inside the slice.
-    let mut b = [_mm256_setzero_ps(); V];
-    for (v, bv) in b.iter_mut().enumerate() {
-        *bv = unsafe { _mm256_loadu_ps(bias.as_ptr().add(cb + 8 * v)) };
-    }
-    let (lo, hi) = (_mm256_set1_ps(g.lo), _mm256_set1_ps(g.hi));
-    // The first input row's sweep starts from the bias and the last one's clamps, so the
-    // output is written once per input row and never needs a pass of its own.
-    let valid = rows.iter().filter(|r| r.is_some()).count();
-    if valid == 0 {
-        for ox in 0..g.out_w {
-            for (v, bv) in b.iter().enumerate() {
-                let y = _mm256_min_ps(_mm256_max_ps(*bv, lo), hi);
-                unsafe { _mm256_storeu_ps(po.add(ox * c + cb + 8 * v), y) };
+/// Defines the depthwise block kernel for one vector width (AVX2 here, AVX-512F in
+/// `x86_avx512.rs`), so that the two share one body: `$lanes` f32 per vector and the
+/// intrinsics of that width.
+macro_rules! depthwise_block_kernel {
+    ($vis:vis $name:ident, $feat:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident,
+     $set1:ident, $fma:ident, $min:ident, $max:ident) => {
+        /// Channels `cb..cb + lanes·V` of one depthwise output row: the weights of one kernel row
+        /// stay in registers while the output row is swept.
+        ///
+        /// # Safety
+        /// As [`depthwise_row_k`], and `cb + lanes·V <= g.c`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        $vis unsafe fn $name<const K: usize, const V: usize>(
+            g: &crate::DepthwiseRow,
+            out: &mut [f32],
+            bias: &[f32],
+            rows: &[Option<&[f32]>],
+            w: &[f32],
+            cb: usize,
+        ) {
+            let (c, s, pl) = (g.c, g.stride, g.pad_left);
+            let po = out.as_mut_ptr();
+            // Every pointer below is p + i·c + cb + lanes·v with i < out_w (out), i < in_w (a row) or
+            // i < K·K (w), and v < V; with cb + lanes·V <= c that stays inside the slice.
+            let mut b = [$zero(); V];
+            for (v, bv) in b.iter_mut().enumerate() {
+                *bv = unsafe { $load(bias.as_ptr().add(cb + $lanes * v)) };
             }
-        }
-        return;
-    }
-    // Output columns whose K taps all lie inside the input row.
-    let first_full = pl.div_ceil(s);
-    let end_full = if g.in_w + pl >= K {
-        ((g.in_w + pl - K) / s + 1).min(g.out_w)
-    } else {
-        0
-    };
-    let mut seen = 0;
-    for (ky, row) in rows.iter().enumerate() {
-        let Some(row) = row else { continue };
-        seen += 1;
-        let (first, last) = (seen == 1, seen == valid);
-        let pr = row.as_ptr();
-        let mut wv = [[_mm256_setzero_ps(); V]; K];
-        for (kx, wk) in wv.iter_mut().enumerate() {
-            for (v, x) in wk.iter_mut().enumerate() {
-                *x = unsafe { _mm256_loadu_ps(w.as_ptr().add((ky * K + kx) * c + cb + 8 * v)) };
-            }
-        }
-        for ox in 0..g.out_w {
-            let pout = unsafe { po.add(ox * c + cb) };
-            let mut acc = b;
-            if !first {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = unsafe { _mm256_loadu_ps(pout.add(8 * v)) };
-                }
-            }
-            if ox >= first_full && ox < end_full {
-                // ox·s − pl + K − 1 < in_w here.
-                let base = unsafe { pr.add((ox * s - pl) * c + cb) };
-                for (kx, wk) in wv.iter().enumerate() {
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        let x = unsafe { _mm256_loadu_ps(base.add(kx * c + 8 * v)) };
-                        *a = _mm256_fmadd_ps(x, wk[v], *a);
+            let (lo, hi) = ($set1(g.lo), $set1(g.hi));
+            // The first input row's sweep starts from the bias and the last one's clamps, so the
+            // output is written once per input row and never needs a pass of its own.
+            let valid = rows.iter().filter(|r| r.is_some()).count();
+            if valid == 0 {
+                for ox in 0..g.out_w {
+                    for (v, bv) in b.iter().enumerate() {
+                        let y = $min($max(*bv, lo), hi);
+                        unsafe { $store(po.add(ox * c + cb + $lanes * v), y) };
                     }
                 }
+                return;
+            }
+            // Output columns whose K taps all lie inside the input row.
+            let first_full = pl.div_ceil(s);
+            let end_full = if g.in_w + pl >= K {
+                ((g.in_w + pl - K) / s + 1).min(g.out_w)
             } else {
-                for (kx, wk) in wv.iter().enumerate() {
-                    let ix = ox * s + kx;
-                    if ix < pl || ix - pl >= g.in_w {
-                        continue;
+                0
+            };
+            let mut seen = 0;
+            for (ky, row) in rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                seen += 1;
+                let (first, last) = (seen == 1, seen == valid);
+                let pr = row.as_ptr();
+                let mut wv = [[$zero(); V]; K];
+                for (kx, wk) in wv.iter_mut().enumerate() {
+                    for (v, x) in wk.iter_mut().enumerate() {
+                        *x = unsafe { $load(w.as_ptr().add((ky * K + kx) * c + cb + $lanes * v)) };
                     }
-                    let base = unsafe { pr.add((ix - pl) * c + cb) };
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        let x = unsafe { _mm256_loadu_ps(base.add(8 * v)) };
-                        *a = _mm256_fmadd_ps(x, wk[v], *a);
+                }
+                for ox in 0..g.out_w {
+                    let pout = unsafe { po.add(ox * c + cb) };
+                    let mut acc = b;
+                    if !first {
+                        for (v, a) in acc.iter_mut().enumerate() {
+                            *a = unsafe { $load(pout.add($lanes * v)) };
+                        }
+                    }
+                    if ox >= first_full && ox < end_full {
+                        // ox·s − pl + K − 1 < in_w here.
+                        let base = unsafe { pr.add((ox * s - pl) * c + cb) };
+                        for (kx, wk) in wv.iter().enumerate() {
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                let x = unsafe { $load(base.add(kx * c + $lanes * v)) };
+                                *a = $fma(x, wk[v], *a);
+                            }
+                        }
+                    } else {
+                        for (kx, wk) in wv.iter().enumerate() {
+                            let ix = ox * s + kx;
+                            if ix < pl || ix - pl >= g.in_w {
+                                continue;
+                            }
+                            let base = unsafe { pr.add((ix - pl) * c + cb) };
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                let x = unsafe { $load(base.add($lanes * v)) };
+                                *a = $fma(x, wk[v], *a);
+                            }
+                        }
+                    }
+                    for (v, a) in acc.iter().enumerate() {
+                        let y = if last {
+                            $min($max(*a, lo), hi)
+                        } else {
+                            *a
+                        };
+                        unsafe { $store(pout.add($lanes * v), y) };
                     }
                 }
             }
-            for (v, a) in acc.iter().enumerate() {
-                let y = if last {
-                    _mm256_min_ps(_mm256_max_ps(*a, lo), hi)
-                } else {
-                    *a
-                };
-                unsafe { _mm256_storeu_ps(pout.add(8 * v), y) };
-            }
         }
-    }
+    };
 }
+pub(crate) use depthwise_block_kernel;
+
+depthwise_block_kernel!(pub(crate) depthwise_block, "avx2,fma", 8, _mm256_setzero_ps,
+    _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_min_ps,
+    _mm256_max_ps);
 
 /// Eight half-precision values widened to f32 lanes (binary16 through F16C, bfloat16 by
 /// a 16-bit shift).
