@@ -1199,12 +1199,16 @@ fn index_build_concurrent_with_inserts_and_searches() {
     let p = &e.index_progress("c", None).unwrap()[0];
     assert_eq!(p.state, "Finished");
     assert_eq!(p.indexed_rows, 12000, "{p:?}");
-    // Every row is reachable in its segment's graph: with ef at the collection's size
-    // the search explores the whole connected graph, so a miss means a row left out of
-    // it. (At ef 64 with M 8, a self-search on these tight clusters missed once in CI
-    // and never in 36 runs here; with ef this large a miss is a lost row, not the
-    // approximation.)
-    for i in (0..12000).step_by(997) {
+    // No row was left out of its segment's graph. With ef at the collection's size a
+    // search explores the whole part of each graph that its entry point reaches, so a
+    // row left out of a graph is never found. HNSW itself does not promise that every
+    // node is reachable: pruning can leave a node without in-links. With M 8 on these
+    // clusters, 0 to 3 of the 325 sampled rows were unreachable in five runs (each still
+    // found by an exact search on its id), and one of an earlier 13-row sample missed
+    // once in CI. So up to 2 % may miss; a lost insert batch (500 rows, 4 % of the data)
+    // or a lost segment would miss far more, and every missed row must still exist.
+    let mut misses = Vec::new();
+    for i in (0..12000).step_by(37) {
         let r = SearchRequest {
             vectors: vec![data[i].clone()],
             limit: 1,
@@ -1214,8 +1218,28 @@ fn index_build_concurrent_with_inserts_and_searches() {
             },
             ..Default::default()
         };
-        assert_eq!(ids(&e.search("c", &r).unwrap()[0]), vec![i as i64]);
+        if ids(&e.search("c", &r).unwrap()[0]) != vec![i as i64] {
+            misses.push(i);
+        }
     }
+    // Every sampled row is in the collection: an exact search restricted to its id.
+    for &i in &misses {
+        let r = SearchRequest {
+            vectors: vec![data[i].clone()],
+            limit: 1,
+            filter: Some(format!("id == {i}")),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(&e.search("c", &r).unwrap()[0]),
+            vec![i as i64],
+            "row {i} is gone"
+        );
+    }
+    assert!(
+        misses.len() <= 6,
+        "rows not reachable in their graphs: {misses:?}"
+    );
 }
 
 #[test]
