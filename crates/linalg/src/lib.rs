@@ -106,8 +106,8 @@ fn kernels() -> &'static Kernels {
     })
 }
 
-/// Name of the kernel set in use ("avx2+fma+avx512f", "avx2+fma" or "scalar"); reported by `magpie bench`
-/// and the server's `/metrics`.
+/// Name of the kernel set in use ("avx2+fma+avx512f", "avx2+fma" or "scalar"); reported
+/// by `magpie bench` and the server's `/metrics`.
 pub fn active_isa() -> &'static str {
     kernels().name
 }
