@@ -349,13 +349,26 @@ pub fn depthwise_row(
         g.k
     );
     assert!(
-        out.len() >= g.out_w * g.c
-            && bias.len() >= g.c
-            && w.len() >= g.k * g.k * g.c
-            && rows.iter().flatten().all(|r| r.len() >= g.in_w * g.c),
+        depthwise_shape_ok(g, out, bias, rows, w),
         "depthwise_row: a slice is shorter than its shape {g:?}"
     );
     (kernels().depthwise_row)(g, out, bias, rows, w)
+}
+
+/// The shape contract of [`depthwise_row`] that its SIMD kernels rely on: `k` rows, and
+/// no slice shorter than its shape. Each safe kernel entry point asserts it again.
+pub(crate) fn depthwise_shape_ok(
+    g: &DepthwiseRow,
+    out: &[f32],
+    bias: &[f32],
+    rows: &[Option<&[f32]>],
+    w: &[f32],
+) -> bool {
+    rows.len() == g.k
+        && out.len() >= g.out_w * g.c
+        && bias.len() >= g.c
+        && w.len() >= g.k * g.k * g.c
+        && rows.iter().flatten().all(|r| r.len() >= g.in_w * g.c)
 }
 
 /// Row-major matrix product `c = a · b` (or `c += a · b` with `accumulate`), where `a` is

@@ -236,9 +236,7 @@ pub(crate) fn depthwise_row_checked(
     rows: &[Option<&[f32]>],
     w: &[f32],
 ) {
-    assert!(rows.len() == g.k);
-    assert!(out.len() >= g.out_w * g.c && bias.len() >= g.c && w.len() >= g.k * g.k * g.c);
-    assert!(rows.iter().flatten().all(|r| r.len() >= g.in_w * g.c));
+    assert!(crate::depthwise_shape_ok(g, out, bias, rows, w));
     // SAFETY: AVX2 and FMA were detected at run time; the asserts above are the shape
     // contract that `depthwise_row_k` relies on.
     unsafe {
