@@ -747,6 +747,34 @@ async fn trim(h: &Arc<ShardHost>, log: &Arc<dyn Log>, retention: Duration) {
     }
 }
 
+/// Whether a record's refusal only says that the shard's state already reflects it.
+///
+/// A shard opens from the catalog in its storage, which the data node writes as soon as
+/// it applies DDL, so it can be newer than the log position the shard replays from. A
+/// replayed create then finds its index or partition there ("already exists", or a 409),
+/// and a replayed drop finds it gone ("does not exist"). That is the idempotence replay
+/// relies on, not a rejected write. Anything else refused is a rejection.
+fn already_applied(path: &str, st: StatusCode, body: &str) -> bool {
+    if st == StatusCode::CONFLICT {
+        return true;
+    }
+    if !st.is_client_error() {
+        return false;
+    }
+    // The thing the record names, as the engine's messages name it: a missing collection
+    // ("collection '…' does not exist") is never "already applied".
+    let what = if path.contains("/indexes/") {
+        "index"
+    } else if path.contains("/partitions/") {
+        "partition '"
+    } else {
+        return false;
+    };
+    let named = body.contains(what);
+    (path.ends_with("/create") && named && body.contains("already exists"))
+        || (path.ends_with("/drop") && named && body.contains("does not exist"))
+}
+
 /// Applies one record; retries server errors (they are not the record's fault) until it
 /// applies or the shard stops. A client error is deterministic (every replica rejects the
 /// record the same way) and is skipped with a warning.
@@ -783,14 +811,7 @@ async fn apply(h: &Arc<ShardHost>, seq: u64, bytes: &[u8]) {
             *h.stalled.lock() = None;
             return;
         }
-        let exists = st == StatusCode::CONFLICT
-            || (st == StatusCode::BAD_REQUEST
-                && rec.path.ends_with("/indexes/create")
-                && body.to_string().contains("already exists"));
-        if exists {
-            // "Already exists": a record replayed over state that has it (a shard opens
-            // from a catalog that already holds its indexes and partitions, then replays
-            // their records). The idempotence replay relies on, not a fault.
+        if already_applied(&rec.path, st, &body.to_string()) {
             tracing::debug!(shard = %h.id, seq, path = %rec.path, "log record already applied ({body}); skipped");
             return;
         }
@@ -1013,4 +1034,67 @@ async fn bm25_stats(h: &Arc<ShardHost>, req: Request) -> Response {
 
 pub async fn status(State(node): State<Arc<Node>>) -> Response {
     axum::Json(node.status()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::already_applied;
+    use axum::http::StatusCode;
+
+    const P: &str = "/v2/vectordb/";
+
+    #[test]
+    fn replayed_creates_and_drops_are_already_applied() {
+        let bad = StatusCode::BAD_REQUEST;
+        let idx = |op: &str| format!("{P}indexes/{op}");
+        let part = |op: &str| format!("{P}partitions/{op}");
+        // Found as the record left it.
+        assert!(already_applied(
+            &idx("create"),
+            bad,
+            r#"{"message":"an index named 'v' already exists (on field 'v'; drop it first)"}"#
+        ));
+        assert!(already_applied(
+            &idx("create"),
+            bad,
+            r#"{"message":"an index already exists on field 'v' (drop it first)"}"#
+        ));
+        assert!(already_applied(
+            &idx("drop"),
+            bad,
+            r#"{"message":"index 'bits' does not exist"}"#
+        ));
+        assert!(already_applied(
+            &part("drop"),
+            StatusCode::NOT_FOUND,
+            r#"{"message":"partition 'p' does not exist in collection 'c'"}"#
+        ));
+        assert!(already_applied(&part("create"), StatusCode::CONFLICT, "{}"));
+        // Real rejections.
+        assert!(!already_applied(
+            &idx("drop"),
+            StatusCode::NOT_FOUND,
+            r#"{"message":"collection 'c' does not exist; list collections"}"#
+        ));
+        assert!(!already_applied(
+            &idx("create"),
+            bad,
+            r#"{"message":"index 'v' does not exist"}"#
+        ));
+        assert!(!already_applied(
+            &idx("drop"),
+            bad,
+            r#"{"message":"index 'v' already exists"}"#
+        ));
+        assert!(!already_applied(
+            &format!("{P}entities/delete"),
+            bad,
+            r#"{"message":"index 'v' does not exist"}"#
+        ));
+        assert!(!already_applied(
+            &idx("drop"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"message":"index 'v' does not exist"}"#
+        ));
+    }
 }
