@@ -40,7 +40,10 @@ for t in "${targets[@]}"; do
     cargo +nightly fuzz run -O "${features[@]}" "$t" "corpus-local/$t" "corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
         2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done|==[0-9]+==ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)" || true
-    if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then
+    # Any one kind of artifact is a failure (one `ls` of all three globs fails, and so
+    # hid a crash, whenever one kind is absent).
+    if compgen -G "artifacts/$t/crash-*" >/dev/null || compgen -G "artifacts/$t/oom-*" >/dev/null ||
+        compgen -G "artifacts/$t/timeout-*" >/dev/null; then
         echo "FAILED: $t found an input that breaks it; see fuzz/artifacts/$t/" >&2
         exit 1
     fi

@@ -38,8 +38,12 @@ pub enum Dtype {
 
 impl Dtype {
     fn parse(descr: &str) -> Result<Dtype, String> {
-        let (order, code) = descr.split_at(1.min(descr.len()));
-        let little = matches!(order, "<" | "|" | "=");
+        // The byte-order mark is one character, which need not be one byte: a header
+        // is any UTF-8 (splitting at byte 1 panicked on "ĕ4"; found by fuzzing).
+        let mut chars = descr.chars();
+        let order = chars.next();
+        let code = chars.as_str();
+        let little = matches!(order, Some('<' | '|' | '='));
         let t = match code {
             "b1" => Dtype::Bool,
             "i1" => Dtype::I8,
@@ -354,6 +358,10 @@ mod tests {
         assert!(parse_header(&b).unwrap_err().contains("header length"));
         let h = b"\x93NUMPY\x01\x00\x40\x00{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }          \n";
         assert!(parse_header(h).unwrap_err().contains("Fortran"));
+        // A byte-order mark of more than one byte is an unsupported dtype, not a panic.
+        assert!(e("\u{115}4", &[1], &[0; 4]).contains("unsupported dtype"));
+        assert!(e("\u{115}", &[1], &[0; 4]).contains("unsupported dtype"));
+        assert!(e("", &[1], &[0; 4]).contains("unsupported dtype"));
         // Shapes whose byte count overflows are refused, not allocated.
         let huge = format!(
             "{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {}), }}\n",
