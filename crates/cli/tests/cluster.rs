@@ -1543,13 +1543,7 @@ fn ddl_replayed_over_a_newer_catalog_is_applied_not_rejected() {
         json!({"collectionName": "c", "partitionName": "p"}),
     );
     insert(&url, 0..50).unwrap();
-    let shard = |n: &Proc| -> Value {
-        ureq::get(&format!("{}/node/status", n.url))
-            .call()
-            .ok()
-            .and_then(|r| r.into_json::<Value>().ok())
-            .map_or(Value::Null, |s| s["shards"][0].clone())
-    };
+    let shard = |n: &Proc| shard_status(n).unwrap_or(Value::Null);
     let last = 4;
     wait_for("the data node to apply the 4 records", || {
         shard(&d1)["applied"].as_u64() >= Some(last)
