@@ -3,9 +3,10 @@
 //! without the `sentence-transformers/` prefix.
 //!
 //! Image models: `efficientnet-lite0` (pooled 1280-d features, image ↔ image), `conse`
-//! (384-d, in MiniLM's space, so English text can search images) and
-//! `conse-multilingual` (384-d, in multilingual-e5-small's space, so text in ~100
-//! languages can). All come from one Lite0 forward pass, which is cached per image so
+//! (384-d, in MiniLM's space, so English text can search images), `conse-multilingual`
+//! (384-d, in multilingual-e5-small's space, so text in ~100 languages can) and
+//! `conse-multilingual-use` (896-d, in the space of e5 and the multilingual Universal
+//! Sentence Encoder together, which finds translated names better; the default). All come from one Lite0 forward pass, which is cached per image so
 //! that a collection with two of them runs the network once per image. Stored image references are paths, read
 //! only when they lie under an allowed image root (symlinks resolved first), or `data:`
 //! URIs.
@@ -37,17 +38,21 @@ const QUERY_CACHE_MAX_TEXT: usize = 1024;
 pub const LITE0: &str = "efficientnet-lite0";
 pub const CONSE: &str = "conse";
 pub const CONSE_MULTILINGUAL: &str = "conse-multilingual";
+pub const CONSE_MULTILINGUAL_USE: &str = "conse-multilingual-use";
 /// The text model of a new image collection when none is named: ConSE on
-/// multilingual-e5-small, so that queries in other languages than English work.
-pub const DEFAULT_IMAGE_TEXT_MODEL: &str = CONSE_MULTILINGUAL;
+/// multilingual-e5-small and the multilingual Universal Sentence Encoder, so that
+/// queries in other languages than English work.
+pub const DEFAULT_IMAGE_TEXT_MODEL: &str = CONSE_MULTILINGUAL_USE;
 const MINILM: &str = "all-minilm-l6-v2";
 const E5: &str = "multilingual-e5-small";
+const E5_USE: &str = "multilingual-e5-use";
 
 /// If `name` is a ConSE model: its name and the sentence encoder behind it.
 pub(crate) fn conse_model(name: &str) -> Option<(&'static str, &'static str)> {
     match name {
         CONSE => Some((CONSE, MINILM)),
         CONSE_MULTILINGUAL => Some((CONSE_MULTILINGUAL, E5)),
+        CONSE_MULTILINGUAL_USE => Some((CONSE_MULTILINGUAL_USE, E5_USE)),
         _ => None,
     }
 }
@@ -154,7 +159,18 @@ impl ModelEmbedder {
             return Ok(e.clone());
         }
         let dir = self.store.require(name).map_err(|e| e.to_string())?;
-        let enc = Arc::new(TextEncoder::load(name, &dir).map_err(|e| e.to_string())?);
+        let enc = match models::ensemble(name) {
+            // An ensemble shares its parts with their own entries.
+            Some(parts) => {
+                let parts = parts
+                    .iter()
+                    .map(|&(p, w)| Ok((self.text_model(p)?, w)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                TextEncoder::ensemble(name, parts)
+            }
+            None => TextEncoder::load(name, &dir),
+        };
+        let enc = Arc::new(enc.map_err(|e| e.to_string())?);
         self.text.lock().insert(name.to_string(), enc.clone());
         Ok(enc)
     }
@@ -181,7 +197,7 @@ impl ModelEmbedder {
         Ok(e)
     }
 
-    /// The ConSE model `name` (`conse` or `conse-multilingual`), its class prompts
+    /// The ConSE model `name` (`conse`, `conse-multilingual`, `conse-multilingual-use`), its class prompts
     /// embedded once and cached on disk.
     fn conse(&self, name: &str) -> Result<Arc<Conse>, String> {
         let (name, text_name) =
@@ -296,7 +312,7 @@ impl ModelEmbedder {
             }
             LITE0 => {
                 return Err(format!(
-                    "model '{LITE0}' embeds images only and cannot embed text: search this field by image or by id (more like this), or search a '{CONSE}' or '{CONSE_MULTILINGUAL}' field by text"
+                    "model '{LITE0}' embeds images only and cannot embed text: search this field by image or by id (more like this), or search a '{CONSE}', '{CONSE_MULTILINGUAL}' or '{CONSE_MULTILINGUAL_USE}' field by text"
                 ))
             }
             _ => {
@@ -306,6 +322,14 @@ impl ModelEmbedder {
                 }
                 self.text_model(&name)?
             }
+        };
+        // An ensemble's query is joined from its parts' queries, each through the cache:
+        // a text search of an image collection embeds the query by e5 for the captions
+        // too, and this way e5 runs once.
+        let ensemble = if query {
+            models::ensemble(&enc_name)
+        } else {
+            None
         };
         let cacheable = query && texts.len() == 1 && texts[0].len() <= QUERY_CACHE_MAX_TEXT;
         let key = cacheable.then(|| (enc_name, texts[0].to_string()));
@@ -329,6 +353,18 @@ impl ModelEmbedder {
         let mut vecs = Vec::with_capacity(unique.len());
         // Batches of 32 keep per-batch padding short.
         for chunk in unique.chunks(32) {
+            if let Some(parts) = ensemble {
+                let weights: Vec<f32> = parts.iter().map(|p| p.1).collect();
+                let per_part = parts
+                    .iter()
+                    .map(|(p, _)| self.embed_text_role(p, chunk, true))
+                    .collect::<Result<Vec<_>, String>>()?;
+                for i in 0..chunk.len() {
+                    let vs: Vec<&[f32]> = per_part.iter().map(|p| p[i].as_slice()).collect();
+                    vecs.push(magpie_embed::text::join_parts(&vs, &weights));
+                }
+                continue;
+            }
             let v = if query {
                 enc.embed_queries(chunk)
             } else {
@@ -437,7 +473,7 @@ impl Embedder for ModelEmbedder {
                 "model '{name}' is an image model; use it in an ImageEmbedding function"
             )),
             (FunctionKind::ImageEmbedding, "text") => Err(format!(
-                "model '{name}' is a text model; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL} or a CLIP model"
+                "model '{name}' is a text model; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL}, {CONSE_MULTILINGUAL_USE} or a CLIP model"
             )),
             (FunctionKind::ImageEmbedding, _) if name.starts_with("clip-") => {
                 Ok(self.clip(&name)?.dim())
@@ -499,7 +535,7 @@ impl Embedder for ModelEmbedder {
                     .collect())
             }
             _ => Err(format!(
-                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL} or a CLIP model",
+                "model '{}' ({}) cannot embed images; ImageEmbedding functions take {LITE0}, {CONSE}, {CONSE_MULTILINGUAL}, {CONSE_MULTILINGUAL_USE} or a CLIP model",
                 spec.name, spec.kind
             )),
         }

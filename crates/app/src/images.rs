@@ -64,9 +64,15 @@ const ROOTS: &str = "images.json";
 
 /// The text model that embeds captions for a collection whose text → image model is
 /// `text_model`: the sentence encoder behind a ConSE model, so that a query's vector is
-/// the same for both. CLIP collections store captions without a caption vector.
+/// the same for both; for `conse-multilingual-use`, multilingual-e5-small, one of its two
+/// encoders (the pair ranked the demo's captions worse than e5 alone: docs/BENCHMARKS.md,
+/// "Captions"), whose query vector the ensemble's is made from. CLIP collections store
+/// captions without a caption vector.
 pub fn caption_model(text_model: &str) -> Option<&'static str> {
-    crate::embedder::conse_model(&text_model.to_ascii_lowercase()).map(|(_, enc)| enc)
+    match crate::embedder::conse_model(&text_model.to_ascii_lowercase()) {
+        Some((crate::embedder::CONSE_MULTILINGUAL_USE, _)) => Some("multilingual-e5-small"),
+        other => other.map(|(_, enc)| enc),
+    }
 }
 
 /// The schema of an image collection whose `text_vec` comes from `text_model` (`conse`,

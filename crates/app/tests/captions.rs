@@ -1,9 +1,9 @@
 //! Captions in the image app: the demo's flags, captioned with their country's name and
 //! a description of their colours and shapes, are found by what they look like and by
-//! name. Needs EfficientNet-Lite0 and multilingual-e5-small (PyPI) and `../shared`; each
-//! absence is a reported skip (CI provides all three).
+//! name. Needs EfficientNet-Lite0, multilingual-e5-small and use-multilingual (PyPI) and
+//! `../shared`; each absence is a reported skip (CI provides them all).
 
-use magpie_app::embedder::{ModelEmbedder, CONSE_MULTILINGUAL};
+use magpie_app::embedder::{ModelEmbedder, DEFAULT_IMAGE_TEXT_MODEL};
 use magpie_app::images::{self, Effort, ImageQuery};
 use magpie_engine::Engine;
 use std::collections::BTreeMap;
@@ -60,7 +60,7 @@ fn flags_are_found_by_caption_and_image_together() {
     )
     .unwrap();
     let store = magpie_embed::models::ModelStore::new(magpie_testkit::models_dir());
-    if let Err(e) = store.require(CONSE_MULTILINGUAL) {
+    if let Err(e) = store.require(DEFAULT_IMAGE_TEXT_MODEL) {
         return magpie_testkit::skip("models", e);
     }
     let src = tempfile::tempdir().unwrap();
@@ -97,20 +97,34 @@ fn flags_are_found_by_caption_and_image_together() {
     let rep = index(&engine, &emb, data.path(), src.path());
     assert_eq!(rep.added, 256, "{rep:?}");
 
-    // One query vector for both of a text search's functions: ConSE's query side and the
-    // caption's encoder are the same e5, and the cached vector is the computed one.
+    // A text search's query is embedded by e5 once: the caption side uses e5's vector,
+    // and the image side (the e5 + USE ensemble) is made from that same vector (its
+    // first 384 dimensions, scaled by √0.7) and USE's.
     {
         use magpie_engine::Embedder;
         let a = emb
             .embed_queries("multilingual-e5-small", &["a red flag"])
             .unwrap();
         let b = emb
-            .embed_queries(CONSE_MULTILINGUAL, &["a red flag"])
+            .embed_queries(DEFAULT_IMAGE_TEXT_MODEL, &["a red flag"])
             .unwrap();
+        let u = emb
+            .embed_queries("use-multilingual", &["a red flag"])
+            .unwrap();
+        assert_eq!(b[0].len(), 896);
+        let s = 0.7f32.sqrt();
+        assert!(a[0]
+            .iter()
+            .zip(&b[0])
+            .all(|(x, y)| (x * s - y).abs() < 1e-6));
+        let s = 0.3f32.sqrt();
+        assert!(u[0]
+            .iter()
+            .zip(&b[0][384..])
+            .all(|(x, y)| (x * s - y).abs() < 1e-6));
         let c = emb
             .embed_queries("multilingual-e5-small", &["a red flag", "x"])
             .unwrap();
-        assert_eq!(a, b);
         assert_eq!(a[0], c[0]);
     }
     // The README's demo queries: through caption and image together.
@@ -123,7 +137,7 @@ fn flags_are_found_by_caption_and_image_together() {
         );
     }
     // More descriptions, and names in other languages (the caption's sentence encoder is
-    // multilingual e5).
+    // multilingual: e5 with USE).
     for (q, want) in [
         ("yellow cross on blue", "se"),
         ("white cross on a red field", "ch"),

@@ -479,19 +479,19 @@ impl E5 {
 /// over character positions). A character no piece covers becomes `<unk>` scored 10
 /// below the least likely piece. Pieces sit in one hash map (≈ 15 MB for XLM-R's 250k;
 /// a character trie of them took over 200 MB).
-struct Unigram {
-    ids: HashMap<Box<str>, u32>,
-    scores: Vec<f32>,
-    unk: u32,
-    unk_score: f32,
+pub(crate) struct Unigram {
+    pub(crate) ids: HashMap<Box<str>, u32>,
+    pub(crate) scores: Vec<f32>,
+    pub(crate) unk: u32,
+    pub(crate) unk_score: f32,
     /// The longest piece, in characters.
-    max_chars: usize,
+    pub(crate) max_chars: usize,
 }
 
 impl Unigram {
     /// Ids of `text` (already normalised): spaces become `▁`, and one `▁` goes in front
     /// unless the text starts with a space.
-    fn encode(&self, text: &str) -> Vec<u32> {
+    pub(crate) fn encode(&self, text: &str) -> Vec<u32> {
         const META: char = '\u{2581}';
         let mut s = String::with_capacity(text.len() + 3);
         if !text.starts_with(' ') {

@@ -10,6 +10,7 @@ pub mod models;
 pub mod resize;
 pub mod text;
 pub mod torch;
+pub mod use_m3;
 pub mod vision;
 
 use std::path::PathBuf;

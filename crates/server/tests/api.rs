@@ -733,7 +733,7 @@ fn image_indexing_resumes_after_an_interruption() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let store = models_store();
     // The image app's default text model.
-    if let Err(e) = store.require("conse-multilingual") {
+    if let Err(e) = store.require("conse-multilingual-use") {
         magpie_testkit::skip("models", e);
         return;
     }
