@@ -241,7 +241,7 @@ fn known_rows(engine: &Engine, coll: &str) -> Result<HashMap<String, Known>> {
 }
 
 /// Creates the image collection if needed (checking the models are installed), with
-/// `text_model` (default `conse-multilingual`) for text search.
+/// `text_model` (default `conse-multilingual-use`) for text search.
 pub fn ensure_collection(
     engine: &Engine,
     emb: &ModelEmbedder,

@@ -24,9 +24,10 @@ pub enum ImagesCmd {
         dir: PathBuf,
         #[arg(long, default_value = "images")]
         collection: String,
-        /// Model for text search (`text_vec`) of a new collection: conse-multilingual
-        /// (the default: queries in ~100 languages), conse (English only, MiniLM), or a
-        /// CLIP model whose files you have (clip-vit-base-patch32, clip-vit-base-patch16).
+        /// Model for text search (`text_vec`) of a new collection: conse-multilingual-use
+        /// (the default: e5 and USE, queries in many languages), conse-multilingual (e5
+        /// alone), conse (English only, MiniLM), or a CLIP model whose files you have
+        /// (clip-vit-base-patch32, clip-vit-base-patch16).
         /// Image-to-image search and duplicates always use efficientnet-lite0.
         #[arg(long)]
         model: Option<String>,

