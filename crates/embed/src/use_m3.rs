@@ -299,8 +299,16 @@ impl Normalizer {
             let (piece, adv) = match self.longest(&b[p..]) {
                 Some(x) => x,
                 None => {
-                    // One whole UTF-8 character (text is a str, so it is well formed).
-                    let n = text[p..].chars().next().map_or(1, char::len_utf8);
+                    // One UTF-8 character, its length from its first byte (a key that
+                    // ended inside a character cannot make this slice a str).
+                    let n = match b[p] {
+                        x if x < 0x80 => 1,
+                        x if x >> 5 == 0x6 => 2,
+                        x if x >> 4 == 0xe => 3,
+                        x if x >> 3 == 0x1e => 4,
+                        _ => 1,
+                    }
+                    .min(b.len() - p);
                     (&b[p..p + n], n)
                 }
             };

@@ -400,6 +400,30 @@ fn use_multilingual_matches_its_reference() {
     // A text alone and in a batch with a longer one: the windows stay inside each text.
     let alone = m.embed(&["un chien"]).unwrap();
     assert!(cos(&alone[0], &v[2]) > 0.9999);
+    // Any text tokenizes, within bounds: random code points from every plane (control
+    // characters, combining marks, emoji, CJK, private use), 2,000 texts.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..2000 {
+        let mut t = String::new();
+        for _ in 0..(x % 40) {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let c = match (x >> 60) % 4 {
+                0 => (x >> 33) % 0x80,
+                1 => (x >> 33) % 0x800,
+                2 => (x >> 33) % 0x10000,
+                _ => (x >> 33) % 0x110000,
+            };
+            t.push(char::from_u32(c as u32).unwrap_or('\u{fffd}'));
+        }
+        let ids = m.tokenize(&t);
+        assert!(
+            ids.len() >= 3 && ids.len() <= magpie_embed::use_m3::MAX_TOKENS,
+            "{t:?}"
+        );
+        assert_eq!((ids[0], ids[ids.len() - 1]), (1, 2), "{t:?}");
+    }
     // Input past MAX_TOKENS is cut, not refused.
     let long = "chien ".repeat(5000);
     assert_eq!(m.tokenize(&long).len(), magpie_embed::use_m3::MAX_TOKENS);
