@@ -6,8 +6,9 @@
 //! (384-d, in MiniLM's space, so English text can search images), `conse-multilingual`
 //! (384-d, in multilingual-e5-small's space, so text in ~100 languages can) and
 //! `conse-multilingual-use` (896-d, in the space of e5 and the multilingual Universal
-//! Sentence Encoder together, which finds translated names better; the default). All come from one Lite0 forward pass, which is cached per image so
-//! that a collection with two of them runs the network once per image. Stored image references are paths, read
+//! Sentence Encoder together, which finds translated names better; the default). All
+//! come from one Lite0 forward pass, which is cached per image so that a collection
+//! with two of them runs the network once per image. Stored image references are paths, read
 //! only when they lie under an allowed image root (symlinks resolved first), or `data:`
 //! URIs.
 
@@ -197,8 +198,8 @@ impl ModelEmbedder {
         Ok(e)
     }
 
-    /// The ConSE model `name` (`conse`, `conse-multilingual`, `conse-multilingual-use`), its class prompts
-    /// embedded once and cached on disk.
+    /// The ConSE model `name` (`conse`, `conse-multilingual`, `conse-multilingual-use`),
+    /// its class prompts embedded once and cached on disk.
     fn conse(&self, name: &str) -> Result<Arc<Conse>, String> {
         let (name, text_name) =
             conse_model(name).ok_or_else(|| format!("model '{name}' is not ConSE"))?;

@@ -137,7 +137,7 @@ fn flags_are_found_by_caption_and_image_together() {
         );
     }
     // More descriptions, and names in other languages (the caption's sentence encoder is
-    // multilingual: e5 with USE).
+    // multilingual e5).
     for (q, want) in [
         ("yellow cross on blue", "se"),
         ("white cross on a red field", "ch"),

@@ -1,8 +1,9 @@
 //! Text → image search in other languages than English through the image app with its
 //! default text model (`conse-multilingual-use`): the queries the issue found returning
 //! nonsense with MiniLM ConSE ("un chien" → chime, chiton; "Hund" → ox; "perro en la
-//! playa" → patas monkey) return dogs. Needs EfficientNet-Lite0, multilingual-e5-small and
-//! use-multilingual (PyPI) and `../shared`; each absence is a reported skip (CI provides all three).
+//! playa" → patas monkey) return dogs. Needs EfficientNet-Lite0, multilingual-e5-small
+//! and use-multilingual (PyPI) and `../shared`; each absence is a reported skip (CI
+//! provides them all).
 
 use magpie_app::embedder::{ModelEmbedder, CONSE_MULTILINGUAL_USE, DEFAULT_IMAGE_TEXT_MODEL};
 use magpie_app::images::{self, Effort, ImageQuery};

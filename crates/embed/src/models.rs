@@ -206,8 +206,8 @@ const CLIP_FILES: &[ModelFile] = &[
 
 /// The parts of an ensemble text model and their weights (summing to 1): its vector is
 /// the parts' unit vectors, each scaled by the square root of its weight, one after
-/// the other, so its cosine is the weighted sum of the parts' cosines. The weights were
-/// chosen among 0.5 / 0.3 for USE on the multilingual class-name queries
+/// the other, so its cosine is the weighted sum of the parts' cosines. USE's weight was
+/// chosen among 0.3, 0.4 and 0.5 on the multilingual class-name queries
 /// (docs/BENCHMARKS.md, "Multilingual text → image").
 pub fn ensemble(name: &str) -> Option<&'static [(&'static str, f32)]> {
     match name {

@@ -43,7 +43,8 @@ enum Kind {
 
 impl TextEncoder {
     /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`, or
-    /// multilingual-e5-small's `e5-small-q4.bin` where that is what `dir` holds.
+    /// multilingual-e5-small's `e5-small-q4.bin`, or USE's `sp.model` and `weights.npz`,
+    /// where that is what `dir` holds.
     pub fn load(name: &str, dir: &Path) -> Result<Self> {
         if dir.join(crate::use_m3::WEIGHTS_FILE).is_file()
             && dir.join(crate::use_m3::SP_FILE).is_file()
