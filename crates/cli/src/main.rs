@@ -295,8 +295,7 @@ fn run_models(c: ModelsCmd) -> anyhow::Result<()> {
                 std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
             }
             let store = dir.store();
-            let path = store.require(&name)?;
-            let enc = magpie_embed::text::TextEncoder::load(&name, &path)?;
+            let enc = magpie_embed::text::TextEncoder::open(&store, &name)?;
             const WORDS: [&str; 16] = [
                 "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near",
                 "river", "bank", "under", "bright", "winter", "sky",

@@ -90,6 +90,22 @@ impl TextEncoder {
         })
     }
 
+    /// The built-in text model `name` from `store`: its files, or for an ensemble
+    /// ([`crate::models::ensemble`]) its parts, each from its own files.
+    pub fn open(store: &crate::models::ModelStore, name: &str) -> Result<Self> {
+        let dir = store.require(name)?;
+        match crate::models::ensemble(name) {
+            Some(parts) => {
+                let parts = parts
+                    .iter()
+                    .map(|&(p, w)| Ok((Arc::new(Self::open(store, p)?), w)))
+                    .collect::<Result<Vec<_>>>()?;
+                Self::ensemble(name, parts)
+            }
+            None => Self::load(name, &dir),
+        }
+    }
+
     /// One encoder made of `parts` with their weights (which must be positive; they are
     /// scaled to sum to 1): a text's vector is each part's unit vector times the square
     /// root of its weight, concatenated, so it has unit length and its cosine to another

@@ -528,21 +528,9 @@ fn conse_multilingual_hit_at_5_per_language() {
     // e5 and the multilingual USE together (the image app's default,
     // `conse-multilingual-use`), when USE is installed.
     let ens = use_m3().map(|_| {
-        let dir = store().require("use-multilingual").unwrap();
-        let parts = magpie_embed::models::ensemble("multilingual-e5-use")
-            .unwrap()
-            .iter()
-            .map(|&(name, w)| {
-                let enc = if name == "use-multilingual" {
-                    TextEncoder::load(name, &dir).unwrap()
-                } else {
-                    TextEncoder::load(name, &e5_dir).unwrap()
-                };
-                (std::sync::Arc::new(enc), w)
-            })
-            .collect();
-        let text = TextEncoder::ensemble("multilingual-e5-use", parts).unwrap();
+        let text = TextEncoder::open(&store(), "multilingual-e5-use").unwrap();
         assert_eq!(text.dim(), 896);
+        assert_eq!(text.parts(), vec![(384, 0.7), (512, 0.3)]);
         let conse = Conse::build(&text, None).unwrap();
         (text, conse)
     });
