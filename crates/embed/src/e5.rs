@@ -539,7 +539,8 @@ impl Unigram {
     }
 }
 
-fn layer_norm(r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+/// Layer normalisation of one row in place (shared with [`crate::use_m3`]).
+pub(crate) fn layer_norm(r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = r.len() as f32;
     let mean = r.iter().sum::<f32>() / n;
     let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;

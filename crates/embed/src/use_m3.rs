@@ -35,7 +35,7 @@
 //! Matrix products run through candle on the CPU, one flat batch of every token of a
 //! call's texts.
 
-use crate::e5::Unigram;
+use crate::e5::{layer_norm, Unigram};
 use crate::{EmbedError, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -326,16 +326,6 @@ impl Normalizer {
         // Replacements are whole UTF-8 strings, so the result is too; a malformed
         // table entry is replaced rather than trusted.
         String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
-    }
-}
-
-fn layer_norm(r: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
-    let n = r.len() as f32;
-    let mean = r.iter().sum::<f32>() / n;
-    let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((x, g), b) in r.iter_mut().zip(g).zip(b) {
-        *x = (*x - mean) * inv * g + b;
     }
 }
 
