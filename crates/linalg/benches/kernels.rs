@@ -12,6 +12,21 @@ fn bench(c: &mut Criterion) {
             &format!("l2_sq/{}/{dim}", magpie_linalg::active_isa()),
             |bn| bn.iter(|| magpie_linalg::l2_sq(black_box(&a), black_box(&b))),
         );
+        // SQ8 codes (HNSW_SQ's walk, IVF_SQ8's scan).
+        let steps: Vec<f32> = (0..dim).map(|i| 0.01 + (i % 5) as f32 * 0.001).collect();
+        let codes: Vec<u8> = (0..dim).map(|i| (i * 37 % 256) as u8).collect();
+        c.bench_function(
+            &format!("sq8_l2/{}/{dim}", magpie_linalg::active_isa()),
+            |bn| {
+                bn.iter(|| {
+                    magpie_linalg::sq8_l2(black_box(&a), black_box(&steps), black_box(&codes))
+                })
+            },
+        );
+        c.bench_function(
+            &format!("sq8_dot/{}/{dim}", magpie_linalg::active_isa()),
+            |bn| bn.iter(|| magpie_linalg::sq8_dot(black_box(&a), black_box(&codes))),
+        );
         c.bench_function(&format!("dot/scalar/{dim}"), |bn| {
             bn.iter(|| magpie_linalg::scalar::dot(black_box(&a), black_box(&b)))
         });

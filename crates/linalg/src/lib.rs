@@ -50,14 +50,33 @@ fn kernels() -> &'static Kernels {
             {
                 let f16c = is_x86_feature_detected!("f16c");
                 let popcnt = is_x86_feature_detected!("popcnt");
-                // AVX-512F is used by the convolution kernels only; the distance kernels
-                // stay on AVX2 (not measured with zmm registers).
                 let avx512 = is_x86_feature_detected!("avx512f");
+                // The f32 and SQ8 distance kernels on zmm registers where AVX-512F/BW/VL
+                // are present, unless `MAGPIE_NO_AVX512` asks for the AVX2 ones (both
+                // measured side by side: docs/BENCHMARKS.md, "AVX-512 distance kernels").
+                let zmm = x86_avx512::distance_kernels_available()
+                    && std::env::var_os("MAGPIE_NO_AVX512").is_none();
                 return Kernels {
-                    dot: x86_avx2::dot_checked,
-                    l2_sq: x86_avx2::l2_sq_checked,
-                    sq8_l2: x86_avx2::sq8_l2_checked,
-                    sq8_dot: x86_avx2::sq8_dot_checked,
+                    dot: if zmm {
+                        x86_avx512::dot_checked
+                    } else {
+                        x86_avx2::dot_checked
+                    },
+                    l2_sq: if zmm {
+                        x86_avx512::l2_sq_checked
+                    } else {
+                        x86_avx2::l2_sq_checked
+                    },
+                    sq8_l2: if zmm {
+                        x86_avx512::sq8_l2_checked
+                    } else {
+                        x86_avx2::sq8_l2_checked
+                    },
+                    sq8_dot: if zmm {
+                        x86_avx512::sq8_dot_checked
+                    } else {
+                        x86_avx2::sq8_dot_checked
+                    },
                     depthwise_row: if avx512 {
                         x86_avx512::depthwise_row_checked
                     } else {
@@ -83,7 +102,9 @@ fn kernels() -> &'static Kernels {
                     } else {
                         scalar::hamming
                     },
-                    name: if avx512 {
+                    name: if zmm {
+                        "avx512"
+                    } else if avx512 {
                         "avx2+fma+avx512f"
                     } else {
                         "avx2+fma"
@@ -106,7 +127,8 @@ fn kernels() -> &'static Kernels {
     })
 }
 
-/// Name of the kernel set in use ("avx2+fma+avx512f", "avx2+fma" or "scalar"); reported
+/// Name of the kernel set in use: "avx512" (distances on zmm registers), "avx2+fma+avx512f"
+/// (AVX2 distances, AVX-512 convolutions), "avx2+fma" or "scalar"; reported
 /// by `magpie bench` and the server's `/metrics`.
 pub fn active_isa() -> &'static str {
     kernels().name
@@ -625,6 +647,67 @@ mod tests {
                 let s2 = scalar::l2_sq(&a, &b) as f64;
                 prop_assert!(close(x86_avx2::l2_sq_checked(&a, &b), s2, scale2));
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    proptest! {
+        #[test]
+        fn avx512_matches_scalar((a, b) in pair(), (x, s, c) in sq8_triple()) {
+            // No AVX-512 here: nothing to compare (the dispatcher never picks them).
+            if x86_avx512::distance_kernels_available() {
+                let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+                prop_assert!(close(x86_avx512::dot_checked(&a, &b), ref_dot(&a, &b), scale));
+                let scale2: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+                prop_assert!(close(x86_avx512::l2_sq_checked(&a, &b), ref_l2(&a, &b), scale2));
+                let r = scalar::sq8_l2(&x, &s, &c) as f64;
+                prop_assert!(close(x86_avx512::sq8_l2_checked(&x, &s, &c), r, r));
+                let scale: f64 = (0..x.len()).map(|i| (x[i] as f64 * c[i] as f64).abs()).sum();
+                let r = scalar::sq8_dot(&x, &c) as f64;
+                prop_assert!(close(x86_avx512::sq8_dot_checked(&x, &c), r, scale));
+            }
+        }
+    }
+
+    /// Every length from 0 to 200: each tail of the 64-, 32- and 16-lane loops and of the
+    /// masked last load.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tails_of_every_length() {
+        if !x86_avx512::distance_kernels_available() {
+            eprintln!("avx512_tails_of_every_length: this CPU has no AVX-512F/BW/VL; the AVX-512 kernels are not run here");
+            return;
+        }
+        for n in 0..=200usize {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 2.0).collect();
+            let s: Vec<f32> = (0..n).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect();
+            let c: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+            let l2 = ref_l2(&a, &b);
+            assert!(close(x86_avx512::l2_sq_checked(&a, &b), l2, l2), "l2 n={n}");
+            let d = ref_dot(&a, &b);
+            let scale: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (*x as f64 * *y as f64).abs())
+                .sum();
+            assert!(
+                close(x86_avx512::dot_checked(&a, &b), d, scale),
+                "dot n={n}"
+            );
+            let want: f64 = (0..n)
+                .map(|i| (a[i] as f64 - c[i] as f64 * s[i] as f64).powi(2))
+                .sum();
+            assert!(
+                close(x86_avx512::sq8_l2_checked(&a, &s, &c), want, want),
+                "sq8_l2 n={n}"
+            );
+            let want: f64 = (0..n).map(|i| a[i] as f64 * c[i] as f64).sum();
+            let scale: f64 = (0..n).map(|i| (a[i] as f64 * c[i] as f64).abs()).sum();
+            assert!(
+                close(x86_avx512::sq8_dot_checked(&a, &c), want, scale),
+                "sq8_dot n={n}"
+            );
         }
     }
 

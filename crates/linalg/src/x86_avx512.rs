@@ -338,3 +338,211 @@ crate::x86_avx2::depthwise_block_kernel!(
     _mm512_min_ps,
     _mm512_max_ps
 );
+
+// ---------------------------------------------------------------------------------------
+// Distance kernels on zmm registers.
+//
+// The same sums as the AVX2 kernels, 16 lanes wide, with the tail read through a masked
+// load instead of a scalar loop (a masked-off lane is never read, so it cannot fault).
+// They need AVX-512F for the arithmetic and AVX-512BW/VL for the masked byte loads of the
+// SQ8 tails; the dispatcher checks all three. `MAGPIE_NO_AVX512` keeps the AVX2 ones
+// (for side-by-side measurement: docs/BENCHMARKS.md, "AVX-512 distance kernels").
+
+/// True where the distance kernels below may run.
+pub(crate) fn distance_kernels_available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// The lanes `0..r` of a 16-lane mask, `r < 16`.
+#[inline(always)]
+fn tail_mask(r: usize) -> __mmask16 {
+    ((1u32 << r) - 1) as __mmask16
+}
+
+/// Safe entry point; the dispatcher (and the tests) call it only where
+/// [`distance_kernels_available`] said yes, so no check per call on the hot path.
+pub(crate) fn dot_checked(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    // SAFETY: selected by the dispatcher (and by tests) only after
+    // `distance_kernels_available()`; lengths are equal.
+    unsafe { dot(a, b) }
+}
+
+/// Safe entry point; as [`dot_checked`].
+pub(crate) fn l2_sq_checked(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    // SAFETY: as for `dot_checked`.
+    unsafe { l2_sq(a, b) }
+}
+
+/// Safe entry point; as [`dot_checked`].
+pub(crate) fn sq8_l2_checked(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
+    assert!(a.len() == s.len() && a.len() == c.len());
+    // SAFETY: as for `dot_checked`; the three lengths are equal.
+    unsafe { sq8_l2(a, s, c) }
+}
+
+/// Safe entry point; as [`dot_checked`].
+pub(crate) fn sq8_dot_checked(a: &[f32], c: &[u8]) -> f32 {
+    assert_eq!(a.len(), c.len());
+    // SAFETY: as for `dot_checked`.
+    unsafe { sq8_dot(a, c) }
+}
+
+/// # Safety
+/// AVX-512F/BW/VL are available and `a.len() == b.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (all loads): i + 64 <= n (resp. i + 16 <= n) bounds every full load; the
+    // tail's masked loads read lanes i..n only.
+    unsafe {
+        while i + 64 <= n {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                *s = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)), *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i)),
+                _mm512_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            let x = _mm512_maskz_loadu_ps(m, pa.add(i));
+            let y = _mm512_maskz_loadu_ps(m, pb.add(i));
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}
+
+/// # Safety
+/// As [`dot`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (all loads): bounded as in `dot`.
+    unsafe {
+        while i + 64 <= n {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(o)), _mm512_loadu_ps(pb.add(o)));
+                *s = _mm512_fmadd_ps(d, d, *s);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let d = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+            acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            let d = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+            );
+            acc[1] = _mm512_fmadd_ps(d, d, acc[1]);
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}
+
+/// Sixteen codes at `p` (lanes of `m` only) widened to f32 lanes.
+///
+/// # Safety
+/// The bytes at `p` of the lanes in `m` are readable; AVX-512F/BW/VL are available.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load_u8x16(m: __mmask16, p: *const u8) -> __m512 {
+    // SAFETY: the caller's contract; masked-off bytes are not read.
+    let v = unsafe { _mm_maskz_loadu_epi8(m, p as *const i8) };
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+}
+
+/// # Safety
+/// AVX-512F/BW/VL are available and the three lengths are equal.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn sq8_l2(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
+    let n = a.len();
+    let (pa, ps, pc) = (a.as_ptr(), s.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): i + 32 <= n (resp. i + 16 <= n) bounds every full load of the
+    // three equal-length slices; the tail's masked loads read lanes i..n only.
+    unsafe {
+        while i + 32 <= n {
+            let x0 = _mm512_mul_ps(load_u8x16(!0, pc.add(i)), _mm512_loadu_ps(ps.add(i)));
+            let x1 = _mm512_mul_ps(
+                load_u8x16(!0, pc.add(i + 16)),
+                _mm512_loadu_ps(ps.add(i + 16)),
+            );
+            let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), x0);
+            let d1 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i + 16)), x1);
+            acc0 = _mm512_fmadd_ps(d0, d0, acc0);
+            acc1 = _mm512_fmadd_ps(d1, d1, acc1);
+            i += 32;
+        }
+        while i < n {
+            let m = if n - i >= 16 { !0 } else { tail_mask(n - i) };
+            let x = _mm512_mul_ps(
+                load_u8x16(m, pc.add(i)),
+                _mm512_maskz_loadu_ps(m, ps.add(i)),
+            );
+            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), x);
+            acc0 = _mm512_fmadd_ps(d, d, acc0);
+            i += 16;
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+}
+
+/// # Safety
+/// AVX-512F/BW/VL are available and `a.len() == c.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn sq8_dot(a: &[f32], c: &[u8]) -> f32 {
+    let n = a.len();
+    let (pa, pc) = (a.as_ptr(), c.as_ptr());
+    let mut acc0 = _mm512_setzero_ps();
+    let mut acc1 = _mm512_setzero_ps();
+    let mut i = 0;
+    // SAFETY (all loads): bounded as in `sq8_l2`.
+    unsafe {
+        while i + 32 <= n {
+            acc0 = _mm512_fmadd_ps(load_u8x16(!0, pc.add(i)), _mm512_loadu_ps(pa.add(i)), acc0);
+            acc1 = _mm512_fmadd_ps(
+                load_u8x16(!0, pc.add(i + 16)),
+                _mm512_loadu_ps(pa.add(i + 16)),
+                acc1,
+            );
+            i += 32;
+        }
+        while i < n {
+            let m = if n - i >= 16 { !0 } else { tail_mask(n - i) };
+            acc0 = _mm512_fmadd_ps(
+                load_u8x16(m, pc.add(i)),
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                acc0,
+            );
+            i += 16;
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+}
