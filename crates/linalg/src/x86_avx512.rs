@@ -1,8 +1,10 @@
-//! AVX-512F kernels, selected at run time where the CPU has them.
+//! AVX-512 kernels, selected at run time where the CPU has them: the 1×1 and depthwise
+//! convolutions (AVX-512F), and the f32 and SQ8 distance kernels (AVX-512F/BW/VL; at the
+//! end of this file).
 //!
-//! Today one: the 1×1 convolution of [`crate::Conv1x1`], a matrix product with the
-//! weights packed once and the bias, clamp and residual applied to the accumulators
-//! before they are stored (no second pass over the output).
+//! The 1×1 convolution of [`crate::Conv1x1`] is a matrix product with the weights packed
+//! once and the bias, clamp and residual applied to the accumulators before they are
+//! stored (no second pass over the output).
 //!
 //! Blocking, in the loop order of the driver: `KC` rows of the packed weights at a time
 //! (a 32-column panel slice of `KC` rows is 32 KiB, so it stays in L1 while the tiles
