@@ -1,6 +1,10 @@
 //! Raw-index sweep on a `.fvecs` dataset directory (the layout of `../shared/bench/*`),
-//! without the engine: `cargo run --release -p magpie-index --example sweep -- DIR [hnsw|ivf] [threads]`.
-//! The user-facing benchmark is `magpie bench`; this is the developer's microscope.
+//! without the engine: `cargo run --release -p magpie-index --example sweep -- DIR KIND
+//! [threads]`, KIND one of `hnsw`, `hnsw_sq`, `ivf_flat`, `ivf_sq8`, `ivf_pq`, `filter`
+//! (filtered walks against exact scans), `curve_hnsw`, `curve_hnsw_sq` (the build-time
+//! recall curve beside the dataset's queries' recall at each `ef`, truth computed here).
+//! `ROWS=N` keeps the first N rows of the base. The user-facing benchmark is `magpie
+//! bench`; this is the developer's microscope.
 
 use magpie_index::*;
 use std::time::Instant;
@@ -30,7 +34,13 @@ fn main() {
     } else {
         Metric::L2
     };
-    let (dim, base) = read_fvecs(&dir.join("base.fvecs"));
+    let (dim, mut base) = read_fvecs(&dir.join("base.fvecs"));
+    if let Some(n) = std::env::var("ROWS")
+        .ok()
+        .map(|r| r.parse::<usize>().unwrap())
+    {
+        base.truncate(n * dim);
+    }
     let (_, qs) = read_fvecs(&dir.join("query.fvecs"));
     let (gk, gt) = read_fvecs(&dir.join("groundtruth.ivecs"));
     let gt: Vec<u32> = gt.iter().map(|f| f.to_bits()).collect();
@@ -41,6 +51,9 @@ fn main() {
     let t = Instant::now();
     if kind == "filter" {
         return filter_sweep(v, &inv, metric, &qs, threads);
+    }
+    if let Some(k) = kind.strip_prefix("curve_") {
+        return curve_check(v, &inv, metric, &qs, threads, k == "hnsw_sq");
     }
     let idx: Box<dyn VectorIndexRead + Sync> = match kind {
         "hnsw" | "hnsw_sq" => Box::new(
@@ -176,5 +189,98 @@ fn filter_sweep(v: VectorSlice<'_>, inv: &[f32], metric: Metric, qs: &[f32], thr
                 hit as f64 / (nq * 10) as f64
             );
         }
+    }
+}
+
+/// The build-time recall curve (rows of the index as queries) beside the recall of the
+/// dataset's fresh queries at the same `ef`, the truth computed here by exact scan (so
+/// `ROWS` may cut the base).
+fn curve_check(
+    v: VectorSlice<'_>,
+    inv: &[f32],
+    metric: Metric,
+    qs: &[f32],
+    threads: usize,
+    sq8: bool,
+) {
+    let t = Instant::now();
+    let idx = HnswIndex::build_with(
+        v,
+        inv,
+        metric,
+        &HnswParams {
+            threads,
+            sq8,
+            ..Default::default()
+        },
+        &Cancel::new(),
+    )
+    .unwrap();
+    eprintln!("{} rows, build {:.1}s", v.len(), t.elapsed().as_secs_f64());
+    let dim = v.dim;
+    let nq = qs.len() / dim;
+    let flat = FlatIndex::new(metric);
+    let truth: Vec<Vec<u32>> = (0..nq)
+        .map(|qi| {
+            flat.search(
+                v,
+                inv,
+                &qs[qi * dim..(qi + 1) * dim],
+                &SearchParams::top_k(10),
+            )
+            .unwrap()
+            .iter()
+            .map(|s| s.offset)
+            .collect()
+        })
+        .collect();
+    for &(ef, curve) in &idx.curve().points {
+        let p = SearchParams {
+            ef: Some(ef as usize),
+            ..SearchParams::top_k(10)
+        };
+        let mut hit = 0;
+        let mut worst = 0usize;
+        for qi in 0..nq {
+            let r = idx
+                .search(v, inv, &qs[qi * dim..(qi + 1) * dim], &p)
+                .unwrap();
+            let h = r.iter().filter(|s| truth[qi].contains(&s.offset)).count();
+            hit += h;
+            worst += usize::from(h < 8);
+        }
+        println!(
+            "ef={ef:4} curve={curve:.4} fresh={:.4} fresh_queries_below_0.8={worst}",
+            hit as f64 / (nq * 10) as f64
+        );
+    }
+    // The hardest fresh queries, at growing ef: where the misses rank, and their distance
+    // against the truth's.
+    for ef in [256usize, 1024, 4096] {
+        let p = SearchParams {
+            ef: Some(ef),
+            ..SearchParams::top_k(10)
+        };
+        let mut hard = 0;
+        for qi in 0..nq {
+            let q = &qs[qi * dim..(qi + 1) * dim];
+            let r = idx.search(v, inv, q, &p).unwrap();
+            let h = r.iter().filter(|s| truth[qi].contains(&s.offset)).count();
+            if h < 8 {
+                hard += 1;
+                if hard <= 4 {
+                    let miss: Vec<usize> = (0..10)
+                        .filter(|&i| !r.iter().any(|s| s.offset == truth[qi][i]))
+                        .collect();
+                    let d0 = magpie_linalg::l2_sq(q, &v.row(truth[qi][0] as usize));
+                    let d9 = magpie_linalg::l2_sq(q, &v.row(truth[qi][9] as usize));
+                    println!(
+                        "  ef={ef} q{qi}: {h}/10, missed ranks {miss:?}, truth d0={d0:.3} d9={d9:.3}, got d0={:.3}",
+                        r[0].score
+                    );
+                }
+            }
+        }
+        println!("ef={ef}: {hard} queries below 0.8");
     }
 }

@@ -203,7 +203,7 @@ impl BinIvfIndex {
             p.threads,
             None,
             0.999,
-            recall::CURVE_QUERIES,
+            recall::Queries::InPlace(recall::CURVE_QUERIES),
             |q, exclude, knob, k| {
                 ix.scan(v, &pack_bytes(q), k + 1, knob as usize, None)
                     .into_iter()

@@ -74,8 +74,12 @@ impl Default for HnswParams {
 /// of navigating through failing nodes (measured: see docs/BENCHMARKS.md, "filtered").
 pub const TWO_HOP_BELOW: f64 = 0.5;
 
-/// `ef` values the recall curve is measured at.
-const CURVE_EFS: [u32; 14] = [10, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768];
+/// `ef` values the recall curve is measured at (the sweep stops at recall 0.999, so the
+/// last rungs run only on large graphs: at 2M synthetic rows `ef` 768 measured 0.991, and
+/// a 0.99 target had no rung that cleared it with the margin).
+const CURVE_EFS: [u32; 16] = [
+    10, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
+];
 
 /// Default `ef` when a search names neither `ef` nor a recall target and no curve exists.
 pub const DEFAULT_EF: usize = 64;
@@ -613,42 +617,68 @@ impl HnswIndex {
             global: Mutex::new((idx.entry, idx.max_level)),
         };
         let first = old.max(1);
-        let threads = crate::space::resolve_threads(p.threads).clamp(1, (n - first).max(1));
-        let next = AtomicUsize::new(first);
+        // The recall curves' queries, when the graph is large enough to spare them: rows
+        // inserted only after the curves are measured (see `crate::recall`).
+        let held = if p.measure_recall {
+            recall::hold_out(n, first, p.seed)
+        } else {
+            None
+        };
         let cancelled = AtomicBool::new(false);
         let efc = p.ef_construction.max(m);
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    let mut vis = Visited::new(n);
-                    loop {
-                        let i = next.fetch_add(1, Relaxed);
-                        if i >= n {
-                            break;
-                        }
-                        if i.is_multiple_of(512) && cancel.is_cancelled() {
-                            cancelled.store(true, Relaxed);
-                            break;
-                        }
-                        idx.insert(&sp, &st, i as u32, efc, &mut vis);
+        // Inserts the rows `row(0..count)` (`None`: skipped) on the build threads.
+        let insert_all =
+            |idx: &HnswIndex, count: usize, row: &(dyn Fn(usize) -> Option<u32> + Sync)| {
+                let threads = crate::space::resolve_threads(p.threads).clamp(1, count.max(1));
+                let next = AtomicUsize::new(0);
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        s.spawn(|| {
+                            let mut vis = Visited::new(n);
+                            loop {
+                                let j = next.fetch_add(1, Relaxed);
+                                if j >= count {
+                                    break;
+                                }
+                                if j.is_multiple_of(512) && cancel.is_cancelled() {
+                                    cancelled.store(true, Relaxed);
+                                    break;
+                                }
+                                if let Some(i) = row(j) {
+                                    idx.insert(&sp, &st, i, efc, &mut vis);
+                                }
+                            }
+                        });
                     }
                 });
-            }
+            };
+        insert_all(&idx, n - first, &|j| {
+            let i = first + j;
+            held.as_ref()
+                .is_none_or(|h| !h.set.get(i))
+                .then_some(i as u32)
         });
         if cancelled.load(Relaxed) {
             return Err(IndexError::Cancelled);
         }
-        let (entry, maxl) = *st.global.lock();
-        idx.entry = entry;
-        idx.max_level = maxl;
+        let publish = |idx: &mut HnswIndex| {
+            let (entry, maxl) = *st.global.lock();
+            idx.entry = entry;
+            idx.max_level = maxl;
+        };
+        publish(&mut idx);
         if n > old {
-            idx.repair(&sp, efc);
+            idx.repair(&sp, efc, held.as_ref().map(|h| &h.set));
         }
         if p.sq8 {
             idx.sq = Some(encode_sq8(&sp));
         }
         if p.measure_recall {
-            idx.curve = idx.measure_curve(&sp, p.seed, p.threads, None);
+            let queries = match &held {
+                Some(h) => recall::Queries::HeldOut(h, recall::HELD_OUT_QUERIES),
+                None => recall::Queries::InPlace(recall::CURVE_QUERIES),
+            };
+            idx.curve = idx.measure_curve(&sp, p.seed, p.threads, None, queries);
             let mut curves = Vec::new();
             for f in filter_curve_fractions(n, idx.exact_below) {
                 if cancel.is_cancelled() {
@@ -657,10 +687,18 @@ impl HnswIndex {
                 let allow = recall::random_filter(n, f, p.seed ^ f.to_bits());
                 curves.push((
                     f as f32,
-                    idx.measure_curve(&sp, p.seed, p.threads, Some(&allow)),
+                    idx.measure_curve(&sp, p.seed, p.threads, Some(&allow), queries),
                 ));
             }
             idx.filtered = FilteredCurves { curves };
+        }
+        if let Some(h) = &held {
+            insert_all(&idx, h.rows.len(), &|j| Some(h.rows[j]));
+            if cancelled.load(Relaxed) {
+                return Err(IndexError::Cancelled);
+            }
+            publish(&mut idx);
+            idx.repair(&sp, efc, None);
         }
         Ok(idx)
     }
@@ -704,12 +742,18 @@ impl HnswIndex {
     /// in-links, if that target keeps another. Linking a node also reaches whatever it
     /// links to, so an unreachable group is usually repaired through one of its nodes.
     /// Runs on one thread after the build, before anything reads the graph.
-    fn repair(&self, sp: &Space<'_>, efc: usize) -> usize {
+    /// Rows in `absent` (held out of the graph for now) are left alone.
+    fn repair(&self, sp: &Space<'_>, efc: usize, absent: Option<&Bitset>) -> usize {
         let mut linked = 0;
         // A replaced link can strand its target when its other in-links come from nodes
         // that were unreachable themselves; another round links those.
         for _ in 0..3 {
             let mut seen = self.reached_from_entry();
+            if let Some(a) = absent {
+                for (i, s) in seen.iter_mut().enumerate() {
+                    *s |= a.get(i);
+                }
+            }
             if seen.iter().all(|&r| r) {
                 break;
             }
@@ -776,6 +820,7 @@ impl HnswIndex {
         seed: u64,
         threads: usize,
         allow: Option<&Bitset>,
+        queries: recall::Queries<'_>,
     ) -> RecallCurve {
         let stop = if allow.is_some() {
             recall::FILTERED_STOP
@@ -790,7 +835,7 @@ impl HnswIndex {
             threads,
             allow.map(|a| a.0),
             stop,
-            recall::CURVE_QUERIES,
+            queries,
             |q, exclude, ef, k| {
                 self.search_prepared(sp, q, k, ef as usize, allow, Some(exclude))
                     .iter()
@@ -1373,7 +1418,7 @@ mod tests {
         }
         assert!(!g.reached_from_entry()[u as usize]);
         let sp = Space::new(all, &[], Metric::L2);
-        assert!(g.repair(&sp, 16) >= 1);
+        assert!(g.repair(&sp, 16, None) >= 1);
         assert!(g.reached_from_entry().iter().all(|&r| r));
         assert!((0..n as u32).all(|x| x == u || g.neighbours(x, 0).count() == g.m0));
         let hit = g
@@ -1590,7 +1635,9 @@ mod tests {
     fn recall_target_is_honoured_on_held_out_queries() {
         let (data, inv, idx) = build(4000, 24, Metric::L2);
         let v = VectorSlice::new(&data, 24);
-        let queries = clustered(100, 24, 20, 1234);
+        // 400 queries: fewer are too noisy a sample for the 0.01 tolerance (ten sets of
+        // 200 on similar data spread over 0.027; see `recall::HELD_OUT_QUERIES`).
+        let queries = clustered(400, 24, 20, 1234);
         for target in [0.9f32, 0.95, 0.99] {
             let r = recall_of(&idx, v, &inv, Metric::L2, &queries, 10, |k| SearchParams {
                 recall: Some(target),
@@ -1598,6 +1645,83 @@ mod tests {
             });
             assert!(r + 0.01 >= target as f64, "target {target}: measured {r}");
         }
+    }
+
+    /// The build measures its curves with rows held out of the graph, so they predict
+    /// the recall of fresh queries from the same data. Measured in place (each row a
+    /// query with itself excluded) on the same finished graph, the curve under-predicts
+    /// them by 0.015–0.036 at `ef` 16–48 on this data.
+    #[test]
+    fn the_curve_predicts_fresh_queries_from_held_out_rows() {
+        let (n, dim) = (20_000, 24);
+        let (data, inv, idx) = build(n, dim, Metric::L2);
+        let v = VectorSlice::new(&data, dim);
+        let sp = Space::new(v, &inv, Metric::L2);
+        let in_place = idx.measure_curve(&sp, 5, 2, None, recall::Queries::InPlace(200));
+        let queries = clustered(400, dim, 20, 4321);
+        let truth: Vec<Vec<u32>> = queries
+            .chunks_exact(dim)
+            .map(|q| exact_topk(v, &inv, Metric::L2, q, 10, None))
+            .collect();
+        let (mut held_err, mut in_place_err, mut points) = (0.0, 0.0, 0);
+        for (&(ef, held), &(ef2, place)) in idx.curve().points.iter().zip(&in_place.points) {
+            assert_eq!(ef, ef2);
+            let p = SearchParams {
+                ef: Some(ef as usize),
+                ..SearchParams::top_k(10)
+            };
+            let hit: usize = queries
+                .chunks_exact(dim)
+                .zip(&truth)
+                .map(|(q, t)| {
+                    let got = idx.search(v, &inv, q, &p).unwrap();
+                    got.iter().filter(|g| t.contains(&g.offset)).count()
+                })
+                .sum();
+            let fresh = hit as f32 / (10 * truth.len()) as f32;
+            // The part of the curve a target picks from: below it the sample of 200
+            // queries is noisy, above it every curve is close to 1.
+            if (0.85..=0.995).contains(&fresh) {
+                held_err += (held - fresh).abs();
+                in_place_err += (place - fresh).abs();
+                points += 1;
+            }
+        }
+        assert!(points >= 3, "{:?}", idx.curve());
+        let (held_err, in_place_err) = (held_err / points as f32, in_place_err / points as f32);
+        assert!(held_err <= 0.012, "held out: mean error {held_err}");
+        assert!(
+            in_place_err > 2.0 * held_err,
+            "in place {in_place_err} against held out {held_err}"
+        );
+    }
+
+    /// The rows held out while the curves are measured are inserted after: every one is
+    /// reachable and found by its own vector, as every other row is.
+    #[test]
+    fn held_out_rows_are_in_the_finished_graph() {
+        let n = recall::HOLD_OUT_MIN_ROWS + 1000;
+        let (data, inv, idx) = build(n, 16, Metric::L2);
+        let held = recall::hold_out(n, 1, HnswParams::default().seed).unwrap();
+        assert_eq!(held.rows.len(), n / 20);
+        assert!(idx.reached_from_entry().iter().all(|&r| r));
+        let v = VectorSlice::new(&data, 16);
+        for &r in &held.rows {
+            assert!(
+                idx.neighbours(r, 0).next().is_some(),
+                "row {r} has no links"
+            );
+            let got = idx.search_prepared(
+                &Space::new(v, &inv, Metric::L2),
+                &v.row(r as usize),
+                1,
+                32,
+                None,
+                None,
+            );
+            assert_eq!(got[0].id, r);
+        }
+        assert!(!idx.curve().points.is_empty());
     }
 
     /// The two-hop range gets a curve every 2.5× from its lowest fraction, so a search
@@ -1635,7 +1759,8 @@ mod tests {
             "{fr:?}"
         );
         let v = VectorSlice::new(&data, 16);
-        let queries = clustered(60, 16, 20, 99);
+        // 400 queries, as in `recall_target_is_honoured_on_held_out_queries`.
+        let queries = clustered(400, 16, 20, 99);
         for frac in [0.2, 0.45, 0.7] {
             let mut allow = Bitset::zeros(n);
             for i in 0..n {

@@ -324,7 +324,7 @@ impl IvfIndex {
                 p.threads,
                 None,
                 0.999,
-                recall::CURVE_QUERIES,
+                recall::Queries::InPlace(recall::CURVE_QUERIES),
                 |q, ex, nprobe, k| {
                     idx.search_prepared(&sp, q, k, nprobe as usize, None, refine, Some(ex), None)
                         .iter()
@@ -357,7 +357,7 @@ impl IvfIndex {
                     p.threads,
                     Some(&allow),
                     recall::FILTERED_STOP,
-                    FILTERED_CURVE_QUERIES,
+                    recall::Queries::InPlace(FILTERED_CURVE_QUERIES),
                     |q, ex, nprobe, k| {
                         idx.search_prepared(
                             &sp,
