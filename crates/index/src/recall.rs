@@ -13,11 +13,11 @@
 //!   excluded from both the truth and the answer.
 //!
 //! In place, a graph's curve was wrong in both directions (measured on 200k synthetic
-//! rows; docs/BENCHMARKS.md, "Recall targets"): below recall 0.99 it under-predicted
-//! fresh queries (0.928 against 0.957 at `ef` 32), so a target paid for more `ef` than it
-//! needed; near the top it over-predicted them (0.999 against 0.996 at `ef` 256), and at
-//! 2M rows the 0.95 target reached 0.948. A row's neighbourhood was linked around that row
-//! at insertion, which a fresh query's was not.
+//! rows; docs/BENCHMARKS.md, "Graph curves on held-out rows"): below recall 0.99 it
+//! under-predicted fresh queries (0.928 against 0.957 at `ef` 32), so a target paid for
+//! more `ef` than it needed; near the top it over-predicted them (0.999 against 0.996 at
+//! `ef` 256), and at 2M rows the 0.95 target reached 0.948. A row's neighbourhood was
+//! linked around that row at insertion, which a fresh query's was not.
 
 use crate::space::{splitmix64, Space};
 use crate::{Bitset, TopK};
