@@ -3,7 +3,7 @@
 //! [threads]`, KIND one of `hnsw`, `hnsw_sq`, `ivf_flat`, `ivf_sq8`, `ivf_pq`, `filter`
 //! (filtered walks against exact scans), `curve_hnsw`, `curve_hnsw_sq` (the build-time
 //! recall curve beside the dataset's queries' recall at each `ef`, truth computed here).
-//! `ROWS=N` keeps the first N rows of the base. The user-facing benchmark is `magpie
+//! `ROWS=N` keeps the first N rows of the base (curve modes only). The user-facing benchmark is `magpie
 //! bench`; this is the developer's microscope.
 
 use magpie_index::*;
@@ -39,6 +39,11 @@ fn main() {
         .ok()
         .map(|r| r.parse::<usize>().unwrap())
     {
+        // The other modes score against groundtruth.ivecs, which is for the whole base.
+        assert!(
+            kind.starts_with("curve_"),
+            "ROWS works only with the curve_* modes (they compute their own truth)"
+        );
         base.truncate(n * dim);
     }
     let (_, qs) = read_fvecs(&dir.join("query.fvecs"));
