@@ -439,51 +439,9 @@ impl HnswIndex {
         self.write_links(node, level, sel.iter().map(|c| c.id));
     }
 
-    /// Inserts row `i`. With `codes` (HNSW_SQ) the walks that find its neighbours run
-    /// over the SQ8 codes, as a query's do, and each layer's `efConstruction` candidates
-    /// are rescored with the raw rows before the neighbour heuristic picks from them, so
-    /// the links are chosen on exact distances. A walk reads ~2,000 rows per insertion
-    /// at efConstruction 200, and a 128-d code is 2 cache lines where the row is 8: the
-    /// build at ≥ 200k rows is bound by those misses. Measured on synth-2m (docs/
-    /// BENCHMARKS.md, "HNSW_SQ inserts over its codes"): the same recall at every `ef`
-    /// on fresh queries, the insertions ~1.35× faster at 500k rows.
-    fn insert(
-        &self,
-        sp: &Space<'_>,
-        st: &BuildState,
-        i: u32,
-        efc: usize,
-        vis: &mut Visited,
-        codes: Option<&SqCodes>,
-    ) {
-        let q = sp.node_query(i);
-        match codes {
-            None => self.insert_with(&RawDist { sp, q: &q }, sp, &q, st, i, efc, vis, false),
-            Some(sc) => {
-                let ds = CodeDist {
-                    sq: &sc.sq,
-                    codes: &sc.codes,
-                    dim: self.dim,
-                    q: sc.sq.prepare(self.metric, &q),
-                };
-                self.insert_with(&ds, sp, &q, st, i, efc, vis, true)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn insert_with<D: DistSource>(
-        &self,
-        ds: &D,
-        sp: &Space<'_>,
-        q: &[f32],
-        st: &BuildState,
-        i: u32,
-        efc: usize,
-        vis: &mut Visited,
-        rescore: bool,
-    ) {
+    fn insert(&self, sp: &Space<'_>, st: &BuildState, i: u32, efc: usize, vis: &mut Visited) {
         let level = self.levels[i as usize] as usize;
+        let q = sp.node_query(i);
         let g = st.global.lock();
         let (ep, maxl) = *g;
         let hold = if level > maxl {
@@ -492,34 +450,20 @@ impl HnswIndex {
             drop(g);
             None
         };
+        let ds = RawDist { sp, q: &q };
         let mut cur = Cand {
             d: ds.dist(ep),
             id: ep,
         };
         for l in (level + 1..=maxl).rev() {
-            cur = self.greedy(ds, cur, l);
+            cur = self.greedy(&ds, cur, l);
         }
         let mut eps = vec![cur];
-        let mut exact: Vec<Cand> = Vec::new();
         for l in (0..=level.min(maxl)).rev() {
             vis.reset(self.n);
             vis.check_set(i);
-            let w = self.search_layer(ds, &eps, efc, l, Filt::All, vis);
-            let cands = if rescore {
-                exact.clear();
-                for c in &w {
-                    sp.prefetch(c.id, usize::MAX);
-                }
-                exact.extend(w.iter().map(|c| Cand {
-                    d: sp.dist(q, c.id),
-                    id: c.id,
-                }));
-                exact.sort_unstable();
-                &exact[..]
-            } else {
-                &w[..]
-            };
-            let sel = self.select(sp, cands, self.m);
+            let w = self.search_layer(&ds, &eps, efc, l, Filt::All, vis);
+            let sel = self.select(sp, &w, self.m);
             {
                 let _g = st.locks[i as usize].lock();
                 self.write_links(i, l, sel.iter().map(|c| c.id));
@@ -701,17 +645,13 @@ impl HnswIndex {
                                     break;
                                 }
                                 if let Some(i) = row(j) {
-                                    idx.insert(&sp, &st, i, efc, &mut vis, idx.sq.as_ref());
+                                    idx.insert(&sp, &st, i, efc, &mut vis);
                                 }
                             }
                         });
                     }
                 });
             };
-        if p.sq8 {
-            // HNSW_SQ inserts over its codes (see `insert`), so they come first.
-            idx.sq = Some(encode_sq8(&sp));
-        }
         insert_all(&idx, n - first, &|j| {
             let i = first + j;
             held.as_ref()
@@ -729,6 +669,9 @@ impl HnswIndex {
         publish(&mut idx);
         if n > old {
             idx.repair(&sp, efc, held.as_ref().map(|h| &h.set));
+        }
+        if p.sq8 {
+            idx.sq = Some(encode_sq8(&sp));
         }
         if p.measure_recall {
             let queries = match &held {
@@ -1556,70 +1499,6 @@ mod tests {
                 back.search(v, &inv, q, &p).unwrap()
             );
         }
-    }
-
-    /// HNSW_SQ walks its codes while inserting but picks links on exact distances. Rows
-    /// here come in tight groups, 100× closer together than an SQ8 step, so the codes
-    /// of a group are all alike: links picked on code distances would be a group's
-    /// first rows by offset, not a row's nearest.
-    #[test]
-    fn hnsw_sq_links_are_chosen_on_exact_distances() {
-        let (dim, groups, per) = (8, 60, 40);
-        let mut data = Vec::with_capacity(groups * per * dim);
-        for g in 0..groups {
-            for r in 0..per {
-                for d in 0..dim {
-                    let centre = (unit(0xC0DE ^ (g * dim + d) as u64) as f32) * 100.0;
-                    let jitter =
-                        (unit(0x7E57 ^ ((g * per + r) * dim + d) as u64) as f32 - 0.5) * 0.004;
-                    data.push(centre + jitter);
-                }
-            }
-        }
-        let n = groups * per;
-        let v = VectorSlice::new(&data, dim);
-        let inv = vec![1.0; n];
-        let build = |sq8| {
-            let p = HnswParams {
-                m: 8,
-                ef_construction: 64,
-                threads: 2,
-                sq8,
-                measure_recall: false,
-                ..Default::default()
-            };
-            HnswIndex::build_with(v, &inv, Metric::L2, &p, &Cancel::new()).unwrap()
-        };
-        let (with_codes, raw) = (build(true), build(false));
-        let sq = with_codes.sq.as_ref().unwrap();
-        let code = |i: usize| &sq.codes[i * dim..(i + 1) * dim];
-        // The codes cannot tell a group's rows apart...
-        let alike = (0..n).filter(|&i| code(i) == code(i - i % per)).count();
-        assert!(
-            alike * 10 >= n * 9,
-            "only {alike} of {n} rows share their group's code"
-        );
-        // ...yet as many rows link to their exact nearest neighbour as in a graph built
-        // over the raw rows (HNSW does not link every row to its nearest: ~3 in 4 here).
-        let sp = Space::new(v, &inv, Metric::L2);
-        let nearest: Vec<u32> = (0..n as u32)
-            .map(|i| {
-                (0..n as u32)
-                    .filter(|&j| j != i)
-                    .min_by(|&a, &b| sp.dist_nodes(i, a).total_cmp(&sp.dist_nodes(i, b)))
-                    .unwrap()
-            })
-            .collect();
-        let linked = |g: &HnswIndex| {
-            (0..n as u32)
-                .filter(|&i| g.neighbours(i, 0).any(|x| x == nearest[i as usize]))
-                .count()
-        };
-        let (got, want) = (linked(&with_codes), linked(&raw));
-        assert!(
-            got * 10 >= want * 9 && want * 2 >= n,
-            "{got} of {n} rows link to their nearest neighbour with codes, {want} without"
-        );
     }
 
     #[test]
