@@ -3,8 +3,8 @@
 //! [threads]`, KIND one of `hnsw`, `hnsw_sq`, `ivf_flat`, `ivf_sq8`, `ivf_pq`, `filter`
 //! (filtered walks against exact scans), `curve_hnsw`, `curve_hnsw_sq` (the build-time
 //! recall curve beside the dataset's queries' recall at each `ef`, truth computed here).
-//! `ROWS=N` keeps the first N rows of the base (curve modes only). The user-facing benchmark is `magpie
-//! bench`; this is the developer's microscope.
+//! `ROWS=N` keeps the first N rows of the base (curve modes only). The user-facing
+//! benchmark is `magpie bench`; this is the developer's microscope.
 
 use magpie_index::*;
 use std::time::Instant;
