@@ -1121,15 +1121,17 @@ pub const EXACT_BELOW_ROWS: usize = 4096;
 /// search scans the passing rows exactly whatever their number.
 pub const EXACT_BELOW_FRACTION: f64 = 0.04;
 
-/// SQ8 codes of every row (unit rows for COSINE), for HNSW_SQ.
+/// SQ8 codes of every row (unit rows for COSINE), for HNSW_SQ. Two passes over the rows,
+/// one to fit the ranges and one to encode, each reading a row at a time: the only
+/// buffer the size of the collection is the codes themselves (a quarter of the raw
+/// rows), not a prepared copy of every row as well (512 MB at 1M × 128).
 fn encode_sq8(sp: &Space<'_>) -> SqCodes {
     let n = sp.v.len();
     let dim = sp.v.dim;
-    let unit: Vec<f32> = (0..n as u32).flat_map(|i| sp.node_query(i)).collect();
-    let sq = Sq8::train(&unit, dim);
+    let sq = Sq8::train_rows((0..n as u32).map(|i| sp.node_query(i)), dim);
     let mut codes = vec![0u8; n * dim];
-    for (x, c) in unit.chunks_exact(dim).zip(codes.chunks_exact_mut(dim)) {
-        sq.encode(x, c);
+    for (i, c) in codes.chunks_exact_mut(dim).enumerate() {
+        sq.encode(&sp.node_query(i as u32), c);
     }
     SqCodes { sq, codes }
 }
@@ -1242,6 +1244,43 @@ mod tests {
         };
         let idx = HnswIndex::build_with(v, &inv, metric, &p, &Cancel::new()).unwrap();
         (data, inv, idx)
+    }
+
+    /// The streamed two-pass encoding fits the ranges of the prepared rows (unit rows for
+    /// COSINE, the rows as given otherwise) and codes every row within half a step of it.
+    #[test]
+    fn sq8_codes_cover_the_prepared_rows() {
+        let (n, dim) = (700, 10);
+        let data = clustered(n, dim, 6, 3);
+        let v = VectorSlice::new(&data, dim);
+        let inv: Vec<f32> = (0..n)
+            .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
+            .collect();
+        for metric in [Metric::L2, Metric::COSINE] {
+            let sp = Space::new(v, &inv, metric);
+            let SqCodes { sq, codes } = encode_sq8(&sp);
+            assert_eq!(codes.len(), n * dim);
+            let rows: Vec<Vec<f32>> = (0..n)
+                .map(|i| {
+                    let r = v.row(i).into_owned();
+                    match metric {
+                        Metric::COSINE => r.iter().map(|x| x * inv[i]).collect(),
+                        _ => r,
+                    }
+                })
+                .collect();
+            for d in 0..dim {
+                let lo = rows.iter().map(|r| r[d]).fold(f32::INFINITY, f32::min);
+                let hi = rows.iter().map(|r| r[d]).fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(sq.min[d], lo, "{metric:?} dim {d}");
+                assert!((sq.min[d] + 255.0 * sq.step[d] - hi).abs() <= 1e-5 * hi.abs().max(1.0));
+            }
+            for (r, c) in rows.iter().zip(codes.chunks_exact(dim)) {
+                for (d, (x, y)) in r.iter().zip(sq.decode(c)).enumerate() {
+                    assert!((x - y).abs() <= sq.step[d] * 0.5 + 1e-6, "{metric:?}");
+                }
+            }
+        }
     }
 
     #[test]

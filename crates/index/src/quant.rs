@@ -25,11 +25,19 @@ pub struct Sq8Query {
 }
 
 impl Sq8 {
-    /// Fits the per-dimension range of `data`.
+    /// Fits the per-dimension range of `data` (rows of `dim` floats, row-major).
     pub fn train(data: &[f32], dim: usize) -> Sq8 {
+        Self::train_rows(data.chunks_exact(dim), dim)
+    }
+
+    /// Fits the per-dimension range of `rows`, each `dim` floats long, read one at a time:
+    /// a caller whose rows are not one contiguous buffer (or must be transformed first, as
+    /// COSINE rows are normalized) need not gather a copy of all of them.
+    pub fn train_rows<R: AsRef<[f32]>>(rows: impl IntoIterator<Item = R>, dim: usize) -> Sq8 {
         let mut lo = vec![f32::INFINITY; dim];
         let mut hi = vec![f32::NEG_INFINITY; dim];
-        for r in data.chunks_exact(dim) {
+        for r in rows {
+            let r = r.as_ref();
             for d in 0..dim {
                 lo[d] = lo[d].min(r[d]);
                 hi[d] = hi[d].max(r[d]);
