@@ -1253,9 +1253,7 @@ mod tests {
         let (n, dim) = (700, 10);
         let data = clustered(n, dim, 6, 3);
         let v = VectorSlice::new(&data, dim);
-        let inv: Vec<f32> = (0..n)
-            .map(|i| 1.0 / magpie_linalg::norm(&v.row(i)))
-            .collect();
+        let inv = v.inv_norms();
         for metric in [Metric::L2, Metric::COSINE] {
             let sp = Space::new(v, &inv, metric);
             let SqCodes { sq, codes } = encode_sq8(&sp);
