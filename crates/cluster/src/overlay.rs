@@ -7,7 +7,7 @@
 //! deletes must never touch the data node's objects, so they land in a [`MemoryStorage`]
 //! and in a set of hidden keys.
 
-use magpie_engine::storage::{is_not_found, Blob, MemoryStorage, Storage};
+use magpie_engine::storage::{is_not_found, Blob, MemoryStorage, Storage, WriteFn};
 use magpie_engine::{EngineError, Result};
 use parking_lot::RwLock;
 use std::collections::{BTreeSet, HashSet};
@@ -48,6 +48,12 @@ impl Storage for Overlay {
         self.top.put(key, data)?;
         self.hidden.write().remove(key);
         Ok(())
+    }
+
+    fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
+        let n = self.top.put_with(key, write)?;
+        self.hidden.write().remove(key);
+        Ok(n)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {

@@ -321,16 +321,32 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     };
     let build_ms = t.elapsed().as_millis() as u64;
-    let bytes = indexspec::to_bytes(&ix);
     let file = format!("index_{field}_{}.bin", job.key.index);
     let key = format!("{prefix}{file}");
-    if let Err(e) = store.put(&key, &bytes) {
-        // The segment may have been removed by compaction or a drop meanwhile.
-        if !store.exists(&format!("{prefix}meta.json")).unwrap_or(true) {
-            return Ok(());
+    // Streamed into the store with its checksum taken on the way: a serialised copy of
+    // the index would double its memory at the build's peak (+522 MiB for 2M × 128
+    // HNSW_SQ, docs/BENCHMARKS.md).
+    let mut crc = 0u32;
+    let put = store.put_with(&key, &mut |out| {
+        crc = 0;
+        indexspec::write_to(
+            &ix,
+            &mut Crc32c {
+                inner: out,
+                crc: &mut crc,
+            },
+        )
+    });
+    let len = match put {
+        Ok(n) => n,
+        Err(e) => {
+            // The segment may have been removed by compaction or a drop meanwhile.
+            if !store.exists(&format!("{prefix}meta.json")).unwrap_or(true) {
+                return Ok(());
+            }
+            return Err(e.to_string());
         }
-        return Err(e.to_string());
-    }
+    };
     let mut g = job.coll.write();
     let def_ok = g.meta.indexes.iter().any(|i| i.id == job.key.index);
     let Some(seg) = g
@@ -347,8 +363,8 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
             field,
             index_id: job.key.index,
             file,
-            crc: crc32c::crc32c(&bytes),
-            bytes: bytes.len() as u64,
+            crc,
+            bytes: len,
             build_ms,
         },
         Arc::new(ix),
@@ -501,6 +517,23 @@ fn run_interim(
         curve_rows: if measure { n } else { curve_rows },
     });
     Ok(seg.len() > n && (seg.state != SegState::Growing || seg.len() >= n + p.step_rows))
+}
+
+/// Passes writes through, taking their CRC-32C on the way.
+struct Crc32c<'a, 'b> {
+    inner: &'a mut dyn std::io::Write,
+    crc: &'b mut u32,
+}
+
+impl std::io::Write for Crc32c<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        *self.crc = crc32c::crc32c_append(*self.crc, &buf[..k]);
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]

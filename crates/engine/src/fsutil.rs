@@ -20,13 +20,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Writes a new file and fsyncs it (not its directory entry; see [`sync_dir`]).
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).at(path)?;
-    f.write_all(bytes).at(path)?;
-    f.sync_all().at(path)
-}
-
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).at(dir)

@@ -420,17 +420,17 @@ pub fn build(
     }
 }
 
-/// Serialises a built index.
-pub fn to_bytes(ix: &AnyIndex) -> Vec<u8> {
+/// Writes a built index's file to `out` (streamed: no copy of the file in memory).
+pub fn write_to(ix: &AnyIndex, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     match ix {
-        AnyIndex::Flat(_) => Vec::new(),
-        AnyIndex::Hnsw(h) => h.to_bytes(),
-        AnyIndex::Ivf(i) => i.to_bytes(),
-        AnyIndex::BinIvf(i) => i.to_bytes(),
+        AnyIndex::Flat(_) => Ok(()),
+        AnyIndex::Hnsw(h) => h.write_to(out),
+        AnyIndex::Ivf(i) => i.write_to(out),
+        AnyIndex::BinIvf(i) => i.write_to(out),
     }
 }
 
-/// Parses an index file written by [`to_bytes`] for an index of `kind`.
+/// Parses an index file written by [`write_to`] for an index of `kind`.
 pub fn from_bytes(kind: &IndexKind, b: &[u8]) -> magpie_index::Result<AnyIndex> {
     match kind {
         IndexKind::Flat => Err(magpie_index::IndexError::Corrupt(

@@ -17,6 +17,7 @@
 //! | method | guarantee when it returns `Ok` |
 //! |---|---|
 //! | [`put`](Storage::put) | the key holds exactly `data`, durably; a reader (or a crash) sees the old value or the new, never a mix |
+//! | [`put_with`](Storage::put_with) | as `put`, for the bytes `write` wrote; if `write` or the store fails, the key keeps its old value (or stays absent) |
 //! | [`get`](Storage::get) | the whole value as last put; a missing key is an error whose kind is `NotFound` |
 //! | [`get_range`](Storage::get_range) | bytes of that value, the range clamped to its end |
 //! | [`size`](Storage::size) | the length of the value as last put; a missing key is `NotFound` |
@@ -34,6 +35,7 @@ use memmap2::Mmap;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +67,20 @@ impl fmt::Debug for Blob {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Writes `key` whole, atomically and durably.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Writes `key` from a stream: `write` is called once and writes the whole value to
+    /// the sink it is given; returns the value's length. The guarantees are `put`'s, so a
+    /// value too large to hold twice in memory (an index file) can be saved without a
+    /// serialised copy where the store streams (local files; multipart uploads on an
+    /// object store). The default collects the value and calls `put`.
+    fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
+        let mut buf = Vec::new();
+        write(&mut buf).map_err(|source| EngineError::Io {
+            path: self.locate(key),
+            source,
+        })?;
+        self.put(key, &buf)?;
+        Ok(buf.len() as u64)
+    }
     /// Reads `key` whole.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Reads `key` whole, memory-mapped where the store can.
@@ -109,6 +125,27 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// fetch vector and index files on first use or on `collections/load`.
     fn is_remote(&self) -> bool {
         false
+    }
+}
+
+/// What [`Storage::put_with`] calls to produce a value: it writes the whole value to the
+/// sink.
+pub type WriteFn<'a> = dyn FnMut(&mut dyn Write) -> std::io::Result<()> + 'a;
+
+/// A sink that counts the bytes written through it.
+struct Counted<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -219,6 +256,13 @@ impl LocalStorage {
 
 impl Storage for LocalStorage {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.put_with(key, &mut |out| out.write_all(data))
+            .map(|_| ())
+    }
+
+    /// Streams into a temporary file beside the key's (64 KiB writes), fsyncs it, renames
+    /// it over the key and fsyncs the directory; a failure removes the temporary file.
+    fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
         let path = self.path(key)?;
         let dir = path.parent().expect("a key has a parent").to_path_buf();
         self.make_dirs(&dir)?;
@@ -231,10 +275,27 @@ impl Storage for LocalStorage {
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = fsutil::write_synced(&tmp, data) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let written = (|| {
+            let f = std::fs::File::create(&tmp)?;
+            let mut out = Counted {
+                inner: std::io::BufWriter::with_capacity(64 << 10, f),
+                n: 0,
+            };
+            write(&mut out)?;
+            let f = out.inner.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok(out.n)
+        })();
+        let n = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(EngineError::Io {
+                    path: tmp,
+                    source: e,
+                });
+            }
+        };
         std::fs::rename(&tmp, &path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             EngineError::Io {
@@ -242,7 +303,8 @@ impl Storage for LocalStorage {
                 source: e,
             }
         })?;
-        fsutil::sync_dir(&dir)
+        fsutil::sync_dir(&dir)?;
+        Ok(n)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -379,6 +441,19 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    /// Collects the value and moves it into the map (no second copy).
+    fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
+        check_key(key)?;
+        let mut buf = Vec::new();
+        write(&mut buf).map_err(|source| EngineError::Io {
+            path: self.locate(key),
+            source,
+        })?;
+        let n = buf.len() as u64;
+        self.map.write().insert(key.to_string(), Arc::new(buf));
+        Ok(n)
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         check_key(key)?;
         self.map
@@ -477,6 +552,7 @@ pub fn conformance(s: &dyn Storage) {
     assert_eq!(s.bytes_under("a/").unwrap(), 8 + 3);
     s.put("e/empty", b"").unwrap();
     assert!(s.get_mapped("e/empty").unwrap().is_empty());
+    put_with_conformance(s);
     s.delete("a/b").unwrap();
     s.delete("a/b").unwrap();
     assert!(!s.exists("a/b").unwrap());
@@ -485,6 +561,50 @@ pub fn conformance(s: &dyn Storage) {
     for bad in ["", "/abs", "a/../b", "a//b", "./a", "a\\b"] {
         assert!(s.put(bad, b"x").is_err(), "{bad:?}");
     }
+}
+
+/// [`Storage::put_with`]'s part of [`conformance`]: a streamed value in many writes,
+/// larger than two parts of an object store's multipart upload; a writer that fails
+/// before or after the first part leaves the key as it was; a small streamed value.
+fn put_with_conformance(s: &dyn Storage) {
+    let big: Vec<u8> = (0..(20usize << 20) + 12_345)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let mut stream = |out: &mut dyn Write| {
+        for c in big.chunks(100_003) {
+            out.write_all(c)?;
+        }
+        Ok(())
+    };
+    assert_eq!(s.put_with("s/big", &mut stream).unwrap(), big.len() as u64);
+    assert_eq!(s.size("s/big").unwrap(), big.len() as u64);
+    assert!(
+        s.get("s/big").unwrap() == big,
+        "the streamed value reads back"
+    );
+    for (key, before) in [("s/big", true), ("s/absent", false)] {
+        for fail_after in [7, big.len()] {
+            let e = s
+                .put_with(key, &mut |out| {
+                    out.write_all(&big[..fail_after])?;
+                    Err(std::io::Error::other("the writer gave up"))
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("the writer gave up"), "{e}");
+            assert_eq!(s.exists(key).unwrap(), before, "{key} after {fail_after}");
+        }
+    }
+    assert!(
+        s.get("s/big").unwrap() == big,
+        "a failed put keeps the old value"
+    );
+    let n = s
+        .put_with("s/small", &mut |out| out.write_all(b"tiny"))
+        .unwrap();
+    assert_eq!((n, s.get("s/small").unwrap()), (4, b"tiny".to_vec()));
+    assert_eq!(s.list("s/").unwrap(), vec!["s/big", "s/small"]);
+    s.delete_prefix("s/").unwrap();
+    assert!(s.put_with("a/../b", &mut |_| Ok(())).is_err());
 }
 
 #[cfg(test)]

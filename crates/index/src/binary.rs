@@ -291,8 +291,9 @@ impl BinIvfIndex {
         top.into_sorted()
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new(MAGIC);
+    /// Writes the index file to `out` (what [`Self::from_bytes`] reads).
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut w = Writer::new(out, MAGIC);
         w.u8(metric_code(self.metric));
         w.u64(self.bytes as u64);
         w.u64(self.n as u64);
@@ -301,7 +302,12 @@ impl BinIvfIndex {
         w.u32s(self.list_start.iter().copied());
         w.u32s(self.ids.iter().copied());
         self.curve.write(&mut w);
-        w.buf
+        w.finish()
+    }
+
+    /// The index file in memory; see [`Self::write_to`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::codec::to_vec(|out| self.write_to(out))
     }
 
     /// Parses [`Self::to_bytes`]; every length and offset is checked.

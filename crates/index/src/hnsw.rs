@@ -958,9 +958,9 @@ impl HnswIndex {
         }
     }
 
-    /// Serialises the graph (not the vectors).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new(MAGIC);
+    /// Writes the graph (not the vectors) to `out`: what [`Self::from_bytes`] reads.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut w = Writer::new(out, MAGIC);
         w.u8(codec::metric_code(self.metric));
         w.u64(self.n as u64);
         w.u32(self.dim as u32);
@@ -981,7 +981,12 @@ impl HnswIndex {
             }
         }
         self.filtered.write(&mut w);
-        w.buf
+        w.finish()
+    }
+
+    /// The index file in memory; see [`Self::write_to`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::codec::to_vec(|out| self.write_to(out))
     }
 
     /// Parses [`HnswIndex::to_bytes`] output, checking every offset against `n`.

@@ -548,8 +548,9 @@ impl IvfIndex {
         out
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new(MAGIC);
+    /// Writes the index file to `out` (what [`Self::from_bytes`] reads).
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut w = Writer::new(out, MAGIC);
         w.u8(codec::metric_code(self.metric));
         w.u64(self.n as u64);
         w.u32(self.dim as u32);
@@ -571,7 +572,12 @@ impl IvfIndex {
         w.bytes(&self.codes);
         self.curve.write(&mut w);
         self.filtered.write(&mut w);
-        w.buf
+        w.finish()
+    }
+
+    /// The index file in memory; see [`Self::write_to`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::codec::to_vec(|out| self.write_to(out))
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
@@ -1026,9 +1032,11 @@ mod tests {
         assert_eq!(back.filtered_curves(), idx.filtered_curves());
         // Format 1: the same bytes without the filtered curves, under the old magic.
         let tail = {
-            let mut w = Writer::new(MAGIC);
+            let mut buf = Vec::new();
+            let mut w = Writer::new(&mut buf, MAGIC);
             idx.filtered.write(&mut w);
-            w.buf.len() - MAGIC.len()
+            w.finish().unwrap();
+            buf.len() - MAGIC.len()
         };
         let mut v1 = bytes[..bytes.len() - tail].to_vec();
         v1[..8].copy_from_slice(MAGIC_V1);

@@ -99,7 +99,7 @@ impl Sq8 {
         }
     }
 
-    pub fn write(&self, w: &mut Writer) {
+    pub fn write(&self, w: &mut Writer<'_>) {
         w.f32s(&self.min);
         w.f32s(&self.step);
     }
@@ -210,7 +210,7 @@ impl Pq {
         }
     }
 
-    pub fn write(&self, w: &mut Writer) {
+    pub fn write(&self, w: &mut Writer<'_>) {
         w.u32(self.m as u32);
         w.u32(self.dsub as u32);
         w.f32s(&self.codebooks);

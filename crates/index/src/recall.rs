@@ -136,7 +136,7 @@ impl RecallCurve {
         pts.last().map(|p| p.1)
     }
 
-    pub(crate) fn write(&self, w: &mut crate::codec::Writer) {
+    pub(crate) fn write(&self, w: &mut crate::codec::Writer<'_>) {
         w.u32(self.points.len() as u32);
         for &(k, r) in &self.points {
             w.u32(k);
@@ -225,7 +225,7 @@ impl FilteredCurves {
         below.into_iter().chain(above).map(|(f, c)| (*f, c))
     }
 
-    pub(crate) fn write(&self, w: &mut crate::codec::Writer) {
+    pub(crate) fn write(&self, w: &mut crate::codec::Writer<'_>) {
         w.u32(self.curves.len() as u32);
         for (f, c) in &self.curves {
             w.f32(*f);

@@ -35,7 +35,7 @@ pub use fence::Fenced;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use magpie_engine::storage::{check_key, Blob, Storage};
+use magpie_engine::storage::{check_key, Blob, Storage, WriteFn};
 use magpie_engine::EngineError;
 use memmap2::Mmap;
 use object_store::aws::AmazonS3Builder;
@@ -437,6 +437,144 @@ impl ObjectStorage {
     }
 }
 
+/// The size of each part of a multipart upload but the last ([`Storage::put_with`] on a
+/// value larger than one part). Fixed, as some stores (R2) require equal parts, and above
+/// S3's 5 MiB minimum.
+pub const PART_BYTES: usize = 8 << 20;
+
+/// Why a streamed put failed: the store refused, or the writer itself failed.
+enum Failure {
+    Store(object_store::Error),
+    Writer(std::io::Error),
+}
+
+/// The sink of [`ObjectStorage::put_with`]: collects one part, then uploads it.
+struct Multipart<'s> {
+    st: &'s ObjectStorage,
+    path: ObjPath,
+    part: Vec<u8>,
+    upload: Option<Box<dyn object_store::MultipartUpload>>,
+    /// The part being uploaded while the next one fills.
+    inflight: Option<std::sync::mpsc::Receiver<object_store::Result<()>>>,
+    /// The store's first error; the writer sees it as an I/O error and stops.
+    failed: Option<object_store::Error>,
+    n: u64,
+}
+
+impl Multipart<'_> {
+    /// Waits for the part in flight.
+    fn settle(&mut self) -> object_store::Result<()> {
+        match self.inflight.take() {
+            Some(rx) => rx
+                .recv()
+                .expect("the storage runtime runs until the storage is dropped"),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the upload if needed and sends the collected part.
+    fn send_part(&mut self) -> object_store::Result<()> {
+        if self.upload.is_none() {
+            let store = self.st.store.clone();
+            let path = self.path.clone();
+            self.upload = Some(
+                self.st
+                    .block(async move { store.put_multipart(&path).await })?,
+            );
+        }
+        self.settle()?;
+        let part = std::mem::replace(&mut self.part, Vec::with_capacity(PART_BYTES));
+        let fut = self
+            .upload
+            .as_mut()
+            .expect("started above")
+            .put_part(part.into());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.st.rt.as_ref().expect("running").spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        self.inflight = Some(rx);
+        Ok(())
+    }
+
+    fn complete(mut self) -> Result<(), Failure> {
+        if let Some(e) = self.failed.take() {
+            return Err(self.abort_store(e));
+        }
+        if self.upload.is_none() {
+            // Under one part: a single PUT.
+            let store = self.st.store.clone();
+            let path = self.path.clone();
+            let payload = Bytes::from(std::mem::take(&mut self.part));
+            return self
+                .st
+                .block(async move { store.put(&path, payload.into()).await })
+                .map(|_| ())
+                .map_err(Failure::Store);
+        }
+        let sent = if self.part.is_empty() {
+            self.settle()
+        } else {
+            self.send_part().and_then(|()| self.settle())
+        };
+        if let Err(e) = sent {
+            return Err(self.abort_store(e));
+        }
+        let mut up = self.upload.take().expect("started");
+        match self.st.block(async move {
+            let r = up.complete().await;
+            if r.is_err() {
+                let _ = up.abort().await;
+            }
+            r
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Store(e)),
+        }
+    }
+
+    fn abort_store(self, e: object_store::Error) -> Failure {
+        self.abort(None);
+        Failure::Store(e)
+    }
+
+    /// Abandons the upload (best effort: a store keeps an unfinished upload's parts only
+    /// until its lifecycle rule removes them, and never shows them as the object).
+    fn abort(mut self, writer: Option<std::io::Error>) -> Failure {
+        let _ = self.settle();
+        if let Some(mut up) = self.upload.take() {
+            let _ = self.st.block(async move { up.abort().await });
+        }
+        match (self.failed.take(), writer) {
+            (Some(e), _) => Failure::Store(e),
+            (None, Some(w)) => Failure::Writer(w),
+            (None, None) => Failure::Writer(std::io::Error::other("aborted")),
+        }
+    }
+}
+
+impl std::io::Write for Multipart<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        if self.part.len() == PART_BYTES {
+            if let Err(e) = self.send_part() {
+                let msg = e.to_string();
+                self.failed = Some(e);
+                return Err(std::io::Error::other(msg));
+            }
+        }
+        let k = buf.len().min(PART_BYTES - self.part.len());
+        self.part.extend_from_slice(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An object's version for a conditional put: its ETag as the server gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version(pub String);
@@ -530,6 +668,39 @@ impl Storage for ObjectStorage {
         self.put_opts(key, data, Default::default())?
             .map(|_| ())
             .map_err(|e| self.err(key, e))
+    }
+
+    /// A value that fits in one part is one PUT, as with `put`. A larger one is a
+    /// multipart upload of [`PART_BYTES`] parts, one uploading while the next fills, so
+    /// the process holds at most two parts of it; completing the upload makes the whole
+    /// object visible at once, and a failure aborts it (the old value stays).
+    fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> EResult<u64> {
+        check_key(key)?;
+        if let Some(c) = &self.cache {
+            c.forget(key);
+        }
+        let mut sink = Multipart {
+            st: self,
+            path: self.full(key),
+            part: Vec::new(),
+            upload: None,
+            inflight: None,
+            failed: None,
+            n: 0,
+        };
+        let wrote = write(&mut sink);
+        let n = sink.n;
+        let done = match wrote {
+            Ok(()) => sink.complete(),
+            Err(e) => Err(sink.abort(Some(e))),
+        };
+        done.map(|()| n).map_err(|e| match e {
+            Failure::Store(e) => self.err(key, e),
+            Failure::Writer(source) => EngineError::Io {
+                path: self.locate(key),
+                source,
+            },
+        })
     }
 
     fn get(&self, key: &str) -> EResult<Vec<u8>> {
