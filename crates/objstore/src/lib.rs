@@ -12,6 +12,9 @@
 //! - `put` is one PUT of the whole object: S3 never shows a partial object, and a PUT
 //!   acknowledged by the server is durable. There is no rename; the engine never needs
 //!   one (new segments are new keys, made visible by the manifest put after them).
+//! - `put_with` (index files, streamed) is one PUT up to [`PART_BYTES`] and a multipart
+//!   upload beyond: the object appears whole when the upload completes, and a failed
+//!   writer or part aborts the upload, leaving the old value.
 //! - `get_mapped` (vector files) goes through a local cache directory with a size limit:
 //!   a miss downloads the object into the cache and memory-maps it; entries are evicted
 //!   least recently used once the cache is over its limit (a mapped file that is evicted

@@ -157,4 +157,22 @@ pub fn a_former_owner_is_fenced(
     third.insert("c", None, &rows(200..250)).unwrap();
     third.flush("c").unwrap();
     assert_eq!(count(&third, "id >= 0"), 250);
+    drop(third);
+
+    // A streamed put of a guarded key is conditional too: it goes through while this
+    // writer owns the prefix, and is refused once a newer owner has claimed it.
+    let d4 = tempfile::tempdir().unwrap();
+    let d5 = tempfile::tempdir().unwrap();
+    let fourth = Fenced::claim(base(d4.path()), 4).unwrap();
+    let doc = store.get(&manifest).unwrap();
+    let mut same = |out: &mut dyn std::io::Write| out.write_all(&doc);
+    fourth.put_with(&manifest, &mut same).unwrap();
+    assert_eq!(epoch_of(&store.get(&manifest).unwrap()), Some(4));
+    let _fifth = Fenced::claim(base(d5.path()), 5).unwrap();
+    let e = fourth
+        .put_with(&manifest, &mut same)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fenced") && e.contains("newer owner"), "{e}");
+    assert_eq!(epoch_of(&store.get(&manifest).unwrap()), Some(5));
 }
