@@ -3,7 +3,10 @@
 //! [threads]`, KIND one of `hnsw`, `hnsw_sq`, `ivf_flat`, `ivf_sq8`, `ivf_pq`, `filter`
 //! (filtered walks against exact scans), `curve_hnsw`, `curve_hnsw_sq` (the build-time
 //! recall curve beside the dataset's queries' recall at each `ef`, truth computed here).
-//! `ROWS=N` keeps the first N rows of the base (curve modes only). The user-facing
+//! `ROWS=N` keeps the first N rows of the base (curve modes only); `KNOBS=a,b,…` sets the
+//! knobs swept; `INDEX_CACHE=FILE` (HNSW kinds) loads the graph from FILE if it exists,
+//! else builds it and writes it there (an engine's `index_*.bin` of the same rows loads
+//! too). The user-facing
 //! benchmark is `magpie bench`; this is the developer's microscope.
 
 use magpie_index::*;
@@ -61,20 +64,31 @@ fn main() {
         return curve_check(v, &inv, metric, &qs, threads, k == "hnsw_sq");
     }
     let idx: Box<dyn VectorIndexRead + Sync> = match kind {
-        "hnsw" | "hnsw_sq" => Box::new(
-            HnswIndex::build_with(
-                v,
-                &inv,
-                metric,
-                &HnswParams {
-                    threads,
-                    sq8: kind == "hnsw_sq",
-                    ..Default::default()
-                },
-                &Cancel::new(),
-            )
-            .unwrap(),
-        ),
+        "hnsw" | "hnsw_sq" => {
+            let cache = std::env::var("INDEX_CACHE").ok();
+            match cache.as_ref().and_then(|c| std::fs::read(c).ok()) {
+                Some(b) => Box::new(HnswIndex::from_bytes(&b).unwrap()),
+                None => {
+                    let ix = HnswIndex::build_with(
+                        v,
+                        &inv,
+                        metric,
+                        &HnswParams {
+                            threads,
+                            sq8: kind == "hnsw_sq",
+                            ..Default::default()
+                        },
+                        &Cancel::new(),
+                    )
+                    .unwrap();
+                    if let Some(c) = &cache {
+                        let mut f = std::io::BufWriter::new(std::fs::File::create(c).unwrap());
+                        ix.write_to(&mut f).unwrap();
+                    }
+                    Box::new(ix)
+                }
+            }
+        }
         "ivf_flat" | "ivf_sq8" | "ivf_pq" => Box::new(
             IvfIndex::build_with(
                 v,
@@ -103,7 +117,9 @@ fn main() {
         base.len() * 4
     );
     let nq = qs.len() / dim;
-    let knobs: Vec<usize> = if kind.starts_with("hnsw") {
+    let knobs: Vec<usize> = if let Ok(k) = std::env::var("KNOBS") {
+        k.split(',').map(|x| x.parse().unwrap()).collect()
+    } else if kind.starts_with("hnsw") {
         vec![16, 24, 32, 48, 64, 96, 128]
     } else {
         vec![2, 4, 8, 16, 32, 64, 128]
