@@ -328,7 +328,6 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
     // HNSW_SQ, docs/BENCHMARKS.md).
     let mut crc = 0u32;
     let put = store.put_with(&key, &mut |out| {
-        crc = 0;
         indexspec::write_to(
             &ix,
             &mut Crc32c {

@@ -73,11 +73,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// serialised copy where the store streams (local files; multipart uploads on an
     /// object store). The default collects the value and calls `put`.
     fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
-        let mut buf = Vec::new();
-        write(&mut buf).map_err(|source| EngineError::Io {
-            path: self.locate(key),
-            source,
-        })?;
+        let buf = collect(self, key, write)?;
         self.put(key, &buf)?;
         Ok(buf.len() as u64)
     }
@@ -131,6 +127,21 @@ pub trait Storage: Send + Sync + fmt::Debug {
 /// What [`Storage::put_with`] calls to produce a value: it writes the whole value to the
 /// sink.
 pub type WriteFn<'a> = dyn FnMut(&mut dyn Write) -> std::io::Result<()> + 'a;
+
+/// Runs `write` into a buffer: the value of a [`Storage::put_with`] on a store that
+/// cannot stream it. A writer's error names where `key` lives.
+pub fn collect<S: Storage + ?Sized>(
+    store: &S,
+    key: &str,
+    write: &mut WriteFn<'_>,
+) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    write(&mut buf).map_err(|source| EngineError::Io {
+        path: store.locate(key),
+        source,
+    })?;
+    Ok(buf)
+}
 
 /// A sink that counts the bytes written through it.
 struct Counted<W> {
@@ -444,11 +455,7 @@ impl Storage for MemoryStorage {
     /// Collects the value and moves it into the map (no second copy).
     fn put_with(&self, key: &str, write: &mut WriteFn<'_>) -> Result<u64> {
         check_key(key)?;
-        let mut buf = Vec::new();
-        write(&mut buf).map_err(|source| EngineError::Io {
-            path: self.locate(key),
-            source,
-        })?;
+        let buf = collect(self, key, write)?;
         let n = buf.len() as u64;
         self.map.write().insert(key.to_string(), Arc::new(buf));
         Ok(n)

@@ -958,18 +958,21 @@ impl HnswIndex {
             cur = self.greedy(ds, cur, l);
         }
         let mut vis = self.pool.get(self.n);
-        let eps = if beam > 0 {
+        // Greedy graphs (the common case) pass `cur` itself: no allocation per search.
+        let seeds;
+        let eps: &[Cand] = if beam > 0 {
             let mut r = self.search_layer(ds, &[cur], beam, 1, Filt::All, &mut vis);
             r.truncate(beam / ENTRY_SEEDS_PER);
             vis.reset(self.n);
-            r
+            seeds = r;
+            &seeds
         } else {
-            vec![cur]
+            std::slice::from_ref(&cur)
         };
         if let Some(x) = exclude {
             vis.check_set(x);
         }
-        let r = self.search_layer(ds, &eps, ef, 0, filt, &mut vis);
+        let r = self.search_layer(ds, eps, ef, 0, filt, &mut vis);
         self.pool.put(vis);
         r
     }

@@ -44,7 +44,7 @@
 //! names it was put, which a fenced writer cannot do, or files of its own segment ids.
 
 use crate::{ObjectStorage, PutIf, Version};
-use magpie_engine::storage::{rewritten_in_place as is_guarded, Blob, Storage, WriteFn};
+use magpie_engine::storage::{collect, rewritten_in_place as is_guarded, Blob, Storage, WriteFn};
 use magpie_engine::EngineError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -199,11 +199,7 @@ impl Storage for Fenced {
         self.check(key)?;
         if is_guarded(key) {
             // Conditional puts are whole values: collect, then put as above.
-            let mut buf = Vec::new();
-            write(&mut buf).map_err(|source| EngineError::Io {
-                path: self.locate(key),
-                source,
-            })?;
+            let buf = collect(self, key, write)?;
             self.put_guarded(key, &buf)?;
             Ok(buf.len() as u64)
         } else {
