@@ -11,7 +11,13 @@
 //!
 //! A second builder (same queue type, its own thread) grows the in-memory interim graphs
 //! of growing segments ([`crate::segment::Interim`], `run_interim`), so those never wait
-//! behind a long build of a flushed segment.
+//! behind a long build of a flushed segment. While the first builder builds a segment's
+//! index, the interim builder leaves that segment alone ([`Shared::hold`]): its running
+//! job there is cancelled and none is started until the build ends. Otherwise, when rows
+//! arrive faster than the interim graph grows (a bulk insert, then a flush), the interim
+//! builder covers the flushed segment's remaining rows *while* the real index is built over
+//! all of them, and the two split the cores: a 500k-row HNSW_SQ build took twice as long
+//! (docs/BENCHMARKS.md, "The interim graph no longer races the index build").
 
 use crate::catalog::ManifestIndex;
 use crate::collection::Collection;
@@ -73,15 +79,19 @@ struct State {
     queued: HashSet<JobKey>,
     running: Option<(JobKey, Arc<Cancel>)>,
     failed: HashMap<JobKey, Failure>,
+    /// Segments (collection, segment) this builder keeps off: their index is being built
+    /// by the other builder ([`Shared::hold`]).
+    held: HashMap<(u64, u64), usize>,
     shutdown: bool,
 }
 
 impl State {
-    /// Whether a job for `key` may be queued now: not queued or running already, and
-    /// not failed recently (see [`backoff`]).
+    /// Whether a job for `key` may be queued now: not queued or running already, not
+    /// failed recently (see [`backoff`]), and its segment not held.
     fn admits(&self, key: &JobKey, now: Instant) -> bool {
         !(self.shutdown
             || self.queued.contains(key)
+            || self.held.contains_key(&(key.coll, key.segment))
             || self.failed.get(key).is_some_and(|f| now < f.retry_at)
             || self.running.as_ref().is_some_and(|r| r.0 == *key))
     }
@@ -114,6 +124,58 @@ struct Shared {
     /// Set for the interim builder: its jobs grow interim graphs of growing segments
     /// instead of building and persisting indexes of flushed ones.
     interim: Option<InterimParams>,
+    /// For the index builder: the interim builder, held off each segment it builds.
+    supersedes: Option<Arc<Shared>>,
+}
+
+impl Shared {
+    /// Keeps this builder off segment `segment` of `coll` until [`Shared::release`]:
+    /// drops its queued jobs there, cancels its running one, and admits none. Holds
+    /// nest (counted).
+    fn hold(&self, coll: u64, segment: u64) {
+        let mut st = self.state.lock();
+        *st.held.entry((coll, segment)).or_default() += 1;
+        let on = |k: &JobKey| k.coll == coll && k.segment == segment;
+        st.jobs.retain(|j| !on(&j.key));
+        st.queued.retain(|k| !on(k));
+        if let Some((k, c)) = &st.running {
+            if on(k) {
+                c.cancel();
+            }
+        }
+        self.done.notify_all();
+    }
+
+    /// Ends one [`Shared::hold`] of the segment.
+    fn release(&self, coll: u64, segment: u64) {
+        let mut st = self.state.lock();
+        if let Some(n) = st.held.get_mut(&(coll, segment)) {
+            *n -= 1;
+            if *n == 0 {
+                st.held.remove(&(coll, segment));
+            }
+        }
+    }
+}
+
+/// A [`Shared::hold`] that ends when dropped (the build returned, failed or panicked).
+struct Hold<'a> {
+    on: &'a Shared,
+    coll: u64,
+    segment: u64,
+}
+
+impl<'a> Hold<'a> {
+    fn new(on: &'a Shared, coll: u64, segment: u64) -> Self {
+        on.hold(coll, segment);
+        Hold { on, coll, segment }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.on.release(self.coll, self.segment);
+    }
 }
 
 pub(crate) struct Builder {
@@ -123,18 +185,25 @@ pub(crate) struct Builder {
 
 impl Builder {
     /// Starts the builder thread. `threads` is passed to index builds (0 = all cores);
-    /// `nice` is the builder's scheduling priority (see [`lower_priority`]).
-    pub fn start(threads: usize, nice: i32) -> Builder {
-        Self::start_with(threads, nice, None)
+    /// `nice` is the builder's scheduling priority (see [`lower_priority`]). While it
+    /// builds a segment's index, `interim` (the interim builder) leaves that segment
+    /// alone.
+    pub fn start(threads: usize, nice: i32, interim: &Builder) -> Builder {
+        Self::start_with(threads, nice, None, Some(interim.shared.clone()))
     }
 
     /// Starts the interim builder: a second queue and thread, so a graph over growing
     /// rows never waits behind a long build of a flushed segment.
     pub fn start_interim(threads: usize, nice: i32, p: InterimParams) -> Builder {
-        Self::start_with(threads, nice, Some(p))
+        Self::start_with(threads, nice, Some(p), None)
     }
 
-    fn start_with(threads: usize, nice: i32, interim: Option<InterimParams>) -> Builder {
+    fn start_with(
+        threads: usize,
+        nice: i32,
+        interim: Option<InterimParams>,
+        supersedes: Option<Arc<Shared>>,
+    ) -> Builder {
         let name = if interim.is_some() {
             "magpie-interim-builder"
         } else {
@@ -146,6 +215,7 @@ impl Builder {
             done: Condvar::new(),
             threads,
             interim,
+            supersedes,
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -260,7 +330,7 @@ fn worker(sh: Arc<Shared>) {
             }
         };
         let r = match &sh.interim {
-            None => run(&job, &cancel, sh.threads).map(|()| false),
+            None => run(&job, &cancel, sh.threads, sh.supersedes.as_deref()).map(|()| false),
             Some(p) => run_interim(&job, &cancel, sh.threads, p),
         };
         let mut st = sh.state.lock();
@@ -281,8 +351,9 @@ fn worker(sh: Arc<Shared>) {
 }
 
 /// Builds, persists and attaches one index. `Ok` also covers jobs that became moot (the
-/// segment was compacted away, the index dropped, the build cancelled).
-fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
+/// segment was compacted away, the index dropped, the build cancelled). `interim` is held
+/// off the segment for the whole build.
+fn run(job: &Job, cancel: &Cancel, threads: usize, interim: Option<&Shared>) -> Result<(), String> {
     let field = job.field;
     let (data, inv, dim, elem, metric, kind, store, prefix) = {
         let g = job.coll.read();
@@ -313,6 +384,10 @@ fn run(job: &Job, cancel: &Cancel, threads: usize) -> Result<(), String> {
             g.seg_prefix(seg.id),
         )
     };
+    // The interim graph would only race this build for the cores; the segment is
+    // searched through what the graph covers now (and exactly past it) until the index
+    // is attached, which also drops the graph.
+    let _hold = interim.map(|i| Hold::new(i, job.key.coll, job.key.segment));
     let v = data.slice(dim, elem);
     let t = Instant::now();
     let ix = match indexspec::build(&kind, v, &inv, metric, cancel) {
@@ -561,6 +636,127 @@ mod tests {
         assert_eq!(st.failed[&key].attempts, 2);
         assert!(!st.admits(&key, t0 + Duration::from_secs(14)));
         assert!(st.admits(&key, t0 + Duration::from_secs(15)));
+    }
+
+    /// While the index builder holds a segment, the interim builder's running job there
+    /// is cancelled, its queued ones dropped and new ones refused; other segments are not
+    /// touched, and the hold ends with the last build holding it.
+    #[test]
+    fn a_segment_being_built_gets_no_interim_work() {
+        let sh = Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            threads: 1,
+            interim: None,
+            supersedes: None,
+        };
+        let key = |segment, index| JobKey {
+            coll: 1,
+            segment,
+            index,
+        };
+        let running = Arc::new(Cancel::new());
+        let elsewhere = Arc::new(Cancel::new());
+        {
+            let mut st = sh.state.lock();
+            st.queued.extend([key(2, 4), key(3, 3)]);
+            st.running = Some((key(2, 3), running.clone()));
+        }
+        let now = Instant::now();
+        let first = Hold::new(&sh, 1, 2);
+        assert!(running.is_cancelled());
+        {
+            let st = sh.state.lock();
+            assert_eq!(st.queued, HashSet::from([key(3, 3)]));
+            assert!(!st.admits(&key(2, 5), now));
+            assert!(st.admits(&key(4, 3), now));
+        }
+        let second = Hold::new(&sh, 1, 2);
+        drop(first);
+        assert!(!sh.state.lock().admits(&key(2, 5), now));
+        drop(second);
+        assert!(sh.state.lock().admits(&key(2, 5), now));
+        // A hold on another segment cancels nothing running elsewhere.
+        sh.state.lock().running = Some((key(3, 3), elsewhere.clone()));
+        drop(Hold::new(&sh, 1, 2));
+        assert!(!elsewhere.is_cancelled());
+    }
+
+    /// A real build holds the interim builder off its segment: an interim job running
+    /// there is cancelled when the build starts, and the hold ends with the build.
+    #[test]
+    fn an_index_build_cancels_the_interim_job_on_its_segment() {
+        use crate::{
+            CollectionSchema, Consistency, DataType, Engine, EngineConfig, FieldSchema, IndexMeta,
+            Metric,
+        };
+        let d = tempfile::tempdir().unwrap();
+        // No build and no interim graph of their own: the test runs the build.
+        let e = Engine::open(
+            d.path(),
+            EngineConfig {
+                index_min_rows: usize::MAX,
+                interim_min_rows: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let schema = CollectionSchema {
+            fields: vec![
+                FieldSchema::new("id", DataType::Int64).primary(false),
+                FieldSchema::new("vec", DataType::FloatVector).with_dim(4),
+            ],
+            enable_dynamic_field: false,
+            description: String::new(),
+            functions: Vec::new(),
+        };
+        let hnsw = IndexMeta {
+            id: 0,
+            index_name: "vec".into(),
+            field_name: "vec".into(),
+            index_type: "HNSW".into(),
+            metric_type: Metric::L2,
+            params: Default::default(),
+        };
+        e.create_collection("c", schema, vec![hnsw], Consistency::Strong, "")
+            .unwrap();
+        let rows: Vec<serde_json::Value> = (0..300)
+            .map(|i| serde_json::json!({"id": i, "vec": [i as f32, 1.0, 2.0, (i % 7) as f32]}))
+            .collect();
+        e.insert("c", None, &rows).unwrap();
+        e.flush("c").unwrap();
+        let coll = e.coll_ref("c").unwrap();
+        let key = {
+            let g = coll.read();
+            JobKey {
+                coll: g.meta.id,
+                segment: g.segments[0].id,
+                index: g.meta.indexes[0].id,
+            }
+        };
+        let interim = Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            threads: 1,
+            interim: None,
+            supersedes: None,
+        };
+        let growing = Arc::new(Cancel::new());
+        interim.state.lock().running = Some((key, growing.clone()));
+        let job = Job {
+            key,
+            coll: coll.clone(),
+            field: 0,
+        };
+        run(&job, &Cancel::new(), 1, Some(&interim)).unwrap();
+        assert!(growing.is_cancelled(), "the interim job raced the build");
+        assert!(
+            interim.state.lock().held.is_empty(),
+            "the hold outlived the build"
+        );
+        assert!(coll.read().segments[0].indexes[0].is_some(), "built");
     }
 }
 

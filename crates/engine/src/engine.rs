@@ -529,7 +529,6 @@ impl Engine {
             .into_values()
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
-        let builder = Builder::start(config.index_build_threads, config.build_nice);
         let interim = Builder::start_interim(
             config.index_build_threads,
             config.build_nice,
@@ -540,6 +539,7 @@ impl Engine {
                 ef_construction: INTERIM_EF_CONSTRUCTION,
             },
         );
+        let builder = Builder::start(config.index_build_threads, config.build_nice, &interim);
         let aliases = catalog
             .aliases
             .iter()
@@ -993,6 +993,12 @@ impl Engine {
     /// The storage holding the catalog, manifests, segments and index files.
     pub fn storage(&self) -> Arc<dyn Storage> {
         self.store.clone()
+    }
+
+    /// A collection by name (for the builder's tests).
+    #[cfg(test)]
+    pub(crate) fn coll_ref(&self, name: &str) -> Result<CollRef> {
+        self.coll(name)
     }
 
     /// A collection by name or alias.
