@@ -567,7 +567,8 @@ fn prepare(
                 )?;
                 let ix = &d["data"][0];
                 let finished = ix["indexState"].as_str() == Some("Finished");
-                let exact = finished && searched_exactly(t, ds)?;
+                // FLAT searches are exact by definition: every segment reports so.
+                let exact = finished && index != "FLAT" && searched_exactly(t, ds)?;
                 if exact
                     && finished_but_exact
                         .get_or_insert_with(Instant::now)

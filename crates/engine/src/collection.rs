@@ -1197,79 +1197,94 @@ impl Collection {
                 *outcome.filter_plans.entry(plan).or_default() += 1;
             }
         }
-        for qi in 0..r.probe.len() {
-            let mut cands: Vec<(&Segment, u32, f32)> = Vec::new();
-            for (seg, allow) in &allows {
-                let k = if exact_only {
-                    allow.as_ref().map_or(seg.len(), |a| a.count_ones())
-                } else {
-                    want
-                };
-                let found = match r.probe {
-                    Probe::Dense { field, queries } => {
-                        let q = &queries[qi];
-                        let col = seg.vectors[field].get()?;
-                        let params = SearchParams {
-                            allow: allow.as_ref(),
-                            min_score,
-                            max_score,
-                            ef: r.knobs.ef,
-                            nprobe: r.knobs.nprobe,
-                            recall: r.knobs.recall,
-                            refine: r.knobs.refine,
-                            prefetch: col.prefetch(),
-                            ..SearchParams::top_k(k)
-                        };
-                        let index = seg
-                            .indexes
-                            .get(field)
-                            .and_then(|i| i.as_ref())
-                            .filter(|_| !exact_only)
-                            .and_then(|i| i.get());
-                        match index {
-                            Some(ix) => {
-                                if outcome.knob.is_none() {
-                                    outcome.knob = ix.knob(&params);
-                                }
-                                ix.search(col.slice(), &col.inv_norms, q, &params)?
-                            }
-                            None => match seg.interim[field].as_ref().filter(|_| !exact_only) {
-                                Some(it) => {
-                                    if outcome.knob.is_none() {
-                                        outcome.knob = it.graph.knob(&params);
-                                    }
-                                    it.search(col.slice(), &col.inv_norms, q, &params)?
-                                }
-                                None => flat.search(col.slice(), &col.inv_norms, q, &params)?,
-                            },
+        let nq = r.probe.len();
+        let mut per_query: Vec<Vec<(&Segment, u32, f32)>> = (0..nq).map(|_| Vec::new()).collect();
+        for (seg, allow) in &allows {
+            let k = if exact_only {
+                allow.as_ref().map_or(seg.len(), |a| a.count_ones())
+            } else {
+                want
+            };
+            let mut add = |qi: usize, found: Vec<magpie_index::Scored>| {
+                per_query[qi].extend(found.into_iter().map(|s| (*seg, s.offset, s.score)));
+            };
+            match r.probe {
+                Probe::Dense { field, queries } => {
+                    let col = seg.vectors[field].get()?;
+                    let params = SearchParams {
+                        allow: allow.as_ref(),
+                        min_score,
+                        max_score,
+                        ef: r.knobs.ef,
+                        nprobe: r.knobs.nprobe,
+                        recall: r.knobs.recall,
+                        refine: r.knobs.refine,
+                        prefetch: col.prefetch(),
+                        ..SearchParams::top_k(k)
+                    };
+                    let index = seg
+                        .indexes
+                        .get(field)
+                        .and_then(|i| i.as_ref())
+                        .filter(|_| !exact_only)
+                        .and_then(|i| i.get());
+                    let interim = seg.interim[field].as_ref().filter(|_| !exact_only);
+                    if let Some(ix) = index {
+                        if outcome.knob.is_none() {
+                            outcome.knob = ix.knob(&params);
+                        }
+                    } else if let Some(it) = interim {
+                        if outcome.knob.is_none() {
+                            outcome.knob = it.graph.knob(&params);
                         }
                     }
-                    Probe::Sparse {
-                        field,
-                        queries,
+                    match (index, interim) {
+                        (Some(ix), _) => {
+                            for (qi, q) in queries.iter().enumerate() {
+                                add(qi, ix.search(col.slice(), &col.inv_norms, q, &params)?);
+                            }
+                        }
+                        (None, Some(it)) => {
+                            for (qi, q) in queries.iter().enumerate() {
+                                add(qi, it.search(col.slice(), &col.inv_norms, q, &params)?);
+                            }
+                        }
+                        // Scanned exactly: every query in one pass over the rows.
+                        (None, None) => {
+                            let found =
+                                flat.search_batch(col.slice(), &col.inv_norms, queries, &params)?;
+                            for (qi, f) in found.into_iter().enumerate() {
+                                add(qi, f);
+                            }
+                        }
+                    }
+                }
+                Probe::Sparse {
+                    field,
+                    queries,
+                    algo,
+                    ..
+                } => {
+                    let params = magpie_index::SparseSearch {
+                        scoring,
+                        k,
+                        allow: allow.as_ref(),
                         algo,
-                        ..
-                    } => {
-                        let params = magpie_index::SparseSearch {
-                            scoring,
-                            k,
-                            allow: allow.as_ref(),
-                            algo,
-                            drop_ratio: r.knobs.drop_ratio.unwrap_or(0.0),
-                            min_score,
-                            max_score,
-                        };
+                        drop_ratio: r.knobs.drop_ratio.unwrap_or(0.0),
+                        min_score,
+                        max_score,
+                    };
+                    for qi in 0..nq {
                         let q = match scoring {
                             magpie_index::Scoring::Bm25(_) => &bm25_queries[qi],
                             magpie_index::Scoring::Ip => &queries[qi],
                         };
-                        sparse_search(seg, field, q, &params)?
+                        add(qi, sparse_search(seg, field, q, &params)?);
                     }
-                };
-                for s in found {
-                    cands.push((seg, s.offset, s.score));
                 }
             }
+        }
+        for mut cands in per_query {
             cands.sort_by(|a, b| {
                 b.2.total_cmp(&a.2)
                     .then_with(|| a.0.pks[a.1 as usize].cmp(&b.0.pks[b.1 as usize]))

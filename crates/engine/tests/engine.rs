@@ -3368,3 +3368,85 @@ fn growing_segments_evaluate_repeated_filters_incrementally() {
     assert_eq!(search(f, 1500.0), (vec![1452, 1450, 1550], 1));
     assert_eq!(count(&e, "c", f), 78);
 }
+
+/// Several query vectors in one search: segments scanned exactly (a FLAT index, a
+/// growing segment) take every query in one pass over their rows, indexed ones one
+/// query at a time; either way each query's hits are those of a search of its own,
+/// with filters, offsets and deletes.
+#[test]
+fn a_search_of_many_queries_answers_each_as_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        d.path(),
+        EngineConfig {
+            seal_rows: 1500,
+            index_min_rows: 1000,
+            interim_min_rows: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dim = 24;
+    let hnsw = IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "HNSW".into(),
+        metric_type: Metric::COSINE,
+        params: Default::default(),
+    };
+    let data = clustered(4000, dim, 3);
+    for (name, index) in [("flat", l2_index()), ("hnsw", vec![hnsw])] {
+        e.create_collection(name, schema(dim), index, Consistency::Strong, "")
+            .unwrap();
+        for b in (0..4000).step_by(500) {
+            let rows: Vec<Value> = (b..b + 500)
+                .map(|i| json!({"id": i as i64, "vec": data[i], "age": (i % 5) as i32}))
+                .collect();
+            e.insert(name, None, &rows).unwrap();
+            // Two flushed segments, then a growing one.
+            if b == 2500 {
+                e.flush(name).unwrap();
+            }
+        }
+        e.delete(name, None, Some(&[json!(3), json!(2500)]), None)
+            .unwrap();
+        assert!(e
+            .wait_for_indexes(name, std::time::Duration::from_secs(60))
+            .unwrap());
+        let queries = clustered(7, dim, 99);
+        for filter in [None, Some("age in [1, 3]")] {
+            let req = |vectors: Vec<Vec<f32>>| SearchRequest {
+                vectors,
+                limit: 9,
+                offset: 2,
+                filter: filter.map(String::from),
+                knobs: SearchKnobs {
+                    ef: Some(200),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let all = e.search_ex(name, &req(queries.clone())).unwrap();
+            assert!(
+                all.exact_segments >= 1,
+                "{name}: a growing segment is scanned"
+            );
+            if name == "hnsw" {
+                assert!(all.indexed_segments >= 1, "sealed segments are indexed");
+            }
+            assert_eq!(all.hits.len(), queries.len());
+            for (q, got) in queries.iter().zip(&all.hits) {
+                let alone = e.search_ex(name, &req(vec![q.clone()])).unwrap();
+                let key = |h: &[Hit]| {
+                    h.iter()
+                        .map(|h| (h.id.clone(), h.distance.to_bits()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(key(got), key(&alone.hits[0]), "{name} {filter:?}");
+                assert_eq!(got.len(), 9);
+                assert!(ids(got).iter().all(|&i| i != 3 && i != 2500));
+            }
+        }
+    }
+}

@@ -33,5 +33,34 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// 64 queries over rows larger than the caches: one search per query against one pass
+/// for the batch (`FlatIndex::search_batch`).
+fn batch(c: &mut Criterion) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let nq = 64;
+    for (n, dim) in [(400_000usize, 128usize), (100_000, 384)] {
+        let data: Vec<f32> = (0..n * dim).map(|_| rng.gen::<f32>()).collect();
+        let qs: Vec<Vec<f32>> = (0..nq)
+            .map(|_| (0..dim).map(|_| rng.gen::<f32>()).collect())
+            .collect();
+        let v = VectorSlice::new(&data, dim);
+        let idx = FlatIndex::new(Metric::IP);
+        let p = SearchParams::top_k(10);
+        let mut g = c.benchmark_group(format!("flat/ip/{}k x {dim}/{nq} queries", n / 1000));
+        g.sample_size(10);
+        g.bench_function("per query", |b| {
+            b.iter(|| {
+                qs.iter()
+                    .map(|q| idx.search(v, &[], q, &p).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        });
+        g.bench_function("batch", |b| {
+            b.iter(|| idx.search_batch(v, &[], &qs, &p).unwrap())
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench, batch);
 criterion_main!(benches);

@@ -30,6 +30,108 @@ impl VectorIndexBuild for FlatIndex {
 /// Rows scanned between two polls of the cancel flag.
 const CANCEL_POLL: usize = 4096;
 
+/// Bytes of rows one block of [`FlatIndex::search_batch`] holds: small enough that a
+/// block read from memory once stays in the core's L2 while every query of the batch is
+/// scored against it.
+const BATCH_BLOCK_BYTES: usize = 128 << 10;
+
+impl FlatIndex {
+    /// Exact top-`p.k` of every query in `queries`, with one pass over the rows: the rows
+    /// are read in blocks of about [`BATCH_BLOCK_BYTES`] and each block is scored against
+    /// all queries while it is in cache, so `nq` queries over rows larger than the caches
+    /// read them from memory once instead of `nq` times. Results (and ties) are those of
+    /// [`VectorIndexRead::search`] run per query. Binary rows under a binary metric are
+    /// searched per query.
+    pub fn search_batch<Q: AsRef<[f32]>>(
+        &self,
+        vectors: VectorSlice<'_>,
+        inv_norms: &[f32],
+        queries: &[Q],
+        p: &SearchParams<'_>,
+    ) -> Result<Vec<Vec<Scored>>> {
+        if let Some(q) = queries.iter().find(|q| q.as_ref().len() != vectors.dim) {
+            return Err(IndexError::Dimension {
+                expected: vectors.dim,
+                got: q.as_ref().len(),
+            });
+        }
+        let metric = self.metric;
+        if queries.len() < 2 || matches!(vectors.rows, crate::Rows::Bin(_)) || metric.is_binary() {
+            return queries
+                .iter()
+                .map(|q| self.search(vectors, inv_norms, q.as_ref(), p))
+                .collect();
+        }
+        let qs: Vec<Vec<f32>> = queries
+            .iter()
+            .map(|q| {
+                let mut q = q.as_ref().to_vec();
+                if metric == Metric::COSINE {
+                    magpie_linalg::normalize(&mut q);
+                }
+                q
+            })
+            .collect();
+        let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(p.k)).collect();
+        let in_range =
+            |s: f32| p.min_score.is_none_or(|lo| s > lo) && p.max_score.is_none_or(|hi| s <= hi);
+        let elem_bytes = match vectors.rows {
+            crate::Rows::F32(_) => 4,
+            _ => 2,
+        };
+        let block = (BATCH_BLOCK_BYTES / (vectors.dim * elem_bytes)).clamp(8, CANCEL_POLL);
+        let mut score_block = |rows: &[usize]| {
+            for (q, top) in qs.iter().zip(tops.iter_mut()) {
+                for &i in rows {
+                    let inv = if metric == Metric::COSINE {
+                        inv_norms[i]
+                    } else {
+                        1.0
+                    };
+                    let s = vectors.score(metric, q, i, inv);
+                    if in_range(s) {
+                        top.push(i as u32, s);
+                    }
+                }
+            }
+        };
+        let cancelled = || p.cancel.is_some_and(|c| c.is_cancelled());
+        let mut rows = Vec::with_capacity(block);
+        match p.allow {
+            Some(bits) => {
+                for i in bits.iter_ones() {
+                    rows.push(i);
+                    if rows.len() == block {
+                        if cancelled() {
+                            return Err(IndexError::Cancelled);
+                        }
+                        score_block(&rows);
+                        rows.clear();
+                    }
+                }
+            }
+            None => {
+                for start in (0..vectors.len()).step_by(block) {
+                    if cancelled() {
+                        return Err(IndexError::Cancelled);
+                    }
+                    rows.clear();
+                    rows.extend(start..(start + block).min(vectors.len()));
+                    score_block(&rows);
+                }
+                rows.clear();
+            }
+        }
+        if !rows.is_empty() {
+            if cancelled() {
+                return Err(IndexError::Cancelled);
+            }
+            score_block(&rows);
+        }
+        Ok(tops.into_iter().map(TopK::into_sorted).collect())
+    }
+}
+
 impl VectorIndexRead for FlatIndex {
     fn search(
         &self,
@@ -156,6 +258,88 @@ mod tests {
         };
         assert!(matches!(
             idx.search(v, &[], &[0.0, 0.0], &p),
+            Err(IndexError::Cancelled)
+        ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// One pass for many queries finds exactly what a search per query finds (order
+        /// and ties included), for every float metric, f32 and half rows, filters and
+        /// ranges, across block boundaries.
+        #[test]
+        fn a_batch_finds_what_searches_per_query_find(
+            n in 0usize..3000,
+            dim in 1usize..40,
+            nq in 0usize..6,
+            k in 0usize..20,
+            metric in 0usize..3,
+            half in proptest::bool::ANY,
+            filter in proptest::option::of(1u64..7),
+            range in proptest::bool::ANY,
+            seed in 0u64..1000,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            // Few distinct values, so ties are common.
+            let data: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-2i8..3) as f32).collect();
+            let bits: Vec<u16> = data.iter().map(|&x| magpie_linalg::f32_to_half(x, false).unwrap()).collect();
+            let v = if half {
+                VectorSlice::half(&bits, dim, false)
+            } else {
+                VectorSlice::new(&data, dim)
+            };
+            let metric = [Metric::L2, Metric::IP, Metric::COSINE][metric];
+            let inv = VectorSlice::new(&data, dim).inv_norms();
+            let queries: Vec<Vec<f32>> = (0..nq)
+                .map(|_| (0..dim).map(|_| rng.gen_range(-2i8..3) as f32).collect())
+                .collect();
+            let allow = filter.map(|m| {
+                let mut b = Bitset::zeros(n);
+                for i in (0..n).filter(|i| (*i as u64 * 7 + seed).is_multiple_of(m)) {
+                    b.set(i, true);
+                }
+                b
+            });
+            let p = SearchParams {
+                allow: allow.as_ref(),
+                min_score: range.then_some(-6.0),
+                max_score: range.then_some(3.0),
+                ..SearchParams::top_k(k)
+            };
+            let idx = FlatIndex::new(metric);
+            let got = idx.search_batch(v, &inv, &queries, &p).unwrap();
+            proptest::prop_assert_eq!(got.len(), nq);
+            for (q, g) in queries.iter().zip(&got) {
+                let want = idx.search(v, &inv, q, &p).unwrap();
+                let key = |r: &[Scored]| r.iter().map(|s| (s.offset, s.score.to_bits())).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(key(g), key(&want));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_checks_dimensions_and_cancel() {
+        let d = data();
+        let v = VectorSlice::new(&d, 2);
+        let idx = FlatIndex::new(Metric::L2);
+        let qs = vec![vec![0.0, 0.0], vec![1.0]];
+        assert!(matches!(
+            idx.search_batch(v, &[], &qs, &SearchParams::top_k(1)),
+            Err(IndexError::Dimension {
+                expected: 2,
+                got: 1
+            })
+        ));
+        let c = Cancel::new();
+        c.cancel();
+        let p = SearchParams {
+            cancel: Some(&c),
+            ..SearchParams::top_k(1)
+        };
+        let qs = vec![vec![0.0, 0.0]; 3];
+        assert!(matches!(
+            idx.search_batch(v, &[], &qs, &p),
             Err(IndexError::Cancelled)
         ));
     }
