@@ -25,6 +25,8 @@ type RowKernel = fn(&DepthwiseRow, &mut [f32], &[f32], &[Option<&[f32]>], &[f32]
 struct Kernels {
     dot: Kernel,
     l2_sq: Kernel,
+    dot_many: ManyKernel,
+    l2_sq_many: ManyKernel,
     sq8_l2: fn(&[f32], &[f32], &[u8]) -> f32,
     sq8_dot: fn(&[f32], &[u8]) -> f32,
     depthwise_row: RowKernel,
@@ -36,6 +38,8 @@ struct Kernels {
 }
 
 type HalfKernel = fn(&[f32], &[u16], bool) -> f32;
+/// Several queries (row-major) against one row, one value per query.
+type ManyKernel = fn(&[f32], &[f32], &mut [f32]);
 /// (common, either) bit counts of two bit strings: Jaccard's numerator and denominator.
 type BitKernel = fn(&[u8], &[u8]) -> (u32, u32);
 
@@ -66,6 +70,16 @@ fn kernels() -> &'static Kernels {
                         x86_avx512::l2_sq_checked
                     } else {
                         x86_avx2::l2_sq_checked
+                    },
+                    dot_many: if zmm {
+                        x86_avx512::dot_many_checked
+                    } else {
+                        dot_many_each
+                    },
+                    l2_sq_many: if zmm {
+                        x86_avx512::l2_sq_many_checked
+                    } else {
+                        l2_sq_many_each
                     },
                     sq8_l2: if zmm {
                         x86_avx512::sq8_l2_checked
@@ -115,6 +129,8 @@ fn kernels() -> &'static Kernels {
         Kernels {
             dot: scalar::dot,
             l2_sq: scalar::l2_sq,
+            dot_many: dot_many_each,
+            l2_sq_many: l2_sq_many_each,
             sq8_l2: scalar::sq8_l2,
             sq8_dot: scalar::sq8_dot,
             depthwise_row: scalar::depthwise_row,
@@ -152,6 +168,51 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "l2_sq: length mismatch");
     (kernels().l2_sq)(a, b)
+}
+
+/// [`dot`] of each query in `qs` (row-major, `x.len()` values each) with `x`:
+/// `out[j] = dot(&qs[j * d..(j + 1) * d], x)`, bit for bit, for the `out.len()` queries.
+/// Where the CPU has AVX-512 it reads `x` once per four queries (an exact scan of many
+/// queries: `FlatIndex::search_batch`).
+///
+/// # Panics
+/// If `qs.len() != x.len() * out.len()`.
+#[inline]
+pub fn dot_many(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    assert_eq!(qs.len(), x.len() * out.len(), "dot_many: length mismatch");
+    (kernels().dot_many)(qs, x, out)
+}
+
+/// [`l2_sq`] of each query in `qs` with `x`, as [`dot_many`] does [`dot`].
+///
+/// # Panics
+/// If `qs.len() != x.len() * out.len()`.
+#[inline]
+pub fn l2_sq_many(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    assert_eq!(qs.len(), x.len() * out.len(), "l2_sq_many: length mismatch");
+    (kernels().l2_sq_many)(qs, x, out)
+}
+
+/// [`dot_many`] one query at a time (where no multi-query kernel exists).
+fn dot_many_each(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = kernels().dot;
+    if x.is_empty() {
+        return out.fill(k(&[], &[]));
+    }
+    for (o, q) in out.iter_mut().zip(qs.chunks_exact(x.len())) {
+        *o = k(q, x);
+    }
+}
+
+/// [`l2_sq_many`] one query at a time.
+fn l2_sq_many_each(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = kernels().l2_sq;
+    if x.is_empty() {
+        return out.fill(k(&[], &[]));
+    }
+    for (o, q) in out.iter_mut().zip(qs.chunks_exact(x.len())) {
+        *o = k(q, x);
+    }
 }
 
 /// SQ8 squared distance `Σ (aᵢ − cᵢ·sᵢ)²` between a query already shifted by the
@@ -665,6 +726,36 @@ mod tests {
                 let scale: f64 = (0..x.len()).map(|i| (x[i] as f64 * c[i] as f64).abs()).sum();
                 let r = scalar::sq8_dot(&x, &c) as f64;
                 prop_assert!(close(x86_avx512::sq8_dot_checked(&x, &c), r, scale));
+            }
+        }
+    }
+
+    proptest! {
+        /// Several queries against one row give, bit for bit, what the one-query kernels
+        /// give per query: every length (each tail) and group size (four at a time, and
+        /// the queries left over).
+        #[test]
+        fn many_query_kernels_equal_one_query_kernels(
+            (n, nq, seed) in (0usize..300, 0usize..11, any::<u64>()),
+        ) {
+            let v = |i: usize| ((i as u64).wrapping_mul(2654435761) ^ seed) as u32 as f32 / u32::MAX as f32 * 20.0 - 10.0;
+            let qs: Vec<f32> = (0..n * nq).map(v).collect();
+            let x: Vec<f32> = (0..n).map(|i| v(i + 7 * n * nq + 1)).collect();
+            let mut got = vec![f32::NAN; nq];
+            let per = |f: fn(&[f32], &[f32]) -> f32| -> Vec<u32> {
+                (0..nq).map(|j| f(&qs[j * n..(j + 1) * n], &x).to_bits()).collect()
+            };
+            let bits = |o: &[f32]| o.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            dot_many(&qs, &x, &mut got);
+            prop_assert_eq!(bits(&got), per(dot));
+            l2_sq_many(&qs, &x, &mut got);
+            prop_assert_eq!(bits(&got), per(l2_sq));
+            #[cfg(target_arch = "x86_64")]
+            if x86_avx512::distance_kernels_available() {
+                x86_avx512::dot_many_checked(&qs, &x, &mut got);
+                prop_assert_eq!(bits(&got), per(x86_avx512::dot_checked));
+                x86_avx512::l2_sq_many_checked(&qs, &x, &mut got);
+                prop_assert_eq!(bits(&got), per(x86_avx512::l2_sq_checked));
             }
         }
     }

@@ -379,6 +379,101 @@ pub(crate) fn l2_sq_checked(a: &[f32], b: &[f32]) -> f32 {
     unsafe { l2_sq(a, b) }
 }
 
+/// Safe entry point of [`many`] for inner products; as [`dot_checked`].
+pub(crate) fn dot_many_checked(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    assert_eq!(qs.len(), x.len() * out.len());
+    // SAFETY: as for `dot_checked`; `qs` holds `out.len()` queries of `x.len()`.
+    unsafe { many::<false>(qs, x, out) }
+}
+
+/// Safe entry point of [`many`] for squared distances; as [`dot_checked`].
+pub(crate) fn l2_sq_many_checked(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    assert_eq!(qs.len(), x.len() * out.len());
+    // SAFETY: as for `dot_many_checked`.
+    unsafe { many::<true>(qs, x, out) }
+}
+
+/// `out[j]` = [`dot`] (or [`l2_sq`] when `L2`) of query `j` of `qs` (row-major, `x.len()`
+/// each) and `x`: four queries at a time, each query's lanes summed with the very
+/// operations of the one-query kernel (the same accumulators, in the same order, the
+/// same tail and reduction), so every value is bit-identical to it; `x` is read once per
+/// four queries and the four sums share no call.
+///
+/// # Safety
+/// AVX-512F/BW/VL are available and `qs.len() == x.len() * out.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn many<const L2: bool>(qs: &[f32], x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    let px = x.as_ptr();
+    let groups = out.len() / 4;
+    for g in 0..groups {
+        // SAFETY: query `4g + k` is `qs[(4g + k) n..(4g + k + 1) n]`, in bounds by the
+        // length contract; every load below reads lanes `< n` of a query or of `x`, as
+        // in `dot`.
+        let pq = [0, 1, 2, 3].map(|k| unsafe { qs.as_ptr().add((4 * g + k) * n) });
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        unsafe {
+            while i + 64 <= n {
+                let mut xs = [_mm512_setzero_ps(); 4];
+                for (j, v) in xs.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(px.add(i + 16 * j));
+                }
+                for k in 0..4 {
+                    for j in 0..4 {
+                        let a = _mm512_loadu_ps(pq[k].add(i + 16 * j));
+                        acc[k][j] = term::<L2>(a, xs[j], acc[k][j]);
+                    }
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                let xv = _mm512_loadu_ps(px.add(i));
+                for k in 0..4 {
+                    acc[k][0] = term::<L2>(_mm512_loadu_ps(pq[k].add(i)), xv, acc[k][0]);
+                }
+                i += 16;
+            }
+            if i < n {
+                let m = tail_mask(n - i);
+                let xv = _mm512_maskz_loadu_ps(m, px.add(i));
+                for k in 0..4 {
+                    let a = _mm512_maskz_loadu_ps(m, pq[k].add(i));
+                    acc[k][1] = term::<L2>(a, xv, acc[k][1]);
+                }
+            }
+        }
+        for k in 0..4 {
+            let a = &acc[k];
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            out[4 * g + k] = _mm512_reduce_add_ps(s);
+        }
+    }
+    for j in 4 * groups..out.len() {
+        let q = &qs[j * n..(j + 1) * n];
+        // SAFETY: as the caller's; lengths are equal.
+        out[j] = unsafe {
+            if L2 {
+                l2_sq(q, x)
+            } else {
+                dot(q, x)
+            }
+        };
+    }
+}
+
+/// One lane step of [`dot`] (`a·b + s`) or of [`l2_sq`] (`(a − b)² + s`), as they do it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn term<const L2: bool>(a: __m512, b: __m512, s: __m512) -> __m512 {
+    if L2 {
+        let d = _mm512_sub_ps(a, b);
+        _mm512_fmadd_ps(d, d, s)
+    } else {
+        _mm512_fmadd_ps(a, b, s)
+    }
+}
+
 /// Safe entry point; as [`dot_checked`].
 pub(crate) fn sq8_l2_checked(a: &[f32], s: &[f32], c: &[u8]) -> f32 {
     assert!(a.len() == s.len() && a.len() == c.len());
