@@ -8,9 +8,11 @@
 # first NQ queries sent as NQ requests of one query and as one request of NQ queries
 # (curl, one keep-alive connection each). Prints the median wall time of each and the
 # queries per second. Answers are checked equal (same ids per query both ways).
+# CLIENTS=N (default 1) runs N such clients at once for each (N × NQ queries), to see
+# what a server loaded by several clients does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DS=${1:?dataset dir}; NQ=${2:-64}; REPS=${REPS:-5}; PORT=${PORT:-29711}
+DS=${1:?dataset dir}; NQ=${2:-64}; REPS=${REPS:-5}; PORT=${PORT:-29711}; CLIENTS=${CLIENTS:-1}
 W=${W:-/tmp/magpie-batch-queries}; rm -rf "$W"; mkdir -p "$W"
 pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null || true' EXIT
@@ -38,40 +40,51 @@ json.dump(body(qs), open(f"{w}/batch.json", "w"))
 for i, q in enumerate(qs):
     json.dump(body([q]), open(f"{w}/one-{i}.json", "w"))
 PY
-one() { # URL -> wall seconds of NQ single-query requests on one keep-alive connection
+one_client() { # URL C -> NQ single-query requests on one keep-alive connection
     local args=()
     for i in $(seq 0 $((NQ - 1))); do
         [ "$i" -gt 0 ] && args+=(--next)
-        args+=(-s -H 'Content-Type: application/json' -d @"$W/one-$i.json" -o "$W/one-$i.out" "$1/v2/vectordb/entities/search")
+        args+=(-s -H 'Content-Type: application/json' -d @"$W/one-$i.json" -o "$W/one-$i.out.$2" "$1/v2/vectordb/entities/search")
     done
-    /usr/bin/time -f %e curl "${args[@]}" 2>&1 | tail -1
+    curl "${args[@]}"
 }
-batch() {
-    /usr/bin/time -f %e curl -s -o "$W/batch.out" -H 'Content-Type: application/json' -d @"$W/batch.json" "$1/v2/vectordb/entities/search" 2>&1 | tail -1
+batch_client() { # URL C -> one request of NQ queries
+    curl -s -o "$W/batch.out.$2" -H 'Content-Type: application/json' -d @"$W/batch.json" "$1/v2/vectordb/entities/search"
 }
+clients() { # FN URL -> wall seconds of CLIENTS clients at once
+    local t0 t1
+    t0=$(date +%s.%N)
+    for c in $(seq 1 "$CLIENTS"); do "$1" "$2" "$c" & done
+    wait
+    t1=$(date +%s.%N)
+    python3 -c "print(f'{$t1 - $t0:.3f}')"
+}
+one() { clients one_client "$1"; }
+batch() { clients batch_client "$1"; }
 for r in $(seq 1 "$REPS"); do
     for side in A B; do
         echo "$side one $(one "${URL[$side]}")" >> "$W/times"
         echo "$side batch $(batch "${URL[$side]}")" >> "$W/times"
     done
 done
-python3 - "$W" "$NQ" <<'PY'
+python3 - "$W" "$NQ" "$CLIENTS" <<'PY'
 import json, statistics, sys
-w, nq = sys.argv[1], int(sys.argv[2])
+w, nq, clients = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t = {}
 for line in open(f"{w}/times"):
     side, kind, s = line.split()
     t.setdefault((side, kind), []).append(float(s))
 # The last run's answers: the batch's hits per query equal the single searches'.
-singles = [[h["id"] for h in json.load(open(f"{w}/one-{i}.out"))["data"]] for i in range(nq)]
-b = json.load(open(f"{w}/batch.out"))
+singles = [[h["id"] for h in json.load(open(f"{w}/one-{i}.out.1"))["data"]] for i in range(nq)]
+b = json.load(open(f"{w}/batch.out.1"))
 ids, per = [h["id"] for h in b["data"]], []
 for n in b["topks"]:
     per.append(ids[:n]); ids = ids[n:]
 assert per == singles, "batched answers differ from single searches"
+print(f"{clients} client(s) at once")
 print(f"| binary | {nq} requests of 1 query: s (median of {len(t[('A','one')])}) | 1 request of {nq} queries: s | queries/s, one by one | queries/s, batched |")
 print("|---|---|---|---|---|")
 for side in ("A", "B"):
     o, b = statistics.median(t[(side, "one")]), statistics.median(t[(side, "batch")])
-    print(f"| {side} | {o:.3f} | {b:.3f} | {nq / o:,.0f} | {nq / b:,.0f} |")
+    print(f"| {side} | {o:.3f} | {b:.3f} | {clients * nq / o:,.0f} | {clients * nq / b:,.0f} |")
 PY

@@ -510,6 +510,11 @@ struct ServeArgs {
     /// Threads per background index build; 0 = every core [default: 0].
     #[arg(long, env = "MAGPIE_INDEX_BUILD_THREADS")]
     index_build_threads: Option<usize>,
+    /// Threads one search may use for its exact scans (FLAT, unindexed segments): a
+    /// large scan is split by segment among cores idle at the time; 0 = every core, 1 =
+    /// one [default: 0].
+    #[arg(long, env = "MAGPIE_SEARCH_THREADS")]
+    search_threads: Option<usize>,
     /// A growing segment of a field with an HNSW or IVF index gets an interim graph
     /// once it holds this many rows, so searches right after inserts do not scan it
     /// exactly; 0 turns interim graphs off [default: 4096].
@@ -730,6 +735,7 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         maintenance_interval_ms,
         index_min_rows,
         index_build_threads,
+        search_threads,
         interim_min_rows,
         interim_step_rows,
         build_nice,

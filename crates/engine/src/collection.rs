@@ -202,6 +202,9 @@ pub struct SearchOutcome {
     /// rows after each interim graph).
     pub interim_segments: usize,
     pub interim_rows: usize,
+    /// Threads the exact scans ran on (1, or more when a large scan was split among
+    /// spare cores: `crate::par`); 0 when nothing was scanned exactly this way.
+    pub scan_threads: usize,
     pub exact_rows: usize,
     /// The knob the (first) indexed segment resolved the request to.
     pub knob: Option<Knob>,
@@ -1104,6 +1107,8 @@ impl Collection {
     /// and range searches scan exactly, since they need every candidate. One result list
     /// per query.
     pub fn search(&self, r: &ResolvedSearch<'_>) -> Result<SearchOutcome> {
+        // Counted while it runs, so concurrent searches leave each other's cores alone.
+        let _active = crate::par::enter();
         let mut budget = OutputBudget::new(r.max_output_bytes);
         let flat = FlatIndex::new(r.metric);
         let (min_score, max_score) = range_bounds(r.metric, r.radius, r.range_filter);
@@ -1199,6 +1204,9 @@ impl Collection {
         }
         let nq = r.probe.len();
         let mut per_query: Vec<Vec<(&Segment, u32, f32)>> = (0..nq).map(|_| Vec::new()).collect();
+        // Segments scanned exactly (dense probes): every query in one pass each, run
+        // after the loop, split among spare cores when large (`crate::par`).
+        let mut exact: Vec<(&Segment, Option<&Bitset>, usize)> = Vec::new();
         for (seg, allow) in &allows {
             let k = if exact_only {
                 allow.as_ref().map_or(seg.len(), |a| a.count_ones())
@@ -1249,14 +1257,7 @@ impl Collection {
                                 add(qi, it.search(col.slice(), &col.inv_norms, q, &params)?);
                             }
                         }
-                        // Scanned exactly: every query in one pass over the rows.
-                        (None, None) => {
-                            let found =
-                                flat.search_batch(col.slice(), &col.inv_norms, queries, &params)?;
-                            for (qi, f) in found.into_iter().enumerate() {
-                                add(qi, f);
-                            }
-                        }
+                        (None, None) => exact.push((seg, allow.as_ref(), k)),
                     }
                 }
                 Probe::Sparse {
@@ -1281,6 +1282,37 @@ impl Collection {
                         };
                         add(qi, sparse_search(seg, field, q, &params)?);
                     }
+                }
+            }
+        }
+        if let (Probe::Dense { field, queries }, false) = (r.probe, exact.is_empty()) {
+            let scan = |&(seg, allow, k): &(&Segment, Option<&Bitset>, usize)| {
+                let col = seg.vectors[field].get()?;
+                let params = SearchParams {
+                    allow,
+                    min_score,
+                    max_score,
+                    prefetch: col.prefetch(),
+                    ..SearchParams::top_k(k)
+                };
+                Ok::<_, EngineError>(flat.search_batch(
+                    col.slice(),
+                    &col.inv_norms,
+                    queries,
+                    &params,
+                )?)
+            };
+            let dim = queries.first().map_or(0, Vec::len);
+            let work = exact
+                .iter()
+                .map(|(s, a, _)| a.map_or(s.len(), |b| b.count_ones()))
+                .sum::<usize>()
+                .saturating_mul(nq * dim);
+            let (found, threads) = crate::par::map(&exact, work, scan);
+            outcome.scan_threads = threads;
+            for ((seg, _, _), found) in exact.iter().zip(found) {
+                for (qi, f) in found?.into_iter().enumerate() {
+                    per_query[qi].extend(f.into_iter().map(|s| (*seg, s.offset, s.score)));
                 }
             }
         }

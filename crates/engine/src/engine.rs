@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub index_min_rows: usize,
     /// Threads per index build (0 = every core).
     pub index_build_threads: usize,
+    /// Threads one search may use for its exact scans (0 = every core, 1 = only the
+    /// request's own): a large scan is split by segment among cores that are idle at
+    /// the time (`par.rs`). Process-wide.
+    pub search_threads: usize,
     /// A growing segment of a field with a graph or IVF index gets an interim HNSW graph
     /// once it holds this many rows (0 = never): searched with an exact scan of the
     /// rows after it, grown in the background every `interim_step_rows` new rows, and
@@ -122,6 +126,7 @@ impl Default for EngineConfig {
             compact_delete_ratio: 0.2,
             index_min_rows: 1024,
             index_build_threads: 0,
+            search_threads: 0,
             interim_min_rows: 4096,
             interim_step_rows: 1024,
             build_nice: crate::builder::DEFAULT_BUILD_NICE,
@@ -529,6 +534,7 @@ impl Engine {
             .into_values()
             .map(|c| (c.meta.name.clone(), Arc::new(RwLock::new(c))))
             .collect();
+        crate::par::set_threads(config.search_threads);
         let interim = Builder::start_interim(
             config.index_build_threads,
             config.build_nice,

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub index_min_rows: usize,
     /// Threads per background index build (0 = every core).
     pub index_build_threads: usize,
+    /// Threads one search may use for its exact scans (0 = every core; 1 = one).
+    pub search_threads: usize,
     /// A growing segment of an indexed field gets an interim HNSW graph at this many
     /// rows (0 = never), grown every `interim_step_rows` new rows.
     pub interim_min_rows: usize,
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             maintenance_interval_ms: 1000,
             index_min_rows: e.index_min_rows,
             index_build_threads: e.index_build_threads,
+            search_threads: e.search_threads,
             interim_min_rows: e.interim_min_rows,
             interim_step_rows: e.interim_step_rows,
             build_nice: e.build_nice,
@@ -160,6 +163,7 @@ impl ServerConfig {
             bounded_staleness_ms: self.bounded_staleness_ms,
             index_min_rows: self.index_min_rows,
             index_build_threads: self.index_build_threads,
+            search_threads: self.search_threads,
             interim_min_rows: self.interim_min_rows,
             interim_step_rows: self.interim_step_rows,
             build_nice: self.build_nice,
