@@ -4,11 +4,12 @@
 //! the server's `inline.rs`). When its exact scans are large (many rows, many queries),
 //! the segments it scans exactly are split among that thread and *helpers*: scoped
 //! threads started for this request only, so nothing outlives it and the collection's
-//! read lock covers them. Helpers come from one process-wide budget: at most
-//! [`set_threads`] threads (every core by default) search at once, counting each search
-//! in progress ([`enter`]) and each helper. A request takes what is free and never waits
-//! for more, so under load, when other searches keep the cores busy, each runs on its
-//! own thread as before, and an idle server spends its cores on the one request it has.
+//! read lock covers them. Helpers come from one process-wide budget: a helper is taken
+//! only while the searches in progress ([`enter`]) and the helpers already running
+//! number fewer than [`set_threads`] (every core by default); searches themselves are
+//! never held back. A request takes what is free and never waits for more, so under
+//! load, when other searches keep the cores busy, each runs on its own thread as
+//! before, and an idle server spends its cores on the one request it has.
 //!
 //! Work is counted in multiply-adds (rows × queries × dimension); below
 //! [`PAR_MIN_WORK`] per helper a thread's start (~20–50 µs) is not worth it.
