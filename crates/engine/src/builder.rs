@@ -638,19 +638,24 @@ mod tests {
         assert!(st.admits(&key, t0 + Duration::from_secs(15)));
     }
 
-    /// While the index builder holds a segment, the interim builder's running job there
-    /// is cancelled, its queued ones dropped and new ones refused; other segments are not
-    /// touched, and the hold ends with the last build holding it.
-    #[test]
-    fn a_segment_being_built_gets_no_interim_work() {
-        let sh = Shared {
+    /// A builder's shared state with no thread behind it.
+    fn idle_shared() -> Shared {
+        Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             done: Condvar::new(),
             threads: 1,
             interim: None,
             supersedes: None,
-        };
+        }
+    }
+
+    /// While the index builder holds a segment, the interim builder's running job there
+    /// is cancelled, its queued ones dropped and new ones refused; other segments are not
+    /// touched, and the hold ends with the last build holding it.
+    #[test]
+    fn a_segment_being_built_gets_no_interim_work() {
+        let sh = idle_shared();
         let key = |segment, index| JobKey {
             coll: 1,
             segment,
@@ -735,14 +740,7 @@ mod tests {
                 index: g.meta.indexes[0].id,
             }
         };
-        let interim = Shared {
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-            done: Condvar::new(),
-            threads: 1,
-            interim: None,
-            supersedes: None,
-        };
+        let interim = idle_shared();
         let growing = Arc::new(Cancel::new());
         interim.state.lock().running = Some((key, growing.clone()));
         let job = Job {

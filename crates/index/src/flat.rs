@@ -78,7 +78,6 @@ impl FlatIndex {
         let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(p.k)).collect();
         let in_range =
             |s: f32| p.min_score.is_none_or(|lo| s > lo) && p.max_score.is_none_or(|hi| s <= hi);
-        let cancelled = || p.cancel.is_some_and(|c| c.is_cancelled());
         if let crate::Rows::F32(data) = vectors.rows {
             // Row by row, each row scored against a group of queries by the multi-query
             // kernels (bit-identical to the one-query ones); groups small enough to stay
@@ -88,7 +87,7 @@ impl FlatIndex {
             for (gq, gtops) in qs.chunks(group).zip(tops.chunks_mut(group)) {
                 let mat = gq.concat();
                 let mut out = vec![0f32; gq.len()];
-                let mut visit = |i: usize| {
+                let visit = |i: usize| {
                     let row = &data[i * dim..(i + 1) * dim];
                     if metric == Metric::L2 {
                         magpie_linalg::l2_sq_many(&mat, row, &mut out);
@@ -106,34 +105,13 @@ impl FlatIndex {
                         }
                     }
                 };
-                match p.allow {
-                    Some(bits) => {
-                        for (n, i) in bits.iter_ones().enumerate() {
-                            if n.is_multiple_of(CANCEL_POLL) && cancelled() {
-                                return Err(IndexError::Cancelled);
-                            }
-                            visit(i);
-                        }
-                    }
-                    None => {
-                        for i in 0..vectors.len() {
-                            if i.is_multiple_of(CANCEL_POLL) && cancelled() {
-                                return Err(IndexError::Cancelled);
-                            }
-                            visit(i);
-                        }
-                    }
-                }
+                each_row(vectors.len(), p, visit)?;
             }
             return Ok(tops.into_iter().map(TopK::into_sorted).collect());
         }
         // Half-precision rows: blocks of rows, each scored against every query while in
         // cache.
-        let elem_bytes = match vectors.rows {
-            crate::Rows::F32(_) => 4,
-            _ => 2,
-        };
-        let block = (BATCH_BLOCK_BYTES / (vectors.dim * elem_bytes)).clamp(8, CANCEL_POLL);
+        let block = (BATCH_BLOCK_BYTES / (vectors.dim * 2)).clamp(8, CANCEL_POLL);
         let mut score_block = |rows: &[usize]| {
             for (q, top) in qs.iter().zip(tops.iter_mut()) {
                 for &i in rows {
@@ -150,38 +128,34 @@ impl FlatIndex {
             }
         };
         let mut rows = Vec::with_capacity(block);
-        match p.allow {
-            Some(bits) => {
-                for i in bits.iter_ones() {
-                    rows.push(i);
-                    if rows.len() == block {
-                        if cancelled() {
-                            return Err(IndexError::Cancelled);
-                        }
-                        score_block(&rows);
-                        rows.clear();
-                    }
-                }
-            }
-            None => {
-                for start in (0..vectors.len()).step_by(block) {
-                    if cancelled() {
-                        return Err(IndexError::Cancelled);
-                    }
-                    rows.clear();
-                    rows.extend(start..(start + block).min(vectors.len()));
-                    score_block(&rows);
-                }
+        each_row(vectors.len(), p, |i| {
+            rows.push(i);
+            if rows.len() == block {
+                score_block(&rows);
                 rows.clear();
             }
-        }
-        if !rows.is_empty() {
-            if cancelled() {
-                return Err(IndexError::Cancelled);
-            }
-            score_block(&rows);
-        }
+        })?;
+        score_block(&rows);
         Ok(tops.into_iter().map(TopK::into_sorted).collect())
+    }
+}
+
+/// Calls `visit` on each row a search may return, in order: the rows of `p.allow`, or all
+/// `n`. Polls the cancel flag every [`CANCEL_POLL`] rows.
+fn each_row(n: usize, p: &SearchParams<'_>, mut visit: impl FnMut(usize)) -> Result<()> {
+    let mut step = |k: usize, i: usize| {
+        if k.is_multiple_of(CANCEL_POLL) && p.cancel.is_some_and(|c| c.is_cancelled()) {
+            return Err(IndexError::Cancelled);
+        }
+        visit(i);
+        Ok(())
+    };
+    match p.allow {
+        Some(bits) => bits
+            .iter_ones()
+            .enumerate()
+            .try_for_each(|(k, i)| step(k, i)),
+        None => (0..n).try_for_each(|i| step(i, i)),
     }
 }
 
@@ -211,7 +185,7 @@ impl VectorIndexRead for FlatIndex {
         let mut top = TopK::new(p.k);
         let in_range =
             |s: f32| p.min_score.is_none_or(|lo| s > lo) && p.max_score.is_none_or(|hi| s <= hi);
-        let mut visit = |i: usize| {
+        let visit = |i: usize| {
             let inv = if metric == Metric::COSINE {
                 inv_norms[i]
             } else {
@@ -225,24 +199,7 @@ impl VectorIndexRead for FlatIndex {
                 top.push(i as u32, s);
             }
         };
-        match p.allow {
-            Some(bits) => {
-                for (n, i) in bits.iter_ones().enumerate() {
-                    if n.is_multiple_of(CANCEL_POLL) && p.cancel.is_some_and(|c| c.is_cancelled()) {
-                        return Err(IndexError::Cancelled);
-                    }
-                    visit(i);
-                }
-            }
-            None => {
-                for i in 0..vectors.len() {
-                    if i.is_multiple_of(CANCEL_POLL) && p.cancel.is_some_and(|c| c.is_cancelled()) {
-                        return Err(IndexError::Cancelled);
-                    }
-                    visit(i);
-                }
-            }
-        }
+        each_row(vectors.len(), p, visit)?;
         Ok(top.into_sorted())
     }
 
