@@ -510,9 +510,9 @@ struct ServeArgs {
     /// Threads per background index build; 0 = every core [default: 0].
     #[arg(long, env = "MAGPIE_INDEX_BUILD_THREADS")]
     index_build_threads: Option<usize>,
-    /// Threads one search may use for its exact scans (FLAT, unindexed segments): a
-    /// large scan is split by segment among cores idle at the time; 0 = every core, 1 =
-    /// one [default: 0].
+    /// Threads one search may use: a large exact scan (FLAT, unindexed segments) is
+    /// split by segment, and a request of many queries by query and segment, among
+    /// cores idle at the time; 0 = every core, 1 = one [default: 0].
     #[arg(long, env = "MAGPIE_SEARCH_THREADS")]
     search_threads: Option<usize>,
     /// A growing segment of a field with an HNSW or IVF index gets an interim graph

@@ -132,6 +132,29 @@ pub struct SearchKnobs {
     pub drop_ratio: Option<f32>,
 }
 
+impl SearchKnobs {
+    /// Index search parameters for the top `k` of the `allow`ed rows within the score
+    /// bounds, with these knobs.
+    fn params<'a>(
+        &self,
+        allow: Option<&'a Bitset>,
+        min_score: Option<f32>,
+        max_score: Option<f32>,
+        k: usize,
+    ) -> SearchParams<'a> {
+        SearchParams {
+            allow,
+            min_score,
+            max_score,
+            ef: self.ef,
+            nprobe: self.nprobe,
+            recall: self.recall,
+            refine: self.refine,
+            ..SearchParams::top_k(k)
+        }
+    }
+}
+
 /// What a search compares with: dense query vectors against a vector field, or sparse
 /// ones against a sparse field (a scalar column).
 #[derive(Clone, Copy)]
@@ -202,8 +225,9 @@ pub struct SearchOutcome {
     /// rows after each interim graph).
     pub interim_segments: usize,
     pub interim_rows: usize,
-    /// Threads the exact scans ran on (1, or more when a large scan was split among
-    /// spare cores: `crate::par`); 0 when nothing was scanned exactly this way.
+    /// Threads the dense searches ran on: 1, or more when many queries or a large exact
+    /// scan were split among spare cores (`crate::par`; the more of the index searches
+    /// and the exact scans); 0 when no dense segment was searched.
     pub scan_threads: usize,
     pub exact_rows: usize,
     /// The knob the (first) indexed segment resolved the request to.
@@ -1207,6 +1231,9 @@ impl Collection {
         // Segments scanned exactly (dense probes): every query in one pass each, run
         // after the loop, split among spare cores when large (`crate::par`).
         let mut exact: Vec<(&Segment, Option<&Bitset>, usize)> = Vec::new();
+        // Segments searched through an index or an interim graph: one search per query
+        // and segment, run after the loop, split among spare cores when many.
+        let mut graph: Vec<(&Segment, Option<&Bitset>, usize, Graph)> = Vec::new();
         for (seg, allow) in &allows {
             let k = if exact_only {
                 allow.as_ref().map_or(seg.len(), |a| a.count_ones())
@@ -1217,19 +1244,8 @@ impl Collection {
                 per_query[qi].extend(found.into_iter().map(|s| (*seg, s.offset, s.score)));
             };
             match r.probe {
-                Probe::Dense { field, queries } => {
-                    let col = seg.vectors[field].get()?;
-                    let params = SearchParams {
-                        allow: allow.as_ref(),
-                        min_score,
-                        max_score,
-                        ef: r.knobs.ef,
-                        nprobe: r.knobs.nprobe,
-                        recall: r.knobs.recall,
-                        refine: r.knobs.refine,
-                        prefetch: col.prefetch(),
-                        ..SearchParams::top_k(k)
-                    };
+                Probe::Dense { field, .. } => {
+                    let params = r.knobs.params(allow.as_ref(), min_score, max_score, k);
                     let index = seg
                         .indexes
                         .get(field)
@@ -1247,15 +1263,9 @@ impl Collection {
                         }
                     }
                     match (index, interim) {
-                        (Some(ix), _) => {
-                            for (qi, q) in queries.iter().enumerate() {
-                                add(qi, ix.search(col.slice(), &col.inv_norms, q, &params)?);
-                            }
-                        }
+                        (Some(ix), _) => graph.push((seg, allow.as_ref(), k, Graph::Index(ix))),
                         (None, Some(it)) => {
-                            for (qi, q) in queries.iter().enumerate() {
-                                add(qi, it.search(col.slice(), &col.inv_norms, q, &params)?);
-                            }
+                            graph.push((seg, allow.as_ref(), k, Graph::Interim(it)))
                         }
                         (None, None) => exact.push((seg, allow.as_ref(), k)),
                     }
@@ -1285,6 +1295,32 @@ impl Collection {
                 }
             }
         }
+        if let (Probe::Dense { field, queries }, false) = (r.probe, graph.is_empty()) {
+            let jobs: Vec<(usize, usize)> = (0..graph.len())
+                .flat_map(|gi| (0..nq).map(move |qi| (gi, qi)))
+                .collect();
+            let one = |&(gi, qi): &(usize, usize)| {
+                let (seg, allow, k, via) = graph[gi];
+                let col = seg.vectors[field].get()?;
+                let params = SearchParams {
+                    prefetch: col.prefetch(),
+                    ..r.knobs.params(allow, min_score, max_score, k)
+                };
+                let q = &queries[qi];
+                Ok::<_, EngineError>(match via {
+                    Graph::Index(ix) => ix.search(col.slice(), &col.inv_norms, q, &params)?,
+                    Graph::Interim(it) => it.search(col.slice(), &col.inv_norms, q, &params)?,
+                })
+            };
+            let dim = queries.first().map_or(0, Vec::len);
+            let work = jobs.len().saturating_mul(GRAPH_SEARCH_ROWS * dim);
+            let (found, threads) = crate::par::map(&jobs, work, one);
+            outcome.scan_threads = threads;
+            for (&(gi, qi), found) in jobs.iter().zip(found) {
+                let seg = graph[gi].0;
+                per_query[qi].extend(found?.into_iter().map(|s| (seg, s.offset, s.score)));
+            }
+        }
         if let (Probe::Dense { field, queries }, false) = (r.probe, exact.is_empty()) {
             let scan = |&(seg, allow, k): &(&Segment, Option<&Bitset>, usize)| {
                 let col = seg.vectors[field].get()?;
@@ -1309,7 +1345,7 @@ impl Collection {
                 .sum::<usize>()
                 .saturating_mul(nq * dim);
             let (found, threads) = crate::par::map(&exact, work, scan);
-            outcome.scan_threads = threads;
+            outcome.scan_threads = outcome.scan_threads.max(threads);
             for ((seg, _, _), found) in exact.iter().zip(found) {
                 for (qi, f) in found?.into_iter().enumerate() {
                     per_query[qi].extend(f.into_iter().map(|s| (*seg, s.offset, s.score)));
@@ -1475,6 +1511,20 @@ fn sparse_search(
     }
     Ok(top.into_sorted())
 }
+
+/// How a segment with a graph is searched: its built index, or the interim graph
+/// that stands in for it until the index is attached.
+#[derive(Clone, Copy)]
+enum Graph<'a> {
+    Index(&'a magpie_index::AnyIndex),
+    Interim(&'a crate::segment::Interim),
+}
+
+/// Rows one index search scores, a rough and low figure, for deciding whether the
+/// searches of a request of many queries are worth spare cores (`crate::par`): a graph
+/// search scores about `ef` times its neighbours per node, an IVF search `nprobe`
+/// lists. Low, so that only requests of many queries (tens at 128-d) take helpers.
+const GRAPH_SEARCH_ROWS: usize = 1024;
 
 /// Converts Milvus range-search parameters into internal score bounds:
 /// distances (L2, HAMMING, JACCARD) keep `range_filter <= d < radius`, similarities

@@ -67,9 +67,9 @@ pub struct EngineConfig {
     pub index_min_rows: usize,
     /// Threads per index build (0 = every core).
     pub index_build_threads: usize,
-    /// Threads one search may use for its exact scans (0 = every core, 1 = only the
-    /// request's own): a large scan is split by segment among cores that are idle at
-    /// the time (`par.rs`). Process-wide.
+    /// Threads one search may use (0 = every core, 1 = only the request's own): a large
+    /// exact scan is split by segment, and the index searches of many queries by query
+    /// and segment, among cores that are idle at the time (`par.rs`). Process-wide.
     pub search_threads: usize,
     /// A growing segment of a field with a graph or IVF index gets an interim HNSW graph
     /// once it holds this many rows (0 = never): searched with an exact scan of the

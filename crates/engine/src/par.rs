@@ -2,7 +2,8 @@
 //!
 //! A search request runs on one thread (an async worker or a blocking-pool thread, see
 //! the server's `inline.rs`). When its exact scans are large (many rows, many queries),
-//! the segments it scans exactly are split among that thread and *helpers*: scoped
+//! the segments it scans exactly are split among that thread and *helpers*, and so are
+//! its index searches (one per query and segment) when there are many: scoped
 //! threads started for this request only, so nothing outlives it and the collection's
 //! read lock covers them. Helpers come from one process-wide budget: a helper is taken
 //! only while the searches in progress ([`enter`]) and the helpers already running
@@ -11,7 +12,8 @@
 //! load, when other searches keep the cores busy, each runs on its own thread as
 //! before, and an idle server spends its cores on the one request it has.
 //!
-//! Work is counted in multiply-adds (rows × queries × dimension); below
+//! Work is counted in multiply-adds (rows × queries × dimension; an index search counts
+//! a fixed, low number of rows, `GRAPH_SEARCH_ROWS` in `collection.rs`); below
 //! [`PAR_MIN_WORK`] per helper a thread's start (~20–50 µs) is not worth it.
 
 use parking_lot::Mutex;

@@ -3371,7 +3371,7 @@ fn growing_segments_evaluate_repeated_filters_incrementally() {
 
 /// Several query vectors in one search: segments scanned exactly (a FLAT index, a
 /// growing segment) take every query in one pass over their rows, indexed ones one
-/// query at a time; either way each query's hits are those of a search of its own,
+/// search per query; either way each query's hits are those of a search of its own,
 /// with filters, offsets and deletes.
 #[test]
 fn a_search_of_many_queries_answers_each_as_alone() {
@@ -3503,6 +3503,93 @@ fn a_large_exact_scan_split_among_cores_answers_as_on_one_thread() {
     for _ in 0..100 {
         let o = e.search_ex("c", &req(queries.clone())).unwrap();
         assert!(o.exact_segments >= 2, "{}", o.exact_segments);
+        for (got, want) in o.hits.iter().zip(&alone) {
+            assert_eq!(&key(got), want);
+        }
+        if o.scan_threads > 1 {
+            split = true;
+            break;
+        }
+    }
+    assert!(
+        split || cores == 1,
+        "never split on {cores} cores (the spare cores stayed busy)"
+    );
+    if cores == 1 {
+        eprintln!("one core here: the split itself is not exercised (the answers were)");
+    }
+}
+
+/// The searches of a request of many queries over indexed segments (one per query and
+/// segment) are split among idle cores; each query's hits are those of a search of its
+/// own on one thread.
+#[test]
+fn many_queries_over_indexed_segments_split_among_cores_answer_as_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        d.path(),
+        EngineConfig {
+            seal_rows: 3000,
+            index_min_rows: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dim = 48;
+    let hnsw = IndexMeta {
+        id: 0,
+        index_name: "vec".into(),
+        field_name: "vec".into(),
+        index_type: "HNSW".into(),
+        metric_type: Metric::L2,
+        params: Default::default(),
+    };
+    e.create_collection("c", schema(dim), vec![hnsw], Consistency::Strong, "")
+        .unwrap();
+    let data = clustered(9000, dim, 8);
+    for b in (0..9000).step_by(3000) {
+        let rows: Vec<Value> = (b..b + 3000)
+            .map(|i| json!({"id": i as i64, "vec": data[i], "age": (i % 3) as i32}))
+            .collect();
+        e.insert("c", None, &rows).unwrap();
+    }
+    e.flush("c").unwrap();
+    assert!(e
+        .wait_for_indexes("c", std::time::Duration::from_secs(120))
+        .unwrap());
+    let queries = clustered(64, dim, 23);
+    let req = |vectors: Vec<Vec<f32>>| SearchRequest {
+        vectors,
+        limit: 10,
+        filter: Some("age != 1".into()),
+        knobs: SearchKnobs {
+            ef: Some(64),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let key = |h: &[Hit]| {
+        h.iter()
+            .map(|h| (h.id.clone(), h.distance.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    let alone: Vec<_> = queries
+        .iter()
+        .map(|q| {
+            let o = e.search_ex("c", &req(vec![q.clone()])).unwrap();
+            // Three index searches: too few for a helper.
+            assert_eq!((o.indexed_segments, o.scan_threads), (3, 1));
+            key(&o.hits[0])
+        })
+        .collect();
+    // 3 segments × 64 queries: helpers where cores are free (other tests of this binary
+    // may hold them for a moment; then again).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut split = false;
+    for _ in 0..100 {
+        let o = e.search_ex("c", &req(queries.clone())).unwrap();
+        assert_eq!((o.indexed_segments, o.exact_segments), (3, 0));
+        assert_eq!(o.hits.len(), queries.len());
         for (got, want) in o.hits.iter().zip(&alone) {
             assert_eq!(&key(got), want);
         }

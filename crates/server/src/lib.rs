@@ -55,7 +55,8 @@ pub struct ServerConfig {
     pub index_min_rows: usize,
     /// Threads per background index build (0 = every core).
     pub index_build_threads: usize,
-    /// Threads one search may use for its exact scans (0 = every core; 1 = one).
+    /// Threads one search may use for a large exact scan or the index searches of many
+    /// queries (0 = every core; 1 = one).
     pub search_threads: usize,
     /// A growing segment of an indexed field gets an interim HNSW graph at this many
     /// rows (0 = never), grown every `interim_step_rows` new rows.
