@@ -32,15 +32,16 @@ impl Sq8 {
 
     /// Fits the per-dimension range of `rows`, each `dim` floats long, read one at a time:
     /// a caller whose rows are not one contiguous buffer (or must be transformed first, as
-    /// COSINE rows are normalized) need not gather a copy of all of them.
+    /// COSINE rows are normalized) need not gather a copy of all of them. A row of another
+    /// length counts for its first `dim` floats (a short row for the dimensions it has)
+    /// instead of panicking.
     pub fn train_rows<R: AsRef<[f32]>>(rows: impl IntoIterator<Item = R>, dim: usize) -> Sq8 {
         let mut lo = vec![f32::INFINITY; dim];
         let mut hi = vec![f32::NEG_INFINITY; dim];
         for r in rows {
-            let r = r.as_ref();
-            for d in 0..dim {
-                lo[d] = lo[d].min(r[d]);
-                hi[d] = hi[d].max(r[d]);
+            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(r.as_ref()) {
+                *l = l.min(x);
+                *h = h.max(x);
             }
         }
         let mut min = Vec::with_capacity(dim);
@@ -259,6 +260,18 @@ mod tests {
                 "{ip} vs {want}"
             );
         }
+    }
+
+    /// Ranges per dimension: a short row counts for the dimensions it has, a long one for
+    /// its first `dim`; no rows at all give zero ranges.
+    #[test]
+    fn sq8_fits_rows_of_any_length_without_panicking() {
+        let rows: [&[f32]; 4] = [&[0.0, 2.0, 5.0], &[1.0, -2.0], &[4.0, 0.0, 3.0, 99.0], &[]];
+        let sq = Sq8::train_rows(rows, 3);
+        assert_eq!(sq.min, vec![0.0, -2.0, 3.0]);
+        assert_eq!(sq.step, vec![4.0 / 255.0, 4.0 / 255.0, 2.0 / 255.0]);
+        let none = Sq8::train_rows(std::iter::empty::<&[f32]>(), 2);
+        assert_eq!((none.min, none.step), (vec![0.0; 2], vec![0.0; 2]));
     }
 
     #[test]
