@@ -16,7 +16,7 @@ pub mod fsutil;
 pub mod function;
 pub mod import;
 pub mod indexspec;
-mod par;
+pub mod par;
 pub mod schema;
 pub mod segment;
 pub mod storage;

@@ -6,8 +6,9 @@
 //! its index searches (one per query and segment) when there are many: scoped
 //! threads started for this request only, so nothing outlives it and the collection's
 //! read lock covers them. Helpers come from one process-wide budget: a helper is taken
-//! only while the searches in progress ([`enter`]) and the helpers already running
-//! number fewer than [`set_threads`] (every core by default); searches themselves are
+//! only while the searches in progress ([`enter`]; or, where more, the search requests a
+//! server has in flight, [`request`]) and the helpers already running number fewer than
+//! [`set_threads`] (every core by default); searches themselves are
 //! never held back. A request takes what is free and never waits for more, so under
 //! load, when other searches keep the cores busy, each runs on its own thread as
 //! before, and an idle server spends its cores on the one request it has.
@@ -25,10 +26,12 @@ use std::sync::OnceLock;
 pub const PAR_MIN_WORK: usize = 1 << 22;
 
 /// Threads that may search at once beyond one (`limit`), searches in progress
-/// (`active`) and helpers taken now (`in_use`), process-wide.
+/// (`active`), search requests a server has in flight (`requests`, see [`request`]) and
+/// helpers taken now (`in_use`), process-wide.
 struct Budget {
     limit: AtomicUsize,
     active: AtomicUsize,
+    requests: AtomicUsize,
     in_use: AtomicUsize,
 }
 
@@ -37,8 +40,19 @@ impl Budget {
         Budget {
             limit: AtomicUsize::new(limit),
             active: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             in_use: AtomicUsize::new(0),
         }
+    }
+
+    /// Threads busy with searches besides the helpers: the searches in progress, or the
+    /// search requests in flight where there are more (a request still reading its
+    /// body, or writing its answer, keeps a core busy too), and at least the caller.
+    fn searching(&self) -> usize {
+        self.active
+            .load(Relaxed)
+            .max(self.requests.load(Relaxed))
+            .max(1)
     }
 
     /// Takes up to `want` helpers; returns how many it got: none while the searches in
@@ -46,7 +60,7 @@ impl Budget {
     fn take(&self, want: usize) -> usize {
         let mut got = 0;
         let _ = self.in_use.fetch_update(Relaxed, Relaxed, |used| {
-            let busy = self.active.load(Relaxed).max(1) + used;
+            let busy = self.searching() + used;
             got = (self.limit.load(Relaxed) + 1)
                 .saturating_sub(busy)
                 .min(want);
@@ -62,7 +76,7 @@ impl Budget {
     /// More threads search than the limit allows (searches started after helpers were
     /// taken).
     fn oversubscribed(&self) -> bool {
-        self.active.load(Relaxed).max(1) + self.in_use.load(Relaxed) > self.limit.load(Relaxed) + 1
+        self.searching() + self.in_use.load(Relaxed) > self.limit.load(Relaxed) + 1
     }
 }
 
@@ -90,6 +104,26 @@ pub(crate) fn enter() -> Active {
     let b = budget();
     b.active.fetch_add(1, Relaxed);
     Active(b)
+}
+
+/// A search request in flight in a server, counted until dropped (see [`request`]).
+pub struct InFlight(&'static Budget);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a search request from its arrival to its answer, for a server: a request
+/// reading its body or writing its answer is not yet (or no longer) a search in
+/// progress ([`enter`]) but uses a core all the same, so while requests in flight
+/// outnumber the searches, they are what fills the budget. Without a server (in-process
+/// callers) nothing is counted here.
+pub fn request() -> InFlight {
+    let b = budget();
+    b.requests.fetch_add(1, Relaxed);
+    InFlight(b)
 }
 
 /// Sets how many threads one search may use for its exact scans (0: all cores; 1: never
@@ -207,6 +241,17 @@ mod tests {
         b.active.store(4, Relaxed);
         let (_, threads) = map_with(&b, &items, usize::MAX, |&i| i);
         assert_eq!(threads, 1);
+        // Requests in flight count where they outnumber the searches: this search's own
+        // request leaves all three helpers; with two more still reading their bodies,
+        // one is left.
+        b.active.store(1, Relaxed);
+        b.requests.store(1, Relaxed);
+        let (_, threads) = map_with(&b, &items, usize::MAX, |&i| i);
+        assert_eq!(threads, 4);
+        b.requests.store(3, Relaxed);
+        let (_, threads) = map_with(&b, &items, usize::MAX, |&i| i);
+        assert_eq!(threads, 2);
+        b.requests.store(0, Relaxed);
         // A search that starts meanwhile sends the helpers back: the caller runs the
         // rest, and every item is still run once.
         b.active.store(1, Relaxed);

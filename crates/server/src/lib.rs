@@ -329,6 +329,24 @@ async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> R
     resp
 }
 
+/// Counts a search request from its arrival until its answer is ready
+/// (`magpie_engine::par::request`): while it reads its body or writes its answer it is
+/// not a search in progress, but another search's helper threads would take its core.
+async fn in_flight(req: Request, next: Next) -> Response {
+    let _in_flight = magpie_engine::par::request();
+    next.run(req).await
+}
+
+/// [`in_flight`] for the gRPC searches (`Search`, `HybridSearch`).
+async fn grpc_in_flight(req: Request, next: Next) -> Response {
+    let search = matches!(
+        req.uri().path().rsplit('/').next(),
+        Some("Search" | "HybridSearch")
+    );
+    let _in_flight = search.then(magpie_engine::par::request);
+    next.run(req).await
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -471,8 +489,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/vectordb/entities/delete", post(delete))
         .route("/v2/vectordb/entities/get", post(get_entities))
         .route("/v2/vectordb/entities/query", post(query))
-        .route("/v2/vectordb/entities/search", post(search))
-        .route("/v2/vectordb/entities/hybrid_search", post(hybrid_search))
+        .route(
+            "/v2/vectordb/entities/search",
+            post(search).layer(middleware::from_fn(in_flight)),
+        )
+        .route(
+            "/v2/vectordb/entities/hybrid_search",
+            post(hybrid_search).layer(middleware::from_fn(in_flight)),
+        )
         .route("/v2/vectordb/indexes/create", post(create_index))
         .route("/v2/vectordb/indexes/describe", post(describe_index))
         .route("/v2/vectordb/indexes/list", post(list_indexes))
@@ -501,12 +525,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v2/images/collections", post(images_api::list))
         .route("/v2/images/index", post(images_api::index))
         .route("/v2/images/status", post(images_api::status))
-        .route("/v2/images/search", post(images_api::search))
+        .route(
+            "/v2/images/search",
+            post(images_api::search).layer(middleware::from_fn(in_flight)),
+        )
         .route("/v2/images/uploads", post(images_api::upload))
         .route("/v2/images/get", post(images_api::get_image))
         .route("/v2/images/dupes", post(images_api::dupes))
         .route("/v2/text/collections", post(text_api::list))
-        .route("/v2/text/search", post(text_api::search))
+        .route(
+            "/v2/text/search",
+            post(text_api::search).layer(middleware::from_fn(in_flight)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let image_files = Router::new()
         .route("/images/{coll}/{id}/thumb", get(images_api::thumb))
@@ -518,6 +548,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .map_response(move |r: axum::http::Response<_>| {
             grpc::transport_error_codes(r.into_response(), grpc_limit)
         })
+        .layer(middleware::from_fn(grpc_in_flight))
         .service(grpc::service(state.clone(), max_body_bytes));
     Router::new()
         .merge(v2)
