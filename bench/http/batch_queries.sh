@@ -5,9 +5,9 @@
 #   MAGPIE_A=/path/old MAGPIE_B=/path/new bench/http/batch_queries.sh DATASET_DIR [NQ]
 # DATASET_DIR holds base.fvecs / query.fvecs (bench/scale/gen.py or ../shared/bench/*).
 # For each binary: `magpie serve` (default segments: 100k rows), loaded once with B's
-# `magpie bench --index $INDEX --url --keep` (which waits for the indexes); then, alternating A B A B … REPS times, the
-# first NQ queries sent as NQ requests of one query and as one request of NQ queries
-# (curl, one keep-alive connection each). Prints the median wall time of each and the
+# `magpie bench --index $INDEX --url --keep` (which waits for the indexes); then,
+# alternating A B A B … REPS times, the first NQ queries sent as NQ requests of one query
+# and as one request of NQ queries (curl, one keep-alive connection each). Prints the median wall time of each and the
 # queries per second. Answers are checked equal (same ids per query both ways).
 # CLIENTS=N (default 1) runs N such clients at once for each (N × NQ queries), to see
 # what a server loaded by several clients does. The batch is sent BATCHES times (default

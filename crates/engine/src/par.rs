@@ -8,10 +8,10 @@
 //! read lock covers them. Helpers come from one process-wide budget: a helper is taken
 //! only while the searches in progress ([`enter`]; or, where more, the search requests a
 //! server has in flight, [`request`]) and the helpers already running number fewer than
-//! [`set_threads`] (every core by default); searches themselves are
-//! never held back. A request takes what is free and never waits for more, so under
-//! load, when other searches keep the cores busy, each runs on its own thread as
-//! before, and an idle server spends its cores on the one request it has.
+//! [`set_threads`] (every core by default); searches themselves are never held back. A
+//! request takes what is free and never waits for more, so under load, when other
+//! searches keep the cores busy, each runs on its own thread as before, and an idle
+//! server spends its cores on the one request it has.
 //!
 //! Work is counted in multiply-adds (rows × queries × dimension; an index search counts
 //! a fixed, low number of rows, `GRAPH_SEARCH_ROWS` in `collection.rs`); below
@@ -55,8 +55,8 @@ impl Budget {
             .max(1)
     }
 
-    /// Takes up to `want` helpers; returns how many it got: none while the searches in
-    /// progress and the helpers already taken fill the limit.
+    /// Takes up to `want` helpers; returns how many it got: none while the searches (see
+    /// [`Budget::searching`]) and the helpers already taken fill the limit.
     fn take(&self, want: usize) -> usize {
         let mut got = 0;
         let _ = self.in_use.fetch_update(Relaxed, Relaxed, |used| {
@@ -126,8 +126,8 @@ pub fn request() -> InFlight {
     InFlight(b)
 }
 
-/// Sets how many threads one search may use for its exact scans (0: all cores; 1: never
-/// more than the request's own). Process-wide: the last engine opened sets it; helpers
+/// Sets how many threads one search may use for its exact scans and index searches (0:
+/// all cores; 1: never more than the request's own). Process-wide: the last engine opened sets it; helpers
 /// already taken are given back as usual.
 pub fn set_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };

@@ -22,15 +22,69 @@ fn schema(dim: usize) -> CollectionSchema {
     }
 }
 
-fn l2_index() -> Vec<IndexMeta> {
-    vec![IndexMeta {
+/// An index of `index_type` on field `vec`, default parameters.
+fn vec_index(index_type: &str, metric: Metric) -> IndexMeta {
+    IndexMeta {
         id: 0,
         index_name: "vec".into(),
         field_name: "vec".into(),
-        index_type: "FLAT".into(),
-        metric_type: Metric::L2,
+        index_type: index_type.into(),
+        metric_type: metric,
         params: Default::default(),
-    }]
+    }
+}
+
+fn l2_index() -> Vec<IndexMeta> {
+    vec![vec_index("FLAT", Metric::L2)]
+}
+
+/// Ids and distance bits of hits, to compare answers exactly.
+fn hit_keys(h: &[Hit]) -> Vec<(PrimaryKey, u32)> {
+    h.iter()
+        .map(|h| (h.id.clone(), h.distance.to_bits()))
+        .collect()
+}
+
+/// Searches `queries` one per request (each on one thread), then all in one request
+/// until its work is split among cores: up to 100 tries, since other tests of this
+/// binary may hold the spare cores for a moment. Every answer must equal the
+/// one-per-request ones; `check` looks at every outcome.
+fn assert_split_answers_as_alone(
+    e: &Engine,
+    req: impl Fn(Vec<Vec<f32>>) -> SearchRequest,
+    queries: &[Vec<f32>],
+    check: impl Fn(&SearchOutcome),
+) {
+    let alone: Vec<_> = queries
+        .iter()
+        .map(|q| {
+            let o = e.search_ex("c", &req(vec![q.clone()])).unwrap();
+            check(&o);
+            assert_eq!(o.scan_threads, 1, "one query's work is below a helper's");
+            hit_keys(&o.hits[0])
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut split = false;
+    for _ in 0..100 {
+        let o = e.search_ex("c", &req(queries.to_vec())).unwrap();
+        check(&o);
+        assert_eq!(o.hits.len(), queries.len());
+        for (got, want) in o.hits.iter().zip(&alone) {
+            assert_eq!(&hit_keys(got), want);
+        }
+        if o.scan_threads > 1 {
+            split = true;
+            break;
+        }
+    }
+    assert!(
+        split || cores == 1,
+        "never split on {cores} cores (the spare cores stayed busy)"
+    );
+    if cores == 1 {
+        eprintln!("one core here: the split itself is not exercised (the answers were)");
+    }
 }
 
 fn open(dir: &Path) -> Engine {
@@ -3387,16 +3441,9 @@ fn a_search_of_many_queries_answers_each_as_alone() {
     )
     .unwrap();
     let dim = 24;
-    let hnsw = IndexMeta {
-        id: 0,
-        index_name: "vec".into(),
-        field_name: "vec".into(),
-        index_type: "HNSW".into(),
-        metric_type: Metric::COSINE,
-        params: Default::default(),
-    };
+    let hnsw = vec![vec_index("HNSW", Metric::COSINE)];
     let data = clustered(4000, dim, 3);
-    for (name, index) in [("flat", l2_index()), ("hnsw", vec![hnsw])] {
+    for (name, index) in [("flat", l2_index()), ("hnsw", hnsw)] {
         e.create_collection(name, schema(dim), index, Consistency::Strong, "")
             .unwrap();
         for b in (0..4000).step_by(500) {
@@ -3438,12 +3485,7 @@ fn a_search_of_many_queries_answers_each_as_alone() {
             assert_eq!(all.hits.len(), queries.len());
             for (q, got) in queries.iter().zip(&all.hits) {
                 let alone = e.search_ex(name, &req(vec![q.clone()])).unwrap();
-                let key = |h: &[Hit]| {
-                    h.iter()
-                        .map(|h| (h.id.clone(), h.distance.to_bits()))
-                        .collect::<Vec<_>>()
-                };
-                assert_eq!(key(got), key(&alone.hits[0]), "{name} {filter:?}");
+                assert_eq!(hit_keys(got), hit_keys(&alone.hits[0]), "{name} {filter:?}");
                 assert_eq!(got.len(), 9);
                 assert!(ids(got).iter().all(|&i| i != 3 && i != 2500));
             }
@@ -3482,42 +3524,11 @@ fn a_large_exact_scan_split_among_cores_answers_as_on_one_thread() {
         filter: Some("age != 1".into()),
         ..Default::default()
     };
-    let key = |h: &[Hit]| {
-        h.iter()
-            .map(|h| (h.id.clone(), h.distance.to_bits()))
-            .collect::<Vec<_>>()
-    };
-    let alone: Vec<_> = queries
-        .iter()
-        .map(|q| {
-            let o = e.search_ex("c", &req(vec![q.clone()])).unwrap();
-            // 16k passing rows × 48: below one helper's worth of work.
-            assert_eq!(o.scan_threads, 1);
-            key(&o.hits[0])
-        })
-        .collect();
-    // 16k rows × 8 queries × 48 = 6.1M multiply-adds: a helper where a core is free
-    // (other tests of this binary may hold the spare cores for a moment; then again).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut split = false;
-    for _ in 0..100 {
-        let o = e.search_ex("c", &req(queries.clone())).unwrap();
-        assert!(o.exact_segments >= 2, "{}", o.exact_segments);
-        for (got, want) in o.hits.iter().zip(&alone) {
-            assert_eq!(&key(got), want);
-        }
-        if o.scan_threads > 1 {
-            split = true;
-            break;
-        }
-    }
-    assert!(
-        split || cores == 1,
-        "never split on {cores} cores (the spare cores stayed busy)"
-    );
-    if cores == 1 {
-        eprintln!("one core here: the split itself is not exercised (the answers were)");
-    }
+    // One query: 16k passing rows × 48, below a helper's worth of work; eight: 6.1M
+    // multiply-adds, a helper where a core is free.
+    assert_split_answers_as_alone(&e, req, &queries, |o| {
+        assert!(o.exact_segments >= 2, "{}", o.exact_segments)
+    });
 }
 
 /// The searches of a request of many queries over indexed segments (one per query and
@@ -3536,15 +3547,8 @@ fn many_queries_over_indexed_segments_split_among_cores_answer_as_alone() {
     )
     .unwrap();
     let dim = 48;
-    let hnsw = IndexMeta {
-        id: 0,
-        index_name: "vec".into(),
-        field_name: "vec".into(),
-        index_type: "HNSW".into(),
-        metric_type: Metric::L2,
-        params: Default::default(),
-    };
-    e.create_collection("c", schema(dim), vec![hnsw], Consistency::Strong, "")
+    let hnsw = vec![vec_index("HNSW", Metric::L2)];
+    e.create_collection("c", schema(dim), hnsw, Consistency::Strong, "")
         .unwrap();
     let data = clustered(9000, dim, 8);
     for b in (0..9000).step_by(3000) {
@@ -3568,41 +3572,8 @@ fn many_queries_over_indexed_segments_split_among_cores_answer_as_alone() {
         },
         ..Default::default()
     };
-    let key = |h: &[Hit]| {
-        h.iter()
-            .map(|h| (h.id.clone(), h.distance.to_bits()))
-            .collect::<Vec<_>>()
-    };
-    let alone: Vec<_> = queries
-        .iter()
-        .map(|q| {
-            let o = e.search_ex("c", &req(vec![q.clone()])).unwrap();
-            // Three index searches: too few for a helper.
-            assert_eq!((o.indexed_segments, o.scan_threads), (3, 1));
-            key(&o.hits[0])
-        })
-        .collect();
-    // 3 segments × 64 queries: helpers where cores are free (other tests of this binary
-    // may hold them for a moment; then again).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut split = false;
-    for _ in 0..100 {
-        let o = e.search_ex("c", &req(queries.clone())).unwrap();
-        assert_eq!((o.indexed_segments, o.exact_segments), (3, 0));
-        assert_eq!(o.hits.len(), queries.len());
-        for (got, want) in o.hits.iter().zip(&alone) {
-            assert_eq!(&key(got), want);
-        }
-        if o.scan_threads > 1 {
-            split = true;
-            break;
-        }
-    }
-    assert!(
-        split || cores == 1,
-        "never split on {cores} cores (the spare cores stayed busy)"
-    );
-    if cores == 1 {
-        eprintln!("one core here: the split itself is not exercised (the answers were)");
-    }
+    // One query: three index searches, too few for a helper; 64: 192.
+    assert_split_answers_as_alone(&e, req, &queries, |o| {
+        assert_eq!((o.indexed_segments, o.exact_segments), (3, 0))
+    });
 }
