@@ -14,7 +14,7 @@
 //! server spends its cores on the one request it has.
 //!
 //! Work is counted in multiply-adds (rows × queries × dimension; an index search counts
-//! a fixed, low number of rows, `GRAPH_SEARCH_ROWS` in `collection.rs`); below
+//! a fixed, low number of rows, `GRAPH_SEARCH_ROWS` in `collection/search.rs`); below
 //! [`PAR_MIN_WORK`] per helper a thread's start (~20–50 µs) is not worth it.
 
 use parking_lot::Mutex;
