@@ -534,6 +534,11 @@ struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "MAGPIE_SEARCH_INLINE_US")]
     search_inline_us: Option<u64>,
+    /// Stop a search that runs longer than this many milliseconds and answer 408 (a gRPC
+    /// client's shorter deadline wins); a search is also stopped when its client goes
+    /// away; 0: no limit [default: 0].
+    #[arg(long, env = "MAGPIE_SEARCH_TIMEOUT_MS")]
+    search_timeout_ms: Option<u64>,
     /// Where bulk-import paths (`jobs/import/create`) are looked up: a folder, or
     /// s3://bucket/prefix (only read; credentials from AWS_*) [default: DATA_DIR/import,
     /// or the import/ prefix of --storage s3://...].
@@ -740,6 +745,7 @@ fn server_config(mut a: ServeArgs) -> Result<ServerConfig> {
         interim_step_rows,
         build_nice,
         search_inline_us,
+        search_timeout_ms,
         image_roots,
         decode_memory_bytes,
         allowed_hosts,

@@ -45,7 +45,11 @@ pub enum EngineError {
     #[error("{path}: corrupt data: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("index error: {0}")]
-    Index(#[from] magpie_index::IndexError),
+    Index(magpie_index::IndexError),
+    /// A search stopped by its cancel flag (`SearchRequest::cancel`): its caller's time
+    /// limit passed, or its client went away.
+    #[error("the search was cancelled before it finished")]
+    Cancelled,
     #[error("the write-ahead log failed earlier ({0}); the database is read-only until restarted")]
     WalPoisoned(String),
     #[error("engine is shutting down")]
@@ -53,6 +57,15 @@ pub enum EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl From<magpie_index::IndexError> for EngineError {
+    fn from(e: magpie_index::IndexError) -> Self {
+        match e {
+            magpie_index::IndexError::Cancelled => EngineError::Cancelled,
+            e => EngineError::Index(e),
+        }
+    }
+}
 
 /// Attaches a path to an `io::Error`.
 pub(crate) trait IoContext<T> {

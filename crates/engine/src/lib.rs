@@ -33,8 +33,8 @@ pub use engine::{
 pub use engine::{check_rerank, fuse};
 pub use error::{EngineError, Result};
 pub use function::{Embedder, FunctionKind, FunctionSchema, ImageInput};
-pub use magpie_index::Knob;
 pub use magpie_index::Metric;
+pub use magpie_index::{Cancel, Knob};
 pub use schema::{CollectionSchema, DataType, FieldSchema};
 pub use segment::{FILTER_CACHE_ENTRIES, FILTER_CACHE_MAX_TEXT};
 pub use types::{Consistency, PrimaryKey, Timestamp};

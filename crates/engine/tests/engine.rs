@@ -3577,3 +3577,74 @@ fn many_queries_over_indexed_segments_split_among_cores_answer_as_alone() {
         assert_eq!((o.indexed_segments, o.exact_segments), (3, 0))
     });
 }
+
+/// A search whose cancel flag is set fails with `Cancelled` on each path that polls it:
+/// the exact scan (one query and many), the index searches (one query and many, split
+/// among cores or not), and the filter's evaluation. No filter is given in the first
+/// cases, so nothing before the scans and index searches polls the flag: they must.
+/// A flag that is not set changes no answer.
+#[test]
+fn a_set_cancel_flag_stops_exact_scans_index_searches_and_filters() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        d.path(),
+        EngineConfig {
+            seal_rows: 3000,
+            index_min_rows: 1000,
+            interim_min_rows: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dim = 32;
+    let data = clustered(6000, dim, 31);
+    let rows = |r: std::ops::Range<usize>| -> Vec<Value> {
+        r.map(|i| json!({"id": i as i64, "vec": data[i], "age": (i % 3) as i32}))
+            .collect()
+    };
+    // "g": growing rows only, scanned exactly; "i": indexed segments only.
+    e.create_collection("g", schema(dim), l2_index(), Consistency::Strong, "")
+        .unwrap();
+    e.insert("g", None, &rows(0..2000)).unwrap();
+    let hnsw = vec![vec_index("HNSW", Metric::L2)];
+    e.create_collection("i", schema(dim), hnsw, Consistency::Strong, "")
+        .unwrap();
+    e.insert("i", None, &rows(0..3000)).unwrap();
+    e.insert("i", None, &rows(3000..6000)).unwrap();
+    e.flush("i").unwrap();
+    assert!(e
+        .wait_for_indexes("i", std::time::Duration::from_secs(120))
+        .unwrap());
+    let queries = clustered(64, dim, 32);
+    let req = |nq: usize, filter: Option<&str>, cancel: Option<Arc<Cancel>>| SearchRequest {
+        vectors: queries[..nq].to_vec(),
+        limit: 10,
+        filter: filter.map(str::to_string),
+        cancel,
+        ..Default::default()
+    };
+    for (coll, paths) in [("g", (0, 1)), ("i", (2, 0))] {
+        for nq in [1, 64] {
+            for filter in [None, Some("age != 1")] {
+                let plain = e.search_ex(coll, &req(nq, filter, None)).unwrap();
+                assert_eq!((plain.indexed_segments, plain.exact_segments), paths);
+                let unset = e
+                    .search_ex(coll, &req(nq, filter, Some(Arc::new(Cancel::new()))))
+                    .unwrap();
+                assert_eq!(unset.hits.len(), nq);
+                for (a, b) in plain.hits.iter().zip(&unset.hits) {
+                    assert_eq!(hit_keys(a), hit_keys(b));
+                }
+                let set = Arc::new(Cancel::new());
+                set.cancel();
+                match e.search_ex(coll, &req(nq, filter, Some(set))) {
+                    Err(EngineError::Cancelled) => {}
+                    other => panic!(
+                        "{coll}, {nq} queries, filter {filter:?}: want Cancelled, got {:?}",
+                        other.map(|o| o.hits.len())
+                    ),
+                }
+            }
+        }
+    }
+}

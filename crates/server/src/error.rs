@@ -49,6 +49,7 @@ impl From<EngineError> for ApiError {
             Index(_) => (StatusCode::BAD_REQUEST, 1100),
             Io { .. } | Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 65535),
             WalPoisoned(_) | ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, 65535),
+            Cancelled => (StatusCode::REQUEST_TIMEOUT, 65535),
         };
         if status.is_server_error() {
             tracing::error!("{e}");

@@ -23,15 +23,32 @@
 //! Strong read (it may wait for the WAL's group commit), no segment still to fetch from
 //! remote storage (see `Engine::search_may_block`), at most [`MAX_INLINE_NQ`] queries,
 //! and a multi-thread runtime with at least two workers.
+//!
+//! # Time limits and clients that go away
+//! Every search carries a cancel flag ([`magpie_engine::SearchRequest::cancel`]) that the
+//! engine polls between segments and every few thousand rows of a scan. A search on the
+//! pool is stopped through it
+//! - when its time limit passes: the server's `search_timeout_ms`, or a gRPC client's
+//!   deadline (`grpc-timeout`) where that is shorter. The request then answers 408 (over
+//!   gRPC, the same error in the reply's status) naming the limit;
+//! - when its client goes away: the connection closes or the HTTP/2 stream is reset
+//!   (a pymilvus `timeout` does that), so the request's future is dropped, and with it
+//!   the guard that sets the flag.
+//!
+//! Either way the pool thread is free again within a few thousand rows instead of
+//! finishing work nobody waits for; `magpie_searches_cancelled_total` counts them. A
+//! search on a worker is short by the rule above and is not stopped.
 
 use crate::error::ApiError;
 use crate::AppState;
+use axum::http::StatusCode;
 use magpie_engine::{Engine, EngineError, SearchRequest};
+use magpie_index::Cancel;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// By default, a collection whose searches average less than this runs them on the
 /// workers (`search_inline_us`). One millisecond is five to twenty HNSW searches at
@@ -54,6 +71,8 @@ pub struct InlineGate {
     recent: RwLock<HashMap<String, Arc<AtomicU64>>>,
     /// Searches averaging below this run on the workers; 0 = never.
     max_us: u64,
+    /// The longest a search on the pool may run (`search_timeout_ms`); `None`: no limit.
+    timeout: Option<Duration>,
 }
 
 impl Default for InlineGate {
@@ -69,7 +88,15 @@ impl InlineGate {
         Self {
             recent: RwLock::new(HashMap::new()),
             max_us,
+            timeout: None,
         }
+    }
+
+    /// The same gate, with searches on the pool stopped after `ms` milliseconds (0: no
+    /// limit).
+    pub fn with_timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        self
     }
 
     fn slot(&self, coll: &str) -> Arc<AtomicU64> {
@@ -125,20 +152,38 @@ fn nq(req: &SearchRequest) -> usize {
         .max(req.images.len())
 }
 
+/// Sets a search's cancel flag when dropped armed: the request's future was dropped
+/// before the search ended (its client went away).
+struct CancelOnDrop(Option<Arc<Cancel>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}
+
 /// Runs `f`, a search of `req` in `coll`, on this worker when the request qualifies (see
 /// the module's documentation) and `coll`'s searches have been short; on the blocking
-/// pool otherwise. Either way, the time `f` takes goes into `coll`'s average.
+/// pool otherwise. Either way, the time `f` takes goes into `coll`'s average. On the
+/// pool the search stops after the server's time limit or `deadline` (a client's),
+/// whichever is shorter, or when this future is dropped.
 pub(crate) async fn search<T: Send + 'static>(
     st: &Arc<AppState>,
     coll: String,
-    req: SearchRequest,
+    mut req: SearchRequest,
+    deadline: Option<Duration>,
     f: impl FnOnce(&Engine, &str, &SearchRequest) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let cancel = Arc::new(Cancel::new());
+    req.cancel = Some(cancel.clone());
     if nq(&req) <= MAX_INLINE_NQ
         && st.inline.is_short(&coll)
         && on_shared_workers()
         && !st.engine.search_may_block(&coll, &req)
     {
+        let _running = st.metrics.search_running();
         let t0 = Instant::now();
         // A panic answers 500 as it does from the pool, instead of dropping the
         // connection with the task.
@@ -151,7 +196,7 @@ pub(crate) async fn search<T: Send + 'static>(
         return out.map_err(ApiError::from);
     }
     let st2 = st.clone();
-    crate::api::blocking(st, move |e| {
+    on_pool_cancellable(st, cancel, deadline, move |e| {
         let t0 = Instant::now();
         let out = f(e, &coll, &req);
         let us = t0.elapsed().as_micros() as u64;
@@ -160,6 +205,72 @@ pub(crate) async fn search<T: Send + 'static>(
         out
     })
     .await
+}
+
+/// Runs `f`, a search whose requests carry `cancel`, on the blocking pool, and sets
+/// `cancel` once the server's time limit or `deadline` (a client's), whichever is
+/// shorter, passes (answering 408 naming the limit), or when this future is dropped
+/// (its client went away). Counts the search in `magpie_searches_running`, and in
+/// `magpie_searches_cancelled_total` when the engine stopped it.
+pub(crate) async fn on_pool_cancellable<T: Send + 'static>(
+    st: &Arc<AppState>,
+    cancel: Arc<Cancel>,
+    deadline: Option<Duration>,
+    f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let st2 = st.clone();
+    let mut guard = CancelOnDrop(Some(cancel));
+    let task = crate::api::blocking(st, move |e| {
+        let _running = st2.metrics.search_running();
+        let out = f(e);
+        if matches!(out, Err(EngineError::Cancelled)) {
+            st2.metrics.search_cancelled();
+        }
+        out
+    });
+    let limit = match (st.inline.timeout, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let out = match limit {
+        None => task.await,
+        Some(d) => match tokio::time::timeout(d, task).await {
+            Ok(out) => out,
+            // The guard sets the flag; the pool thread stops within a few thousand rows.
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    65535,
+                    format!(
+                        "the search ran past its time limit of {} ms and was stopped (the server's search_timeout_ms, or the client's deadline)",
+                        d.as_millis()
+                    ),
+                ))
+            }
+        },
+    };
+    guard.0 = None;
+    out
+}
+
+/// A gRPC request's deadline, from its `grpc-timeout` header (an integer of at most 8
+/// digits and a unit: H, M, S, m, u or n); `None` when absent or malformed.
+pub(crate) fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -185,6 +296,25 @@ mod tests {
             g.record("c", 100);
         }
         assert!(g.is_short("c"));
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_refuse_malformed_ones() {
+        let t = |v: &str| {
+            let mut md = tonic::metadata::MetadataMap::new();
+            md.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&md)
+        };
+        assert_eq!(t("50m"), Some(Duration::from_millis(50)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "5", "5x", "-5m", "123456789S", "1.5S", "5 m"] {
+            assert_eq!(t(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
     }
 
     #[test]

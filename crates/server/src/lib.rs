@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// microseconds run on the async workers instead of the blocking pool (see
     /// [`inline`]); 0 sends every search to the pool.
     pub search_inline_us: u64,
+    /// The longest a search on the blocking pool may run, in milliseconds (0: no limit);
+    /// a gRPC client's shorter deadline wins. See [`inline`].
+    pub search_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +148,7 @@ impl Default for ServerConfig {
             max_result_rows: e.max_result_rows,
             max_output_bytes: e.max_output_bytes,
             search_inline_us: inline::DEFAULT_INLINE_MAX_US,
+            search_timeout_ms: 0,
             storage: None,
             storage_cache_dir: None,
             storage_cache_bytes: 8 << 30,
@@ -689,7 +693,8 @@ pub async fn serve(
                 }))
                 .map_err(|e| std::io::Error::other(format!("backup storage: {e}")))?,
             ),
-            inline: inline::InlineGate::new(cfg.search_inline_us),
+            inline: inline::InlineGate::new(cfg.search_inline_us)
+                .with_timeout_ms(cfg.search_timeout_ms),
         });
     let app = router(state, cfg.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

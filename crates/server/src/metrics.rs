@@ -28,6 +28,20 @@ pub struct Metrics {
     searches_worker: AtomicU64,
     searches_pool: AtomicU64,
     search_engine_micros: AtomicU64,
+    /// Searches the engine stopped early: their time limit passed, or their client went
+    /// away (see [`crate::inline::search`]).
+    searches_cancelled: AtomicU64,
+    /// Searches in the engine now (REST and gRPC, on a worker or the pool).
+    searches_running: AtomicU64,
+}
+
+/// A search in the engine, counted in `magpie_searches_running` until dropped.
+pub struct Running<'a>(&'a Metrics);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.searches_running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -60,8 +74,29 @@ impl Metrics {
         .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a search in the engine until the guard is dropped.
+    pub fn search_running(&self) -> Running<'_> {
+        self.searches_running.fetch_add(1, Ordering::Relaxed);
+        Running(self)
+    }
+
+    /// A search that the engine stopped by its cancel flag.
+    pub fn search_cancelled(&self) {
+        self.searches_cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self, engine: &magpie_engine::EngineStats) -> String {
         let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP magpie_searches_cancelled_total Searches stopped before they finished: their time limit passed, or their client went away.\n# TYPE magpie_searches_cancelled_total counter\nmagpie_searches_cancelled_total {}",
+            self.searches_cancelled.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP magpie_searches_running Searches in the engine now.\n# TYPE magpie_searches_running gauge\nmagpie_searches_running {}",
+            self.searches_running.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP magpie_searches_total Searches (REST and gRPC) by where they ran: on an async worker or on the blocking pool.\n# TYPE magpie_searches_total counter\nmagpie_searches_total{{thread=\"worker\"}} {}\nmagpie_searches_total{{thread=\"pool\"}} {}",

@@ -12,6 +12,9 @@ use tower::ServiceExt;
 #[path = "common/rest_suite.rs"]
 mod suite;
 
+#[path = "common/long_search.rs"]
+mod long_search;
+
 use suite::T;
 
 fn setup(token: Option<&str>, max_body: usize) -> T {
@@ -976,4 +979,76 @@ async fn short_searches_run_on_the_workers_unless_turned_off() {
         answers.push(got[0].clone());
     }
     assert_eq!(answers[0], answers[1]);
+}
+
+// Time limits and clients that go away (server `inline.rs`): a search on the pool is
+// stopped through its cancel flag, and `magpie_searches_cancelled_total` counts it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_its_time_limit_answers_408_and_is_stopped() {
+    let gate = magpie_server::inline::InlineGate::default().with_timeout_ms(1);
+    let (app, _dir) = long_search::server(gate);
+    let hybrid = json!({"collectionName": "c", "limit": 10,
+        "search": [{"data": long_search::queries(), "annsField": "vec", "limit": 10}],
+        "rerank": {"strategy": "rrf", "params": {"k": 60}}})
+    .to_string();
+    for (n, (path, body)) in [("search", long_search::body()), ("hybrid_search", hybrid)]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::post(format!("/v2/vectordb/entities/{path}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+        let body: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let msg = body["message"].as_str().unwrap();
+        assert!(msg.contains("time limit of 1 ms"), "{path}: {msg}");
+        // The engine stops the scan it was in (it would otherwise run on for seconds).
+        let want = n as u64 + 1;
+        long_search::wait_for_counters(&app, path, |(c, r)| c == want && r == 0).await;
+    }
+    let health = app
+        .clone()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_whose_client_goes_away_is_stopped() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _dir) = long_search::server(Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = app.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+    let body = long_search::body();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v2/vectordb/entities/search HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    long_search::wait_for_counters(&app, "the search to start", |(c, r)| c == 0 && r == 1).await;
+    drop(s);
+    long_search::wait_for_counters(&app, "after the client left", |(c, r)| c == 1 && r == 0).await;
+    server.abort();
 }

@@ -15,6 +15,9 @@ use prost::Message;
 use std::sync::Arc;
 use tonic::transport::Channel;
 
+#[path = "common/long_search.rs"]
+mod long_search;
+
 struct Server {
     addr: String,
     _dir: tempfile::TempDir,
@@ -760,4 +763,48 @@ where
         .unwrap()
         .into_inner();
     ok(Some(r));
+}
+
+/// A client's deadline (`grpc-timeout`, what pymilvus's `timeout=` sends) stops the
+/// search in the engine: the client gets its deadline error, or the server's reply
+/// naming the limit, whichever comes first; either way the scan, seconds long, ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_clients_deadline_is_stopped() {
+    let (app, _dir) = long_search::server(Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let served = app.clone();
+    let task = tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+    let mut c =
+        MilvusServiceClient::new(Channel::from_shared(addr).unwrap().connect().await.unwrap())
+            .max_encoding_message_size(64 << 20);
+    let queries = long_search::queries();
+    let mut req = tonic::Request::new(mpb::SearchRequest {
+        collection_name: "c".into(),
+        search_input: Some(mpb::search_request::SearchInput::PlaceholderGroup(
+            placeholder(&queries),
+        )),
+        search_params: vec![
+            kv("anns_field", "vec"),
+            kv("topk", "10"),
+            kv("metric_type", "L2"),
+        ],
+        nq: queries.len() as i64,
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_millis(50));
+    match c.search(req).await {
+        Err(s) => assert!(
+            matches!(
+                s.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{s:?}"
+        ),
+        Ok(r) => {
+            err(r.into_inner().status, 65535, &["time limit of 50 ms"]);
+        }
+    }
+    long_search::wait_for_counters(&app, "after the deadline", |(c, r)| c == 1 && r == 0).await;
+    task.abort();
 }

@@ -6,7 +6,7 @@ use crate::error::{invalid, EngineError, Result};
 use crate::filter::Filter;
 use crate::segment::{SegState, Segment};
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{Bitset, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
+use magpie_index::{Bitset, Cancel, FlatIndex, Knob, Metric, SearchParams, VectorIndexRead};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -41,11 +41,13 @@ impl SearchKnobs {
         min_score: Option<f32>,
         max_score: Option<f32>,
         k: usize,
+        cancel: Option<&'a Cancel>,
     ) -> SearchParams<'a> {
         SearchParams {
             allow,
             min_score,
             max_score,
+            cancel,
             ef: self.ef,
             nprobe: self.nprobe,
             recall: self.recall,
@@ -159,6 +161,8 @@ pub struct ResolvedSearch<'a> {
     pub snapshot: Timestamp,
     /// Most bytes of output fields the hits may carry (see [`OutputBudget`]).
     pub max_output_bytes: usize,
+    /// Stops the search once set ([`crate::SearchRequest::cancel`]).
+    pub cancel: Option<&'a Cancel>,
 }
 
 impl Collection {
@@ -183,13 +187,15 @@ impl Collection {
                 let allow = if r.filter.is_none() && s.all_visible(r.snapshot) {
                     None
                 } else {
+                    // A filter over a large segment takes a while: poll before each.
+                    check_cancel(r.cancel)?;
                     let (a, hit) = self.allowed_ex(s, r.snapshot, r.filter, None, &indexed);
                     cached += usize::from(hit);
                     Some(a)
                 };
-                (s, allow)
+                Ok((s, allow))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let want = r.limit + r.offset;
         let mut outcome = SearchOutcome {
             metric: Some(r.metric),
@@ -281,7 +287,9 @@ impl Collection {
             };
             match r.probe {
                 Probe::Dense { field, .. } => {
-                    let params = r.knobs.params(allow.as_ref(), min_score, max_score, k);
+                    let params = r
+                        .knobs
+                        .params(allow.as_ref(), min_score, max_score, k, r.cancel);
                     let index = seg
                         .indexes
                         .get(field)
@@ -322,6 +330,7 @@ impl Collection {
                         max_score,
                     };
                     for qi in 0..nq {
+                        check_cancel(r.cancel)?;
                         let q = match scoring {
                             magpie_index::Scoring::Bm25(_) => &bm25_queries[qi],
                             magpie_index::Scoring::Ip => &queries[qi],
@@ -340,7 +349,7 @@ impl Collection {
                 let col = seg.vectors[field].get()?;
                 let params = SearchParams {
                     prefetch: col.prefetch(),
-                    ..r.knobs.params(allow, min_score, max_score, k)
+                    ..r.knobs.params(allow, min_score, max_score, k, r.cancel)
                 };
                 let q = &queries[qi];
                 Ok::<_, EngineError>(match via {
@@ -364,6 +373,7 @@ impl Collection {
                     allow,
                     min_score,
                     max_score,
+                    cancel: r.cancel,
                     prefetch: col.prefetch(),
                     ..SearchParams::top_k(k)
                 };
@@ -432,6 +442,14 @@ impl Collection {
             outcome.hits.push(hits);
         }
         Ok(outcome)
+    }
+}
+
+/// Fails with [`EngineError::Cancelled`] once `cancel` is set.
+fn check_cancel(cancel: Option<&Cancel>) -> Result<()> {
+    match cancel {
+        Some(c) if c.is_cancelled() => Err(EngineError::Cancelled),
+        _ => Ok(()),
     }
 }
 

@@ -10,8 +10,9 @@ use crate::error::{invalid, EngineError, Result};
 use crate::function::{Embedder, FunctionKind, ImageInput};
 use crate::schema::CollectionSchema;
 use crate::types::{Consistency, PrimaryKey, Timestamp};
-use magpie_index::Metric;
+use magpie_index::{Cancel, Metric};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// A search request with names unresolved.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +51,10 @@ pub struct SearchRequest {
     /// own: a cluster proxy sums its shards' ([`Engine::bm25_stats`]) so that every
     /// shard scores as one standalone collection would.
     pub bm25_stats: Option<crate::collection::Bm25Stats>,
+    /// Stops the search once set (its caller's deadline passed, or its client went
+    /// away): polled between segments and by every index and exact scan every few
+    /// thousand rows, after which the search fails with [`EngineError::Cancelled`].
+    pub cancel: Option<Arc<Cancel>>,
 }
 
 /// A query (or get) request.
@@ -449,6 +454,7 @@ impl Engine {
             group_size,
             output: &spec,
             snapshot: snap,
+            cancel: r.cancel.as_deref(),
         })
     }
 

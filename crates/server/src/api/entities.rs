@@ -413,13 +413,14 @@ fn search_request(r: SearchReq) -> Result<SearchRequest, ApiError> {
         snapshot: None,
         function_score: function_score(r.function_score.as_ref())?,
         bm25_stats: r.bm25_stats,
+        cancel: None,
     })
 }
 
 pub async fn search(State(st): State<Arc<AppState>>, Body(r): Body<SearchReq>) -> ApiResult {
     let c = need_in(&st, &r.db_name, &r.collection_name)?;
     let req = search_request(r)?;
-    let (pk_name, outcome) = crate::inline::search(&st, c, req, |e, c, req| {
+    let (pk_name, outcome) = crate::inline::search(&st, c, req, None, |e, c, req| {
         let pk = e.describe_collection(c)?.schema.pk().name.clone();
         Ok((pk, e.search_ex(c, req)?))
     })
@@ -557,6 +558,14 @@ pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<Hybrid
                 .map_err(|e| ApiError::bad_request(format!("sub-search {i}: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let cancel = Arc::new(magpie_engine::Cancel::new());
+    let searches = searches
+        .into_iter()
+        .map(|s| SearchRequest {
+            cancel: Some(cancel.clone()),
+            ..s
+        })
+        .collect();
     let req = HybridRequest {
         function_score: function_score(r.function_score.as_ref())?,
         searches,
@@ -567,7 +576,7 @@ pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<Hybrid
         partitions: r.partition_names,
         consistency: consistency(&r.consistency_level)?,
     };
-    let (pk_name, results) = blocking(&st, move |e| {
+    let (pk_name, results) = crate::inline::on_pool_cancellable(&st, cancel, None, move |e| {
         let pk = e.describe_collection(&c)?.schema.pk().name.clone();
         Ok((pk, e.hybrid_search(&c, &req)?))
     })

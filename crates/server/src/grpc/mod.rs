@@ -1339,6 +1339,7 @@ impl MilvusService for MilvusApi {
 
     async fn search(&self, r: Request<mpb::SearchRequest>) -> Rpc<mpb::SearchResults> {
         let mdb = md_db(&r);
+        let deadline = crate::inline::grpc_timeout(r.metadata());
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
             let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
@@ -1348,10 +1349,11 @@ impl MilvusService for MilvusApi {
                 round_decimal,
                 group_by: group_field,
             } = search_from_pb(&r)?;
-            let (meta, outcome) = crate::inline::search(&self.st, c.clone(), req, |e, c, req| {
-                Ok((e.describe_collection(c)?, e.search_ex(c, req)?))
-            })
-            .await?;
+            let (meta, outcome) =
+                crate::inline::search(&self.st, c.clone(), req, deadline, |e, c, req| {
+                    Ok((e.describe_collection(c)?, e.search_ex(c, req)?))
+                })
+                .await?;
             let mut res =
                 convert::search_result(&meta.schema, &outcome.hits, limit, &r.output_fields);
             if let Some(g) = &group_field {
@@ -1372,6 +1374,7 @@ impl MilvusService for MilvusApi {
 
     async fn hybrid_search(&self, r: Request<mpb::HybridSearchRequest>) -> Rpc<mpb::SearchResults> {
         let mdb = md_db(&r);
+        let deadline = crate::inline::grpc_timeout(r.metadata());
         let r = r.into_inner();
         reply!(mpb::SearchResults, {
             let c = self.coll(&mdb, &r.db_name, &r.collection_name)?;
@@ -1394,13 +1397,17 @@ impl MilvusService for MilvusApi {
             let limit: usize = param_num(&r.rank_params, "limit")?.unwrap_or(10);
             let offset: usize = param_num(&r.rank_params, "offset")?.unwrap_or(0);
             let round_decimal: i64 = param_num(&r.rank_params, "round_decimal")?.unwrap_or(-1);
+            let cancel = Arc::new(magpie_engine::Cancel::new());
             let searches = r
                 .requests
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
                     search_from_pb(s)
-                        .map(|p| p.req)
+                        .map(|p| magpie_engine::SearchRequest {
+                            cancel: Some(cancel.clone()),
+                            ..p.req
+                        })
                         .map_err(|e| bad(format!("sub-search {i}: {}", e.message)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -1415,10 +1422,11 @@ impl MilvusService for MilvusApi {
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
             };
             let name = c.clone();
-            let (meta, hits) = blocking(&self.st, move |e| {
-                Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?))
-            })
-            .await?;
+            let (meta, hits) =
+                crate::inline::on_pool_cancellable(&self.st, cancel, deadline, move |e| {
+                    Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?))
+                })
+                .await?;
             let res = convert::search_result(&meta.schema, &hits, limit, &r.output_fields);
             Ok(search_reply(
                 &meta.schema,
@@ -1695,6 +1703,7 @@ fn search_from_pb(r: &mpb::SearchRequest) -> Result<PbSearch, ApiError> {
         snapshot: None,
         function_score: function_score_from_pb(r.function_score.as_ref())?,
         bm25_stats: None,
+        cancel: None,
     };
     Ok(PbSearch {
         req,
