@@ -104,7 +104,7 @@ async fn bearer_token_and_metrics() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     t.healthy().await;
-    let text = metrics_text(&app).await;
+    let text = long_search::metrics_text(&app).await;
     assert!(
         text.contains(
             "magpie_http_requests_total{path=\"/v2/vectordb/collections/list\",status=\"401\"} 2"
@@ -884,25 +884,9 @@ async fn binary_vectors_over_rest() {
     suite::binary_vectors_over_rest(&setup(None, 1 << 20)).await;
 }
 
-/// The text of `/metrics`.
-async fn metrics_text(app: &axum::Router) -> String {
-    let resp = app
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
 /// `magpie_searches_total{thread=...}` and the engine-seconds counter from /metrics.
 async fn search_counters(app: &axum::Router) -> (u64, u64, f64) {
-    let text = metrics_text(app).await;
+    let text = long_search::metrics_text(app).await;
     let get = |p: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(p))

@@ -78,7 +78,7 @@ pub fn body() -> String {
 }
 
 /// The text of `/metrics`.
-async fn metrics_text(app: &axum::Router) -> String {
+pub async fn metrics_text(app: &axum::Router) -> String {
     let resp = app
         .clone()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
