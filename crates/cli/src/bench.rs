@@ -106,6 +106,8 @@ pub struct BenchOpts {
     /// With `url`: leave the collection on the server afterwards (to inspect its memory
     /// and files) instead of dropping it.
     pub keep: bool,
+    /// How long to wait for a load, a bulk import or an index build before giving up.
+    pub wait: Duration,
 }
 
 struct Dataset {
@@ -363,6 +365,7 @@ fn prepare(
     shards: Option<u32>,
     replicas: Option<u32>,
     import_dir: Option<&Path>,
+    wait: Duration,
 ) -> Result<(f64, f64, u64)> {
     let n = ds.n();
     let dim = ds.dim;
@@ -444,8 +447,11 @@ fn prepare(
             }
             let load_s = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            if !e.wait_for_indexes(COLL, Duration::from_secs(3600))? {
-                bail!("index build did not finish within an hour");
+            if !e.wait_for_indexes(COLL, wait)? {
+                bail!(
+                    "index build did not finish within {} minutes (--wait-mins)",
+                    wait.as_secs() / 60
+                );
             }
             if growing {
                 let probe = SearchRequest {
@@ -516,7 +522,7 @@ fn prepare(
             }
             let t0 = Instant::now();
             match import_dir {
-                Some(dir) => import_npy(t, ds, dir, sel)?,
+                Some(dir) => import_npy(t, ds, dir, sel, wait)?,
                 None => {
                     for start in (0..n).step_by(2_000) {
                         let rows: Vec<Value> = (start..(start + 2_000).min(n)).map(row).collect();
@@ -550,8 +556,8 @@ fn prepare(
                     {
                         return Ok((load_s, t1.elapsed().as_secs_f64(), 0));
                     }
-                    if t1.elapsed() > Duration::from_secs(3600) {
-                        bail!("the interim graph did not cover the rows within an hour");
+                    if t1.elapsed() > wait {
+                        bail!("the interim graph did not cover the rows within {} minutes (--wait-mins)", wait.as_secs() / 60);
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -592,8 +598,11 @@ fn prepare(
                     Some("Failed") => bail!("index build failed: {}", ix["failReason"]),
                     _ => {}
                 }
-                if t1.elapsed() > Duration::from_secs(3600) {
-                    bail!("index build did not finish within an hour");
+                if t1.elapsed() > wait {
+                    bail!(
+                        "index build did not finish within {} minutes (--wait-mins)",
+                        wait.as_secs() / 60
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -603,7 +612,13 @@ fn prepare(
 
 /// Writes the dataset as NumPy files (`id`, `vector`, and the filter fields of `sel`) into
 /// `dir/magpie_bench/`, imports them with one bulk-import job and waits for it.
-fn import_npy(t: &Target, ds: &Dataset, dir: &Path, sel: &[FilterField]) -> Result<()> {
+fn import_npy(
+    t: &Target,
+    ds: &Dataset,
+    dir: &Path,
+    sel: &[FilterField],
+    wait: Duration,
+) -> Result<()> {
     let n = ds.n();
     let sub = dir.join(COLL);
     std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
@@ -660,8 +675,11 @@ fn import_npy(t: &Target, ds: &Dataset, dir: &Path, sel: &[FilterField]) -> Resu
             Some("Failed") => bail!("bulk import failed: {}", p["data"]["reason"]),
             _ => {}
         }
-        if t0.elapsed() > Duration::from_secs(3600) {
-            bail!("bulk import did not finish within an hour");
+        if t0.elapsed() > wait {
+            bail!(
+                "bulk import did not finish within {} minutes (--wait-mins)",
+                wait.as_secs() / 60
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1047,6 +1065,7 @@ pub fn run(o: BenchOpts) -> Result<()> {
             o.shards,
             o.replicas,
             o.import_dir.as_deref(),
+            o.wait,
         )?;
         (Some(l), Some(b), Some(i))
     };

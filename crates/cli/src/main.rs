@@ -452,6 +452,10 @@ struct BenchArgs {
     /// of dropping it.
     #[arg(long, requires = "url")]
     keep: bool,
+    /// Minutes to wait for the rows to load (bulk import) and the index to build before
+    /// giving up (10M rows of HNSW_SQ take over an hour on two cores).
+    #[arg(long, default_value_t = 60)]
+    wait_mins: u64,
     /// Also measure QPS with this many concurrent clients (threads, each with its own
     /// connection with --url), reported as `qps_clients` next to the 1- and 2-thread
     /// figures.
@@ -913,6 +917,7 @@ fn main() {
             clients: a.clients,
             reuse: a.reuse,
             reopen: a.reopen,
+            wait: std::time::Duration::from_secs(a.wait_mins.saturating_mul(60)),
         }),
     };
     if let Err(e) = res {
