@@ -20,6 +20,33 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Column of Milvus's dynamic field.
 const META: &str = "$meta";
 
+/// Checks that every column chunk the footer lists lies inside the file (`len` bytes):
+/// the reader asserts non-negative offsets and sizes, and would panic on a file whose
+/// footer says otherwise (found by the `import_file` fuzz target).
+fn check_chunks(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    len: u64,
+) -> std::result::Result<(), String> {
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        for (c, col) in rg.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let size = col.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(a, b)| a.checked_add(b));
+            if end.is_none_or(|e| e > len) {
+                return Err(format!(
+                    "row group {g}, column {c}: chunk at offset {start} of {size} bytes lies outside the file's {len} bytes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn read(
     path: &Path,
     schema: &CollectionSchema,
@@ -28,8 +55,10 @@ pub fn read(
     sink: &mut RowSink<'_>,
 ) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
     let bad = |m: String| invalid(format!("not a readable Parquet file: {m}"));
     let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    check_chunks(b.metadata(), len).map_err(bad)?;
     total.store(
         b.metadata().file_metadata().num_rows().max(0) as u64,
         Relaxed,
