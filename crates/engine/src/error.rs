@@ -45,7 +45,7 @@ pub enum EngineError {
     #[error("{path}: corrupt data: {msg}")]
     Corrupt { path: PathBuf, msg: String },
     #[error("index error: {0}")]
-    Index(magpie_index::IndexError),
+    Index(#[source] magpie_index::IndexError),
     /// A search stopped by its cancel flag (`SearchRequest::cancel`): its caller's time
     /// limit passed, or its client went away.
     #[error("the search was cancelled before it finished")]

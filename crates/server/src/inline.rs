@@ -176,8 +176,6 @@ pub(crate) async fn search<T: Send + 'static>(
     deadline: Option<Duration>,
     f: impl FnOnce(&Engine, &str, &SearchRequest) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let cancel = Arc::new(Cancel::new());
-    req.cancel = Some(cancel.clone());
     if nq(&req) <= MAX_INLINE_NQ
         && st.inline.is_short(&coll)
         && on_shared_workers()
@@ -195,6 +193,9 @@ pub(crate) async fn search<T: Send + 'static>(
         st.metrics.observe_search(us, true);
         return out.map_err(ApiError::from);
     }
+    // Only a search on the pool can be stopped: one on this worker runs to its end.
+    let cancel = Arc::new(Cancel::new());
+    req.cancel = Some(cancel.clone());
     let st2 = st.clone();
     on_pool_cancellable(st, cancel, deadline, move |e| {
         let t0 = Instant::now();
