@@ -14,7 +14,10 @@
 #      (the floor), and from the server's /metrics per search: its CPU µs, the µs spent
 #      in the engine, and the share run on an async worker;
 #   3. a summary: medians of the HTTP runs and their ratio to in-process.
-# Everything runs on this machine: the clients share the cores with the server.
+# Everything runs on this machine. By default the clients share the cores with the
+# server; on a machine with cores to spare, SERVER_CPUS and CLIENT_CPUS (taskset lists,
+# e.g. SERVER_CPUS=0,1 CLIENT_CPUS=2-15) pin the servers and the in-process bench to the
+# first set and the HTTP clients to the second.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SHARED=${SHARED:-../shared}
@@ -26,6 +29,9 @@ if [ -z "${MAGPIE_BIN:-}" ]; then
     MAGPIE_BIN=$PWD/target/release/magpie
 fi
 M=$MAGPIE_BIN
+SRV=() CLI=()
+if [ -n "${SERVER_CPUS:-}" ]; then SRV=(taskset -c "$SERVER_CPUS"); fi
+if [ -n "${CLIENT_CPUS:-}" ]; then CLI=(taskset -c "$CLIENT_CPUS"); fi
 W=${1:-/tmp/magpie-request-path}; rm -rf "$W"; mkdir -p "$W"
 # Two servers, identical but for where searches run: on the async workers when short
 # (the default, `--search-inline-us 1000`) or always on the blocking pool (0).
@@ -34,7 +40,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null || true' EXIT
 for mode in workers:1000 pool:0; do
     name=${mode%%:*} us=${mode##*:}
-    MAGPIE_LOG=warn "$M" serve --listen 127.0.0.1:$PORT --data-dir "$W/data-$name" \
+    MAGPIE_LOG=warn "${SRV[@]}" "$M" serve --listen 127.0.0.1:$PORT --data-dir "$W/data-$name" \
         --seal-rows 200000 --seal-bytes 1000000000 --search-inline-us "$us" > "$W/server-$name.out" 2>&1 &
     pids+=($!)
     URL[$name]=http://127.0.0.1:$PORT
@@ -45,16 +51,16 @@ for spec in synth-clustered:24 minilm-real:48; do
     ds=${spec%%:*} ef=${spec##*:}
     common=(--dataset "$SHARED/bench/$ds" --index HNSW_SQ --sweep "$ef" --recall-targets 0.95 --clients "$CLIENTS")
     echo "== $ds: in-process" >&2
-    "$M" bench "${common[@]}" --reopen --json "$W/$ds-inproc.json" > "$W/$ds-inproc.out" 2>&1
+    "${SRV[@]}" "$M" bench "${common[@]}" --reopen --json "$W/$ds-inproc.json" > "$W/$ds-inproc.out" 2>&1
     for name in workers pool; do
         echo "== $ds: over HTTP ($name), load and build" >&2
-        "$M" bench "${common[@]}" --url "${URL[$name]}" --keep > "$W/$ds-$name-0.out" 2>&1
+        "${CLI[@]}" "$M" bench "${common[@]}" --url "${URL[$name]}" --keep > "$W/$ds-$name-0.out" 2>&1
     done
     # Alternating, so that a slower minute of this shared machine hits both alike.
     for r in $(seq 1 "$RUNS"); do
         for name in workers pool; do
             echo "== $ds: over HTTP ($name), run $r" >&2
-            "$M" bench "${common[@]}" --url "${URL[$name]}" --reuse --json "$W/$ds-$name-$r.json" > "$W/$ds-$name-$r.out" 2>&1
+            "${CLI[@]}" "$M" bench "${common[@]}" --url "${URL[$name]}" --reuse --json "$W/$ds-$name-$r.json" > "$W/$ds-$name-$r.out" 2>&1
         done
     done
     for name in workers pool; do
