@@ -538,9 +538,9 @@ struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "MAGPIE_SEARCH_INLINE_US")]
     search_inline_us: Option<u64>,
-    /// Stop a search that runs longer than this many milliseconds and answer 408 (a gRPC
-    /// client's shorter deadline wins); a search is also stopped when its client goes
-    /// away; 0: no limit [default: 0].
+    /// Stop a search or query that runs longer than this many milliseconds and answer
+    /// 408 (a gRPC client's shorter deadline wins); one is also stopped when its client
+    /// goes away; 0: no limit [default: 0].
     #[arg(long, env = "MAGPIE_SEARCH_TIMEOUT_MS")]
     search_timeout_ms: Option<u64>,
     /// Where bulk-import paths (`jobs/import/create`) are looked up: a folder, or

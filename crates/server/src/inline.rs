@@ -38,6 +38,11 @@
 //! Either way the pool thread is free again within a few thousand rows instead of
 //! finishing work nobody waits for; `magpie_searches_cancelled_total` counts them. A
 //! search on a worker is short by the rule above and is not stopped.
+//!
+//! Queries (`query`, `get`, `count(*)`, REST and gRPC) always run on the pool and are
+//! stopped the same way ([`Op::Query`], [`magpie_engine::Engine::query_with`]): the engine
+//! polls their flag before each segment's filter and every 1,024 rows it renders;
+//! `magpie_queries_cancelled_total` counts them.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -71,7 +76,8 @@ pub struct InlineGate {
     recent: RwLock<HashMap<String, Arc<AtomicU64>>>,
     /// Searches averaging below this run on the workers; 0 = never.
     max_us: u64,
-    /// The longest a search on the pool may run (`search_timeout_ms`); `None`: no limit.
+    /// The longest a search on the pool, or a query, may run (`search_timeout_ms`);
+    /// `None`: no limit.
     timeout: Option<Duration>,
 }
 
@@ -197,7 +203,7 @@ pub(crate) async fn search<T: Send + 'static>(
     let cancel = Arc::new(Cancel::new());
     req.cancel = Some(cancel.clone());
     let st2 = st.clone();
-    on_pool_cancellable(st, cancel, deadline, move |e| {
+    on_pool_cancellable(st, Op::Search, cancel, deadline, move |e| {
         let t0 = Instant::now();
         let out = f(e, &coll, &req);
         let us = t0.elapsed().as_micros() as u64;
@@ -208,13 +214,34 @@ pub(crate) async fn search<T: Send + 'static>(
     .await
 }
 
-/// Runs `f`, a search whose requests carry `cancel`, on the blocking pool, and sets
-/// `cancel` once the server's time limit or `deadline` (a client's), whichever is
-/// shorter, passes (answering 408 naming the limit), or when this future is dropped
-/// (its client went away). Counts the search in `magpie_searches_running`, and in
-/// `magpie_searches_cancelled_total` when the engine stopped it.
+/// What a call stopped by [`on_pool_cancellable`] is: named in its 408 and counted
+/// apart in `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// A search or hybrid search (`magpie_searches_cancelled_total`).
+    Search,
+    /// A query, get or `count(*)` (`magpie_queries_cancelled_total`).
+    Query,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Search => "search",
+            Op::Query => "query",
+        }
+    }
+}
+
+/// Runs `f`, a search or query (`op`) whose requests carry `cancel`, on the blocking
+/// pool, and sets `cancel` once the server's time limit or `deadline` (a client's),
+/// whichever is shorter, passes (answering 408 naming the limit), or when this future is
+/// dropped (its client went away). Counts a search in `magpie_searches_running`, and
+/// each call the engine stopped in `magpie_searches_cancelled_total` or
+/// `magpie_queries_cancelled_total`.
 pub(crate) async fn on_pool_cancellable<T: Send + 'static>(
     st: &Arc<AppState>,
+    op: Op,
     cancel: Arc<Cancel>,
     deadline: Option<Duration>,
     f: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
@@ -222,10 +249,10 @@ pub(crate) async fn on_pool_cancellable<T: Send + 'static>(
     let st2 = st.clone();
     let mut guard = CancelOnDrop(Some(cancel));
     let task = crate::api::blocking(st, move |e| {
-        let _running = st2.metrics.search_running();
+        let _running = (op == Op::Search).then(|| st2.metrics.search_running());
         let out = f(e);
         if matches!(out, Err(EngineError::Cancelled)) {
-            st2.metrics.search_cancelled();
+            st2.metrics.cancelled(op == Op::Query);
         }
         out
     });
@@ -243,7 +270,8 @@ pub(crate) async fn on_pool_cancellable<T: Send + 'static>(
                     StatusCode::REQUEST_TIMEOUT,
                     65535,
                     format!(
-                        "the search ran past its time limit of {} ms and was stopped (the server's search_timeout_ms, or the client's deadline)",
+                        "the {} ran past its time limit of {} ms and was stopped (the server's search_timeout_ms, or the client's deadline)",
+                        op.name(),
                         d.as_millis()
                     ),
                 ))

@@ -111,8 +111,8 @@ pub struct ServerConfig {
     /// microseconds run on the async workers instead of the blocking pool (see
     /// [`inline`]); 0 sends every search to the pool.
     pub search_inline_us: u64,
-    /// The longest a search on the blocking pool may run, in milliseconds (0: no limit);
-    /// a gRPC client's shorter deadline wins. See [`inline`].
+    /// The longest a search on the blocking pool, or a query, may run, in milliseconds (0:
+    /// no limit); a gRPC client's shorter deadline wins. See [`inline`].
     pub search_timeout_ms: u64,
 }
 

@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Searches the engine stopped early: their time limit passed, or their client went
     /// away (see [`crate::inline::search`]).
     searches_cancelled: AtomicU64,
+    /// Queries (query, get, count) the engine stopped early, likewise.
+    queries_cancelled: AtomicU64,
     /// Searches in the engine now (REST and gRPC, on a worker or the pool).
     searches_running: AtomicU64,
 }
@@ -80,9 +82,14 @@ impl Metrics {
         Running(self)
     }
 
-    /// A search that the engine stopped by its cancel flag.
-    pub fn search_cancelled(&self) {
-        self.searches_cancelled.fetch_add(1, Ordering::Relaxed);
+    /// A search (or, with `query`, a query) that the engine stopped by its cancel flag.
+    pub fn cancelled(&self, query: bool) {
+        if query {
+            &self.queries_cancelled
+        } else {
+            &self.searches_cancelled
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, engine: &magpie_engine::EngineStats) -> String {
@@ -91,6 +98,11 @@ impl Metrics {
             o,
             "# HELP magpie_searches_cancelled_total Searches stopped before they finished: their time limit passed, or their client went away.\n# TYPE magpie_searches_cancelled_total counter\nmagpie_searches_cancelled_total {}",
             self.searches_cancelled.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP magpie_queries_cancelled_total Queries (query, get, count) stopped before they finished: their time limit passed, or their client went away.\n# TYPE magpie_queries_cancelled_total counter\nmagpie_queries_cancelled_total {}",
+            self.queries_cancelled.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             o,

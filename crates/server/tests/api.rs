@@ -1011,6 +1011,45 @@ async fn a_search_past_its_time_limit_answers_408_and_is_stopped() {
     assert_eq!(health.status(), StatusCode::OK);
 }
 
+/// A query past the server's time limit answers 408 naming it, and the engine stops
+/// rendering its rows (it would otherwise go on until the output budget ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_time_limit_answers_408_and_is_stopped() {
+    let gate = magpie_server::inline::InlineGate::default().with_timeout_ms(1);
+    let (app, _dir) = long_search::server(gate);
+    for (n, body) in [
+        long_search::long_query_body(),
+        json!({"collectionName": "c", "filter": "id >= 0", "limit": 16384, "outputFields": ["vec"]})
+            .to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::post("/v2/vectordb/entities/query")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        let body: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let msg = body["message"].as_str().unwrap();
+        assert!(msg.contains("query ran past its time limit of 1 ms"), "{msg}");
+        long_search::wait_for_queries_cancelled(&app, "query", n as u64 + 1).await;
+    }
+    // Queries are counted apart from searches.
+    assert_eq!(long_search::cancel_counters(&app).await.0, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_whose_client_goes_away_is_stopped() {
     use tokio::io::AsyncWriteExt;

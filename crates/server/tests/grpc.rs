@@ -769,7 +769,7 @@ where
 /// search in the engine: the client gets its deadline error, or the server's reply
 /// naming the limit, whichever comes first; either way the scan, seconds long, ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_search_past_the_clients_deadline_is_stopped() {
+async fn a_search_or_query_past_the_clients_deadline_is_stopped() {
     let (app, _dir) = long_search::server(Default::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -806,5 +806,30 @@ async fn a_search_past_the_clients_deadline_is_stopped() {
         }
     }
     long_search::wait_for_counters(&app, "after the deadline", |(c, r)| c == 1 && r == 0).await;
+    // A query is stopped the same way: every row with its vector, past a 50 ms deadline.
+    let mut req = tonic::Request::new(mpb::QueryRequest {
+        collection_name: "c".into(),
+        expr: "id >= 0".into(),
+        output_fields: vec!["id".into(), "vec".into()],
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_millis(50));
+    match c.query(req).await {
+        Err(s) => assert!(
+            matches!(
+                s.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{s:?}"
+        ),
+        Ok(r) => {
+            err(
+                r.into_inner().status,
+                65535,
+                &["query ran past its time limit of 50 ms"],
+            );
+        }
+    }
+    long_search::wait_for_queries_cancelled(&app, "query after the deadline", 1).await;
     task.abort();
 }

@@ -9,10 +9,14 @@ use crate::indexspec;
 use crate::schema::DataType;
 use crate::segment::{SegState, Segment};
 use crate::types::{PrimaryKey, Timestamp};
-use magpie_index::{Bitset, Elem};
+use magpie_index::{Bitset, Cancel, Elem};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// A query rendering its rows checks its cancel flag every this many rows (a row with
+/// wide vectors or JSON costs microseconds to render; a page is at most 16,384 rows).
+const CANCEL_POLL_ROWS: usize = 1024;
 
 /// Which fields a read returns.
 pub struct OutputSpec {
@@ -303,7 +307,9 @@ impl Collection {
         f.eval_columns(&cols, mask);
     }
 
-    /// Query: rows matching the filter/ids, in segment order, with limit/offset.
+    /// Query: rows matching the filter/ids, in segment order, with limit/offset. Stops
+    /// with [`EngineError::Cancelled`] once `cancel` is set: checked before each
+    /// segment's filter and every [`CANCEL_POLL_ROWS`] rows rendered.
     #[allow(clippy::too_many_arguments)]
     pub fn query(
         &self,
@@ -315,6 +321,7 @@ impl Collection {
         limit: Option<usize>,
         offset: usize,
         budget: &mut OutputBudget,
+        cancel: Option<&Cancel>,
     ) -> Result<Vec<Map<String, Value>>> {
         // Rows come in primary-key order, so `limit`/`offset` pages are stable across
         // upserts, flushes and compaction (where a row lives says nothing of its order),
@@ -330,6 +337,7 @@ impl Collection {
             if parts.is_some_and(|p| !p.contains(&seg.partition)) {
                 continue;
             }
+            super::search::check_cancel(cancel)?;
             for i in self.allowed(seg, snap, filter, ids, &indexed).iter_ones() {
                 let hit = (&seg.pks[i], si, i);
                 match keep {
@@ -348,7 +356,10 @@ impl Collection {
         let mut hits = if keep.is_some() { heap.into_vec() } else { all };
         hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::with_capacity(hits.len().saturating_sub(offset));
-        for &(_, si, i) in hits.iter().skip(offset) {
+        for (n, &(_, si, i)) in hits.iter().skip(offset).enumerate() {
+            if n % CANCEL_POLL_ROWS == 0 {
+                super::search::check_cancel(cancel)?;
+            }
             let row = self.render(&self.segments[si], i, spec, true)?;
             budget.charge(&row)?;
             out.push(row);
@@ -356,20 +367,25 @@ impl Collection {
         Ok(out)
     }
 
-    /// Number of rows matching (for `count(*)`).
+    /// Number of rows matching (for `count(*)`); stops between segments once `cancel`
+    /// is set.
     pub fn count(
         &self,
         snap: Timestamp,
         filter: Option<&Filter>,
         ids: Option<&HashSet<PrimaryKey>>,
         parts: Option<&HashSet<u64>>,
-    ) -> usize {
+        cancel: Option<&Cancel>,
+    ) -> Result<usize> {
         let indexed = self.scalar_indexed();
-        self.segments
-            .iter()
-            .filter(|s| parts.is_none_or(|p| p.contains(&s.partition)))
-            .map(|s| self.allowed(s, snap, filter, ids, &indexed).count_ones())
-            .sum()
+        let mut n = 0;
+        for s in &self.segments {
+            if parts.is_none_or(|p| p.contains(&s.partition)) {
+                super::search::check_cancel(cancel)?;
+                n += self.allowed(s, snap, filter, ids, &indexed).count_ones();
+            }
+        }
+        Ok(n)
     }
 
     /// Vectors of the given primary keys (visible at `snap`), in the order given.

@@ -446,7 +446,7 @@ impl Collection {
 }
 
 /// Fails with [`EngineError::Cancelled`] once `cancel` is set.
-fn check_cancel(cancel: Option<&Cancel>) -> Result<()> {
+pub(crate) fn check_cancel(cancel: Option<&Cancel>) -> Result<()> {
     match cancel {
         Some(c) if c.is_cancelled() => Err(EngineError::Cancelled),
         _ => Ok(()),

@@ -110,6 +110,18 @@ impl Engine {
 
     /// Query by filter and/or ids. `output_fields == ["count(*)"]` returns the count.
     pub fn query(&self, coll: &str, q: &QueryRequest) -> Result<Vec<Map<String, Value>>> {
+        self.query_with(coll, q, None)
+    }
+
+    /// [`Engine::query`] that stops once `cancel` is set (its caller's deadline passed,
+    /// or its client went away): polled before each segment's filter and every 1,024
+    /// rows rendered, after which the query fails with [`EngineError::Cancelled`].
+    pub fn query_with(
+        &self,
+        coll: &str,
+        q: &QueryRequest,
+        cancel: Option<&Cancel>,
+    ) -> Result<Vec<Map<String, Value>>> {
         let c = self.coll(coll)?;
         let snap = match q.snapshot {
             Some(s) => s,
@@ -134,7 +146,7 @@ impl Engine {
                     "count(*) cannot be combined with other output fields",
                 ));
             }
-            let n = g.count(snap, filter.as_ref(), ids.as_ref(), parts.as_ref());
+            let n = g.count(snap, filter.as_ref(), ids.as_ref(), parts.as_ref(), cancel)?;
             let mut m = Map::new();
             m.insert("count(*)".into(), Value::from(n));
             return Ok(vec![m]);
@@ -155,6 +167,7 @@ impl Engine {
             q.limit,
             q.offset,
             &mut OutputBudget::new(self.config.max_output_bytes),
+            cancel,
         )
     }
 

@@ -114,7 +114,13 @@ async fn run_query(st: Arc<AppState>, r: QueryReq, is_get: bool) -> ApiResult {
         consistency: consistency(&r.consistency_level)?,
         snapshot: None,
     };
-    let rows = blocking(&st, move |e| e.query(&c, &q)).await?;
+    let cancel = Arc::new(magpie_engine::Cancel::new());
+    let flag = cancel.clone();
+    let rows =
+        crate::inline::on_pool_cancellable(&st, crate::inline::Op::Query, cancel, None, move |e| {
+            e.query_with(&c, &q, Some(&flag))
+        })
+        .await?;
     ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
 }
 
@@ -576,10 +582,16 @@ pub async fn hybrid_search(State(st): State<Arc<AppState>>, Body(r): Body<Hybrid
         partitions: r.partition_names,
         consistency: consistency(&r.consistency_level)?,
     };
-    let (pk_name, results) = crate::inline::on_pool_cancellable(&st, cancel, None, move |e| {
-        let pk = e.describe_collection(&c)?.schema.pk().name.clone();
-        Ok((pk, e.hybrid_search(&c, &req)?))
-    })
+    let (pk_name, results) = crate::inline::on_pool_cancellable(
+        &st,
+        crate::inline::Op::Search,
+        cancel,
+        None,
+        move |e| {
+            let pk = e.describe_collection(&c)?.schema.pk().name.clone();
+            Ok((pk, e.hybrid_search(&c, &req)?))
+        },
+    )
     .await?;
     let (flat, topks) = hits_json(&pk_name, results);
     Ok(Json(json!({"code": 0, "data": flat, "topks": topks})))

@@ -1297,6 +1297,7 @@ impl MilvusService for MilvusApi {
 
     async fn query(&self, r: Request<mpb::QueryRequest>) -> Rpc<mpb::QueryResults> {
         let mdb = md_db(&r);
+        let deadline = crate::inline::grpc_timeout(r.metadata());
         let r = r.into_inner();
         reply!(mpb::QueryResults, {
             let expr = convert::fill_templates(&r.expr, &r.expr_template_values).map_err(bad)?;
@@ -1314,14 +1315,22 @@ impl MilvusService for MilvusApi {
                 snapshot: None,
             };
             let name = c.clone();
-            let (meta, rows, ts) = blocking(&self.st, move |e| {
-                let rows = e.query(&name, &q)?;
-                Ok((
-                    e.describe_collection(&name)?,
-                    rows,
-                    e.snapshot(Consistency::Session)?,
-                ))
-            })
+            let cancel = Arc::new(magpie_engine::Cancel::new());
+            let flag = cancel.clone();
+            let (meta, rows, ts) = crate::inline::on_pool_cancellable(
+                &self.st,
+                crate::inline::Op::Query,
+                cancel,
+                deadline,
+                move |e| {
+                    let rows = e.query_with(&name, &q, Some(&flag))?;
+                    Ok((
+                        e.describe_collection(&name)?,
+                        rows,
+                        e.snapshot(Consistency::Session)?,
+                    ))
+                },
+            )
             .await?;
             let refs: Vec<&Map<String, Value>> = rows.iter().collect();
             let fields_data = convert::fields_from_rows(&meta.schema, &refs, &r.output_fields);
@@ -1422,11 +1431,14 @@ impl MilvusService for MilvusApi {
                 consistency: consistency(r.consistency_level, r.use_default_consistency),
             };
             let name = c.clone();
-            let (meta, hits) =
-                crate::inline::on_pool_cancellable(&self.st, cancel, deadline, move |e| {
-                    Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?))
-                })
-                .await?;
+            let (meta, hits) = crate::inline::on_pool_cancellable(
+                &self.st,
+                crate::inline::Op::Search,
+                cancel,
+                deadline,
+                move |e| Ok((e.describe_collection(&name)?, e.hybrid_search(&name, &req)?)),
+            )
+            .await?;
             let res = convert::search_result(&meta.schema, &hits, limit, &r.output_fields);
             Ok(search_reply(
                 &meta.schema,

@@ -93,21 +93,47 @@ pub async fn metrics_text(app: &axum::Router) -> String {
     .unwrap()
 }
 
+/// The value of the unlabelled metric `name` in /metrics' `text`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// `magpie_searches_cancelled_total` and `magpie_searches_running` from /metrics.
 pub async fn cancel_counters(app: &axum::Router) -> (u64, u64) {
     let text = metrics_text(app).await;
-    let get = |p: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(p))
-            .unwrap_or_else(|| panic!("no {p} in {text}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
     (
-        get("magpie_searches_cancelled_total "),
-        get("magpie_searches_running "),
+        metric(&text, "magpie_searches_cancelled_total"),
+        metric(&text, "magpie_searches_running"),
     )
+}
+
+/// A query that runs for a long time on [`server`]'s collection: every one of its
+/// 100,000 rows with its vector (about 1.3 KB of JSON each, so the output budget of
+/// 64 MiB stops it after some 50,000 rows if nothing else does), as REST's body.
+pub fn long_query_body() -> String {
+    json!({"collectionName": "c", "filter": "id >= 0", "outputFields": ["id", "vec"]}).to_string()
+}
+
+/// Polls /metrics every 10 ms until `magpie_queries_cancelled_total` is `want`; fails
+/// after a minute, naming `what`.
+pub async fn wait_for_queries_cancelled(app: &axum::Router, what: &str, want: u64) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = metric(&metrics_text(app).await, "magpie_queries_cancelled_total");
+        if n == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{what}: queries cancelled still {n}, not {want}, after a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls /metrics every 10 ms until `want` holds of the (cancelled, running) counters;
