@@ -337,19 +337,17 @@ pub(crate) fn measure(
                 .collect()
         })
     };
-    // Exact truth, excluding the query's own row and every held-out row.
-    let truth = par(&|qi| {
-        let q = sp.node_query(qi);
-        let mut top = TopK::new(CURVE_K);
-        for j in 0..n as u32 {
-            if j != qi
-                && allow.is_none_or(|a| a.get(j as usize))
-                && held.is_none_or(|h| !h.set.get(j as usize))
-            {
-                top.push(j, -sp.dist(&q, j));
-            }
-        }
-        top.into_sorted().iter().map(|s| s.offset).collect()
+    // Exact truth, excluding the query's own row and every held-out row; each thread
+    // takes its share of the queries through every row, a cache-sized block at a time.
+    let per = nq.div_ceil(t);
+    let truth: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = queries
+            .chunks(per)
+            .map(|c| s.spawn(move || exact_truth(*sp, c, allow, held.map(|h| &h.set))))
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("recall truth thread"))
+            .collect()
     });
     let mut points: Vec<(u32, f32)> = Vec::new();
     let mut flat = 0;
@@ -375,9 +373,112 @@ pub(crate) fn measure(
     RecallCurve { points }
 }
 
+/// Bytes of rows a block of [`exact_truth`] holds: well inside a core's L2 (1 MiB on
+/// Zen 4, 2 MiB on recent Xeons), with room for the queries and the heaps.
+const TRUTH_BLOCK_BYTES: usize = 256 << 10;
+
+/// The [`CURVE_K`] nearest rows to each of `queries` (rows of `sp`, each excluded from
+/// its own answer), among the rows `allow` passes that `held` does not hold.
+///
+/// The rows are read in blocks of [`TRUTH_BLOCK_BYTES`], each scored against every
+/// query while it is in cache. A pass over all rows per query (what this replaced) read
+/// the rows from memory once per query: at 10M × 128 f32 that is 5 GB, 200 times per
+/// curve. Each query still sees the rows in order through the same `Space::dist`, so its
+/// answer, ties included, is that of its own pass.
+fn exact_truth(
+    sp: Space<'_>,
+    queries: &[u32],
+    allow: Option<&Bitset>,
+    held: Option<&Bitset>,
+) -> Vec<Vec<u32>> {
+    let n = sp.v.len();
+    let row_bytes = match sp.v.rows {
+        crate::Rows::F32(_) => sp.v.dim * 4,
+        crate::Rows::Half(..) => sp.v.dim * 2,
+        crate::Rows::Bin(_) => sp.v.dim,
+    };
+    let block = (TRUTH_BLOCK_BYTES / row_bytes.max(1)).clamp(64, 1 << 16);
+    let qs: Vec<Vec<f32>> = queries.iter().map(|&qi| sp.node_query(qi)).collect();
+    let mut tops: Vec<TopK> = queries.iter().map(|_| TopK::new(CURVE_K)).collect();
+    let mut rows: Vec<u32> = Vec::with_capacity(block);
+    for start in (0..n).step_by(block) {
+        rows.clear();
+        rows.extend(
+            (start..(start + block).min(n))
+                .map(|j| j as u32)
+                .filter(|&j| {
+                    allow.is_none_or(|a| a.get(j as usize))
+                        && held.is_none_or(|h| !h.get(j as usize))
+                }),
+        );
+        for ((q, top), &qi) in qs.iter().zip(&mut tops).zip(queries) {
+            for &j in &rows {
+                if j != qi {
+                    top.push(j, -sp.dist(q, j));
+                }
+            }
+        }
+    }
+    tops.into_iter()
+        .map(|t| t.into_sorted().iter().map(|s| s.offset).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked truth is the truth of a pass per query, ties included, across block
+    /// edges, with held-out rows and a filter, for f32 and half-precision rows.
+    #[test]
+    fn blocked_truth_equals_a_pass_per_query() {
+        let dim = 16;
+        // Few distinct values: many ties, so the order of the pushes matters.
+        let data: Vec<f32> = (0..20_000 * dim)
+            .map(|i| (splitmix64(i as u64) % 5) as f32)
+            .collect();
+        let half: Vec<u16> = data
+            .iter()
+            .map(|&x| magpie_linalg::f32_to_half(x, false).unwrap())
+            .collect();
+        // Blocks of 4,096 f32 rows and 8,192 half rows at 16-d: several of each.
+        let n = 20_000;
+        let bits = |f: &dyn Fn(usize) -> bool| {
+            let mut b = Bitset::zeros(n);
+            (0..n).filter(|&i| f(i)).for_each(|i| b.set(i, true));
+            b
+        };
+        let allow = bits(&|i| splitmix64(i as u64 ^ 77) % 3 != 0);
+        let held = bits(&|i| i % 97 == 5);
+        let queries: Vec<u32> = (0..40)
+            .map(|i| (splitmix64(i ^ 9) % n as u64) as u32)
+            .collect();
+        for rows in [crate::Rows::F32(&data), crate::Rows::Half(&half, false)] {
+            let v = crate::VectorSlice { rows, dim };
+            for metric in [crate::Metric::L2, crate::Metric::IP] {
+                let sp = Space::new(v, &[], metric);
+                for (a, h) in [(None, None), (Some(&allow), Some(&held))] {
+                    let naive: Vec<Vec<u32>> = queries
+                        .iter()
+                        .map(|&qi| {
+                            let q = sp.node_query(qi);
+                            let mut top = TopK::new(CURVE_K);
+                            for j in 0..n as u32 {
+                                if j != qi
+                                    && a.is_none_or(|a: &Bitset| a.get(j as usize))
+                                    && h.is_none_or(|h: &Bitset| !h.get(j as usize))
+                                {
+                                    top.push(j, -sp.dist(&q, j));
+                                }
+                            }
+                            top.into_sorted().iter().map(|s| s.offset).collect()
+                        })
+                        .collect();
+                    assert_eq!(exact_truth(sp, &queries, a, h), naive, "{metric:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn choose_and_interpolate() {
