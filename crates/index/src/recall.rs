@@ -448,7 +448,7 @@ mod tests {
             (0..n).filter(|&i| f(i)).for_each(|i| b.set(i, true));
             b
         };
-        let allow = bits(&|i| splitmix64(i as u64 ^ 77) % 3 != 0);
+        let allow = bits(&|i| !splitmix64(i as u64 ^ 77).is_multiple_of(3));
         let held = bits(&|i| i % 97 == 5);
         let queries: Vec<u32> = (0..40)
             .map(|i| (splitmix64(i ^ 9) % n as u64) as u32)
