@@ -46,9 +46,9 @@ pub enum EngineError {
     Corrupt { path: PathBuf, msg: String },
     #[error("index error: {0}")]
     Index(#[source] magpie_index::IndexError),
-    /// A search stopped by its cancel flag (`SearchRequest::cancel`): its caller's time
-    /// limit passed, or its client went away.
-    #[error("the search was cancelled before it finished")]
+    /// A search or query stopped by its cancel flag (`SearchRequest::cancel`,
+    /// `Engine::query_with`): its caller's time limit passed, or its client went away.
+    #[error("the search or query was cancelled before it finished")]
     Cancelled,
     #[error("the write-ahead log failed earlier ({0}); the database is read-only until restarted")]
     WalPoisoned(String),

@@ -324,14 +324,11 @@ pub(crate) fn measure(
         return RecallCurve::default();
     }
     let t = crate::space::resolve_threads(threads).clamp(1, nq);
-    // Runs `f` on every query, the queries split over the threads; results in order.
-    let par = |f: &(dyn Fn(u32) -> Vec<u32> + Sync)| -> Vec<Vec<u32>> {
+    // Runs `f` on each thread's share of the queries; one answer per query, in order.
+    let par = |f: &(dyn Fn(&[u32]) -> Vec<Vec<u32>> + Sync)| -> Vec<Vec<u32>> {
         let per = nq.div_ceil(t);
         std::thread::scope(|s| {
-            let hs: Vec<_> = queries
-                .chunks(per)
-                .map(|c| s.spawn(move || c.iter().map(|&q| f(q)).collect::<Vec<_>>()))
-                .collect();
+            let hs: Vec<_> = queries.chunks(per).map(|c| s.spawn(move || f(c))).collect();
             hs.into_iter()
                 .flat_map(|h| h.join().expect("recall curve thread"))
                 .collect()
@@ -339,20 +336,15 @@ pub(crate) fn measure(
     };
     // Exact truth, excluding the query's own row and every held-out row; each thread
     // takes its share of the queries through every row, a cache-sized block at a time.
-    let per = nq.div_ceil(t);
-    let truth: Vec<Vec<u32>> = std::thread::scope(|s| {
-        let hs: Vec<_> = queries
-            .chunks(per)
-            .map(|c| s.spawn(move || exact_truth(*sp, c, allow, held.map(|h| &h.set))))
-            .collect();
-        hs.into_iter()
-            .flat_map(|h| h.join().expect("recall truth thread"))
-            .collect()
-    });
+    let truth = par(&|c| exact_truth(*sp, c, allow, held.map(|h| &h.set)));
     let mut points: Vec<(u32, f32)> = Vec::new();
     let mut flat = 0;
     for &knob in knobs {
-        let got = par(&|qi| search(&sp.node_query(qi), qi, knob, CURVE_K));
+        let got = par(&|c| {
+            c.iter()
+                .map(|&qi| search(&sp.node_query(qi), qi, knob, CURVE_K))
+                .collect()
+        });
         let hit: usize = got
             .iter()
             .zip(&truth)

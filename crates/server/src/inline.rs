@@ -214,6 +214,19 @@ pub(crate) async fn search<T: Send + 'static>(
     .await
 }
 
+/// Runs `f`, a query (query, get, `count(*)`) that polls the flag it is given, on the
+/// blocking pool through [`on_pool_cancellable`]: stopped at the server's time limit or
+/// `deadline` (a client's), whichever is shorter, or when its client goes away.
+pub(crate) async fn query<T: Send + 'static>(
+    st: &Arc<AppState>,
+    deadline: Option<Duration>,
+    f: impl FnOnce(&Engine, &Cancel) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let cancel = Arc::new(Cancel::new());
+    let flag = cancel.clone();
+    on_pool_cancellable(st, Op::Query, cancel, deadline, move |e| f(e, &flag)).await
+}
+
 /// What a call stopped by [`on_pool_cancellable`] is: named in its 408 and counted
 /// apart in `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

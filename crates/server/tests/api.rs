@@ -980,24 +980,9 @@ async fn a_search_past_its_time_limit_answers_408_and_is_stopped() {
         .into_iter()
         .enumerate()
     {
-        let resp = app
-            .clone()
-            .oneshot(
-                Request::post(format!("/v2/vectordb/entities/{path}"))
-                    .header("content-type", "application/json")
-                    .body(Body::from(body))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
-        let body: Value = serde_json::from_slice(
-            &axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        let msg = body["message"].as_str().unwrap();
+        let msg =
+            long_search::post_past_limit(&app, &format!("/v2/vectordb/entities/{path}"), body)
+                .await;
         assert!(msg.contains("time limit of 1 ms"), "{path}: {msg}");
         // The engine stops the scan it was in (it would otherwise run on for seconds).
         let want = n as u64 + 1;
@@ -1025,24 +1010,7 @@ async fn a_query_past_its_time_limit_answers_408_and_is_stopped() {
     .into_iter()
     .enumerate()
     {
-        let resp = app
-            .clone()
-            .oneshot(
-                Request::post("/v2/vectordb/entities/query")
-                    .header("content-type", "application/json")
-                    .body(Body::from(body))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
-        let body: Value = serde_json::from_slice(
-            &axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        let msg = body["message"].as_str().unwrap();
+        let msg = long_search::post_past_limit(&app, "/v2/vectordb/entities/query", body).await;
         assert!(msg.contains("query ran past its time limit of 1 ms"), "{msg}");
         long_search::wait_for_queries_cancelled(&app, "query", n as u64 + 1).await;
     }

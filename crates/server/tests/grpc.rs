@@ -765,8 +765,25 @@ where
     ok(Some(r));
 }
 
-/// A client's deadline (`grpc-timeout`, what pymilvus's `timeout=` sends) stops the
-/// search in the engine: the client gets its deadline error, or the server's reply
+/// A call past its client's deadline: the client's own deadline error, or the server's
+/// reply status naming the limit (`words`), whichever came first.
+fn past_deadline(res: Result<Option<cpb::Status>, tonic::Status>, words: &str) {
+    match res {
+        Err(s) => assert!(
+            matches!(
+                s.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            "{s:?}"
+        ),
+        Ok(status) => {
+            err(status, 65535, &[words]);
+        }
+    }
+}
+
+/// A client's deadline (`grpc-timeout`, what pymilvus's `timeout=` sends) stops a
+/// search or query in the engine: the client gets its deadline error, or the server's reply
 /// naming the limit, whichever comes first; either way the scan, seconds long, ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_or_query_past_the_clients_deadline_is_stopped() {
@@ -793,18 +810,8 @@ async fn a_search_or_query_past_the_clients_deadline_is_stopped() {
         ..Default::default()
     });
     req.set_timeout(std::time::Duration::from_millis(50));
-    match c.search(req).await {
-        Err(s) => assert!(
-            matches!(
-                s.code(),
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ),
-            "{s:?}"
-        ),
-        Ok(r) => {
-            err(r.into_inner().status, 65535, &["time limit of 50 ms"]);
-        }
-    }
+    let res = c.search(req).await.map(|r| r.into_inner().status);
+    past_deadline(res, "search ran past its time limit of 50 ms");
     long_search::wait_for_counters(&app, "after the deadline", |(c, r)| c == 1 && r == 0).await;
     // A query is stopped the same way: every row with its vector, past a 50 ms deadline.
     let mut req = tonic::Request::new(mpb::QueryRequest {
@@ -814,22 +821,8 @@ async fn a_search_or_query_past_the_clients_deadline_is_stopped() {
         ..Default::default()
     });
     req.set_timeout(std::time::Duration::from_millis(50));
-    match c.query(req).await {
-        Err(s) => assert!(
-            matches!(
-                s.code(),
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ),
-            "{s:?}"
-        ),
-        Ok(r) => {
-            err(
-                r.into_inner().status,
-                65535,
-                &["query ran past its time limit of 50 ms"],
-            );
-        }
-    }
+    let res = c.query(req).await.map(|r| r.into_inner().status);
+    past_deadline(res, "query ran past its time limit of 50 ms");
     long_search::wait_for_queries_cancelled(&app, "query after the deadline", 1).await;
     task.abort();
 }

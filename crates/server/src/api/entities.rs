@@ -114,13 +114,8 @@ async fn run_query(st: Arc<AppState>, r: QueryReq, is_get: bool) -> ApiResult {
         consistency: consistency(&r.consistency_level)?,
         snapshot: None,
     };
-    let cancel = Arc::new(magpie_engine::Cancel::new());
-    let flag = cancel.clone();
     let rows =
-        crate::inline::on_pool_cancellable(&st, crate::inline::Op::Query, cancel, None, move |e| {
-            e.query_with(&c, &q, Some(&flag))
-        })
-        .await?;
+        crate::inline::query(&st, None, move |e, flag| e.query_with(&c, &q, Some(flag))).await?;
     ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
 }
 

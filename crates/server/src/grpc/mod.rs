@@ -1315,22 +1315,14 @@ impl MilvusService for MilvusApi {
                 snapshot: None,
             };
             let name = c.clone();
-            let cancel = Arc::new(magpie_engine::Cancel::new());
-            let flag = cancel.clone();
-            let (meta, rows, ts) = crate::inline::on_pool_cancellable(
-                &self.st,
-                crate::inline::Op::Query,
-                cancel,
-                deadline,
-                move |e| {
-                    let rows = e.query_with(&name, &q, Some(&flag))?;
-                    Ok((
-                        e.describe_collection(&name)?,
-                        rows,
-                        e.snapshot(Consistency::Session)?,
-                    ))
-                },
-            )
+            let (meta, rows, ts) = crate::inline::query(&self.st, deadline, move |e, flag| {
+                let rows = e.query_with(&name, &q, Some(flag))?;
+                Ok((
+                    e.describe_collection(&name)?,
+                    rows,
+                    e.snapshot(Consistency::Session)?,
+                ))
+            })
             .await?;
             let refs: Vec<&Map<String, Value>> = rows.iter().collect();
             let fields_data = convert::fields_from_rows(&meta.schema, &refs, &r.output_fields);

@@ -77,6 +77,32 @@ pub fn body() -> String {
     json!({"collectionName": "c", "data": queries(), "limit": 10}).to_string()
 }
 
+/// POSTs `body` to `path`, which must answer 408; its message.
+pub async fn post_past_limit(app: &axum::Router, path: &str, body: String) -> String {
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        "{path}"
+    );
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    body["message"].as_str().unwrap().to_string()
+}
+
 /// The text of `/metrics`.
 pub async fn metrics_text(app: &axum::Router) -> String {
     let resp = app
